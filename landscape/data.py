@@ -1,0 +1,262 @@
+"""Datasets of a grid cell: generated or embedded, subsampled and label-noised deterministically.
+
+Every dataset yields a train and a test split as in-memory tensors. Two knobs act on the training split:
+
+* quantity, ``data.subsample``: a fraction in (0, 1] or a count >= 1 of the training split, taken as a prefix
+  of one fixed permutation (``data.subsample_seed``), so a 10 % subset is inside the 20 % subset;
+* quality, ``data.label_noise``: that fraction of the (subsampled) training labels, rounded to a count, is
+  replaced by a different class, both the samples and the new classes drawn from ``data.noise_seed``.
+
+Test labels are never touched. Inputs are standardised per channel with statistics of the training split.
+No dataset is downloaded: digits ships with scikit-learn, mnist1d is generated from its package's templates,
+gaussian is synthetic and CIFAR-10 is read from a local directory in the python-pickle batch format.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pickle
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("digits", "mnist1d", "gaussian", "cifar10")
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch"
+
+
+@dataclass(frozen=True)
+class CellData:
+    """The data of one cell, as tensors.
+
+    ``x_*``: float32 ``[n, *input_shape]``; ``y_*``: int64 ``[n]`` class indices. ``y_train`` holds the labels
+    the models are trained on (after label noise); ``y_train_clean`` the original ones.
+    """
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    y_train_clean: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    n_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+    @property
+    def noisy_mask(self) -> Tensor:
+        """Boolean ``[n_train]``: True where the training label was changed by label noise."""
+        return self.y_train != self.y_train_clean
+
+    def to(self, device: torch.device | str) -> "CellData":
+        return replace(
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            y_train_clean=self.y_train_clean.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
+        )
+
+
+# ----------------------------------------------------------------------------------------------- subsets
+def resolve_count(subsample: float | int, n_full: int) -> int:
+    """Number of training samples kept: ``subsample`` is a fraction in (0, 1] (float) or a count (int >= 1).
+
+    A float 1.0 means the whole set; an integer-valued float > 1 is read as a count.
+    """
+    if isinstance(subsample, bool):
+        raise ValueError(f"data.subsample={subsample!r}: expected a fraction in (0, 1] or a count >= 1")
+    if isinstance(subsample, int) or (isinstance(subsample, float) and subsample > 1 and subsample.is_integer()):
+        return int(subsample)
+    return max(1, int(round(float(subsample) * n_full)))
+
+
+def subsample_indices(n_full: int, count: int, seed: int) -> np.ndarray:
+    """Indices of the first ``count`` elements of a fixed permutation of ``range(n_full)``.
+
+    Nested by construction: the subset of a smaller count is a prefix of a larger one with the same seed.
+    """
+    if not 1 <= count <= n_full:
+        raise ValueError(f"subsample count {count} outside [1, {n_full}]")
+    perm = np.random.default_rng(seed).permutation(n_full)
+    return np.sort(perm[:count])
+
+
+def apply_label_noise(y: np.ndarray, fraction: float, n_classes: int, seed: int) -> np.ndarray:
+    """Return a copy of ``y`` where ``round(fraction * len(y))`` labels are replaced by a different class.
+
+    The changed samples are a seeded random subset; each gets a class drawn uniformly from the other
+    ``n_classes - 1`` classes, so the realised fraction of changed labels is exactly the rounded count.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"data.label_noise={fraction!r}: expected a fraction in [0, 1)")
+    y = np.asarray(y).copy()
+    n_noisy = int(round(fraction * len(y)))
+    if n_noisy == 0:
+        return y
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(y))[:n_noisy]
+    shift = rng.integers(1, n_classes, size=n_noisy)
+    y[idx] = (y[idx] + shift) % n_classes
+    return y
+
+
+# ------------------------------------------------------------------------------------------------ sources
+def _split(x: np.ndarray, y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, ...]:
+    perm = np.random.default_rng(seed).permutation(len(y))
+    test, train = perm[:n_test], perm[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def _digits(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]  # [1797, 1, 8, 8]
+    y = bunch.target.astype(np.int64)
+    return (*_split(x, y, DIGITS_N_TEST, cfg.split_seed), 10)
+
+
+DIGITS_N_TEST = 360  # of 1797; 1437 training images
+
+
+def _mnist1d(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = int(cfg.num_samples)
+    args.seed = int(cfg.generator_seed)
+    data = make_dataset(args)  # generated from the package's embedded templates, no download
+    x_train = data["x"].astype(np.float32)[:, None, :]
+    x_test = data["x_test"].astype(np.float32)[:, None, :]
+    return x_train, data["y"].astype(np.int64), x_test, data["y_test"].astype(np.int64), 10
+
+
+def mnist1d_train_size(num_samples: int) -> int:
+    """Training-set size of mnist1d's generator for ``num_samples`` (its fixed 80/20 split)."""
+    return int(num_samples * 0.8)
+
+
+def _gaussian(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Mixture of ``n_classes`` isotropic unit Gaussians in ``dim`` dimensions.
+
+    Class means are drawn on the sphere of radius ``separation`` (seeded by ``generator_seed``); labels
+    are balanced up to one sample. Larger separation = easier problem.
+    """
+    rng = np.random.default_rng(cfg.generator_seed)
+    k, d = int(cfg.n_classes), int(cfg.dim)
+    means = rng.standard_normal((k, d))
+    means *= float(cfg.separation) / np.linalg.norm(means, axis=1, keepdims=True)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.permutation(np.arange(n) % k).astype(np.int64)
+        x = means[y] + rng.standard_normal((n, d))
+        return x.astype(np.float32), y
+
+    x_train, y_train = draw(int(cfg.n_train))
+    x_test, y_test = draw(int(cfg.n_test))
+    return x_train, y_train, x_test, y_test, k
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    return data, labels
+
+
+def cifar10_missing_files(root: str | Path) -> list[str]:
+    """Names of the standard CIFAR-10 batch files absent from ``root``."""
+    root = Path(root).expanduser()
+    return [n for n in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE) if not (root / n).is_file()]
+
+
+@functools.lru_cache(maxsize=8)
+def cifar10_train_size(root: str) -> int:
+    """Number of training images in the CIFAR-10 directory ``root`` (reads the batch files once)."""
+    return sum(len(_read_cifar_batch(Path(root).expanduser() / n)[1]) for n in CIFAR10_TRAIN_FILES)
+
+
+def _cifar10(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    root = Path(str(cfg.root)).expanduser()
+    missing = cifar10_missing_files(root)
+    if missing:
+        raise FileNotFoundError(
+            f"data.root={str(cfg.root)!r}: CIFAR-10 python batches missing: {', '.join(missing)} "
+            "(expected the extracted 'cifar-10-batches-py' directory)"
+        )
+    parts = [_read_cifar_batch(root / n) for n in CIFAR10_TRAIN_FILES]
+    x_train = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255.0
+    y_train = np.concatenate([p[1] for p in parts])
+    x_test, y_test = _read_cifar_batch(root / CIFAR10_TEST_FILE)
+    return x_train, y_train, x_test.astype(np.float32) / 255.0, y_test, 10
+
+
+_SOURCES = {"digits": _digits, "mnist1d": _mnist1d, "gaussian": _gaussian, "cifar10": _cifar10}
+
+
+def full_train_size(cfg: Any) -> int:
+    """Size of a dataset's full training split, known without generating it (CIFAR-10: counted on disk)."""
+    name = cfg.name
+    if name == "digits":
+        return 1797 - DIGITS_N_TEST
+    if name == "mnist1d":
+        return mnist1d_train_size(int(cfg.num_samples))
+    if name == "gaussian":
+        return int(cfg.n_train)
+    if name == "cifar10":
+        return cifar10_train_size(str(cfg.root))
+    raise ValueError(f"data.name={name!r}: expected one of {', '.join(DATASETS)}")
+
+
+def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (axis 1 of ``[n, C, ...]``; per-feature for ``[n, D]``) zero mean, unit variance."""
+    axes = (0,) + tuple(range(2, x_train.ndim))
+    mean = x_train.mean(axis=axes, keepdims=True)
+    std = x_train.std(axis=axes, keepdims=True)
+    std[std < 1e-8] = 1.0
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+def load_data(cfg: Any) -> CellData:
+    """Build the cell's data from the ``data`` config node (name, subsample, label_noise, seeds, ...)."""
+    name = cfg.name
+    if name not in _SOURCES:
+        raise ValueError(f"data.name={name!r}: expected one of {', '.join(DATASETS)}")
+    x_train, y_train, x_test, y_test, n_classes = _SOURCES[name](cfg)
+    count = resolve_count(cfg.subsample, len(y_train))
+    if count > len(y_train):
+        raise ValueError(f"data.subsample={cfg.subsample!r}: asks for {count} samples, the set has {len(y_train)}")
+    keep = subsample_indices(len(y_train), count, int(cfg.subsample_seed))
+    x_train, y_train = x_train[keep], y_train[keep]
+    y_noisy = apply_label_noise(y_train, float(cfg.label_noise), n_classes, int(cfg.noise_seed))
+    x_train, x_test = _standardise(x_train, x_test)
+    log.debug("data %s: %d train / %d test, %d noisy labels", name, count, len(y_test), int((y_noisy != y_train).sum()))
+    return CellData(
+        name=name,
+        x_train=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
+        y_train=torch.from_numpy(y_noisy),
+        y_train_clean=torch.from_numpy(y_train),
+        x_test=torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32)),
+        y_test=torch.from_numpy(y_test.astype(np.int64)),
+        n_classes=n_classes,
+    )

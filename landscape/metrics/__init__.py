@@ -1,0 +1,104 @@
+"""The metrics switchboard: metric families, the contexts they run in, and their registry.
+
+A *metric family* is one switchable group of measurements (``metrics.<name>.enabled`` in the config). It
+declares the typed columns it fills (``columns``, in the ``models`` or the ``pairs`` table) and computes them
+for one trained model (table ``models``) or one pair of models of a cell (table ``pairs``). The math lives
+in the concept modules (``landscape.curvature``, ``landscape.similarity``, ...); a family is the thin
+adapter between a cell and that math. Families never write files except under ``ctx.workdir``, their private
+scratch/checkpoint directory, which survives a killed job so long computations can resume.
+
+The job calls ``compute(ctx, settings)`` with ``settings`` = the family's config node and stores the returned
+``{column: value}`` dict (cached on disk per model/pair, so a rerun does not recompute it). Columns a family
+does not return stay typed nulls.
+
+A family may also produce *long tables* (e.g. a loss-surface grid: many rows per model): it declares them in
+``extra_tables`` (``{table_name: {column: type}}``) and returns their rows under the reserved key
+``"_tables"``: ``{table_name: [row_dict, ...]}``. The job adds the provenance columns (``cell_id``, ``sweep``,
+``seed`` / ``seed_a``/``seed_b``, ...) and writes ``results/<table_name>/<cell_id>.parquet`` with the same
+schema discipline as ``models``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import pyarrow as pa
+import torch
+from torch import nn
+
+from landscape.data import CellData
+from landscape.training import LossFn
+
+
+@dataclass
+class ModelContext:
+    """One trained model of a cell, ready to be measured.
+
+    ``model`` is in eval mode on ``device``; ``data`` is on ``device``; ``loss_fn(logits, y)`` is the mean
+    training loss; ``make_model()`` builds a fresh, untrained model of the same architecture on ``device``
+    (for curves, directions, ...); ``cfg`` is the cell's whole resolved config; ``workdir`` is a private,
+    persistent directory for this model and family; ``seed`` is the model's training seed.
+    """
+
+    model: nn.Module
+    seed: int
+    data: CellData
+    loss_fn: LossFn
+    make_model: Callable[[], nn.Module]
+    cfg: Any
+    device: torch.device
+    workdir: Path
+
+
+@dataclass
+class PairContext:
+    """Two trained models ``a`` and ``b`` (``a.seed < b.seed``) of one cell; ``workdir`` is private to the pair."""
+
+    a: ModelContext
+    b: ModelContext
+    workdir: Path
+
+
+Table = Literal["models", "pairs"]
+
+
+@dataclass(frozen=True)
+class MetricFamily:
+    """A switchable metric family. ``compute(ctx, settings) -> {column: value}``; ``ctx`` is a
+    ``ModelContext`` for table ``models`` and a ``PairContext`` for table ``pairs``."""
+
+    name: str
+    table: Table
+    columns: Mapping[str, pa.DataType]
+    compute: Callable[[Any, Any], dict[str, Any]]
+    extra_tables: Mapping[str, Mapping[str, pa.DataType]] = dataclasses.field(default_factory=dict)
+
+
+_REGISTRY: dict[str, MetricFamily] = {}
+
+
+def register(family: MetricFamily) -> MetricFamily:
+    """Add a family to the registry (names are unique; re-registering the same name replaces it)."""
+    _REGISTRY[family.name] = family
+    return family
+
+
+def families(table: Table | None = None) -> list[MetricFamily]:
+    """Registered families, in registration order, optionally only those of one table."""
+    _load_builtin()
+    return [f for f in _REGISTRY.values() if table is None or f.table == table]
+
+
+def get(name: str) -> MetricFamily:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise KeyError(f"metrics.{name}: unknown metric family; known: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def _load_builtin() -> None:
+    # Importing the adapter modules registers the built-in families (in a fixed order).
+    from landscape.metrics import builtin  # noqa: F401
