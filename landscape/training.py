@@ -154,6 +154,7 @@ class TrainResult:
     seconds: float
     history: list[float] = field(default_factory=list)  # mean training-batch loss per epoch
     resumed_from_epoch: int = 0
+    vectorized: bool = False  # trained together with other seeds (torch.func + vmap)
 
     def save(self, path: Path) -> None:
         _atomic_write_bytes(path, json.dumps(asdict(self)).encode())

@@ -21,6 +21,7 @@ schema discipline as ``models``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
@@ -97,6 +98,37 @@ def get(name: str) -> MetricFamily:
     if name not in _REGISTRY:
         raise KeyError(f"metrics.{name}: unknown metric family; known: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
+
+
+def family_config_classes() -> dict[str, type]:
+    """``{family name: Config dataclass}``; a family module defines ``Config`` (first field ``enabled``)."""
+    out: dict[str, type] = {}
+    for fam in families():
+        module = importlib.import_module(fam.compute.__module__)
+        out[fam.name] = getattr(module, "Config")
+    return out
+
+
+def enabled(cfg: Any, table: Table | None = None) -> list[MetricFamily]:
+    """Families switched on in ``cfg.metrics`` (optionally of one table)."""
+    return [f for f in families(table) if bool(cfg.metrics[f.name].enabled)]
+
+
+def validate_metrics(cfg: Any) -> list[str]:
+    """Problems of the ``metrics`` node: pair families need two seeds; each family module may define
+    ``validate(settings, cfg) -> list[str]`` for its own keys."""
+    problems: list[str] = []
+    pair_families = [f.name for f in enabled(cfg, "pairs")]
+    if pair_families and len(list(cfg.train.seeds)) < 2:
+        problems.append(
+            f"train.seeds={list(cfg.train.seeds)!r}: the pair metrics {', '.join(pair_families)} need at least two "
+            f"seeds (or switch them off: {' '.join(f'metrics.{n}.enabled=false' for n in pair_families)})"
+        )
+    for fam in families():
+        check = getattr(importlib.import_module(fam.compute.__module__), "validate", None)
+        if check is not None and bool(cfg.metrics[fam.name].enabled):
+            problems.extend(check(cfg.metrics[fam.name], cfg))
+    return problems
 
 
 def _load_builtin() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -9,6 +10,13 @@ import torch
 from torch import nn
 
 from landscape.metrics import MetricFamily, PairContext, register
+
+
+@dataclass
+class Config:
+    """``metrics.l2.*``: switch for the parameter distance between the seeds of a cell."""
+
+    enabled: bool = False
 
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:

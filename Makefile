@@ -1,0 +1,38 @@
+# landscape: the two commands of the README.
+#   make demo   set up (if needed) and run the demo sweep, then print where its results are and a table
+#   make test   set up (if needed) and run the test suite (what .ci/run calls)
+# Set-up: a virtual environment in $(VENV). torch 2.13.0 (CPU build) is installed first unless the base
+# Python already has a torch, which is then used as it is (the venv sees the base site-packages).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.landscape-setup
+DEMO_DIR ?= outputs/demo
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-all clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
+	    echo "using the torch of $(PYTHON)"; $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; \
+	fi
+	@$(PY) -c "import torch" >/dev/null 2>&1 || $(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/landscape -m +sweep=demo hydra.sweep.dir=$(DEMO_DIR) $(ARGS)
+	$(PY) -m landscape.cli.summary $(DEMO_DIR)
+
+test: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Everything, the slow cases included (the nightly-style target).
+test-all: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "" $(PYTEST_ARGS)

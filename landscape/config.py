@@ -1,0 +1,276 @@
+"""Typed configuration of a grid cell: dataclass schemas registered in Hydra's ConfigStore, and validation.
+
+The config groups in ``conf/`` (``data``, ``model``, ``train``, ``metrics``) fill these schemas; a typo in a
+key is refused by Hydra itself (struct mode). ``validate`` checks the values and returns every problem as a
+message naming the key, the value and what is allowed; ``check`` raises ``ConfigError`` with all of them.
+Validation needs no data: dataset sizes are known from the config (CIFAR-10: counted on disk once).
+"""
+
+from __future__ import annotations
+
+import math
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from landscape import data as data_mod
+from landscape.models import ACTIVATIONS, MODELS
+from landscape.training import LOSSES, SCHEDULES
+
+
+@dataclass
+class DataConfig:
+    """``data.*``. ``subsample``: fraction in (0, 1] or a count >= 1 of the training split; ``label_noise``:
+    fraction in [0, 1) of training labels replaced by another class. Dataset-specific keys: digits
+    (``split_seed``), mnist1d (``num_samples``, ``generator_seed``), gaussian (``n_train``, ``n_test``,
+    ``dim``, ``n_classes``, ``separation``, ``generator_seed``), cifar10 (``root``: directory of the python
+    batches)."""
+
+    name: str = "digits"
+    subsample: Any = 1.0
+    label_noise: float = 0.0
+    subsample_seed: int = 0
+    noise_seed: int = 0
+    split_seed: int = 0
+    num_samples: int = 5000
+    generator_seed: int = 0
+    n_train: int = 1000
+    n_test: int = 1000
+    dim: int = 16
+    n_classes: int = 4
+    separation: float = 3.0
+    root: Optional[str] = None
+
+
+@dataclass
+class ModelConfig:
+    """``model.*``: ``mlp`` (width, depth, activation), ``cnn`` (width k, depth, activation, batch_norm),
+    ``resnet18`` (width k: stages of k, 2k, 4k, 8k channels)."""
+
+    name: str = "mlp"
+    width: int = 32
+    depth: int = 2
+    activation: str = "relu"
+    batch_norm: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """``train.*``. ``batch_size``: an int or ``full`` (full-batch gradient descent); ``steps`` overrides
+    ``epochs`` when set; ``schedule``: constant | step (x``lr_decay`` at each epoch of ``lr_milestones``) |
+    cosine; ``seeds``: the models of the cell; ``checkpoint_every``: epochs between checkpoints;
+    ``vectorize``: train the seeds together (torch.func + vmap) where supported: auto | on | off."""
+
+    loss: str = "cross_entropy"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: Any = 64
+    epochs: int = 20
+    steps: Optional[int] = None
+    schedule: str = "constant"
+    lr_decay: float = 0.1
+    lr_milestones: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    checkpoint_every: int = 5
+    vectorize: str = "auto"
+
+
+@dataclass
+class TrainingMetricsConfig:
+    """``metrics.training.*``: train/test loss and accuracy of every model (always cheap)."""
+
+    enabled: bool = True
+    eval_batch_size: int = 2048
+
+
+def _family_configs() -> dict[str, type]:
+    """Config dataclasses of the metric families, by family name (imported lazily from their modules)."""
+    from landscape.metrics import family_config_classes
+
+    return family_config_classes()
+
+
+def _metrics_config_class() -> type:
+    from dataclasses import make_dataclass
+
+    specs: list[tuple[str, Any, Any]] = [("training", TrainingMetricsConfig, field(default_factory=TrainingMetricsConfig))]
+    for name, cls in _family_configs().items():
+        specs.append((name, cls, field(default_factory=cls)))
+    return make_dataclass("MetricsConfig", specs)
+
+
+MetricsConfig = _metrics_config_class()
+
+
+@dataclass
+class LandscapeConfig:
+    """The root config of one cell. ``sweep_name`` names the sweep (and its default output directory);
+    ``device``: auto | cpu | cuda | cuda:N; ``threads``: CPU threads of torch in the job (1 by default:
+    grids parallelise over cells, and a fixed count keeps CPU numbers reproducible); ``dry_run``: list and validate the grid's cells, train nothing."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # type: ignore[valid-type]
+    sweep_name: str = "default"
+    device: str = "auto"
+    threads: int = 1
+    dry_run: bool = False
+
+
+def register_configs() -> None:
+    """Register the root schema as ``base_config`` in Hydra's ConfigStore (idempotent)."""
+    ConfigStore.instance().store(name="base_config", node=LandscapeConfig)
+
+
+# ------------------------------------------------------------------------------------------- validation
+class ConfigError(ValueError):
+    """Invalid configuration; the message lists every bad key with its value and what is allowed."""
+
+    def __init__(self, problems: list[str], where: str = ""):
+        self.problems = problems
+        head = f"invalid configuration{' ' + where if where else ''}:"
+        super().__init__("\n  ".join([head, *problems]))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        problems.append(f"{key}={value!r}: expected one of {', '.join(allowed)}")
+
+
+def validate(cfg: DictConfig | Any) -> list[str]:
+    """Every problem of a composed cell config, as ``"key=value: what is allowed"`` messages (empty: valid)."""
+    p: list[str] = []
+    d, m, t = cfg.data, cfg.model, cfg.train
+
+    _choice(p, "data.name", d.name, data_mod.DATASETS)
+    if not (_is_number(d.label_noise) and 0.0 <= float(d.label_noise) < 1.0):
+        p.append(f"data.label_noise={d.label_noise!r}: expected a fraction in [0, 1)")
+    n_full: int | None = None
+    if d.name == "cifar10":
+        if not d.root:
+            p.append("data.root=None: CIFAR-10 needs the directory of its python batches (data.root=/path/to/cifar-10-batches-py)")
+        else:
+            missing = data_mod.cifar10_missing_files(d.root)
+            if missing:
+                p.append(f"data.root={d.root!r}: missing CIFAR-10 batch files {', '.join(missing)}")
+            else:
+                n_full = data_mod.full_train_size(d)
+    elif d.name == "gaussian":
+        for key in ("n_train", "n_test", "dim"):
+            if not (_is_int(d[key]) and d[key] >= 1):
+                p.append(f"data.{key}={d[key]!r}: expected an integer >= 1")
+        if not (_is_int(d.n_classes) and d.n_classes >= 2):
+            p.append(f"data.n_classes={d.n_classes!r}: expected an integer >= 2")
+        if not (_is_number(d.separation) and d.separation >= 0):
+            p.append(f"data.separation={d.separation!r}: expected a number >= 0")
+        if not p:
+            n_full = data_mod.full_train_size(d)
+    elif d.name == "mnist1d":
+        if not (_is_int(d.num_samples) and d.num_samples >= 10):
+            p.append(f"data.num_samples={d.num_samples!r}: expected an integer >= 10")
+        else:
+            n_full = data_mod.full_train_size(d)
+    elif d.name == "digits":
+        n_full = data_mod.full_train_size(d)
+
+    n_train: int | None = None
+    s = d.subsample
+    if not _is_number(s) or s <= 0 or (isinstance(s, float) and s > 1 and not s.is_integer()):
+        p.append(f"data.subsample={s!r}: expected a fraction in (0, 1] or an integer count >= 1")
+    elif n_full is not None:
+        n_train = data_mod.resolve_count(s, n_full)
+        if n_train > n_full:
+            p.append(f"data.subsample={s!r}: asks for {n_train} samples, data.name={d.name} has {n_full} training samples")
+            n_train = None
+
+    _choice(p, "model.name", m.name, MODELS)
+    if not (_is_int(m.width) and m.width >= 1):
+        p.append(f"model.width={m.width!r}: expected an integer >= 1")
+    if not (_is_int(m.depth) and m.depth >= 1):
+        p.append(f"model.depth={m.depth!r}: expected an integer >= 1")
+    _choice(p, "model.activation", m.activation, tuple(ACTIVATIONS))
+
+    _choice(p, "train.loss", t.loss, LOSSES)
+    _choice(p, "train.schedule", t.schedule, SCHEDULES)
+    _choice(p, "train.vectorize", t.vectorize, ("auto", "on", "off"))
+    if not (_is_number(t.lr) and t.lr > 0 and math.isfinite(t.lr)):
+        p.append(f"train.lr={t.lr!r}: expected a finite number > 0")
+    if not (_is_number(t.momentum) and 0.0 <= t.momentum < 1.0):
+        p.append(f"train.momentum={t.momentum!r}: expected a number in [0, 1)")
+    if not (_is_number(t.weight_decay) and t.weight_decay >= 0):
+        p.append(f"train.weight_decay={t.weight_decay!r}: expected a number >= 0")
+    if not (_is_number(t.lr_decay) and t.lr_decay > 0):
+        p.append(f"train.lr_decay={t.lr_decay!r}: expected a number > 0")
+    if any(not _is_int(x) or x < 1 for x in t.lr_milestones):
+        p.append(f"train.lr_milestones={list(t.lr_milestones)!r}: expected epochs >= 1")
+    if not (_is_int(t.epochs) and t.epochs >= 1):
+        p.append(f"train.epochs={t.epochs!r}: expected an integer >= 1")
+    if t.steps is not None and not (_is_int(t.steps) and t.steps >= 1):
+        p.append(f"train.steps={t.steps!r}: expected null or an integer >= 1")
+    if not (_is_int(t.checkpoint_every) and t.checkpoint_every >= 1):
+        p.append(f"train.checkpoint_every={t.checkpoint_every!r}: expected an integer >= 1 (epochs)")
+    seeds = list(t.seeds)
+    if not seeds or any(not _is_int(x) or x < 0 for x in seeds) or len(set(seeds)) != len(seeds):
+        p.append(f"train.seeds={seeds!r}: expected a non-empty list of distinct integers >= 0")
+    bs = t.batch_size
+    if bs == "full":
+        pass
+    elif not (_is_int(bs) and bs >= 1):
+        p.append(f"train.batch_size={bs!r}: expected an integer >= 1 or 'full'")
+    elif n_train is not None and bs > n_train:
+        p.append(
+            f"train.batch_size={bs}: larger than the training set ({n_train} samples of data.name={d.name} "
+            f"with data.subsample={s}); use at most {n_train} or 'full'"
+        )
+
+    if not (_is_int(cfg.threads) and cfg.threads >= 1):
+        p.append(f"threads={cfg.threads!r}: expected an integer >= 1 (CPU threads of the job)")
+
+    from landscape.metrics import validate_metrics
+
+    p.extend(validate_metrics(cfg))
+    return p
+
+
+def check(cfg: DictConfig | Any, where: str = "") -> None:
+    """Raise ``ConfigError`` listing every problem of ``cfg`` (see ``validate``)."""
+    problems = validate(cfg)
+    if problems:
+        raise ConfigError(problems, where)
+
+
+# -------------------------------------------------------------------------------------------- knob names
+def leaf_fields(cls: type, prefix: str) -> list[tuple[str, Any]]:
+    """``(dotted_name, annotation)`` of every leaf field of a (nested) config dataclass."""
+    out: list[tuple[str, Any]] = []
+    for f in fields(cls):
+        name = f"{prefix}.{f.name}"
+        typ = f.type
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            out.extend(leaf_fields(type(default), name))
+        else:
+            out.append((name, typ))
+    return out
+
+
+def semantic_config(cfg: DictConfig | Any) -> dict[str, Any]:
+    """The part of a cell's config that defines what is trained: ``data``, ``model`` and ``train`` without
+    the seed list, the vectorisation switch and the checkpoint interval (they change how, not what)."""
+    out = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "train")}
+    for k in ("seeds", "vectorize", "checkpoint_every"):
+        out["train"].pop(k, None)  # type: ignore[union-attr]
+    return out

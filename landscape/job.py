@@ -1,0 +1,306 @@
+"""One grid cell end to end: validate, train every seed (resumably), measure, write rows, mark done.
+
+``run_cell`` is what a Hydra job calls. Its steps, each resumable after a kill:
+
+1. validate the config and compute the ``cell_id``; skip at once if the cell is done for the same seeds and
+   metric settings (nothing is written);
+2. build the data (deterministic subsample and label noise) on the job's device;
+3. train each seed from its checkpoints (``landscape.training``); a diverged seed is a row with
+   ``status = diverged``;
+4. evaluate training metrics, then every enabled model family per model and pair family per pair of models
+   (each value cached under the cell directory, so a rerun does not recompute it);
+5. write the ``models``, ``pairs`` and long tables (one immutable file per cell and table, renamed into
+   place), then the ``done`` status. Any exception writes a ``failed`` status with the error and is re-raised;
+   checkpoints and cached values of finished work stay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from landscape import metrics as metrics_mod
+from landscape import provenance
+from landscape.cell import CellDir, CellStatus, cell_id, metrics_key, read_json, write_json
+from landscape.config import check
+from landscape.data import CellData, load_data
+from landscape.devices import resolve_device
+from landscape.metrics import MetricFamily, ModelContext, PairContext
+from landscape.models import build_model, n_parameters
+from landscape.results import SCHEMA_VERSION, schema_for, write_table
+from landscape.results.schema import knob_columns
+from landscape.training import TrainResult, TrainSettings, evaluate, make_loss, train_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CellOutcome:
+    """What ``run_cell`` did: ``action`` is ``skipped`` (already done) or ``ran``."""
+
+    cell_id: str
+    action: str
+    seeds: dict[str, str]
+    seconds: float
+    result_files: list[str]
+
+
+def done_key(cfg: Any) -> str:
+    """Hash of what the result files of a done cell must hold: the seed list and enabled metric settings."""
+    enabled = {f.name: OmegaConf.to_container(cfg.metrics[f.name], resolve=True) for f in metrics_mod.enabled(cfg)}
+    payload = {"seeds": sorted(int(s) for s in cfg.train.seeds), "metrics": enabled,
+               "training": OmegaConf.to_container(cfg.metrics.training, resolve=True)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def knob_values(cfg: Any, n_train: int | None) -> dict[str, Any]:
+    """The flat knob columns of a row: every leaf of data/model/train (``train.batch_size`` resolved)."""
+    out: dict[str, Any] = {}
+    for name in knob_columns():
+        group, key = name.split(".", 1)
+        value = OmegaConf.select(cfg, name)
+        if isinstance(value, (DictConfig,)) or OmegaConf.is_list(value):
+            value = OmegaConf.to_container(value)
+        out[name] = value
+    bs = out["train.batch_size"]
+    out["train.batch_size"] = n_train if bs == "full" else (min(int(bs), n_train) if n_train else int(bs))
+    out["data.subsample"] = float(out["data.subsample"])
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Numpy/torch scalars and arrays -> Python values (for JSON caches and Arrow rows)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _plain(value.detach().cpu().tolist())
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class _Progress:
+    """A tqdm bar over a cell's epochs, shown only in an interactive terminal."""
+
+    def __init__(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, leave=False, disable=None, unit="epoch")
+
+    def __call__(self, epoch: int, epochs: int, loss: float) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_cell(
+    cfg: DictConfig,
+    sweep_dir: str | Path,
+    overrides: list[str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> CellOutcome:
+    """Run (or resume, or skip) the cell of ``cfg`` under ``sweep_dir``; see the module docstring."""
+    t_start = time.perf_counter()
+    check(cfg)
+    cid = cell_id(cfg)
+    cell = CellDir(sweep_dir, cid)
+    key = done_key(cfg)
+    previous = cell.read_status()
+    if previous is not None and previous.state == "done" and previous.done_key == key:
+        log.info("cell %s is done: skipped", cid)
+        return CellOutcome(cid, "skipped", previous.seeds, time.perf_counter() - t_start, [])
+
+    status = CellStatus(
+        state="running", cell_id=cid, sweep=str(cfg.sweep_name), host=provenance.host(), pid=os.getpid(),
+        slurm_job_id=os.environ.get("SLURM_JOB_ID"), attempts=(previous.attempts if previous else 0) + 1,
+        started_at=time.time(), overrides=list(overrides or []),
+    )
+    cell.write_status(status)
+    OmegaConf.save(cfg, cell.path / "config.yaml", resolve=True)
+    try:
+        files = _run(cfg, cell, status, should_stop)
+    except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
+        from landscape.training import StopRequested
+
+        if isinstance(exc, StopRequested):
+            status.state, status.error = "running", f"preempted: {exc}"
+        else:
+            status.state = "failed"
+            status.error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500] if str(exc) else type(exc).__name__
+            status.traceback = traceback.format_exc()[-4000:]
+        cell.write_status(status)
+        raise
+    status.state, status.error, status.traceback, status.done_key = "done", None, None, key
+    cell.write_status(status)
+    seconds = time.perf_counter() - t_start
+    log.info("cell %s done in %.1f s: %s", cid, seconds, status.seeds)
+    return CellOutcome(cid, "ran", status.seeds, seconds, files)
+
+
+def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callable[[], bool] | None) -> list[str]:
+    started_at, t0 = _now(), time.perf_counter()
+    device = resolve_device(str(cfg.device))
+    torch.set_num_threads(int(cfg.threads))
+    data = load_data(cfg.data).to(device)
+    check_after_load(cfg, data)
+    settings = TrainSettings.from_config(cfg.train, data.n_train)
+    loss_fn = make_loss(settings.loss)
+    seeds = [int(s) for s in cfg.train.seeds]
+
+    def make_model() -> torch.nn.Module:
+        return build_model(cfg.model, data.input_shape, data.n_classes).to(device)
+
+    # 3. train every seed (resumable)
+    models, results = train_seeds(cfg, data, settings, seeds, cell, device, should_stop)
+    for s in seeds:
+        status.seeds[str(s)] = results[s].status
+    cell.write_status(status)
+
+    # 4. measure
+    ok = [s for s in seeds if results[s].status == "done"]
+    tcfg = cfg.metrics.training
+    training_values: dict[int, dict[str, Any]] = {}
+    for s in ok:
+        model = models[s].eval()
+        train_loss, train_acc = evaluate(model, data.x_train, data.y_train, loss_fn, tcfg.eval_batch_size)
+        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, loss_fn, tcfg.eval_batch_size)
+        _, clean_acc = evaluate(model, data.x_train, data.y_train_clean, loss_fn, tcfg.eval_batch_size)
+        training_values[s] = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+                              "test_acc": test_acc, "train_acc_clean": clean_acc}
+
+    contexts = {
+        s: ModelContext(model=models[s].eval(), seed=s, data=data, loss_fn=loss_fn, make_model=make_model,
+                        cfg=cfg, device=device, workdir=cell.path)
+        for s in ok
+    }
+    model_values: dict[int, dict[str, Any]] = {s: {} for s in ok}
+    extra_rows: dict[str, list[dict[str, Any]]] = {}
+    for fam in metrics_mod.enabled(cfg, "models"):
+        for s in ok:
+            values = _cached_compute(fam, cfg, cell, f"seed={s}", contexts[s])
+            extra = values.pop("_tables", {})
+            model_values[s].update(values)
+            for table, rows in extra.items():
+                extra_rows.setdefault(table, []).extend({**r, "seed": s} for r in rows)
+
+    pair_families = metrics_mod.enabled(cfg, "pairs")
+    pair_values: dict[tuple[int, int], dict[str, Any]] = {}
+    if pair_families:
+        for a, b in combinations(sorted(seeds), 2):
+            pair_values[(a, b)] = {}
+            if a in contexts and b in contexts:
+                pctx = PairContext(a=contexts[a], b=contexts[b], workdir=cell.path)
+                for fam in pair_families:
+                    values = _cached_compute(fam, cfg, cell, f"pair={a}-{b}", pctx)
+                    values.pop("_tables", None)
+                    pair_values[(a, b)].update(values)
+
+    # 5. write rows
+    finished_at = _now()
+    common = {
+        "schema_version": SCHEMA_VERSION, "sweep": str(cfg.sweep_name), "cell_id": cell.cell_id,
+        "config": json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True),
+        "git_commit": provenance.git_info()[0], "git_dirty": provenance.git_info()[1],
+        "versions": provenance.package_versions(), "host": provenance.host(),
+        "device": provenance.device_name(device), "started_at": started_at, "finished_at": finished_at,
+        "seconds": time.perf_counter() - t0,
+        **knob_values(cfg, data.n_train), "data.n_train": data.n_train,
+        "model.n_params": n_parameters(make_model()),
+    }
+    model_rows = []
+    for s in seeds:
+        r = results[s]
+        row = {**common, "seed": s, "status": r.status,
+               "training.epochs": r.epochs, "training.steps": r.steps, "training.seconds": r.seconds,
+               "training.resumed": r.resumed_from_epoch > 0, "training.vectorized": r.vectorized}
+        row.update(training_values.get(s, {}))
+        row.update(model_values.get(s, {}))
+        model_rows.append(_plain(row))
+    files = [str(write_table(cell.result_path("models"), model_rows, schema_for("models")))]
+    if pair_families:
+        pair_rows = []
+        for (a, b), values in pair_values.items():
+            st = "done" if a in contexts and b in contexts else "diverged"
+            pair_rows.append(_plain({**common, "seed_a": a, "seed_b": b, "status": st, **values}))
+        files.append(str(write_table(cell.result_path("pairs"), pair_rows, schema_for("pairs"))))
+    for table, rows in extra_rows.items():
+        full = [_plain({**common, "status": "done", **r}) for r in rows]
+        files.append(str(write_table(cell.result_path(table), full, schema_for(table))))
+    return files
+
+
+def train_seeds(
+    cfg: DictConfig,
+    data: CellData,
+    settings: TrainSettings,
+    seeds: list[int],
+    cell: CellDir,
+    device: torch.device,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[dict[int, torch.nn.Module], dict[int, TrainResult]]:
+    """Train (or resume, or load) every seed of the cell, one after the other."""
+    models: dict[int, torch.nn.Module] = {}
+    results: dict[int, TrainResult] = {}
+    for s in seeds:
+        model = build_model(cfg.model, data.input_shape, data.n_classes, seed=s).to(device)
+        bar = _Progress(settings.total_epochs(data.n_train), f"{cell.cell_id} seed {s}")
+        try:
+            results[s] = train_model(model, data.x_train, data.y_train, settings, s, cell.seed_dir(s),
+                                     progress=bar, should_stop=should_stop)
+        finally:
+            bar.close()
+        models[s] = model
+    return models, results
+
+
+def check_after_load(cfg: DictConfig, data: CellData) -> None:
+    """Checks that need the loaded data (e.g. a CIFAR-10 directory smaller than the standard one)."""
+    bs = cfg.train.batch_size
+    if bs != "full" and int(bs) > data.n_train:
+        from landscape.config import ConfigError
+
+        raise ConfigError([f"train.batch_size={bs}: larger than the training set ({data.n_train} samples)"])
+
+
+def _cached_compute(fam: MetricFamily, cfg: DictConfig, cell: CellDir, who: str, ctx: Any) -> dict[str, Any]:
+    settings = cfg.metrics[fam.name]
+    key = f"{who}-{metrics_key(settings)}"
+    path = cell.metrics_path(key, fam.name)
+    cached = read_json(path)
+    if cached is not None:
+        return cached
+    ctx = dataclasses.replace(ctx, workdir=cell.workdir(key, fam.name))
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    values = _plain(fam.compute(ctx, settings))
+    log.info("%s %s: %s in %.2f s", cell.cell_id, who, fam.name, time.perf_counter() - t0)
+    unknown = set(values) - set(fam.columns) - {"_tables"}
+    if unknown:
+        raise KeyError(f"metric family {fam.name} returned undeclared columns {sorted(unknown)}")
+    write_json(path, values)
+    return values

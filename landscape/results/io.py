@@ -1,0 +1,84 @@
+"""Parquet I/O of results tables: one immutable file per cell and table, written atomically; fast readers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from landscape.results.schema import schema_for
+
+log = logging.getLogger(__name__)
+
+
+def table_dir(sweep_dir: str | Path, table: str) -> Path:
+    """``<sweep_dir>/results/<table>``: the directory of one table's files."""
+    return Path(sweep_dir) / "results" / table
+
+
+def write_table(path: str | Path, rows: Sequence[dict[str, Any]], schema: pa.Schema) -> Path:
+    """Write ``rows`` (dicts keyed by column; missing keys become typed nulls) to ``path`` with ``schema``.
+
+    The file is written under a hidden temporary name in the same directory and renamed into place, so a
+    reader never sees a partial file and a failure never damages an existing one. Unknown keys are an error.
+    """
+    path = Path(path)
+    unknown = sorted({k for r in rows for k in r} - set(schema.names))
+    if unknown:
+        raise KeyError(f"columns not in the {schema.metadata.get(b'landscape.table', b'?').decode()} schema: {unknown}")
+    table = pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _files(sweep_dir: str | Path, table: str) -> list[str]:
+    d = table_dir(sweep_dir, table)
+    if not d.is_dir():
+        return []
+    return sorted(str(d / n) for n in os.listdir(d) if n.endswith(".parquet") and not n.startswith("."))
+
+
+def _unified_schema(files: Iterable[str], table: str) -> pa.Schema:
+    """The current schema of ``table`` extended by any column found in older or newer files."""
+    current = schema_for(table)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        schemas = list(pool.map(pq.read_schema, files))
+    distinct = {s.to_string(show_schema_metadata=False): s for s in schemas}
+    return pa.unify_schemas([current, *distinct.values()], promote_options="permissive")
+
+
+def read_table(sweep_dir: str | Path, table: str = "models", columns: Sequence[str] | None = None) -> pa.Table:
+    """All rows of ``table`` under ``sweep_dir`` as one Arrow table with the unified, typed schema."""
+    files = _files(sweep_dir, table)
+    schema = _unified_schema(files, table) if files else schema_for(table)
+    if not files:
+        empty = schema.empty_table()
+        return empty.select(list(columns)) if columns else empty
+    dataset = ds.dataset(files, schema=schema, format="parquet")
+    return dataset.to_table(columns=list(columns) if columns else None)
+
+
+_PANDAS_TYPES = {
+    pa.int64(): pd.Int64Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.bool_(): pd.BooleanDtype(),
+    pa.string(): pd.StringDtype(),
+}
+
+
+def load(sweep_dir: str | Path, table: str = "models", columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """All rows of ``table`` under ``sweep_dir`` as a DataFrame with typed columns: nullable integers,
+    booleans and strings stay typed when they hold nulls; lists are Python lists."""
+    return read_table(sweep_dir, table, columns).to_pandas(types_mapper=_PANDAS_TYPES.get)

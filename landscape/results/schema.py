@@ -1,0 +1,129 @@
+"""The explicit, versioned pyarrow schema of every results table.
+
+Columns of ``models`` and ``pairs`` rows, in order:
+
+* provenance (``PROVENANCE``): schema version, sweep, cell_id, status (``done`` | ``diverged`` | ``failed``),
+  error, the resolved config as JSON, git commit and dirty flag, package versions (JSON), host, device,
+  start/finish timestamps (UTC) and seconds;
+* the model's seed (``seed``) or the pair's seeds (``seed_a`` < ``seed_b``);
+* every knob of the ``data``, ``model`` and ``train`` config groups as a flat, typed, dotted column
+  (``model.width``, ``train.batch_size`` - the resolved integer, ``full`` becomes the training-set size -,
+  ``data.label_noise``, ...), plus derived sizes ``data.n_train`` and ``model.n_params``;
+* for ``models``: training outcomes (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``: cross-entropy
+  or MSE of the configured loss, accuracies as fractions in [0, 1]; ``train_acc_clean``: accuracy on the
+  original labels; ``training.*``: epochs, steps, seconds, resumed flag);
+* the columns of every registered metric family of that table (``hessian.*``, ``cka``, ...).
+
+A metric not computed is a typed null. Any change of columns bumps ``SCHEMA_VERSION``; readers union
+files of different versions by column name.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+PROVENANCE: dict[str, pa.DataType] = {
+    "schema_version": pa.int32(),
+    "sweep": pa.string(),
+    "cell_id": pa.string(),
+    "status": pa.string(),
+    "error": pa.string(),
+    "config": pa.string(),
+    "git_commit": pa.string(),
+    "git_dirty": pa.bool_(),
+    "versions": pa.string(),
+    "host": pa.string(),
+    "device": pa.string(),
+    "started_at": pa.timestamp("us", tz="UTC"),
+    "finished_at": pa.timestamp("us", tz="UTC"),
+    "seconds": pa.float64(),
+}
+
+TRAINING: dict[str, pa.DataType] = {
+    "train_loss": pa.float64(),
+    "train_acc": pa.float64(),
+    "test_loss": pa.float64(),
+    "test_acc": pa.float64(),
+    "train_acc_clean": pa.float64(),
+    "training.epochs": pa.int64(),
+    "training.steps": pa.int64(),
+    "training.seconds": pa.float64(),
+    "training.resumed": pa.bool_(),
+    "training.vectorized": pa.bool_(),
+}
+
+DERIVED: dict[str, pa.DataType] = {"data.n_train": pa.int64(), "model.n_params": pa.int64()}
+
+# Knobs whose config type is not a plain annotation: resolved to these column types.
+_KNOB_OVERRIDES: dict[str, pa.DataType] = {"data.subsample": pa.float64(), "train.batch_size": pa.int64()}
+_EXCLUDED_KNOBS = {"train.seeds"}
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"Any": Any, "Optional": typing.Optional, "list": list})  # noqa: S307
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is typing.Union and len(args) == 1:
+        return _arrow_type(args[0])
+    if origin is list:
+        return pa.list_(_arrow_type(args[0]))
+    mapping = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+    if annotation in mapping:
+        return mapping[annotation]
+    raise TypeError(f"no column type for config annotation {annotation!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def knob_columns() -> dict[str, pa.DataType]:
+    """``{dotted knob: arrow type}`` for every leaf of the data, model and train config schemas."""
+    from landscape.config import DataConfig, ModelConfig, TrainConfig, leaf_fields
+
+    out: dict[str, pa.DataType] = {}
+    for cls, prefix in ((DataConfig, "data"), (ModelConfig, "model"), (TrainConfig, "train")):
+        for name, ann in leaf_fields(cls, prefix):
+            if name in _EXCLUDED_KNOBS:
+                continue
+            out[name] = _KNOB_OVERRIDES.get(name) or _arrow_type(ann)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def schema_for(table: str) -> pa.Schema:
+    """The current schema of ``table``: ``models``, ``pairs`` or a metric family's long table."""
+    from landscape import metrics
+
+    cols: dict[str, pa.DataType] = dict(PROVENANCE)
+    if table == "models":
+        cols["seed"] = pa.int64()
+    else:
+        cols.update({"seed_a": pa.int64(), "seed_b": pa.int64()} if table == "pairs" else {"seed": pa.int64()})
+    cols.update(knob_columns())
+    cols.update(DERIVED)
+    if table == "models":
+        cols.update(TRAINING)
+    found = table in ("models", "pairs")
+    for fam in metrics.families():
+        if table in ("models", "pairs") and fam.table == table:
+            cols.update(fam.columns)
+        if table in fam.extra_tables:
+            cols.update(fam.extra_tables[table])
+            found = True
+    if not found:
+        raise KeyError(f"table={table!r}: unknown results table")
+    return pa.schema([pa.field(k, v) for k, v in cols.items()], metadata={
+        "landscape.schema_version": str(SCHEMA_VERSION), "landscape.table": table})
+
+
+def tables() -> list[str]:
+    """Every results table name: models, pairs and the metric families' long tables."""
+    from landscape import metrics
+
+    extra = [t for fam in metrics.families() for t in fam.extra_tables]
+    return ["models", "pairs", *dict.fromkeys(extra)]
