@@ -78,8 +78,12 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, batch_size
 
 @torch.no_grad()
 def recompute_bn(model: nn.Module, x: Tensor, batch_size: int = 512) -> bool:
-    """Reset and recompute every BatchNorm's running statistics as exact averages over ``x`` (train-mode
-    forward passes, cumulative moving average). Returns False (and does nothing) for models without BN."""
+    """Reset and recompute every BatchNorm's running statistics over ``x`` with train-mode forward passes.
+
+    Batches are weighted by their size: the running mean is exactly the mean of the layer's inputs over
+    ``x``; the running variance is the size-weighted mean of the per-batch (unbiased) variances, which equals
+    the dataset variance when ``batch_size >= len(x)``. Returns False (and does nothing) for models without BN.
+    """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return False
@@ -87,12 +91,16 @@ def recompute_bn(model: nn.Module, x: Tensor, batch_size: int = 512) -> bool:
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches seen
     model.train()
+    seen = 0
     for i in range(0, x.shape[0], batch_size):
         xb = x[i : i + batch_size]
-        if xb.shape[0] > 1:
-            model(xb)
+        if xb.shape[0] < 2:
+            continue
+        for m in bns:
+            m.momentum = xb.shape[0] / (seen + xb.shape[0])  # running average weighted by batch size
+        model(xb)
+        seen += xb.shape[0]
     for m, mom in zip(bns, momenta):
         m.momentum = mom
     model.train(was_training)

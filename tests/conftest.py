@@ -1,0 +1,50 @@
+"""Shared fixtures: running the real ``landscape`` CLI (a Hydra app) in a subprocess, small configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LANDSCAPE = [sys.executable, "-m", "landscape.cli.app"]
+
+# A fast cell: MLP on a quarter of digits, few epochs (a few seconds per cell on one core).
+FAST = ["data.subsample=0.25", "model.width=8", "train.epochs=3", "train.batch_size=32"]
+
+
+def run_cli(args: list[str], cwd: Path, check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run ``landscape ARGS`` in ``cwd``; on failure with ``check`` show its output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([*LANDSCAPE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"landscape {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    """``cli(args, check=True)``: run the CLI with ``tmp_path`` as working directory."""
+
+    def _run(args: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
+        return run_cli(args, tmp_path, check=check, **kw)
+
+    return _run
+
+
+@pytest.fixture
+def compose():
+    """``compose(overrides)``: the composed, typed config of one cell (no hydra node), as the job sees it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import landscape.cli.app as app
+
+    def _compose(overrides: list[str]):
+        with initialize_config_dir(config_dir=str(app.CONF_DIR), version_base="1.3"):
+            return hydra_compose("config", overrides=overrides)
+
+    return _compose

@@ -1,0 +1,104 @@
+"""Datasets: exact label noise, nested deterministic subsets, offline sources, the CIFAR-10 file format."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from landscape.config import DataConfig
+from landscape.data import apply_label_noise, full_train_size, load_data, resolve_count, subsample_indices
+
+
+def data_cfg(**kw):
+    return OmegaConf.structured(DataConfig(**kw))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.5, 0.9])
+@pytest.mark.parametrize("n", [101, 1437])
+def test_label_noise_changes_exactly_the_rounded_count(fraction, n):
+    y = np.random.default_rng(1).integers(0, 10, n)
+    noisy = apply_label_noise(y, fraction, 10, seed=7)
+    assert (noisy != y).sum() == round(fraction * n)
+    assert noisy.min() >= 0 and noisy.max() < 10
+    assert np.array_equal(noisy, apply_label_noise(y, fraction, 10, seed=7))  # same seed, same labels
+    if fraction > 0:
+        assert not np.array_equal(noisy, apply_label_noise(y, fraction, 10, seed=8))
+
+
+def test_label_noise_refuses_fraction_outside_range():
+    with pytest.raises(ValueError, match="data.label_noise=1.0"):
+        apply_label_noise(np.zeros(10, dtype=int), 1.0, 10, seed=0)
+
+
+def test_subsets_are_deterministic_and_nested():
+    small = subsample_indices(1437, resolve_count(0.1, 1437), seed=3)
+    large = subsample_indices(1437, resolve_count(0.2, 1437), seed=3)
+    assert len(small) == 144 and len(large) == 287
+    assert set(small) <= set(large)
+    assert np.array_equal(small, subsample_indices(1437, 144, seed=3))
+    assert resolve_count(500, 1437) == 500 and resolve_count(1.0, 1437) == 1437 and resolve_count(200.0, 1437) == 200
+
+
+def test_loaded_digits_noise_and_nesting_on_real_data():
+    d10 = load_data(data_cfg(subsample=0.1, label_noise=0.3))
+    d20 = load_data(data_cfg(subsample=0.2, label_noise=0.0))
+    assert d10.n_train == 144 and d10.n_test == 360 and d10.input_shape == (1, 8, 8)
+    assert int(d10.noisy_mask.sum()) == round(0.3 * 144)
+    # the clean 10 % training images are among the 20 % ones (compare raw labels+pixels via the clean labels)
+    full = load_data(data_cfg())
+    idx10 = subsample_indices(1437, 144, 0)
+    idx20 = subsample_indices(1437, 287, 0)
+    assert set(idx10) <= set(idx20)
+    assert torch.equal(d10.y_train_clean, full.y_train[torch.from_numpy(idx10)])
+    assert torch.equal(d20.y_train, full.y_train[torch.from_numpy(idx20)])
+    # test labels are never touched by label noise
+    assert torch.equal(d10.y_test, full.y_test)
+
+
+def test_same_config_same_data_and_sizes_known_without_loading():
+    a = load_data(data_cfg(name="gaussian", n_train=300, n_test=100, label_noise=0.2))
+    b = load_data(data_cfg(name="gaussian", n_train=300, n_test=100, label_noise=0.2))
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
+    assert full_train_size(data_cfg(name="gaussian", n_train=300)) == 300
+    m = load_data(data_cfg(name="mnist1d", num_samples=500))
+    assert m.n_train == full_train_size(data_cfg(name="mnist1d", num_samples=500)) == 400
+    assert m.input_shape == (1, 40) and m.n_classes == 10
+
+
+def write_tiny_cifar10(root: Path, per_batch: int = 6, n_test: int = 5) -> Path:
+    """A CIFAR-10 directory in the real python-pickle format, with ``per_batch`` images per training batch."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
+        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f)
+    return root
+
+
+def test_cifar10_loader_reads_the_real_format(tmp_path):
+    root = write_tiny_cifar10(tmp_path / "cifar-10-batches-py")
+    d = load_data(data_cfg(name="cifar10", root=str(root), subsample=20, label_noise=0.25))
+    assert d.n_train == 20 and d.n_test == 5 and d.input_shape == (3, 32, 32) and d.n_classes == 10
+    assert int(d.noisy_mask.sum()) == 5
+    with open(root / "data_batch_1", "rb") as f:
+        first = pickle.load(f, encoding="bytes")
+    # pixels are read channel-first: the red plane of image 0 is the first 1024 bytes
+    full = load_data(data_cfg(name="cifar10", root=str(root)))
+    assert full.n_train == 30
+    red = np.asarray(first[b"data"][0][:1024], dtype=np.float32).reshape(32, 32)
+    x0 = full.x_train[0][0].numpy()  # full set (subsample 1.0) keeps file order
+    assert np.corrcoef(red.ravel(), x0.ravel())[0, 1] > 0.999
+    assert full.y_train[0].item() == first[b"labels"][0]
+
+
+def test_cifar10_missing_files_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_batch_1"):
+        load_data(data_cfg(name="cifar10", root=str(tmp_path)))
