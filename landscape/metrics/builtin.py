@@ -1,3 +1,4 @@
 """Imports every built-in metric family module, which registers it (order = column order)."""
 
-from landscape.metrics import l2  # noqa: F401
+from landscape.metrics import l2  # noqa: F401  (pairs)
+from landscape.metrics import jump_retrain, projection_trace, surfaces  # noqa: F401  (models: geometry, topology)

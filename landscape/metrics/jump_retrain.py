@@ -1,0 +1,143 @@
+"""Model family ``jump_retrain``: jump-and-retrain trajectories and their topology (Horoi et al. 2021).
+
+From each trained model: ``n_jumps`` jumps per scale in ``scales`` along filter-normalised directions, each
+retrained for ``epochs`` epochs of SGD at constant ``lr`` (``landscape.trajectories.jump_retrain``), recorded
+every ``record_every`` steps through a seeded random projection to ``projection_dim`` dimensions; the points
+are embedded (``embedding``: PHATE with ``phate_*`` pinned, or PCA) and the sublevel-set persistence of the
+train loss on the ``graph_knn``-nearest-neighbour graph of the embedding gives the ``topology.*`` columns
+(bars with persistence above ``persistence_threshold``, loss units). Long tables: ``trajectories`` (one row
+per recorded point, with its 2-D embedding and, if ``store_coords``, its projected coordinates) and
+``persistence`` (the bars of the loss filtration and of the Rips filtration of the embedding).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from landscape.metrics import MetricFamily, ModelContext, register
+from landscape.trajectories.jump_retrain import JumpRetrainSettings, analyse, jump_and_retrain
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS = ("phate", "pca")
+
+
+@dataclass
+class Config:
+    """Settings of the ``jump_retrain`` family (mounted at ``metrics.jump_retrain``); defaults are cheap."""
+
+    enabled: bool = False
+    n_jumps: int = 3  # jumps per scale
+    scales: list[float] = field(default_factory=lambda: [0.25, 0.5])  # relative to filter norms
+    epochs: int = 1  # retraining epochs per jump
+    lr: float = 0.01  # constant SGD learning rate of the retraining
+    batch_size: int = 128
+    record_every: int = 2  # steps between recorded points
+    projection_dim: int = 256
+    eval_samples: int = 512  # train/test samples for the recorded losses
+    embedding: str = "phate"  # "phate" | "pca"
+    phate_knn: int = 5
+    phate_decay: float = 40.0
+    phate_t: str = "auto"  # "auto" or an integer diffusion time
+    phate_random_state: int = 0
+    graph_knn: int = 6  # neighbours of the loss-filtration graph
+    persistence_threshold: float = 0.01  # loss units
+    store_coords: bool = False  # keep the projected coordinates in the trajectories table
+    seed: int = 0
+
+
+COLUMNS: dict[str, pa.DataType] = {
+    **{f"topology.h{d}_{m}": (pa.int64() if m == "count" else pa.float64())
+       for d in (0, 1) for m in ("count", "total", "max", "entropy")},
+    "topology.h1_essential": pa.int64(),
+    "topology.rips_h1_max": pa.float64(),
+    "jump_retrain.n_jumps": pa.int64(),
+    "jump_retrain.scales": pa.list_(pa.float64()),
+    "jump_retrain.epochs": pa.int64(),
+    "jump_retrain.lr": pa.float64(),
+    "jump_retrain.n_points": pa.int64(),
+    "jump_retrain.embedding": pa.string(),
+    "jump_retrain.graph_knn": pa.int64(),
+    "jump_retrain.persistence_threshold": pa.float64(),
+    "jump_retrain.final_train_loss": pa.float64(),
+    "jump_retrain.final_test_loss": pa.float64(),
+    "jump_retrain.seconds": pa.float64(),
+}
+
+TRAJECTORIES: dict[str, pa.DataType] = {
+    "jump": pa.int64(),
+    "scale": pa.float64(),
+    "step": pa.int64(),
+    "train_loss": pa.float64(),
+    "train_acc": pa.float64(),
+    "test_loss": pa.float64(),
+    "test_acc": pa.float64(),
+    "embed_x": pa.float64(),
+    "embed_y": pa.float64(),
+    "coords": pa.list_(pa.float64()),
+}
+
+PERSISTENCE: dict[str, pa.DataType] = {
+    "filtration": pa.string(),  # "loss" | "rips"
+    "dim": pa.int64(),
+    "birth": pa.float64(),
+    "death": pa.float64(),  # inf for essential bars
+}
+
+
+def settings_from(settings: Any) -> JumpRetrainSettings:
+    if settings.embedding not in EMBEDDINGS:
+        raise ValueError(f"metrics.jump_retrain.embedding={settings.embedding!r}: expected one of {', '.join(EMBEDDINGS)}")
+    t = str(settings.phate_t)
+    if t != "auto" and not t.isdigit():
+        raise ValueError(f"metrics.jump_retrain.phate_t={settings.phate_t!r}: expected 'auto' or a positive integer")
+    s = JumpRetrainSettings.from_config(settings)
+    s.phate_t = t if t == "auto" else int(t)
+    return s
+
+
+def jump_retrain_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    s = settings_from(settings)
+    s.seed = int(settings.seed) * 1_000_003 + int(ctx.seed)  # different jumps for each model of a cell
+    traj = jump_and_retrain(ctx.model, ctx.loss_fn, ctx.data, s)
+    topo = analyse(traj, s)
+    rows = []
+    for r, e, c in zip(traj.rows, topo.embedding, traj.coords):
+        rows.append({**r, "embed_x": float(e[0]), "embed_y": float(e[1]),
+                     "coords": [float(v) for v in c] if settings.store_coords else None})
+    bars = [{"filtration": name, "dim": d, "birth": float(b), "death": float(de)}
+            for name, dgms in (("loss", topo.loss_diagrams), ("rips", topo.rips_diagrams))
+            for d, dgm in enumerate(dgms) for b, de in dgm]
+    last = [r for r in traj.rows if r["jump"] >= 0]
+    last_per_jump = {r["jump"]: r for r in last}  # rows are in step order: the last one per jump wins
+    rips_h1 = topo.rips_diagrams[1] if len(topo.rips_diagrams) > 1 else np.zeros((0, 2))
+    out = {
+        **topo.summary,
+        "topology.rips_h1_max": float((rips_h1[:, 1] - rips_h1[:, 0]).max()) if len(rips_h1) else 0.0,
+        "jump_retrain.n_jumps": int(s.n_jumps),
+        "jump_retrain.scales": [float(v) for v in s.scales],
+        "jump_retrain.epochs": int(s.epochs),
+        "jump_retrain.lr": float(s.lr),
+        "jump_retrain.n_points": len(rows),
+        "jump_retrain.embedding": s.embedding,
+        "jump_retrain.graph_knn": int(s.graph_knn),
+        "jump_retrain.persistence_threshold": float(s.persistence_threshold),
+        "jump_retrain.final_train_loss": float(np.mean([r["train_loss"] for r in last_per_jump.values()])),
+        "jump_retrain.final_test_loss": float(np.mean([r["test_loss"] for r in last_per_jump.values()])),
+        "jump_retrain.seconds": time.perf_counter() - t0,
+        "_tables": {"trajectories": rows, "persistence": bars},
+    }
+    log.info("jump_retrain: %d points, H0 %d / H1 %d bars above %g in %.1f s", len(rows),
+             out["topology.h0_count"], out["topology.h1_count"], s.persistence_threshold, out["jump_retrain.seconds"])
+    return out
+
+
+FAMILY = register(MetricFamily(name="jump_retrain", table="models", columns=COLUMNS, compute=jump_retrain_metrics,
+                               extra_tables={"trajectories": TRAJECTORIES, "persistence": PERSISTENCE}))

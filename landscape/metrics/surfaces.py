@@ -1,0 +1,134 @@
+"""Model family ``surfaces``: loss surfaces around each trained model (Li et al. 2018; Boettcher & Wheeler 2022).
+
+Directions: ``random`` = two filter-normalised Gaussian directions (``landscape.directions``; seeds derived from
+``seed`` and the model's seed), ``hessian`` = the unit eigenvectors of the largest and the most negative
+Hessian eigenvalue (``landscape.curvature``, over the same evaluation subset). The grid is ``resolution``
+points per axis in ``[-range, range]`` (``dims = 1``: a line along the first direction). Train loss is over a
+seeded subset of ``eval_samples`` training samples (as trained, i.e. noisy labels), test loss over the test
+set if ``include_test``. The grid goes to the long table ``surfaces`` (one row per point); row blocks are
+cached under the model's workdir, so a killed job resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from landscape.directions import filter_normalised_direction, hessian_directions
+from landscape.metrics import MetricFamily, ModelContext, register
+from landscape.surfaces import eval_subset, grid_axis, loss_surface
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("random", "hessian")
+
+
+@dataclass
+class Config:
+    """Settings of the ``surfaces`` family (mounted at ``metrics.surfaces``)."""
+
+    enabled: bool = False
+    directions: str = "random"  # "random" | "hessian"
+    dims: int = 2  # 1 | 2
+    range: float = 1.0  # grid spans [-range, range] along each direction
+    resolution: int = 21  # points per axis
+    eval_samples: int = 1000  # training samples for the train loss (<= 0: all)
+    include_test: bool = True
+    seed: int = 0
+    chunk: int = 16  # grid points per vmapped pass
+    batch_size: int = 1024  # samples per forward pass
+    hessian_tol: float = 1e-4  # relative Lanczos residual of the Hessian directions
+    hessian_max_iter: int = 200  # Hessian-vector products per eigenvector
+
+
+COLUMNS: dict[str, pa.DataType] = {
+    "surfaces.directions": pa.string(),
+    "surfaces.dims": pa.int64(),
+    "surfaces.range": pa.float64(),
+    "surfaces.resolution": pa.int64(),
+    "surfaces.n_points": pa.int64(),
+    "surfaces.eval_samples": pa.int64(),
+    "surfaces.center_train_loss": pa.float64(),
+    "surfaces.max_train_loss": pa.float64(),
+    "surfaces.hessian_max_eigenvalue": pa.float64(),
+    "surfaces.hessian_min_eigenvalue": pa.float64(),
+    "surfaces.seconds": pa.float64(),
+}
+
+TABLE: dict[str, pa.DataType] = {
+    "alpha": pa.float64(),
+    "beta": pa.float64(),
+    "train_loss": pa.float64(),
+    "train_acc": pa.float64(),
+    "test_loss": pa.float64(),
+    "test_acc": pa.float64(),
+}
+
+
+def derived_seed(*parts: int) -> int:
+    """A 31-bit seed from several integers (stable across runs and platforms)."""
+    h = 0x345678
+    for p in parts:
+        h = (h * 1_000_003 ^ (int(p) & 0xFFFFFFFF)) & 0x7FFFFFFF
+    return h
+
+
+def _check(settings: Any) -> None:
+    if settings.directions not in DIRECTIONS:
+        raise ValueError(f"metrics.surfaces.directions={settings.directions!r}: expected one of {', '.join(DIRECTIONS)}")
+    if int(settings.dims) not in (1, 2):
+        raise ValueError(f"metrics.surfaces.dims={settings.dims!r}: expected 1 or 2")
+    if int(settings.resolution) < 1 or not float(settings.range) > 0:
+        raise ValueError(f"metrics.surfaces.resolution={settings.resolution!r}, range={settings.range!r}: "
+                         "expected resolution >= 1 and range > 0")
+
+
+def surfaces_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
+    """Compute one loss surface around ``ctx.model`` (see the module docstring)."""
+    _check(settings)
+    t0 = time.perf_counter()
+    seed = int(settings.seed)
+    x, y = eval_subset(ctx.data.x_train, ctx.data.y_train, int(settings.eval_samples), seed)
+    out: dict[str, Any] = {}
+    if settings.directions == "random":
+        d1 = filter_normalised_direction(ctx.model, derived_seed(seed, ctx.seed, 1))
+        d2 = filter_normalised_direction(ctx.model, derived_seed(seed, ctx.seed, 2))
+    else:
+        d1, d2, lam_max, lam_min = hessian_directions(ctx.model, ctx.loss_fn, x, y, batch_size=int(settings.batch_size),
+                                                      seed=seed, tol=float(settings.hessian_tol),
+                                                      max_iter=int(settings.hessian_max_iter))
+        out["surfaces.hessian_max_eigenvalue"] = lam_max
+        out["surfaces.hessian_min_eigenvalue"] = lam_min
+    axis = grid_axis(float(settings.range), int(settings.resolution))
+    two = int(settings.dims) == 2
+    surf = loss_surface(
+        ctx.model, ctx.loss_fn, (x, y), d1, d2 if two else None, axis, axis if two else None,
+        test=(ctx.data.x_test, ctx.data.y_test) if settings.include_test else None,
+        chunk=int(settings.chunk), batch_size=int(settings.batch_size),
+        workdir=ctx.workdir / "surface",
+    )
+    rows = surf.rows()
+    center = min(rows, key=lambda r: abs(r["alpha"]) + abs(r["beta"]))
+    out.update({
+        "surfaces.directions": str(settings.directions),
+        "surfaces.dims": int(settings.dims),
+        "surfaces.range": float(settings.range),
+        "surfaces.resolution": int(settings.resolution),
+        "surfaces.n_points": len(rows),
+        "surfaces.eval_samples": int(x.shape[0]),
+        "surfaces.center_train_loss": center["train_loss"],
+        "surfaces.max_train_loss": float(surf.train_loss.max()),
+        "surfaces.seconds": time.perf_counter() - t0,
+        "_tables": {"surfaces": rows},
+    })
+    log.info("surfaces (%s, %dD, %d points) in %.1f s", settings.directions, int(settings.dims), len(rows),
+             out["surfaces.seconds"])
+    return out
+
+
+FAMILY = register(MetricFamily(name="surfaces", table="models", columns=COLUMNS, compute=surfaces_metrics,
+                               extra_tables={"surfaces": TABLE}))

@@ -1,0 +1,219 @@
+"""Jump and retrain (Horoi et al. 2021): explore the basin around a trained model.
+
+From the trained parameters ``theta*``, each jump moves to ``theta* + s * d`` with ``d`` a fresh
+filter-normalised Gaussian direction (``landscape.directions``; ``s`` is relative to the filter norms: ``s = 1``
+moves every filter by its own norm), then retrains with plain SGD (constant learning rate, no momentum, no
+weight decay) for ``epochs`` epochs. Every ``record_every`` steps (and at the jump and the last step) the
+parameters are projected with a fixed ``RandomProjection`` and the mean train/test loss (eval mode, on fixed
+seeded subsets of ``eval_samples``) is recorded. The trained model itself is the first point (``jump = -1``).
+
+``analyse`` embeds all recorded points (PHATE or PCA), builds the k-nearest-neighbour graph of the embedding
+and computes the sublevel-set persistence of the train loss on it (``homology.sublevel_diagrams``) and the
+Vietoris-Rips persistence of the embedding; ``topology.*`` summaries come from the loss filtration.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from landscape.data import CellData
+from landscape.directions import filter_normalised_direction, flat_parameters, set_flat_parameters
+from landscape.training import LossFn, evaluate
+from landscape.trajectories.embedding import embed
+from landscape.trajectories.homology import knn_edges, rips_diagrams, sublevel_diagrams, summarise
+from landscape.trajectories.projection import RandomProjection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JumpRetrainSettings:
+    """Jumps (``n_jumps`` per scale), retraining, recording and topology settings (see the module docstring)."""
+
+    n_jumps: int = 3
+    scales: Sequence[float] = (0.25, 0.5)
+    epochs: int = 1
+    lr: float = 0.01
+    batch_size: int = 128
+    record_every: int = 2
+    projection_dim: int = 256
+    eval_samples: int = 512
+    seed: int = 0
+    embedding: str = "phate"  # or "pca"
+    phate_knn: int = 5
+    phate_decay: float = 40.0
+    phate_t: Any = "auto"
+    phate_random_state: int = 0
+    graph_knn: int = 6
+    persistence_threshold: float = 0.01
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "JumpRetrainSettings":
+        """Read the fields present on a config node (attribute access); missing ones keep their defaults."""
+        kw = {f: getattr(cfg, f) for f in cls.__dataclass_fields__ if hasattr(cfg, f)}
+        if "scales" in kw:
+            kw["scales"] = [float(s) for s in kw["scales"]]
+        return cls(**kw)
+
+
+@dataclass
+class Trajectories:
+    """Recorded points: ``coords [n, projection_dim]`` and one row of metadata per point (``jump``, ``scale``,
+    ``step``, ``train_loss``, ``test_loss``)."""
+
+    coords: np.ndarray
+    rows: list[dict[str, Any]]
+    seconds: float = 0.0
+
+    @property
+    def train_loss(self) -> np.ndarray:
+        return np.array([r["train_loss"] for r in self.rows], dtype=np.float64)
+
+    def frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+
+def _subset(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    if n <= 0 or n >= x.shape[0]:
+        return x, y
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n].to(x.device)
+    return x[idx], y[idx]
+
+
+def jump_and_retrain(
+    model: nn.Module, loss_fn: LossFn, data: CellData, s: JumpRetrainSettings,
+    projection: RandomProjection | None = None,
+) -> Trajectories:
+    """Run all jumps from ``model`` (left unchanged) and record the trajectories (see the module docstring)."""
+    t0 = time.perf_counter()
+    theta_star = flat_parameters(model)
+    proj = projection or RandomProjection(theta_star.numel(), s.projection_dim, seed=s.seed)
+    xtr, ytr = _subset(data.x_train, data.y_train, s.eval_samples, s.seed)
+    xte, yte = _subset(data.x_test, data.y_test, s.eval_samples, s.seed + 1)
+    work = copy.deepcopy(model)
+    coords: list[np.ndarray] = []
+    rows: list[dict[str, Any]] = []
+
+    def record(jump: int, scale: float, step: int) -> None:
+        coords.append(proj(flat_parameters(work)).cpu().numpy())
+        tr, tra = evaluate(work, xtr, ytr, loss_fn)
+        te, tea = evaluate(work, xte, yte, loss_fn)
+        rows.append({"jump": jump, "scale": float(scale), "step": step, "train_loss": tr, "train_acc": tra,
+                     "test_loss": te, "test_acc": tea})
+
+    record(-1, 0.0, 0)
+    n = data.n_train
+    bs = min(int(s.batch_size), n)
+    jump = 0
+    for scale in s.scales:
+        for _ in range(int(s.n_jumps)):
+            work.load_state_dict(model.state_dict())
+            d = filter_normalised_direction(model, seed=s.seed * 100_003 + 7919 * jump + 1)
+            set_flat_parameters(work, theta_star + float(scale) * d)
+            opt = torch.optim.SGD(work.parameters(), lr=float(s.lr))
+            gen = torch.Generator().manual_seed(s.seed * 100_003 + jump)
+            step = 0
+            record(jump, scale, step)
+            for _epoch in range(int(s.epochs)):
+                perm = torch.randperm(n, generator=gen).to(data.x_train.device)
+                for b in range(0, n, bs):
+                    idx = perm[b : b + bs]
+                    if len(idx) < 2:
+                        continue
+                    work.train()
+                    opt.zero_grad(set_to_none=True)
+                    loss = loss_fn(work(data.x_train[idx]), data.y_train[idx])
+                    if not torch.isfinite(loss):
+                        log.warning("jump %d (scale %g) diverged at step %d", jump, scale, step)
+                        break
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    if step % max(1, int(s.record_every)) == 0:
+                        record(jump, scale, step)
+            if rows[-1]["step"] != step or rows[-1]["jump"] != jump:
+                record(jump, scale, step)
+            jump += 1
+    work.eval()
+    return Trajectories(coords=np.stack(coords), rows=rows, seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class TopologyResult:
+    """The embedding ``[n, 2]``, the loss-filtration and Rips diagrams, and the ``topology.*`` summaries."""
+
+    embedding: np.ndarray
+    loss_diagrams: list[np.ndarray]
+    rips_diagrams: list[np.ndarray]
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+def analyse(traj: Trajectories, s: JumpRetrainSettings) -> TopologyResult:
+    """Embed the trajectories and compute their persistent homology (see the module docstring)."""
+    emb = embed(traj.coords, s.embedding, knn=s.phate_knn, decay=s.phate_decay, t=s.phate_t,
+                random_state=s.phate_random_state) if s.embedding == "phate" else embed(traj.coords, s.embedding)
+    loss = traj.train_loss
+    loss_dgms = sublevel_diagrams(loss, knn_edges(emb, s.graph_knn), maxdim=1)
+    rips = rips_diagrams(emb, maxdim=1)
+    summary = summarise(loss_dgms, threshold=s.persistence_threshold, cap=float(loss.max()))
+    return TopologyResult(embedding=emb, loss_diagrams=loss_dgms, rips_diagrams=rips, summary=summary)
+
+
+def compare_generalisation(
+    label_noise: Sequence[float] = (0.0, 0.5),
+    width: int = 32,
+    train_epochs: int = 30,
+    train_lr: float = 0.05,
+    settings: JumpRetrainSettings | None = None,
+    seed: int = 0,
+    subsample: float | int = 1.0,
+) -> Any:
+    """Train a one-hidden-layer MLP of ``width`` on digits for each label-noise level (clean = generalises,
+    50 % noise = memorises), run jump-and-retrain from each and return a pandas DataFrame with one row per
+    level: train/test accuracy of the trained model, the ``topology.*`` summaries and the mean train loss
+    after retraining. For the notebook and its test."""
+    import tempfile
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from landscape.data import load_data
+    from landscape.models import MLP
+    from landscape.training import TrainSettings, make_loss, train_model
+
+    s = settings or JumpRetrainSettings()
+    loss_fn = make_loss("cross_entropy")
+    out = []
+    for noise in label_noise:
+        cfg = SimpleNamespace(name="digits", split_seed=0, subsample=subsample, subsample_seed=0,
+                              label_noise=float(noise), noise_seed=0)
+        data = load_data(cfg)
+        torch.manual_seed(seed)
+        model = MLP(int(np.prod(data.input_shape)), data.n_classes, width=width, depth=1)
+        ts = TrainSettings(loss="cross_entropy", lr=train_lr, momentum=0.9, weight_decay=0.0, batch_size=64,
+                           epochs=train_epochs, steps=None, schedule="constant", lr_decay=1.0, lr_milestones=[],
+                           checkpoint_every=10**6)
+        with tempfile.TemporaryDirectory() as tmp:
+            train_model(model, data.x_train, data.y_train, ts, seed=seed, workdir=Path(tmp))
+        model.eval()
+        tr_loss, tr_acc = evaluate(model, data.x_train, data.y_train, loss_fn)
+        te_loss, te_acc = evaluate(model, data.x_test, data.y_test, loss_fn)
+        traj = jump_and_retrain(model, loss_fn, data, s)
+        topo = analyse(traj, s)
+        final = [r["train_loss"] for r in traj.rows if r["jump"] >= 0]
+        out.append({"label_noise": float(noise), "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss,
+                    "test_acc": te_acc, "mean_traj_train_loss": float(np.mean(final)),
+                    "n_points": len(traj.rows), **topo.summary})
+    log.info("compare_generalisation settings: %s", asdict(s))
+    return pd.DataFrame(out)

@@ -1,0 +1,177 @@
+"""Random projections, jump-and-retrain trajectories, embeddings and the geometry metric families."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from landscape.data import load_data
+from landscape.directions import flat_parameters
+from landscape.metrics import ModelContext
+from landscape.models import MLP
+from landscape.training import make_loss
+from landscape.trajectories.embedding import pca
+from landscape.trajectories.jump_retrain import JumpRetrainSettings, compare_generalisation, jump_and_retrain
+from landscape.trajectories.projection import RandomProjection, TrajectoryRecorder
+
+
+def test_blocked_projection_equals_the_dense_matrix_and_preserves_distances():
+    p, k = 5000, 256
+    cached = RandomProjection(p, k, seed=3, block_rows=1000)
+    streamed = RandomProjection(p, k, seed=3, block_rows=1000, cache_bytes=0)
+    assert streamed._full is None and cached._full is not None
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(4, p, generator=gen)
+    r = cached.matrix()
+    assert r.shape == (p, k)
+    torch.testing.assert_close(cached(v), v @ r)
+    torch.testing.assert_close(streamed(v), v @ r, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(streamed(v[0]), (v @ r)[0], rtol=1e-4, atol=1e-4)
+    # Johnson-Lindenstrauss: pairwise distances kept within ~3/sqrt(k) relative error
+    d_in = torch.cdist(v, v)
+    d_out = torch.cdist(cached(v), cached(v))
+    mask = ~torch.eye(4, dtype=torch.bool)
+    assert ((d_out[mask] / d_in[mask] - 1).abs() < 3 / np.sqrt(k)).all()
+    assert not torch.allclose(RandomProjection(p, k, seed=4)(v), cached(v))  # the seed matters
+
+
+def test_recorder_records_every_k_steps():
+    model = MLP(4, 2, width=3, depth=1)
+    proj = RandomProjection(sum(p.numel() for p in model.parameters()), 8, seed=0)
+    rec = TrajectoryRecorder(model, proj, every=3)
+    recorded = [rec.record(step, loss=float(step)) for step in range(7)]
+    assert recorded == [True, False, False, True, False, False, True]
+    assert rec.points().shape == (3, 8)
+    np.testing.assert_allclose(rec.points()[0], proj(flat_parameters(model)).numpy())
+    assert [r["step"] for r in rec.rows()] == [0, 3, 6]
+    rec.as_progress()(1, 5, 0.3)
+    assert rec.rows()[-1]["epoch"] == 1 and rec.points().shape[0] == 4
+
+
+def test_phate_embedding_and_its_missing_extra_error(monkeypatch):
+    from landscape.trajectories.embedding import embed
+
+    pytest.importorskip("phate")
+    rng = np.random.default_rng(0)
+    pts = np.outer(np.linspace(0, 1, 60), rng.standard_normal(10)) + 0.01 * rng.standard_normal((60, 10))
+    a = embed(pts, "phate", knn=5, decay=40.0, t=5, random_state=0)
+    b = embed(pts, "phate", knn=5, decay=40.0, t=5, random_state=0)
+    assert a.shape == (60, 2) and np.isfinite(a).all()
+    np.testing.assert_allclose(a, b)  # pinned random_state: reproducible
+    monkeypatch.setitem(__import__("sys").modules, "phate", None)
+    with pytest.raises(ImportError, match="optional 'phate' extra"):
+        embed(pts, "phate")
+    with pytest.raises(ValueError, match="embedding='umap'"):
+        embed(pts, "umap")
+
+
+def test_pca_recovers_the_dominant_axis():
+    rng = np.random.default_rng(0)
+    pts = np.outer(rng.standard_normal(200), [3.0, 4.0, 0.0]) + 0.01 * rng.standard_normal((200, 3))
+    coords, ratio = pca(pts, 2)
+    assert ratio[0] > 0.99
+    np.testing.assert_allclose(np.abs(np.corrcoef(coords[:, 0], pts @ [0.6, 0.8, 0])[0, 1]), 1.0, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def digits_ctx(tmp_path_factory):
+    cfg = SimpleNamespace(name="digits", split_seed=0, subsample=300, subsample_seed=0, label_noise=0.0, noise_seed=0)
+    data = load_data(cfg)
+    torch.manual_seed(0)
+    model = MLP(64, 10, width=16, depth=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    lf = make_loss("cross_entropy")
+    for _ in range(60):
+        opt.zero_grad()
+        lf(model(data.x_train), data.y_train).backward()
+        opt.step()
+    model.eval()
+    return ModelContext(model=model, seed=0, data=data, loss_fn=lf, make_model=lambda: MLP(64, 10, 16, 1),
+                        cfg=None, device=torch.device("cpu"), workdir=tmp_path_factory.mktemp("work"))
+
+
+def test_jump_and_retrain_records_jumps_and_retraining(digits_ctx):
+    ctx = digits_ctx
+    s = JumpRetrainSettings(n_jumps=2, scales=(0.5,), epochs=1, lr=0.05, batch_size=50, record_every=2,
+                            projection_dim=32, seed=1)
+    theta = flat_parameters(ctx.model).clone()
+    traj = jump_and_retrain(ctx.model, ctx.loss_fn, ctx.data, s)
+    torch.testing.assert_close(flat_parameters(ctx.model), theta)  # the trained model is untouched
+    df = traj.frame()
+    # origin + per jump: the jump point, steps 2, 4, 6 (6 steps of 50 samples)
+    assert list(df.jump) == [-1] + [0] * 4 + [1] * 4
+    assert list(df.step[df.jump == 0]) == [0, 2, 4, 6]
+    assert traj.coords.shape == (9, 32)
+    # a jump raises the loss, retraining brings it down again
+    origin = df.train_loss[0]
+    for j in (0, 1):
+        seg = df[df.jump == j].train_loss.to_numpy()
+        assert seg[0] > origin and seg[-1] < seg[0]
+    proj = RandomProjection(theta.numel(), 32, seed=1)
+    np.testing.assert_allclose(traj.coords[0], proj(theta).numpy(), rtol=1e-5)
+
+
+def _table_types_ok(rows: list[dict], schema: dict) -> None:
+    import pyarrow as pa
+
+    assert rows and set(rows[0]) <= set(schema)
+    pa.Table.from_pylist(rows, schema=pa.schema(schema))  # raises on a type mismatch
+
+
+def test_geometry_families_fill_their_declared_columns(digits_ctx):
+    import pyarrow as pa
+
+    from landscape.metrics import jump_retrain, projection_trace, surfaces
+
+    ctx = digits_ctx
+    for mod, overrides in (
+        (surfaces, dict(resolution=5, eval_samples=200)),
+        (projection_trace, dict(n_directions=20, eval_samples=200)),
+        (jump_retrain, dict(n_jumps=2, scales=[0.5], epochs=1, batch_size=100, embedding="pca", projection_dim=16)),
+    ):
+        fam = mod.FAMILY
+        cfg = mod.Config(enabled=True, **overrides)
+        out = fam.compute(ctx, cfg)
+        tables = out.pop("_tables", {})
+        assert set(out) <= set(fam.columns), set(out) - set(fam.columns)
+        pa.Table.from_pylist([out], schema=pa.schema({k: fam.columns[k] for k in out}))
+        assert set(tables) == set(fam.extra_tables)
+        for name, rows in tables.items():
+            _table_types_ok(rows, fam.extra_tables[name])
+    # the surface's centre is the trained model
+    out = surfaces.FAMILY.compute(ctx, surfaces.Config(enabled=True, resolution=5, eval_samples=0, dims=1))
+    from landscape.training import evaluate
+
+    assert out["surfaces.center_train_loss"] == pytest.approx(evaluate(ctx.model, ctx.data.x_train, ctx.data.y_train,
+                                                                        ctx.loss_fn)[0], rel=1e-5)
+    assert out["surfaces.n_points"] == 5
+    with pytest.raises(ValueError, match="metrics.surfaces.directions='x'"):
+        surfaces.FAMILY.compute(ctx, surfaces.Config(enabled=True, directions="x"))
+
+
+def test_hessian_direction_surface_family(digits_ctx):
+    pytest.importorskip("landscape.curvature")
+    from landscape.metrics import surfaces
+
+    cfg = surfaces.Config(enabled=True, directions="hessian", resolution=3, eval_samples=50, range=0.1,
+                          hessian_tol=1e-3, hessian_max_iter=60)
+    out = surfaces.FAMILY.compute(digits_ctx, cfg)
+    assert out["surfaces.hessian_max_eigenvalue"] > 0 >= out["surfaces.hessian_min_eigenvalue"] - 1e-6
+    assert len(out["_tables"]["surfaces"]) == 9
+
+
+def test_clean_and_noisy_networks_give_different_jump_retrain_summaries():
+    pytest.importorskip("ripser")
+    s = JumpRetrainSettings(n_jumps=2, scales=(0.5,), epochs=1, batch_size=100, record_every=1, projection_dim=32,
+                            embedding="pca", graph_knn=4)
+    df = compare_generalisation(label_noise=(0.0, 0.5), width=16, train_epochs=8, settings=s, subsample=400)
+    assert list(df.label_noise) == [0.0, 0.5]
+    clean, noisy = df.iloc[0], df.iloc[1]
+    assert clean.test_acc > noisy.test_acc
+    assert noisy.mean_traj_train_loss > clean.mean_traj_train_loss
+    summary = [c for c in df.columns if c.startswith("topology.")]
+    assert {"topology.h0_count", "topology.h0_total", "topology.h1_entropy"} <= set(summary)
+    assert not np.allclose(df.loc[0, summary].to_numpy(float), df.loc[1, summary].to_numpy(float))
