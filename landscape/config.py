@@ -232,8 +232,8 @@ def validate(cfg: DictConfig | Any) -> list[str]:
         p.append(f"train.batch_size={bs!r}: expected an integer >= 1 or 'full'")
     elif n_train is not None and bs > n_train:
         p.append(
-            f"train.batch_size={bs}: larger than the training set ({n_train} samples of data.name={d.name} "
-            f"with data.subsample={s}); use at most {n_train} or 'full'"
+            f"train.batch_size={bs}: expected at most the training-set size {n_train} (data.name={d.name} "
+            f"with data.subsample={s}) or 'full'"
         )
 
     if not (_is_int(cfg.threads) and cfg.threads >= 1):

@@ -1,0 +1,69 @@
+"""Results contract: typed, versioned schema; files with and without a metric read together; DuckDB."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from landscape.results import SCHEMA_VERSION, load, schema_for, table_dir, write_table
+
+
+def row(cid: str, seed: int, **metrics) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "sweep": "t", "cell_id": cid, "seed": seed, "status": "done",
+            "model.width": 8, "train.batch_size": 32, "data.label_noise": 0.1, "train_loss": 0.5, **metrics}
+
+
+def test_every_column_is_typed_and_never_null_typed():
+    for table in ("models", "pairs"):
+        schema = schema_for(table)
+        assert all(not pa.types.is_null(f.type) for f in schema)
+        assert {"cell_id", "sweep", "status", "config", "git_commit", "git_dirty", "versions", "host", "device",
+                "schema_version", "started_at", "finished_at"} <= set(schema.names)
+    models = schema_for("models")
+    assert models.field("model.width").type == pa.int64()
+    assert models.field("train.batch_size").type == pa.int64()
+    assert models.field("data.label_noise").type == pa.float64()
+    assert models.field("data.subsample").type == pa.float64()
+    assert "train.seeds" not in models.names and "seed" in models.names
+
+
+def test_cell_without_a_metric_and_cell_with_it_read_as_one_typed_frame(tmp_path):
+    d = table_dir(tmp_path, "models")
+    write_table(d / "a.parquet", [row("a", 0), row("a", 1)], schema_for("models"))
+    # a file from a later schema that has one extra metric column (e.g. a new family)
+    extra = schema_for("models").append(pa.field("newfamily.value", pa.float64()))
+    write_table(d / "b.parquet", [{**row("b", 0), "newfamily.value": 2.5}], extra)
+    df = load(tmp_path, "models")
+    assert len(df) == 3
+    assert str(df["model.width"].dtype) == "Int64" and str(df["test_acc"].dtype) == "float64"
+    assert df["test_acc"].isna().all()  # typed null, not a missing column
+    assert df.set_index(["cell_id", "seed"])["newfamily.value"].loc[("b", 0)] == 2.5
+    assert df.set_index(["cell_id", "seed"])["newfamily.value"].isna().sum() == 2
+    # plain pandas and DuckDB read the same directory
+    assert len(pd.read_parquet(d)) == 3
+    n, width_sum, extra_sum = duckdb.sql(
+        f"select count(*), sum(\"model.width\"), sum(\"newfamily.value\") from "
+        f"read_parquet('{d}/*.parquet', union_by_name=true)").fetchall()[0]
+    assert (n, width_sum, extra_sum) == (3, 24, 2.5)
+
+
+def test_write_is_atomic_and_refuses_unknown_columns(tmp_path):
+    path = table_dir(tmp_path, "models") / "c.parquet"
+    write_table(path, [row("c", 0)], schema_for("models"))
+    before = path.read_bytes()
+    with pytest.raises(KeyError, match="model.widht"):
+        write_table(path, [{**row("c", 0), "model.widht": 3}], schema_for("models"))
+    assert path.read_bytes() == before  # the existing file is untouched by the failure
+    assert [p.name for p in path.parent.iterdir()] == ["c.parquet"]  # no temporary left behind
+    meta = pq.read_schema(path).metadata
+    assert meta[b"landscape.schema_version"] == str(SCHEMA_VERSION).encode()
+
+
+def test_empty_sweep_gives_typed_empty_frame(tmp_path):
+    df = load(tmp_path, "models")
+    assert df.empty and "model.width" in df.columns
