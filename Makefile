@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/landscape -m +sweep=demo hydra.sweep.dir=$(DEMO_DIR) $(ARGS)
 	$(PY) -m landscape.cli.summary $(DEMO_DIR)
+	$(VENV)/bin/landscape-phase $(DEMO_DIR) --x model.width --y train.batch_size --out $(DEMO_DIR)/phase
 
 test: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -1,0 +1,122 @@
+"""The spine through the real ``landscape`` CLI (Hydra multiruns in subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import FAST, LANDSCAPE, REPO, run_cli
+from landscape.results import load
+
+METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "train_acc_clean", "training.steps"]
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*") if p.is_file()}
+
+
+def test_readme_demo_command_end_to_end(tmp_path):
+    """`make demo` (the README's first command) on a reduced grid: rows, summary table, phase diagram."""
+    venv = Path(sys.executable).parent.parent
+    demo_dir = tmp_path / "demo"
+    proc = subprocess.run(
+        ["make", "-C", str(REPO), "demo", f"VENV={venv}", f"DEMO_DIR={demo_dir}",
+         "ARGS=model.width=8,32 train.batch_size=128 train.epochs=2"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"results of {demo_dir}" in proc.stdout and "test_acc" in proc.stdout
+    df = load(demo_dir, "models")
+    assert len(df) == 4 and set(df["model.width"]) == {8, 32} and (df["status"] == "done").all()
+    assert df["test_acc"].between(0, 1).all()
+    assert len(load(demo_dir, "pairs")) == 2
+    assert list((demo_dir / "phase").glob("*.png")), proc.stdout[-2000:]
+
+
+def test_same_config_twice_gives_bitwise_identical_metrics(cli, tmp_path):
+    for name in ("a", "b"):
+        cli([f"hydra.sweep.dir={name}", *FAST])
+    a, b = load(tmp_path / "a").sort_values("seed"), load(tmp_path / "b").sort_values("seed")
+    assert len(a) == 2
+    pd.testing.assert_frame_equal(a[METRICS + ["cell_id"]].reset_index(drop=True),
+                                  b[METRICS + ["cell_id"]].reset_index(drop=True), check_exact=True)
+    pa_, pb = load(tmp_path / "a", "pairs"), load(tmp_path / "b", "pairs")
+    assert pa_["l2_distance"].tolist() == pb["l2_distance"].tolist()
+
+
+def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_rows(cli, tmp_path):
+    args = ["data.subsample=0.25", "model.width=8", "train.batch_size=16", "train.epochs=150",
+            "train.checkpoint_every=1", "train.vectorize=off"]  # serial: seed 0 finishes before seed 1
+    cli(["hydra.sweep.dir=ref", *args])
+    ref = load(tmp_path / "ref")
+    cid = ref["cell_id"].iloc[0]
+
+    proc = subprocess.Popen([*LANDSCAPE, "hydra.sweep.dir=run", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    seed1_ckpt = tmp_path / "run" / "cells" / cid / "seeds" / "1" / "checkpoint.pt"
+    deadline = time.time() + 240
+    while not seed1_ckpt.exists():
+        assert proc.poll() is None, "the run finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    seed0 = tmp_path / "run" / "cells" / cid / "seeds" / "0" / "result.json"
+    assert seed0.exists() and not (tmp_path / "run" / "results").exists()
+    seed0_mtime = seed0.stat().st_mtime_ns
+
+    cli(["hydra.sweep.dir=run", *args])
+    run = load(tmp_path / "run")
+    assert len(run) == 2 and sorted(run["seed"]) == [0, 1]  # no duplicates
+    assert len(list((tmp_path / "run" / "results" / "models").glob("*.parquet"))) == 1
+    pd.testing.assert_frame_equal(run.sort_values("seed")[METRICS].reset_index(drop=True),
+                                  ref.sort_values("seed")[METRICS].reset_index(drop=True), check_exact=True)
+    assert seed0.stat().st_mtime_ns == seed0_mtime  # the finished seed was not retrained
+    resumed = run.set_index("seed")["training.resumed"]
+    assert not resumed[0] and resumed[1]
+
+
+def test_rerunning_a_finished_multirun_writes_nothing_and_is_fast(cli, tmp_path):
+    grid = ["-m", "hydra.sweep.dir=grid", "data.subsample=0.5", "train.batch_size=16", "train.epochs=20",
+            "model.width=16,32"]
+    t0 = time.perf_counter()
+    cli(grid)
+    first = time.perf_counter() - t0
+    before = snapshot(tmp_path / "grid")
+    t0 = time.perf_counter()
+    proc = cli(grid)
+    again = time.perf_counter() - t0
+    assert snapshot(tmp_path / "grid") == before
+    assert "nothing to launch" in proc.stdout + proc.stderr
+    assert again < 0.6 * first, (again, first)
+    # a different grid in the same sweep directory adds only the new cell
+    cli(["-m", "hydra.sweep.dir=grid", "data.subsample=0.5", "train.batch_size=16", "train.epochs=20",
+         "model.width=16,48"])
+    after = snapshot(tmp_path / "grid")
+    assert all(after[k] == v for k, v in before.items() if k.startswith("results"))
+    assert len(load(tmp_path / "grid")) == 6
+
+
+def test_a_bad_cell_anywhere_in_the_grid_stops_the_launch(cli, tmp_path):
+    proc = cli(["-m", "hydra.sweep.dir=bad", *FAST[:-2], "model.width=8,-3", "data.label_noise=0.2,1.5",
+                "train.batch_size=32,5000"], check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    for named in ("model.width=-3", "data.label_noise=1.5", "train.batch_size=5000"):
+        assert named in out, out[-3000:]
+    assert "nothing was launched" in out
+    assert not (tmp_path / "bad" / "cells").exists()
+
+
+@pytest.mark.parametrize("override,named", [("model.widht=3", "model.widht"), ("model=transformer", "transformer"),
+                                            ("data=imagenet", "imagenet")])
+def test_typos_and_unknown_options_are_refused_by_name(cli, tmp_path, override, named):
+    proc = cli(["-m", "hydra.sweep.dir=typo", "model.width=8,16", override], check=False)
+    assert proc.returncode != 0 and named in proc.stdout + proc.stderr
+    assert not (tmp_path / "typo" / "cells").exists()
