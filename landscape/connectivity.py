@@ -1,0 +1,391 @@
+"""Mode connectivity: Bezier curves between two trained models, their training, and values along paths.
+
+A Bezier curve of degree ``m = bends + 1`` with control points ``P_0 = theta_a``, ``P_1..P_bends`` (trainable)
+and ``P_m = theta_b`` is ``theta(t) = sum_i C(m, i) t^i (1 - t)^(m - i) P_i`` for ``t`` in [0, 1]
+(``bends = 1``: the quadratic curve of Garipov et al. 2018; ``bends = 0``: the straight line). The endpoints
+are the trained parameters themselves and are never trained; ``theta(0)`` and ``theta(1)`` return them
+exactly. Only parameters lie on the curve; BatchNorm buffers do not: at every evaluated ``t`` the running
+statistics are recomputed on the training inputs for the model at ``theta(t)``.
+
+Training (Garipov et al. 2018): SGD on the middle control points of ``E_t~U(0,1) loss(theta(t))``, one ``t``
+drawn per minibatch, with an L2 penalty ``weight_decay / 2 * |theta(t)|^2`` on the point of the curve;
+the model is evaluated with ``torch.func.functional_call`` on the parameter dict ``theta(t)``.
+Checkpoints (control points, optimizer, schedule, generator) make a killed run resume bitwise.
+
+Scalars along a path sampled at ``t_0 = 0 < ... < t_{T-1} = 1`` (``values`` = training error in percent or
+loss):
+
+* mode connectivity (Yang et al. 2021): ``u = argmax_t |v(t) - (v(0) + v(1)) / 2|``,
+  ``mc = (v(0) + v(1)) / 2 - v(u)`` (negative: a barrier; positive: the path finds lower values than the
+  endpoints; zero: flat);
+* barrier: ``max_t v(t) - ((1 - t) v(0) + t v(1))`` (>= 0 on a grid containing the endpoints).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from landscape.training import LossFn, atomic_torch_save, evaluate, recompute_bn
+
+log = logging.getLogger(__name__)
+
+INITS = ("line", "random")
+SCHEDULES = ("constant", "cosine", "garipov")
+CURVE_CHECKPOINT = "curve_checkpoint.pt"
+CURVE_FINAL = "curve_final.pt"
+
+Params = dict[str, Tensor]
+
+
+def trainable_parameters(model: nn.Module) -> Params:
+    """``{name: detached clone}`` of the trainable parameters of ``model`` (the coordinates of a curve)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def bernstein(degree: int, t: float, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> Tensor:
+    """Bernstein basis ``[degree + 1]``: ``C(degree, i) t^i (1 - t)^(degree - i)``."""
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"t={t!r}: expected a curve parameter in [0, 1]")
+    w = [math.comb(degree, i) * t**i * (1.0 - t) ** (degree - i) for i in range(degree + 1)]
+    return torch.tensor(w, dtype=dtype, device=device)
+
+
+class BezierCurve:
+    """Bezier curve in parameter space between two parameter dicts, with ``bends`` trainable middle points.
+
+    ``start``/``end``: ``{name: tensor}`` (detached copies are kept as given: ``theta(0)``/``theta(1)`` return
+    them bitwise); ``middle``: ``{name: tensor [bends, *shape]}``. All parameters share one dtype and device.
+    Internally the control points are flat rows: the fixed ends ``[2, P]`` and the trainable middle
+    ``middle_flat [bends, P]`` (one leaf tensor), so ``theta(t)`` costs two small matrix products.
+    """
+
+    def __init__(self, start: Mapping[str, Tensor], end: Mapping[str, Tensor], middle: Mapping[str, Tensor]):
+        if set(start) != set(end) or set(start) != set(middle) or not start:
+            raise ValueError("start, end and middle control points must have the same (non-empty) parameter names")
+        self.names = list(start)
+        self.start = {n: start[n].detach().clone() for n in self.names}
+        self.end = {n: end[n].detach().clone() for n in self.names}
+        for n in self.names:
+            if self.start[n].shape != self.end[n].shape or middle[n].shape[1:] != self.start[n].shape:
+                raise ValueError(f"parameter {n!r}: control points of different shapes")
+        dtypes = {t.dtype for t in self.start.values()}
+        if len(dtypes) != 1:
+            raise ValueError(f"parameters of several dtypes {sorted(map(str, dtypes))}: a curve needs one dtype")
+        self.shapes = [self.start[n].shape for n in self.names]
+        self.numels = [self.start[n].numel() for n in self.names]
+        self.bends = int(middle[self.names[0]].shape[0])
+        flat = lambda d: torch.cat([d[n].reshape(-1) for n in self.names])  # noqa: E731
+        self._ends = torch.stack([flat(self.start), flat(self.end)])
+        self.middle_flat = torch.cat(
+            [middle[n].detach().reshape(self.bends, k).to(self._ends) for n, k in zip(self.names, self.numels)], dim=1
+        ).requires_grad_(self.bends > 0)
+
+    @classmethod
+    def through_line(cls, start: Mapping[str, Tensor], end: Mapping[str, Tensor], bends: int) -> "BezierCurve":
+        """Middle points evenly spaced on the segment (``P_i`` at ``i / (bends + 1)``): ``theta(t)`` is then
+        exactly the straight line ``(1 - t) theta_a + t theta_b``."""
+        if bends < 0:
+            raise ValueError(f"bends={bends}: expected a number of middle control points >= 0")
+        fr = [i / (bends + 1) for i in range(1, bends + 1)]
+        middle = {
+            n: torch.stack([(1.0 - f) * start[n] + f * end[n] for f in fr]) if bends else start[n][None][:0]
+            for n in start
+        }
+        return cls(start, end, middle)
+
+    @classmethod
+    def from_points(
+        cls, start: Mapping[str, Tensor], end: Mapping[str, Tensor], points: Sequence[Mapping[str, Tensor]]
+    ) -> "BezierCurve":
+        """Middle control points given as a list of parameter dicts (e.g. freshly initialised models)."""
+        middle = {n: torch.stack([p[n].detach() for p in points]) for n in start}
+        return cls(start, end, middle)
+
+    @property
+    def middle(self) -> Params:
+        """``{name: [bends, *shape]}`` views of the middle control points."""
+        parts = torch.split(self.middle_flat, self.numels, dim=1)
+        return {n: p.reshape(self.bends, *s) for n, p, s in zip(self.names, parts, self.shapes)}
+
+    def trainable(self) -> list[Tensor]:
+        return [self.middle_flat] if self.bends else []
+
+    def point_flat(self, t: float) -> Tensor:
+        """``theta(t)`` as one flat vector ``[P]`` (differentiable in the middle points)."""
+        w = bernstein(self.bends + 1, float(t), dtype=self._ends.dtype, device=self._ends.device)
+        theta = w[[0, -1]] @ self._ends
+        if self.bends:
+            theta = theta + w[1:-1] @ self.middle_flat
+        return theta
+
+    def unflatten(self, flat: Tensor) -> Params:
+        """A flat vector ``[P]`` as a ``{name: tensor}`` dict of views."""
+        return {n: p.view(s) for n, p, s in zip(self.names, torch.split(flat, self.numels), self.shapes)}
+
+    def point(self, t: float) -> Params:
+        """``theta(t)`` as a parameter dict (differentiable in the middle points; ends returned exactly)."""
+        if t == 0.0:
+            return dict(self.start)
+        if t == 1.0:
+            return dict(self.end)
+        return self.unflatten(self.point_flat(t))
+
+    def state(self) -> Tensor:
+        return self.middle_flat.detach().clone()
+
+    def load_state(self, middle_flat: Tensor) -> None:
+        with torch.no_grad():
+            self.middle_flat.copy_(middle_flat)
+
+
+# --------------------------------------------------------------------------------------------- training
+@dataclass
+class CurveSettings:
+    """Curve-training hyper-parameters. ``schedule``: ``constant``, ``cosine`` (to 0 over the epochs) or
+    ``garipov`` (1 for the first half, linear down to 0.01 at 90 %, then 0.01; Garipov et al. 2018)."""
+
+    epochs: int = 20
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    schedule: str = "cosine"
+    checkpoint_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if self.epochs < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError(
+                f"epochs={self.epochs}, batch_size={self.batch_size}, checkpoint_every={self.checkpoint_every}: "
+                "expected epochs >= 0, batch_size >= 1, checkpoint_every >= 1"
+            )
+
+
+@dataclass
+class CurveTrainResult:
+    """``history``: mean training-batch loss (without the penalty) per epoch; ``epochs_run``: epochs trained
+    by this call (0 when loaded finished from ``workdir``)."""
+
+    epochs: int
+    steps: int
+    seconds: float
+    history: list[float] = field(default_factory=list)
+    epochs_run: int = 0
+    resumed_from_epoch: int = 0
+
+
+def schedule_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """Learning-rate multiplier of ``epoch`` (0-based) of ``epochs``."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+    if schedule == "garipov":
+        a = epoch / max(epochs, 1)
+        if a <= 0.5:
+            return 1.0
+        if a <= 0.9:
+            return 1.0 - (a - 0.5) / 0.4 * 0.99
+        return 0.01
+    raise ValueError(f"schedule={schedule!r}: expected one of {', '.join(SCHEDULES)}")
+
+
+def _steps_per_epoch(n: int, batch_size: int) -> int:
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 else 0)  # a trailing batch of one sample is dropped (BatchNorm)
+
+
+def train_curve(
+    curve: BezierCurve,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: LossFn,
+    settings: CurveSettings,
+    seed: int,
+    workdir: Path | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> CurveTrainResult:
+    """Train the middle points of ``curve`` in place on ``(x, y)``; ``model`` is the architecture template
+    (its parameters are not used; its buffers are, and BatchNorm runs on batch statistics).
+
+    With ``workdir``, checkpoints go to ``curve_checkpoint.pt`` every ``checkpoint_every`` epochs and the
+    result to ``curve_final.pt``; a call finding the final file loads it and trains nothing, one finding a
+    checkpoint resumes from it (bitwise as if uninterrupted). ``progress(epoch, epochs, loss)`` runs after each
+    epoch (after its checkpoint).
+    """
+    s = settings
+    # identifies the run: settings, seed, and a fingerprint of the endpoints and the initial middle points
+    fingerprint = [float(curve._ends.double().sum()), float(curve.middle_flat.detach().double().sum())]
+    meta = {"settings": asdict(s), "seed": int(seed), "bends": curve.bends, "fingerprint": fingerprint}
+    final_path = workdir / CURVE_FINAL if workdir is not None else None
+    ckpt_path = workdir / CURVE_CHECKPOINT if workdir is not None else None
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if final_path.exists():
+            state = torch.load(final_path, map_location=x.device, weights_only=False)
+            if state["meta"] == meta:
+                curve.load_state(state["middle"])
+                return CurveTrainResult(**{**state["result"], "epochs_run": 0})
+            log.warning("curve in %s was trained with other settings; retraining", workdir)
+            ckpt_path.unlink(missing_ok=True)
+
+    params = curve.trainable()
+    n = x.shape[0]
+    bs = min(s.batch_size, n)
+    per_epoch = _steps_per_epoch(n, bs)
+    opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum) if params else None
+    gen = torch.Generator().manual_seed(int(seed))
+    start_epoch, step, seconds, history = 0, 0, 0.0, []
+    if ckpt_path is not None and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=x.device, weights_only=False)
+        if state["meta"] == meta:
+            curve.load_state(state["middle"])
+            if opt is not None:
+                opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            start_epoch, step, seconds, history = state["epoch"], state["step"], state["seconds"], state["history"]
+            log.info("curve: resumed at epoch %d", start_epoch)
+
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.train()
+    for epoch in range(start_epoch, s.epochs if params else 0):
+        lr = s.lr * schedule_factor(s.schedule, epoch, s.epochs)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        perm = torch.randperm(n, generator=gen).to(x.device)
+        ts = torch.rand(per_epoch, generator=gen, dtype=torch.float64)
+        loss_sum = 0.0
+        for b in range(per_epoch):
+            idx = perm[b * bs : (b + 1) * bs]
+            flat = curve.point_flat(float(ts[b]))
+            loss = loss_fn(functional_call(model, curve.unflatten(flat), (x[idx],)), y[idx])
+            total = loss
+            if s.weight_decay:
+                total = total + 0.5 * s.weight_decay * flat.pow(2).sum()
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            step += 1
+            loss_sum += float(loss.detach())
+        history.append(loss_sum / per_epoch)
+        if ckpt_path is not None and (epoch + 1) % s.checkpoint_every == 0 and epoch + 1 < s.epochs:
+            atomic_torch_save(
+                {
+                    "meta": meta,
+                    "middle": curve.state(),
+                    "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "seconds": seconds + time.perf_counter() - t0,
+                    "history": history,
+                },
+                ckpt_path,
+            )
+        if progress is not None:
+            progress(epoch + 1, s.epochs, history[-1])
+    model.train(was_training)
+    seconds += time.perf_counter() - t0
+    result = CurveTrainResult(
+        epochs=len(history), steps=step, seconds=seconds, history=history,
+        epochs_run=len(history) - start_epoch, resumed_from_epoch=start_epoch,
+    )
+    if final_path is not None:
+        atomic_torch_save({"meta": meta, "middle": curve.state(), "result": asdict(result)}, final_path)
+        ckpt_path.unlink(missing_ok=True)
+    return result
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+@dataclass
+class PathValues:
+    """Values along a path at ``t`` (lists of equal length). Errors in percent; test lists empty if skipped."""
+
+    t: list[float]
+    train_loss: list[float]
+    train_err: list[float]
+    test_loss: list[float] = field(default_factory=list)
+    test_err: list[float] = field(default_factory=list)
+
+
+def load_parameters(model: nn.Module, params: Mapping[str, Tensor]) -> None:
+    """Copy ``params`` into ``model``'s parameters of the same names (in place, no autograd)."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in params:
+                p.copy_(params[n])
+
+
+@torch.no_grad()
+def evaluate_path(
+    point: Callable[[float], Mapping[str, Tensor]],
+    model: nn.Module,
+    x_train: Tensor,
+    y_train: Tensor,
+    loss_fn: LossFn,
+    ts: Sequence[float],
+    x_test: Tensor | None = None,
+    y_test: Tensor | None = None,
+    batch_size: int = 2048,
+) -> PathValues:
+    """Loss and error (percent) of the model at ``point(t)`` for each ``t`` in ``ts``, on the training set
+    (and the test set if given). ``model`` is a template whose parameters are overwritten; its BatchNorm
+    statistics are recomputed on ``x_train`` at every ``t``."""
+    out = PathValues(t=[float(t) for t in ts], train_loss=[], train_err=[])
+    for t in ts:
+        load_parameters(model, point(float(t)))
+        recompute_bn(model, x_train)
+        loss, acc = evaluate(model, x_train, y_train, loss_fn, batch_size)
+        out.train_loss.append(loss)
+        out.train_err.append(100.0 * (1.0 - acc))
+        if x_test is not None and y_test is not None:
+            loss, acc = evaluate(model, x_test, y_test, loss_fn, batch_size)
+            out.test_loss.append(loss)
+            out.test_err.append(100.0 * (1.0 - acc))
+    model.eval()
+    return out
+
+
+def t_grid(n_points: int) -> list[float]:
+    """``n_points`` evenly spaced values of t in [0, 1], both ends included (exactly 0.0 and 1.0)."""
+    if n_points < 2:
+        raise ValueError(f"n_points={n_points}: expected at least 2 points (the two endpoints)")
+    return [i / (n_points - 1) for i in range(n_points)]
+
+
+# ---------------------------------------------------------------------------------------------- scalars
+def mode_connectivity(values: Sequence[float]) -> float:
+    """``mc = (v_0 + v_last) / 2 - v_u`` with ``u = argmax |v - (v_0 + v_last) / 2|`` over the interior points
+    (first maximiser). The endpoints are left out of the argmax: both sit at ``|v_last - v_0| / 2`` from the
+    mean, and taking one would make ``mc`` depend on which model is called ``a``; with 2 points ``mc = 0``."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        raise ValueError(f"mode_connectivity: {v.size} values; expected the path's values at >= 2 points")
+    mid = 0.5 * (v[0] + v[-1])
+    if v.size == 2:
+        return 0.0
+    inner = v[1:-1]
+    u = int(np.argmax(np.abs(inner - mid)))
+    return float(mid - inner[u])
+
+
+def barrier(ts: Sequence[float], values: Sequence[float]) -> float:
+    """``max_t v(t) - ((1 - t) v(t_0) + t v(t_last))``, the height above the chord of the endpoints."""
+    t = np.asarray(ts, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    if t.shape != v.shape or t.size < 2:
+        raise ValueError(f"barrier: {t.size} t values and {v.size} values; expected equal sizes >= 2")
+    return float(np.max(v - ((1.0 - t) * v[0] + t * v[-1])))

@@ -1,0 +1,279 @@
+"""Bezier curves, curve training, values along paths, mc/barrier scalars; the cka and connectivity families."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pytest
+import torch
+from torch import nn
+
+from landscape.connectivity import (
+    BezierCurve,
+    CurveSettings,
+    barrier,
+    bernstein,
+    evaluate_path,
+    mode_connectivity,
+    t_grid,
+    train_curve,
+    trainable_parameters,
+)
+from landscape.data import CellData, load_data
+from landscape.metrics import ModelContext, PairContext
+from landscape.metrics import cka as cka_family
+from landscape.metrics import connectivity as conn_family
+from landscape.models import CNN, MLP
+from landscape.training import TrainSettings, evaluate, make_loss, recompute_bn, train_model
+
+
+# ------------------------------------------------------------------------------------------------ scalars
+def test_mode_connectivity_and_barrier_exact_values():
+    assert mode_connectivity([1.0, 3.0, 1.0]) == -2.0  # a bump: barrier
+    assert mode_connectivity([2.0, 1.0, 0.5, 2.0]) == 1.5  # a dip below the endpoints
+    assert mode_connectivity([4.0, 4.0, 4.0]) == 0.0
+    assert mode_connectivity([0.0, 1.0, 2.0]) == 0.0  # linear: the interior point sits at the mean
+    assert mode_connectivity([0.0, 3.0, 2.0]) == mode_connectivity([2.0, 3.0, 0.0]) == -2.0  # symmetric in a, b
+    assert barrier([0.0, 0.5, 1.0], [0.0, 1.0, 2.0]) == 0.0
+    assert barrier([0.0, 0.5, 1.0], [1.0, 3.0, 1.0]) == 2.0
+    assert barrier([0.0, 0.25, 1.0], [0.0, 2.0, 4.0]) == 1.0
+    assert t_grid(5) == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_bernstein_basis_and_line_initialised_curves_are_the_line():
+    for deg in range(4):
+        assert float(bernstein(deg, 0.3).sum()) == pytest.approx(1.0, abs=1e-15)
+    g = torch.Generator().manual_seed(0)
+    a = {"w": torch.randn(3, 4, generator=g, dtype=torch.float64), "b": torch.randn(4, generator=g, dtype=torch.float64)}
+    b = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in a.items()}
+    for bends in (0, 1, 3):
+        curve = BezierCurve.through_line(a, b, bends)
+        for t in (0.0, 0.2, 0.5, 0.9, 1.0):
+            p = curve.point(t)
+            for k in a:
+                torch.testing.assert_close(p[k], (1 - t) * a[k] + t * b[k], rtol=1e-12, atol=1e-12)
+        assert all(torch.equal(curve.point(0.0)[k], a[k]) and torch.equal(curve.point(1.0)[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------------- double-well problem
+S = math.sin(math.radians(20.0))
+
+
+class RingWell(nn.Module):
+    """A 2-parameter 'model' whose output is V(w) = (|w|^2 - 1)^2 + 0.1 (w_2 + s)^2 for every input.
+
+    Two separated minima at angles 200 and -20 degrees on the unit circle (w_2 = -s); the segment between
+    them crosses the disc (V ~ 0.78 in the middle), the arc below it stays near the ring (V <= 0.05).
+    """
+
+    def __init__(self, w: tuple[float, float] = (0.0, 0.0)):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r2 = self.w.pow(2).sum()
+        v = (r2 - 1.0) ** 2 + 0.1 * (self.w[1] + S) ** 2
+        return v.expand(x.shape[0], 1)
+
+
+def _mean_output(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return out.mean()
+
+
+def _ring_models() -> tuple[RingWell, RingWell]:
+    c = math.cos(math.radians(20.0))
+    return RingWell((-c, -S)), RingWell((c, -S))
+
+
+def test_double_well_line_has_a_barrier_and_the_trained_curve_finds_a_lower_path():
+    a, b = _ring_models()
+    x, y = torch.zeros(64, 1, dtype=torch.float64), torch.zeros(64, dtype=torch.long)
+    ts = t_grid(21)
+    start, end = trainable_parameters(a), trainable_parameters(b)
+    line = evaluate_path(BezierCurve.through_line(start, end, 0).point, RingWell(), x, y, _mean_output, ts)
+    line_barrier = barrier(ts, line.train_loss)
+    assert line_barrier > 0.7
+
+    for init in ("line", "random"):
+        if init == "line":
+            curve = BezierCurve.through_line(start, end, 1)
+        else:
+            curve = BezierCurve.from_points(start, end, [{"w": torch.tensor([0.3, 0.4], dtype=torch.float64)}])
+        s = CurveSettings(epochs=40, lr=0.1, momentum=0.9, batch_size=16, schedule="cosine")
+        res = train_curve(curve, RingWell(), x, y, _mean_output, s, seed=0)
+        assert res.steps == 160 and res.history[-1] < res.history[0]
+        vals = evaluate_path(curve.point, RingWell(), x, y, _mean_output, ts)
+        assert barrier(ts, vals.train_loss) < 0.15 * line_barrier
+        assert mode_connectivity(vals.train_loss) > -0.15 * line_barrier
+        # endpoints are the trained models, bitwise, after training
+        assert torch.equal(curve.point(0.0)["w"], a.w.detach()) and torch.equal(curve.point(1.0)["w"], b.w.detach())
+        assert torch.equal(curve.start["w"], a.w.detach()) and torch.equal(curve.end["w"], b.w.detach())
+
+
+def test_curve_training_resumes_bitwise_and_does_not_retrain(tmp_path: Path):
+    a, b = _ring_models()
+    x, y = torch.zeros(40, 1, dtype=torch.float64), torch.zeros(40, dtype=torch.long)
+    s = CurveSettings(epochs=6, lr=0.05, batch_size=8, checkpoint_every=1)
+
+    def fresh() -> BezierCurve:
+        return BezierCurve.through_line(trainable_parameters(a), trainable_parameters(b), 2)
+
+    ref = fresh()
+    ref_res = train_curve(ref, RingWell(), x, y, _mean_output, s, seed=3)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(epoch: int, epochs: int, loss: float) -> None:
+        if epoch == 3:
+            raise Killed
+
+    work = tmp_path / "curve"
+    with pytest.raises(Killed):
+        train_curve(fresh(), RingWell(), x, y, _mean_output, s, seed=3, workdir=work, progress=kill_at_3)
+    assert (work / "curve_checkpoint.pt").exists()
+    resumed = fresh()
+    res = train_curve(resumed, RingWell(), x, y, _mean_output, s, seed=3, workdir=work)
+    assert res.resumed_from_epoch == 3 and res.epochs_run == 3
+    assert torch.equal(resumed.middle["w"], ref.middle["w"])
+    assert res.history == ref_res.history
+    again = fresh()
+    res2 = train_curve(again, RingWell(), x, y, _mean_output, s, seed=3, workdir=work)
+    assert res2.epochs_run == 0 and torch.equal(again.middle["w"], ref.middle["w"])
+
+
+# ------------------------------------------------------------------------------------ real small models
+def _gaussian_data(dim: int = 8, n_train: int = 200, separation: float = 4.0) -> CellData:
+    cfg = SimpleNamespace(
+        name="gaussian", n_classes=3, dim=dim, separation=separation, n_train=n_train, n_test=100,
+        generator_seed=0, subsample=1.0, subsample_seed=0, label_noise=0.0, noise_seed=0,
+    )
+    return load_data(cfg)
+
+
+def _train(model: nn.Module, data: CellData, seed: int, workdir: Path, epochs: int = 15) -> nn.Module:
+    s = TrainSettings(loss="cross_entropy", lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=32, epochs=epochs,
+                      steps=None, schedule="constant", lr_decay=0.1, lr_milestones=[], checkpoint_every=100)
+    train_model(model, data.x_train, data.y_train, s, seed=seed, workdir=workdir)
+    return model.eval()
+
+
+def _mlp(seed: int) -> MLP:
+    torch.manual_seed(seed)
+    return MLP(8, 3, width=16, depth=1)
+
+
+def test_curve_between_a_model_and_itself_has_zero_mode_connectivity(tmp_path: Path):
+    data = _gaussian_data()
+    loss_fn = make_loss("cross_entropy")
+    model = _train(_mlp(0), data, 0, tmp_path / "m")
+    p = trainable_parameters(model)
+    ts = t_grid(5)
+    untrained = BezierCurve.through_line(p, p, 1)
+    v = evaluate_path(untrained.point, _mlp(9), data.x_train, data.y_train, loss_fn, ts)
+    assert mode_connectivity(v.train_err) == 0.0
+    assert abs(mode_connectivity(v.train_loss)) < 1e-6  # (1 - t) p + t p = p up to float32 round-off
+    trained = BezierCurve.through_line(p, p, 1)
+    train_curve(trained, _mlp(9), data.x_train, data.y_train, loss_fn, CurveSettings(epochs=2, lr=0.01), seed=0)
+    v = evaluate_path(trained.point, _mlp(9), data.x_train, data.y_train, loss_fn, ts)
+    assert v.train_err[0] == v.train_err[-1]
+    assert abs(mode_connectivity(v.train_err)) <= 100.0 / data.n_train + 1e-9  # at most one sample flips
+    assert abs(mode_connectivity(v.train_loss)) < 0.02 * max(v.train_loss[0], 1e-3) + 1e-3
+
+
+def test_batchnorm_statistics_are_recomputed_at_every_t():
+    data = _gaussian_data()
+    data = CellData(data.name, data.x_train + 3.0, data.y_train, data.y_train_clean, data.x_test + 3.0,
+                    data.y_test, data.n_classes)  # inputs far from zero mean: BN statistics matter
+    loss_fn = make_loss("cross_entropy")
+    torch.manual_seed(0)
+    a = CNN((8,), 3, width=4, depth=1, batch_norm=True)
+    torch.manual_seed(1)
+    b = CNN((8,), 3, width=4, depth=1, batch_norm=True)
+    template = copy.deepcopy(a)
+    bn = template.features[2]
+    assert isinstance(bn, nn.BatchNorm1d)
+    with torch.no_grad():  # stale statistics that a path evaluation must not use
+        bn.running_mean.fill_(-7.0)
+        bn.running_var.fill_(0.01)
+    stale_loss, _ = evaluate(template, data.x_train, data.y_train, loss_fn)
+    curve = BezierCurve.through_line(trainable_parameters(a), trainable_parameters(b), 1)
+    v = evaluate_path(curve.point, template, data.x_train, data.y_train, loss_fn, [0.0, 0.5])
+    # template now holds the statistics of theta(0.5): the exact mean of the BN inputs over the training set
+    ref = copy.deepcopy(a)
+    for (n, p), q in zip(ref.named_parameters(), curve.point(0.5).values()):
+        p.data.copy_(q)
+    with torch.no_grad():
+        pre_bn = ref.features[1](ref.features[0](data.x_train))  # conv output [n, C, L]
+    torch.testing.assert_close(bn.running_mean, pre_bn.mean(dim=(0, 2)), rtol=1e-4, atol=1e-5)
+    # at t = 0 the value is that of model a with statistics recomputed on the training inputs
+    fresh_a = copy.deepcopy(a)
+    recompute_bn(fresh_a, data.x_train)
+    expected, _ = evaluate(fresh_a, data.x_train, data.y_train, loss_fn)
+    assert v.train_loss[0] == pytest.approx(expected, rel=1e-6)
+    assert abs(stale_loss - expected) > 0.1  # the stale statistics would have given another number
+
+
+# ------------------------------------------------------------------------------------------- families
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> PairContext:
+    root = tmp_path_factory.mktemp("pair")
+    data = _gaussian_data()
+    loss_fn = make_loss("cross_entropy")
+    ctxs = []
+    for seed in (0, 1):
+        model = _train(_mlp(seed), data, seed, root / f"seed{seed}")
+        ctxs.append(ModelContext(model=model, seed=seed, data=data, loss_fn=loss_fn, make_model=lambda: _mlp(99),
+                                 cfg=None, device=torch.device("cpu"), workdir=root / f"w{seed}"))
+    return PairContext(a=ctxs[0], b=ctxs[1], workdir=root / "pair")
+
+
+def _row_table(columns: dict, row: dict) -> pa.Table:
+    assert set(row) <= set(columns), set(row) - set(columns)
+    schema = pa.schema([(k, t) for k, t in columns.items()])
+    return pa.Table.from_pylist([{k: row.get(k) for k in columns}], schema=schema)
+
+
+def test_cka_family_compute(pair: PairContext):
+    cfg = cka_family.Config(enabled=True, n_samples=64)
+    row = cka_family.FAMILY.compute(pair, cfg)
+    _row_table(cka_family.COLUMNS, row)
+    assert 0.3 < row["cka"] <= 1.0 and row["cka.n_samples"] == 64 and row["cka.debiased"] is False
+    same = PairContext(a=pair.a, b=pair.a, workdir=pair.workdir)
+    assert cka_family.FAMILY.compute(same, cfg)["cka"] == pytest.approx(1.0, abs=1e-12)
+    mb = cka_family.FAMILY.compute(pair, cka_family.Config(enabled=True, probe="mixup", n_samples=96, batch_size=32,
+                                                           kernel="rbf", features="layer", layer="net.2"))
+    assert mb["cka.debiased"] is True and mb["cka.batch_size"] == 32 and -0.1 < mb["cka"] <= 1.0
+    with pytest.raises(ValueError, match="metrics.cka.kernel='poly'"):
+        cka_family.FAMILY.compute(pair, cka_family.Config(kernel="poly"))
+
+
+def test_connectivity_family_compute_and_resume(pair: PairContext):
+    cfg = conn_family.Config(enabled=True, epochs=3, batch_size=32, n_points=5)
+    row = conn_family.FAMILY.compute(pair, cfg)
+    _row_table(conn_family.COLUMNS, row)
+    assert row["connectivity.t"] == [0.0, 0.25, 0.5, 0.75, 1.0] == row["connectivity.line_t"]
+    for key in ("curve_train_loss", "curve_train_err", "curve_test_loss", "curve_test_err", "line_train_loss"):
+        assert len(row[f"connectivity.{key}"]) == 5
+    assert row["connectivity.barrier"] >= 0.0 and row["connectivity.curve_barrier"] >= 0.0
+    # the endpoints of both paths are the two models (BN-free: exact evaluation)
+    assert row["connectivity.line_train_loss"][0] == row["connectivity.curve_train_loss"][0]
+    assert row["connectivity.curve_train_loss"][-1] == pytest.approx(
+        evaluate(pair.b.model, pair.a.data.x_train, pair.a.data.y_train, pair.a.loss_fn)[0], rel=1e-9)
+    assert row["connectivity.mc"] == mode_connectivity(row["connectivity.curve_train_err"])
+    assert len(row["connectivity.curve_history"]) == 3
+    assert (pair.workdir / "curve" / "curve_final.pt").exists()
+    again = conn_family.FAMILY.compute(pair, cfg)  # loads the trained curve: same numbers
+    assert again["connectivity.curve_train_loss"] == row["connectivity.curve_train_loss"]
+    assert again["connectivity.curve_history"] == row["connectivity.curve_history"]
+    rnd = conn_family.FAMILY.compute(
+        PairContext(pair.a, pair.b, pair.workdir / "random"),
+        conn_family.Config(enabled=True, epochs=1, n_points=3, init="random", line=False, test=False, bends=2),
+    )
+    assert rnd["connectivity.curve_test_err"] is None and "connectivity.barrier" not in rnd
+    with pytest.raises(ValueError, match="metrics.connectivity.init='zero'"):
+        conn_family.FAMILY.compute(PairContext(pair.a, pair.b, pair.workdir / "x"), conn_family.Config(init="zero"))
