@@ -120,3 +120,22 @@ def test_typos_and_unknown_options_are_refused_by_name(cli, tmp_path, override, 
     proc = cli(["-m", "hydra.sweep.dir=typo", "model.width=8,16", override], check=False)
     assert proc.returncode != 0 and named in proc.stdout + proc.stderr
     assert not (tmp_path / "typo" / "cells").exists()
+
+
+def test_global_metrics_through_the_cli_write_pairs_rows_joinable_with_models(cli, tmp_path):
+    cli(["-m", "hydra.sweep.dir=g", *FAST, "train.seeds=[0,1,2]", "metrics.cka.enabled=true",
+         "metrics.connectivity.enabled=true", "metrics.connectivity.epochs=2", "metrics.connectivity.n_points=5"])
+    models, pairs = load(tmp_path / "g"), load(tmp_path / "g", "pairs")
+    assert sorted(zip(pairs["seed_a"], pairs["seed_b"])) == [(0, 1), (0, 2), (1, 2)]
+    assert pairs["cka"].between(0, 1).all() and pairs["connectivity.mc"].notna().all()
+    assert pairs["connectivity.barrier"].notna().all() and (pairs["l2_distance"] > 0).all()
+    assert all(len(t) == 5 for t in pairs["connectivity.t"])
+    joined = pairs.merge(models[["cell_id", "seed", "test_acc"]], left_on=["cell_id", "seed_a"],
+                         right_on=["cell_id", "seed"])
+    assert len(joined) == 3 and joined["test_acc"].notna().all()
+
+
+def test_pair_metrics_need_two_seeds(cli, tmp_path):
+    proc = cli(["hydra.sweep.dir=one", *FAST, "train.seeds=[0]", "metrics.cka.enabled=true"], check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "train.seeds=[0]" in out and "cka" in out
