@@ -25,6 +25,17 @@ def run_cli(args: list[str], cwd: Path, check: bool = True, timeout: float = 300
     return proc
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests run tiny models: one torch thread avoids oversubscription stalls on small machines."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def cli(tmp_path: Path):
     """``cli(args, check=True)``: run the CLI with ``tmp_path`` as working directory."""

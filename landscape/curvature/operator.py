@@ -1,0 +1,261 @@
+"""Symmetric linear operators on flat parameter vectors: an explicit matrix and the Hessian of a model's loss.
+
+Every curvature estimator (``eigen``, ``trace``, ``density``) only needs ``shape``, ``dtype``, ``device`` and
+the products ``matvec(v)`` (``[n] -> [n]``) and ``matmat(V)`` (``[n, k] -> [n, k]``), so each estimator is
+tested on explicit matrices with known spectra and on the exact Hessian of small models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vmap
+
+from landscape.training import LossFn
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[Tensor, Tensor]
+
+
+@runtime_checkable
+class SymmetricOperator(Protocol):
+    """A symmetric linear map ``R^n -> R^n`` known through its products."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def matvec(self, v: Tensor) -> Tensor: ...
+
+    def matmat(self, V: Tensor) -> Tensor: ...
+
+
+class MatrixOperator:
+    """An explicit symmetric matrix ``A`` ``[n, n]`` as an operator (for tests and small problems).
+
+    ``n_products`` counts the matrix-vector products performed (a ``matmat`` of k columns counts k).
+    """
+
+    def __init__(self, matrix: Tensor, check_symmetric: bool = True):
+        if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"matrix: expected a square 2-D tensor, got shape {tuple(matrix.shape)}")
+        if check_symmetric:
+            scale = float(matrix.abs().max()) if matrix.numel() else 0.0
+            asym = float((matrix - matrix.T).abs().max()) if matrix.numel() else 0.0
+            if asym > 1e-6 * max(scale, 1e-30):
+                raise ValueError(f"matrix: not symmetric (max |A - A^T| = {asym:.3g}, max |A| = {scale:.3g})")
+        self.matrix = matrix
+        self.n_products = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.matrix.shape[0]), int(self.matrix.shape[1]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.matrix.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.matrix.device
+
+    def matvec(self, v: Tensor) -> Tensor:
+        self.n_products += 1
+        return self.matrix @ v
+
+    def matmat(self, V: Tensor) -> Tensor:
+        self.n_products += int(V.shape[1])
+        return self.matrix @ V
+
+
+def _as_batches(data: Batch | Iterable[Batch], batch_size: int | None) -> list[Batch]:
+    """Normalise ``data`` (one ``(x, y)`` batch or an iterable of them) into a list of batches of at most
+    ``batch_size`` samples each (``None``: keep the given batches)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        given: list[Batch] = [(data[0], data[1])]
+    else:
+        given = [(x, y) for x, y in data]
+    if not given:
+        raise ValueError("data: expected at least one (inputs, targets) batch, got none")
+    out: list[Batch] = []
+    for x, y in given:
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"data: batch inputs have {x.shape[0]} samples but targets {y.shape[0]}")
+        if x.shape[0] == 0:
+            continue
+        step = x.shape[0] if batch_size is None else int(batch_size)
+        if step < 1:
+            raise ValueError(f"batch_size={batch_size!r}: expected a positive integer or None")
+        out += [(x[i : i + step], y[i : i + step]) for i in range(0, x.shape[0], step)]
+    return out
+
+
+class HessianOperator:
+    """The Hessian of the mean loss over ``data`` w.r.t. the trainable parameters of ``model``.
+
+    ``H = sum_b (n_b / N) * Hess L_b(theta)``, where ``L_b = loss_fn(model(x_b), y_b)`` is the *mean* loss of
+    batch ``b`` of ``n_b`` samples and ``N = sum_b n_b``: the Hessian of the mean loss over all samples,
+    whatever the batching. Products are exact (forward-over-reverse with ``torch.func``), with the model in
+    eval mode (BatchNorm uses its running statistics, dropout is off). The model itself is not modified:
+    parameters and buffers are passed functionally, cast to ``dtype`` (default: the parameters' dtype);
+    floating inputs are cast to ``dtype`` and all data is moved to the parameters' device.
+
+    Vectors are flat ``[P]`` (``P`` = number of trainable parameters, in ``model.parameters()`` order).
+    ``matmat`` maps ``[P, k]`` to ``[P, k]`` with ``vmap`` over blocks of at most ``max_block`` columns (to cap
+    memory: activations scale with ``batch samples x block``). ``batch_size`` re-chunks the data for the same
+    reason. ``n_products`` counts Hessian-vector products (a ``matmat`` of k columns counts k).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: Batch | Iterable[Batch],
+        batch_size: int | None = None,
+        dtype: torch.dtype | None = None,
+        max_block: int = 16,
+    ):
+        if max_block < 1:
+            raise ValueError(f"max_block={max_block!r}: expected a positive integer")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.max_block = int(max_block)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("model: has no trainable parameters")
+        self._dtype = dtype or named[0][1].dtype
+        self._device = named[0][1].device
+        self.names = [n for n, _ in named]
+        self.shapes = [tuple(p.shape) for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        self.params = {n: p.detach().to(self._dtype) for n, p in named}
+        frozen = {n: p.detach().to(self._dtype) for n, p in model.named_parameters() if not p.requires_grad}
+        buffers = {n: (b.to(self._dtype) if b.is_floating_point() else b) for n, b in model.named_buffers()}
+        self.constants = {**frozen, **buffers}
+        self.batches = [(self._cast(x), y.to(self._device)) for x, y in _as_batches(data, batch_size)]
+        self.n_samples = sum(int(x.shape[0]) for x, _ in self.batches)
+        self.n_products = 0
+
+    # ----------------------------------------------------------------------------------------- plumbing
+    def _cast(self, x: Tensor) -> Tensor:
+        return x.to(self._device, self._dtype) if x.is_floating_point() else x.to(self._device)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n = sum(self.numels)
+        return (n, n)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
+    def unflatten(self, v: Tensor) -> dict[str, Tensor]:
+        """Flat ``[P]`` -> ``{name: tensor of the parameter's shape}`` (views, no copy)."""
+        return {n: c.view(s) for n, c, s in zip(self.names, v.split(self.numels), self.shapes)}
+
+    def _unflatten_cols(self, V: Tensor) -> dict[str, Tensor]:
+        """``[P, k]`` -> ``{name: [k, *shape]}``."""
+        Vt = V.T
+        return {n: c.reshape(-1, *s) for n, c, s in zip(self.names, Vt.split(self.numels, dim=1), self.shapes)}
+
+    def flatten(self, tensors: dict[str, Tensor] | Sequence[Tensor], leading: int = 0) -> Tensor:
+        """Inverse of ``unflatten`` (``leading`` batch dims are kept in front)."""
+        seq = [tensors[n] for n in self.names] if isinstance(tensors, dict) else list(tensors)
+        return torch.cat([t.reshape(*t.shape[:leading], -1) for t in seq], dim=leading)
+
+    def flat_parameters(self) -> Tensor:
+        """The point ``theta`` ``[P]`` at which the Hessian is taken (in ``dtype``)."""
+        return self.flatten(self.params)
+
+    def _loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return self.loss_fn(functional_call(self.model, {**params, **self.constants}, (x,)), y)
+
+    def _hvp(self, x: Tensor, y: Tensor, tangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        g = grad(self._loss)
+        return jvp(lambda p: g(p, x, y), (self.params,), (tangent,))[1]
+
+    # ----------------------------------------------------------------------------------------- products
+    def loss(self) -> float:
+        """The mean loss over all samples at ``theta`` (eval mode)."""
+        with self._eval_mode(), torch.no_grad():
+            total = sum(float(self._loss(self.params, x, y)) * x.shape[0] for x, y in self.batches)
+        return total / self.n_samples
+
+    def gradient(self) -> Tensor:
+        """The gradient ``[P]`` of the mean loss at ``theta``."""
+        out = torch.zeros(self.shape[0], dtype=self._dtype, device=self._device)
+        with self._eval_mode():
+            for x, y in self.batches:
+                out += self.flatten(grad(self._loss)(self.params, x, y)) * (x.shape[0] / self.n_samples)
+        return out
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """``H v`` for a flat ``v`` ``[P]``."""
+        if v.shape != (self.shape[0],):
+            raise ValueError(f"v: expected shape ({self.shape[0]},), got {tuple(v.shape)}")
+        tangent = self.unflatten(v.to(self._device, self._dtype))
+        out = torch.zeros(self.shape[0], dtype=self._dtype, device=self._device)
+        with self._eval_mode():
+            for x, y in self.batches:
+                out += self.flatten(self._hvp(x, y, tangent)) * (x.shape[0] / self.n_samples)
+        self.n_products += 1
+        return out
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """``H V`` for ``V`` ``[P, k]``, in vmapped blocks of at most ``max_block`` columns."""
+        if V.dim() != 2 or V.shape[0] != self.shape[0]:
+            raise ValueError(f"V: expected shape ({self.shape[0]}, k), got {tuple(V.shape)}")
+        V = V.to(self._device, self._dtype)
+        out = torch.zeros_like(V)
+        with self._eval_mode():
+            for start in range(0, V.shape[1], self.max_block):
+                block = V[:, start : start + self.max_block]
+                if block.shape[1] == 1:
+                    for x, y in self.batches:
+                        hv = self.flatten(self._hvp(x, y, self.unflatten(block[:, 0])))
+                        out[:, start] += hv * (x.shape[0] / self.n_samples)
+                    continue
+                tangents = self._unflatten_cols(block)
+                for x, y in self.batches:
+                    hv = vmap(lambda t: self._hvp(x, y, t))(tangents)  # {name: [k, *shape]}
+                    out[:, start : start + block.shape[1]] += self.flatten(hv, leading=1).T * (
+                        x.shape[0] / self.n_samples
+                    )
+        self.n_products += int(V.shape[1])
+        return out
+
+    def dense(self) -> Tensor:
+        """The full Hessian ``[P, P]`` via ``matmat(I)`` (only for small models: P^2 memory)."""
+        return self.matmat(torch.eye(self.shape[0], dtype=self._dtype, device=self._device))
+
+
+def as_operator(obj: Any) -> SymmetricOperator:
+    """Accept an operator or an explicit square tensor."""
+    if isinstance(obj, Tensor):
+        return MatrixOperator(obj)
+    if not isinstance(obj, SymmetricOperator):
+        raise TypeError(f"op: expected a symmetric operator (shape, dtype, device, matvec, matmat), got {type(obj)}")
+    return obj

@@ -1,0 +1,171 @@
+"""Model family ``hessian``: top/bottom eigenvalues, trace and spectral-density summaries of the loss Hessian.
+
+The Hessian is that of the mean training loss (as trained: ``ctx.loss_fn``, labels after noise) at the
+trained parameters, model in eval mode, over an evaluation subset: the first ``eval_samples`` of a
+permutation of the training set drawn from ``seed`` (the same subset for every model of a cell).
+
+* ``mode="default"``: thick-restart Lanczos for the top-``top_k`` (and, if ``min_eigenvalue``, the most
+  negative) eigenvalue to relative residual ``tol``; ``trace_method`` (Hutch++ by default) with
+  ``trace_matvecs`` products.
+* ``mode="taxonomy"``: the settings of Yang et al. (2021) / PyHessian: one batch of 200 training samples
+  (the first 200 of the same permutation), power iteration (100 iterations, tol 1e-3) and Hutchinson with
+  PyHessian's stopping rule (see ``landscape.curvature.taxonomy``).
+
+Data are processed in chunks of ``batch_size`` samples and products in blocks of at most ``max_block``
+columns, so memory stays bounded for large models (e.g. ResNet18 at width 64 on one GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from landscape.curvature import (
+    TAXONOMY_SAMPLES,
+    HessianOperator,
+    eigenvalues,
+    spectral_density,
+    taxonomy_eigenvalues,
+    taxonomy_trace,
+    trace,
+)
+from landscape.curvature.trace import TRACE_METHODS
+from landscape.metrics import MetricFamily, ModelContext, register
+
+log = logging.getLogger(__name__)
+
+MODES = ("default", "taxonomy")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Config:
+    """Settings of the ``hessian`` family (mounted at ``metrics.hessian``)."""
+
+    enabled: bool = False
+    mode: str = "default"  # "default" | "taxonomy"
+    eval_samples: int = 1000  # size of the seeded evaluation subset (default mode)
+    batch_size: int = 250  # samples per Hessian-vector-product chunk
+    max_block: int = 8  # max columns per vmapped block of products
+    dtype: str = "float32"  # "float32" | "float64"
+    seed: int = 0  # evaluation subset and probes
+    top_k: int = 1
+    tol: float = 1e-4  # relative residual of Lanczos eigenpairs
+    max_iter: int = 300  # max products per eigenvalue problem
+    min_eigenvalue: bool = True
+    trace_method: str = "hutch++"  # "hutch++" | "hutchinson"
+    trace_matvecs: int = 99
+    density: bool = False
+    n_probes: int = 8
+    n_steps: int = 64
+    grid_size: int = 401
+
+
+COLUMNS: dict[str, pa.DataType] = {
+    "hessian.top_eigenvalue": pa.float64(),
+    "hessian.top_k": pa.list_(pa.float64()),
+    "hessian.top_residual": pa.float64(),
+    "hessian.min_eigenvalue": pa.float64(),
+    "hessian.min_residual": pa.float64(),
+    "hessian.trace": pa.float64(),
+    "hessian.trace_stderr": pa.float64(),
+    "hessian.trace_method": pa.string(),
+    "hessian.trace_matvecs": pa.int64(),
+    "hessian.negative_mass": pa.float64(),
+    "hessian.negative_weight": pa.float64(),
+    "hessian.density_trace": pa.float64(),
+    "hessian.density_trace_stderr": pa.float64(),
+    "hessian.n_matvecs": pa.int64(),
+    "hessian.seconds": pa.float64(),
+    "hessian.mode": pa.string(),
+    "hessian.eval_samples": pa.int64(),
+    "hessian.tol": pa.float64(),
+    "hessian.converged": pa.bool_(),
+}
+
+
+def eval_indices(n_train: int, n: int, seed: int) -> torch.Tensor:
+    """The first ``min(n, n_train)`` indices of a permutation of ``range(n_train)`` drawn from ``seed``."""
+    if n < 1:
+        raise ValueError(f"metrics.hessian.eval_samples={n!r}: expected a positive integer")
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(int(seed)))
+    return perm[: min(int(n), n_train)]
+
+
+def _check(settings: Any) -> None:
+    if settings.mode not in MODES:
+        raise ValueError(f"metrics.hessian.mode={settings.mode!r}: expected one of {', '.join(MODES)}")
+    if settings.trace_method not in TRACE_METHODS:
+        raise ValueError(
+            f"metrics.hessian.trace_method={settings.trace_method!r}: expected one of {', '.join(TRACE_METHODS)}"
+        )
+    if str(settings.dtype) not in DTYPES:
+        raise ValueError(f"metrics.hessian.dtype={settings.dtype!r}: expected one of {', '.join(DTYPES)}")
+    if int(settings.top_k) < 1:
+        raise ValueError(f"metrics.hessian.top_k={settings.top_k!r}: expected a positive integer")
+
+
+def hessian_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
+    """Compute the ``hessian.*`` columns for one trained model (see the module docstring)."""
+    _check(settings)
+    t0 = time.perf_counter()
+    taxonomy = settings.mode == "taxonomy"
+    seed = int(settings.seed)
+    n = TAXONOMY_SAMPLES if taxonomy else int(settings.eval_samples)
+    idx = eval_indices(ctx.data.n_train, n, seed).to(ctx.data.x_train.device)
+    x, y = ctx.data.x_train[idx], ctx.data.y_train[idx]
+    batch_size = x.shape[0] if taxonomy else int(settings.batch_size)
+    op = HessianOperator(
+        ctx.model, ctx.loss_fn, (x, y), batch_size=batch_size, dtype=DTYPES[str(settings.dtype)],
+        max_block=int(settings.max_block),
+    )
+    k = int(settings.top_k)
+    out: dict[str, Any] = {"hessian.mode": str(settings.mode), "hessian.eval_samples": int(x.shape[0])}
+    if taxonomy:
+        top = taxonomy_eigenvalues(op, k=k, seed=seed)
+        tr = taxonomy_trace(op, seed=seed)
+        out["hessian.tol"] = 1e-3
+    else:
+        top = eigenvalues(op, k=k, which="largest", tol=float(settings.tol), max_iter=int(settings.max_iter),
+                          seed=seed)
+        tr = trace(op, method=settings.trace_method, n_matvecs=int(settings.trace_matvecs), seed=seed + 1,
+                   block=int(settings.max_block))
+        out["hessian.tol"] = float(settings.tol)
+    converged = bool(top.converged)
+    out.update({
+        "hessian.top_eigenvalue": float(top.values[0]),
+        "hessian.top_k": [float(v) for v in top.values],
+        "hessian.top_residual": float(top.residuals.max()),
+        "hessian.trace": float(tr.estimate),
+        "hessian.trace_stderr": float(tr.stderr) if math.isfinite(tr.stderr) else None,
+        "hessian.trace_method": tr.method,
+        "hessian.trace_matvecs": int(tr.n_matvecs),
+    })
+    if settings.min_eigenvalue:
+        low = eigenvalues(op, k=1, which="smallest", tol=float(settings.tol), max_iter=int(settings.max_iter),
+                          seed=seed + 2)
+        out["hessian.min_eigenvalue"] = float(low.values[0])
+        out["hessian.min_residual"] = float(low.residuals[0])
+        converged &= bool(low.converged)
+    if settings.density:
+        dens = spectral_density(op, n_probes=int(settings.n_probes), n_steps=int(settings.n_steps),
+                                grid=int(settings.grid_size), seed=seed + 3, block=int(settings.max_block))
+        out["hessian.negative_mass"] = dens.negative_mass
+        out["hessian.negative_weight"] = dens.negative_weight
+        out["hessian.density_trace"] = dens.trace
+        out["hessian.density_trace_stderr"] = dens.trace_stderr if math.isfinite(dens.trace_stderr) else None
+    out["hessian.converged"] = converged
+    out["hessian.n_matvecs"] = int(op.n_products)
+    out["hessian.seconds"] = time.perf_counter() - t0
+    log.info("hessian (%s): top %.4g, trace %.4g +- %.2g, %d products in %.1f s", settings.mode,
+             out["hessian.top_eigenvalue"], out["hessian.trace"], tr.stderr, op.n_products, out["hessian.seconds"])
+    return out
+
+
+FAMILY = register(MetricFamily(name="hessian", table="models", columns=COLUMNS, compute=hessian_metrics))

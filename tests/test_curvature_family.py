@@ -1,0 +1,83 @@
+"""The ``hessian`` metric family on a hand-built ModelContext: typed columns, values equal to the exact ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from landscape.curvature import HessianOperator
+from landscape.data import CellData
+from landscape.metrics import ModelContext, get
+from landscape.metrics.hessian import COLUMNS, Config, eval_indices
+from landscape.models import MLP
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _ctx(tmp_path: Path) -> ModelContext:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 5, generator=g)
+    y = torch.randint(0, 3, (300,), generator=g)
+    data = CellData("toy", x, y, y.clone(), x[:10], y[:10], 3)
+    torch.manual_seed(0)
+    model = MLP(5, 3, width=8, depth=1, activation="tanh").eval()
+    return ModelContext(model=model, seed=0, data=data, loss_fn=F.cross_entropy,
+                        make_model=lambda: MLP(5, 3, 8, 1, "tanh"), cfg=None, device=torch.device("cpu"),
+                        workdir=tmp_path)
+
+
+def _exact_spectrum(ctx: ModelContext, n: int, seed: int) -> torch.Tensor:
+    idx = eval_indices(ctx.data.n_train, n, seed)
+    model64 = MLP(5, 3, width=8, depth=1, activation="tanh").double()
+    model64.load_state_dict({k: v.double() for k, v in ctx.model.state_dict().items()})
+    op = HessianOperator(model64, F.cross_entropy, (ctx.data.x_train[idx].double(), ctx.data.y_train[idx]))
+    return torch.linalg.eigvalsh(op.dense())
+
+
+def test_default_mode_columns(tmp_path):
+    ctx = _ctx(tmp_path)
+    settings = OmegaConf.structured(Config(enabled=True, eval_samples=120, batch_size=50, dtype="float64",
+                                           top_k=2, tol=1e-8, density=True, n_probes=4, n_steps=20))
+    family = get("hessian")
+    assert family.table == "models"
+    row = family.compute(ctx, settings)
+    assert set(row) <= set(COLUMNS)
+    for col, typ in COLUMNS.items():  # every returned value fits its declared Arrow type
+        pa.array([row.get(col)], type=typ)
+    lam = _exact_spectrum(ctx, 120, 0)
+    assert row["hessian.eval_samples"] == 120 and row["hessian.mode"] == "default"
+    assert row["hessian.top_k"] == pytest.approx(lam.flip(0)[:2].tolist(), rel=1e-6)
+    assert row["hessian.top_eigenvalue"] == pytest.approx(float(lam[-1]), rel=1e-6)
+    assert row["hessian.min_eigenvalue"] == pytest.approx(float(lam[0]), rel=1e-5, abs=1e-7 * float(lam[-1]))
+    assert abs(row["hessian.trace"] - float(lam.sum())) <= 3 * row["hessian.trace_stderr"]
+    assert row["hessian.converged"] is True and row["hessian.n_matvecs"] > 99
+    assert row["hessian.density_trace"] is not None and 0 <= row["hessian.negative_mass"] <= 1
+    assert row["hessian.seconds"] > 0
+
+
+def test_taxonomy_mode_uses_200_samples_and_power_iteration(tmp_path):
+    ctx = _ctx(tmp_path)
+    settings = OmegaConf.structured(Config(enabled=True, mode="taxonomy", min_eigenvalue=False))
+    row = get("hessian").compute(ctx, settings)
+    lam = _exact_spectrum(ctx, 200, 0)
+    assert row["hessian.mode"] == "taxonomy" and row["hessian.eval_samples"] == 200
+    assert row["hessian.trace_method"] == "hutchinson-taxonomy" and row["hessian.tol"] == 1e-3
+    assert row["hessian.top_eigenvalue"] == pytest.approx(float(lam.abs().max()), rel=1e-2)
+    assert "hessian.min_eigenvalue" not in row
+
+
+def test_bad_mode_is_named(tmp_path):
+    settings = OmegaConf.structured(Config(enabled=True, mode="fast"))
+    with pytest.raises(ValueError, match="metrics.hessian.mode='fast'"):
+        get("hessian").compute(_ctx(tmp_path), settings)
