@@ -105,7 +105,7 @@ class HessianOperator:
 
     ``H = sum_b (n_b / N) * Hess L_b(theta)``, where ``L_b = loss_fn(model(x_b), y_b)`` is the *mean* loss of
     batch ``b`` of ``n_b`` samples and ``N = sum_b n_b``: the Hessian of the mean loss over all samples,
-    whatever the batching. Products are exact (forward-over-reverse with ``torch.func``), with the model in
+    whatever the batching. Products are exact (``matvec``: double backward; ``matmat``: vmapped forward-over-reverse), with the model in
     eval mode (BatchNorm uses its running statistics, dropout is off). The model itself is not modified:
     parameters and buffers are passed functionally, cast to ``dtype`` (default: the parameters' dtype);
     floating inputs are cast to ``dtype`` and all data is moved to the parameters' device.
@@ -194,8 +194,20 @@ class HessianOperator:
         return self.loss_fn(functional_call(self.model, {**params, **self.constants}, (x,)), y)
 
     def _hvp(self, x: Tensor, y: Tensor, tangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Forward-over-reverse product (``torch.func``): composable with ``vmap`` (used by ``matmat``)."""
         g = grad(self._loss)
         return jvp(lambda p: g(p, x, y), (self.params,), (tangent,))[1]
+
+    def _hvp_double_backward(self, x: Tensor, y: Tensor, tangent: dict[str, Tensor]) -> list[Tensor]:
+        """Reverse-over-reverse product: grad of <grad L, v>. For a single vector it is the cheaper of the two
+        in eager mode (about 2.8 gradients per product on CPU, against 3.6-10 for forward-over-reverse)."""
+        params = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
+        leaves = [params[n] for n in self.names]
+        with torch.enable_grad():
+            loss = self._loss(params, x, y)
+            grads = torch.autograd.grad(loss, leaves, create_graph=True)
+            dot = sum((g * tangent[n]).sum() for g, n in zip(grads, self.names))
+            return list(torch.autograd.grad(dot, leaves))
 
     # ----------------------------------------------------------------------------------------- products
     def loss(self) -> float:
@@ -220,7 +232,7 @@ class HessianOperator:
         out = torch.zeros(self.shape[0], dtype=self._dtype, device=self._device)
         with self._eval_mode():
             for x, y in self.batches:
-                out += self.flatten(self._hvp(x, y, tangent)) * (x.shape[0] / self.n_samples)
+                out += self.flatten(self._hvp_double_backward(x, y, tangent)) * (x.shape[0] / self.n_samples)
         self.n_products += 1
         return out
 
@@ -235,7 +247,7 @@ class HessianOperator:
                 block = V[:, start : start + self.max_block]
                 if block.shape[1] == 1:
                     for x, y in self.batches:
-                        hv = self.flatten(self._hvp(x, y, self.unflatten(block[:, 0])))
+                        hv = self.flatten(self._hvp_double_backward(x, y, self.unflatten(block[:, 0])))
                         out[:, start] += hv * (x.shape[0] / self.n_samples)
                     continue
                 tangents = self._unflatten_cols(block)
