@@ -59,15 +59,40 @@ def _unified_schema(files: Iterable[str], table: str) -> pa.Schema:
     return pa.unify_schemas([current, *distinct.values()], promote_options="permissive")
 
 
+def _read_file(path: str) -> pa.Table:
+    return pq.ParquetFile(path).read(use_threads=False)
+
+
+def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``t`` with exactly the columns of ``schema`` (missing ones as typed nulls), cast to its types."""
+    arrays = []
+    for f in schema:
+        i = t.schema.get_field_index(f.name)
+        arrays.append(t.column(i).cast(f.type) if i >= 0 else pa.nulls(t.num_rows, f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def read_table(sweep_dir: str | Path, table: str = "models", columns: Sequence[str] | None = None) -> pa.Table:
-    """All rows of ``table`` under ``sweep_dir`` as one Arrow table with the unified, typed schema."""
+    """All rows of ``table`` under ``sweep_dir`` as one Arrow table with the unified, typed schema.
+
+    Files are read whole in a thread pool (one small file per cell: per-file overhead dominates, which a
+    dataset scan over thousands of files pays several times over); files of one schema version are
+    concatenated, then every version is conformed to the unified schema (columns a version lacks are typed
+    nulls).
+    """
     files = _files(sweep_dir, table)
-    schema = _unified_schema(files, table) if files else schema_for(table)
     if not files:
-        empty = schema.empty_table()
+        empty = schema_for(table).empty_table()
         return empty.select(list(columns)) if columns else empty
-    dataset = ds.dataset(files, schema=schema, format="parquet")
-    return dataset.to_table(columns=list(columns) if columns else None)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tables = list(pool.map(_read_file, files))
+    groups: dict[str, list[pa.Table]] = {}
+    for t in tables:
+        groups.setdefault(t.schema.to_string(show_schema_metadata=False), []).append(t)
+    versions = [pa.concat_tables(ts) for ts in groups.values()]
+    schema = pa.unify_schemas([schema_for(table), *(v.schema for v in versions)], promote_options="permissive")
+    out = pa.concat_tables([_conform(v, schema) for v in versions])
+    return out.select(list(columns)) if columns else out
 
 
 _PANDAS_TYPES = {
