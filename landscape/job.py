@@ -45,6 +45,7 @@ from landscape.models import build_model, n_parameters
 from landscape.results import SCHEMA_VERSION, schema_for, write_table
 from landscape.results.schema import knob_columns
 from landscape.training import TrainResult, TrainSettings, evaluate, make_loss, train_model
+from landscape.vectorized import group_name, train_together, use_vectorized
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,24 @@ def run_cell(
     overrides: list[str] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> CellOutcome:
-    """Run (or resume, or skip) the cell of ``cfg`` under ``sweep_dir``; see the module docstring."""
+    """Run (or resume, or skip) the cell of ``cfg`` under ``sweep_dir``; see the module docstring.
+
+    ``should_stop`` (default: ``landscape.preemption.stop_requested``, set by the launcher's preemption
+    signal handler) is polled by training; when true, training checkpoints and the cell stays ``running``
+    with the error ``preempted: ...`` until the requeued job resumes it. While the cell runs, a heartbeat
+    refreshes ``updated_at`` of its status every ``HEARTBEAT_S`` seconds (``landscape-status`` calls a
+    ``running`` cell whose heartbeat is older than a few intervals stale).
+    """
+    from landscape import preemption
+
+    if should_stop is None:
+        should_stop = preemption.stop_requested
     t_start = time.perf_counter()
-    check(cfg)
+    try:
+        check(cfg)
+    except Exception as exc:
+        _record_invalid(cfg, sweep_dir, overrides, exc)  # e.g. data that vanished after the launch was planned
+        raise
     cid = cell_id(cfg)
     cell = CellDir(sweep_dir, cid)
     key = done_key(cfg)
@@ -142,13 +158,17 @@ def run_cell(
     )
     cell.write_status(status)
     OmegaConf.save(cfg, cell.path / "config.yaml", resolve=True)
+    heartbeat = _Heartbeat(cell, status)
     try:
-        files = _run(cfg, cell, status, should_stop)
+        with heartbeat:
+            files = _run(cfg, cell, status, should_stop)
     except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
         from landscape.training import StopRequested
 
         if isinstance(exc, StopRequested):
             status.state, status.error = "running", f"preempted: {exc}"
+        elif isinstance(exc, (SystemExit, KeyboardInterrupt)):  # requeue exit / Ctrl-C: resumable, not failed
+            status.state, status.error = "running", f"interrupted: {type(exc).__name__}"
         else:
             status.state = "failed"
             status.error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500] if str(exc) else type(exc).__name__
@@ -160,6 +180,63 @@ def run_cell(
     seconds = time.perf_counter() - t_start
     log.info("cell %s done in %.1f s: %s", cid, seconds, status.seeds)
     return CellOutcome(cid, "ran", status.seeds, seconds, files)
+
+
+def _record_invalid(cfg: DictConfig, sweep_dir: str | Path, overrides: list[str] | None, exc: Exception) -> None:
+    """Write a ``failed`` status for a cell whose config check failed in the job (if its id is computable)."""
+    try:
+        cid = cell_id(cfg)
+    except Exception:  # noqa: BLE001 - not even an id: nothing to record
+        return
+    cell = CellDir(sweep_dir, cid)
+    previous = cell.read_status()
+    cell.write_status(CellStatus(
+        state="failed", cell_id=cid, sweep=str(cfg.get("sweep_name", "")),
+        error=" ".join(f"{type(exc).__name__}: {exc}".split())[:500], host=provenance.host(), pid=os.getpid(),
+        slurm_job_id=os.environ.get("SLURM_JOB_ID"), attempts=(previous.attempts if previous else 0) + 1,
+        started_at=time.time(), overrides=list(overrides or [])))
+
+
+HEARTBEAT_S = 30.0
+"""Seconds between two refreshes of a running cell's ``status.json`` (its ``updated_at``)."""
+
+
+class _Heartbeat:
+    """Context manager: a daemon thread that rewrites the cell's status every ``HEARTBEAT_S`` seconds."""
+
+    def __init__(self, cell: CellDir, status: CellStatus, interval: float | None = None):
+        import threading
+
+        self.cell, self.status = cell, status
+        self.interval = float(os.environ.get("LANDSCAPE_HEARTBEAT_S", HEARTBEAT_S)) if interval is None else interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="landscape-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._write()
+            except Exception as exc:  # noqa: BLE001 - a missed beat is harmless; the next one retries
+                log.debug("heartbeat of %s failed: %s", self.cell.cell_id, exc)
+
+    def _write(self) -> None:
+        # Own temporary name (write_status uses .status.json.tmp-<pid>), so the two writers never collide;
+        # the final done/failed write happens after this thread has been joined.
+        snapshot = dataclasses.asdict(self.status)
+        if snapshot["state"] != "running":
+            return
+        snapshot["updated_at"] = time.time()
+        tmp = self.cell.status_path.with_name(f".status.json.heartbeat-{os.getpid()}")
+        tmp.write_text(json.dumps(snapshot, indent=1))
+        os.replace(tmp, self.cell.status_path)
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callable[[], bool] | None) -> list[str]:
@@ -263,18 +340,33 @@ def train_seeds(
     device: torch.device,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[dict[int, torch.nn.Module], dict[int, TrainResult]]:
-    """Train (or resume, or load) every seed of the cell, one after the other."""
-    models: dict[int, torch.nn.Module] = {}
+    """Train (or resume, or load) every seed of the cell: together (``landscape.vectorized``) when
+    ``train.vectorize`` chooses it (on | auto for small models measured faster), else one after the other."""
+    models = {s: build_model(cfg.model, data.input_shape, data.n_classes, seed=s).to(device) for s in seeds}
+    mode = str(cfg.train.vectorize)
+    try:
+        together = bool(seeds) and use_vectorized(mode, models[seeds[0]], len(seeds))
+    except ValueError as exc:
+        from landscape.config import ConfigError
+
+        raise ConfigError([str(exc)]) from exc
     results: dict[int, TrainResult] = {}
-    for s in seeds:
-        model = build_model(cfg.model, data.input_shape, data.n_classes, seed=s).to(device)
-        bar = _Progress(settings.total_epochs(data.n_train), f"{cell.cell_id} seed {s}")
+    if together:
+        bar = _Progress(settings.total_epochs(data.n_train), f"{cell.cell_id} seeds {','.join(map(str, seeds))}")
         try:
-            results[s] = train_model(model, data.x_train, data.y_train, settings, s, cell.seed_dir(s),
+            results = train_together(models, data.x_train, data.y_train, settings,
+                                     {s: cell.seed_dir(s) for s in seeds}, cell.path / "groups" / group_name(seeds),
                                      progress=bar, should_stop=should_stop)
         finally:
             bar.close()
-        models[s] = model
+        return models, {s: results[s] for s in seeds}
+    for s in seeds:
+        bar = _Progress(settings.total_epochs(data.n_train), f"{cell.cell_id} seed {s}")
+        try:
+            results[s] = train_model(models[s], data.x_train, data.y_train, settings, s, cell.seed_dir(s),
+                                     progress=bar, should_stop=should_stop)
+        finally:
+            bar.close()
     return models, results
 
 

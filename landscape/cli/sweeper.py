@@ -10,17 +10,23 @@ done are skipped by the jobs themselves.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
+
+from landscape.cell import CellDir, cell_id
+from landscape.config import validate
 
 log = logging.getLogger(__name__)
 
@@ -36,31 +42,202 @@ class PlannedCell:
     problems: list[str]
 
 
-def plan_cells(config: DictConfig, config_loader: Any, jobs: Sequence[Sequence[str]], sweep_dir: Path) -> list[PlannedCell]:
-    """Compose and validate every job of a grid; no side effects."""
-    from landscape.cell import CellDir, cell_id
-    from landscape.config import validate
-    from landscape.job import done_key
+def plan_cells(
+    config: DictConfig,
+    config_loader: Any,
+    jobs: Sequence[Sequence[str]],
+    sweep_dir: Path,
+    fast: bool = True,
+    n_verify: int = 3,
+) -> list[PlannedCell]:
+    """Compose and validate every job of a grid; no side effects.
 
+    With ``fast`` (default) Hydra composes once per distinct set of config-group (and ``hydra``) overrides,
+    and the plain value overrides of each job (``key=v``, ``+key=v``, ``++key=v``, ``~key``) are applied to a
+    copy of that base in struct mode by Hydra's own override function, so a typo or a bad type is refused
+    exactly as in a full compose. ``n_verify`` jobs per base (the first, and evenly spread ones) are also fully
+    composed and compared; any difference, or an override the fast path does not understand, falls back to
+    the full compose for the whole grid.
+    """
+    composer = CellComposer(config, config_loader) if fast else None
+    if composer is not None and not composer.verify(jobs, n_verify):
+        composer = None
     planned = []
     for i, overrides in enumerate(jobs):
         try:
-            job_cfg = config_loader.load_sweep_config(config, list(overrides))
-            with _unlocked(job_cfg):
-                del job_cfg["hydra"]
-            problems = validate(job_cfg)
+            with (composer.cell(overrides) if composer is not None
+                  else contextlib.nullcontext(_full_compose(config, config_loader, overrides))) as job_cfg:
+                planned.append(_plan_one(i, overrides, job_cfg, sweep_dir))
         except Exception as exc:  # composition errors: unknown key, bad type, missing group option
             planned.append(PlannedCell(i, list(overrides), None, "invalid", [str(exc).splitlines()[0]]))
-            continue
-        cid = None if problems else cell_id(job_cfg)
-        state = "invalid" if problems else "pending"
-        if cid is not None:
-            status = CellDir(sweep_dir, cid).read_status()
-            state = status.state if status is not None else "pending"
-            if state == "done" and status is not None and status.done_key != done_key(job_cfg):
-                state = "stale"  # done for other seeds or metric settings: will be completed
-        planned.append(PlannedCell(i, list(overrides), cid, state, problems))
+    if composer is not None:
+        log.info("planning: %d base config(s) composed by Hydra for %d cells (+ a verified sample)", composer.n_full, len(jobs))
     return planned
+
+
+def _plan_one(i: int, overrides: Sequence[str], job_cfg: DictConfig, sweep_dir: Path) -> PlannedCell:
+    problems = validate(job_cfg)
+    cid = None if problems else cell_id(job_cfg)
+    state = "invalid" if problems else "pending"
+    if cid is not None:
+        status = CellDir(sweep_dir, cid).read_status()
+        state = status.state if status is not None else "pending"
+        if state == "done" and status is not None and status.done_key != done_key(job_cfg):
+            state = "stale"  # done for other seeds or metric settings: will be completed
+    return PlannedCell(i, list(overrides), cid, state, problems)
+
+
+def _full_compose(config: DictConfig, config_loader: Any, overrides: Sequence[str]) -> DictConfig:
+    """Hydra's compose of one job (what the job itself will see), without the ``hydra`` node."""
+    job_cfg = config_loader.load_sweep_config(config, list(overrides))
+    with _unlocked(job_cfg):
+        del job_cfg["hydra"]
+    return job_cfg
+
+
+def _leaf_node(cfg: DictConfig, key: str) -> Any:
+    parent_key, _, last = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if not OmegaConf.is_dict(parent) or last not in parent:
+        return None
+    return parent._get_node(last)
+
+
+def _raw_leaf(cfg: DictConfig, key: str) -> Any:
+    """The stored value of a leaf, interpolations unresolved (to restore it exactly)."""
+    return _leaf_node(cfg, key)._value()
+
+
+class _Unusual(Exception):
+    """An override the fast path does not handle (it falls back to Hydra's full compose)."""
+
+
+class CellComposer:
+    """Composes job configs: Hydra once per distinct config-group override set, OmegaConf for the rest."""
+
+    def __init__(self, config: DictConfig, config_loader: Any):
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        self.config, self.loader = config, config_loader
+        self.parser = OverridesParser.create()
+        self.repo = getattr(config_loader, "repository", None)
+        self.bases: dict[tuple[str, ...], Any] = {}
+        self.n_full = 0
+        self._parsed: dict[str, Any] = {}
+
+    def _split(self, overrides: Sequence[str]) -> tuple[tuple[str, ...], list[Any]]:
+        if self.repo is None:
+            raise _Unusual("no config repository")
+        group, values = [], []
+        for line in overrides:
+            if line not in self._parsed:  # grids repeat the same override strings: parse each once
+                self._parsed[line] = self.parser.parse_overrides([line])[0]
+            ov = self._parsed[line]
+            if ov.is_sweep_override():
+                raise _Unusual(ov.input_line)
+            key = ov.key_or_group
+            if ov.is_hydra_override() or ov.package is not None or self.repo.group_exists(key):
+                group.append(ov.input_line)
+            else:
+                values.append(ov)
+        return tuple(group), values
+
+    def compose(self, overrides: Sequence[str]) -> DictConfig:
+        """The job config of ``overrides``, a new object (same as ``_full_compose``, see ``plan_cells``)."""
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        try:
+            group, values = self._split(overrides)
+        except _Unusual:
+            self.n_full += 1
+            return _full_compose(self.config, self.loader, overrides)
+        cfg = copy.deepcopy(self._base(group))
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        return cfg
+
+    @contextlib.contextmanager
+    def cell(self, overrides: Sequence[str]) -> Iterator[DictConfig]:
+        """Like ``compose``, but valid only inside the ``with`` block: plain ``key=value`` overrides of
+        existing scalar leaves are applied to the shared base in place and undone on exit (no copy)."""
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        try:
+            group, values = self._split(overrides)
+        except _Unusual:
+            yield self.compose(overrides)
+            return
+        base = self._base(group)
+        if not all(self._in_place_ok(base, ov) for ov in values):
+            yield self.compose(overrides)
+            return
+        undo: list[tuple[str, Any]] = []
+        try:
+            for ov in values:
+                undo.append((ov.key_or_group, _raw_leaf(base, ov.key_or_group)))
+                ConfigLoaderImpl._apply_overrides_to_config([ov], base)
+            yield base
+        finally:
+            for key, old in reversed(undo):
+                OmegaConf.update(base, key, old, merge=False)
+
+    @staticmethod
+    def _in_place_ok(base: DictConfig, ov: Any) -> bool:
+        if ov.is_add() or ov.is_force_add() or ov.is_delete() or isinstance(ov.value(), (dict, list)):
+            return False
+        try:
+            node = _leaf_node(base, ov.key_or_group)
+        except Exception:  # noqa: BLE001 - unknown key: let the copying path raise Hydra's own error
+            return False
+        return node is not None and not OmegaConf.is_config(node)
+
+    def _base(self, group: tuple[str, ...]) -> DictConfig:
+        if group not in self.bases:
+            try:
+                self.bases[group] = (_full_compose(self.config, self.loader, list(group)), None)
+                self.n_full += 1
+            except Exception as exc:  # noqa: BLE001 - e.g. unknown group option: reported per cell
+                self.bases[group] = (None, exc)
+        base, exc = self.bases[group]
+        if exc is not None:
+            raise exc
+        return base
+
+    def verify(self, jobs: Sequence[Sequence[str]], n_per_base: int) -> bool:
+        """Compare fast and full composes on a sample of ``jobs``; False (with a warning) on any difference."""
+        by_base: dict[tuple[str, ...], list[int]] = {}
+        try:
+            for i, ov in enumerate(jobs):
+                by_base.setdefault(self._split(ov)[0], []).append(i)
+        except Exception as exc:  # noqa: BLE001
+            log.info("fast planning off (%s): composing every cell with Hydra", exc)
+            return False
+        for idx in by_base.values():
+            sample = sorted({idx[int(k * (len(idx) - 1) / max(n_per_base - 1, 1))] for k in range(n_per_base)})
+            for i in sample:
+                try:
+                    full = OmegaConf.to_container(_full_compose(self.config, self.loader, jobs[i]))
+                except Exception:  # noqa: BLE001 - an invalid cell: both paths report it
+                    continue
+                try:
+                    fast = OmegaConf.to_container(self.compose(jobs[i]))
+                    group = self._split(jobs[i])[0]
+                    before = OmegaConf.to_container(self._base(group))
+                    with self.cell(jobs[i]) as cfg:
+                        in_place = OmegaConf.to_container(cfg)
+                    restored = OmegaConf.to_container(self._base(group)) == before
+                except Exception as exc:  # noqa: BLE001
+                    fast, in_place, restored = repr(exc), None, False
+                if not (fast == full and in_place == full and restored):
+                    log.warning("fast planning differs from Hydra's compose for cell #%d (%s): composing every "
+                                "cell with Hydra", i, " ".join(jobs[i]))
+                    return False
+        return True
+
+
+def done_key(cfg: Any) -> str:
+    from landscape.job import done_key as _done_key
+
+    return _done_key(cfg)
 
 
 class _unlocked:
@@ -104,6 +281,14 @@ def format_plan(planned: list[PlannedCell]) -> str:
     return "\n".join(lines)
 
 
+def _launch_argv() -> list[str] | None:
+    """The command line of this multirun (without the program), for ``landscape-status``'s rerun command."""
+    import sys
+
+    argv = list(sys.argv[1:])
+    return argv if ("-m" in argv or "--multirun" in argv) else None
+
+
 class GridSweeper(BasicSweeper):
     """Basic grid sweeper + whole-grid validation, dry run, skipping of done cells and a launch manifest."""
 
@@ -130,7 +315,8 @@ class GridSweeper(BasicSweeper):
 
         sweep_dir = sweep_dir_of(self.config.hydra)
         tic = time.perf_counter()
-        planned = plan_cells(self.config, self.hydra_context.config_loader, jobs, sweep_dir)
+        fast = os.environ.get("LANDSCAPE_FULL_COMPOSE", "") in ("", "0")  # 1: Hydra's compose for every cell
+        planned = plan_cells(self.config, self.hydra_context.config_loader, jobs, sweep_dir, fast=fast)
         log.info("planned %d cells in %.2f s", len(planned), time.perf_counter() - tic)
         if any(c.problems for c in planned):
             raise GridError(format_problems(planned))
@@ -149,6 +335,8 @@ class GridSweeper(BasicSweeper):
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**9:09d}"
         (launches / f"{stamp}.json").write_text(json.dumps({
             "arguments": list(arguments),
+            "argv": _launch_argv(),
+            "cwd": str(self.config.hydra.runtime.cwd),
             "cells": [{"cell_id": c.cell_id, "overrides": c.overrides} for c in planned],
         }, indent=1))
         log.info("launching %d cells (%d already done, skipped) into %s", len(todo), len(planned) - len(todo), sweep_dir)

@@ -1,0 +1,46 @@
+"""GPU assignment of concurrent jobs on one machine: an exclusive lock file per physical GPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from landscape import devices
+
+
+def test_concurrent_jobs_claim_distinct_gpus_and_release_on_exit(tmp_path):
+    ids = ["GPU-aaa", "GPU-bbb", "GPU-ccc"]
+    # another job (process) holds the first GPU until we tell it to exit
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from landscape.devices import claim_gpu
+        print(claim_gpu({ids!r}, Path({str(tmp_path)!r})), flush=True)
+        sys.stdin.readline()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "0"
+        try:
+            assert devices.claim_gpu(ids, tmp_path) == 1  # the next free one
+            assert devices.claim_gpu(ids, tmp_path) == 1  # this process keeps its claim
+            other = devices._held.copy()
+            devices._held.clear()  # pretend to be a third job: GPUs 0 and 1 are taken
+            assert devices.claim_gpu(ids, tmp_path) == 2
+            assert devices.claim_gpu(ids[:2], tmp_path, wait_s=0.2, poll_s=0.05) is None  # all busy
+            devices.release_gpus()
+            devices._held.update(other)
+        finally:
+            devices.release_gpus()
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert devices.claim_gpu(ids, tmp_path) == 0  # the holder exited: its GPU is free again
+    devices.release_gpus()
+
+
+def test_auto_without_gpus_is_cpu():
+    if not torch.cuda.is_available():
+        assert devices.resolve_device("auto") == torch.device("cpu")
+    assert devices.resolve_device("cpu") == torch.device("cpu")

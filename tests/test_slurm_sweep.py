@@ -1,0 +1,170 @@
+"""Multiruns on the real local SLURM cluster (scripts/slurm_cluster.sh) through ``hydra/launcher=slurm``:
+the same rows as a local run, a preempted task that resumes without lost or repeated work, and a failing
+cell reported by ``landscape-status`` while the others finish. Skipped with a reason without a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from slurm_support import requires_slurm, wait_for
+
+from landscape.cli.status import sweep_report
+
+LANDSCAPE = str(Path(sys.executable).with_name("landscape"))
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+SMALL = ["data.subsample=0.25", "model.width=8", "train.epochs=3"]
+METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "train_acc_clean", "training.steps"]
+
+
+def landscape(args: list[str], cwd: Path, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([LANDSCAPE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"landscape {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def rows(sweep: Path) -> pd.DataFrame:
+    return pd.read_parquet(sweep / "results" / "models").sort_values(["cell_id", "seed"]).reset_index(drop=True)
+
+
+def status_of(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (sweep / "cells").glob("*/status.json")}
+
+
+@requires_slurm
+def test_slurm_multirun_gives_the_rows_of_the_local_run(tmp_path):
+    from landscape.cli.launchers import cluster_max_array_size
+
+    assert cluster_max_array_size() is not None  # read from `scontrol show config`
+    grid = ["-m", *SMALL, "train.batch_size=32,64,128"]
+    landscape([*grid, "hydra.sweep.dir=local"], tmp_path)
+    t0 = time.monotonic()
+    # a grid larger than the array size: chunks, all submitted before any is awaited
+    out = landscape([*grid, *SLURM, "hydra.launcher.max_array_size=2", "hydra.sweep.dir=slurm"], tmp_path)
+    assert "submitted 3 cells as 2 SLURM array(s) of <= 2 tasks" in out.stderr + out.stdout, out.stderr[-2000:]
+    arrays = sorted({p.name.split("_")[0] for p in (tmp_path / "slurm" / ".submitit").iterdir()
+                     if p.name.split("_")[0].isdigit()}, key=int)
+    assert len(arrays) == 2
+    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,Submit,End", "-j", ",".join(arrays)],
+                          capture_output=True, text=True, timeout=30).stdout.split()
+    times = {line.split("|")[0]: line.split("|")[1:] for line in acct}
+    first_end = min(end for jid, (_, end) in times.items() if jid.split("_")[0] == arrays[0])
+    second_submit = min(sub for jid, (sub, _) in times.items() if jid.split("_")[0] == arrays[1])
+    assert second_submit <= first_end  # ISO timestamps: the second chunk did not wait for the first
+    local, slurm = rows(tmp_path / "local"), rows(tmp_path / "slurm")
+    assert len(slurm) == 6 and list(slurm["cell_id"]) == list(local["cell_id"])
+    metric_cols = METRICS + [c for c in local.columns if c.startswith("l2.") and not c.endswith("seconds")]
+    for col in metric_cols:  # bitwise: same config, same seeds, same numbers
+        assert slurm[col].tolist() == local[col].tolist(), col
+    statuses = status_of(tmp_path / "slurm")
+    assert all(s["state"] == "done" and s["slurm_job_id"] for s in statuses.values())
+    assert (tmp_path / "slurm" / ".submitit").is_dir()
+    print(f"SLURM multirun of 3 cells: {time.monotonic() - t0:.1f} s")  # noqa: T201
+
+
+@requires_slurm
+def test_preempted_task_checkpoints_requeues_and_resumes(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "model.width=8", "train.epochs=30", "train.batch_size=16", "train.checkpoint_every=1",
+            "train.vectorize=off",
+            *SLURM, "hydra.sweep.dir=sweep"]
+    proc = subprocess.Popen([LANDSCAPE, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        seed_dir: list[Path] = []
+
+        def training_seed_1() -> bool:
+            found = list(sweep.glob("cells/*/seeds/1/checkpoint.pt"))
+            seed_dir[:] = [p.parents[1] for p in found]
+            assert proc.poll() is None, proc.stdout.read()[-3000:] if proc.stdout else ""
+            return bool(found)
+
+        wait_for(training_seed_1, 120, "seed 1 of the cell to write its first checkpoint")
+        cell_dir = seed_dir[0].parent
+        seed0 = cell_dir / "seeds" / "0" / "result.json"
+        seed0_mtime = seed0.stat().st_mtime_ns
+        job_id = json.loads((cell_dir / "status.json").read_text())["slurm_job_id"]
+        # what SLURM sends before a preemption or the time limit (--signal=USR2@signal_delay_s)
+        subprocess.run(["scancel", "--signal=USR2", str(job_id)], check=True, timeout=30)
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-4000:]
+
+    status = json.loads((cell_dir / "status.json").read_text())
+    assert status["state"] == "done" and status["attempts"] == 2
+    assert seed0.stat().st_mtime_ns == seed0_mtime  # the trained seed was loaded, not retrained
+    seed1 = json.loads((cell_dir / "seeds" / "1" / "result.json").read_text())
+    assert seed1["resumed_from_epoch"] > 0 and seed1["epochs"] == 30
+    logs = "".join(p.read_text() for p in cell_dir.glob("*.log"))  # the job's log, both attempts
+    assert "cell checkpointed (stopped at epoch" in logs and "Requeued job" in logs
+    assert "seed 1: resumed at epoch" in logs
+    table = rows(sweep)
+    assert sorted(table["seed"]) == [0, 1] and set(table["status"]) == {"done"}
+    assert table.set_index("seed").loc[1, "training.resumed"]
+    assert sweep_report(sweep).counts["done"] == 1
+
+
+@requires_slurm
+def test_failing_cell_is_reported_while_the_others_finish(tmp_path):
+    from test_data import write_tiny_cifar10
+
+    good = write_tiny_cifar10(tmp_path / "good")
+    bad = write_tiny_cifar10(tmp_path / "bad")
+    sweep = tmp_path / "sweep"
+    args = ["-m", "data=cifar10", f"data.root={good},{bad}", "model.width=8", "train.epochs=2",
+            "train.batch_size=10", *SLURM, "hydra.sweep.dir=sweep"]
+    proc = subprocess.Popen([LANDSCAPE, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_for(lambda: any((sweep / "launches").glob("*.json")), 60, "the launch record")
+        for f in bad.iterdir():  # planned and validated, then the data disappears before the job reads it
+            f.unlink()
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0  # a failed cell fails the multirun ...
+
+    rep = sweep_report(sweep)  # ... and the files say which one and why
+    assert rep.counts["done"] == 1 and rep.counts["failed"] == 1, (rep.counts, output[-3000:])
+    failed = next(c for c in rep.cells if c.state == "failed")
+    assert f"data.root={bad}" in " ".join(failed.overrides)
+    assert "data_batch_1" in failed.error
+    assert rep.rerun is not None and "hydra/launcher=slurm" in rep.rerun
+    status_cli = subprocess.run([str(Path(sys.executable).with_name("landscape-status")), str(sweep)],
+                                capture_output=True, text=True, timeout=60)
+    assert "failed 1" in status_cli.stdout and failed.error in status_cli.stdout and rep.rerun in status_cli.stdout
+    assert len(rows(sweep)) == 2  # the good cell's two seeds
+
+
+@pytest.mark.slow
+@requires_slurm
+def test_time_limit_signal_checkpoints_and_requeues(tmp_path):
+    """The real time-limit path: --time=1 min, --signal=USR2@45 (delivered at SLURM's ~30 s limit check)."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "model.width=8", "train.epochs=150", "train.batch_size=16", "train.vectorize=off",
+            *SLURM, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=45",
+            "hydra.launcher.max_num_timeout=10", "hydra.sweep.dir=sweep"]
+    landscape(args, tmp_path, timeout=480)
+    (cell_dir,) = list((sweep / "cells").glob("*/status.json"))
+    status = json.loads(cell_dir.read_text())
+    assert status["state"] == "done" and status["attempts"] >= 2
+    logs = "".join(p.read_text() for p in cell_dir.parent.glob("*.log"))
+    assert "cell checkpointed (stopped at epoch" in logs and "Requeued job" in logs
+    table = rows(sweep)
+    assert sorted(table["seed"]) == [0, 1] and table["training.epochs"].tolist() == [150, 150]
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

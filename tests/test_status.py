@@ -1,0 +1,98 @@
+"""``landscape-status``: sweep state from the files on disk (launch records + status markers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from landscape.cell import CellDir, CellStatus
+from landscape.cli import status as st
+from landscape.provenance import host
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write(sweep: Path, cid: str, **kw) -> None:
+    CellDir(sweep, cid).write_status(CellStatus(cell_id=cid, **kw))
+
+
+def make_sweep(sweep: Path) -> None:
+    """Seven planned cells, one in each situation; the launch record has the multirun's argv and cwd."""
+    (sweep / "launches").mkdir(parents=True)
+    cells = [{"cell_id": f"c{i}", "overrides": [f"model.width={i}", "+sweep=demo"]} for i in range(7)]
+    (sweep / "launches" / "20260101T000000-000000001.json").write_text(json.dumps({
+        "arguments": ["model.width=0,1,2,3,4,5,6", "+sweep=demo"],
+        "argv": ["-m", "model.width=0,1,2,3,4,5,6", "+sweep=demo", "hydra/launcher=slurm"],
+        "cwd": "/some/where", "cells": cells}))
+    _write(sweep, "c0", state="done", seeds={"0": "done", "1": "done"}, host=host(), pid=1)
+    _write(sweep, "c1", state="done", seeds={"0": "done", "1": "diverged"}, host=host(), pid=1)
+    _write(sweep, "c2", state="failed", error="FileNotFoundError: data.root='/x': missing data_batch_1", host=host(), pid=1)
+    _write(sweep, "c3", state="running", host=host(), pid=os.getpid())  # alive: this process
+    _write(sweep, "c4", state="running", host=host(), pid=_dead_pid())  # killed
+    _write(sweep, "c5", state="running", host="another-node", pid=12345)  # heartbeat goes stale below
+    # c6: planned, never started
+
+
+def test_counts_failed_errors_stale_and_rerun_command(tmp_path):
+    sweep = tmp_path / "sweep"
+    make_sweep(sweep)
+    rep = st.sweep_report(sweep, stale_after_s=60.0, now=time.time() + 30.0)  # c5's heartbeat is 30 s old: fresh
+    assert rep.counts == {"done": 1, "diverged": 1, "failed": 1, "running": 2, "interrupted": 1, "pending": 1}
+    by_id = {c.cell_id: c for c in rep.cells}
+    assert by_id["c4"].state == "interrupted" and "is gone" in by_id["c4"].note
+    assert by_id["c2"].error.startswith("FileNotFoundError: data.root='/x'")
+    assert by_id["c6"].overrides == ["model.width=6", "+sweep=demo"]
+    assert rep.rerun == "cd /some/where && landscape -m model.width=0,1,2,3,4,5,6 +sweep=demo hydra/launcher=slurm"
+
+    later = st.sweep_report(sweep, stale_after_s=60.0, now=time.time() + 120.0)  # now c5 (other host) is stale
+    assert {c.cell_id: c.state for c in later.cells}["c5"] == "interrupted"
+    assert "no heartbeat" in {c.cell_id: c for c in later.cells}["c5"].note
+
+    text = st.format_report(rep)
+    assert "failed 1" in text and "c2" in text and "missing data_batch_1" in text and rep.rerun in text
+
+
+def test_cli_json_and_nothing_to_rerun(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    make_sweep(sweep)
+    assert st.main([str(sweep), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["counts"]["failed"] == 1 and out["counts"]["pending"] == 1
+    assert out["rerun"].endswith("hydra/launcher=slurm")
+    assert {c["cell_id"]: c["state"] for c in out["cells"]}["c1"] == "diverged"
+
+    # every cell done: no rerun command
+    for cid in ["c2", "c3", "c4", "c5", "c6"]:
+        _write(sweep, cid, state="done", seeds={"0": "done"})
+    rep = st.sweep_report(sweep)
+    assert rep.rerun is None and rep.counts["done"] == 6 and rep.counts["diverged"] == 1
+    assert "every cell is done" in st.format_report(rep)
+    assert st.main([str(tmp_path / "missing")]) == 2
+
+
+def test_heartbeat_refreshes_a_running_status(tmp_path):
+    from landscape.job import _Heartbeat
+
+    cell = CellDir(tmp_path, "abc")
+    status = CellStatus(state="running", cell_id="abc", pid=os.getpid())
+    cell.write_status(status)
+    first = cell.read_status().updated_at
+    with _Heartbeat(cell, status, interval=0.05):
+        time.sleep(0.3)
+    beat = cell.read_status()
+    assert beat.updated_at > first and beat.state == "running"
+    status.state = "done"
+    cell.write_status(status)
+    with _Heartbeat(cell, status, interval=0.05):  # a finished status is never overwritten
+        time.sleep(0.2)
+    assert cell.read_status().state == "done"
+    assert asdict(cell.read_status())["cell_id"] == "abc"
