@@ -254,7 +254,7 @@ def train_curve(
             curve.load_state(state["middle"])
             if opt is not None:
                 opt.load_state_dict(state["optimizer"])
-            gen.set_state(state["generator"])
+            gen.set_state(state["generator"].cpu())  # CPU generator; map_location moved it
             start_epoch, step, seconds, history = state["epoch"], state["step"], state["seconds"], state["history"]
             log.info("curve: resumed at epoch %d", start_epoch)
 

@@ -247,7 +247,7 @@ def train_model(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
+        gen.set_state(state["generator"].cpu())  # CPU generator; map_location moved it
         start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
         history, seconds = state["history"], state["seconds"]
         epoch_loss_sum, epoch_batches = state["epoch_loss_sum"], state["epoch_batches"]

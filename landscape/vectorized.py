@@ -225,7 +225,7 @@ def train_together(
             if state["buffers"] is not None:
                 buffers = [b.index_select(0, rows).clone() for b in state["buffers"]]
             for s in group:
-                gens[s].set_state(state["generators"][s])
+                gens[s].set_state(state["generators"][s].cpu())  # CPU generators
                 history[s] = list(state["history"][s])
                 loss_sums[s] = state["loss_sums"][s]
             start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
