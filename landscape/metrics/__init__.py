@@ -115,8 +115,8 @@ def enabled(cfg: Any, table: Table | None = None) -> list[MetricFamily]:
 
 
 def validate_metrics(cfg: Any) -> list[str]:
-    """Problems of the ``metrics`` node: pair families need two seeds; each family module may define
-    ``validate(settings, cfg) -> list[str]`` for its own keys."""
+    """Problems of the ``metrics`` node: pair families need two seeds; each enabled family module's
+    ``check_settings(settings)`` (raising ``ValueError`` that names the key) runs here, before any job."""
     problems: list[str] = []
     pair_families = [f.name for f in enabled(cfg, "pairs")]
     if pair_families and len(list(cfg.train.seeds)) < 2:
@@ -124,10 +124,14 @@ def validate_metrics(cfg: Any) -> list[str]:
             f"train.seeds={list(cfg.train.seeds)!r}: the pair metrics {', '.join(pair_families)} need at least two "
             f"seeds (or switch them off: {' '.join(f'metrics.{n}.enabled=false' for n in pair_families)})"
         )
-    for fam in families():
-        check = getattr(importlib.import_module(fam.compute.__module__), "validate", None)
-        if check is not None and bool(cfg.metrics[fam.name].enabled):
-            problems.extend(check(cfg.metrics[fam.name], cfg))
+    for fam in enabled(cfg):
+        check = getattr(importlib.import_module(fam.compute.__module__), "check_settings", None)
+        if check is None:
+            continue
+        try:
+            check(cfg.metrics[fam.name])
+        except ValueError as exc:
+            problems.append(str(exc))
     return problems
 
 

@@ -48,7 +48,7 @@ COLUMNS = {
 }
 
 
-def _check(settings: Any) -> None:
+def check_settings(settings: Any) -> None:
     for key, value, allowed in (
         ("features", settings.features, FEATURES),
         ("probe", settings.probe, PROBES),
@@ -64,7 +64,7 @@ def _check(settings: Any) -> None:
 
 
 def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
-    _check(settings)
+    check_settings(settings)
     t0 = time.perf_counter()
     x = probe_inputs(ctx.a.data, str(settings.probe), int(settings.n_samples), int(settings.seed))
     feats, layer = str(settings.features), (str(settings.layer) or None)

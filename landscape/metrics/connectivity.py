@@ -100,11 +100,18 @@ def _initial_curve(ctx: PairContext, settings: Any, seed: int) -> BezierCurve:
     raise ValueError(f"metrics.connectivity.init={settings.init!r}: expected one of {', '.join(INITS)}")
 
 
-def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
+def check_settings(settings: Any) -> None:
+    """Raise ``ValueError`` naming the first bad ``metrics.connectivity.*`` key."""
     if settings.schedule not in SCHEDULES:
         raise ValueError(f"metrics.connectivity.schedule={settings.schedule!r}: expected one of {', '.join(SCHEDULES)}")
     if int(settings.bends) < 1:
         raise ValueError(f"metrics.connectivity.bends={settings.bends!r}: expected >= 1 (the line is `line: true`)")
+    if settings.init not in INITS:
+        raise ValueError(f"metrics.connectivity.init={settings.init!r}: expected one of {', '.join(INITS)}")
+
+
+def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
+    check_settings(settings)
     data, loss_fn = ctx.a.data, ctx.a.loss_fn
     ts = t_grid(int(settings.n_points))
     template = ctx.a.make_model()

@@ -44,6 +44,11 @@ MODES = ("default", "taxonomy")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+CACHE_GRAPH_MAX_PARAMS = 5_000_000
+"""``cache_graph=auto`` keeps the gradient graphs (one backward pass per product instead of three) for models up
+to this many parameters; larger ones (ResNet18 at width 64: 11M) recompute them to bound memory."""
+
+
 @dataclass
 class Config:
     """Settings of the ``hessian`` family (mounted at ``metrics.hessian``)."""
@@ -65,6 +70,7 @@ class Config:
     n_probes: int = 8
     n_steps: int = 64
     grid_size: int = 401
+    cache_graph: str = "auto"  # keep the gradient graphs between products: "auto" (models <= 5M parameters) | "on" | "off"
 
 
 COLUMNS: dict[str, pa.DataType] = {
@@ -98,7 +104,7 @@ def eval_indices(n_train: int, n: int, seed: int) -> torch.Tensor:
     return perm[: min(int(n), n_train)]
 
 
-def _check(settings: Any) -> None:
+def check_settings(settings: Any) -> None:
     if settings.mode not in MODES:
         raise ValueError(f"metrics.hessian.mode={settings.mode!r}: expected one of {', '.join(MODES)}")
     if settings.trace_method not in TRACE_METHODS:
@@ -109,11 +115,13 @@ def _check(settings: Any) -> None:
         raise ValueError(f"metrics.hessian.dtype={settings.dtype!r}: expected one of {', '.join(DTYPES)}")
     if int(settings.top_k) < 1:
         raise ValueError(f"metrics.hessian.top_k={settings.top_k!r}: expected a positive integer")
+    if str(settings.cache_graph) not in ("auto", "on", "off"):
+        raise ValueError(f"metrics.hessian.cache_graph={settings.cache_graph!r}: expected one of auto, on, off")
 
 
 def hessian_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
     """Compute the ``hessian.*`` columns for one trained model (see the module docstring)."""
-    _check(settings)
+    check_settings(settings)
     t0 = time.perf_counter()
     taxonomy = settings.mode == "taxonomy"
     seed = int(settings.seed)
@@ -121,9 +129,11 @@ def hessian_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
     idx = eval_indices(ctx.data.n_train, n, seed).to(ctx.data.x_train.device)
     x, y = ctx.data.x_train[idx], ctx.data.y_train[idx]
     batch_size = x.shape[0] if taxonomy else int(settings.batch_size)
+    n_params = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
+    cache = {"on": True, "off": False}.get(str(settings.cache_graph), n_params <= CACHE_GRAPH_MAX_PARAMS)
     op = HessianOperator(
         ctx.model, ctx.loss_fn, (x, y), batch_size=batch_size, dtype=DTYPES[str(settings.dtype)],
-        max_block=int(settings.max_block),
+        max_block=int(settings.max_block), cache_graph=cache,
     )
     k = int(settings.top_k)
     out: dict[str, Any] = {"hessian.mode": str(settings.mode), "hessian.eval_samples": int(x.shape[0])}

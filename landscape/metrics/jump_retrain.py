@@ -91,6 +91,11 @@ PERSISTENCE: dict[str, pa.DataType] = {
 }
 
 
+def check_settings(settings: Any) -> None:
+    """Raise ``ValueError`` naming the first bad ``metrics.jump_retrain.*`` key."""
+    settings_from(settings)
+
+
 def settings_from(settings: Any) -> JumpRetrainSettings:
     if settings.embedding not in EMBEDDINGS:
         raise ValueError(f"metrics.jump_retrain.embedding={settings.embedding!r}: expected one of {', '.join(EMBEDDINGS)}")

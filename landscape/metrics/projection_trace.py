@@ -49,9 +49,14 @@ COLUMNS: dict[str, pa.DataType] = {
 }
 
 
-def projection_trace_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
+def check_settings(settings: Any) -> None:
+    """Raise ``ValueError`` naming the first bad ``metrics.projection_trace.*`` key."""
     if str(settings.dtype) not in DTYPES:
         raise ValueError(f"metrics.projection_trace.dtype={settings.dtype!r}: expected one of {', '.join(DTYPES)}")
+
+
+def projection_trace_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
+    check_settings(settings)
     t0 = time.perf_counter()
     x, y = eval_subset(ctx.data.x_train, ctx.data.y_train, int(settings.eval_samples), int(settings.seed))
     res = projection_trace(ctx.model, ctx.loss_fn, x, y, n_directions=int(settings.n_directions),

@@ -77,7 +77,7 @@ def derived_seed(*parts: int) -> int:
     return h
 
 
-def _check(settings: Any) -> None:
+def check_settings(settings: Any) -> None:
     if settings.directions not in DIRECTIONS:
         raise ValueError(f"metrics.surfaces.directions={settings.directions!r}: expected one of {', '.join(DIRECTIONS)}")
     if int(settings.dims) not in (1, 2):
@@ -89,7 +89,7 @@ def _check(settings: Any) -> None:
 
 def surfaces_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
     """Compute one loss surface around ``ctx.model`` (see the module docstring)."""
-    _check(settings)
+    check_settings(settings)
     t0 = time.perf_counter()
     seed = int(settings.seed)
     x, y = eval_subset(ctx.data.x_train, ctx.data.y_train, int(settings.eval_samples), seed)
