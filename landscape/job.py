@@ -21,7 +21,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 import traceback

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import FAST, LANDSCAPE, REPO, run_cli
+from conftest import FAST, LANDSCAPE, REPO
 from landscape.results import load
 
 METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "train_acc_clean", "training.steps"]

@@ -19,12 +19,6 @@ from landscape.curvature import (
 N = 200
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _with_spectrum(lam: torch.Tensor, seed: int = 0) -> torch.Tensor:

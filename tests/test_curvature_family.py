@@ -17,12 +17,6 @@ from landscape.metrics.hessian import COLUMNS, Config, eval_indices
 from landscape.models import MLP
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _ctx(tmp_path: Path) -> ModelContext:

@@ -45,15 +45,6 @@ def _saddle() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model, x, y
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: intra-op threads only add overhead (and stall badly on a loaded 2-core machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 MODELS = {"mlp": _mlp, "cnn_bn": _cnn_bn, "saddle": _saddle}
 
 

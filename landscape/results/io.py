@@ -10,7 +10,6 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from landscape.results.schema import schema_for
