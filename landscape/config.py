@@ -97,7 +97,10 @@ def _family_configs() -> dict[str, type]:
 def _metrics_config_class() -> type:
     from dataclasses import make_dataclass
 
-    specs: list[tuple[str, Any, Any]] = [("training", TrainingMetricsConfig, field(default_factory=TrainingMetricsConfig))]
+    specs: list[tuple[str, Any, Any]] = [
+        ("training", TrainingMetricsConfig, field(default_factory=TrainingMetricsConfig)),
+        ("pairs", str, field(default="all")),  # which pairs of seeds the pair families measure: all | chain | star
+    ]
     for name, cls in _family_configs().items():
         specs.append((name, cls, field(default_factory=cls)))
     return make_dataclass("MetricsConfig", specs)

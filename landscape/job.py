@@ -25,7 +25,6 @@ import os
 import time
 import traceback
 from dataclasses import dataclass
-from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,7 +62,7 @@ class CellOutcome:
 def done_key(cfg: Any) -> str:
     """Hash of what the result files of a done cell must hold: the seed list and enabled metric settings."""
     enabled = {f.name: OmegaConf.to_container(cfg.metrics[f.name], resolve=True) for f in metrics_mod.enabled(cfg)}
-    payload = {"seeds": sorted(int(s) for s in cfg.train.seeds), "metrics": enabled,
+    payload = {"seeds": sorted(int(s) for s in cfg.train.seeds), "metrics": enabled, "pairs": str(cfg.metrics.pairs),
                "training": OmegaConf.to_container(cfg.metrics.training, resolve=True)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -287,7 +286,7 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
     pair_families = metrics_mod.enabled(cfg, "pairs")
     pair_values: dict[tuple[int, int], dict[str, Any]] = {}
     if pair_families:
-        for a, b in combinations(sorted(seeds), 2):
+        for a, b in metrics_mod.select_pairs(seeds, str(cfg.metrics.pairs)):
             pair_values[(a, b)] = {}
             if a in contexts and b in contexts:
                 pctx = PairContext(a=contexts[a], b=contexts[b], workdir=cell.path)

@@ -151,3 +151,9 @@ def test_hessian_metrics_through_the_cli_write_their_columns(cli, tmp_path):
     assert (m["hessian.min_eigenvalue"] <= m["hessian.top_eigenvalue"]).all()
     assert (m["hessian.trace_stderr"] > 0).all() and (m["hessian.eval_samples"] == 200).all()
     assert (m["hessian.trace_method"] == "hutch++").all() and (m["hessian.n_matvecs"] > 0).all()
+
+
+def test_a_configured_subset_of_pairs(cli, tmp_path):
+    cli(["hydra.sweep.dir=p", *FAST, "train.seeds=[0,1,2,3]", "metrics.pairs=chain"])
+    pairs = load(tmp_path / "p", "pairs")
+    assert sorted(zip(pairs["seed_a"], pairs["seed_b"])) == [(0, 1), (1, 2), (2, 3)]

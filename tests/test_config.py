@@ -97,3 +97,13 @@ def test_metric_settings_are_checked_before_any_job(compose, overrides, named):
         check(compose(overrides))
     assert named in str(err.value)
     assert validate(compose([o.replace("=true", "=false") if o.endswith(".enabled=true") else o for o in overrides])) == []
+
+
+def test_pair_selections():
+    from landscape.metrics import select_pairs
+
+    assert select_pairs([2, 0, 1]) == [(0, 1), (0, 2), (1, 2)]
+    assert select_pairs([0, 1, 2, 3], "chain") == [(0, 1), (1, 2), (2, 3)]
+    assert select_pairs([0, 1, 2, 3], "star") == [(0, 1), (0, 2), (0, 3)]
+    with pytest.raises(ValueError, match="metrics.pairs='ring'"):
+        select_pairs([0, 1], "ring")

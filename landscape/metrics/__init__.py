@@ -114,10 +114,28 @@ def enabled(cfg: Any, table: Table | None = None) -> list[MetricFamily]:
     return [f for f in families(table) if bool(cfg.metrics[f.name].enabled)]
 
 
+PAIR_SELECTIONS = ("all", "chain", "star")
+
+
+def select_pairs(seeds: list[int], selection: str = "all") -> list[tuple[int, int]]:
+    """Pairs ``(a, b)``, ``a < b``, of a cell's seeds measured by the pair families (``metrics.pairs``):
+    ``all`` every pair (n(n-1)/2), ``chain`` consecutive seeds (n-1), ``star`` the first seed with each other."""
+    s = sorted(int(x) for x in seeds)
+    if selection == "all":
+        return [(a, b) for i, a in enumerate(s) for b in s[i + 1 :]]
+    if selection == "chain":
+        return list(zip(s[:-1], s[1:]))
+    if selection == "star":
+        return [(s[0], b) for b in s[1:]]
+    raise ValueError(f"metrics.pairs={selection!r}: expected one of {', '.join(PAIR_SELECTIONS)}")
+
+
 def validate_metrics(cfg: Any) -> list[str]:
     """Problems of the ``metrics`` node: pair families need two seeds; each enabled family module's
     ``check_settings(settings)`` (raising ``ValueError`` that names the key) runs here, before any job."""
     problems: list[str] = []
+    if str(cfg.metrics.pairs) not in PAIR_SELECTIONS:
+        problems.append(f"metrics.pairs={cfg.metrics.pairs!r}: expected one of {', '.join(PAIR_SELECTIONS)}")
     pair_families = [f.name for f in enabled(cfg, "pairs")]
     if pair_families and len(list(cfg.train.seeds)) < 2:
         problems.append(
