@@ -15,6 +15,7 @@ gaussian is synthetic and CIFAR-10 is read from a local directory in the python-
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import pickle
 from dataclasses import dataclass, replace
@@ -126,16 +127,23 @@ def _split(x: np.ndarray, y: np.ndarray, n_test: int, seed: int) -> tuple[np.nda
     return x[train], y[train], x[test], y[test]
 
 
-def _digits(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]  # [1797, 1, 8, 8]
-    y = bunch.target.astype(np.int64)
-    return (*_split(x, y, DIGITS_N_TEST, cfg.split_seed), 10)
-
-
 DIGITS_N_TEST = 360  # of 1797; 1437 training images
+
+
+def _digits_file() -> Path:
+    """scikit-learn's embedded digits table (64 pixel columns + label), found without importing sklearn
+    (whose import costs seconds per job process)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("data.name='digits' needs scikit-learn (it ships the digits data)")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+
+
+def _digits(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    table = np.loadtxt(_digits_file(), delimiter=",")  # [1797, 65], as sklearn.datasets.load_digits reads it
+    x = (table[:, :-1].astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)  # [1797, 1, 8, 8]
+    y = table[:, -1].astype(np.int64)
+    return (*_split(x, y, DIGITS_N_TEST, cfg.split_seed), 10)
 
 
 def _mnist1d(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:

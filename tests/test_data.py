@@ -102,3 +102,13 @@ def test_cifar10_loader_reads_the_real_format(tmp_path):
 def test_cifar10_missing_files_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="data_batch_1"):
         load_data(data_cfg(name="cifar10", root=str(tmp_path)))
+
+
+def test_digits_read_without_sklearn_import_match_load_digits():
+    from sklearn.datasets import load_digits
+
+    from landscape.data import _digits_file
+
+    table = np.loadtxt(_digits_file(), delimiter=",")
+    bunch = load_digits()
+    assert np.array_equal(table[:, :-1], bunch.data) and np.array_equal(table[:, -1].astype(int), bunch.target)
