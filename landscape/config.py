@@ -272,8 +272,10 @@ def leaf_fields(cls: type, prefix: str) -> list[tuple[str, Any]]:
 
 def semantic_config(cfg: DictConfig | Any) -> dict[str, Any]:
     """The part of a cell's config that defines what is trained: ``data``, ``model`` and ``train`` without
-    the seed list, the vectorisation switch and the checkpoint interval (they change how, not what)."""
+    the seed list and the checkpoint interval. ``train.vectorize`` stays in: seeds trained together agree with
+    serial training to float rounding per step, but chaotic small-batch SGD amplifies that over many steps, so
+    the two modes are different cells (same config, same numbers)."""
     out = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "train")}
-    for k in ("seeds", "vectorize", "checkpoint_every"):
+    for k in ("seeds", "checkpoint_every"):
         out["train"].pop(k, None)  # type: ignore[union-attr]
     return out

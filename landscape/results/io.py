@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -49,17 +48,19 @@ def _files(sweep_dir: str | Path, table: str) -> list[str]:
     return sorted(str(d / n) for n in os.listdir(d) if n.endswith(".parquet") and not n.startswith("."))
 
 
-def _unified_schema(files: Iterable[str], table: str) -> pa.Schema:
-    """The current schema of ``table`` extended by any column found in older or newer files."""
-    current = schema_for(table)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        schemas = list(pool.map(pq.read_schema, files))
-    distinct = {s.to_string(show_schema_metadata=False): s for s in schemas}
-    return pa.unify_schemas([current, *distinct.values()], promote_options="permissive")
+def _read_all(files: list[str]) -> pa.Table:
+    """Every file's rows in one Arrow table, columns united by name (DuckDB's ``union_by_name``: one
+    multi-threaded scan, about 1 ms per small file; reading file by file costs 5-10 ms each)."""
+    import duckdb
 
-
-def _read_file(path: str) -> pa.Table:
-    return pq.ParquetFile(path).read(use_threads=False)
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        rel = con.sql("SELECT * FROM read_parquet($files, union_by_name = true)", params={"files": files})
+        out = rel.fetch_arrow_table() if hasattr(rel, "fetch_arrow_table") else rel.arrow()
+        return out.read_all() if isinstance(out, pa.RecordBatchReader) else out
+    finally:
+        con.close()
 
 
 def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -72,25 +73,17 @@ def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def read_table(sweep_dir: str | Path, table: str = "models", columns: Sequence[str] | None = None) -> pa.Table:
-    """All rows of ``table`` under ``sweep_dir`` as one Arrow table with the unified, typed schema.
-
-    Files are read whole in a thread pool (one small file per cell: per-file overhead dominates, which a
-    dataset scan over thousands of files pays several times over); files of one schema version are
-    concatenated, then every version is conformed to the unified schema (columns a version lacks are typed
-    nulls).
-    """
+    """All rows of ``table`` under ``sweep_dir`` as one Arrow table with the unified, typed schema: the current
+    schema of ``table`` (columns a file lacks are typed nulls, types cast back to the schema's), followed by
+    any column found only in other schema versions."""
     files = _files(sweep_dir, table)
+    current = schema_for(table)
     if not files:
-        empty = schema_for(table).empty_table()
+        empty = current.empty_table()
         return empty.select(list(columns)) if columns else empty
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        tables = list(pool.map(_read_file, files))
-    groups: dict[str, list[pa.Table]] = {}
-    for t in tables:
-        groups.setdefault(t.schema.to_string(show_schema_metadata=False), []).append(t)
-    versions = [pa.concat_tables(ts) for ts in groups.values()]
-    schema = pa.unify_schemas([schema_for(table), *(v.schema for v in versions)], promote_options="permissive")
-    out = pa.concat_tables([_conform(v, schema) for v in versions])
+    raw = _read_all(files)
+    extra = [f for f in raw.schema if f.name not in current.names]
+    out = _conform(raw, pa.schema([*current, *extra], metadata=current.metadata))
     return out.select(list(columns)) if columns else out
 
 
