@@ -57,7 +57,8 @@ def _read_all(files: list[str]) -> pa.Table:
     try:
         con.execute("SET TimeZone = 'UTC'")
         rel = con.sql("SELECT * FROM read_parquet($files, union_by_name = true)", params={"files": files})
-        out = rel.fetch_arrow_table() if hasattr(rel, "fetch_arrow_table") else rel.arrow()
+        fetch = getattr(rel, "to_arrow_table", None) or getattr(rel, "fetch_arrow_table", None) or rel.arrow
+        out = fetch()
         return out.read_all() if isinstance(out, pa.RecordBatchReader) else out
     finally:
         con.close()
