@@ -66,3 +66,33 @@ def test_write_is_atomic_and_refuses_unknown_columns(tmp_path):
 def test_empty_sweep_gives_typed_empty_frame(tmp_path):
     df = load(tmp_path, "models")
     assert df.empty and "model.width" in df.columns
+
+
+def test_repeated_loads_read_only_new_or_changed_files(tmp_path, monkeypatch):
+    from landscape.results import io
+
+    d = table_dir(tmp_path, "models")
+    for c in "abc":
+        write_table(d / f"{c}.parquet", [row(c, 0), row(c, 1)], schema_for("models"))
+    first = load(tmp_path, "models")
+    assert len(first) == 6 and (tmp_path / "results" / ".cache" / "models.parquet").exists()
+
+    calls: list[list[str]] = []
+    real = io._read_all
+    monkeypatch.setattr(io, "_read_all", lambda files: calls.append(sorted(files)) or real(files))
+    again = load(tmp_path, "models")
+    assert calls == []  # served from the snapshot
+    pd.testing.assert_frame_equal(first, again)
+
+    import os
+    import time
+
+    time.sleep(0.01)
+    write_table(d / "b.parquet", [row("b", 0, test_acc=0.75)], schema_for("models"))  # changed: one row now
+    write_table(d / "d.parquet", [row("d", 0)], schema_for("models"))  # new
+    os.remove(d / "a.parquet")  # gone
+    third = load(tmp_path, "models")
+    assert [sorted(os.path.basename(f) for f in c) for c in calls] == [["b.parquet", "d.parquet"]]
+    assert sorted(zip(third["cell_id"], third["seed"])) == [("b", 0), ("c", 0), ("c", 1), ("d", 0)]
+    assert third.set_index("cell_id").loc["b", "test_acc"] == 0.75
+    assert str(third["model.width"].dtype) == "Int64"
