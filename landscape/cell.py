@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,11 +97,9 @@ class CellDir:
             return None
 
     def write_status(self, status: CellStatus) -> None:
+        """Stamp ``status.updated_at`` and write it atomically."""
         status.updated_at = time.time()
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.status_path.with_name(f".status.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(status), indent=1))
-        os.replace(tmp, self.status_path)
+        write_json(self.status_path, asdict(status), indent=1)
 
 
 def read_json(path: Path) -> Any | None:
@@ -110,9 +109,9 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary name + rename)."""
+def write_json(path: Path, obj: Any, indent: int | None = None) -> None:
+    """Write JSON atomically (temporary name per process and thread + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(json.dumps(obj, indent=indent))
     os.replace(tmp, path)

@@ -71,7 +71,6 @@ def knob_values(cfg: Any, n_train: int | None) -> dict[str, Any]:
     """The flat knob columns of a row: every leaf of data/model/train (``train.batch_size`` resolved)."""
     out: dict[str, Any] = {}
     for name in knob_columns():
-        group, key = name.split(".", 1)
         value = OmegaConf.select(cfg, name)
         if isinstance(value, (DictConfig,)) or OmegaConf.is_list(value):
             value = OmegaConf.to_container(value)
@@ -218,15 +217,11 @@ class _Heartbeat:
                 log.debug("heartbeat of %s failed: %s", self.cell.cell_id, exc)
 
     def _write(self) -> None:
-        # Own temporary name (write_status uses .status.json.tmp-<pid>), so the two writers never collide;
-        # the final done/failed write happens after this thread has been joined.
-        snapshot = dataclasses.asdict(self.status)
-        if snapshot["state"] != "running":
-            return
-        snapshot["updated_at"] = time.time()
-        tmp = self.cell.status_path.with_name(f".status.json.heartbeat-{os.getpid()}")
-        tmp.write_text(json.dumps(snapshot, indent=1))
-        os.replace(tmp, self.cell.status_path)
+        # A copy, so the beat never stamps the job's own status object; write_json's temporary name is per
+        # thread, and the final done/failed write happens after this thread has been joined.
+        snapshot = dataclasses.replace(self.status)
+        if snapshot.state == "running":
+            self.cell.write_status(snapshot)
 
     def __enter__(self) -> "_Heartbeat":
         self._thread.start()

@@ -23,10 +23,11 @@ from typing import Any, Iterator, List, Optional, Sequence
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from landscape.cell import CellDir, cell_id
 from landscape.config import validate
+from landscape.job import done_key
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ def _plan_one(i: int, overrides: Sequence[str], job_cfg: DictConfig, sweep_dir: 
 def _full_compose(config: DictConfig, config_loader: Any, overrides: Sequence[str]) -> DictConfig:
     """Hydra's compose of one job (what the job itself will see), without the ``hydra`` node."""
     job_cfg = config_loader.load_sweep_config(config, list(overrides))
-    with _unlocked(job_cfg):
+    OmegaConf.set_readonly(job_cfg, False)
+    with open_dict(job_cfg):
         del job_cfg["hydra"]
     return job_cfg
 
@@ -232,27 +234,6 @@ class CellComposer:
                                 "cell with Hydra", i, " ".join(jobs[i]))
                     return False
         return True
-
-
-def done_key(cfg: Any) -> str:
-    from landscape.job import done_key as _done_key
-
-    return _done_key(cfg)
-
-
-class _unlocked:
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-
-    def __enter__(self) -> DictConfig:
-        from omegaconf import open_dict
-
-        self._ctx = open_dict(self.cfg)
-        OmegaConf.set_readonly(self.cfg, False)
-        return self._ctx.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._ctx.__exit__(*exc)
 
 
 class GridError(ValueError):
