@@ -21,7 +21,7 @@ from landscape.data import load_data
 from landscape.metrics import ModelContext, PairContext
 from landscape.metrics import cka as cka_family
 from landscape.metrics import connectivity as conn_family
-from landscape.metrics.l2 import l2_distance
+from landscape.directions import l2_distance
 from landscape.models import build_model
 from landscape.training import TrainSettings, evaluate, make_loss, train_model
 

@@ -147,7 +147,7 @@ def test_hessian_metrics_through_the_cli_write_their_columns(cli, tmp_path):
     m = load(tmp_path / "h")
     assert len(m) == 2
     assert (m["hessian.top_eigenvalue"] > 0).all() and m["hessian.converged"].all()
-    assert all(len(v) == 2 and v[0] >= v[1] for v in m["hessian.top_k"])
+    assert all(len(v) == 2 and v[0] >= v[1] for v in m["hessian.top_eigenvalues"])
     assert (m["hessian.min_eigenvalue"] <= m["hessian.top_eigenvalue"]).all()
     assert (m["hessian.trace_stderr"] > 0).all() and (m["hessian.eval_samples"] == 200).all()
     assert (m["hessian.trace_method"] == "hutch++").all() and (m["hessian.n_matvecs"] > 0).all()

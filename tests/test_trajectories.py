@@ -134,15 +134,16 @@ def test_geometry_families_fill_their_declared_columns(digits_ctx):
     ):
         fam = mod.FAMILY
         cfg = mod.Config(enabled=True, **overrides)
-        out = fam.compute(ctx, cfg)
-        tables = out.pop("_tables", {})
+        res = fam.compute(ctx, cfg)
+        out, tables = res.values, res.tables
+        assert res.error is None
         assert set(out) <= set(fam.columns), set(out) - set(fam.columns)
         pa.Table.from_pylist([out], schema=pa.schema({k: fam.columns[k] for k in out}))
-        assert set(tables) == set(fam.extra_tables)
+        assert set(tables) == set(fam.long_tables)
         for name, rows in tables.items():
-            _table_types_ok(rows, fam.extra_tables[name])
+            _table_types_ok(rows, fam.long_tables[name])
     # the surface's centre is the trained model
-    out = surfaces.FAMILY.compute(ctx, surfaces.Config(enabled=True, resolution=5, eval_samples=0, dims=1))
+    out = surfaces.FAMILY.compute(ctx, surfaces.Config(enabled=True, resolution=5, eval_samples=0, dims=1)).values
     from landscape.training import evaluate
 
     assert out["surfaces.center_train_loss"] == pytest.approx(evaluate(ctx.model, ctx.data.x_train, ctx.data.y_train,
@@ -153,14 +154,14 @@ def test_geometry_families_fill_their_declared_columns(digits_ctx):
 
 
 def test_hessian_direction_surface_family(digits_ctx):
-    pytest.importorskip("landscape.curvature")
     from landscape.metrics import surfaces
 
     cfg = surfaces.Config(enabled=True, directions="hessian", resolution=3, eval_samples=50, range=0.1,
                           hessian_tol=1e-3, hessian_max_iter=60)
-    out = surfaces.FAMILY.compute(digits_ctx, cfg)
+    res = surfaces.FAMILY.compute(digits_ctx, cfg)
+    out = res.values
     assert out["surfaces.hessian_max_eigenvalue"] > 0 >= out["surfaces.hessian_min_eigenvalue"] - 1e-6
-    assert len(out["_tables"]["surfaces"]) == 9
+    assert len(res.tables["surfaces"]) == 9
 
 
 def test_clean_and_noisy_networks_give_different_jump_retrain_summaries():
