@@ -10,7 +10,6 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import torch
 
 _PACKAGES = ("landscape", "torch", "numpy", "scipy", "pandas", "pyarrow", "hydra-core", "omegaconf", "submitit")
 
@@ -45,8 +44,10 @@ def host() -> str:
     return socket.gethostname()
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device: "torch.device") -> str:  # noqa: F821 - torch is imported where a device exists
     """``cpu`` or ``cuda:N (<GPU name>)``."""
     if device.type == "cuda":
+        import torch
+
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)

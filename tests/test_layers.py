@@ -105,3 +105,16 @@ def test_light_entry_points_import_no_torch(code):
     probe = f"import sys; {code}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False", code
+
+
+def test_landscape_status_reads_a_sweep_without_importing_torch(tmp_path):
+    from landscape.cell import CellDir, CellStatus
+
+    CellDir(tmp_path, "c0").write_status(CellStatus(state="done", cell_id="c0", seeds={"0": "done"}, metric_errors=[
+        {"family": "cka", "who": "pair=0-1", "error": "CKA undefined"}]))
+    CellDir(tmp_path, "c1").write_status(CellStatus(state="running", cell_id="c1", pid=1, host="elsewhere"))
+    probe = ("import sys, contextlib, io; import landscape.cli.status as st\n"
+             f"with contextlib.redirect_stdout(io.StringIO()) as out: rc = st.main([{str(tmp_path)!r}, '-v'])\n"
+             "print(rc, 'torch' in sys.modules, 'metric errors: 1' in out.getvalue())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "False", "True"]
