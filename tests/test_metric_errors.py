@@ -61,6 +61,11 @@ def test_one_seed_runs_with_defaults_and_skips_l2_with_a_log_line(cli, tmp_path)
     models = load(tmp_path / "one")
     assert list(models["seed"]) == [0] and models["test_acc"].notna().all()
     assert not (tmp_path / "one" / "results" / "pairs").exists()
+    # metrics.training.enabled is honoured: no evaluation, but the training run's own columns stay
+    cli(["hydra.sweep.dir=off", *FAST, "train.seeds=[0]", "metrics.training.enabled=false"])
+    off = load(tmp_path / "off")
+    assert off["test_acc"].isna().all() and off["training.eval_batch_size"].isna().all()
+    assert off["training.steps"].tolist() == models["training.steps"].tolist()
 
 
 def test_explicitly_enabled_pair_family_with_one_seed_is_refused_before_launch(cli, tmp_path):
