@@ -198,7 +198,7 @@ def test_pair_metrics_need_two_seeds(cli, tmp_path):
 
 
 def test_hessian_metrics_through_the_cli_write_their_columns(cli, tmp_path):
-    cli(["hydra.sweep.dir=h", *FAST, "metrics.hessian.enabled=true", "metrics.hessian.top_k=2",
+    cli(["hydra.sweep.dir=h", *FAST, "metrics.hessian.enabled=true", "metrics.hessian.n_top=2",
          "metrics.hessian.eval_samples=200", "metrics.hessian.trace_matvecs=30"])
     m = load(tmp_path / "h")
     assert len(m) == 2 and m["hessian.converged"].all() and m["hessian.error"].isna().all()

@@ -42,7 +42,7 @@ def _exact_spectrum(ctx: ModelContext, n: int, seed: int) -> torch.Tensor:
 def test_default_mode_columns(tmp_path):
     ctx = _ctx(tmp_path)
     settings = OmegaConf.structured(Config(enabled=True, eval_samples=120, batch_size=50, dtype="float64",
-                                           top_k=2, tol=1e-8, density=True, n_probes=4, n_steps=20))
+                                           n_top=2, tol=1e-8, density=True, n_probes=4, n_steps=20))
     family = get("hessian")
     assert family.table == "models"
     res = family.compute(ctx, settings)

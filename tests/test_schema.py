@@ -69,7 +69,7 @@ def test_settings_columns_come_from_the_config_dataclass():
         fields = [f.name for f in dataclasses.fields(fam.config) if f.name != "enabled"]
         assert list(fam.setting_columns) == [f"{fam.name}.{f}" for f in fields]
     hs = metrics.get("hessian").setting_columns
-    assert hs["hessian.top_k"] == pa.int64() and hs["hessian.tol"] == pa.float64()
+    assert hs["hessian.n_top"] == pa.int64() and hs["hessian.tol"] == pa.float64()
     assert metrics.get("jump_retrain").setting_columns["jump_retrain.scales"] == pa.list_(pa.float64())
     values = metrics.get("cka").settings_values(metrics.get("cka").config(enabled=True, n_samples=64))
     assert values["cka.n_samples"] == 64 and values["cka.kernel"] == "linear" and "cka.enabled" not in values
@@ -104,3 +104,25 @@ def test_figure_styles_are_declared_by_the_families():
     assert list(styles) == ["test_acc", "train_loss", "hessian.top_eigenvalue", "hessian.trace", "l2_distance", "cka",
                             "connectivity.mc"]
     assert styles["hessian.trace"].log and styles["connectivity.mc"].centre == 0.0
+
+
+def test_rows_of_schema_version_1_are_read_beside_version_2(tmp_path):
+    """Version 1 had ``hessian.top_k`` as the list of top eigenvalues; version 2 calls it
+    ``hessian.top_eigenvalues`` (``top_k`` became the setting ``n_top``), so no column changed type and the
+    two versions union by name."""
+    import pyarrow.parquet as pq
+
+    from landscape.results import load, write_table
+
+    d = tmp_path / "results" / "models"
+    d.mkdir(parents=True)
+    pq.write_table(pa.table({"schema_version": pa.array([1], pa.int32()), "cell_id": ["old"], "seed": [0],
+                             "status": ["done"], "hessian.top_eigenvalue": [3.0],
+                             "hessian.top_k": pa.array([[3.0, 2.0]], pa.list_(pa.float64()))}), d / "old.parquet")
+    write_table(d / "new.parquet", [{"schema_version": schema.SCHEMA_VERSION, "cell_id": "new", "seed": 0,
+                                     "status": "done", "hessian.top_eigenvalue": 4.0, "hessian.n_top": 2,
+                                     "hessian.top_eigenvalues": [4.0, 1.0]}], schema.schema_for("models"))
+    df = load(tmp_path).set_index("cell_id")
+    assert list(df.loc["old", "hessian.top_k"]) == [3.0, 2.0]
+    assert list(df.loc["new", "hessian.top_eigenvalues"]) == [4.0, 1.0] and df.loc["new", "hessian.n_top"] == 2
+    assert df.loc["old", "hessian.top_eigenvalue"] == 3.0 and df.loc["new", "hessian.top_eigenvalue"] == 4.0

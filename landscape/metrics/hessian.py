@@ -4,7 +4,7 @@ The Hessian is that of the mean training loss (as trained: ``ctx.loss_fn``, labe
 trained parameters, model in eval mode, over an evaluation subset: the first ``eval_samples`` of a
 permutation of the training set drawn from ``seed`` (the same subset for every model of a cell).
 
-* ``mode="default"``: thick-restart Lanczos for the top-``top_k`` (and, if ``smallest_eigenvalue``, the most
+* ``mode="default"``: thick-restart Lanczos for the top-``n_top`` (and, if ``smallest_eigenvalue``, the most
   negative) eigenvalue to relative residual ``tol``; ``trace_method`` (Hutch++ by default) with
   ``trace_matvecs`` products.
 * ``mode="taxonomy"``: the settings of Yang et al. (2021) / PyHessian: one batch of 200 training samples
@@ -49,7 +49,7 @@ class Config:
     max_block: int = 8  # max columns per vmapped block of products
     dtype: str = "float32"  # "float32" | "float64"
     seed: int = 0  # evaluation subset and probes
-    top_k: int = 1
+    n_top: int = 1  # number of top eigenvalues (column hessian.top_eigenvalues)
     tol: float = 1e-4  # relative residual of Lanczos eigenpairs
     max_iter: int = 300  # max products per eigenvalue problem
     smallest_eigenvalue: bool = True  # also the most negative (smallest) eigenvalue
@@ -105,8 +105,8 @@ def check(settings: Any) -> list[str]:
         )
     if str(settings.dtype) not in DTYPES:
         problems.append(f"metrics.hessian.dtype={settings.dtype!r}: expected one of {', '.join(DTYPES)}")
-    if int(settings.top_k) < 1:
-        problems.append(f"metrics.hessian.top_k={settings.top_k!r}: expected a positive integer")
+    if int(settings.n_top) < 1:
+        problems.append(f"metrics.hessian.n_top={settings.n_top!r}: expected a positive integer")
     if int(settings.eval_samples) < 1:
         problems.append(f"metrics.hessian.eval_samples={settings.eval_samples!r}: expected a positive integer")
     if str(settings.cache_graph) not in ("auto", "on", "off"):
@@ -144,7 +144,7 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
         ctx.model, ctx.loss_fn, (x, y), batch_size=batch_size, dtype=getattr(torch, str(settings.dtype)),
         max_block=int(settings.max_block), cache_graph=cache,
     )
-    k = int(settings.top_k)
+    k = int(settings.n_top)
     out: dict[str, Any] = {"hessian.mode": str(settings.mode), "hessian.eval_samples": int(x.shape[0])}
     if taxonomy:
         top = taxonomy_eigenvalues(op, k=k, seed=seed)
