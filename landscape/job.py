@@ -388,7 +388,7 @@ def _cached_compute(fam: Family, cfg: DictConfig, cell: CellDir, who: str, ctx: 
     path = cell.metrics_path(key, fam.name)
     cached = read_json(path)
     if cached is not None:
-        return _conform(fam, _from_cache(cached))
+        return _conform(fam, _from_cache(cached, fam))
     ctx = dataclasses.replace(ctx, workdir=cell.workdir(key, fam.name))
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -407,11 +407,13 @@ def _cached_compute(fam: Family, cfg: DictConfig, cell: CellDir, who: str, ctx: 
     return _conform(fam, res)
 
 
-def _from_cache(cached: dict[str, Any]) -> Result:
+def _from_cache(cached: dict[str, Any], fam: Family) -> Result:
     if "values" in cached and set(cached) <= {"values", "tables", "error"}:
         return Result(cached["values"], cached.get("tables") or {}, cached.get("error"))
-    tables = cached.pop("_tables", {})  # cache written before the family contract: a flat dict of values
-    return Result(cached, tables, None)
+    # written before the family contract (schema version 1): a flat dict of values, long tables under "_tables";
+    # columns that version 2 no longer has are dropped
+    tables = cached.pop("_tables", {})
+    return Result({k: v for k, v in cached.items() if k in fam.columns}, tables, None)
 
 
 def _conform(fam: Family, res: Result) -> Result:

@@ -149,6 +149,6 @@ def test_results_cached_before_the_contract_are_read(tmp_path):
     from landscape.cell import metrics_key, write_json
 
     write_json(cell.metrics_path(f"seed=0-{metrics_key(cfg.metrics['toy'])}", "toy"),
-               {"toy.value": 0.25, "_tables": {}})
+               {"toy.value": 0.25, "toy.retired_column": 1, "_tables": {}})
     res = job._cached_compute(fam, cfg, cell, "seed=0", _Ctx(tmp_path))
     assert res.values == {"toy.value": 0.25} and res.error is None
