@@ -397,7 +397,8 @@ def _cached_compute(fam: Family, cfg: DictConfig, cell: CellDir, who: str, ctx: 
     except StopRequested:
         raise
     except Exception as exc:  # noqa: BLE001 - one failed measurement costs one value, not the cell
-        log.debug("%s %s: %s raised", cell.cell_id, who, fam.name, exc_info=True)
+        log.warning("%s %s: metric family %s raised (its values are nulls):", cell.cell_id, who, fam.name,
+                    exc_info=True)
         return Result(error=" ".join(f"{type(exc).__name__}: {exc}".split())[:500])
     log.info("%s %s: %s in %.2f s", cell.cell_id, who, fam.name, time.perf_counter() - t0)
     if not isinstance(res, Result):
