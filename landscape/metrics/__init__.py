@@ -33,6 +33,7 @@ values: they become typed nulls, the reason goes to ``<name>.error``, a warning 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,14 +170,14 @@ class Family:
     def error_column(self) -> str:
         return f"{self.name}.error"
 
-    @property
+    @functools.cached_property
     def setting_columns(self) -> dict[str, pa.DataType]:
         """``{<name>.<field>: type}`` for every field of ``config`` but ``enabled``."""
         hints = typing.get_type_hints(self.config)
         return {f"{self.name}.{f.name}": arrow_type(hints[f.name])
                 for f in dataclasses.fields(self.config) if f.name != "enabled"}
 
-    @property
+    @functools.cached_property
     def columns(self) -> dict[str, pa.DataType]:
         """Every column the family fills in its table, in order: metrics, settings, diagnostics, error."""
         cols = {**self.metrics, **self.setting_columns, **self.diagnostics}
@@ -237,11 +238,11 @@ def _clear_caches() -> None:
 def _load_builtin() -> None:
     global _BUILTIN_LOADED
     if not _BUILTIN_LOADED:
-        _BUILTIN_LOADED = True
         from landscape.metrics.builtin import BUILTIN
 
         for fam in BUILTIN():
             _add(fam)
+        _BUILTIN_LOADED = True
 
 
 def families(table: Table | None = None) -> list[Family]:
