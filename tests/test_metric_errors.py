@@ -152,3 +152,30 @@ def test_results_cached_before_the_contract_are_read(tmp_path):
                {"toy.value": 0.25, "toy.retired_column": 1, "_tables": {}})
     res = job._cached_compute(fam, cfg, cell, "seed=0", _Ctx(tmp_path))
     assert res.values == {"toy.value": 0.25} and res.error is None
+
+
+def test_unconverged_hessian_eigenvalues_keep_their_values_and_are_reported(tmp_path):
+    """An eigenvalue that should converge and does not is counted (``hessian.error``), never hidden or dropped."""
+    import torch
+    import torch.nn.functional as F
+    from omegaconf import OmegaConf
+
+    from landscape.data import CellData
+    from landscape.metrics import ModelContext, get
+    from landscape.models import MLP
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(100, 5, generator=g), torch.randint(0, 3, (100,), generator=g)
+    torch.manual_seed(0)
+    model = MLP(5, 3, width=8, depth=1, activation="tanh").eval()
+    ctx = ModelContext(model=model, seed=0, data=CellData("toy", x, y, y.clone(), x[:10], y[:10], 3),
+                       loss_fn=F.cross_entropy, make_model=lambda: MLP(5, 3, 8, 1, "tanh"), cfg=None,
+                       device=torch.device("cpu"), workdir=tmp_path)
+    fam = get("hessian")
+    settings = OmegaConf.structured(fam.config(enabled=True, eval_samples=100, tol=1e-14, max_iter=3,
+                                               trace_matvecs=6, dtype="float64"))
+    res = job._conform(fam, fam.compute(ctx, settings))
+    assert res.values["hessian.converged"] is False and res.values["hessian.top_eigenvalue"] > 0
+    assert res.error.startswith("eigenvalues not converged to tol 1e-14 (top residual")
+    ok = fam.compute(ctx, OmegaConf.structured(fam.config(enabled=True, eval_samples=100, trace_matvecs=6)))
+    assert ok.error is None and ok.values["hessian.converged"] is True

@@ -13,6 +13,9 @@ permutation of the training set drawn from ``seed`` (the same subset for every m
 
 Data are processed in chunks of ``batch_size`` samples and products in blocks of at most ``max_block``
 columns, so memory stays bounded for large models (e.g. ResNet18 at width 64 on one GPU).
+
+Eigenvalues that did not converge keep their values and residuals; ``hessian.converged`` is false and
+``hessian.error`` says so (the job counts it in the cell's metric errors).
 """
 
 from __future__ import annotations
@@ -184,7 +187,13 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
     out["hessian.seconds"] = time.perf_counter() - t0
     log.info("hessian (%s): top %.4g, trace %.4g +- %.2g, %d products in %.1f s", settings.mode,
              out["hessian.top_eigenvalue"], out["hessian.trace"], tr.stderr, op.n_products, out["hessian.seconds"])
-    return Result(out)
+    error = None
+    if not converged:  # the values stay (with their residuals); the reason is counted and shown, never hidden
+        error = (f"eigenvalues not converged to tol {out['hessian.tol']:g} (top residual "
+                 f"{out['hessian.top_residual']:.3g}"
+                 + (f", min residual {out['hessian.min_residual']:.3g}" if "hessian.min_residual" in out else "")
+                 + f") after {op.n_products} products")
+    return Result(out, error=error)
 
 
 FAMILY = Family(
