@@ -52,7 +52,9 @@ def test_collapsed_width2_network_keeps_its_cell_done_with_cka_null_and_the_reas
 
 
 def pd_isna(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
+    import pandas as pd
+
+    return v is None or bool(pd.isna(v))
 
 
 def test_one_seed_runs_with_defaults_and_skips_l2_with_a_log_line(cli, tmp_path):
@@ -179,3 +181,50 @@ def test_unconverged_hessian_eigenvalues_keep_their_values_and_are_reported(tmp_
     assert res.error.startswith("eigenvalues not converged to tol 1e-14 (top residual")
     ok = fam.compute(ctx, OmegaConf.structured(fam.config(enabled=True, eval_samples=100, trace_matvecs=6)))
     assert ok.error is None and ok.values["hessian.converged"] is True
+
+
+TOY_APP = '''
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from landscape import metrics
+
+
+@dataclass
+class Config:
+    enabled: Any = False
+    scale: float = 2.0
+
+
+def compute(ctx, settings):
+    if ctx.seed == 1:
+        raise RuntimeError("toy failure on seed 1")
+    n = sum(p.numel() for p in ctx.model.parameters())
+    return metrics.Result({"toy.value": settings.scale * n, "toy.n": n})
+
+
+metrics.register(metrics.Family(name="toy", table="models", config=Config, metrics={"toy.value": pa.float64()},
+                                diagnostics={"toy.n": pa.int64()}, compute=compute))
+from landscape.cli.app import main  # noqa: E402 - after the registration
+
+sys.argv = ["landscape", *sys.argv[1:]]
+main()
+'''
+
+
+def test_a_registered_family_runs_through_the_cli_with_its_settings_and_errors(tmp_path):
+    """The contract end to end: one Family object and one registration line give typed metric, setting,
+    diagnostic and error columns in the rows; its exception on one model costs that model's value only."""
+    (tmp_path / "toy_app.py").write_text(TOY_APP)
+    proc = subprocess.run([sys.executable, "toy_app.py", "hydra.sweep.dir=toy", *FAST, "metrics.toy.enabled=true",
+                           "metrics.toy.scale=3"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "metric family toy: RuntimeError: toy failure on seed 1" in proc.stdout + proc.stderr
+    m = load(tmp_path / "toy").set_index("seed")
+    n = int(m.loc[0, "model.n_params"])
+    assert m.loc[0, "toy.value"] == 3.0 * n and m.loc[0, "toy.n"] == n and pd_isna(m.loc[0, "toy.error"])
+    assert pd_isna(m.loc[1, "toy.value"]) and m.loc[1, "toy.error"] == "RuntimeError: toy failure on seed 1"
+    assert (m["toy.scale"] == 3.0).all() and (m["status"] == "done").all()

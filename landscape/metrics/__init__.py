@@ -208,7 +208,8 @@ _BUILTIN_LOADED = False
 
 def register(family: Family) -> Family:
     """Add a family to the registry (after the built-in ones; re-registering a name replaces it). Its columns
-    must not collide with another family's."""
+    must not collide with another family's. Register before the config schema is registered with Hydra
+    (``landscape.config.register_configs``, called when ``landscape.cli.app`` is imported)."""
     _load_builtin()
     _add(family)
     return family
@@ -227,12 +228,15 @@ def _add(family: Family) -> None:
 
 
 def _clear_caches() -> None:
-    try:
-        from landscape.results import schema
+    """Forget what was derived from the registry: the results schemas and the (lazily built) root config."""
+    import sys
 
-        schema.schema_for.cache_clear()
-    except ImportError:  # pragma: no cover - results is part of the package
-        pass
+    from landscape.results import schema
+
+    schema.schema_for.cache_clear()
+    config = sys.modules.get("landscape.config")
+    if config is not None:
+        config._ROOT.clear()  # rebuilt with the new family on next use (register before Hydra composes)
 
 
 def _load_builtin() -> None:
