@@ -180,6 +180,13 @@ def test_global_metrics_through_the_cli_write_pairs_rows_joinable_with_models(cl
     with torch.no_grad():
         feats = {s: torch.softmax(m(data.x_test).double(), -1) for s, m in nets.items()}
     flat = {s: torch.cat([p.detach().double().reshape(-1) for p in m.parameters()]) for s, m in nets.items()}
+    with torch.no_grad():  # the training family: loss and accuracy of each saved model, written out
+        for _, r in models.iterrows():
+            net = nets[int(r["seed"])]
+            assert r["test_acc"] == pytest.approx(float((net(data.x_test).argmax(1) == data.y_test).double().mean()),
+                                                  abs=1e-12)
+            assert r["train_loss"] == pytest.approx(
+                float(torch.nn.functional.cross_entropy(net(data.x_train).double(), data.y_train)), rel=1e-5)
     for _, r in pairs.iterrows():
         a, b = int(r["seed_a"]), int(r["seed_b"])
         assert r["cka"] == pytest.approx(linear_cka(feats[a], feats[b]), rel=1e-9)
