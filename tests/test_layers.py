@@ -64,6 +64,11 @@ def test_math_modules_import_neither_families_nor_job_nor_cli():
     assert _violations(files, lambda m: _under(m, FORBIDDEN_FOR_MATH)) == []
 
 
+def test_families_and_results_import_neither_the_job_nor_the_cli():
+    files = _files("metrics") + _files("results") + [PKG / "config.py", PKG / "cell.py"]
+    assert _violations(files, lambda m: _under(m, ("landscape.job", "landscape.cli"))) == []
+
+
 def test_curvature_imports_nothing_of_the_package_but_itself():
     bad = _violations(_files("curvature"), lambda m: _under(m, ("landscape",)) and not _under(m, CURVATURE_ALLOWED))
     assert bad == []
