@@ -10,6 +10,10 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it is used: git_info serves torch-free callers (landscape-phase)
+    import torch
 
 _PACKAGES = ("landscape", "torch", "numpy", "scipy", "pandas", "pyarrow", "hydra-core", "omegaconf", "submitit")
 
@@ -44,7 +48,7 @@ def host() -> str:
     return socket.gethostname()
 
 
-def device_name(device: "torch.device") -> str:  # noqa: F821 - torch is imported where a device exists
+def device_name(device: "torch.device") -> str:
     """``cpu`` or ``cuda:N (<GPU name>)``."""
     if device.type == "cuda":
         import torch
