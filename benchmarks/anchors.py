@@ -10,13 +10,15 @@ Problems (the figures of issue 15): a CNN with BatchNorm (k = 16, depth 2: 5,178
 (30 full-batch SGD steps, lr 0.1, momentum 0.9, seed 0) so the Hessian is not taken at initialisation; then eval
 mode, float32, one torch thread, the cross-entropy mean loss over the 1000 samples in one batch.
 
-Reference (float64, independent of the estimators timed):
-* CNN: the dense Hessian (``HessianOperator(dtype=float64).matmat(I)``): exact top-5 eigenvalues and trace;
-* MLP: top-5 by float64 Lanczos to residual 1e-10 (each value within its residual of a true eigenvalue), trace
-  by the Gauss-Newton identity ``tr H = (1/N) sum_n tr(A_n J_n J_n^T)`` (``A_n`` the softmax Hessian, ``J_n``
-  the per-sample Jacobian of the logits): exact for networks that are piecewise linear in every single
-  parameter (ReLU, max-pooling, eval-mode BatchNorm, linear layers), whose diagonal second derivatives of the
-  logits vanish; the identity is checked against the dense trace on the CNN in the same run.
+Reference (float64, independent of the float32 estimators timed):
+* top-5: float64 Lanczos (``landscape.curvature.eigenvalues``) to relative residual 1e-10 (each value is then
+  within ~1e-10 relative of a true eigenvalue), from two start vectors that must agree;
+* trace: the Gauss-Newton identity ``tr H = (1/N) sum_n tr(A_n J_n J_n^T)`` (``A_n = diag(p_n) - p_n p_n^T``
+  the softmax Hessian, ``J_n`` the per-sample Jacobian of the logits, float64): exact for networks that are
+  piecewise linear in every single parameter (ReLU, max-pooling, eval-mode BatchNorm, linear layers), whose
+  logits have vanishing diagonal second derivatives; an exact trace, not an estimate.
+Both are checked against the dense float64 Hessian (eigvalsh, its diagonal) on the --quick model (438
+parameters; tests/test_benchmarks_anchors.py); a dense Hessian of the 5,178-parameter CNN is out of reach here.
 
 Measured per anchor:
 1. ``hvp``: one Hessian-vector product through the anchor's own operator vs one gradient (same 1000 samples),
@@ -57,6 +59,14 @@ log = logging.getLogger("benchmarks.anchors")
 TOL = 1e-3
 TRACE_PRODUCTS = 100
 TRACE_SEEDS = 10
+# Trace estimators run (10 seeds x 100 products each). Plain Hutchinson is the same estimator in every library,
+# so it runs for landscape and PyHessian only; curvlinops' and eigenthings' Hutch++ (and curvlinops' XTrace) are
+# their improved estimators. curvlinops' Hutchinson and XTrace are left out of the default run for time (one
+# curvlinops product costs ~4x landscape's on the CNN here): ``--trace-all`` runs them.
+TRACE_METHODS = {"landscape": ("hutchinson", "hutch++"), "pyhessian": ("hutchinson",), "curvlinops": ("hutch++",),
+                 "eigenthings": ("hutch++",)}
+DENSE_MAX = 1000  # dense float64 reference up to this many parameters (the vmapped float64 products of the
+# 5,178-parameter CNN cost ~1 s a column on this machine: ~1.5 h for its dense Hessian)
 INSTALL = (".venv-bench/bin/pip install torch==2.13.0 pyhessian==0.1 curvlinops-for-pytorch==3.0.1 "
            "hessian-eigenthings==1.0.0a5   (or: make bench)")
 ANCHORS = {  # name: (module, pip requirement)
@@ -167,7 +177,7 @@ def reference(problem: Problem, k: int = 5) -> dict[str, Any]:
     op64 = HessianOperator(problem.model, F.cross_entropy, (problem.x, problem.y), dtype=torch.float64, max_block=64)
     out: dict[str, Any] = {"n_params": problem.n_params}
     t0 = time.perf_counter()
-    if problem.n_params <= 6000:
+    if problem.n_params <= DENSE_MAX:
         n = problem.n_params
         H = torch.cat([op64.matmat(torch.eye(n, dtype=torch.float64)[:, i : i + 512]) for i in range(0, n, 512)], dim=1)
         out["asymmetry"] = float((H - H.T).abs().max() / H.abs().max())
@@ -175,15 +185,18 @@ def reference(problem: Problem, k: int = 5) -> dict[str, Any]:
         ev = torch.linalg.eigvalsh(H)
         out.update(method="dense float64 Hessian", top=ev.flip(0)[:k].tolist(), trace=float(H.diagonal().sum()),
                    smallest=float(ev[0]))
-        out["ggn_trace_check"] = ggn_trace(problem)  # the identity used for the MLP, checked here
+        out["ggn_trace_check"] = ggn_trace(problem)  # the identity used for the larger models, checked here
         out["ggn_trace_check_rel_diff"] = abs(out["ggn_trace_check"] - out["trace"]) / abs(out["trace"])
         lz = eigenvalues(op64, k=k, tol=1e-10, max_iter=2000, seed=12345)
         out["lanczos_check_max_rel_diff"] = float(((lz.values - ev.flip(0)[:k]).abs() / ev.flip(0)[:k].abs()).max())
     else:
         lz = eigenvalues(op64, k=k, tol=1e-10, max_iter=2000, seed=12345)
-        out.update(method="float64 Lanczos to residual 1e-10 (top); Gauss-Newton identity, float64 Jacobians (trace)",
+        lz2 = eigenvalues(op64, k=k, tol=1e-10, max_iter=2000, seed=54321)  # another start vector must agree
+        out.update(method="float64 Lanczos to residual 1e-10 (top-5), Gauss-Newton identity with float64 Jacobians "
+                          "(trace)",
                    top=lz.values.tolist(), residuals=lz.residuals.tolist(), converged=lz.converged,
-                   n_matvecs=lz.n_matvecs, trace=ggn_trace(problem))
+                   n_matvecs=lz.n_matvecs, trace=ggn_trace(problem),
+                   second_start_max_rel_diff=float(((lz.values - lz2.values).abs() / lz.values.abs()).max()))
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -446,10 +459,12 @@ def bench_top(anchors: list[Anchor], ref: list[float], seed: int, quick: bool) -
     return out
 
 
-def bench_trace(anchors: list[Anchor], ref: float, seeds: int) -> dict[str, Any]:
+def bench_trace(anchors: list[Anchor], ref: float, seeds: int, methods: dict[str, tuple[str, ...]] | None) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for a in anchors:
         for method, est in a.traces().items():
+            if methods is not None and method not in methods.get(a.name, ()):
+                continue
             label = f"{a.name} {method}"
             try:
                 vals, times = [], []
@@ -468,7 +483,7 @@ def bench_trace(anchors: list[Anchor], ref: float, seeds: int) -> dict[str, Any]
     return rows
 
 
-def bench_problem(problem: Problem, mods: dict[str, Any], quick: bool) -> dict[str, Any]:
+def bench_problem(problem: Problem, mods: dict[str, Any], quick: bool, trace_all: bool = False) -> dict[str, Any]:
     ref, t_ref = _timed(lambda: reference(problem))
     log.info("%s: reference in %.1f s", problem.name, t_ref)
     anchors: list[Anchor] = [Landscape(problem)]
@@ -482,11 +497,11 @@ def bench_problem(problem: Problem, mods: dict[str, Any], quick: bool) -> dict[s
                            "reference": ref}
     out["hvp"] = bench_hvp(anchors, 3 if quick else 15)
     out.update(bench_top(anchors, ref["top"], seed=0, quick=quick))
-    out["trace"] = bench_trace(anchors, ref["trace"], 2 if quick else TRACE_SEEDS)
+    out["trace"] = bench_trace(anchors, ref["trace"], 2 if quick else TRACE_SEEDS, None if trace_all else TRACE_METHODS)
     return out
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, problems: tuple[str, ...] = ("cnn", "mlp"), trace_all: bool = False) -> dict[str, Any]:
     """The anchors section. ``quick``: landscape only, a CNN k=4 (438 parameters) on 100 digits, 2 trace seeds
     (a smoke run of a few seconds; its figures mean nothing)."""
     torch.set_num_threads(1)
@@ -498,12 +513,12 @@ def run(quick: bool) -> dict[str, Any]:
         problems = [make_problem("cnn", n=100, width=4, steps=5)]
     else:
         mods, skipped = available_anchors()
-        problems = [make_problem("cnn"), make_problem("mlp")]
+        problems = [make_problem(name) for name in problems]
     result["skipped"] = skipped
     result["versions"] = {n: getattr(m, "__version__", None) for n, m in mods.items()}
     for n, why in skipped.items():
         log.warning("anchor %s skipped: %s", n, why)
-    result["problems"] = [bench_problem(p, mods, quick) for p in problems]
+    result["problems"] = [bench_problem(p, mods, quick, trace_all) for p in problems]
     result["loadavg_end"] = loadavg()
     return result
 
@@ -549,10 +564,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="landscape only on a tiny CNN (smoke run)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "anchors.json"))
+    parser.add_argument("--problems", default="cnn,mlp", help="comma-separated: cnn (5,178 parameters), mlp (85,002)")
+    parser.add_argument("--trace-all", action="store_true", help="every trace estimator of every anchor")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("landscape.curvature").setLevel(logging.ERROR)  # budget scans stop unconverged on purpose
-    result = run(args.quick)
+    result = run(args.quick, tuple(args.problems.split(",")), args.trace_all)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
