@@ -509,7 +509,8 @@ def bench_problem(problem: Problem, mods: dict[str, Any], quick: bool, trace_all
     return out
 
 
-def run(quick: bool, problems: tuple[str, ...] = ("cnn", "mlp"), trace_all: bool = False) -> dict[str, Any]:
+def run(quick: bool, problems: tuple[str, ...] = ("cnn", "mlp"), trace_all: bool = False,
+        anchors: tuple[str, ...] = tuple(ANCHORS)) -> dict[str, Any]:
     """The anchors section. ``quick``: landscape only, a CNN k=4 (438 parameters) on 100 digits, 2 trace seeds
     (a smoke run of a few seconds; its figures mean nothing)."""
     torch.set_num_threads(1)
@@ -521,6 +522,9 @@ def run(quick: bool, problems: tuple[str, ...] = ("cnn", "mlp"), trace_all: bool
         problems = [make_problem("cnn", n=100, width=4, steps=5)]
     else:
         mods, skipped = available_anchors()
+        for name in [n for n in mods if n not in anchors]:
+            del mods[name]
+            skipped[name] = "not asked for (--anchors)"
         problems = [make_problem(name) for name in problems]
     result["skipped"] = skipped
     result["versions"] = {n: getattr(m, "__version__", None) for n, m in mods.items()}
@@ -576,10 +580,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "anchors.json"))
     parser.add_argument("--problems", default="cnn,mlp", help="comma-separated: cnn (5,178 parameters), mlp (85,002)")
     parser.add_argument("--trace-all", action="store_true", help="every trace estimator of every anchor")
+    parser.add_argument("--anchors", default=",".join(ANCHORS), help="comma-separated subset of "
+                        f"{', '.join(ANCHORS)} (landscape always runs); an empty string: landscape alone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("landscape.curvature").setLevel(logging.ERROR)  # budget scans stop unconverged on purpose
-    result = run(args.quick, tuple(args.problems.split(",")), args.trace_all)
+    result = run(args.quick, tuple(args.problems.split(",")), args.trace_all, tuple(filter(None, args.anchors.split(","))))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
