@@ -45,7 +45,8 @@ from landscape.engine import (
     run,
     steps_per_epoch,
 )
-from landscape.params import ParamLayout, functional_forward, load_parameters, trainable_parameters
+from landscape.params import ParamLayout, functional_forward, load_parameters
+from landscape.params import trainable_parameters  # noqa: F401 - re-exported (metrics.connectivity, tests)
 from landscape.training import LossFn, evaluate, recompute_bn
 
 log = logging.getLogger(__name__)

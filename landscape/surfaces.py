@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from landscape.directions import flat_parameters, unflatten
+from landscape.params import eval_subset, flat_parameters, unflatten  # noqa: F401 - eval_subset re-exported
 from landscape.training import LossFn, atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -96,14 +96,6 @@ class PointEvaluator:
             losses.append(lb.cpu().numpy())
             accs.append(ab.cpu().numpy())
         return np.concatenate(losses), np.concatenate(accs)
-
-
-def eval_subset(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """The first ``min(n, len(x))`` samples of a permutation drawn from ``seed`` (all of them if ``n <= 0``)."""
-    if n <= 0 or n >= x.shape[0]:
-        return x, y
-    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))[: int(n)].to(x.device)
-    return x[idx], y[idx]
 
 
 def grid_axis(span: float, resolution: int) -> np.ndarray:

@@ -32,7 +32,6 @@ from landscape.engine import (
     Plan,
     StepOut,
     StepTask,
-    StopRequested,
     atomic_torch_save,
     batch_slice,
     load_checkpoint,
@@ -40,6 +39,7 @@ from landscape.engine import (
     run,
     steps_per_epoch,
 )
+from landscape.engine import StopRequested  # noqa: F401 - re-exported (job, launchers, tests)
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
+from landscape.params import ParamLayout
 from landscape.training import LossFn
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class HessianOperator:
         self.names = [n for n, _ in named]
         self.shapes = [tuple(p.shape) for _, p in named]
         self.numels = [p.numel() for _, p in named]
+        self.layout = ParamLayout(self.names, self.shapes)
         self.params = {n: p.detach().to(self._dtype) for n, p in named}
         frozen = {n: p.detach().to(self._dtype) for n, p in model.named_parameters() if not p.requires_grad}
         buffers = {n: (b.to(self._dtype) if b.is_floating_point() else b) for n, b in model.named_buffers()}
@@ -181,17 +183,15 @@ class HessianOperator:
 
     def unflatten(self, v: Tensor) -> dict[str, Tensor]:
         """Flat ``[P]`` -> ``{name: tensor of the parameter's shape}`` (views, no copy)."""
-        return {n: c.view(s) for n, c, s in zip(self.names, v.split(self.numels), self.shapes)}
+        return self.layout.unflatten(v)
 
     def _unflatten_cols(self, V: Tensor) -> dict[str, Tensor]:
         """``[P, k]`` -> ``{name: [k, *shape]}``."""
-        Vt = V.T
-        return {n: c.reshape(-1, *s) for n, c, s in zip(self.names, Vt.split(self.numels, dim=1), self.shapes)}
+        return self.layout.unflatten_rows(V.T)
 
     def flatten(self, tensors: dict[str, Tensor] | Sequence[Tensor], leading: int = 0) -> Tensor:
         """Inverse of ``unflatten`` (``leading`` batch dims are kept in front)."""
-        seq = [tensors[n] for n in self.names] if isinstance(tensors, dict) else list(tensors)
-        return torch.cat([t.reshape(*t.shape[:leading], -1) for t in seq], dim=leading)
+        return self.layout.flatten(tensors, leading)
 
     def flat_parameters(self) -> Tensor:
         """The point ``theta`` ``[P]`` at which the Hessian is taken (in ``dtype``)."""

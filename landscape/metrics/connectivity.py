@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import torch
 
@@ -31,6 +30,7 @@ from landscape.connectivity import (
     trainable_parameters,
 )
 from landscape.metrics import MetricFamily, PairContext, register
+from landscape.params import pair_seed
 
 
 @dataclass
@@ -83,10 +83,6 @@ COLUMNS = {
 }
 
 
-def _curve_seed(settings_seed: int, seed_a: int, seed_b: int) -> int:
-    return int(np.random.SeedSequence([int(settings_seed), int(seed_a), int(seed_b)]).generate_state(1)[0])
-
-
 def _initial_curve(ctx: PairContext, settings: Any, seed: int) -> BezierCurve:
     start, end = trainable_parameters(ctx.a.model), trainable_parameters(ctx.b.model)
     bends = int(settings.bends)
@@ -136,14 +132,15 @@ def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
             "connectivity.line_seconds": time.perf_counter() - t0,
         })
     if settings.curve:
-        seed = _curve_seed(settings.seed, ctx.a.seed, ctx.b.seed)
+        seed = pair_seed(settings.seed, ctx.a.seed, ctx.b.seed)
         curve = _initial_curve(ctx, settings, seed)
         cs = CurveSettings(
             epochs=int(settings.epochs), lr=float(settings.lr), momentum=float(settings.momentum),
             weight_decay=float(settings.weight_decay), batch_size=int(settings.batch_size),
             schedule=str(settings.schedule), checkpoint_every=int(settings.checkpoint_every),
         )
-        result = train_curve(curve, template, data.x_train, data.y_train, loss_fn, cs, seed, ctx.workdir / "curve")
+        result = train_curve(curve, template, data.x_train, data.y_train, loss_fn, cs, seed, ctx.workdir / "curve",
+                             phase=f"curve {ctx.a.seed}-{ctx.b.seed}")
         test = bool(settings.test)
         t_eval = time.perf_counter()
         v = evaluate_path(

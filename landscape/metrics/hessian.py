@@ -37,6 +37,7 @@ from landscape.curvature import (
 )
 from landscape.curvature.trace import TRACE_METHODS
 from landscape.metrics import MetricFamily, ModelContext, register
+from landscape.params import subset_indices
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,7 @@ def eval_indices(n_train: int, n: int, seed: int) -> torch.Tensor:
     """The first ``min(n, n_train)`` indices of a permutation of ``range(n_train)`` drawn from ``seed``."""
     if n < 1:
         raise ValueError(f"metrics.hessian.eval_samples={n!r}: expected a positive integer")
-    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(int(seed)))
-    return perm[: min(int(n), n_train)]
+    return subset_indices(n_train, n, seed)
 
 
 def check_settings(settings: Any) -> None:

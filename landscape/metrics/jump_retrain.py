@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from landscape.metrics import MetricFamily, ModelContext, register
+from landscape.params import linear_seed
 from landscape.trajectories.jump_retrain import JumpRetrainSettings, analyse, jump_and_retrain
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def settings_from(settings: Any) -> JumpRetrainSettings:
 def jump_retrain_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     s = settings_from(settings)
-    s.seed = int(settings.seed) * 1_000_003 + int(ctx.seed)  # different jumps for each model of a cell
+    s.seed = linear_seed(settings.seed, ctx.seed)  # different jumps for each model of a cell
     traj = jump_and_retrain(ctx.model, ctx.loss_fn, ctx.data, s)
     topo = analyse(traj, s)
     rows = []

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from landscape.metrics import MetricFamily, PairContext, register
+from landscape.params import flat_parameters
 
 
 @dataclass
@@ -17,11 +18,6 @@ class Config:
     """``metrics.l2.*``: switch for the parameter distance between the seeds of a cell."""
 
     enabled: bool = False
-
-
-def flat_parameters(model: nn.Module) -> torch.Tensor:
-    """All trainable parameters of ``model`` concatenated into one flat vector ``[P]`` (detached)."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
 
 
 def l2_distance(a: nn.Module, b: nn.Module) -> float:

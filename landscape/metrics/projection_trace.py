@@ -19,7 +19,7 @@ import torch
 
 from landscape.metrics import MetricFamily, ModelContext, register
 from landscape.projection_trace import projection_trace
-from landscape.surfaces import eval_subset
+from landscape.params import eval_subset
 
 log = logging.getLogger(__name__)
 

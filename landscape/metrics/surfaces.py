@@ -20,7 +20,9 @@ import pyarrow as pa
 
 from landscape.directions import filter_normalised_direction, hessian_directions
 from landscape.metrics import MetricFamily, ModelContext, register
-from landscape.surfaces import eval_subset, grid_axis, loss_surface
+from landscape.params import eval_subset
+from landscape.params import hashed_seed as derived_seed
+from landscape.surfaces import grid_axis, loss_surface
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +69,6 @@ TABLE: dict[str, pa.DataType] = {
     "test_loss": pa.float64(),
     "test_acc": pa.float64(),
 }
-
-
-def derived_seed(*parts: int) -> int:
-    """A 31-bit seed from several integers (stable across runs and platforms)."""
-    h = 0x345678
-    for p in parts:
-        h = (h * 1_000_003 ^ (int(p) & 0xFFFFFFFF)) & 0x7FFFFFFF
-    return h
 
 
 def check_settings(settings: Any) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.directions import flat_parameters
+from landscape.params import flat_parameters, linear_seed
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class RandomProjection:
 
     def _block(self, b: int) -> Tensor:
         rows = min(self.block_rows, self.n_params - b * self.block_rows)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + b)
+        gen = torch.Generator().manual_seed(linear_seed(self.seed, b))
         return torch.randn(rows, self.dim, generator=gen) / math.sqrt(self.dim)
 
     def matrix(self) -> Tensor:
