@@ -169,7 +169,7 @@ class TrainSettings:
 
 @dataclass
 class TrainResult:
-    """Outcome of training one seed. ``status`` is ``done`` or ``diverged``."""
+    """Outcome of training one seed. ``status`` is ``done`` or ``diverged``; ``reason``: why it diverged."""
 
     status: str
     epochs: int
@@ -178,6 +178,7 @@ class TrainResult:
     history: list[float] = field(default_factory=list)  # mean training-batch loss per epoch
     resumed_from_epoch: int = 0
     vectorized: bool = False  # trained together with other seeds (torch.func + vmap)
+    reason: str | None = None
 
     def save(self, path: Path) -> None:
         _atomic_write_bytes(path, json.dumps(asdict(self)).encode())
@@ -261,7 +262,7 @@ class _ModelTask(StepTask):
 
     def finish(self, row: int, r: MemberResult) -> None:
         self.result = TrainResult(status=r.status, epochs=r.epochs, steps=r.steps, seconds=r.seconds,
-                                  history=r.history, resumed_from_epoch=r.resumed_from_epoch)
+                                  history=r.history, resumed_from_epoch=r.resumed_from_epoch, reason=r.reason)
         atomic_torch_save(self.model.state_dict(), self.workdir / FINAL)
         self.result.save(self.workdir / RESULT)
 

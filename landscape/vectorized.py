@@ -225,7 +225,7 @@ class _StackTask(StepTask):
         model = self.models[g]
         model.load_state_dict({name: t[row].detach().clone() for name, t in self.params.items()})
         result = TrainResult(status=r.status, epochs=r.epochs, steps=r.steps, seconds=r.seconds, history=r.history,
-                             resumed_from_epoch=r.resumed_from_epoch, vectorized=True)
+                             resumed_from_epoch=r.resumed_from_epoch, vectorized=True, reason=r.reason)
         atomic_torch_save(model.state_dict(), self.seed_dirs[g] / FINAL)
         result.save(self.seed_dirs[g] / RESULT)
         self.results[g] = result

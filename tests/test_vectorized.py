@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,36 @@ def test_job_rows_say_vectorized(tmp_path: Path, compose):
     assert not load(tmp_path / "b")["training.vectorized"].any()
     with pytest.raises(ConfigError, match="train.vectorize=on"):
         run_cell(compose(["model=cnn", "model.batch_norm=true", "train.vectorize=on", *fast]), tmp_path / "c")
+
+
+@pytest.mark.parametrize("schedule,factors", [
+    ("step", [1.0, 1.0, 0.5, 0.5]),  # milestones [2], decay 0.5
+    ("cosine", [1.0, (1 + 2**-0.5) / 2, 0.5, (1 - 2**-0.5) / 2]),
+])
+def test_schedule_sets_the_stacked_learning_rate_at_each_step(tmp_path: Path, monkeypatch, schedule, factors):
+    import landscape.vectorized as vec
+
+    seen: list[float] = []
+    original = vec.sgd_step_
+
+    def spy(params, grads, buffers, lr, momentum, weight_decay):
+        seen.append(lr)
+        return original(params, grads, buffers, lr, momentum, weight_decay)
+
+    monkeypatch.setattr(vec, "sgd_step_", spy)
+    x, y = _data()
+    _together(_cfg("mlp"), x, y, _settings(schedule=schedule), tmp_path)
+    assert seen == pytest.approx([0.05 * f for f in factors for _ in range(7)], rel=1e-12, abs=0)
+
+
+def test_one_seed_with_a_finite_blow_up_diverges_the_others_go_on(tmp_path: Path):
+    # seed 1 starts with weights x30 and cross-entropy at lr 20: its loss grows a million-fold but stays finite
+    x, y = _data()
+    st = _settings(lr=20.0, weight_decay=0.0, schedule="constant", momentum=0.9)
+    scale = {1: 30.0}
+    cfg = _cfg("mlp", activation="relu")
+    ser, rs = _serial(cfg, x, y, st, tmp_path, scale)
+    vec, rv = _together(cfg, x, y, st, tmp_path, scale)
+    assert rs[1].status == rv[1].status == "diverged" and rv[1].steps == rs[1].steps
+    assert all(math.isfinite(v) for v in rv[1].history)
+    assert "x max(initial loss" in rv[1].reason and rv[1].reason == rs[1].reason  # finite, far above the start
