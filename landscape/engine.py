@@ -48,6 +48,8 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 from torch import Tensor
 
+from landscape import preemption
+
 log = logging.getLogger(__name__)
 
 DIVERGENCE_FACTOR = 1e6
@@ -336,6 +338,165 @@ def divergence_reason(loss: float, initial: float | None) -> str | None:
     return None
 
 
+class _Run:
+    """One call of ``run``: the counters, the member bookkeeping and the checkpoint of a task's training."""
+
+    def __init__(self, task: StepTask, plan: Plan, phase: str, checkpoint_path: Path | None, meta: dict[str, Any],
+                 should_stop: Callable[[], bool] | None, on_epoch: Callable[[int, int, float], None] | None):
+        self.task, self.plan, self.phase, self.path, self.meta = task, plan, phase, checkpoint_path, meta
+        self.should_stop, self.on_epoch = should_stop, on_epoch
+        self.c = _Counters()
+        for m in task.members:
+            self.c.history[m], self.c.loss_sums[m], self.c.acc_sums[m] = [], 0.0, 0.0
+        self.results: dict[Hashable, MemberResult] = {}
+        self.t0 = time.perf_counter()
+        self.start_epoch = 0
+
+    def elapsed(self) -> float:
+        return self.c.seconds + time.perf_counter() - self.t0
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def resume(self, map_location: Any) -> None:
+        """Restore the task and the counters from the checkpoint, if there is one of this run."""
+        task, c, path = self.task, self.c, self.path
+        if path is None or not path.exists():
+            return
+        state = load_checkpoint(path, map_location)
+        saved = list(state.get("members", []))
+        if state.get("format") != FORMAT or state.get("meta") != self.meta:
+            log.warning("%s: checkpoint of another run (format or settings differ): ignored", path)
+            return
+        if not set(task.members) <= set(saved):
+            log.warning("%s holds members %s, not %s: ignored", path, saved, task.members)
+            return
+        if not task.load_state_dict(state["task"], saved):
+            log.warning("%s: rejected by the task: ignored", path)
+            return
+        task.set_rng_state({k: v.cpu() for k, v in state["rng"].items()})
+        e = state["engine"]
+        c.epoch, c.batch, c.step, c.seconds, c.epoch_batches = (
+            e["epoch"], e["batch"], e["step"], e["seconds"], e["epoch_batches"])
+        for m in task.members:
+            c.history[m] = list(e["history"][m])
+            c.loss_sums[m], c.acc_sums[m] = e["loss_sums"][m], e["acc_sums"][m]
+            if m in e["initial"]:
+                c.initial[m] = e["initial"][m]
+        log.info("%s: resumed at epoch %d, step %d", self.phase, c.epoch, c.step)
+
+    def save(self, epoch: int, batch: int, rng: dict[str, Tensor]) -> None:
+        if self.path is None:
+            return
+        members = list(self.task.members)
+        engine = self.c.plain(members)
+        engine.update(epoch=epoch, batch=batch, seconds=self.elapsed())
+        atomic_torch_save({"format": FORMAT, "meta": self.meta, "members": members, "engine": engine, "rng": rng,
+                           "task": self.task.state_dict()}, self.path)
+
+    # ----------------------------------------------------------------------------------------- members
+    def end(self, rows: list[int], status: str, reasons: dict[int, str] | None = None) -> None:
+        """Finish the members at ``rows`` with ``status`` (the task writes their outputs)."""
+        for k in rows:
+            m = self.task.members[k]
+            reason = (reasons or {}).get(k)
+            if status == "diverged":
+                log.info("%s: member %s diverged at step %d: %s", self.phase, m, self.c.step, reason)
+            self.results[m] = MemberResult(status=status, steps=self.c.step, history=list(self.c.history[m]),
+                                           seconds=self.elapsed(), resumed_from_epoch=self.start_epoch, reason=reason)
+            self.task.finish(k, self.results[m])
+
+    def end_diverged(self, reasons: dict[int, str]) -> None:
+        rows = sorted(reasons)
+        self.end(rows, "diverged", reasons)
+        self.task.drop(rows)
+
+    # ------------------------------------------------------------------------------------------- steps
+    def forward(self, epoch: int, batch: int) -> tuple[StepOut, list[float], list[float] | None] | None:
+        """The batch's losses for the members that have not diverged (diverged ones are ended and dropped,
+        then the rest computed again); None when no member is left."""
+        task, c = self.task, self.c
+        while task.members:
+            out = task.forward(epoch, batch)
+            rows = [out.losses.detach()]
+            if out.accuracy is not None:
+                rows.append(out.accuracy.detach().to(out.losses.dtype))
+            values = torch.stack(rows).tolist()
+            losses, accs = values[0], (values[1] if len(values) > 1 else None)
+            for k, m in enumerate(task.members):
+                c.initial.setdefault(m, losses[k])
+            bad = {k: r for k, m in enumerate(task.members)
+                   if (r := divergence_reason(losses[k], c.initial.get(m))) is not None}
+            if not bad:
+                return out, losses, accs
+            self.end_diverged(bad)
+        return None
+
+    def step(self, epoch: int, batch: int, lr: float, progress: Progress) -> bool:
+        """One step of every member; False when no member is left."""
+        task, c = self.task, self.c
+        got = self.forward(epoch, batch)
+        if got is None:
+            return False
+        out, losses, accs = got
+        task.update(out)
+        c.step += 1
+        c.epoch_batches += 1
+        for k, m in enumerate(task.members):
+            c.loss_sums[m] += losses[k]
+            if accs is not None:
+                c.acc_sums[m] += accs[k]
+        task.after_step(c.step)
+        n = len(task.members) * c.epoch_batches
+        progress.update(c.step, epoch=epoch + 1, lr=lr, loss=sum(c.loss_sums[m] for m in task.members) / n,
+                        acc=None if accs is None else sum(c.acc_sums[m] for m in task.members) / n)
+        return True
+
+    def epoch(self, epoch: int, progress: Progress) -> bool:
+        """Train one epoch (from the resumed batch in the first); True when training is over."""
+        task, c, plan = self.task, self.c, self.plan
+        rng = task.rng_state()  # the state that draws this epoch (saved by a mid-epoch checkpoint)
+        lr = task.begin_epoch(epoch)
+        first = c.batch if epoch == self.start_epoch else 0
+        if first == 0:
+            c.epoch_batches = 0
+            for m in task.members:
+                c.loss_sums[m], c.acc_sums[m] = 0.0, 0.0
+        for b in range(first, plan.per_epoch):
+            if plan.total_steps is not None and c.step >= plan.total_steps:
+                break
+            if not self.step(epoch, b, lr, progress):
+                return True
+            if self.should_stop is not None and self.should_stop():
+                self.save(epoch, b + 1, rng)
+                why = preemption.stop_reason() or "stop requested"
+                raise StopRequested(f"{self.phase}: stopped at epoch {epoch}, step {c.step} ({why})")
+        return self.end_epoch(epoch)
+
+    def end_epoch(self, epoch: int) -> bool:
+        """History, parameter check, checkpoint and callback after an epoch; True when training is over."""
+        task, c, plan = self.task, self.c, self.plan
+        for m in task.members:
+            c.history[m].append(c.loss_sums[m] / max(c.epoch_batches, 1))
+        nonfinite = task.nonfinite_rows()
+        if nonfinite:
+            self.end_diverged({k: "parameters not finite" for k in nonfinite})
+        last = epoch + 1 == plan.epochs or (plan.total_steps is not None and c.step >= plan.total_steps)
+        if not last and task.members and (epoch + 1) % plan.checkpoint_every == 0:
+            self.save(epoch + 1, 0, task.rng_state())
+        if self.on_epoch is not None:
+            done = [c.history[m][-1] for m in task.members] or [float("nan")]
+            self.on_epoch(epoch + 1, plan.epochs, sum(done) / len(done))
+        return last or not task.members
+
+    def finish(self) -> None:
+        """End the members still training: ``done``, or ``diverged`` if their parameters are not finite."""
+        nonfinite = set(self.task.nonfinite_rows()) if self.task.members else set()
+        for k in range(len(self.task.members)):
+            if k in nonfinite:
+                self.end([k], "diverged", {k: "parameters not finite"})
+            else:
+                self.end([k], "done")
+
+
 def run(
     task: StepTask,
     plan: Plan,
@@ -351,133 +512,19 @@ def run(
     Resumes from ``checkpoint_path`` if it holds a checkpoint of this run (same ``meta``, accepted by the
     task); removes it at the end. ``map_location``: where checkpoint tensors go (the task's device).
     """
-    c = _Counters()
-    members0 = list(task.members)
-    for m in members0:
-        c.history[m], c.loss_sums[m], c.acc_sums[m] = [], 0.0, 0.0
-    meta = meta or {}
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, map_location)
-        saved_members = list(state.get("members", []))
-        if state.get("format") != FORMAT or state.get("meta") != meta:
-            log.warning("%s: checkpoint of another run (format or settings differ): ignored", checkpoint_path)
-        elif not set(members0) <= set(saved_members):
-            log.warning("%s holds members %s, not %s: ignored", checkpoint_path, saved_members, members0)
-        elif not task.load_state_dict(state["task"], saved_members):
-            log.warning("%s: rejected by the task: ignored", checkpoint_path)
-        else:
-            task.set_rng_state({k: v.cpu() for k, v in state["rng"].items()})
-            e = state["engine"]
-            c.epoch, c.batch, c.step, c.seconds, c.epoch_batches = (
-                e["epoch"], e["batch"], e["step"], e["seconds"], e["epoch_batches"])
-            for m in members0:
-                c.history[m] = list(e["history"][m])
-                c.loss_sums[m], c.acc_sums[m] = e["loss_sums"][m], e["acc_sums"][m]
-                if m in e["initial"]:
-                    c.initial[m] = e["initial"][m]
-            log.info("%s: resumed at epoch %d, step %d", phase, c.epoch, c.step)
-    start_epoch, start_batch = c.epoch, c.batch
-    results: dict[Hashable, MemberResult] = {}
-    t0 = time.perf_counter()
-
-    def elapsed() -> float:
-        return c.seconds + time.perf_counter() - t0
-
-    def end(rows: list[int], status: str, reasons: dict[int, str] | None = None) -> None:
-        for k in rows:
-            m = task.members[k]
-            reason = (reasons or {}).get(k)
-            if status == "diverged":
-                log.info("%s: member %s diverged at step %d: %s", phase, m, c.step, reason)
-            results[m] = MemberResult(status=status, steps=c.step, history=list(c.history[m]), seconds=elapsed(),
-                                      resumed_from_epoch=start_epoch, reason=reason)
-            task.finish(k, results[m])
-
-    def end_diverged(rows: list[int], reasons: dict[int, str]) -> None:
-        end(rows, "diverged", reasons)
-        task.drop(rows)
-
-    def save(epoch: int, batch: int, rng: dict[str, Tensor]) -> None:
-        members = list(task.members)
-        engine = c.plain(members)
-        engine.update(epoch=epoch, batch=batch, seconds=elapsed())
-        atomic_torch_save({"format": FORMAT, "meta": meta, "members": members, "engine": engine, "rng": rng,
-                           "task": task.state_dict()}, checkpoint_path)
-
-    progress = Progress(phase, plan.steps, done=c.step, epochs=plan.epochs)
+    r = _Run(task, plan, phase, checkpoint_path, meta or {}, should_stop, on_epoch)
+    r.resume(map_location)
+    r.start_epoch = r.c.epoch
+    progress = Progress(phase, plan.steps, done=r.c.step, epochs=plan.epochs)
     outcome = "stopped"
     try:
-        for epoch in range(start_epoch, plan.epochs):
-            if not task.members:
+        for epoch in range(r.start_epoch, plan.epochs):
+            if not task.members or r.epoch(epoch, progress):
                 break
-            rng = task.rng_state()  # the state that draws this epoch (saved by a mid-epoch checkpoint)
-            lr = task.begin_epoch(epoch)
-            first = start_batch if epoch == start_epoch else 0
-            if first == 0:
-                c.epoch_batches = 0
-                for m in task.members:
-                    c.loss_sums[m], c.acc_sums[m] = 0.0, 0.0
-            for b in range(first, plan.per_epoch):
-                if plan.total_steps is not None and c.step >= plan.total_steps:
-                    break
-                while True:
-                    out = task.forward(epoch, b)
-                    rows = [out.losses.detach()]
-                    if out.accuracy is not None:
-                        rows.append(out.accuracy.detach().to(out.losses.dtype))
-                    values = torch.stack(rows).tolist()
-                    losses, accs = values[0], (values[1] if len(values) > 1 else None)
-                    for k, m in enumerate(task.members):
-                        c.initial.setdefault(m, losses[k])
-                    bad = {k: r for k, m in enumerate(task.members)
-                           if (r := divergence_reason(losses[k], c.initial.get(m))) is not None}
-                    if not bad:
-                        break
-                    end_diverged(sorted(bad), bad)
-                    if not task.members:
-                        break
-                if not task.members:
-                    break
-                task.update(out)
-                c.step += 1
-                c.epoch_batches += 1
-                for k, m in enumerate(task.members):
-                    c.loss_sums[m] += losses[k]
-                    if accs is not None:
-                        c.acc_sums[m] += accs[k]
-                task.after_step(c.step)
-                active = task.members
-                progress.update(
-                    c.step, epoch=epoch + 1, lr=lr,
-                    loss=sum(c.loss_sums[m] for m in active) / (len(active) * c.epoch_batches),
-                    acc=None if accs is None else sum(c.acc_sums[m] for m in active) / (len(active) * c.epoch_batches),
-                )
-                if should_stop is not None and should_stop():
-                    if checkpoint_path is not None:
-                        save(epoch, b + 1, rng)
-                    raise StopRequested(f"{phase}: stopped at epoch {epoch}, step {c.step}")
-            if not task.members:
-                break
-            for m in task.members:
-                c.history[m].append(c.loss_sums[m] / max(c.epoch_batches, 1))
-            nonfinite = task.nonfinite_rows()
-            if nonfinite:
-                end_diverged(nonfinite, {k: "parameters not finite" for k in nonfinite})
-            last = epoch + 1 == plan.epochs or (plan.total_steps is not None and c.step >= plan.total_steps)
-            if checkpoint_path is not None and not last and task.members and (epoch + 1) % plan.checkpoint_every == 0:
-                save(epoch + 1, 0, task.rng_state())
-            if on_epoch is not None:
-                done = [c.history[m][-1] for m in task.members] or [float("nan")]
-                on_epoch(epoch + 1, plan.epochs, sum(done) / len(done))
-            if last:
-                break
-        if task.members:
-            nonfinite = set(task.nonfinite_rows())
-            for k in range(len(task.members)):
-                end([k], "diverged" if k in nonfinite else "done", {k: "parameters not finite"} if k in nonfinite else None)
+        r.finish()
         outcome = "finished"
     finally:
         progress.close(outcome)
     if checkpoint_path is not None:
         checkpoint_path.unlink(missing_ok=True)
-    return results
+    return r.results

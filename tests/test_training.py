@@ -337,3 +337,20 @@ def test_connectivity_path_recomputes_the_running_variance_at_each_t():
         act = ref.features[1](ref.features[0](x))
     per_channel = act.transpose(0, 1).reshape(act.shape[1], -1)
     torch.testing.assert_close(template.features[2].running_var, per_channel.var(dim=1), rtol=1e-10, atol=0)
+
+
+def test_preemption_stop_request_names_its_reason(tmp_path):
+    from landscape import preemption
+
+    data, mcfg, s = setup()
+    preemption.reset()
+    try:
+        preemption.request_stop("SIGUSR2 (time limit)")
+        with pytest.raises(StopRequested, match=r"step 1 \(SIGUSR2 \(time limit\)\)"):
+            train_model(build_model(mcfg, data.input_shape, 10, seed=0), data.x_train, data.y_train, s, 0, tmp_path,
+                        should_stop=preemption.stop_requested)
+        assert preemption.last_poll_age() < 60
+    finally:
+        preemption.reset()
+    r = train_model(build_model(mcfg, data.input_shape, 10, seed=0), data.x_train, data.y_train, s, 0, tmp_path)
+    assert r.resumed_from_epoch == 0 and r.steps == 4 * 7 and r.status == "done"
