@@ -37,12 +37,14 @@ from landscape.engine import (
     MemberResult,
     Plan,
     StepOut,
+    DamagedCheckpoint,
     StepTask,
     atomic_torch_save,
     batch_slice,
     load_checkpoint,
     lr_factor,
     run,
+    set_aside,
     steps_per_epoch,
 )
 from landscape.params import ParamLayout, functional_forward, load_parameters
@@ -266,7 +268,7 @@ class _CurveTask(StepTask):
                                        resumed_from_epoch=r.resumed_from_epoch, status=r.status, reason=r.reason)
         if self.final_path is not None:
             atomic_torch_save({"meta": self.meta, "middle": self.curve.state(), "result": asdict(self.result)},
-                              self.final_path)
+                              self.final_path, checksum=True)
 
     def state_dict(self) -> dict:
         return {"middle": self.curve.state(), "optimizer": None if self.opt is None else self.opt.state_dict()}
@@ -309,8 +311,13 @@ def train_curve(
     ckpt_path = workdir / CURVE_CHECKPOINT if workdir is not None else None
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
+        state = None
         if final_path.exists():
-            state = load_checkpoint(final_path, map_location=x.device)
+            try:
+                state = load_checkpoint(final_path, map_location=x.device)
+            except DamagedCheckpoint as exc:
+                set_aside(final_path, exc)
+        if state is not None:
             if state["meta"] == meta:
                 curve.load_state(state["middle"])
                 return CurveTrainResult(**{**state["result"], "epochs_run": 0})

@@ -11,7 +11,9 @@ engine owns everything else, once:
   weights at that step) and dropped; the others go on.
 * **Checkpoints** (``checkpoint_path``): every ``checkpoint_every`` epochs at an epoch boundary (not after the
   last epoch), and at a stop request in the middle of an epoch; written to a temporary name and renamed into
-  place, holding tensors and plain Python values only (loaded with ``torch.load(weights_only=True)``). A
+  place, holding tensors and plain Python values only (loaded with ``torch.load(weights_only=True)``) and a
+  SHA-256 of its content. A file that asks to run code is refused (``UnsafeCheckpoint``, naming it); one that
+  is unreadable or fails its checksum is renamed ``*.damaged`` with a warning and training starts over. A
   checkpoint stores the task's state, the engine's counters and the task's random-generator state *at the
   start of the epoch*, so a resumed run redraws the same batch order and continues at the next batch:
   bitwise identical to an uninterrupted run on the same device. A checkpoint whose ``meta`` differs from the
@@ -36,6 +38,7 @@ that a trailing batch of a single sample is dropped (BatchNorm needs two).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -288,8 +291,40 @@ class Progress:
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary name in the same directory, fsync, then rename into place."""
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint file that asks to run code when loaded (refused by ``weights_only=True``)."""
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint file that cannot be read or whose content does not match its stored checksum."""
+
+
+def _digest(obj: Any, h: Any = None) -> Any:
+    """SHA-256 over a nest of dicts/lists/tuples of tensors and plain values (keys, dtypes, shapes, bytes)."""
+    h = h if h is not None else hashlib.sha256()
+    if isinstance(obj, dict):
+        h.update(b"{%d" % len(obj))
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[%d" % len(obj))
+        for v in obj:
+            _digest(v, h)
+    elif isinstance(obj, Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        h.update(repr(obj).encode())
+    return h
+
+
+def atomic_torch_save(obj: Any, path: Path, checksum: bool = False) -> None:
+    """``torch.save`` to a temporary name in the same directory, fsync, then rename into place. With
+    ``checksum``, the file holds ``{"sha256": digest of obj, "body": obj}`` (read back by ``load_checkpoint``)."""
+    if checksum:
+        obj = {"sha256": _digest(obj).hexdigest(), "body": obj}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         torch.save(obj, f)
@@ -298,12 +333,38 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, map_location: Any = None) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)``; a file that is not a checkpoint raises ``ValueError`` naming it."""
+def load_checkpoint(path: Path, map_location: Any = None) -> Any:
+    """``torch.load(path, weights_only=True)``, checking the checksum of a file saved with ``checksum=True``.
+
+    Raises ``UnsafeCheckpoint`` (the file asks to run code; nothing of it runs) or ``DamagedCheckpoint``
+    (unreadable, truncated, or content not matching its checksum), both naming the file.
+    """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); delete it to retrain")
+        msg = str(exc)
+        if "Unsupported global" in msg:  # a GLOBAL opcode: the file names a callable to run
+            first = next((ln.strip() for ln in msg.splitlines() if "Unsupported" in ln), msg[:200])
+            raise UnsafeCheckpoint(f"{path}: refused, loading it would run code ({first}); delete the file if "
+                                   "you did not put it there") from None
+        raise DamagedCheckpoint(f"{path}: unreadable checkpoint ({type(exc).__name__}: {msg.splitlines()[0][:200] if msg else ''})") from None
+    if isinstance(obj, dict) and set(obj) == {"sha256", "body"}:
+        if _digest(obj["body"]).hexdigest() != obj["sha256"]:
+            raise DamagedCheckpoint(f"{path}: checksum mismatch (the file was changed or damaged)")
+        return obj["body"]
+    return obj
+
+
+def state_digest(obj: Any) -> str:
+    """Hex SHA-256 of a nest of tensors and plain values (what ``checksum=True`` stores)."""
+    return _digest(obj).hexdigest()
+
+
+def set_aside(path: Path, exc: Exception) -> None:
+    """Rename a damaged file to ``<name>.damaged`` (kept for inspection) and log why."""
+    target = path.with_name(path.name + ".damaged")
+    log.warning("%s; moved to %s, recomputing", exc, target.name)
+    os.replace(path, target)
 
 
 # ------------------------------------------------------------------------------------------------ engine
@@ -361,7 +422,11 @@ class _Run:
         task, c, path = self.task, self.c, self.path
         if path is None or not path.exists():
             return
-        state = load_checkpoint(path, map_location)
+        try:
+            state = load_checkpoint(path, map_location)
+        except DamagedCheckpoint as exc:
+            set_aside(path, exc)
+            return
         saved = list(state.get("members", []))
         if state.get("format") != FORMAT or state.get("meta") != self.meta:
             log.warning("%s: checkpoint of another run (format or settings differ): ignored", path)
@@ -390,7 +455,7 @@ class _Run:
         engine = self.c.plain(members)
         engine.update(epoch=epoch, batch=batch, seconds=self.elapsed())
         atomic_torch_save({"format": FORMAT, "meta": self.meta, "members": members, "engine": engine, "rng": rng,
-                           "task": self.task.state_dict()}, self.path)
+                           "task": self.task.state_dict()}, self.path, checksum=True)
 
     # ----------------------------------------------------------------------------------------- members
     def end(self, rows: list[int], status: str, reasons: dict[int, str] | None = None) -> None:

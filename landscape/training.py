@@ -28,15 +28,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landscape.engine import (
+    DamagedCheckpoint,
     MemberResult,
     Plan,
     StepOut,
     StepTask,
+    UnsafeCheckpoint,
     atomic_torch_save,
     batch_slice,
     load_checkpoint,
     lr_factor,
     run,
+    set_aside,
+    state_digest,
     steps_per_epoch,
 )
 from landscape.engine import StopRequested  # noqa: F401 - re-exported (job, launchers, tests)
@@ -179,6 +183,7 @@ class TrainResult:
     resumed_from_epoch: int = 0
     vectorized: bool = False  # trained together with other seeds (torch.func + vmap)
     reason: str | None = None
+    final_sha256: str | None = None  # state_digest of final.pt's state dict, checked when it is loaded
 
     def save(self, path: Path) -> None:
         _atomic_write_bytes(path, json.dumps(asdict(self)).encode())
@@ -263,7 +268,7 @@ class _ModelTask(StepTask):
     def finish(self, row: int, r: MemberResult) -> None:
         self.result = TrainResult(status=r.status, epochs=r.epochs, steps=r.steps, seconds=r.seconds,
                                   history=r.history, resumed_from_epoch=r.resumed_from_epoch, reason=r.reason)
-        atomic_torch_save(self.model.state_dict(), self.workdir / FINAL)
+        self.result.final_sha256 = write_final(self.model, self.workdir)
         self.result.save(self.workdir / RESULT)
 
     def state_dict(self) -> dict[str, Any]:
@@ -273,6 +278,37 @@ class _ModelTask(StepTask):
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         return True
+
+
+def write_final(model: nn.Module, workdir: Path) -> str:
+    """Write ``model``'s state dict to ``workdir/final.pt`` (plain, ``torch.load(weights_only=True)``-able);
+    return its digest (kept in ``result.json``, written after it)."""
+    state = model.state_dict()
+    atomic_torch_save(state, workdir / FINAL)
+    return state_digest(state)
+
+
+def load_finished(model: nn.Module, workdir: Path, map_location: Any = None) -> TrainResult | None:
+    """The result of a finished run in ``workdir`` with its final weights loaded into ``model``; None if the run
+    has not finished, or if ``final.pt`` / ``result.json`` are damaged or missing (then both are renamed
+    ``*.damaged`` with a warning naming them, and the run is trained again). A ``final.pt`` that asks to run code
+    raises ``UnsafeCheckpoint``."""
+    if not (workdir / RESULT).exists():
+        return None
+    try:
+        state = load_checkpoint(workdir / FINAL, map_location=map_location)
+        result = TrainResult.load(workdir / RESULT)
+        if result.final_sha256 is not None and state_digest(state) != result.final_sha256:
+            raise DamagedCheckpoint(f"{workdir / FINAL}: checksum mismatch with {RESULT} (changed or damaged)")
+        model.load_state_dict(state)
+        return result
+    except UnsafeCheckpoint:
+        raise
+    except (DamagedCheckpoint, ValueError, TypeError, KeyError, RuntimeError) as exc:  # JSON errors are ValueErrors
+        for name in (FINAL, RESULT):
+            if (workdir / name).exists():
+                set_aside(workdir / name, exc)
+        return None
 
 
 def train_model(
@@ -295,9 +331,9 @@ def train_model(
     ``StopRequested`` is raised. ``phase`` names the work in progress lines (default ``training seed <seed>``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    if (workdir / RESULT).exists():
-        model.load_state_dict(load_checkpoint(workdir / FINAL, map_location=x.device))
-        return TrainResult.load(workdir / RESULT)
+    done = load_finished(model, workdir, map_location=x.device)
+    if done is not None:
+        return done
     task = _ModelTask(model, x, y, settings, seed, workdir)
     run(task, training_plan(settings, x.shape[0]), phase or f"training seed {seed}", workdir / CHECKPOINT,
         should_stop=should_stop, on_epoch=progress, map_location=x.device)

@@ -44,18 +44,19 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from landscape.engine import MemberResult, StepOut, StepTask, atomic_torch_save, batch_slice, run
+from landscape.engine import MemberResult, StepOut, StepTask, batch_slice, run
 from landscape.models import MLP, has_batch_norm
 from landscape.training import (
     CHECKPOINT,
-    FINAL,
     RESULT,
     TrainResult,
     TrainSettings,
+    load_finished,
     lr_at,
     make_loss,
     train_model,
     training_plan,
+    write_final,
 )
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ class _StackTask(StepTask):
         model.load_state_dict({name: t[row].detach().clone() for name, t in self.params.items()})
         result = TrainResult(status=r.status, epochs=r.epochs, steps=r.steps, seconds=r.seconds, history=r.history,
                              resumed_from_epoch=r.resumed_from_epoch, vectorized=True, reason=r.reason)
-        atomic_torch_save(model.state_dict(), self.seed_dirs[g] / FINAL)
+        result.final_sha256 = write_final(model, self.seed_dirs[g])
         result.save(self.seed_dirs[g] / RESULT)
         self.results[g] = result
 
@@ -271,9 +272,11 @@ def train_together(
     for s, model in models.items():
         d = seed_dirs[s]
         d.mkdir(parents=True, exist_ok=True)
-        if (d / RESULT).exists() or (d / CHECKPOINT).exists():
-            if (d / CHECKPOINT).exists():
-                log.info("seed %d: resuming its serial checkpoint serially", s)
+        done = load_finished(model, d, map_location=x.device)  # None also when damaged (then set aside)
+        if done is not None:
+            results[s] = done
+        elif (d / CHECKPOINT).exists():
+            log.info("seed %d: resuming its serial checkpoint serially", s)
             results[s] = train_model(model, x, y, settings, s, d, should_stop=should_stop)
         else:
             group.append(s)

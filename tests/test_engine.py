@@ -111,7 +111,7 @@ def test_curve_stop_request_mid_epoch_resumes_bitwise(tmp_path: Path):
     with pytest.raises(StopRequested):
         train_curve(BezierCurve.through_line(a, b, 2), Linear1(), x, y, loss, s, seed=4, workdir=tmp_path,
                     should_stop=stop)
-    state = torch.load(tmp_path / "curve_checkpoint.pt", weights_only=True)
+    state = engine.load_checkpoint(tmp_path / "curve_checkpoint.pt")
     assert (state["engine"]["epoch"], state["engine"]["batch"], state["engine"]["step"]) == (2, 2, 12)
     resumed = BezierCurve.through_line(a, b, 2)
     res = train_curve(resumed, Linear1(), x, y, loss, s, seed=4, workdir=tmp_path)

@@ -354,3 +354,63 @@ def test_preemption_stop_request_names_its_reason(tmp_path):
         preemption.reset()
     r = train_model(build_model(mcfg, data.input_shape, 10, seed=0), data.x_train, data.y_train, s, 0, tmp_path)
     assert r.resumed_from_epoch == 0 and r.steps == 4 * 7 and r.status == "done"
+
+
+def _flip_a_weight_byte(path: Path, weight: torch.Tensor) -> None:
+    """Flip one byte inside the stored bytes of ``weight`` (torch stores storages uncompressed): the file still
+    loads, with a wrong value."""
+    raw = bytearray(path.read_bytes())
+    at = raw.find(weight.detach().contiguous().numpy().tobytes()[:64])
+    assert at > 0
+    raw[at + 5] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_damaged_checkpoint_is_named_set_aside_and_training_redone_bitwise(tmp_path, caplog, damage):
+    data, mcfg, s = setup()
+    ref = build_model(mcfg, data.input_shape, 10, seed=3)
+    r_ref = train_model(ref, data.x_train, data.y_train, s, 3, tmp_path / "ref")
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 10
+
+    model = build_model(mcfg, data.input_shape, 10, seed=3)
+    with pytest.raises(StopRequested):
+        train_model(model, data.x_train, data.y_train, s, 3, tmp_path / "run", should_stop=stop)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    if damage == "truncate":
+        ckpt.write_bytes(ckpt.read_bytes()[:200])
+    elif damage == "garbage":
+        ckpt.write_bytes(b"\x80\x02}q\x00garbage" * 10)
+    else:
+        _flip_a_weight_byte(ckpt, model.net[1].weight)
+    again = build_model(mcfg, data.input_shape, 10, seed=3)
+    with caplog.at_level(logging.WARNING, logger="landscape.engine"):
+        r = train_model(again, data.x_train, data.y_train, s, 3, tmp_path / "run")
+    assert any("checkpoint.pt" in rec.getMessage() and "damaged" in rec.getMessage() for rec in caplog.records)
+    assert (tmp_path / "run" / "checkpoint.pt.damaged").exists()
+    assert r.resumed_from_epoch == 0 and r.history == r_ref.history
+    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), ref.parameters()))
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete", "empty_result"])
+def test_damaged_final_weights_are_retrained_bitwise(tmp_path, caplog, damage):
+    data, mcfg, s = setup(epochs=2)
+    ref = build_model(mcfg, data.input_shape, 10, seed=1)
+    train_model(ref, data.x_train, data.y_train, s, 1, tmp_path)
+    final = tmp_path / "final.pt"
+    if damage == "flip":
+        _flip_a_weight_byte(final, ref.net[1].weight)
+    elif damage == "delete":
+        final.unlink()
+    else:
+        (tmp_path / "result.json").write_text("")
+    again = build_model(mcfg, data.input_shape, 10, seed=1)
+    with caplog.at_level(logging.WARNING, logger="landscape.engine"):
+        r = train_model(again, data.x_train, data.y_train, s, 1, tmp_path)
+    assert any("final.pt" in rec.getMessage() or "result.json" in rec.getMessage() for rec in caplog.records)
+    assert r.status == "done" and r.resumed_from_epoch == 0 and r.steps == 14
+    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), ref.parameters()))
