@@ -145,3 +145,36 @@ def test_plan_and_batching_rule():
     assert engine.lr_factor("step", 3, 4, 0.5, [1, 3]) == 0.25
     with pytest.raises(ValueError, match="schedule='nope'"):
         engine.lr_factor("nope", 0, 1)
+
+
+def test_damaged_curve_result_is_recomputed_bitwise_and_a_crafted_one_refused(tmp_path: Path, caplog):
+    import logging
+
+    a, b = {"w": torch.tensor([1.0, 0.0], dtype=torch.float64)}, {"w": torch.tensor([0.0, 1.0], dtype=torch.float64)}
+    x, y = torch.randn(30, 2, dtype=torch.float64), torch.zeros(30, dtype=torch.long)
+    s = CurveSettings(epochs=2, lr=0.1, batch_size=7)
+    loss = lambda o, t: ((o - 1) ** 2).mean()  # noqa: E731
+    ref = BezierCurve.through_line(a, b, 1)
+    train_curve(ref, Linear1(), x, y, loss, s, seed=4, workdir=tmp_path)
+    final = tmp_path / "curve_final.pt"
+    raw = bytearray(final.read_bytes())
+    at = raw.find(ref.middle_flat.detach().numpy().tobytes())
+    assert at > 0
+    raw[at + 3] ^= 0x01  # the file still loads, with a wrong middle point
+    final.write_bytes(bytes(raw))
+    again = BezierCurve.through_line(a, b, 1)
+    with caplog.at_level(logging.WARNING, logger="landscape.engine"):
+        res = train_curve(again, Linear1(), x, y, loss, s, seed=4, workdir=tmp_path)
+    assert any("curve_final.pt: checksum mismatch" in r.getMessage() for r in caplog.records)
+    assert res.epochs_run == 2 and torch.equal(again.middle_flat, ref.middle_flat)
+
+    marker = tmp_path / "marker"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"evil": Evil()}, final)
+    with pytest.raises(engine.UnsafeCheckpoint, match="curve_final.pt"):
+        train_curve(BezierCurve.through_line(a, b, 1), Linear1(), x, y, loss, s, seed=4, workdir=tmp_path)
+    assert not marker.exists()
