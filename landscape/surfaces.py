@@ -21,9 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from landscape.params import eval_subset, flat_parameters, unflatten  # noqa: F401 - eval_subset re-exported
+from landscape.params import eval_subset, flat_parameters, functional_forward, unflatten  # noqa: F401 - eval_subset re-exported
 from landscape.training import LossFn, atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ class PointEvaluator:
 
     def _one(self, flat: Tensor, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         params = unflatten(flat, self.model)
-        logits = functional_call(self.model, (params, self.buffers), (xb,))
+        logits = functional_forward(self.model, params, xb, self.buffers)
         return self.loss_fn(logits, yb), (logits.argmax(dim=-1) == yb).sum()
 
     @torch.no_grad()

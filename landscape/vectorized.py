@@ -42,10 +42,11 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import stack_module_state, vmap
 
 from landscape.engine import MemberResult, StepOut, StepTask, batch_slice, run
 from landscape.models import MLP, has_batch_norm
+from landscape.params import functional_forward
 from landscape.training import (
     CHECKPOINT,
     RESULT,
@@ -121,7 +122,7 @@ def vmap_forward(model: nn.Module) -> StackedForward:
     base = copy.deepcopy(model).to("meta")
 
     def one(params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(base, params, (x,))
+        return functional_forward(base, params, x)
 
     return vmap(one)
 

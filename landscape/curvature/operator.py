@@ -13,9 +13,9 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkabl
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 
-from landscape.params import ParamLayout
+from landscape.params import ParamLayout, functional_loss
 from landscape.training import LossFn
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class HessianOperator:
         return self.flatten(self.params)
 
     def _loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return self.loss_fn(functional_call(self.model, {**params, **self.constants}, (x,)), y)
+        return functional_loss(self.model, params, x, y, self.loss_fn, buffers=self.constants)
 
     def _hvp(self, x: Tensor, y: Tensor, tangent: dict[str, Tensor]) -> dict[str, Tensor]:
         """Forward-over-reverse product (``torch.func``): composable with ``vmap`` (used by ``matmat``)."""
