@@ -355,6 +355,24 @@ def load_checkpoint(path: Path, map_location: Any = None) -> Any:
     return obj
 
 
+STALE_TEMPORARY_S = 60.0
+"""Age (seconds since last modification) from which another process's temporary file counts as abandoned."""
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of ``path`` (``.<name>.tmp-<pid>``, from ``atomic_torch_save`` or a JSON writer)
+    left by a killed writer: those of other processes not modified for ``STALE_TEMPORARY_S`` seconds."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        try:
+            if tmp.name.endswith(f".tmp-{os.getpid()}") or now - tmp.stat().st_mtime < STALE_TEMPORARY_S:
+                continue
+            tmp.unlink()
+            log.info("removed %s, the temporary file of a writer that was killed", tmp)
+        except FileNotFoundError:
+            continue
+
+
 def state_digest(obj: Any) -> str:
     """Hex SHA-256 of a nest of tensors and plain values (what ``checksum=True`` stores)."""
     return _digest(obj).hexdigest()
@@ -420,6 +438,8 @@ class _Run:
     def resume(self, map_location: Any) -> None:
         """Restore the task and the counters from the checkpoint, if there is one of this run."""
         task, c, path = self.task, self.c, self.path
+        if path is not None:
+            remove_stale_temporaries(path)
         if path is None or not path.exists():
             return
         try:

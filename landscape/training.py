@@ -38,6 +38,7 @@ from landscape.engine import (
     batch_slice,
     load_checkpoint,
     lr_factor,
+    remove_stale_temporaries,
     run,
     set_aside,
     state_digest,
@@ -331,6 +332,8 @@ def train_model(
     ``StopRequested`` is raised. ``phase`` names the work in progress lines (default ``training seed <seed>``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    for name in (FINAL, RESULT):
+        remove_stale_temporaries(workdir / name)
     done = load_finished(model, workdir, map_location=x.device)
     if done is not None:
         return done

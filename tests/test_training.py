@@ -414,3 +414,18 @@ def test_damaged_final_weights_are_retrained_bitwise(tmp_path, caplog, damage):
     assert any("final.pt" in rec.getMessage() or "result.json" in rec.getMessage() for rec in caplog.records)
     assert r.status == "done" and r.resumed_from_epoch == 0 and r.steps == 14
     assert all(torch.equal(p, q) for p, q in zip(again.parameters(), ref.parameters()))
+
+
+def test_temporaries_of_a_killed_writer_are_removed(tmp_path):
+    import os
+
+    data, mcfg, s = setup(epochs=1)
+    old = [tmp_path / ".checkpoint.pt.tmp-999999", tmp_path / ".final.pt.tmp-999998",
+           tmp_path / ".result.json.tmp-999997"]
+    fresh = tmp_path / ".checkpoint.pt.tmp-999996"  # another writer, just now: left alone
+    for p in [*old, fresh]:
+        p.write_bytes(b"partial")
+    for p in old:
+        os.utime(p, (0, 0))
+    train_model(build_model(mcfg, data.input_shape, 10, seed=0), data.x_train, data.y_train, s, 0, tmp_path)
+    assert not any(p.exists() for p in old) and fresh.exists()
