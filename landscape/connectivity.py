@@ -41,6 +41,7 @@ from landscape.engine import (
     StepTask,
     atomic_torch_save,
     batch_slice,
+    epoch_permutation,
     load_checkpoint,
     lr_factor,
     run,
@@ -237,7 +238,7 @@ class _CurveTask(StepTask):
         lr = self.s.lr * schedule_factor(self.s.schedule, epoch, self.s.epochs)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        self.perm = torch.randperm(self.x.shape[0], generator=self.gen).to(self.x.device)
+        self.perm = epoch_permutation(self.x.shape[0], self.gen, self.x.device)
         self.ts = torch.rand(self.per_epoch, generator=self.gen, dtype=torch.float64)
         return lr
 

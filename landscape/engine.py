@@ -74,6 +74,12 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return full + (1 if rest > 1 else 0)
 
 
+def epoch_permutation(n: int, generator: torch.Generator, device: Any = None) -> Tensor:
+    """An epoch's batch order: ``randperm(n)`` from ``generator`` (a CPU generator: the same order on every
+    device), moved to ``device``."""
+    return torch.randperm(int(n), generator=generator).to(device)
+
+
 def batch_slice(perm: Tensor, batch: int, batch_size: int) -> Tensor:
     """Indices of batch ``batch`` of an epoch's permutation (the last dimension of ``perm``)."""
     return perm[..., batch * batch_size : (batch + 1) * batch_size]

@@ -36,6 +36,7 @@ from landscape.engine import (
     UnsafeCheckpoint,
     atomic_torch_save,
     batch_slice,
+    epoch_permutation,
     load_checkpoint,
     lr_factor,
     remove_stale_temporaries,
@@ -245,7 +246,7 @@ class _ModelTask(StepTask):
         lr = lr_at(self.s, epoch, self.epochs)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        self.perm = torch.randperm(self.x.shape[0], generator=self.gen).to(self.x.device)
+        self.perm = epoch_permutation(self.x.shape[0], self.gen, self.x.device)
         self.model.train()
         return lr
 

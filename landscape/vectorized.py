@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import stack_module_state, vmap
 
-from landscape.engine import MemberResult, StepOut, StepTask, batch_slice, run
+from landscape.engine import MemberResult, StepOut, StepTask, batch_slice, epoch_permutation, run
 from landscape.models import MLP, has_batch_norm
 from landscape.params import functional_forward
 from landscape.training import (
@@ -186,7 +186,7 @@ class _StackTask(StepTask):
             self.gens[g].set_state(state[str(g)])
 
     def begin_epoch(self, epoch: int) -> float:
-        self.perms = torch.stack([torch.randperm(self.x.shape[0], generator=self.gens[g])
+        self.perms = torch.stack([epoch_permutation(self.x.shape[0], self.gens[g])
                                   for g in self.members]).to(self.x.device)
         self.lr = lr_at(self.s, epoch, self.epochs)
         return self.lr

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from landscape.data import CellData
 from landscape.directions import filter_normalised_direction
-from landscape.engine import Plan, StepOut, StepTask, batch_slice, run, steps_per_epoch
+from landscape.engine import Plan, StepOut, StepTask, batch_slice, epoch_permutation, run, steps_per_epoch
 from landscape.params import eval_subset, flat_parameters, linear_seed, set_flat_parameters
 from landscape.training import LossFn, evaluate
 from landscape.trajectories.embedding import embed
@@ -106,7 +106,7 @@ class _RetrainTask(StepTask):
         self.gen.set_state(state["jump"])
 
     def begin_epoch(self, epoch: int) -> float:
-        self.perm = torch.randperm(self.x.shape[0], generator=self.gen).to(self.x.device)
+        self.perm = epoch_permutation(self.x.shape[0], self.gen, self.x.device)
         return float(self.s.lr)
 
     def forward(self, epoch: int, batch: int) -> StepOut:
