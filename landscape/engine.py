@@ -24,9 +24,10 @@ engine owns everything else, once:
   ``DIVERGENCE_FACTOR * max(initial loss, 1)`` (``DIVERGENCE_FACTOR = 1e6``; the initial loss is the member's
   first batch loss of the run, before any update, and is kept in checkpoints), checked before the step is
   taken; or when its parameters are not finite at the end of an epoch. A diverged member ends with status
-  ``diverged`` (a result, not an error). The factor is far above what trainable settings reach: on digits
-  with a width-32 MLP, MSE at lr 1 peaks at 6e4 times its initial loss and recovers; cross-entropy at lr 10
-  and 100 reaches 5e11 and 5e27 times (and stays at chance accuracy).
+  ``diverged`` (a result, not an error). The factor is far above what trainable settings reach (measured on
+  digits, MLP of width 32 and depth 2, SGD with momentum 0.9, batches of 64, 20 epochs): MSE at lr 1 peaks at
+  6e4 times its initial loss and comes back; cross-entropy at lr 10 and 100 reaches 5e11 and 5e27 times its
+  initial loss while staying finite, and ends near chance accuracy.
 * **Progress**: ``Progress`` shows a tqdm bar over the steps in an interactive terminal; elsewhere (a
   SLURM job's log) it logs one line every ``LANDSCAPE_PROGRESS_S`` seconds (default 60) with the phase, epoch,
   step, running loss and accuracy of the epoch, steps per second and the time left. ``on_epoch(epoch,
