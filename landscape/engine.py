@@ -28,7 +28,7 @@ engine owns everything else, once:
   digits, MLP of width 32 and depth 2, SGD with momentum 0.9, batches of 64, 20 epochs): MSE at lr 1 peaks at
   6e4 times its initial loss and comes back; cross-entropy at lr 10 and 100 reaches 5e11 and 5e27 times its
   initial loss while staying finite, and ends near chance accuracy.
-* **Progress**: ``Progress`` shows a tqdm bar over the steps in an interactive terminal; elsewhere (a
+* **Progress** (``landscape.progress.Progress``): a tqdm bar over the steps in an interactive terminal; elsewhere (a
   SLURM job's log) it logs one line every ``LANDSCAPE_PROGRESS_S`` seconds (default 60) with the phase, epoch,
   step, running loss and accuracy of the epoch, steps per second and the time left. ``on_epoch(epoch,
   epochs, loss)`` is called after every epoch (after its checkpoint) with the mean loss over the members.
@@ -43,7 +43,6 @@ import hashlib
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,13 +52,12 @@ import torch
 from torch import Tensor
 
 from landscape import preemption
+from landscape.progress import PROGRESS_ENV, Progress, progress_interval  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 DIVERGENCE_FACTOR = 1e6
 """A batch loss above ``DIVERGENCE_FACTOR * max(initial loss, 1)`` counts as diverged (see the module docstring)."""
-PROGRESS_ENV = "LANDSCAPE_PROGRESS_S"
-DEFAULT_PROGRESS_S = 60.0
 SCHEDULES = ("constant", "step", "cosine", "garipov")
 FORMAT = 2  # checkpoint format of this engine
 
@@ -202,99 +200,6 @@ class StepTask:
     def load_state_dict(self, state: dict[str, Any], members: list[Hashable]) -> bool:
         """Restore from ``state`` saved with ``members`` active; False if it does not fit this task."""
         raise NotImplementedError
-
-
-# --------------------------------------------------------------------------------------------- progress
-def progress_interval() -> float:
-    """Seconds between two progress log lines: ``$LANDSCAPE_PROGRESS_S``, default 60."""
-    raw = os.environ.get(PROGRESS_ENV)
-    if raw is None or raw == "":
-        return DEFAULT_PROGRESS_S
-    try:
-        value = float(raw)
-    except ValueError:
-        log.warning("%s=%r: expected a number of seconds; using %g", PROGRESS_ENV, raw, DEFAULT_PROGRESS_S)
-        return DEFAULT_PROGRESS_S
-    return max(0.0, value)
-
-
-def _clock(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-class Progress:
-    """Visible progress of one phase of work (``phase``, e.g. ``training seed 3``) over ``total`` steps.
-
-    In an interactive terminal (``bar=None`` and stderr is a TTY, or ``bar=True``) a tqdm bar; otherwise a log
-    line (logger ``landscape.engine``, INFO) at most every ``interval`` seconds (default ``progress_interval()``)
-    and a closing line if any was logged or the phase took longer than the interval. ``done`` steps were
-    taken before (a resumed run): the rate and the time left count this run's steps only.
-    """
-
-    def __init__(self, phase: str, total: int, done: int = 0, epochs: int | None = None, unit: str = "step",
-                 interval: float | None = None, bar: bool | None = None):
-        self.phase, self.total, self.epochs, self.unit = phase, int(total), epochs, unit
-        self.interval = progress_interval() if interval is None else float(interval)
-        self.start_done = self.done = int(done)
-        self.t0 = self.last = time.monotonic()
-        self.lines = 0
-        self.fields: dict[str, Any] = {}
-        use_bar = sys.stderr.isatty() if bar is None else bar
-        self.bar = None
-        if use_bar:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=self.total, initial=self.done, desc=phase, leave=False, unit=unit)
-
-    def rate(self) -> float:
-        """Steps per second of this run."""
-        dt = time.monotonic() - self.t0
-        return (self.done - self.start_done) / dt if dt > 0 else float("nan")
-
-    def line(self) -> str:
-        """``phase: epoch e/E, step s/S, loss L, acc A, R steps/s, ETA h:mm:ss`` (fields known so far)."""
-        parts = []
-        if self.fields.get("epoch") is not None and self.epochs:
-            parts.append(f"epoch {self.fields['epoch']}/{self.epochs}")
-        parts.append(f"{self.unit} {self.done}/{self.total}")
-        for key, fmt in (("loss", "{:.4g}"), ("acc", "{:.3f}"), ("lr", "{:.3g}")):
-            v = self.fields.get(key)
-            if v is not None:
-                parts.append(f"{key} " + fmt.format(v))
-        rate = self.rate()
-        eta = (self.total - self.done) / rate if rate and rate > 0 else float("nan")
-        parts.append(f"{rate:.3g} {self.unit}s/s" if math.isfinite(rate) else f"? {self.unit}s/s")
-        parts.append(f"ETA {_clock(eta)}")
-        return f"{self.phase}: " + ", ".join(parts)
-
-    def update(self, done: int, **fields: Any) -> None:
-        """``done`` steps taken in all; ``fields``: ``epoch`` (1-based), ``loss``, ``acc``, ``lr`` (None: unknown)."""
-        step = int(done) - self.done
-        self.done = int(done)
-        self.fields.update(fields)
-        if self.bar is not None:
-            self.bar.update(step)
-            post = {k: f"{v:.4g}" for k, v in fields.items() if k in ("loss", "acc") and v is not None}
-            if post:
-                self.bar.set_postfix(post, refresh=False)
-            return
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            self.lines += 1
-            log.info("%s", self.line())
-
-    def close(self, outcome: str = "finished") -> None:
-        """Close the bar, or log a closing line (``outcome``) when the phase was long enough to report."""
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-            return
-        if self.lines or time.monotonic() - self.t0 >= self.interval:
-            log.info("%s [%s]", self.line(), outcome)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

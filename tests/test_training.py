@@ -113,7 +113,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from landscape import engine  # noqa: E402
+from landscape import engine, progress  # noqa: E402
 
 
 def _record_sgd_lr(monkeypatch) -> list[float]:
@@ -238,12 +238,12 @@ def test_nonfinite_parameters_are_diverged_at_the_epoch_end():
 
 
 def test_progress_log_lines_name_phase_step_loss_accuracy_rate_and_eta(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv(engine.PROGRESS_ENV, "0")  # a line at every step (not a terminal under pytest)
+    monkeypatch.setenv(progress.PROGRESS_ENV, "0")  # a line at every step (not a terminal under pytest)
     data, mcfg, s = setup(epochs=2)
-    with caplog.at_level(logging.INFO, logger="landscape.engine"):
+    with caplog.at_level(logging.INFO, logger="landscape.progress"):
         train_model(build_model(mcfg, data.input_shape, 10, seed=3), data.x_train, data.y_train, s, 3, tmp_path,
                     phase="cell abc: training seed 3")
-    lines = [r.getMessage() for r in caplog.records if r.name == "landscape.engine"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "landscape.progress"]
     per_epoch = s.steps_per_epoch(data.n_train)
     assert len(lines) == 2 * per_epoch + 1  # one per step and the closing line
     pattern = (r"^cell abc: training seed 3: epoch (\d)/2, step (\d+)/14, loss [0-9.e+-]+, acc [01]\.\d{3}, "
@@ -255,10 +255,10 @@ def test_progress_log_lines_name_phase_step_loss_accuracy_rate_and_eta(tmp_path,
         steps.append(int(m.group(2)))
     assert steps[:-1] == list(range(1, 15)) and lines[-1].endswith("[finished]")
     # the default interval is a minute and can be set
-    monkeypatch.delenv(engine.PROGRESS_ENV)
-    assert engine.progress_interval() == 60.0
-    monkeypatch.setenv(engine.PROGRESS_ENV, "5")
-    assert engine.progress_interval() == 5.0
+    monkeypatch.delenv(progress.PROGRESS_ENV)
+    assert progress.progress_interval() == 60.0
+    monkeypatch.setenv(progress.PROGRESS_ENV, "5")
+    assert progress.progress_interval() == 5.0
 
 
 def test_progress_of_curves_seeds_together_and_jumps(tmp_path, monkeypatch, caplog):
@@ -266,15 +266,15 @@ def test_progress_of_curves_seeds_together_and_jumps(tmp_path, monkeypatch, capl
     from landscape.params import trainable_parameters
     from landscape.vectorized import train_together
 
-    monkeypatch.setenv(engine.PROGRESS_ENV, "0")
+    monkeypatch.setenv(progress.PROGRESS_ENV, "0")
     data, mcfg, s = setup(epochs=1)
     models = {k: build_model(mcfg, data.input_shape, 10, seed=k) for k in (0, 1)}
-    with caplog.at_level(logging.INFO, logger="landscape.engine"):
+    with caplog.at_level(logging.INFO, logger="landscape.progress"):
         train_together(models, data.x_train, data.y_train, s, {k: tmp_path / str(k) for k in models}, tmp_path / "g")
         curve = BezierCurve.through_line(trainable_parameters(models[0]), trainable_parameters(models[1]), 1)
         train_curve(curve, models[0], data.x_train, data.y_train, make_loss("cross_entropy"),
                     CurveSettings(epochs=1, batch_size=50), seed=0, phase="curve 0-1")
-    lines = [r.getMessage() for r in caplog.records if r.name == "landscape.engine"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "landscape.progress"]
     assert any(re.match(r"^training seeds 0,1 together: epoch 1/1, step 7/7, loss .*, acc .*steps/s, ETA", x)
                for x in lines)
     assert any(re.match(r"^curve 0-1: epoch 1/1, step 4/4, loss .*, acc .*, lr .*steps/s, ETA", x) for x in lines)
@@ -388,7 +388,7 @@ def test_damaged_checkpoint_is_named_set_aside_and_training_redone_bitwise(tmp_p
     else:
         _flip_a_weight_byte(ckpt, model.net[1].weight)
     again = build_model(mcfg, data.input_shape, 10, seed=3)
-    with caplog.at_level(logging.WARNING, logger="landscape.engine"):
+    with caplog.at_level(logging.WARNING, logger="landscape.progress"):
         r = train_model(again, data.x_train, data.y_train, s, 3, tmp_path / "run")
     assert any("checkpoint.pt" in rec.getMessage() and "damaged" in rec.getMessage() for rec in caplog.records)
     assert (tmp_path / "run" / "checkpoint.pt.damaged").exists()
@@ -409,7 +409,7 @@ def test_damaged_final_weights_are_retrained_bitwise(tmp_path, caplog, damage):
     else:
         (tmp_path / "result.json").write_text("")
     again = build_model(mcfg, data.input_shape, 10, seed=1)
-    with caplog.at_level(logging.WARNING, logger="landscape.engine"):
+    with caplog.at_level(logging.WARNING, logger="landscape.progress"):
         r = train_model(again, data.x_train, data.y_train, s, 1, tmp_path)
     assert any("final.pt" in rec.getMessage() or "result.json" in rec.getMessage() for rec in caplog.records)
     assert r.status == "done" and r.resumed_from_epoch == 0 and r.steps == 14
