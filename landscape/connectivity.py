@@ -242,7 +242,7 @@ class _CurveTask(StepTask):
         self.ts = torch.rand(self.per_epoch, generator=self.gen, dtype=torch.float64)
         return lr
 
-    def forward(self, epoch: int, batch: int) -> StepOut:
+    def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
         idx = batch_slice(self.perm, batch, self.bs)
         flat = self.curve.point_flat(float(self.ts[batch]))
         out = functional_forward(self.model, self.curve.unflatten(flat), self.x[idx])
@@ -250,7 +250,7 @@ class _CurveTask(StepTask):
         loss = self.loss_fn(out, yb)
         self.total = loss + 0.5 * self.s.weight_decay * flat.pow(2).sum() if self.s.weight_decay else loss
         acc = None
-        if out.dim() == 2 and out.shape[0] == yb.shape[0] and not yb.is_floating_point():
+        if accuracy and out.dim() == 2 and out.shape[0] == yb.shape[0] and not yb.is_floating_point():
             acc = (out.detach().argmax(dim=-1) == yb).float().mean().reshape(1)
         return StepOut(loss.reshape(1), acc)
 

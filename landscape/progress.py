@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_ENV = "LANDSCAPE_PROGRESS_S"
 DEFAULT_PROGRESS_S = 60.0
+BAR_REFRESH_S = 0.5  # how often a bar's loss/accuracy are refreshed
 
 
 def progress_interval() -> float:
@@ -64,13 +65,18 @@ class Progress:
 
             self.bar = tqdm(total=self.total, initial=self.done, desc=phase, leave=False, unit=unit)
 
+    def due(self) -> bool:
+        """Whether the next ``update`` will show its fields (a log line, or a bar's postfix refresh): callers
+        compute costly fields (e.g. an accuracy) only then."""
+        return time.monotonic() - self.last >= (self.interval if self.bar is None else BAR_REFRESH_S)
+
     def rate(self) -> float:
         """Steps per second of this run."""
         dt = time.monotonic() - self.t0
         return (self.done - self.start_done) / dt if dt > 0 else float("nan")
 
     def line(self) -> str:
-        """``phase: epoch e/E, step s/S, loss L, acc A, R steps/s, ETA h:mm:ss`` (fields known so far)."""
+        """``phase: epoch e/E, step s/S, loss L, acc A, lr R, X steps/s, ETA h:mm:ss`` (fields known so far)."""
         parts = []
         if self.fields.get("epoch") is not None and self.epochs:
             parts.append(f"epoch {self.fields['epoch']}/{self.epochs}")
@@ -94,6 +100,7 @@ class Progress:
             self.bar.update(step)
             post = {k: f"{v:.4g}" for k, v in fields.items() if k in ("loss", "acc") and v is not None}
             if post:
+                self.last = time.monotonic()
                 self.bar.set_postfix(post, refresh=False)
             return
         now = time.monotonic()

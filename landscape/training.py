@@ -250,14 +250,14 @@ class _ModelTask(StepTask):
         self.model.train()
         return lr
 
-    def forward(self, epoch: int, batch: int) -> StepOut:
+    def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
         idx = batch_slice(self.perm, batch, self.s.batch_size)
         self.opt.zero_grad(set_to_none=True)
         logits = self.model(self.x[idx])
         yb = self.y[idx]
         self.loss = self.loss_fn(logits, yb)
-        acc = (logits.detach().argmax(dim=-1) == yb).float().mean()
-        return StepOut(self.loss.reshape(1), acc.reshape(1))
+        acc = (logits.detach().argmax(dim=-1) == yb).float().mean().reshape(1) if accuracy else None
+        return StepOut(self.loss.reshape(1), acc)
 
     def update(self, out: StepOut) -> None:
         self.loss.backward()

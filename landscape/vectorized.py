@@ -191,12 +191,12 @@ class _StackTask(StepTask):
         self.lr = lr_at(self.s, epoch, self.epochs)
         return self.lr
 
-    def forward(self, epoch: int, batch: int) -> StepOut:
+    def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
         idx = batch_slice(self.perms, batch, self.s.batch_size)  # [K, B]
         logits = self.forward_fn(self.params, self.x[idx])
         yb = self.y[idx]
         self.losses = torch.stack([self.loss_fn(logits[k], yb[k]) for k in range(len(self.members))])
-        acc = (logits.detach().argmax(dim=-1) == yb).float().mean(dim=1)
+        acc = (logits.detach().argmax(dim=-1) == yb).float().mean(dim=1) if accuracy else None
         return StepOut(self.losses, acc)
 
     def update(self, out: StepOut) -> None:

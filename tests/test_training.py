@@ -210,7 +210,7 @@ class _ToyTask(engine.StepTask):
     def begin_epoch(self, epoch):
         return 0.1
 
-    def forward(self, epoch, batch):
+    def forward(self, epoch, batch, accuracy):
         return engine.StepOut(((self.w - 1) ** 2).reshape(1))
 
     def update(self, out):

@@ -109,14 +109,15 @@ class _RetrainTask(StepTask):
         self.perm = epoch_permutation(self.x.shape[0], self.gen, self.x.device)
         return float(self.s.lr)
 
-    def forward(self, epoch: int, batch: int) -> StepOut:
+    def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
         idx = batch_slice(self.perm, batch, self.bs)
         self.work.train()
         self.opt.zero_grad(set_to_none=True)
         logits = self.work(self.x[idx])
         yb = self.y[idx]
         self.loss = self.loss_fn(logits, yb)
-        return StepOut(self.loss.reshape(1), (logits.detach().argmax(dim=-1) == yb).float().mean().reshape(1))
+        acc = (logits.detach().argmax(dim=-1) == yb).float().mean().reshape(1) if accuracy else None
+        return StepOut(self.loss.reshape(1), acc)
 
     def update(self, out: StepOut) -> None:
         self.loss.backward()
