@@ -1,8 +1,8 @@
 """Directions in parameter space: flat parameter vectors, filter-normalised random directions, Hessian directions.
 
 A *flat vector* ``[P]`` lists every trainable parameter of a model in ``model.named_parameters()`` order
-(``landscape.params``, where the flat-vector helpers re-exported here live). Buffers (BatchNorm running statistics) are not part
-of it; they stay as they are in the model.
+(``landscape.params``, where the flat-vector helpers re-exported here live). Buffers (BatchNorm running
+statistics) are not part of it; they stay as they are in the model.
 
 Filter normalisation (Li et al. 2018, "Visualizing the loss landscape of neural nets"): draw ``d ~ N(0, I)``
 and, for every weight tensor with at least two dimensions, rescale each *filter* -- the slice along dim 0,
@@ -19,7 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from landscape.params import ParamLayout, flat_parameters, named_trainable, set_flat_parameters, unflatten, unflatten_batch
+from landscape.params import (
+    ParamLayout,
+    flat_parameters,
+    named_trainable,
+    set_flat_parameters,
+    unflatten,
+    unflatten_batch,
+)
 from landscape.training import LossFn
 
 log = logging.getLogger(__name__)

@@ -264,7 +264,8 @@ def load_checkpoint(path: Path, map_location: Any = None) -> Any:
             first = next((ln.strip() for ln in msg.splitlines() if "Unsupported" in ln), msg[:200])
             raise UnsafeCheckpoint(f"{path}: refused, loading it would run code ({first}); delete the file if "
                                    "you did not put it there") from None
-        raise DamagedCheckpoint(f"{path}: unreadable checkpoint ({type(exc).__name__}: {msg.splitlines()[0][:200] if msg else ''})") from None
+        first = msg.splitlines()[0][:200] if msg else ""
+        raise DamagedCheckpoint(f"{path}: unreadable checkpoint ({type(exc).__name__}: {first})") from None
     if isinstance(obj, dict) and set(obj) == {"sha256", "body"}:
         if _digest(obj["body"]).hexdigest() != obj["sha256"]:
             raise DamagedCheckpoint(f"{path}: checksum mismatch (the file was changed or damaged)")
@@ -467,7 +468,7 @@ class _Run:
             if self.should_stop is not None and self.should_stop():
                 self.save(epoch, b + 1, rng)
                 why = preemption.stop_reason() or "stop requested"
-                raise StopRequested(f"{self.phase}: stopped at epoch {epoch}, step {c.step} ({why})")
+                raise StopRequested(f"stopped at epoch {epoch}, step {c.step} ({self.phase}; {why})")
         return self.end_epoch(epoch)
 
     def end_epoch(self, epoch: int) -> bool:

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.params import eval_subset, flat_parameters, functional_forward, unflatten  # noqa: F401 - eval_subset re-exported
+from landscape.params import eval_subset  # noqa: F401 - re-exported
+from landscape.params import flat_parameters, functional_forward, unflatten
 from landscape.training import LossFn, atomic_torch_save
 
 log = logging.getLogger(__name__)

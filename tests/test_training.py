@@ -346,7 +346,8 @@ def test_preemption_stop_request_names_its_reason(tmp_path):
     preemption.reset()
     try:
         preemption.request_stop("SIGUSR2 (time limit)")
-        with pytest.raises(StopRequested, match=r"step 1 \(SIGUSR2 \(time limit\)\)"):
+        why = r"^stopped at epoch 0, step 1 \(training seed 0; SIGUSR2 \(time limit\)\)"
+        with pytest.raises(StopRequested, match=why):
             train_model(build_model(mcfg, data.input_shape, 10, seed=0), data.x_train, data.y_train, s, 0, tmp_path,
                         should_stop=preemption.stop_requested)
         assert preemption.last_poll_age() < 60
