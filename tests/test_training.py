@@ -264,6 +264,7 @@ def test_progress_log_lines_name_phase_step_loss_accuracy_rate_and_eta(tmp_path,
 def test_progress_of_curves_seeds_together_and_jumps(tmp_path, monkeypatch, caplog):
     from landscape.connectivity import BezierCurve, CurveSettings, train_curve
     from landscape.params import trainable_parameters
+    from landscape.trajectories.jump_retrain import JumpRetrainSettings, jump_and_retrain
     from landscape.vectorized import train_together
 
     monkeypatch.setenv(progress.PROGRESS_ENV, "0")
@@ -274,7 +275,12 @@ def test_progress_of_curves_seeds_together_and_jumps(tmp_path, monkeypatch, capl
         curve = BezierCurve.through_line(trainable_parameters(models[0]), trainable_parameters(models[1]), 1)
         train_curve(curve, models[0], data.x_train, data.y_train, make_loss("cross_entropy"),
                     CurveSettings(epochs=1, batch_size=50), seed=0, phase="curve 0-1")
+        jump_and_retrain(models[0], make_loss("cross_entropy"), data,
+                         JumpRetrainSettings(n_jumps=1, scales=(0.5,), epochs=1, batch_size=100, projection_dim=4,
+                                             eval_samples=50, embedding="pca"))
     lines = [r.getMessage() for r in caplog.records if r.name == "landscape.progress"]
+    assert any(re.match(r"^jump-retrain 0 \(scale 0\.5\): epoch 1/1, step 2/2, loss .*, acc .*, lr 0\.01, .*ETA", x)
+               for x in lines)
     assert any(re.match(r"^training seeds 0,1 together: epoch 1/1, step 7/7, loss .*, acc .*steps/s, ETA", x)
                for x in lines)
     assert any(re.match(r"^curve 0-1: epoch 1/1, step 4/4, loss .*, acc .*, lr .*steps/s, ETA", x) for x in lines)
