@@ -334,11 +334,15 @@ def train_seeds(
                                  {s: cell.seed_dir(s) for s in seeds}, cell.path / "groups" / group_name(seeds),
                                  should_stop=should_stop,
                                  phase=f"cell {cell.cell_id}: training seeds {','.join(map(str, seeds))} together")
-        return models, {s: results[s] for s in seeds}
+    else:
+        for s in seeds:
+            results[s] = train_model(models[s], data.x_train, data.y_train, settings, s, cell.seed_dir(s),
+                                     should_stop=should_stop, phase=f"cell {cell.cell_id}: training seed {s}")
     for s in seeds:
-        results[s] = train_model(models[s], data.x_train, data.y_train, settings, s, cell.seed_dir(s),
-                                 should_stop=should_stop, phase=f"cell {cell.cell_id}: training seed {s}")
-    return models, results
+        if results[s].status == "diverged":
+            log.warning("cell %s: seed %d diverged after %d steps (%s)", cell.cell_id, s, results[s].steps,
+                        results[s].reason or "reason not recorded")
+    return models, {s: results[s] for s in seeds}
 
 
 def check_after_load(cfg: DictConfig, data: CellData) -> None:
