@@ -20,9 +20,8 @@ rounding (the batched kernels sum in another order), not bitwise.
 The loop is ``landscape.engine``'s (this module is the step function over the stacked parameters). A seed
 that diverges (the engine's check: a loss not finite or far above its initial loss, or parameters not finite)
 stops there (status ``diverged``, its weights at that step written as ``train_model`` would) and leaves the
-stack; the others go on. Every seed gets ``final.pt`` and
-``result.json`` in its own directory, exactly as from ``train_model``, so resuming and skipping are
-unchanged downstream. While training, the group checkpoints to ``group_dir/checkpoint.pt`` (every
+stack; the others go on. Every seed gets ``final.pt`` and ``result.json`` in its own directory, exactly as
+from ``train_model``, so resuming and skipping are unchanged downstream. While training, the group checkpoints to ``group_dir/checkpoint.pt`` (every
 ``checkpoint_every`` epochs, and at a stop request); a resumed group is bitwise identical to an
 uninterrupted one on the same device.
 
