@@ -73,7 +73,7 @@ def test_training_reduces_loss_under_every_schedule(tmp_path):
     # (that each schedule sets the learning rate it should is tested step by step below)
     data, mcfg, _ = setup()
     for schedule in ("constant", "step", "cosine"):
-        tcfg = OmegaConf.structured(TrainConfig(epochs=8, batch_size=32, schedule=schedule, lr_milestones=[6]))
+        tcfg = OmegaConf.structured(TrainConfig(epochs=10, batch_size=32, schedule=schedule, lr_milestones=[8]))
         s = TrainSettings.from_config(tcfg, data.n_train)
         model = build_model(mcfg, data.input_shape, 10, seed=0)
         before, _ = evaluate(model, data.x_train, data.y_train, make_loss("cross_entropy"))
