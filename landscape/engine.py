@@ -17,11 +17,11 @@ engine owns everything else, once:
   checkpoint stores the task's state, the engine's counters and the task's random-generator state *at the
   start of the epoch*, so a resumed run redraws the same batch order and continues at the next batch:
   bitwise identical to an uninterrupted run on the same device. A checkpoint whose ``meta`` differs from the
-  run's (or that the task rejects) is ignored with a warning. A task with several members saves one more
-  checkpoint when all epochs are done, before their results are written one after the other, so a kill
-  between two results resumes from the trained state. (A member that diverges mid-run is written at once,
-  and a kill before the next checkpoint resumes the others from a checkpoint that still holds it, as a
-  smaller stack: bitwise for the grouped MLP path, within rounding for a ``vmap`` stack.)
+  run's (or that the task rejects) is ignored with a warning. Members that end are checkpointed out before
+  their results are written (``StepTask.commit``): after a divergence the members left are checkpointed at
+  once, and a task with several members saves its trained state before writing their results one after the
+  other. So a kill at any point resumes the members left as the stack they were (a smaller stack need not
+  round like a larger one) -- or, between that checkpoint and the write, from scratch.
 * **Stop request** (``should_stop``, e.g. ``preemption.stop_requested``), polled after every step: the engine
   checkpoints at that step and raises ``StopRequested``.
 * **Divergence**: a member *diverges* when a batch loss is not finite or exceeds
@@ -196,7 +196,13 @@ class StepTask:
         raise NotImplementedError
 
     def finish(self, row: int, result: MemberResult) -> None:
-        """Called once per member when it ends (diverged at a step, or done): write its outputs. Default: nothing."""
+        """Called once per member when it ends (diverged at a step, or done), before it is dropped: take its
+        outputs (a task may keep them in memory until ``commit``). Default: nothing."""
+
+    def commit(self) -> None:
+        """Write the outputs of the members finished so far. The engine calls it after checkpointing the members
+        still training, so a kill in between never pairs a written result with a checkpoint still holding that
+        member. Default: nothing."""
 
     def after_step(self, step: int) -> None:
         """Called after every optimiser step with the number of steps taken so far. Default: nothing."""
@@ -351,6 +357,7 @@ class _Run:
         self.results: dict[Hashable, MemberResult] = {}
         self.t0 = time.perf_counter()
         self.start_epoch = 0
+        self.rng: dict[str, Tensor] = {}
 
     def elapsed(self) -> float:
         return self.c.seconds + time.perf_counter() - self.t0
@@ -410,10 +417,15 @@ class _Run:
                                            seconds=self.elapsed(), resumed_from_epoch=self.start_epoch, reason=reason)
             self.task.finish(k, self.results[m])
 
-    def end_diverged(self, reasons: dict[int, str]) -> None:
+    def end_diverged(self, reasons: dict[int, str], epoch: int, batch: int, rng: dict[str, Tensor]) -> None:
+        """End the members at ``reasons``' rows as diverged; if others go on, checkpoint them at ``(epoch, batch)``
+        (``rng``: the generators' state that draws that epoch) before the ended ones' results are written."""
         rows = sorted(reasons)
         self.end(rows, "diverged", reasons)
         self.task.drop(rows)
+        if self.task.members:
+            self.save(epoch, batch, rng)
+        self.task.commit()
 
     # ------------------------------------------------------------------------------------------- steps
     def forward(self, epoch: int, batch: int, accuracy: bool) -> tuple[StepOut, list[float], list[float] | None] | None:
@@ -430,7 +442,7 @@ class _Run:
                    if (r := divergence_reason(losses[k], c.initial.get(m))) is not None}
             if not bad:
                 return out, losses, accs
-            self.end_diverged(bad)
+            self.end_diverged(bad, epoch, batch, self.rng)
         return None
 
     def step(self, epoch: int, batch: int, lr: float, progress: Progress) -> bool:
@@ -458,7 +470,7 @@ class _Run:
     def epoch(self, epoch: int, progress: Progress) -> bool:
         """Train one epoch (from the resumed batch in the first); True when training is over."""
         task, c, plan = self.task, self.c, self.plan
-        rng = task.rng_state()  # the state that draws this epoch (saved by a mid-epoch checkpoint)
+        self.rng = rng = task.rng_state()  # the state that draws this epoch (saved by a mid-epoch checkpoint)
         lr = task.begin_epoch(epoch)
         first = c.batch if epoch == self.start_epoch else 0
         if first == 0:
@@ -483,7 +495,7 @@ class _Run:
             c.history[m].append(c.loss_sums[m] / max(c.epoch_batches, 1))
         nonfinite = task.nonfinite_rows()
         if nonfinite:
-            self.end_diverged({k: "parameters not finite" for k in nonfinite})
+            self.end_diverged({k: "parameters not finite" for k in nonfinite}, epoch + 1, 0, task.rng_state())
         last = epoch + 1 == plan.epochs or (plan.total_steps is not None and c.step >= plan.total_steps)
         if not last and task.members and (epoch + 1) % plan.checkpoint_every == 0:
             self.save(epoch + 1, 0, task.rng_state())
@@ -500,6 +512,7 @@ class _Run:
                 self.end([k], "diverged", {k: "parameters not finite"})
             else:
                 self.end([k], "done")
+        self.task.commit()
 
 
 def run(

@@ -176,6 +176,7 @@ class _StackTask(StepTask):
         self.lr = s.lr
         self.losses: Tensor | None = None
         self.results: dict[int, TrainResult] = {}
+        self.pending: list[int] = []  # finished seeds whose files are not written yet
 
     def rng_state(self) -> dict[str, Tensor]:
         return {str(g): self.gens[g].get_state() for g in self.members}
@@ -221,15 +222,20 @@ class _StackTask(StepTask):
         return [k for k, good in enumerate(ok.tolist()) if not good]
 
     def finish(self, row: int, r: MemberResult) -> None:
-        """Write seed ``members[row]`` like ``train_model`` does at its end."""
+        """Seed ``members[row]``'s weights into its model and its result, written by ``commit``."""
         g = self.members[row]
-        model = self.models[g]
-        model.load_state_dict({name: t[row].detach().clone() for name, t in self.params.items()})
-        result = TrainResult(status=r.status, epochs=r.epochs, steps=r.steps, seconds=r.seconds, history=r.history,
-                             resumed_from_epoch=r.resumed_from_epoch, vectorized=True, reason=r.reason)
-        result.final_sha256 = write_final(model, self.seed_dirs[g])
-        result.save(self.seed_dirs[g] / RESULT)
-        self.results[g] = result
+        self.models[g].load_state_dict({name: t[row].detach().clone() for name, t in self.params.items()})
+        self.results[g] = TrainResult(status=r.status, epochs=r.epochs, steps=r.steps, seconds=r.seconds,
+                                      history=r.history, resumed_from_epoch=r.resumed_from_epoch, vectorized=True,
+                                      reason=r.reason)
+        self.pending.append(g)
+
+    def commit(self) -> None:
+        """Write ``final.pt`` and ``result.json`` of the finished seeds, like ``train_model`` does at its end."""
+        for g in self.pending:
+            self.results[g].final_sha256 = write_final(self.models[g], self.seed_dirs[g])
+            self.results[g].save(self.seed_dirs[g] / RESULT)
+        self.pending = []
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "params": {k: v.detach() for k, v in self.params.items()},

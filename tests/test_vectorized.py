@@ -219,24 +219,65 @@ def test_a_kill_between_two_seeds_results_resumes_bitwise(tmp_path: Path, monkey
         return models
 
     ref = together("ref")
-    original = vec._StackTask.finish
+    original = vec.write_final
     calls = []
 
     class Killed(Exception):
         pass
 
-    def finish_then_die(self, row, r):
-        original(self, row, r)
-        calls.append(row)
+    def write_then_die(model, workdir):
         if len(calls) == 2:
             raise Killed  # the process dies after two seeds' results are written: one seed is left
+        calls.append(workdir)
+        return original(model, workdir)
 
-    monkeypatch.setattr(vec._StackTask, "finish", finish_then_die)
+    monkeypatch.setattr(vec, "write_final", write_then_die)
     with pytest.raises(Killed):
         together("run")
-    monkeypatch.setattr(vec._StackTask, "finish", original)
+    monkeypatch.setattr(vec, "write_final", original)
     assert (tmp_path / "run" / "1" / RESULT).exists() and not (tmp_path / "run" / "2" / RESULT).exists()
     resumed = together("run")
     for s in SEEDS:
         assert _max_diff(ref[s], resumed[s]) == 0.0, s
     assert not (tmp_path / "run" / "group" / "checkpoint.pt").exists()
+
+
+def test_a_kill_after_a_seed_diverged_mid_run_resumes_bitwise(tmp_path: Path, monkeypatch):
+    # seed 1 (weights x2, MSE at lr 0.2) diverges at step 4, after the epoch-1 checkpoint; the process dies right
+    # after its result is written: seed 0 must resume as the 1-seed stack it then was, not from the 2-seed
+    # checkpoint (a vmap stack of 2 seeds and one of 1 do not round alike)
+    import landscape.vectorized as vec
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 1, 8, 8, generator=g), torch.randint(0, 4, (96,), generator=g)
+    st = _settings(loss="mse", lr=0.2, weight_decay=0.0, schedule="constant", epochs=8, checkpoint_every=1)
+    cfg = _cfg("cnn", activation="relu")
+
+    def together(name: str) -> tuple[dict[int, torch.nn.Module], dict[int, TrainResult]]:
+        models = {s: build_model(cfg, (1, 8, 8), 4, seed=s) for s in (0, 1)}
+        with torch.no_grad():
+            for p in models[1].parameters():
+                p.mul_(2.0)
+        res = train_together(models, x, y, st, {s: tmp_path / name / str(s) for s in models}, tmp_path / name / "group")
+        return models, res
+
+    ref, rref = together("ref")
+    assert rref[1].status == "diverged" and rref[1].steps == 4 and rref[0].steps == 24
+    original = TrainResult.save
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(self, path):
+        original(self, path)
+        raise Killed
+
+    monkeypatch.setattr(TrainResult, "save", save_then_die)
+    with pytest.raises(Killed):
+        together("run")
+    monkeypatch.setattr(TrainResult, "save", original)
+    assert (tmp_path / "run" / "1" / RESULT).exists() and not (tmp_path / "run" / "0" / RESULT).exists()
+    resumed, res = together("run")
+    for s in (0, 1):
+        assert _max_diff(ref[s], resumed[s]) == 0.0, s
+    assert res[0].resumed_from_epoch == 1 and res[0].history == rref[0].history
