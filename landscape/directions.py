@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "flat_parameters",
+    "l2_distance",
     "named_trainable",
     "unflatten",
     "unflatten_batch",
@@ -43,6 +44,11 @@ __all__ = [
     "filter_norms",
     "hessian_directions",
 ]
+
+
+def l2_distance(a: nn.Module, b: nn.Module) -> float:
+    """||theta_a - theta_b||_2 over the trainable parameters of two models of one architecture, in float64."""
+    return float(torch.linalg.vector_norm(flat_parameters(a).double() - flat_parameters(b).double()))
 
 
 def gaussian_direction(model: nn.Module, seed: int, dtype: torch.dtype | None = None) -> Tensor:
