@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
@@ -42,6 +44,61 @@ def test_mode_connectivity_and_barrier_exact_values():
     assert barrier([0.0, 0.5, 1.0], [1.0, 3.0, 1.0]) == 2.0
     assert barrier([0.0, 0.25, 1.0], [0.0, 2.0, 4.0]) == 1.0
     assert t_grid(5) == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def _paper_mc(e):
+    """The authors' formula, written out independently: argmax over all points, first maximiser."""
+    e = [float(x) for x in e]
+    mid = (e[0] + e[-1]) / 2
+    dev = [abs(x - mid) for x in e]
+    return mid - e[dev.index(max(dev))]
+
+
+def test_mode_connectivity_endpoint_options_on_the_issue_example():
+    up = [0.0, 1.8, 1.9, 2.0]  # monotone, inside the band of its endpoints
+    assert mode_connectivity(up) == pytest.approx(-0.9)  # interior: bulge above the endpoints' mean
+    assert mode_connectivity(up[::-1]) == pytest.approx(-0.9)  # symmetric in a, b
+    assert mode_connectivity(up, endpoints="paper") == pytest.approx(1.0) == _paper_mc(up)
+    assert mode_connectivity(up[::-1], endpoints="paper") == pytest.approx(-1.0)  # the sign ambiguity
+    assert mode_connectivity(up, endpoints="band") == 0.0 == mode_connectivity(up[::-1], endpoints="band")
+    bump = [1.0, 4.0, 3.0]  # leaves the band upwards: barrier 1.0 above the higher endpoint
+    assert mode_connectivity(bump) == mode_connectivity(bump, endpoints="paper") == -2.0
+    assert mode_connectivity(bump, endpoints="band") == -1.0
+    dip = [2.0, 0.5, 1.0]
+    assert mode_connectivity(dip) == 1.0 and mode_connectivity(dip, endpoints="band") == 0.5
+    # t given: values are sorted by t first
+    assert mode_connectivity([10, 10, 16], t=[1, 0, 0.5]) == -6.0
+    assert math.isnan(mode_connectivity([1.0, float("nan"), 1.0]))
+    with pytest.raises(ValueError, match="endpoints='all'"):
+        mode_connectivity(up, endpoints="all")
+
+
+def test_mode_connectivity_equals_the_papers_formula_on_the_published_curves_where_unambiguous():
+    import pandas as pd
+
+    curves = pd.read_csv(Path(__file__).parent / "data" / "taxonomy2021" / "curves.csv")
+    n_unambiguous = 0
+    paper_grid_cells = 0
+    for (bs, w), g in curves.groupby(["batch_size", "width"]):
+        g = g.sort_values("t")
+        assert g["t"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+        e = g["train_err"].to_numpy()
+        forward = _paper_mc(e)
+        default = mode_connectivity(e, t=g["t"].to_numpy())
+        assert default == pytest.approx(mode_connectivity(e[::-1]), abs=1e-12)  # sign-stable under a <-> b
+        mid = (e[0] + e[-1]) / 2
+        # both endpoints sit at |e(1) - e(0)| / 2 from the mean: the paper's argmax is unambiguous when an
+        # interior point lies strictly farther (then its value does not depend on which model is called a)
+        if np.abs(e[1:-1] - mid).max() > abs(e[-1] - e[0]) / 2 + 1e-9 or e[0] == e[-1]:
+            assert _paper_mc(e[::-1]) == pytest.approx(forward, abs=1e-12)
+            n_unambiguous += 1
+            assert default == pytest.approx(forward, abs=1e-12), (w, bs)
+            assert mode_connectivity(e, endpoints="paper") == pytest.approx(forward, abs=1e-12)
+            if w >= 2 and bs in (16, 24, 32, 44, 64, 92, 128, 180, 256, 364, 512, 724, 1024):
+                paper_grid_cells += 1
+        else:  # ambiguous: the maximiser is an endpoint; the default stays inside half the endpoint gap
+            assert abs(default) <= abs(e[-1] - e[0]) / 2
+    assert len(curves) == 5 * 210 and n_unambiguous == 209 and paper_grid_cells == 169
 
 
 def test_bernstein_basis_and_line_initialised_curves_are_the_line():
@@ -277,3 +334,29 @@ def test_connectivity_family_compute_and_resume(pair: PairContext):
     assert rnd["connectivity.curve_test_err"] is None and "connectivity.barrier" not in rnd
     with pytest.raises(ValueError, match="metrics.connectivity.init='zero'"):
         conn_family.FAMILY.compute(PairContext(pair.a, pair.b, pair.workdir / "x"), conn_family.Config(init="zero"))
+
+
+# ------------------------------------------------------------------------------------- through the CLI
+def test_curve_budget_follows_the_endpoints_and_a_short_curve_is_flagged_through_the_cli(cli, tmp_path):
+    """MNIST-1D, MLP of width 256 trained 30 epochs, two seeds, default connectivity settings: the curve gets
+    twice the endpoints' steps and is connected (|mc| < 1 point of training error). The same pair with a
+    3-epoch curve is flagged as not converged: null mc and the reason."""
+    from landscape.results.io import load
+
+    base = ["-m", "data=mnist1d", "model.width=256", "train.epochs=30", "metrics.connectivity.enabled=true"]
+    cli([*base, "hydra.sweep.dir=full"])
+    cli([*base, "hydra.sweep.dir=short", "metrics.connectivity.epochs=3"])
+    pairs = pd.concat([load(tmp_path / d, "pairs") for d in ("full", "short")]).sort_values("connectivity.epochs")
+    assert pairs["connectivity.epochs"].tolist() == [3, 60]
+    short, full = pairs.iloc[0], pairs.iloc[1]
+    # 4000 samples at batch 64: 63 steps per epoch, 30 epochs -> 1890 endpoint steps, the curve twice that
+    assert full["connectivity.endpoint_steps"] == 1890 and full["connectivity.steps"] == 3780
+    assert full["connectivity.converged"] and pd.isna(full["connectivity.error"])
+    assert abs(full["connectivity.mc"]) < 1.0
+    assert full["connectivity.mc"] == mode_connectivity(full["connectivity.curve_train_err"])
+    assert len(full["connectivity.curve_history"]) == 60 and full["connectivity.curve_final_loss"] > 0
+    assert not short["connectivity.converged"] and pd.isna(short["connectivity.mc"])
+    assert pd.isna(short["connectivity.mc_loss"]) and short["connectivity.middle_excess"] > 1.0
+    assert "not converged" in short["connectivity.error"] and "budget" in short["connectivity.error"]
+    # the straight line is the same in both rows, and has a barrier the curve avoids
+    assert short["connectivity.barrier_error"] == full["connectivity.barrier_error"] > 10.0

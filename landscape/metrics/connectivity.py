@@ -3,16 +3,43 @@
 ``curve``: a Bezier curve with ``bends`` middle points between the two models is trained (Garipov et al. 2018;
 resumable from ``ctx.workdir/curve``), then evaluated at ``n_points`` values of t with BatchNorm statistics
 recomputed at each; ``connectivity.mc`` is the mode connectivity of Yang et al. 2021 on the training error in
-percent, ``connectivity.mc_loss`` the same on the training loss, ``connectivity.curve_barrier`` the loss
-barrier along the trained curve. ``line``: the same grid on the straight line, ``connectivity.barrier`` (loss)
-and ``connectivity.barrier_error`` (training error, percent). Per-t values are list columns.
+percent (:func:`landscape.connectivity.mode_connectivity`, endpoint handling ``mc_endpoints``),
+``connectivity.mc_loss`` the same on the training loss, ``connectivity.curve_barrier`` the loss barrier along
+the trained curve. ``line``: the same grid on the straight line, ``connectivity.barrier`` (loss) and
+``connectivity.barrier_error`` (training error, percent). Per-t values are list columns.
+
+Grid. ``n_points = 5`` (t = 0, .25, .5, .75, 1) by default: the grid of the published curves on which the
+phase-rule thresholds were fitted. mc is a max over the grid, so a finer grid gives larger |mc| and is not
+comparable with those thresholds.
+
+Budget. By default (``epochs = null``) the curve gets the endpoints' training budget times ``budget`` in SGD
+steps: ``ceil(budget * S / s)`` epochs, with ``S`` the steps each endpoint model was trained for
+(``train.steps``, or ``train.epochs`` x its steps per epoch) and ``s`` the curve's steps per epoch at its
+batch size (``batch_size = null``: the endpoints' batch size). ``budget = 2`` by default: a curve has a
+harder problem than one model (the loss averaged over a whole path), and on MNIST-1D (MLP of width 256,
+30 epochs) one endpoint budget leaves the middle of the curve above its endpoints. An integer ``epochs``
+overrides the rule.
+
+Convergence. Every row records whether the curve reached its endpoints' level: ``connectivity.middle_excess``
+(the highest training error at an interior t minus the higher endpoint's, percentage points),
+``connectivity.curve_final_loss`` (the last epoch's mean training loss of the curve, random t per batch) against
+``connectivity.endpoint_loss`` (mean training loss of the two models), the loss history and
+``connectivity.history_drop`` (relative fall of the epoch loss over the second half of curve training). The
+curve is *not converged* when its middle stays more than ``converge_tol`` points above the endpoints while its
+loss was still falling by more than ``plateau_rtol`` over the second half: more training would have lowered
+it. A curve that rose above its endpoints and stopped improving is a barrier, not a failure to converge.
+Not converged, or diverged (a non-finite loss or value), gives null ``mc``/``mc_loss`` (the phase rule then
+treats the pair's mc as unknown) with the reason in ``connectivity.error``; ``connectivity.converged`` says
+which.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +47,7 @@ import torch
 
 from landscape.connectivity import (
     INITS,
+    MC_ENDPOINTS,
     SCHEDULES,
     BezierCurve,
     CurveSettings,
@@ -32,11 +60,17 @@ from landscape.connectivity import (
 )
 from landscape.metrics import MetricFamily, PairContext, register
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Config:
     """Curve training has its own optimiser settings (SGD; ``schedule``: constant | cosine | garipov);
-    ``init``: line (middle points on the segment) | random (freshly initialised models, taxonomy setting);
+    ``init``: line (middle points on the segment; Garipov et al.'s default) | random (freshly initialised
+    models: what the taxonomy paper's code does, which never calls the line initialisation);
+    ``epochs``/``batch_size`` null: follow the endpoints' budget times ``budget`` (see the module docstring);
+    ``mc_endpoints``: interior | paper | band (see ``landscape.connectivity.mode_connectivity``);
+    ``converge_tol`` (percentage points) and ``plateau_rtol``: the convergence check;
     ``test``: also evaluate the curve on the test set."""
 
     enabled: bool = False
@@ -44,13 +78,17 @@ class Config:
     line: bool = True
     bends: int = 1
     init: str = "line"
-    epochs: int = 20
+    epochs: Optional[int] = None
+    budget: float = 2.0
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
-    batch_size: int = 64
+    batch_size: Optional[int] = None
     schedule: str = "cosine"
-    n_points: int = 11
+    n_points: int = 5
+    mc_endpoints: str = "interior"
+    converge_tol: float = 1.0
+    plateau_rtol: float = 0.05
     test: bool = True
     seed: int = 0
     checkpoint_every: int = 1
@@ -63,6 +101,12 @@ COLUMNS = {
     "connectivity.curve_barrier": pa.float64(),
     "connectivity.barrier": pa.float64(),
     "connectivity.barrier_error": pa.float64(),
+    "connectivity.converged": pa.bool_(),
+    "connectivity.error": pa.string(),
+    "connectivity.middle_excess": pa.float64(),
+    "connectivity.curve_final_loss": pa.float64(),
+    "connectivity.endpoint_loss": pa.float64(),
+    "connectivity.history_drop": pa.float64(),
     "connectivity.t": _LIST,
     "connectivity.curve_train_loss": _LIST,
     "connectivity.curve_train_err": _LIST,
@@ -76,10 +120,14 @@ COLUMNS = {
     "connectivity.line_seconds": pa.float64(),
     "connectivity.bends": pa.int64(),
     "connectivity.epochs": pa.int64(),
+    "connectivity.steps": pa.int64(),
+    "connectivity.endpoint_steps": pa.int64(),
+    "connectivity.budget": pa.float64(),
     "connectivity.init": pa.string(),
     "connectivity.batch_size": pa.int64(),
     "connectivity.lr": pa.float64(),
     "connectivity.n_points": pa.int64(),
+    "connectivity.mc_endpoints": pa.string(),
 }
 
 
@@ -108,6 +156,83 @@ def check_settings(settings: Any) -> None:
         raise ValueError(f"metrics.connectivity.bends={settings.bends!r}: expected >= 1 (the line is `line: true`)")
     if settings.init not in INITS:
         raise ValueError(f"metrics.connectivity.init={settings.init!r}: expected one of {', '.join(INITS)}")
+    if settings.mc_endpoints not in MC_ENDPOINTS:
+        raise ValueError(
+            f"metrics.connectivity.mc_endpoints={settings.mc_endpoints!r}: expected one of {', '.join(MC_ENDPOINTS)}"
+        )
+    if settings.epochs is not None and int(settings.epochs) < 0:
+        raise ValueError(f"metrics.connectivity.epochs={settings.epochs!r}: expected null (follow the endpoints) or >= 0")
+    if settings.batch_size is not None and int(settings.batch_size) < 1:
+        raise ValueError(f"metrics.connectivity.batch_size={settings.batch_size!r}: expected null or >= 1")
+    if not float(settings.budget) > 0:
+        raise ValueError(f"metrics.connectivity.budget={settings.budget!r}: expected a multiple > 0")
+    if int(settings.n_points) < 3:
+        raise ValueError(f"metrics.connectivity.n_points={settings.n_points!r}: expected >= 3 (an interior point)")
+
+
+def _steps_per_epoch(n: int, batch_size: int) -> int:
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 else 0)  # as the training loops: a trailing batch of one sample is dropped
+
+
+def endpoint_steps(train_cfg: Any, n_train: int) -> int:
+    """SGD steps each model of the cell was trained for: ``train.steps`` if set, else ``train.epochs`` times the
+    steps per epoch at ``train.batch_size`` (``full``: one step per epoch)."""
+    bs = train_cfg.batch_size
+    bs = n_train if bs == "full" else min(int(bs), n_train)
+    steps = getattr(train_cfg, "steps", None)
+    if steps is not None:
+        return int(steps)
+    return int(train_cfg.epochs) * _steps_per_epoch(n_train, bs)
+
+
+def curve_budget(settings: Any, train_cfg: Any, n_train: int) -> tuple[int, int, int | None]:
+    """``(epochs, batch_size, endpoint_steps)`` of the curve training (see the module docstring); the endpoint
+    steps are None when ``epochs`` is given explicitly and no ``train`` config is at hand."""
+    if settings.batch_size is not None:
+        bs = min(int(settings.batch_size), n_train)
+    elif train_cfg is not None:
+        b = train_cfg.batch_size
+        bs = n_train if b == "full" else min(int(b), n_train)
+    else:
+        raise ValueError("metrics.connectivity.batch_size=None: following the endpoints needs the cell's train config")
+    ep_steps = endpoint_steps(train_cfg, n_train) if train_cfg is not None else None
+    if settings.epochs is not None:
+        return int(settings.epochs), bs, ep_steps
+    if ep_steps is None:
+        raise ValueError("metrics.connectivity.epochs=None: following the endpoints needs the cell's train config")
+    return max(1, math.ceil(float(settings.budget) * ep_steps / _steps_per_epoch(n_train, bs))), bs, ep_steps
+
+
+def history_drop(history: list[float]) -> float:
+    """Relative fall of the epoch loss over the second half of training: ``(h[k] - h[-1]) / |h[k]|`` with
+    ``k = (len - 1) // 2`` (0.0 for fewer than two epochs; NaN if a value is not finite)."""
+    if len(history) < 2:
+        return 0.0
+    h = np.asarray(history, dtype=np.float64)
+    if not np.all(np.isfinite(h)):
+        return float("nan")
+    k = (len(h) - 1) // 2
+    return float((h[k] - h[-1]) / max(abs(h[k]), 1e-12))
+
+
+def convergence(err: list[float], history: list[float], converge_tol: float, plateau_rtol: float,
+                diverged: bool = False) -> tuple[bool, str | None, float, float]:
+    """``(converged, reason or None, middle_excess, history_drop)`` of a trained curve from its training
+    errors at the grid (endpoints first and last, percent) and its epoch-loss history (module docstring)."""
+    drop = history_drop(history)
+    e = np.asarray(err, dtype=np.float64)
+    if diverged or not np.all(np.isfinite(e)) or not np.all(np.isfinite(np.asarray(history, dtype=np.float64))):
+        return False, "curve diverged: non-finite training loss or error along the curve", float("nan"), drop
+    excess = float(e[1:-1].max() - max(e[0], e[-1])) if e.size > 2 else 0.0
+    if excess > converge_tol and drop > plateau_rtol:
+        return False, (
+            f"curve not converged: its middle is {excess:.2f} points of training error above the endpoints "
+            f"(converge_tol {converge_tol:g}) and its loss fell {100 * drop:.0f} % over the second half of its "
+            f"{len(history)} epochs (plateau_rtol {plateau_rtol:g}); train it longer (metrics.connectivity.budget "
+            "or epochs)"
+        ), excess, drop
+    return True, None, excess, drop
 
 
 def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
@@ -115,13 +240,19 @@ def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
     data, loss_fn = ctx.a.data, ctx.a.loss_fn
     ts = t_grid(int(settings.n_points))
     template = ctx.a.make_model()
+    train_cfg = getattr(ctx.a.cfg, "train", None) if ctx.a.cfg is not None else None
+    epochs, batch_size, ep_steps = curve_budget(settings, train_cfg, data.n_train)
     out: dict[str, Any] = {
         "connectivity.n_points": len(ts),
         "connectivity.bends": int(settings.bends),
-        "connectivity.epochs": int(settings.epochs),
+        "connectivity.epochs": epochs,
+        "connectivity.steps": epochs * _steps_per_epoch(data.n_train, batch_size),
+        "connectivity.endpoint_steps": ep_steps,
+        "connectivity.budget": float(settings.budget) if settings.epochs is None else None,
         "connectivity.init": str(settings.init),
-        "connectivity.batch_size": int(settings.batch_size),
+        "connectivity.batch_size": batch_size,
         "connectivity.lr": float(settings.lr),
+        "connectivity.mc_endpoints": str(settings.mc_endpoints),
     }
     if settings.line:
         t0 = time.perf_counter()
@@ -139,8 +270,8 @@ def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
         seed = _curve_seed(settings.seed, ctx.a.seed, ctx.b.seed)
         curve = _initial_curve(ctx, settings, seed)
         cs = CurveSettings(
-            epochs=int(settings.epochs), lr=float(settings.lr), momentum=float(settings.momentum),
-            weight_decay=float(settings.weight_decay), batch_size=int(settings.batch_size),
+            epochs=epochs, lr=float(settings.lr), momentum=float(settings.momentum),
+            weight_decay=float(settings.weight_decay), batch_size=batch_size,
             schedule=str(settings.schedule), checkpoint_every=int(settings.checkpoint_every),
         )
         result = train_curve(curve, template, data.x_train, data.y_train, loss_fn, cs, seed, ctx.workdir / "curve")
@@ -150,10 +281,22 @@ def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
             curve.point, template, data.x_train, data.y_train, loss_fn, ts,
             data.x_test if test else None, data.y_test if test else None,
         )
+        diverged = bool(getattr(result, "diverged", False)) or getattr(result, "status", "done") == "diverged"
+        converged, reason, excess, drop = convergence(
+            v.train_err, list(result.history), float(settings.converge_tol), float(settings.plateau_rtol), diverged
+        )
+        mode = str(settings.mc_endpoints)
+        finite = lambda x: x if x is not None and math.isfinite(x) else None  # noqa: E731
         out.update({
-            "connectivity.mc": mode_connectivity(v.train_err),
-            "connectivity.mc_loss": mode_connectivity(v.train_loss),
-            "connectivity.curve_barrier": barrier(v.t, v.train_loss),
+            "connectivity.mc": mode_connectivity(v.train_err, endpoints=mode) if converged else None,
+            "connectivity.mc_loss": mode_connectivity(v.train_loss, endpoints=mode) if converged else None,
+            "connectivity.converged": converged,
+            "connectivity.error": reason,
+            "connectivity.middle_excess": finite(excess),
+            "connectivity.curve_final_loss": finite(result.history[-1]) if result.history else None,
+            "connectivity.endpoint_loss": finite(0.5 * (v.train_loss[0] + v.train_loss[-1])),
+            "connectivity.history_drop": finite(drop),
+            "connectivity.curve_barrier": finite(barrier(v.t, v.train_loss)),
             "connectivity.t": v.t,
             "connectivity.curve_train_loss": v.train_loss,
             "connectivity.curve_train_err": v.train_err,
@@ -163,6 +306,8 @@ def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
             # curve training time (summed over resumed runs) plus this call's evaluation time
             "connectivity.curve_seconds": result.seconds + (time.perf_counter() - t_eval),
         })
+        if reason is not None:
+            log.warning("connectivity of seeds %d and %d: %s", ctx.a.seed, ctx.b.seed, reason)
     return out
 
 
