@@ -1,15 +1,33 @@
 """Model family ``projection_trace``: the Hessian trace from random second differences, without
 Hessian-vector products (Boettcher & Wheeler 2022; ``landscape.projection_trace``).
 
-Over a seeded subset of ``eval_samples`` training samples (as trained), ``n_directions`` Gaussian directions
-with step ``epsilon``, evaluated in ``dtype`` (float64 by default: second differences cancel digits).
-For ReLU networks this measures the curvature of the loss smoothed over the step (it includes the kinks
-that autograd's Hessian ignores), so it can exceed ``hessian.trace``; for smooth activations they agree.
+Over a seeded subset of ``eval_samples`` training samples (as trained; the same subset as the ``hessian``
+family's with equal ``eval_samples`` and ``seed``), ``n_directions`` Gaussian directions, evaluated in
+``dtype`` (float64 by default: second differences cancel digits). ``step="relative"`` (default): each probe
+moves the parameters by ``epsilon * |theta|`` along the unit direction, a fraction ``epsilon`` of the
+parameters' norm; ``"absolute"``: by ``epsilon * d`` as in the formula, ``epsilon * sqrt(P)`` in norm.
+
+``epsilon = 1e-2`` (relative) by default. Measured on MLPs (width 32, depth 2) trained on digits, 100
+directions: with tanh the second differences' bias against the exact quadratic forms is 5e-4 of the trace at
+1e-2 and 5e-6 at 1e-3, both far below the estimate's standard error (about 2 %); with ReLU, 1e-2 gives a stable
++7 to +10 % (the kinks, smoothed over the step) on every seed, while 1e-3 crosses kinks so rarely that the
+estimate swings between -64 % and +24 % from seed to seed.
+
+``check_hessian`` (default on): the exact quadratic forms ``d^T H d`` of the same directions from
+Hessian-vector products (``n_directions`` products) give ``projection_trace.hvp_estimate`` (an unbiased trace
+estimate), ``projection_trace.bias`` = estimate - hvp_estimate with its paired standard error
+``projection_trace.bias_stderr``, ``projection_trace.z_vs_hessian`` = bias / bias_stderr, and
+``projection_trace.agrees``: false when ``|z| > 3`` and the bias exceeds a tenth of the estimate's own
+standard error (a smaller bias is immaterial: e.g. the O(step^2) bias of a smooth network, significant in the
+paired test but 1e-4 of the error bar). ReLU networks are flagged: the second differences see the kinks that
+autograd's Hessian (zero second derivative almost everywhere) ignores; tanh networks agree with
+``hessian.trace``. A disagreement is also logged as a warning.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +36,7 @@ import pyarrow as pa
 import torch
 
 from landscape.metrics import MetricFamily, ModelContext, register
-from landscape.projection_trace import projection_trace
+from landscape.projection_trace import STEPS, projection_trace
 from landscape.surfaces import eval_subset
 
 log = logging.getLogger(__name__)
@@ -32,7 +50,9 @@ class Config:
 
     enabled: bool = False
     n_directions: int = 100
-    epsilon: float = 1e-3  # step along d ~ N(0, I) (|eps d| ~ eps sqrt(P))
+    epsilon: float = 1e-2  # relative: probe distance / |theta|; absolute: step along d ~ N(0, I)
+    step: str = "relative"  # "relative" | "absolute"
+    check_hessian: bool = True  # exact d'Hd of the same directions: z_vs_hessian, agrees
     eval_samples: int = 1000
     dtype: str = "float64"  # "float32" | "float64"
     seed: int = 0
@@ -44,6 +64,13 @@ COLUMNS: dict[str, pa.DataType] = {
     "projection_trace.stderr": pa.float64(),
     "projection_trace.n_directions": pa.int64(),
     "projection_trace.epsilon": pa.float64(),
+    "projection_trace.step": pa.string(),
+    "projection_trace.step_length": pa.float64(),
+    "projection_trace.hvp_estimate": pa.float64(),
+    "projection_trace.z_vs_hessian": pa.float64(),
+    "projection_trace.agrees": pa.bool_(),
+    "projection_trace.bias": pa.float64(),
+    "projection_trace.bias_stderr": pa.float64(),
     "projection_trace.eval_samples": pa.int64(),
     "projection_trace.seconds": pa.float64(),
 }
@@ -53,6 +80,18 @@ def check_settings(settings: Any) -> None:
     """Raise ``ValueError`` naming the first bad ``metrics.projection_trace.*`` key."""
     if str(settings.dtype) not in DTYPES:
         raise ValueError(f"metrics.projection_trace.dtype={settings.dtype!r}: expected one of {', '.join(DTYPES)}")
+    if str(settings.step) not in STEPS:
+        raise ValueError(f"metrics.projection_trace.step={settings.step!r}: expected one of {', '.join(STEPS)}")
+    if not float(settings.epsilon) > 0:
+        raise ValueError(f"metrics.projection_trace.epsilon={settings.epsilon!r}: expected > 0")
+
+
+def agrees(res: Any) -> bool:
+    """False when the second differences are biased against the exact quadratic forms of the same directions
+    beyond 3 (paired) standard errors *and* by more than a tenth of the estimate's own standard error (a
+    smaller bias is immaterial to the estimate: e.g. the O(step^2) bias of a smooth network)."""
+    z = res.z_vs_hessian
+    return not (abs(z) > 3.0 and abs(res.bias) > 0.1 * res.stderr)
 
 
 def projection_trace_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
@@ -61,17 +100,30 @@ def projection_trace_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]
     x, y = eval_subset(ctx.data.x_train, ctx.data.y_train, int(settings.eval_samples), int(settings.seed))
     res = projection_trace(ctx.model, ctx.loss_fn, x, y, n_directions=int(settings.n_directions),
                            epsilon=float(settings.epsilon), seed=int(settings.seed),
-                           dtype=DTYPES[str(settings.dtype)], batch_size=int(settings.batch_size))
+                           dtype=DTYPES[str(settings.dtype)], batch_size=int(settings.batch_size),
+                           step=str(settings.step), check_hessian=bool(settings.check_hessian))
+    z = res.z_vs_hessian
     out = {
         "projection_trace.estimate": res.estimate,
         "projection_trace.stderr": res.stderr,
         "projection_trace.n_directions": res.n_directions,
         "projection_trace.epsilon": res.epsilon,
+        "projection_trace.step": res.step,
+        "projection_trace.step_length": res.step_length,
+        "projection_trace.hvp_estimate": res.hvp_estimate if settings.check_hessian else None,
+        "projection_trace.z_vs_hessian": z if math.isfinite(z) else None,
+        "projection_trace.bias": res.bias if settings.check_hessian else None,
+        "projection_trace.bias_stderr": res.bias_stderr if settings.check_hessian else None,
+        "projection_trace.agrees": agrees(res) if settings.check_hessian else None,
         "projection_trace.eval_samples": int(x.shape[0]),
         "projection_trace.seconds": time.perf_counter() - t0,
     }
     log.info("projection trace %.4g +- %.2g (%d directions) in %.1f s", res.estimate, res.stderr,
              res.n_directions, out["projection_trace.seconds"])
+    if settings.check_hessian and not agrees(res):
+        log.warning("projection trace of seed %d: %.4g +- %.2g disagrees with the exact quadratic forms of the same "
+                    "directions (%.4g): z = %.1f (kinks of a non-smooth activation, or a step too large)",
+                    ctx.seed, res.estimate, res.stderr, res.hvp_estimate, z)
     return out
 
 
