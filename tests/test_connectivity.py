@@ -101,6 +101,33 @@ def test_mode_connectivity_equals_the_papers_formula_on_the_published_curves_whe
     assert len(curves) == 5 * 210 and n_unambiguous == 209 and paper_grid_cells == 169
 
 
+def test_convergence_rule_and_budget():
+    from landscape.metrics.connectivity import convergence, curve_budget, endpoint_steps, middle_excess
+
+    assert middle_excess([1.0, 3.5, 2.0, 1.5]) == 2.0 and middle_excess([1.0, 0.5, 2.0]) == -1.5
+    assert math.isnan(middle_excess([1.0, float("nan"), 1.0]))
+    assert convergence(0.8, None, 1.0, (10, None)) == (True, None)  # reached the endpoints' level
+    ok, reason = convergence(5.0, None, 1.0, (10, None))  # no second training: unknown
+    assert not ok and "5.00 points" in reason and "10 epochs" in reason
+    assert convergence(5.0, 0.5, 1.0, (10, 20)) == (True, None)  # more training reached the level
+    assert convergence(5.0, 4.4, 1.0, (10, 20)) == (True, None)  # more training did not lower it: a barrier
+    ok, reason = convergence(5.0, 3.0, 1.0, (10, 20))  # still moving
+    assert not ok and "still moving" in reason and "after 20" in reason
+    assert not convergence(0.0, None, 1.0, (10, None), diverged=True)[0]
+    assert "diverged" in convergence(float("nan"), None, 1.0, (10, None))[1]
+    # budget: the endpoints' steps (train.steps, or epochs x steps per epoch) times `budget`
+    train = SimpleNamespace(batch_size=64, epochs=30, steps=None)
+    assert endpoint_steps(train, 4000) == 30 * 63
+    assert endpoint_steps(SimpleNamespace(batch_size="full", epochs=30, steps=None), 4000) == 30
+    assert endpoint_steps(SimpleNamespace(batch_size=64, epochs=30, steps=500), 4000) == 500
+    cfg = SimpleNamespace(epochs=None, batch_size=None, budget=2.0)
+    assert curve_budget(cfg, train, 4000) == (60, 64, 1890)
+    assert curve_budget(SimpleNamespace(epochs=None, batch_size=128, budget=1.0), train, 4000) == (60, 128, 1890)  # 32 steps per epoch
+    assert curve_budget(SimpleNamespace(epochs=7, batch_size=32, budget=2.0), None, 4000) == (7, 32, None)
+    with pytest.raises(ValueError, match="epochs=None"):
+        curve_budget(SimpleNamespace(epochs=None, batch_size=32, budget=2.0), None, 4000)
+
+
 def test_bernstein_basis_and_line_initialised_curves_are_the_line():
     for deg in range(4):
         assert float(bernstein(deg, 0.3).sum()) == pytest.approx(1.0, abs=1e-15)
@@ -322,14 +349,17 @@ def test_connectivity_family_compute_and_resume(pair: PairContext):
     assert row["connectivity.curve_train_loss"][-1] == pytest.approx(
         evaluate(pair.b.model, pair.a.data.x_train, pair.a.data.y_train, pair.a.loss_fn)[0], rel=1e-9)
     assert row["connectivity.mc"] == mode_connectivity(row["connectivity.curve_train_err"])
-    assert len(row["connectivity.curve_history"]) == 3
+    # 3 epochs, or 6 when the first curve stayed above its endpoints and was trained again
+    assert len(row["connectivity.curve_history"]) == row["connectivity.epochs"] == (6 if row["connectivity.retrained"] else 3)
+    assert row["connectivity.converged"] == (row["connectivity.mc"] is not None)
     assert (pair.workdir / "curve" / "curve_final.pt").exists()
     again = conn_family.FAMILY.compute(pair, cfg)  # loads the trained curve: same numbers
     assert again["connectivity.curve_train_loss"] == row["connectivity.curve_train_loss"]
     assert again["connectivity.curve_history"] == row["connectivity.curve_history"]
     rnd = conn_family.FAMILY.compute(
         PairContext(pair.a, pair.b, pair.workdir / "random"),
-        conn_family.Config(enabled=True, epochs=1, n_points=3, init="random", line=False, test=False, bends=2),
+        conn_family.Config(enabled=True, epochs=1, batch_size=32, n_points=3, init="random", line=False, test=False,
+                          bends=2),
     )
     assert rnd["connectivity.curve_test_err"] is None and "connectivity.barrier" not in rnd
     with pytest.raises(ValueError, match="metrics.connectivity.init='zero'"):
@@ -346,17 +376,20 @@ def test_curve_budget_follows_the_endpoints_and_a_short_curve_is_flagged_through
     base = ["-m", "data=mnist1d", "model.width=256", "train.epochs=30", "metrics.connectivity.enabled=true"]
     cli([*base, "hydra.sweep.dir=full"])
     cli([*base, "hydra.sweep.dir=short", "metrics.connectivity.epochs=3"])
-    pairs = pd.concat([load(tmp_path / d, "pairs") for d in ("full", "short")]).sort_values("connectivity.epochs")
-    assert pairs["connectivity.epochs"].tolist() == [3, 60]
-    short, full = pairs.iloc[0], pairs.iloc[1]
+    full, short = (load(tmp_path / d, "pairs").iloc[0] for d in ("full", "short"))
     # 4000 samples at batch 64: 63 steps per epoch, 30 epochs -> 1890 endpoint steps, the curve twice that
     assert full["connectivity.endpoint_steps"] == 1890 and full["connectivity.steps"] == 3780
+    assert full["connectivity.epochs"] == 60 and not full["connectivity.retrained"]
     assert full["connectivity.converged"] and pd.isna(full["connectivity.error"])
+    assert full["connectivity.middle_excess"] <= 1.0
     assert abs(full["connectivity.mc"]) < 1.0
     assert full["connectivity.mc"] == mode_connectivity(full["connectivity.curve_train_err"])
     assert len(full["connectivity.curve_history"]) == 60 and full["connectivity.curve_final_loss"] > 0
+    # the 3-epoch curve stays far above its endpoints, is trained again with 6 epochs, moves, and is flagged
+    assert short["connectivity.retrained"] and short["connectivity.epochs"] == 6
+    assert short["connectivity.middle_excess_first"] > short["connectivity.middle_excess"] + 1.0 > 2.0
     assert not short["connectivity.converged"] and pd.isna(short["connectivity.mc"])
-    assert pd.isna(short["connectivity.mc_loss"]) and short["connectivity.middle_excess"] > 1.0
+    assert pd.isna(short["connectivity.mc_loss"])
     assert "not converged" in short["connectivity.error"] and "budget" in short["connectivity.error"]
     # the straight line is the same in both rows, and has a barrier the curve avoids
     assert short["connectivity.barrier_error"] == full["connectivity.barrier_error"] > 10.0
