@@ -393,3 +393,13 @@ def test_curve_budget_follows_the_endpoints_and_a_short_curve_is_flagged_through
     assert "not converged" in short["connectivity.error"] and "budget" in short["connectivity.error"]
     # the straight line is the same in both rows, and has a barrier the curve avoids
     assert short["connectivity.barrier_error"] == full["connectivity.barrier_error"] > 10.0
+
+
+def test_a_diverged_curve_gives_a_null_mc_with_the_reason(pair: PairContext):
+    cfg = conn_family.Config(enabled=True, epochs=2, batch_size=32, lr=1e8, momentum=0.0, line=False, test=False)
+    row = conn_family.FAMILY.compute(PairContext(pair.a, pair.b, pair.workdir / "diverged"), cfg)
+    _row_table(conn_family.COLUMNS, row)
+    assert not all(math.isfinite(h) for h in row["connectivity.curve_history"])
+    assert row["connectivity.mc"] is None and row["connectivity.mc_loss"] is None
+    assert row["connectivity.converged"] is False and "diverged" in row["connectivity.error"]
+    assert row["connectivity.retrained"] is False  # a diverged curve is not trained again

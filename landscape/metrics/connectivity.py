@@ -279,8 +279,11 @@ def _train_and_evaluate(ctx: PairContext, settings: Any, template: Any, epochs: 
     return result, v
 
 
-def _diverged(result: Any) -> bool:
-    return bool(getattr(result, "diverged", False)) or getattr(result, "status", "done") == "diverged"
+def _diverged(result: Any, values: Any) -> bool:
+    """The curve training reported divergence, or its loss history or the values along it are not finite."""
+    flagged = bool(getattr(result, "diverged", False)) or getattr(result, "status", "done") == "diverged"
+    numbers = np.asarray(list(result.history) + list(values.train_loss) + list(values.train_err), dtype=np.float64)
+    return flagged or not bool(np.all(np.isfinite(numbers)))
 
 
 def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
@@ -321,7 +324,7 @@ def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
         first = middle_excess(v.train_err)
         second, used_epochs = None, (epochs, None)
         tol = float(settings.converge_tol)
-        if (not _diverged(result) and math.isfinite(first) and first > tol and float(settings.confirm) > 1
+        if (not _diverged(result, v) and math.isfinite(first) and first > tol and float(settings.confirm) > 1
                 and epochs > 0):
             longer = max(epochs + 1, math.ceil(float(settings.confirm) * epochs))
             log.info("connectivity of seeds %d and %d: the curve's middle is %.2f points above its endpoints after "
@@ -332,7 +335,7 @@ def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
             second, used_epochs = middle_excess(v.train_err), (epochs, longer)
             out["connectivity.epochs"] = longer
             out["connectivity.steps"] = longer * _steps_per_epoch(data.n_train, batch_size)
-        converged, reason = convergence(first, second, tol, used_epochs, _diverged(result))
+        converged, reason = convergence(first, second, tol, used_epochs, _diverged(result, v))
         mode = str(settings.mc_endpoints)
         finite = lambda x: x if x is not None and math.isfinite(x) else None  # noqa: E731
         test = bool(settings.test)
