@@ -367,18 +367,24 @@ def test_connectivity_family_compute_and_resume(pair: PairContext):
 
 
 # ------------------------------------------------------------------------------------- through the CLI
-def test_curve_budget_follows_the_endpoints_and_a_short_curve_is_flagged_through_the_cli(cli, tmp_path):
+@pytest.mark.parametrize("num_samples", [
+    pytest.param(5000, marks=pytest.mark.slow, id="issue-size"),  # 4000 training samples, as in the issue
+    pytest.param(2500, id="2000-samples"),  # the default suite's faster variant
+])
+def test_curve_budget_follows_the_endpoints_and_a_short_curve_is_flagged_through_the_cli(cli, tmp_path, num_samples):
     """MNIST-1D, MLP of width 256 trained 30 epochs, two seeds, default connectivity settings: the curve gets
     twice the endpoints' steps and is connected (|mc| < 1 point of training error). The same pair with a
     3-epoch curve is flagged as not converged: null mc and the reason."""
     from landscape.results.io import load
 
-    base = ["-m", "data=mnist1d", "model.width=256", "train.epochs=30", "metrics.connectivity.enabled=true"]
+    base = ["-m", "data=mnist1d", f"data.num_samples={num_samples}", "model.width=256", "train.epochs=30",
+            "metrics.connectivity.enabled=true"]
     cli([*base, "hydra.sweep.dir=full"])
     cli([*base, "hydra.sweep.dir=short", "metrics.connectivity.epochs=3"])
     full, short = (load(tmp_path / d, "pairs").iloc[0] for d in ("full", "short"))
-    # 4000 samples at batch 64: 63 steps per epoch, 30 epochs -> 1890 endpoint steps, the curve twice that
-    assert full["connectivity.endpoint_steps"] == 1890 and full["connectivity.steps"] == 3780
+    # 4000 (2000) samples at batch 64: 63 (32) steps per epoch, times 30 epochs; the curve twice that
+    per_epoch = {5000: 63, 2500: 32}[num_samples]
+    assert full["connectivity.endpoint_steps"] == 30 * per_epoch and full["connectivity.steps"] == 60 * per_epoch
     assert full["connectivity.epochs"] == 60 and not full["connectivity.retrained"]
     assert full["connectivity.converged"] and pd.isna(full["connectivity.error"])
     assert full["connectivity.middle_excess"] <= 1.0
