@@ -16,9 +16,9 @@ Budget. By default (``epochs = null``) the curve gets the endpoints' training bu
 steps: ``ceil(budget * S / s)`` epochs, with ``S`` the steps each endpoint model was trained for
 (``train.steps``, or ``train.epochs`` x its steps per epoch) and ``s`` the curve's steps per epoch at its
 batch size (``batch_size = null``: the endpoints' batch size). ``budget = 2`` by default: a curve has a
-harder problem than one model (the loss averaged over a whole path), and on MNIST-1D (MLP of width 256,
-30 epochs) one endpoint budget leaves the middle of the curve above its endpoints. An integer ``epochs``
-overrides the rule.
+harder problem than one model (the loss averaged over a whole path); on MNIST-1D (MLP of width 256 trained
+30 epochs at batch 64, seeds 0 and 1) one endpoint budget leaves the middle of the curve 4.7 points of
+training error above its endpoints, two bring it to 0.6 (mc = -0.6). An integer ``epochs`` overrides the rule.
 
 Convergence. Every row records whether the curve reached its endpoints' level:
 ``connectivity.middle_excess`` (the highest training error at an interior t minus the higher endpoint's,
