@@ -122,7 +122,8 @@ def test_convergence_rule_and_budget():
     assert endpoint_steps(SimpleNamespace(batch_size=64, epochs=30, steps=500), 4000) == 500
     cfg = SimpleNamespace(epochs=None, batch_size=None, budget=2.0)
     assert curve_budget(cfg, train, 4000) == (60, 64, 1890)
-    assert curve_budget(SimpleNamespace(epochs=None, batch_size=128, budget=1.0), train, 4000) == (60, 128, 1890)  # 32 steps per epoch
+    # batch 128: 32 steps per epoch, ceil(1890 / 32) = 60 epochs
+    assert curve_budget(SimpleNamespace(epochs=None, batch_size=128, budget=1.0), train, 4000) == (60, 128, 1890)
     assert curve_budget(SimpleNamespace(epochs=7, batch_size=32, budget=2.0), None, 4000) == (7, 32, None)
     with pytest.raises(ValueError, match="epochs=None"):
         curve_budget(SimpleNamespace(epochs=None, batch_size=32, budget=2.0), None, 4000)
@@ -350,7 +351,8 @@ def test_connectivity_family_compute_and_resume(pair: PairContext):
         evaluate(pair.b.model, pair.a.data.x_train, pair.a.data.y_train, pair.a.loss_fn)[0], rel=1e-9)
     assert row["connectivity.mc"] == mode_connectivity(row["connectivity.curve_train_err"])
     # 3 epochs, or 6 when the first curve stayed above its endpoints and was trained again
-    assert len(row["connectivity.curve_history"]) == row["connectivity.epochs"] == (6 if row["connectivity.retrained"] else 3)
+    epochs = 6 if row["connectivity.retrained"] else 3
+    assert len(row["connectivity.curve_history"]) == row["connectivity.epochs"] == epochs
     assert row["connectivity.converged"] == (row["connectivity.mc"] is not None)
     assert (pair.workdir / "curve" / "curve_final.pt").exists()
     again = conn_family.FAMILY.compute(pair, cfg)  # loads the trained curve: same numbers

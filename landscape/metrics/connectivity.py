@@ -175,9 +175,13 @@ def check_settings(settings: Any) -> None:
     if not float(settings.budget) > 0:
         raise ValueError(f"metrics.connectivity.budget={settings.budget!r}: expected a multiple > 0")
     if not float(settings.confirm) >= 1:
-        raise ValueError(f"metrics.connectivity.confirm={settings.confirm!r}: expected a multiple >= 1 (1: no retraining)")
+        raise ValueError(
+            f"metrics.connectivity.confirm={settings.confirm!r}: expected a multiple >= 1 (1: no retraining)"
+        )
     if not float(settings.converge_tol) >= 0:
-        raise ValueError(f"metrics.connectivity.converge_tol={settings.converge_tol!r}: expected >= 0 (points of error)")
+        raise ValueError(
+            f"metrics.connectivity.converge_tol={settings.converge_tol!r}: expected >= 0 (points of error)"
+        )
     if int(settings.n_points) < 3:
         raise ValueError(f"metrics.connectivity.n_points={settings.n_points!r}: expected >= 3 (an interior point)")
 
