@@ -411,3 +411,10 @@ def test_a_diverged_curve_gives_a_null_mc_with_the_reason(pair: PairContext):
     assert row["connectivity.mc"] is None and row["connectivity.mc_loss"] is None
     assert row["connectivity.converged"] is False and "diverged" in row["connectivity.error"]
     assert row["connectivity.retrained"] is False  # a diverged curve is not trained again
+
+
+@pytest.mark.parametrize("key, value", [("mc_endpoints", "all"), ("epochs", -1), ("batch_size", 0), ("budget", 0.0),
+                                        ("confirm", 0.5), ("converge_tol", -1.0), ("n_points", 2)])
+def test_bad_connectivity_settings_are_named(key, value):
+    with pytest.raises(ValueError, match=f"metrics.connectivity.{key}={value!r}"):
+        conn_family.check_settings(conn_family.Config(**{key: value}))

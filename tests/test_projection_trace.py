@@ -172,3 +172,12 @@ def test_projection_trace_on_relu_is_flagged_through_the_cli(cli, tmp_path):
     # the exact quadratic forms of the same directions agree with the Hessian family's trace
     sigma = np.hypot(m["projection_trace.stderr"], m["hessian.trace_stderr"])
     assert ((m["projection_trace.hvp_estimate"] - m["hessian.trace"]).abs() < 3 * sigma).all()
+
+
+def test_bad_projection_trace_settings_are_named():
+    from landscape.metrics import projection_trace as fam
+
+    with pytest.raises(ValueError, match="metrics.projection_trace.step='big'"):
+        fam.check_settings(fam.Config(step="big"))
+    with pytest.raises(ValueError, match="metrics.projection_trace.epsilon=0.0"):
+        fam.check_settings(fam.Config(epsilon=0.0))
