@@ -418,3 +418,11 @@ def test_a_diverged_curve_gives_a_null_mc_with_the_reason(pair: PairContext):
 def test_bad_connectivity_settings_are_named(key, value):
     with pytest.raises(ValueError, match=f"metrics.connectivity.{key}={value!r}"):
         conn_family.check_settings(conn_family.Config(**{key: value}))
+
+
+def test_family_defaults_evaluate_the_grid_the_thresholds_were_fitted_on():
+    from landscape.connectivity import PAPER_T_GRID
+
+    cfg = conn_family.Config()
+    assert t_grid(cfg.n_points) == list(PAPER_T_GRID) and cfg.mc_endpoints == "interior"
+    conn_family.check_settings(conn_family.Config(converge_tol=math.inf))  # the paper's unchecked curves
