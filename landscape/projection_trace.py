@@ -111,7 +111,7 @@ def projection_trace(
     x: Tensor,
     y: Tensor,
     n_directions: int = 100,
-    epsilon: float = 1e-3,
+    epsilon: float = 1e-2,
     seed: int = 0,
     dtype: torch.dtype | None = torch.float64,
     chunk: int | None = None,
@@ -125,7 +125,8 @@ def projection_trace(
     ``epsilon * |theta|`` along ``d / |d|``, ``"absolute"`` at ``epsilon * d``. The model is evaluated in eval
     mode, in ``dtype`` (a float64 copy by default; None keeps the model's dtype). Directions are drawn on the
     CPU from ``seed``, ``chunk`` at a time (default: as many as fit ``2 * chunk + 1`` parameter points in about
-    256 MB, at most 64). ``check_hessian``: also the exact ``d^T H d`` of the same directions (``hvp_samples``;
+    256 MB, at most 64). The default ``epsilon`` is the ``projection_trace`` family's (see its module for the
+    measurements behind it). ``check_hessian``: also the exact ``d^T H d`` of the same directions (``hvp_samples``;
     ``n_directions`` Hessian-vector products)."""
     if n_directions < 2:
         raise ValueError(f"n_directions={n_directions}: need at least 2 for a standard error")
