@@ -110,8 +110,11 @@ def mode_connectivity(t: Sequence[float], err: Sequence[float], endpoints: str =
     return _library_mc(err, t=t, endpoints=endpoints)
 
 
-def read_reference(reference: Path = DEFAULT_REFERENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The reference CSVs of ``reference`` as (models rows, pairs rows) in the project's schema."""
+def read_reference(
+    reference: Path = DEFAULT_REFERENCE, endpoints: str = MC_DEFAULT
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The reference CSVs of ``reference`` as (models rows, pairs rows) in the project's schema; ``endpoints``:
+    the endpoint handling of the curves' mode connectivity (see :func:`mode_connectivity`)."""
     reference = Path(reference)
     m = pd.read_csv(reference / "models.csv")
     p = pd.read_csv(reference / "pairs.csv")
@@ -145,7 +148,7 @@ def read_reference(reference: Path = DEFAULT_REFERENCE) -> tuple[pd.DataFrame, p
 
     mc = (
         c.groupby(["width", "batch_size"])[["t", "train_err"]]
-        .apply(lambda g: mode_connectivity(g["t"].to_numpy(), g["train_err"].to_numpy()))
+        .apply(lambda g: mode_connectivity(g["t"].to_numpy(), g["train_err"].to_numpy(), endpoints))
         .rename("connectivity.mc")
         .reset_index()
     )

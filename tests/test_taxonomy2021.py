@@ -91,3 +91,19 @@ def test_refitting_on_the_published_results_keeps_every_phase_and_its_accuracy(c
         assert m.loc[name, "low"] <= m.loc[name, "value"] <= m.loc[name, "high"], name
     assert (m.loc["mc_barrier", "low"], m.loc["mc_barrier", "high"]) == pytest.approx((-0.56, -0.49))
     assert fitted.mc_barrier == pytest.approx(-0.525)
+
+
+def test_every_endpoint_option_gives_the_same_phases_on_the_published_grid(cells):
+    """On the 13 x 13 grid the default equals the paper's formula on every curve; the sign-stable band form
+    shifts values by half the endpoint gap but no label crosses a threshold."""
+    rule = PhaseRule()
+    base = rule.labels(cells)
+    for endpoints in ("paper", "band"):
+        models, pairs = tax.read_reference(REFERENCE, endpoints=endpoints)
+        keep = models["model.width"].isin(tax.PAPER_WIDTHS) & models["train.batch_size"].isin(tax.PAPER_BATCH_SIZES)
+        other = aggregate_cells(models[keep], pairs, ["model.width", "train.batch_size"])
+        if endpoints == "paper":
+            np.testing.assert_array_equal(other["connectivity.mc"], cells["connectivity.mc"])
+        else:
+            assert (other["connectivity.mc"] != cells["connectivity.mc"]).sum() > 10
+        assert (rule.labels(other) == base).all(), endpoints
