@@ -34,8 +34,9 @@ longer curve reaches the level, or its middle excess is within ``converge_tol`` 
 training did not lower it: a barrier), it is converged and the row reports the longer curve
 (``connectivity.retrained``, ``connectivity.middle_excess_first``); otherwise it is *not converged*.
 Not converged, or diverged (a non-finite loss or value), gives null ``mc``/``mc_loss`` (the phase rule then
-treats the pair's mc as unknown) with the reason in ``connectivity.error``; ``connectivity.converged`` says
-which. ``confirm = 1`` skips the second training (such a curve is then not converged).
+treats the pair's mc as unknown) with the reason in ``connectivity.error`` (the family contract's error
+column: the cell counts it among its metric errors); ``connectivity.converged`` says which. ``confirm = 1``
+skips the second training (such a curve is then not converged).
 """
 
 from __future__ import annotations
@@ -48,22 +49,8 @@ from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from landscape.connectivity import (
-    INITS,
-    MC_ENDPOINTS,
-    SCHEDULES,
-    BezierCurve,
-    CurveSettings,
-    barrier,
-    evaluate_path,
-    mode_connectivity,
-    t_grid,
-    train_curve,
-    trainable_parameters,
-)
-from landscape.metrics import MetricFamily, PairContext, register
+from landscape.metrics import Family, FigureStyle, PairContext, Result
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +60,12 @@ class Config:
     """Curve training has its own optimiser settings (SGD; ``schedule``: constant | cosine | garipov);
     ``init``: line (middle points on the segment; Garipov et al.'s default) | random (freshly initialised
     models: what the taxonomy paper's code does, which never calls the line initialisation);
-    ``epochs``/``batch_size`` null: follow the endpoints' budget times ``budget`` (see the module docstring);
-    ``mc_endpoints``: interior | paper | band (see ``landscape.connectivity.mode_connectivity``);
-    ``converge_tol`` (percentage points) and ``confirm`` (epochs multiple of the second training): the
-    convergence check;
-    ``test``: also evaluate the curve on the test set."""
+    ``epochs``/``batch_size`` null: follow the endpoints' budget times ``budget`` (see the module docstring; the
+    row reports the values used); ``mc_endpoints``: interior | paper | band (see
+    ``landscape.connectivity.mode_connectivity``); ``converge_tol`` (percentage points) and ``confirm`` (epochs
+    multiple of the second training): the convergence check; ``test``: also evaluate the curve on the test set."""
 
-    enabled: bool = False
+    enabled: Any = False
     curve: bool = True
     line: bool = True
     bends: int = 1
@@ -101,20 +87,23 @@ class Config:
 
 
 _LIST = pa.list_(pa.float64())
-COLUMNS = {
+METRICS = {
     "connectivity.mc": pa.float64(),
     "connectivity.mc_loss": pa.float64(),
     "connectivity.curve_barrier": pa.float64(),
     "connectivity.barrier": pa.float64(),
     "connectivity.barrier_error": pa.float64(),
+}
+DIAGNOSTICS = {
     "connectivity.converged": pa.bool_(),
-    "connectivity.error": pa.string(),
+    "connectivity.retrained": pa.bool_(),
     "connectivity.middle_excess": pa.float64(),
+    "connectivity.middle_excess_first": pa.float64(),
     "connectivity.curve_final_loss": pa.float64(),
     "connectivity.endpoint_loss": pa.float64(),
     "connectivity.history_drop": pa.float64(),
-    "connectivity.retrained": pa.bool_(),
-    "connectivity.middle_excess_first": pa.float64(),
+    "connectivity.steps": pa.int64(),
+    "connectivity.endpoint_steps": pa.int64(),
     "connectivity.t": _LIST,
     "connectivity.curve_train_loss": _LIST,
     "connectivity.curve_train_err": _LIST,
@@ -126,16 +115,6 @@ COLUMNS = {
     "connectivity.line_train_err": _LIST,
     "connectivity.curve_seconds": pa.float64(),
     "connectivity.line_seconds": pa.float64(),
-    "connectivity.bends": pa.int64(),
-    "connectivity.epochs": pa.int64(),
-    "connectivity.steps": pa.int64(),
-    "connectivity.endpoint_steps": pa.int64(),
-    "connectivity.budget": pa.float64(),
-    "connectivity.init": pa.string(),
-    "connectivity.batch_size": pa.int64(),
-    "connectivity.lr": pa.float64(),
-    "connectivity.n_points": pa.int64(),
-    "connectivity.mc_endpoints": pa.string(),
 }
 
 
@@ -143,7 +122,11 @@ def _curve_seed(settings_seed: int, seed_a: int, seed_b: int) -> int:
     return int(np.random.SeedSequence([int(settings_seed), int(seed_a), int(seed_b)]).generate_state(1)[0])
 
 
-def _initial_curve(ctx: PairContext, settings: Any, seed: int) -> BezierCurve:
+def _initial_curve(ctx: PairContext, settings: Any, seed: int) -> Any:
+    import torch
+
+    from landscape.connectivity import BezierCurve, trainable_parameters
+
     start, end = trainable_parameters(ctx.a.model), trainable_parameters(ctx.b.model)
     bends = int(settings.bends)
     if settings.init == "line":
@@ -153,37 +136,43 @@ def _initial_curve(ctx: PairContext, settings: Any, seed: int) -> BezierCurve:
             torch.manual_seed(seed)
             points = [trainable_parameters(ctx.a.make_model()) for _ in range(bends)]
         return BezierCurve.from_points(start, end, points)
-    raise ValueError(f"metrics.connectivity.init={settings.init!r}: expected one of {', '.join(INITS)}")
+    raise ValueError(f"metrics.connectivity.init={settings.init!r}: expected line or random")
 
 
-def check_settings(settings: Any) -> None:
-    """Raise ``ValueError`` naming the first bad ``metrics.connectivity.*`` key."""
+def check(settings: Any) -> list[str]:
+    """Every bad ``metrics.connectivity.*`` key, with its value and what is allowed."""
+    from landscape.connectivity import INITS, MC_ENDPOINTS, SCHEDULES
+
+    problems = []
     if settings.schedule not in SCHEDULES:
-        raise ValueError(f"metrics.connectivity.schedule={settings.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        problems.append(f"metrics.connectivity.schedule={settings.schedule!r}: expected one of {', '.join(SCHEDULES)}")
     if int(settings.bends) < 1:
-        raise ValueError(f"metrics.connectivity.bends={settings.bends!r}: expected >= 1 (the line is `line: true`)")
+        problems.append(f"metrics.connectivity.bends={settings.bends!r}: expected >= 1 (the line is `line: true`)")
     if settings.init not in INITS:
-        raise ValueError(f"metrics.connectivity.init={settings.init!r}: expected one of {', '.join(INITS)}")
+        problems.append(f"metrics.connectivity.init={settings.init!r}: expected one of {', '.join(INITS)}")
     if settings.mc_endpoints not in MC_ENDPOINTS:
-        raise ValueError(
+        problems.append(
             f"metrics.connectivity.mc_endpoints={settings.mc_endpoints!r}: expected one of {', '.join(MC_ENDPOINTS)}"
         )
     if settings.epochs is not None and int(settings.epochs) < 0:
-        raise ValueError(f"metrics.connectivity.epochs={settings.epochs!r}: expected null (follow the endpoints) or >= 0")
+        problems.append(
+            f"metrics.connectivity.epochs={settings.epochs!r}: expected null (follow the endpoints) or >= 0"
+        )
     if settings.batch_size is not None and int(settings.batch_size) < 1:
-        raise ValueError(f"metrics.connectivity.batch_size={settings.batch_size!r}: expected null or >= 1")
+        problems.append(f"metrics.connectivity.batch_size={settings.batch_size!r}: expected null or >= 1")
     if not float(settings.budget) > 0:
-        raise ValueError(f"metrics.connectivity.budget={settings.budget!r}: expected a multiple > 0")
+        problems.append(f"metrics.connectivity.budget={settings.budget!r}: expected a multiple > 0")
     if not float(settings.confirm) >= 1:
-        raise ValueError(
+        problems.append(
             f"metrics.connectivity.confirm={settings.confirm!r}: expected a multiple >= 1 (1: no retraining)"
         )
     if not float(settings.converge_tol) >= 0:
-        raise ValueError(
+        problems.append(
             f"metrics.connectivity.converge_tol={settings.converge_tol!r}: expected >= 0 (points of error)"
         )
     if int(settings.n_points) < 3:
-        raise ValueError(f"metrics.connectivity.n_points={settings.n_points!r}: expected >= 3 (an interior point)")
+        problems.append(f"metrics.connectivity.n_points={settings.n_points!r}: expected >= 3 (an interior point)")
+    return problems
 
 
 def _steps_per_epoch(n: int, batch_size: int) -> int:
@@ -265,6 +254,8 @@ def convergence(first: float, second: float | None, converge_tol: float, epochs:
 
 def _train_and_evaluate(ctx: PairContext, settings: Any, template: Any, epochs: int, batch_size: int, seed: int,
                         ts: list[float], workdir: Any) -> tuple[Any, Any]:
+    from landscape.connectivity import CurveSettings, evaluate_path, train_curve
+
     data, loss_fn = ctx.a.data, ctx.a.loss_fn
     curve = _initial_curve(ctx, settings, seed)
     cs = CurveSettings(
@@ -290,8 +281,13 @@ def _diverged(result: Any, values: Any) -> bool:
     return flagged or not bool(np.all(np.isfinite(numbers)))
 
 
-def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
-    check_settings(settings)
+def compute(ctx: PairContext, settings: Any) -> Result:
+    from landscape.connectivity import BezierCurve, barrier, evaluate_path, mode_connectivity, t_grid
+    from landscape.connectivity import trainable_parameters
+
+    problems = check(settings)
+    if problems:
+        raise ValueError("; ".join(problems))
     data, loss_fn = ctx.a.data, ctx.a.loss_fn
     ts = t_grid(int(settings.n_points))
     template = ctx.a.make_model()
@@ -299,16 +295,13 @@ def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
     epochs, batch_size, ep_steps = curve_budget(settings, train_cfg, data.n_train)
     out: dict[str, Any] = {
         "connectivity.n_points": len(ts),
-        "connectivity.bends": int(settings.bends),
+        # the values used (settings columns; null in the config means "follow the endpoints")
         "connectivity.epochs": epochs,
+        "connectivity.batch_size": batch_size,
         "connectivity.steps": epochs * _steps_per_epoch(data.n_train, batch_size),
         "connectivity.endpoint_steps": ep_steps,
-        "connectivity.budget": float(settings.budget) if settings.epochs is None else None,
-        "connectivity.init": str(settings.init),
-        "connectivity.batch_size": batch_size,
-        "connectivity.lr": float(settings.lr),
-        "connectivity.mc_endpoints": str(settings.mc_endpoints),
     }
+    reason = None
     if settings.line:
         t0 = time.perf_counter()
         line = BezierCurve.through_line(trainable_parameters(ctx.a.model), trainable_parameters(ctx.b.model), 0)
@@ -347,7 +340,6 @@ def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
             "connectivity.mc": mode_connectivity(v.train_err, endpoints=mode) if converged else None,
             "connectivity.mc_loss": mode_connectivity(v.train_loss, endpoints=mode) if converged else None,
             "connectivity.converged": converged,
-            "connectivity.error": reason,
             "connectivity.retrained": second is not None,
             "connectivity.middle_excess": finite(second if second is not None else first),
             "connectivity.middle_excess_first": finite(first) if second is not None else None,
@@ -366,7 +358,18 @@ def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
         })
         if reason is not None:
             log.warning("connectivity of seeds %d and %d: %s", ctx.a.seed, ctx.b.seed, reason)
-    return out
+    return Result(out, error=reason)
 
 
-FAMILY = register(MetricFamily(name="connectivity", table="pairs", columns=COLUMNS, compute=_compute))
+FAMILY = Family(
+    name="connectivity",
+    table="pairs",
+    config=Config,
+    metrics=METRICS,
+    diagnostics=DIAGNOSTICS,
+    compute=compute,
+    check=check,
+    styles={"connectivity.mc": FigureStyle("mode connectivity", -30.0, 30.0, "RdBu_r", centre=0.0, units="% error")},
+    description="mode connectivity along a trained Bezier curve (budget following the endpoints, convergence "
+                "check), straight-line barrier",
+)

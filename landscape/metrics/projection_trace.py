@@ -22,6 +22,11 @@ standard error (a smaller bias is immaterial: e.g. the O(step^2) bias of a smoot
 paired test but 1e-4 of the error bar). ReLU networks are flagged: the second differences see the kinks that
 autograd's Hessian (zero second derivative almost everywhere) ignores; tanh networks agree with
 ``hessian.trace``. A disagreement is also logged as a warning.
+
+Saddle check (``saddle_draws > 0``, off by default): the principal curvatures of ``saddle_draws`` random 2-D
+projections of the Hessian (second differences with step ``saddle_step`` along unit directions);
+``projection_trace.saddle_share_minimum`` is the fraction of projections whose curvatures are all >= 0 (1 at
+a minimum; below 1 at a saddle or where the step sees negative curvature).
 """
 
 from __future__ import annotations
@@ -33,99 +38,124 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import torch
 
-from landscape.metrics import MetricFamily, ModelContext, register
-from landscape.projection_trace import STEPS, projection_trace
-from landscape.surfaces import eval_subset
+from landscape.metrics import Family, ModelContext, Result
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = ("float32", "float64")
+STEPS = ("relative", "absolute")  # as landscape.projection_trace.STEPS (kept here: no torch import at planning)
 
 
 @dataclass
 class Config:
     """Settings of the ``projection_trace`` family (mounted at ``metrics.projection_trace``)."""
 
-    enabled: bool = False
+    enabled: Any = False
     n_directions: int = 100
     epsilon: float = 1e-2  # relative: probe distance / |theta|; absolute: step along d ~ N(0, I)
     step: str = "relative"  # "relative" | "absolute"
-    check_hessian: bool = True  # exact d'Hd of the same directions: z_vs_hessian, agrees
+    check_hessian: bool = True  # exact d'Hd of the same directions: bias, z_vs_hessian, agrees
     eval_samples: int = 1000
     dtype: str = "float64"  # "float32" | "float64"
     seed: int = 0
     batch_size: int = 1024
+    saddle_draws: int = 0  # random 2-D projections of the saddle check (0: off)
+    saddle_step: float = 1e-2  # second-difference step of the saddle check, along unit directions
 
 
-COLUMNS: dict[str, pa.DataType] = {
+METRICS: dict[str, pa.DataType] = {
     "projection_trace.estimate": pa.float64(),
+    "projection_trace.saddle_share_minimum": pa.float64(),
+}
+DIAGNOSTICS: dict[str, pa.DataType] = {
     "projection_trace.stderr": pa.float64(),
-    "projection_trace.n_directions": pa.int64(),
-    "projection_trace.epsilon": pa.float64(),
-    "projection_trace.step": pa.string(),
     "projection_trace.step_length": pa.float64(),
     "projection_trace.hvp_estimate": pa.float64(),
-    "projection_trace.z_vs_hessian": pa.float64(),
-    "projection_trace.agrees": pa.bool_(),
     "projection_trace.bias": pa.float64(),
     "projection_trace.bias_stderr": pa.float64(),
-    "projection_trace.eval_samples": pa.int64(),
+    "projection_trace.z_vs_hessian": pa.float64(),
+    "projection_trace.agrees": pa.bool_(),
     "projection_trace.seconds": pa.float64(),
 }
 
 
-def check_settings(settings: Any) -> None:
-    """Raise ``ValueError`` naming the first bad ``metrics.projection_trace.*`` key."""
+def check(settings: Any) -> list[str]:
+    """Every bad ``metrics.projection_trace.*`` key, with its value and what is allowed."""
+    problems = []
     if str(settings.dtype) not in DTYPES:
-        raise ValueError(f"metrics.projection_trace.dtype={settings.dtype!r}: expected one of {', '.join(DTYPES)}")
+        problems.append(f"metrics.projection_trace.dtype={settings.dtype!r}: expected one of {', '.join(DTYPES)}")
     if str(settings.step) not in STEPS:
-        raise ValueError(f"metrics.projection_trace.step={settings.step!r}: expected one of {', '.join(STEPS)}")
+        problems.append(f"metrics.projection_trace.step={settings.step!r}: expected one of {', '.join(STEPS)}")
     if not float(settings.epsilon) > 0:
-        raise ValueError(f"metrics.projection_trace.epsilon={settings.epsilon!r}: expected > 0")
+        problems.append(f"metrics.projection_trace.epsilon={settings.epsilon!r}: expected > 0")
+    if int(settings.saddle_draws) < 0:
+        problems.append(f"metrics.projection_trace.saddle_draws={settings.saddle_draws!r}: expected >= 0 (0: off)")
+    if not float(settings.saddle_step) > 0:
+        problems.append(f"metrics.projection_trace.saddle_step={settings.saddle_step!r}: expected a step > 0")
+    return problems
 
 
 def agrees(res: Any) -> bool:
     """False when the second differences are biased against the exact quadratic forms of the same directions
     beyond 3 (paired) standard errors *and* by more than a tenth of the estimate's own standard error (a
     smaller bias is immaterial to the estimate: e.g. the O(step^2) bias of a smooth network)."""
-    z = res.z_vs_hessian
-    return not (abs(z) > 3.0 and abs(res.bias) > 0.1 * res.stderr)
+    return not (abs(res.z_vs_hessian) > 3.0 and abs(res.bias) > 0.1 * res.stderr)
 
 
-def projection_trace_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
-    check_settings(settings)
+def compute(ctx: ModelContext, settings: Any) -> Result:
+    import torch
+
+    from landscape.projection_trace import projection_trace, saddle_check
+    from landscape.surfaces import eval_subset
+
+    problems = check(settings)
+    if problems:
+        raise ValueError("; ".join(problems))
     t0 = time.perf_counter()
+    dtype = getattr(torch, str(settings.dtype))
     x, y = eval_subset(ctx.data.x_train, ctx.data.y_train, int(settings.eval_samples), int(settings.seed))
+    checked = bool(settings.check_hessian)
     res = projection_trace(ctx.model, ctx.loss_fn, x, y, n_directions=int(settings.n_directions),
                            epsilon=float(settings.epsilon), seed=int(settings.seed),
-                           dtype=DTYPES[str(settings.dtype)], batch_size=int(settings.batch_size),
-                           step=str(settings.step), check_hessian=bool(settings.check_hessian))
+                           dtype=dtype, batch_size=int(settings.batch_size),
+                           step=str(settings.step), check_hessian=checked)
     z = res.z_vs_hessian
     out = {
         "projection_trace.estimate": res.estimate,
         "projection_trace.stderr": res.stderr,
         "projection_trace.n_directions": res.n_directions,
         "projection_trace.epsilon": res.epsilon,
-        "projection_trace.step": res.step,
-        "projection_trace.step_length": res.step_length,
-        "projection_trace.hvp_estimate": res.hvp_estimate if settings.check_hessian else None,
-        "projection_trace.z_vs_hessian": z if math.isfinite(z) else None,
-        "projection_trace.bias": res.bias if settings.check_hessian else None,
-        "projection_trace.bias_stderr": res.bias_stderr if settings.check_hessian else None,
-        "projection_trace.agrees": agrees(res) if settings.check_hessian else None,
         "projection_trace.eval_samples": int(x.shape[0]),
-        "projection_trace.seconds": time.perf_counter() - t0,
+        "projection_trace.step_length": res.step_length,
+        "projection_trace.hvp_estimate": res.hvp_estimate if checked else None,
+        "projection_trace.bias": res.bias if checked else None,
+        "projection_trace.bias_stderr": res.bias_stderr if checked else None,
+        "projection_trace.z_vs_hessian": z if checked and math.isfinite(z) else None,
+        "projection_trace.agrees": agrees(res) if checked else None,
     }
+    if int(settings.saddle_draws) > 0:
+        sc = saddle_check(ctx.model, ctx.loss_fn, x, y, n_draws=int(settings.saddle_draws),
+                          step=float(settings.saddle_step), seed=int(settings.seed) + 1, dtype=dtype,
+                          batch_size=int(settings.batch_size))
+        out["projection_trace.saddle_share_minimum"] = sc.share_minimum
+    out["projection_trace.seconds"] = time.perf_counter() - t0
     log.info("projection trace %.4g +- %.2g (%d directions) in %.1f s", res.estimate, res.stderr,
              res.n_directions, out["projection_trace.seconds"])
-    if settings.check_hessian and not agrees(res):
+    if checked and not agrees(res):
         log.warning("projection trace of seed %d: %.4g +- %.2g disagrees with the exact quadratic forms of the same "
                     "directions (%.4g): z = %.1f (kinks of a non-smooth activation, or a step too large)",
                     ctx.seed, res.estimate, res.stderr, res.hvp_estimate, z)
-    return out
+    return Result(out)
 
 
-FAMILY = register(MetricFamily(name="projection_trace", table="models", columns=COLUMNS,
-                               compute=projection_trace_metrics))
+FAMILY = Family(
+    name="projection_trace",
+    table="models",
+    config=Config,
+    metrics=METRICS,
+    diagnostics=DIAGNOSTICS,
+    compute=compute,
+    check=check,
+    description="Hessian trace from random projections, checked against the exact d'Hd; optional saddle check",
+)
