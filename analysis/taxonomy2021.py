@@ -146,6 +146,11 @@ def read_reference(
         ["l2_distance", "cka_softmax"]
     ].mean()  # pandas mean skips NaN
 
+    grids = c.groupby(["width", "batch_size"])["t"].apply(lambda t: tuple(sorted(t)))
+    off_grid = grids[grids != PAPER_T_GRID]
+    if len(off_grid):
+        log.warning("curves of cells %s are not on the grid t = %s the phase thresholds were fitted on",
+                    list(off_grid.index)[:5], PAPER_T_GRID)
     mc = (
         c.groupby(["width", "batch_size"])[["t", "train_err"]]
         .apply(lambda g: mode_connectivity(g["t"].to_numpy(), g["train_err"].to_numpy(), endpoints))
