@@ -626,15 +626,16 @@ def label_confidence(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Bootstrap confidence of every cell's label: the cell's done models and its done pairs are resampled
-    with replacement (each table to its own size, pairs as whole rows so mc and CKA stay paired), ``n_boot``
-    times, and each resample's means are labelled by ``rule``; the confidence is the share of resamples whose
-    label equals the cell's label (from all its rows). A resample where a needed mean is missing counts as
-    disagreeing. Seeded per cell (``seed`` and the cell's knob values), so the same rows give the same numbers.
+    """Bootstrap confidence of every cell's label: the finite values of the fit column over the cell's done
+    models, and of mc and of CKA over its done pairs, are each resampled with replacement (to their own count)
+    ``n_boot`` times, and each resample's means are labelled by ``rule``; the confidence is the share of
+    resamples whose label equals the cell's label (from all its rows). Each metric is resampled over the
+    models/pairs that have it (e.g. the paper measured mc on one pair per cell, CKA on all ten). Seeded per
+    cell (``seed`` and the cell's knob values), so the same rows give the same numbers.
 
     Returns a DataFrame on ``cells``' index: ``phase_confidence`` (in [0, 1]; NaN for an unlabelled cell),
     ``n_models`` (done models with a finite fit value) and ``n_pairs_mc`` (done pairs with a finite mc).
-    A cell with one model and one pair has no spread to resample: its confidence is 1 by construction.
+    A value measured once (one model, one pair) has no spread to resample: it adds no doubt to the label.
     """
     by = list(by)
     labels = rule.labels(cells) if labels is None else labels
@@ -665,31 +666,21 @@ def label_confidence(
         if lab is None or (isinstance(lab, float) and np.isnan(lab)):
             continue
         rng = np.random.default_rng([seed, _cell_key(key)])
-        fit_b = fv[rng.integers(0, fv.size, size=(n_boot, fv.size))].mean(axis=1) if fv.size else np.full(n_boot, np.nan)
-        if pv.shape[0]:
-            sample = pv[rng.integers(0, pv.shape[0], size=(n_boot, pv.shape[0]))]  # [n_boot, n_pairs, 2]
-            with np.errstate(invalid="ignore"), _quiet():
-                mc_b = np.nanmean(sample[..., 0], axis=1)
-                ck_b = np.nanmean(sample[..., 1], axis=1)
-        else:
-            mc_b = ck_b = np.full(n_boot, np.nan)
+        fit_b = _boot_means(rng, fv, n_boot)
+        mc_b = _boot_means(rng, pv[:, 0] if pv.size else np.empty(0), n_boot)
+        ck_b = _boot_means(rng, pv[:, 1] if pv.size else np.empty(0), n_boot)
         codes = rule.codes(fit_b, mc_b, ck_b)
         conf[i] = float(np.mean(codes == PHASES.index(lab)))
     return pd.DataFrame({"phase_confidence": conf, "n_models": n_models, "n_pairs_mc": n_pairs}, index=cells.index)
 
 
-class _quiet:
-    """Silence numpy's 'Mean of empty slice' warnings (an all-NaN resample is a valid, disagreeing sample)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
+def _boot_means(rng: np.random.Generator, values: np.ndarray, n_boot: int) -> np.ndarray:
+    """``[n_boot]`` means of resamples (with replacement, of the same size) of the finite ``values``; NaN
+    when there is none."""
+    v = values[np.isfinite(values)]
+    if not v.size:
+        return np.full(n_boot, np.nan)
+    return v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
 
 
 # --------------------------------------------------------------------------- missing metrics

@@ -297,16 +297,21 @@ def test_confidence_is_one_when_seeds_agree_and_the_bootstrap_share_when_they_do
     assert again.equals(conf)
 
 
-def test_confidence_counts_a_resample_without_a_needed_value_as_disagreeing():
+def test_confidence_resamples_each_metric_over_the_pairs_that_have_it():
     models, pairs = _conf_rows()
-    pairs.loc[3:4, "connectivity.mc"] = np.nan  # cell b: one pair of three has an mc
+    pairs.loc[3:4, "connectivity.mc"] = np.nan  # cell b: one pair of three has an mc (as in the paper's data)
     by = ["model.width", "train.batch_size"]
-    models.loc[3:5, "train_loss"] = 0.5  # b clearly poorly trained
+    models.loc[3:5, "train_loss"] = [0.5, 0.6, 0.7]  # b clearly poorly trained
+    cells = aggregate_cells(models, pairs, by)
+    conf = label_confidence(models, pairs, cells, by, PhaseRule.paper(), n_boot=5000, seed=0)
+    assert conf["phase_confidence"].tolist() == [1.0, 1.0] and conf["n_pairs_mc"].tolist() == [3, 1]
+    # mc of a, resampled from (-1, 0, 0.3) pp: the mean is below mc_barrier = -0.5 (III, else IV-B) iff the
+    # resample holds at least two -1: 3 (1/3)^2 (2/3) + (1/3)^3 = 7/27
+    pairs.loc[0:2, "connectivity.mc"] = [-1.0, 0.0, 0.3]
     cells = aggregate_cells(models, pairs, by)
     conf = label_confidence(models, pairs, cells, by, PhaseRule.paper(), n_boot=20000, seed=0)
-    # the label needs mc: a resample of 3 pairs holds the one pair with an mc with probability 1 - (2/3)^3
-    assert conf["phase_confidence"].iloc[1] == pytest.approx(1 - (2 / 3) ** 3, abs=0.01)
-    assert conf["n_pairs_mc"].iloc[1] == 1
+    assert PhaseRule.paper().labels(cells).iloc[0] == "IV-B"
+    assert conf["phase_confidence"].iloc[0] == pytest.approx(1 - 7 / 27, abs=0.01)
 
 
 # --- missing metrics --------------------------------------------------------------------------------------
