@@ -67,8 +67,8 @@ MASK_LABELS: dict[str, str] = {
     "nan": "value missing", "nonpositive": "<= 0 on a log scale",
 }
 CLIP_MARKERS: dict[str, dict] = {
-    "high": dict(marker="^", markerfacecolor="white", markeredgecolor="black", markersize=6, linestyle="none"),
-    "low": dict(marker="v", markerfacecolor="white", markeredgecolor="black", markersize=6, linestyle="none"),
+    "high": dict(marker="^", markerfacecolor="white", markeredgecolor="0.45", markersize=7, linestyle="none"),
+    "low": dict(marker="v", markerfacecolor="white", markeredgecolor="0.45", markersize=7, linestyle="none"),
 }
 #: One colour per phase (poorly trained: warm; well trained: purple / greens).
 PHASE_COLOURS: dict[str, str] = {"I": "#b2182b", "II": "#f4a582", "III": "#7b3294", "IV-A": "#a6dba0", "IV-B": "#1b7837"}
@@ -458,6 +458,12 @@ def metrics_figure(
                     ax.set_xlabel("")
         cbar = fig.colorbar(mesh, ax=slots[c], location="bottom", shrink=0.95, aspect=22, extend=scale.extend)
         cbar.set_label(colour_bar_label(style, scale), fontsize=7)
+        if scale.scale == "symlog":
+            top = int(np.floor(np.log10(max(scale.vmax - (style.centre or 0.0), 1.0))))
+            ticks = sorted({(style.centre or 0.0) + sgn * 10.0 ** k for k in range(0, top + 1) for sgn in (-1, 1)}
+                           | {style.centre or 0.0})
+            cbar.set_ticks(ticks)
+            cbar.ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         cbar.ax.tick_params(labelsize=6)
         _threshold_marks(cbar, metric, rule)
     _legend_marks(fig, axes)
