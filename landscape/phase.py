@@ -99,7 +99,16 @@ def knob_columns(df: pd.DataFrame) -> list[str]:
 @functools.lru_cache(maxsize=1)
 def _contract():
     """The family contract's ``(metric_columns, family_of)`` (``landscape.metrics``) where it exists, else
-    None. This is the one place that switches between the contract and the local fallback below."""
+    None. This is the one place that switches between the contract and the local fallback below. The package
+    is imported only when its source defines the contract (an older one imports torch, seconds for nothing)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("landscape.metrics")
+    try:
+        if spec is None or spec.origin is None or "def metric_columns" not in Path(spec.origin).read_text():
+            return None
+    except OSError:
+        return None
     try:
         from landscape.metrics import family_of as contract_family_of
         from landscape.metrics import metric_columns as contract_metric_columns

@@ -597,9 +597,28 @@ def phase_map_figure(cells: pd.DataFrame, x: str, y: str, phase_column: str = "p
     return fig
 
 
+def save(fig: Figure, stem, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150) -> dict[str, Any]:
+    """Write ``fig`` as ``<stem>.<fmt>`` for each format and close it; the layout is computed once (for the
+    first format) and then kept. Returns ``{"<name>.<fmt>": path}``."""
+    from pathlib import Path
+
+    stem = Path(stem)
+    out: dict[str, Any] = {}
+    try:
+        for i, fmt in enumerate(formats):
+            path = stem.with_name(f"{stem.name}.{fmt}")
+            fig.savefig(path, dpi=dpi)
+            if i == 0:
+                fig.set_layout_engine("none")  # positions are fixed now: later formats skip the layout
+            out[path.name] = path
+    finally:
+        plt.close(fig)
+    return out
+
+
 __all__ = [
     "CLIP_MARKERS", "ColourScale", "DEFAULT_METRICS", "Grid", "INVERTED_KNOBS", "LIMIT_MODES", "MASK_MARKERS",
     "METRIC_STYLES", "MetricStyle", "PHASE_COLOURS", "TEMPERATURE_KNOBS", "axis_scale", "boundary_segments",
     "cell_edges", "colour_bar_label", "colour_limits", "draw_metric", "draw_phase_map", "mask_reasons",
-    "metrics_figure", "phase_map_figure", "pivot", "style_for",
+    "metrics_figure", "phase_map_figure", "pivot", "save", "style_for",
 ]

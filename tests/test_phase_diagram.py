@@ -262,7 +262,7 @@ def test_cli_end_to_end_and_refresh(tmp_path, capsys):
     out = tmp_path / "out"
     args = [str(sweep), "--x", "model.width", "--y", "train.batch_size", "--out", str(out),
             "--metrics", "test_acc", "connectivity.mc", "--thresholds", "cka=0.6"]
-    assert cli.main(args) == 0
+    assert cli.main(args + ["--formats", "png", "pdf"]) == 0
     printed = capsys.readouterr().out
     for name in ("phase_diagram.png", "phase_diagram.pdf", "phase_map.png", "pivot_test_acc.csv",
                  "pivot_phase.csv", "rank_correlations.csv", "manifest.json", "cells.csv", "phase_summary.csv"):
@@ -284,7 +284,6 @@ def test_cli_end_to_end_and_refresh(tmp_path, capsys):
     assert {"phase", "phase_confidence", "n_models", "n_pairs_mc", "uncertain"} <= set(cells_csv.columns)
     # more cells finish: re-running refreshes every output
     _write_sweep(sweep, m[~keep], p[p["model.width"] == 32])
-    args += ["--formats", "png"]
     before = (out / "phase_map.png").stat().st_mtime_ns
     assert cli.main(args) == 0
     assert (out / "phase_map.png").stat().st_mtime_ns > before
@@ -369,7 +368,7 @@ def test_sweep_file_phase_section_is_read(tmp_path, capsys):
         "phase:\n  x: model.width\n  y: train.batch_size\n  thresholds: paper\n  cka: 0.6\n  train_loss: null\n"
         "  limits: paper\n")
     out = tmp_path / "out"
-    assert cli.main([str(sweep), "--out", str(out), "--formats", "png", "--mc-barrier", "-2"]) == 0
+    assert cli.main([str(sweep), "--out", str(out), "--mc-barrier", "-2"]) == 0
     man = json.loads((out / "manifest.json").read_text())
     assert man["sweep_file"] == "sweeps/mygrid.yaml" and man["x"] == "model.width"
     assert man["thresholds"]["cka"]["value"] == 0.6 and man["settings_origin"]["cka"] == "sweep file"
@@ -392,7 +391,7 @@ def test_demo_grid_through_the_cli_gives_three_phases_with_confidences(tmp_path)
                           "model.width=8,32,128", "train.batch_size=64,1024"],
                          capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
-    res = subprocess.run([sys.executable, "-m", "landscape.cli.phase", str(sweep), "--formats", "png"],
+    res = subprocess.run([sys.executable, "-m", "landscape.cli.phase", str(sweep)],
                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     out = sweep / "analysis" / "phase" / "model.width__train.batch_size"

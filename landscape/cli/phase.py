@@ -3,7 +3,7 @@
     landscape-phase SWEEP_DIR [--x KNOB --y KNOB] [--metrics M ...] [--facet KNOB] [--filter KNOB=VALUE ...]
                     [--out DIR] [--thresholds paper|calibrate|NAME=VALUE ...] [--train-loss NATS]
                     [--train-error PERCENT] [--mc-underfit PP] [--mc-barrier PP] [--cka C]
-                    [--limits data|paper] [--uncertain-below C] [--bootstrap N] [--seed S]
+                    [--limits data|paper] [--uncertain-below C] [--bootstrap N] [--seed S] [--formats png pdf]
 
 Reads the ``models`` and ``pairs`` rows of the sweep and the cells it planned (``launches/*.json``, with each
 cell's ``status.json``: a cell that never wrote a row is still drawn, masked), keeps the rows of the filters,
@@ -11,8 +11,9 @@ aggregates the completed rows of every cell (:func:`landscape.phase.aggregate_ce
 (:class:`landscape.phase.PhaseRule`), bootstraps each label's confidence, prints the phase table and the
 mean test accuracy per phase, and writes into ``--out`` (default ``SWEEP_DIR/analysis/phase/<x>__<y>``):
 
-* ``phase_diagram.png`` / ``.pdf``: one panel per metric (rows: facet values), colour limits from the data;
-* ``phase_map.png`` / ``.pdf``: one colour per phase, boundaries, legend, confidence and counts per cell;
+* ``phase_diagram.png`` (and ``.pdf``/``.svg`` with ``--formats``): one panel per metric (rows: facet
+  values), colour limits from the data;
+* ``phase_map.png`` (likewise): one colour per phase, boundaries, legend, confidence and counts per cell;
 * ``cells.csv``: one row per cell (means, stds, counts, status, phase, phase_confidence, n_models, n_pairs_mc);
 * ``pivot_<metric>.csv`` (``pivot_<metric>__<facet>=<value>.csv`` with a facet): cell means, rows = y values,
   columns = x values; ``pivot_phase.csv`` likewise;
@@ -246,7 +247,7 @@ def run(
     filters: dict[str, list[Any]] | None = None,
     out: Path | None = None,
     rule: ph.PhaseRule | None = None,
-    formats: Sequence[str] = ("png", "pdf"),
+    formats: Sequence[str] = ("png",),
     thresholds: str | None = None,
     threshold_overrides: dict[str, Any] | None = None,
     limits: str | None = None,
@@ -321,15 +322,9 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     fig = pd_fig.metrics_figure(cells, x, y, metrics, facet, limits=settings["limits"], rule=rule)
-    for fmt in formats:
-        paths[f"phase_diagram.{fmt}"] = out / f"phase_diagram.{fmt}"
-        fig.savefig(paths[f"phase_diagram.{fmt}"], dpi=150)
-    pd_fig.plt.close(fig)
+    paths.update(pd_fig.save(fig, out / "phase_diagram", formats))
     fig = pd_fig.phase_map_figure(cells, x, y, "phase", facet, float(settings["uncertain_below"]), rule)
-    for fmt in formats:
-        paths[f"phase_map.{fmt}"] = out / f"phase_map.{fmt}"
-        fig.savefig(paths[f"phase_map.{fmt}"], dpi=150)
-    pd_fig.plt.close(fig)
+    paths.update(pd_fig.save(fig, out / "phase_map", formats))
 
     paths["cells.csv"] = out / "cells.csv"
     cells.to_csv(paths["cells.csv"], index=False)
@@ -459,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="hatch cells whose label confidence is below C (default 0.9)")
     ap.add_argument("--bootstrap", type=int, default=None, metavar="N", help="bootstrap resamples per cell (1000)")
     ap.add_argument("--seed", type=int, default=None, help="seed of the bootstrap (0)")
-    ap.add_argument("--formats", nargs="+", default=["png", "pdf"], help="figure file formats (default: png pdf)")
+    ap.add_argument("--formats", nargs="+", default=["png"],
+                    help="figure file formats (default: png; add pdf or svg for vector figures, about 1 s each)")
     return ap
 
 
