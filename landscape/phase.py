@@ -615,8 +615,11 @@ def resolve_rule(preset: str | None = None, overrides: Mapping[str, Any] | None 
             rule = rule.with_overrides(explicit)
             for k in explicit:
                 report[k] = {"value": getattr(rule, k), "derived": False, "reason": "set explicitly"}
-    elif overrides:
-        rule = dataclasses.replace(rule, source="paper with " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+    else:
+        changed = {k: getattr(rule, k) for k in PhaseRule.THRESHOLD_NAMES
+                   if getattr(rule, k) != getattr(PhaseRule.paper(), k)}
+        if changed:
+            rule = dataclasses.replace(rule, source="paper with " + ", ".join(f"{k}={v:g}" for k, v in changed.items()))
     return rule, report
 
 

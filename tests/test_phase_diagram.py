@@ -375,6 +375,11 @@ def test_sweep_file_phase_section_is_read(tmp_path, capsys):
     assert man["thresholds"]["mc_barrier"]["value"] == -2.0 and man["settings_origin"]["mc_barrier"] == "flag"
     assert man["settings"]["limits"] == "paper"
     assert "sweeps/mygrid.yaml" in capsys.readouterr().out
+    # a threshold set named by a flag replaces the sweep file's values
+    assert cli.main([str(sweep), "--out", str(out), "--thresholds", "paper"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["thresholds"]["cka"]["value"] == 0.7 and man["thresholds"]["source"] == "paper"
+    capsys.readouterr()
     (sweep / "multirun.yaml").write_text("phase:\n  thresholds: calibrated\n")
     assert cli.main([str(sweep), "--x", "model.width", "--y", "train.batch_size", "--out", str(out)]) == 2
     assert "calibrated" in capsys.readouterr().err

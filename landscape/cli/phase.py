@@ -223,8 +223,12 @@ def _git_commit() -> dict[str, Any]:
 
 def resolve_settings(sweep_dir: Path, cli: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, str], str | None]:
     """``(settings, threshold overrides, origin of each, sweep file name)``: defaults < the sweep file's
-    ``phase:`` section < flags (``cli``: None for a flag not given)."""
+    ``phase:`` section < flags (``cli``: None for a flag not given). A threshold set named by a flag
+    (``--thresholds paper|calibrate``) drops the sweep file's threshold values."""
     section, sweep_file = sweep_settings(sweep_dir)
+    if cli.get("thresholds") is not None:
+        # a threshold set named by a flag replaces the sweep file's thresholds (flag values still apply)
+        section = {k: v for k, v in section.items() if k not in THRESHOLD_KEYS}
     settings = dict(DEFAULTS)
     origin = {k: "default" for k in settings}
     thresholds: dict[str, Any] = {}
