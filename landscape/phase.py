@@ -139,7 +139,10 @@ def family_of(column: str) -> str:
     ``train_loss`` -> ``training``, ``topology.h1_total`` -> ``jump_retrain``)."""
     c = _contract()
     if c is not None:
-        return c[1](column)
+        try:
+            return c[1](column)
+        except KeyError:
+            pass  # e.g. a derived column (train_error): named by the rule below
     if column in _UNPREFIXED_FAMILY:
         return _UNPREFIXED_FAMILY[column]
     prefix = column.split(".", 1)[0]
@@ -157,14 +160,17 @@ def _is_setting_or_count(column: str) -> bool:
     return False
 
 
-def metric_columns(df: pd.DataFrame) -> list[str]:
-    """The metric columns of a row table: measured values, not knobs, provenance, settings, counts, timings
-    or uncertainties. Uses the family contract (``landscape.metrics.metric_columns``) when it is there;
-    otherwise: float columns that are not knobs/provenance, not named ``*seconds``, ``*stderr``,
+def metric_columns(df: pd.DataFrame, table: str | None = None) -> list[str]:
+    """The metric columns of a row table (``table``: ``models`` or ``pairs``; default: ``pairs`` when it has a
+    ``seed_a`` column): measured values, not knobs, provenance, settings, counts, timings or uncertainties.
+    Uses the family contract (``landscape.metrics.metric_columns(table)``) when it is there, keeping the
+    numeric columns present in ``df``; otherwise: float columns that are not knobs/provenance, not named ``*seconds``, ``*stderr``,
     ``*residual``, ``*.error`` or ``n_*``, and not a field of the writing family's ``Config`` (settings)."""
     c = _contract()
     if c is not None:
-        return [m for m in c[0](df) if m in df.columns]
+        table = table or ("pairs" if "seed_a" in df.columns else "models")
+        return [m for m in c[0](table) if m in df.columns and pd.api.types.is_numeric_dtype(df[m].dtype)
+                and not pd.api.types.is_bool_dtype(df[m].dtype)]
     knobs = set(knob_columns(df))
     out = []
     for col in df.columns:
@@ -272,7 +278,7 @@ def aggregate_cells(
         raise ValueError("no models rows to aggregate")
     _check_no_hidden_knob(models, by)
     models = add_train_error(models)
-    model_metrics = list(model_metrics) if model_metrics is not None else metric_columns(models)
+    model_metrics = list(model_metrics) if model_metrics is not None else metric_columns(models, "models")
     if "train_error" in models.columns and "train_error" not in model_metrics:
         model_metrics.append("train_error")
     done = _completed(models)
@@ -295,7 +301,7 @@ def aggregate_cells(
     if pairs is not None and not pairs.empty:
         if "cell_id" not in pairs.columns or "cell_id" not in models.columns:
             raise ValueError("pairs rows are joined to cells by 'cell_id', which is missing from the rows")
-        pair_metrics = list(pair_metrics) if pair_metrics is not None else metric_columns(pairs)
+        pair_metrics = list(pair_metrics) if pair_metrics is not None else metric_columns(pairs, "pairs")
         p = _pairs_with_knobs(models, pairs, by)
         pstats = _stats(p, by, pair_metrics)
         cells = cells.join(pstats, how="left")

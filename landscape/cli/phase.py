@@ -322,7 +322,7 @@ def run(
     for w in warnings:
         log.warning("%s", w)
 
-    available = set(ph.metric_columns(models)) | (set(ph.metric_columns(pairs)) if not pairs.empty else set())
+    available = set(ph.metric_columns(models, "models")) | (set(ph.metric_columns(pairs, "pairs")) if not pairs.empty else set())
     if metrics:
         unknown = [m for m in metrics if m not in cells.columns]
         if unknown:
