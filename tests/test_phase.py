@@ -436,3 +436,22 @@ def test_reference_rank_correlations_have_the_papers_signs(reference_cells):
     assert rc.loc["cka", "rho"] > 0.8
     assert rc.loc["connectivity.mc", "rho"] > 0.5
     assert 0.3 < rc.loc["l2_distance", "rho"] < 0.6
+
+
+# --- the sweep file's phase section -------------------------------------------------------------------------
+
+def test_phase_section_is_typed_checked_and_not_part_of_the_cell(compose):
+    from landscape.cell import cell_id
+    from landscape.config import ConfigError, check
+
+    base = compose([])
+    cfg = compose(["phase.thresholds=calibrate", "phase.cka=0.6", "phase.x=model.width"])
+    assert cfg.phase.cka == 0.6 and cell_id(cfg) == cell_id(base)
+    check(cfg)
+    with pytest.raises(ConfigError, match=r"phase.thresholds='calibrated': expected one of paper, calibrate"):
+        check(compose(["phase.thresholds=calibrated"]))
+    with pytest.raises(Exception, match="cak"):
+        compose(["phase.cak=0.6"])
+    demo = compose(["+sweep=demo"])
+    assert (demo.phase.x, demo.phase.y, demo.phase.train_loss, demo.phase.mc_barrier) == (
+        "model.width", "train.batch_size", 0.05, -0.5)
