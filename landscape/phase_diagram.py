@@ -533,7 +533,9 @@ def draw_phase_map(ax, grid: Grid, cells: pd.DataFrame, phase_column: str = "pha
                 text += f"\n{int(n_m[iy, ix])}m/{int(n_p[iy, ix]) if np.isfinite(n_p[iy, ix]) else 0}p"
         ax.text(grid.xs[ix], grid.ys[iy], text, ha="center", va="center", fontsize=5 if dense else 6.5,
                 color="white" if lab in _DARK_PHASES else "black", fontweight="bold", gid="phase-label",
-                linespacing=1.0, zorder=4)
+                linespacing=1.0, zorder=4,
+                bbox=dict(boxstyle="round,pad=0.15", facecolor=PHASE_COLOURS.get(lab, MISSING_COLOUR),
+                          edgecolor="none", alpha=0.9))  # readable over the hatching of uncertain cells
     uncertain = []
     with np.errstate(invalid="ignore"):
         unc = (labels != None) & np.isfinite(conf) & (conf < uncertain_below)  # noqa: E711
