@@ -14,7 +14,8 @@ mean test accuracy per phase, and writes into ``--out`` (default ``SWEEP_DIR/ana
 * ``phase_diagram.png`` (and ``.pdf``/``.svg`` with ``--formats``): one panel per metric (rows: facet
   values), colour limits from the data;
 * ``phase_map.png`` (likewise): one colour per phase, boundaries, legend, confidence and counts per cell;
-* ``cells.csv``: one row per cell (means, stds, counts, status, phase, phase_confidence, n_models, n_pairs_mc);
+* ``cells.csv``: one row per cell (means, stds, counts, status, phase, phase_confidence, n_models, n_pairs_mc;
+  metrics of families that did not run are left out);
 * ``pivot_<metric>.csv`` (``pivot_<metric>__<facet>=<value>.csv`` with a facet): cell means, rows = y values,
   columns = x values; ``pivot_phase.csv`` likewise;
 * ``phase_summary.csv``: cells, mean test accuracy and mean confidence per phase;
@@ -342,7 +343,10 @@ def run(
     paths.update(pd_fig.save(fig, out / "phase_map", formats))
 
     paths["cells.csv"] = out / "cells.csv"
-    cells.to_csv(paths["cells.csv"], index=False)
+    # metrics of families that did not run (no value in any cell) are left out, with their std and count
+    empty = [m for m in available if m in cells.columns and not ph.ran(cells, m)]
+    drop = [c for m in empty for c in (m, f"{m}_std", f"{m}_n") if c in cells.columns]
+    cells.drop(columns=drop).to_csv(paths["cells.csv"], index=False)
     for fv in ([None] if facet is None else sorted(cells[facet].dropna().unique().tolist())):
         sub = cells if facet is None else cells[cells[facet] == fv]
         suffix = "" if facet is None else f"__{_slug(facet)}={_slug(fv)}"
