@@ -33,10 +33,11 @@ def test_readme_demo_command_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"results of {demo_dir}" in proc.stdout and "test_acc" in proc.stdout
     df = load(demo_dir, "models")
-    assert len(df) == 4 and set(df["model.width"]) == {8, 32} and (df["status"] == "done").all()
+    assert len(df) == 6 and set(df["model.width"]) == {8, 32} and (df["status"] == "done").all()  # 3 seeds
     assert df["test_acc"].between(0, 1).all()
-    assert len(load(demo_dir, "pairs")) == 2
+    assert len(load(demo_dir, "pairs")) == 6  # 3 seeds: 3 pairs per cell
     assert list((demo_dir / "phase").glob("*.png")), proc.stdout[-2000:]
+    assert "phases (train.batch_size rows, model.width columns" in proc.stdout and "per phase" in proc.stdout
 
 
 def test_same_config_twice_gives_bitwise_identical_metrics(cli, tmp_path):
