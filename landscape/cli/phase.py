@@ -290,7 +290,10 @@ def run(
     models = load_rows(sweep_dir, "models")
     pairs = load_rows(sweep_dir, "pairs")
     if models.empty:
-        raise FileNotFoundError(f"no models rows under {sweep_dir / 'results' / 'models'}")
+        planned = planned_cells(sweep_dir)
+        hint = (f"; the sweep planned {len(planned)} cells ({', '.join(f'{k}: {v}' for k, v in planned['state'].value_counts().items())}):"
+                f" see landscape-status {sweep_dir}") if not planned.empty else ""
+        raise FileNotFoundError(f"no models rows under {sweep_dir / 'results' / 'models'}{hint}")
     models = apply_filters(models, filters)
     if not pairs.empty:
         pairs = apply_filters(pairs, {k: v for k, v in filters.items() if k in pairs.columns})
