@@ -119,9 +119,31 @@ LIMIT_MODES: tuple[str, ...] = ("data", "paper")
 DATA_PERCENTILES: tuple[float, float] = (2.0, 98.0)
 
 
+def _family_styles() -> dict[str, Any]:
+    """``{metric: FigureStyle}`` declared by the metric families (the family contract), where it exists."""
+    from landscape.phase import _contract
+
+    if _contract() is None:
+        return {}
+    import landscape.metrics as metrics_mod
+
+    get = getattr(metrics_mod, "figure_styles", None)
+    return get() if get is not None else {}
+
+
 def style_for(metric: str, cells: pd.DataFrame | None = None) -> MetricStyle:
-    """The style of a known metric; an unknown one gets viridis, its name as label, no unit."""
-    return METRIC_STYLES.get(metric, MetricStyle(metric, ""))
+    """The style of a metric: :data:`METRIC_STYLES`, else the figure style its family declares (label, units,
+    colour map, paper range; a ``log`` style's range is read as natural logs), else viridis with its name."""
+    if metric in METRIC_STYLES:
+        return METRIC_STYLES[metric]
+    fs = _family_styles().get(metric)
+    if fs is not None:
+        if getattr(fs, "log", False):
+            return MetricStyle(fs.label, getattr(fs, "units", ""), fs.cmap, log=True,
+                               paper=(float(np.exp(fs.vmin)), float(np.exp(fs.vmax))), paper_log=True)
+        return MetricStyle(fs.label, getattr(fs, "units", ""), fs.cmap, centre=getattr(fs, "centre", None),
+                           paper=(float(fs.vmin), float(fs.vmax)))
+    return MetricStyle(metric, "")
 
 
 @dataclass(frozen=True)
