@@ -788,10 +788,42 @@ def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     rho = max(-1.0, min(1.0, rho))
     if abs(rho) >= 1.0:
         return rho, 0.0
-    from scipy.special import stdtr
-
     t = rho * math.sqrt((n - 2) / (1.0 - rho * rho))
-    return rho, float(2.0 * stdtr(n - 2, -abs(t)))
+    return rho, student_t_two_sided(t, n - 2)
+
+
+def student_t_two_sided(t: float, df: float) -> float:
+    """Two-sided p-value of Student's t with ``df`` degrees of freedom: ``I_{df/(df+t^2)}(df/2, 1/2)``, the
+    regularised incomplete beta function (:func:`_betainc`), so no scipy import is needed."""
+    return _betainc(0.5 * df, 0.5, df / (df + t * t))
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta function ``I_x(a, b)`` from its continued fraction (evaluated with the
+    modified Lentz method; the symmetry ``I_x(a, b) = 1 - I_{1-x}(b, a)`` keeps it in its fast region)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    tiny, eps = 1e-300, 1e-16
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            step = c * d
+            h *= step
+        if abs(step - 1.0) < eps:
+            break
+    return math.exp(log_front) * h / a
 
 
 REGIMES: tuple[str, ...] = ("all", "well-trained", "poorly-trained")

@@ -344,6 +344,12 @@ def test_spearman_matches_scipy():
     rho, p = spearman(x, y)
     ref = stats.spearmanr(x, y)
     assert rho == pytest.approx(ref.statistic, abs=1e-12) and p == pytest.approx(ref.pvalue, rel=1e-9)
+    # the t distribution's two-sided p-value against scipy over a range of t and degrees of freedom
+    from landscape.phase import student_t_two_sided
+
+    for df in (1, 2, 3, 7.5, 30, 167):
+        for t in (0.0, 0.3, 1.0, 2.5, 6.0, 40.0):
+            assert student_t_two_sided(t, df) == pytest.approx(2 * stats.t.sf(t, df), rel=1e-9, abs=1e-300)
 
 
 def test_rank_correlations_exact_and_by_regime():
