@@ -486,6 +486,12 @@ def metrics_figure(
                            | {style.centre or 0.0})
             cbar.set_ticks(ticks)
             cbar.ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        elif scale.scale == "log10":
+            span = np.log10(scale.vmax / scale.vmin)
+            axis = cbar.ax.xaxis
+            axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,)))
+            axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         cbar.ax.tick_params(labelsize=6)
         _threshold_marks(cbar, metric, rule)
     _legend_marks(fig, axes)
