@@ -4,8 +4,9 @@
     python benchmarks/bench_demo.py phase [--sweep DIR] [--repeat N] [--baseline CHECKOUT]   # target <= 5 s
 
 ``demo`` runs the demo sweep (``landscape -m +sweep=demo``) into a fresh directory, then ``landscape-phase``
-on it, and reports both times, the phases found, the CPU count and the load average before and after (the
-machine is shared: read the times with the load). ``phase`` times ``landscape-phase`` (a fresh process each
+on it, and reports both wall times and CPU times, the phases found, the CPU count and the load average before
+and after (on a shared machine read the wall times with the load; the sweep runs its cells serially on one
+thread, so its CPU time is close to its wall time on an idle machine). ``phase`` times ``landscape-phase`` (a fresh process each
 time, so imports count) on a 32-cell sweep: ``--sweep`` names one, else 32 cells of the published taxonomy
 results (4 widths x 8 batch sizes, 5 models and 10 pairs each) are imported; with ``--baseline`` (a checkout of
 an older version of the project) the old and the new command run interleaved, side by side, and their ratio
@@ -39,10 +40,21 @@ def _env(root: Path) -> dict[str, str]:
     return dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def _timed(cmd: list[str], root: Path = ROOT) -> tuple[float, subprocess.CompletedProcess]:
+def _cpu_children() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(cmd: list[str], root: Path = ROOT, cpu: list[float] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall seconds of ``cmd``; its CPU seconds (user + system, children included) appended to ``cpu``."""
+    c0 = _cpu_children()
     t = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=_env(root), cwd=root)
     dt = time.perf_counter() - t
+    if cpu is not None:
+        cpu.append(_cpu_children() - c0)
     if res.returncode != 0:
         raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr[-3000:]}")
     return dt, res
@@ -52,22 +64,26 @@ def bench_demo(out: Path | None) -> dict:
     out = out or Path(tempfile.mkdtemp(prefix="landscape-demo-"))
     sweep = out / "demo"
     load_before = _loadavg()
-    t_sweep, _ = _timed([sys.executable, "-m", "landscape.cli.app", "-m", "+sweep=demo", f"hydra.sweep.dir={sweep}"])
+    cpu: list[float] = []
+    t_sweep, _ = _timed([sys.executable, "-m", "landscape.cli.app", "-m", "+sweep=demo", f"hydra.sweep.dir={sweep}"],
+                        cpu=cpu)
     t_phase, res = _timed([sys.executable, "-m", "landscape.cli.phase", str(sweep), "--out", str(sweep / "phase"),
-                           "--formats", "png", "pdf"])
+                           "--formats", "png", "pdf"], cpu=cpu)
     import pandas as pd
 
     cells = pd.read_csv(sweep / "phase" / "cells.csv")
     phases = {str(k): int(v) for k, v in cells["phase"].value_counts().items()}
     result = {"section": "demo", "sweep_seconds": round(t_sweep, 1), "phase_seconds": round(t_phase, 1),
               "total_seconds": round(t_sweep + t_phase, 1), "target_seconds": 180, "cells": int(len(cells)),
+              "sweep_cpu_seconds": round(cpu[0], 1), "phase_cpu_seconds": round(cpu[1], 1),
               "phases": phases, "n_phases": len(phases),
               "min_confidence": float(cells["phase_confidence"].min()), "cpus": os.cpu_count(),
               "loadavg_before": load_before, "loadavg_after": _loadavg(), "out": str(sweep)}
     print(res.stdout)
     print(f"demo: sweep {t_sweep:.1f} s + landscape-phase {t_phase:.1f} s = {t_sweep + t_phase:.1f} s "
-          f"(target <= 180 s); {len(cells)} cells, phases {phases}; {os.cpu_count()} CPUs, load average "
-          f"{load_before} -> {result['loadavg_after']}")
+          f"(target <= 180 s); CPU time {cpu[0]:.1f} s + {cpu[1]:.1f} s (the sweep runs its cells one after the "
+          f"other on one thread: its CPU time is its time on an idle machine); {len(cells)} cells, phases {phases}; "
+          f"{os.cpu_count()} CPUs, load average {load_before} -> {result['loadavg_after']}")
     return result
 
 
