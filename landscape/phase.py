@@ -33,7 +33,7 @@ points of training error (the unit of ``connectivity.mc``); ``cka`` unitless in 
 The paper's values (:data:`PAPER_THRESHOLDS`: 0.05 nats, 0 pp, -0.5 pp, 0.7), fitted to the published CIFAR-10
 results, are the default and are available by name (``paper``). :func:`calibrate` derives thresholds from a
 sweep's own cells instead (``calibrate``): the training-loss threshold is the split of a two-component Gaussian
-mixture of the cells' log10 training loss, used only when the two components are clearly separated
+mixture (one shared variance, fitted by EM) of the cells' log10 training loss, used only when the two components are clearly separated
 (Ashman's D > 2 and a better BIC than one Gaussian); the CKA threshold likewise from the CKA of the
 well-trained, well-connected cells. Where the data show no two groups, the base (paper) value is kept and the
 reason recorded.
