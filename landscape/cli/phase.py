@@ -54,19 +54,10 @@ THRESHOLD_KEYS = ("train_loss", "train_error", "mc_underfit", "mc_barrier", "cka
 _PENDING_STATES = ("running", "pending", "interrupted")
 
 
-#: Above this many result files, rows are read through ``landscape.results.load`` (its snapshot makes
-#: re-reading a large sweep fast, worth its import cost); below, directly with pyarrow (no torch import).
-SNAPSHOT_ABOVE_FILES = 2000
-
-
 def load_rows(sweep_dir: Path, table: str) -> pd.DataFrame:
-    """All rows of ``table`` of a sweep (``<sweep_dir>/results/<table>/*.parquet``); empty if none. Small
-    sweeps are read directly (pyarrow, schemas unified by column name), large ones by
-    ``landscape.results.load`` (typed, with its snapshot of what was read)."""
-    directory = Path(sweep_dir) / "results" / table
-    n_files = sum(1 for _ in directory.glob("*.parquet")) if directory.is_dir() else 0
-    if n_files <= SNAPSHOT_ABOVE_FILES:
-        return read_parquet_dir(directory)
+    """All rows of ``table`` of a sweep, through ``landscape.results.load`` (typed; only committed, intact
+    result files; its snapshot makes re-reading fast); empty if none. Where that fails, the Parquet files
+    are read directly (logged)."""
     try:
         from landscape.results import load
 
@@ -74,7 +65,7 @@ def load_rows(sweep_dir: Path, table: str) -> pd.DataFrame:
     except Exception as e:  # noqa: BLE001 - the files alone suffice: read them without the schema module
         log.warning("landscape.results.load(%s, table=%r) failed (%s: %s); reading the Parquet files directly",
                     sweep_dir, table, type(e).__name__, e)
-        return read_parquet_dir(directory)
+        return read_parquet_dir(Path(sweep_dir) / "results" / table)
 
 
 def read_parquet_dir(directory: Path) -> pd.DataFrame:
