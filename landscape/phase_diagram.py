@@ -326,11 +326,15 @@ class Grid:
             axis.set_major_locator(matplotlib.ticker.FixedLocator(vals))
             axis.set_major_formatter(matplotlib.ticker.FixedFormatter([_fmt(v) for v in vals]))
             axis.set_minor_locator(matplotlib.ticker.NullLocator())
-        crowded = self.xs.size > 8 or max(len(_fmt(v)) for v in self.xs) * self.xs.size > 40
-        ax.tick_params(axis="x", labelrotation=45 if crowded else 0, labelsize=7)
+        ax.tick_params(axis="x", labelrotation=45 if self.crowded else 0, labelsize=7)
         ax.tick_params(axis="y", labelsize=7)
         ax.set_xlabel(self.x, fontsize=8)
-        ax.set_ylabel(self.y + (" (small = hot, on top)" if self.y in INVERTED_KNOBS else ""), fontsize=8)
+        ax.set_ylabel(self.y + ("\n(small = hot, on top)" if self.y in INVERTED_KNOBS else ""), fontsize=8)
+
+    @property
+    def crowded(self) -> bool:
+        """Whether the x tick labels are rotated (many or long values)."""
+        return bool(self.xs.size > 8 or max(len(_fmt(v)) for v in self.xs) * self.xs.size > 40)
 
 
 def _fmt(v: float) -> str:
@@ -449,16 +453,12 @@ def metrics_figure(
         raise ValueError("metrics: empty list")
     grid = Grid.from_cells(cells, x, y)
     facets = _facet_values(cells, facet)
+    cbar_axes: list[Any] = []
     if facet is None:
-        # one facet: wrap the panels in rows of at most 4, each with its own colour bar
-        ncols = min(4, len(metrics))
-        nrows = -(-len(metrics) // ncols)
-        fig, grid_axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 3.3 * nrows + 0.5), squeeze=False,
-                                      layout="constrained")
-        slots = [[grid_axes[i // ncols, i % ncols]] for i in range(len(metrics))]
-        for ax in grid_axes.ravel()[len(metrics):]:
-            ax.remove()
-        axes = grid_axes.ravel()[: len(metrics)]
+        # one facet: panels in rows of at most 4, each with its own colour bar below it, on a fixed layout
+        # (computed here in inches: a constrained layout costs a second per figure)
+        fig, slots, cbar_axes = _wrapped_layout(len(metrics), crowded=grid.crowded)
+        axes = np.array([s[0] for s in slots])
     else:
         fig, grid_axes = plt.subplots(len(facets), len(metrics), figsize=(3.0 * len(metrics), 2.9 * len(facets) + 1.0),
                                       squeeze=False, layout="constrained")
@@ -478,7 +478,10 @@ def metrics_figure(
                     ax.set_ylabel("")
                 if r < len(facets) - 1:
                     ax.set_xlabel("")
-        cbar = fig.colorbar(mesh, ax=slots[c], location="bottom", shrink=0.95, aspect=22, extend=scale.extend)
+        if cbar_axes:
+            cbar = fig.colorbar(mesh, cax=cbar_axes[c], orientation="horizontal", extend=scale.extend)
+        else:
+            cbar = fig.colorbar(mesh, ax=slots[c], location="bottom", shrink=0.95, aspect=22, extend=scale.extend)
         cbar.set_label(colour_bar_label(style, scale), fontsize=7)
         if scale.scale == "symlog":
             top = int(np.floor(np.log10(max(scale.vmax - (style.centre or 0.0), 1.0))))
@@ -494,11 +497,41 @@ def metrics_figure(
             axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         cbar.ax.tick_params(labelsize=6)
         _threshold_marks(cbar, metric, rule)
-    _legend_marks(fig, axes)
+    _legend_marks(fig, axes, outside=not cbar_axes)
     return fig
 
 
-def _legend_marks(fig: Figure, axes, extra: Sequence[tuple[Any, str]] = ()) -> None:
+#: The fixed layout of a wrapped metrics figure, in inches: panel width/height, left margin (y ticks and
+#: label), right margin, title band, gap under a panel (x ticks and label; more when rotated), colour-bar
+#: height, band under the colour bar (its ticks and two-line label), legend band at the top.
+_LAYOUT = dict(pw=2.45, ph=1.95, left=0.85, right=0.2, title=0.3, gap=0.55, gap_crowded=0.72, cb=0.11,
+               below=0.55, legend=0.35)
+
+
+def _wrapped_layout(n: int, crowded: bool = False, ncols_max: int = 4):
+    """A figure with ``n`` panels in rows of at most ``ncols_max``, each with a horizontal colour-bar axes
+    under it. Returns ``(fig, [[panel axes]], [colour-bar axes])``."""
+    L = _LAYOUT
+    ncols = min(ncols_max, n)
+    nrows = -(-n // ncols)
+    gap = L["gap_crowded"] if crowded else L["gap"]
+    cw = L["left"] + L["pw"] + L["right"]
+    ch = L["title"] + L["ph"] + gap + L["cb"] + L["below"]
+    W, H = ncols * cw, L["legend"] + nrows * ch
+    fig = plt.figure(figsize=(W, H))
+    slots, caxes = [], []
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        x0 = c * cw + L["left"]
+        bottom = H - L["legend"] - r * ch - L["title"] - L["ph"]
+        ax = fig.add_axes((x0 / W, bottom / H, L["pw"] / W, L["ph"] / H))
+        cax = fig.add_axes(((x0 + 0.1) / W, (bottom - gap - L["cb"]) / H, (L["pw"] - 0.2) / W, L["cb"] / H))
+        slots.append([ax])
+        caxes.append(cax)
+    return fig, slots, caxes
+
+
+def _legend_marks(fig: Figure, axes, extra: Sequence[tuple[Any, str]] = (), outside: bool = True) -> None:
     seen: dict[str, Any] = {}
     for ax in np.ravel(axes):
         for line in ax.lines:
@@ -508,7 +541,8 @@ def _legend_marks(fig: Figure, axes, extra: Sequence[tuple[Any, str]] = ()) -> N
     handles = [h for h, _ in extra] + list(seen.values())
     names = [n for _, n in extra] + list(seen)
     if handles:
-        fig.legend(handles, names, loc="outside upper center", fontsize=7, ncols=min(len(handles), 4), frameon=False)
+        where = dict(loc="outside upper center") if outside else dict(loc="upper center", bbox_to_anchor=(0.5, 1.0))
+        fig.legend(handles, names, fontsize=7, ncols=min(len(handles), 4), frameon=False, **where)
 
 
 def boundary_segments(grid: Grid, labels: np.ndarray) -> list[list[tuple[float, float]]]:
