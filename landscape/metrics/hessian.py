@@ -4,15 +4,19 @@ The Hessian is that of the mean training loss (as trained: ``ctx.loss_fn``, labe
 trained parameters, model in eval mode, over an evaluation subset: the first ``eval_samples`` of a
 permutation of the training set drawn from ``seed`` (the same subset for every model of a cell).
 
-* ``mode="default"``: thick-restart Lanczos for the top-``top_k`` (and, if ``min_eigenvalue``, the most
-  negative) eigenvalue to relative residual ``tol``; ``trace_method`` (Hutch++ by default) with
-  ``trace_matvecs`` products.
+* ``mode="default"``: one Lanczos run (``curvature.extreme_eigenpairs``) for the top-``top_k`` and, if
+  ``min_eigenvalue``, the most negative eigenvalue, each to relative residual ``tol`` (at most ``max_iter``
+  products for the run); with ``density`` on, the run starts from the first density probe and its first
+  ``n_steps`` steps are that probe's quadrature; ``trace_method`` (Hutch++ by default) with ``trace_matvecs``
+  products.
 * ``mode="taxonomy"``: the settings of Yang et al. (2021) / PyHessian: one batch of 200 training samples
   (the first 200 of the same permutation), power iteration (100 iterations, tol 1e-3) and Hutchinson with
   PyHessian's stopping rule (see ``landscape.curvature.taxonomy``).
 
-Data are processed in chunks of ``batch_size`` samples and products in blocks of at most ``max_block``
-columns, so memory stays bounded for large models (e.g. ResNet18 at width 64 on one GPU).
+Data are processed in chunks of ``batch_size`` samples (default: as few chunks as memory allows, see
+``HessianOperator(batch_size="auto")``) and, on accelerators, products in blocks of at most ``max_block``
+columns (on the CPU one column at a time, the cheaper way there), so memory stays bounded for large models
+(e.g. ResNet18 at width 64 on one GPU).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import pyarrow as pa
 import torch
@@ -30,6 +34,8 @@ from landscape.curvature import (
     TAXONOMY_SAMPLES,
     HessianOperator,
     eigenvalues,
+    extreme_eigenpairs,
+    first_probe,
     spectral_density,
     taxonomy_eigenvalues,
     taxonomy_trace,
@@ -56,13 +62,13 @@ class Config:
     enabled: bool = False
     mode: str = "default"  # "default" | "taxonomy"
     eval_samples: int = 1000  # size of the seeded evaluation subset (default mode)
-    batch_size: int = 250  # samples per Hessian-vector-product chunk
+    batch_size: Optional[int] = None  # samples per Hessian-vector-product chunk; None: as few chunks as memory allows
     max_block: int = 8  # max columns per vmapped block of products
     dtype: str = "float32"  # "float32" | "float64"
     seed: int = 0  # evaluation subset and probes
     top_k: int = 1
     tol: float = 1e-4  # relative residual of Lanczos eigenpairs
-    max_iter: int = 300  # max products per eigenvalue problem
+    max_iter: int = 300  # max products of the eigenvalue run (top and bottom together)
     min_eigenvalue: bool = True
     trace_method: str = "hutch++"  # "hutch++" | "hutchinson"
     trace_matvecs: int = 99
@@ -128,7 +134,8 @@ def hessian_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
     n = TAXONOMY_SAMPLES if taxonomy else int(settings.eval_samples)
     idx = eval_indices(ctx.data.n_train, n, seed).to(ctx.data.x_train.device)
     x, y = ctx.data.x_train[idx], ctx.data.y_train[idx]
-    batch_size = x.shape[0] if taxonomy else int(settings.batch_size)
+    batch_size: int | str = x.shape[0] if taxonomy else (
+        "auto" if settings.batch_size is None else int(settings.batch_size))
     n_params = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
     cache = {"on": True, "off": False}.get(str(settings.cache_graph), n_params <= CACHE_GRAPH_MAX_PARAMS)
     op = HessianOperator(
@@ -142,8 +149,16 @@ def hessian_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
         tr = taxonomy_trace(op, seed=seed)
         out["hessian.tol"] = 1e-3
     else:
-        top = eigenvalues(op, k=k, which="largest", tol=float(settings.tol), max_iter=int(settings.max_iter),
-                          seed=seed)
+        # one Lanczos run for both ends of the spectrum (and the first density probe when the density is on)
+        v0 = None
+        if settings.density:
+            v0 = first_probe(op.shape[0], int(settings.n_probes), seed + 3, int(settings.max_block), op.dtype,
+                             op.device)
+        ends = extreme_eigenpairs(op, k_largest=k, k_smallest=1 if settings.min_eigenvalue else 0,
+                                  tol=float(settings.tol), max_iter=int(settings.max_iter), seed=seed, v0=v0,
+                                  min_steps=int(settings.n_steps) if settings.density else 0)
+        assert ends.largest is not None
+        top = ends.largest
         tr = trace(op, method=settings.trace_method, n_matvecs=int(settings.trace_matvecs), seed=seed + 1,
                    block=int(settings.max_block))
         out["hessian.tol"] = float(settings.tol)
@@ -158,14 +173,16 @@ def hessian_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
         "hessian.trace_matvecs": int(tr.n_matvecs),
     })
     if settings.min_eigenvalue:
-        low = eigenvalues(op, k=1, which="smallest", tol=float(settings.tol), max_iter=int(settings.max_iter),
-                          seed=seed + 2)
+        low = ends.smallest if not taxonomy else eigenvalues(
+            op, k=1, which="smallest", tol=float(settings.tol), max_iter=int(settings.max_iter), seed=seed + 2)
+        assert low is not None
         out["hessian.min_eigenvalue"] = float(low.values[0])
         out["hessian.min_residual"] = float(low.residuals[0])
         converged &= bool(low.converged)
     if settings.density:
         dens = spectral_density(op, n_probes=int(settings.n_probes), n_steps=int(settings.n_steps),
-                                grid=int(settings.grid_size), seed=seed + 3, block=int(settings.max_block))
+                                grid=int(settings.grid_size), seed=seed + 3, block=int(settings.max_block),
+                                first=None if taxonomy else (ends.alpha, ends.beta))
         out["hessian.negative_mass"] = dens.negative_mass
         out["hessian.negative_weight"] = dens.negative_weight
         out["hessian.density_trace"] = dens.trace
