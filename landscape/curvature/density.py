@@ -102,8 +102,8 @@ def lanczos_quadrature(
             v, start, b = v[:, 1:], 1, b - 1
             if b == 0:
                 continue
-        basis = torch.empty(steps, n, b, dtype=op.dtype, device=op.device)  # preallocated: no copy per step
-        basis[0] = v
+        basis = torch.empty(b, steps, n, dtype=op.dtype, device=op.device)  # per probe, preallocated
+        basis[:, 0] = v.T
         alpha = torch.zeros(steps, b, dtype=torch.float64)
         beta = torch.zeros(steps, b, dtype=torch.float64)
         length = torch.full((b,), steps, dtype=torch.long)
@@ -113,9 +113,11 @@ def lanczos_quadrature(
             n_matvecs += b
             a = (v * w).sum(dim=0)
             alpha[j] = a.double().cpu()
-            B = basis[: j + 1]  # [j+1, n, b]
-            for _ in range(2):  # full reorthogonalisation, per probe
-                w = w - torch.einsum("jnb,jb->nb", B, torch.einsum("jnb,nb->jb", B, w))
+            B = basis[:, : j + 1]  # [b, j+1, n]
+            wt = w.T.contiguous()[:, :, None]  # [b, n, 1]
+            for _ in range(2):  # full reorthogonalisation, per probe (batched matrix-vector products)
+                wt = wt - torch.bmm(B.transpose(1, 2), torch.bmm(B, wt))
+            w = wt[:, :, 0].T
             if j == steps - 1:
                 break
             nb = torch.linalg.vector_norm(w, dim=0)
@@ -126,7 +128,7 @@ def lanczos_quadrature(
             active = active & ~broke
             beta[j] = torch.where(active, nb, torch.zeros_like(nb)).double().cpu()
             v = torch.where(active, w / nb.clamp_min(1e-300), torch.zeros_like(w))
-            basis[j + 1] = v
+            basis[:, j + 1] = v.T
         for i in range(b):
             L = int(length[i])
             nodes[start + i, :L], weights[start + i, :L] = _quadrature(alpha[:L, i], beta[: L - 1, i])

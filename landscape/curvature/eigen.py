@@ -166,12 +166,15 @@ def extreme_eigenpairs(
     keep_s = min(ks + max(2, ks), max(0, m - 1 - keep_l)) if ks else 0
     gen = torch.Generator().manual_seed(int(seed))
 
-    V = torch.empty(n, m, dtype=dtype, device=device)
-    W = torch.empty(n, m, dtype=dtype, device=device)
+    V = torch.empty(m, n, dtype=dtype, device=device)  # basis vectors as rows (contiguous)
+    W = torch.empty(m, n, dtype=dtype, device=device)  # their products A v
     T = torch.zeros(m, m, dtype=torch.float64)
     v = _random_unit(n, dtype, device, gen) if v0 is None else (v0 / torch.linalg.vector_norm(v0)).to(device, dtype)
-    V[:, 0] = v
+    V[0] = v
     j = 0  # basis vectors whose product is known
+    # known[i] = v_i^T A v_j for i < j, known before the product (Lanczos: only v_{j-1}; after a thick restart
+    # the new vector couples to every kept Ritz vector), subtracted first so one Gram-Schmidt pass is enough
+    known = torch.zeros(0, dtype=torch.float64)
     n_matvecs = 0
     scale = 0.0
     restarted = False
@@ -180,20 +183,35 @@ def extreme_eigenpairs(
     converged = False
     theta = S = None
     while True:
-        w = op.matvec(V[:, j])
+        vj = V[j]
+        w = op.matvec(vj)
         n_matvecs += 1
-        W[:, j] = w
-        Vj = V[:, : j + 1]
-        h = Vj.T @ w  # column j of V^T A V (exact, before the orthogonalisation)
-        w = w - Vj @ h
-        w = w - Vj @ (Vj.T @ w)  # second Gram-Schmidt pass
-        hd = h.double().cpu()
-        T[: j + 1, j] = hd
-        T[j, : j + 1] = hd
+        W[j] = w
+        alpha = float(vj @ w)
+        w = w - alpha * vj
+        nz = torch.nonzero(known).flatten()
+        if nz.numel() == 1:
+            w = w - float(known[nz[0]]) * V[int(nz[0])]
+        elif nz.numel() > 1:
+            w = w - known[nz].to(device=device, dtype=dtype) @ V[nz]
+        col = torch.zeros(j + 1, dtype=torch.float64)
+        col[:j] = known
+        col[j] = alpha
+        before = float(torch.linalg.vector_norm(w))
+        for _ in range(2):  # classical Gram-Schmidt, a second pass only when the first removed a lot (DGKS)
+            c = V[: j + 1] @ w
+            w = w - c @ V[: j + 1]
+            col += c.double().cpu()
+            after = float(torch.linalg.vector_norm(w))
+            if after > 0.717 * before:
+                break
+            before = after
+        T[: j + 1, j] = col  # column j of V^T A V
+        T[j, : j + 1] = col
         j += 1
-        beta = float(torch.linalg.vector_norm(w))
+        beta = after
         if not restarted:
-            alphas.append(float(hd[-1]))
+            alphas.append(float(col[-1]))
             betas.append(beta)
         theta, S = _ritz(T, j, tridiagonal=not restarted, k_small=min(ks, j), k_large=min(kl, j))
         scale = max(scale, float(theta.abs().max()))
@@ -212,9 +230,12 @@ def extreme_eigenpairs(
         # once converged, go on only while the first steps still serve a density probe (no restart)
         if converged and (restarted or j >= m or len(alphas) >= min_steps) or j == n or n_matvecs >= max_iter:
             break
+        known = torch.zeros(j, dtype=torch.float64)
+        known[j - 1] = beta
         if beta <= 1e-10 * max(scale, 1e-300):  # invariant subspace found: continue from a fresh direction
-            w = _orthogonalise(_random_unit(n, dtype, device, gen), V[:, :j])
+            w = _orthogonalise(_random_unit(n, dtype, device, gen), V[:j].T)
             beta = float(torch.linalg.vector_norm(w))
+            known.zero_()
             if not restarted:
                 betas[-1] = 0.0
                 restarted = True  # T is block diagonal, no longer the tridiagonal of the start vector
@@ -223,16 +244,17 @@ def extreme_eigenpairs(
             restarted = True
             full_theta, full_S = torch.linalg.eigh(T[:j, :j]) if S.shape[1] < j else (theta, S)
             keep = torch.cat([torch.arange(keep_s), torch.arange(j - keep_l, j)]).unique()
-            Sk = full_S[:, keep].to(device=device, dtype=dtype)
-            V[:, : keep.numel()] = V[:, :j] @ Sk
-            W[:, : keep.numel()] = W[:, :j] @ Sk
-            T.zero_()
+            Sk = full_S[:, keep]
             p = keep.numel()
+            V[:p] = Sk.T.to(device=device, dtype=dtype) @ V[:j]
+            W[:p] = Sk.T.to(device=device, dtype=dtype) @ W[:j]
+            T.zero_()
             T[:p, :p] = torch.diag(full_theta[keep])
+            known = known[-1] * Sk[-1]  # v_next^T A y_i = beta * (last row of the kept Ritz vectors)
             j = p
-            w = _orthogonalise(w, V[:, :j])
+            w = _orthogonalise(w, V[:j].T)
             w = w / torch.linalg.vector_norm(w)
-        V[:, j] = w
+        V[j] = w
     assert theta is not None and S is not None
     if not converged and S.shape[1] < j:
         theta, S = torch.linalg.eigh(T[:j, :j])
@@ -243,7 +265,7 @@ def extreme_eigenpairs(
         idx = _select(theta, min(kk, theta.numel()), which)
         res = _true_residuals(V, W, j, theta, S, idx)
         ok = converged and bool((res <= tol * max(scale, 1e-300)).all()) or (j == n and idx.numel() == kk)
-        vectors = V[:, :j] @ S[:, idx].to(device=device, dtype=dtype)
+        vectors = V[:j].T @ S[:, idx].to(device=device, dtype=dtype)
         if not ok:
             log.warning("eigenvalues(which=%s, k=%d): not converged after %d products (max residual %.3g, tol %.3g)",
                         which, kk, n_matvecs, float(res.max()), tol * scale)
@@ -259,10 +281,10 @@ def _wanted(theta: Tensor, kl: int, ks: int) -> Tensor:
 
 
 def _true_residuals(V: Tensor, W: Tensor, j: int, theta: Tensor, S: Tensor, idx: Tensor) -> Tensor:
-    """``||A y - theta y||`` (float64) for the Ritz pairs ``idx``, from the stored products ``W = A V``."""
-    Sk = S[:, idx].to(device=V.device, dtype=V.dtype)
-    R = W[:, :j] @ Sk - (V[:, :j] @ Sk) * theta[idx].to(device=V.device, dtype=V.dtype)
-    return torch.linalg.vector_norm(R, dim=0).double().cpu()
+    """``||A y - theta y||`` (float64) for the Ritz pairs ``idx``, from the stored products ``W = A V`` (rows)."""
+    Sk = S[:, idx].to(device=V.device, dtype=V.dtype).T  # [r, j]
+    R = Sk @ W[:j] - (Sk @ V[:j]) * theta[idx].to(device=V.device, dtype=V.dtype)[:, None]
+    return torch.linalg.vector_norm(R, dim=1).double().cpu()
 
 
 def eigenvalues(
