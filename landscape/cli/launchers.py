@@ -14,15 +14,21 @@
   ``max_num_timeout``, once 80% of ``timeout_min`` has passed, else as a preemption, requeued without limit.)
 - a job that dies without a result (killed, out of memory) is a failed cell, not an aborted wait.
 
-``hydra/launcher=local`` (``CellLocalLauncher``) runs the cells as local processes, at most
-``max_parallel`` at a time (default: one per visible GPU, else ``cpu_count // cpus_per_task``). Every job
-sees all of the machine's GPUs; ``device=auto`` then claims one GPU per job (``landscape.devices``).
+``hydra/launcher=local`` (``CellLocalLauncher``) runs the cells in a pool of ``max_parallel`` warm worker
+processes (default: one per visible GPU, else ``cpu_count // cpus_per_task``), started once per launch and
+each running many cells one after the other: no Python, torch and Hydra start-up per cell. On Linux the
+workers are forked from the launcher, which has already imported everything (``start_method: fork``; where
+CUDA is already initialised in the launcher, or elsewhere, ``spawn``). With GPUs, worker ``i`` sees only GPU
+``i mod n_gpus`` (``CUDA_VISIBLE_DEVICES``). SIGTERM/SIGINT to the launcher (or SIGTERM/SIGUSR2 to a worker)
+sets the workers' stop request (``landscape.preemption``): training checkpoints at its current step, the cell
+records ``preempted`` in its status, and rerunning the same command resumes it.
 
 The Hydra plugin classes (``hydra_plugins.landscape_plugins.launchers``) are thin subclasses of these.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -45,7 +51,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
 
 #: Preset keys that are landscape's own (not submitit parameters).
-OWN_KEYS = ("max_array_size", "max_parallel")
+OWN_KEYS = ("max_array_size", "max_parallel", "start_method")
 
 
 def cluster_max_array_size(timeout_s: float = 10.0) -> int | None:
@@ -167,14 +173,9 @@ class CellSlurmLauncher(_CellLauncherBase):
 
 
 class CellLocalLauncher(_CellLauncherBase):
-    """Local processes, at most ``max_parallel`` at once, each seeing all GPUs (one claimed per job)."""
+    """A pool of warm local worker processes, each running many cells; one GPU per worker where GPUs exist."""
 
     _EXECUTOR = "local"
-
-    def _adjust(self, params: dict[str, Any]) -> dict[str, Any]:
-        if params.get("gpus_per_node") is None:
-            params["gpus_per_node"] = _gpu_count()  # submitit_local would hide all GPUs otherwise
-        return params
 
     def max_parallel(self) -> int:
         preset = self.own.get("max_parallel")
@@ -186,25 +187,129 @@ class CellLocalLauncher(_CellLauncherBase):
         cpus = int(self.params.get("cpus_per_task") or 1)
         return max(1, (os.cpu_count() or 1) // cpus)
 
+    def start_method(self) -> str:
+        """``fork`` where available and safe (no CUDA context in the launcher), else ``spawn``."""
+        import multiprocessing as mp
+
+        wanted = str(self.own.get("start_method") or "auto")
+        if wanted != "auto":
+            if wanted not in mp.get_all_start_methods():
+                raise ValueError(f"hydra.launcher.start_method={wanted!r}: expected auto or one of "
+                                 f"{', '.join(mp.get_all_start_methods())}")
+            return wanted
+        cuda_ready = False
+        try:
+            import torch
+
+            cuda_ready = bool(torch.cuda.is_initialized())
+        except Exception:  # noqa: BLE001
+            pass
+        return "fork" if "fork" in mp.get_all_start_methods() and not cuda_ready else "spawn"
+
+    def run_in_worker(self, sweep_overrides: List[str], job_dir_key: str, job_num: int) -> JobReturn:
+        """One cell in a pool worker: Hydra's job setup (as submitit's job does), then the cell."""
+        from hydra.core.utils import run_job, setup_globals
+        from omegaconf import open_dict
+
+        from landscape import preemption
+
+        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
+        if preemption.stop_requested():  # the launch is being stopped: do not start another cell
+            ret = JobReturn()
+            ret.status, ret.return_value = JobStatus.FAILED, RuntimeError("launch stopped before this cell started")
+            return ret
+        Singleton.set_state(_WORKER["singletons"])
+        setup_globals()
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(sweep_overrides))
+        with open_dict(sweep_config.hydra.job):
+            sweep_config.hydra.job.id = f"local_{os.getpid()}_{job_num}"
+            sweep_config.hydra.job.num = job_num
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
+                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        import cloudpickle
+
         assert len(job_overrides) > 0
-        executor = self._executor()
         params = self._job_params(job_overrides, initial_job_idx)
-        limit = self.max_parallel()
-        log.info("running %d cells locally, at most %d at a time", len(params), limit)
-        results: list[Any] = [None] * len(params)
-        running: dict[int, Any] = {}
-        queue = list(range(len(params)))
-        while queue or running:
-            while queue and len(running) < limit:
-                i = queue.pop(0)
-                running[i] = executor.submit(self, *params[i])
-            time.sleep(0.2)
-            for i, job in list(running.items()):
-                if job.done():
-                    results[i] = job
-                    del running[i]
-        return _collect(results)
+        limit = min(self.max_parallel(), len(params))
+        method = self.start_method()
+        ctx = mp.get_context(method)
+        gpus = _gpu_count()
+        slots = ctx.Value("i", 0)  # the next worker slot (no queue: its feeder thread must not exist at a fork)
+        log.info("running %d cells locally, at most %d at a time (%d warm worker process(es), %s)",
+                 len(params), limit, limit, method)
+        results: list[JobReturn | None] = [None] * len(params)
+        pool = ProcessPoolExecutor(max_workers=limit, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(self, Singleton.get_state(), slots, gpus))
+        stop = {"signal": None}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            stop["signal"] = signum
+            log.warning("signal %s: asking the workers to checkpoint and stop; rerun the same command to resume",
+                        signal.Signals(signum).name)
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(OSError):
+                    os.kill(proc.pid, signal.SIGTERM)
+
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            futures = [pool.submit(_worker_run, overrides, key, num) for overrides, key, num, _, _ in params]
+            for i, fut in enumerate(futures):
+                try:
+                    results[i] = cloudpickle.loads(fut.result())
+                except Exception as exc:  # noqa: BLE001 - a worker died (killed, out of memory)
+                    log.error("cell #%d ended without a result: %s", params[i][2], exc)
+                    ret = JobReturn()
+                    ret.status, ret.return_value = JobStatus.FAILED, exc
+                    results[i] = ret
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        if stop["signal"] is not None:
+            log.warning("launch stopped by signal %s", signal.Signals(stop["signal"]).name)
+        return [r for r in results if r is not None]
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(launcher: CellLocalLauncher, singletons: Dict[type, Singleton], slots: Any, gpus: int) -> None:
+    """In a new pool worker: remember the launcher, take a worker slot (its GPU), install the stop handlers."""
+    from landscape import preemption
+
+    with slots.get_lock():
+        slot = int(slots.value)
+        slots.value += 1
+    _WORKER.update(launcher=launcher, singletons=singletons, slot=slot)
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(_visible_gpus()[slot % gpus])
+    preemption.reset()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        preemption.request_stop(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGUSR2, on_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops the workers
+
+
+def _worker_run(sweep_overrides: List[str], job_dir_key: str, job_num: int) -> bytes:
+    """Run one cell; its ``JobReturn`` pickled by cloudpickle (the config holds dynamically made dataclasses)."""
+    import cloudpickle
+
+    return cloudpickle.dumps(_WORKER["launcher"].run_in_worker(sweep_overrides, job_dir_key, job_num))
+
+
+def _visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    return [str(i) for i in range(_gpu_count())]
 
 
 def _collect(jobs: Sequence[Any]) -> list[JobReturn]:
