@@ -3,7 +3,7 @@
 * ``HessianOperator`` (exact Hessian-vector products over a fixed data set), ``MatrixOperator`` (explicit);
 * ``eigenvalues`` / ``extreme_eigenpairs`` (Lanczos: largest and/or smallest eigenpairs with residuals, both ends
   from one run), ``power_iteration``;
-* ``trace`` (Hutchinson, Hutch++ with standard errors);
+* ``trace`` (Hutchinson, Hutch++ with standard errors), ``deflated_hutchinson`` (deflated by a known basis);
 * ``spectral_density`` (stochastic Lanczos quadrature with Gaussian broadening);
 * ``taxonomy_eigenvalues`` / ``taxonomy_trace``: PyHessian's rules as used by Yang et al. (2021).
 """
@@ -12,7 +12,7 @@ from landscape.curvature.density import DensityResult, first_probe, lanczos_quad
 from landscape.curvature.eigen import EigenResult, SpectrumEnds, eigenvalues, extreme_eigenpairs, power_iteration
 from landscape.curvature.operator import HessianOperator, MatrixOperator, SymmetricOperator, as_operator
 from landscape.curvature.taxonomy import TAXONOMY_SAMPLES, taxonomy_eigenvalues, taxonomy_trace
-from landscape.curvature.trace import TraceResult, hutch_plus_plus, hutchinson, trace
+from landscape.curvature.trace import TraceResult, deflated_hutchinson, hutch_plus_plus, hutchinson, trace
 
 __all__ = [
     "DensityResult",
@@ -24,6 +24,7 @@ __all__ = [
     "TAXONOMY_SAMPLES",
     "TraceResult",
     "as_operator",
+    "deflated_hutchinson",
     "eigenvalues",
     "extreme_eigenpairs",
     "first_probe",

@@ -78,7 +78,9 @@ class SpectrumEnds:
     when not asked); both share ``n_matvecs``, the products of the one run. ``alpha`` ``[s]`` / ``beta`` ``[s]``
     (float64): the Lanczos tridiagonal of the first ``s`` steps from the start vector, before any restart
     (``beta[i]`` couples steps ``i`` and ``i + 1``; ``s`` is at least ``min_steps`` when the basis allowed it),
-    i.e. the Gauss quadrature of the spectral measure seen from the start vector.
+    i.e. the Gauss quadrature of the spectral measure seen from the start vector. ``basis`` ``[j, n]``: the
+    orthonormal Krylov basis at the end (rows) and ``projected`` ``[j, j]`` (float64) = ``basis A basis^T``
+    exactly (from the stored products), e.g. to deflate a trace estimate (``trace.deflated_hutchinson``).
     """
 
     largest: EigenResult | None
@@ -86,6 +88,8 @@ class SpectrumEnds:
     n_matvecs: int
     alpha: Tensor
     beta: Tensor
+    basis: Tensor | None = None
+    projected: Tensor | None = None
 
 
 def default_basis_size(n: int, itemsize: int, k: int, max_iter: int, basis_memory: int = BASIS_MEMORY) -> int:
@@ -271,7 +275,8 @@ def extreme_eigenpairs(
                         which, kk, n_matvecs, float(res.max()), tol * scale)
         results[which] = EigenResult(theta[idx].clone(), vectors, res, n_matvecs, ok)
     return SpectrumEnds(results["largest"], results["smallest"], n_matvecs,
-                        torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64))
+                        torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64),
+                        basis=V[:j], projected=T[:j, :j].clone())
 
 
 def _wanted(theta: Tensor, kl: int, ks: int) -> Tensor:
