@@ -113,13 +113,23 @@ def lanczos_quadrature(
             n_matvecs += b
             a = (v * w).sum(dim=0)
             alpha[j] = a.double().cpu()
-            B = basis[:, : j + 1]  # [b, j+1, n]
-            wt = w.T.contiguous()[:, :, None]  # [b, n, 1]
-            for _ in range(2):  # full reorthogonalisation, per probe (batched matrix-vector products)
-                wt = wt - torch.bmm(B.transpose(1, 2), torch.bmm(B, wt))
-            w = wt[:, :, 0].T
             if j == steps - 1:
                 break
+            # three-term recurrence first, then one Gram-Schmidt pass against the whole basis of each probe,
+            # a second only where the first removed a lot (DGKS): full reorthogonalisation at ~half the traffic
+            w = w - v * a
+            if j > 0:
+                w = w - basis[:, j - 1].T * beta[j - 1].to(op.device, w.dtype)
+            B = basis[:, : j + 1]  # [b, j+1, n]
+            wt = w.T.contiguous()[:, :, None]  # [b, n, 1]
+            norm = torch.linalg.vector_norm(wt, dim=1)
+            for _ in range(2):
+                wt = wt - torch.bmm(B.transpose(1, 2), torch.bmm(B, wt))
+                new_norm = torch.linalg.vector_norm(wt, dim=1)
+                if bool((new_norm > 0.717 * norm).all()):
+                    break
+                norm = new_norm
+            w = wt[:, :, 0].T
             nb = torch.linalg.vector_norm(w, dim=0)
             scale = alpha[: j + 1].abs().max(dim=0).values.to(op.device, nb.dtype).clamp_min(1e-300)
             broke = active & (nb <= 1e-10 * scale)
