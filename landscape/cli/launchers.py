@@ -220,7 +220,9 @@ class CellLocalLauncher(_CellLauncherBase):
             return ret
         Singleton.set_state(_WORKER["singletons"])
         setup_globals()
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(sweep_overrides))
+        if "composer" not in _WORKER:
+            _WORKER["composer"] = JobComposer(self.config, self.hydra_context.config_loader)
+        sweep_config = _WORKER["composer"].compose(list(sweep_overrides))
         with open_dict(sweep_config.hydra.job):
             sweep_config.hydra.job.id = f"local_{os.getpid()}_{job_num}"
             sweep_config.hydra.job.num = job_num
@@ -273,6 +275,64 @@ class CellLocalLauncher(_CellLauncherBase):
         if stop["signal"] is not None:
             log.warning("launch stopped by signal %s", signal.Signals(stop["signal"]).name)
         return [r for r in results if r is not None]
+
+
+class JobComposer:
+    """A job's config (with its ``hydra`` node) as Hydra's ``load_sweep_config`` makes it, composed by Hydra once
+    per distinct set of config-group (and ``hydra``) overrides; the plain ``key=value`` overrides of each job are
+    applied to a copy of that composition by Hydra's own override function (struct mode: a typo still fails),
+    and the job's ``hydra.overrides.task`` and ``hydra.job.override_dirname`` are set as Hydra sets them. The
+    first job of each base is also composed in full and compared (a sampled check, not repeated per job); any
+    difference, or an override this path does not handle, means Hydra's full compose from then on."""
+
+    def __init__(self, config: Any, loader: Any):
+        from landscape.cli.sweeper import CellComposer
+
+        self.config, self.loader = config, loader
+        self.splitter = CellComposer(config, loader)
+        self.bases: dict[tuple[str, ...], Any] = {}
+        self.verified: set[tuple[str, ...]] = set()
+        self.fast = True
+        self.n_full = 0
+
+    def full(self, overrides: List[str]) -> Any:
+        self.n_full += 1
+        return self.loader.load_sweep_config(self.config, list(overrides))
+
+    def compose(self, overrides: List[str]) -> Any:
+        import copy
+
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra._internal.config_loader_impl import get_overrides_dirname
+        from omegaconf import open_dict
+
+        if not self.fast:
+            return self.full(overrides)
+        try:
+            group, values = self.splitter._split(overrides)
+        except Exception:  # noqa: BLE001 - e.g. a sweep override: Hydra's path
+            return self.full(overrides)
+        if group not in self.bases:
+            self.bases[group] = self.full(list(group))
+        cfg = copy.deepcopy(self.bases[group])
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        parsed = [self.splitter._parsed[line] for line in overrides]
+        app = [ov for ov in parsed if not ov.is_hydra_override()]
+        with open_dict(cfg.hydra):
+            cfg.hydra.overrides.task = [ov.input_line for ov in app]
+            dirname = cfg.hydra.job.config.override_dirname
+            cfg.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
+        OmegaConf.copy_cache(from_config=self.config, to_config=cfg)
+        if group not in self.verified:
+            full = self.full(overrides)
+            if OmegaConf.to_container(cfg) != OmegaConf.to_container(full):
+                log.warning("fast job compose differs from Hydra's for %s: composing every job with Hydra",
+                            " ".join(overrides))
+                self.fast = False
+                return full
+            self.verified.add(group)
+        return cfg
 
 
 _WORKER: dict[str, Any] = {}
