@@ -65,3 +65,30 @@ def test_a_signal_checkpoints_the_running_cells_and_the_same_command_resumes(tmp
                    timeout=600)
     assert all(s["state"] == "done" for s in _statuses(sweep))
     assert done.stdout.count("resumed at epoch") + done.stderr.count("resumed at epoch") >= 2
+
+
+def test_job_composer_gives_hydras_job_config():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    import landscape.cli.app as app
+    from landscape.cli.launchers import JobComposer
+
+    with initialize_config_dir(config_dir=str(app.CONF_DIR), version_base="1.3"):
+        master = compose("config", overrides=["hydra.sweep.dir=somewhere"], return_hydra_config=True)
+        loader = GlobalHydra.instance().config_loader()
+        jc = JobComposer(master, loader)
+        jobs = [[f"model.width={w}", f"train.lr={lr}"] for w in (4, 8) for lr in (0.1, 0.2)]
+        jobs += [["model=cnn", f"model.width={w}"] for w in (4, 8, 16)]
+        jobs += [["+sweep=demo", "model.width=8", "train.seeds=[0,1,2]"]]
+        for ov in jobs:
+            fast = OmegaConf.to_container(jc.compose(ov))
+            assert fast == OmegaConf.to_container(loader.load_sweep_config(master, ov)), ov
+        assert jc.fast and jc.n_full == 3 * 2  # one composition + one check per base, not per job
+        try:
+            jc.compose(["model.widht=3"])
+        except Exception as exc:  # a typo is refused as by Hydra
+            assert "widht" in str(exc)
+        else:
+            raise AssertionError("a misspelt key was accepted")
