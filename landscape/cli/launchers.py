@@ -12,7 +12,10 @@
   stopped within ``STOP_GRACE_S``, the requeue happens at once; finished metric values are cached in the
   cell directory, so little is lost. (submitit counts a signal as a time-out, limited by
   ``max_num_timeout``, once 80% of ``timeout_min`` has passed, else as a preemption, requeued without limit.)
-- a job that dies without a result (killed, out of memory) is a failed cell, not an aborted wait.
+- a job that dies without a result (killed, out of memory) is a failed cell, not an aborted wait;
+- ``cells_per_task`` (default ``auto``: ``ceil(cells / array_parallelism)``) cells run one after the other in
+  one array task (``run_cells``), so short cells do not each pay a Python, torch and Hydra start-up; a requeued
+  task skips its cells already done and resumes the stopped one.
 
 ``hydra/launcher=local`` (``CellLocalLauncher``) runs the cells in a pool of ``max_parallel`` warm worker
 processes (default: one per visible GPU, else ``cpu_count // cpus_per_task``), started once per launch and
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import signal
@@ -51,7 +55,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
 
 #: Preset keys that are landscape's own (not submitit parameters).
-OWN_KEYS = ("max_array_size", "max_parallel", "start_method")
+OWN_KEYS = ("max_array_size", "max_parallel", "start_method", "cells_per_task")
 
 
 def cluster_max_array_size(timeout_s: float = 10.0) -> int | None:
@@ -115,6 +119,66 @@ class _CellLauncherBase(BaseSubmititLauncher):
             submitit_handler(sig, None)  # checkpoint() -> same job re-submitted; scontrol requeue; exit
         return ret
 
+    def run_cells(self, cells: Sequence[tuple]) -> list[JobReturn]:
+        """Several cells in one SLURM task (``cells_per_task``), one after the other, with ``__call__``'s
+        preemption handling around the whole list: on the signal the running cell checkpoints and the task is
+        requeued; the requeued task skips the cells already done (their status) and resumes the stopped one."""
+        import submitit
+        from hydra.core.utils import run_job, setup_globals
+        from omegaconf import open_dict
+
+        from landscape import preemption
+        from landscape.training import StopRequested
+
+        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
+        preemption.reset()
+        sig = submitit.JobEnvironment._usr_sig()
+        submitit_handler = signal.getsignal(sig)
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.warning("signal %s: stopping the cell at its next training step to checkpoint and requeue", signum)
+            preemption.request_stop(f"signal {signal.Signals(signum).name}")
+            if not callable(submitit_handler):
+                return
+            if preemption.last_poll_age() > STOP_GRACE_S:
+                submitit_handler(signum, frame)
+            else:
+                signal.signal(signal.SIGALRM, lambda *_: submitit_handler(signum, None))
+                signal.alarm(int(STOP_GRACE_S) + 1)
+
+        composer = JobComposer(self.config, self.hydra_context.config_loader)
+        task_id = submitit.JobEnvironment().job_id
+        out: list[JobReturn] = []
+        stopped = False
+        signal.signal(sig, on_signal)
+        try:
+            for overrides, job_dir_key, job_num, _, singleton_state in cells:
+                if preemption.stop_requested():
+                    break
+                Singleton.set_state(singleton_state)
+                setup_globals()
+                cfg = composer.compose(list(overrides))
+                with open_dict(cfg.hydra.job):
+                    cfg.hydra.job.id = f"{task_id}.{job_num}"
+                    cfg.hydra.job.num = job_num
+                ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
+                              job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+                out.append(ret)
+                if ret.status == JobStatus.FAILED and isinstance(ret._return_value, StopRequested):
+                    stopped = True
+                    break
+        finally:
+            signal.alarm(0)
+            signal.signal(sig, submitit_handler)
+        if stopped and preemption.stop_requested() and callable(submitit_handler):
+            log.warning("cell checkpointed (%s): requeueing the task", out[-1]._return_value)
+            submitit_handler(sig, None)  # checkpoint() -> the same task re-submitted; scontrol requeue; exit
+        for _ in range(len(cells) - len(out)):
+            ret = JobReturn()
+            ret.status, ret.return_value = JobStatus.FAILED, RuntimeError("not run: the task was stopped")
+            out.append(ret)
+        return out
+
     # ---------------------------------------------------------------------------- in the launcher
     def _executor(self) -> Any:
         import submitit
@@ -157,19 +221,55 @@ class CellSlurmLauncher(_CellLauncherBase):
             size = min(size, int(preset))
         return size
 
+    def cells_per_task(self, n_cells: int) -> int:
+        """``hydra.launcher.cells_per_task``; ``null``/``auto``: as many as make the grid one wave of at most
+        ``array_parallelism`` concurrent tasks (``ceil(n_cells / array_parallelism)``), so a 2,000-cell grid of
+        short cells is 256 task start-ups (Python, torch, Hydra), not 2,000."""
+        preset = self.own.get("cells_per_task")
+        if preset not in (None, "auto"):
+            value = int(preset)
+            if value < 1:
+                raise ValueError(f"hydra.launcher.cells_per_task={preset!r}: expected a positive integer or auto")
+            return value
+        parallel = int(self.params.get("array_parallelism") or 256)
+        return max(1, math.ceil(n_cells / max(parallel, 1)))
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert len(job_overrides) > 0
         executor = self._executor()
         params = self._job_params(job_overrides, initial_job_idx)
         size = self.max_array_size()
-        chunks = chunk(params, size)
+        per_task = self.cells_per_task(len(params))
+        tasks = chunk(params, per_task) if per_task > 1 else None
+        chunks = chunk(tasks if tasks is not None else params, size)
         jobs: list[Any] = []
         tic = time.perf_counter()
         for part in chunks:  # submit every chunk first ...
-            jobs.extend(executor.map_array(self, *zip(*part)))
-        log.info("submitted %d cells as %d SLURM array(s) of <= %d tasks in %.1f s (first job %s)",
-                 len(params), len(chunks), size, time.perf_counter() - tic, jobs[0].job_id)
-        return _collect(jobs)  # ... then wait for all of them
+            if tasks is not None:
+                jobs.extend(executor.map_array(_CellsTask(self), part))
+            else:
+                jobs.extend(executor.map_array(self, *zip(*part)))
+        log.info("submitted %d cells as %d SLURM array(s) of <= %d tasks (%d cell(s) per task) in %.1f s "
+                 "(first job %s)", len(params), len(chunks), size, per_task, time.perf_counter() - tic,
+                 jobs[0].job_id)
+        if tasks is None:
+            return _collect(jobs)  # ... then wait for all of them
+        return _collect(jobs, [len(t) for t in tasks])
+
+
+class _CellsTask:
+    """The callable of a SLURM task carrying several cells; ``checkpoint`` makes submitit requeue it."""
+
+    def __init__(self, launcher: _CellLauncherBase):
+        self.launcher = launcher
+
+    def __call__(self, cells: Sequence[tuple]) -> list[JobReturn]:
+        return self.launcher.run_cells(cells)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 class CellLocalLauncher(_CellLauncherBase):
@@ -372,18 +472,20 @@ def _visible_gpus() -> list[str]:
     return [str(i) for i in range(_gpu_count())]
 
 
-def _collect(jobs: Sequence[Any]) -> list[JobReturn]:
+def _collect(jobs: Sequence[Any], sizes: Sequence[int] | None = None) -> list[JobReturn]:
     """Wait for every submitit job; a job that died without a result (killed, out of memory, cancelled)
-    becomes a FAILED return instead of aborting the wait for the others."""
-    out = []
-    for job in jobs:
+    becomes a FAILED return (one per cell it carried: ``sizes``) instead of aborting the wait for the others."""
+    out: list[JobReturn] = []
+    for i, job in enumerate(jobs):
         try:
-            out.append(job.results()[0])
+            res = job.results()[0]
+            out.extend(res if sizes is not None else [res])
         except Exception as exc:  # noqa: BLE001
             log.error("job %s ended without a result: %s", getattr(job, "job_id", "?"), str(exc).splitlines()[0] if str(exc) else exc)
-            ret = JobReturn()
-            ret.status, ret.return_value = JobStatus.FAILED, exc
-            out.append(ret)
+            for _ in range(sizes[i] if sizes is not None else 1):
+                ret = JobReturn()
+                ret.status, ret.return_value = JobStatus.FAILED, exc
+                out.append(ret)
     return out
 
 
