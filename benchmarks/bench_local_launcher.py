@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-GRID = ["data.subsample=0.25", "model.width=4,8,12,16,20,24,28,32", "train.epochs=30", "train.batch_size=32"]
+GRID = ["data.subsample=0.25", "model.width=4,8,12,16,20,24,28,32", "train.epochs=80", "train.batch_size=32"]
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
 

@@ -146,7 +146,16 @@ def bench_overhead(quick: bool) -> dict[str, Any]:
                 loader = GlobalHydra.instance().config_loader()
                 jobs = [[f"model.width={w}", f"train.batch_size={b}"] for w in (8, 32, 128) for b in (16, 128)]
                 _, t_plan = _timed(lambda: plan_cells(primary, loader, jobs, sweep))
+                # the job side: a worker of hydra/launcher=local (or a SLURM task with several cells) composes
+                # each job from one Hydra composition per base plus the job's value overrides
+                from landscape.cli.launchers import JobComposer
+
+                composer = JobComposer(primary, loader)
+                _, t_jobs = _timed(lambda: [composer.compose(["+sweep=demo", *ov]) for ov in jobs])
+                _, t_full = _timed(lambda: [loader.load_sweep_config(primary, ["+sweep=demo", *ov]) for ov in jobs])
             out["plan_per_cell_s"] = t_plan / len(jobs)
+            out["job_compose_per_cell_s"] = t_jobs / len(jobs)
+            out["job_full_compose_per_cell_s"] = t_full / len(jobs)
         except Exception as exc:  # noqa: BLE001
             out["plan_note"] = f"plan_cells not measured: {type(exc).__name__}: {exc}"
             out["plan_per_cell_s"] = t_compose
@@ -159,7 +168,8 @@ def bench_overhead(quick: bool) -> dict[str, Any]:
         status = CellStatus(state="running", cell_id=cid)
         _, t_status = _timed(lambda: [cell.write_status(status) for _ in range(3)])
         outcome, t_cell = _timed(lambda: run_cell(cfg, sweep / "real"))
-    parts = {"plan_per_cell_s": out["plan_per_cell_s"], "cell_id_s": t_hash, "validate_s": t_check,
+    parts = {"plan_per_cell_s": out["plan_per_cell_s"], "job_compose_s": out.get("job_compose_per_cell_s", 0.0),
+             "cell_id_s": t_hash, "validate_s": t_check,
              "provenance_s": t_prov, "write_rows_s": t_write, "status_x3_s": t_status}
     out.update(parts)
     out["overhead_s"] = sum(parts.values())
