@@ -5,9 +5,9 @@ settings, the ``hessian`` family at its defaults (1000 evaluation samples, top e
 eigenvalue to relative residual 1e-4, Hutch++ with 99 products; ``--density`` adds the spectral density).
 
 Default (``--mode inprocess``): one process, one torch thread; per repetition and seed the current family
-(``hessian_metrics``) and the code before the change alternate (which goes first alternates too). "Before" is
+(``landscape.metrics.hessian.compute``) and the code before the change alternate (which goes first alternates too). "Before" is
 the family's compute path of commit ``BEFORE_COMMIT``: its ``HessianOperator`` and thick-restart Lanczos are
-loaded from that commit (``git show``) and driven exactly as its ``hessian_metrics`` did (batches of 250,
+loaded from that commit (``git show``) and driven exactly as its family's compute did (batches of 250,
 blocked products, separate top and bottom runs with a basis of 30, then the density's own probes). Both CPU
 time (``time.process_time``, less sensitive to other jobs on a shared machine) and wall time are reported.
 ``--mode checkout --before PATH``: instead, whole runs in subprocesses importing ``landscape`` from this checkout
@@ -72,7 +72,7 @@ def worker(workdir: Path, extra: list[str]) -> dict[str, Any]:
 
     from landscape.data import load_data
     from landscape.metrics import ModelContext
-    from landscape.metrics.hessian import hessian_metrics
+    from landscape.metrics.hessian import compute as hessian_compute
     from landscape.models import build_model
     from landscape.training import make_loss
 
@@ -88,12 +88,17 @@ def worker(workdir: Path, extra: list[str]) -> dict[str, Any]:
                            make_model=lambda: build_model(cfg.model, data.input_shape, data.n_classes),
                            cfg=cfg, device=torch.device("cpu"), workdir=workdir)
         t = time.perf_counter()
-        values = hessian_metrics(ctx, cfg.metrics.hessian)
+        values = _values(hessian_compute(ctx, cfg.metrics.hessian))
         seconds = time.perf_counter() - t
         out["seeds"][str(s)] = {"seconds": seconds,
                                 **{k: v for k, v in values.items() if isinstance(v, (int, float, str, bool)) or v is None}}
     out["seconds"] = sum(v["seconds"] for v in out["seeds"].values())
     return out
+
+
+def _values(result: Any) -> dict[str, Any]:
+    """The values of a family's ``Result`` (or the plain dict older versions returned)."""
+    return dict(result.values) if hasattr(result, "values") and not isinstance(result, dict) else dict(result)
 
 
 def _legacy_modules() -> tuple[Any, Any]:
@@ -135,14 +140,14 @@ def before_hessian_metrics(ctx: Any, settings: Any, legacy: tuple[Any, Any]) -> 
     x, y = ctx.data.x_train[idx], ctx.data.y_train[idx]
     op = op_mod.HessianOperator(ctx.model, ctx.loss_fn, (x, y), batch_size=250, dtype=torch.float32,
                                 max_block=int(settings.max_block), cache_graph=True)
-    k = int(settings.top_k)
+    k = int(settings.n_top)
     top = eig_mod.eigenvalues(op, k=k, which="largest", tol=float(settings.tol), max_iter=int(settings.max_iter),
                               seed=seed)
     method = "hutch++" if settings.trace_method == "krylov" else settings.trace_method  # its default: Hutch++
     tr = trace(op, method=method, n_matvecs=int(settings.trace_matvecs), seed=seed + 1, block=int(settings.max_block))
     out: dict[str, Any] = {"hessian.top_eigenvalue": float(top.values[0]), "hessian.trace": float(tr.estimate),
                            "hessian.trace_stderr": float(tr.stderr), "hessian.converged": bool(top.converged)}
-    if settings.min_eigenvalue:
+    if settings.smallest_eigenvalue:
         low = eig_mod.eigenvalues(op, k=1, which="smallest", tol=float(settings.tol),
                                   max_iter=int(settings.max_iter), seed=seed + 2)
         out["hessian.min_eigenvalue"] = float(low.values[0])
@@ -165,7 +170,7 @@ def compare_inprocess(workdir: Path, reps: int, extra: list[str]) -> dict[str, A
 
     from landscape.data import load_data
     from landscape.metrics import ModelContext
-    from landscape.metrics.hessian import hessian_metrics
+    from landscape.metrics.hessian import compute as hessian_compute
     from landscape.models import build_model
     from landscape.training import make_loss
 
@@ -182,7 +187,7 @@ def compare_inprocess(workdir: Path, reps: int, extra: list[str]) -> dict[str, A
                                make_model=lambda: build_model(cfg.model, data.input_shape, data.n_classes),
                                cfg=cfg, device=torch.device("cpu"), workdir=workdir)
     settings = cfg.metrics.hessian
-    fns = {"after": lambda c: hessian_metrics(c, settings), "before": lambda c: before_hessian_metrics(c, settings, legacy)}
+    fns = {"after": lambda c: _values(hessian_compute(c, settings)), "before": lambda c: before_hessian_metrics(c, settings, legacy)}
     cpu = {"after": [0.0] * reps, "before": [0.0] * reps}
     wall = {"after": [0.0] * reps, "before": [0.0] * reps}
     values: dict[str, dict[str, Any]] = {"after": {}, "before": {}}

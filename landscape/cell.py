@@ -48,7 +48,9 @@ def metrics_key(settings: Any) -> str:
 class CellStatus:
     """Contents of ``status.json``. ``state``: running | done | failed. ``seeds``: per-seed outcome
     (done | diverged) of finished seeds; ``error``: the last error line of a failed run; ``done_key``: hash
-    of the seeds and metric settings the cell's result files hold (a different request recomputes)."""
+    of the seeds and metric settings the cell's result files hold (a different request recomputes);
+    ``metric_errors``: ``[{"family", "who" (seed=S | pair=A-B), "error"}]`` of the values a metric family could
+    not compute in the last run (each a typed null with the reason in ``<family>.error``)."""
 
     state: str
     cell_id: str
@@ -64,6 +66,7 @@ class CellStatus:
     updated_at: float | None = None
     done_key: str | None = None
     overrides: list[str] = field(default_factory=list)
+    metric_errors: list[dict[str, str]] = field(default_factory=list)
 
 
 class CellDir:

@@ -4,6 +4,10 @@ The config groups in ``conf/`` (``data``, ``model``, ``train``, ``metrics``) fil
 key is refused by Hydra itself (struct mode). ``validate`` checks the values and returns every problem as a
 message naming the key, the value and what is allowed; ``check`` raises ``ConfigError`` with all of them.
 Validation needs no data: dataset sizes are known from the config (CIFAR-10: counted on disk once).
+
+Importing this module is cheap (no torch, no metric family): the ``metrics`` schema, built from the
+registered families' ``Config`` classes, and the root ``LandscapeConfig`` are made on first use
+(``landscape.config.LandscapeConfig``, ``register_configs``); ``validate`` imports what it checks against.
 """
 
 from __future__ import annotations
@@ -13,12 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
-
-from landscape import data as data_mod
-from landscape.models import ACTIVATIONS, MODELS
-from landscape.training import LOSSES, SCHEDULES
 
 
 @dataclass
@@ -79,55 +78,55 @@ class TrainConfig:
     vectorize: str = "auto"
 
 
-@dataclass
-class TrainingMetricsConfig:
-    """``metrics.training.*``: train/test loss and accuracy of every model (always cheap)."""
-
-    enabled: bool = True
-    eval_batch_size: int = 2048
+_ROOT: dict[str, type] = {}
 
 
-def _family_configs() -> dict[str, type]:
-    """Config dataclasses of the metric families, by family name (imported lazily from their modules)."""
-    from landscape.metrics import family_config_classes
+def _build_root() -> dict[str, type]:
+    """``MetricsConfig`` (``pairs`` + one node per registered family, its ``Config``) and ``LandscapeConfig``."""
+    if not _ROOT:
+        from dataclasses import make_dataclass
 
-    return family_config_classes()
+        from landscape.metrics import family_config_classes
+
+        specs: list[tuple[str, Any, Any]] = [
+            ("pairs", str, field(default="all")),  # which pairs of seeds the pair families measure: all | chain | star
+        ]
+        for name, cls in family_config_classes().items():
+            specs.append((name, cls, field(default_factory=cls)))
+        metrics_cls = make_dataclass("MetricsConfig", specs)
+        root = make_dataclass("LandscapeConfig", [
+            ("data", DataConfig, field(default_factory=DataConfig)),
+            ("model", ModelConfig, field(default_factory=ModelConfig)),
+            ("train", TrainConfig, field(default_factory=TrainConfig)),
+            ("metrics", metrics_cls, field(default_factory=metrics_cls)),
+            ("sweep_name", str, field(default="default")),
+            ("device", str, field(default="auto")),
+            ("threads", int, field(default=1)),
+            ("dry_run", bool, field(default=False)),
+        ])
+        root.__doc__ = _ROOT_DOC
+        _ROOT.update(MetricsConfig=metrics_cls, LandscapeConfig=root)
+    return _ROOT
 
 
-def _metrics_config_class() -> type:
-    from dataclasses import make_dataclass
-
-    specs: list[tuple[str, Any, Any]] = [
-        ("training", TrainingMetricsConfig, field(default_factory=TrainingMetricsConfig)),
-        ("pairs", str, field(default="all")),  # which pairs of seeds the pair families measure: all | chain | star
-    ]
-    for name, cls in _family_configs().items():
-        specs.append((name, cls, field(default_factory=cls)))
-    return make_dataclass("MetricsConfig", specs)
+_ROOT_DOC = """The root config of one cell. ``sweep_name`` names the sweep (and its default output directory);
+    ``device``: auto | cpu | cuda | cuda:N; ``threads``: CPU threads of torch in the job (1 by default: grids
+    parallelise over cells, and a fixed count keeps CPU numbers reproducible); ``dry_run``: list and validate
+    the grid's cells, train nothing; ``metrics``: ``pairs`` and one node per metric family."""
 
 
-MetricsConfig = _metrics_config_class()
-
-
-@dataclass
-class LandscapeConfig:
-    """The root config of one cell. ``sweep_name`` names the sweep (and its default output directory);
-    ``device``: auto | cpu | cuda | cuda:N; ``threads``: CPU threads of torch in the job (1 by default:
-    grids parallelise over cells, and a fixed count keeps CPU numbers reproducible); ``dry_run``: list and validate the grid's cells, train nothing."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # type: ignore[valid-type]
-    sweep_name: str = "default"
-    device: str = "auto"
-    threads: int = 1
-    dry_run: bool = False
+def __getattr__(name: str) -> Any:
+    """``LandscapeConfig`` and ``MetricsConfig``, built on first use (they need every family's ``Config``)."""
+    if name in ("LandscapeConfig", "MetricsConfig"):
+        return _build_root()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_configs() -> None:
     """Register the root schema as ``base_config`` in Hydra's ConfigStore (idempotent)."""
-    ConfigStore.instance().store(name="base_config", node=LandscapeConfig)
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=_build_root()["LandscapeConfig"])
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -155,6 +154,10 @@ def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...])
 
 def validate(cfg: DictConfig | Any) -> list[str]:
     """Every problem of a composed cell config, as ``"key=value: what is allowed"`` messages (empty: valid)."""
+    from landscape import data as data_mod
+    from landscape.models import ACTIVATIONS, MODELS
+    from landscape.training import LOSSES, SCHEDULES
+
     p: list[str] = []
     d, m, t = cfg.data, cfg.model, cfg.train
 
