@@ -117,7 +117,7 @@ def deflated_hutchinson(
     samples = _quadratic_forms(op, Z, block)
     mean, stderr = _mean_stderr(samples)
     exact = float(projected.double().diagonal().sum())
-    return TraceResult(exact + mean, stderr, n_probes, "krylov-deflated", samples)
+    return TraceResult(exact + mean, stderr, n_probes, "krylov", samples)
 
 
 def trace(
