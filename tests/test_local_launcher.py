@@ -92,3 +92,13 @@ def test_job_composer_gives_hydras_job_config():
             assert "widht" in str(exc)
         else:
             raise AssertionError("a misspelt key was accepted")
+
+
+def test_spawned_workers_run_cells_too(tmp_path):
+    run_cli(["-m", *FAST, "train.epochs=1", "model.width=4,8", "hydra/launcher=local", "hydra.launcher.max_parallel=2",
+             "hydra.launcher.start_method=spawn", "hydra.sweep.dir=sweep"], tmp_path)
+    statuses = _statuses(tmp_path / "sweep")
+    assert len(statuses) == 2 and all(s["state"] == "done" for s in statuses)
+    bad = run_cli(["-m", *FAST, "model.width=4,8", "hydra/launcher=local", "hydra.launcher.start_method=teleport",
+                   "hydra.sweep.dir=bad"], tmp_path, check=False)
+    assert bad.returncode != 0 and "hydra.launcher.start_method='teleport'" in bad.stdout + bad.stderr

@@ -346,7 +346,7 @@ class CellLocalLauncher(_CellLauncherBase):
                  len(params), limit, limit, method)
         results: list[JobReturn | None] = [None] * len(params)
         pool = ProcessPoolExecutor(max_workers=limit, mp_context=ctx, initializer=_worker_init,
-                                   initargs=(self, Singleton.get_state(), slots, gpus))
+                                   initargs=(cloudpickle.dumps((self, Singleton.get_state())), slots, gpus))
         stop = {"signal": None}
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -438,9 +438,14 @@ class JobComposer:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(launcher: CellLocalLauncher, singletons: Dict[type, Singleton], slots: Any, gpus: int) -> None:
-    """In a new pool worker: remember the launcher, take a worker slot (its GPU), install the stop handlers."""
+def _worker_init(state: bytes, slots: Any, gpus: int) -> None:
+    """In a new pool worker: remember the launcher and Hydra's singletons (``state``, cloudpickled: the config
+    holds dynamically made dataclasses), take a worker slot (its GPU), install the stop handlers."""
+    import cloudpickle
+
     from landscape import preemption
+
+    launcher, singletons = cloudpickle.loads(state)
 
     with slots.get_lock():
         slot = int(slots.value)
