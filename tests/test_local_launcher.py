@@ -38,7 +38,7 @@ def test_local_launcher_runs_cells_in_warm_worker_processes(tmp_path):
 
 
 def test_a_signal_checkpoints_the_running_cells_and_the_same_command_resumes(tmp_path):
-    args = ["-m", "data.subsample=0.25", "model.width=8", "train.batch_size=8", "train.epochs=120",
+    args = ["-m", "data.subsample=0.25", "model.width=8", "train.batch_size=8", "train.epochs=40",
             "train.checkpoint_every=1", "train.seeds=[0]", "metrics.l2.enabled=false", "model.depth=1,2", "hydra/launcher=local",
             "hydra.launcher.max_parallel=2", "hydra.sweep.dir=sweep"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -61,7 +61,7 @@ def test_a_signal_checkpoints_the_running_cells_and_the_same_command_resumes(tmp
     assert len(statuses) == 2
     assert all(s["state"] != "done" and "preempted" in (s["error"] or "") for s in statuses), statuses
     # the same command resumes both cells from their checkpoints (shorter: fewer epochs left)
-    done = run_cli([a if not a.startswith("train.epochs=") else "train.epochs=120" for a in args], tmp_path,
+    done = run_cli([a if not a.startswith("train.epochs=") else "train.epochs=40" for a in args], tmp_path,
                    timeout=600)
     assert all(s["state"] == "done" for s in _statuses(sweep))
     assert done.stdout.count("resumed at epoch") + done.stderr.count("resumed at epoch") >= 2
