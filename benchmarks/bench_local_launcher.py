@@ -4,8 +4,9 @@ The grid: 8 short cells (MLP on a quarter of digits, widths 4..32; about a secon
 real ``landscape`` CLI in a subprocess, into a fresh sweep directory each time. The two ways alternate
 (``--reps`` times each); reported: whole-command wall times and the cells' phase (from the sweeper's
 "launching" log line to the last cell's "done" line; the command's start-up, planning and exit are the same
-for both), their ratios (one process / two workers), and the load average. Target: >= 1.6x with two workers on
-2 cores.
+for both), their ratios (one process / two workers), the load average, and a control measured before and after:
+the throughput of two one-thread matrix-product processes over one (2.0 on two free cores; on a machine shared
+with other jobs it shows how much a second worker can gain at all). Target: >= 1.6x with two workers on 2 cores.
 
 Run: ``python benchmarks/bench_local_launcher.py [--reps 2] [--workers 2] [--out FILE]``.
 """
@@ -55,6 +56,30 @@ def run_grid(launcher: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, end - start
 
 
+SPIN = """
+import sys, time, torch
+torch.set_num_threads(1)
+a = torch.randn(256, 256)
+t, n = time.perf_counter(), 0
+while time.perf_counter() - t < float(sys.argv[1]):
+    for _ in range(20):
+        a @ a
+    n += 20
+print(n / (time.perf_counter() - t))
+"""
+
+
+def parallel_capacity(seconds: float = 4.0) -> float:
+    """Throughput of two one-thread matrix-product processes at once over one alone (a control: 2.0 on two free
+    cores, ~1.0 when other jobs already use them), measured right now."""
+    one = float(subprocess.run([sys.executable, "-c", SPIN, str(seconds)], capture_output=True, text=True,
+                               check=True).stdout)
+    procs = [subprocess.Popen([sys.executable, "-c", SPIN, str(seconds)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    two = sum(float(p.communicate()[0]) for p in procs)
+    return two / one
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=2)
@@ -67,12 +92,14 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in ways}
     cells: dict[str, list[float]] = {k: [] for k in ways}
     load = [os.getloadavg()]
+    capacity = [parallel_capacity()]
     for r in range(args.reps):
         for name in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
             wall, phase = run_grid(ways[name], env)
             times[name].append(wall)
             cells[name].append(phase)
         load.append(os.getloadavg())
+    capacity.append(parallel_capacity())
     res: dict[str, Any] = {
         "grid": GRID, "workers": args.workers, "cpus": os.cpu_count(), "command_seconds": times,
         "cells_phase_seconds": cells,
@@ -80,6 +107,7 @@ def main() -> None:
         "command_speedup_total": sum(times["one_process"]) / sum(times["local_pool"]),
         "cells_speedup_per_rep": [a / b for a, b in zip(cells["one_process"], cells["local_pool"])],
         "cells_speedup_total": sum(cells["one_process"]) / sum(cells["local_pool"]),
+        "parallel_capacity_2_procs": capacity,
         "loadavg": load,
     }
     if args.out:
