@@ -91,6 +91,15 @@ def loadavg() -> str:
         return "unknown"
 
 
+def _dist_version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
 def available_anchors() -> tuple[dict[str, Any], dict[str, str]]:
     """``({name: module}, {name: why skipped + pip command})`` for the three anchors."""
     import importlib
@@ -527,7 +536,7 @@ def run(quick: bool, problems: tuple[str, ...] = ("cnn", "mlp"), trace_all: bool
             skipped[name] = "not asked for (--anchors)"
         problems = [make_problem(name) for name in problems]
     result["skipped"] = skipped
-    result["versions"] = {n: getattr(m, "__version__", None) for n, m in mods.items()}
+    result["versions"] = {n: _dist_version(ANCHORS[n][1].split("==")[0]) for n in mods}
     for n, why in skipped.items():
         log.warning("anchor %s skipped: %s", n, why)
     result["problems"] = [bench_problem(p, mods, quick, trace_all) for p in problems]
