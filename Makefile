@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/landscape -m +sweep=demo hydra.sweep.dir=$(DEMO_DIR) $(ARGS)
+	$(VENV)/bin/landscape -m +sweep=demo hydra/launcher=local hydra.sweep.dir=$(DEMO_DIR) $(ARGS)
 	$(PY) -m landscape.cli.summary $(DEMO_DIR)
 	$(VENV)/bin/landscape-phase $(DEMO_DIR) --out $(DEMO_DIR)/phase --formats png pdf
 
