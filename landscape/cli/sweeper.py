@@ -25,9 +25,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from landscape.cell import CellDir, cell_id
+from landscape.cell import CellDir, DamagedFile, cell_id
 from landscape.config import validate
-from landscape.job import done_key
+from landscape.job import missing_work
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,21 @@ def _plan_one(i: int, overrides: Sequence[str], job_cfg: DictConfig, sweep_dir: 
     cid = None if problems else cell_id(job_cfg)
     state = "invalid" if problems else "pending"
     if cid is not None:
-        status = CellDir(sweep_dir, cid).read_status()
+        cell = CellDir(sweep_dir, cid)
+        try:
+            status = cell.read_status()
+        except DamagedFile as exc:
+            log.warning("damaged status file %s (%s): the cell is launched and repaired", exc.path, exc.reason)
+            return PlannedCell(i, list(overrides), cid, "damaged", problems)
         state = status.state if status is not None else "pending"
-        if state == "done" and status is not None and status.done_key != done_key(job_cfg):
-            state = "stale"  # done for other seeds or metric settings: will be completed
+        missing = missing_work(job_cfg, cell, status)
+        if not missing:
+            state = "done"  # every requested row is committed and intact, whatever the last run asked for
+        elif state == "done" and status is not None:
+            damaged = [m for m in missing if ": missing" in m or ": damaged" in m]
+            for m in damaged:
+                log.warning("%s: the cell is launched and its rows recomputed", m)
+            state = "damaged" if damaged else "stale"  # stale: done for other seeds or metric settings
     return PlannedCell(i, list(overrides), cid, state, problems)
 
 
