@@ -69,3 +69,105 @@ def test_a_swept_metric_setting_keeps_both_values(cli, tmp_path):
     assert lrs == [5.0, 50.0]
     assert pairs["connectivity.mc_loss"].nunique() == 2 or pairs["connectivity.mc"].isna().any()
     assert len(load(tmp_path / "s")) == 2  # the model rows do not depend on a pair setting: not doubled
+
+
+# ------------------------------------------------------------------------------------------ the cell lease
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_lease_is_exclusive_and_a_dead_holders_lease_is_taken_over(tmp_path):
+    cell = CellDir(tmp_path, "abc")
+    leases = [Lease(cell, interval=10.0) for _ in range(8)]
+    won: list[int] = []
+    barrier = threading.Barrier(len(leases))
+
+    def grab(i: int) -> None:
+        barrier.wait()
+        if leases[i].try_acquire():
+            won.append(i)
+
+    threads = [threading.Thread(target=grab, args=(i,)) for i in range(len(leases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1  # exactly one of eight simultaneous takers
+    holder = leases[won[0]]
+    other = Lease(cell, interval=10.0)
+    assert not other.try_acquire() and holder.renew() and holder.held()
+    holder.release()
+    assert cell.lease_path.exists() is False and other.try_acquire()
+    other.release()
+
+    # a killed holder on this host: its lease is taken over at once
+    rec = {"token": "dead", "host": os.uname().nodename, "pid": _dead_pid(), "beat_at": time.time(), "beats": 3,
+           "interval": 10.0}
+    cell.lease_path.write_text(json.dumps(rec))
+    import socket
+    rec["host"] = socket.gethostname()
+    cell.lease_path.write_text(json.dumps(rec))
+    taker = Lease(cell, interval=10.0)
+    assert taker.try_acquire() and taker.held()
+    taker.release()
+
+    # a holder on another host that stopped beating: stale after `stale_beats` intervals, then taken over
+    cell.lease_path.write_text(json.dumps({**rec, "host": "elsewhere", "pid": 1, "beat_at": time.time()}))
+    waiter = Lease(cell, interval=0.1, stale_beats=3)
+    t0 = time.monotonic()
+    assert waiter.acquire(wait=True, timeout_s=10.0)
+    assert 0.3 <= time.monotonic() - t0 < 5.0
+    # the old holder notices on its next beat that it lost the cell
+    loser = Lease(cell, interval=0.1)
+    loser.token = "dead"
+    assert not loser.renew() and loser.lost
+
+
+def _launch(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.Popen([*LANDSCAPE, *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _status(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (sweep / "cells").glob("*/status.json")}
+
+
+def test_two_launches_of_one_grid_at_once_train_each_cell_once(cli, tmp_path):
+    grid = ["-m", *FAST, "model.width=4,8,16"]
+    env = {"LANDSCAPE_HEARTBEAT_S": "0.5"}
+    procs = [_launch([*grid, "hydra.sweep.dir=s"], tmp_path, env) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    status = _status(tmp_path / "s")
+    assert len(status) == 3 and all(s["state"] == "done" and s["attempts"] == 1 for s in status.values())
+    ran = sum(o.count("done in") for o in outs)
+    assert ran == 3, outs  # every cell trained by exactly one of the two launches
+    cli([*grid, "hydra.sweep.dir=ref"])
+    got, ref = _rows(tmp_path / "s"), _rows(tmp_path / "ref")
+    pd.testing.assert_frame_equal(got[METRICS + ["cell_id", "seed"]], ref[METRICS + ["cell_id", "seed"]],
+                                  check_exact=True)
+    assert _rows(tmp_path / "s", "pairs")["l2_distance"].tolist() == _rows(tmp_path / "ref", "pairs")["l2_distance"].tolist()
+
+
+def test_overlapping_grids_with_a_pause_between_writes_leave_no_torn_cell(cli, tmp_path):
+    a = ["-m", *FAST, "model.width=4,8", "train.seeds=[0,1]"]
+    b = ["-m", *FAST, "model.width=8,16", "train.seeds=[1,2]"]
+    env = {"LANDSCAPE_HEARTBEAT_S": "0.5", "LANDSCAPE_TEST_PAUSE": "between_tables:1.5"}
+    procs = [_launch([*g, "hydra.sweep.dir=s"], tmp_path, env) for g in (a, b)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    for g in (a, b):  # the reference: the two grids one after the other
+        cli([*g, "hydra.sweep.dir=ref"])
+    models, pairs = _rows(tmp_path / "s"), _rows(tmp_path / "s", "pairs")
+    ref_m, ref_p = _rows(tmp_path / "ref"), _rows(tmp_path / "ref", "pairs")
+    cols = METRICS + ["cell_id", "seed", "model.width"]
+    pd.testing.assert_frame_equal(models[cols], ref_m[cols], check_exact=True)
+    pcols = ["cell_id", "seed_a", "seed_b", "l2_distance"]
+    pd.testing.assert_frame_equal(pairs[pcols], ref_p[pcols], check_exact=True)
+    w8 = models[models["model.width"] == 8]
+    assert sorted(w8["seed"]) == [0, 1, 2]
+    assert sorted(zip(*(pairs[pairs["model.width"] == 8][k] for k in ("seed_a", "seed_b")))) == [(0, 1), (1, 2)]
+    assert all(s["state"] == "done" and not s["pending"] for s in _status(tmp_path / "s").values())
