@@ -170,7 +170,10 @@ def validate(cfg: DictConfig | Any) -> list[str]:
             if missing:
                 p.append(f"data.root={d.root!r}: missing CIFAR-10 batch files {', '.join(missing)}")
             else:
-                n_full = data_mod.full_train_size(d)
+                try:
+                    n_full = data_mod.full_train_size(d)
+                except data_mod.UnsafeFileError as exc:
+                    p.append(f"data.root={d.root!r}: {exc}")
     elif d.name == "gaussian":
         for key in ("n_train", "n_test", "dim"):
             if not (_is_int(d[key]) and d[key] >= 1):

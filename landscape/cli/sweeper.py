@@ -311,7 +311,11 @@ class GridSweeper(BasicSweeper):
         planned = plan_cells(self.config, self.hydra_context.config_loader, jobs, sweep_dir, fast=fast)
         log.info("planned %d cells in %.2f s", len(planned), time.perf_counter() - tic)
         if any(c.problems for c in planned):
-            raise GridError(format_problems(planned))
+            import sys
+
+            # A refused grid is the user's input, not a crash: the problems, no traceback, exit status 2.
+            print(format_problems(planned), file=sys.stderr, flush=True)  # noqa: T201 - CLI output
+            raise SystemExit(2)
         if bool(self.config.get("dry_run", False)):
             print(format_plan(planned), flush=True)  # noqa: T201 - CLI output
             return []
