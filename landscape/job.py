@@ -37,7 +37,7 @@ from landscape import metrics as metrics_mod
 from landscape import provenance
 from landscape.cell import (CellDir, CellStatus, DamagedFile, Lease, LeaseLost, cell_id, clean_temporary_files,
                             metrics_key, read_json, write_json)
-from landscape.config import check
+from landscape.config import ConfigError, check, launch_problems
 from landscape.data import CellData, load_data
 from landscape.devices import resolve_device
 from landscape.metrics import MetricFamily, ModelContext, PairContext
@@ -139,6 +139,9 @@ def run_cell(
     t_start = time.perf_counter()
     try:
         check(cfg)
+        problems = launch_problems(cfg, local=True, memory_bytes=_machine_memory())
+        if problems:
+            raise ConfigError(problems)
     except Exception as exc:
         _record_invalid(cfg, sweep_dir, overrides, exc)  # e.g. data that vanished after the launch was planned
         raise
@@ -166,6 +169,13 @@ def run_cell(
         return _run_leased(cfg, cell, lease, previous, key, overrides, should_stop, t_start)
     finally:
         lease.release()
+
+
+def _machine_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _read_status(cell: CellDir) -> CellStatus | None:
