@@ -380,3 +380,69 @@ class Lease:
         """Give the lease back (only if still ours)."""
         if self.held():
             self.path.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------- damaged files
+@dataclass
+class FileProblem:
+    """A damaged or unsafe file of a cell: ``kind`` is ``damaged`` (truncated, flipped, not parseable: recomputed
+    from what is intact) or ``unsafe`` (would run code when loaded: never loaded, the cell is refused)."""
+
+    path: Path
+    kind: str
+    reason: str
+
+
+def _checkpoint_problem(path: Path) -> FileProblem | None:
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is a finding about the file
+        text = " ".join(str(exc).split())
+        if "Unsupported global" in text or "Unsupported operand" in text:
+            start = text.find("Unsupported")
+            return FileProblem(path, "unsafe", f"refused to load: {text[start:start + 160]}")
+        return FileProblem(path, "damaged", f"{type(exc).__name__}: {text[:160]}")
+    return None
+
+
+def inspect_cell_files(cell: CellDir, checkpoints: bool = True) -> list[FileProblem]:
+    """Every damaged or unsafe file among the cell's resume state: checkpoints (``*.pt``, loaded with
+    ``weights_only=True``, so nothing in them runs), training results (``seeds/*/result.json``) and metric caches
+    (``metrics/*/*.json``). Temporary and quarantined files (hidden names) are not looked at."""
+    out: list[FileProblem] = []
+    if not cell.path.is_dir():
+        return out
+    for path in sorted(cell.path.rglob("*.json")):
+        if path.name.startswith(".") or path.name in ("status.json", "lease.json") or path.parent == cell.path:
+            continue
+        try:
+            json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            out.append(FileProblem(path, "damaged", f"not valid JSON ({str(exc)[:120] or 'empty file'})"))
+    if checkpoints:
+        for path in sorted(cell.path.rglob("*.pt")):
+            if not path.name.startswith("."):
+                problem = _checkpoint_problem(path)
+                if problem is not None:
+                    out.append(problem)
+    return out
+
+
+def quarantine(problem: FileProblem) -> list[Path]:
+    """Move a damaged file out of the way (``.<name>.damaged``, kept for inspection) so it is recomputed; a
+    damaged final checkpoint takes its seed's ``result.json`` along (the seed is retrained). Returns the moved
+    files' new paths."""
+    moved = []
+    paths = [problem.path]
+    if problem.path.name == "final.pt":
+        paths.append(problem.path.with_name("result.json"))
+    if problem.path.name == "result.json":
+        paths.append(problem.path.with_name("final.pt"))
+    for p in paths:
+        if p.exists():
+            target = p.with_name(f".{p.name}.{problem.kind}")
+            os.replace(p, target)
+            moved.append(target)
+    return moved

@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from landscape import metrics as metrics_mod
 from landscape import provenance
 from landscape.cell import (CellDir, CellStatus, DamagedFile, Lease, LeaseLost, cell_id, clean_temporary_files,
-                            metrics_key, read_json, write_json)
+                            inspect_cell_files, metrics_key, quarantine, read_json, write_json)
 from landscape.config import ConfigError, check, launch_problems
 from landscape.data import CellData, load_data
 from landscape.devices import resolve_device
@@ -166,9 +166,28 @@ def run_cell(
             return CellOutcome(cid, "skipped", previous.seeds, time.perf_counter() - t_start, [])
         for p in clean_temporary_files(cell):
             log.info("removed the temporary file %s of an earlier run", p)
+        _repair_resume_state(cell)
         return _run_leased(cfg, cell, lease, previous, key, overrides, should_stop, t_start)
     finally:
         lease.release()
+
+
+def _repair_resume_state(cell: CellDir) -> None:
+    """Check the cell's checkpoints and caches before using them: a damaged one is named in a warning and
+    moved aside (``.<name>.damaged``) so this run recomputes it; an unsafe one (it would run code) refuses the
+    cell with an error naming it (``UnsafeFile``) and is never loaded."""
+    problems = inspect_cell_files(cell)
+    unsafe = [p for p in problems if p.kind == "unsafe"]
+    if unsafe:
+        raise UnsafeFile("; ".join(f"{p.path}: {p.reason}" for p in unsafe)
+                         + " (remove the file, or run `landscape-status --repair` to move it aside)")
+    for p in problems:
+        quarantine(p)
+        log.warning("damaged file %s (%s): moved aside, recomputed", p.path, p.reason)
+
+
+class UnsafeFile(RuntimeError):
+    """A file in the cell's directory that would run code when loaded; the message names it."""
 
 
 def _machine_memory() -> int | None:
