@@ -400,9 +400,12 @@ def _checkpoint_problem(path: Path) -> FileProblem | None:
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to load is a finding about the file
         text = " ".join(str(exc).split())
-        if "Unsupported global" in text or "Unsupported operand" in text:
-            start = text.find("Unsupported")
-            return FileProblem(path, "unsafe", f"refused to load: {text[start:start + 160]}")
+        low = text.lower()
+        markers = ("unsupported global", "unsupported operand", "was not an allowed global", "is blocked")
+        if any(m in low for m in markers):
+            start = min(i for i in (low.find("trying to"), low.find("unsupported")) if i >= 0) if (
+                "trying to" in low or "unsupported" in low) else 0
+            return FileProblem(path, "unsafe", f"refused to load (it would run code): {text[start:start + 140]}")
         return FileProblem(path, "damaged", f"{type(exc).__name__}: {text[:160]}")
     return None
 

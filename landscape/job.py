@@ -166,7 +166,6 @@ def run_cell(
             return CellOutcome(cid, "skipped", previous.seeds, time.perf_counter() - t_start, [])
         for p in clean_temporary_files(cell):
             log.info("removed the temporary file %s of an earlier run", p)
-        _repair_resume_state(cell)
         return _run_leased(cfg, cell, lease, previous, key, overrides, should_stop, t_start)
     finally:
         lease.release()
@@ -221,6 +220,7 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
     try:
         cell.write_status(status)
         OmegaConf.save(cfg, cell.path / "config.yaml", resolve=True)
+        _repair_resume_state(cell)
         with heartbeat:
             files = _run(cfg, cell, status, should_stop, lease)
     except LeaseLost as exc:
