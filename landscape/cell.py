@@ -202,8 +202,8 @@ def clean_temporary_files(cell: CellDir) -> list[Path]:
     if results.is_dir():
         for table in results.iterdir():
             if table.is_dir():
-                candidates += table.glob(f".{cell.cell_id}-*.tmp-*")
-                candidates += table.glob(f".{cell.cell_id}-*.staged")
+                candidates += [p for p in table.glob(f".*{cell.cell_id}-*")
+                               if ".tmp-" in p.name or p.name.endswith(".staged")]
     for p in candidates:
         try:
             p.unlink()

@@ -171,3 +171,79 @@ def test_overlapping_grids_with_a_pause_between_writes_leave_no_torn_cell(cli, t
     assert sorted(w8["seed"]) == [0, 1, 2]
     assert sorted(zip(*(pairs[pairs["model.width"] == 8][k] for k in ("seed_a", "seed_b")))) == [(0, 1), (1, 2)]
     assert all(s["state"] == "done" and not s["pending"] for s in _status(tmp_path / "s").values())
+
+
+# ------------------------------------------------------------------------------------------- point 6
+def test_disk_full_is_recorded_and_temporary_files_are_cleaned_on_the_next_run(compose, tmp_path, monkeypatch):
+    """A write that fails for lack of space (ENOSPC injected into the Parquet writer, after it wrote part of its
+    temporary file) marks the cell failed with the reason, leaves no temporary file; stray temporary files of
+    a killed writer are removed by the next run of the cell."""
+    import errno
+
+    import pyarrow.parquet as pq
+
+    from landscape.cell import cell_id
+    from landscape.job import run_cell
+
+    cfg = compose([*FAST, "train.vectorize=off"])
+    sweep = tmp_path / "s"
+
+    def full(table, where, *a, **kw):
+        Path(where).write_bytes(b"PAR1 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full)
+    with pytest.raises(OSError):
+        run_cell(cfg, sweep)
+    monkeypatch.undo()
+    cell = CellDir(sweep, cell_id(cfg))
+    status = cell.read_status()
+    assert status.state == "failed" and status.error.startswith("disk full: OSError") and "No space" in status.error
+    leftovers = [p for p in sweep.rglob(".*") if ".tmp-" in p.name or p.name.endswith(".staged")]
+    assert leftovers == [] and load(sweep).empty
+
+    stray = [cell.path / "seeds" / "0" / ".checkpoint.pt.tmp-4242",
+             sweep / "results" / "models" / f".{cell.cell_id}-0123456789.parquet.tmp-4242"]
+    for p in stray:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half")
+    out = run_cell(cfg, sweep)
+    assert out.action == "ran" and not any(p.exists() for p in stray)
+    assert len(load(sweep)) == 2 and cell.read_status().state == "done"
+
+
+def test_rows_of_a_request_killed_between_its_table_writes_are_not_served(cli, tmp_path):
+    """SIGKILL between the models and the pairs file of a request (paused there by the test hook): the new
+    models file is not served (its checksum is not committed); the rerun completes the request, merging the
+    rows of the earlier request that the uncommitted file holds (its checksum is the status's ``pending``)."""
+    import signal
+
+    cli(["hydra.sweep.dir=s", *FAST])
+    proc = _launch(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1,2]"], tmp_path,
+                   {"LANDSCAPE_TEST_PAUSE": "between_tables:30"})
+    sweep = tmp_path / "s"
+    deadline = time.time() + 120
+    while True:  # wait until the new models file is renamed into place (the pause follows it)
+        pending = json.loads(_one_status(sweep)).get("pending", {})
+        models = [n for n in pending if n.startswith("models/")]
+        if models and (sweep / "results" / models[0]).exists():
+            from landscape.cell import sha256_file
+
+            if sha256_file(sweep / "results" / models[0]) == pending[models[0]]:
+                break
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    rows, pairs = load(sweep), load(sweep, "pairs")
+    assert 2 not in set(rows["seed"]) and 2 not in set(pairs["seed_b"])  # the unfinished request is not served
+    assert len(pairs) == 1  # the pairs file is still the committed one
+    # (the earlier rows of seeds 0 and 1 are inside the new models file: kept on disk, served again after the rerun)
+    cli(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1,2]"])
+    assert sorted(_rows(sweep)["seed"]) == [0, 1, 2] and len(load(sweep, "pairs")) == 3
+
+
+def _one_status(sweep: Path) -> str:
+    files = list((sweep / "cells").glob("*/status.json"))
+    assert len(files) == 1
+    return files[0].read_text()
