@@ -2,15 +2,19 @@
 
 ``run_cell`` is what a Hydra job calls. Its steps, each resumable after a kill:
 
-1. validate the config and compute the ``cell_id``; skip at once if the cell is done for the same seeds and
-   metric settings (nothing is written);
+1. validate the config and compute the ``cell_id``; skip at once if the committed results of the cell already
+   hold every requested seed and pair for these metric settings, intact (``missing_work``; nothing is
+   written); else take the cell's lease (``cell.Lease``: wait while another process works on it, take over
+   a dead holder's), remove temporary files of killed writers, and move damaged checkpoints and caches aside
+   (an unsafe one, that would run code, refuses the cell);
 2. build the data (deterministic subsample and label noise) on the job's device;
 3. train each seed from its checkpoints (``landscape.training``); a diverged seed is a row with
    ``status = diverged``;
 4. evaluate training metrics, then every enabled model family per model and pair family per pair of models
    (each value cached under the cell directory, so a rerun does not recompute it);
-5. write the ``models``, ``pairs`` and long tables (one immutable file per cell and table, renamed into
-   place), then the ``done`` status. Any exception writes a ``failed`` status with the error and is re-raised;
+5. merge the rows into the ``models``, ``pairs`` and long-table files of the cell and settings key
+   (``commit_results``: staged, recorded as pending, renamed into place), then write the ``done`` status that
+   records their checksums (the commit). Any exception writes a ``failed`` status with the error and is re-raised;
    checkpoints and cached values of finished work stay.
 """
 

@@ -1,4 +1,5 @@
-"""Parquet I/O of results tables: one immutable file per cell and table, written atomically; fast readers."""
+"""Parquet I/O of results tables: one file per cell, table and metric-settings key, written atomically (rows of
+other seeds merged in, never dropped); readers that serve only committed, checksum-verified files."""
 
 from __future__ import annotations
 
