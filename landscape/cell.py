@@ -80,6 +80,7 @@ class CellStatus:
     overrides: list[str] = field(default_factory=list)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
 
 
 class DamagedFile(Exception):
@@ -410,15 +411,38 @@ def _checkpoint_problem(path: Path) -> FileProblem | None:
     return None
 
 
-def inspect_cell_files(cell: CellDir, checkpoints: bool = True) -> list[FileProblem]:
+RESUME_STATE = ("seeds", "groups", "metrics", "work")
+"""Subdirectories of a cell whose files are the resume state (checksummed at each commit)."""
+
+
+def resume_state_checksums(cell: CellDir) -> dict[str, str]:
+    """``{path relative to the cell: SHA-256}`` of every file of the cell's resume state (hidden files and
+    in-progress training checkpoints excluded)."""
+    out = {}
+    for sub in RESUME_STATE:
+        for path in sorted((cell.path / sub).rglob("*")):
+            if path.is_file() and not path.name.startswith(".") and path.name != "checkpoint.pt":
+                out[str(path.relative_to(cell.path))] = sha256_file(path)
+    return out
+
+
+def inspect_cell_files(cell: CellDir, checkpoints: bool = True, recorded: dict[str, str] | None = None
+                       ) -> list[FileProblem]:
     """Every damaged or unsafe file among the cell's resume state: checkpoints (``*.pt``, loaded with
     ``weights_only=True``, so nothing in them runs), training results (``seeds/*/result.json``) and metric caches
-    (``metrics/*/*.json``). Temporary and quarantined files (hidden names) are not looked at."""
+    (``metrics/*/*.json``), and any file whose SHA-256 differs from ``recorded`` (``CellStatus.files``: flipped
+    bytes that still parse). Temporary and quarantined files (hidden names) are not looked at."""
     out: list[FileProblem] = []
     if not cell.path.is_dir():
         return out
+    bad: set[Path] = set()
+    for rel, digest in sorted((recorded or {}).items()):
+        path = cell.path / rel
+        if path.is_file() and sha256_file(path) != digest:
+            out.append(FileProblem(path, "damaged", "SHA-256 differs from the one recorded at the cell's last commit"))
+            bad.add(path)
     for path in sorted(cell.path.rglob("*.json")):
-        if path.name.startswith(".") or path.name in ("status.json", "lease.json") or path.parent == cell.path:
+        if path.name.startswith(".") or path.parent == cell.path or path in bad:
             continue
         try:
             json.loads(path.read_text())
@@ -426,7 +450,7 @@ def inspect_cell_files(cell: CellDir, checkpoints: bool = True) -> list[FileProb
             out.append(FileProblem(path, "damaged", f"not valid JSON ({str(exc)[:120] or 'empty file'})"))
     if checkpoints:
         for path in sorted(cell.path.rglob("*.pt")):
-            if not path.name.startswith("."):
+            if not path.name.startswith(".") and path not in bad:
                 problem = _checkpoint_problem(path)
                 if problem is not None:
                     out.append(problem)

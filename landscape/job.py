@@ -40,7 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from landscape import metrics as metrics_mod
 from landscape import provenance
 from landscape.cell import (CellDir, CellStatus, DamagedFile, Lease, LeaseLost, cell_id, clean_temporary_files,
-                            inspect_cell_files, metrics_key, quarantine, read_json, write_json)
+                            inspect_cell_files, metrics_key, quarantine, read_json, resume_state_checksums,
+                            write_json)
 from landscape.config import ConfigError, check, launch_problems
 from landscape.data import CellData, load_data
 from landscape.devices import resolve_device
@@ -179,7 +180,11 @@ def _repair_resume_state(cell: CellDir) -> None:
     """Check the cell's checkpoints and caches before using them: a damaged one is named in a warning and
     moved aside (``.<name>.damaged``) so this run recomputes it; an unsafe one (it would run code) refuses the
     cell with an error naming it (``UnsafeFile``) and is never loaded."""
-    problems = inspect_cell_files(cell)
+    try:
+        recorded = (cell.read_status() or CellStatus("running", cell.cell_id)).files
+    except DamagedFile:
+        recorded = {}
+    problems = inspect_cell_files(cell, recorded=recorded)
     unsafe = [p for p in problems if p.kind == "unsafe"]
     if unsafe:
         raise UnsafeFile("; ".join(f"{p.path}: {p.reason}" for p in unsafe)
@@ -218,6 +223,7 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
         started_at=time.time(), overrides=list(overrides or []),
         seeds=dict(previous.seeds) if previous else {},
         results=dict(previous.results) if previous else {}, pending=dict(previous.pending) if previous else {},
+        files=dict(previous.files) if previous else {},
         done_key=previous.done_key if previous else None,
     )
     heartbeat = _Heartbeat(cell, status, lease=lease)
@@ -437,6 +443,7 @@ def commit_results(cfg: DictConfig, cell: CellDir, status: CellStatus, tables: d
     if lease is not None and not lease.held():
         raise LeaseLost(f"the lease of cell {cell.cell_id} was taken over before its results were written")
     status.pending.update({name: digest for name, (_, _, digest, _, _) in staged.items()})
+    status.files = resume_state_checksums(cell)
     cell.write_status(status)
     _pause("before_rename")
     for name, (path, final, digest, n, merged) in staged.items():

@@ -73,6 +73,18 @@ def _damage(sweep: Path, kind: str) -> tuple[Path, list[str]]:
         final = cell / "seeds" / "0" / "final.pt"
         final.write_bytes(final.read_bytes()[:100])
         return final, ["train.seeds=[0,1,2]"]  # a request that needs the model again
+    if kind == "checkpoint_flipped":  # still loads, with one wrong weight: found by its recorded SHA-256
+        final = cell / "seeds" / "1" / "final.pt"
+        data = bytearray(final.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        final.write_bytes(bytes(data))
+        return final, ["train.seeds=[0,1,2]"]
+    if kind == "cache_flipped":  # still valid JSON, one digit changed
+        cache = _one(list((cell / "metrics").glob("pair=0-1-*/l2.json")))
+        text = cache.read_text()
+        i = next(i for i, ch in enumerate(text) if ch.isdigit() and ch not in "09")
+        cache.write_text(text[:i] + str(int(text[i]) + 1) + text[i + 1:])
+        return cache, ["train.seeds=[0,1,2]"]
     if kind == "cache_corrupt":
         cache = _one(list((cell / "metrics").glob("pair=0-1-*/l2.json")))
         cache.write_text('{"l2_distance": ')
@@ -82,7 +94,8 @@ def _damage(sweep: Path, kind: str) -> tuple[Path, list[str]]:
 
 KINDS = ["status_empty", pytest.param("status_garbage", marks=pytest.mark.slow), "result_truncated",
          pytest.param("result_deleted", marks=pytest.mark.slow), "result_flipped", "checkpoint_corrupt",
-         pytest.param("cache_corrupt", marks=pytest.mark.slow)]
+         pytest.param("cache_corrupt", marks=pytest.mark.slow), "checkpoint_flipped",
+         pytest.param("cache_flipped", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -213,7 +213,7 @@ def verify(sweep_dir: str | Path, checkpoints: bool = True) -> list[Finding]:
                 elif sha256_file(f) != rec.get("sha256"):
                     found.append(Finding(str(f), "damaged", "SHA-256 differs from the one in its cell's status",
                                          cell.cell_id))
-        for p in inspect_cell_files(cell, checkpoints=checkpoints):
+        for p in inspect_cell_files(cell, checkpoints=checkpoints, recorded=status.files if status else None):
             found.append(Finding(str(p.path), p.kind, p.reason, cell.cell_id))
     results = sweep / "results"
     for table in sorted(results.iterdir()) if results.is_dir() else []:
