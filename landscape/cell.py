@@ -439,7 +439,11 @@ def inspect_cell_files(cell: CellDir, checkpoints: bool = True, recorded: dict[s
     for rel, digest in sorted((recorded or {}).items()):
         path = cell.path / rel
         if path.is_file() and sha256_file(path) != digest:
-            out.append(FileProblem(path, "damaged", "SHA-256 differs from the one recorded at the cell's last commit"))
+            unsafe = _checkpoint_problem(path) if checkpoints and path.suffix == ".pt" else None
+            if unsafe is not None and unsafe.kind == "unsafe":
+                out.append(unsafe)
+            else:
+                out.append(FileProblem(path, "damaged", "SHA-256 differs from the one recorded at the cell's last commit"))
             bad.add(path)
     for path in sorted(cell.path.rglob("*.json")):
         if path.name.startswith(".") or path.parent == cell.path or path in bad:

@@ -103,8 +103,13 @@ def _launch_records(sweep_dir: Path) -> list[dict[str, Any]]:
     records = []
     for path in sorted((sweep_dir / "launches").glob("*.json")):
         try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
+            rec = json.loads(path.read_text())
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+            records.append(rec)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            print(f"landscape-status: damaged launch record {path} skipped ({str(exc)[:80] or 'empty'})",
+                  file=sys.stderr)  # noqa: T201 - CLI output
             continue
     return records
 
