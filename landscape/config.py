@@ -260,6 +260,10 @@ def validate(cfg: DictConfig | Any) -> list[str]:
 
     for fam in enabled(cfg):
         p.extend(_metric_rule_problems(fam.name, cfg.metrics[fam.name]))
+    h = cfg.metrics.get("hessian")
+    if h is not None and h.enabled and h.trace_method == "hutch++" and _is_int(h.trace_matvecs) and 1 <= h.trace_matvecs < 4:
+        p.append(f"metrics.hessian.trace_matvecs={h.trace_matvecs}: Hutch++ needs >= 4 products (or "
+                 "metrics.hessian.trace_method=hutchinson)")
     for msg in validate_metrics(cfg):
         if msg not in p:
             p.append(msg if msg.startswith("metrics.") or msg.startswith("train.") else f"metrics: {msg}")

@@ -15,6 +15,7 @@ BAD = [  # the settings that used to fail only inside the job, after training
     ("metrics.hessian.tol=0", "metrics.hessian.tol=0"),
     ("metrics.hessian.max_iter=0", "metrics.hessian.max_iter=0"),
     ("metrics.hessian.trace_matvecs=0", "metrics.hessian.trace_matvecs=0"),
+    ("metrics.hessian.trace_matvecs=3", "metrics.hessian.trace_matvecs=3: Hutch++ needs >= 4"),
     ("metrics.hessian.batch_size=0", "metrics.hessian.batch_size=0"),
     ("metrics.connectivity.n_points=0", "metrics.connectivity.n_points=0"),
     ("metrics.connectivity.epochs=0", "metrics.connectivity.epochs=0"),
