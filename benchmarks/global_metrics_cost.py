@@ -21,7 +21,7 @@ from landscape.data import load_data
 from landscape.metrics import ModelContext, PairContext
 from landscape.metrics import cka as cka_family
 from landscape.metrics import connectivity as conn_family
-from landscape.metrics.l2 import l2_distance
+from landscape.directions import l2_distance
 from landscape.models import build_model
 from landscape.training import TrainSettings, evaluate, make_loss, train_model
 
@@ -65,7 +65,7 @@ def main() -> None:
     l2 = l2_distance(pair.a.model, pair.b.model)
     l2_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    c = cka_family.FAMILY.compute(pair, cka_family.Config(enabled=True))
+    c = cka_family.FAMILY.compute(pair, cka_family.Config(enabled=True)).values
     cka_s = time.perf_counter() - t0
     ccfg = conn_family.Config(enabled=True)
     if args.curve_epochs is not None:
@@ -73,7 +73,7 @@ def main() -> None:
     if args.curve_batch is not None:
         ccfg = replace(ccfg, batch_size=args.curve_batch)
     t0 = time.perf_counter()
-    row = conn_family.FAMILY.compute(pair, ccfg)
+    row = conn_family.FAMILY.compute(pair, ccfg).values
     conn_s = time.perf_counter() - t0
     glob = l2_s + cka_s + conn_s
     fmt = lambda xs: "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"  # noqa: E731

@@ -53,10 +53,9 @@ def main() -> None:
                                  make_model=lambda d=d: build_model(mcfg, data.input_shape, data.n_classes).to(d),
                                  cfg=None, device=d, workdir=root / f"w{s}") for s, m in enumerate(models)]
             pair = PairContext(ctxs[0], ctxs[1], root / f"pair-{mcfg.name}-{dev}")
-            row = cka_family.FAMILY.compute(pair, cka_family.Config(enabled=True))
-            row |= cka_family.FAMILY.compute(pair, cka_family.Config(enabled=True, batch_size=128, kernel="rbf",
-                                                                     probe="mixup")) and {}
-            row |= conn_family.FAMILY.compute(pair, conn_family.Config(enabled=True, epochs=5))
+            row = cka_family.FAMILY.compute(pair, cka_family.Config(enabled=True)).values
+            cka_family.FAMILY.compute(pair, cka_family.Config(enabled=True, batch_size=128, kernel="rbf", probe="mixup"))
+            row |= conn_family.FAMILY.compute(pair, conn_family.Config(enabled=True, epochs=5)).values
             rows[dev] = row
             log.info("%s %s: cka %.6f mc %.4f mc_loss %.5f barrier %.5f curve_barrier %.5f (%.2f s curve)", mcfg.name,
                      dev, row["cka"], row["connectivity.mc"], row["connectivity.mc_loss"], row["connectivity.barrier"],

@@ -62,7 +62,9 @@ def metrics_key(settings: Any) -> str:
 class CellStatus:
     """Contents of ``status.json``. ``state``: running | done | failed. ``seeds``: per-seed outcome
     (done | diverged) of finished seeds; ``error``: the last error line of a failed run; ``done_key``: hash
-    of the seeds and metric settings the cell's result files hold (a different request recomputes)."""
+    of the seeds and metric settings the cell's result files hold (a different request recomputes);
+    ``metric_errors``: ``[{"family", "who" (seed=S | pair=A-B), "error"}]`` of the values a metric family could
+    not compute in the last run (each a typed null with the reason in ``<family>.error``)."""
 
     state: str
     cell_id: str
@@ -81,6 +83,7 @@ class CellStatus:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    metric_errors: list[dict[str, str]] = field(default_factory=list)
 
 
 class DamagedFile(Exception):

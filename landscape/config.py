@@ -4,6 +4,10 @@ The config groups in ``conf/`` (``data``, ``model``, ``train``, ``metrics``) fil
 key is refused by Hydra itself (struct mode). ``validate`` checks the values and returns every problem as a
 message naming the key, the value and what is allowed; ``check`` raises ``ConfigError`` with all of them.
 Validation needs no data: dataset sizes are known from the config (CIFAR-10: counted on disk once).
+
+Importing this module is cheap (no torch, no metric family): the ``metrics`` schema, built from the
+registered families' ``Config`` classes, and the root ``LandscapeConfig`` are made on first use
+(``landscape.config.LandscapeConfig``, ``register_configs``); ``validate`` imports what it checks against.
 """
 
 from __future__ import annotations
@@ -14,12 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
-
-from landscape import data as data_mod
-from landscape.models import ACTIVATIONS, MODELS
-from landscape.training import LOSSES, SCHEDULES
 
 
 @dataclass
@@ -80,55 +79,55 @@ class TrainConfig:
     vectorize: str = "auto"
 
 
-@dataclass
-class TrainingMetricsConfig:
-    """``metrics.training.*``: train/test loss and accuracy of every model (always cheap)."""
-
-    enabled: bool = True
-    eval_batch_size: int = 2048
+_ROOT: dict[str, type] = {}
 
 
-def _family_configs() -> dict[str, type]:
-    """Config dataclasses of the metric families, by family name (imported lazily from their modules)."""
-    from landscape.metrics import family_config_classes
+def _build_root() -> dict[str, type]:
+    """``MetricsConfig`` (``pairs`` + one node per registered family, its ``Config``) and ``LandscapeConfig``."""
+    if not _ROOT:
+        from dataclasses import make_dataclass
 
-    return family_config_classes()
+        from landscape.metrics import family_config_classes
+
+        specs: list[tuple[str, Any, Any]] = [
+            ("pairs", str, field(default="all")),  # which pairs of seeds the pair families measure: all | chain | star
+        ]
+        for name, cls in family_config_classes().items():
+            specs.append((name, cls, field(default_factory=cls)))
+        metrics_cls = make_dataclass("MetricsConfig", specs)
+        root = make_dataclass("LandscapeConfig", [
+            ("data", DataConfig, field(default_factory=DataConfig)),
+            ("model", ModelConfig, field(default_factory=ModelConfig)),
+            ("train", TrainConfig, field(default_factory=TrainConfig)),
+            ("metrics", metrics_cls, field(default_factory=metrics_cls)),
+            ("sweep_name", str, field(default="default")),
+            ("device", str, field(default="auto")),
+            ("threads", int, field(default=1)),
+            ("dry_run", bool, field(default=False)),
+        ])
+        root.__doc__ = _ROOT_DOC
+        _ROOT.update(MetricsConfig=metrics_cls, LandscapeConfig=root)
+    return _ROOT
 
 
-def _metrics_config_class() -> type:
-    from dataclasses import make_dataclass
-
-    specs: list[tuple[str, Any, Any]] = [
-        ("training", TrainingMetricsConfig, field(default_factory=TrainingMetricsConfig)),
-        ("pairs", str, field(default="all")),  # which pairs of seeds the pair families measure: all | chain | star
-    ]
-    for name, cls in _family_configs().items():
-        specs.append((name, cls, field(default_factory=cls)))
-    return make_dataclass("MetricsConfig", specs)
+_ROOT_DOC = """The root config of one cell. ``sweep_name`` names the sweep (and its default output directory);
+    ``device``: auto | cpu | cuda | cuda:N; ``threads``: CPU threads of torch in the job (1 by default: grids
+    parallelise over cells, and a fixed count keeps CPU numbers reproducible); ``dry_run``: list and validate
+    the grid's cells, train nothing; ``metrics``: ``pairs`` and one node per metric family."""
 
 
-MetricsConfig = _metrics_config_class()
-
-
-@dataclass
-class LandscapeConfig:
-    """The root config of one cell. ``sweep_name`` names the sweep (and its default output directory);
-    ``device``: auto | cpu | cuda | cuda:N; ``threads``: CPU threads of torch in the job (1 by default:
-    grids parallelise over cells, and a fixed count keeps CPU numbers reproducible); ``dry_run``: list and validate the grid's cells, train nothing."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # type: ignore[valid-type]
-    sweep_name: str = "default"
-    device: str = "auto"
-    threads: int = 1
-    dry_run: bool = False
+def __getattr__(name: str) -> Any:
+    """``LandscapeConfig`` and ``MetricsConfig``, built on first use (they need every family's ``Config``)."""
+    if name in ("LandscapeConfig", "MetricsConfig"):
+        return _build_root()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_configs() -> None:
     """Register the root schema as ``base_config`` in Hydra's ConfigStore (idempotent)."""
-    ConfigStore.instance().store(name="base_config", node=LandscapeConfig)
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=_build_root()["LandscapeConfig"])
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -156,6 +155,10 @@ def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...])
 
 def validate(cfg: DictConfig | Any) -> list[str]:
     """Every problem of a composed cell config, as ``"key=value: what is allowed"`` messages (empty: valid)."""
+    from landscape import data as data_mod
+    from landscape.models import ACTIVATIONS, MODELS
+    from landscape.training import LOSSES, SCHEDULES
+
     p: list[str] = [f"{k}: not a key of the config schema (added with '+'?); known keys under "
                     f"{k.rpartition('.')[0] or 'the root'}: {', '.join(known)}" for k, known in unknown_keys(cfg)]
     d, m, t = cfg.data, cfg.model, cfg.train
@@ -254,39 +257,39 @@ def validate(cfg: DictConfig | Any) -> list[str]:
     if not (_is_int(cfg.threads) and cfg.threads >= 1):
         p.append(f"threads={cfg.threads!r}: expected an integer >= 1 (CPU threads of the job)")
 
-    if not (_is_int(cfg.metrics.training.eval_batch_size) and cfg.metrics.training.eval_batch_size >= 1):
-        p.append(f"metrics.training.eval_batch_size={cfg.metrics.training.eval_batch_size!r}: expected an integer >= 1")
     from landscape.metrics import enabled, validate_metrics
 
-    for fam in enabled(cfg):
-        p.extend(_metric_rule_problems(fam.name, cfg.metrics[fam.name]))
+    family_msgs = validate_metrics(cfg)
+    p.extend(family_msgs)
+    mentioned = {m.split("=", 1)[0] for m in family_msgs}
+    for fam in enabled(cfg):  # the value rules below, for keys the family's own check did not refuse
+        p.extend(m for m in _metric_rule_problems(fam.name, cfg.metrics[fam.name]) if m.split("=", 1)[0] not in mentioned)
     h = cfg.metrics.get("hessian")
-    if h is not None and h.enabled and h.trace_method == "hutch++" and _is_int(h.trace_matvecs) and 1 <= h.trace_matvecs < 4:
+    if (h is not None and "metrics.hessian.trace_matvecs" not in mentioned and h.enabled is not False
+            and h.trace_method == "hutch++" and _is_int(h.trace_matvecs) and 1 <= h.trace_matvecs < 4):
         p.append(f"metrics.hessian.trace_matvecs={h.trace_matvecs}: Hutch++ needs >= 4 products (or "
                  "metrics.hessian.trace_method=hutchinson)")
-    for msg in validate_metrics(cfg):
-        if msg not in p:
-            p.append(msg if msg.startswith("metrics.") or msg.startswith("train.") else f"metrics: {msg}")
     return p
 
 
-# Value rules of the metric families' settings, checked at planning for every enabled family (the families'
-# own ``check_settings`` add the choices and cross-field rules). kind: int>=N | num>0 | num>=0 | frac | list>0
+# Value rules of the metric families' settings, checked at planning for every enabled family, for the keys
+# their own ``Family.check`` does not refuse (the families add choices and cross-field rules). kind: int>=N | num>0 | num>=0 | frac | list>0
 METRIC_RULES: dict[str, dict[str, str]] = {
     "hessian": {"eval_samples": "int>=1", "batch_size": "int>=1", "max_block": "int>=1", "seed": "int>=0",
-                "top_k": "int>=1", "tol": "num>0", "max_iter": "int>=1", "trace_matvecs": "int>=1",
+                "top_k": "int>=1", "n_top": "int>=1", "tol": "num>0", "max_iter": "int>=1", "trace_matvecs": "int>=1",
                 "n_probes": "int>=1", "n_steps": "int>=2", "grid_size": "int>=2"},
     "cka": {"n_samples": "int>=4", "rbf_fraction": "num>0", "batch_size": "int>=0", "seed": "int>=0"},
     "connectivity": {"bends": "int>=1", "epochs": "int>=1", "lr": "num>0", "momentum": "frac",
                      "weight_decay": "num>=0", "batch_size": "int>=1", "n_points": "int>=2", "seed": "int>=0",
                      "checkpoint_every": "int>=1"},
+    "training": {"eval_batch_size": "int>=1"},
     "jump_retrain": {"n_jumps": "int>=1", "scales": "list>0", "epochs": "int>=1", "lr": "num>0",
                      "batch_size": "int>=1", "record_every": "int>=1", "projection_dim": "int>=1",
                      "eval_samples": "int>=2", "phate_knn": "int>=1", "phate_decay": "num>0",
                      "phate_random_state": "int>=0", "graph_knn": "int>=1", "persistence_threshold": "num>=0",
                      "seed": "int>=0"},
     "projection_trace": {"n_directions": "int>=2", "epsilon": "num>0", "eval_samples": "int>=1", "seed": "int>=0",
-                         "batch_size": "int>=1"},
+                         "batch_size": "int>=1", "saddle_draws": "int>=0", "saddle_step": "num>0"},
     "surfaces": {"dims": "int>=1", "range": "num>0", "resolution": "int>=1", "eval_samples": "int>=1",
                  "seed": "int>=0", "chunk": "int>=1", "batch_size": "int>=1", "hessian_tol": "num>0",
                  "hessian_max_iter": "int>=1"},
@@ -399,7 +402,7 @@ def launch_problems(cfg: Any, local: bool, memory_bytes: int | None = None) -> l
 def unknown_keys(cfg: Any, cls: type | None = None, prefix: str = "") -> list[tuple[str, list[str]]]:
     """``(dotted key, known sibling keys)`` of every key of ``cfg`` that the schema (``LandscapeConfig``) lacks:
     Hydra's ``+key=value`` adds keys to a structured config, so a typo behind ``+`` would pass silently."""
-    cls = cls or LandscapeConfig
+    cls = cls or _build_root()["LandscapeConfig"]
     out: list[tuple[str, list[str]]] = []
     if not OmegaConf.is_dict(cfg):
         return out

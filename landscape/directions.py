@@ -1,7 +1,7 @@
 """Directions in parameter space: flat parameter vectors, filter-normalised random directions, Hessian directions.
 
 A *flat vector* ``[P]`` lists every trainable parameter of a model in ``model.named_parameters()`` order
-(the order of ``landscape.metrics.l2.flat_parameters``). Buffers (BatchNorm running statistics) are not part
+(``flat_parameters``). Buffers (BatchNorm running statistics) are not part
 of it; they stay as they are in the model.
 
 Filter normalisation (Li et al. 2018, "Visualizing the loss landscape of neural nets"): draw ``d ~ N(0, I)``
@@ -19,13 +19,13 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from landscape.metrics.l2 import flat_parameters
 from landscape.training import LossFn
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "flat_parameters",
+    "l2_distance",
     "named_trainable",
     "unflatten",
     "unflatten_batch",
@@ -36,6 +36,16 @@ __all__ = [
     "filter_norms",
     "hessian_directions",
 ]
+
+
+def flat_parameters(model: nn.Module) -> Tensor:
+    """All trainable parameters of ``model`` concatenated into one flat vector ``[P]`` (detached)."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
+
+
+def l2_distance(a: nn.Module, b: nn.Module) -> float:
+    """||theta_a - theta_b||_2 over the trainable parameters of two models of one architecture, in float64."""
+    return float(torch.linalg.vector_norm(flat_parameters(a).double() - flat_parameters(b).double()))
 
 
 def named_trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -10,8 +10,10 @@
 2. build the data (deterministic subsample and label noise) on the job's device;
 3. train each seed from its checkpoints (``landscape.training``); a diverged seed is a row with
    ``status = diverged``;
-4. evaluate training metrics, then every enabled model family per model and pair family per pair of models
-   (each value cached under the cell directory, so a rerun does not recompute it);
+4. measure: every enabled model family (``training`` first) per model and pair family per pair of models
+   (each result cached under the cell directory, so a rerun does not recompute it). A family that fails for
+   one model or pair costs only its values there: typed nulls, the reason in ``<family>.error``, a warning in
+   the log at once and an entry in ``status.json``'s ``metric_errors`` (``landscape-status`` shows them);
 5. merge the rows into the ``models``, ``pairs`` and long-table files of the cell and settings key
    (``commit_results``: staged, recorded as pending, renamed into place), then write the ``done`` status that
    records their checksums (the commit). Any exception writes a ``failed`` status with the error and is re-raised;
@@ -45,11 +47,11 @@ from landscape.cell import (CellDir, CellStatus, DamagedFile, Lease, LeaseLost, 
 from landscape.config import ConfigError, check, launch_problems
 from landscape.data import CellData, load_data
 from landscape.devices import resolve_device
-from landscape.metrics import MetricFamily, ModelContext, PairContext
+from landscape.metrics import Family, ModelContext, PairContext, Result
 from landscape.models import build_model, n_parameters
 from landscape.results import SCHEMA_VERSION, schema_for
 from landscape.results.schema import knob_columns
-from landscape.training import TrainResult, TrainSettings, evaluate, make_loss, train_model
+from landscape.training import TrainResult, TrainSettings, make_loss, train_model
 from landscape.vectorized import group_name, train_together, use_vectorized
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,7 @@ class CellOutcome:
 def done_key(cfg: Any) -> str:
     """Hash of what the result files of a done cell must hold: the seed list and enabled metric settings."""
     enabled = {f.name: OmegaConf.to_container(cfg.metrics[f.name], resolve=True) for f in metrics_mod.enabled(cfg)}
-    payload = {"seeds": sorted(int(s) for s in cfg.train.seeds), "metrics": enabled, "pairs": str(cfg.metrics.pairs),
-               "training": OmegaConf.to_container(cfg.metrics.training, resolve=True)}
+    payload = {"seeds": sorted(int(s) for s in cfg.train.seeds), "metrics": enabled, "pairs": str(cfg.metrics.pairs)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -347,31 +348,24 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
 
     # 4. measure
     ok = [s for s in seeds if results[s].status == "done"]
-    tcfg = cfg.metrics.training
-    training_values: dict[int, dict[str, Any]] = {}
-    for s in ok:
-        model = models[s].eval()
-        train_loss, train_acc = evaluate(model, data.x_train, data.y_train, loss_fn, tcfg.eval_batch_size)
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, loss_fn, tcfg.eval_batch_size)
-        _, clean_acc = evaluate(model, data.x_train, data.y_train_clean, loss_fn, tcfg.eval_batch_size)
-        training_values[s] = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                              "test_acc": test_acc, "train_acc_clean": clean_acc}
-
     contexts = {
         s: ModelContext(model=models[s].eval(), seed=s, data=data, loss_fn=loss_fn, make_model=make_model,
                         cfg=cfg, device=device, workdir=cell.path)
         for s in ok
     }
+    status.metric_errors = []
     model_values: dict[int, dict[str, Any]] = {s: {} for s in ok}
     extra_rows: dict[str, list[dict[str, Any]]] = {}
     for fam in metrics_mod.enabled(cfg, "models"):
         for s in ok:
-            values = _cached_compute(fam, cfg, cell, f"seed={s}", contexts[s])
-            extra = values.pop("_tables", {})
-            model_values[s].update(values)
-            for table, rows in extra.items():
+            res = _measure(fam, cfg, cell, f"seed={s}", contexts[s], status)
+            model_values[s].update(res.values)
+            for table, rows in res.tables.items():
                 extra_rows.setdefault(table, []).extend({**r, "seed": s} for r in rows)
 
+    for fam in metrics_mod.skipped_auto(cfg):
+        log.info("%s: pair family %s skipped: the cell has one seed (train.seeds=%s; enabled: auto)",
+                 cell.cell_id, fam.name, seeds)
     pair_families = metrics_mod.enabled(cfg, "pairs")
     pair_values: dict[tuple[int, int], dict[str, Any]] = {}
     if pair_families:
@@ -380,9 +374,9 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
             if a in contexts and b in contexts:
                 pctx = PairContext(a=contexts[a], b=contexts[b], workdir=cell.path)
                 for fam in pair_families:
-                    values = _cached_compute(fam, cfg, cell, f"pair={a}-{b}", pctx)
-                    values.pop("_tables", None)
-                    pair_values[(a, b)].update(values)
+                    pair_values[(a, b)].update(_measure(fam, cfg, cell, f"pair={a}-{b}", pctx, status).values)
+    if status.metric_errors:
+        cell.write_status(status)
 
     # 5. write rows
     finished_at = _now()
@@ -402,7 +396,6 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
         row = {**common, "seed": s, "status": r.status,
                "training.epochs": r.epochs, "training.steps": r.steps, "training.seconds": r.seconds,
                "training.resumed": r.resumed_from_epoch > 0, "training.vectorized": r.vectorized}
-        row.update(training_values.get(s, {}))
         row.update(model_values.get(s, {}))
         model_rows.append(_plain(row))
     tables: dict[str, list[dict[str, Any]]] = {"models": model_rows}
@@ -475,7 +468,7 @@ def table_keys(cfg: Any) -> dict[str, str]:
     training-metric settings and every enabled model family's settings), ``pairs`` (enabled pair families'
     settings; only if any) and each long table of an enabled family (that family's settings). A request with
     other metric settings writes other files; one with other seeds adds rows to the same files."""
-    def settings(fams: list[MetricFamily]) -> dict[str, Any]:
+    def settings(fams: list[Family]) -> dict[str, Any]:
         return {f.name: OmegaConf.to_container(cfg.metrics[f.name], resolve=True) for f in fams}
 
     keys = {"models": _settings_hash({"training": OmegaConf.to_container(cfg.metrics.training, resolve=True),
@@ -484,7 +477,7 @@ def table_keys(cfg: Any) -> dict[str, str]:
     if pair_fams:
         keys["pairs"] = _settings_hash(settings(pair_fams))
     for fam in metrics_mod.enabled(cfg):
-        for table in fam.extra_tables:
+        for table in fam.long_tables:
             keys[table] = _settings_hash(settings([fam]))
     return keys
 
@@ -590,20 +583,91 @@ def check_after_load(cfg: DictConfig, data: CellData) -> None:
         raise ConfigError([f"train.batch_size={bs}: larger than the training set ({data.n_train} samples)"])
 
 
-def _cached_compute(fam: MetricFamily, cfg: DictConfig, cell: CellDir, who: str, ctx: Any) -> dict[str, Any]:
+def _measure(fam: Family, cfg: DictConfig, cell: CellDir, who: str, ctx: Any, status: CellStatus) -> Result:
+    """One family on one model or pair: its settings columns, its (cached) values, its error column; an error
+    is logged at once and recorded in ``status.metric_errors``."""
+    settings = cfg.metrics[fam.name]
+    res = _cached_compute(fam, cfg, cell, who, ctx)
+    values = {**fam.settings_values(settings), **res.values, fam.error_column: res.error}
+    if res.error is not None:
+        log.warning("%s %s: metric family %s: %s", cell.cell_id, who, fam.name, res.error)
+        status.metric_errors.append({"family": fam.name, "who": who, "error": res.error[:500]})
+    return Result(values, res.tables, res.error)
+
+
+def _cached_compute(fam: Family, cfg: DictConfig, cell: CellDir, who: str, ctx: Any) -> Result:
+    """``fam.compute(ctx, settings)``, cached on disk per model/pair and settings, checked against the family's
+    declared columns and types (see :func:`_conform`). An exception in the family is a result with only an
+    error (not cached: a rerun of the cell tries again); a preemption request is re-raised."""
+    from landscape.training import StopRequested
+
     settings = cfg.metrics[fam.name]
     key = f"{who}-{metrics_key(settings)}"
     path = cell.metrics_path(key, fam.name)
     cached = read_json(path)
     if cached is not None:
-        return cached
+        return _conform(fam, _from_cache(cached, fam))
     ctx = dataclasses.replace(ctx, workdir=cell.workdir(key, fam.name))
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    values = _plain(fam.compute(ctx, settings))
+    try:
+        res = fam.compute(ctx, settings)
+    except StopRequested:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one failed measurement costs one value, not the cell
+        log.warning("%s %s: metric family %s raised (its values are nulls):", cell.cell_id, who, fam.name,
+                    exc_info=True)
+        return Result(error=" ".join(f"{type(exc).__name__}: {exc}".split())[:500])
     log.info("%s %s: %s in %.2f s", cell.cell_id, who, fam.name, time.perf_counter() - t0)
-    unknown = set(values) - set(fam.columns) - {"_tables"}
-    if unknown:
-        raise KeyError(f"metric family {fam.name} returned undeclared columns {sorted(unknown)}")
-    write_json(path, values)
-    return values
+    if not isinstance(res, Result):
+        return Result(error=f"compute returned {type(res).__name__}, expected landscape.metrics.Result")
+    res = Result(_plain(res.values), _plain(res.tables), res.error)
+    write_json(path, {"values": res.values, "tables": res.tables, "error": res.error})
+    return _conform(fam, res)
+
+
+def _from_cache(cached: dict[str, Any], fam: Family) -> Result:
+    if "values" in cached and set(cached) <= {"values", "tables", "error"}:
+        return Result(cached["values"], cached.get("tables") or {}, cached.get("error"))
+    # written before the family contract (schema version 1): a flat dict of values, long tables under "_tables";
+    # columns that version 2 no longer has are dropped
+    tables = cached.pop("_tables", {})
+    return Result({k: v for k, v in cached.items() if k in fam.columns}, tables, None)
+
+
+def _conform(fam: Family, res: Result) -> Result:
+    """Keep the values that fit the family's declared columns and types; an undeclared or mistyped column, a
+    non-finite metric value or a malformed long table becomes a null with its reason appended to the error."""
+    import math
+
+    import pyarrow as pa
+
+    columns, problems = fam.columns, []
+    values: dict[str, Any] = {}
+    for col, v in res.values.items():
+        if col not in columns or col == fam.error_column:
+            problems.append(f"undeclared column {col!r}")
+            continue
+        try:
+            pa.array([v], type=columns[col])
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            problems.append(f"{col}={v!r} is not {columns[col]} ({type(exc).__name__})")
+            continue
+        if col in fam.metrics and isinstance(v, float) and not math.isfinite(v):
+            if res.error is None:  # a value that should be valid and is not: counted, never hidden
+                problems.append(f"{col}={v} (not finite)")
+            v = None
+        values[col] = v
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for name, rows in res.tables.items():
+        if name not in fam.long_tables:
+            problems.append(f"undeclared long table {name!r}")
+            continue
+        try:
+            pa.Table.from_pylist(list(rows), schema=pa.schema(list(fam.long_tables[name].items())))
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            problems.append(f"long table {name!r}: {type(exc).__name__}: {exc}"[:200])
+            continue
+        tables[name] = list(rows)
+    error = "; ".join(([res.error] if res.error else []) + problems) or None
+    return Result(values, tables, error)

@@ -10,7 +10,10 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it is used: git_info serves torch-free callers (landscape-phase)
+    import torch
 
 _PACKAGES = ("landscape", "torch", "numpy", "scipy", "pandas", "pyarrow", "hydra-core", "omegaconf", "submitit")
 
@@ -45,8 +48,10 @@ def host() -> str:
     return socket.gethostname()
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device: "torch.device") -> str:
     """``cpu`` or ``cuda:N (<GPU name>)``."""
     if device.type == "cuda":
+        import torch
+
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)

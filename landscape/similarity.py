@@ -21,13 +21,16 @@ of a named inner module, on a probe set from ``probe_inputs``: a seeded subset o
 inputs, or ``mixup`` inputs (``lam x_i + (1 - lam) x_j`` of random training pairs, ``lam ~ Beta(16, 16)``,
 the setting of the taxonomy paper; 768 samples there).
 
-Degenerate inputs raise ``ValueError`` rather than return NaN: mismatched ``n``, non-finite entries, features
-with zero variance after centring, fewer than 4 samples for the unbiased estimator.
+CKA is undefined when one representation has (numerically) zero variance after centring, e.g. the constant
+outputs of a collapsed network (a zero self-HSIC), or, for the rbf kernel, when all rows coincide: then the
+value is NaN and ``cka_value`` / ``MinibatchCKA.result`` say why (``CKAValue.reason``). Bad input is an error
+(``ValueError``): mismatched ``n``, non-finite entries, fewer than 4 samples for the unbiased estimator.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Iterator, Literal
 
 import numpy as np
@@ -45,6 +48,18 @@ MIXUP_ALPHA = 16.0
 _TINY = 1e-24  # relative: a self-HSIC below this fraction of mean(K^2) is round-off, i.e. zero variance
 
 Kernel = Literal["linear", "rbf"]
+
+
+@dataclass(frozen=True)
+class CKAValue:
+    """A CKA value, NaN when it is undefined for these features, with the ``reason`` (None when defined)."""
+
+    value: float
+    reason: str | None = None
+
+
+class UndefinedCKA(ValueError):
+    """Raised inside this module for features on which CKA is undefined; ``cka_value`` turns it into NaN."""
 
 
 # ------------------------------------------------------------------------------------------------ kernels
@@ -70,7 +85,7 @@ def gram(X: Tensor, kernel: Kernel = "linear", rbf_fraction: float = 1.0, name: 
         off = d2[~torch.eye(n, dtype=torch.bool, device=d2.device)]
         median = off.sqrt().median() if off.numel() else torch.tensor(0.0, dtype=torch.float64)
         if not float(median) > 0.0:
-            raise ValueError(f"{name}: rbf kernel needs distinct rows (median distance between rows is 0)")
+            raise UndefinedCKA(f"{name}: rbf kernel needs distinct rows (median distance between rows is 0)")
         if not rbf_fraction > 0.0:
             raise ValueError(f"rbf_fraction={rbf_fraction!r}: expected a positive fraction of the median distance")
         s = rbf_fraction * median
@@ -117,11 +132,35 @@ def _ratio(hxy: float, hxx: float, hyy: float, sx: float, sy: float, debiased: b
     kind = "unbiased" if debiased else "biased"
     for name, h, s in (("X", hxx, sx), ("Y", hyy, sy)):
         if not h > _TINY * s or s <= 0.0:
-            raise ValueError(
+            raise UndefinedCKA(
                 f"{name}: {kind} self-HSIC = {h:.3g} <= 0: the features have (numerically) zero variance after "
                 "centring (constant features?) or too few samples"
             )
     return hxy / float(np.sqrt(hxx * hyy))
+
+
+def cka_value(
+    X: Tensor,
+    Y: Tensor,
+    kernel: Kernel = "linear",
+    debiased: bool = False,
+    rbf_fraction: float = 1.0,
+) -> CKAValue:
+    """CKA between feature matrices ``X [n, p]`` and ``Y [n, q]`` (rows = the same ``n`` inputs), in float64.
+
+    ``kernel`` is ``linear`` or ``rbf`` (bandwidth ``rbf_fraction`` times the median distance between rows);
+    ``debiased`` uses the unbiased HSIC (``n >= 4``). NaN with a reason where CKA is undefined (constant
+    features); ``ValueError`` on bad input (see the module docstring).
+    """
+    X, Y = _as_matrix(X, "X"), _as_matrix(Y, "Y")
+    _check_pair(X, Y)
+    try:
+        K = gram(X, kernel, rbf_fraction, "X")
+        L = gram(Y, kernel, rbf_fraction, "Y")
+        hsic = hsic_unbiased if debiased else hsic_biased
+        return CKAValue(_ratio(hsic(K, L), hsic(K, K), hsic(L, L), _self_hsic_scale(K), _self_hsic_scale(L), debiased))
+    except UndefinedCKA as exc:
+        return CKAValue(float("nan"), str(exc))
 
 
 def cka(
@@ -131,17 +170,8 @@ def cka(
     debiased: bool = False,
     rbf_fraction: float = 1.0,
 ) -> float:
-    """CKA between feature matrices ``X [n, p]`` and ``Y [n, q]`` (rows = the same ``n`` inputs), in float64.
-
-    ``kernel`` is ``linear`` or ``rbf`` (bandwidth ``rbf_fraction`` times the median distance between rows);
-    ``debiased`` uses the unbiased HSIC (``n >= 4``). Raises ``ValueError`` on degenerate inputs.
-    """
-    X, Y = _as_matrix(X, "X"), _as_matrix(Y, "Y")
-    _check_pair(X, Y)
-    K = gram(X, kernel, rbf_fraction, "X")
-    L = gram(Y, kernel, rbf_fraction, "Y")
-    hsic = hsic_unbiased if debiased else hsic_biased
-    return _ratio(hsic(K, L), hsic(K, K), hsic(L, L), _self_hsic_scale(K), _self_hsic_scale(L), debiased)
+    """``cka_value(...).value``: the CKA of ``X [n, p]`` and ``Y [n, q]``, NaN where it is undefined."""
+    return cka_value(X, Y, kernel, debiased, rbf_fraction).value
 
 
 class MinibatchCKA:
@@ -161,23 +191,40 @@ class MinibatchCKA:
         self.n_samples = 0
         self._sums = np.zeros(3)  # xy, xx, yy
         self._scales = np.zeros(2)
+        self._undefined: str | None = None  # reason, once a batch made CKA undefined
 
     def update(self, Xb: Tensor, Yb: Tensor) -> None:
         Xb, Yb = _as_matrix(Xb, "X"), _as_matrix(Yb, "Y")
         _check_pair(Xb, Yb)
-        K = gram(Xb, self.kernel, self.rbf_fraction, "X")
-        L = gram(Yb, self.kernel, self.rbf_fraction, "Y")
-        self._sums += (hsic_unbiased(K, L), hsic_unbiased(K, K), hsic_unbiased(L, L))
-        self._scales += (_self_hsic_scale(K), _self_hsic_scale(L))
+        if Xb.shape[0] < 4:
+            raise ValueError(f"n={Xb.shape[0]} samples: the unbiased (debiased) HSIC needs at least 4")
         self.n_batches += 1
         self.n_samples += Xb.shape[0]
+        try:
+            K = gram(Xb, self.kernel, self.rbf_fraction, "X")
+            L = gram(Yb, self.kernel, self.rbf_fraction, "Y")
+        except UndefinedCKA as exc:
+            self._undefined = self._undefined or f"{exc} (minibatch {self.n_batches})"
+            return
+        self._sums += (hsic_unbiased(K, L), hsic_unbiased(K, K), hsic_unbiased(L, L))
+        self._scales += (_self_hsic_scale(K), _self_hsic_scale(L))
 
-    def value(self) -> float:
+    def result(self) -> CKAValue:
+        """The minibatch CKA, NaN with a reason where it is undefined."""
         if self.n_batches == 0:
             raise ValueError("MinibatchCKA.value(): no minibatch was added (call update first)")
+        if self._undefined is not None:
+            return CKAValue(float("nan"), self._undefined)
         hxy, hxx, hyy = self._sums / self.n_batches
         sx, sy = self._scales / self.n_batches
-        return _ratio(hxy, hxx, hyy, sx, sy, debiased=True)
+        try:
+            return CKAValue(_ratio(hxy, hxx, hyy, sx, sy, debiased=True))
+        except UndefinedCKA as exc:
+            return CKAValue(float("nan"), str(exc))
+
+    def value(self) -> float:
+        """``result().value``."""
+        return self.result().value
 
 
 def minibatch_cka(

@@ -255,33 +255,3 @@ def plot_contour(surface: Surface, value: str = "train_loss", ax: Any = None, le
     ax.set_xlabel("alpha (direction 1)")
     ax.set_ylabel("beta (direction 2)")
     return ax
-
-
-def plot_surface3d(surface: Surface, value: str = "train_loss", ax: Any = None) -> Any:
-    """3-D surface plot of ``surface.<value>`` over (alpha, beta); returns the Axes3D."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig = plt.figure(figsize=(5, 4))
-        ax = fig.add_subplot(projection="3d")
-    aa, bb = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
-    ax.plot_surface(aa, bb, getattr(surface, value), cmap="viridis", linewidth=0, antialiased=True)
-    ax.set_xlabel("alpha")
-    ax.set_ylabel("beta")
-    ax.set_zlabel(value)
-    return ax
-
-
-def plot_line(surface: Surface, ax: Any = None) -> Any:
-    """Train (and test) loss along a 1-D line (``betas = [0]``); returns the Axes."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(surface.alphas, surface.train_loss[:, 0], label="train")
-    if surface.test_loss is not None:
-        ax.plot(surface.alphas, surface.test_loss[:, 0], label="test")
-    ax.set_xlabel("alpha")
-    ax.set_ylabel("loss")
-    ax.legend()
-    return ax

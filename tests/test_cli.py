@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -16,6 +17,50 @@ from conftest import FAST, LANDSCAPE, REPO
 from landscape.results import load
 
 METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "train_acc_clean", "training.steps"]
+
+
+def saved_models(sweep: Path, cell_id: str, seeds: list[int]):
+    """The cell's data and each seed's final weights, loaded from disk as a user would (independent of the job)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from landscape.data import load_data
+    from landscape.models import build_model
+
+    cfg = OmegaConf.load(sweep / "cells" / cell_id / "config.yaml")
+    data = load_data(cfg.data)
+    models = {}
+    for s in seeds:
+        m = build_model(cfg.model, data.input_shape, data.n_classes)
+        m.load_state_dict(torch.load(sweep / "cells" / cell_id / "seeds" / str(s) / "final.pt", weights_only=True))
+        models[s] = m.eval()
+    return data, models
+
+
+def linear_cka(X, Y) -> float:
+    """Linear CKA in feature space, ||Yc' Xc||_F^2 / (||Xc' Xc||_F ||Yc' Yc||_F), float64."""
+    Xc, Yc = X.double() - X.double().mean(0), Y.double() - Y.double().mean(0)
+    return float((Yc.T @ Xc).norm() ** 2 / ((Xc.T @ Xc).norm() * (Yc.T @ Yc).norm()))
+
+
+def exact_hessian(model, x, y):
+    """The Hessian ``[P, P]`` of the mean cross-entropy over ``(x, y)`` at the model's parameters, float64."""
+    import torch
+    from torch.func import functional_call
+
+    m = copy.deepcopy(model).double()
+    names = [n for n, _ in m.named_parameters()]
+    shapes = [p.shape for _, p in m.named_parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+
+    def loss(flat):
+        params, i = {}, 0
+        for n, sh in zip(names, shapes):
+            params[n] = flat[i:i + sh.numel()].reshape(sh)
+            i += sh.numel()
+        return torch.nn.functional.cross_entropy(functional_call(m, params, (x.double(),)), y)
+
+    return torch.func.hessian(loss)(theta)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -127,8 +172,26 @@ def test_global_metrics_through_the_cli_write_pairs_rows_joinable_with_models(cl
          "metrics.connectivity.enabled=true", "metrics.connectivity.epochs=2", "metrics.connectivity.n_points=5"])
     models, pairs = load(tmp_path / "g"), load(tmp_path / "g", "pairs")
     assert sorted(zip(pairs["seed_a"], pairs["seed_b"])) == [(0, 1), (0, 2), (1, 2)]
-    assert pairs["cka"].between(0, 1).all() and pairs["connectivity.mc"].notna().all()
-    assert pairs["connectivity.barrier"].notna().all() and (pairs["l2_distance"] > 0).all()
+    assert pairs["connectivity.mc"].notna().all() and pairs["connectivity.barrier"].notna().all()
+    # independent: the saved final weights, softmax outputs on the test set, CKA and distance written out here
+    import torch
+
+    data, nets = saved_models(tmp_path / "g", models["cell_id"].iloc[0], [0, 1, 2])
+    with torch.no_grad():
+        feats = {s: torch.softmax(m(data.x_test).double(), -1) for s, m in nets.items()}
+    flat = {s: torch.cat([p.detach().double().reshape(-1) for p in m.parameters()]) for s, m in nets.items()}
+    with torch.no_grad():  # the training family: loss and accuracy of each saved model, written out
+        for _, r in models.iterrows():
+            net = nets[int(r["seed"])]
+            assert r["test_acc"] == pytest.approx(float((net(data.x_test).argmax(1) == data.y_test).double().mean()),
+                                                  abs=1e-12)
+            assert r["train_loss"] == pytest.approx(
+                float(torch.nn.functional.cross_entropy(net(data.x_train).double(), data.y_train)), rel=1e-5)
+    for _, r in pairs.iterrows():
+        a, b = int(r["seed_a"]), int(r["seed_b"])
+        assert r["cka"] == pytest.approx(linear_cka(feats[a], feats[b]), rel=1e-9)
+        assert r["l2_distance"] == pytest.approx(float((flat[a] - flat[b]).norm()), rel=1e-12)
+        assert r["cka.error"] is None or pd.isna(r["cka.error"])
     assert all(len(t) == 5 for t in pairs["connectivity.t"])
     joined = pairs.merge(models[["cell_id", "seed", "test_acc"]], left_on=["cell_id", "seed_a"],
                          right_on=["cell_id", "seed"])
@@ -142,15 +205,24 @@ def test_pair_metrics_need_two_seeds(cli, tmp_path):
 
 
 def test_hessian_metrics_through_the_cli_write_their_columns(cli, tmp_path):
-    cli(["hydra.sweep.dir=h", *FAST, "metrics.hessian.enabled=true", "metrics.hessian.top_k=2",
+    cli(["hydra.sweep.dir=h", *FAST, "metrics.hessian.enabled=true", "metrics.hessian.n_top=2",
          "metrics.hessian.eval_samples=200", "metrics.hessian.trace_matvecs=30"])
     m = load(tmp_path / "h")
-    assert len(m) == 2
-    assert (m["hessian.top_eigenvalue"] > 0).all() and m["hessian.converged"].all()
-    assert all(len(v) == 2 and v[0] >= v[1] for v in m["hessian.top_k"])
-    assert (m["hessian.min_eigenvalue"] <= m["hessian.top_eigenvalue"]).all()
-    assert (m["hessian.trace_stderr"] > 0).all() and (m["hessian.eval_samples"] == 200).all()
-    assert (m["hessian.trace_method"] == "hutch++").all() and (m["hessian.n_matvecs"] > 0).all()
+    assert len(m) == 2 and m["hessian.converged"].all() and m["hessian.error"].isna().all()
+    assert (m["hessian.eval_samples"] == 200).all() and (m["hessian.trace_method"] == "hutch++").all()
+    # independent: the exact Hessian (torch.func, float64) of each saved model over the same 200 samples
+    import torch
+
+    from landscape.metrics.hessian import eval_indices
+
+    data, nets = saved_models(tmp_path / "h", m["cell_id"].iloc[0], [0, 1])
+    idx = eval_indices(data.n_train, 200, 0)
+    for _, r in m.iterrows():
+        lam = torch.linalg.eigvalsh(exact_hessian(nets[int(r["seed"])], data.x_train[idx], data.y_train[idx]))
+        assert list(r["hessian.top_eigenvalues"]) == pytest.approx([float(lam[-1]), float(lam[-2])], rel=1e-3)
+        assert r["hessian.top_eigenvalue"] == pytest.approx(float(lam[-1]), rel=1e-3)
+        assert r["hessian.min_eigenvalue"] == pytest.approx(float(lam[0]), rel=1e-2, abs=1e-3 * float(lam[-1]))
+        assert abs(r["hessian.trace"] - float(lam.sum())) <= 4 * r["hessian.trace_stderr"]
 
 
 def test_a_configured_subset_of_pairs(cli, tmp_path):

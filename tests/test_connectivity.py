@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -238,28 +240,67 @@ def _row_table(columns: dict, row: dict) -> pa.Table:
     return pa.Table.from_pylist([{k: row.get(k) for k in columns}], schema=schema)
 
 
+def _linear_cka(X: torch.Tensor, Y: torch.Tensor) -> float:
+    """Linear CKA written out in feature space: ||Yc' Xc||_F^2 / (||Xc' Xc||_F ||Yc' Yc||_F), float64."""
+    Xc, Yc = X.double() - X.double().mean(0), Y.double() - Y.double().mean(0)
+    return float((Yc.T @ Xc).norm() ** 2 / ((Xc.T @ Xc).norm() * (Yc.T @ Yc).norm()))
+
+
 def test_cka_family_compute(pair: PairContext):
     cfg = cka_family.Config(enabled=True, n_samples=64)
-    row = cka_family.FAMILY.compute(pair, cfg)
-    _row_table(cka_family.COLUMNS, row)
-    assert 0.3 < row["cka"] <= 1.0 and row["cka.n_samples"] == 64 and row["cka.debiased"] is False
+    res = cka_family.FAMILY.compute(pair, cfg)
+    row = res.values
+    _row_table(cka_family.FAMILY.columns, row)
+    assert res.error is None and row["cka.n_samples"] == 64 and row["cka.debiased"] is False
+    # independent: the same 64 test inputs (seed 0, drawn order), softmax outputs, CKA written out
+    idx = torch.from_numpy(np.random.default_rng(0).permutation(pair.a.data.x_test.shape[0])[:64])
+    x = pair.a.data.x_test[idx]
+    with torch.no_grad():
+        fa, fb = (torch.softmax(m.model(x).double(), -1) for m in (pair.a, pair.b))
+    assert row["cka"] == pytest.approx(_linear_cka(fa, fb), rel=1e-9)
+    assert row["cka"] < 0.999  # two seeds: not the same representation
     same = PairContext(a=pair.a, b=pair.a, workdir=pair.workdir)
-    assert cka_family.FAMILY.compute(same, cfg)["cka"] == pytest.approx(1.0, abs=1e-12)
+    assert cka_family.FAMILY.compute(same, cfg).values["cka"] == pytest.approx(1.0, abs=1e-12)
     mb = cka_family.FAMILY.compute(pair, cka_family.Config(enabled=True, probe="mixup", n_samples=96, batch_size=32,
-                                                           kernel="rbf", features="layer", layer="net.2"))
-    assert mb["cka.debiased"] is True and mb["cka.batch_size"] == 32 and -0.1 < mb["cka"] <= 1.0
+                                                           kernel="rbf", features="layer", layer="net.2")).values
+    assert mb["cka.debiased"] is True and -0.1 < mb["cka"] <= 1.0
     with pytest.raises(ValueError, match="metrics.cka.kernel='poly'"):
         cka_family.FAMILY.compute(pair, cka_family.Config(kernel="poly"))
 
 
+def test_cka_family_collapsed_model_is_null_with_reason(pair: PairContext):
+    """A model with constant outputs (a collapsed network): cka is None and the error names the model."""
+    dead = copy.deepcopy(pair.b.model)
+    with torch.no_grad():
+        for p in dead.parameters():
+            p.zero_()
+    b = dataclasses.replace(pair.b, model=dead)
+    res = cka_family.FAMILY.compute(PairContext(pair.a, b, pair.workdir), cka_family.Config(enabled=True, n_samples=64))
+    assert res.values["cka"] is None
+    assert res.error.startswith("CKA undefined: model 1: biased self-HSIC") and "zero variance" in res.error
+
+
 def test_connectivity_family_compute_and_resume(pair: PairContext):
     cfg = conn_family.Config(enabled=True, epochs=3, batch_size=32, n_points=5)
-    row = conn_family.FAMILY.compute(pair, cfg)
-    _row_table(conn_family.COLUMNS, row)
+    row = conn_family.FAMILY.compute(pair, cfg).values
+    _row_table(conn_family.FAMILY.columns, row)
     assert row["connectivity.t"] == [0.0, 0.25, 0.5, 0.75, 1.0] == row["connectivity.line_t"]
     for key in ("curve_train_loss", "curve_train_err", "curve_test_loss", "curve_test_err", "line_train_loss"):
         assert len(row[f"connectivity.{key}"]) == 5
-    assert row["connectivity.barrier"] >= 0.0 and row["connectivity.curve_barrier"] >= 0.0
+    # independent: the straight line rebuilt from the two models' weights, losses by a plain forward pass
+    line_losses = []
+    for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+        m = copy.deepcopy(pair.a.model)
+        sa, sb = pair.a.model.state_dict(), pair.b.model.state_dict()
+        m.load_state_dict({k: (1 - t) * sa[k] + t * sb[k] for k in sa})
+        with torch.no_grad():
+            line_losses.append(float(torch.nn.functional.cross_entropy(m(pair.a.data.x_train), pair.a.data.y_train)))
+    assert row["connectivity.line_train_loss"] == pytest.approx(line_losses, rel=1e-5)
+    chord = [(1 - t) * line_losses[0] + t * line_losses[-1] for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    assert row["connectivity.barrier"] == pytest.approx(max(v - c for v, c in zip(line_losses, chord)), rel=1e-5)
+    assert row["connectivity.curve_barrier"] == pytest.approx(
+        max(v - ((1 - t) * row["connectivity.curve_train_loss"][0] + t * row["connectivity.curve_train_loss"][-1])
+            for t, v in zip(row["connectivity.t"], row["connectivity.curve_train_loss"])), rel=1e-12)
     # the endpoints of both paths are the two models (BN-free: exact evaluation)
     assert row["connectivity.line_train_loss"][0] == row["connectivity.curve_train_loss"][0]
     assert row["connectivity.curve_train_loss"][-1] == pytest.approx(
@@ -267,13 +308,13 @@ def test_connectivity_family_compute_and_resume(pair: PairContext):
     assert row["connectivity.mc"] == mode_connectivity(row["connectivity.curve_train_err"])
     assert len(row["connectivity.curve_history"]) == 3
     assert (pair.workdir / "curve" / "curve_final.pt").exists()
-    again = conn_family.FAMILY.compute(pair, cfg)  # loads the trained curve: same numbers
+    again = conn_family.FAMILY.compute(pair, cfg).values  # loads the trained curve: same numbers
     assert again["connectivity.curve_train_loss"] == row["connectivity.curve_train_loss"]
     assert again["connectivity.curve_history"] == row["connectivity.curve_history"]
     rnd = conn_family.FAMILY.compute(
         PairContext(pair.a, pair.b, pair.workdir / "random"),
         conn_family.Config(enabled=True, epochs=1, n_points=3, init="random", line=False, test=False, bends=2),
-    )
+    ).values
     assert rnd["connectivity.curve_test_err"] is None and "connectivity.barrier" not in rnd
     with pytest.raises(ValueError, match="metrics.connectivity.init='zero'"):
         conn_family.FAMILY.compute(PairContext(pair.a, pair.b, pair.workdir / "x"), conn_family.Config(init="zero"))

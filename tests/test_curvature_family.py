@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from landscape.curvature import HessianOperator
 from landscape.data import CellData
 from landscape.metrics import ModelContext, get
-from landscape.metrics.hessian import COLUMNS, Config, eval_indices
+from landscape.metrics.hessian import FAMILY, Config, eval_indices
 from landscape.models import MLP
 
 
@@ -42,16 +42,17 @@ def _exact_spectrum(ctx: ModelContext, n: int, seed: int) -> torch.Tensor:
 def test_default_mode_columns(tmp_path):
     ctx = _ctx(tmp_path)
     settings = OmegaConf.structured(Config(enabled=True, eval_samples=120, batch_size=50, dtype="float64",
-                                           top_k=2, tol=1e-8, density=True, n_probes=4, n_steps=20))
+                                           n_top=2, tol=1e-8, density=True, n_probes=4, n_steps=20))
     family = get("hessian")
     assert family.table == "models"
-    row = family.compute(ctx, settings)
-    assert set(row) <= set(COLUMNS)
-    for col, typ in COLUMNS.items():  # every returned value fits its declared Arrow type
+    res = family.compute(ctx, settings)
+    row = res.values
+    assert res.error is None and set(row) <= set(FAMILY.columns)
+    for col, typ in FAMILY.columns.items():  # every returned value fits its declared Arrow type
         pa.array([row.get(col)], type=typ)
     lam = _exact_spectrum(ctx, 120, 0)
     assert row["hessian.eval_samples"] == 120 and row["hessian.mode"] == "default"
-    assert row["hessian.top_k"] == pytest.approx(lam.flip(0)[:2].tolist(), rel=1e-6)
+    assert row["hessian.top_eigenvalues"] == pytest.approx(lam.flip(0)[:2].tolist(), rel=1e-6)
     assert row["hessian.top_eigenvalue"] == pytest.approx(float(lam[-1]), rel=1e-6)
     assert row["hessian.min_eigenvalue"] == pytest.approx(float(lam[0]), rel=1e-5, abs=1e-7 * float(lam[-1]))
     assert abs(row["hessian.trace"] - float(lam.sum())) <= 3 * row["hessian.trace_stderr"]
@@ -62,8 +63,8 @@ def test_default_mode_columns(tmp_path):
 
 def test_taxonomy_mode_uses_200_samples_and_power_iteration(tmp_path):
     ctx = _ctx(tmp_path)
-    settings = OmegaConf.structured(Config(enabled=True, mode="taxonomy", min_eigenvalue=False))
-    row = get("hessian").compute(ctx, settings)
+    settings = OmegaConf.structured(Config(enabled=True, mode="taxonomy", smallest_eigenvalue=False))
+    row = get("hessian").compute(ctx, settings).values
     lam = _exact_spectrum(ctx, 200, 0)
     assert row["hessian.mode"] == "taxonomy" and row["hessian.eval_samples"] == 200
     assert row["hessian.trace_method"] == "hutchinson-taxonomy" and row["hessian.tol"] == 1e-3

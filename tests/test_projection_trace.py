@@ -58,9 +58,8 @@ def test_projection_trace_spread_across_seeds_follows_formula(small_problem):
 
 
 def test_projection_trace_agrees_with_hutchinson_on_a_larger_model():
-    curvature = pytest.importorskip("landscape.curvature", reason="landscape.curvature not available yet")
-    if not all(hasattr(curvature, n) for n in ("HessianOperator", "trace")):
-        pytest.skip("landscape.curvature has no HessianOperator/trace yet")
+    from landscape import curvature
+
     torch.manual_seed(2)
     model = MLP(64, 10, width=32, depth=2, activation="tanh").double()  # smooth: see the ReLU note below
     x, y = torch.randn(100, 64, dtype=torch.float64), torch.randint(0, 10, (100,))
@@ -103,7 +102,6 @@ def test_saddle_looks_like_a_minimum_in_random_projections_but_not_in_hessian_di
 
 
 def test_hessian_directions_from_the_curvature_module_show_the_saddle():
-    pytest.importorskip("landscape.curvature", reason="landscape.curvature not available yet")
     from landscape.directions import hessian_directions
 
     gen = torch.Generator().manual_seed(1)

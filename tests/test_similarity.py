@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import math
+import re
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from landscape.models import MLP
 from landscape.similarity import (
     MinibatchCKA,
     cka,
+    cka_value,
     gram,
     hsic_unbiased,
     minibatch_cka,
@@ -117,12 +120,18 @@ def test_minibatch_accumulator_streams_batches():
 
 
 @pytest.mark.parametrize("kernel,debiased", SETTINGS)
-def test_constant_features_raise(kernel, debiased):
+def test_constant_features_give_nan_with_reason(kernel, debiased):
+    """A collapsed network's constant outputs: CKA is undefined, NaN with the reason, never an exception."""
     X, Y = _pair(20)
     const = torch.ones(20, 3, dtype=torch.float64) * 2.5
-    for a, b in [(const, Y), (X, const)]:
-        with pytest.raises(ValueError, match="zero variance|distinct rows"):
-            cka(a, b, kernel, debiased)
+    for a, b, name in [(const, Y, "X"), (X, const, "Y")]:
+        res = cka_value(a, b, kernel, debiased)
+        assert math.isnan(res.value) and math.isnan(cka(a, b, kernel, debiased))
+        assert res.reason.startswith(f"{name}: ") and re.search("zero variance|distinct rows", res.reason)
+        acc = MinibatchCKA(kernel)
+        acc.update(a, b)
+        assert math.isnan(acc.value()) and re.search("zero variance|distinct rows", acc.result().reason)
+    assert cka_value(X, Y, kernel, debiased).reason is None
 
 
 def test_other_degenerate_inputs_raise():

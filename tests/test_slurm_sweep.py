@@ -16,12 +16,13 @@ import pytest
 from slurm_support import requires_slurm, wait_for
 
 from landscape.cli.status import sweep_report
+from landscape.metrics import metric_columns
+from landscape.results import SCHEMA_VERSION
 
 LANDSCAPE = str(Path(sys.executable).with_name("landscape"))
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
          "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
 SMALL = ["data.subsample=0.25", "model.width=8", "train.epochs=3"]
-METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "train_acc_clean", "training.steps"]
 
 
 def landscape(args: list[str], cwd: Path, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -32,8 +33,9 @@ def landscape(args: list[str], cwd: Path, check: bool = True, timeout: float = 2
     return proc
 
 
-def rows(sweep: Path) -> pd.DataFrame:
-    return pd.read_parquet(sweep / "results" / "models").sort_values(["cell_id", "seed"]).reset_index(drop=True)
+def rows(sweep: Path, table: str = "models") -> pd.DataFrame:
+    keys = ["cell_id", "seed"] if table == "models" else ["cell_id", "seed_a", "seed_b"]
+    return pd.read_parquet(sweep / "results" / table).sort_values(keys).reset_index(drop=True)
 
 
 def status_of(sweep: Path) -> dict[str, dict]:
@@ -45,7 +47,8 @@ def test_slurm_multirun_gives_the_rows_of_the_local_run(tmp_path):
     from landscape.cli.launchers import cluster_max_array_size
 
     assert cluster_max_array_size() is not None  # read from `scontrol show config`
-    grid = ["-m", *SMALL, "train.batch_size=32,64,128"]
+    grid = ["-m", *SMALL, "train.batch_size=32,64,128", "metrics.hessian.enabled=true",
+            "metrics.hessian.eval_samples=100", "metrics.hessian.trace_matvecs=12", "metrics.cka.enabled=true"]
     landscape([*grid, "hydra.sweep.dir=local"], tmp_path)
     t0 = time.monotonic()
     # a grid larger than the array size: chunks, all submitted before any is awaited
@@ -60,11 +63,17 @@ def test_slurm_multirun_gives_the_rows_of_the_local_run(tmp_path):
     first_end = min(end for jid, (_, end) in times.items() if jid.split("_")[0] == arrays[0])
     second_submit = min(sub for jid, (sub, _) in times.items() if jid.split("_")[0] == arrays[1])
     assert second_submit <= first_end  # ISO timestamps: the second chunk did not wait for the first
-    local, slurm = rows(tmp_path / "local"), rows(tmp_path / "slurm")
-    assert len(slurm) == 6 and list(slurm["cell_id"]) == list(local["cell_id"])
-    metric_cols = METRICS + [c for c in local.columns if c.startswith("l2.") and not c.endswith("seconds")]
-    for col in metric_cols:  # bitwise: same config, same seeds, same numbers
-        assert slurm[col].tolist() == local[col].tolist(), col
+    for table, n in (("models", 6), ("pairs", 3)):
+        local, slurm = rows(tmp_path / "local", table), rows(tmp_path / "slurm", table)
+        assert len(slurm) == n and list(slurm["cell_id"]) == list(local["cell_id"])
+        assert (slurm["schema_version"] == SCHEMA_VERSION).all()  # the jobs ran this checkout's code
+        computed = [c for c in metric_columns(table) if local[c].notna().any()]
+        expected = {"models": {"train_loss", "test_acc", "hessian.top_eigenvalue", "hessian.trace"},
+                    "pairs": {"l2_distance", "cka"}}[table]
+        assert expected <= set(computed), computed
+        for col in computed + (["training.steps"] if table == "models" else []):
+            # bitwise: same config, same seeds, same numbers (NaN where both are NaN)
+            pd.testing.assert_series_equal(slurm[col], local[col], check_exact=True, obj=f"{table}.{col}")
     statuses = status_of(tmp_path / "slurm")
     assert all(s["state"] == "done" and s["slurm_job_id"] for s in statuses.values())
     assert (tmp_path / "slurm" / ".submitit").is_dir()

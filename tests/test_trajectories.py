@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,8 +15,8 @@ from landscape.metrics import ModelContext
 from landscape.models import MLP
 from landscape.training import make_loss
 from landscape.trajectories.embedding import pca
-from landscape.trajectories.jump_retrain import JumpRetrainSettings, compare_generalisation, jump_and_retrain
-from landscape.trajectories.projection import RandomProjection, TrajectoryRecorder
+from landscape.trajectories.jump_retrain import JumpRetrainSettings, jump_and_retrain
+from landscape.trajectories.projection import RandomProjection
 
 
 def test_blocked_projection_equals_the_dense_matrix_and_preserves_distances():
@@ -36,19 +37,6 @@ def test_blocked_projection_equals_the_dense_matrix_and_preserves_distances():
     mask = ~torch.eye(4, dtype=torch.bool)
     assert ((d_out[mask] / d_in[mask] - 1).abs() < 3 / np.sqrt(k)).all()
     assert not torch.allclose(RandomProjection(p, k, seed=4)(v), cached(v))  # the seed matters
-
-
-def test_recorder_records_every_k_steps():
-    model = MLP(4, 2, width=3, depth=1)
-    proj = RandomProjection(sum(p.numel() for p in model.parameters()), 8, seed=0)
-    rec = TrajectoryRecorder(model, proj, every=3)
-    recorded = [rec.record(step, loss=float(step)) for step in range(7)]
-    assert recorded == [True, False, False, True, False, False, True]
-    assert rec.points().shape == (3, 8)
-    np.testing.assert_allclose(rec.points()[0], proj(flat_parameters(model)).numpy())
-    assert [r["step"] for r in rec.rows()] == [0, 3, 6]
-    rec.as_progress()(1, 5, 0.3)
-    assert rec.rows()[-1]["epoch"] == 1 and rec.points().shape[0] == 4
 
 
 def test_phate_embedding_and_its_missing_extra_error(monkeypatch):
@@ -129,20 +117,30 @@ def test_geometry_families_fill_their_declared_columns(digits_ctx):
     ctx = digits_ctx
     for mod, overrides in (
         (surfaces, dict(resolution=5, eval_samples=200)),
-        (projection_trace, dict(n_directions=20, eval_samples=200)),
+        (projection_trace, dict(n_directions=20, eval_samples=200, saddle_draws=3)),
         (jump_retrain, dict(n_jumps=2, scales=[0.5], epochs=1, batch_size=100, embedding="pca", projection_dim=16)),
     ):
         fam = mod.FAMILY
         cfg = mod.Config(enabled=True, **overrides)
-        out = fam.compute(ctx, cfg)
-        tables = out.pop("_tables", {})
+        res = fam.compute(ctx, cfg)
+        out, tables = res.values, res.tables
+        assert res.error is None
         assert set(out) <= set(fam.columns), set(out) - set(fam.columns)
         pa.Table.from_pylist([out], schema=pa.schema({k: fam.columns[k] for k in out}))
-        assert set(tables) == set(fam.extra_tables)
+        assert set(tables) == set(fam.long_tables)
         for name, rows in tables.items():
-            _table_types_ok(rows, fam.extra_tables[name])
+            _table_types_ok(rows, fam.long_tables[name])
+    # the saddle check option is the library's saddle_check on the family's evaluation subset
+    from landscape.projection_trace import saddle_check
+    from landscape.surfaces import eval_subset
+
+    pt = projection_trace.FAMILY.compute(ctx, projection_trace.Config(enabled=True, n_directions=4, eval_samples=100,
+                                                                      saddle_draws=3)).values
+    x, y = eval_subset(ctx.data.x_train, ctx.data.y_train, 100, 0)
+    sc = saddle_check(ctx.model, ctx.loss_fn, x, y, n_draws=3, step=1e-2, seed=1, dtype=torch.float64)
+    assert pt["projection_trace.saddle_share_minimum"] == sc.share_minimum
     # the surface's centre is the trained model
-    out = surfaces.FAMILY.compute(ctx, surfaces.Config(enabled=True, resolution=5, eval_samples=0, dims=1))
+    out = surfaces.FAMILY.compute(ctx, surfaces.Config(enabled=True, resolution=5, eval_samples=0, dims=1)).values
     from landscape.training import evaluate
 
     assert out["surfaces.center_train_loss"] == pytest.approx(evaluate(ctx.model, ctx.data.x_train, ctx.data.y_train,
@@ -153,18 +151,30 @@ def test_geometry_families_fill_their_declared_columns(digits_ctx):
 
 
 def test_hessian_direction_surface_family(digits_ctx):
-    pytest.importorskip("landscape.curvature")
     from landscape.metrics import surfaces
 
     cfg = surfaces.Config(enabled=True, directions="hessian", resolution=3, eval_samples=50, range=0.1,
                           hessian_tol=1e-3, hessian_max_iter=60)
-    out = surfaces.FAMILY.compute(digits_ctx, cfg)
+    res = surfaces.FAMILY.compute(digits_ctx, cfg)
+    out = res.values
     assert out["surfaces.hessian_max_eigenvalue"] > 0 >= out["surfaces.hessian_min_eigenvalue"] - 1e-6
-    assert len(out["_tables"]["surfaces"]) == 9
+    assert len(res.tables["surfaces"]) == 9
+
+
+def _compare_generalisation():
+    """``analysis/compare_generalisation.py`` (an experiment script, not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "analysis" / "compare_generalisation.py"
+    spec = importlib.util.spec_from_file_location("compare_generalisation", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.compare_generalisation
 
 
 def test_clean_and_noisy_networks_give_different_jump_retrain_summaries():
     pytest.importorskip("ripser")
+    compare_generalisation = _compare_generalisation()
     s = JumpRetrainSettings(n_jumps=2, scales=(0.5,), epochs=1, batch_size=100, record_every=1, projection_dim=32,
                             embedding="pca", graph_knn=4)
     df = compare_generalisation(label_noise=(0.0, 0.5), width=16, train_epochs=8, settings=s, subsample=400)

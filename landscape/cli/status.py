@@ -18,6 +18,9 @@ counted once, in one of these states:
 file and exits 1. ``--repair`` moves damaged checkpoints and caches aside and forgets damaged result files, so
 the next launch recomputes them.
 
+A finished cell whose metric families could not compute some values (each stored as a typed null with the
+reason in ``<family>.error``) is listed with the count of such values per family and their reasons.
+
 SLURM's own job state is not used (it says COMPLETED for failed Hydra tasks). The rerun command printed
 is the latest launch's own multirun command, pointed at the directory that was asked about (a copied sweep
 reruns into the copy): the sweeper skips done cells, so it runs only what is missing, failed, damaged or
@@ -58,6 +61,7 @@ class CellReport:
     attempts: int = 0
     age_s: float | None = None
     note: str | None = None
+    metric_errors: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -159,6 +163,7 @@ def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, no
             rep.error, rep.seeds, rep.host, rep.pid = status.error, dict(status.seeds), status.host, status.pid
             rep.slurm_job_id, rep.attempts = status.slurm_job_id, status.attempts
             rep.age_s = round(now - (status.updated_at or now), 1)
+            rep.metric_errors = list(status.metric_errors)
             if state in ("done", "diverged", "running"):
                 rep.error = None if state != "running" else status.error
         cells.append(rep)
@@ -282,6 +287,20 @@ def format_report(rep: SweepReport, verbose: bool = False) -> str:
     if interrupted:
         lines.append("interrupted cells (marked running, but their job is gone; the rerun resumes them):")
         lines += [f"  {c.cell_id}  {' '.join(c.overrides)}  ({c.note})" for c in interrupted]
+    with_errors = [c for c in rep.cells if c.metric_errors and c.state in ("done", "diverged")]
+    if with_errors:
+        n = sum(len(c.metric_errors) for c in with_errors)
+        lines.append(f"metric errors: {n} value(s) in {len(with_errors)} cell(s) could not be computed "
+                     "(typed nulls; the reason is in <family>.error):")
+        for c in with_errors:
+            lines.append(f"  {c.cell_id}  {' '.join(c.overrides)}")
+            by_family: dict[str, list[dict[str, str]]] = {}
+            for e in c.metric_errors:
+                by_family.setdefault(e.get("family", "?"), []).append(e)
+            for fam, errs in by_family.items():
+                reasons = list(dict.fromkeys(e.get("error", "") for e in errs))
+                lines.append(f"      {fam}: {len(errs)} ({', '.join(e.get('who', '?') for e in errs)}): {reasons[0]}"
+                             + (f" (+{len(reasons) - 1} other reason(s))" if len(reasons) > 1 else ""))
     diverged = [c for c in rep.cells if c.state == "diverged"]
     if diverged and verbose:
         lines.append("cells with diverged seeds:")

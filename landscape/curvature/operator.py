@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
-from landscape.training import LossFn
-
 log = logging.getLogger(__name__)
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""``loss_fn(outputs, targets) -> scalar`` mean loss (the same shape as ``landscape.training.LossFn``)."""
 
 Batch = tuple[Tensor, Tensor]
 

@@ -1,37 +1,55 @@
-"""The metrics switchboard: metric families, the contexts they run in, and their registry.
+"""The metrics switchboard: the metric-family contract, the contexts families run in, and their registry.
 
-A *metric family* is one switchable group of measurements (``metrics.<name>.enabled`` in the config). It
-declares the typed columns it fills (``columns``, in the ``models`` or the ``pairs`` table) and computes them
-for one trained model (table ``models``) or one pair of models of a cell (table ``pairs``). The math lives
-in the concept modules (``landscape.curvature``, ``landscape.similarity``, ...); a family is the thin
-adapter between a cell and that math. Families never write files except under ``ctx.workdir``, their private
-scratch/checkpoint directory, which survives a killed job so long computations can resume.
+A *metric family* is one switchable group of measurements (``metrics.<name>.enabled``), declared by one
+:class:`Family` object in one module of this package:
 
-The job calls ``compute(ctx, settings)`` with ``settings`` = the family's config node and stores the returned
-``{column: value}`` dict (cached on disk per model/pair, so a rerun does not recompute it). Columns a family
-does not return stay typed nulls.
+* ``name`` and ``table`` (``models``: once per trained model; ``pairs``: once per pair of models of a cell);
+* ``config``: the settings dataclass, mounted in the ConfigStore at ``metrics.<name>`` (first field
+  ``enabled``: ``true`` | ``false`` | ``auto``; see :func:`is_on`);
+* ``metrics``: its typed *metric* columns (what analysis ranks and draws);
+* ``diagnostics``: its typed *setting/diagnostic* columns that are not config fields (counts, seconds,
+  residuals, standard errors, per-t lists, convergence flags);
+* its *settings* columns ``<name>.<field>`` for every field of ``config`` but ``enabled``: written from the
+  cell's config automatically (a family may report the value it actually used, e.g. a sample count capped
+  at the data size, under the same column);
+* an ``<name>.error`` string column: null when the family's values are fine, else why they are not;
+* ``check(settings) -> [problem, ...]`` (run when a launch is planned; each problem names the key, the
+  value and what is allowed) and ``compute(ctx, settings) -> Result`` (values and long-table rows);
+* ``long_tables``: ``{table: {column: type}}`` of the long tables it writes (many rows per model);
+* ``styles``: how its metrics are drawn in a phase diagram (:class:`FigureStyle`).
 
-A family may also produce *long tables* (e.g. a loss-surface grid: many rows per model): it declares them in
-``extra_tables`` (``{table_name: {column: type}}``) and returns their rows under the reserved key
-``"_tables"``: ``{table_name: [row_dict, ...]}``. The job adds the provenance columns (``cell_id``, ``sweep``,
-``seed`` / ``seed_a``/``seed_b``, ...) and writes ``results/<table_name>/<cell_id>.parquet`` with the same
-schema discipline as ``models``.
+This module and the family declarations import neither torch nor the math modules: ``metric_columns`` and
+``family_of`` are cheap (a family's ``compute`` imports its math when it runs). Registration is explicit:
+:mod:`landscape.metrics.builtin` lists the built-in families, one line each; :func:`register` adds others.
+
+The job calls ``compute(ctx, settings)`` with ``settings`` = the family's config node, checks the result
+against the declared columns and types, and caches it on disk per model/pair (a rerun does not recompute it).
+A family that raises, returns undeclared or mistyped columns, or a non-finite metric, costs only its own
+values: they become typed nulls, the reason goes to ``<name>.error``, a warning to the log and the cell's
+``status.json`` (``metric_errors``, shown by ``landscape-status``). Families never write files except under
+``ctx.workdir``, their private scratch/checkpoint directory, which survives a killed job.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from dataclasses import dataclass
+import functools
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 import pyarrow as pa
-import torch
-from torch import nn
 
-from landscape.data import CellData
-from landscape.training import LossFn
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    import torch
+    from torch import nn
+
+    from landscape.data import CellData
+
+Table = Literal["models", "pairs"]
+TABLES: tuple[str, ...] = ("models", "pairs")
+ENABLED_VALUES = (True, False, "auto")
 
 
 @dataclass
@@ -44,13 +62,13 @@ class ModelContext:
     persistent directory for this model and family; ``seed`` is the model's training seed.
     """
 
-    model: nn.Module
+    model: "nn.Module"
     seed: int
-    data: CellData
-    loss_fn: LossFn
-    make_model: Callable[[], nn.Module]
+    data: "CellData"
+    loss_fn: Callable[[Any, Any], Any]
+    make_model: Callable[[], "nn.Module"]
     cfg: Any
-    device: torch.device
+    device: "torch.device"
     workdir: Path
 
 
@@ -63,37 +81,182 @@ class PairContext:
     workdir: Path
 
 
-Table = Literal["models", "pairs"]
+@dataclass
+class Result:
+    """What a family's ``compute`` returns.
+
+    ``values``: ``{column: value}`` for declared columns (metrics, diagnostics, or settings whose effective
+    value differs from the config); columns not returned stay typed nulls. ``tables``: ``{long table:
+    [row, ...]}`` for the family's declared long tables (the job adds the provenance columns). ``error``: why
+    some values could not be computed (e.g. ``"features of model 1 are constant"``), with those values None
+    or NaN; None when everything is fine.
+    """
+
+    values: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    error: str | None = None
 
 
 @dataclass(frozen=True)
-class MetricFamily:
-    """A switchable metric family. ``compute(ctx, settings) -> {column: value}``; ``ctx`` is a
-    ``ModelContext`` for table ``models`` and a ``PairContext`` for table ``pairs``."""
+class FigureStyle:
+    """How a metric is drawn in a phase diagram: ``label`` (with ``units`` appended where given), the colour
+    range ``[vmin, vmax]`` of the drawn value, ``cmap`` (a matplotlib colour map name), ``log`` (draw the
+    natural log of the value) and ``centre`` (a diverging map centred there)."""
+
+    label: str
+    vmin: float
+    vmax: float
+    cmap: str = "viridis"
+    log: bool = False
+    centre: float | None = None
+    units: str = ""
+
+
+_ARROW_BY_ANNOTATION: dict[Any, pa.DataType] = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+
+
+def arrow_type(annotation: Any) -> pa.DataType:
+    """The column type of a config field annotation (``bool``, ``int``, ``float``, ``str``, ``list[...]``,
+    ``Optional[...]``; string annotations as written under ``from __future__ import annotations``)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"Any": Any, "Optional": typing.Optional, "list": list})  # noqa: S307
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is typing.Union and len(args) == 1:
+        return arrow_type(args[0])
+    if origin is list:
+        return pa.list_(arrow_type(args[0]))
+    if annotation in _ARROW_BY_ANNOTATION:
+        return _ARROW_BY_ANNOTATION[annotation]
+    raise TypeError(f"no column type for config annotation {annotation!r}")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A metric family (see the module docstring). ``compute`` and ``check`` are called with the family's
+    config node (a ``DictConfig`` or an instance of ``config``)."""
 
     name: str
     table: Table
-    columns: Mapping[str, pa.DataType]
-    compute: Callable[[Any, Any], dict[str, Any]]
-    extra_tables: Mapping[str, Mapping[str, pa.DataType]] = dataclasses.field(default_factory=dict)
+    config: type
+    metrics: Mapping[str, pa.DataType]
+    compute: Callable[[Any, Any], Result]
+    diagnostics: Mapping[str, pa.DataType] = field(default_factory=dict)
+    check: Callable[[Any], list[str]] | None = None
+    long_tables: Mapping[str, Mapping[str, pa.DataType]] = field(default_factory=dict)
+    styles: Mapping[str, FigureStyle] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.table not in TABLES:
+            raise ValueError(f"family {self.name}: table={self.table!r}: expected one of {', '.join(TABLES)}")
+        if self.long_tables and self.table != "models":
+            raise ValueError(f"family {self.name}: long tables are written per model (table models) only")
+        fields_ = [f.name for f in dataclasses.fields(self.config)]
+        if not fields_ or fields_[0] != "enabled":
+            raise ValueError(f"family {self.name}: the first field of {self.config.__name__} must be `enabled`")
+        seen: dict[str, str] = {}
+        for kind, cols in (("metric", self.metrics), ("diagnostic", self.diagnostics),
+                           ("setting", self.setting_columns), ("error", {self.error_column: None})):
+            for col in cols:
+                if col in seen:
+                    raise ValueError(f"family {self.name}: column {col!r} declared as {seen[col]} and {kind}")
+                seen[col] = kind
+        for col in self.styles:
+            if col not in self.metrics:
+                raise ValueError(f"family {self.name}: style for {col!r}, which is not one of its metrics")
+
+    @property
+    def error_column(self) -> str:
+        return f"{self.name}.error"
+
+    @functools.cached_property
+    def setting_columns(self) -> dict[str, pa.DataType]:
+        """``{<name>.<field>: type}`` for every field of ``config`` but ``enabled``."""
+        hints = typing.get_type_hints(self.config)
+        return {f"{self.name}.{f.name}": arrow_type(hints[f.name])
+                for f in dataclasses.fields(self.config) if f.name != "enabled"}
+
+    @functools.cached_property
+    def columns(self) -> dict[str, pa.DataType]:
+        """Every column the family fills in its table, in order: metrics, settings, diagnostics, error."""
+        cols = {**self.metrics, **self.setting_columns, **self.diagnostics}
+        cols[self.error_column] = pa.string()
+        return cols
+
+    def settings_values(self, settings: Any) -> dict[str, Any]:
+        """The settings columns' values from a config node (lists as plain lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self.config):
+            if f.name == "enabled":
+                continue
+            value = getattr(settings, f.name)
+            if not isinstance(value, (str, bytes)) and hasattr(value, "__iter__"):
+                value = list(value)
+            out[f"{self.name}.{f.name}"] = value
+        return out
+
+    def problems(self, settings: Any) -> list[str]:
+        """``check(settings)`` (empty list: the settings are valid)."""
+        return list(self.check(settings)) if self.check is not None else []
 
 
-_REGISTRY: dict[str, MetricFamily] = {}
+# ------------------------------------------------------------------------------------------------ registry
+_REGISTRY: dict[str, Family] = {}
+_BUILTIN_LOADED = False
 
 
-def register(family: MetricFamily) -> MetricFamily:
-    """Add a family to the registry (names are unique; re-registering the same name replaces it)."""
-    _REGISTRY[family.name] = family
+def register(family: Family) -> Family:
+    """Add a family to the registry (after the built-in ones; re-registering a name replaces it). Its columns
+    must not collide with another family's. Register before the config schema is registered with Hydra
+    (``landscape.config.register_configs``, called when ``landscape.cli.app`` is imported)."""
+    _load_builtin()
+    _add(family)
     return family
 
 
-def families(table: Table | None = None) -> list[MetricFamily]:
-    """Registered families, in registration order, optionally only those of one table."""
+def _add(family: Family) -> None:
+    for other in _REGISTRY.values():
+        if other.name == family.name:
+            continue
+        clash = set(other.columns) & set(family.columns)
+        clash |= set(other.long_tables) & set(family.long_tables)
+        if clash:
+            raise ValueError(f"family {family.name}: columns/tables {sorted(clash)} already belong to {other.name}")
+    _REGISTRY[family.name] = family
+    _clear_caches()
+
+
+def _clear_caches() -> None:
+    """Forget what was derived from the registry: the results schemas and the (lazily built) root config."""
+    import sys
+
+    from landscape.results import schema
+
+    schema.schema_for.cache_clear()
+    config = sys.modules.get("landscape.config")
+    if config is not None:
+        config._ROOT.clear()  # rebuilt with the new family on next use (register before Hydra composes)
+
+
+def _load_builtin() -> None:
+    global _BUILTIN_LOADED
+    if not _BUILTIN_LOADED:
+        from landscape.metrics.builtin import BUILTIN
+
+        for fam in BUILTIN():
+            _add(fam)
+        _BUILTIN_LOADED = True
+
+
+def families(table: Table | None = None) -> list[Family]:
+    """Registered families, in registration order (= column order), optionally only those of one table."""
     _load_builtin()
     return [f for f in _REGISTRY.values() if table is None or f.table == table]
 
 
-def get(name: str) -> MetricFamily:
+def get(name: str) -> Family:
+    """The registered family ``name``; ``KeyError`` naming the known ones otherwise."""
     _load_builtin()
     if name not in _REGISTRY:
         raise KeyError(f"metrics.{name}: unknown metric family; known: {', '.join(_REGISTRY)}")
@@ -101,17 +264,57 @@ def get(name: str) -> MetricFamily:
 
 
 def family_config_classes() -> dict[str, type]:
-    """``{family name: Config dataclass}``; a family module defines ``Config`` (first field ``enabled``)."""
-    out: dict[str, type] = {}
-    for fam in families():
-        module = importlib.import_module(fam.compute.__module__)
-        out[fam.name] = getattr(module, "Config")
-    return out
+    """``{family name: Config dataclass}`` in registration order (mounted at ``metrics.<name>``)."""
+    return {f.name: f.config for f in families()}
 
 
-def enabled(cfg: Any, table: Table | None = None) -> list[MetricFamily]:
-    """Families switched on in ``cfg.metrics`` (optionally of one table)."""
-    return [f for f in families(table) if bool(cfg.metrics[f.name].enabled)]
+def metric_columns(table: str) -> list[str]:
+    """The typed *metric* columns of ``table`` (``models`` or ``pairs``) over every registered family, in
+    column order: no settings, counts, timings, residuals or error columns. Imports no torch."""
+    if table not in TABLES:
+        raise KeyError(f"table={table!r}: expected one of {', '.join(TABLES)}")
+    return [c for f in families(table) for c in f.metrics]  # type: ignore[arg-type]
+
+
+def family_of(column: str) -> str:
+    """The name of the family that declares ``column`` (a metric, setting, diagnostic or error column);
+    ``KeyError`` if no registered family does."""
+    for f in families():
+        if column in f.columns:
+            return f.name
+    raise KeyError(f"column {column!r}: not a column of any registered metric family")
+
+
+def figure_styles() -> dict[str, FigureStyle]:
+    """``{metric column: FigureStyle}`` of every registered family that declares one, in column order."""
+    return {c: s for f in families() for c, s in f.styles.items()}
+
+
+# ------------------------------------------------------------------------------------------------ switches
+def is_on(cfg: Any, family: Family) -> bool:
+    """Whether ``family`` runs in the cell of ``cfg``: ``enabled: true`` runs it (a pair family then needs two
+    seeds: refused at planning otherwise), ``false`` does not, ``auto`` runs it where it can: always for a
+    model family, for a pair family only when the cell has at least two seeds (with one seed it is skipped,
+    and the job logs it). ``auto`` is the default of families that are on by default (``l2``); writing
+    ``true`` on the command line or in a sweep is what "explicitly enabled" means."""
+    value = cfg.metrics[family.name].enabled
+    if _is_auto(value):
+        return family.table == "models" or len(list(cfg.train.seeds)) >= 2
+    return bool(value)
+
+
+def enabled(cfg: Any, table: Table | None = None) -> list[Family]:
+    """Families that run in the cell of ``cfg`` (optionally of one table; see :func:`is_on`)."""
+    return [f for f in families(table) if is_on(cfg, f)]
+
+
+def skipped_auto(cfg: Any) -> list[Family]:
+    """Pair families with ``enabled: auto`` that the cell skips because it has fewer than two seeds."""
+    return [f for f in families("pairs") if _is_auto(cfg.metrics[f.name].enabled) and not is_on(cfg, f)]
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value == "auto"
 
 
 PAIR_SELECTIONS = ("all", "chain", "star")
@@ -131,28 +334,29 @@ def select_pairs(seeds: list[int], selection: str = "all") -> list[tuple[int, in
 
 
 def validate_metrics(cfg: Any) -> list[str]:
-    """Problems of the ``metrics`` node: pair families need two seeds; each enabled family module's
-    ``check_settings(settings)`` (raising ``ValueError`` that names the key) runs here, before any job."""
+    """Problems of the ``metrics`` node: ``enabled`` values, explicitly enabled pair families with fewer than
+    two seeds, and each enabled family's ``check(settings)``; run before any job starts."""
     problems: list[str] = []
     if str(cfg.metrics.pairs) not in PAIR_SELECTIONS:
         problems.append(f"metrics.pairs={cfg.metrics.pairs!r}: expected one of {', '.join(PAIR_SELECTIONS)}")
-    pair_families = [f.name for f in enabled(cfg, "pairs")]
-    if pair_families and len(list(cfg.train.seeds)) < 2:
+    for fam in families():
+        value = cfg.metrics[fam.name].enabled
+        if not (isinstance(value, bool) or _is_auto(value)):
+            problems.append(f"metrics.{fam.name}.enabled={value!r}: expected true, false or auto")
+    explicit = [f.name for f in families("pairs") if cfg.metrics[f.name].enabled is True]
+    if explicit and len(list(cfg.train.seeds)) < 2:
         problems.append(
-            f"train.seeds={list(cfg.train.seeds)!r}: the pair metrics {', '.join(pair_families)} need at least two "
-            f"seeds (or switch them off: {' '.join(f'metrics.{n}.enabled=false' for n in pair_families)})"
+            f"train.seeds={list(cfg.train.seeds)!r}: the pair metrics {', '.join(explicit)} need at least two "
+            f"seeds (or switch them off: {' '.join(f'metrics.{n}.enabled=false' for n in explicit)}; "
+            "`auto` skips them in one-seed cells)"
         )
     for fam in enabled(cfg):
-        check = getattr(importlib.import_module(fam.compute.__module__), "check_settings", None)
-        if check is None:
-            continue
-        try:
-            check(cfg.metrics[fam.name])
-        except ValueError as exc:
-            problems.append(str(exc))
+        problems.extend(fam.problems(cfg.metrics[fam.name]))
     return problems
 
 
-def _load_builtin() -> None:
-    # Importing the adapter modules registers the built-in families (in a fixed order).
-    from landscape.metrics import builtin  # noqa: F401
+__all__ = [
+    "ENABLED_VALUES", "Family", "FigureStyle", "ModelContext", "PAIR_SELECTIONS", "PairContext", "Result", "Table",
+    "arrow_type", "enabled", "families", "family_config_classes", "family_of", "figure_styles", "get", "is_on",
+    "metric_columns", "register", "select_pairs", "skipped_auto", "validate_metrics",
+]

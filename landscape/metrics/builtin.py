@@ -1,6 +1,24 @@
-"""Imports every built-in metric family module, which registers it (order = column order)."""
+"""The built-in metric families: one line each, in column order (``models`` then ``pairs`` columns follow it).
 
-from landscape.metrics import hessian  # noqa: F401  (models: local metrics)
-from landscape.metrics import l2  # noqa: F401  (pairs)
-from landscape.metrics import cka, connectivity  # noqa: F401  (pairs: global metrics)
-from landscape.metrics import jump_retrain, projection_trace, surfaces  # noqa: F401  (models: geometry, topology)
+Adding a family: write its module (a ``Config`` dataclass and a ``FAMILY = Family(...)``), add one line here,
+and its entry in ``conf/metrics/default.yaml``. Imports no torch: the families import their math lazily.
+"""
+
+from __future__ import annotations
+
+from landscape.metrics import Family
+
+
+def BUILTIN() -> list[Family]:  # noqa: N802 - a constant list, built on first use
+    from landscape.metrics import cka, connectivity, hessian, jump_retrain, l2, projection_trace, surfaces, training
+
+    return [
+        training.FAMILY,  # models: train/test loss and accuracy
+        hessian.FAMILY,  # models: Hessian eigenvalues, trace, density
+        l2.FAMILY,  # pairs: parameter distance
+        cka.FAMILY,  # pairs: CKA similarity
+        connectivity.FAMILY,  # pairs: Bezier mode connectivity, straight-line barrier
+        jump_retrain.FAMILY,  # models: jump-and-retrain trajectories, topology
+        projection_trace.FAMILY,  # models: projection trace (and saddle check)
+        surfaces.FAMILY,  # models: loss surfaces (long table)
+    ]

@@ -16,22 +16,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from landscape.connectivity import (
-    INITS,
-    SCHEDULES,
-    BezierCurve,
-    CurveSettings,
-    barrier,
-    evaluate_path,
-    mode_connectivity,
-    t_grid,
-    train_curve,
-    trainable_parameters,
-)
-from landscape.metrics import MetricFamily, PairContext, register
-
+from landscape.metrics import Family, FigureStyle, PairContext, Result
 
 @dataclass
 class Config:
@@ -39,7 +25,7 @@ class Config:
     ``init``: line (middle points on the segment) | random (freshly initialised models, taxonomy setting);
     ``test``: also evaluate the curve on the test set."""
 
-    enabled: bool = False
+    enabled: Any = False
     curve: bool = True
     line: bool = True
     bends: int = 1
@@ -57,12 +43,14 @@ class Config:
 
 
 _LIST = pa.list_(pa.float64())
-COLUMNS = {
+METRICS = {
     "connectivity.mc": pa.float64(),
     "connectivity.mc_loss": pa.float64(),
     "connectivity.curve_barrier": pa.float64(),
     "connectivity.barrier": pa.float64(),
     "connectivity.barrier_error": pa.float64(),
+}
+DIAGNOSTICS = {
     "connectivity.t": _LIST,
     "connectivity.curve_train_loss": _LIST,
     "connectivity.curve_train_err": _LIST,
@@ -74,12 +62,6 @@ COLUMNS = {
     "connectivity.line_train_err": _LIST,
     "connectivity.curve_seconds": pa.float64(),
     "connectivity.line_seconds": pa.float64(),
-    "connectivity.bends": pa.int64(),
-    "connectivity.epochs": pa.int64(),
-    "connectivity.init": pa.string(),
-    "connectivity.batch_size": pa.int64(),
-    "connectivity.lr": pa.float64(),
-    "connectivity.n_points": pa.int64(),
 }
 
 
@@ -87,7 +69,11 @@ def _curve_seed(settings_seed: int, seed_a: int, seed_b: int) -> int:
     return int(np.random.SeedSequence([int(settings_seed), int(seed_a), int(seed_b)]).generate_state(1)[0])
 
 
-def _initial_curve(ctx: PairContext, settings: Any, seed: int) -> BezierCurve:
+def _initial_curve(ctx: PairContext, settings: Any, seed: int) -> Any:
+    import torch
+
+    from landscape.connectivity import BezierCurve, trainable_parameters
+
     start, end = trainable_parameters(ctx.a.model), trainable_parameters(ctx.b.model)
     bends = int(settings.bends)
     if settings.init == "line":
@@ -97,32 +83,42 @@ def _initial_curve(ctx: PairContext, settings: Any, seed: int) -> BezierCurve:
             torch.manual_seed(seed)
             points = [trainable_parameters(ctx.a.make_model()) for _ in range(bends)]
         return BezierCurve.from_points(start, end, points)
-    raise ValueError(f"metrics.connectivity.init={settings.init!r}: expected one of {', '.join(INITS)}")
+    raise ValueError(f"metrics.connectivity.init={settings.init!r}: expected line or random")
 
 
-def check_settings(settings: Any) -> None:
-    """Raise ``ValueError`` naming the first bad ``metrics.connectivity.*`` key."""
+def check(settings: Any) -> list[str]:
+    """Every bad ``metrics.connectivity.*`` key, with its value and what is allowed."""
+    from landscape.connectivity import INITS, SCHEDULES
+
+    problems = []
     if settings.schedule not in SCHEDULES:
-        raise ValueError(f"metrics.connectivity.schedule={settings.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        problems.append(f"metrics.connectivity.schedule={settings.schedule!r}: expected one of {', '.join(SCHEDULES)}")
     if int(settings.bends) < 1:
-        raise ValueError(f"metrics.connectivity.bends={settings.bends!r}: expected >= 1 (the line is `line: true`)")
+        problems.append(f"metrics.connectivity.bends={settings.bends!r}: expected >= 1 (the line is `line: true`)")
     if settings.init not in INITS:
-        raise ValueError(f"metrics.connectivity.init={settings.init!r}: expected one of {', '.join(INITS)}")
+        problems.append(f"metrics.connectivity.init={settings.init!r}: expected one of {', '.join(INITS)}")
+    return problems
 
 
-def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
-    check_settings(settings)
+def compute(ctx: PairContext, settings: Any) -> Result:
+    from landscape.connectivity import (
+        BezierCurve,
+        CurveSettings,
+        barrier,
+        evaluate_path,
+        mode_connectivity,
+        t_grid,
+        train_curve,
+        trainable_parameters,
+    )
+
+    problems = check(settings)
+    if problems:
+        raise ValueError("; ".join(problems))
     data, loss_fn = ctx.a.data, ctx.a.loss_fn
     ts = t_grid(int(settings.n_points))
     template = ctx.a.make_model()
-    out: dict[str, Any] = {
-        "connectivity.n_points": len(ts),
-        "connectivity.bends": int(settings.bends),
-        "connectivity.epochs": int(settings.epochs),
-        "connectivity.init": str(settings.init),
-        "connectivity.batch_size": int(settings.batch_size),
-        "connectivity.lr": float(settings.lr),
-    }
+    out: dict[str, Any] = {"connectivity.n_points": len(ts)}
     if settings.line:
         t0 = time.perf_counter()
         line = BezierCurve.through_line(trainable_parameters(ctx.a.model), trainable_parameters(ctx.b.model), 0)
@@ -163,7 +159,17 @@ def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
             # curve training time (summed over resumed runs) plus this call's evaluation time
             "connectivity.curve_seconds": result.seconds + (time.perf_counter() - t_eval),
         })
-    return out
+    return Result(out)
 
 
-FAMILY = register(MetricFamily(name="connectivity", table="pairs", columns=COLUMNS, compute=_compute))
+FAMILY = Family(
+    name="connectivity",
+    table="pairs",
+    config=Config,
+    metrics=METRICS,
+    diagnostics=DIAGNOSTICS,
+    compute=compute,
+    check=check,
+    styles={"connectivity.mc": FigureStyle("mode connectivity", -30.0, 30.0, "RdBu_r", centre=0.0, units="% error")},
+    description="mode connectivity along a trained Bezier curve, straight-line barrier",
+)

@@ -4,7 +4,7 @@ The Hessian is that of the mean training loss (as trained: ``ctx.loss_fn``, labe
 trained parameters, model in eval mode, over an evaluation subset: the first ``eval_samples`` of a
 permutation of the training set drawn from ``seed`` (the same subset for every model of a cell).
 
-* ``mode="default"``: thick-restart Lanczos for the top-``top_k`` (and, if ``min_eigenvalue``, the most
+* ``mode="default"``: thick-restart Lanczos for the top-``n_top`` (and, if ``smallest_eigenvalue``, the most
   negative) eigenvalue to relative residual ``tol``; ``trace_method`` (Hutch++ by default) with
   ``trace_matvecs`` products.
 * ``mode="taxonomy"``: the settings of Yang et al. (2021) / PyHessian: one batch of 200 training samples
@@ -13,6 +13,9 @@ permutation of the training set drawn from ``seed`` (the same subset for every m
 
 Data are processed in chunks of ``batch_size`` samples and products in blocks of at most ``max_block``
 columns, so memory stays bounded for large models (e.g. ResNet18 at width 64 on one GPU).
+
+Eigenvalues that did not converge keep their values and residuals; ``hessian.converged`` is false and
+``hessian.error`` says so (the job counts it in the cell's metric errors).
 """
 
 from __future__ import annotations
@@ -24,24 +27,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import torch
 
-from landscape.curvature import (
-    TAXONOMY_SAMPLES,
-    HessianOperator,
-    eigenvalues,
-    spectral_density,
-    taxonomy_eigenvalues,
-    taxonomy_trace,
-    trace,
-)
-from landscape.curvature.trace import TRACE_METHODS
-from landscape.metrics import MetricFamily, ModelContext, register
+from landscape.metrics import Family, FigureStyle, ModelContext, Result
 
 log = logging.getLogger(__name__)
 
 MODES = ("default", "taxonomy")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = ("float32", "float64")
 
 
 CACHE_GRAPH_MAX_PARAMS = 5_000_000
@@ -53,17 +45,17 @@ to this many parameters; larger ones (ResNet18 at width 64: 11M) recompute them 
 class Config:
     """Settings of the ``hessian`` family (mounted at ``metrics.hessian``)."""
 
-    enabled: bool = False
+    enabled: Any = False
     mode: str = "default"  # "default" | "taxonomy"
     eval_samples: int = 1000  # size of the seeded evaluation subset (default mode)
     batch_size: int = 250  # samples per Hessian-vector-product chunk
     max_block: int = 8  # max columns per vmapped block of products
     dtype: str = "float32"  # "float32" | "float64"
     seed: int = 0  # evaluation subset and probes
-    top_k: int = 1
+    n_top: int = 1  # number of top eigenvalues (column hessian.top_eigenvalues)
     tol: float = 1e-4  # relative residual of Lanczos eigenpairs
     max_iter: int = 300  # max products per eigenvalue problem
-    min_eigenvalue: bool = True
+    smallest_eigenvalue: bool = True  # also the most negative (smallest) eigenvalue
     trace_method: str = "hutch++"  # "hutch++" | "hutchinson"
     trace_matvecs: int = 99
     density: bool = False
@@ -73,55 +65,75 @@ class Config:
     cache_graph: str = "auto"  # keep the gradient graphs between products: "auto" (models <= 5M parameters) | "on" | "off"
 
 
-COLUMNS: dict[str, pa.DataType] = {
+METRICS: dict[str, pa.DataType] = {
     "hessian.top_eigenvalue": pa.float64(),
-    "hessian.top_k": pa.list_(pa.float64()),
-    "hessian.top_residual": pa.float64(),
     "hessian.min_eigenvalue": pa.float64(),
-    "hessian.min_residual": pa.float64(),
     "hessian.trace": pa.float64(),
-    "hessian.trace_stderr": pa.float64(),
-    "hessian.trace_method": pa.string(),
-    "hessian.trace_matvecs": pa.int64(),
     "hessian.negative_mass": pa.float64(),
     "hessian.negative_weight": pa.float64(),
     "hessian.density_trace": pa.float64(),
+}
+DIAGNOSTICS: dict[str, pa.DataType] = {
+    "hessian.top_eigenvalues": pa.list_(pa.float64()),
+    "hessian.top_residual": pa.float64(),
+    "hessian.min_residual": pa.float64(),
+    "hessian.trace_stderr": pa.float64(),
     "hessian.density_trace_stderr": pa.float64(),
     "hessian.n_matvecs": pa.int64(),
     "hessian.seconds": pa.float64(),
-    "hessian.mode": pa.string(),
-    "hessian.eval_samples": pa.int64(),
-    "hessian.tol": pa.float64(),
     "hessian.converged": pa.bool_(),
 }
 
 
-def eval_indices(n_train: int, n: int, seed: int) -> torch.Tensor:
+def eval_indices(n_train: int, n: int, seed: int) -> "torch.Tensor":  # noqa: F821
     """The first ``min(n, n_train)`` indices of a permutation of ``range(n_train)`` drawn from ``seed``."""
+    import torch
+
     if n < 1:
         raise ValueError(f"metrics.hessian.eval_samples={n!r}: expected a positive integer")
     perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(int(seed)))
     return perm[: min(int(n), n_train)]
 
 
-def check_settings(settings: Any) -> None:
+def check(settings: Any) -> list[str]:
+    """Every bad ``metrics.hessian.*`` key, with its value and what is allowed."""
+    from landscape.curvature.trace import TRACE_METHODS
+
+    problems = []
     if settings.mode not in MODES:
-        raise ValueError(f"metrics.hessian.mode={settings.mode!r}: expected one of {', '.join(MODES)}")
+        problems.append(f"metrics.hessian.mode={settings.mode!r}: expected one of {', '.join(MODES)}")
     if settings.trace_method not in TRACE_METHODS:
-        raise ValueError(
+        problems.append(
             f"metrics.hessian.trace_method={settings.trace_method!r}: expected one of {', '.join(TRACE_METHODS)}"
         )
     if str(settings.dtype) not in DTYPES:
-        raise ValueError(f"metrics.hessian.dtype={settings.dtype!r}: expected one of {', '.join(DTYPES)}")
-    if int(settings.top_k) < 1:
-        raise ValueError(f"metrics.hessian.top_k={settings.top_k!r}: expected a positive integer")
+        problems.append(f"metrics.hessian.dtype={settings.dtype!r}: expected one of {', '.join(DTYPES)}")
+    if int(settings.n_top) < 1:
+        problems.append(f"metrics.hessian.n_top={settings.n_top!r}: expected a positive integer")
+    if int(settings.eval_samples) < 1:
+        problems.append(f"metrics.hessian.eval_samples={settings.eval_samples!r}: expected a positive integer")
     if str(settings.cache_graph) not in ("auto", "on", "off"):
-        raise ValueError(f"metrics.hessian.cache_graph={settings.cache_graph!r}: expected one of auto, on, off")
+        problems.append(f"metrics.hessian.cache_graph={settings.cache_graph!r}: expected one of auto, on, off")
+    return problems
 
 
-def hessian_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
+def compute(ctx: ModelContext, settings: Any) -> Result:
     """Compute the ``hessian.*`` columns for one trained model (see the module docstring)."""
-    check_settings(settings)
+    import torch
+
+    from landscape.curvature import (
+        TAXONOMY_SAMPLES,
+        HessianOperator,
+        eigenvalues,
+        spectral_density,
+        taxonomy_eigenvalues,
+        taxonomy_trace,
+        trace,
+    )
+
+    problems = check(settings)
+    if problems:
+        raise ValueError("; ".join(problems))
     t0 = time.perf_counter()
     taxonomy = settings.mode == "taxonomy"
     seed = int(settings.seed)
@@ -132,10 +144,10 @@ def hessian_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
     n_params = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
     cache = {"on": True, "off": False}.get(str(settings.cache_graph), n_params <= CACHE_GRAPH_MAX_PARAMS)
     op = HessianOperator(
-        ctx.model, ctx.loss_fn, (x, y), batch_size=batch_size, dtype=DTYPES[str(settings.dtype)],
+        ctx.model, ctx.loss_fn, (x, y), batch_size=batch_size, dtype=getattr(torch, str(settings.dtype)),
         max_block=int(settings.max_block), cache_graph=cache,
     )
-    k = int(settings.top_k)
+    k = int(settings.n_top)
     out: dict[str, Any] = {"hessian.mode": str(settings.mode), "hessian.eval_samples": int(x.shape[0])}
     if taxonomy:
         top = taxonomy_eigenvalues(op, k=k, seed=seed)
@@ -150,14 +162,14 @@ def hessian_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
     converged = bool(top.converged)
     out.update({
         "hessian.top_eigenvalue": float(top.values[0]),
-        "hessian.top_k": [float(v) for v in top.values],
+        "hessian.top_eigenvalues": [float(v) for v in top.values],
         "hessian.top_residual": float(top.residuals.max()),
         "hessian.trace": float(tr.estimate),
         "hessian.trace_stderr": float(tr.stderr) if math.isfinite(tr.stderr) else None,
         "hessian.trace_method": tr.method,
         "hessian.trace_matvecs": int(tr.n_matvecs),
     })
-    if settings.min_eigenvalue:
+    if settings.smallest_eigenvalue:
         low = eigenvalues(op, k=1, which="smallest", tol=float(settings.tol), max_iter=int(settings.max_iter),
                           seed=seed + 2)
         out["hessian.min_eigenvalue"] = float(low.values[0])
@@ -175,7 +187,26 @@ def hessian_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
     out["hessian.seconds"] = time.perf_counter() - t0
     log.info("hessian (%s): top %.4g, trace %.4g +- %.2g, %d products in %.1f s", settings.mode,
              out["hessian.top_eigenvalue"], out["hessian.trace"], tr.stderr, op.n_products, out["hessian.seconds"])
-    return out
+    error = None
+    if not converged:  # the values stay (with their residuals); the reason is counted and shown, never hidden
+        error = (f"eigenvalues not converged to tol {out['hessian.tol']:g} (top residual "
+                 f"{out['hessian.top_residual']:.3g}"
+                 + (f", min residual {out['hessian.min_residual']:.3g}" if "hessian.min_residual" in out else "")
+                 + f") after {op.n_products} products")
+    return Result(out, error=error)
 
 
-FAMILY = register(MetricFamily(name="hessian", table="models", columns=COLUMNS, compute=hessian_metrics))
+FAMILY = Family(
+    name="hessian",
+    table="models",
+    config=Config,
+    metrics=METRICS,
+    diagnostics=DIAGNOSTICS,
+    compute=compute,
+    check=check,
+    styles={
+        "hessian.top_eigenvalue": FigureStyle("log top Hessian eigenvalue", 0.0, 6.0, "magma_r", log=True),
+        "hessian.trace": FigureStyle("log Hessian trace", 3.0, 8.0, "magma_r", log=True),
+    },
+    description="Hessian eigenvalues (Lanczos), trace with standard error, spectral density",
+)

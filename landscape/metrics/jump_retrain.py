@@ -17,11 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
-from landscape.metrics import MetricFamily, ModelContext, register
-from landscape.trajectories.jump_retrain import JumpRetrainSettings, analyse, jump_and_retrain
+from landscape.metrics import Family, ModelContext, Result
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +30,7 @@ EMBEDDINGS = ("phate", "pca")
 class Config:
     """Settings of the ``jump_retrain`` family (mounted at ``metrics.jump_retrain``); defaults are cheap."""
 
-    enabled: bool = False
+    enabled: Any = False
     n_jumps: int = 3  # jumps per scale
     scales: list[float] = field(default_factory=lambda: [0.25, 0.5])  # relative to filter norms
     epochs: int = 1  # retraining epochs per jump
@@ -52,21 +50,16 @@ class Config:
     seed: int = 0
 
 
-COLUMNS: dict[str, pa.DataType] = {
+METRICS: dict[str, pa.DataType] = {
     **{f"topology.h{d}_{m}": (pa.int64() if m == "count" else pa.float64())
        for d in (0, 1) for m in ("count", "total", "max", "entropy")},
     "topology.h1_essential": pa.int64(),
     "topology.rips_h1_max": pa.float64(),
-    "jump_retrain.n_jumps": pa.int64(),
-    "jump_retrain.scales": pa.list_(pa.float64()),
-    "jump_retrain.epochs": pa.int64(),
-    "jump_retrain.lr": pa.float64(),
-    "jump_retrain.n_points": pa.int64(),
-    "jump_retrain.embedding": pa.string(),
-    "jump_retrain.graph_knn": pa.int64(),
-    "jump_retrain.persistence_threshold": pa.float64(),
     "jump_retrain.final_train_loss": pa.float64(),
     "jump_retrain.final_test_loss": pa.float64(),
+}
+DIAGNOSTICS: dict[str, pa.DataType] = {
+    "jump_retrain.n_points": pa.int64(),
     "jump_retrain.seconds": pa.float64(),
 }
 
@@ -91,23 +84,35 @@ PERSISTENCE: dict[str, pa.DataType] = {
 }
 
 
-def check_settings(settings: Any) -> None:
-    """Raise ``ValueError`` naming the first bad ``metrics.jump_retrain.*`` key."""
-    settings_from(settings)
-
-
-def settings_from(settings: Any) -> JumpRetrainSettings:
+def check(settings: Any) -> list[str]:
+    """Every bad ``metrics.jump_retrain.*`` key, with its value and what is allowed."""
+    problems = []
     if settings.embedding not in EMBEDDINGS:
-        raise ValueError(f"metrics.jump_retrain.embedding={settings.embedding!r}: expected one of {', '.join(EMBEDDINGS)}")
+        problems.append(f"metrics.jump_retrain.embedding={settings.embedding!r}: expected one of {', '.join(EMBEDDINGS)}")
     t = str(settings.phate_t)
     if t != "auto" and not t.isdigit():
-        raise ValueError(f"metrics.jump_retrain.phate_t={settings.phate_t!r}: expected 'auto' or a positive integer")
+        problems.append(f"metrics.jump_retrain.phate_t={settings.phate_t!r}: expected 'auto' or a positive integer")
+    return problems
+
+
+def settings_from(settings: Any) -> Any:
+    """``JumpRetrainSettings`` from the family's config node (``ValueError`` naming a bad key)."""
+    from landscape.trajectories.jump_retrain import JumpRetrainSettings
+
+    problems = check(settings)
+    if problems:
+        raise ValueError("; ".join(problems))
+    t = str(settings.phate_t)
     s = JumpRetrainSettings.from_config(settings)
     s.phate_t = t if t == "auto" else int(t)
     return s
 
 
-def jump_retrain_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
+def compute(ctx: ModelContext, settings: Any) -> Result:
+    import numpy as np
+
+    from landscape.trajectories.jump_retrain import analyse, jump_and_retrain
+
     t0 = time.perf_counter()
     s = settings_from(settings)
     s.seed = int(settings.seed) * 1_000_003 + int(ctx.seed)  # different jumps for each model of a cell
@@ -126,23 +131,24 @@ def jump_retrain_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
     out = {
         **topo.summary,
         "topology.rips_h1_max": float((rips_h1[:, 1] - rips_h1[:, 0]).max()) if len(rips_h1) else 0.0,
-        "jump_retrain.n_jumps": int(s.n_jumps),
-        "jump_retrain.scales": [float(v) for v in s.scales],
-        "jump_retrain.epochs": int(s.epochs),
-        "jump_retrain.lr": float(s.lr),
         "jump_retrain.n_points": len(rows),
-        "jump_retrain.embedding": s.embedding,
-        "jump_retrain.graph_knn": int(s.graph_knn),
-        "jump_retrain.persistence_threshold": float(s.persistence_threshold),
         "jump_retrain.final_train_loss": float(np.mean([r["train_loss"] for r in last_per_jump.values()])),
         "jump_retrain.final_test_loss": float(np.mean([r["test_loss"] for r in last_per_jump.values()])),
         "jump_retrain.seconds": time.perf_counter() - t0,
-        "_tables": {"trajectories": rows, "persistence": bars},
     }
     log.info("jump_retrain: %d points, H0 %d / H1 %d bars above %g in %.1f s", len(rows),
              out["topology.h0_count"], out["topology.h1_count"], s.persistence_threshold, out["jump_retrain.seconds"])
-    return out
+    return Result(out, tables={"trajectories": rows, "persistence": bars})
 
 
-FAMILY = register(MetricFamily(name="jump_retrain", table="models", columns=COLUMNS, compute=jump_retrain_metrics,
-                               extra_tables={"trajectories": TRAJECTORIES, "persistence": PERSISTENCE}))
+FAMILY = Family(
+    name="jump_retrain",
+    table="models",
+    config=Config,
+    metrics=METRICS,
+    diagnostics=DIAGNOSTICS,
+    compute=compute,
+    check=check,
+    long_tables={"trajectories": TRAJECTORIES, "persistence": PERSISTENCE},
+    description="jump-and-retrain trajectories, PHATE/PCA embedding, persistent homology",
+)

@@ -1,4 +1,4 @@
-"""Pair family ``l2``: the Euclidean distance between the two models' parameter vectors."""
+"""Pair family ``l2``: the Euclidean distance between the two models' trainable parameter vectors (float64)."""
 
 from __future__ import annotations
 
@@ -6,31 +6,30 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import torch
-from torch import nn
 
-from landscape.metrics import MetricFamily, PairContext, register
+from landscape.metrics import Family, FigureStyle, PairContext, Result
 
 
 @dataclass
 class Config:
-    """``metrics.l2.*``: switch for the parameter distance between the seeds of a cell."""
+    """``metrics.l2.*``: the parameter distance between the seeds of a cell. ``enabled: auto`` (the default)
+    measures it in every cell with two or more seeds and skips it, with a log line, in one-seed cells."""
 
-    enabled: bool = False
-
-
-def flat_parameters(model: nn.Module) -> torch.Tensor:
-    """All trainable parameters of ``model`` concatenated into one flat vector ``[P]`` (detached)."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
+    enabled: Any = "auto"
 
 
-def l2_distance(a: nn.Module, b: nn.Module) -> float:
-    """||theta_a - theta_b||_2 over the trainable parameters (same architecture), in float64."""
-    return float(torch.linalg.vector_norm(flat_parameters(a).double() - flat_parameters(b).double()))
+def compute(ctx: PairContext, settings: Any) -> Result:
+    from landscape.directions import l2_distance
+
+    return Result({"l2_distance": l2_distance(ctx.a.model, ctx.b.model)})
 
 
-def _compute(ctx: PairContext, settings: Any) -> dict[str, Any]:
-    return {"l2_distance": l2_distance(ctx.a.model, ctx.b.model)}
-
-
-FAMILY = register(MetricFamily(name="l2", table="pairs", columns={"l2_distance": pa.float64()}, compute=_compute))
+FAMILY = Family(
+    name="l2",
+    table="pairs",
+    config=Config,
+    metrics={"l2_distance": pa.float64()},
+    compute=compute,
+    styles={"l2_distance": FigureStyle("L2 distance", 0.0, 100.0, "cividis")},
+    description="distance between parameter vectors",
+)

@@ -18,9 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from landscape.directions import filter_normalised_direction, hessian_directions
-from landscape.metrics import MetricFamily, ModelContext, register
-from landscape.surfaces import eval_subset, grid_axis, loss_surface
+from landscape.metrics import Family, ModelContext, Result
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,7 @@ DIRECTIONS = ("random", "hessian")
 class Config:
     """Settings of the ``surfaces`` family (mounted at ``metrics.surfaces``)."""
 
-    enabled: bool = False
+    enabled: Any = False
     directions: str = "random"  # "random" | "hessian"
     dims: int = 2  # 1 | 2
     range: float = 1.0  # grid spans [-range, range] along each direction
@@ -45,17 +43,14 @@ class Config:
     hessian_max_iter: int = 200  # Hessian-vector products per eigenvector
 
 
-COLUMNS: dict[str, pa.DataType] = {
-    "surfaces.directions": pa.string(),
-    "surfaces.dims": pa.int64(),
-    "surfaces.range": pa.float64(),
-    "surfaces.resolution": pa.int64(),
-    "surfaces.n_points": pa.int64(),
-    "surfaces.eval_samples": pa.int64(),
+METRICS: dict[str, pa.DataType] = {
     "surfaces.center_train_loss": pa.float64(),
     "surfaces.max_train_loss": pa.float64(),
     "surfaces.hessian_max_eigenvalue": pa.float64(),
     "surfaces.hessian_min_eigenvalue": pa.float64(),
+}
+DIAGNOSTICS: dict[str, pa.DataType] = {
+    "surfaces.n_points": pa.int64(),
     "surfaces.seconds": pa.float64(),
 }
 
@@ -77,19 +72,27 @@ def derived_seed(*parts: int) -> int:
     return h
 
 
-def check_settings(settings: Any) -> None:
+def check(settings: Any) -> list[str]:
+    """Every bad ``metrics.surfaces.*`` key, with its value and what is allowed."""
+    problems = []
     if settings.directions not in DIRECTIONS:
-        raise ValueError(f"metrics.surfaces.directions={settings.directions!r}: expected one of {', '.join(DIRECTIONS)}")
+        problems.append(f"metrics.surfaces.directions={settings.directions!r}: expected one of {', '.join(DIRECTIONS)}")
     if int(settings.dims) not in (1, 2):
-        raise ValueError(f"metrics.surfaces.dims={settings.dims!r}: expected 1 or 2")
+        problems.append(f"metrics.surfaces.dims={settings.dims!r}: expected 1 or 2")
     if int(settings.resolution) < 1 or not float(settings.range) > 0:
-        raise ValueError(f"metrics.surfaces.resolution={settings.resolution!r}, range={settings.range!r}: "
-                         "expected resolution >= 1 and range > 0")
+        problems.append(f"metrics.surfaces.resolution={settings.resolution!r}, range={settings.range!r}: "
+                        "expected resolution >= 1 and range > 0")
+    return problems
 
 
-def surfaces_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
+def compute(ctx: ModelContext, settings: Any) -> Result:
     """Compute one loss surface around ``ctx.model`` (see the module docstring)."""
-    check_settings(settings)
+    from landscape.directions import filter_normalised_direction, hessian_directions
+    from landscape.surfaces import eval_subset, grid_axis, loss_surface
+
+    problems = check(settings)
+    if problems:
+        raise ValueError("; ".join(problems))
     t0 = time.perf_counter()
     seed = int(settings.seed)
     x, y = eval_subset(ctx.data.x_train, ctx.data.y_train, int(settings.eval_samples), seed)
@@ -114,21 +117,25 @@ def surfaces_metrics(ctx: ModelContext, settings: Any) -> dict[str, Any]:
     rows = surf.rows()
     center = min(rows, key=lambda r: abs(r["alpha"]) + abs(r["beta"]))
     out.update({
-        "surfaces.directions": str(settings.directions),
-        "surfaces.dims": int(settings.dims),
-        "surfaces.range": float(settings.range),
-        "surfaces.resolution": int(settings.resolution),
         "surfaces.n_points": len(rows),
         "surfaces.eval_samples": int(x.shape[0]),
         "surfaces.center_train_loss": center["train_loss"],
         "surfaces.max_train_loss": float(surf.train_loss.max()),
         "surfaces.seconds": time.perf_counter() - t0,
-        "_tables": {"surfaces": rows},
     })
     log.info("surfaces (%s, %dD, %d points) in %.1f s", settings.directions, int(settings.dims), len(rows),
              out["surfaces.seconds"])
-    return out
+    return Result(out, tables={"surfaces": rows})
 
 
-FAMILY = register(MetricFamily(name="surfaces", table="models", columns=COLUMNS, compute=surfaces_metrics,
-                               extra_tables={"surfaces": TABLE}))
+FAMILY = Family(
+    name="surfaces",
+    table="models",
+    config=Config,
+    metrics=METRICS,
+    diagnostics=DIAGNOSTICS,
+    compute=compute,
+    check=check,
+    long_tables={"surfaces": TABLE},
+    description="1D/2D loss surfaces along random or Hessian directions (long table `surfaces`)",
+)

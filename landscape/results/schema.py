@@ -9,24 +9,29 @@ Columns of ``models`` and ``pairs`` rows, in order:
 * every knob of the ``data``, ``model`` and ``train`` config groups as a flat, typed, dotted column
   (``model.width``, ``train.batch_size`` - the resolved integer, ``full`` becomes the training-set size -,
   ``data.label_noise``, ...), plus derived sizes ``data.n_train`` and ``model.n_params``;
-* for ``models``: training outcomes (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``: cross-entropy
+* the columns of every registered metric family of that table, in registration order (``landscape.metrics``):
+  its metrics, its settings (``<family>.<key>``), its diagnostics and ``<family>.error``; for ``models`` the
+  ``training`` family comes first (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``: cross-entropy
   or MSE of the configured loss, accuracies as fractions in [0, 1]; ``train_acc_clean``: accuracy on the
-  original labels; ``training.*``: epochs, steps, seconds, resumed flag);
-* the columns of every registered metric family of that table (``hessian.*``, ``cka``, ...).
+  original labels; ``training.*``: epochs, steps, seconds, resumed and vectorized flags).
 
-A metric not computed is a typed null. Any change of columns bumps ``SCHEMA_VERSION``; readers union
+A metric not computed is a typed null. Any change of columns bumps ``SCHEMA_VERSION``: ``SCHEMA_FINGERPRINT``
+is the hash of every table's column names and types at that version, and a test fails when
+``schema_fingerprint()`` differs from it (bump the version, then store the new fingerprint). Readers union
 files of different versions by column name.
 """
 
 from __future__ import annotations
 
 import functools
-import typing
-from typing import Any
+import hashlib
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_FINGERPRINT = "6ae9da8046c99073"
+"""``schema_fingerprint()`` at ``SCHEMA_VERSION`` (version 1 had no fingerprint; 2: family contract, per-family
+settings and ``<family>.error`` columns)."""
 
 PROVENANCE: dict[str, pa.DataType] = {
     "schema_version": pa.int32(),
@@ -45,19 +50,6 @@ PROVENANCE: dict[str, pa.DataType] = {
     "seconds": pa.float64(),
 }
 
-TRAINING: dict[str, pa.DataType] = {
-    "train_loss": pa.float64(),
-    "train_acc": pa.float64(),
-    "test_loss": pa.float64(),
-    "test_acc": pa.float64(),
-    "train_acc_clean": pa.float64(),
-    "training.epochs": pa.int64(),
-    "training.steps": pa.int64(),
-    "training.seconds": pa.float64(),
-    "training.resumed": pa.bool_(),
-    "training.vectorized": pa.bool_(),
-}
-
 DERIVED: dict[str, pa.DataType] = {"data.n_train": pa.int64(), "model.n_params": pa.int64()}
 
 # Knobs whose config type is not a plain annotation: resolved to these column types.
@@ -65,32 +57,18 @@ _KNOB_OVERRIDES: dict[str, pa.DataType] = {"data.subsample": pa.float64(), "trai
 _EXCLUDED_KNOBS = {"train.seeds"}
 
 
-def _arrow_type(annotation: Any) -> pa.DataType:
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"Any": Any, "Optional": typing.Optional, "list": list})  # noqa: S307
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin is typing.Union and len(args) == 1:
-        return _arrow_type(args[0])
-    if origin is list:
-        return pa.list_(_arrow_type(args[0]))
-    mapping = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
-    if annotation in mapping:
-        return mapping[annotation]
-    raise TypeError(f"no column type for config annotation {annotation!r}")
-
-
 @functools.lru_cache(maxsize=None)
 def knob_columns() -> dict[str, pa.DataType]:
     """``{dotted knob: arrow type}`` for every leaf of the data, model and train config schemas."""
     from landscape.config import DataConfig, ModelConfig, TrainConfig, leaf_fields
+    from landscape.metrics import arrow_type
 
     out: dict[str, pa.DataType] = {}
     for cls, prefix in ((DataConfig, "data"), (ModelConfig, "model"), (TrainConfig, "train")):
         for name, ann in leaf_fields(cls, prefix):
             if name in _EXCLUDED_KNOBS:
                 continue
-            out[name] = _KNOB_OVERRIDES.get(name) or _arrow_type(ann)
+            out[name] = _KNOB_OVERRIDES.get(name) or arrow_type(ann)
     return out
 
 
@@ -106,14 +84,12 @@ def schema_for(table: str) -> pa.Schema:
         cols.update({"seed_a": pa.int64(), "seed_b": pa.int64()} if table == "pairs" else {"seed": pa.int64()})
     cols.update(knob_columns())
     cols.update(DERIVED)
-    if table == "models":
-        cols.update(TRAINING)
     found = table in ("models", "pairs")
     for fam in metrics.families():
         if table in ("models", "pairs") and fam.table == table:
             cols.update(fam.columns)
-        if table in fam.extra_tables:
-            cols.update(fam.extra_tables[table])
+        if table in fam.long_tables:
+            cols.update(fam.long_tables[table])
             found = True
     if not found:
         raise KeyError(f"table={table!r}: unknown results table")
@@ -125,5 +101,11 @@ def tables() -> list[str]:
     """Every results table name: models, pairs and the metric families' long tables."""
     from landscape import metrics
 
-    extra = [t for fam in metrics.families() for t in fam.extra_tables]
+    extra = [t for fam in metrics.families() for t in fam.long_tables]
     return ["models", "pairs", *dict.fromkeys(extra)]
+
+
+def schema_fingerprint() -> str:
+    """A short hash of every table's column names and types, in order (what ``SCHEMA_VERSION`` versions)."""
+    text = "\n".join(f"{t}:{f.name}:{f.type}" for t in tables() for f in schema_for(t))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

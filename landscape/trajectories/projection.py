@@ -1,4 +1,4 @@
-"""A fixed, seeded random projection of flat parameter vectors ``[P] -> [k]``, and a trajectory recorder.
+"""A fixed, seeded random projection of flat parameter vectors ``[P] -> [k]``.
 
 ``RandomProjection(P, k, seed)`` is the linear map ``z = R^T theta / sqrt(k)`` with ``R [P, k]`` i.i.d. standard
 Gaussian, so ``E ||z||^2 = ||theta||^2`` and distances are preserved up to ``O(1/sqrt(k))`` relative error
@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
-
-import numpy as np
 import torch
-from torch import Tensor, nn
-
-from landscape.directions import flat_parameters
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -69,37 +64,3 @@ class RandomProjection:
                 blk = self._block(b).to(v.device)
                 out += v[:, a : a + blk.shape[0]] @ blk
         return out[0] if single else out
-
-
-class TrajectoryRecorder:
-    """Records the projected parameters of a model plus scalar metrics along a training run.
-
-    ``record(step, **metrics)`` stores ``projection(theta)`` and the metrics; ``every`` skips steps not divisible
-    by it (``force=True`` records anyway). ``as_progress()`` returns a ``progress(epoch, total, loss)`` callback
-    for ``landscape.training.train_model`` that records once per epoch. ``points()`` -> ``[n, k]`` numpy,
-    ``rows()`` -> list of dicts (``step``, metrics, ``coords`` as a list).
-    """
-
-    def __init__(self, model: nn.Module, projection: RandomProjection, every: int = 1):
-        self.model, self.projection, self.every = model, projection, max(1, int(every))
-        self._coords: list[np.ndarray] = []
-        self._meta: list[dict[str, Any]] = []
-
-    def record(self, step: int, force: bool = False, **metrics: Any) -> bool:
-        if not force and step % self.every:
-            return False
-        self._coords.append(self.projection(flat_parameters(self.model)).cpu().numpy())
-        self._meta.append({"step": int(step), **metrics})
-        return True
-
-    def as_progress(self) -> Callable[[int, int, float], None]:
-        def progress(epoch: int, total: int, loss: float) -> None:
-            self.record(epoch, force=True, epoch=epoch, batch_loss=float(loss))
-
-        return progress
-
-    def points(self) -> np.ndarray:
-        return np.stack(self._coords) if self._coords else np.zeros((0, self.projection.dim), dtype=np.float32)
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [{**m, "coords": c.tolist()} for m, c in zip(self._meta, self._coords)]
