@@ -258,6 +258,8 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
         raise
     status.state, status.error, status.traceback, status.done_key = "done", None, None, key
     cell.write_status(status)
+    for backup in _committed_backups(cell):  # the commit is written: the previous versions are not needed
+        backup.unlink(missing_ok=True)
     seconds = time.perf_counter() - t_start
     log.info("cell %s done in %.1f s: %s", cell.cell_id, seconds, status.seeds)
     return CellOutcome(cell.cell_id, "ran", status.seeds, seconds, files)
@@ -440,6 +442,12 @@ def commit_results(cfg: DictConfig, cell: CellDir, status: CellStatus, tables: d
     cell.write_status(status)
     _pause("before_rename")
     for name, (path, final, digest, n, merged) in staged.items():
+        rec = status.results.get(name)
+        if rec and final.exists() and final.stat().st_size == rec.get("size") and digest != rec.get("sha256"):
+            # keep the committed version readable (``results.io.served_files``) until this commit is written
+            backup = committed_backup(final)
+            backup.unlink(missing_ok=True)
+            os.link(final, backup)
         os.replace(path, final)
         st = final.stat()
         old = status.results.get(name, {}).get("covers", []) if merged else []
@@ -450,6 +458,18 @@ def commit_results(cfg: DictConfig, cell: CellDir, status: CellStatus, tables: d
         status.pending.pop(name, None)
         _pause("between_tables")
     return [str(final) for (_, final, _, _, _) in staged.values()]
+
+
+def committed_backup(path: Path) -> Path:
+    """``.<name>.committed`` beside a result file: its last committed version while a new one is being
+    committed (served instead of it, see ``results.io.served_files``; removed once the commit is written)."""
+    return path.with_name(f".{path.name}.committed")
+
+
+def _committed_backups(cell: CellDir) -> list[Path]:
+    results = cell.sweep_dir / "results"
+    return [p for t in (results.iterdir() if results.is_dir() else []) if t.is_dir()
+            for p in t.glob(f".{cell.cell_id}-*.committed")]
 
 
 def _pause(point: str) -> None:

@@ -41,7 +41,7 @@ def test_two_seed_lists_in_one_grid_keep_all_four_models(cli, tmp_path):
 
 
 def test_a_smaller_request_after_a_larger_one_loses_nothing(cli, tmp_path):
-    hess = ["metrics.hessian.enabled=true", "metrics.hessian.top_k=1", "metrics.hessian.min_eigenvalue=false", "metrics.hessian.eval_samples=64", "metrics.hessian.trace_matvecs=9"]
+    hess = ["metrics.hessian.enabled=true", "metrics.hessian.n_top=1", "metrics.hessian.smallest_eigenvalue=false", "metrics.hessian.eval_samples=64", "metrics.hessian.trace_matvecs=9"]
     cli(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1,2]", *hess])
     first = _rows(tmp_path / "s")
     first_pairs = _rows(tmp_path / "s", "pairs")
@@ -214,11 +214,12 @@ def test_disk_full_is_recorded_and_temporary_files_are_cleaned_on_the_next_run(c
 
 def test_rows_of_a_request_killed_between_its_table_writes_are_not_served(cli, tmp_path):
     """SIGKILL between the models and the pairs file of a request (paused there by the test hook): the new
-    models file is not served (its checksum is not committed); the rerun completes the request, merging the
-    rows of the earlier request that the uncommitted file holds (its checksum is the status's ``pending``)."""
+    models file is not served (its checksum is not committed), its last committed version is; the rerun
+    completes the request."""
     import signal
 
     cli(["hydra.sweep.dir=s", *FAST])
+    before, before_pairs = _rows(tmp_path / "s"), _rows(tmp_path / "s", "pairs")
     proc = _launch(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1,2]"], tmp_path,
                    {"LANDSCAPE_TEST_PAUSE": "between_tables:30"})
     sweep = tmp_path / "s"
@@ -235,10 +236,11 @@ def test_rows_of_a_request_killed_between_its_table_writes_are_not_served(cli, t
         time.sleep(0.05)
     proc.kill()
     proc.communicate()
-    rows, pairs = load(sweep), load(sweep, "pairs")
-    assert 2 not in set(rows["seed"]) and 2 not in set(pairs["seed_b"])  # the unfinished request is not served
-    assert len(pairs) == 1  # the pairs file is still the committed one
-    # (the earlier rows of seeds 0 and 1 are inside the new models file: kept on disk, served again after the rerun)
+    rows, pairs = _rows(sweep), _rows(sweep, "pairs")
+    # the unfinished request is not served; the last committed rows are, exactly (the models file's committed
+    # version is kept beside it until the commit is written)
+    pd.testing.assert_frame_equal(rows, before, check_exact=True)
+    pd.testing.assert_frame_equal(pairs, before_pairs, check_exact=True)
     cli(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1,2]"])
     assert sorted(_rows(sweep)["seed"]) == [0, 1, 2] and len(load(sweep, "pairs")) == 3
 

@@ -114,8 +114,9 @@ def served_files(sweep_dir: str | Path, table: str, files: list[str]) -> list[st
     """The result files of ``files`` that may be served: a file ``<cell_id>-<key>.parquet`` of a cell that has a
     directory under ``<sweep_dir>/cells`` is served only if the cell's ``status.json`` records it (a committed
     request) with the file's SHA-256; others (damaged, or written by a run that did not finish) are named in a
-    warning and left out, and the next launch recomputes them. Files of cells without a cell directory (rows
-    imported or written by other tools) are served as they are.
+    warning and left out, and the next launch recomputes them; while a commit is in progress (or was killed)
+    the file's last committed version ``.<name>.committed`` is served in its place. Files of cells without a
+    cell directory (rows imported or written by other tools) are served as they are.
 
     Checksums are computed once per (file, status) version: ``results/.cache/verified-<table>.json`` keeps the
     size and modification time of each verified file and of its cell's status.
@@ -166,6 +167,10 @@ def served_files(sweep_dir: str | Path, table: str, files: list[str]) -> list[st
             log.warning("%s: not served, not a committed result of its cell (a run that did not finish)", f)
             continue
         if sha256_file(f) != rec.get("sha256"):
+            backup = os.path.join(os.path.dirname(f), f".{name}.committed")
+            if f"{table}/{name}" in status.pending and os.path.exists(backup) and sha256_file(backup) == rec.get("sha256"):
+                out.append(backup)  # a commit in progress (or killed): its last committed version
+                continue
             log.warning("%s: not served, damaged (its SHA-256 differs from the one in %s)", f, status_path)
             continue
         out.append(f)
