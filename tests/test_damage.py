@@ -92,10 +92,10 @@ def _damage(sweep: Path, kind: str) -> tuple[Path, list[str]]:
     raise ValueError(kind)
 
 
-KINDS = ["status_empty", pytest.param("status_garbage", marks=pytest.mark.slow), "result_truncated",
-         pytest.param("result_deleted", marks=pytest.mark.slow), "result_flipped", "checkpoint_corrupt",
-         pytest.param("cache_corrupt", marks=pytest.mark.slow), "checkpoint_flipped",
-         pytest.param("cache_flipped", marks=pytest.mark.slow)]
+_SLOW = pytest.mark.slow  # each case is two CLI runs and three landscape-status runs: a few in the default run
+KINDS = ["status_empty", pytest.param("status_garbage", marks=_SLOW), pytest.param("result_truncated", marks=_SLOW),
+         pytest.param("result_deleted", marks=_SLOW), "result_flipped", pytest.param("checkpoint_corrupt", marks=_SLOW),
+         pytest.param("cache_corrupt", marks=_SLOW), "checkpoint_flipped", pytest.param("cache_flipped", marks=_SLOW)]
 
 
 @pytest.mark.parametrize("kind", KINDS)
