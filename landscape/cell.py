@@ -217,6 +217,21 @@ def clean_temporary_files(cell: CellDir) -> list[Path]:
     return removed
 
 
+def file_problem(path: Path, rec: dict[str, Any], verify: bool = False) -> str | None:
+    """Why the result file ``path`` does not match its status record ``rec`` (None: intact)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"{path}: missing (recorded in the cell's status)"
+    if not verify and st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns"):
+        return None
+    if st.st_size != rec.get("size"):
+        return f"{path}: damaged ({st.st_size} bytes, {rec.get('size')} recorded)"
+    if sha256_file(path) != rec.get("sha256"):
+        return f"{path}: damaged (SHA-256 differs from the one recorded)"
+    return None
+
+
 # ------------------------------------------------------------------------------------------------- lease
 def _pid_alive(pid: int) -> bool:
     try:

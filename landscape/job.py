@@ -42,8 +42,8 @@ from omegaconf import DictConfig, OmegaConf
 from landscape import metrics as metrics_mod
 from landscape import provenance
 from landscape.cell import (CellDir, CellStatus, DamagedFile, Lease, LeaseLost, cell_id, clean_temporary_files,
-                            inspect_cell_files, metrics_key, quarantine, read_json, resume_state_checksums,
-                            write_json)
+                            file_problem, inspect_cell_files, metrics_key, quarantine, read_json,
+                            resume_state_checksums, write_json)
 from landscape.config import ConfigError, check, launch_problems
 from landscape.data import CellData, load_data
 from landscape.devices import resolve_device
@@ -536,23 +536,6 @@ def missing_work(cfg: Any, cell: CellDir, status: CellStatus | None, verify: boo
         if problem:
             out.append(problem)
     return out
-
-
-def file_problem(path: Path, rec: dict[str, Any], verify: bool = False) -> str | None:
-    """Why the result file ``path`` does not match its status record ``rec`` (None: intact)."""
-    from landscape.cell import sha256_file
-
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return f"{path}: missing (recorded in the cell's status)"
-    if not verify and st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns"):
-        return None
-    if st.st_size != rec.get("size"):
-        return f"{path}: damaged ({st.st_size} bytes, {rec.get('size')} recorded)"
-    if sha256_file(path) != rec.get("sha256"):
-        return f"{path}: damaged (SHA-256 differs from the one recorded)"
-    return None
 
 
 def train_seeds(

@@ -175,7 +175,7 @@ def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, no
 
 def _result_problems(cell: CellDir, status: CellStatus, verify: bool) -> list[str]:
     """Result files the status records that are missing or damaged (size/time, or SHA-256 with ``verify``)."""
-    from landscape.job import file_problem
+    from landscape.cell import file_problem
 
     out = []
     for name, rec in sorted(status.results.items()):
