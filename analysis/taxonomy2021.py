@@ -13,8 +13,12 @@ models 0 and 1 of each cell, at t = 0, .25, .5, .75, 1). This module turns them 
 * pairs: one row per unordered pair ``seed_a < seed_b`` with ``l2_distance`` and ``cka`` (linear CKA of the
   softmax outputs). The CSV's CKA of (a, b) and (b, a) differ (different mixup draws), so ``cka`` is the mean
   of the two orders (ignoring a missing one): the cell mean then equals the paper's mean over off-diagonal
-  pairs. ``connectivity.mc`` (in percentage points of training error) is computed from the curve, see
-  :func:`mode_connectivity`, and set on pair (0, 1) only (null elsewhere).
+  pairs. ``connectivity.mc`` (in percentage points of training error) is computed from the curve with the
+  library's :func:`landscape.connectivity.mode_connectivity` (the same function and t grid as the
+  ``connectivity`` family's defaults), and set on pair (0, 1) only (null elsewhere).
+
+:func:`fit_phase_thresholds` fits the phase rule's thresholds on cells aggregated from these rows (see there
+for what "fitted" can mean without published phase labels).
 
 Run as a script: ``python analysis/taxonomy2021.py OUT_DIR [--reference DIR]`` writes
 ``OUT_DIR/results/models/<cell_id>.parquet`` and ``OUT_DIR/results/pairs/<cell_id>.parquet``; then
@@ -24,15 +28,24 @@ Run as a script: ``python analysis/taxonomy2021.py OUT_DIR [--reference DIR]`` w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from landscape.connectivity import MC_ENDPOINTS, PAPER_T_GRID
+from landscape.connectivity import mode_connectivity as _library_mc
+
+MC_DEFAULT = MC_ENDPOINTS[0]
+
+if TYPE_CHECKING:
+    from landscape.phase import PhaseRule
 
 log = logging.getLogger(__name__)
 
@@ -87,24 +100,21 @@ def cell_id(width: int, batch_size: int) -> str:
     return f"tax21-w{int(width):03d}-b{int(batch_size):04d}"
 
 
-def mode_connectivity(t: Sequence[float], err: Sequence[float]) -> float:
-    """The paper's mode connectivity of one curve, in the units of ``err`` (here % training error).
-
-    With ``e`` the error along the curve at the sorted ``t`` (endpoints t=0 and t=1 included) and
-    ``m = (e(0) + e(1)) / 2``: ``u = argmax_t |e(t) - m|`` and ``mc = m - e(u)``. ``mc < 0``: a barrier;
-    ``mc > 0``: the curve finds better points than the (under-trained) endpoints; ``mc ~ 0``: connected.
+def mode_connectivity(t: Sequence[float], err: Sequence[float], endpoints: str = MC_DEFAULT) -> float:
+    """Mode connectivity of one published curve, in the units of ``err`` (here % training error):
+    :func:`landscape.connectivity.mode_connectivity` of ``err`` at the sorted ``t`` (the library's one
+    definition; ``endpoints="paper"`` is the authors' argmax over all five points). On the published curves
+    the default equals the paper's formula wherever that is unambiguous (209 of the 210 curves, every cell of
+    the 13 x 13 grid); NaN if a value is not finite.
     """
-    order = np.argsort(np.asarray(t, dtype=np.float64))
-    e = np.asarray(err, dtype=np.float64)[order]
-    if e.size < 2 or not np.all(np.isfinite(e)):
-        return float("nan")
-    mid = 0.5 * (e[0] + e[-1])
-    u = int(np.argmax(np.abs(e - mid)))
-    return float(mid - e[u])
+    return _library_mc(err, t=t, endpoints=endpoints)
 
 
-def read_reference(reference: Path = DEFAULT_REFERENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The reference CSVs of ``reference`` as (models rows, pairs rows) in the project's schema."""
+def read_reference(
+    reference: Path = DEFAULT_REFERENCE, endpoints: str = MC_DEFAULT
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The reference CSVs of ``reference`` as (models rows, pairs rows) in the project's schema; ``endpoints``:
+    the endpoint handling of the curves' mode connectivity (see :func:`mode_connectivity`)."""
     reference = Path(reference)
     m = pd.read_csv(reference / "models.csv")
     p = pd.read_csv(reference / "pairs.csv")
@@ -136,9 +146,14 @@ def read_reference(reference: Path = DEFAULT_REFERENCE) -> tuple[pd.DataFrame, p
         ["l2_distance", "cka_softmax"]
     ].mean()  # pandas mean skips NaN
 
+    grids = c.groupby(["width", "batch_size"])["t"].apply(lambda t: tuple(sorted(t)))
+    off_grid = grids[grids != PAPER_T_GRID]
+    if len(off_grid):
+        log.warning("curves of cells %s are not on the grid t = %s the phase thresholds were fitted on",
+                    list(off_grid.index)[:5], PAPER_T_GRID)
     mc = (
         c.groupby(["width", "batch_size"])[["t", "train_err"]]
-        .apply(lambda g: mode_connectivity(g["t"].to_numpy(), g["train_err"].to_numpy()))
+        .apply(lambda g: mode_connectivity(g["t"].to_numpy(), g["train_err"].to_numpy(), endpoints))
         .rename("connectivity.mc")
         .reset_index()
     )
@@ -212,6 +227,74 @@ def import_reference(
                 if batch_sizes is not None else None, "n_models": int(len(models)), "n_pairs": int(len(pairs))}
     (Path(out) / "taxonomy2021_import.json").write_text(json.dumps(manifest, indent=2))
     return paths
+
+
+def threshold_margins(cells: pd.DataFrame, rule: "PhaseRule | None" = None) -> pd.DataFrame:
+    """For each threshold of ``rule`` (default :class:`landscape.phase.PhaseRule`): the interval of values that
+    gives every cell of ``cells`` the same phase as ``rule`` does, the other thresholds held fixed.
+
+    ``cells``: one row per grid cell with the rule's columns (cell means, as from
+    :func:`landscape.phase.aggregate_cells`). Returns one row per threshold: ``threshold``, ``value`` (the
+    rule's), ``low``/``high`` (the nearest cell values on either side that would change a label; -inf/inf if
+    none), ``closed`` (which end the rule's comparison includes), ``centre`` (the middle of the interval, the
+    value farthest from every deciding cell), ``n_deciding`` (cells whose label this threshold decides).
+    """
+    from landscape.phase import PhaseRule
+
+    r = rule or PhaseRule()
+    tl = cells[r.train_loss_column].astype("float64").to_numpy()
+    mc = cells[r.mc_column].astype("float64").to_numpy()
+    ck = cells[r.cka_column].astype("float64").to_numpy()
+    ok = np.isfinite(tl) & np.isfinite(mc)
+    high = ok & (tl > r.train_loss)
+    low = ok & ~high
+    connected = low & (mc >= r.mc_barrier) & np.isfinite(ck)
+
+    def interval(values: np.ndarray, at: float, above_if_ge: bool) -> tuple[float, float, str]:
+        v = values[np.isfinite(values)]
+        if above_if_ge:  # label "above" when value >= threshold: same labels for threshold in (max{v < t}, min{v >= t}]
+            lo, hi, closed = v[v < at].max(initial=-np.inf), v[v >= at].min(initial=np.inf), "high"
+        else:  # "above" when value > threshold: same labels for threshold in [max{v <= t}, min{v > t})
+            lo, hi, closed = v[v <= at].max(initial=-np.inf), v[v > at].min(initial=np.inf), "low"
+        return float(lo), float(hi), closed
+
+    rows = []
+    for name, values, value, ge in (
+        ("train_loss", tl[ok], r.train_loss, False),
+        ("mc_underfit", mc[high], r.mc_underfit, True),
+        ("mc_barrier", mc[low], r.mc_barrier, True),
+        ("cka", ck[connected], r.cka, True),
+    ):
+        lo, hi, closed = interval(values, value, ge)
+        centre = 0.5 * (lo + hi) if np.isfinite(lo) and np.isfinite(hi) else float(value)
+        if name == "train_loss" and lo > 0 and np.isfinite(hi):
+            centre = float(np.sqrt(lo * hi))  # losses span decades: the geometric middle
+        rows.append({"threshold": name, "value": float(value), "low": lo, "high": hi, "closed": closed,
+                     "centre": centre, "n_deciding": int(np.isfinite(values).sum())})
+    return pd.DataFrame(rows)
+
+
+def fit_phase_thresholds(cells: pd.DataFrame, rule: "PhaseRule | None" = None) -> tuple["PhaseRule", pd.DataFrame]:
+    """The max-margin thresholds that reproduce the phases ``rule`` gives ``cells``: each threshold moved to
+    the centre of its :func:`threshold_margins` interval (one pass, in the rule's order: train loss, then the
+    mc thresholds of each branch, then CKA). Returns the fitted rule and the margins table.
+
+    What "fitted" means here: the paper draws its phase boundaries by hand and publishes no per-cell labels,
+    and the project's default thresholds (0.05, 0, -0.5, 0.7) were set by hand so that the rule's map of the
+    published results looks like Figure 1. The only data-driven freedom left is where inside the gap between
+    the deciding cells each boundary sits; this function puts it in the middle, so the labels of ``cells``
+    cannot change, and the table says how much room each threshold has (small room = a fragile boundary).
+    The mc of the cells must come from :func:`landscape.connectivity.mode_connectivity` on the t grid the job
+    uses (both default to the published grid ``t = 0, .25, .5, .75, 1``), or the thresholds do not transfer.
+    """
+    from landscape.phase import PhaseRule
+
+    r = rule or PhaseRule()
+    margins = threshold_margins(cells, r)
+    for name in ("train_loss", "mc_underfit", "mc_barrier", "cka"):
+        row = threshold_margins(cells, r).set_index("threshold").loc[name]
+        r = dataclasses.replace(r, **{name: float(row["centre"])})
+    return r, margins
 
 
 #: The paper's 13 x 13 grid (Figure 1): the CSVs also hold width 1 and batch sizes 19 and 27.

@@ -17,7 +17,10 @@ loss):
 
 * mode connectivity (Yang et al. 2021): ``u = argmax_t |v(t) - (v(0) + v(1)) / 2|``,
   ``mc = (v(0) + v(1)) / 2 - v(u)`` (negative: a barrier; positive: the path finds lower values than the
-  endpoints; zero: flat);
+  endpoints; zero: flat); the argmax runs over the interior points by default (see :func:`mode_connectivity`
+  for the endpoint options). This one function serves the ``connectivity`` family, the import of the
+  published results (``analysis/taxonomy2021.py``) and the fitting of the phase-rule thresholds, all on the
+  paper's grid ``t = 0, .25, .5, .75, 1`` by default;
 * barrier: ``max_t v(t) - ((1 - t) v(0) + t v(1))`` (>= 0 on a grid containing the endpoints).
 """
 
@@ -367,19 +370,63 @@ def t_grid(n_points: int) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------- scalars
-def mode_connectivity(values: Sequence[float]) -> float:
-    """``mc = (v_0 + v_last) / 2 - v_u`` with ``u = argmax |v - (v_0 + v_last) / 2|`` over the interior points
-    (first maximiser). The endpoints are left out of the argmax: both sit at ``|v_last - v_0| / 2`` from the
-    mean, and taking one would make ``mc`` depend on which model is called ``a``; with 2 points ``mc = 0``."""
-    v = np.asarray(values, dtype=np.float64)
+#: Endpoint handling of :func:`mode_connectivity` (``endpoints=``); the first is the default.
+MC_ENDPOINTS = ("interior", "paper", "band")
+
+#: The t grid the phase-rule thresholds were fitted on (the published curves of Yang et al. 2021) and the
+#: default grid of the ``connectivity`` family: mc is a max over the grid, so a finer grid gives larger |mc|.
+PAPER_T_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def mode_connectivity(
+    values: Sequence[float], t: Sequence[float] | None = None, endpoints: str = "interior"
+) -> float:
+    """Mode connectivity of Yang et al. 2021 of the values ``v`` of a path (training error in percent, or loss)
+    at ``t`` (sorted first when given; default: already in path order, first and last are the endpoints).
+
+    With ``m = (v(0) + v(1)) / 2``: ``u = argmax_t |v(t) - m|`` and ``mc = m - v(u)``, so ``mc < 0`` is a
+    barrier (the path rises above its endpoints' mean), ``mc > 0`` a path better than its (under-trained)
+    endpoints. ``endpoints`` says which points the argmax runs over:
+
+    * ``"interior"`` (default): the points strictly between the endpoints (first maximiser). It equals the
+      paper's formula whenever that is unambiguous (its maximiser is an interior point, i.e. the path leaves
+      the band between the two endpoint values; all 169 cells of the published Figure-1 grid), is symmetric in
+      the two models and continuous in the values. A path that stays inside the band gives ``|mc|`` below half
+      the endpoint gap, its sign that of the path's bulge against the endpoints' mean.
+    * ``"paper"``: all points, endpoints included (the authors' code: ``np.argmax`` over all 5 points). When no
+      interior point leaves the band, the maximiser is an endpoint and ``mc = +-(v(1) - v(0)) / 2`` with the
+      sign set by which model is called ``a``: ``[0, 1.8, 1.9, 2.0]`` gives +1.0, its reverse -1.0.
+    * ``"band"``: sign-stable, measured against the band of the endpoint values: ``-(max v - max(v(0), v(1)))``
+      if the path rises above both endpoints by more than it dips below both, else ``min(v(0), v(1)) - min v``;
+      0 for a path inside the band. It is the paper's value shrunk towards 0 by half the endpoint gap, so it
+      equals the paper's formula only when the endpoints are equal.
+
+    Two points give 0; a non-finite value gives NaN. Raises ``ValueError`` for fewer than two values or an
+    unknown ``endpoints``.
+    """
+    if endpoints not in MC_ENDPOINTS:
+        raise ValueError(f"endpoints={endpoints!r}: expected one of {', '.join(MC_ENDPOINTS)}")
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if t is not None:
+        tt = np.asarray(t, dtype=np.float64).reshape(-1)
+        if tt.shape != v.shape:
+            raise ValueError(f"mode_connectivity: {tt.size} t values for {v.size} values")
+        v = v[np.argsort(tt, kind="stable")]
     if v.size < 2:
         raise ValueError(f"mode_connectivity: {v.size} values; expected the path's values at >= 2 points")
-    mid = 0.5 * (v[0] + v[-1])
+    if not np.all(np.isfinite(v)):
+        return float("nan")
     if v.size == 2:
         return 0.0
+    mid = 0.5 * (v[0] + v[-1])
+    if endpoints == "paper":
+        return float(mid - v[int(np.argmax(np.abs(v - mid)))])
     inner = v[1:-1]
-    u = int(np.argmax(np.abs(inner - mid)))
-    return float(mid - inner[u])
+    if endpoints == "interior":
+        return float(mid - inner[int(np.argmax(np.abs(inner - mid)))])
+    up = max(0.0, float(inner.max()) - max(v[0], v[-1]))
+    down = max(0.0, min(v[0], v[-1]) - float(inner.min()))
+    return float(down) if down > up else float(-up)
 
 
 def barrier(ts: Sequence[float], values: Sequence[float]) -> float:

@@ -4,10 +4,15 @@ Every dataset yields a train and a test split as in-memory tensors. Two knobs ac
 
 * quantity, ``data.subsample``: a fraction in (0, 1] or a count >= 1 of the training split, taken as a prefix
   of one fixed permutation (``data.subsample_seed``), so a 10 % subset is inside the 20 % subset;
-* quality, ``data.label_noise``: that fraction of the (subsampled) training labels, rounded to a count, is
-  replaced by a different class, both the samples and the new classes drawn from ``data.noise_seed``.
+* quality, ``data.label_noise``: that fraction of the *full* training split's labels, rounded to a count, is
+  replaced by a different class, both the samples and the new classes drawn from ``data.noise_seed``, before
+  subsampling. A knob changes one thing: a sample noisy in the 10 % subset is noisy, with the same wrong label,
+  in the 20 % subset (a subset's noisy fraction is the knob's up to sampling: hypergeometric around it); and a
+  sample noisy at 10 % noise is noisy, with the same wrong label, at 20 % noise.
 
-Test labels are never touched. Inputs are standardised per channel with statistics of the training split.
+Test labels are never touched. Inputs are standardised per channel with the statistics of the *full* training
+split (computed before subsampling), so a sample has the same inputs in every subset. The gaussian dataset
+draws its test set from its own random stream: it does not depend on ``n_train``.
 No dataset is downloaded: digits ships with scikit-learn, mnist1d is generated from its package's templates,
 gaussian is synthetic and CIFAR-10 is read from a local directory in the python-pickle batch format.
 """
@@ -101,11 +106,15 @@ def subsample_indices(n_full: int, count: int, seed: int) -> np.ndarray:
     return np.sort(perm[:count])
 
 
+NOISE_STREAM = 0x6E6F6973  # tags the label-noise random stream (ASCII "nois")
+
+
 def apply_label_noise(y: np.ndarray, fraction: float, n_classes: int, seed: int) -> np.ndarray:
     """Return a copy of ``y`` where ``round(fraction * len(y))`` labels are replaced by a different class.
 
-    The changed samples are a seeded random subset; each gets a class drawn uniformly from the other
-    ``n_classes - 1`` classes, so the realised fraction of changed labels is exactly the rounded count.
+    The changed samples are a prefix of a seeded permutation and each sample's wrong class is drawn once for
+    every sample (uniform over the other ``n_classes - 1`` classes), so the realised fraction is exactly the
+    rounded count, and the noisy samples of a smaller fraction are noisy, with the same labels, at a larger one.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"data.label_noise={fraction!r}: expected a fraction in [0, 1)")
@@ -113,10 +122,11 @@ def apply_label_noise(y: np.ndarray, fraction: float, n_classes: int, seed: int)
     n_noisy = int(round(fraction * len(y)))
     if n_noisy == 0:
         return y
-    rng = np.random.default_rng(seed)
+    # a stream of its own: the same seed value as data.subsample_seed must not draw the same permutation
+    rng = np.random.default_rng([int(seed), NOISE_STREAM])
     idx = rng.permutation(len(y))[:n_noisy]
-    shift = rng.integers(1, n_classes, size=n_noisy)
-    y[idx] = (y[idx] + shift) % n_classes
+    shift = rng.integers(1, n_classes, size=len(y))  # one draw per sample, whatever the fraction
+    y[idx] = (y[idx] + shift[idx]) % n_classes
     return y
 
 
@@ -169,18 +179,19 @@ def _gaussian(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
     Class means are drawn on the sphere of radius ``separation`` (seeded by ``generator_seed``); labels
     are balanced up to one sample. Larger separation = easier problem.
     """
-    rng = np.random.default_rng(cfg.generator_seed)
+    seed = int(cfg.generator_seed)
     k, d = int(cfg.n_classes), int(cfg.dim)
-    means = rng.standard_normal((k, d))
+    means = np.random.default_rng(seed).standard_normal((k, d))
     means *= float(cfg.separation) / np.linalg.norm(means, axis=1, keepdims=True)
 
-    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+    def draw(n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([seed, stream])  # train and test: independent streams
         y = rng.permutation(np.arange(n) % k).astype(np.int64)
         x = means[y] + rng.standard_normal((n, d))
         return x.astype(np.float32), y
 
-    x_train, y_train = draw(int(cfg.n_train))
-    x_test, y_test = draw(int(cfg.n_test))
+    x_train, y_train = draw(int(cfg.n_train), 1)
+    x_test, y_test = draw(int(cfg.n_test), 2)
     return x_train, y_train, x_test, y_test, k
 
 
@@ -268,13 +279,14 @@ def full_train_size(cfg: Any) -> int:
     raise ValueError(f"data.name={name!r}: expected one of {', '.join(DATASETS)}")
 
 
-def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (axis 1 of ``[n, C, ...]``; per-feature for ``[n, D]``) zero mean, unit variance."""
+def standardisation(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (axis 1 of ``[n, C, ...]``; per-feature for ``[n, D]``) mean and standard deviation of
+    ``x_train``, shaped to broadcast against it (a standard deviation below 1e-8 is replaced by 1)."""
     axes = (0,) + tuple(range(2, x_train.ndim))
-    mean = x_train.mean(axis=axes, keepdims=True)
-    std = x_train.std(axis=axes, keepdims=True)
+    mean = x_train.mean(axis=axes, keepdims=True, dtype=np.float64)
+    std = x_train.std(axis=axes, keepdims=True, dtype=np.float64)
     std[std < 1e-8] = 1.0
-    return (x_train - mean) / std, (x_test - mean) / std
+    return mean, std
 
 
 def load_data(cfg: Any) -> CellData:
@@ -286,10 +298,12 @@ def load_data(cfg: Any) -> CellData:
     count = resolve_count(cfg.subsample, len(y_train))
     if count > len(y_train):
         raise ValueError(f"data.subsample={cfg.subsample!r}: asks for {count} samples, the set has {len(y_train)}")
-    keep = subsample_indices(len(y_train), count, int(cfg.subsample_seed))
-    x_train, y_train = x_train[keep], y_train[keep]
+    # noise and normalisation statistics on the full training split, then the subset: one knob, one change
     y_noisy = apply_label_noise(y_train, float(cfg.label_noise), n_classes, int(cfg.noise_seed))
-    x_train, x_test = _standardise(x_train, x_test)
+    mean, std = standardisation(x_train)
+    keep = subsample_indices(len(y_train), count, int(cfg.subsample_seed))
+    x_train, y_train, y_noisy = x_train[keep], y_train[keep], y_noisy[keep]
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     log.debug("data %s: %d train / %d test, %d noisy labels", name, count, len(y_test), int((y_noisy != y_train).sum()))
     return CellData(
         name=name,

@@ -48,7 +48,11 @@ def test_loaded_digits_noise_and_nesting_on_real_data():
     d10 = load_data(data_cfg(subsample=0.1, label_noise=0.3))
     d20 = load_data(data_cfg(subsample=0.2, label_noise=0.0))
     assert d10.n_train == 144 and d10.n_test == 360 and d10.input_shape == (1, 8, 8)
-    assert int(d10.noisy_mask.sum()) == round(0.3 * 144)
+    # noise is drawn on the full training split: exactly round(0.3 * 1437) there, the subset's share here
+    noisy_full = load_data(data_cfg(label_noise=0.3)).noisy_mask
+    assert int(noisy_full.sum()) == round(0.3 * 1437)
+    assert torch.equal(d10.noisy_mask, noisy_full[torch.from_numpy(subsample_indices(1437, 144, 0))])
+    assert 0.2 < float(d10.noisy_mask.float().mean()) < 0.4
     # the clean 10 % training images are among the 20 % ones (compare raw labels+pixels via the clean labels)
     full = load_data(data_cfg())
     idx10 = subsample_indices(1437, 144, 0)
@@ -58,6 +62,58 @@ def test_loaded_digits_noise_and_nesting_on_real_data():
     assert torch.equal(d20.y_train, full.y_train[torch.from_numpy(idx20)])
     # test labels are never touched by label noise
     assert torch.equal(d10.y_test, full.y_test)
+
+
+def _shared(small: np.ndarray, large: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions in the small and in the large subset of the samples they share (index arrays are sorted)."""
+    common = np.intersect1d(small, large)
+    return torch.from_numpy(np.searchsorted(small, common)), torch.from_numpy(np.searchsorted(large, common))
+
+
+def test_noisy_labels_are_nested_across_data_amounts():
+    """A sample noisy in the 10 % subset is noisy, with the same wrong label, in the 20 % subset."""
+    d10 = load_data(data_cfg(subsample=0.1, label_noise=0.3))
+    d20 = load_data(data_cfg(subsample=0.2, label_noise=0.3))
+    i10, i20 = _shared(subsample_indices(1437, 144, 0), subsample_indices(1437, 287, 0))
+    assert len(i10) == 144  # nested subsets: all of the small one is shared
+    assert torch.equal(d10.y_train_clean, d20.y_train_clean[i20])
+    assert torch.equal(d10.noisy_mask, d20.noisy_mask[i20]) and int(d10.noisy_mask.sum()) > 20
+    assert torch.equal(d10.y_train, d20.y_train[i20])  # the same wrong labels
+    # and across noise levels: the noisy samples at 10 % are noisy, with the same labels, at 30 %
+    low = load_data(data_cfg(subsample=0.2, label_noise=0.1))
+    assert bool((d20.noisy_mask[low.noisy_mask]).all())
+    assert torch.equal(low.y_train[low.noisy_mask], d20.y_train[low.noisy_mask])
+    # the noisy seed changes the noise, not the subset
+    other = load_data(data_cfg(subsample=0.1, label_noise=0.3, noise_seed=5))
+    assert torch.equal(other.y_train_clean, d10.y_train_clean) and not torch.equal(other.y_train, d10.y_train)
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist1d"])
+def test_a_sample_has_the_same_normalised_inputs_in_every_subset(name):
+    extra = {"num_samples": 500} if name == "mnist1d" else {}
+    n_full = full_train_size(data_cfg(name=name, **extra))
+    a = load_data(data_cfg(name=name, subsample=0.1, subsample_seed=1, **extra))
+    b = load_data(data_cfg(name=name, subsample=0.3, subsample_seed=2, **extra))  # another, overlapping subset
+    full = load_data(data_cfg(name=name, **extra))
+    ia, ib = _shared(subsample_indices(n_full, a.n_train, 1), subsample_indices(n_full, b.n_train, 2))
+    assert len(ia) > 5
+    assert torch.equal(a.x_train[ia], b.x_train[ib])  # bit for bit
+    assert torch.equal(a.x_test, b.x_test) and torch.equal(a.x_test, full.x_test)
+    # the statistics are the full training split's: it is exactly standardised, a subset only roughly
+    mean = full.x_train.double().mean(dim=(0, 2) if full.x_train.ndim == 3 else (0, 2, 3))
+    assert float(mean.abs().max()) < 1e-5
+    assert float(a.x_train.double().mean(dim=0).abs().max()) > 1e-3
+
+
+def test_gaussian_test_set_does_not_depend_on_n_train():
+    a = load_data(data_cfg(name="gaussian", n_train=300, n_test=100))
+    b = load_data(data_cfg(name="gaussian", n_train=600, n_test=100))
+    raw = __import__("landscape.data", fromlist=["_gaussian"])._gaussian
+    xa, _, ta, ya, _ = raw(data_cfg(name="gaussian", n_train=300, n_test=100))
+    xb, _, tb, yb, _ = raw(data_cfg(name="gaussian", n_train=600, n_test=100))
+    assert np.array_equal(ta, tb) and np.array_equal(ya, yb)  # the raw test samples are identical
+    assert torch.equal(a.y_test, b.y_test)
+    assert not np.array_equal(xa, xb[:300])  # (the training sets differ: another n_train is another dataset)
 
 
 def test_same_config_same_data_and_sizes_known_without_loading():
@@ -87,7 +143,9 @@ def test_cifar10_loader_reads_the_real_format(tmp_path):
     root = write_tiny_cifar10(tmp_path / "cifar-10-batches-py")
     d = load_data(data_cfg(name="cifar10", root=str(root), subsample=20, label_noise=0.25))
     assert d.n_train == 20 and d.n_test == 5 and d.input_shape == (3, 32, 32) and d.n_classes == 10
-    assert int(d.noisy_mask.sum()) == 5
+    full_noisy = load_data(data_cfg(name="cifar10", root=str(root), label_noise=0.25)).noisy_mask
+    assert int(full_noisy.sum()) == round(0.25 * 30)
+    assert torch.equal(d.noisy_mask, full_noisy[torch.from_numpy(subsample_indices(30, 20, 0))])
     with open(root / "data_batch_1", "rb") as f:
         first = pickle.load(f, encoding="bytes")
     # pixels are read channel-first: the red plane of image 0 is the first 1024 bytes

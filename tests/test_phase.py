@@ -45,8 +45,10 @@ def test_mode_connectivity_formula():
     assert tax.mode_connectivity([0, .25, .5, .75, 1], [40, 30, 20, 30, 40]) == 20.0
     # unsorted t is sorted first
     assert tax.mode_connectivity([1, 0, .5], [10, 10, 16]) == -6.0
-    # endpoints included in the argmax (README formula): |e - 5| is largest at t=0 -> mc = 5 - 0
-    assert tax.mode_connectivity([0, .5, 1], [0, 5.5, 10]) == 5.0
+    # endpoints included in the argmax (README formula, endpoints="paper"): |e - 5| is largest at t=0 -> 5 - 0;
+    # the library's default takes the interior maximiser (landscape.connectivity.mode_connectivity)
+    assert tax.mode_connectivity([0, .5, 1], [0, 5.5, 10], endpoints="paper") == 5.0
+    assert tax.mode_connectivity([0, .5, 1], [0, 5.5, 10]) == -0.5
     assert math.isnan(tax.mode_connectivity([0, .5, 1], [1, float("nan"), 1]))
 
 

@@ -118,3 +118,63 @@ def test_hessian_directions_from_the_curvature_module_show_the_saddle():
     res = saddle_check(model, lf, x, y, n_draws=20, step=0.1, seed=0, hessian_dirs=(v_max, v_min))
     assert res.share_minimum >= 0.9
     assert res.hessian_curvatures[0] == pytest.approx(-0.1, abs=1e-6) and res.hessian_curvatures[1] > 0
+
+
+def test_relative_step_is_local_and_the_hessian_check_is_exact(small_problem):
+    model, x, y, h = small_problem
+    lf = nn.functional.cross_entropy
+    theta = flat_parameters(model)
+    est = projection_trace(model, lf, x, y, n_directions=32, epsilon=1e-2, seed=3, check_hessian=True)
+    assert est.step == "relative" and est.step_length == pytest.approx(1e-2 * float(theta.norm()), rel=1e-12)
+    # the check's quadratic forms are the exact d'Hd of the same directions (explicit float64 Hessian)
+    gen = torch.Generator().manual_seed(3)
+    d = torch.randn(32, h.shape[0], generator=gen, dtype=torch.float64)
+    exact = torch.einsum("ip,pq,iq->i", d, h, d).numpy()
+    np.testing.assert_allclose(est.hvp_samples, exact, rtol=1e-10, atol=1e-12)
+    # second differences: the same numbers up to the O(h^2) bias of a smooth model
+    np.testing.assert_allclose(est.samples, exact, rtol=1e-3, atol=1e-6)
+    assert abs(est.bias) < 1e-3 * abs(est.hvp_estimate) and abs(est.bias) < 0.1 * est.stderr
+    # the absolute step of the formula moves the parameters by about eps * sqrt(P)
+    absolute = projection_trace(model, lf, x, y, n_directions=32, epsilon=1e-2, seed=3, step="absolute")
+    assert absolute.step_length == pytest.approx(1e-2 * np.sqrt(theta.numel()), rel=0.2)
+    with pytest.raises(ValueError, match="step='big'"):
+        projection_trace(model, lf, x, y, step="big")
+
+
+def _trace_rows(cli, tmp_path, activation: str):
+    from landscape.results.io import load
+
+    cli(["-m", f"hydra.sweep.dir={activation}", "model.width=32", f"model.activation={activation}", "train.epochs=10",
+         "metrics.l2.enabled=false", "metrics.hessian.enabled=true", "metrics.projection_trace.enabled=true"])
+    return load(tmp_path / activation)
+
+
+def test_projection_trace_agrees_with_the_hessian_trace_on_tanh_through_the_cli(cli, tmp_path):
+    """Digits, tanh MLP (width 32, depth 2), default settings of both families (same evaluation subset):
+    the projection trace is within 3 combined standard errors of ``hessian.trace`` and flagged as agreeing."""
+    m = _trace_rows(cli, tmp_path, "tanh")
+    assert len(m) == 2
+    sigma = np.hypot(m["projection_trace.stderr"], m["hessian.trace_stderr"])
+    z = (m["projection_trace.estimate"] - m["hessian.trace"]) / sigma
+    assert (z.abs() < 3).all(), z.tolist()
+    assert m["projection_trace.agrees"].all() and (m["projection_trace.step"] == "relative").all()
+    assert (m["projection_trace.bias"].abs() < 0.1 * m["projection_trace.stderr"]).all()
+
+
+def test_projection_trace_on_relu_is_flagged_through_the_cli(cli, tmp_path):
+    """The same on a ReLU MLP: the second differences see the kinks, the flag is set on every model."""
+    m = _trace_rows(cli, tmp_path, "relu")
+    assert len(m) == 2
+    assert (~m["projection_trace.agrees"].astype(bool)).all(), m["projection_trace.z_vs_hessian"].tolist()
+    assert (m["projection_trace.z_vs_hessian"].abs() > 3).all()
+    # the exact quadratic forms of the same directions agree with the Hessian family's trace
+    sigma = np.hypot(m["projection_trace.stderr"], m["hessian.trace_stderr"])
+    assert ((m["projection_trace.hvp_estimate"] - m["hessian.trace"]).abs() < 3 * sigma).all()
+
+
+def test_bad_projection_trace_settings_are_named():
+    from landscape.metrics import projection_trace as fam
+
+    assert fam.check(fam.Config()) == []
+    assert fam.check(fam.Config(step="big")) == ["metrics.projection_trace.step='big': expected one of relative, absolute"]
+    assert fam.check(fam.Config(epsilon=0.0)) == ["metrics.projection_trace.epsilon=0.0: expected > 0"]

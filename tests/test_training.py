@@ -64,7 +64,7 @@ def test_steps_override_epochs_and_full_batch(tmp_path):
 def test_training_reduces_loss_and_schedules():
     data, mcfg, _ = setup()
     for schedule in ("constant", "step", "cosine"):
-        tcfg = OmegaConf.structured(TrainConfig(epochs=8, batch_size=32, schedule=schedule, lr_milestones=[6]))
+        tcfg = OmegaConf.structured(TrainConfig(epochs=10, batch_size=32, schedule=schedule, lr_milestones=[8]))
         s = TrainSettings.from_config(tcfg, data.n_train)
         model = build_model(mcfg, data.input_shape, 10, seed=0)
         before, _ = evaluate(model, data.x_train, data.y_train, make_loss("cross_entropy"))

@@ -28,8 +28,8 @@ import hashlib
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
-SCHEMA_FINGERPRINT = "6ae9da8046c99073"
+SCHEMA_VERSION = 3
+SCHEMA_FINGERPRINT = "c36911314916ed37"
 """``schema_fingerprint()`` at ``SCHEMA_VERSION`` (version 1 had no fingerprint; 2: family contract, per-family
 settings and ``<family>.error`` columns)."""
 
