@@ -303,6 +303,8 @@ def _metric_rule_problems(family: str, settings: Any) -> list[str]:
         if key not in settings:
             continue
         v = settings[key]
+        if v is None:
+            continue  # an optional setting left to its family's default (the family's own check decides)
         name = f"metrics.{family}.{key}={v!r}"
         if kind.startswith("int>="):
             low = int(kind[5:])
