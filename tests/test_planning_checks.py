@@ -15,7 +15,8 @@ BAD = [  # the settings that used to fail only inside the job, after training
     ("metrics.hessian.tol=0", "metrics.hessian.tol=0"),
     ("metrics.hessian.max_iter=0", "metrics.hessian.max_iter=0"),
     ("metrics.hessian.trace_matvecs=0", "metrics.hessian.trace_matvecs=0"),
-    ("metrics.hessian.trace_matvecs=3", "metrics.hessian.trace_matvecs=3: Hutch++ needs >= 4"),
+    ("metrics.hessian.trace_method=hutch++ metrics.hessian.trace_matvecs=3",
+     "metrics.hessian.trace_matvecs=3: Hutch++ needs >= 4"),
     ("metrics.hessian.batch_size=0", "metrics.hessian.batch_size=0"),
     ("metrics.connectivity.n_points=0", "metrics.connectivity.n_points=0"),
     ("metrics.connectivity.epochs=0", "metrics.connectivity.epochs=0"),
@@ -38,7 +39,7 @@ BAD = [  # the settings that used to fail only inside the job, after training
 def test_bad_settings_are_refused_by_validate_with_their_full_key(compose, override, named):
     key = override.lstrip("+").split("=")[0]
     extra = [f"metrics.{key.split('.')[1]}.enabled=true"] if key.startswith("metrics.") and "training" not in key else []
-    problems = validate(compose([*extra, override]))
+    problems = validate(compose([*extra, *override.split()]))
     assert any(named in p for p in problems), problems
 
 
