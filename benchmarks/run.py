@@ -167,7 +167,7 @@ def bench_overhead(quick: bool) -> dict[str, Any]:
         _, t_prov = _timed(lambda: (provenance.git_info(), provenance.package_versions(), provenance.host()))
         cell = CellDir(sweep, cid)
         rows = [{"cell_id": cid, "sweep": "demo", "seed": s, "status": "done", "train_loss": 0.1} for s in (0, 1)]
-        _, t_write = _timed(lambda: write_table(cell.result_path("models"), rows, schema_for("models")))
+        _, t_write = _timed(lambda: write_table(cell.result_path("models", "0123456789"), rows, schema_for("models")))
         status = CellStatus(state="running", cell_id=cid)
         _, t_status = _timed(lambda: [cell.write_status(status) for _ in range(3)])
         outcome, t_cell = _timed(lambda: run_cell(cfg, sweep / "real"))

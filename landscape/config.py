@@ -13,6 +13,7 @@ registered families' ``Config`` classes, and the root ``LandscapeConfig`` are ma
 from __future__ import annotations
 
 import math
+import re
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
@@ -182,7 +183,8 @@ def validate(cfg: DictConfig | Any) -> list[str]:
     from landscape.models import ACTIVATIONS, MODELS
     from landscape.training import LOSSES, SCHEDULES
 
-    p: list[str] = []
+    p: list[str] = [f"{k}: not a key of the config schema (added with '+'?); known keys under "
+                    f"{k.rpartition('.')[0] or 'the root'}: {', '.join(known)}" for k, known in unknown_keys(cfg)]
     d, m, t = cfg.data, cfg.model, cfg.train
 
     _choice(p, "data.name", d.name, data_mod.DATASETS)
@@ -197,7 +199,10 @@ def validate(cfg: DictConfig | Any) -> list[str]:
             if missing:
                 p.append(f"data.root={d.root!r}: missing CIFAR-10 batch files {', '.join(missing)}")
             else:
-                n_full = data_mod.full_train_size(d)
+                try:
+                    n_full = data_mod.full_train_size(d)
+                except data_mod.UnsafeFileError as exc:
+                    p.append(f"data.root={d.root!r}: {exc}")
     elif d.name == "gaussian":
         for key in ("n_train", "n_test", "dim"):
             if not (_is_int(d[key]) and d[key] >= 1):
@@ -266,6 +271,13 @@ def validate(cfg: DictConfig | Any) -> list[str]:
             f"with data.subsample={s}) or 'full'"
         )
 
+    name = str(cfg.sweep_name)
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.=,+-]*", name) or ".." in name:
+        p.append(f"sweep_name={name!r}: expected a plain name (letters, digits, _ . = , + -; no '/' or '..'): it "
+                 "names a directory under the outputs root; to write elsewhere give hydra.sweep.dir=/absolute/path")
+    dev = str(cfg.device)
+    if not (dev in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", dev)):
+        p.append(f"device={dev!r}: expected auto, cpu, cuda or cuda:N")
     if not (_is_int(cfg.threads) and cfg.threads >= 1):
         p.append(f"threads={cfg.threads!r}: expected an integer >= 1 (CPU threads of the job)")
 
@@ -273,10 +285,170 @@ def validate(cfg: DictConfig | Any) -> list[str]:
         _choice(p, "phase.thresholds", cfg.phase.thresholds, ("paper", "calibrate"))  # landscape.phase.THRESHOLD_PRESETS
         _choice(p, "phase.limits", cfg.phase.limits, ("data", "paper"))
 
-    from landscape.metrics import validate_metrics
+    from landscape.metrics import enabled, validate_metrics
 
-    p.extend(validate_metrics(cfg))
+    family_msgs = validate_metrics(cfg)
+    p.extend(family_msgs)
+    mentioned = {m.split("=", 1)[0] for m in family_msgs}
+    for fam in enabled(cfg):  # the value rules below, for keys the family's own check did not refuse
+        p.extend(m for m in _metric_rule_problems(fam.name, cfg.metrics[fam.name]) if m.split("=", 1)[0] not in mentioned)
+    h = cfg.metrics.get("hessian")
+    if (h is not None and "metrics.hessian.trace_matvecs" not in mentioned and h.enabled is not False
+            and h.trace_method == "hutch++" and _is_int(h.trace_matvecs) and 1 <= h.trace_matvecs < 4):
+        p.append(f"metrics.hessian.trace_matvecs={h.trace_matvecs}: Hutch++ needs >= 4 products (or "
+                 "metrics.hessian.trace_method=hutchinson)")
     return p
+
+
+# Value rules of the metric families' settings, checked at planning for every enabled family, for the keys
+# their own ``Family.check`` does not refuse (the families add choices and cross-field rules). kind: int>=N | num>0 | num>=0 | frac | list>0
+METRIC_RULES: dict[str, dict[str, str]] = {
+    "hessian": {"eval_samples": "int>=1", "batch_size": "int>=1", "max_block": "int>=1", "seed": "int>=0",
+                "top_k": "int>=1", "n_top": "int>=1", "tol": "num>0", "max_iter": "int>=1", "trace_matvecs": "int>=1",
+                "n_probes": "int>=1", "n_steps": "int>=2", "grid_size": "int>=2"},
+    "cka": {"n_samples": "int>=4", "rbf_fraction": "num>0", "batch_size": "int>=0", "seed": "int>=0"},
+    "connectivity": {"bends": "int>=1", "epochs": "int>=1", "lr": "num>0", "momentum": "frac",
+                     "weight_decay": "num>=0", "batch_size": "int>=1", "n_points": "int>=2", "seed": "int>=0",
+                     "checkpoint_every": "int>=1"},
+    "training": {"eval_batch_size": "int>=1"},
+    "jump_retrain": {"n_jumps": "int>=1", "scales": "list>0", "epochs": "int>=1", "lr": "num>0",
+                     "batch_size": "int>=1", "record_every": "int>=1", "projection_dim": "int>=1",
+                     "eval_samples": "int>=2", "phate_knn": "int>=1", "phate_decay": "num>0",
+                     "phate_random_state": "int>=0", "graph_knn": "int>=1", "persistence_threshold": "num>=0",
+                     "seed": "int>=0"},
+    "projection_trace": {"n_directions": "int>=2", "epsilon": "num>0", "eval_samples": "int>=1", "seed": "int>=0",
+                         "batch_size": "int>=1", "saddle_draws": "int>=0", "saddle_step": "num>0"},
+    "surfaces": {"dims": "int>=1", "range": "num>0", "resolution": "int>=1", "eval_samples": "int>=1",
+                 "seed": "int>=0", "chunk": "int>=1", "batch_size": "int>=1", "hessian_tol": "num>0",
+                 "hessian_max_iter": "int>=1"},
+}
+
+
+def _metric_rule_problems(family: str, settings: Any) -> list[str]:
+    """Problems of ``metrics.<family>.*`` under ``METRIC_RULES`` (messages name the full key)."""
+    out = []
+    for key, kind in METRIC_RULES.get(family, {}).items():
+        if key not in settings:
+            continue
+        v = settings[key]
+        if v is None:
+            continue  # an optional setting left to its family's default (the family's own check decides)
+        name = f"metrics.{family}.{key}={v!r}"
+        if kind.startswith("int>="):
+            low = int(kind[5:])
+            if not (_is_int(v) and v >= low):
+                out.append(f"{name}: expected an integer >= {low}")
+        elif kind == "num>0":
+            if not (_is_number(v) and math.isfinite(v) and v > 0):
+                out.append(f"{name}: expected a finite number > 0")
+        elif kind == "num>=0":
+            if not (_is_number(v) and math.isfinite(v) and v >= 0):
+                out.append(f"{name}: expected a finite number >= 0")
+        elif kind == "frac":
+            if not (_is_number(v) and 0 <= v < 1):
+                out.append(f"{name}: expected a number in [0, 1)")
+        elif kind == "list>0":
+            items = list(v) if OmegaConf.is_list(v) or isinstance(v, (list, tuple)) else None
+            if not items or not all(_is_number(x) and math.isfinite(x) and x > 0 for x in items):
+                out.append(f"metrics.{family}.{key}={items if items is not None else v!r}: "
+                           "expected a non-empty list of numbers > 0")
+    return out
+
+
+# ------------------------------------------------------------------------------------ launch-time checks
+def _input_spec(d: Any) -> tuple[tuple[int, ...], int] | None:
+    """``(input_shape, n_classes)`` of a dataset from its config alone (None if unknown)."""
+    if d.name == "digits":
+        return (1, 8, 8), 10
+    if d.name == "mnist1d":
+        return (1, 40), 10
+    if d.name == "gaussian":
+        return (int(d.dim),), int(d.n_classes)
+    if d.name == "cifar10":
+        return (3, 32, 32), 10
+    return None
+
+
+_MODEL_FACTS: dict[str, tuple[int, bool, str | None]] = {}
+
+
+def model_facts(cfg: Any) -> tuple[int, bool, str | None]:
+    """``(n_parameters, has_batch_norm, why it cannot be trained vectorized)`` of the cell's model, built on
+    the ``meta`` device (no memory is allocated); cached per model config and input shape."""
+    import json as _json
+
+    import torch
+
+    from landscape.models import build_model, has_batch_norm, n_parameters
+    from landscape.vectorized import unsupported_reason
+
+    spec = _input_spec(cfg.data)
+    key = _json.dumps([OmegaConf.to_container(cfg.model, resolve=True), spec], sort_keys=True, default=str)
+    if key not in _MODEL_FACTS:
+        with torch.device("meta"):
+            model = build_model(cfg.model, spec[0], spec[1])
+        _MODEL_FACTS[key] = (n_parameters(model), has_batch_norm(model), unsupported_reason(model))
+    return _MODEL_FACTS[key]
+
+
+def training_bytes(cfg: Any, n_params: int) -> int:
+    """Rough memory (bytes) to train the cell's seeds: float32 weights, gradients, momentum and a spare
+    copy per model (16 bytes per parameter), for every seed trained at once (all, if vectorized)."""
+    together = len(list(cfg.train.seeds)) if str(cfg.train.vectorize) == "on" else 1
+    return 16 * n_params * together
+
+
+def launch_problems(cfg: Any, local: bool, memory_bytes: int | None = None) -> list[str]:
+    """Problems that depend on the model and the machine, checked at planning (``validate`` passed):
+    ``train.vectorize=on`` with a model that cannot be stacked; a model that does not fit in memory
+    (``memory_bytes``: what one job may use, e.g. this machine's RAM for local launches); ``device=cuda``
+    (or ``cuda:N``) where the jobs run on this machine and it has no such GPU."""
+    p: list[str] = []
+    if _input_spec(cfg.data) is None:
+        return p
+    try:
+        n_params, _, reason = model_facts(cfg)
+    except Exception as exc:  # noqa: BLE001 - e.g. a width that makes the architecture impossible
+        return [f"model.name={cfg.model.name}, model.width={cfg.model.width}: cannot build the model ({exc})"]
+    if str(cfg.train.vectorize) == "on" and reason is not None:
+        p.append(f"train.vectorize=on: cannot train {cfg.model.name} seeds together: {reason}; use "
+                 "train.vectorize=auto or off")
+    if memory_bytes is not None:
+        need = training_bytes(cfg, n_params)
+        if need > memory_bytes:
+            p.append(f"model.width={cfg.model.width}: the {cfg.model.name} has {n_params:,} parameters, about "
+                     f"{need / 2**30:.1f} GiB to train, more than the {memory_bytes / 2**30:.1f} GiB available")
+    dev = str(cfg.device)
+    if local and dev.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            p.append(f"device={dev!r}: CUDA is not available on this machine; use device=cpu or auto")
+        elif ":" in dev and dev.split(":", 1)[1].isdigit() and int(dev.split(":", 1)[1]) >= torch.cuda.device_count():
+            p.append(f"device={dev!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return p
+
+
+def unknown_keys(cfg: Any, cls: type | None = None, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """``(dotted key, known sibling keys)`` of every key of ``cfg`` that the schema (``LandscapeConfig``) lacks:
+    Hydra's ``+key=value`` adds keys to a structured config, so a typo behind ``+`` would pass silently."""
+    cls = cls or _build_root()["LandscapeConfig"]
+    out: list[tuple[str, list[str]]] = []
+    if not OmegaConf.is_dict(cfg):
+        return out
+    fmap = {f.name: f for f in fields(cls)}
+    for key in cfg.keys():
+        if prefix == "" and key == "hydra":
+            continue
+        name = f"{prefix}{key}"
+        if key not in fmap:
+            out.append((name, sorted(fmap)))
+            continue
+        f = fmap[key]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            out.extend(unknown_keys(cfg[key], type(default), f"{name}."))
+    return out
 
 
 def check(cfg: DictConfig | Any, where: str = "") -> None:

@@ -195,11 +195,43 @@ def _gaussian(cfg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
     return x_train, y_train, x_test, y_test, k
 
 
+class UnsafeFileError(ValueError):
+    """A data file that would run code (or is not in the expected format) when read; the message names it."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that builds plain containers, numbers, strings and numpy arrays only: any other global (a
+    function, a class, ``os.system``, ...) is refused before it is called."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode"),
+        ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
+        ("builtins", "frozenset"), ("builtins", "bytearray"), ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name} (only numpy arrays and plain containers "
+                                     "are allowed in a CIFAR-10 batch)")
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
-    data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    """``(images uint8 [n, 3, 32, 32], labels int64 [n])`` of one CIFAR-10 python batch, unpickled by a
+    restricted unpickler (``_CifarUnpickler``): a file that would run code raises ``UnsafeFileError`` naming
+    it, and nothing of it is executed."""
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise UnsafeFileError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+    if len(data) != len(labels):
+        raise UnsafeFileError(f"{path}: not a CIFAR-10 python batch ({len(data)} images, {len(labels)} labels)")
     return data, labels
 
 

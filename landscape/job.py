@@ -2,8 +2,11 @@
 
 ``run_cell`` is what a Hydra job calls. Its steps, each resumable after a kill:
 
-1. validate the config and compute the ``cell_id``; skip at once if the cell is done for the same seeds and
-   metric settings (nothing is written);
+1. validate the config and compute the ``cell_id``; skip at once if the committed results of the cell already
+   hold every requested seed and pair for these metric settings, intact (``missing_work``; nothing is
+   written); else take the cell's lease (``cell.Lease``: wait while another process works on it, take over
+   a dead holder's), remove temporary files of killed writers, and move damaged checkpoints and caches aside
+   (an unsafe one, that would run code, refuses the cell);
 2. build the data (deterministic subsample and label noise) on the job's device;
 3. train each seed from its checkpoints (``landscape.training``); a diverged seed is a row with
    ``status = diverged``;
@@ -11,8 +14,9 @@
    (each result cached under the cell directory, so a rerun does not recompute it). A family that fails for
    one model or pair costs only its values there: typed nulls, the reason in ``<family>.error``, a warning in
    the log at once and an entry in ``status.json``'s ``metric_errors`` (``landscape-status`` shows them);
-5. write the ``models``, ``pairs`` and long tables (one immutable file per cell and table, renamed into
-   place), then the ``done`` status. Any exception writes a ``failed`` status with the error and is re-raised;
+5. merge the rows into the ``models``, ``pairs`` and long-table files of the cell and settings key
+   (``commit_results``: staged, recorded as pending, renamed into place), then write the ``done`` status that
+   records their checksums (the commit). Any exception writes a ``failed`` status with the error and is re-raised;
    checkpoints and cached values of finished work stay.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -36,13 +41,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from landscape import metrics as metrics_mod
 from landscape import provenance
-from landscape.cell import CellDir, CellStatus, cell_id, metrics_key, read_json, write_json
-from landscape.config import check
+from landscape.cell import (CellDir, CellStatus, DamagedFile, Lease, LeaseLost, cell_id, clean_temporary_files,
+                            file_problem, inspect_cell_files, metrics_key, quarantine, read_json,
+                            resume_state_checksums, write_json)
+from landscape.config import ConfigError, check, launch_problems
 from landscape.data import CellData, load_data
 from landscape.devices import resolve_device
 from landscape.metrics import Family, ModelContext, PairContext, Result
 from landscape.models import build_model, n_parameters
-from landscape.results import SCHEMA_VERSION, schema_for, write_table
+from landscape.results import SCHEMA_VERSION, schema_for
 from landscape.results.schema import knob_columns
 from landscape.training import TrainResult, TrainSettings, make_loss, train_model
 from landscape.vectorized import group_name, train_together, use_vectorized
@@ -122,28 +129,98 @@ def run_cell(
     t_start = time.perf_counter()
     try:
         check(cfg)
+        problems = launch_problems(cfg, local=True, memory_bytes=_machine_memory())
+        if problems:
+            raise ConfigError(problems)
     except Exception as exc:
         _record_invalid(cfg, sweep_dir, overrides, exc)  # e.g. data that vanished after the launch was planned
         raise
     cid = cell_id(cfg)
     cell = CellDir(sweep_dir, cid)
     key = done_key(cfg)
-    previous = cell.read_status()
-    if previous is not None and previous.state == "done" and previous.done_key == key:
+    previous = _read_status(cell)
+    if previous is not None and not missing_work(cfg, cell, previous):
         log.info("cell %s is done: skipped", cid)
         return CellOutcome(cid, "skipped", previous.seeds, time.perf_counter() - t_start, [])
 
+    interval = float(os.environ.get("LANDSCAPE_HEARTBEAT_S", HEARTBEAT_S))
+    lease = Lease(cell, interval)
+    wait = os.environ.get("LANDSCAPE_LEASE", "wait") != "skip"
+    if not lease.acquire(wait=wait):
+        log.warning("cell %s is being worked on by another process: skipped (LANDSCAPE_LEASE=skip)", cid)
+        return CellOutcome(cid, "busy", {}, time.perf_counter() - t_start, [])
+    try:
+        previous = _read_status(cell)  # the holder before us may have finished it
+        if previous is not None and not missing_work(cfg, cell, previous):
+            log.info("cell %s was finished by another process: skipped", cid)
+            return CellOutcome(cid, "skipped", previous.seeds, time.perf_counter() - t_start, [])
+        for p in clean_temporary_files(cell):
+            log.info("removed the temporary file %s of an earlier run", p)
+        return _run_leased(cfg, cell, lease, previous, key, overrides, should_stop, t_start)
+    finally:
+        lease.release()
+
+
+def _repair_resume_state(cell: CellDir) -> None:
+    """Check the cell's checkpoints and caches before using them: a damaged one is named in a warning and
+    moved aside (``.<name>.damaged``) so this run recomputes it; an unsafe one (it would run code) refuses the
+    cell with an error naming it (``UnsafeFile``) and is never loaded."""
+    try:
+        recorded = (cell.read_status() or CellStatus("running", cell.cell_id)).files
+    except DamagedFile:
+        recorded = {}
+    problems = inspect_cell_files(cell, recorded=recorded)
+    unsafe = [p for p in problems if p.kind == "unsafe"]
+    if unsafe:
+        raise UnsafeFile("; ".join(f"{p.path}: {p.reason}" for p in unsafe)
+                         + " (remove the file, or run `landscape-status --repair` to move it aside)")
+    for p in problems:
+        quarantine(p)
+        log.warning("damaged file %s (%s): moved aside, recomputed", p.path, p.reason)
+
+
+class UnsafeFile(RuntimeError):
+    """A file in the cell's directory that would run code when loaded; the message names it."""
+
+
+def _machine_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _read_status(cell: CellDir) -> CellStatus | None:
+    """The cell's status, or None if absent or damaged (a damaged one is named in a warning and rewritten)."""
+    try:
+        return cell.read_status()
+    except DamagedFile as exc:
+        log.warning("damaged status file %s: %s; the cell is recomputed from its intact checkpoints and caches",
+                    exc.path, exc.reason)
+        return None
+
+
+def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStatus | None, key: str,
+                overrides: list[str] | None, should_stop: Callable[[], bool], t_start: float) -> CellOutcome:
     status = CellStatus(
-        state="running", cell_id=cid, sweep=str(cfg.sweep_name), host=provenance.host(), pid=os.getpid(),
+        state="running", cell_id=cell.cell_id, sweep=str(cfg.sweep_name), host=provenance.host(), pid=os.getpid(),
         slurm_job_id=os.environ.get("SLURM_JOB_ID"), attempts=(previous.attempts if previous else 0) + 1,
         started_at=time.time(), overrides=list(overrides or []),
+        seeds=dict(previous.seeds) if previous else {},
+        results=dict(previous.results) if previous else {}, pending=dict(previous.pending) if previous else {},
+        files=dict(previous.files) if previous else {},
+        done_key=previous.done_key if previous else None,
     )
-    cell.write_status(status)
-    OmegaConf.save(cfg, cell.path / "config.yaml", resolve=True)
-    heartbeat = _Heartbeat(cell, status)
+    heartbeat = _Heartbeat(cell, status, lease=lease)
     try:
+        cell.write_status(status)
+        OmegaConf.save(cfg, cell.path / "config.yaml", resolve=True)
+        _repair_resume_state(cell)
         with heartbeat:
-            files = _run(cfg, cell, status, should_stop)
+            files = _run(cfg, cell, status, should_stop, lease)
+    except LeaseLost as exc:
+        log.warning("cell %s: %s; this process stops without writing", cell.cell_id, exc)
+        return CellOutcome(cell.cell_id, "lost", {}, time.perf_counter() - t_start, [])
     except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
         from landscape.training import StopRequested
 
@@ -154,14 +231,22 @@ def run_cell(
         else:
             status.state = "failed"
             status.error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500] if str(exc) else type(exc).__name__
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                status.error = f"disk full: {status.error}"
             status.traceback = traceback.format_exc()[-4000:]
-        cell.write_status(status)
+        if lease.held():
+            try:
+                cell.write_status(status)
+            except OSError as write_exc:  # e.g. still no space: the error is logged, the exception raised
+                log.error("cell %s: could not record its error in %s: %s", cell.cell_id, cell.status_path, write_exc)
         raise
     status.state, status.error, status.traceback, status.done_key = "done", None, None, key
     cell.write_status(status)
+    for backup in _committed_backups(cell):  # the commit is written: the previous versions are not needed
+        backup.unlink(missing_ok=True)
     seconds = time.perf_counter() - t_start
-    log.info("cell %s done in %.1f s: %s", cid, seconds, status.seeds)
-    return CellOutcome(cid, "ran", status.seeds, seconds, files)
+    log.info("cell %s done in %.1f s: %s", cell.cell_id, seconds, status.seeds)
+    return CellOutcome(cell.cell_id, "ran", status.seeds, seconds, files)
 
 
 def _record_invalid(cfg: DictConfig, sweep_dir: str | Path, overrides: list[str] | None, exc: Exception) -> None:
@@ -171,7 +256,12 @@ def _record_invalid(cfg: DictConfig, sweep_dir: str | Path, overrides: list[str]
     except Exception:  # noqa: BLE001 - not even an id: nothing to record
         return
     cell = CellDir(sweep_dir, cid)
-    previous = cell.read_status()
+    try:
+        previous = cell.read_status()
+    except DamagedFile:
+        previous = None
+    if previous is not None and previous.results:
+        return  # committed rows of earlier requests stay valid; the refusal is the sweeper's to report
     cell.write_status(CellStatus(
         state="failed", cell_id=cid, sweep=str(cfg.get("sweep_name", "")),
         error=" ".join(f"{type(exc).__name__}: {exc}".split())[:500], host=provenance.host(), pid=os.getpid(),
@@ -184,12 +274,13 @@ HEARTBEAT_S = 30.0
 
 
 class _Heartbeat:
-    """Context manager: a daemon thread that rewrites the cell's status every ``HEARTBEAT_S`` seconds."""
+    """Context manager: a daemon thread that renews the cell's lease (if given) and rewrites its status every
+    ``HEARTBEAT_S`` seconds (env ``LANDSCAPE_HEARTBEAT_S``); it stops beating once the lease is lost."""
 
-    def __init__(self, cell: CellDir, status: CellStatus, interval: float | None = None):
+    def __init__(self, cell: CellDir, status: CellStatus, interval: float | None = None, lease: Lease | None = None):
         import threading
 
-        self.cell, self.status = cell, status
+        self.cell, self.status, self.lease = cell, status, lease
         self.interval = float(os.environ.get("LANDSCAPE_HEARTBEAT_S", HEARTBEAT_S)) if interval is None else interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="landscape-heartbeat", daemon=True)
@@ -204,6 +295,10 @@ class _Heartbeat:
     def _write(self) -> None:
         # A copy, so the beat never stamps the job's own status object; write_json's temporary name is per
         # thread, and the final done/failed write happens after this thread has been joined.
+        if self.lease is not None and not self.lease.renew():
+            log.error("cell %s: the lease was taken over by another process", self.cell.cell_id)
+            self._stop.set()
+            return
         snapshot = dataclasses.replace(self.status)
         if snapshot.state == "running":
             self.cell.write_status(snapshot)
@@ -217,7 +312,8 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callable[[], bool] | None) -> list[str]:
+def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callable[[], bool] | None,
+         lease: Lease | None = None) -> list[str]:
     started_at, t0 = _now(), time.perf_counter()
     device = resolve_device(str(cfg.device))
     torch.set_num_threads(int(cfg.threads))
@@ -288,17 +384,142 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
                "training.resumed": r.resumed_from_epoch > 0, "training.vectorized": r.vectorized}
         row.update(model_values.get(s, {}))
         model_rows.append(_plain(row))
-    files = [str(write_table(cell.result_path("models"), model_rows, schema_for("models")))]
+    tables: dict[str, list[dict[str, Any]]] = {"models": model_rows}
     if pair_families:
         pair_rows = []
         for (a, b), values in pair_values.items():
             st = "done" if a in contexts and b in contexts else "diverged"
             pair_rows.append(_plain({**common, "seed_a": a, "seed_b": b, "status": st, **values}))
-        files.append(str(write_table(cell.result_path("pairs"), pair_rows, schema_for("pairs"))))
+        tables["pairs"] = pair_rows
     for table, rows in extra_rows.items():
-        full = [_plain({**common, "status": "done", **r}) for r in rows]
-        files.append(str(write_table(cell.result_path(table), full, schema_for(table))))
-    return files
+        tables[table] = [_plain({**common, "status": "done", **r}) for r in rows]
+    return commit_results(cfg, cell, status, tables, lease)
+
+
+def commit_results(cfg: DictConfig, cell: CellDir, status: CellStatus, tables: dict[str, list[dict[str, Any]]],
+                   lease: Lease | None = None) -> list[str]:
+    """Add this run's rows to the cell's result files (``results.io.merge_rows``: rows of other seeds, pairs
+    and earlier requests stay) and record them in ``status.results`` with their SHA-256 and what they cover.
+
+    The merged files are first staged beside their final names, recorded in ``status.pending``, then renamed
+    into place; the caller's final status write (``done``) is the commit. A reader serves a file only if its
+    checksum is in ``status.results``, so a kill anywhere in between never serves a half-written request.
+    """
+    from landscape.results.io import merge_rows
+
+    keys = table_keys(cfg)
+    covers = requested_coverage(cfg)
+    staged: dict[str, tuple[Path, Path, str, int, bool]] = {}
+    for table in keys:
+        rows = tables.get(table, [])
+        name = cell.result_name(table, keys[table])
+        final = cell.result_path(table, keys[table])
+        rec = status.results.get(name, {})
+        trusted = {h for h in (rec.get("sha256"), status.pending.get(name)) if h}
+        key_cols = ["seed_a", "seed_b"] if table == "pairs" else ["seed"]
+        path, digest, n, merged = merge_rows(final, rows, schema_for(table), key_cols, trusted, staging=True)
+        staged[name] = (path, final, digest, n, merged)
+    if lease is not None and not lease.held():
+        raise LeaseLost(f"the lease of cell {cell.cell_id} was taken over before its results were written")
+    status.pending.update({name: digest for name, (_, _, digest, _, _) in staged.items()})
+    status.files = resume_state_checksums(cell)
+    cell.write_status(status)
+    _pause("before_rename")
+    for name, (path, final, digest, n, merged) in staged.items():
+        rec = status.results.get(name)
+        if rec and final.exists() and final.stat().st_size == rec.get("size") and digest != rec.get("sha256"):
+            # keep the committed version readable (``results.io.served_files``) until this commit is written
+            backup = committed_backup(final)
+            backup.unlink(missing_ok=True)
+            os.link(final, backup)
+        os.replace(path, final)
+        st = final.stat()
+        old = status.results.get(name, {}).get("covers", []) if merged else []
+        merged = sorted({tuple(c) if isinstance(c, list) else c for c in [*old, *covers[name.split("/")[0]]]})
+        status.results[name] = {"sha256": digest, "rows": n, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                "covers": [list(c) if isinstance(c, tuple) else c for c in merged],
+                                "key": name.rsplit("-", 1)[1].removesuffix(".parquet")}
+        status.pending.pop(name, None)
+        _pause("between_tables")
+    return [str(final) for (_, final, _, _, _) in staged.values()]
+
+
+def committed_backup(path: Path) -> Path:
+    """``.<name>.committed`` beside a result file: its last committed version while a new one is being
+    committed (served instead of it, see ``results.io.served_files``; removed once the commit is written)."""
+    return path.with_name(f".{path.name}.committed")
+
+
+def _committed_backups(cell: CellDir) -> list[Path]:
+    results = cell.sweep_dir / "results"
+    return [p for t in (results.iterdir() if results.is_dir() else []) if t.is_dir()
+            for p in t.glob(f".{cell.cell_id}-*.committed")]
+
+
+def _pause(point: str) -> None:
+    """Test hook: ``LANDSCAPE_TEST_PAUSE=<point>:<seconds>`` sleeps at a commit point (to force races)."""
+    spec = os.environ.get("LANDSCAPE_TEST_PAUSE", "")
+    if spec and spec.split(":")[0] == point:
+        time.sleep(float(spec.split(":")[1]))
+
+
+def _settings_hash(node: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def table_keys(cfg: Any) -> dict[str, str]:
+    """``{table: key}`` of the result files a request of ``cfg`` writes: ``models`` (key = hash of the
+    training-metric settings and every enabled model family's settings), ``pairs`` (enabled pair families'
+    settings; only if any) and each long table of an enabled family (that family's settings). A request with
+    other metric settings writes other files; one with other seeds adds rows to the same files."""
+    def settings(fams: list[Family]) -> dict[str, Any]:
+        return {f.name: OmegaConf.to_container(cfg.metrics[f.name], resolve=True) for f in fams}
+
+    keys = {"models": _settings_hash({"training": OmegaConf.to_container(cfg.metrics.training, resolve=True),
+                                      **settings(metrics_mod.enabled(cfg, "models"))})}
+    pair_fams = metrics_mod.enabled(cfg, "pairs")
+    if pair_fams:
+        keys["pairs"] = _settings_hash(settings(pair_fams))
+    for fam in metrics_mod.enabled(cfg):
+        for table in fam.long_tables:
+            keys[table] = _settings_hash(settings([fam]))
+    return keys
+
+
+def requested_coverage(cfg: Any) -> dict[str, list[Any]]:
+    """``{table: [seed, ...] or [(seed_a, seed_b), ...]}``: what a request of ``cfg`` asks each table for."""
+    seeds = sorted(int(s) for s in cfg.train.seeds)
+    out: dict[str, list[Any]] = {}
+    for table in table_keys(cfg):
+        out[table] = metrics_mod.select_pairs(seeds, str(cfg.metrics.pairs)) if table == "pairs" else list(seeds)
+    return out
+
+
+def missing_work(cfg: Any, cell: CellDir, status: CellStatus | None, verify: bool = False) -> list[str]:
+    """What the committed results of the cell lack for a request of ``cfg`` (empty: nothing to do).
+
+    A result file counts if its status record covers the requested seeds/pairs and the file is intact: same
+    size and modification time as recorded, else (or with ``verify``) the same SHA-256.
+    """
+    if status is None:
+        return ["no status"]
+    out = []
+    keys = table_keys(cfg)
+    for table, want in requested_coverage(cfg).items():
+        name = cell.result_name(table, keys[table])
+        rec = status.results.get(name)
+        if not rec:
+            out.append(f"{name}: not computed")
+            continue
+        have = {tuple(c) if isinstance(c, list) else c for c in rec.get("covers", [])}
+        lacking = [w for w in want if w not in have]
+        if lacking:
+            out.append(f"{name}: lacks {lacking}")
+            continue
+        problem = file_problem(cell.sweep_dir / "results" / name, rec, verify)
+        if problem:
+            out.append(problem)
+    return out
 
 
 def train_seeds(

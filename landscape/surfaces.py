@@ -147,6 +147,20 @@ def _fingerprint(*arrays: Any) -> str:
     return h.hexdigest()[:12]
 
 
+def _load_block(path: Path) -> dict[str, Tensor] | None:
+    """A saved block of grid rows (tensors only, ``weights_only=True``); None (named in a warning, recomputed)
+    if the file is damaged or holds anything but tensors."""
+    try:
+        block = torch.load(path, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, flipped or crafted file: recompute the block
+        log.warning("%s: damaged or unsafe surface block (%s); recomputed", path, str(exc).splitlines()[0][:200])
+        return None
+    if not isinstance(block, dict) or not all(isinstance(v, Tensor) for v in block.values()):
+        log.warning("%s: not a surface block; recomputed", path)
+        return None
+    return block
+
+
 def loss_surface(
     model: nn.Module,
     loss_fn: LossFn,
@@ -193,9 +207,8 @@ def loss_surface(
     for i0 in range(0, A, rows):
         i1 = min(A, i0 + rows)
         path = None if workdir is None else workdir / f"surface-{key}-rows{i0:05d}-{i1:05d}.pt"
-        if path is not None and path.exists():
-            block = torch.load(path, weights_only=False)
-        else:
+        block = _load_block(path) if path is not None and path.exists() else None
+        if block is None:
             a_t = torch.as_tensor(alphas[i0:i1], dtype=theta.dtype, device=theta.device)
             aa, bb = torch.meshgrid(a_t, b_t, indexing="ij")
             points = theta + aa.reshape(-1, 1) * d1 + bb.reshape(-1, 1) * d2t  # [(i1-i0)*B, P]
@@ -203,10 +216,11 @@ def loss_surface(
             for s, ev in evals.items():
                 loss, acc = ev(points)
                 block[f"{s}_loss"], block[f"{s}_acc"] = loss.reshape(i1 - i0, B), acc.reshape(i1 - i0, B)
+            block = {k: torch.as_tensor(v).cpu() for k, v in block.items()}  # tensors only: weights_only loads
             if path is not None:
                 atomic_torch_save(block, path)
         for name, arr in block.items():
-            out[name][i0:i1] = arr
+            out[name][i0:i1] = arr.numpy()
         log.debug("surface rows %d-%d of %d done", i0, i1, A)
     return Surface(
         alphas=alphas,

@@ -102,7 +102,7 @@ def test_grid_on_quadratic_matches_analytic_surface(tmp_path):
     # resumable: cached row blocks are reused (poison one and see it come back)
     files = sorted(tmp_path.glob("surface-*.pt"))
     assert len(files) == 7  # chunk 6 // 5 betas = one grid row per cached block
-    block = torch.load(files[0], weights_only=False)
+    block = torch.load(files[0], weights_only=True)
     block["train_loss"][:] = -1.0
     torch.save(block, files[0])
     again = loss_surface(model, mean_logit, (x, y), d1, d2, alphas, betas, test=(x[:3], y[:3]), chunk=6,

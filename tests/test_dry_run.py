@@ -9,7 +9,9 @@ from pathlib import Path
 from conftest import run_cli
 
 from landscape.cell import CellDir, CellStatus, cell_id
-from landscape.job import done_key
+from landscape.cell import sha256_file
+from landscape.job import done_key, requested_coverage, table_keys
+from landscape.results import schema_for, write_table
 
 
 def plan_lines(stdout: str) -> list[tuple[str, str, str]]:
@@ -45,8 +47,16 @@ def test_fast_planner_equals_hydra_compose_and_lists_done_cells(tmp_path, compos
             "hydra.sweep.dir=sweep"]
     done_cfg = compose(["model=mlp", "model.width=4", "train.lr=0.05"])
     cid = cell_id(done_cfg)
-    CellDir(tmp_path / "sweep", cid).write_status(
-        CellStatus(state="done", cell_id=cid, seeds={"0": "done", "1": "done"}, done_key=done_key(done_cfg)))
+    cell = CellDir(tmp_path / "sweep", cid)
+    results = {}
+    for table, key in table_keys(done_cfg).items():  # a committed (empty) result file per table
+        path = write_table(cell.result_path(table, key), [], schema_for(table))
+        st = path.stat()
+        results[cell.result_name(table, key)] = {"sha256": sha256_file(path), "size": st.st_size,
+                                                 "mtime_ns": st.st_mtime_ns,
+                                                 "covers": requested_coverage(done_cfg)[table]}
+    cell.write_status(CellStatus(state="done", cell_id=cid, seeds={"0": "done", "1": "done"},
+                                 done_key=done_key(done_cfg), results=results))
 
     monkeypatch.setenv("LANDSCAPE_FULL_COMPOSE", "1")
     full = run_cli(grid, tmp_path)

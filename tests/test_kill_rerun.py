@@ -32,7 +32,7 @@ def _done_cells(sweep: Path) -> set[str]:
 
 
 def _mtimes(sweep: Path, cells: set[str]) -> dict[str, float]:
-    files = [sweep / "results" / "models" / f"{c}.parquet" for c in cells]
+    files = [p for c in cells for p in (sweep / "results" / "models").glob(f"{c}-*.parquet")]
     files += [p for c in cells for p in (sweep / "cells" / c / "seeds").glob("*/result.json")]
     return {str(p): p.stat().st_mtime_ns for p in files}
 

@@ -49,8 +49,18 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
     from landscape.job import run_cell
 
+    from landscape.config import ConfigError
+
     hc = HydraConfig.get()
-    outcome = run_cell(cfg, sweep_dir_of(hc), overrides=list(hc.overrides.task))
+    try:
+        outcome = run_cell(cfg, sweep_dir_of(hc), overrides=list(hc.overrides.task))
+    except ConfigError as exc:
+        if str(hc.mode) == "RunMode.MULTIRUN":
+            raise  # a job of a multirun: its launcher records the failure
+        import sys
+
+        print(exc, file=sys.stderr, flush=True)  # noqa: T201 - a refused config: the problems, no traceback
+        raise SystemExit(2) from None
     return dataclasses.asdict(outcome)
 
 

@@ -9,14 +9,22 @@ counted once, in one of these states:
 - ``running``: a job is working on it (its process is alive, or its heartbeat is recent);
 - ``interrupted``: marked running, but its process is dead on this host or its heartbeat is older than
   ``--stale-after`` seconds (killed, preempted and not yet requeued, or the machine died);
-- ``pending``: planned but never started.
+- ``pending``: planned but never started;
+- ``damaged``: its ``status.json`` is unreadable, or a result file it records is missing or damaged (the next
+  launch recomputes what is needed from the intact checkpoints and caches).
+
+``--verify`` also checks every result file against the SHA-256 its cell's status records, every checkpoint
+(loaded with ``weights_only=True``) and metric cache, and result files no status records; it names each bad
+file and exits 1. ``--repair`` moves damaged checkpoints and caches aside and forgets damaged result files, so
+the next launch recomputes them.
 
 A finished cell whose metric families could not compute some values (each stored as a typed null with the
 reason in ``<family>.error``) is listed with the count of such values per family and their reasons.
 
 SLURM's own job state is not used (it says COMPLETED for failed Hydra tasks). The rerun command printed
-is the latest launch's own multirun command: the sweeper skips done cells, so it runs only what is
-missing, failed or interrupted, resuming from checkpoints.
+is the latest launch's own multirun command, pointed at the directory that was asked about (a copied sweep
+reruns into the copy): the sweeper skips done cells, so it runs only what is missing, failed, damaged or
+interrupted, resuming from checkpoints.
 """
 
 from __future__ import annotations
@@ -31,9 +39,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from landscape.cell import CellDir, CellStatus
+from landscape.cell import CellDir, CellStatus, DamagedFile
 
-STATES = ("done", "diverged", "failed", "running", "interrupted", "pending")
+STATES = ("done", "diverged", "failed", "running", "interrupted", "pending", "damaged")
 STALE_AFTER_S = 300.0
 """Default age (seconds) of a running cell's last heartbeat after which it counts as interrupted."""
 
@@ -99,23 +107,27 @@ def _launch_records(sweep_dir: Path) -> list[dict[str, Any]]:
     records = []
     for path in sorted((sweep_dir / "launches").glob("*.json")):
         try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
+            rec = json.loads(path.read_text())
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+            records.append(rec)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            print(f"landscape-status: damaged launch record {path} skipped ({str(exc)[:80] or 'empty'})",
+                  file=sys.stderr)  # noqa: T201 - CLI output
             continue
     return records
 
 
 def rerun_command(record: dict[str, Any] | None, sweep_dir: Path) -> str | None:
-    """The shell command that repeats a launch (done cells are skipped by the sweeper)."""
+    """The shell command that repeats a launch into ``sweep_dir`` (the directory asked about, whatever
+    directory the launch wrote to); done cells are skipped by the sweeper."""
     if record is None:
         return None
-    argv = record.get("argv")
-    if argv:
-        cmd = shlex.join(["landscape", *argv])
-    else:
-        cmd = shlex.join(["landscape", "-m", *record.get("arguments", []), f"hydra.sweep.dir={sweep_dir.resolve()}"])
+    argv = record.get("argv") or ["-m", *record.get("arguments", [])]
+    argv = [a for a in argv if not a.lstrip("+").startswith("hydra.sweep.dir=")]
+    cmd = shlex.join(["landscape", *argv, f"hydra.sweep.dir={Path(sweep_dir).resolve()}"])
     cwd = record.get("cwd")
-    return f"cd {shlex.quote(cwd)} && {cmd}" if cwd else cmd
+    return f"cd {shlex.quote(cwd)} && {cmd}" if cwd and Path(cwd).is_dir() else cmd
 
 
 def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, now: float | None = None) -> SweepReport:
@@ -134,8 +146,18 @@ def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, no
     host = this_host()
     cells = []
     for cid in sorted(set(planned) | set(on_disk)):
-        status = CellDir(sweep_dir, cid).read_status()
+        cell = CellDir(sweep_dir, cid)
+        try:
+            status = cell.read_status()
+        except DamagedFile as exc:
+            cells.append(CellReport(cid, "damaged", error=f"{exc.path}: {exc.reason}", overrides=planned.get(cid, []),
+                                    note=f"{exc.path}: {exc.reason}"))
+            continue
         state, note = classify(status, now, host, stale_after_s)
+        if state in ("done", "diverged") and status is not None:
+            bad = _result_problems(cell, status, verify=False)
+            if bad:
+                state, note = "damaged", "; ".join(bad)
         rep = CellReport(cid, state, overrides=planned.get(cid, status.overrides if status else []), note=note)
         if status is not None:
             rep.error, rep.seeds, rep.host, rep.pid = status.error, dict(status.seeds), status.host, status.pid
@@ -146,9 +168,107 @@ def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, no
                 rep.error = None if state != "running" else status.error
         cells.append(rep)
     counts = {s: sum(c.state == s for c in cells) for s in STATES}
-    todo = any(c.state in ("failed", "interrupted", "pending") for c in cells)
+    todo = any(c.state in ("failed", "interrupted", "pending", "damaged") for c in cells)
     rerun = rerun_command(records[-1] if records else None, sweep_dir) if todo else None
     return SweepReport(str(sweep_dir), counts, cells, rerun, len(records))
+
+
+def _result_problems(cell: CellDir, status: CellStatus, verify: bool) -> list[str]:
+    """Result files the status records that are missing or damaged (size/time, or SHA-256 with ``verify``)."""
+    from landscape.cell import file_problem
+
+    out = []
+    for name, rec in sorted(status.results.items()):
+        problem = file_problem(cell.sweep_dir / "results" / name, rec, verify)
+        if problem:
+            out.append(problem)
+    return out
+
+
+@dataclass
+class Finding:
+    """One bad file found by ``verify``: ``kind`` damaged | unsafe | uncommitted; ``cell_id`` its cell."""
+
+    path: str
+    kind: str
+    reason: str
+    cell_id: str | None = None
+
+
+def verify(sweep_dir: str | Path, checkpoints: bool = True) -> list[Finding]:
+    """Check every file of a sweep: each cell's ``status.json``; each result file it records (exists, same
+    SHA-256); result files no status records (from a run that did not finish, or orphans); every checkpoint
+    (``weights_only=True``: nothing in it runs) and JSON cache of every cell."""
+    from landscape.cell import inspect_cell_files, sha256_file
+
+    sweep = Path(sweep_dir)
+    found: list[Finding] = []
+    recorded: set[str] = set()
+    cells_dir = sweep / "cells"
+    for path in sorted(cells_dir.glob("*")) if cells_dir.is_dir() else []:
+        if not path.is_dir():
+            continue
+        cell = CellDir(sweep, path.name)
+        try:
+            status = cell.read_status()
+        except DamagedFile as exc:
+            found.append(Finding(str(exc.path), "damaged", exc.reason, cell.cell_id))
+            status = None
+        if status is not None:
+            for name, rec in sorted(status.results.items()):
+                recorded.add(name)
+                f = sweep / "results" / name
+                if not f.exists():
+                    found.append(Finding(str(f), "damaged", "missing (recorded in the cell's status)", cell.cell_id))
+                elif sha256_file(f) != rec.get("sha256"):
+                    found.append(Finding(str(f), "damaged", "SHA-256 differs from the one in its cell's status",
+                                         cell.cell_id))
+        for p in inspect_cell_files(cell, checkpoints=checkpoints, recorded=status.files if status else None):
+            found.append(Finding(str(p.path), p.kind, p.reason, cell.cell_id))
+    results = sweep / "results"
+    for table in sorted(results.iterdir()) if results.is_dir() else []:
+        if not table.is_dir() or table.name.startswith("."):
+            continue
+        for f in sorted(table.glob("*.parquet")):
+            cid = f.name.partition("-")[0]
+            name = f"{table.name}/{f.name}"
+            if name not in recorded and (cells_dir / cid).is_dir():
+                found.append(Finding(str(f), "uncommitted", "not recorded by its cell's status (a run that did not "
+                                     "finish, or a damaged status): not served", cid))
+    return found
+
+
+def repair(sweep_dir: str | Path, findings: list[Finding]) -> list[str]:
+    """Act on ``verify``'s findings so the next launch recomputes what they concern: damaged and unsafe
+    checkpoints and caches are moved aside (``.<name>.damaged`` / ``.unsafe``), damaged result files are
+    dropped from their cell's status (and the cell marked ``failed``), a damaged status is moved aside.
+    Returns what was done, one line per file."""
+    from landscape.cell import FileProblem, quarantine
+
+    done = []
+    sweep = Path(sweep_dir)
+    for f in findings:
+        path = Path(f.path)
+        if path.name == "status.json" and f.kind == "damaged":
+            path.replace(path.with_name(".status.json.damaged"))
+            done.append(f"{path}: moved aside; the next launch recomputes the cell")
+        elif path.suffix == ".parquet" and f.cell_id:
+            cell = CellDir(sweep, f.cell_id)
+            try:
+                status = cell.read_status()
+            except DamagedFile:
+                continue
+            if status is None:
+                continue
+            name = f"{path.parent.name}/{path.name}"
+            if status.results.pop(name, None) is not None:
+                status.state, status.error = "failed", f"damaged result file {path}: recomputed by the next launch"
+                cell.write_status(status)
+                done.append(f"{path}: forgotten by its cell's status; the next launch recomputes it")
+        elif f.kind in ("damaged", "unsafe") and path.exists():
+            moved = quarantine(FileProblem(path, f.kind, f.reason))
+            done.append(f"{path}: moved aside ({', '.join(str(m) for m in moved)})")
+    return done
 
 
 def format_report(rep: SweepReport, verbose: bool = False) -> str:
@@ -159,6 +279,10 @@ def format_report(rep: SweepReport, verbose: bool = False) -> str:
     if failed:
         lines.append("failed cells:")
         lines += [f"  {c.cell_id}  {' '.join(c.overrides)}\n      {c.error}" for c in failed]
+    damaged = [c for c in rep.cells if c.state == "damaged"]
+    if damaged:
+        lines.append("damaged cells (the rerun recomputes them from what is intact):")
+        lines += [f"  {c.cell_id}  {' '.join(c.overrides)}\n      {c.note}" for c in damaged]
     interrupted = [c for c in rep.cells if c.state == "interrupted"]
     if interrupted:
         lines.append("interrupted cells (marked running, but their job is gone; the rerun resumes them):")
@@ -199,16 +323,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stale-after", type=float, default=STALE_AFTER_S,
                         help="seconds without heartbeat after which a running cell counts as interrupted")
     parser.add_argument("-v", "--verbose", action="store_true", help="list every cell")
+    parser.add_argument("--verify", action="store_true",
+                        help="check every result file against its SHA-256, every checkpoint and cache; exit 1 if any is bad")
+    parser.add_argument("--repair", action="store_true",
+                        help="with --verify: move damaged files aside so the next launch recomputes them")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"landscape-status: {args.sweep_dir}: no such sweep directory", file=sys.stderr)  # noqa: T201
         return 2
+    if args.verify or args.repair:
+        findings = verify(args.sweep_dir)
+        for f in findings:
+            print(f"{f.kind}: {f.path}: {f.reason}")  # noqa: T201 - CLI output
+        if args.repair and findings:
+            for line in repair(args.sweep_dir, findings):
+                print(f"repaired: {line}")  # noqa: T201 - CLI output
+        print(f"verify: {len(findings)} bad file(s)" if findings else "verify: every file is intact")  # noqa: T201
     rep = sweep_report(args.sweep_dir, args.stale_after)
     if args.json:
         print(json.dumps(asdict(rep), indent=1))  # noqa: T201 - CLI output
     else:
         print(format_report(rep, args.verbose))  # noqa: T201 - CLI output
-    return 0
+    return 1 if (args.verify and not args.repair and findings) else 0
 
 
 if __name__ == "__main__":

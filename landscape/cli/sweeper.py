@@ -25,9 +25,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from landscape.cell import CellDir, cell_id
-from landscape.config import validate
-from landscape.job import done_key
+from landscape.cell import CellDir, DamagedFile, cell_id
+from landscape.config import launch_problems, validate
+from landscape.job import missing_work
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ def plan_cells(
     sweep_dir: Path,
     fast: bool = True,
     n_verify: int = 3,
+    local: bool = True,
+    memory_bytes: int | None = None,
 ) -> list[PlannedCell]:
     """Compose and validate every job of a grid; no side effects.
 
@@ -59,6 +61,10 @@ def plan_cells(
     exactly as in a full compose. ``n_verify`` jobs per base (the first, and evenly spread ones) are also fully
     composed and compared; any difference, or an override the fast path does not understand, falls back to
     the full compose for the whole grid.
+
+    Beside ``validate``, every valid cell gets ``config.launch_problems`` (model size against ``memory_bytes``,
+    vectorized training of a model that cannot be stacked, a CUDA device on a machine without one when the
+    jobs run here: ``local``).
     """
     composer = CellComposer(config, config_loader) if fast else None
     if composer is not None and not composer.verify(jobs, n_verify):
@@ -68,7 +74,7 @@ def plan_cells(
         try:
             with (composer.cell(overrides) if composer is not None
                   else contextlib.nullcontext(_full_compose(config, config_loader, overrides))) as job_cfg:
-                planned.append(_plan_one(i, overrides, job_cfg, sweep_dir))
+                planned.append(_plan_one(i, overrides, job_cfg, sweep_dir, local, memory_bytes))
         except Exception as exc:  # composition errors: unknown key, bad type, missing group option
             planned.append(PlannedCell(i, list(overrides), None, "invalid", [str(exc).splitlines()[0]]))
     if composer is not None:
@@ -76,15 +82,29 @@ def plan_cells(
     return planned
 
 
-def _plan_one(i: int, overrides: Sequence[str], job_cfg: DictConfig, sweep_dir: Path) -> PlannedCell:
+def _plan_one(i: int, overrides: Sequence[str], job_cfg: DictConfig, sweep_dir: Path, local: bool = True,
+              memory_bytes: int | None = None) -> PlannedCell:
     problems = validate(job_cfg)
+    if not problems:
+        problems = launch_problems(job_cfg, local, memory_bytes)
     cid = None if problems else cell_id(job_cfg)
     state = "invalid" if problems else "pending"
     if cid is not None:
-        status = CellDir(sweep_dir, cid).read_status()
+        cell = CellDir(sweep_dir, cid)
+        try:
+            status = cell.read_status()
+        except DamagedFile as exc:
+            log.warning("damaged status file %s (%s): the cell is launched and repaired", exc.path, exc.reason)
+            return PlannedCell(i, list(overrides), cid, "damaged", problems)
         state = status.state if status is not None else "pending"
-        if state == "done" and status is not None and status.done_key != done_key(job_cfg):
-            state = "stale"  # done for other seeds or metric settings: will be completed
+        missing = missing_work(job_cfg, cell, status)
+        if not missing:
+            state = "done"  # every requested row is committed and intact, whatever the last run asked for
+        elif state == "done" and status is not None:
+            damaged = [m for m in missing if ": missing" in m or ": damaged" in m]
+            for m in damaged:
+                log.warning("%s: the cell is launched and its rows recomputed", m)
+            state = "damaged" if damaged else "stale"  # stale: done for other seeds or metric settings
     return PlannedCell(i, list(overrides), cid, state, problems)
 
 
@@ -236,6 +256,36 @@ class CellComposer:
         return True
 
 
+def _check_sweep_dir(config: DictConfig) -> None:
+    """Refuse (exit 2, no traceback) an explicit relative ``hydra.sweep.dir`` that climbs out of the launch
+    directory with ``..``: writing outside the outputs root takes an explicit absolute path."""
+    import sys
+
+    for line in OmegaConf.select(config, "hydra.overrides.hydra") or []:
+        key, _, value = str(line).partition("=")
+        if key.lstrip("+") == "hydra.sweep.dir" and not os.path.isabs(value) and ".." in Path(value).parts:
+            print(f"hydra.sweep.dir={value!r}: a relative sweep directory may not leave the launch directory "
+                  "('..'); give an absolute path to write elsewhere", file=sys.stderr, flush=True)  # noqa: T201
+            raise SystemExit(2)
+
+
+def _job_machine(config: DictConfig) -> tuple[bool, int | None]:
+    """Whether the jobs run on this machine (not a SLURM launcher) and the memory one job may use: the SLURM
+    launcher's ``mem_gb`` (or the local launcher's), else this machine's RAM."""
+    launcher = OmegaConf.select(config, "hydra.launcher") or {}
+    target = str(launcher.get("_target_", ""))
+    local = "slurm" not in target.lower()
+    mem_gb = launcher.get("mem_gb") if OmegaConf.is_dict(launcher) else None
+    if mem_gb:
+        return local, int(float(mem_gb) * 2**30)
+    if not local:
+        return local, None
+    try:
+        return local, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return local, None
+
+
 class GridError(ValueError):
     """A multirun grid with invalid cells; nothing was launched."""
 
@@ -295,12 +345,19 @@ class GridSweeper(BasicSweeper):
         jobs = [list(job) for batch in self.overrides for job in batch]
 
         sweep_dir = sweep_dir_of(self.config.hydra)
+        _check_sweep_dir(self.config)
         tic = time.perf_counter()
         fast = os.environ.get("LANDSCAPE_FULL_COMPOSE", "") in ("", "0")  # 1: Hydra's compose for every cell
-        planned = plan_cells(self.config, self.hydra_context.config_loader, jobs, sweep_dir, fast=fast)
+        local, memory = _job_machine(self.config)
+        planned = plan_cells(self.config, self.hydra_context.config_loader, jobs, sweep_dir, fast=fast, local=local,
+                             memory_bytes=memory)
         log.info("planned %d cells in %.2f s", len(planned), time.perf_counter() - tic)
         if any(c.problems for c in planned):
-            raise GridError(format_problems(planned))
+            import sys
+
+            # A refused grid is the user's input, not a crash: the problems, no traceback, exit status 2.
+            print(format_problems(planned), file=sys.stderr, flush=True)  # noqa: T201 - CLI output
+            raise SystemExit(2)
         if bool(self.config.get("dry_run", False)):
             print(format_plan(planned), flush=True)  # noqa: T201 - CLI output
             return []

@@ -1,4 +1,5 @@
-"""Parquet I/O of results tables: one immutable file per cell and table, written atomically; fast readers."""
+"""Parquet I/O of results tables: one file per cell, table and metric-settings key, written atomically (rows of
+other seeds merged in, never dropped); readers that serve only committed, checksum-verified files."""
 
 from __future__ import annotations
 
@@ -35,13 +36,71 @@ def write_table(path: str | Path, rows: Sequence[dict[str, Any]], schema: pa.Sch
     if unknown:
         raise KeyError(f"columns not in the {schema.metadata.get(b'landscape.table', b'?').decode()} schema: {unknown}")
     table = pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
+    _write_atomic(table, path)
+    return path
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. disk full: no partial temporary file left behind
+        raise
+
+
+def merge_rows(
+    path: str | Path,
+    rows: Sequence[dict[str, Any]],
+    schema: pa.Schema,
+    key_columns: Sequence[str],
+    trusted: set[str],
+    staging: bool = False,
+) -> tuple[Path, str, int, bool]:
+    """Add ``rows`` to the result file ``path``: rows of the existing file whose ``key_columns`` (e.g. ``seed``
+    or ``seed_a, seed_b``) are not among the new rows are kept, the others are replaced; rows are sorted by
+    the key (stable). The existing file is merged only if its SHA-256 is in ``trusted`` (the checksums the
+    cell's status recorded for it); a file that is damaged or unknown is named in a warning and replaced.
+
+    With ``staging`` the merged rows are written to ``.<name>.staged`` beside ``path`` (to be renamed into place
+    by the caller). Returns the written file, its SHA-256, its number of rows and whether the existing file's
+    rows were merged.
+    """
+    from landscape.cell import sha256_file
+
+    path = Path(path)
+    unknown = sorted({k for r in rows for k in r} - set(schema.names))
+    if unknown:
+        raise KeyError(f"columns not in the {schema.metadata.get(b'landscape.table', b'?').decode()} schema: {unknown}")
+    new = pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
+    parts = []
+    merged_old = False
+    if path.exists():
+        digest = sha256_file(path)
+        if digest in trusted:
+            try:
+                old = _conform(pq.read_table(path), schema)
+                new_keys = set(zip(*(new.column(k).to_pylist() for k in key_columns))) if new.num_rows else set()
+                keep = [i for i, key in enumerate(zip(*(old.column(k).to_pylist() for k in key_columns)))
+                        if key not in new_keys]
+                parts.append(old.take(pa.array(keep, pa.int64())))
+                merged_old = True
+            except (OSError, pa.ArrowException, ValueError) as exc:
+                log.warning("%s: previous rows not readable (%s); replaced", path, exc)
+        else:
+            log.warning("%s: checksum %s is not the one recorded in its cell's status (damaged or from an "
+                        "unfinished run); its rows are replaced by this run's", path, digest[:12])
+    parts.append(new)
+    merged = pa.concat_tables(parts)
+    if merged.num_rows:
+        merged = merged.take(pc.sort_indices(merged, sort_keys=[(k, "ascending") for k in key_columns]))
+    target = path.with_name(f".{path.name}.staged") if staging else path
+    _write_atomic(merged, target)
+    return target, sha256_file(target), merged.num_rows, merged_old
 
 
 def _files(sweep_dir: str | Path, table: str) -> list[str]:
@@ -49,6 +108,82 @@ def _files(sweep_dir: str | Path, table: str) -> list[str]:
     if not d.is_dir():
         return []
     return sorted(str(d / n) for n in os.listdir(d) if n.endswith(".parquet") and not n.startswith("."))
+
+
+def served_files(sweep_dir: str | Path, table: str, files: list[str]) -> list[str]:
+    """The result files of ``files`` that may be served: a file ``<cell_id>-<key>.parquet`` of a cell that has a
+    directory under ``<sweep_dir>/cells`` is served only if the cell's ``status.json`` records it (a committed
+    request) with the file's SHA-256; others (damaged, or written by a run that did not finish) are named in a
+    warning and left out, and the next launch recomputes them; while a commit is in progress (or was killed)
+    the file's last committed version ``.<name>.committed`` is served in its place. Files of cells without a
+    cell directory (rows imported or written by other tools) are served as they are.
+
+    Checksums are computed once per (file, status) version: ``results/.cache/verified-<table>.json`` keeps the
+    size and modification time of each verified file and of its cell's status.
+    """
+    from landscape.cell import DamagedFile, _status_from_json, sha256_file
+
+    sweep = Path(sweep_dir)
+    cache_path = sweep / "results" / ".cache" / f"verified-{table}.json"
+    try:
+        cache = json.loads(cache_path.read_text())
+        cache = cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        cache = {}
+    out, verified = [], {}
+    cells: dict[str, Any] = {}
+    cells_dir = os.path.join(str(sweep), "cells")  # plain strings: pathlib costs 3x here (10,000 files)
+    for f in files:
+        name = os.path.basename(f)
+        cid, sep, _ = name.partition("-")
+        if not sep:
+            out.append(f)
+            continue
+        status_path = f"{cells_dir}/{cid}/status.json"
+        try:
+            sst, fst = os.stat(status_path), os.stat(f)
+        except FileNotFoundError:
+            if not os.path.isdir(f"{cells_dir}/{cid}"):
+                out.append(f)  # no cell directory: rows imported or written by another tool
+            else:
+                log.warning("%s: its cell has no status.json; not served (the next launch recomputes it)", f)
+            continue
+        stamp = f"{fst.st_size}:{fst.st_mtime_ns}:{sst.st_size}:{sst.st_mtime_ns}"
+        if cache.get(name) == stamp:
+            out.append(f)
+            verified[name] = stamp
+            continue
+        if cid not in cells:
+            try:
+                cells[cid] = _status_from_json(Path(status_path), Path(status_path).read_text())
+            except (DamagedFile, OSError, UnicodeDecodeError) as exc:
+                cells[cid] = exc
+        status = cells[cid]
+        if not hasattr(status, "results"):
+            log.warning("%s: not served, the status of its cell is damaged (%s)", f, status)
+            continue
+        rec = status.results.get(f"{table}/{name}")
+        if not rec:
+            log.warning("%s: not served, not a committed result of its cell (a run that did not finish)", f)
+            continue
+        if sha256_file(f) != rec.get("sha256"):
+            backup = os.path.join(os.path.dirname(f), f".{name}.committed")
+            if f"{table}/{name}" in status.pending and os.path.exists(backup) and sha256_file(backup) == rec.get("sha256"):
+                out.append(backup)  # a commit in progress (or killed): its last committed version
+                continue
+            log.warning("%s: not served, damaged (its SHA-256 differs from the one in %s)", f, status_path)
+            continue
+        out.append(f)
+        verified[name] = stamp
+    if verified != cache:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f".{cache_path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(verified))
+            os.replace(tmp, cache_path)
+        except OSError as exc:  # read-only sweep directory: verified again next time
+            log.debug("verification cache not written to %s: %s", cache_path, exc)
+    return out
 
 
 def _read_all(files: list[str]) -> pa.Table:
@@ -126,7 +261,7 @@ def read_table(sweep_dir: str | Path, table: str = "models", columns: Sequence[s
     modification time of every file it holds: the next call reads only files that are new or changed, and
     drops the rows of files that are gone (a sweep of 10,000 cells is read once, then in about a second).
     """
-    files = _files(sweep_dir, table)
+    files = served_files(sweep_dir, table, _files(sweep_dir, table))
     current = schema_for(table)
     if not files:
         empty = current.empty_table()
