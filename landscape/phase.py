@@ -44,18 +44,17 @@ models and pairs (seeded) whose means give the same label.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
 import logging
 import math
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+import landscape.metrics as metrics_contract
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +73,11 @@ THRESHOLD_UNITS: dict[str, str] = {
     "mc_barrier": "pp of training error", "cka": "unitless",
 }
 
-#: Row columns that are never metrics (provenance, identity, bookkeeping).
-NON_METRIC_COLUMNS: frozenset[str] = frozenset(
-    {"cell_id", "sweep", "seed", "seed_a", "seed_b", "status", "error", "config", "schema_version", "git_commit",
-     "git_dirty", "versions", "host", "device", "started_at", "finished_at", "seconds"}
-)
-
 #: Top-level config groups whose flat dotted columns are knobs (``model.width``, ``train.batch_size``, ...).
 KNOB_GROUPS: tuple[str, ...] = ("data", "model", "train")
 
-#: Metric columns of the training family that have no dotted family prefix.
-_UNPREFIXED_FAMILY: dict[str, str] = {
-    "train_loss": "training", "train_acc": "training", "test_loss": "training", "test_acc": "training",
-    "train_acc_clean": "training", "train_error": "training", "l2_distance": "l2", "cka": "cka",
-}
+#: Columns derived here from a family's metric (``train_error`` in % from ``train_acc``) and their family.
+DERIVED_METRICS: dict[str, str] = {"train_error": "training"}
 
 
 def knob_columns(df: pd.DataFrame) -> list[str]:
@@ -96,90 +86,40 @@ def knob_columns(df: pd.DataFrame) -> list[str]:
 
 
 # --------------------------------------------------------------------------- which columns are metrics
-@functools.lru_cache(maxsize=1)
-def _contract():
-    """The family contract's ``(metric_columns, family_of)`` (``landscape.metrics``) where it exists, else
-    None. This is the one place that switches between the contract and the local fallback below. The package
-    is imported only when its source defines the contract (an older one imports torch, seconds for nothing)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("landscape.metrics")
-    try:
-        if spec is None or spec.origin is None or "def metric_columns" not in Path(spec.origin).read_text():
-            return None
-    except OSError:
-        return None
-    try:
-        from landscape.metrics import family_of as contract_family_of
-        from landscape.metrics import metric_columns as contract_metric_columns
-    except ImportError:
-        return None
-    return contract_metric_columns, contract_family_of
-
-
-@functools.lru_cache(maxsize=1)
-def _family_setting_fields() -> dict[str, frozenset[str]]:
-    """``{family: names of its Config fields}``, read from the source of ``landscape/metrics/<family>.py``
-    without importing it (the family modules import torch)."""
-    out: dict[str, frozenset[str]] = {}
-    for path in sorted((Path(__file__).parent / "metrics").glob("*.py")):
-        try:
-            tree = ast.parse(path.read_text())
-        except (OSError, SyntaxError):  # pragma: no cover - a broken file is reported by its own import
-            continue
-        for node in tree.body:
-            if isinstance(node, ast.ClassDef) and node.name == "Config":
-                names = {n.target.id for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
-                out[path.stem] = frozenset(names)
-    return out
-
-
 def family_of(column: str) -> str:
     """The metric family that writes ``column`` (``connectivity.mc`` -> ``connectivity``, ``cka`` -> ``cka``,
-    ``train_loss`` -> ``training``, ``topology.h1_total`` -> ``jump_retrain``)."""
-    c = _contract()
-    if c is not None:
-        try:
-            return c[1](column)
-        except KeyError:
-            pass  # e.g. a derived column (train_error): named by the rule below
-    if column in _UNPREFIXED_FAMILY:
-        return _UNPREFIXED_FAMILY[column]
-    prefix = column.split(".", 1)[0]
-    return "jump_retrain" if prefix == "topology" else prefix
-
-
-def _is_setting_or_count(column: str) -> bool:
-    last = column.rsplit(".", 1)[-1]
-    if column.endswith(("seconds", "stderr", "residual", ".error")) or last.startswith("n_"):
-        return True
-    if "." in column:
-        fam = family_of(column)
-        if last in _family_setting_fields().get(fam, frozenset()):
-            return True
-    return False
+    ``train_loss`` -> ``training``), from the family contract (``landscape.metrics.family_of``); a derived
+    column (``train_error``) is named after the family of its source; anything else after its dotted prefix."""
+    if column in DERIVED_METRICS:
+        return DERIVED_METRICS[column]
+    try:
+        return metrics_contract.family_of(column)
+    except KeyError:
+        return column.split(".", 1)[0]
 
 
 def metric_columns(df: pd.DataFrame, table: str | None = None) -> list[str]:
-    """The metric columns of a row table (``table``: ``models`` or ``pairs``; default: ``pairs`` when it has a
-    ``seed_a`` column): measured values, not knobs, provenance, settings, counts, timings or uncertainties.
-    Uses the family contract (``landscape.metrics.metric_columns(table)``) when it is there, keeping the
-    numeric columns present in ``df``; otherwise: float columns that are not knobs/provenance, not named ``*seconds``, ``*stderr``,
-    ``*residual``, ``*.error`` or ``n_*``, and not a field of the writing family's ``Config`` (settings)."""
-    c = _contract()
-    if c is not None:
-        table = table or ("pairs" if "seed_a" in df.columns else "models")
-        return [m for m in c[0](table) if m in df.columns and pd.api.types.is_numeric_dtype(df[m].dtype)
-                and not pd.api.types.is_bool_dtype(df[m].dtype)]
-    knobs = set(knob_columns(df))
-    out = []
-    for col in df.columns:
-        if col in knobs or col in NON_METRIC_COLUMNS or _is_setting_or_count(col):
-            continue
-        if not pd.api.types.is_float_dtype(df[col].dtype):
-            continue  # ints are counts or settings; strings, bools, lists are not cell values
-        out.append(col)
-    return out
+    """The metric columns of a row table present in ``df`` with numeric values (``table``: ``models`` or
+    ``pairs``; default: ``pairs`` when it has a ``seed_a`` column), as the family contract declares them
+    (``landscape.metrics.metric_columns``): measured values, never knobs, provenance, settings, counts, timings
+    or uncertainties."""
+    table = table or ("pairs" if "seed_a" in df.columns else "models")
+    return [m for m in metrics_contract.metric_columns(table) if m in df.columns
+            and pd.api.types.is_numeric_dtype(df[m].dtype) and not pd.api.types.is_bool_dtype(df[m].dtype)]
+
+
+def one_row_per_model(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per model (``cell_id``, ``seed``) of a ``models`` table, or per pair (``cell_id``, ``seed_a``,
+    ``seed_b``) of a ``pairs`` table. A sweep directory keeps a row for every request of a cell with other
+    metric settings (nothing computed is lost), so a model can have several rows, e.g. one from a run without
+    the Hessian and one with it; for analysis each column takes the newest non-null value of the model's rows
+    (rows ordered by ``finished_at``), so a model counts once in a cell's means and bootstrap."""
+    keys = ["cell_id", "seed_a", "seed_b"] if "seed_a" in rows.columns else ["cell_id", "seed"]
+    if rows.empty or not set(keys) <= set(rows.columns) or not rows.duplicated(keys).any():
+        return rows
+    ordered = rows.sort_values("finished_at", kind="stable") if "finished_at" in rows.columns else rows
+    out = ordered.groupby(keys, sort=False, dropna=False).last().reset_index()
+    return out[list(rows.columns)].astype(rows.dtypes.to_dict())
 
 
 def ran(cells_or_rows: pd.DataFrame, column: str) -> bool:
@@ -267,6 +207,9 @@ def aggregate_cells(
     through ``cell_id``. Metric lists default to :func:`metric_columns` (``train_error`` in % is derived from
     ``train_acc``).
 
+    A model (pair) with several rows (requests with other metric settings) counts once: see
+    :func:`one_row_per_model`.
+
     Raises ``ValueError`` when a cell of ``by`` mixes rows that differ in another knob (the grid would
     silently average over it): fix that knob with a filter or make it a facet.
     """
@@ -276,6 +219,8 @@ def aggregate_cells(
         raise ValueError(f"knob columns {missing} are not in the models rows; available knobs: {knob_columns(models)}")
     if models.empty:
         raise ValueError("no models rows to aggregate")
+    models = one_row_per_model(models)
+    pairs = one_row_per_model(pairs) if pairs is not None else None
     _check_no_hidden_knob(models, by)
     models = add_train_error(models)
     model_metrics = list(model_metrics) if model_metrics is not None else metric_columns(models, "models")
@@ -656,6 +601,8 @@ def label_confidence(
     A value measured once (one model, one pair) has no spread to resample: it adds no doubt to the label.
     """
     by = list(by)
+    models = one_row_per_model(models)
+    pairs = one_row_per_model(pairs) if pairs is not None else None
     labels = rule.labels(cells) if labels is None else labels
     fit_col, mc_col, cka_col = rule.columns
     m = add_train_error(_completed(models))

@@ -120,15 +120,10 @@ DATA_PERCENTILES: tuple[float, float] = (2.0, 98.0)
 
 
 def _family_styles() -> dict[str, Any]:
-    """``{metric: FigureStyle}`` declared by the metric families (the family contract), where it exists."""
-    from landscape.phase import _contract
-
-    if _contract() is None:
-        return {}
+    """``{metric: FigureStyle}`` declared by the metric families (the family contract)."""
     import landscape.metrics as metrics_mod
 
-    get = getattr(metrics_mod, "figure_styles", None)
-    return get() if get is not None else {}
+    return metrics_mod.figure_styles()
 
 
 def style_for(metric: str, cells: pd.DataFrame | None = None) -> MetricStyle:

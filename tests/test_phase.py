@@ -150,6 +150,32 @@ def test_aggregate_cells_mean_std_count_over_done_rows():
     assert b["cka"] == pytest.approx(0.9) and np.isnan(c["cka"])
 
 
+def test_a_model_with_rows_from_two_requests_counts_once(cli, tmp_path):
+    """A sweep directory keeps the rows of every request (issue 14): seeds 0 and 1 with the Hessian, then the
+    same seeds without it, give two rows per model; the cell still has two models, the Hessian values of the
+    first request and the training values (equal in both requests)."""
+    from conftest import FAST
+    from landscape.results import load
+
+    hess = ["metrics.hessian.enabled=true", "metrics.hessian.n_top=1", "metrics.hessian.smallest_eigenvalue=false",
+            "metrics.hessian.eval_samples=64", "metrics.hessian.trace_matvecs=9"]
+    cli(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1]", *hess])
+    cli(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1]"])
+    models, pairs = load(tmp_path / "s"), load(tmp_path / "s", "pairs")
+    assert len(models) == 4 and sorted(models["seed"]) == [0, 0, 1, 1]  # nothing lost: both requests' rows
+    cells = aggregate_cells(models, pairs, ["model.width"])
+    assert len(cells) == 1
+    cell = cells.iloc[0]
+    assert cell["n_done"] == 2 and cell["train_loss_n"] == 2 and cell["hessian.top_eigenvalue_n"] == 2
+    with_h = models[models["hessian.top_eigenvalue"].notna()]
+    assert sorted(with_h["seed"]) == [0, 1]
+    assert cell["hessian.top_eigenvalue"] == pytest.approx(with_h["hessian.top_eigenvalue"].mean(), rel=1e-12)
+    assert cell["train_loss"] == pytest.approx(with_h["train_loss"].mean(), rel=1e-12)
+    rule, _ = resolve_rule("paper")
+    conf = label_confidence(models, pairs, cells, ["model.width"], rule)
+    assert int(conf["n_models"].iloc[0]) == 2
+
+
 def test_aggregate_cells_refuses_to_average_over_a_hidden_knob():
     m, _ = _rows()
     m["train.lr"] = [0.1, 0.2, 0.1, 0.1, 0.1, 0.1]
