@@ -1,5 +1,7 @@
 # landscape: the two commands of the README.
-#   make demo   set up (if needed) and run the demo sweep, then print where its results are and a table
+#   make demo   set up (if needed), run the demo sweep (sweeps/demo.yaml), print a table of its rows, then draw
+#               its phase diagram and print the phase table (landscape-phase reads the axes and thresholds
+#               from the sweep's phase: section)
 #   make test   set up (if needed) and run the test suite (what .ci/run calls)
 # Set-up: a virtual environment in $(VENV). torch 2.13.0 (CPU build) is installed first unless the base
 # Python already has a torch, which is then used as it is (the venv sees the base site-packages).
@@ -29,7 +31,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/landscape -m +sweep=demo hydra.sweep.dir=$(DEMO_DIR) $(ARGS)
 	$(PY) -m landscape.cli.summary $(DEMO_DIR)
-	$(VENV)/bin/landscape-phase $(DEMO_DIR) --x model.width --y train.batch_size --out $(DEMO_DIR)/phase
+	$(VENV)/bin/landscape-phase $(DEMO_DIR) --out $(DEMO_DIR)/phase --formats png pdf
 
 test: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -38,6 +38,7 @@ import seaborn as sns  # noqa: E402
 
 from landscape import phase  # noqa: E402
 from landscape.cli.phase import load_rows  # noqa: E402
+from landscape.phase_diagram import INVERTED_KNOBS  # noqa: E402
 
 logging.basicConfig(level=logging.WARNING)
 pd.set_option("display.width", 160)
@@ -81,17 +82,21 @@ for k in swept:
 
 # %% [markdown]
 # ## One metric over two knobs
-# Cell means of test accuracy (pairs metrics joined through `cell_id`), as a seaborn heatmap. The y axis is
-# flipped for batch size so that small batches are on top, as in the paper; the phase-diagram command
-# (`landscape-phase`) draws the same on real log axes.
+# Cell means of test accuracy (pairs metrics joined through `cell_id`), as a seaborn heatmap, oriented as
+# `landscape-phase` draws it: the hot end of a temperature-like knob on top, i.e. small batch sizes on top
+# (`landscape.phase_diagram.INVERTED_KNOBS`) and large values on top for every other knob (a heatmap draws
+# its first row at the top). `landscape-phase` draws the same on real log axes.
 
 # %%
 x_knob, y_knob = (swept + swept)[:2] if swept else (None, None)
 if x_knob is not None and x_knob != y_knob:
     cells = phase.aggregate_cells(models, pairs if not pairs.empty else None, [x_knob, y_knob])
-    cells["phase"] = phase.PhaseRule().labels(cells) if {"connectivity.mc", "cka"} <= set(cells.columns) else None
+    rule = phase.PhaseRule.paper()
+    cells["phase"] = rule.labels(cells)
     value = "test_acc" if "test_acc" in cells.columns else outcomes[0]
-    table = cells.pivot(index=y_knob, columns=x_knob, values=value).sort_index(ascending=y_knob != "train.batch_size")
+    small_on_top = y_knob in INVERTED_KNOBS
+    table = cells.pivot(index=y_knob, columns=x_knob, values=value).sort_index(ascending=small_on_top)
+    print(f"heatmap rows, top to bottom: {' '.join(f'{v:g}' for v in table.index)}")
     fig, ax = plt.subplots(figsize=(7, 5.5))
     sns.heatmap(table, annot=table.shape[0] * table.shape[1] <= 64, fmt=".2f", cmap="viridis", ax=ax,
                 cbar_kws={"label": value})
@@ -101,18 +106,20 @@ if x_knob is not None and x_knob != y_knob:
     plt.close(fig)
     print(f"wrote {OUT_DIR / f'heatmap_{value}.png'}")
     if cells["phase"].notna().any():
+        print(rule.describe())
         print(phase.phase_summary(cells, cells["phase"], value).round(4).to_string(index=False))
 
 # %% [markdown]
 # ## Correlations
-# Spearman rank correlation, over cells, of every metric's cell mean with test accuracy, and the full
-# correlation matrix of the main metrics as a heatmap.
+# Spearman rank correlation, over cells, of the main metrics' cell means with test accuracy, over all cells
+# and within the well-trained and poorly-trained cells (the phase rule's training-loss split), with n and p;
+# and the full correlation matrix of the main metrics as a heatmap.
 
 # %%
 if x_knob is not None and x_knob != y_knob and "test_acc" in cells.columns:
     main = [m for m in ("test_acc", "train_loss", "hessian.top_eigenvalue", "hessian.trace", "connectivity.mc",
                         "cka", "l2_distance") if m in cells.columns and cells[m].notna().any()]
-    corr = phase.rank_correlations(cells, main, "test_acc")
+    corr = phase.rank_correlations(cells, main, "test_acc", rule=rule)
     print(corr.round(3).to_string(index=False))
     corr.to_csv(OUT_DIR / "rank_correlations.csv", index=False)
     matrix = cells[main].corr(method="spearman")

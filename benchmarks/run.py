@@ -11,7 +11,13 @@ Run: ``.venv/bin/python benchmarks/run.py [--quick] [--out benchmarks/results/la
    rows, three status writes) vs the whole ``run_cell`` of that cell;
 5. ``read``: 10,000 small ``models`` files (10 % with an older schema, one column fewer) read back by
    ``landscape.results.load`` and by DuckDB ``read_parquet(glob, union_by_name=true)``;
-6. ``demo``: the README's demo sweep (``landscape -m +sweep=demo``) end to end in a temporary directory.
+6. ``demo``: the README's demo sweep (``landscape -m +sweep=demo``) end to end in a temporary directory;
+7. ``cell``: the Hessian family on a realistic cell (MLP 256-256, 1000 digits, 3 seeds), the current code vs the
+   compute path of the commit before the change, alternating in one process (``bench_hessian_cell``);
+8. ``launcher``: 8 short cells with ``hydra/launcher=local`` (two warm workers) vs one process
+   (``bench_local_launcher``).
+
+Torch runs with one thread (``torch.set_num_threads(1)``), as the jobs do, so ratios are per core.
 
 ``--quick`` shrinks every section (a smoke run of well under a minute, the figures are not meaningful).
 """
@@ -140,7 +146,16 @@ def bench_overhead(quick: bool) -> dict[str, Any]:
                 loader = GlobalHydra.instance().config_loader()
                 jobs = [[f"model.width={w}", f"train.batch_size={b}"] for w in (8, 32, 128) for b in (16, 128)]
                 _, t_plan = _timed(lambda: plan_cells(primary, loader, jobs, sweep))
+                # the job side: a worker of hydra/launcher=local (or a SLURM task with several cells) composes
+                # each job from one Hydra composition per base plus the job's value overrides
+                from landscape.cli.launchers import JobComposer
+
+                composer = JobComposer(primary, loader)
+                _, t_jobs = _timed(lambda: [composer.compose(["+sweep=demo", *ov]) for ov in jobs])
+                _, t_full = _timed(lambda: [loader.load_sweep_config(primary, ["+sweep=demo", *ov]) for ov in jobs])
             out["plan_per_cell_s"] = t_plan / len(jobs)
+            out["job_compose_per_cell_s"] = t_jobs / len(jobs)
+            out["job_full_compose_per_cell_s"] = t_full / len(jobs)
         except Exception as exc:  # noqa: BLE001
             out["plan_note"] = f"plan_cells not measured: {type(exc).__name__}: {exc}"
             out["plan_per_cell_s"] = t_compose
@@ -153,7 +168,8 @@ def bench_overhead(quick: bool) -> dict[str, Any]:
         status = CellStatus(state="running", cell_id=cid)
         _, t_status = _timed(lambda: [cell.write_status(status) for _ in range(3)])
         outcome, t_cell = _timed(lambda: run_cell(cfg, sweep / "real"))
-    parts = {"plan_per_cell_s": out["plan_per_cell_s"], "cell_id_s": t_hash, "validate_s": t_check,
+    parts = {"plan_per_cell_s": out["plan_per_cell_s"], "job_compose_s": out.get("job_compose_per_cell_s", 0.0),
+             "cell_id_s": t_hash, "validate_s": t_check,
              "provenance_s": t_prov, "write_rows_s": t_write, "status_x3_s": t_status}
     out.update(parts)
     out["overhead_s"] = sum(parts.values())
@@ -222,6 +238,39 @@ def bench_demo(quick: bool) -> dict[str, Any]:
             "stderr_tail": proc.stderr[-500:] if proc.returncode else "", "cpu_cores": os.cpu_count()}
 
 
+# ------------------------------------------------------------------------------------ 7 cell, 8 launcher
+def bench_cell(quick: bool) -> dict[str, Any]:
+    """The Hessian family on the realistic cell, before vs after (``bench_hessian_cell``), one process."""
+    if quick:
+        return {"skipped": "--quick"}
+    import bench_hessian_cell as bh
+
+    work = Path(tempfile.gettempdir()) / "landscape-bench-hessian-cell"
+    work.mkdir(parents=True, exist_ok=True)
+    bh.prepare(work)
+    res = bh.compare_inprocess(work, 2, [])
+    return {k: v for k, v in res.items() if not k.startswith("values_")}
+
+
+def bench_launcher(quick: bool) -> dict[str, Any]:
+    """8 short cells: ``hydra/launcher=local`` with two warm workers vs one process (``bench_local_launcher``)."""
+    if quick:
+        return {"skipped": "--quick"}
+    import bench_local_launcher as bl
+
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out: dict[str, Any] = {"one_process": [], "local_pool": []}
+    for r in range(2):
+        for name, launcher in ((("one_process", ["hydra/launcher=basic"]),
+                                ("local_pool", ["hydra/launcher=local", "hydra.launcher.max_parallel=2"]))[::1 - 2 * (r % 2)]):
+            out[name].append(bl.run_grid(launcher, env))
+    one = sum(w for w, _ in out["one_process"])
+    pool = sum(w for w, _ in out["local_pool"])
+    out["command_speedup"] = one / pool
+    out["cells_speedup"] = sum(c for _, c in out["one_process"]) / sum(c for _, c in out["local_pool"])
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- main
 def _table(r: dict[str, Any]) -> str:
     lines = [f"landscape benchmarks  (cores {os.cpu_count()}, load average {r['load_average']})"]
@@ -254,6 +303,16 @@ def _table(r: dict[str, Any]) -> str:
     rd = r["read"]
     row(f"5 read {rd['files']} files", f"load() {rd['pandas_load_s']:.2f} s cold, {rd['pandas_load_again_s']:.2f} s "
         f"again; DuckDB {rd['duckdb_s']:.2f} s (target <= 10 s)")
+    c = r.get("cell", {})
+    row("7 Hessian family, realistic cell", c.get("skipped") or (
+        f"after/before CPU time {c['cpu_ratio_total']:.2f}, wall {c['wall_ratio_total']:.2f} (products "
+        f"{sum(c['products_after'].values())} vs {sum(c['products_before'].values())}; min eigenvalue within "
+        f"{c['min_eigenvalue_diff_in_tol_scale']:.2f} tol*scale, trace within {c['trace_diff_in_combined_stderr']:.2f} "
+        f"combined stderr; target <= 0.5)"))
+    la = r.get("launcher", {})
+    row("8 local launcher, 8 cells", la.get("skipped") or (
+        f"{la['command_speedup']:.2f}x whole command, {la['cells_speedup']:.2f}x cells phase with 2 warm workers "
+        f"vs one process (target >= 1.6)"))
     dm = r["demo"]
     row("6 demo sweep end to end", f"{dm['with_summary_s']:.1f} s (rc {dm['returncode']}, {dm['models_rows']} rows; "
         f"target <= 600 s)")
@@ -265,9 +324,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (figures not meaningful)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "latest.json"))
     parser.add_argument("--read-files", type=int, default=10_000, help="files of section 5")
-    parser.add_argument("--only", default="", help="comma-separated sections to run (hvp,seeds,overhead,read,demo)")
+    parser.add_argument("--only", default="", help="comma-separated sections to run "
+                        "(hvp,seeds,overhead,read,demo,cell,launcher)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)  # per-core ratios: the jobs use one thread (threads: 1), and the machine is shared
     only = set(filter(None, args.only.split(",")))
 
     def want(name: str) -> bool:
@@ -281,6 +342,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     r["overhead"] = bench_overhead(args.quick) if want("overhead") else skipped
     r["read"] = bench_read(args.quick, args.read_files) if want("read") else skipped
     r["demo"] = bench_demo(args.quick) if want("demo") else skipped
+    r["cell"] = bench_cell(args.quick) if want("cell") else skipped
+    r["launcher"] = bench_launcher(args.quick) if want("launcher") else skipped
     r["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     r["ratios"] = {
         "hvp_over_grad": r["hvp"].get("hvp_over_grad"),
@@ -291,6 +354,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "read_pandas_s": r["read"].get("pandas_load_s"),
         "read_duckdb_s": r["read"].get("duckdb_s"),
         "demo_sweep_s": r["demo"].get("with_summary_s"),
+        "hessian_cell_cpu_after_over_before": r["cell"].get("cpu_ratio_total"),
+        "local_launcher_speedup_2_workers": r["launcher"].get("command_speedup"),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -79,6 +79,29 @@ class TrainConfig:
     vectorize: str = "auto"
 
 
+@dataclass
+class PhaseConfig:
+    """``phase.*``: how ``landscape-phase`` reads this sweep (analysis only: not part of ``cell_id`` or of what
+    a cell computes). ``x``/``y``/``facet``: knob columns of the figure; ``thresholds``: paper | calibrate (the
+    base values, landscape/phase.py); ``train_loss`` (nats) or ``train_error`` (% of the training set),
+    ``mc_underfit``/``mc_barrier`` (percentage points of training error), ``cka`` (unitless): explicit values
+    on top; ``limits``: data | paper (colour limits); ``uncertain_below``: label confidence under which a cell
+    is drawn hatched; ``bootstrap``: resamples per cell."""
+
+    x: Optional[str] = None
+    y: Optional[str] = None
+    facet: Optional[str] = None
+    thresholds: str = "paper"
+    train_loss: Optional[float] = None
+    train_error: Optional[float] = None
+    mc_underfit: Optional[float] = None
+    mc_barrier: Optional[float] = None
+    cka: Optional[float] = None
+    limits: str = "data"
+    uncertain_below: float = 0.9
+    bootstrap: int = 1000
+
+
 _ROOT: dict[str, type] = {}
 
 
@@ -104,6 +127,7 @@ def _build_root() -> dict[str, type]:
             ("device", str, field(default="auto")),
             ("threads", int, field(default=1)),
             ("dry_run", bool, field(default=False)),
+            ("phase", PhaseConfig, field(default_factory=PhaseConfig)),  # landscape-phase settings (analysis only)
         ])
         root.__doc__ = _ROOT_DOC
         _ROOT.update(MetricsConfig=metrics_cls, LandscapeConfig=root)
@@ -257,6 +281,10 @@ def validate(cfg: DictConfig | Any) -> list[str]:
     if not (_is_int(cfg.threads) and cfg.threads >= 1):
         p.append(f"threads={cfg.threads!r}: expected an integer >= 1 (CPU threads of the job)")
 
+    if "phase" in cfg:
+        _choice(p, "phase.thresholds", cfg.phase.thresholds, ("paper", "calibrate"))  # landscape.phase.THRESHOLD_PRESETS
+        _choice(p, "phase.limits", cfg.phase.limits, ("data", "paper"))
+
     from landscape.metrics import enabled, validate_metrics
 
     family_msgs = validate_metrics(cfg)
@@ -303,6 +331,8 @@ def _metric_rule_problems(family: str, settings: Any) -> list[str]:
         if key not in settings:
             continue
         v = settings[key]
+        if v is None:
+            continue  # an optional setting left to its family's default (the family's own check decides)
         name = f"metrics.{family}.{key}={v!r}"
         if kind.startswith("int>="):
             low = int(kind[5:])

@@ -10,7 +10,8 @@ statistics are recomputed on the training inputs for the model at ``theta(t)``.
 Training (Garipov et al. 2018): SGD on the middle control points of ``E_t~U(0,1) loss(theta(t))``, one ``t``
 drawn per minibatch, with an L2 penalty ``weight_decay / 2 * |theta(t)|^2`` on the point of the curve;
 the model is evaluated with ``torch.func.functional_call`` on the parameter dict ``theta(t)``.
-Checkpoints (control points, optimizer, schedule, generator) make a killed run resume bitwise.
+The loop is ``landscape.engine``'s: checkpoints (control points, optimizer, generator) make a killed run
+resume bitwise, and a curve whose loss blows up ends with ``status = "diverged"``.
 
 Scalars along a path sampled at ``t_0 = 0 < ... < t_{T-1} = 1`` (``values`` = training error in percent or
 loss):
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -36,9 +36,24 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
-
-from landscape.training import LossFn, atomic_torch_save, evaluate, recompute_bn
+from landscape.engine import (
+    MemberResult,
+    Plan,
+    StepOut,
+    DamagedCheckpoint,
+    StepTask,
+    atomic_torch_save,
+    batch_slice,
+    epoch_permutation,
+    load_checkpoint,
+    lr_factor,
+    run,
+    set_aside,
+    steps_per_epoch,
+)
+from landscape.params import ParamLayout, functional_forward, load_parameters
+from landscape.params import trainable_parameters  # noqa: F401 - re-exported (metrics.connectivity, tests)
+from landscape.training import LossFn, evaluate, recompute_bn
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +63,6 @@ CURVE_CHECKPOINT = "curve_checkpoint.pt"
 CURVE_FINAL = "curve_final.pt"
 
 Params = dict[str, Tensor]
-
-
-def trainable_parameters(model: nn.Module) -> Params:
-    """``{name: detached clone}`` of the trainable parameters of ``model`` (the coordinates of a curve)."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def bernstein(degree: int, t: float, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> Tensor:
@@ -84,11 +94,11 @@ class BezierCurve:
         dtypes = {t.dtype for t in self.start.values()}
         if len(dtypes) != 1:
             raise ValueError(f"parameters of several dtypes {sorted(map(str, dtypes))}: a curve needs one dtype")
+        self.layout = ParamLayout.of(self.start)
         self.shapes = [self.start[n].shape for n in self.names]
-        self.numels = [self.start[n].numel() for n in self.names]
+        self.numels = self.layout.numels
         self.bends = int(middle[self.names[0]].shape[0])
-        flat = lambda d: torch.cat([d[n].reshape(-1) for n in self.names])  # noqa: E731
-        self._ends = torch.stack([flat(self.start), flat(self.end)])
+        self._ends = torch.stack([self.layout.flatten(self.start), self.layout.flatten(self.end)])
         self.middle_flat = torch.cat(
             [middle[n].detach().reshape(self.bends, k).to(self._ends) for n, k in zip(self.names, self.numels)], dim=1
         ).requires_grad_(self.bends > 0)
@@ -117,8 +127,7 @@ class BezierCurve:
     @property
     def middle(self) -> Params:
         """``{name: [bends, *shape]}`` views of the middle control points."""
-        parts = torch.split(self.middle_flat, self.numels, dim=1)
-        return {n: p.reshape(self.bends, *s) for n, p, s in zip(self.names, parts, self.shapes)}
+        return self.layout.unflatten_rows(self.middle_flat)
 
     def trainable(self) -> list[Tensor]:
         return [self.middle_flat] if self.bends else []
@@ -133,7 +142,7 @@ class BezierCurve:
 
     def unflatten(self, flat: Tensor) -> Params:
         """A flat vector ``[P]`` as a ``{name: tensor}`` dict of views."""
-        return {n: p.view(s) for n, p, s in zip(self.names, torch.split(flat, self.numels), self.shapes)}
+        return self.layout.unflatten(flat)
 
     def point(self, t: float) -> Params:
         """``theta(t)`` as a parameter dict (differentiable in the middle points; ends returned exactly)."""
@@ -178,7 +187,9 @@ class CurveSettings:
 @dataclass
 class CurveTrainResult:
     """``history``: mean training-batch loss (without the penalty) per epoch; ``epochs_run``: epochs trained
-    by this call (0 when loaded finished from ``workdir``)."""
+    by this call (0 when loaded finished from ``workdir``); ``status``: ``done`` or ``diverged`` (the engine's
+    divergence check: a batch loss not finite or far above the first one, or middle points not finite; the
+    curve's values are then meaningless), ``reason`` says why."""
 
     epochs: int
     steps: int
@@ -186,27 +197,91 @@ class CurveTrainResult:
     history: list[float] = field(default_factory=list)
     epochs_run: int = 0
     resumed_from_epoch: int = 0
+    status: str = "done"
+    reason: str | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
 
 
 def schedule_factor(schedule: str, epoch: int, epochs: int) -> float:
-    """Learning-rate multiplier of ``epoch`` (0-based) of ``epochs``."""
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
-    if schedule == "garipov":
-        a = epoch / max(epochs, 1)
-        if a <= 0.5:
-            return 1.0
-        if a <= 0.9:
-            return 1.0 - (a - 0.5) / 0.4 * 0.99
-        return 0.01
-    raise ValueError(f"schedule={schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    """Learning-rate multiplier of ``epoch`` (0-based) of ``epochs`` (``engine.lr_factor``)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    return lr_factor(schedule, epoch, epochs)
 
 
-def _steps_per_epoch(n: int, batch_size: int) -> int:
-    full, rest = divmod(n, batch_size)
-    return full + (1 if rest > 1 else 0)  # a trailing batch of one sample is dropped (BatchNorm)
+class _CurveTask(StepTask):
+    """SGD on the middle control points: per batch one ``t ~ U(0, 1)``, the loss at ``theta(t)`` plus the
+    penalty ``weight_decay / 2 * |theta(t)|^2``; per epoch a permutation, then the batch's ``t`` values."""
+
+    def __init__(self, curve: BezierCurve, model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn,
+                 s: CurveSettings, seed: int, final_path: Path | None, meta: dict):
+        self.curve, self.model, self.x, self.y, self.loss_fn, self.s = curve, model, x, y, loss_fn, s
+        self.final_path, self.meta = final_path, meta
+        self.members = ["curve"]
+        self.bs = min(s.batch_size, x.shape[0])
+        self.per_epoch = steps_per_epoch(x.shape[0], self.bs)
+        params = curve.trainable()
+        self.opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum) if params else None
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.ts = torch.empty(0, dtype=torch.float64)
+        self.total: Tensor | None = None
+        self.result: CurveTrainResult | None = None
+
+    def rng_state(self) -> dict[str, Tensor]:
+        return {"curve": self.gen.get_state()}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        self.gen.set_state(state["curve"])
+
+    def begin_epoch(self, epoch: int) -> float:
+        lr = self.s.lr * schedule_factor(self.s.schedule, epoch, self.s.epochs)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.perm = epoch_permutation(self.x.shape[0], self.gen, self.x.device)
+        self.ts = torch.rand(self.per_epoch, generator=self.gen, dtype=torch.float64)
+        return lr
+
+    def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
+        idx = batch_slice(self.perm, batch, self.bs)
+        flat = self.curve.point_flat(float(self.ts[batch]))
+        out = functional_forward(self.model, self.curve.unflatten(flat), self.x[idx])
+        yb = self.y[idx]
+        loss = self.loss_fn(out, yb)
+        self.total = loss + 0.5 * self.s.weight_decay * flat.pow(2).sum() if self.s.weight_decay else loss
+        acc = None
+        if accuracy and out.dim() == 2 and out.shape[0] == yb.shape[0] and not yb.is_floating_point():
+            acc = (out.detach().argmax(dim=-1) == yb).float().mean().reshape(1)
+        return StepOut(loss.reshape(1), acc)
+
+    def update(self, out: StepOut) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.total.backward()
+        self.opt.step()
+        self.total = None
+
+    def nonfinite_rows(self) -> list[int]:
+        return [] if bool(torch.isfinite(self.curve.middle_flat.detach()).all()) else [0]
+
+    def finish(self, row: int, r: MemberResult) -> None:
+        self.result = CurveTrainResult(epochs=r.epochs, steps=r.steps, seconds=r.seconds, history=r.history,
+                                       epochs_run=r.epochs - r.resumed_from_epoch,
+                                       resumed_from_epoch=r.resumed_from_epoch, status=r.status, reason=r.reason)
+        if self.final_path is not None:
+            atomic_torch_save({"meta": self.meta, "middle": self.curve.state(), "result": asdict(self.result)},
+                              self.final_path, checksum=True)
+
+    def state_dict(self) -> dict:
+        return {"middle": self.curve.state(), "optimizer": None if self.opt is None else self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict, members: list) -> bool:
+        self.curve.load_state(state["middle"])
+        if self.opt is not None:
+            self.opt.load_state_dict(state["optimizer"])
+        return True
 
 
 def train_curve(
@@ -219,14 +294,18 @@ def train_curve(
     seed: int,
     workdir: Path | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    phase: str = "curve",
 ) -> CurveTrainResult:
-    """Train the middle points of ``curve`` in place on ``(x, y)``; ``model`` is the architecture template
-    (its parameters are not used; its buffers are, and BatchNorm runs on batch statistics).
+    """Train the middle points of ``curve`` in place on ``(x, y)`` (``landscape.engine``); ``model`` is the
+    architecture template (its parameters are not used; its buffers are, and BatchNorm runs on batch statistics).
 
-    With ``workdir``, checkpoints go to ``curve_checkpoint.pt`` every ``checkpoint_every`` epochs and the
-    result to ``curve_final.pt``; a call finding the final file loads it and trains nothing, one finding a
-    checkpoint resumes from it (bitwise as if uninterrupted). ``progress(epoch, epochs, loss)`` runs after each
-    epoch (after its checkpoint).
+    With ``workdir``, checkpoints go to ``curve_checkpoint.pt`` every ``checkpoint_every`` epochs (and at a stop
+    request: ``should_stop()`` is polled after every step) and the result to ``curve_final.pt``; a call finding
+    the final file loads it and trains nothing, one finding a checkpoint resumes from it (bitwise as if
+    uninterrupted). ``progress(epoch, epochs, loss)`` runs after each epoch (after its checkpoint). ``phase``
+    names the work in progress lines (e.g. ``curve 0-1``). A diverged curve ends early with
+    ``status = "diverged"`` (see ``CurveTrainResult``).
     """
     s = settings
     # identifies the run: settings, seed, and a fingerprint of the endpoints and the initial middle points
@@ -236,80 +315,31 @@ def train_curve(
     ckpt_path = workdir / CURVE_CHECKPOINT if workdir is not None else None
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
+        state = None
         if final_path.exists():
-            state = torch.load(final_path, map_location=x.device, weights_only=False)
+            try:
+                state = load_checkpoint(final_path, map_location=x.device)
+            except DamagedCheckpoint as exc:
+                set_aside(final_path, exc)
+        if state is not None:
             if state["meta"] == meta:
                 curve.load_state(state["middle"])
                 return CurveTrainResult(**{**state["result"], "epochs_run": 0})
             log.warning("curve in %s was trained with other settings; retraining", workdir)
             ckpt_path.unlink(missing_ok=True)
 
-    params = curve.trainable()
-    n = x.shape[0]
-    bs = min(s.batch_size, n)
-    per_epoch = _steps_per_epoch(n, bs)
-    opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum) if params else None
-    gen = torch.Generator().manual_seed(int(seed))
-    start_epoch, step, seconds, history = 0, 0, 0.0, []
-    if ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=x.device, weights_only=False)
-        if state["meta"] == meta:
-            curve.load_state(state["middle"])
-            if opt is not None:
-                opt.load_state_dict(state["optimizer"])
-            gen.set_state(state["generator"].cpu())  # CPU generator; map_location moved it
-            start_epoch, step, seconds, history = state["epoch"], state["step"], state["seconds"], state["history"]
-            log.info("curve: resumed at epoch %d", start_epoch)
-
-    t0 = time.perf_counter()
+    task = _CurveTask(curve, model, x, y, loss_fn, s, seed, final_path, meta)
+    plan = Plan(epochs=s.epochs if task.opt is not None else 0, per_epoch=task.per_epoch,
+                checkpoint_every=s.checkpoint_every)
     was_training = model.training
     model.train()
-    for epoch in range(start_epoch, s.epochs if params else 0):
-        lr = s.lr * schedule_factor(s.schedule, epoch, s.epochs)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        perm = torch.randperm(n, generator=gen).to(x.device)
-        ts = torch.rand(per_epoch, generator=gen, dtype=torch.float64)
-        loss_sum = 0.0
-        for b in range(per_epoch):
-            idx = perm[b * bs : (b + 1) * bs]
-            flat = curve.point_flat(float(ts[b]))
-            loss = loss_fn(functional_call(model, curve.unflatten(flat), (x[idx],)), y[idx])
-            total = loss
-            if s.weight_decay:
-                total = total + 0.5 * s.weight_decay * flat.pow(2).sum()
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            step += 1
-            loss_sum += float(loss.detach())
-        history.append(loss_sum / per_epoch)
-        if ckpt_path is not None and (epoch + 1) % s.checkpoint_every == 0 and epoch + 1 < s.epochs:
-            atomic_torch_save(
-                {
-                    "meta": meta,
-                    "middle": curve.state(),
-                    "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(),
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "seconds": seconds + time.perf_counter() - t0,
-                    "history": history,
-                },
-                ckpt_path,
-            )
-        if progress is not None:
-            progress(epoch + 1, s.epochs, history[-1])
-    model.train(was_training)
-    seconds += time.perf_counter() - t0
-    result = CurveTrainResult(
-        epochs=len(history), steps=step, seconds=seconds, history=history,
-        epochs_run=len(history) - start_epoch, resumed_from_epoch=start_epoch,
-    )
-    if final_path is not None:
-        atomic_torch_save({"meta": meta, "middle": curve.state(), "result": asdict(result)}, final_path)
-        ckpt_path.unlink(missing_ok=True)
-    return result
+    try:
+        run(task, plan, phase, ckpt_path, meta=meta, should_stop=should_stop, on_epoch=progress,
+            map_location=x.device)
+    finally:
+        model.train(was_training)
+    assert task.result is not None
+    return task.result
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -322,14 +352,6 @@ class PathValues:
     train_err: list[float]
     test_loss: list[float] = field(default_factory=list)
     test_err: list[float] = field(default_factory=list)
-
-
-def load_parameters(model: nn.Module, params: Mapping[str, Tensor]) -> None:
-    """Copy ``params`` into ``model``'s parameters of the same names (in place, no autograd)."""
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in params:
-                p.copy_(params[n])
 
 
 @torch.no_grad()

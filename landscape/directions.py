@@ -1,8 +1,8 @@
 """Directions in parameter space: flat parameter vectors, filter-normalised random directions, Hessian directions.
 
 A *flat vector* ``[P]`` lists every trainable parameter of a model in ``model.named_parameters()`` order
-(``flat_parameters``). Buffers (BatchNorm running statistics) are not part
-of it; they stay as they are in the model.
+(``landscape.params``, where the flat-vector helpers re-exported here live). Buffers (BatchNorm running
+statistics) are not part of it; they stay as they are in the model.
 
 Filter normalisation (Li et al. 2018, "Visualizing the loss landscape of neural nets"): draw ``d ~ N(0, I)``
 and, for every weight tensor with at least two dimensions, rescale each *filter* -- the slice along dim 0,
@@ -14,11 +14,19 @@ BatchNorm parameters (every parameter with fewer than two dimensions) get zero.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from landscape.params import (
+    ParamLayout,
+    flat_parameters,
+    named_trainable,
+    set_flat_parameters,
+    unflatten,
+    unflatten_batch,
+)
 from landscape.training import LossFn
 
 log = logging.getLogger(__name__)
@@ -38,50 +46,9 @@ __all__ = [
 ]
 
 
-def flat_parameters(model: nn.Module) -> Tensor:
-    """All trainable parameters of ``model`` concatenated into one flat vector ``[P]`` (detached)."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
-
-
 def l2_distance(a: nn.Module, b: nn.Module) -> float:
     """||theta_a - theta_b||_2 over the trainable parameters of two models of one architecture, in float64."""
     return float(torch.linalg.vector_norm(flat_parameters(a).double() - flat_parameters(b).double()))
-
-
-def named_trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """``(name, parameter)`` of every trainable parameter, in the order of the flat vector."""
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-
-def _segments(model: nn.Module) -> Iterator[tuple[str, int, int, torch.Size]]:
-    """``(name, start, stop, shape)`` of each trainable parameter's slice of the flat vector."""
-    start = 0
-    for name, p in named_trainable(model):
-        stop = start + p.numel()
-        yield name, start, stop, p.shape
-        start = stop
-
-
-def unflatten(vec: Tensor, model: nn.Module) -> dict[str, Tensor]:
-    """Split a flat vector ``[P]`` into ``{name: tensor}`` shaped like ``model``'s trainable parameters
-    (views of ``vec``; usable with ``torch.func.functional_call``, also under ``vmap``)."""
-    return {name: vec[a:b].view(shape) for name, a, b, shape in _segments(model)}
-
-
-def unflatten_batch(points: Tensor, model: nn.Module) -> dict[str, Tensor]:
-    """Split ``[m, P]`` into ``{name: tensor [m, *shape]}`` (views)."""
-    m = points.shape[0]
-    return {name: points[:, a:b].reshape(m, *shape) for name, a, b, shape in _segments(model)}
-
-
-@torch.no_grad()
-def set_flat_parameters(model: nn.Module, vec: Tensor) -> None:
-    """Copy the flat vector ``vec [P]`` into ``model``'s trainable parameters, in place."""
-    total = sum(p.numel() for _, p in named_trainable(model))
-    if vec.numel() != total:
-        raise ValueError(f"flat vector has {vec.numel()} entries, the model has {total} trainable parameters")
-    for (_, p), (_, a, b, _) in zip(named_trainable(model), _segments(model)):
-        p.copy_(vec[a:b].view_as(p))
 
 
 def gaussian_direction(model: nn.Module, seed: int, dtype: torch.dtype | None = None) -> Tensor:
@@ -106,13 +73,15 @@ def filter_normalise(direction: Tensor, model: nn.Module, eps: float = 1e-10) ->
     """
     out = torch.zeros_like(direction)
     params = dict(named_trainable(model))
-    for name, a, b, shape in _segments(model):
+    layout = ParamLayout.of_model(model)
+    parts, out_parts = layout.unflatten(direction), layout.unflatten(out)  # views
+    for name, shape in zip(layout.names, layout.shapes):
         if len(shape) < 2:
             continue
-        d = direction[a:b].reshape(shape[0], -1)
+        d = parts[name].reshape(shape[0], -1)
         w = params[name].detach().to(direction.dtype).reshape(shape[0], -1)
         scale = w.norm(dim=1, keepdim=True) / (d.norm(dim=1, keepdim=True) + eps)
-        out[a:b] = (d * scale).reshape(-1)
+        out_parts[name].copy_((d * scale).reshape(shape))
     return out
 
 

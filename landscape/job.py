@@ -108,22 +108,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-class _Progress:
-    """A tqdm bar over a cell's epochs, shown only in an interactive terminal."""
-
-    def __init__(self, total: int, desc: str):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc=desc, leave=False, disable=None, unit="epoch")
-
-    def __call__(self, epoch: int, epochs: int, loss: float) -> None:
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.4f}")
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def run_cell(
     cfg: DictConfig,
     sweep_dir: str | Path,
@@ -558,23 +542,21 @@ def train_seeds(
 
         raise ConfigError([str(exc)]) from exc
     results: dict[int, TrainResult] = {}
+    # progress (a bar in a terminal, else a log line every LANDSCAPE_PROGRESS_S seconds) comes from the engine
     if together:
-        bar = _Progress(settings.total_epochs(data.n_train), f"{cell.cell_id} seeds {','.join(map(str, seeds))}")
-        try:
-            results = train_together(models, data.x_train, data.y_train, settings,
-                                     {s: cell.seed_dir(s) for s in seeds}, cell.path / "groups" / group_name(seeds),
-                                     progress=bar, should_stop=should_stop)
-        finally:
-            bar.close()
-        return models, {s: results[s] for s in seeds}
-    for s in seeds:
-        bar = _Progress(settings.total_epochs(data.n_train), f"{cell.cell_id} seed {s}")
-        try:
+        results = train_together(models, data.x_train, data.y_train, settings,
+                                 {s: cell.seed_dir(s) for s in seeds}, cell.path / "groups" / group_name(seeds),
+                                 should_stop=should_stop,
+                                 phase=f"cell {cell.cell_id}: training seeds {','.join(map(str, seeds))} together")
+    else:
+        for s in seeds:
             results[s] = train_model(models[s], data.x_train, data.y_train, settings, s, cell.seed_dir(s),
-                                     progress=bar, should_stop=should_stop)
-        finally:
-            bar.close()
-    return models, results
+                                     should_stop=should_stop, phase=f"cell {cell.cell_id}: training seed {s}")
+    for s in seeds:
+        if results[s].status == "diverged":
+            log.warning("cell %s: seed %d diverged after %d steps (%s)", cell.cell_id, s, results[s].steps,
+                        results[s].reason or "reason not recorded")
+    return models, {s: results[s] for s in seeds}
 
 
 def check_after_load(cfg: DictConfig, data: CellData) -> None:

@@ -9,30 +9,42 @@ Conventions:
 * Temperature-like knobs are oriented as in the paper: high temperature at the top. Small batches are "hot",
   so ``train.batch_size`` is drawn with an inverted axis (small batch at the top); ``train.lr`` and
   ``train.weight_decay`` are hot when large and keep the usual orientation (:data:`INVERTED_KNOBS`).
-* Every metric has a fixed colour range and colour map (:data:`METRIC_STYLES`, the paper's ranges), the same
-  in every facet; mode connectivity uses a diverging map centred at 0; Hessian metrics are drawn as the
-  natural log of the cell mean.
-* A cell with no value (never run, failed, diverged, or a metric that is NaN) is masked: drawn in a neutral
-  grey (the colour map's "bad" colour) and marked with a symbol (:data:`MASK_MARKERS`); nothing is
-  interpolated.
+* Colour limits come from the data by default: the 2nd and 98th percentiles of the cell means of all facets
+  together (:func:`colour_limits`; for log scales, of the logarithms), so every facet shares one colour bar.
+  ``limits="paper"`` uses the paper's ranges (:class:`MetricStyle`). Values beyond the limits are clipped:
+  the colour bar gets extend arrows and the cells a triangle (up: above, down: below the limits).
+* Training loss, Hessian eigenvalue and trace use a log10 colour scale (the colour bar is ticked in the
+  metric's own units); mode connectivity a diverging symmetric-log scale centred at 0 (linear within +-1 pp),
+  so both the -0.5 pp boundary and tens of pp are visible. Every colour bar is labelled with the metric,
+  its unit and the scale, and marks the phase rule's thresholds when given.
+* A cell with no value (never run, failed, diverged, a metric that is missing, or <= 0 on a log scale) is
+  masked: drawn in a neutral grey and marked with a symbol (:data:`MASK_MARKERS`) at its place; the axes
+  always hold every cell of the grid, so a failed row never vanishes.
+* The phase map draws one discrete colour per phase (:data:`PHASE_COLOURS`), the boundaries between phases,
+  a legend (cells and mean test accuracy per phase), each cell's label confidence and its numbers of models
+  and pairs, and hatches cells whose confidence is below a level.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.colors as mcolors  # noqa: E402
-import matplotlib.ticker  # noqa: E402
+import matplotlib.patches as mpatches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.collections import LineCollection, QuadMesh  # noqa: E402
+from matplotlib.collections import LineCollection, PatchCollection, QuadMesh  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from landscape.phase import PHASES  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -42,70 +54,172 @@ INVERTED_KNOBS: frozenset[str] = frozenset({"train.batch_size"})
 TEMPERATURE_KNOBS: frozenset[str] = frozenset({"train.batch_size", "train.lr", "train.weight_decay"})
 
 MISSING_COLOUR = "#d0d0d0"
-#: Marker per reason a cell is masked: no rows at all, all models failed, all diverged, metric NaN.
+#: Marker per reason a cell is masked.
 MASK_MARKERS: dict[str, dict] = {
-    "missing": dict(marker="x", color="0.35", markersize=5, linestyle="none"),
+    "missing": dict(marker="s", markerfacecolor="none", color="0.35", markersize=6, linestyle="none"),
     "failed": dict(marker="x", color="black", markersize=7, linestyle="none", markeredgewidth=1.5),
     "diverged": dict(marker="+", color="black", markersize=8, linestyle="none", markeredgewidth=1.5),
-    "nan": dict(marker=".", color="0.35", markersize=4, linestyle="none"),
+    "nan": dict(marker="o", markerfacecolor="none", color="0.2", markersize=5, linestyle="none"),
+    "nonpositive": dict(marker="_", color="0.2", markersize=8, linestyle="none", markeredgewidth=1.5),
 }
+MASK_LABELS: dict[str, str] = {
+    "missing": "no rows (not run / pending)", "failed": "failed", "diverged": "diverged",
+    "nan": "value missing", "nonpositive": "<= 0 on a log scale",
+}
+CLIP_MARKERS: dict[str, dict] = {
+    "high": dict(marker="^", markerfacecolor="white", markeredgecolor="0.45", markersize=7, linestyle="none"),
+    "low": dict(marker="v", markerfacecolor="white", markeredgecolor="0.45", markersize=7, linestyle="none"),
+}
+#: One colour per phase (poorly trained: warm; well trained: purple / greens).
+PHASE_COLOURS: dict[str, str] = {"I": "#b2182b", "II": "#f4a582", "III": "#7b3294", "IV-A": "#a6dba0", "IV-B": "#1b7837"}
+_DARK_PHASES = frozenset({"I", "III", "IV-B"})
 
 
 @dataclass(frozen=True)
 class MetricStyle:
-    """How one metric is drawn: label, colour range (of the transformed value), colour map, transform."""
+    """How one metric is drawn. ``label``/``unit`` name it on the colour bar; ``log``: log10 colour scale of
+    the values (data limits); ``centre``: a diverging scale centred there (symmetric-log with linear part
+    ``linthresh`` for data limits); ``paper``: the paper's ``(vmin, vmax)`` in the metric's units, drawn with
+    ``paper_log`` (log10) or a linear scale."""
 
     label: str
-    vmin: float
-    vmax: float
+    unit: str
     cmap: str = "viridis"
     log: bool = False
-    centre: float | None = None  # diverging map centred here
-
-    def transform(self, values: np.ndarray) -> np.ndarray:
-        """The drawn value: natural log for ``log`` styles (non-positive -> NaN), else unchanged."""
-        v = np.asarray(values, dtype=np.float64)
-        if self.log:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                v = np.where(v > 0, np.log(np.where(v > 0, v, 1.0)), np.nan)
-        return v
-
-    def norm(self) -> mcolors.Normalize:
-        if self.centre is not None:
-            return mcolors.TwoSlopeNorm(vcenter=self.centre, vmin=self.vmin, vmax=self.vmax)
-        return mcolors.Normalize(vmin=self.vmin, vmax=self.vmax)
+    centre: float | None = None
+    linthresh: float = 1.0
+    paper: tuple[float, float] | None = None
+    paper_log: bool = False
 
 
-#: The paper's colour ranges (Figure 1 of Yang et al. 2021).
+#: Styles of the known metrics; ``paper`` holds the paper's colour ranges (Figure 1 of Yang et al. 2021,
+#: where the Hessian metrics were drawn as natural logs: 0-6 and 3-8).
 METRIC_STYLES: dict[str, MetricStyle] = {
-    "test_acc": MetricStyle("test accuracy", 0.56, 0.91, "viridis"),
-    "train_loss": MetricStyle("training loss", 0.0, 3.0, "magma_r"),
-    "hessian.top_eigenvalue": MetricStyle("log top Hessian eigenvalue", 0.0, 6.0, "magma_r", log=True),
-    "hessian.trace": MetricStyle("log Hessian trace", 3.0, 8.0, "magma_r", log=True),
-    "connectivity.mc": MetricStyle("mode connectivity", -30.0, 30.0, "RdBu_r", centre=0.0),
-    "cka": MetricStyle("CKA similarity", 0.3, 0.8, "viridis"),
-    "l2_distance": MetricStyle("L2 distance", 0.0, 100.0, "cividis"),
+    "test_acc": MetricStyle("test accuracy", "fraction", "viridis", paper=(0.56, 0.91)),
+    "train_acc": MetricStyle("training accuracy", "fraction", "viridis", paper=(0.56, 1.0)),
+    "train_loss": MetricStyle("training loss", "nats", "magma_r", log=True, paper=(0.0, 3.0)),
+    "train_error": MetricStyle("training error", "%", "magma_r", log=True, paper=(0.0, 50.0)),
+    "test_loss": MetricStyle("test loss", "nats", "magma_r", log=True, paper=(0.0, 3.0)),
+    "hessian.top_eigenvalue": MetricStyle("Hessian top eigenvalue", "nats / param²", "magma_r", log=True,
+                                          paper=(float(np.exp(0.0)), float(np.exp(6.0))), paper_log=True),
+    "hessian.trace": MetricStyle("Hessian trace", "nats / param²", "magma_r", log=True,
+                                 paper=(float(np.exp(3.0)), float(np.exp(8.0))), paper_log=True),
+    "connectivity.mc": MetricStyle("mode connectivity mc", "pp of training error", "RdBu_r", centre=0.0,
+                                   linthresh=1.0, paper=(-30.0, 30.0)),
+    "cka": MetricStyle("CKA similarity", "unitless", "viridis", paper=(0.3, 0.8)),
+    "l2_distance": MetricStyle("L2 distance between seeds", "parameter units", "cividis", paper=(0.0, 100.0)),
 }
 
 #: The paper's panel order.
 DEFAULT_METRICS: tuple[str, ...] = (
     "test_acc", "train_loss", "hessian.top_eigenvalue", "hessian.trace", "connectivity.mc", "cka", "l2_distance",
 )
+LIMIT_MODES: tuple[str, ...] = ("data", "paper")
+#: Percentiles of the data that bound the colour scale (robust to a few extreme cells).
+DATA_PERCENTILES: tuple[float, float] = (2.0, 98.0)
+
+
+def _family_styles() -> dict[str, Any]:
+    """``{metric: FigureStyle}`` declared by the metric families (the family contract), where it exists."""
+    from landscape.phase import _contract
+
+    if _contract() is None:
+        return {}
+    import landscape.metrics as metrics_mod
+
+    get = getattr(metrics_mod, "figure_styles", None)
+    return get() if get is not None else {}
 
 
 def style_for(metric: str, cells: pd.DataFrame | None = None) -> MetricStyle:
-    """The fixed style of a known metric; an unknown metric gets viridis over its finite range in ``cells``."""
+    """The style of a metric: :data:`METRIC_STYLES`, else the figure style its family declares (label, units,
+    colour map, paper range; a ``log`` style's range is read as natural logs), else viridis with its name."""
     if metric in METRIC_STYLES:
         return METRIC_STYLES[metric]
-    lo, hi = 0.0, 1.0
-    if cells is not None and metric in cells.columns:
-        v = cells[metric].astype("float64").to_numpy()
-        v = v[np.isfinite(v)]
-        if v.size:
-            lo, hi = float(v.min()), float(v.max())
-            if lo == hi:
+    fs = _family_styles().get(metric)
+    if fs is not None:
+        if getattr(fs, "log", False):
+            return MetricStyle(fs.label, getattr(fs, "units", ""), fs.cmap, log=True,
+                               paper=(float(np.exp(fs.vmin)), float(np.exp(fs.vmax))), paper_log=True)
+        return MetricStyle(fs.label, getattr(fs, "units", ""), fs.cmap, centre=getattr(fs, "centre", None),
+                           paper=(float(fs.vmin), float(fs.vmax)))
+    return MetricStyle(metric, "")
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """A metric's colour scale over all facets: norm, limits (metric units), extend arrows, description."""
+
+    norm: mcolors.Normalize
+    vmin: float
+    vmax: float
+    extend: str
+    scale: str  # "linear" | "log10" | "symlog" | "diverging"
+    mode: str  # "data" | "paper"
+
+    def clipped(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boolean masks ``(below, above)`` of finite values beyond the limits."""
+        v = np.asarray(values, dtype=np.float64)
+        fin = np.isfinite(v)
+        with np.errstate(invalid="ignore"):
+            return fin & (v < self.vmin), fin & (v > self.vmax)
+
+
+def colour_limits(values: np.ndarray, style: MetricStyle, mode: str = "data") -> ColourScale:
+    """The colour scale of a metric from all its cell values (every facet together). ``data``: the
+    :data:`DATA_PERCENTILES` of the finite values (of their log10 for log styles, of |v| for centred styles,
+    which become symmetric); ``paper``: the style's paper range. ``extend`` says which side has values beyond."""
+    if mode not in LIMIT_MODES:
+        raise ValueError(f"limits={mode!r}: expected one of {', '.join(LIMIT_MODES)}")
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if mode == "paper" and style.paper is not None:
+        lo, hi = style.paper
+        if style.paper_log:
+            norm, scale = mcolors.LogNorm(lo, hi), "log10"
+        elif style.centre is not None:
+            norm, scale = mcolors.TwoSlopeNorm(vcenter=style.centre, vmin=lo, vmax=hi), "diverging"
+        else:
+            norm, scale = mcolors.Normalize(lo, hi), "linear"
+    else:
+        mode = "data"
+        p_lo, p_hi = DATA_PERCENTILES
+        if style.log:
+            pos = v[v > 0]
+            if pos.size:
+                llo, lhi = np.percentile(np.log10(pos), [p_lo, p_hi])
+            else:
+                llo, lhi = 0.0, 1.0
+            if lhi - llo < 1e-6:
+                llo, lhi = llo - 0.5, lhi + 0.5
+            lo, hi = float(10 ** llo), float(10 ** lhi)
+            norm, scale = mcolors.LogNorm(lo, hi), "log10"
+        elif style.centre is not None:
+            a = np.percentile(np.abs(v - style.centre), p_hi) if v.size else 1.0
+            a = float(max(a, style.linthresh))
+            lo, hi = style.centre - a, style.centre + a
+            norm = mcolors.SymLogNorm(linthresh=style.linthresh, linscale=1.0, vmin=lo, vmax=hi, base=10)
+            scale = "symlog"
+        else:
+            lo, hi = (np.percentile(v, [p_lo, p_hi]) if v.size else (0.0, 1.0))
+            lo, hi = float(lo), float(hi)
+            if hi - lo < 1e-12:
                 lo, hi = lo - 0.5, hi + 0.5
-    return MetricStyle(metric, lo, hi)
+            norm, scale = mcolors.Normalize(lo, hi), "linear"
+    below = bool((v < lo).any()) if v.size else False
+    above = bool((v > hi).any()) if v.size else False
+    extend = "both" if below and above else "min" if below else "max" if above else "neither"
+    return ColourScale(norm, float(lo), float(hi), extend, scale, mode)
+
+
+def colour_bar_label(style: MetricStyle, scale: ColourScale) -> str:
+    """``"<label> [<unit>]"`` and the scale: ``log10 scale``, ``symlog, linear within ±t``, paper limits."""
+    text = style.label + (f" [{style.unit}]" if style.unit else "")
+    extra = {"log10": "log10 scale", "symlog": f"symlog scale, linear within ±{style.linthresh:g}",
+             "diverging": "centred at 0", "linear": ""}[scale.scale]
+    if scale.mode == "paper":
+        extra = ", ".join(x for x in (extra, "paper's limits") if x)
+    return text + (f"\n({extra})" if extra else "")
 
 
 def axis_scale(values: Sequence[float]) -> str:
@@ -168,29 +282,35 @@ class Grid:
 
     @classmethod
     def from_cells(cls, cells: pd.DataFrame, x: str, y: str) -> "Grid":
-        xs = np.sort(cells[x].astype("float64").unique())
-        ys = np.sort(cells[y].astype("float64").unique())
+        xs = np.sort(pd.to_numeric(cells[x], errors="coerce").astype("float64").dropna().unique())
+        ys = np.sort(pd.to_numeric(cells[y], errors="coerce").astype("float64").dropna().unique())
+        if not xs.size or not ys.size:
+            raise ValueError(f"no numeric values of {x!r} or {y!r} in the cells")
         xsc, ysc = axis_scale(xs), axis_scale(ys)
         return cls(x, y, xs, ys, cell_edges(xs, xsc), cell_edges(ys, ysc), xsc, ysc)
+
+    def _index(self, cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        ix = np.searchsorted(self.xs, pd.to_numeric(cells[self.x], errors="coerce").to_numpy(dtype=np.float64))
+        iy = np.searchsorted(self.ys, pd.to_numeric(cells[self.y], errors="coerce").to_numpy(dtype=np.float64))
+        return iy, ix
 
     def array(self, cells: pd.DataFrame, column: str) -> np.ndarray:
         """``[len(ys), len(xs)]`` values of ``column`` (NaN where a cell is absent)."""
         out = np.full((self.ys.size, self.xs.size), np.nan)
-        if column not in cells.columns:
+        if column not in cells.columns or cells.empty:
             return out
-        ix = np.searchsorted(self.xs, cells[self.x].astype("float64").to_numpy())
-        iy = np.searchsorted(self.ys, cells[self.y].astype("float64").to_numpy())
-        out[iy, ix] = pd.to_numeric(cells[column], errors="coerce").astype("float64").to_numpy()
+        iy, ix = self._index(cells)
+        out[iy, ix] = pd.to_numeric(cells[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         return out
 
     def labels(self, cells: pd.DataFrame, column: str) -> np.ndarray:
-        """``[len(ys), len(xs)]`` object array of ``column`` (None where a cell is absent)."""
+        """``[len(ys), len(xs)]`` object array of ``column`` (None where a cell is absent or null)."""
         out = np.full((self.ys.size, self.xs.size), None, dtype=object)
-        if column not in cells.columns:
+        if column not in cells.columns or cells.empty:
             return out
-        ix = np.searchsorted(self.xs, cells[self.x].astype("float64").to_numpy())
-        iy = np.searchsorted(self.ys, cells[self.y].astype("float64").to_numpy())
-        out[iy, ix] = cells[column].to_numpy()
+        iy, ix = self._index(cells)
+        vals = cells[column].astype(object).to_numpy()
+        out[iy, ix] = [None if (v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA) else v for v in vals]
         return out
 
     def setup_axes(self, ax) -> None:
@@ -206,51 +326,85 @@ class Grid:
             axis.set_major_locator(matplotlib.ticker.FixedLocator(vals))
             axis.set_major_formatter(matplotlib.ticker.FixedFormatter([_fmt(v) for v in vals]))
             axis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.tick_params(axis="x", labelrotation=90, labelsize=6)
-        ax.tick_params(axis="y", labelsize=6)
-        ax.set_xlabel(self.x)
-        ax.set_ylabel(self.y)
+        ax.tick_params(axis="x", labelrotation=45 if self.crowded else 0, labelsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_xlabel(self.x, fontsize=8)
+        ax.set_ylabel(self.y + ("\n(small = hot, on top)" if self.y in INVERTED_KNOBS else ""), fontsize=8)
+
+    @property
+    def crowded(self) -> bool:
+        """Whether the x tick labels are rotated (many or long values)."""
+        return bool(self.xs.size > 8 or max(len(_fmt(v)) for v in self.xs) * self.xs.size > 40)
 
 
 def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
-def mask_reasons(grid: Grid, cells: pd.DataFrame, values: np.ndarray) -> np.ndarray:
+def mask_reasons(grid: Grid, cells: pd.DataFrame, values: np.ndarray, log_scale: bool = False) -> np.ndarray:
     """``[len(ys), len(xs)]`` object array: None for drawn cells, else why the cell is masked
-    (``missing``: no rows; ``failed`` / ``diverged``: the cell's status; ``nan``: the metric is NaN)."""
+    (``missing``: no rows or not run yet; ``failed`` / ``diverged``: the cell's status; ``nan``: the metric is
+    missing in a done cell; ``nonpositive``: <= 0 on a log colour scale)."""
     status = grid.labels(cells, "status") if "status" in cells.columns else None
     present = grid.labels(cells, grid.x) != None  # noqa: E711  (object array comparison)
     out = np.full(values.shape, None, dtype=object)
-    bad = ~np.isfinite(values)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | ((values <= 0) if log_scale else False)
     for iy, ix in zip(*np.nonzero(bad)):
-        if not present[iy, ix]:
+        st = None if status is None else status[iy, ix]
+        if not present[iy, ix] or st in ("missing", "pending", "running", "interrupted"):
             out[iy, ix] = "missing"
-        elif status is not None and status[iy, ix] in ("failed", "diverged"):
-            out[iy, ix] = str(status[iy, ix])
-        elif status is not None and status[iy, ix] not in ("done", None):
+        elif st in ("failed", "diverged"):
+            out[iy, ix] = str(st)
+        elif st not in ("done", None):
             out[iy, ix] = "failed"
+        elif np.isfinite(values[iy, ix]):
+            out[iy, ix] = "nonpositive"
         else:
             out[iy, ix] = "nan"
     return out
 
 
-def draw_metric(ax, grid: Grid, cells: pd.DataFrame, metric: str, style: MetricStyle | None = None) -> QuadMesh:
-    """One panel: ``pcolormesh`` of the (transformed) cell means of ``metric`` with the style's fixed norm;
-    masked cells in the neutral colour, marked by :data:`MASK_MARKERS` (Line2D artists with ``gid``
-    ``mask:<reason>``). Returns the QuadMesh."""
-    style = style or style_for(metric, cells)
-    values = style.transform(grid.array(cells, metric))
-    cmap = plt.get_cmap(style.cmap).with_extremes(bad=MISSING_COLOUR)
-    mesh = ax.pcolormesh(grid.x_edges, grid.y_edges, np.ma.masked_invalid(values), cmap=cmap,
-                         norm=style.norm(), shading="flat")
-    mesh.set_gid(f"metric:{metric}")
-    reasons = mask_reasons(grid, cells, values)
-    for reason, kw in MASK_MARKERS.items():
+def _mark(ax, grid: Grid, reasons: np.ndarray, markers: dict[str, dict], prefix: str, labels: dict[str, str]) -> None:
+    for reason, kw in markers.items():
         iy, ix = np.nonzero(reasons == reason)
         if iy.size:
-            (line,) = ax.plot(grid.xs[ix], grid.ys[iy], label=reason, **kw)
-            line.set_gid(f"mask:{reason}")
+            (line,) = ax.plot(grid.xs[ix], grid.ys[iy], label=labels.get(reason, reason), zorder=5, **kw)
+            line.set_gid(f"{prefix}:{reason}")
+
+
+def _clip_marks(ax, grid: Grid, values: np.ndarray, scale: ColourScale) -> None:
+    below, above = scale.clipped(values)
+    # at the cell's upper-right corner area (a quarter of the way in), so they do not hide mask markers
+    fx = np.sqrt(grid.x_edges[1:] * grid.xs) if grid.x_scale == "log" else 0.5 * (grid.x_edges[1:] + grid.xs)
+    fy_edge = grid.y_edges[:-1] if grid.y in INVERTED_KNOBS else grid.y_edges[1:]
+    fy = np.sqrt(fy_edge * grid.ys) if grid.y_scale == "log" else 0.5 * (fy_edge + grid.ys)
+    for name, mask in (("high", above), ("low", below)):
+        iy, ix = np.nonzero(mask)
+        if iy.size:
+            (line,) = ax.plot(fx[ix], fy[iy], label=f"{'above' if name == 'high' else 'below'} colour limits",
+                              zorder=6, **CLIP_MARKERS[name])
+            line.set_gid(f"clipped:{name}")
+
+
+def draw_metric(ax, grid: Grid, cells: pd.DataFrame, metric: str, style: MetricStyle | None = None,
+                scale: ColourScale | None = None) -> QuadMesh:
+    """One panel: ``pcolormesh`` of the cell means of ``metric`` under ``scale`` (default: data limits of these
+    cells); masked cells in the neutral colour, marked by :data:`MASK_MARKERS` (Line2D artists with ``gid``
+    ``mask:<reason>``); clipped cells by :data:`CLIP_MARKERS` (``gid`` ``clipped:high`` / ``clipped:low``).
+    Returns the QuadMesh (``gid`` ``metric:<metric>``)."""
+    style = style or style_for(metric)
+    values = grid.array(cells, metric)
+    scale = scale or colour_limits(values, style)
+    log_scale = isinstance(scale.norm, mcolors.LogNorm)
+    with np.errstate(invalid="ignore"):
+        drawn = np.where(np.isfinite(values) & np.logical_or(not log_scale, values > 0), values, np.nan)
+    cmap = plt.get_cmap(style.cmap).with_extremes(bad=MISSING_COLOUR)
+    mesh = ax.pcolormesh(grid.x_edges, grid.y_edges, np.ma.masked_invalid(drawn), cmap=cmap, norm=scale.norm,
+                         shading="flat")
+    mesh.set_gid(f"metric:{metric}")
+    _mark(ax, grid, mask_reasons(grid, cells, values, log_scale), MASK_MARKERS, "mask", MASK_LABELS)
+    _clip_marks(ax, grid, values, scale)
     grid.setup_axes(ax)
     ax.set_title(style.label, fontsize=9)
     return mesh
@@ -268,47 +422,127 @@ def _facet_cells(cells: pd.DataFrame, facet: str | None, value) -> pd.DataFrame:
     return cells if facet is None else cells[cells[facet] == value]
 
 
+def _facet_title(facet: str | None, fv: Any) -> str:
+    if facet is None:
+        return ""
+    return f"{facet} = {fv:g}" if isinstance(fv, (int, float, np.number)) else f"{facet} = {fv}"
+
+
+def _threshold_marks(cbar, metric: str, rule: Any) -> None:
+    """Lines on a colour bar at the phase rule's thresholds of that metric."""
+    if rule is None:
+        return
+    marks = {rule.fit_column: [rule.fit_threshold], rule.mc_column: [rule.mc_barrier, rule.mc_underfit],
+             rule.cka_column: [rule.cka]}.get(metric, [])
+    lo, hi = cbar.mappable.norm.vmin, cbar.mappable.norm.vmax
+    for t in marks:
+        if lo <= t <= hi:
+            cbar.ax.axvline(t, color="black", linewidth=1.2, linestyle="--", gid=f"threshold:{metric}")
+
+
 def metrics_figure(
-    cells: pd.DataFrame, x: str, y: str, metrics: Sequence[str] = DEFAULT_METRICS, facet: str | None = None
+    cells: pd.DataFrame, x: str, y: str, metrics: Sequence[str] = DEFAULT_METRICS, facet: str | None = None,
+    limits: str = "data", rule: Any = None,
 ) -> Figure:
     """The Figure-1 layout: one column per metric, one row per facet value, the same grid (all facets'
-    knob values) in every panel, one colour bar per metric column (colour limits fixed per metric)."""
+    knob values) in every panel, one colour bar per metric column with limits shared by all facets
+    (``limits``: data | paper, :func:`colour_limits`), extend arrows where values are clipped, and dashed lines
+    at the thresholds of ``rule`` (a :class:`landscape.phase.PhaseRule`)."""
     metrics = list(metrics)
     if not metrics:
         raise ValueError("metrics: empty list")
     grid = Grid.from_cells(cells, x, y)
     facets = _facet_values(cells, facet)
-    fig, axes = plt.subplots(len(facets), len(metrics), figsize=(2.9 * len(metrics), 2.8 * len(facets) + 0.6),
-                             squeeze=False, layout="constrained")
-    for r, fv in enumerate(facets):
-        sub = _facet_cells(cells, facet, fv)
-        for c, metric in enumerate(metrics):
-            ax = axes[r, c]
-            style = style_for(metric, cells)
-            mesh = draw_metric(ax, grid, sub, metric, style)
+    cbar_axes: list[Any] = []
+    if facet is None:
+        # one facet: panels in rows of at most 4, each with its own colour bar below it, on a fixed layout
+        # (computed here in inches: a constrained layout costs a second per figure)
+        fig, slots, cbar_axes = _wrapped_layout(len(metrics), crowded=grid.crowded)
+        axes = np.array([s[0] for s in slots])
+    else:
+        fig, grid_axes = plt.subplots(len(facets), len(metrics), figsize=(3.0 * len(metrics), 2.9 * len(facets) + 1.0),
+                                      squeeze=False, layout="constrained")
+        slots = [grid_axes[:, c].tolist() for c in range(len(metrics))]
+        axes = grid_axes
+    for c, metric in enumerate(metrics):
+        style = style_for(metric)
+        all_values = np.concatenate([grid.array(_facet_cells(cells, facet, fv), metric).ravel() for fv in facets])
+        scale = colour_limits(all_values, style, limits)
+        mesh = None
+        for r, fv in enumerate(facets):
+            ax = slots[c][r]
+            mesh = draw_metric(ax, grid, _facet_cells(cells, facet, fv), metric, style, scale)
             if facet is not None:
-                ax.set_title(f"{style.label}\n{facet} = {fv:g}" if isinstance(fv, (int, float)) else
-                             f"{style.label}\n{facet} = {fv}", fontsize=8)
-            if c:
-                ax.set_ylabel("")
-            if r < len(facets) - 1:
-                ax.set_xlabel("")
-            if r == len(facets) - 1:
-                fig.colorbar(mesh, ax=axes[:, c].tolist(), location="bottom", shrink=0.9, aspect=25)
-    _legend_masks(fig, axes)
+                ax.set_title(f"{style.label}\n{_facet_title(facet, fv)}", fontsize=8)
+                if c:
+                    ax.set_ylabel("")
+                if r < len(facets) - 1:
+                    ax.set_xlabel("")
+        if cbar_axes:
+            cbar = fig.colorbar(mesh, cax=cbar_axes[c], orientation="horizontal", extend=scale.extend)
+        else:
+            cbar = fig.colorbar(mesh, ax=slots[c], location="bottom", shrink=0.95, aspect=22, extend=scale.extend)
+        cbar.set_label(colour_bar_label(style, scale), fontsize=7)
+        if scale.scale == "symlog":
+            top = int(np.floor(np.log10(max(scale.vmax - (style.centre or 0.0), 1.0))))
+            ticks = sorted({(style.centre or 0.0) + sgn * 10.0 ** k for k in range(0, top + 1) for sgn in (-1, 1)}
+                           | {style.centre or 0.0})
+            cbar.set_ticks(ticks)
+            cbar.ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        elif scale.scale == "log10":
+            span = np.log10(scale.vmax / scale.vmin)
+            axis = cbar.ax.xaxis
+            axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,)))
+            axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        cbar.ax.tick_params(labelsize=6)
+        _threshold_marks(cbar, metric, rule)
+    _legend_marks(fig, axes, outside=not cbar_axes)
     return fig
 
 
-def _legend_masks(fig: Figure, axes) -> None:
-    seen: dict[str, object] = {}
+#: The fixed layout of a wrapped metrics figure, in inches: panel width/height, left margin (y ticks and
+#: label), right margin, title band, gap under a panel (x ticks and label; more when rotated), colour-bar
+#: height, band under the colour bar (its ticks and two-line label), legend band at the top.
+_LAYOUT = dict(pw=2.45, ph=1.95, left=0.85, right=0.2, title=0.3, gap=0.55, gap_crowded=0.72, cb=0.11,
+               below=0.55, legend=0.35)
+
+
+def _wrapped_layout(n: int, crowded: bool = False, ncols_max: int = 4):
+    """A figure with ``n`` panels in rows of at most ``ncols_max``, each with a horizontal colour-bar axes
+    under it. Returns ``(fig, [[panel axes]], [colour-bar axes])``."""
+    L = _LAYOUT
+    ncols = min(ncols_max, n)
+    nrows = -(-n // ncols)
+    gap = L["gap_crowded"] if crowded else L["gap"]
+    cw = L["left"] + L["pw"] + L["right"]
+    ch = L["title"] + L["ph"] + gap + L["cb"] + L["below"]
+    W, H = ncols * cw, L["legend"] + nrows * ch
+    fig = plt.figure(figsize=(W, H))
+    slots, caxes = [], []
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        x0 = c * cw + L["left"]
+        bottom = H - L["legend"] - r * ch - L["title"] - L["ph"]
+        ax = fig.add_axes((x0 / W, bottom / H, L["pw"] / W, L["ph"] / H))
+        cax = fig.add_axes(((x0 + 0.1) / W, (bottom - gap - L["cb"]) / H, (L["pw"] - 0.2) / W, L["cb"] / H))
+        slots.append([ax])
+        caxes.append(cax)
+    return fig, slots, caxes
+
+
+def _legend_marks(fig: Figure, axes, extra: Sequence[tuple[Any, str]] = (), outside: bool = True) -> None:
+    seen: dict[str, Any] = {}
     for ax in np.ravel(axes):
         for line in ax.lines:
             gid = line.get_gid() or ""
-            if gid.startswith("mask:") and line.get_label() not in seen:
+            if gid.startswith(("mask:", "clipped:")) and line.get_label() not in seen:
                 seen[line.get_label()] = line
-    if seen:
-        fig.legend(list(seen.values()), [f"masked: {k}" for k in seen], loc="outside upper right", fontsize=7,
-                   ncols=len(seen))
+    handles = [h for h, _ in extra] + list(seen.values())
+    names = [n for _, n in extra] + list(seen)
+    if handles:
+        where = dict(loc="outside upper center") if outside else dict(loc="upper center", bbox_to_anchor=(0.5, 1.0))
+        fig.legend(handles, names, fontsize=7, ncols=min(len(handles), 4), frameon=False, **where)
 
 
 def boundary_segments(grid: Grid, labels: np.ndarray) -> list[list[tuple[float, float]]]:
@@ -332,42 +566,123 @@ def boundary_segments(grid: Grid, labels: np.ndarray) -> list[list[tuple[float, 
 
 
 def draw_phase_map(ax, grid: Grid, cells: pd.DataFrame, phase_column: str = "phase",
-                   background: str = "test_acc") -> QuadMesh:
-    """The phase map on one axes: the ``background`` metric panel, each labelled cell's phase written at
-    its centre, and the phase boundaries (a LineCollection with ``gid`` ``phase-boundaries``)."""
-    mesh = draw_metric(ax, grid, cells, background)
+                   confidence_column: str = "phase_confidence", uncertain_below: float = 0.9) -> QuadMesh:
+    """The phase map on one axes: each labelled cell in its phase's colour (:data:`PHASE_COLOURS`, a
+    ``pcolormesh`` with ``gid`` ``phase-map``); its label, confidence and ``m/p`` counts (models with a value /
+    pairs with an mc) written in it (``gid`` ``phase-label``); cells with a confidence below
+    ``uncertain_below`` hatched (a PatchCollection, ``gid`` ``uncertain``); the boundaries between phases (a
+    LineCollection, ``gid`` ``phase-boundaries``); unlabelled cells grey and marked by why."""
     labels = grid.labels(cells, phase_column)
-    labels = np.where(pd.isna(labels), None, labels)
+    codes = np.full(labels.shape, np.nan)
     for iy, ix in zip(*np.nonzero(labels != None)):  # noqa: E711
-        ax.text(grid.xs[ix], grid.ys[iy], str(labels[iy, ix]), ha="center", va="center", fontsize=5,
-                color="white", fontweight="bold", gid="phase-label")
-    lc = LineCollection(boundary_segments(grid, labels), colors="red", linewidths=1.6, gid="phase-boundaries")
+        codes[iy, ix] = PHASES.index(str(labels[iy, ix]))
+    cmap = mcolors.ListedColormap([PHASE_COLOURS[p] for p in PHASES]).with_extremes(bad=MISSING_COLOUR)
+    norm = mcolors.BoundaryNorm(np.arange(len(PHASES) + 1) - 0.5, len(PHASES))
+    mesh = ax.pcolormesh(grid.x_edges, grid.y_edges, np.ma.masked_invalid(codes), cmap=cmap, norm=norm,
+                         shading="flat", edgecolors="white", linewidth=0.3)
+    mesh.set_gid("phase-map")
+    conf = grid.array(cells, confidence_column)
+    n_m = grid.array(cells, "n_models")
+    n_p = grid.array(cells, "n_pairs_mc")
+    dense = grid.xs.size * grid.ys.size > 64
+    for iy, ix in zip(*np.nonzero(labels != None)):  # noqa: E711
+        lab = str(labels[iy, ix])
+        text = lab
+        if not dense:
+            if np.isfinite(conf[iy, ix]):
+                text += f"\n{conf[iy, ix]:.2f}"
+            if np.isfinite(n_m[iy, ix]):
+                text += f"\n{int(n_m[iy, ix])}m/{int(n_p[iy, ix]) if np.isfinite(n_p[iy, ix]) else 0}p"
+        ax.text(grid.xs[ix], grid.ys[iy], text, ha="center", va="center", fontsize=5 if dense else 6.5,
+                color="white" if lab in _DARK_PHASES else "black", fontweight="bold", gid="phase-label",
+                linespacing=1.0, zorder=4,
+                bbox=dict(boxstyle="round,pad=0.15", facecolor=PHASE_COLOURS.get(lab, MISSING_COLOUR),
+                          edgecolor="none", alpha=0.9))  # readable over the hatching of uncertain cells
+    uncertain = []
+    with np.errstate(invalid="ignore"):
+        unc = (labels != None) & np.isfinite(conf) & (conf < uncertain_below)  # noqa: E711
+    for iy, ix in zip(*np.nonzero(unc)):
+        x0, x1 = grid.x_edges[ix], grid.x_edges[ix + 1]
+        y0, y1 = grid.y_edges[iy], grid.y_edges[iy + 1]
+        uncertain.append(mpatches.Rectangle((x0, y0), x1 - x0, y1 - y0))
+    pc = PatchCollection(uncertain, facecolor="none", edgecolor="black", hatch="////", linewidth=0.0, zorder=3,
+                         gid="uncertain")
+    pc.cells = [(grid.xs[ix], grid.ys[iy]) for iy, ix in zip(*np.nonzero(unc))]  # for readers of the figure
+    ax.add_collection(pc)
+    lc = LineCollection(boundary_segments(grid, labels), colors="black", linewidths=1.8, gid="phase-boundaries",
+                        zorder=4)
     ax.add_collection(lc)
+    reasons = np.full(labels.shape, None, dtype=object)
+    masked = mask_reasons(grid, cells, codes)
+    reasons[labels == None] = masked[labels == None]  # noqa: E711
+    _mark(ax, grid, reasons, MASK_MARKERS, "mask", {**MASK_LABELS, "nan": "no label (a metric is missing)"})
     grid.setup_axes(ax)
-    ax.set_title(f"phases over {style_for(background).label}", fontsize=9)
     return mesh
 
 
 def phase_map_figure(cells: pd.DataFrame, x: str, y: str, phase_column: str = "phase",
-                     facet: str | None = None, background: str = "test_acc") -> Figure:
-    """One phase-map panel per facet value (same grid, same colour limits), with a shared colour bar."""
+                     facet: str | None = None, uncertain_below: float = 0.9, rule: Any = None,
+                     target: str = "test_acc") -> Figure:
+    """One phase-map panel per facet value (same grid), a legend of the phases present (with their number of
+    cells and mean ``target``), of hatched (uncertain) cells and of masked cells; the rule's thresholds in the
+    title."""
     grid = Grid.from_cells(cells, x, y)
     facets = _facet_values(cells, facet)
-    fig, axes = plt.subplots(1, len(facets), figsize=(5.0 * len(facets), 5.0), squeeze=False,
-                             layout="constrained")
-    mesh = None
+    nx, ny = grid.xs.size, grid.ys.size
+    w = max(4.5, 0.75 * nx + 2.0)
+    h = max(3.8, 0.6 * ny + 2.2)
+    fig, axes = plt.subplots(1, len(facets), figsize=(w * len(facets), h), squeeze=False, layout="constrained")
     for c, fv in enumerate(facets):
         ax = axes[0, c]
-        mesh = draw_phase_map(ax, grid, _facet_cells(cells, facet, fv), phase_column, background)
-        if facet is not None:
-            ax.set_title(f"phases, {facet} = {fv}", fontsize=9)
-    fig.colorbar(mesh, ax=axes[0, :].tolist(), location="right", shrink=0.8, label=style_for(background).label)
-    _legend_masks(fig, axes)
+        draw_phase_map(ax, grid, _facet_cells(cells, facet, fv), phase_column, uncertain_below=uncertain_below)
+        ax.set_title(_facet_title(facet, fv), fontsize=9)
+    present = [p for p in PHASES if (cells[phase_column].astype(object) == p).any()] if phase_column in cells else []
+    handles = []
+    for p in present:
+        sel = cells[phase_column].astype(object) == p
+        acc = pd.to_numeric(cells.loc[sel, target], errors="coerce").mean() if target in cells.columns else np.nan
+        name = f"{p}: {int(sel.sum())} cells" + (f", {target} {acc:.3f}" if np.isfinite(acc) else "")
+        handles.append((mpatches.Patch(facecolor=PHASE_COLOURS[p], edgecolor="black", linewidth=0.5, label=name), name))
+    handles.append((mpatches.Patch(facecolor="white", edgecolor="black", hatch="////",
+                                   label=f"confidence < {uncertain_below:g}"), f"confidence < {uncertain_below:g}"))
+    handles.append((Line2D([], [], color="black", linewidth=1.8), "phase boundary"))
+    seen: dict[str, Any] = {}
+    for ax in axes.ravel():
+        for line in ax.lines:
+            if (line.get_gid() or "").startswith("mask:") and line.get_label() not in seen:
+                seen[line.get_label()] = line
+    handles += [(h, n) for n, h in seen.items()]
+    fig.legend([h for h, _ in handles], [n for _, n in handles], loc="outside right center", fontsize=7,
+               frameon=False, title="phase (cells, mean test acc.)" if present else None, title_fontsize=7)
+    title = "phases; cell text: label, bootstrap confidence, models/pairs"
+    if rule is not None:
+        title += "\n" + rule.describe()
+    fig.suptitle(title, fontsize=8)
     return fig
 
 
+def save(fig: Figure, stem, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150) -> dict[str, Any]:
+    """Write ``fig`` as ``<stem>.<fmt>`` for each format and close it; the layout is computed once (for the
+    first format) and then kept. Returns ``{"<name>.<fmt>": path}``."""
+    from pathlib import Path
+
+    stem = Path(stem)
+    out: dict[str, Any] = {}
+    try:
+        for i, fmt in enumerate(formats):
+            path = stem.with_name(f"{stem.name}.{fmt}")
+            fig.savefig(path, dpi=dpi)
+            if i == 0:
+                fig.set_layout_engine("none")  # positions are fixed now: later formats skip the layout
+            out[path.name] = path
+    finally:
+        plt.close(fig)
+    return out
+
+
 __all__ = [
-    "DEFAULT_METRICS", "Grid", "INVERTED_KNOBS", "METRIC_STYLES", "MetricStyle", "TEMPERATURE_KNOBS",
-    "axis_scale", "boundary_segments", "cell_edges", "draw_metric", "draw_phase_map", "mask_reasons",
-    "metrics_figure", "phase_map_figure", "pivot", "style_for",
+    "CLIP_MARKERS", "ColourScale", "DEFAULT_METRICS", "Grid", "INVERTED_KNOBS", "LIMIT_MODES", "MASK_MARKERS",
+    "METRIC_STYLES", "MetricStyle", "PHASE_COLOURS", "TEMPERATURE_KNOBS", "axis_scale", "boundary_segments",
+    "cell_edges", "colour_bar_label", "colour_limits", "draw_metric", "draw_phase_map", "mask_reasons",
+    "metrics_figure", "phase_map_figure", "pivot", "save", "style_for",
 ]

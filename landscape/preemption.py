@@ -1,4 +1,4 @@
-"""Process-wide stop request of a job: set by a preemption/timeout signal, polled by the training loop.
+"""Process-wide stop request of a job: set by a preemption/timeout signal, polled by the training engine.
 
 A signal is process-wide, so the request is too: ``request_stop()`` (called from a signal handler) sets it,
 ``stop_requested()`` is the ``should_stop`` callable that ``landscape.job.run_cell`` passes to training by
@@ -30,7 +30,7 @@ def stop_requested() -> bool:
 
 
 def stop_reason() -> str | None:
-    """The reason given to ``request_stop``, or None."""
+    """The reason given to ``request_stop``, or None (the engine puts it in its ``StopRequested`` message)."""
     return _reason[0] if _event.is_set() and _reason else None
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.directions import flat_parameters
+from landscape.params import flat_parameters
 from landscape.surfaces import PointEvaluator
 from landscape.training import LossFn
 

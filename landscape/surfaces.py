@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from landscape.directions import flat_parameters, unflatten
+from landscape.params import eval_subset  # noqa: F401 - re-exported
+from landscape.params import flat_parameters, functional_forward, unflatten
 from landscape.training import LossFn, atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class PointEvaluator:
 
     def _one(self, flat: Tensor, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         params = unflatten(flat, self.model)
-        logits = functional_call(self.model, (params, self.buffers), (xb,))
+        logits = functional_forward(self.model, params, xb, self.buffers)
         return self.loss_fn(logits, yb), (logits.argmax(dim=-1) == yb).sum()
 
     @torch.no_grad()
@@ -96,14 +96,6 @@ class PointEvaluator:
             losses.append(lb.cpu().numpy())
             accs.append(ab.cpu().numpy())
         return np.concatenate(losses), np.concatenate(accs)
-
-
-def eval_subset(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """The first ``min(n, len(x))`` samples of a permutation drawn from ``seed`` (all of them if ``n <= 0``)."""
-    if n <= 0 or n >= x.shape[0]:
-        return x, y
-    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed)))[: int(n)].to(x.device)
-    return x[idx], y[idx]
 
 
 def grid_axis(span: float, resolution: int) -> np.ndarray:

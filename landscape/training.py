@@ -8,7 +8,9 @@ Losses (``train.loss``):
 A run is deterministic given its seed: the initial model comes from ``models.build_model(seed=...)`` and
 the batch order from a ``torch.Generator`` seeded with the same seed, whose state is checkpointed, so a
 run resumed from a checkpoint is bitwise identical to an uninterrupted one (on the same device).
-A non-finite loss stops the run with status ``diverged`` (a result, not an error).
+The loop, its checkpoints, stop requests, progress lines and divergence check are those of
+``landscape.engine``: a loss that is not finite or far above the initial loss, or parameters that are not
+finite, end the run with status ``diverged`` (a result, not an error).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import json
 import logging
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,6 +26,26 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from landscape.engine import (
+    DamagedCheckpoint,
+    MemberResult,
+    Plan,
+    StepOut,
+    StepTask,
+    UnsafeCheckpoint,
+    atomic_torch_save,
+    batch_slice,
+    epoch_permutation,
+    load_checkpoint,
+    lr_factor,
+    remove_stale_temporaries,
+    run,
+    set_aside,
+    state_digest,
+    steps_per_epoch,
+)
+from landscape.engine import StopRequested  # noqa: F401 - re-exported (job, launchers, tests)
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +164,8 @@ class TrainSettings:
         )
 
     def steps_per_epoch(self, n_train: int) -> int:
-        full, rest = divmod(n_train, self.batch_size)
-        return full + (1 if rest > 1 else 0)  # a trailing batch of one sample is dropped (BatchNorm)
+        """Batches per epoch (``engine.steps_per_epoch``: a trailing batch of one sample is dropped)."""
+        return steps_per_epoch(n_train, self.batch_size)
 
     def total_epochs(self, n_train: int) -> int:
         if self.steps is None:
@@ -154,7 +175,7 @@ class TrainSettings:
 
 @dataclass
 class TrainResult:
-    """Outcome of training one seed. ``status`` is ``done`` or ``diverged``."""
+    """Outcome of training one seed. ``status`` is ``done`` or ``diverged``; ``reason``: why it diverged."""
 
     status: str
     epochs: int
@@ -163,6 +184,8 @@ class TrainResult:
     history: list[float] = field(default_factory=list)  # mean training-batch loss per epoch
     resumed_from_epoch: int = 0
     vectorized: bool = False  # trained together with other seeds (torch.func + vmap)
+    reason: str | None = None
+    final_sha256: str | None = None  # state_digest of final.pt's state dict, checked when it is loaded
 
     def save(self, path: Path) -> None:
         _atomic_write_bytes(path, json.dumps(asdict(self)).encode())
@@ -181,32 +204,113 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary name in the same directory, then rename into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def lr_at(s: TrainSettings, epoch: int, epochs: int) -> float:
+    """The learning rate of ``epoch`` (0-based) of ``epochs`` under the settings' schedule."""
+    if s.schedule not in SCHEDULES:
+        raise ValueError(f"train.schedule={s.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    return s.lr * lr_factor(s.schedule, epoch, epochs, s.lr_decay, s.lr_milestones)
 
 
-def _lr_lambda(s: TrainSettings, epochs: int) -> Callable[[int], float]:
-    if s.schedule == "constant":
-        return lambda e: 1.0
-    if s.schedule == "step":
-        return lambda e: s.lr_decay ** sum(e >= m for m in s.lr_milestones)
-    if s.schedule == "cosine":
-        return lambda e: 0.5 * (1.0 + math.cos(math.pi * min(e, epochs) / max(epochs, 1)))
-    raise ValueError(f"train.schedule={s.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+def training_plan(s: TrainSettings, n_train: int) -> Plan:
+    """The engine's plan of a training run: epochs, steps per epoch, the step budget, checkpoint interval."""
+    return Plan(epochs=s.total_epochs(n_train), per_epoch=s.steps_per_epoch(n_train), total_steps=s.steps,
+                checkpoint_every=s.checkpoint_every)
 
 
-def make_optimizer(model: nn.Module, s: TrainSettings, epochs: int) -> tuple[torch.optim.SGD, Any]:
-    """SGD with momentum and (coupled, L2) weight decay, and an epoch-wise learning-rate schedule."""
-    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(s, epochs))
-    return opt, sched
+def params_finite(model: nn.Module) -> bool:
+    """Whether every parameter of ``model`` is finite."""
+    return all(bool(torch.isfinite(p.detach()).all()) for p in model.parameters())
 
 
-class StopRequested(Exception):
-    """Raised by the training loop after checkpointing when ``should_stop()`` turned true (preemption)."""
+class _ModelTask(StepTask):
+    """One model trained with ``torch.optim.SGD`` (momentum, coupled weight decay), epoch-wise learning rate."""
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, s: TrainSettings, seed: int, workdir: Path):
+        self.model, self.x, self.y, self.s, self.workdir = model, x, y, s, workdir
+        self.members = [int(seed)]
+        self.loss_fn = make_loss(s.loss)
+        self.epochs = s.total_epochs(x.shape[0])
+        self.opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.loss: Tensor | None = None
+        self.result: TrainResult | None = None
+
+    def rng_state(self) -> dict[str, Tensor]:
+        return {"batches": self.gen.get_state()}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        self.gen.set_state(state["batches"])
+
+    def begin_epoch(self, epoch: int) -> float:
+        lr = lr_at(self.s, epoch, self.epochs)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.perm = epoch_permutation(self.x.shape[0], self.gen, self.x.device)
+        self.model.train()
+        return lr
+
+    def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
+        idx = batch_slice(self.perm, batch, self.s.batch_size)
+        self.opt.zero_grad(set_to_none=True)
+        logits = self.model(self.x[idx])
+        yb = self.y[idx]
+        self.loss = self.loss_fn(logits, yb)
+        acc = (logits.detach().argmax(dim=-1) == yb).float().mean().reshape(1) if accuracy else None
+        return StepOut(self.loss.reshape(1), acc)
+
+    def update(self, out: StepOut) -> None:
+        self.loss.backward()
+        self.opt.step()
+        self.loss = None
+
+    def nonfinite_rows(self) -> list[int]:
+        return [] if params_finite(self.model) else [0]
+
+    def finish(self, row: int, r: MemberResult) -> None:
+        self.result = TrainResult(status=r.status, epochs=r.epochs, steps=r.steps, seconds=r.seconds,
+                                  history=r.history, resumed_from_epoch=r.resumed_from_epoch, reason=r.reason)
+        self.result.final_sha256 = write_final(self.model, self.workdir)
+        self.result.save(self.workdir / RESULT)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], members: list) -> bool:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        return True
+
+
+def write_final(model: nn.Module, workdir: Path) -> str:
+    """Write ``model``'s state dict to ``workdir/final.pt`` (plain, ``torch.load(weights_only=True)``-able);
+    return its digest (kept in ``result.json``, written after it)."""
+    state = model.state_dict()
+    atomic_torch_save(state, workdir / FINAL)
+    return state_digest(state)
+
+
+def load_finished(model: nn.Module, workdir: Path, map_location: Any = None) -> TrainResult | None:
+    """The result of a finished run in ``workdir`` with its final weights loaded into ``model``; None if the run
+    has not finished, or if ``final.pt`` / ``result.json`` are damaged or missing (then both are renamed
+    ``*.damaged`` with a warning naming them, and the run is trained again). A ``final.pt`` that asks to run code
+    raises ``UnsafeCheckpoint``."""
+    if not (workdir / RESULT).exists():
+        return None
+    try:
+        state = load_checkpoint(workdir / FINAL, map_location=map_location)
+        result = TrainResult.load(workdir / RESULT)
+        if result.final_sha256 is not None and state_digest(state) != result.final_sha256:
+            raise DamagedCheckpoint(f"{workdir / FINAL}: checksum mismatch with {RESULT} (changed or damaged)")
+        model.load_state_dict(state)
+        return result
+    except UnsafeCheckpoint:
+        raise
+    except (DamagedCheckpoint, ValueError, TypeError, KeyError, RuntimeError) as exc:  # JSON errors are ValueErrors
+        for name in (FINAL, RESULT):
+            if (workdir / name).exists():
+                set_aside(workdir / name, exc)
+        return None
 
 
 def train_model(
@@ -218,103 +322,24 @@ def train_model(
     workdir: Path,
     progress: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    phase: str | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on ``(x, y)``; checkpoint to ``workdir`` and resume from it.
+    """Train ``model`` in place on ``(x, y)``; checkpoint to ``workdir`` and resume from it (``landscape.engine``).
 
-    ``workdir`` holds ``checkpoint.pt`` (latest epoch boundary), then ``final.pt`` and ``result.json`` when the
-    run has finished. If ``result.json`` exists the final weights are loaded and nothing is trained.
-    ``progress(epoch, total_epochs, loss)`` is called after every epoch. ``should_stop()`` is polled after every
-    step; when it returns True the state is checkpointed at that step and ``StopRequested`` is raised.
+    ``workdir`` holds ``checkpoint.pt`` (latest epoch boundary or stop request), then ``final.pt`` and
+    ``result.json`` when the run has finished. If ``result.json`` exists the final weights are loaded and
+    nothing is trained. ``progress(epoch, total_epochs, loss)`` is called after every epoch. ``should_stop()``
+    is polled after every step; when it returns True the state is checkpointed at that step and
+    ``StopRequested`` is raised. ``phase`` names the work in progress lines (default ``training seed <seed>``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    if (workdir / RESULT).exists():
-        model.load_state_dict(torch.load(workdir / FINAL, map_location=x.device, weights_only=True))
-        return TrainResult.load(workdir / RESULT)
-
-    loss_fn = make_loss(settings.loss)
-    n = x.shape[0]
-    epochs = settings.total_epochs(n)
-    per_epoch = settings.steps_per_epoch(n)
-    total_steps = settings.steps if settings.steps is not None else epochs * per_epoch
-    opt, sched = make_optimizer(model, settings, epochs)
-    gen = torch.Generator().manual_seed(int(seed))
-    start_epoch, start_batch, step, history, seconds = 0, 0, 0, [], 0.0
-    epoch_loss_sum, epoch_batches = 0.0, 0
-
-    ckpt_path = workdir / CHECKPOINT
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=x.device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"].cpu())  # CPU generator; map_location moved it
-        start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
-        history, seconds = state["history"], state["seconds"]
-        epoch_loss_sum, epoch_batches = state["epoch_loss_sum"], state["epoch_batches"]
-        log.info("seed %d: resumed at epoch %d, step %d", seed, start_epoch, step)
-
-    def save(epoch: int, batch: int, gen_state: Tensor) -> None:
-        atomic_torch_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "generator": gen_state,
-                "epoch": epoch,
-                "batch": batch,
-                "step": step,
-                "history": history,
-                "seconds": seconds + time.perf_counter() - t0,
-                "epoch_loss_sum": epoch_loss_sum,
-                "epoch_batches": epoch_batches,
-            },
-            ckpt_path,
-        )
-
-    t0 = time.perf_counter()
-    model.train()
-    status = "done"
-    for epoch in range(start_epoch, epochs):
-        epoch_gen_state = gen.get_state()  # the state that produces this epoch's permutation
-        perm = torch.randperm(n, generator=gen).to(x.device)
-        first = start_batch if epoch == start_epoch else 0
-        if first == 0:
-            epoch_loss_sum, epoch_batches = 0.0, 0
-        for b in range(first, per_epoch):
-            if step >= total_steps:
-                break
-            idx = perm[b * settings.batch_size : (b + 1) * settings.batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
-            if not torch.isfinite(loss):
-                status = "diverged"
-                break
-            loss.backward()
-            opt.step()
-            step += 1
-            epoch_batches += 1
-            epoch_loss_sum += float(loss.detach())
-            if should_stop is not None and should_stop():
-                save(epoch, b + 1, epoch_gen_state)
-                raise StopRequested(f"stopped at epoch {epoch}, step {step}")
-        if status == "diverged":
-            break
-        sched.step()
-        history.append(epoch_loss_sum / max(epoch_batches, 1))
-        if progress is not None:
-            progress(epoch + 1, epochs, history[-1])
-        last = epoch + 1 == epochs or step >= total_steps
-        if last:
-            break
-        if (epoch + 1) % settings.checkpoint_every == 0:
-            save(epoch + 1, 0, gen.get_state())
-
-    seconds += time.perf_counter() - t0
-    result = TrainResult(status=status, epochs=len(history), steps=step, seconds=seconds, history=history,
-                         resumed_from_epoch=start_epoch)
-    if status == "done" and not all(math.isfinite(p.detach().abs().sum().item()) for p in model.parameters()):
-        result.status = "diverged"
-    atomic_torch_save(model.state_dict(), workdir / FINAL)
-    result.save(workdir / RESULT)
-    ckpt_path.unlink(missing_ok=True)
-    return result
+    for name in (FINAL, RESULT):
+        remove_stale_temporaries(workdir / name)
+    done = load_finished(model, workdir, map_location=x.device)
+    if done is not None:
+        return done
+    task = _ModelTask(model, x, y, settings, seed, workdir)
+    run(task, training_plan(settings, x.shape[0]), phase or f"training seed {seed}", workdir / CHECKPOINT,
+        should_stop=should_stop, on_epoch=progress, map_location=x.device)
+    assert task.result is not None
+    return task.result

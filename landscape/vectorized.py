@@ -17,10 +17,11 @@ Gradients come from one reverse pass over the sum of the per-seed mean losses; s
 each slice of the gradient is exactly that seed's gradient. The result equals serial training within float
 rounding (the batched kernels sum in another order), not bitwise.
 
-A seed whose loss is not finite stops there (status ``diverged``, its weights at that step written as
-``train_model`` would) and leaves the stack; the others go on. Every seed gets ``final.pt`` and
-``result.json`` in its own directory, exactly as from ``train_model``, so resuming and skipping are
-unchanged downstream. While training, the group checkpoints to ``group_dir/checkpoint.pt`` (every
+The loop is ``landscape.engine``'s (this module is the step function over the stacked parameters). A seed
+that diverges (the engine's check: a loss not finite or far above its initial loss, or parameters not finite)
+stops there (status ``diverged``, its weights at that step written as ``train_model`` would) and leaves the
+stack; the others go on. Every seed gets ``final.pt`` and ``result.json`` in its own directory, exactly as
+from ``train_model``, so resuming and skipping are unchanged downstream. While training, the group checkpoints to ``group_dir/checkpoint.pt`` (every
 ``checkpoint_every`` epochs, and at a stop request); a resumed group is bitwise identical to an
 uninterrupted one on the same device.
 
@@ -35,27 +36,27 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import stack_module_state, vmap
 
+from landscape.engine import MemberResult, StepOut, StepTask, batch_slice, epoch_permutation, run
 from landscape.models import MLP, has_batch_norm
+from landscape.params import functional_forward
 from landscape.training import (
     CHECKPOINT,
-    FINAL,
     RESULT,
-    StopRequested,
     TrainResult,
     TrainSettings,
-    _lr_lambda,
-    atomic_torch_save,
+    load_finished,
+    lr_at,
     make_loss,
     train_model,
+    training_plan,
+    write_final,
 )
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def vmap_forward(model: nn.Module) -> StackedForward:
     base = copy.deepcopy(model).to("meta")
 
     def one(params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(base, params, (x,))
+        return functional_forward(base, params, x)
 
     return vmap(one)
 
@@ -157,8 +158,98 @@ def sgd_step_(
 
 
 # --------------------------------------------------------------------------------------------- training
-def _seed_state(stacked: dict[str, Tensor], k: int) -> dict[str, Tensor]:
-    return {name: t[k].detach().clone() for name, t in stacked.items()}
+class _StackTask(StepTask):
+    """The step function over stacked parameters: the seeds of ``group`` (members, in stack-row order)."""
+
+    def __init__(self, models: dict[int, nn.Module], group: list[int], x: Tensor, y: Tensor, s: TrainSettings,
+                 seed_dirs: dict[int, Path]):
+        self.models, self.x, self.y, self.s, self.seed_dirs = models, x, y, s, seed_dirs
+        self.members = list(group)
+        self.kind, self.forward_fn = stacked_forward(models[group[0]])
+        self.loss_fn = make_loss(s.loss)
+        self.epochs = s.total_epochs(x.shape[0])
+        stacked, _ = stack_module_state([models[g] for g in group])
+        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in stacked.items()}
+        self.buffers: list[Tensor] | None = None  # SGD momentum buffers, stacked
+        self.gens = {g: torch.Generator().manual_seed(int(g)) for g in group}
+        self.perms = torch.empty(0, dtype=torch.long)
+        self.lr = s.lr
+        self.losses: Tensor | None = None
+        self.results: dict[int, TrainResult] = {}
+        self.pending: list[int] = []  # finished seeds whose files are not written yet
+
+    def rng_state(self) -> dict[str, Tensor]:
+        return {str(g): self.gens[g].get_state() for g in self.members}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        for g in self.members:
+            self.gens[g].set_state(state[str(g)])
+
+    def begin_epoch(self, epoch: int) -> float:
+        self.perms = torch.stack([epoch_permutation(self.x.shape[0], self.gens[g])
+                                  for g in self.members]).to(self.x.device)
+        self.lr = lr_at(self.s, epoch, self.epochs)
+        return self.lr
+
+    def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
+        idx = batch_slice(self.perms, batch, self.s.batch_size)  # [K, B]
+        logits = self.forward_fn(self.params, self.x[idx])
+        yb = self.y[idx]
+        self.losses = torch.stack([self.loss_fn(logits[k], yb[k]) for k in range(len(self.members))])
+        acc = (logits.detach().argmax(dim=-1) == yb).float().mean(dim=1) if accuracy else None
+        return StepOut(self.losses, acc)
+
+    def update(self, out: StepOut) -> None:
+        plist = list(self.params.values())
+        grads = torch.autograd.grad(self.losses.sum(), plist)
+        self.buffers = sgd_step_(plist, list(grads), self.buffers, self.lr, self.s.momentum, self.s.weight_decay)
+        self.losses = None
+
+    def _select(self, keep: Tensor) -> None:
+        self.params = {k: v.detach().index_select(0, keep).requires_grad_(True) for k, v in self.params.items()}
+        if self.buffers is not None:
+            self.buffers = [b.index_select(0, keep) for b in self.buffers]
+
+    def drop(self, rows: list[int]) -> None:
+        keep = [k for k in range(len(self.members)) if k not in rows]
+        self._select(torch.tensor(keep, dtype=torch.long, device=self.x.device))
+        if self.perms.numel():
+            self.perms = self.perms.index_select(0, torch.tensor(keep, dtype=torch.long, device=self.perms.device))
+        self.members = [self.members[k] for k in keep]
+
+    def nonfinite_rows(self) -> list[int]:
+        ok = torch.stack([torch.isfinite(v.detach()).flatten(1).all(dim=1) for v in self.params.values()]).all(dim=0)
+        return [k for k, good in enumerate(ok.tolist()) if not good]
+
+    def finish(self, row: int, r: MemberResult) -> None:
+        """Seed ``members[row]``'s weights into its model and its result, written by ``commit``."""
+        g = self.members[row]
+        self.models[g].load_state_dict({name: t[row].detach().clone() for name, t in self.params.items()})
+        self.results[g] = TrainResult(status=r.status, epochs=r.epochs, steps=r.steps, seconds=r.seconds,
+                                      history=r.history, resumed_from_epoch=r.resumed_from_epoch, vectorized=True,
+                                      reason=r.reason)
+        self.pending.append(g)
+
+    def commit(self) -> None:
+        """Write ``final.pt`` and ``result.json`` of the finished seeds, like ``train_model`` does at its end."""
+        for g in self.pending:
+            self.results[g].final_sha256 = write_final(self.models[g], self.seed_dirs[g])
+            self.results[g].save(self.seed_dirs[g] / RESULT)
+        self.pending = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "params": {k: v.detach() for k, v in self.params.items()},
+                "buffers": self.buffers}
+
+    def load_state_dict(self, state: dict[str, Any], members: list) -> bool:
+        if state["kind"] != self.kind:
+            return False
+        rows = torch.tensor([members.index(g) for g in self.members], device=self.x.device)
+        self.params = {k: v.index_select(0, rows).detach().clone().requires_grad_(True)
+                       for k, v in state["params"].items()}
+        if state["buffers"] is not None:
+            self.buffers = [b.index_select(0, rows).clone() for b in state["buffers"]]
+        return True
 
 
 def train_together(
@@ -170,24 +261,28 @@ def train_together(
     group_dir: Path,
     progress: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    phase: str | None = None,
 ) -> dict[int, TrainResult]:
     """Train ``models`` (seed -> model initialised with that seed, all of one architecture) together, in place.
 
     Seeds whose ``seed_dirs[s]/result.json`` exists are loaded, not trained; a seed with a serial
     ``checkpoint.pt`` (from a run with ``train.vectorize=off``) is resumed serially by ``train_model``. The
-    rest train stacked (see the module docstring), checkpointing to ``group_dir``. ``progress(epoch,
-    epochs, mean loss over the active seeds)`` after every epoch; ``should_stop()`` polled after every step
-    (checkpoint, then ``StopRequested``). Returns seed -> TrainResult with ``vectorized=True`` for the seeds
-    trained here.
+    rest train stacked (see the module docstring) in ``landscape.engine``, checkpointing to ``group_dir``.
+    ``progress(epoch, epochs, mean loss over the active seeds)`` after every epoch; ``should_stop()`` polled
+    after every step (checkpoint, then ``StopRequested``); ``phase`` names the work in progress lines
+    (default ``training seeds 0,1,2 together``). Returns seed -> TrainResult with ``vectorized=True`` for the
+    seeds trained here.
     """
     results: dict[int, TrainResult] = {}
     group: list[int] = []
     for s, model in models.items():
         d = seed_dirs[s]
         d.mkdir(parents=True, exist_ok=True)
-        if (d / RESULT).exists() or (d / CHECKPOINT).exists():
-            if (d / CHECKPOINT).exists():
-                log.info("seed %d: resuming its serial checkpoint serially", s)
+        done = load_finished(model, d, map_location=x.device)  # None also when damaged (then set aside)
+        if done is not None:
+            results[s] = done
+        elif (d / CHECKPOINT).exists():
+            log.info("seed %d: resuming its serial checkpoint serially", s)
             results[s] = train_model(model, x, y, settings, s, d, should_stop=should_stop)
         else:
             group.append(s)
@@ -197,133 +292,11 @@ def train_together(
         reason = unsupported_reason(models[s])
         if reason is not None:
             raise ValueError(f"train.vectorize: cannot train {type(models[s]).__name__} seeds together: {reason}")
-
-    kind, forward = stacked_forward(models[group[0]])
-    loss_fn = make_loss(settings.loss)
-    n = x.shape[0]
-    epochs = settings.total_epochs(n)
-    per_epoch = settings.steps_per_epoch(n)
-    total_steps = settings.steps if settings.steps is not None else epochs * per_epoch
-    lr_at = _lr_lambda(settings, epochs)
-
-    stacked_init, _ = stack_module_state([models[s] for s in group])
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in stacked_init.items()}
-    buffers: list[Tensor] | None = None
-    gens = {s: torch.Generator().manual_seed(int(s)) for s in group}
-    active = list(group)
-    start_epoch, start_batch, step, seconds, epoch_batches = 0, 0, 0, 0.0, 0
-    history: dict[int, list[float]] = {s: [] for s in group}
-    loss_sums: dict[int, float] = {s: 0.0 for s in group}
-
+    task = _StackTask(models, group, x, y, settings, seed_dirs)
     group_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = group_dir / CHECKPOINT
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=x.device, weights_only=False)
-        if set(group) <= set(state["seeds"]):
-            rows = torch.tensor([state["seeds"].index(s) for s in group], device=x.device)
-            params = {k: v.index_select(0, rows).detach().clone().requires_grad_(True) for k, v in state["params"].items()}
-            if state["buffers"] is not None:
-                buffers = [b.index_select(0, rows).clone() for b in state["buffers"]]
-            for s in group:
-                gens[s].set_state(state["generators"][s].cpu())  # CPU generators
-                history[s] = list(state["history"][s])
-                loss_sums[s] = state["loss_sums"][s]
-            start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
-            seconds, epoch_batches = state["seconds"], state["epoch_batches"]
-            log.info("seeds %s: resumed together at epoch %d, step %d", group, start_epoch, step)
-        else:
-            log.warning("group checkpoint %s holds seeds %s, not %s: ignored", ckpt_path, state["seeds"], group)
-
-    t0 = time.perf_counter()
-
-    def elapsed() -> float:
-        return seconds + time.perf_counter() - t0
-
-    def save(epoch: int, batch: int, gen_states: dict[int, Tensor]) -> None:
-        atomic_torch_save(
-            {"seeds": list(active), "kind": kind,
-             "params": {k: v.detach() for k, v in params.items()},
-             "buffers": buffers, "generators": gen_states, "epoch": epoch, "batch": batch, "step": step,
-             "history": {s: history[s] for s in active}, "loss_sums": {s: loss_sums[s] for s in active},
-             "seconds": elapsed(), "epoch_batches": epoch_batches},
-            ckpt_path,
-        )
-
-    def finish(s: int, k: int, status: str) -> None:
-        """Write seed ``s`` (row ``k`` of the stack) like ``train_model`` does at its end."""
-        model = models[s]
-        model.load_state_dict(_seed_state(params, k))
-        if status == "done" and not all(math.isfinite(p.detach().abs().sum().item()) for p in model.parameters()):
-            status = "diverged"
-        result = TrainResult(status=status, epochs=len(history[s]), steps=step, seconds=elapsed(),
-                             history=history[s], resumed_from_epoch=start_epoch, vectorized=True)
-        atomic_torch_save(model.state_dict(), seed_dirs[s] / FINAL)
-        result.save(seed_dirs[s] / RESULT)
-        results[s] = result
-
-    def drop(rows: list[int]) -> None:
-        nonlocal params, buffers, perms
-        keep = torch.tensor([k for k in range(len(active)) if k not in rows], dtype=torch.long, device=x.device)
-        params = {k: v.detach().index_select(0, keep).requires_grad_(True) for k, v in params.items()}
-        if buffers is not None:
-            buffers = [b.index_select(0, keep) for b in buffers]
-        perms = perms.index_select(0, keep)
-        for k in sorted(rows, reverse=True):
-            del active[k]
-
-    perms = torch.empty(0)
-    for epoch in range(start_epoch, epochs):
-        epoch_gen_states = {s: gens[s].get_state() for s in active}
-        perms = torch.stack([torch.randperm(n, generator=gens[s]) for s in active]).to(x.device)
-        first = start_batch if epoch == start_epoch else 0
-        if first == 0:
-            loss_sums = {s: 0.0 for s in active}
-            epoch_batches = 0
-        lr = settings.lr * lr_at(epoch)
-        for b in range(first, per_epoch):
-            if step >= total_steps:
-                break
-            while True:
-                idx = perms[:, b * settings.batch_size : (b + 1) * settings.batch_size]
-                logits = forward(params, x[idx])
-                yb = y[idx]
-                losses = torch.stack([loss_fn(logits[k], yb[k]) for k in range(len(active))])
-                values = losses.detach().tolist()
-                bad = [k for k, v in enumerate(values) if not math.isfinite(v)]
-                if not bad:
-                    break
-                for k in bad:
-                    log.info("seed %d diverged at step %d", active[k], step)
-                    finish(active[k], k, "diverged")
-                drop(bad)
-                if not active:
-                    break
-            if not active:
-                break
-            plist = list(params.values())
-            grads = torch.autograd.grad(losses.sum(), plist)
-            buffers = sgd_step_(plist, list(grads), buffers, lr, settings.momentum, settings.weight_decay)
-            step += 1
-            epoch_batches += 1
-            for k, s in enumerate(active):
-                loss_sums[s] += values[k]
-            if should_stop is not None and should_stop():
-                save(epoch, b + 1, {s: epoch_gen_states[s] for s in active})
-                raise StopRequested(f"stopped at epoch {epoch}, step {step}")
-        if not active:
-            break
-        for s in active:
-            history[s].append(loss_sums[s] / max(epoch_batches, 1))
-        if progress is not None:
-            progress(epoch + 1, epochs, sum(history[s][-1] for s in active) / len(active))
-        if epoch + 1 == epochs or step >= total_steps:
-            break
-        if (epoch + 1) % settings.checkpoint_every == 0:
-            save(epoch + 1, 0, {s: gens[s].get_state() for s in active})
-
-    for k, s in enumerate(active):
-        finish(s, k, "done")
-    ckpt_path.unlink(missing_ok=True)
+    run(task, training_plan(settings, x.shape[0]), phase or f"training seeds {','.join(map(str, group))} together",
+        group_dir / CHECKPOINT, should_stop=should_stop, on_epoch=progress, map_location=x.device)
+    results.update(task.results)
     return results
 
 

@@ -450,7 +450,7 @@ def test_a_diverged_curve_gives_a_null_mc_with_the_reason(pair: PairContext):
     row = res.values
     _row_table(conn_family.FAMILY.columns, row)
     assert "diverged" in res.error
-    assert not all(math.isfinite(h) for h in row["connectivity.curve_history"])
+    assert len(row["connectivity.curve_history"]) < 2  # the engine stopped the curve at its divergence
     assert row["connectivity.mc"] is None and row["connectivity.mc_loss"] is None
     assert row["connectivity.converged"] is False
     assert row["connectivity.retrained"] is False  # a diverged curve is not trained again

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from landscape.cli.status import sweep_report
 
@@ -76,3 +77,73 @@ def test_kill_whole_multirun_then_rerun_loses_nothing(tmp_path):
     rows = pd.read_parquet(sweep / "results" / "models")
     assert len(rows) == 8 and not rows.duplicated(["cell_id", "seed"]).any()
     assert sorted(rows["model.width"].unique()) == [4, 8, 16, 32] and set(rows["status"]) == {"done"}
+
+
+TRAIN_SCRIPT = r"""
+import sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from omegaconf import OmegaConf
+from landscape.config import DataConfig, ModelConfig, TrainConfig
+from landscape.data import load_data
+from landscape.models import build_model
+from landscape.training import TrainSettings, train_model
+from landscape.vectorized import train_together
+
+mode, root = sys.argv[1], Path(sys.argv[2])
+data = load_data(OmegaConf.structured(DataConfig(subsample=0.5)))
+mcfg = OmegaConf.structured(ModelConfig(width=32))
+s = TrainSettings.from_config(OmegaConf.structured(TrainConfig(epochs=40, batch_size=32, checkpoint_every=1,
+                                                               schedule="cosine", weight_decay=1e-3)), data.n_train)
+models = {k: build_model(mcfg, data.input_shape, 10, seed=k) for k in (0, 1)}
+if mode == "serial":
+    for k, m in models.items():
+        train_model(m, data.x_train, data.y_train, s, k, root / str(k))
+else:
+    train_together(models, data.x_train, data.y_train, s, {k: root / str(k) for k in models}, root / "group")
+"""
+
+
+def _run_training(mode: str, root: Path, kills: int, seed: int) -> None:
+    """Run the training script, SIGKILL it ``kills`` times at random moments after a checkpoint appeared, then
+    let it finish."""
+    import random
+
+    rng = random.Random(seed)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ckpts = [root / "0" / "checkpoint.pt", root / "1" / "checkpoint.pt", root / "group" / "checkpoint.pt"]
+    for _ in range(kills):
+        proc = subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, mode, str(root)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        before = {p: p.stat().st_mtime_ns if p.exists() else None for p in ckpts}
+        while proc.poll() is None and time.monotonic() < deadline:  # wait for a new checkpoint, then kill soon
+            if any(p.exists() and p.stat().st_mtime_ns != before[p] for p in ckpts):
+                time.sleep(rng.uniform(0.0, 0.4))
+                break
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+    done = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, mode, str(root)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_of_training_resumes_bitwise(tmp_path):
+    import torch
+
+    for mode in ("serial", "together"):
+        resumed: list[int] = []
+        _run_training(mode, tmp_path / mode / "ref", kills=0, seed=0)
+        _run_training(mode, tmp_path / mode / "run", kills=3, seed=1)
+        for k in (0, 1):
+            ref = torch.load(tmp_path / mode / "ref" / str(k) / "final.pt", weights_only=True)
+            run = torch.load(tmp_path / mode / "run" / str(k) / "final.pt", weights_only=True)
+            assert ref.keys() == run.keys() and all(torch.equal(ref[n], run[n]) for n in ref), (mode, k)
+            a = json.loads((tmp_path / mode / "ref" / str(k) / "result.json").read_text())
+            b = json.loads((tmp_path / mode / "run" / str(k) / "result.json").read_text())
+            assert a["history"] == b["history"] and a["steps"] == b["steps"], (mode, k)
+            resumed.append(b["resumed_from_epoch"])
+        assert any(r > 0 for r in resumed), (mode, resumed)  # the kills landed mid-training

@@ -15,8 +15,9 @@ PKG = Path(__file__).resolve().parents[1] / "landscape"
 #: Math modules: pure functions of models, tensors and data; they know nothing of families, jobs or the CLI.
 MATH = ("curvature", "similarity", "connectivity", "directions", "surfaces", "projection_trace", "trajectories")
 FORBIDDEN_FOR_MATH = ("landscape.metrics", "landscape.job", "landscape.cli")
-#: curvature works on abstract operators and models: it imports nothing of the package outside itself.
-CURVATURE_ALLOWED = ("landscape.curvature",)
+#: curvature works on abstract operators and models: it imports nothing of the package outside itself, except
+#: the leaf helpers of parameter space (``landscape.params``, which imports nothing of the package).
+CURVATURE_ALLOWED = ("landscape.curvature", "landscape.params")
 
 
 def _module_name(path: Path) -> str:
@@ -75,6 +76,10 @@ def test_families_and_results_import_neither_the_job_nor_the_cli():
 def test_curvature_imports_nothing_of_the_package_but_itself():
     bad = _violations(_files("curvature"), lambda m: _under(m, ("landscape",)) and not _under(m, CURVATURE_ALLOWED))
     assert bad == []
+
+
+def test_params_is_a_leaf():
+    assert _violations(_files("params"), lambda m: _under(m, ("landscape",))) == []
 
 
 def test_the_import_walk_sees_imports_inside_functions(tmp_path):

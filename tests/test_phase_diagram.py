@@ -1,5 +1,7 @@
-"""Phase-diagram figures from a small synthetic sweep: masked cells, orientation, log axes, colour limits;
-the landscape-phase command end to end; the exploration notebook as a script."""
+"""Phase-diagram figures from a small synthetic sweep (masked cells, orientation, log axes, data-driven colour
+limits, clipping, the phase map's legend, hatching and boundaries), read from the figure objects; the
+landscape-phase command end to end (planned cells without rows, a collapsed cell without CKA, the sweep file's
+phase section); the demo's grid through the real CLI; the exploration notebook as a script."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import pytest  # noqa: E402
 
 from landscape import phase_diagram as pdg  # noqa: E402
 from landscape.cli import phase as cli  # noqa: E402
-from landscape.phase import PhaseRule, aggregate_cells  # noqa: E402
+from landscape.phase import PHASES, PhaseRule, aggregate_cells  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = [2, 4, 8, 32]          # non-uniform in log space (8 -> 32 is a factor 4)
@@ -67,6 +69,7 @@ def cells() -> pd.DataFrame:
     m, p = _synthetic_rows()
     c = aggregate_cells(m, p, ["model.width", "train.batch_size"])
     c["phase"] = PhaseRule().labels(c)
+    c["phase_confidence"] = 1.0
     return c
 
 
@@ -81,18 +84,22 @@ def test_cell_edges_geometric_midpoints():
     assert pdg.axis_scale([0.0, 0.1]) == "linear" and pdg.axis_scale([1, 2]) == "log"
 
 
-def test_metric_panels_masks_orientation_and_colour_limits(cells):
+def _panels(fig):
+    return {c.get_gid()[len("metric:"):]: (ax, c) for ax in fig.axes for c in ax.collections
+            if str(c.get_gid() or "").startswith("metric:")}
+
+
+def _cbar_of(fig, mesh):
+    return next(ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None and ax._colorbar.mappable is mesh)._colorbar
+
+
+def test_metric_panels_masks_orientation_and_data_colour_limits(cells):
     metrics = ["test_acc", "hessian.top_eigenvalue", "connectivity.mc", "cka"]
     fig = pdg.metrics_figure(cells, "model.width", "train.batch_size", metrics)
     try:
-        axes = [ax for ax in fig.axes if any(c.get_gid() and str(c.get_gid()).startswith("metric:")
-                                             for c in ax.collections)]
-        assert len(axes) == 4
-        for ax, metric in zip(axes, metrics):
-            mesh = next(c for c in ax.collections if c.get_gid() == f"metric:{metric}")
-            style = pdg.METRIC_STYLES[metric]
-            # fixed colour limits of the metric, whatever the data range
-            assert mesh.get_clim() == (style.vmin, style.vmax)
+        panels = _panels(fig)
+        assert list(panels) == metrics
+        for metric, (ax, mesh) in panels.items():
             # log axes on the real knob values, cell edges at geometric midpoints
             assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
             coords = mesh.get_coordinates()          # [ny+1, nx+1, 2]
@@ -101,7 +108,7 @@ def test_metric_panels_masks_orientation_and_colour_limits(cells):
             # batch size axis inverted: small batches at the top
             y0, y1 = ax.get_ylim()
             assert y0 > y1 and y1 == pytest.approx(pdg.cell_edges(BATCHES)[0])
-            # masked (never interpolated) exactly where there is no value
+            # masked (never interpolated) exactly where there is no value; every cell stays on the axes
             arr = mesh.get_array().reshape(len(BATCHES), len(WIDTHS))
             mask = np.ma.getmaskarray(arr)
             expected = np.zeros_like(mask)
@@ -109,32 +116,75 @@ def test_metric_panels_masks_orientation_and_colour_limits(cells):
                 expected[_ij(*cell)] = True
             assert (mask == expected).all(), metric
             assert mcolors.same_color(mesh.get_cmap().get_bad(), pdg.MISSING_COLOUR)
-            # and marked, by reason, at the cell centres
             marks = {ln.get_gid(): list(zip(*ln.get_data())) for ln in ax.lines}
             assert marks["mask:missing"] == [MISSING]
             assert marks["mask:failed"] == [FAILED]
             assert marks["mask:diverged"] == [DIVERGED]
-        # values: test accuracy as is, eigenvalue as natural log of the mean
-        acc = axes[0].collections[0].get_array().reshape(len(BATCHES), len(WIDTHS))
-        assert acc[_ij(2, 16)] == pytest.approx(0.6 + 0.01 + 0.0005)
-        eig = axes[1].collections[0].get_array().reshape(len(BATCHES), len(WIDTHS))
-        assert eig[_ij(2, 256)] == pytest.approx(np.log(256.0))
-        # mode connectivity: diverging map centred at 0
-        mc_norm = axes[2].collections[0].norm
-        assert isinstance(mc_norm, mcolors.TwoSlopeNorm) and mc_norm.vcenter == 0.0
-        assert mc_norm(0.0) == pytest.approx(0.5)
+        # data-driven limits: the 2nd and 98th percentiles of the cell means (log10 for the eigenvalue)
+        acc = cells["test_acc"].dropna().to_numpy()
+        assert panels["test_acc"][1].get_clim() == pytest.approx(tuple(np.percentile(acc, [2, 98])))
+        eig = cells["hessian.top_eigenvalue"].dropna().to_numpy()
+        norm = panels["hessian.top_eigenvalue"][1].norm
+        assert isinstance(norm, mcolors.LogNorm)
+        assert (norm.vmin, norm.vmax) == pytest.approx(tuple(10 ** np.percentile(np.log10(eig), [2, 98])))
+        # the values drawn are the cell means themselves
+        a = panels["hessian.top_eigenvalue"][1].get_array().reshape(len(BATCHES), len(WIDTHS))
+        assert a[_ij(2, 256)] == pytest.approx(256.0)
+        # mode connectivity: symmetric-log scale centred at 0, symmetric limits
+        mc_norm = panels["connectivity.mc"][1].norm
+        assert isinstance(mc_norm, mcolors.SymLogNorm) and mc_norm.vmin == -mc_norm.vmax and mc_norm(0.0) == pytest.approx(0.5)
+        # labelled colour bars: unit and scale
+        labels = [_cbar_of(fig, panels[m][1]).ax.get_xlabel() for m in metrics]
+        assert "[fraction]" in labels[0] and "log10 scale" in labels[1] and "pp of training error" in labels[2]
+        assert "symlog" in labels[2] and "[unitless]" in labels[3]
     finally:
         plt.close(fig)
 
 
-def test_facets_share_colour_limits_and_grid(cells):
+def test_clipped_cells_get_extend_arrows_and_marks(cells):
+    c = cells.copy()
+    i_hi = c.index[(c["model.width"] == 8) & (c["train.batch_size"] == 16)][0]
+    i_lo = c.index[(c["model.width"] == 2) & (c["train.batch_size"] == 64)][0]
+    c.loc[i_hi, "test_acc"] = 0.99   # far above every other cell: beyond the 98th percentile
+    c.loc[i_lo, "test_acc"] = 0.10
+    fig = pdg.metrics_figure(c, "model.width", "train.batch_size", ["test_acc", "cka"])
+    try:
+        ax, mesh = _panels(fig)["test_acc"]
+        assert _cbar_of(fig, mesh).extend == "both"
+        lo, hi = mesh.get_clim()
+        assert lo > 0.10 and hi < 0.99
+        marks = {ln.get_gid(): ln for ln in ax.lines}
+        assert "clipped:high" in marks and "clipped:low" in marks
+        # one mark each, inside the clipped cell (x between its edges)
+        ex, ey = pdg.cell_edges(WIDTHS), pdg.cell_edges(BATCHES)
+        (xh,), (yh,) = marks["clipped:high"].get_data()
+        assert ex[WIDTHS.index(8)] < xh < ex[WIDTHS.index(8) + 1] and ey[0] < yh < ey[1]
+        (xl,), _ = marks["clipped:low"].get_data()
+        assert ex[0] < xl < ex[1]
+        # cka of the synthetic sweep holds two values only: the percentiles are the values, nothing is clipped
+        ax2, mesh2 = _panels(fig)["cka"]
+        assert _cbar_of(fig, mesh2).extend == "neither" and not any(str(ln.get_gid()).startswith("clipped") for ln in ax2.lines)
+    finally:
+        plt.close(fig)
+
+
+def test_facets_share_colour_limits_and_the_paper_limits_are_an_option(cells):
     two = pd.concat([cells.assign(**{"train.lr": 0.1}),
                      cells.assign(**{"train.lr": 0.2, "test_acc": cells["test_acc"] - 0.3})])
     fig = pdg.metrics_figure(two, "model.width", "train.batch_size", ["test_acc"], facet="train.lr")
     try:
         meshes = [c for ax in fig.axes for c in ax.collections if c.get_gid() == "metric:test_acc"]
         assert len(meshes) == 2
-        assert meshes[0].get_clim() == meshes[1].get_clim() == (0.56, 0.91)
+        both = two["test_acc"].dropna().to_numpy()
+        assert meshes[0].get_clim() == meshes[1].get_clim() == pytest.approx(tuple(np.percentile(both, [2, 98])))
+    finally:
+        plt.close(fig)
+    fig = pdg.metrics_figure(cells, "model.width", "train.batch_size", ["test_acc", "hessian.trace"], limits="paper")
+    try:
+        p = _panels(fig)
+        assert p["test_acc"][1].get_clim() == (0.56, 0.91)
+        assert p["hessian.trace"][1].get_clim() == pytest.approx((np.exp(3.0), np.exp(8.0)))
+        assert "paper's limits" in _cbar_of(fig, p["test_acc"][1]).ax.get_xlabel()
     finally:
         plt.close(fig)
 
@@ -151,16 +201,39 @@ def test_learning_rate_axis_is_not_inverted():
         plt.close(fig)
 
 
-def test_phase_map_labels_and_boundaries(cells):
-    fig = pdg.phase_map_figure(cells, "model.width", "train.batch_size")
+def test_phase_map_colours_legend_hatching_and_boundaries(cells):
+    c = cells.copy()
+    sel = (c["model.width"] == 2) & (c["train.batch_size"] == 16)
+    c.loc[sel, "phase_confidence"] = 0.6
+    c["n_models"], c["n_pairs_mc"] = 2, 1
+    fig = pdg.phase_map_figure(c, "model.width", "train.batch_size", uncertain_below=0.9)
     try:
         ax = fig.axes[0]
-        texts = {(t.get_position(), t.get_text()) for t in ax.texts if t.get_gid() == "phase-label"}
-        # widths 2, 4: mc = -5 with loss 1/w > 0.05 -> phase I; width 8, 32: low loss only at w=32
+        mesh = next(m for m in ax.collections if m.get_gid() == "phase-map")
+        codes = mesh.get_array().reshape(len(BATCHES), len(WIDTHS))
+        # one discrete colour per phase: the mesh holds the phase index, the colour map the phase colours
+        assert codes[_ij(2, 16)] == PHASES.index("I") and codes[_ij(32, 256)] == PHASES.index("IV-A")
+        assert mcolors.same_color(mesh.cmap(mesh.norm(PHASES.index("IV-B"))), pdg.PHASE_COLOURS["IV-B"])
+        texts = {(t.get_position(), t.get_text().split("\n")[0]) for t in ax.texts if t.get_gid() == "phase-label"}
         assert ((2, 16), "I") in texts and ((8, 16), "II") in texts
         assert ((32, 64), "IV-B") in texts and ((32, 256), "IV-A") in texts
         assert len(texts) == len(WIDTHS) * len(BATCHES) - 3
-        lc = next(c for c in ax.collections if c.get_gid() == "phase-boundaries")
+        full = next(t.get_text() for t in ax.texts if t.get_position() == (2, 16))
+        assert full.split("\n")[1:] == ["0.60", "2m/1p"]
+        # the uncertain cell is hatched, no other
+        unc = next(c_ for c_ in ax.collections if c_.get_gid() == "uncertain")
+        assert unc.cells == [(2.0, 16.0)] and unc.get_hatch() == "////"
+        # legend: the phases present, in order, with counts and mean accuracy; hatch and boundary entries
+        legend = fig.legends[0]
+        names = [t.get_text() for t in legend.get_texts()]
+        present = [p for p in PHASES if (c["phase"] == p).any()]
+        assert [n.split(":")[0] for n in names[: len(present)]] == present
+        n_i = int((c["phase"] == "I").sum())
+        assert names[0].startswith(f"I: {n_i} cells, test_acc ")
+        assert "confidence < 0.9" in names and "phase boundary" in names
+        # masked cells are marked on the map and named in the legend
+        assert any(n == pdg.MASK_LABELS["failed"] for n in names)
+        lc = next(c_ for c_ in ax.collections if c_.get_gid() == "phase-boundaries")
         segs = [np.asarray(s) for s in lc.get_segments()]
         e_x, e_y = pdg.cell_edges(WIDTHS), pdg.cell_edges(BATCHES)
         # the vertical edge between width 4 (I) and 8 (II) in the top row
@@ -189,31 +262,164 @@ def test_cli_end_to_end_and_refresh(tmp_path, capsys):
     out = tmp_path / "out"
     args = [str(sweep), "--x", "model.width", "--y", "train.batch_size", "--out", str(out),
             "--metrics", "test_acc", "connectivity.mc", "--thresholds", "cka=0.6"]
-    assert cli.main(args) == 0
-    printed = capsys.readouterr().out.split()
+    assert cli.main(args + ["--formats", "png", "pdf"]) == 0
+    printed = capsys.readouterr().out
     for name in ("phase_diagram.png", "phase_diagram.pdf", "phase_map.png", "pivot_test_acc.csv",
-                 "pivot_phase.csv", "rank_correlations.csv", "manifest.json", "cells.csv"):
-        assert str(out / name) in printed and (out / name).stat().st_size > 0
+                 "pivot_phase.csv", "rank_correlations.csv", "manifest.json", "cells.csv", "phase_summary.csv"):
+        assert (out / name).stat().st_size > 0
+    assert str(out) in printed and "phases (train.batch_size rows, model.width columns" in printed
+    # the printed table: small batches on top, as on the figure
+    table = printed[printed.index("phases ("):].splitlines()
+    rows = [ln.split()[0] for ln in table[3:6]]
+    assert rows == ["16", "64", "256"]
+    assert "test_acc_mean" in printed
     piv = pd.read_csv(out / "pivot_test_acc.csv", index_col=0)
     assert list(piv.columns) == ["2", "4", "8"] and list(piv.index) == BATCHES
     assert np.isnan(piv.loc[64, "8"]) and np.isnan(piv.loc[256, "4"])
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["thresholds"]["cka"] == 0.6 and manifest["n_cells"] == 8
+    assert manifest["thresholds"]["cka"] == {"value": 0.6, "unit": "unitless"} and manifest["n_cells"] == 8
+    assert manifest["thresholds"]["train_loss"]["unit"] == "nats" and manifest["settings_origin"]["cka"] == "flag"
     assert len(manifest["inputs"]["models"]) == 8 and "commit" in manifest["git"]
+    cells_csv = pd.read_csv(out / "cells.csv")
+    assert {"phase", "phase_confidence", "n_models", "n_pairs_mc", "uncertain"} <= set(cells_csv.columns)
     # more cells finish: re-running refreshes every output
     _write_sweep(sweep, m[~keep], p[p["model.width"] == 32])
-    args += ["--formats", "png"]
     before = (out / "phase_map.png").stat().st_mtime_ns
     assert cli.main(args) == 0
     assert (out / "phase_map.png").stat().st_mtime_ns > before
     piv = pd.read_csv(out / "pivot_test_acc.csv", index_col=0)
     assert list(piv.columns) == ["2", "4", "8", "32"]
     assert json.loads((out / "manifest.json").read_text())["n_cells"] == 11
-    # a filter on a knob, and a bad filter key named in the error
+    # a filter on a knob, and a bad filter key / bad threshold named in the error
     assert cli.main(args + ["--filter", "model.width=2,4"]) == 0
     assert list(pd.read_csv(out / "pivot_test_acc.csv", index_col=0).columns) == ["2", "4"]
+    capsys.readouterr()
     assert cli.main(args + ["--filter", "model.depth=3"]) == 2
     assert "model.depth" in capsys.readouterr().err
+    assert cli.main(args + ["--thresholds", "cka=high"]) == 2
+    assert "cka='high'" in capsys.readouterr().err
+    assert cli.main(args + ["--thresholds", "papers"]) == 2
+    assert "papers" in capsys.readouterr().err
+
+
+def _launch_record(sweep: Path, cells: list[tuple[str, dict]], states: dict[str, str]) -> None:
+    (sweep / "launches").mkdir(parents=True, exist_ok=True)
+    (sweep / "launches" / "20260101T000000-000000001.json").write_text(json.dumps({
+        "arguments": [], "argv": [], "cwd": str(sweep),
+        "cells": [{"cell_id": cid, "overrides": [f"{k}={v}" for k, v in kv.items()]} for cid, kv in cells]}))
+    for cid, state in states.items():
+        (sweep / "cells" / cid).mkdir(parents=True, exist_ok=True)
+        (sweep / "cells" / cid / "status.json").write_text(json.dumps({"state": state, "cell_id": cid}))
+
+
+def test_failed_row_and_collapsed_cell_stay_on_the_axes_marked(tmp_path, caplog):
+    """A row of cells that failed before writing any row (width 64, known only from the launch record and
+    their status.json) and a collapsed width-2 cell that is done with a null CKA (h2's contract) are drawn,
+    masked and marked, in every panel and on the phase map; the missing CKA is named in the warnings."""
+    m, p = _synthetic_rows()
+    p.loc[(p["model.width"] == 2) & (p["train.batch_size"] == 16), "cka"] = np.nan
+    p["cka.error"] = None
+    p.loc[(p["model.width"] == 2) & (p["train.batch_size"] == 16), "cka.error"] = "constant features (collapsed net)"
+    sweep = tmp_path / "sweep"
+    _write_sweep(sweep, m, p)
+    planned = [(f"w{w}-b{b}", {"model.width": w, "train.batch_size": b}) for w in WIDTHS + [64] for b in BATCHES]
+    _launch_record(sweep, planned, {f"w64-b{b}": "failed" for b in BATCHES})
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        paths = cli.run(sweep, "model.width", "train.batch_size", out=out, formats=("png",),
+                        metrics=["test_acc", "cka"], threshold_overrides={"cka": 0.6})
+    cells_csv = pd.read_csv(paths["cells.csv"])
+    w64 = cells_csv[cells_csv["model.width"] == 64]
+    assert len(w64) == 3 and (w64["status"] == "failed").all() and w64["phase"].isna().all()
+    assert any("no completed model" in r.getMessage() and "model.width=64" in r.getMessage() for r in caplog.records)
+
+    c = cells_csv.copy()
+    fig = pdg.metrics_figure(c, "model.width", "train.batch_size", ["test_acc", "cka"])
+    try:
+        for metric, (ax, mesh) in _panels(fig).items():
+            assert np.allclose(mesh.get_coordinates()[0, :, 0], pdg.cell_edges(WIDTHS + [64]))
+            marks = {ln.get_gid(): sorted(zip(*ln.get_data())) for ln in ax.lines}
+            assert marks["mask:failed"] == sorted([FAILED] + [(64, b) for b in BATCHES]), metric
+        ax, mesh = _panels(fig)["cka"]
+        marks = {ln.get_gid(): list(zip(*ln.get_data())) for ln in ax.lines}
+        assert marks["mask:nan"] == [(2, 16)]
+        arr = mesh.get_array().reshape(len(BATCHES), len(WIDTHS) + 1)
+        assert np.ma.getmaskarray(arr)[0, 0]
+    finally:
+        plt.close(fig)
+    # on the phase map the collapsed cell keeps its label (CKA is not needed on the high-loss side)
+    assert cells_csv.set_index(["model.width", "train.batch_size"]).loc[(2, 16), "phase"] == "I"
+    fig = pdg.phase_map_figure(c, "model.width", "train.batch_size")
+    try:
+        ax = fig.axes[0]
+        marks = {ln.get_gid(): sorted(zip(*ln.get_data())) for ln in ax.lines}
+        assert marks["mask:failed"] == sorted([FAILED] + [(64, b) for b in BATCHES])
+        assert ax.get_xlim()[1] == pytest.approx(pdg.cell_edges(WIDTHS + [64])[-1])
+    finally:
+        plt.close(fig)
+
+
+def test_sweep_file_phase_section_is_read(tmp_path, capsys):
+    m, p = _synthetic_rows()
+    sweep = tmp_path / "sweep"
+    _write_sweep(sweep, m, p)
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      sweep: mygrid\n"
+        "phase:\n  x: model.width\n  y: train.batch_size\n  thresholds: paper\n  cka: 0.6\n  train_loss: null\n"
+        "  limits: paper\n")
+    out = tmp_path / "out"
+    assert cli.main([str(sweep), "--out", str(out), "--mc-barrier", "-2"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["sweep_file"] == "sweeps/mygrid.yaml" and man["x"] == "model.width"
+    assert man["thresholds"]["cka"]["value"] == 0.6 and man["settings_origin"]["cka"] == "sweep file"
+    assert man["thresholds"]["mc_barrier"]["value"] == -2.0 and man["settings_origin"]["mc_barrier"] == "flag"
+    assert man["settings"]["limits"] == "paper"
+    assert "sweeps/mygrid.yaml" in capsys.readouterr().out
+    # a threshold set named by a flag replaces the sweep file's values
+    assert cli.main([str(sweep), "--out", str(out), "--thresholds", "paper"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["thresholds"]["cka"]["value"] == 0.7 and man["thresholds"]["source"] == "paper"
+    capsys.readouterr()
+    (sweep / "multirun.yaml").write_text("phase:\n  thresholds: calibrated\n")
+    assert cli.main([str(sweep), "--x", "model.width", "--y", "train.batch_size", "--out", str(out)]) == 2
+    assert "calibrated" in capsys.readouterr().err
+
+
+def test_demo_grid_through_the_cli_gives_three_phases_with_confidences(tmp_path):
+    """The demo sweep (sweeps/demo.yaml) on a reduced grid (widths 8, 32, 128 x batch sizes 64, 1024, all its
+    settings kept) through the real `landscape` multirun and `landscape-phase` (axes and thresholds from the
+    sweep file's phase section): at least three phases, each with a confidence, and correlations of metrics
+    only."""
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    sweep = tmp_path / "demo"
+    res = subprocess.run([sys.executable, "-m", "landscape.cli.app", "-m", "+sweep=demo", f"hydra.sweep.dir={sweep}",
+                          "model.width=8,32,128", "train.batch_size=64,1024"],
+                         capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([sys.executable, "-m", "landscape.cli.phase", str(sweep)],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = sweep / "analysis" / "phase" / "model.width__train.batch_size"
+    cells_csv = pd.read_csv(out / "cells.csv")
+    assert len(cells_csv) == 6 and (cells_csv["status"] == "done").all()
+    assert cells_csv["phase"].nunique() >= 3, cells_csv[["model.width", "train.batch_size", "phase"]]
+    assert cells_csv["phase_confidence"].between(0, 1).all() and cells_csv["phase_confidence"].notna().all()
+    assert (cells_csv["n_models"] == 3).all() and (cells_csv["n_pairs_mc"] == 3).all()
+    # physics, not thresholds: 60 large-batch SGD steps under-train every width, and width 8 does not fit
+    # (phases I/II: training loss > 0.05 nats); wide nets at batch 64 fit and are connected and similar (IV-B)
+    by = cells_csv.set_index(["model.width", "train.batch_size"])["phase"]
+    assert by.xs(1024, level=1).isin(["I", "II"]).all() and by.loc[8].isin(["I", "II"]).all()
+    assert by.loc[(32, 64)] == "IV-B" and by.loc[(128, 64)] == "IV-B"
+    assert "sweeps/demo.yaml" in res.stdout and "per phase" in res.stdout
+    rc = pd.read_csv(out / "rank_correlations.csv")
+    bad = [mm for mm in rc["metric"] if mm.endswith(("seconds", "stderr", "residual")) or
+           mm.rsplit(".", 1)[-1].startswith("n_") or mm.startswith(("model.", "train.", "data."))]
+    assert not bad and rc.groupby("metric")["n_cells"].max().min() > 0
+    assert {"cka", "connectivity.mc", "hessian.trace", "l2_distance"} <= set(rc["metric"])
+    assert not any(mm.startswith(("projection_trace", "surfaces", "topology", "jump_retrain")) for mm in rc["metric"])
+    assert set(rc["regime"]) == {"all", "well-trained", "poorly-trained"}
+    for f in ("phase_map.png", "phase_diagram.png"):
+        assert (out / f).stat().st_size > 10_000
 
 
 def test_notebook_runs_as_a_script_on_a_small_reference_sweep(tmp_path):
@@ -229,5 +435,9 @@ def test_notebook_runs_as_a_script_on_a_small_reference_sweep(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "45 model rows, 90 pair rows" in res.stdout
     assert (out / "heatmap_test_acc.png").stat().st_size > 0 and (out / "correlations.png").stat().st_size > 0
-    rc = pd.read_csv(out / "rank_correlations.csv").set_index("metric")
+    rc = pd.read_csv(out / "rank_correlations.csv")
+    rc = rc[rc.regime == "all"].set_index("metric")
     assert rc.loc["train_loss", "rho"] < 0 and rc.loc["cka", "rho"] > 0
+    # orientation as landscape-phase: small batches on top (the heatmap's first row), widths left to right
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("heatmap rows, top to bottom"))
+    assert line.split(":", 1)[1].split() == ["16", "128", "1024"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,116 @@ def test_job_rows_say_vectorized(tmp_path: Path, compose):
     assert not load(tmp_path / "b")["training.vectorized"].any()
     with pytest.raises(ConfigError, match="train.vectorize=on"):
         run_cell(compose(["model=cnn", "model.batch_norm=true", "train.vectorize=on", *fast]), tmp_path / "c")
+
+
+@pytest.mark.parametrize("schedule,factors", [
+    ("step", [1.0, 1.0, 0.5, 0.5]),  # milestones [2], decay 0.5
+    ("cosine", [1.0, (1 + 2**-0.5) / 2, 0.5, (1 - 2**-0.5) / 2]),
+])
+def test_schedule_sets_the_stacked_learning_rate_at_each_step(tmp_path: Path, monkeypatch, schedule, factors):
+    import landscape.vectorized as vec
+
+    seen: list[float] = []
+    original = vec.sgd_step_
+
+    def spy(params, grads, buffers, lr, momentum, weight_decay):
+        seen.append(lr)
+        return original(params, grads, buffers, lr, momentum, weight_decay)
+
+    monkeypatch.setattr(vec, "sgd_step_", spy)
+    x, y = _data()
+    _together(_cfg("mlp"), x, y, _settings(schedule=schedule), tmp_path)
+    assert seen == pytest.approx([0.05 * f for f in factors for _ in range(7)], rel=1e-12, abs=0)
+
+
+def test_one_seed_with_a_finite_blow_up_diverges_the_others_go_on(tmp_path: Path):
+    # seed 1 starts with weights x30 and cross-entropy at lr 20: its loss grows a million-fold but stays finite
+    x, y = _data()
+    st = _settings(lr=20.0, weight_decay=0.0, schedule="constant", momentum=0.9)
+    scale = {1: 30.0}
+    cfg = _cfg("mlp", activation="relu")
+    ser, rs = _serial(cfg, x, y, st, tmp_path, scale)
+    vec, rv = _together(cfg, x, y, st, tmp_path, scale)
+    assert rs[1].status == rv[1].status == "diverged" and rv[1].steps == rs[1].steps
+    assert all(math.isfinite(v) for v in rv[1].history)
+    assert "x max(initial loss" in rv[1].reason and rv[1].reason == rs[1].reason  # finite, far above the start
+
+
+def test_a_kill_between_two_seeds_results_resumes_bitwise(tmp_path: Path, monkeypatch):
+    # vmap stacks of 2-D CNNs of 3 seeds and of 1 do not round alike: the seed left must come from the trained
+    # stack, not from the last epoch checkpoint trained on alone
+    import landscape.vectorized as vec
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 1, 8, 8, generator=g), torch.randint(0, 4, (96,), generator=g)
+    st = _settings(epochs=2, checkpoint_every=1)
+    cfg = _cfg("cnn")
+
+    def together(name: str) -> dict[int, torch.nn.Module]:
+        models = {s: build_model(cfg, (1, 8, 8), 4, seed=s) for s in SEEDS}
+        train_together(models, x, y, st, {s: tmp_path / name / str(s) for s in SEEDS}, tmp_path / name / "group")
+        return models
+
+    ref = together("ref")
+    original = vec.write_final
+    calls = []
+
+    class Killed(Exception):
+        pass
+
+    def write_then_die(model, workdir):
+        if len(calls) == 2:
+            raise Killed  # the process dies after two seeds' results are written: one seed is left
+        calls.append(workdir)
+        return original(model, workdir)
+
+    monkeypatch.setattr(vec, "write_final", write_then_die)
+    with pytest.raises(Killed):
+        together("run")
+    monkeypatch.setattr(vec, "write_final", original)
+    assert (tmp_path / "run" / "1" / RESULT).exists() and not (tmp_path / "run" / "2" / RESULT).exists()
+    resumed = together("run")
+    for s in SEEDS:
+        assert _max_diff(ref[s], resumed[s]) == 0.0, s
+    assert not (tmp_path / "run" / "group" / "checkpoint.pt").exists()
+
+
+def test_a_kill_after_a_seed_diverged_mid_run_resumes_bitwise(tmp_path: Path, monkeypatch):
+    # seed 1 (weights x2, MSE at lr 0.2) diverges at step 4, after the epoch-1 checkpoint; the process dies right
+    # after its result is written: seed 0 must resume as the 1-seed stack it then was, not from the 2-seed
+    # checkpoint (a vmap stack of 2 seeds and one of 1 do not round alike)
+    import landscape.vectorized as vec
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 1, 8, 8, generator=g), torch.randint(0, 4, (96,), generator=g)
+    st = _settings(loss="mse", lr=0.2, weight_decay=0.0, schedule="constant", epochs=8, checkpoint_every=1)
+    cfg = _cfg("cnn", activation="relu")
+
+    def together(name: str) -> tuple[dict[int, torch.nn.Module], dict[int, TrainResult]]:
+        models = {s: build_model(cfg, (1, 8, 8), 4, seed=s) for s in (0, 1)}
+        with torch.no_grad():
+            for p in models[1].parameters():
+                p.mul_(2.0)
+        res = train_together(models, x, y, st, {s: tmp_path / name / str(s) for s in models}, tmp_path / name / "group")
+        return models, res
+
+    ref, rref = together("ref")
+    assert rref[1].status == "diverged" and rref[1].steps == 4 and rref[0].steps == 24
+    original = TrainResult.save
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(self, path):
+        original(self, path)
+        raise Killed
+
+    monkeypatch.setattr(TrainResult, "save", save_then_die)
+    with pytest.raises(Killed):
+        together("run")
+    monkeypatch.setattr(TrainResult, "save", original)
+    assert (tmp_path / "run" / "1" / RESULT).exists() and not (tmp_path / "run" / "0" / RESULT).exists()
+    resumed, res = together("run")
+    for s in (0, 1):
+        assert _max_diff(ref[s], resumed[s]) == 0.0, s
+    assert res[0].resumed_from_epoch == 1 and res[0].history == rref[0].history

@@ -8,4 +8,4 @@ class SlurmLauncher(CellSlurmLauncher):
 
 
 class LocalLauncher(CellLocalLauncher):
-    """Local processes through submitit, one GPU per concurrent cell; see ``landscape.cli.launchers``."""
+    """A pool of warm local worker processes, one GPU per worker; see ``landscape.cli.launchers``."""

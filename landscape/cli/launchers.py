@@ -12,18 +12,28 @@
   stopped within ``STOP_GRACE_S``, the requeue happens at once; finished metric values are cached in the
   cell directory, so little is lost. (submitit counts a signal as a time-out, limited by
   ``max_num_timeout``, once 80% of ``timeout_min`` has passed, else as a preemption, requeued without limit.)
-- a job that dies without a result (killed, out of memory) is a failed cell, not an aborted wait.
+- a job that dies without a result (killed, out of memory) is a failed cell, not an aborted wait;
+- ``cells_per_task`` (default ``auto``: ``ceil(cells / array_parallelism)``) cells run one after the other in
+  one array task (``run_cells``), so short cells do not each pay a Python, torch and Hydra start-up; a requeued
+  task skips its cells already done and resumes the stopped one.
 
-``hydra/launcher=local`` (``CellLocalLauncher``) runs the cells as local processes, at most
-``max_parallel`` at a time (default: one per visible GPU, else ``cpu_count // cpus_per_task``). Every job
-sees all of the machine's GPUs; ``device=auto`` then claims one GPU per job (``landscape.devices``).
+``hydra/launcher=local`` (``CellLocalLauncher``) runs the cells in a pool of ``max_parallel`` warm worker
+processes (default: one per visible GPU, else ``cpu_count // cpus_per_task``), started once per launch and
+each running many cells one after the other: no Python, torch and Hydra start-up per cell. On Linux the
+workers are forked from the launcher, which has already imported everything (``start_method: fork``; where
+CUDA is already initialised in the launcher, or elsewhere, ``spawn``). With GPUs, worker ``i`` sees only GPU
+``i mod n_gpus`` (``CUDA_VISIBLE_DEVICES``). SIGTERM/SIGINT to the launcher (or SIGTERM/SIGUSR2 to a worker)
+sets the workers' stop request (``landscape.preemption``): training checkpoints at its current step, the cell
+records ``preempted`` in its status, and rerunning the same command resumes it.
 
 The Hydra plugin classes (``hydra_plugins.landscape_plugins.launchers``) are thin subclasses of these.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import re
 import signal
@@ -45,7 +55,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
 
 #: Preset keys that are landscape's own (not submitit parameters).
-OWN_KEYS = ("max_array_size", "max_parallel")
+OWN_KEYS = ("max_array_size", "max_parallel", "start_method", "cells_per_task")
 
 
 def cluster_max_array_size(timeout_s: float = 10.0) -> int | None:
@@ -109,6 +119,66 @@ class _CellLauncherBase(BaseSubmititLauncher):
             submitit_handler(sig, None)  # checkpoint() -> same job re-submitted; scontrol requeue; exit
         return ret
 
+    def run_cells(self, cells: Sequence[tuple]) -> list[JobReturn]:
+        """Several cells in one SLURM task (``cells_per_task``), one after the other, with ``__call__``'s
+        preemption handling around the whole list: on the signal the running cell checkpoints and the task is
+        requeued; the requeued task skips the cells already done (their status) and resumes the stopped one."""
+        import submitit
+        from hydra.core.utils import run_job, setup_globals
+        from omegaconf import open_dict
+
+        from landscape import preemption
+        from landscape.training import StopRequested
+
+        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
+        preemption.reset()
+        sig = submitit.JobEnvironment._usr_sig()
+        submitit_handler = signal.getsignal(sig)
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.warning("signal %s: stopping the cell at its next training step to checkpoint and requeue", signum)
+            preemption.request_stop(f"signal {signal.Signals(signum).name}")
+            if not callable(submitit_handler):
+                return
+            if preemption.last_poll_age() > STOP_GRACE_S:
+                submitit_handler(signum, frame)
+            else:
+                signal.signal(signal.SIGALRM, lambda *_: submitit_handler(signum, None))
+                signal.alarm(int(STOP_GRACE_S) + 1)
+
+        composer = JobComposer(self.config, self.hydra_context.config_loader)
+        task_id = submitit.JobEnvironment().job_id
+        out: list[JobReturn] = []
+        stopped = False
+        signal.signal(sig, on_signal)
+        try:
+            for overrides, job_dir_key, job_num, _, singleton_state in cells:
+                if preemption.stop_requested():
+                    break
+                Singleton.set_state(singleton_state)
+                setup_globals()
+                cfg = composer.compose(list(overrides))
+                with open_dict(cfg.hydra.job):
+                    cfg.hydra.job.id = f"{task_id}.{job_num}"
+                    cfg.hydra.job.num = job_num
+                ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
+                              job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+                out.append(ret)
+                if ret.status == JobStatus.FAILED and isinstance(ret._return_value, StopRequested):
+                    stopped = True
+                    break
+        finally:
+            signal.alarm(0)
+            signal.signal(sig, submitit_handler)
+        if stopped and preemption.stop_requested() and callable(submitit_handler):
+            log.warning("cell checkpointed (%s): requeueing the task", out[-1]._return_value)
+            submitit_handler(sig, None)  # checkpoint() -> the same task re-submitted; scontrol requeue; exit
+        for _ in range(len(cells) - len(out)):
+            ret = JobReturn()
+            ret.status, ret.return_value = JobStatus.FAILED, RuntimeError("not run: the task was stopped")
+            out.append(ret)
+        return out
+
     # ---------------------------------------------------------------------------- in the launcher
     def _executor(self) -> Any:
         import submitit
@@ -151,30 +221,61 @@ class CellSlurmLauncher(_CellLauncherBase):
             size = min(size, int(preset))
         return size
 
+    def cells_per_task(self, n_cells: int) -> int:
+        """``hydra.launcher.cells_per_task``; ``null``/``auto``: as many as make the grid one wave of at most
+        ``array_parallelism`` concurrent tasks (``ceil(n_cells / array_parallelism)``), so a 2,000-cell grid of
+        short cells is 256 task start-ups (Python, torch, Hydra), not 2,000."""
+        preset = self.own.get("cells_per_task")
+        if preset not in (None, "auto"):
+            value = int(preset)
+            if value < 1:
+                raise ValueError(f"hydra.launcher.cells_per_task={preset!r}: expected a positive integer or auto")
+            return value
+        parallel = int(self.params.get("array_parallelism") or 256)
+        return max(1, math.ceil(n_cells / max(parallel, 1)))
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert len(job_overrides) > 0
         executor = self._executor()
         params = self._job_params(job_overrides, initial_job_idx)
         size = self.max_array_size()
-        chunks = chunk(params, size)
+        per_task = self.cells_per_task(len(params))
+        tasks = chunk(params, per_task) if per_task > 1 else None
+        chunks = chunk(tasks if tasks is not None else params, size)
         jobs: list[Any] = []
         tic = time.perf_counter()
         for part in chunks:  # submit every chunk first ...
-            jobs.extend(executor.map_array(self, *zip(*part)))
-        log.info("submitted %d cells as %d SLURM array(s) of <= %d tasks in %.1f s (first job %s)",
-                 len(params), len(chunks), size, time.perf_counter() - tic, jobs[0].job_id)
-        return _collect(jobs)  # ... then wait for all of them
+            if tasks is not None:
+                jobs.extend(executor.map_array(_CellsTask(self), part))
+            else:
+                jobs.extend(executor.map_array(self, *zip(*part)))
+        log.info("submitted %d cells as %d SLURM array(s) of <= %d tasks (%d cell(s) per task) in %.1f s "
+                 "(first job %s)", len(params), len(chunks), size, per_task, time.perf_counter() - tic,
+                 jobs[0].job_id)
+        if tasks is None:
+            return _collect(jobs)  # ... then wait for all of them
+        return _collect(jobs, [len(t) for t in tasks])
+
+
+class _CellsTask:
+    """The callable of a SLURM task carrying several cells; ``checkpoint`` makes submitit requeue it."""
+
+    def __init__(self, launcher: _CellLauncherBase):
+        self.launcher = launcher
+
+    def __call__(self, cells: Sequence[tuple]) -> list[JobReturn]:
+        return self.launcher.run_cells(cells)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 class CellLocalLauncher(_CellLauncherBase):
-    """Local processes, at most ``max_parallel`` at once, each seeing all GPUs (one claimed per job)."""
+    """A pool of warm local worker processes, each running many cells; one GPU per worker where GPUs exist."""
 
     _EXECUTOR = "local"
-
-    def _adjust(self, params: dict[str, Any]) -> dict[str, Any]:
-        if params.get("gpus_per_node") is None:
-            params["gpus_per_node"] = _gpu_count()  # submitit_local would hide all GPUs otherwise
-        return params
 
     def max_parallel(self) -> int:
         preset = self.own.get("max_parallel")
@@ -186,39 +287,210 @@ class CellLocalLauncher(_CellLauncherBase):
         cpus = int(self.params.get("cpus_per_task") or 1)
         return max(1, (os.cpu_count() or 1) // cpus)
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        assert len(job_overrides) > 0
-        executor = self._executor()
-        params = self._job_params(job_overrides, initial_job_idx)
-        limit = self.max_parallel()
-        log.info("running %d cells locally, at most %d at a time", len(params), limit)
-        results: list[Any] = [None] * len(params)
-        running: dict[int, Any] = {}
-        queue = list(range(len(params)))
-        while queue or running:
-            while queue and len(running) < limit:
-                i = queue.pop(0)
-                running[i] = executor.submit(self, *params[i])
-            time.sleep(0.2)
-            for i, job in list(running.items()):
-                if job.done():
-                    results[i] = job
-                    del running[i]
-        return _collect(results)
+    def start_method(self) -> str:
+        """``fork`` where available and safe (no CUDA context in the launcher), else ``spawn``."""
+        import multiprocessing as mp
 
-
-def _collect(jobs: Sequence[Any]) -> list[JobReturn]:
-    """Wait for every submitit job; a job that died without a result (killed, out of memory, cancelled)
-    becomes a FAILED return instead of aborting the wait for the others."""
-    out = []
-    for job in jobs:
+        wanted = str(self.own.get("start_method") or "auto")
+        if wanted != "auto":
+            if wanted not in mp.get_all_start_methods():
+                raise ValueError(f"hydra.launcher.start_method={wanted!r}: expected auto or one of "
+                                 f"{', '.join(mp.get_all_start_methods())}")
+            return wanted
+        cuda_ready = False
         try:
-            out.append(job.results()[0])
+            import torch
+
+            cuda_ready = bool(torch.cuda.is_initialized())
+        except Exception:  # noqa: BLE001
+            pass
+        return "fork" if "fork" in mp.get_all_start_methods() and not cuda_ready else "spawn"
+
+    def run_in_worker(self, sweep_overrides: List[str], job_dir_key: str, job_num: int) -> JobReturn:
+        """One cell in a pool worker: Hydra's job setup (as submitit's job does), then the cell."""
+        from hydra.core.utils import run_job, setup_globals
+        from omegaconf import open_dict
+
+        from landscape import preemption
+
+        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
+        if preemption.stop_requested():  # the launch is being stopped: do not start another cell
+            ret = JobReturn()
+            ret.status, ret.return_value = JobStatus.FAILED, RuntimeError("launch stopped before this cell started")
+            return ret
+        Singleton.set_state(_WORKER["singletons"])
+        setup_globals()
+        if "composer" not in _WORKER:
+            _WORKER["composer"] = JobComposer(self.config, self.hydra_context.config_loader)
+        sweep_config = _WORKER["composer"].compose(list(sweep_overrides))
+        with open_dict(sweep_config.hydra.job):
+            sweep_config.hydra.job.id = f"local_{os.getpid()}_{job_num}"
+            sweep_config.hydra.job.num = job_num
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
+                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        import cloudpickle
+
+        assert len(job_overrides) > 0
+        params = self._job_params(job_overrides, initial_job_idx)
+        limit = min(self.max_parallel(), len(params))
+        method = self.start_method()
+        ctx = mp.get_context(method)
+        gpus = _gpu_count()
+        slots = ctx.Value("i", 0)  # the next worker slot (no queue: its feeder thread must not exist at a fork)
+        log.info("running %d cells locally, at most %d at a time (%d warm worker process(es), %s)",
+                 len(params), limit, limit, method)
+        results: list[JobReturn | None] = [None] * len(params)
+        pool = ProcessPoolExecutor(max_workers=limit, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(cloudpickle.dumps((self, Singleton.get_state())), slots, gpus))
+        stop = {"signal": None}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            stop["signal"] = signum
+            log.warning("signal %s: asking the workers to checkpoint and stop; rerun the same command to resume",
+                        signal.Signals(signum).name)
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(OSError):
+                    os.kill(proc.pid, signal.SIGTERM)
+
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            futures = [pool.submit(_worker_run, overrides, key, num) for overrides, key, num, _, _ in params]
+            for i, fut in enumerate(futures):
+                try:
+                    results[i] = cloudpickle.loads(fut.result())
+                except Exception as exc:  # noqa: BLE001 - a worker died (killed, out of memory)
+                    log.error("cell #%d ended without a result: %s", params[i][2], exc)
+                    ret = JobReturn()
+                    ret.status, ret.return_value = JobStatus.FAILED, exc
+                    results[i] = ret
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        if stop["signal"] is not None:
+            log.warning("launch stopped by signal %s", signal.Signals(stop["signal"]).name)
+        return [r for r in results if r is not None]
+
+
+class JobComposer:
+    """A job's config (with its ``hydra`` node) as Hydra's ``load_sweep_config`` makes it, composed by Hydra once
+    per distinct set of config-group (and ``hydra``) overrides; the plain ``key=value`` overrides of each job are
+    applied to a copy of that composition by Hydra's own override function (struct mode: a typo still fails),
+    and the job's ``hydra.overrides.task`` and ``hydra.job.override_dirname`` are set as Hydra sets them. The
+    first job of each base is also composed in full and compared (a sampled check, not repeated per job); any
+    difference, or an override this path does not handle, means Hydra's full compose from then on."""
+
+    def __init__(self, config: Any, loader: Any):
+        from landscape.cli.sweeper import CellComposer
+
+        self.config, self.loader = config, loader
+        self.splitter = CellComposer(config, loader)
+        self.bases: dict[tuple[str, ...], Any] = {}
+        self.verified: set[tuple[str, ...]] = set()
+        self.fast = True
+        self.n_full = 0
+
+    def full(self, overrides: List[str]) -> Any:
+        self.n_full += 1
+        return self.loader.load_sweep_config(self.config, list(overrides))
+
+    def compose(self, overrides: List[str]) -> Any:
+        import copy
+
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra._internal.config_loader_impl import get_overrides_dirname
+        from omegaconf import open_dict
+
+        if not self.fast:
+            return self.full(overrides)
+        try:
+            group, values = self.splitter._split(overrides)
+        except Exception:  # noqa: BLE001 - e.g. a sweep override: Hydra's path
+            return self.full(overrides)
+        if group not in self.bases:
+            self.bases[group] = self.full(list(group))
+        cfg = copy.deepcopy(self.bases[group])
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        parsed = [self.splitter._parsed[line] for line in overrides]
+        app = [ov for ov in parsed if not ov.is_hydra_override()]
+        with open_dict(cfg.hydra):
+            cfg.hydra.overrides.task = [ov.input_line for ov in app]
+            dirname = cfg.hydra.job.config.override_dirname
+            cfg.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
+        OmegaConf.copy_cache(from_config=self.config, to_config=cfg)
+        if group not in self.verified:
+            full = self.full(overrides)
+            if OmegaConf.to_container(cfg) != OmegaConf.to_container(full):
+                log.warning("fast job compose differs from Hydra's for %s: composing every job with Hydra",
+                            " ".join(overrides))
+                self.fast = False
+                return full
+            self.verified.add(group)
+        return cfg
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(state: bytes, slots: Any, gpus: int) -> None:
+    """In a new pool worker: remember the launcher and Hydra's singletons (``state``, cloudpickled: the config
+    holds dynamically made dataclasses), take a worker slot (its GPU), install the stop handlers."""
+    import cloudpickle
+
+    from landscape import preemption
+
+    launcher, singletons = cloudpickle.loads(state)
+
+    with slots.get_lock():
+        slot = int(slots.value)
+        slots.value += 1
+    _WORKER.update(launcher=launcher, singletons=singletons, slot=slot)
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(_visible_gpus()[slot % gpus])
+    preemption.reset()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        preemption.request_stop(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGUSR2, on_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops the workers
+
+
+def _worker_run(sweep_overrides: List[str], job_dir_key: str, job_num: int) -> bytes:
+    """Run one cell; its ``JobReturn`` pickled by cloudpickle (the config holds dynamically made dataclasses)."""
+    import cloudpickle
+
+    return cloudpickle.dumps(_WORKER["launcher"].run_in_worker(sweep_overrides, job_dir_key, job_num))
+
+
+def _visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    return [str(i) for i in range(_gpu_count())]
+
+
+def _collect(jobs: Sequence[Any], sizes: Sequence[int] | None = None) -> list[JobReturn]:
+    """Wait for every submitit job; a job that died without a result (killed, out of memory, cancelled)
+    becomes a FAILED return (one per cell it carried: ``sizes``) instead of aborting the wait for the others."""
+    out: list[JobReturn] = []
+    for i, job in enumerate(jobs):
+        try:
+            res = job.results()[0]
+            out.extend(res if sizes is not None else [res])
         except Exception as exc:  # noqa: BLE001
             log.error("job %s ended without a result: %s", getattr(job, "job_id", "?"), str(exc).splitlines()[0] if str(exc) else exc)
-            ret = JobReturn()
-            ret.status, ret.return_value = JobStatus.FAILED, exc
-            out.append(ret)
+            for _ in range(sizes[i] if sizes is not None else 1):
+                ret = JobReturn()
+                ret.status, ret.return_value = JobStatus.FAILED, exc
+                out.append(ret)
     return out
 
 

@@ -1,29 +1,36 @@
 """``landscape-phase``: phase diagrams of a sweep directory.
 
-    landscape-phase SWEEP_DIR --x model.width --y train.batch_size [--metrics M ...] [--facet KNOB]
-                    [--filter KNOB=VALUE ...] [--out DIR] [--thresholds NAME=VALUE[,NAME=VALUE...]]
+    landscape-phase SWEEP_DIR [--x KNOB --y KNOB] [--metrics M ...] [--facet KNOB] [--filter KNOB=VALUE ...]
+                    [--out DIR] [--thresholds paper|calibrate|NAME=VALUE ...] [--train-loss NATS]
+                    [--train-error PERCENT] [--mc-underfit PP] [--mc-barrier PP] [--cka C]
+                    [--limits data|paper] [--uncertain-below C] [--bootstrap N] [--seed S] [--formats png pdf]
 
-Reads the ``models`` and ``pairs`` rows of the sweep, keeps the rows of the filters, aggregates the completed
-rows of every cell (mean, std, count; :func:`landscape.phase.aggregate_cells`), labels the phases
-(:class:`landscape.phase.PhaseRule`) and writes into ``--out`` (default ``SWEEP_DIR/analysis/phase/<x>__<y>``):
+Reads the ``models`` and ``pairs`` rows of the sweep and the cells it planned (``launches/*.json``, with each
+cell's ``status.json``: a cell that never wrote a row is still drawn, masked), keeps the rows of the filters,
+aggregates the completed rows of every cell (:func:`landscape.phase.aggregate_cells`), labels the phases
+(:class:`landscape.phase.PhaseRule`), bootstraps each label's confidence, prints the phase table and the
+mean test accuracy per phase, and writes into ``--out`` (default ``SWEEP_DIR/analysis/phase/<x>__<y>``):
 
-* ``phase_diagram.png`` / ``.pdf``: one panel per metric (rows: facet values);
-* ``phase_map.png`` / ``.pdf``: phase labels and boundaries over the test-accuracy panel;
-* ``cells.csv``: one row per cell (means, stds, counts, status, phase);
+* ``phase_diagram.png`` (and ``.pdf``/``.svg`` with ``--formats``): one panel per metric (rows: facet
+  values), colour limits from the data;
+* ``phase_map.png`` (likewise): one colour per phase, boundaries, legend, confidence and counts per cell;
+* ``cells.csv``: one row per cell (means, stds, counts, status, phase, phase_confidence, n_models, n_pairs_mc;
+  metrics of families that did not run are left out);
 * ``pivot_<metric>.csv`` (``pivot_<metric>__<facet>=<value>.csv`` with a facet): cell means, rows = y values,
   columns = x values; ``pivot_phase.csv`` likewise;
-* ``phase_summary.csv``: number of cells and mean test accuracy per phase;
-* ``rank_correlations.csv``: Spearman correlation of each metric's cell means with test accuracy;
-* ``manifest.json``: inputs, filters, thresholds, metrics, git commit, time, outputs.
+* ``phase_summary.csv``: cells, mean test accuracy and mean confidence per phase;
+* ``rank_correlations.csv``: Spearman correlation of each metric's cell means with test accuracy, over all
+  cells and within the well- and poorly-trained ones, with n and p (metric columns of families that ran);
+* ``manifest.json``: inputs, filters, thresholds with units and where they came from, calibration, warnings.
 
-Every output is rewritten on each run, so re-running as cells finish refreshes them. The output paths are
-printed, one per line.
+Settings come from, in increasing precedence: the defaults (the paper's thresholds, data colour limits), the
+sweep file's ``phase:`` section (kept in ``SWEEP_DIR/multirun.yaml`` by every launch; the sweep file's name is
+``hydra.runtime.choices.sweep`` there), and the flags. Every output is rewritten on each run.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -36,13 +43,21 @@ import numpy as np
 import pandas as pd
 
 from landscape import phase as ph
-from landscape import phase_diagram as pd_fig
 
 log = logging.getLogger(__name__)
 
+#: Defaults of the settings (overridden by the sweep file's ``phase:`` section, then by flags).
+DEFAULTS: dict[str, Any] = {"x": None, "y": None, "facet": None, "thresholds": "paper", "limits": "data",
+                            "uncertain_below": 0.9, "bootstrap": 1000, "seed": 0}
+THRESHOLD_KEYS = ("train_loss", "train_error", "mc_underfit", "mc_barrier", "cka")
+#: States of ``cells/<id>/status.json`` that mean no result yet.
+_PENDING_STATES = ("running", "pending", "interrupted")
+
 
 def load_rows(sweep_dir: Path, table: str) -> pd.DataFrame:
-    """All rows of ``table`` of a sweep (``<sweep_dir>/results/<table>/*.parquet``); empty if none."""
+    """All rows of ``table`` of a sweep, through ``landscape.results.load`` (typed; only committed, intact
+    result files; its snapshot makes re-reading fast); empty if none. Where that fails, the Parquet files
+    are read directly (logged)."""
     try:
         from landscape.results import load
 
@@ -67,6 +82,25 @@ def read_parquet_dir(directory: Path) -> pd.DataFrame:
     return pads.dataset(files, schema=schema, format="parquet").to_table().to_pandas()
 
 
+def sweep_settings(sweep_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """``(phase section, sweep file name)`` recorded in ``SWEEP_DIR/multirun.yaml`` (the composed config of
+    the last launch: the sweep file's ``phase:`` keys and ``hydra.runtime.choices.sweep``); empty/None when
+    there is no such file (e.g. rows imported from elsewhere). Null values are left out."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return {}, None
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        log.warning("%s: not readable (%s); ignoring its phase settings", path, e)
+        return {}, None
+    section = doc.get("phase") or {}
+    sweep = ((doc.get("hydra") or {}).get("runtime") or {}).get("choices", {}).get("sweep")
+    return {k: v for k, v in section.items() if v is not None}, sweep
+
+
 def _parse_value(text: str) -> Any:
     for cast in (int, float):
         try:
@@ -87,20 +121,82 @@ def parse_filters(items: Sequence[str]) -> dict[str, list[Any]]:
     return out
 
 
+def _keep(col: pd.Series, values: list[Any]) -> np.ndarray:
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and \
+            pd.api.types.is_numeric_dtype(col):
+        c = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.isclose(c[:, None], np.asarray(values, dtype=np.float64)[None, :], rtol=1e-9).any(axis=1)
+    return col.astype(object).isin(values).to_numpy(dtype=bool)
+
+
 def apply_filters(df: pd.DataFrame, filters: dict[str, list[Any]]) -> pd.DataFrame:
     """Rows whose column ``k`` is one of ``filters[k]`` for every ``k`` (numbers compared as floats)."""
     keep = np.ones(len(df), dtype=bool)
     for k, values in filters.items():
         if k not in df.columns:
             raise KeyError(f"--filter {k}: no such column; knobs: {ph.knob_columns(df)}")
-        col = df[k]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and \
-                pd.api.types.is_numeric_dtype(col):
-            c = col.astype("float64").to_numpy()
-            keep &= np.isclose(c[:, None], np.asarray(values, dtype=np.float64)[None, :], rtol=1e-9).any(axis=1)
-        else:
-            keep &= col.astype(object).isin(values).to_numpy(dtype=bool)
+        keep &= _keep(df[k], values)
     return df[keep]
+
+
+def planned_cells(sweep_dir: Path) -> pd.DataFrame:
+    """Every cell the sweep's launches planned (``launches/*.json``): ``cell_id``, ``state`` (its
+    ``cells/<id>/status.json`` state, ``pending`` without one) and one column per override key (parsed values)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for f in sorted((Path(sweep_dir) / "launches").glob("*.json")):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            log.warning("%s: not readable; its planned cells are not drawn", f)
+            continue
+        for c in doc.get("cells", []):
+            row: dict[str, Any] = {"cell_id": c.get("cell_id")}
+            for o in c.get("overrides", []):
+                if "=" in o and not o.startswith(("+", "~", "hydra")):
+                    k, v = o.split("=", 1)
+                    row[k] = _parse_value(v)
+            rows[str(row["cell_id"])] = row
+    if not rows:
+        return pd.DataFrame(columns=["cell_id", "state"])
+    for cid, row in rows.items():
+        state = "pending"
+        status = Path(sweep_dir) / "cells" / cid / "status.json"
+        if status.is_file():
+            try:
+                state = str(json.loads(status.read_text()).get("state", "pending"))
+            except (OSError, ValueError):
+                state = "damaged"
+        row["state"] = state
+    return pd.DataFrame(list(rows.values()))
+
+
+def _placeholders(sweep_dir: Path, models: pd.DataFrame, by: list[str], filters: dict[str, list[Any]]) -> pd.DataFrame:
+    """Cells planned by the sweep that have no model row, as cell rows with the knob values ``by`` and a status
+    (``failed``, or ``missing`` for a cell not run yet), so that they stay on the axes."""
+    planned = planned_cells(sweep_dir)
+    if planned.empty:
+        return pd.DataFrame()
+    have = set(models["cell_id"].astype(str)) if "cell_id" in models.columns else set()
+    todo = planned[~planned["cell_id"].astype(str).isin(have)].copy()
+    if todo.empty:
+        return pd.DataFrame()
+    for k in by:
+        if k not in todo.columns:
+            fixed = models[k].dropna().unique() if k in models.columns else []
+            if len(fixed) != 1:
+                log.warning("%d planned cells without rows are not drawn: their %s is not in their overrides",
+                            len(todo), k)
+                return pd.DataFrame()
+            todo[k] = fixed[0]
+    todo = todo.dropna(subset=by)
+    for k, values in filters.items():
+        if k in todo.columns:
+            todo = todo[_keep(todo[k], values)]
+    out = todo[["cell_id"] + by].copy()
+    out["status"] = ["failed" if s in ("failed", "damaged") else "missing" for s in todo["state"]]
+    out["n_rows"] = 0
+    out["n_done"] = 0
+    return out.drop(columns="cell_id")
 
 
 def _slug(text: str) -> str:
@@ -117,91 +213,167 @@ def _git_commit() -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty}
 
 
+def resolve_settings(sweep_dir: Path, cli: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, str], str | None]:
+    """``(settings, threshold overrides, origin of each, sweep file name)``: defaults < the sweep file's
+    ``phase:`` section < flags (``cli``: None for a flag not given). A threshold set named by a flag
+    (``--thresholds paper|calibrate``) drops the sweep file's threshold values."""
+    section, sweep_file = sweep_settings(sweep_dir)
+    if cli.get("thresholds") is not None:
+        # a threshold set named by a flag replaces the sweep file's thresholds (flag values still apply)
+        section = {k: v for k, v in section.items() if k not in THRESHOLD_KEYS}
+    settings = dict(DEFAULTS)
+    origin = {k: "default" for k in settings}
+    thresholds: dict[str, Any] = {}
+    for src, values in (("sweep file", section), ("flag", cli)):
+        for k, v in values.items():
+            if v is None:
+                continue
+            if k in THRESHOLD_KEYS:
+                thresholds[k] = v
+                origin[k] = src
+            elif k == "threshold_overrides":
+                thresholds.update(v)
+                origin.update({kk: src for kk in v})
+            elif k in settings:
+                settings[k] = v
+                origin[k] = src
+            else:
+                raise KeyError(f"phase.{k}={v!r} ({src}): unknown; allowed: "
+                               f"{', '.join(list(DEFAULTS) + list(THRESHOLD_KEYS))}")
+    if settings["limits"] not in ("data", "paper"):
+        raise ValueError(f"limits={settings['limits']!r} ({origin['limits']}): expected data or paper")
+    return settings, thresholds, origin, sweep_file
+
+
 def run(
     sweep_dir: Path,
-    x: str,
-    y: str,
+    x: str | None = None,
+    y: str | None = None,
     metrics: Sequence[str] | None = None,
     facet: str | None = None,
     filters: dict[str, list[Any]] | None = None,
     out: Path | None = None,
-    rule: ph.PhaseRule = ph.PhaseRule(),
-    formats: Sequence[str] = ("png", "pdf"),
+    rule: ph.PhaseRule | None = None,
+    formats: Sequence[str] = ("png",),
+    thresholds: str | None = None,
+    threshold_overrides: dict[str, Any] | None = None,
+    limits: str | None = None,
+    uncertain_below: float | None = None,
+    bootstrap: int | None = None,
+    seed: int | None = None,
+    report: list[str] | None = None,
 ) -> dict[str, Path]:
-    """The whole command (see the module docstring); returns ``{output name: path}``."""
+    """The whole command (see the module docstring); returns ``{output name: path}``. ``rule`` (a ready rule)
+    replaces ``thresholds``/``threshold_overrides`` and the sweep file's thresholds. ``report`` (a list) gets the
+    lines the command prints."""
+    from landscape import phase_diagram as pd_fig
+
     sweep_dir = Path(sweep_dir)
     filters = filters or {}
+    settings, t_over, origin, sweep_file = resolve_settings(sweep_dir, {
+        "x": x, "y": y, "facet": facet, "thresholds": thresholds, "limits": limits,
+        "uncertain_below": uncertain_below, "bootstrap": bootstrap, "seed": seed,
+        "threshold_overrides": threshold_overrides or None})
+    x, y, facet = settings["x"], settings["y"], settings["facet"]
+    if not x or not y:
+        raise ValueError("--x and --y: the knobs of the axes are needed (or phase.x / phase.y in the sweep file)")
     out = Path(out) if out is not None else sweep_dir / "analysis" / "phase" / f"{_slug(x)}__{_slug(y)}"
     models = load_rows(sweep_dir, "models")
     pairs = load_rows(sweep_dir, "pairs")
     if models.empty:
-        raise FileNotFoundError(f"no models rows under {sweep_dir / 'results' / 'models'}")
+        planned = planned_cells(sweep_dir)
+        hint = (f"; the sweep planned {len(planned)} cells ({', '.join(f'{k}: {v}' for k, v in planned['state'].value_counts().items())}):"
+                f" see landscape-status {sweep_dir}") if not planned.empty else ""
+        raise FileNotFoundError(f"no models rows under {sweep_dir / 'results' / 'models'}{hint}")
     models = apply_filters(models, filters)
     if not pairs.empty:
         pairs = apply_filters(pairs, {k: v for k, v in filters.items() if k in pairs.columns})
     if models.empty:
         raise ValueError(f"no models rows left after filters {filters}")
     by = [x, y] + ([facet] if facet else [])
-    cells = ph.aggregate_cells(models, pairs if not pairs.empty else None, by)
+    for k in by:
+        if k not in models.columns:
+            raise KeyError(f"knob {k!r} is not a column of the rows; knobs: {ph.knob_columns(models)}")
+    pairs_or_none = pairs if not pairs.empty else None
+    cells = ph.aggregate_cells(models, pairs_or_none, by)
+    extra = _placeholders(sweep_dir, models, by, filters)
+    if not extra.empty:
+        cells = pd.concat([cells, extra], ignore_index=True)
+        for c in ("n_rows", "n_done", "n_pairs"):
+            if c in cells.columns:
+                cells[c] = cells[c].fillna(0).astype("int64")
 
-    have = [m for m in pd_fig.DEFAULT_METRICS if m in cells.columns and cells[m].notna().any()]
+    if rule is None:
+        rule, calibration = ph.resolve_rule(settings["thresholds"], t_over, cells)
+    else:
+        calibration = {}
+    labels = rule.labels(cells)
+    cells["phase"] = labels
+    conf = ph.label_confidence(models, pairs_or_none, cells, by, rule, labels,
+                               n_boot=int(settings["bootstrap"]), seed=int(settings["seed"]))
+    cells = pd.concat([cells, conf], axis=1)
+    cells["uncertain"] = cells["phase_confidence"] < float(settings["uncertain_below"])
+    warnings = ph.missing_metric_warnings(cells, rule, by, labels)
+    for w in warnings:
+        log.warning("%s", w)
+
+    available = set(ph.metric_columns(models, "models")) | (set(ph.metric_columns(pairs, "pairs")) if not pairs.empty else set())
     if metrics:
         unknown = [m for m in metrics if m not in cells.columns]
         if unknown:
-            raise KeyError(f"--metrics {unknown}: not in the rows; available: {ph.metric_columns(models)} "
-                           f"{ph.metric_columns(pairs) if not pairs.empty else []}")
+            raise KeyError(f"--metrics {unknown}: not in the rows; available metric columns: {sorted(available)}")
         metrics = list(metrics)
     else:
-        metrics = have or [c for c in ph.metric_columns(models)][:4]
-
-    can_label = all(c in cells.columns for c in (rule.train_loss_column, rule.mc_column, rule.cka_column))
-    cells["phase"] = rule.labels(cells) if can_label else None
-    if not can_label:
-        log.warning("no phase labels: the rule needs columns %s, %s, %s",
-                    rule.train_loss_column, rule.mc_column, rule.cka_column)
+        metrics = [m for m in pd_fig.DEFAULT_METRICS if ph.ran(cells, m)] or sorted(
+            m for m in available if ph.ran(cells, m))[:4]
+    if not metrics:
+        raise ValueError("no metric with a value in the rows")
 
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    fig = pd_fig.metrics_figure(cells, x, y, metrics, facet)
-    for fmt in formats:
-        paths[f"phase_diagram.{fmt}"] = out / f"phase_diagram.{fmt}"
-        fig.savefig(paths[f"phase_diagram.{fmt}"], dpi=150)
-    pd_fig.plt.close(fig)
-    background = "test_acc" if "test_acc" in cells.columns else metrics[0]
-    fig = pd_fig.phase_map_figure(cells, x, y, "phase", facet, background)
-    for fmt in formats:
-        paths[f"phase_map.{fmt}"] = out / f"phase_map.{fmt}"
-        fig.savefig(paths[f"phase_map.{fmt}"], dpi=150)
-    pd_fig.plt.close(fig)
+    fig = pd_fig.metrics_figure(cells, x, y, metrics, facet, limits=settings["limits"], rule=rule)
+    paths.update(pd_fig.save(fig, out / "phase_diagram", formats))
+    fig = pd_fig.phase_map_figure(cells, x, y, "phase", facet, float(settings["uncertain_below"]), rule)
+    paths.update(pd_fig.save(fig, out / "phase_map", formats))
 
     paths["cells.csv"] = out / "cells.csv"
-    cells.to_csv(paths["cells.csv"], index=False)
+    # metrics of families that did not run (no value in any cell) are left out, with their std and count
+    empty = [m for m in available if m in cells.columns and not ph.ran(cells, m)]
+    drop = [c for m in empty for c in (m, f"{m}_std", f"{m}_n") if c in cells.columns]
+    cells.drop(columns=drop).to_csv(paths["cells.csv"], index=False)
     for fv in ([None] if facet is None else sorted(cells[facet].dropna().unique().tolist())):
         sub = cells if facet is None else cells[cells[facet] == fv]
         suffix = "" if facet is None else f"__{_slug(facet)}={_slug(fv)}"
-        for m in list(metrics) + ["phase"]:
+        for m in list(metrics) + ["phase", "phase_confidence"]:
             name = f"pivot_{_slug(m)}{suffix}.csv"
             pd_fig.pivot(sub, x, y, m).to_csv(out / name)
             paths[name] = out / name
     target = "test_acc"
+    summary = ph.phase_summary(cells, labels, target, cells["phase_confidence"])
+    paths["phase_summary.csv"] = out / "phase_summary.csv"
+    summary.to_csv(paths["phase_summary.csv"], index=False)
+    corr = None
     if target in cells.columns:
-        corr_metrics = [m for m in ph.metric_columns(cells.drop(columns=[c for c in cells.columns
-                        if c.endswith(("_std", "_n")) or c in ("n_rows", "n_done")]))
-                        if m not in by]
+        corr_metrics = sorted(m for m in available if m not in by and m != target)
+        corr = ph.rank_correlations(cells, corr_metrics, target, rule=rule)
         paths["rank_correlations.csv"] = out / "rank_correlations.csv"
-        ph.rank_correlations(cells, corr_metrics, target).to_csv(paths["rank_correlations.csv"], index=False)
-        paths["phase_summary.csv"] = out / "phase_summary.csv"
-        ph.phase_summary(cells, cells["phase"], target).to_csv(paths["phase_summary.csv"], index=False)
+        corr.to_csv(paths["rank_correlations.csv"], index=False)
 
     manifest = {
         "command": "landscape-phase",
         "sweep_dir": str(sweep_dir.resolve()),
+        "sweep_file": f"sweeps/{sweep_file}.yaml" if sweep_file else None,
         "inputs": {t: sorted(str(p) for p in (sweep_dir / "results" / t).glob("*.parquet"))
                    for t in ("models", "pairs")},
         "x": x, "y": y, "facet": facet, "metrics": list(metrics), "filters": filters,
-        "thresholds": dataclasses.asdict(rule),
+        "settings": settings, "settings_origin": origin,
+        "thresholds": {**rule.thresholds(), "source": rule.source,
+                       "columns": dict(zip(("fit", "mc", "cka"), rule.columns))},
+        "calibration": calibration,
+        "warnings": warnings,
         "n_model_rows": int(len(models)), "n_pair_rows": int(len(pairs)), "n_cells": int(len(cells)),
         "cells_by_status": {str(k): int(v) for k, v in cells["status"].value_counts().items()},
+        "cells_by_phase": {str(k): int(v) for k, v in labels.value_counts().items()},
         "git": _git_commit(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "outputs": {},
@@ -211,38 +383,125 @@ def run(
     tmp = paths["manifest.json"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, default=str))
     tmp.replace(paths["manifest.json"])
+    if report is not None:
+        report.extend(format_report(cells, x, y, facet, rule, summary, corr, out, calibration,
+                                    float(settings["uncertain_below"]), sweep_file))
     return paths
+
+
+def phase_table(cells: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The phase labels as a table in the figure's orientation (rows: ``y``, hot/small batches on top;
+    columns: ``x`` ascending); each entry ``LABEL c`` (c: confidence), or the cell's status / ``-``."""
+    from landscape.phase_diagram import INVERTED_KNOBS
+
+    def entry(r) -> str:
+        if isinstance(r["phase"], str):
+            c = r.get("phase_confidence", np.nan)
+            return f"{r['phase']} {c:.2f}" if np.isfinite(c) else r["phase"]
+        return str(r["status"]) if r["status"] != "done" else "-"
+
+    t = cells.assign(_e=cells.apply(entry, axis=1)).pivot(index=y, columns=x, values="_e")
+    t = t.sort_index(ascending=y in INVERTED_KNOBS).reindex(columns=sorted(t.columns))
+    return t.fillna("")
+
+
+def format_report(cells: pd.DataFrame, x: str, y: str, facet: str | None, rule: ph.PhaseRule,
+                  summary: pd.DataFrame, corr: pd.DataFrame | None, out: Path, calibration: dict[str, Any],
+                  uncertain_below: float, sweep_file: str | None) -> list[str]:
+    """The lines ``landscape-phase`` prints: thresholds, the phase table(s), the per-phase summary, the
+    strongest correlations, the output directory."""
+    lines = [("sweep file: sweeps/" + sweep_file + ".yaml; " if sweep_file else "") + rule.describe()]
+    for name, entry in calibration.items():
+        if name in ("train_loss", "train_error", "cka"):
+            how = "derived" if entry.get("derived") else f"kept ({entry.get('reason', '')})"
+            lines.append(f"  calibration {name}: {entry['value']:.4g} {how}; n={entry.get('n')}")
+    for fv in ([None] if facet is None else sorted(cells[facet].dropna().unique().tolist())):
+        sub = cells if facet is None else cells[cells[facet] == fv]
+        head = f"phases ({y} rows, {x} columns; label and bootstrap confidence" + \
+               (f"; {facet} = {fv})" if facet else ")")
+        lines += ["", head, phase_table(sub, x, y).to_string()]
+    unc = int(cells["uncertain"].sum()) if "uncertain" in cells.columns else 0
+    lines += ["", f"per phase (test_acc: mean over cells; {unc} cells with confidence < {uncertain_below:g}):"]
+    show = summary[summary["n_cells"] > 0]
+    if show.empty:
+        lines.append("  no cell has a label")
+    else:
+        lines.append(show.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if corr is not None and not corr.empty:
+        top = corr[corr["regime"] == "all"].dropna(subset=["rho"])
+        top = top.reindex(top["rho"].abs().sort_values(ascending=False).index).head(6)
+        if not top.empty:
+            lines += ["", "strongest rank correlations with test_acc (all cells; by regime in rank_correlations.csv):"]
+            lines += [f"  {r.metric:<28s} rho {r.rho:+.2f}  p {r.p_value:.2g}  n {r.n_cells}" for r in top.itertuples()]
+    lines += ["", f"outputs: {out} (phase_map.png, phase_diagram.png, cells.csv, phase_summary.csv, "
+                  "rank_correlations.csv, manifest.json)"]
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="landscape-phase", description="Phase diagrams of a sweep directory.")
     ap.add_argument("sweep_dir", type=Path, help="sweep directory holding results/models and results/pairs")
-    ap.add_argument("--x", required=True, help="knob on the x axis, e.g. model.width")
-    ap.add_argument("--y", required=True, help="knob on the y axis, e.g. train.batch_size")
+    ap.add_argument("--x", default=None, help="knob on the x axis, e.g. model.width (default: the sweep file's phase.x)")
+    ap.add_argument("--y", default=None, help="knob on the y axis, e.g. train.batch_size (default: phase.y)")
     ap.add_argument("--metrics", nargs="+", default=None,
-                    help=f"metric columns, one panel each (default: those of {list(pd_fig.DEFAULT_METRICS)} present)")
+                    help="metric columns, one panel each (default: those of the paper's panels that have values)")
     ap.add_argument("--facet", default=None, help="knob whose values get one row of panels each")
     ap.add_argument("--filter", dest="filters", action="append", default=[], metavar="KNOB=VALUE",
                     help="keep rows with KNOB equal to VALUE (comma-separated: any of them); repeatable")
     ap.add_argument("--out", type=Path, default=None, help="output directory (default SWEEP_DIR/analysis/phase/X__Y)")
-    ap.add_argument("--thresholds", action="append", default=[], metavar="NAME=VALUE",
-                    help="phase-rule overrides: train_loss, mc_underfit, mc_barrier, cka (and *_column names)")
-    ap.add_argument("--formats", nargs="+", default=["png", "pdf"], help="figure file formats (default: png pdf)")
+    ap.add_argument("--thresholds", action="append", default=[], metavar="paper|calibrate|NAME=VALUE",
+                    help="threshold set (paper: the paper's values; calibrate: from this sweep's cells) and/or "
+                         "NAME=VALUE overrides (train_loss, train_error, mc_underfit, mc_barrier, cka); repeatable")
+    ap.add_argument("--train-loss", type=float, default=None, metavar="NATS",
+                    help="training-loss threshold in nats (mean cross-entropy)")
+    ap.add_argument("--train-error", type=float, default=None, metavar="PERCENT",
+                    help="use training error (%% of the training set) instead of loss, with this threshold")
+    ap.add_argument("--mc-underfit", type=float, default=None, metavar="PP",
+                    help="mc threshold of phases I/II, percentage points of training error")
+    ap.add_argument("--mc-barrier", type=float, default=None, metavar="PP",
+                    help="mc threshold of phases III/IV, percentage points of training error")
+    ap.add_argument("--cka", type=float, default=None, metavar="C", help="CKA threshold of IV-A/IV-B (unitless)")
+    ap.add_argument("--limits", choices=("data", "paper"), default=None,
+                    help="colour limits: data (2nd-98th percentiles, default) or the paper's ranges")
+    ap.add_argument("--uncertain-below", type=float, default=None, metavar="C",
+                    help="hatch cells whose label confidence is below C (default 0.9)")
+    ap.add_argument("--bootstrap", type=int, default=None, metavar="N", help="bootstrap resamples per cell (1000)")
+    ap.add_argument("--seed", type=int, default=None, help="seed of the bootstrap (0)")
+    ap.add_argument("--formats", nargs="+", default=["png"],
+                    help="figure file formats (default: png; add pdf or svg for vector figures, about 1 s each)")
     return ap
+
+
+def _split_thresholds(items: Sequence[str]) -> tuple[str | None, dict[str, str]]:
+    preset = None
+    rest = []
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if part in ph.THRESHOLD_PRESETS:
+                preset = part
+            elif part:
+                rest.append(part)
+    return preset, ph.parse_overrides(rest)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        rule = ph.PhaseRule().with_overrides(ph.parse_overrides(args.thresholds))
-        paths = run(args.sweep_dir, args.x, args.y, args.metrics, args.facet, parse_filters(args.filters),
-                    args.out, rule, args.formats)
+        preset, overrides = _split_thresholds(args.thresholds)
+        for key in ("train_loss", "train_error", "mc_underfit", "mc_barrier", "cka"):
+            if getattr(args, key) is not None:
+                overrides[key] = getattr(args, key)
+        report: list[str] = []
+        run(args.sweep_dir, args.x, args.y, args.metrics, args.facet, parse_filters(args.filters), args.out,
+            None, args.formats, thresholds=preset, threshold_overrides=overrides, limits=args.limits,
+            uncertain_below=args.uncertain_below, bootstrap=args.bootstrap, seed=args.seed, report=report)
     except (KeyError, ValueError, FileNotFoundError) as e:
-        print(f"landscape-phase: error: {e}", file=sys.stderr)
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"landscape-phase: error: {msg}", file=sys.stderr)
         return 2
-    for p in paths.values():
-        print(p)
+    print("\n".join(report))
     return 0
 
 

@@ -1,10 +1,13 @@
 """Extreme eigenpairs of a symmetric operator: thick-restart Lanczos with full reorthogonalisation.
 
-The Krylov basis ``V`` ``[n, m]`` is kept orthonormal by two passes of classical Gram-Schmidt against every
-previous vector, and the products ``W = A V`` are stored beside it, so the Rayleigh-Ritz matrix ``V^T A V``
-and the true residuals ``||A y - theta y||`` of the Ritz pairs ``(theta, y = V s)`` come without further
-products. When the basis is full it is restarted from the ``k + extra`` best Ritz vectors plus the next
-Lanczos direction (thick restart: the new basis still spans a Krylov space of the kept vectors).
+The Krylov basis ``V`` ``[n, m]`` (preallocated) is kept orthonormal by two passes of classical Gram-Schmidt
+against every previous vector; the first pass's coefficients are the new column of the Rayleigh-Ritz matrix
+``T = V^T A V``, so ``T`` grows by one column per step and is never recomputed. The products ``W = A V`` are
+stored beside ``V``, so the true residuals ``||A y - theta y||`` of Ritz pairs ``(theta, y = V s)`` come without
+further products. One run serves both ends of the spectrum (``extreme_eigenpairs``) and, from its first steps,
+one probe of a spectral density (``SpectrumEnds.alpha``/``beta``). When the basis is full (its size is set by
+memory: ``BASIS_MEMORY``) it is restarted from the best Ritz vectors of each wanted end plus the next Lanczos
+direction (thick restart: the new basis still spans a Krylov space of the kept vectors).
 
 ``which="largest"`` targets the algebraically largest eigenvalues, ``"smallest"`` the algebraically
 smallest (the most negative at a saddle), both without any shift chosen by the user.
@@ -61,6 +64,234 @@ def _select(theta: Tensor, k: int, which: Which) -> Tensor:
     return order[:k]
 
 
+BASIS_MEMORY = 2**30
+"""Default bytes for the Krylov basis and its products (``V`` and ``A V``) of one Lanczos run: within this,
+the basis grows without restarts up to ``max_iter`` vectors (restarts slow the convergence of the bottom of a
+Hessian spectrum); a model too large for it gets the minimal basis ``max(2k + 20, 30)`` and thick restarts."""
+
+
+@dataclass
+class SpectrumEnds:
+    """The result of one Lanczos run serving both ends of the spectrum.
+
+    ``largest`` / ``smallest``: ``EigenResult`` of the ``k`` algebraically largest / smallest eigenpairs (``None``
+    when not asked); both share ``n_matvecs``, the products of the one run. ``alpha`` ``[s]`` / ``beta`` ``[s]``
+    (float64): the Lanczos tridiagonal of the first ``s`` steps from the start vector, before any restart
+    (``beta[i]`` couples steps ``i`` and ``i + 1``; ``s`` is at least ``min_steps`` when the basis allowed it),
+    i.e. the Gauss quadrature of the spectral measure seen from the start vector. ``basis`` ``[j, n]``: the
+    orthonormal Krylov basis at the end (rows) and ``projected`` ``[j, j]`` (float64) = ``basis A basis^T``
+    exactly (from the stored products), e.g. to deflate a trace estimate (``trace.deflated_hutchinson``).
+    """
+
+    largest: EigenResult | None
+    smallest: EigenResult | None
+    n_matvecs: int
+    alpha: Tensor
+    beta: Tensor
+    basis: Tensor | None = None
+    projected: Tensor | None = None
+
+
+def default_basis_size(n: int, itemsize: int, k: int, max_iter: int, basis_memory: int = BASIS_MEMORY) -> int:
+    """Krylov dimension before a restart: as many vectors as ``max_iter`` needs (``+1``) when ``V`` and ``A V``
+    fit in ``basis_memory`` bytes, else the minimal ``max(2k + 20, 30)``; never more than ``n``."""
+    minimal = max(2 * k + 20, 30)
+    by_memory = int(basis_memory) // max(1, 2 * n * itemsize)
+    return min(n, max(minimal, min(int(max_iter) + 1, by_memory)))
+
+
+def _ritz(T: Tensor, j: int, tridiagonal: bool, k_small: int, k_large: int) -> tuple[Tensor, Tensor]:
+    """Ritz values ``[r]`` (ascending) and vectors ``[j, r]`` of ``T[:j, :j]``: all of them for a dense ``T``,
+    only the ``k_small`` smallest and ``k_large`` largest (``scipy``'s tridiagonal solver) when ``T`` is
+    tridiagonal and large (the work per step then stays O(j))."""
+    Tj = T[:j, :j]
+    wanted = k_small + k_large
+    if not tridiagonal or j <= 64 or wanted >= j:
+        theta, S = torch.linalg.eigh(Tj)
+        return theta, S
+    import numpy as np
+    from scipy.linalg import eigh_tridiagonal
+
+    d = Tj.diagonal().numpy()
+    e = Tj.diagonal(1).numpy()
+    vals, vecs = [], []
+    if k_small:
+        w, v = eigh_tridiagonal(d, e, select="i", select_range=(0, k_small - 1))
+        vals.append(w)
+        vecs.append(v)
+    if k_large:
+        w, v = eigh_tridiagonal(d, e, select="i", select_range=(j - k_large, j - 1))
+        vals.append(w)
+        vecs.append(v)
+    return torch.from_numpy(np.concatenate(vals)), torch.from_numpy(np.concatenate(vecs, axis=1))
+
+
+def extreme_eigenpairs(
+    op: SymmetricOperator | Tensor,
+    k_largest: int = 1,
+    k_smallest: int = 1,
+    tol: float = 1e-6,
+    max_iter: int = 500,
+    seed: int = 0,
+    basis_size: int | None = None,
+    v0: Tensor | None = None,
+    min_steps: int = 0,
+    basis_memory: int = BASIS_MEMORY,
+) -> SpectrumEnds:
+    """The ``k_largest`` algebraically largest and the ``k_smallest`` smallest eigenpairs of ``op`` from one
+    Lanczos run (full reorthogonalisation, thick restart when the basis is full).
+
+    Converged when every wanted Ritz pair ``(theta, y)`` has a true residual ``||A y - theta y|| <= tol * scale``
+    (``scale``: the largest |Ritz value| seen, an estimate of ``||A||_2``), so ``tol`` is relative and each
+    eigenvalue is within ``tol * scale`` of an eigenvalue of ``op``. ``max_iter`` caps the products of the run.
+    Per step the work beside the product is O(n j) (one orthogonalisation against the ``j`` basis vectors,
+    which also gives the new column of ``T = V^T A V``) plus the extreme Ritz pairs of ``T``; residuals are
+    estimated from the last row of the Ritz vectors and confirmed with the stored products ``A V`` (no extra
+    products). ``basis_size``: Krylov dimension before a restart (default ``default_basis_size``). The start
+    vector is Gaussian from ``seed`` unless ``v0`` is given; the run takes at least ``min_steps`` steps (capped by
+    ``max_iter`` and the basis) so that its first steps can serve as one probe of a spectral density.
+    """
+    op = as_operator(op)
+    n = op.shape[0]
+    kl, ks = int(k_largest), int(k_smallest)
+    if kl < 0 or ks < 0 or kl + ks < 1 or kl > n or ks > n:
+        raise ValueError(f"k_largest={k_largest!r}, k_smallest={k_smallest!r}: expected 0 <= k <= n = {n}, "
+                         "at least one positive")
+    if tol <= 0 or max_iter < 1:
+        raise ValueError(f"tol={tol!r}, max_iter={max_iter!r}: expected tol > 0 and max_iter >= 1")
+    dtype, device = op.dtype, op.device
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    k = max(kl, ks)
+    m = min(n, basis_size) if basis_size else default_basis_size(n, itemsize, kl + ks, max_iter, basis_memory)
+    if m <= kl + ks and m < n:
+        raise ValueError(f"basis_size={basis_size!r}: must exceed k_largest + k_smallest = {kl + ks}")
+    # Ritz vectors kept on a thick restart, per end
+    keep_l = min(kl + max(2, kl), max(0, (m - 1) // 2)) if kl else 0
+    keep_s = min(ks + max(2, ks), max(0, m - 1 - keep_l)) if ks else 0
+    gen = torch.Generator().manual_seed(int(seed))
+
+    V = torch.empty(m, n, dtype=dtype, device=device)  # basis vectors as rows (contiguous)
+    W = torch.empty(m, n, dtype=dtype, device=device)  # their products A v
+    T = torch.zeros(m, m, dtype=torch.float64)
+    v = _random_unit(n, dtype, device, gen) if v0 is None else (v0 / torch.linalg.vector_norm(v0)).to(device, dtype)
+    V[0] = v
+    j = 0  # basis vectors whose product is known
+    # known[i] = v_i^T A v_j for i < j, known before the product (Lanczos: only v_{j-1}; after a thick restart
+    # the new vector couples to every kept Ritz vector), subtracted first so one Gram-Schmidt pass is enough
+    known = torch.zeros(0, dtype=torch.float64)
+    n_matvecs = 0
+    scale = 0.0
+    restarted = False
+    alphas: list[float] = []
+    betas: list[float] = []
+    converged = False
+    theta = S = None
+    while True:
+        vj = V[j]
+        w = op.matvec(vj)
+        n_matvecs += 1
+        W[j] = w
+        alpha = float(vj @ w)
+        w = w - alpha * vj
+        nz = torch.nonzero(known).flatten()
+        if nz.numel() == 1:
+            w = w - float(known[nz[0]]) * V[int(nz[0])]
+        elif nz.numel() > 1:
+            w = w - known[nz].to(device=device, dtype=dtype) @ V[nz]
+        col = torch.zeros(j + 1, dtype=torch.float64)
+        col[:j] = known
+        col[j] = alpha
+        before = float(torch.linalg.vector_norm(w))
+        for _ in range(2):  # classical Gram-Schmidt, a second pass only when the first removed a lot (DGKS)
+            c = V[: j + 1] @ w
+            w = w - c @ V[: j + 1]
+            col += c.double().cpu()
+            after = float(torch.linalg.vector_norm(w))
+            if after > 0.717 * before:
+                break
+            before = after
+        T[: j + 1, j] = col  # column j of V^T A V
+        T[j, : j + 1] = col
+        j += 1
+        beta = after
+        if not restarted:
+            alphas.append(float(col[-1]))
+            betas.append(beta)
+        theta, S = _ritz(T, j, tridiagonal=not restarted, k_small=min(ks, j), k_large=min(kl, j))
+        scale = max(scale, float(theta.abs().max()))
+        bound = tol * max(scale, 1e-300)
+        enough = j >= kl and j >= ks
+        converged = False
+        if enough:
+            wanted = _wanted(theta, kl, ks)
+            est = beta * S[j - 1, wanted].abs()
+            if bool((est <= bound).all()):
+                res = _true_residuals(V, W, j, theta, S, wanted)
+                if bool((res <= bound).all()):
+                    converged = True
+        if j == n:  # the basis spans everything: Ritz pairs are exact up to rounding
+            converged = enough
+        # once converged, go on only while the first steps still serve a density probe (no restart)
+        if converged and (restarted or j >= m or len(alphas) >= min_steps) or j == n or n_matvecs >= max_iter:
+            break
+        known = torch.zeros(j, dtype=torch.float64)
+        known[j - 1] = beta
+        if beta <= 1e-10 * max(scale, 1e-300):  # invariant subspace found: continue from a fresh direction
+            w = _orthogonalise(_random_unit(n, dtype, device, gen), V[:j].T)
+            beta = float(torch.linalg.vector_norm(w))
+            known.zero_()
+            if not restarted:
+                betas[-1] = 0.0
+                restarted = True  # T is block diagonal, no longer the tridiagonal of the start vector
+        w = w / beta
+        if j >= m:  # thick restart from the extreme Ritz vectors + the next Lanczos direction
+            restarted = True
+            full_theta, full_S = torch.linalg.eigh(T[:j, :j]) if S.shape[1] < j else (theta, S)
+            keep = torch.cat([torch.arange(keep_s), torch.arange(j - keep_l, j)]).unique()
+            Sk = full_S[:, keep]
+            p = keep.numel()
+            V[:p] = Sk.T.to(device=device, dtype=dtype) @ V[:j]
+            W[:p] = Sk.T.to(device=device, dtype=dtype) @ W[:j]
+            T.zero_()
+            T[:p, :p] = torch.diag(full_theta[keep])
+            known = known[-1] * Sk[-1]  # v_next^T A y_i = beta * (last row of the kept Ritz vectors)
+            j = p
+            w = _orthogonalise(w, V[:j].T)
+            w = w / torch.linalg.vector_norm(w)
+        V[j] = w
+    assert theta is not None and S is not None
+    if not converged and S.shape[1] < j:
+        theta, S = torch.linalg.eigh(T[:j, :j])
+    results: dict[str, EigenResult | None] = {"largest": None, "smallest": None}
+    for which, kk in (("largest", kl), ("smallest", ks)):
+        if not kk:
+            continue
+        idx = _select(theta, min(kk, theta.numel()), which)
+        res = _true_residuals(V, W, j, theta, S, idx)
+        ok = converged and bool((res <= tol * max(scale, 1e-300)).all()) or (j == n and idx.numel() == kk)
+        vectors = V[:j].T @ S[:, idx].to(device=device, dtype=dtype)
+        if not ok:
+            log.warning("eigenvalues(which=%s, k=%d): not converged after %d products (max residual %.3g, tol %.3g)",
+                        which, kk, n_matvecs, float(res.max()), tol * scale)
+        results[which] = EigenResult(theta[idx].clone(), vectors, res, n_matvecs, ok)
+    return SpectrumEnds(results["largest"], results["smallest"], n_matvecs,
+                        torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64),
+                        basis=V[:j], projected=T[:j, :j].clone())
+
+
+def _wanted(theta: Tensor, kl: int, ks: int) -> Tensor:
+    """Indices of the ``ks`` smallest and ``kl`` largest entries of ``theta`` (ascending)."""
+    r = theta.numel()
+    return torch.cat([torch.arange(min(ks, r)), torch.arange(r - min(kl, r), r)]).unique()
+
+
+def _true_residuals(V: Tensor, W: Tensor, j: int, theta: Tensor, S: Tensor, idx: Tensor) -> Tensor:
+    """``||A y - theta y||`` (float64) for the Ritz pairs ``idx``, from the stored products ``W = A V`` (rows)."""
+    Sk = S[:, idx].to(device=V.device, dtype=V.dtype).T  # [r, j]
+    R = Sk @ W[:j] - (Sk @ V[:j]) * theta[idx].to(device=V.device, dtype=V.dtype)[:, None]
+    return torch.linalg.vector_norm(R, dim=1).double().cpu()
+
+
 def eigenvalues(
     op: SymmetricOperator | Tensor,
     k: int = 1,
@@ -76,72 +307,19 @@ def eigenvalues(
     Converged when every wanted Ritz pair has ``||A y - theta y|| <= tol * scale``, with ``scale`` the largest
     |Ritz value| seen (an estimate of ``||A||_2``), so ``tol`` is relative; the eigenvalue error is then at most
     ``tol * scale`` (and typically ``~ (tol * scale)^2 / gap``). ``max_iter`` caps the number of products.
-    ``basis_size`` (default ``max(2k + 20, 30)``, at most ``n``) is the Krylov dimension before a restart.
-    The start vector is Gaussian from ``seed`` unless ``v0`` is given.
+    ``basis_size`` (default ``default_basis_size``) is the Krylov dimension before a restart.
+    The start vector is Gaussian from ``seed`` unless ``v0`` is given. Both ends at once: ``extreme_eigenpairs``.
     """
-    op = as_operator(op)
     if which not in WHICH:
         raise ValueError(f"which={which!r}: expected one of {', '.join(WHICH)}")
-    n = op.shape[0]
+    n = as_operator(op).shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k={k!r}: expected 1 <= k <= n = {n}")
-    if tol <= 0 or max_iter < 1:
-        raise ValueError(f"tol={tol!r}, max_iter={max_iter!r}: expected tol > 0 and max_iter >= 1")
-    m = min(n, basis_size or max(2 * k + 20, 30))
-    if m <= k and m < n:
-        raise ValueError(f"basis_size={basis_size!r}: must exceed k={k}")
-    keep = min(m - 1, k + max(2, k)) if m < n else m  # Ritz vectors kept on a restart
-    gen = torch.Generator().manual_seed(int(seed))
-    dtype, device = op.dtype, op.device
-
-    v = _random_unit(n, dtype, device, gen) if v0 is None else (v0 / torch.linalg.vector_norm(v0)).to(device, dtype)
-    V = v[:, None]
-    W = torch.empty(n, 0, dtype=dtype, device=device)
-    n_matvecs = 0
-    scale = 0.0
-    theta = S = res = None
-    converged = False
-    while True:
-        if W.shape[1] < V.shape[1]:
-            W = torch.cat([W, op.matvec(V[:, -1])[:, None]], dim=1)
-            n_matvecs += 1
-        T = (V.T @ W).double()
-        T = 0.5 * (T + T.T)
-        theta, S = torch.linalg.eigh(T)
-        scale = max(scale, float(theta.abs().max()))
-        idx = _select(theta, min(k, theta.numel()), which)
-        Sk = S[:, idx].to(dtype)
-        R = W @ Sk - (V @ Sk) * theta[idx].to(dtype)
-        res = torch.linalg.vector_norm(R, dim=0).double()
-        if idx.numel() == k and bool((res <= tol * max(scale, 1e-300)).all()):
-            converged = True
-            break
-        if V.shape[1] == n:  # the basis spans everything: Ritz pairs are exact up to rounding
-            converged = idx.numel() == k
-            break
-        if n_matvecs >= max_iter:
-            break
-        # next Lanczos direction: the new part of A v_last
-        w = _orthogonalise(W[:, -1], V)
-        norm = float(torch.linalg.vector_norm(w))
-        if norm <= 1e-10 * max(scale, 1e-300):  # invariant subspace found: continue from a fresh direction
-            w = _orthogonalise(_random_unit(n, dtype, device, gen), V)
-            norm = float(torch.linalg.vector_norm(w))
-        w = w / norm
-        if V.shape[1] >= m:  # thick restart from the best Ritz vectors + the next direction
-            kidx = _select(theta, keep, which)
-            Sk = S[:, kidx].to(dtype)
-            V, W = V @ Sk, W @ Sk
-            w = _orthogonalise(w, V)
-            w = w / torch.linalg.vector_norm(w)
-        V = torch.cat([V, w[:, None]], dim=1)
-    assert theta is not None and S is not None and res is not None
-    idx = _select(theta, k, which)
-    vectors = V @ S[:, idx].to(dtype)
-    if not converged:
-        log.warning("eigenvalues(which=%s, k=%d): not converged after %d products (max residual %.3g, tol %.3g)",
-                    which, k, n_matvecs, float(res.max()), tol * scale)
-    return EigenResult(theta[idx].clone(), vectors, res.clone(), n_matvecs, converged)
+    ends = extreme_eigenpairs(op, k_largest=k if which == "largest" else 0, k_smallest=k if which == "smallest" else 0,
+                              tol=tol, max_iter=max_iter, seed=seed, basis_size=basis_size, v0=v0)
+    out = ends.largest if which == "largest" else ends.smallest
+    assert out is not None
+    return out
 
 
 def power_iteration(

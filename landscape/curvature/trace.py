@@ -90,6 +90,36 @@ def hutch_plus_plus(op: SymmetricOperator | Tensor, n_matvecs: int, seed: int = 
     return TraceResult(exact + mean, stderr, 2 * k + m, "hutch++", samples)
 
 
+def deflated_hutchinson(
+    op: SymmetricOperator | Tensor,
+    basis: Tensor,
+    projected: Tensor,
+    n_probes: int,
+    seed: int = 0,
+    block: int = 16,
+) -> TraceResult:
+    """``tr(A) = tr(B A B^T) + tr(P A P)`` for an orthonormal ``basis`` ``B`` ``[j, n]`` (rows) whose projected
+    matrix ``B A B^T`` (``projected`` ``[j, j]``) is already known, e.g. the Krylov basis of the eigenvalue run
+    (``eigen.SpectrumEnds``): the first term exactly, the second (``P = I - B^T B``) by Hutchinson with
+    ``n_probes`` projected Rademacher probes (``n_probes`` products). Unbiased when ``B`` does not depend on the
+    probes (it comes from another seed); ``stderr`` is that of the Hutchinson part, like Hutch++'s (a Krylov
+    basis deflates the large eigenvalues of both ends, which carry most of Hutchinson's variance)."""
+    op = as_operator(op)
+    if n_probes < 2:
+        raise ValueError(f"n_probes={n_probes!r}: expected >= 2 (for a standard error)")
+    n = op.shape[0]
+    if basis.dim() != 2 or basis.shape[1] != n or tuple(projected.shape) != (basis.shape[0],) * 2:
+        raise ValueError(f"basis {tuple(basis.shape)} / projected {tuple(projected.shape)}: expected [j, {n}] / [j, j]")
+    gen = torch.Generator().manual_seed(int(seed))
+    Z = rademacher(n, n_probes, gen, op.dtype, op.device)
+    B = basis.to(op.device, op.dtype)
+    Z = Z - B.T @ (B @ Z)
+    samples = _quadratic_forms(op, Z, block)
+    mean, stderr = _mean_stderr(samples)
+    exact = float(projected.double().diagonal().sum())
+    return TraceResult(exact + mean, stderr, n_probes, "krylov", samples)
+
+
 def trace(
     op: SymmetricOperator | Tensor,
     method: TraceMethod = "hutch++",

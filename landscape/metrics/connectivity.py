@@ -118,10 +118,6 @@ DIAGNOSTICS = {
 }
 
 
-def _curve_seed(settings_seed: int, seed_a: int, seed_b: int) -> int:
-    return int(np.random.SeedSequence([int(settings_seed), int(seed_a), int(seed_b)]).generate_state(1)[0])
-
-
 def _initial_curve(ctx: PairContext, settings: Any, seed: int) -> Any:
     import torch
 
@@ -175,25 +171,24 @@ def check(settings: Any) -> list[str]:
     return problems
 
 
-def _steps_per_epoch(n: int, batch_size: int) -> int:
-    full, rest = divmod(n, batch_size)
-    return full + (1 if rest > 1 else 0)  # as the training loops: a trailing batch of one sample is dropped
-
-
 def endpoint_steps(train_cfg: Any, n_train: int) -> int:
     """SGD steps each model of the cell was trained for: ``train.steps`` if set, else ``train.epochs`` times the
     steps per epoch at ``train.batch_size`` (``full``: one step per epoch)."""
+    from landscape.engine import steps_per_epoch  # the training loops' batching rule
+
     bs = train_cfg.batch_size
     bs = n_train if bs == "full" else min(int(bs), n_train)
     steps = getattr(train_cfg, "steps", None)
     if steps is not None:
         return int(steps)
-    return int(train_cfg.epochs) * _steps_per_epoch(n_train, bs)
+    return int(train_cfg.epochs) * steps_per_epoch(n_train, bs)
 
 
 def curve_budget(settings: Any, train_cfg: Any, n_train: int) -> tuple[int, int, int | None]:
     """``(epochs, batch_size, endpoint_steps)`` of the curve training (see the module docstring); the endpoint
     steps are None when ``epochs`` is given explicitly and no ``train`` config is at hand."""
+    from landscape.engine import steps_per_epoch
+
     if settings.batch_size is not None:
         bs = min(int(settings.batch_size), n_train)
     elif train_cfg is not None:
@@ -206,7 +201,7 @@ def curve_budget(settings: Any, train_cfg: Any, n_train: int) -> tuple[int, int,
         return int(settings.epochs), bs, ep_steps
     if ep_steps is None:
         raise ValueError("metrics.connectivity.epochs=None: following the endpoints needs the cell's train config")
-    return max(1, math.ceil(float(settings.budget) * ep_steps / _steps_per_epoch(n_train, bs))), bs, ep_steps
+    return max(1, math.ceil(float(settings.budget) * ep_steps / steps_per_epoch(n_train, bs))), bs, ep_steps
 
 
 def history_drop(history: list[float]) -> float:
@@ -263,7 +258,8 @@ def _train_and_evaluate(ctx: PairContext, settings: Any, template: Any, epochs: 
         weight_decay=float(settings.weight_decay), batch_size=batch_size,
         schedule=str(settings.schedule), checkpoint_every=int(settings.checkpoint_every),
     )
-    result = train_curve(curve, template, data.x_train, data.y_train, loss_fn, cs, seed, workdir)
+    result = train_curve(curve, template, data.x_train, data.y_train, loss_fn, cs, seed, workdir,
+                         phase=f"curve {ctx.a.seed}-{ctx.b.seed} ({epochs} epochs)")
     test = bool(settings.test)
     t_eval = time.perf_counter()
     v = evaluate_path(
@@ -284,6 +280,8 @@ def _diverged(result: Any, values: Any) -> bool:
 def compute(ctx: PairContext, settings: Any) -> Result:
     from landscape.connectivity import BezierCurve, barrier, evaluate_path, mode_connectivity, t_grid
     from landscape.connectivity import trainable_parameters
+    from landscape.engine import steps_per_epoch
+    from landscape.params import pair_seed
 
     problems = check(settings)
     if problems:
@@ -298,7 +296,7 @@ def compute(ctx: PairContext, settings: Any) -> Result:
         # the values used (settings columns; null in the config means "follow the endpoints")
         "connectivity.epochs": epochs,
         "connectivity.batch_size": batch_size,
-        "connectivity.steps": epochs * _steps_per_epoch(data.n_train, batch_size),
+        "connectivity.steps": epochs * steps_per_epoch(data.n_train, batch_size),
         "connectivity.endpoint_steps": ep_steps,
     }
     reason = None
@@ -315,7 +313,7 @@ def compute(ctx: PairContext, settings: Any) -> Result:
             "connectivity.line_seconds": time.perf_counter() - t0,
         })
     if settings.curve:
-        seed = _curve_seed(settings.seed, ctx.a.seed, ctx.b.seed)
+        seed = pair_seed(settings.seed, ctx.a.seed, ctx.b.seed)
         result, v = _train_and_evaluate(ctx, settings, template, epochs, batch_size, seed, ts, ctx.workdir / "curve")
         seconds = result.seconds
         first = middle_excess(v.train_err)
@@ -331,7 +329,7 @@ def compute(ctx: PairContext, settings: Any) -> Result:
             seconds += result.seconds
             second, used_epochs = middle_excess(v.train_err), (epochs, longer)
             out["connectivity.epochs"] = longer
-            out["connectivity.steps"] = longer * _steps_per_epoch(data.n_train, batch_size)
+            out["connectivity.steps"] = longer * steps_per_epoch(data.n_train, batch_size)
         converged, reason = convergence(first, second, tol, used_epochs, _diverged(result, v))
         mode = str(settings.mc_endpoints)
         finite = lambda x: x if x is not None and math.isfinite(x) else None  # noqa: E731

@@ -111,11 +111,12 @@ def settings_from(settings: Any) -> Any:
 def compute(ctx: ModelContext, settings: Any) -> Result:
     import numpy as np
 
+    from landscape.params import linear_seed
     from landscape.trajectories.jump_retrain import analyse, jump_and_retrain
 
     t0 = time.perf_counter()
     s = settings_from(settings)
-    s.seed = int(settings.seed) * 1_000_003 + int(ctx.seed)  # different jumps for each model of a cell
+    s.seed = linear_seed(settings.seed, ctx.seed)  # different jumps for each model of a cell
     traj = jump_and_retrain(ctx.model, ctx.loss_fn, ctx.data, s)
     topo = analyse(traj, s)
     rows = []

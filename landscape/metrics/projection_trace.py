@@ -106,8 +106,8 @@ def agrees(res: Any) -> bool:
 def compute(ctx: ModelContext, settings: Any) -> Result:
     import torch
 
+    from landscape.params import eval_subset
     from landscape.projection_trace import projection_trace, saddle_check
-    from landscape.surfaces import eval_subset
 
     problems = check(settings)
     if problems:

@@ -64,14 +64,6 @@ TABLE: dict[str, pa.DataType] = {
 }
 
 
-def derived_seed(*parts: int) -> int:
-    """A 31-bit seed from several integers (stable across runs and platforms)."""
-    h = 0x345678
-    for p in parts:
-        h = (h * 1_000_003 ^ (int(p) & 0xFFFFFFFF)) & 0x7FFFFFFF
-    return h
-
-
 def check(settings: Any) -> list[str]:
     """Every bad ``metrics.surfaces.*`` key, with its value and what is allowed."""
     problems = []
@@ -88,7 +80,8 @@ def check(settings: Any) -> list[str]:
 def compute(ctx: ModelContext, settings: Any) -> Result:
     """Compute one loss surface around ``ctx.model`` (see the module docstring)."""
     from landscape.directions import filter_normalised_direction, hessian_directions
-    from landscape.surfaces import eval_subset, grid_axis, loss_surface
+    from landscape.params import eval_subset, hashed_seed
+    from landscape.surfaces import grid_axis, loss_surface
 
     problems = check(settings)
     if problems:
@@ -98,8 +91,8 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
     x, y = eval_subset(ctx.data.x_train, ctx.data.y_train, int(settings.eval_samples), seed)
     out: dict[str, Any] = {}
     if settings.directions == "random":
-        d1 = filter_normalised_direction(ctx.model, derived_seed(seed, ctx.seed, 1))
-        d2 = filter_normalised_direction(ctx.model, derived_seed(seed, ctx.seed, 2))
+        d1 = filter_normalised_direction(ctx.model, hashed_seed(seed, ctx.seed, 1))
+        d2 = filter_normalised_direction(ctx.model, hashed_seed(seed, ctx.seed, 2))
     else:
         d1, d2, lam_max, lam_min = hessian_directions(ctx.model, ctx.loss_fn, x, y, batch_size=int(settings.batch_size),
                                                       seed=seed, tol=float(settings.hessian_tol),

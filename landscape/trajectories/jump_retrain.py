@@ -6,6 +6,7 @@ moves every filter by its own norm), then retrains with plain SGD (constant lear
 weight decay) for ``epochs`` epochs. Every ``record_every`` steps (and at the jump and the last step) the
 parameters are projected with a fixed ``RandomProjection`` and the mean train/test loss (eval mode, on fixed
 seeded subsets of ``eval_samples``) is recorded. The trained model itself is the first point (``jump = -1``).
+Retraining runs in ``landscape.engine``; one that diverges (its check) stops at that step.
 
 ``analyse`` embeds all recorded points (PHATE or PCA), builds the k-nearest-neighbour graph of the embedding
 and computes the sublevel-set persistence of the train loss on it (``homology.sublevel_diagrams``) and the
@@ -18,14 +19,16 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from landscape.data import CellData
-from landscape.directions import filter_normalised_direction, flat_parameters, set_flat_parameters
+from landscape.directions import filter_normalised_direction
+from landscape.engine import Plan, StepOut, StepTask, batch_slice, epoch_permutation, run, steps_per_epoch
+from landscape.params import eval_subset, flat_parameters, linear_seed, set_flat_parameters
 from landscape.training import LossFn, evaluate
 from landscape.trajectories.embedding import embed
 from landscape.trajectories.homology import knn_edges, rips_diagrams, sublevel_diagrams, summarise
@@ -83,23 +86,66 @@ class Trajectories:
         return pd.DataFrame(self.rows)
 
 
-def _subset(x: Tensor, y: Tensor, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    if n <= 0 or n >= x.shape[0]:
-        return x, y
-    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n].to(x.device)
-    return x[idx], y[idx]
+class _RetrainTask(StepTask):
+    """Plain SGD (constant learning rate) on ``work`` after a jump; ``record`` every ``record_every`` steps."""
+
+    def __init__(self, work: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, s: JumpRetrainSettings, seed: int,
+                 record: Callable[[int], None]):
+        self.work, self.x, self.y, self.loss_fn, self.s, self.record = work, x, y, loss_fn, s, record
+        self.members = ["jump"]
+        self.bs = min(int(s.batch_size), x.shape[0])
+        self.opt = torch.optim.SGD(work.parameters(), lr=float(s.lr))
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.loss: Tensor | None = None
+
+    def rng_state(self) -> dict[str, Tensor]:
+        return {"jump": self.gen.get_state()}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        self.gen.set_state(state["jump"])
+
+    def begin_epoch(self, epoch: int) -> float:
+        self.perm = epoch_permutation(self.x.shape[0], self.gen, self.x.device)
+        return float(self.s.lr)
+
+    def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
+        idx = batch_slice(self.perm, batch, self.bs)
+        self.work.train()
+        self.opt.zero_grad(set_to_none=True)
+        logits = self.work(self.x[idx])
+        yb = self.y[idx]
+        self.loss = self.loss_fn(logits, yb)
+        acc = (logits.detach().argmax(dim=-1) == yb).float().mean().reshape(1) if accuracy else None
+        return StepOut(self.loss.reshape(1), acc)
+
+    def update(self, out: StepOut) -> None:
+        self.loss.backward()
+        self.opt.step()
+        self.loss = None
+
+    def after_step(self, step: int) -> None:
+        if step % max(1, int(self.s.record_every)) == 0:
+            self.record(step)
+
+    def nonfinite_rows(self) -> list[int]:
+        return [] if all(bool(torch.isfinite(p.detach()).all()) for p in self.work.parameters()) else [0]
 
 
 def jump_and_retrain(
     model: nn.Module, loss_fn: LossFn, data: CellData, s: JumpRetrainSettings,
-    projection: RandomProjection | None = None,
+    projection: RandomProjection | None = None, should_stop: Callable[[], bool] | None = None,
 ) -> Trajectories:
-    """Run all jumps from ``model`` (left unchanged) and record the trajectories (see the module docstring)."""
+    """Run all jumps from ``model`` (left unchanged) and record the trajectories (see the module docstring).
+
+    Each retraining is a run of ``landscape.engine`` (phase ``jump-retrain j``, no checkpoint: a stopped or
+    killed computation starts again); a retraining that diverges ends there (logged) and its last point is
+    recorded."""
     t0 = time.perf_counter()
     theta_star = flat_parameters(model)
     proj = projection or RandomProjection(theta_star.numel(), s.projection_dim, seed=s.seed)
-    xtr, ytr = _subset(data.x_train, data.y_train, s.eval_samples, s.seed)
-    xte, yte = _subset(data.x_test, data.y_test, s.eval_samples, s.seed + 1)
+    xtr, ytr = eval_subset(data.x_train, data.y_train, s.eval_samples, s.seed)
+    xte, yte = eval_subset(data.x_test, data.y_test, s.eval_samples, s.seed + 1)
     work = copy.deepcopy(model)
     coords: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
@@ -113,36 +159,21 @@ def jump_and_retrain(
 
     record(-1, 0.0, 0)
     n = data.n_train
-    bs = min(int(s.batch_size), n)
+    plan = Plan(epochs=int(s.epochs), per_epoch=steps_per_epoch(n, min(int(s.batch_size), n)))
     jump = 0
     for scale in s.scales:
         for _ in range(int(s.n_jumps)):
             work.load_state_dict(model.state_dict())
-            d = filter_normalised_direction(model, seed=s.seed * 100_003 + 7919 * jump + 1)
+            d = filter_normalised_direction(model, seed=linear_seed(s.seed, 7919 * jump + 1, stride=100_003))
             set_flat_parameters(work, theta_star + float(scale) * d)
-            opt = torch.optim.SGD(work.parameters(), lr=float(s.lr))
-            gen = torch.Generator().manual_seed(s.seed * 100_003 + jump)
-            step = 0
-            record(jump, scale, step)
-            for _epoch in range(int(s.epochs)):
-                perm = torch.randperm(n, generator=gen).to(data.x_train.device)
-                for b in range(0, n, bs):
-                    idx = perm[b : b + bs]
-                    if len(idx) < 2:
-                        continue
-                    work.train()
-                    opt.zero_grad(set_to_none=True)
-                    loss = loss_fn(work(data.x_train[idx]), data.y_train[idx])
-                    if not torch.isfinite(loss):
-                        log.warning("jump %d (scale %g) diverged at step %d", jump, scale, step)
-                        break
-                    loss.backward()
-                    opt.step()
-                    step += 1
-                    if step % max(1, int(s.record_every)) == 0:
-                        record(jump, scale, step)
-            if rows[-1]["step"] != step or rows[-1]["jump"] != jump:
-                record(jump, scale, step)
+            record(jump, scale, 0)
+            task = _RetrainTask(work, data.x_train, data.y_train, loss_fn, s, linear_seed(s.seed, jump, stride=100_003),
+                                lambda step, j=jump, sc=scale: record(j, sc, step))
+            result = run(task, plan, f"jump-retrain {jump} (scale {float(scale):g})", should_stop=should_stop)["jump"]
+            if result.status != "done":
+                log.warning("jump %d (scale %g) diverged at step %d: %s", jump, scale, result.steps, result.reason)
+            if rows[-1]["step"] != result.steps or rows[-1]["jump"] != jump:
+                record(jump, scale, result.steps)
             jump += 1
     work.eval()
     return Trajectories(coords=np.stack(coords), rows=rows, seconds=time.perf_counter() - t0)

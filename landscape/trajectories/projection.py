@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
+
 import torch
 from torch import Tensor
+
+from landscape.params import linear_seed
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class RandomProjection:
 
     def _block(self, b: int) -> Tensor:
         rows = min(self.block_rows, self.n_params - b * self.block_rows)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + b)
+        gen = torch.Generator().manual_seed(linear_seed(self.seed, b))
         return torch.randn(rows, self.dim, generator=gen) / math.sqrt(self.dim)
 
     def matrix(self) -> Tensor:

@@ -1,0 +1,142 @@
+"""The demo and the phase command, timed end to end as a user runs them (real processes, real files).
+
+    python benchmarks/bench_demo.py demo  [--out DIR]                 # `make demo` minus set-up: target <= 180 s
+    python benchmarks/bench_demo.py phase [--sweep DIR] [--repeat N] [--baseline CHECKOUT]   # target <= 5 s
+
+``demo`` runs the demo sweep (``landscape -m +sweep=demo``) into a fresh directory, then ``landscape-phase``
+on it, and reports both wall times and CPU times, the phases found, the CPU count and the load average before
+and after (on a shared machine read the wall times with the load; the sweep runs its cells serially on one
+thread, so its CPU time is close to its wall time on an idle machine). ``phase`` times ``landscape-phase`` (a fresh process each
+time, so imports count) on a 32-cell sweep: ``--sweep`` names one, else 32 cells of the published taxonomy
+results (4 widths x 8 batch sizes, 5 models and 10 pairs each) are imported; with ``--baseline`` (a checkout of
+an older version of the project) the old and the new command run interleaved, side by side, and their ratio
+is reported. Results go to stdout as a table and as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:  # pragma: no cover - not Linux
+        return []
+
+
+def _env(root: Path) -> dict[str, str]:
+    return dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def _cpu_children() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(cmd: list[str], root: Path = ROOT, cpu: list[float] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall seconds of ``cmd``; its CPU seconds (user + system, children included) appended to ``cpu``."""
+    c0 = _cpu_children()
+    t = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(root), cwd=root)
+    dt = time.perf_counter() - t
+    if cpu is not None:
+        cpu.append(_cpu_children() - c0)
+    if res.returncode != 0:
+        raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr[-3000:]}")
+    return dt, res
+
+
+def bench_demo(out: Path | None) -> dict:
+    out = out or Path(tempfile.mkdtemp(prefix="landscape-demo-"))
+    sweep = out / "demo"
+    load_before = _loadavg()
+    cpu: list[float] = []
+    t_sweep, _ = _timed([sys.executable, "-m", "landscape.cli.app", "-m", "+sweep=demo", f"hydra.sweep.dir={sweep}"],
+                        cpu=cpu)
+    t_phase, res = _timed([sys.executable, "-m", "landscape.cli.phase", str(sweep), "--out", str(sweep / "phase"),
+                           "--formats", "png", "pdf"], cpu=cpu)
+    import pandas as pd
+
+    cells = pd.read_csv(sweep / "phase" / "cells.csv")
+    phases = {str(k): int(v) for k, v in cells["phase"].value_counts().items()}
+    result = {"section": "demo", "sweep_seconds": round(t_sweep, 1), "phase_seconds": round(t_phase, 1),
+              "total_seconds": round(t_sweep + t_phase, 1), "target_seconds": 180, "cells": int(len(cells)),
+              "sweep_cpu_seconds": round(cpu[0], 1), "phase_cpu_seconds": round(cpu[1], 1),
+              "phases": phases, "n_phases": len(phases),
+              "min_confidence": float(cells["phase_confidence"].min()), "cpus": os.cpu_count(),
+              "loadavg_before": load_before, "loadavg_after": _loadavg(), "out": str(sweep)}
+    print(res.stdout)
+    print(f"demo: sweep {t_sweep:.1f} s + landscape-phase {t_phase:.1f} s = {t_sweep + t_phase:.1f} s "
+          f"(target <= 180 s); CPU time {cpu[0]:.1f} s + {cpu[1]:.1f} s (the sweep runs its cells one after the "
+          f"other on one thread: its CPU time is its time on an idle machine); {len(cells)} cells, phases {phases}; "
+          f"{os.cpu_count()} CPUs, load average {load_before} -> {result['loadavg_after']}")
+    return result
+
+
+def _taxonomy_sweep(dest: Path) -> Path:
+    spec = importlib.util.spec_from_file_location("taxonomy2021", ROOT / "analysis" / "taxonomy2021.py")
+    tax = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tax)
+    tax.import_reference(dest, widths=[2, 8, 32, 128], batch_sizes=[16, 32, 64, 128, 256, 512, 724, 1024])
+    return dest
+
+
+def bench_phase(sweep: Path | None, repeat: int, baseline: Path | None) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="landscape-phase-bench-"))
+    sweep = sweep or _taxonomy_sweep(tmp / "tax32")
+    load_before = _loadavg()
+    runs: dict[str, list[float]] = {"new": []}
+    roots = {"new": ROOT}
+    if baseline is not None:
+        runs["baseline"] = []
+        roots["baseline"] = Path(baseline).resolve()
+    for i in range(repeat):
+        for name, root in roots.items():  # interleaved: the same load for both
+            cmd = [sys.executable, "-m", "landscape.cli.phase", str(sweep), "--x", "model.width", "--y",
+                   "train.batch_size", "--out", str(tmp / f"out-{name}")]
+            dt, _ = _timed(cmd, root)
+            runs[name].append(dt)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    result = {"section": "phase", "sweep": str(sweep), "repeat": repeat,
+              "seconds": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+              "median_seconds": {k: round(v, 2) for k, v in med.items()}, "target_seconds": 5,
+              "loadavg_before": load_before, "loadavg_after": _loadavg(), "cpus": os.cpu_count()}
+    if "baseline" in med:
+        result["speedup"] = round(med["baseline"] / med["new"], 2)
+    print(f"landscape-phase on {sweep}: median {med['new']:.2f} s over {repeat} runs (target <= 5 s)"
+          + (f"; baseline {med['baseline']:.2f} s, {result['speedup']}x faster" if "baseline" in med else "")
+          + f"; load average {load_before} -> {result['loadavg_after']}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="section", required=True)
+    d = sub.add_parser("demo")
+    d.add_argument("--out", type=Path, default=None)
+    p = sub.add_parser("phase")
+    p.add_argument("--sweep", type=Path, default=None)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--baseline", type=Path, default=None, help="a checkout of an older version, run side by side")
+    args = ap.parse_args(argv)
+    result = bench_demo(args.out) if args.section == "demo" else bench_phase(args.sweep, args.repeat, args.baseline)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
