@@ -157,3 +157,11 @@ def test_load_equals_a_plain_per_file_read_on_mixed_versions_with_nulls(tmp_path
     a = got.set_index(["cell_id", "seed"])
     assert a.loc[("a", 0), lists[0]].tolist() == [1, 2] and list(a.loc[("a", 1), lists[0]]) == []
     assert a.loc[("a", 0), "started_at"] == pd.Timestamp(when) and a.loc[("b", 0), "gone.value"] == 1.5
+
+
+def test_an_unreadable_file_is_an_error_naming_it(tmp_path):
+    d = table_dir(tmp_path, "models")
+    write_table(d / "a.parquet", [row("a", 0)], schema_for("models"))
+    (d / "b.parquet").write_bytes(b"PAR1 not parquet")  # no cell directory: served as it is, and unreadable
+    with pytest.raises(ValueError, match="b.parquet: not a readable result file"):
+        load(tmp_path, "models")

@@ -255,8 +255,9 @@ READ_THREADS = 1
 def _read_all(files: list[str], schema: pa.Schema | None = None) -> pa.Table:
     """Every file's rows in one Arrow table: the columns of ``schema`` (typed nulls where a file lacks them),
     then any column found only in some files (in the order first seen), then a ``filename`` column holding each
-    row's file name (without its directory). Files are read on one thread per core (``_read_file``: only columns
-    that hold values are decoded); the schema is known, nothing is inferred per file."""
+    row's file name (without its directory). Files are read one after the other (``READ_THREADS``; ``_read_file``:
+    only columns that hold values are decoded); the schema is known, nothing is inferred per file. A file that
+    cannot be read is a ``ValueError`` naming it."""
     import numpy as np
     from concurrent.futures import ThreadPoolExecutor
 
@@ -266,7 +267,7 @@ def _read_all(files: list[str], schema: pa.Schema | None = None) -> pa.Table:
         try:
             return _read_file(path)
         except (OSError, pa.ArrowException, ValueError) as exc:
-            raise type(exc)(f"{path}: not a readable result file ({exc})") from exc
+            raise ValueError(f"{path}: not a readable result file ({exc})") from exc
 
     if READ_THREADS > 1 and len(files) > 64:
         with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
