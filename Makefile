@@ -14,7 +14,7 @@ DEMO_DIR ?= outputs/demo
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean-demo
+.PHONY: setup demo test test-all clean-demo bench
 
 setup: $(STAMP)
 
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/landscape -m +sweep=demo hydra.sweep.dir=$(DEMO_DIR) $(ARGS)
+	$(VENV)/bin/landscape -m +sweep=demo hydra/launcher=local hydra.sweep.dir=$(DEMO_DIR) $(ARGS)
 	$(PY) -m landscape.cli.summary $(DEMO_DIR)
 	$(VENV)/bin/landscape-phase $(DEMO_DIR) --out $(DEMO_DIR)/phase --formats png pdf
 
@@ -39,3 +39,20 @@ test: setup
 # Everything, the slow cases included (the nightly-style target).
 test-all: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m "" $(PYTEST_ARGS)
+
+# The curvature anchors (benchmarks/anchors.py: landscape vs PyHessian, curvlinops, hessian-eigenthings) in their
+# own environment $(BENCH_VENV), never in $(VENV): the anchors pull backpack and torchvision. torch is pinned in
+# the same pip command as the anchors, so pip keeps the CPU build (otherwise torchvision drags in a CUDA torch).
+# torchvision is installed but cannot import beside the CPU torch; no anchor imports it.
+BENCH_VENV ?= .venv-bench
+BENCH_TORCH ?= torch==2.13.0
+BENCH_STAMP := $(BENCH_VENV)/.anchors-setup
+
+$(BENCH_STAMP): pyproject.toml
+	@[ -x $(BENCH_VENV)/bin/python ] || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet $(BENCH_TORCH)
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[bench]' $(BENCH_TORCH)
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	OMP_NUM_THREADS=1 $(BENCH_VENV)/bin/python benchmarks/anchors.py $(ARGS)

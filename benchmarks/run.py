@@ -1,4 +1,4 @@
-"""The benchmark harness: six side-by-side measurements in one run on this machine, a table and a JSON file.
+"""The benchmark harness: nine side-by-side measurements in one run on this machine, a table and a JSON file.
 
 Run: ``.venv/bin/python benchmarks/run.py [--quick] [--out benchmarks/results/latest.json]``.
 
@@ -15,7 +15,10 @@ Run: ``.venv/bin/python benchmarks/run.py [--quick] [--out benchmarks/results/la
 7. ``cell``: the Hessian family on a realistic cell (MLP 256-256, 1000 digits, 3 seeds), the current code vs the
    compute path of the commit before the change, alternating in one process (``bench_hessian_cell``);
 8. ``launcher``: 8 short cells with ``hydra/launcher=local`` (two warm workers) vs one process
-   (``bench_local_launcher``).
+   (``bench_local_launcher``);
+9. ``anchors``: landscape's curvature against PyHessian 0.1, curvlinops 3.0.1 and hessian-eigenthings 1.0.0a5
+   (``anchors.run``; the anchors are installed by ``make bench`` into ``.venv-bench``, and named as skipped
+   where they are missing).
 
 Torch runs with one thread (``torch.set_num_threads(1)``), as the jobs do, so ratios are per core.
 
@@ -325,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "latest.json"))
     parser.add_argument("--read-files", type=int, default=10_000, help="files of section 5")
     parser.add_argument("--only", default="", help="comma-separated sections to run "
-                        "(hvp,seeds,overhead,read,demo,cell,launcher)")
+                        "(hvp,seeds,overhead,read,demo,cell,launcher,anchors)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # per-core ratios: the jobs use one thread (threads: 1), and the machine is shared
@@ -344,6 +347,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     r["demo"] = bench_demo(args.quick) if want("demo") else skipped
     r["cell"] = bench_cell(args.quick) if want("cell") else skipped
     r["launcher"] = bench_launcher(args.quick) if want("launcher") else skipped
+    if want("anchors"):  # PyHessian, curvlinops, hessian-eigenthings beside landscape (`make bench` installs them)
+        import anchors
+
+        r["anchors"] = anchors.run(args.quick)
+        sys.stdout.write(anchors.tables(r["anchors"]) + "\n")
+    else:
+        r["anchors"] = skipped
     r["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     r["ratios"] = {
         "hvp_over_grad": r["hvp"].get("hvp_over_grad"),

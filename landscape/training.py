@@ -222,6 +222,20 @@ def params_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p.detach()).all()) for p in model.parameters())
 
 
+def minibatch_forward(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, perm: Tensor, batch: int,
+                      batch_size: int, loss_fn: LossFn, accuracy: bool) -> tuple[Tensor, StepOut]:
+    """The forward half of one plain minibatch step of one model: zero ``opt``'s gradients, evaluate batch ``batch``
+    of the epoch's order ``perm [n]``; returns the mean loss (a scalar with its graph, for ``backward``) and the
+    step's output (loss ``[1]``, the batch's accuracy ``[1]`` as a fraction when ``accuracy``)."""
+    idx = batch_slice(perm, batch, batch_size)
+    opt.zero_grad(set_to_none=True)
+    logits = model(x[idx])
+    yb = y[idx]
+    loss = loss_fn(logits, yb)
+    acc = (logits.detach().argmax(dim=-1) == yb).float().mean().reshape(1) if accuracy else None
+    return loss, StepOut(loss.reshape(1), acc)
+
+
 class _ModelTask(StepTask):
     """One model trained with ``torch.optim.SGD`` (momentum, coupled weight decay), epoch-wise learning rate."""
 
@@ -251,13 +265,9 @@ class _ModelTask(StepTask):
         return lr
 
     def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
-        idx = batch_slice(self.perm, batch, self.s.batch_size)
-        self.opt.zero_grad(set_to_none=True)
-        logits = self.model(self.x[idx])
-        yb = self.y[idx]
-        self.loss = self.loss_fn(logits, yb)
-        acc = (logits.detach().argmax(dim=-1) == yb).float().mean().reshape(1) if accuracy else None
-        return StepOut(self.loss.reshape(1), acc)
+        self.loss, out = minibatch_forward(self.model, self.opt, self.x, self.y, self.perm, batch, self.s.batch_size,
+                                           self.loss_fn, accuracy)
+        return out
 
     def update(self, out: StepOut) -> None:
         self.loss.backward()

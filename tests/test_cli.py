@@ -128,19 +128,17 @@ def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_rows(cli, tmp_p
     assert not resumed[0] and resumed[1]
 
 
-def test_rerunning_a_finished_multirun_writes_nothing_and_is_fast(cli, tmp_path):
+def test_rerunning_a_finished_multirun_writes_nothing_and_launches_no_job(cli, tmp_path):
+    # The rerun's speed is not asserted here (a timed test fails on a loaded machine); what makes it fast is
+    # asserted instead: the planner finds every cell done and starts no job, and not one file changes.
     grid = ["-m", "hydra.sweep.dir=grid", "data.subsample=0.5", "train.batch_size=16", "train.epochs=60",
             "model.width=16,32"]
-    t0 = time.perf_counter()
     cli(grid)
-    first = time.perf_counter() - t0
     before = snapshot(tmp_path / "grid")
-    t0 = time.perf_counter()
     proc = cli(grid)
-    again = time.perf_counter() - t0
     assert snapshot(tmp_path / "grid") == before
     assert "nothing to launch" in proc.stdout + proc.stderr
-    assert again < 0.5 * first, (again, first)
+    assert "launching" not in (proc.stdout + proc.stderr).lower()
     # a different grid in the same sweep directory adds only the new cell
     cli(["-m", "hydra.sweep.dir=grid", "data.subsample=0.5", "train.batch_size=16", "train.epochs=60",
          "model.width=16,48"])

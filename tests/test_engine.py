@@ -14,6 +14,7 @@ from landscape import engine
 from landscape.connectivity import BezierCurve, CurveSettings, train_curve
 from landscape.params import trainable_parameters
 from landscape.training import StopRequested, make_loss
+from test_training import _record_sgd_lr
 
 
 class Linear1(nn.Module):
@@ -31,16 +32,6 @@ def _zero_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 0.0 * out.sum()
 
 
-def _record_sgd_lr(monkeypatch) -> list[float]:
-    seen: list[float] = []
-    original = torch.optim.SGD.step
-
-    def step(self, *a, **kw):
-        seen.append(self.param_groups[0]["lr"])
-        return original(self, *a, **kw)
-
-    monkeypatch.setattr(torch.optim.SGD, "step", step)
-    return seen
 
 
 def test_curve_weight_decay_is_the_penalty_on_the_point_of_the_curve():

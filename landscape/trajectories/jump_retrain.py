@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 from landscape.data import CellData
 from landscape.directions import filter_normalised_direction
-from landscape.engine import Plan, StepOut, StepTask, batch_slice, epoch_permutation, run, steps_per_epoch
+from landscape.engine import Plan, StepOut, StepTask, epoch_permutation, run, steps_per_epoch
 from landscape.params import eval_subset, flat_parameters, linear_seed, set_flat_parameters
-from landscape.training import LossFn, evaluate
+from landscape.training import LossFn, evaluate, minibatch_forward, params_finite
 from landscape.trajectories.embedding import embed
 from landscape.trajectories.homology import knn_edges, rips_diagrams, sublevel_diagrams, summarise
 from landscape.trajectories.projection import RandomProjection
@@ -110,14 +110,10 @@ class _RetrainTask(StepTask):
         return float(self.s.lr)
 
     def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
-        idx = batch_slice(self.perm, batch, self.bs)
         self.work.train()
-        self.opt.zero_grad(set_to_none=True)
-        logits = self.work(self.x[idx])
-        yb = self.y[idx]
-        self.loss = self.loss_fn(logits, yb)
-        acc = (logits.detach().argmax(dim=-1) == yb).float().mean().reshape(1) if accuracy else None
-        return StepOut(self.loss.reshape(1), acc)
+        self.loss, out = minibatch_forward(self.work, self.opt, self.x, self.y, self.perm, batch, self.bs,
+                                           self.loss_fn, accuracy)
+        return out
 
     def update(self, out: StepOut) -> None:
         self.loss.backward()
@@ -129,7 +125,7 @@ class _RetrainTask(StepTask):
             self.record(step)
 
     def nonfinite_rows(self) -> list[int]:
-        return [] if all(bool(torch.isfinite(p.detach()).all()) for p in self.work.parameters()) else [0]
+        return [] if params_finite(self.work) else [0]
 
 
 def jump_and_retrain(
