@@ -79,7 +79,7 @@ def test_repeated_loads_read_only_new_or_changed_files(tmp_path, monkeypatch):
 
     calls: list[list[str]] = []
     real = io._read_all
-    monkeypatch.setattr(io, "_read_all", lambda files: calls.append(sorted(files)) or real(files))
+    monkeypatch.setattr(io, "_read_all", lambda files, *a: calls.append(sorted(files)) or real(files, *a))
     again = load(tmp_path, "models")
     assert calls == []  # served from the snapshot
     pd.testing.assert_frame_equal(first, again)
@@ -96,3 +96,72 @@ def test_repeated_loads_read_only_new_or_changed_files(tmp_path, monkeypatch):
     assert sorted(zip(third["cell_id"], third["seed"])) == [("b", 0), ("c", 0), ("c", 1), ("d", 0)]
     assert third.set_index("cell_id").loc["b", "test_acc"] == 0.75
     assert str(third["model.width"].dtype) == "Int64"
+
+
+def test_load_equals_a_plain_per_file_read_on_mixed_versions_with_nulls(tmp_path):
+    """``load`` decodes only the columns a file's footer statistics say hold values and restores the others as
+    typed nulls; the result must equal reading every file whole and concatenating (values, nulls, empty lists,
+    column set and order, dtypes), across schema versions, files without statistics or Arrow schema, and an
+    empty file."""
+    import datetime as dt
+    import math
+
+    import numpy as np
+
+    from landscape.results.io import _PANDAS_TYPES
+
+    d = table_dir(tmp_path, "models")
+    cur = schema_for("models")
+    lists = [f.name for f in cur if pa.types.is_list(f.type)]
+    assert lists, "the models schema has list columns (this test covers them)"
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
+    old = cur.remove(cur.get_field_index("training.vectorized")).append(pa.field("gone.value", pa.float64()))
+    old = old.append(pa.field("gone.flag", pa.int32()))  # a column of an old version, null in every file
+    write_table(d / "a.parquet", [row("a", 0, test_acc=0.5, started_at=when, git_dirty=True, **{lists[0]: [1, 2]}),
+                                  row("a", 1, test_acc=None, **{lists[0]: [], "training.vectorized": False})], cur)
+    write_table(d / "b.parquet", [row("b", 0, **{"gone.value": 1.5, "schema_version": 2, lists[0]: []}),
+                                  row("b", 1)], old)  # only empty lists and nulls in a list column
+    c = row("c", 0, test_acc=0.25, **{"training.vectorized": True, lists[0]: []})
+    pq.write_table(pa.Table.from_pylist([c], schema=cur), d / "c.parquet", write_statistics=False)  # no statistics: every column decoded
+    pq.write_table(pa.Table.from_pylist([row("e", 3, **{"schema_version": 1})], schema=cur), d / "e.parquet",
+                   store_schema=False)  # another tool: no Arrow schema stored
+    write_table(d / "f.parquet", [], cur)  # no rows
+    got = load(tmp_path, "models")
+
+    # the reference: every file read whole, rows concatenated in file-name order, columns united by name
+    expected_fields = dict((f.name, f.type) for f in cur)
+    rows = []
+    for f in sorted(d.glob("*.parquet")):
+        t = pq.read_table(f)
+        for fld in t.schema:
+            expected_fields.setdefault(fld.name, fld.type)
+        rows += t.to_pylist()
+    assert list(got.columns) == list(expected_fields)
+    empty = pa.schema(list(expected_fields.items())).empty_table().to_pandas(types_mapper=_PANDAS_TYPES.get)
+    assert got.dtypes.to_dict() == empty.dtypes.to_dict()
+    assert str(got["training.vectorized"].dtype) == "boolean" and str(got["gone.flag"].dtype) == "Int32"
+    assert len(got) == len(rows) == 6
+
+    def norm(v):
+        if isinstance(v, (list, tuple, np.ndarray)):
+            return [norm(x) for x in v]
+        if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v)):
+            return None
+        if isinstance(v, pd.Timestamp):
+            return v.to_pydatetime()
+        return v
+
+    for i, want in enumerate(rows):
+        for col in expected_fields:
+            assert norm(got[col].iloc[i]) == norm(want.get(col)), (i, col, got[col].iloc[i], want.get(col))
+    a = got.set_index(["cell_id", "seed"])
+    assert a.loc[("a", 0), lists[0]].tolist() == [1, 2] and list(a.loc[("a", 1), lists[0]]) == []
+    assert a.loc[("a", 0), "started_at"] == pd.Timestamp(when) and a.loc[("b", 0), "gone.value"] == 1.5
+
+
+def test_an_unreadable_file_is_an_error_naming_it(tmp_path):
+    d = table_dir(tmp_path, "models")
+    write_table(d / "a.parquet", [row("a", 0)], schema_for("models"))
+    (d / "b.parquet").write_bytes(b"PAR1 not parquet")  # no cell directory: served as it is, and unreadable
+    with pytest.raises(ValueError, match="b.parquet: not a readable result file"):
+        load(tmp_path, "models")

@@ -186,24 +186,114 @@ def served_files(sweep_dir: str | Path, table: str, files: list[str]) -> list[st
     return out
 
 
-def _read_all(files: list[str]) -> pa.Table:
-    """Every file's rows in one Arrow table, columns united by name (DuckDB's ``union_by_name``: one
-    multi-threaded scan, about 4 ms per small file; reading file by file costs 5-10 ms each), plus a
-    ``filename`` column holding each row's file name (without its directory)."""
-    import duckdb
+def _leaves(t: pa.DataType) -> int:
+    """How many Parquet leaf columns a field of Arrow type ``t`` is stored as."""
+    if pa.types.is_struct(t):
+        return sum(_leaves(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_map(t):
+        return _leaves(t.key_type) + _leaves(t.item_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _leaves(t.value_type)
+    return 1
 
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        rel = con.sql("SELECT * FROM read_parquet($files, union_by_name = true, filename = true)",
-                      params={"files": files})
-        fetch = getattr(rel, "to_arrow_table", None) or getattr(rel, "fetch_arrow_table", None) or rel.arrow
-        out = fetch()
-        out = out.read_all() if isinstance(out, pa.RecordBatchReader) else out
-    finally:
-        con.close()
-    names = pa.array([os.path.basename(str(f)) for f in out.column("filename").to_pylist()], pa.string())
-    return out.set_column(out.schema.get_field_index("filename"), SOURCE, names)
+
+_PLANS: dict[bytes, tuple[list[pa.Field], list[int], list[int]]] = {}
+
+
+def _plan(md: Any, reader: Any) -> tuple[list[pa.Field], list[int], list[int]]:
+    """The fields of a Parquet file, the leaf indices of its flat columns and those of its nested columns; cached
+    by the file's serialized Arrow schema (the files of one schema version share it)."""
+    key = (md.metadata or {}).get(b"ARROW:schema")
+    if key is not None and key in _PLANS:
+        return _PLANS[key]
+    fields = list(reader.schema_arrow)
+    flat, nested, leaf = [], [], 0
+    for f in fields:
+        n = _leaves(f.type)
+        (flat if n == 1 and not pa.types.is_nested(f.type) else nested).extend(range(leaf, leaf + n))
+        leaf += n
+    plan = (fields, flat, nested)
+    if key is not None and len(_PLANS) < 256:
+        _PLANS[key] = plan
+    return plan
+
+
+def _read_file(path: str) -> tuple[pa.Table, list[pa.Field]]:
+    """The rows of one result file, without decoding the flat columns that hold only nulls (their footer
+    statistics say ``null_count == num_rows`` in every row group): a 2-row file of the ``models`` table has
+    about 160 columns of which a handful hold values, and decoding a column costs about 25 us whatever it holds.
+    Returns the table of the decoded columns and the fields (name, type) of every column of the file, so the
+    caller restores the skipped ones as typed nulls. Nested columns (lists) are always decoded: an empty list
+    also counts as a null in the statistics."""
+    from pyarrow._parquet import ParquetReader  # the reader under ``pq.ParquetFile``, addressed by leaf index
+
+    with open(path, "rb") as fh:
+        buf = fh.read()
+    reader = ParquetReader()
+    reader.open(pa.BufferReader(buf))
+    md = reader.metadata
+    fields, flat, nested = _plan(md, reader)
+    keep = list(nested)
+    groups = [md.row_group(r) for r in range(md.num_row_groups)]
+    for leaf in flat:
+        for rg in groups:
+            st = rg.column(leaf).statistics
+            if st is None or not st.has_null_count or st.null_count != rg.num_rows:
+                keep.append(leaf)
+                break
+    leaf = md.num_columns
+    if not keep and leaf:
+        keep = [0]  # every column null: one is decoded all the same, so the rows are counted
+    return reader.read_all(column_indices=sorted(keep), use_threads=False), fields
+
+
+READ_THREADS = 1
+"""Threads reading result files. One: the per-file work is mostly Python (footer statistics) and two threads on
+2 cores measured 1.3x slower than one (GIL contention; ``benchmarks/bench_read.py``)."""
+
+
+def _read_all(files: list[str], schema: pa.Schema | None = None) -> pa.Table:
+    """Every file's rows in one Arrow table: the columns of ``schema`` (typed nulls where a file lacks them),
+    then any column found only in some files (in the order first seen), then a ``filename`` column holding each
+    row's file name (without its directory). Files are read one after the other (``READ_THREADS``; ``_read_file``:
+    only columns that hold values are decoded); the schema is known, nothing is inferred per file. A file that
+    cannot be read is a ``ValueError`` naming it."""
+    import numpy as np
+    from concurrent.futures import ThreadPoolExecutor
+
+    schema = schema if schema is not None else pa.schema([])
+
+    def one(path: str) -> tuple[pa.Table, list[pa.Field]]:
+        try:
+            return _read_file(path)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable result file ({exc})") from exc
+
+    if READ_THREADS > 1 and len(files) > 64:
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            parts = list(pool.map(one, files, chunksize=64))
+    else:
+        parts = [one(f) for f in files]
+    extra: dict[str, pa.Field] = {}
+    known = set(schema.names)
+    for _, fields in parts:
+        for f in fields:
+            if f.name not in known and f.name not in extra:
+                extra[f.name] = f
+    full = pa.schema([*schema, *extra.values()], metadata=schema.metadata)
+    counts = [t.num_rows for t, _ in parts]
+    tables = [t for t, _ in parts if t.num_columns]
+    body = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+    n = sum(counts)
+    if body.num_rows != n:
+        raise ValueError(f"{n} rows in the files' footers, {body.num_rows} decoded")
+    arrays = []
+    for f in full:
+        i = body.schema.get_field_index(f.name) if body.num_columns else -1
+        arrays.append(body.column(i).cast(f.type) if i >= 0 else pa.nulls(n, f.type))
+    names = np.repeat(np.array([os.path.basename(f) for f in files], dtype=object), counts)
+    arrays.append(pa.array(names, pa.string()))
+    return pa.Table.from_arrays(arrays, schema=full.append(pa.field(SOURCE, pa.string())))
 
 
 SOURCE = "filename"
@@ -276,7 +366,7 @@ def read_table(sweep_dir: str | Path, table: str = "models", columns: Sequence[s
         parts.append(snap.filter(pc.is_in(snap.column(SOURCE), value_set=pa.array(sorted(keep), pa.string()))))
     todo = [f for f in files if os.path.basename(f) not in keep]
     if todo:
-        parts.append(_read_all(todo))
+        parts.append(_read_all(todo, current))
     extra: dict[str, pa.Field] = {}
     for part in parts:
         for f in part.schema:
