@@ -49,6 +49,16 @@ def test_collapsed_width2_network_keeps_its_cell_done_with_cka_null_and_the_reas
     rep = json.loads(subprocess.run([sys.executable, "-m", "landscape.cli.status", "--json", str(tmp_path / "w2")],
                                     capture_output=True, text=True, check=True).stdout)
     assert rep["cells"][0]["metric_errors"][0]["family"] == "cka"
+    # landscape-phase keeps the cell on its axes: labelled from its training loss and mc, CKA missing with why
+    phase = subprocess.run([sys.executable, "-m", "landscape.cli.phase", str(tmp_path / "w2"), "--x", "model.width",
+                            "--y", "train.batch_size", "--out", str(tmp_path / "ph")], capture_output=True, text=True)
+    assert phase.returncode == 0, phase.stderr[-3000:]
+    import pandas as pd
+
+    cells = pd.read_csv(tmp_path / "ph" / "cells.csv")
+    assert list(cells["model.width"]) == [2] and cells["n_done"].iloc[0] == 2 and cells["train_loss_n"].iloc[0] == 2
+    assert "cka" not in cells or pd_isna(cells["cka"].iloc[0])
+    assert cells["cka.error"].iloc[0].startswith("CKA undefined: model 1")
 
 
 def pd_isna(v) -> bool:
