@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 import dataclasses
@@ -35,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from landscape.files import atomic_write, temporary_name
 from landscape.config import semantic_config
 
 log = logging.getLogger(__name__)
@@ -178,14 +178,7 @@ def read_json(path: Path) -> Any | None:
 
 def write_json(path: Path, obj: Any, indent: int | None = None) -> None:
     """Write JSON atomically (temporary name per process and thread + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=indent))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # e.g. disk full: leave no temporary file behind
-        raise
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=indent)))
 
 
 def sha256_file(path: Path | str) -> str:
@@ -287,7 +280,7 @@ class Lease:
 
     def _link_new(self, target: Path, obj: dict[str, Any]) -> bool:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        tmp = temporary_name(target)
         with open(tmp, "w") as f:
             f.write(json.dumps(obj))
             f.flush()

@@ -56,6 +56,7 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 from torch import Tensor
 
+from landscape.files import TEMPORARY_MARK, atomic_write
 from landscape import preemption
 from landscape.progress import PROGRESS_ENV, Progress, progress_interval  # noqa: F401 - re-exported
 
@@ -255,9 +256,7 @@ def atomic_torch_save(obj: Any, path: Path, checksum: bool = False) -> None:
     ``final.pt``, the digest kept in ``result.json``) and is recomputed."""
     if checksum:
         obj = {"sha256": _digest(obj).hexdigest(), "body": obj}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: Path, map_location: Any = None) -> Any:
@@ -288,12 +287,12 @@ STALE_TEMPORARY_S = 60.0
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Remove the temporary files of ``path`` (``.<name>.tmp-<pid>``, from ``atomic_torch_save`` or a JSON writer)
+    """Remove the temporary files of ``path`` (``files.temporary_name``: ``.<name>.tmp-<pid>-<thread>``)
     left by a killed writer: those of other processes not modified for ``STALE_TEMPORARY_S`` seconds."""
     now = time.time()
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+    for tmp in path.parent.glob(f".{path.name}{TEMPORARY_MARK}*"):
         try:
-            if tmp.name.endswith(f".tmp-{os.getpid()}") or now - tmp.stat().st_mtime < STALE_TEMPORARY_S:
+            if f"{TEMPORARY_MARK}{os.getpid()}-" in tmp.name or now - tmp.stat().st_mtime < STALE_TEMPORARY_S:
                 continue
             tmp.unlink()
             log.info("removed %s, the temporary file of a writer that was killed", tmp)

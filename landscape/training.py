@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landscape.files import atomic_write
 from landscape.engine import (
     DamagedCheckpoint,
     MemberResult,
@@ -188,20 +188,13 @@ class TrainResult:
     final_sha256: str | None = None  # state_digest of final.pt's state dict, checked when it is loaded
 
     def save(self, path: Path) -> None:
-        _atomic_write_bytes(path, json.dumps(asdict(self)).encode())
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(asdict(self))), fsync=True)
 
     @classmethod
     def load(cls, path: Path) -> "TrainResult":
         return cls(**json.loads(Path(path).read_text()))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def lr_at(s: TrainSettings, epoch: int, epochs: int) -> float:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import FAST, REPO
+from conftest import FAST
 from landscape.results import load
 
 METRICS = ["seed", "train_loss", "train_acc", "test_loss", "test_acc", "train_acc_clean", "training.steps"]

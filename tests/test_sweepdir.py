@@ -46,7 +46,7 @@ def test_a_smaller_request_after_a_larger_one_loses_nothing(cli, tmp_path):
     first = _rows(tmp_path / "s")
     first_pairs = _rows(tmp_path / "s", "pairs")
     assert len(first) == 3 and first["hessian.top_eigenvalue"].notna().all() and len(first_pairs) == 3
-    proc = cli(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1]"])
+    cli(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1]"])
     rows, pairs = _rows(tmp_path / "s"), _rows(tmp_path / "s", "pairs")
     with_h = rows[rows["hessian.top_eigenvalue"].notna()].reset_index(drop=True)
     pd.testing.assert_frame_equal(with_h, first, check_exact=True)  # seed 2 and every Hessian value still there
@@ -216,7 +216,6 @@ def test_rows_of_a_request_killed_between_its_table_writes_are_not_served(cli, t
     """SIGKILL between the models and the pairs file of a request (paused there by the test hook): the new
     models file is not served (its checksum is not committed), its last committed version is; the rerun
     completes the request."""
-    import signal
 
     cli(["hydra.sweep.dir=s", *FAST])
     before, before_pairs = _rows(tmp_path / "s"), _rows(tmp_path / "s", "pairs")

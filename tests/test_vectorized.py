@@ -246,7 +246,6 @@ def test_a_kill_after_a_seed_diverged_mid_run_resumes_bitwise(tmp_path: Path, mo
     # seed 1 (weights x2, MSE at lr 0.2) diverges at step 4, after the epoch-1 checkpoint; the process dies right
     # after its result is written: seed 0 must resume as the 1-seed stack it then was, not from the 2-seed
     # checkpoint (a vmap stack of 2 seeds and one of 1 do not round alike)
-    import landscape.vectorized as vec
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(96, 1, 8, 8, generator=g), torch.randint(0, 4, (96,), generator=g)

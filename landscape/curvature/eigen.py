@@ -161,7 +161,6 @@ def extreme_eigenpairs(
         raise ValueError(f"tol={tol!r}, max_iter={max_iter!r}: expected tol > 0 and max_iter >= 1")
     dtype, device = op.dtype, op.device
     itemsize = torch.empty((), dtype=dtype).element_size()
-    k = max(kl, ks)
     m = min(n, basis_size) if basis_size else default_basis_size(n, itemsize, kl + ks, max_iter, basis_memory)
     if m <= kl + ks and m < n:
         raise ValueError(f"basis_size={basis_size!r}: must exceed k_largest + k_smallest = {kl + ks}")

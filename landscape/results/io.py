@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from landscape.files import atomic_write
 from landscape.results.schema import schema_for
 
 log = logging.getLogger(__name__)
@@ -41,16 +42,7 @@ def write_table(path: str | Path, rows: Sequence[dict[str, Any]], schema: pa.Sch
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # e.g. disk full: no partial temporary file left behind
-        raise
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp), fsync=True)
 
 
 def merge_rows(
@@ -177,10 +169,7 @@ def served_files(sweep_dir: str | Path, table: str, files: list[str]) -> list[st
         verified[name] = stamp
     if verified != cache:
         try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_name(f".{cache_path.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(verified))
-            os.replace(tmp, cache_path)
+            atomic_write(cache_path, lambda tmp: tmp.write_text(json.dumps(verified)))
         except OSError as exc:  # read-only sweep directory: verified again next time
             log.debug("verification cache not written to %s: %s", cache_path, exc)
     return out
@@ -325,10 +314,7 @@ def _write_cache(path: Path, snap: pa.Table, fingerprint: str, stamps: dict[str,
     meta = dict(snap.schema.metadata or {})
     meta.update({b"landscape.schema_fingerprint": fingerprint.encode(), b"landscape.sources": json.dumps(stamps).encode()})
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(snap.replace_schema_metadata(meta), tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: pq.write_table(snap.replace_schema_metadata(meta), tmp))
     except OSError as exc:  # a read-only sweep directory: no snapshot, nothing lost
         log.debug("results snapshot not written to %s: %s", path, exc)
 
