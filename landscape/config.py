@@ -130,6 +130,8 @@ def _build_root() -> dict[str, type]:
             ("phase", PhaseConfig, field(default_factory=PhaseConfig)),  # landscape-phase settings (analysis only)
         ])
         root.__doc__ = _ROOT_DOC
+        for cls in (metrics_cls, root):  # importable by name (module __getattr__ below): pickled by reference, so
+            cls.__module__ = __name__    # worker processes see the same classes (and dataclasses.MISSING itself)
         _ROOT.update(MetricsConfig=metrics_cls, LandscapeConfig=root)
     return _ROOT
 

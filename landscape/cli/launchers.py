@@ -76,6 +76,51 @@ def chunk(items: Sequence[Any], size: int) -> list[list[Any]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
+class _PreemptionHandling:
+    """In a submitit task: while active, the preemption signal (submitit's USR2) asks training to stop at its
+    next step (``landscape.preemption``) instead of killing the cell; if nothing polls the stop request (data,
+    metrics), or training has not checkpointed within ``STOP_GRACE_S``, submitit's own handler requeues at once.
+    ``requeue`` (after the cell raised ``StopRequested``) hands over to submitit: checkpoint -> the same task
+    re-submitted, ``scontrol requeue``, exit."""
+
+    def __enter__(self) -> "_PreemptionHandling":
+        import submitit
+
+        from landscape import preemption
+
+        preemption.reset()
+        self.sig = submitit.JobEnvironment._usr_sig()
+        self.submitit_handler = signal.getsignal(self.sig)
+        signal.signal(self.sig, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        from landscape import preemption
+
+        log.warning("signal %s: stopping the cell at its next training step to checkpoint and requeue", signum)
+        preemption.request_stop(f"signal {signal.Signals(signum).name}")
+        handler = self.submitit_handler
+        if not callable(handler):
+            return
+        if preemption.last_poll_age() > STOP_GRACE_S:
+            handler(signum, frame)  # nothing polls right now (data, metrics): requeue at once
+        else:  # training polls: it checkpoints at its next step; if it has not within the grace, requeue
+            signal.signal(signal.SIGALRM, lambda *_: handler(signum, None))
+            signal.alarm(int(STOP_GRACE_S) + 1)
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.alarm(0)
+        signal.signal(self.sig, self.submitit_handler)
+
+    def requeue(self, message: str) -> None:
+        """Requeue through submitit's handler if a preemption signal asked for the stop."""
+        from landscape import preemption
+
+        if preemption.stop_requested() and callable(self.submitit_handler):
+            log.warning("%s", message)
+            self.submitit_handler(self.sig, None)
+
+
 class _CellLauncherBase(BaseSubmititLauncher):
     """Shared job-side behaviour: the preemption signal stops training cooperatively, then requeues."""
 
@@ -87,36 +132,12 @@ class _CellLauncherBase(BaseSubmititLauncher):
     def __call__(self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str,
                  singleton_state: Dict[type, Singleton]) -> JobReturn:
         """Run one cell in the submitit job; on the preemption signal stop training, then requeue."""
-        import submitit
-
-        from landscape import preemption
         from landscape.training import StopRequested
 
-        preemption.reset()
-        sig = submitit.JobEnvironment._usr_sig()
-        submitit_handler = signal.getsignal(sig)
-
-        def on_signal(signum: int, frame: Any) -> None:
-            log.warning("signal %s: stopping the cell at its next training step to checkpoint and requeue", signum)
-            preemption.request_stop(f"signal {signal.Signals(signum).name}")
-            if not callable(submitit_handler):
-                return
-            if preemption.last_poll_age() > STOP_GRACE_S:
-                submitit_handler(signum, frame)  # nothing polls right now (data, metrics): requeue at once
-            else:  # training polls: it checkpoints at its next step; if it has not within the grace, requeue
-                signal.signal(signal.SIGALRM, lambda *_: submitit_handler(signum, None))
-                signal.alarm(int(STOP_GRACE_S) + 1)
-
-        signal.signal(sig, on_signal)
-        try:
+        with _PreemptionHandling() as preempt:
             ret = super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
-        finally:
-            signal.alarm(0)
-            signal.signal(sig, submitit_handler)
-        stopped = ret.status == JobStatus.FAILED and isinstance(ret._return_value, StopRequested)
-        if stopped and preemption.stop_requested() and callable(submitit_handler):
-            log.warning("cell checkpointed (%s): requeueing", ret._return_value)
-            submitit_handler(sig, None)  # checkpoint() -> same job re-submitted; scontrol requeue; exit
+        if ret.status == JobStatus.FAILED and isinstance(ret._return_value, StopRequested):
+            preempt.requeue(f"cell checkpointed ({ret._return_value}): requeueing")
         return ret
 
     def run_cells(self, cells: Sequence[tuple]) -> list[JobReturn]:
@@ -131,27 +152,11 @@ class _CellLauncherBase(BaseSubmititLauncher):
         from landscape.training import StopRequested
 
         assert self.hydra_context is not None and self.config is not None and self.task_function is not None
-        preemption.reset()
-        sig = submitit.JobEnvironment._usr_sig()
-        submitit_handler = signal.getsignal(sig)
-
-        def on_signal(signum: int, frame: Any) -> None:
-            log.warning("signal %s: stopping the cell at its next training step to checkpoint and requeue", signum)
-            preemption.request_stop(f"signal {signal.Signals(signum).name}")
-            if not callable(submitit_handler):
-                return
-            if preemption.last_poll_age() > STOP_GRACE_S:
-                submitit_handler(signum, frame)
-            else:
-                signal.signal(signal.SIGALRM, lambda *_: submitit_handler(signum, None))
-                signal.alarm(int(STOP_GRACE_S) + 1)
-
         composer = JobComposer(self.config, self.hydra_context.config_loader)
         task_id = submitit.JobEnvironment().job_id
         out: list[JobReturn] = []
         stopped = False
-        signal.signal(sig, on_signal)
-        try:
+        with _PreemptionHandling() as preempt:
             for overrides, job_dir_key, job_num, _, singleton_state in cells:
                 if preemption.stop_requested():
                     break
@@ -167,12 +172,8 @@ class _CellLauncherBase(BaseSubmititLauncher):
                 if ret.status == JobStatus.FAILED and isinstance(ret._return_value, StopRequested):
                     stopped = True
                     break
-        finally:
-            signal.alarm(0)
-            signal.signal(sig, submitit_handler)
-        if stopped and preemption.stop_requested() and callable(submitit_handler):
-            log.warning("cell checkpointed (%s): requeueing the task", out[-1]._return_value)
-            submitit_handler(sig, None)  # checkpoint() -> the same task re-submitted; scontrol requeue; exit
+        if stopped:
+            preempt.requeue(f"cell checkpointed ({out[-1]._return_value}): requeueing the task")
         for _ in range(len(cells) - len(out)):
             ret = JobReturn()
             ret.status, ret.return_value = JobStatus.FAILED, RuntimeError("not run: the task was stopped")
