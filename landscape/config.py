@@ -306,7 +306,7 @@ def validate(cfg: DictConfig | Any) -> list[str]:
 # their own ``Family.check`` does not refuse (the families add choices and cross-field rules). kind: int>=N | num>0 | num>=0 | frac | list>0
 METRIC_RULES: dict[str, dict[str, str]] = {
     "hessian": {"eval_samples": "int>=1", "batch_size": "int>=1", "max_block": "int>=1", "seed": "int>=0",
-                "top_k": "int>=1", "n_top": "int>=1", "tol": "num>0", "max_iter": "int>=1", "trace_matvecs": "int>=1",
+                "n_top": "int>=1", "tol": "num>0", "max_iter": "int>=1", "trace_matvecs": "int>=1",
                 "n_probes": "int>=1", "n_steps": "int>=2", "grid_size": "int>=2"},
     "cka": {"n_samples": "int>=4", "rbf_fraction": "num>0", "batch_size": "int>=0", "seed": "int>=0"},
     "connectivity": {"bends": "int>=1", "epochs": "int>=1", "lr": "num>0", "momentum": "frac",

@@ -82,3 +82,17 @@ def test_a_relative_sweep_dir_that_leaves_the_launch_directory_is_refused(cli, t
     proc = cli(["-m", "hydra.sweep.dir=../escaped", "train.epochs=1"], check=False)
     assert proc.returncode == 2 and "hydra.sweep.dir='../escaped'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path.parent / "escaped").exists()
+
+
+def test_every_value_rule_names_a_setting_of_its_family():
+    """A rule for a key the family no longer has (a renamed setting) would check nothing: refuse it here."""
+    import dataclasses
+
+    import landscape.metrics as metrics
+    from landscape.config import METRIC_RULES
+
+    configs = metrics.family_config_classes()
+    for family, rules in METRIC_RULES.items():
+        assert family in configs, family
+        fields = {f.name for f in dataclasses.fields(configs[family])}
+        assert set(rules) <= fields, (family, sorted(set(rules) - fields))
