@@ -1,6 +1,6 @@
 """``hydra/launcher=local`` (a pool of warm workers) vs all cells in one process (Hydra's basic launcher).
 
-The grid: 8 short cells (MLP on a quarter of digits, widths 4..32; about a second of work each), launched by the
+The grid: 8 short cells (MLP on a quarter of digits, widths 4..32; about half a second of work each on an idle 2-core machine), launched by the
 real ``landscape`` CLI in a subprocess, into a fresh sweep directory each time. The two ways alternate
 (``--reps`` times each); reported: whole-command wall times and the cells' phase (from the sweeper's
 "launching" log line to the last cell's "done" line; the command's start-up, planning and exit are the same
