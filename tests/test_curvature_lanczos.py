@@ -17,15 +17,11 @@ from landscape.curvature import (
     spectral_density,
 )
 from landscape.models import MLP
+from test_curvature_estimators import _with_spectrum
 
 N = 300
 
 
-def _with_spectrum(lam: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(len(lam), len(lam), dtype=torch.float64, generator=g))
-    A = (Q * lam) @ Q.T
-    return 0.5 * (A + A.T)
 
 
 def _hessian_like(seed: int = 0) -> torch.Tensor:

@@ -3,7 +3,6 @@ Yang et al. 2021 (tests/data/taxonomy2021, imported by analysis/taxonomy2021.py)
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import taxonomy2021
 from landscape.phase import (
     PAPER_THRESHOLDS, PHASES, PhaseRule, aggregate_cells, calibrate, fit_mixture2, label_confidence, metric_columns,
     missing_metric_warnings, parse_overrides, phase_summary, rank_correlations, resolve_rule, spearman,
@@ -20,14 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "taxonomy2021"
 
 
-def _load_reader():
-    spec = importlib.util.spec_from_file_location("taxonomy2021", ROOT / "analysis" / "taxonomy2021.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-tax = _load_reader()
+tax = taxonomy2021()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ phase section); the demo's grid through the real CLI; the exploration notebook a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
+from conftest import taxonomy2021  # noqa: E402
 from landscape import phase_diagram as pdg  # noqa: E402
 from landscape.cli import phase as cli  # noqa: E402
 from landscape.phase import PHASES, PhaseRule, aggregate_cells  # noqa: E402
@@ -423,9 +423,7 @@ def test_demo_grid_through_the_cli_gives_three_phases_with_confidences(tmp_path)
 
 
 def test_notebook_runs_as_a_script_on_a_small_reference_sweep(tmp_path):
-    spec = importlib.util.spec_from_file_location("taxonomy2021", ROOT / "analysis" / "taxonomy2021.py")
-    tax = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tax)
+    tax = taxonomy2021()
     sweep = tmp_path / "tax"
     tax.import_reference(sweep, widths=[2, 8, 64], batch_sizes=[16, 128, 1024])
     out = tmp_path / "explore"

@@ -3,7 +3,6 @@ thresholds on it (analysis/taxonomy2021.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import taxonomy2021
 from landscape.connectivity import mode_connectivity
 from landscape.phase import PhaseRule, aggregate_cells, phase_summary
 
@@ -18,14 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "taxonomy2021"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("taxonomy2021_h3", ROOT / "analysis" / "taxonomy2021.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-tax = _load()
+tax = taxonomy2021()
 
 
 @pytest.fixture(scope="module")
