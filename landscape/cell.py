@@ -61,8 +61,9 @@ def metrics_key(settings: Any) -> str:
 @dataclass
 class CellStatus:
     """Contents of ``status.json``. ``state``: running | done | failed. ``seeds``: per-seed outcome
-    (done | diverged) of finished seeds; ``error``: the last error line of a failed run; ``done_key``: hash
-    of the seeds and metric settings the cell's result files hold (a different request recomputes);
+    (done | diverged) of finished seeds; ``error``: the last error line of a failed run; ``done_key``: read
+    from status files of older versions, no longer written (``job.missing_work`` compares the request with
+    ``results``: what each committed file holds);
     ``metric_errors``: ``[{"family", "who" (seed=S | pair=A-B), "error"}]`` of the values a metric family could
     not compute in the last run (each a typed null with the reason in ``<family>.error``)."""
 

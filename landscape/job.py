@@ -68,13 +68,6 @@ class CellOutcome:
     result_files: list[str]
 
 
-def done_key(cfg: Any) -> str:
-    """Hash of what the result files of a done cell must hold: the seed list and enabled metric settings."""
-    enabled = {f.name: OmegaConf.to_container(cfg.metrics[f.name], resolve=True) for f in metrics_mod.enabled(cfg)}
-    payload = {"seeds": sorted(int(s) for s in cfg.train.seeds), "metrics": enabled, "pairs": str(cfg.metrics.pairs)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def knob_values(cfg: Any, n_train: int | None) -> dict[str, Any]:
     """The flat knob columns of a row: every leaf of data/model/train (``train.batch_size`` resolved)."""
     out: dict[str, Any] = {}
@@ -137,7 +130,6 @@ def run_cell(
         raise
     cid = cell_id(cfg)
     cell = CellDir(sweep_dir, cid)
-    key = done_key(cfg)
     previous = _read_status(cell)
     if previous is not None and not missing_work(cfg, cell, previous):
         log.info("cell %s is done: skipped", cid)
@@ -156,7 +148,7 @@ def run_cell(
             return CellOutcome(cid, "skipped", previous.seeds, time.perf_counter() - t_start, [])
         for p in clean_temporary_files(cell):
             log.info("removed the temporary file %s of an earlier run", p)
-        return _run_leased(cfg, cell, lease, previous, key, overrides, should_stop, t_start)
+        return _run_leased(cfg, cell, lease, previous, overrides, should_stop, t_start)
     finally:
         lease.release()
 
@@ -200,7 +192,7 @@ def _read_status(cell: CellDir) -> CellStatus | None:
         return None
 
 
-def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStatus | None, key: str,
+def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStatus | None,
                 overrides: list[str] | None, should_stop: Callable[[], bool], t_start: float) -> CellOutcome:
     status = CellStatus(
         state="running", cell_id=cell.cell_id, sweep=str(cfg.sweep_name), host=provenance.host(), pid=os.getpid(),
@@ -209,7 +201,6 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
         seeds=dict(previous.seeds) if previous else {},
         results=dict(previous.results) if previous else {}, pending=dict(previous.pending) if previous else {},
         files=dict(previous.files) if previous else {},
-        done_key=previous.done_key if previous else None,
     )
     heartbeat = _Heartbeat(cell, status, lease=lease)
     try:
@@ -240,7 +231,7 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
             except OSError as write_exc:  # e.g. still no space: the error is logged, the exception raised
                 log.error("cell %s: could not record its error in %s: %s", cell.cell_id, cell.status_path, write_exc)
         raise
-    status.state, status.error, status.traceback, status.done_key = "done", None, None, key
+    status.state, status.error, status.traceback = "done", None, None
     cell.write_status(status)
     for backup in _committed_backups(cell):  # the commit is written: the previous versions are not needed
         backup.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ from conftest import run_cli
 
 from landscape.cell import CellDir, CellStatus, cell_id
 from landscape.cell import sha256_file
-from landscape.job import done_key, requested_coverage, table_keys
+from landscape.job import requested_coverage, table_keys
 from landscape.results import schema_for, write_table
 
 
@@ -56,7 +56,7 @@ def test_fast_planner_equals_hydra_compose_and_lists_done_cells(tmp_path, compos
                                                  "mtime_ns": st.st_mtime_ns,
                                                  "covers": requested_coverage(done_cfg)[table]}
     cell.write_status(CellStatus(state="done", cell_id=cid, seeds={"0": "done", "1": "done"},
-                                 done_key=done_key(done_cfg), results=results))
+                                 results=results))
 
     monkeypatch.setenv("LANDSCAPE_FULL_COMPOSE", "1")
     full = run_cli(grid, tmp_path)
