@@ -367,7 +367,7 @@ FAMILY = Family(
     diagnostics=DIAGNOSTICS,
     compute=compute,
     check=check,
-    styles={"connectivity.mc": FigureStyle("mode connectivity", -30.0, 30.0, "RdBu_r", centre=0.0, units="% error")},
+    styles={"connectivity.mc": FigureStyle("mode connectivity", -30.0, 30.0, "RdBu_r", centre=0.0, units="pp of training error")},
     description="mode connectivity along a trained Bezier curve (budget following the endpoints, convergence "
                 "check), straight-line barrier",
 )
