@@ -101,3 +101,58 @@ def test_spawned_workers_run_cells_too(tmp_path):
     bad = run_cli(["-m", *FAST, "model.width=4,8", "hydra/launcher=local", "hydra.launcher.start_method=teleport",
                    "hydra.sweep.dir=bad"], tmp_path, check=False)
     assert bad.returncode != 0 and "hydra.launcher.start_method='teleport'" in bad.stdout + bad.stderr
+
+
+SPY = """
+import gc, json, os, sys
+import landscape.job as job
+
+real = job.run_cell
+out = sys.argv[1]
+
+
+def spy(*args, **kwargs):  # records, in the process that runs the cell, the collector's state
+    with open(out, "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}) + "\\n")
+    return real(*args, **kwargs)
+
+
+job.run_cell = spy
+from landscape.cli.app import run
+
+sys.argv = ["landscape", *sys.argv[2:]]
+run()
+"""
+
+
+def test_cells_run_with_the_collector_on_and_the_start_up_frozen(tmp_path):
+    # `landscape` starts with the garbage collector off (faster start-up) and must turn it on before any cell
+    # runs, in every way a cell is run: one cell, a grid in one process, a pool of forked workers. A cell run
+    # with the collector off would leak every reference cycle of a long sweep.
+    script = tmp_path / "spy.py"
+    script.write_text(SPY)
+    runs = {"single": [*FAST, "train.epochs=1", "hydra.run.dir=one"],
+            "basic": ["-m", *FAST, "train.epochs=1", "model.width=4,6", "hydra/launcher=basic", "hydra.sweep.dir=b"],
+            "pool": ["-m", *FAST, "train.epochs=1", "model.width=4,6", "hydra/launcher=local",
+                     "hydra.launcher.max_parallel=2", "hydra.sweep.dir=p"]}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for name, args in runs.items():
+        seen = tmp_path / f"{name}.jsonl"
+        proc = subprocess.run([LANDSCAPE[0], str(script), str(seen), *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        records = [json.loads(line) for line in seen.read_text().splitlines()]
+        assert len(records) == (1 if name == "single" else 2), (name, records)
+        assert all(r["enabled"] for r in records), (name, records)
+        assert all(r["frozen"] > 100_000 for r in records), (name, records)  # torch & co. in the permanent generation
+        if name == "pool":
+            assert len({r["pid"] for r in records}) == 2
+
+
+def test_startup_done_freezes_once_and_leaves_a_running_collector_alone():
+    code = ("import gc\nfrom landscape.cli.app import startup_done\n"
+            "startup_done(); assert gc.isenabled() and gc.get_freeze_count() == 0\n"
+            "gc.disable(); startup_done(); n = gc.get_freeze_count(); assert gc.isenabled() and n > 0\n"
+            "junk = [[] for _ in range(1000)]; startup_done(); assert gc.get_freeze_count() == n\n")
+    proc = subprocess.run([LANDSCAPE[0], "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,6 +8,7 @@ rows under ``results/``.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,22 @@ def setup() -> None:
 setup()
 
 
+def startup_done() -> None:
+    """End of the start-up: move what it made to the collector's permanent generation, turn the collector on.
+
+    ``run`` starts with the collector off: the start-up (Hydra, and torch, pandas and the metric families through
+    Hydra's plugin scan) makes about a million long-lived objects, and collecting them over and over while they
+    are made costs ~0.2 s. Frozen, later collections skip them, the interpreter's exit does not traverse them
+    (0.4-0.5 s saved per process with torch and pandas loaded), and pool workers forked afterwards share their
+    memory pages instead of copying them when the collector touches them (the pattern the ``gc.freeze``
+    documentation recommends). Only acts while the collector is off, so only the first call freezes (a later
+    one would keep a finished job's garbage forever) and a program that imports ``main`` is left alone.
+    """
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def sweep_dir_of(hydra_cfg: Any) -> Path:
     """The absolute sweep directory of the running job (relative paths are taken from the launch cwd)."""
     path = Path(str(hydra_cfg.sweep.dir))
@@ -51,6 +68,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
     from landscape.config import ConfigError
 
+    startup_done()
     hc = HydraConfig.get()
     try:
         outcome = run_cell(cfg, sweep_dir_of(hc), overrides=list(hc.overrides.task))
@@ -64,5 +82,14 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     return dataclasses.asdict(outcome)
 
 
+def run() -> None:
+    """The console script: ``main`` with the collector off during the start-up (see ``startup_done``)."""
+    gc.disable()
+    try:
+        main()
+    finally:
+        gc.enable()
+
+
 if __name__ == "__main__":
-    main()
+    run()

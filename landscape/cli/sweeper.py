@@ -335,7 +335,9 @@ class GridSweeper(BasicSweeper):
 
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        from landscape.cli.app import sweep_dir_of
+        from landscape.cli.app import startup_done, sweep_dir_of
+
+        startup_done()
 
         params_conf = self._parse_config()
         params_conf.extend(arguments)
