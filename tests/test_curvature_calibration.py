@@ -40,6 +40,21 @@ def test_reported_stderr_matches_the_spread_over_seeds(method, n_matvecs):
     assert abs(est.mean() - float(torch.trace(A))) <= 4 * est.std(ddof=1) / np.sqrt(len(est))
 
 
+def test_krylov_trace_stderr_matches_the_spread_over_probe_seeds():
+    """The hessian family's default trace (``krylov``): the eigenvalue run's Krylov basis exactly, the rest by
+    projected Hutchinson probes. Its basis is fixed by the eigenvalue run's seed; the probes vary."""
+    from landscape.curvature import deflated_hutchinson, extreme_eigenpairs
+
+    A = _matrix()
+    ends = extreme_eigenpairs(A, k_largest=1, k_smallest=1, tol=1e-3, max_iter=60, seed=1234)
+    assert ends.basis.shape[0] < A.shape[0]  # a real remainder is left to the probes
+    runs = [deflated_hutchinson(A, ends.basis, ends.projected, n_probes=20, seed=s) for s in range(400)]
+    est = np.array([r.estimate for r in runs])
+    ratio = est.std(ddof=1) / np.mean([r.stderr for r in runs])
+    assert 0.8 <= ratio <= 1.25, ratio
+    assert abs(est.mean() - float(torch.trace(A))) <= 4 * est.std(ddof=1) / np.sqrt(len(est))
+
+
 def test_the_calibration_check_can_fail():
     """A stderr reported 2x too small (e.g. forgetting the sqrt(m)) is caught by the same bound."""
     A = _matrix()
