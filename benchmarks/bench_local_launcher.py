@@ -1,6 +1,6 @@
 """``hydra/launcher=local`` (a pool of warm workers) vs all cells in one process (Hydra's basic launcher).
 
-The grid: 8 short cells (MLP on a quarter of digits, widths 4..32, 200 epochs; 0.8-0.9 s of work each on an idle
+The grid: 8 short cells (MLP on a quarter of digits, widths 4..32, 260 epochs; about 1 s of work each on an idle
 2-core machine: the issue's "~1-second cells"), launched by the
 real ``landscape`` CLI in a subprocess, into a fresh sweep directory each time. The two ways alternate
 (``--reps`` times each); reported: whole-command wall times and the cells' phase (from the sweeper's
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-GRID = ["data.subsample=0.25", "model.width=4,8,12,16,20,24,28,32", "train.epochs=200", "train.batch_size=32"]
+GRID = ["data.subsample=0.25", "model.width=4,8,12,16,20,24,28,32", "train.epochs=260", "train.batch_size=32"]
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
 

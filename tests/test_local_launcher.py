@@ -91,6 +91,17 @@ def test_job_composer_gives_hydras_job_config():
             assert "widht" in str(exc)
         else:
             raise AssertionError("a misspelt key was accepted")
+        # from the planner's verified composer (what a forked worker inherits): no Hydra compose at all
+        from landscape.cli.sweeper import CellComposer
+
+        planner = CellComposer(master, loader)
+        assert planner.verify(jobs, 3) and len(planner.verified) == 3
+        made = planner.n_full
+        inherited = JobComposer(master, loader, planner)
+        for ov in jobs:
+            fast = OmegaConf.to_container(inherited.compose(ov))
+            assert fast == OmegaConf.to_container(loader.load_sweep_config(master, ov)), ov
+        assert inherited.n_checks == 0 and planner.n_full == made == 3
 
 
 def test_spawned_workers_run_cells_too(tmp_path):
@@ -111,9 +122,14 @@ real = job.run_cell
 out = sys.argv[1]
 
 
-def spy(*args, **kwargs):  # records, in the process that runs the cell, the collector's state
+def spy(*args, **kwargs):  # records, in the process that runs the cell, the collector's state and the composer
+    from landscape.cli.launchers import _WORKER
+
+    comp = _WORKER.get("composer")
     with open(out, "a") as f:
-        f.write(json.dumps({"pid": os.getpid(), "enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}) + "\\n")
+        f.write(json.dumps({"pid": os.getpid(), "enabled": gc.isenabled(), "frozen": gc.get_freeze_count(),
+                            "planner": comp is not None and comp.cells is _WORKER.get("planner"),
+                            "n_full": comp.n_full if comp is not None else None}) + "\\n")
     return real(*args, **kwargs)
 
 
@@ -147,6 +163,8 @@ def test_cells_run_with_the_collector_on_and_the_start_up_frozen(tmp_path):
         assert all(r["frozen"] > 100_000 for r in records), (name, records)  # torch & co. in the permanent generation
         if name == "pool":
             assert len({r["pid"] for r in records}) == 2
+            # each forked worker composes from the planner's verified compositions: not one Hydra compose of its own
+            assert all(r["planner"] and r["n_full"] == 1 for r in records), records
 
 
 def test_startup_done_freezes_once_and_leaves_a_running_collector_alone():
@@ -156,3 +174,30 @@ def test_startup_done_freezes_once_and_leaves_a_running_collector_alone():
             "junk = [[] for _ in range(1000)]; startup_done(); assert gc.get_freeze_count() == n\n")
     proc = subprocess.run([LANDSCAPE[0], "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_a_job_view_that_differs_from_hydras_turns_the_fast_path_off(monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import landscape.cli.app as app
+    from landscape.cli.launchers import JobComposer
+    from landscape.cli.sweeper import CellComposer
+
+    real = CellComposer.job
+
+    def wrong(self, overrides):  # e.g. a Hydra version that records the task overrides differently
+        cfg = real(self, overrides)
+        cfg.hydra.job.override_dirname = "something else"
+        return cfg
+
+    monkeypatch.setattr(CellComposer, "job", wrong)
+    with initialize_config_dir(config_dir=str(app.CONF_DIR), version_base="1.3"):
+        master = compose("config", overrides=["hydra.sweep.dir=somewhere"], return_hydra_config=True)
+        loader = GlobalHydra.instance().config_loader()
+        jobs = [[f"model.width={w}"] for w in (4, 8)]
+        planner = CellComposer(master, loader)
+        assert not planner.verify(jobs, 3) and not planner.fast and not planner.verified
+        jc = JobComposer(master, loader)  # a worker's own check catches it too, and serves Hydra's compose
+        cfg = jc.compose(jobs[0])
+        assert not jc.fast and cfg.hydra.job.override_dirname == "model.width=4"

@@ -307,6 +307,11 @@ class CellLocalLauncher(_CellLauncherBase):
             pass
         return "fork" if "fork" in mp.get_all_start_methods() and not cuda_ready else "spawn"
 
+    def share_composer(self, composer: Any) -> None:
+        """Keep the sweeper's verified ``CellComposer`` for workers forked after planning (they inherit it and
+        compose no base again); a spawned worker makes its own."""
+        _WORKER["planner"] = composer
+
     def run_in_worker(self, sweep_overrides: List[str], job_dir_key: str, job_num: int) -> JobReturn:
         """One cell in a pool worker: Hydra's job setup (as submitit's job does), then the cell."""
         from hydra.core.utils import run_job, setup_globals
@@ -321,8 +326,8 @@ class CellLocalLauncher(_CellLauncherBase):
             return ret
         Singleton.set_state(_WORKER["singletons"])
         setup_globals()
-        if "composer" not in _WORKER:
-            _WORKER["composer"] = JobComposer(self.config, self.hydra_context.config_loader)
+        if "composer" not in _WORKER:  # a forked worker inherits the planner's compositions (share_composer)
+            _WORKER["composer"] = JobComposer(self.config, self.hydra_context.config_loader, _WORKER.get("planner"))
         sweep_config = _WORKER["composer"].compose(list(sweep_overrides))
         with open_dict(sweep_config.hydra.job):
             sweep_config.hydra.job.id = f"local_{os.getpid()}_{job_num}"
@@ -379,60 +384,45 @@ class CellLocalLauncher(_CellLauncherBase):
 
 
 class JobComposer:
-    """A job's config (with its ``hydra`` node) as Hydra's ``load_sweep_config`` makes it, composed by Hydra once
-    per distinct set of config-group (and ``hydra``) overrides; the plain ``key=value`` overrides of each job are
-    applied to a copy of that composition by Hydra's own override function (struct mode: a typo still fails),
-    and the job's ``hydra.overrides.task`` and ``hydra.job.override_dirname`` are set as Hydra sets them. The
-    first job of each base is also composed in full and compared (a sampled check, not repeated per job); any
-    difference, or an override this path does not handle, means Hydra's full compose from then on."""
+    """A job's config (with its ``hydra`` node) as Hydra's ``load_sweep_config`` makes it, from the ``job`` view
+    of a ``sweeper.CellComposer`` (Hydra once per base, Hydra's override function for each job's values). The
+    first job of each base that the planner has not verified is also composed in full and compared (a sampled
+    check, not repeated per job); any difference, or an override the fast path does not handle, means Hydra's
+    full compose from then on. ``planner``: the sweeper's verified composer (a forked worker inherits it)."""
 
-    def __init__(self, config: Any, loader: Any):
+    def __init__(self, config: Any, loader: Any, planner: Any = None):
         from landscape.cli.sweeper import CellComposer
 
         self.config, self.loader = config, loader
-        self.splitter = CellComposer(config, loader)
-        self.bases: dict[tuple[str, ...], Any] = {}
-        self.verified: set[tuple[str, ...]] = set()
+        self.cells = planner if planner is not None else CellComposer(config, loader)
         self.fast = True
-        self.n_full = 0
+        self.n_checks = 0
+
+    @property
+    def n_full(self) -> int:
+        """Hydra compositions made so far for jobs: bases plus checks and fallbacks."""
+        return self.cells.n_full + self.n_checks
 
     def full(self, overrides: List[str]) -> Any:
-        self.n_full += 1
+        self.n_checks += 1
         return self.loader.load_sweep_config(self.config, list(overrides))
 
     def compose(self, overrides: List[str]) -> Any:
-        import copy
-
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
-        from hydra._internal.config_loader_impl import get_overrides_dirname
-        from omegaconf import open_dict
-
         if not self.fast:
             return self.full(overrides)
         try:
-            group, values = self.splitter._split(overrides)
-        except Exception:  # noqa: BLE001 - e.g. a sweep override: Hydra's path
+            group = self.cells._split(overrides)[0]
+            cfg = self.cells.job(overrides)
+        except Exception:  # noqa: BLE001 - e.g. a sweep override, a bad value: Hydra's path (and its error)
             return self.full(overrides)
-        if group not in self.bases:
-            self.bases[group] = self.full(list(group))
-        cfg = copy.deepcopy(self.bases[group])
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-        parsed = [self.splitter._parsed[line] for line in overrides]
-        app = [ov for ov in parsed if not ov.is_hydra_override()]
-        with open_dict(cfg.hydra):
-            cfg.hydra.overrides.task = [ov.input_line for ov in app]
-            dirname = cfg.hydra.job.config.override_dirname
-            cfg.hydra.job.override_dirname = get_overrides_dirname(
-                overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
-        OmegaConf.copy_cache(from_config=self.config, to_config=cfg)
-        if group not in self.verified:
+        if group not in self.cells.verified:
             full = self.full(overrides)
             if OmegaConf.to_container(cfg) != OmegaConf.to_container(full):
                 log.warning("fast job compose differs from Hydra's for %s: composing every job with Hydra",
                             " ".join(overrides))
                 self.fast = False
                 return full
-            self.verified.add(group)
+            self.cells.verified.add(group)
         return cfg
 
 

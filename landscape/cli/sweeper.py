@@ -52,6 +52,7 @@ def plan_cells(
     n_verify: int = 3,
     local: bool = True,
     memory_bytes: int | None = None,
+    composer: "CellComposer | None" = None,
 ) -> list[PlannedCell]:
     """Compose and validate every job of a grid; no side effects.
 
@@ -64,9 +65,13 @@ def plan_cells(
 
     Beside ``validate``, every valid cell gets ``config.launch_problems`` (model size against ``memory_bytes``,
     vectorized training of a model that cannot be stacked, a CUDA device on a machine without one when the
-    jobs run here: ``local``).
+    jobs run here: ``local``). ``composer``: the ``CellComposer`` to plan with (the sweeper's, which it hands to
+    the launcher afterwards; its ``fast`` says whether verification passed); a new one by default.
     """
-    composer = CellComposer(config, config_loader) if fast else None
+    if fast and composer is None:
+        composer = CellComposer(config, config_loader)
+    if not fast:
+        composer = None
     if composer is not None and not composer.verify(jobs, n_verify):
         composer = None
     planned = []
@@ -110,7 +115,11 @@ def _plan_one(i: int, overrides: Sequence[str], job_cfg: DictConfig, sweep_dir: 
 
 def _full_compose(config: DictConfig, config_loader: Any, overrides: Sequence[str]) -> DictConfig:
     """Hydra's compose of one job (what the job itself will see), without the ``hydra`` node."""
-    job_cfg = config_loader.load_sweep_config(config, list(overrides))
+    return _without_hydra(config_loader.load_sweep_config(config, list(overrides)))
+
+
+def _without_hydra(job_cfg: DictConfig) -> DictConfig:
+    """``job_cfg`` made writable and without its ``hydra`` node (in place)."""
     OmegaConf.set_readonly(job_cfg, False)
     with open_dict(job_cfg):
         del job_cfg["hydra"]
@@ -135,7 +144,15 @@ class _Unusual(Exception):
 
 
 class CellComposer:
-    """Composes job configs: Hydra once per distinct config-group override set, OmegaConf for the rest."""
+    """Composes a grid's job configs: Hydra once per distinct set of config-group (and ``hydra``) overrides,
+    OmegaConf (Hydra's own override function, struct mode) for the plain ``key=value`` overrides of each job.
+
+    Two views of one composition per base: ``compose`` and ``cell`` give the planning config (no ``hydra``
+    node: what ``validate`` and ``cell_id`` read), ``job`` the config a job runs with (the ``hydra`` node, its
+    ``overrides.task`` and ``job.override_dirname`` set as Hydra sets them). ``verify`` compares both views with
+    Hydra's full compose on a sample of the grid. The sweeper hands this composer, verified, to a launcher whose
+    workers are forked after planning (``hydra/launcher=local``), so no worker composes a base again.
+    """
 
     def __init__(self, config: DictConfig, config_loader: Any):
         from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -143,7 +160,10 @@ class CellComposer:
         self.config, self.loader = config, config_loader
         self.parser = OverridesParser.create()
         self.repo = getattr(config_loader, "repository", None)
+        self.job_bases: dict[tuple[str, ...], Any] = {}
         self.bases: dict[tuple[str, ...], Any] = {}
+        self.verified: set[tuple[str, ...]] = set()  # bases whose job view equalled Hydra's full compose
+        self.fast = True  # False once ``verify`` found a difference
         self.n_full = 0
         self._parsed: dict[str, Any] = {}
 
@@ -165,7 +185,7 @@ class CellComposer:
         return tuple(group), values
 
     def compose(self, overrides: Sequence[str]) -> DictConfig:
-        """The job config of ``overrides``, a new object (same as ``_full_compose``, see ``plan_cells``)."""
+        """The planning config of ``overrides``, a new object (same as ``_full_compose``, see ``plan_cells``)."""
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
         try:
@@ -175,6 +195,23 @@ class CellComposer:
             return _full_compose(self.config, self.loader, overrides)
         cfg = copy.deepcopy(self._base(group))
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        return cfg
+
+    def job(self, overrides: Sequence[str]) -> DictConfig:
+        """The job config of ``overrides`` with its ``hydra`` node, a new object (as Hydra's
+        ``load_sweep_config`` makes it; raises ``_Unusual`` for an override only Hydra's compose handles)."""
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+
+        group, values = self._split(overrides)
+        cfg = copy.deepcopy(self._job_base(group))
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        app = [ov for ov in (self._parsed[line] for line in overrides) if not ov.is_hydra_override()]
+        with open_dict(cfg.hydra):
+            cfg.hydra.overrides.task = [ov.input_line for ov in app]
+            dirname = cfg.hydra.job.config.override_dirname
+            cfg.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
+        OmegaConf.copy_cache(from_config=self.config, to_config=cfg)
         return cfg
 
     @contextlib.contextmanager
@@ -212,12 +249,23 @@ class CellComposer:
             return False
         return node is not None and not OmegaConf.is_config(node)
 
+    def _job_base(self, group: tuple[str, ...]) -> DictConfig:
+        if group not in self.job_bases:
+            try:
+                self.job_bases[group] = (self.loader.load_sweep_config(self.config, list(group)), None)
+                self.n_full += 1
+            except Exception as exc:  # noqa: BLE001 - e.g. unknown group option: reported per cell
+                self.job_bases[group] = (None, exc)
+        base, exc = self.job_bases[group]
+        if exc is not None:
+            raise exc
+        return base
+
     def _base(self, group: tuple[str, ...]) -> DictConfig:
         if group not in self.bases:
             try:
-                self.bases[group] = (_full_compose(self.config, self.loader, list(group)), None)
-                self.n_full += 1
-            except Exception as exc:  # noqa: BLE001 - e.g. unknown group option: reported per cell
+                self.bases[group] = (_without_hydra(copy.deepcopy(self._job_base(group))), None)
+            except Exception as exc:  # noqa: BLE001
                 self.bases[group] = (None, exc)
         base, exc = self.bases[group]
         if exc is not None:
@@ -225,34 +273,39 @@ class CellComposer:
         return base
 
     def verify(self, jobs: Sequence[Sequence[str]], n_per_base: int) -> bool:
-        """Compare fast and full composes on a sample of ``jobs``; False (with a warning) on any difference."""
+        """Compare both fast views with Hydra's full compose on a sample of ``jobs`` (the first, last and evenly
+        spread ones of each base); False (with a warning) on any difference."""
         by_base: dict[tuple[str, ...], list[int]] = {}
         try:
             for i, ov in enumerate(jobs):
                 by_base.setdefault(self._split(ov)[0], []).append(i)
         except Exception as exc:  # noqa: BLE001
             log.info("fast planning off (%s): composing every cell with Hydra", exc)
+            self.fast = False
             return False
-        for idx in by_base.values():
+        for group, idx in by_base.items():
             sample = sorted({idx[int(k * (len(idx) - 1) / max(n_per_base - 1, 1))] for k in range(n_per_base)})
             for i in sample:
                 try:
-                    full = OmegaConf.to_container(_full_compose(self.config, self.loader, jobs[i]))
+                    full_job = OmegaConf.to_container(self.loader.load_sweep_config(self.config, list(jobs[i])))
                 except Exception:  # noqa: BLE001 - an invalid cell: both paths report it
                     continue
+                full = {k: v for k, v in full_job.items() if k != "hydra"}
                 try:
+                    job = OmegaConf.to_container(self.job(jobs[i]))
                     fast = OmegaConf.to_container(self.compose(jobs[i]))
-                    group = self._split(jobs[i])[0]
                     before = OmegaConf.to_container(self._base(group))
                     with self.cell(jobs[i]) as cfg:
                         in_place = OmegaConf.to_container(cfg)
                     restored = OmegaConf.to_container(self._base(group)) == before
                 except Exception as exc:  # noqa: BLE001
-                    fast, in_place, restored = repr(exc), None, False
-                if not (fast == full and in_place == full and restored):
+                    job, fast, in_place, restored = None, repr(exc), None, False
+                if not (fast == full and in_place == full and restored and job == full_job):
                     log.warning("fast planning differs from Hydra's compose for cell #%d (%s): composing every "
                                 "cell with Hydra", i, " ".join(jobs[i]))
+                    self.fast = False
                     return False
+                self.verified.add(group)
         return True
 
 
@@ -351,8 +404,9 @@ class GridSweeper(BasicSweeper):
         tic = time.perf_counter()
         fast = os.environ.get("LANDSCAPE_FULL_COMPOSE", "") in ("", "0")  # 1: Hydra's compose for every cell
         local, memory = _job_machine(self.config)
+        composer = CellComposer(self.config, self.hydra_context.config_loader) if fast else None
         planned = plan_cells(self.config, self.hydra_context.config_loader, jobs, sweep_dir, fast=fast, local=local,
-                             memory_bytes=memory)
+                             memory_bytes=memory, composer=composer)
         log.info("planned %d cells in %.2f s", len(planned), time.perf_counter() - tic)
         if any(c.problems for c in planned):
             import sys
@@ -379,6 +433,9 @@ class GridSweeper(BasicSweeper):
             "cwd": str(self.config.hydra.runtime.cwd),
             "cells": [{"cell_id": c.cell_id, "overrides": c.overrides} for c in planned],
         }, indent=1))
+        share = getattr(self.launcher, "share_composer", None)
+        if composer is not None and composer.fast and share is not None:
+            share(composer)  # workers forked after planning compose no base again
         log.info("launching %d cells (%d already done, skipped) into %s", len(todo), len(planned) - len(todo), sweep_dir)
         # Only cells that are not done are launched, in batches of max_batch_size (e.g. SLURM array size).
         self.overrides = self.split_arguments_list([c.overrides for c in todo], self.max_batch_size)
