@@ -147,15 +147,20 @@ def bench_overhead(quick: bool) -> dict[str, Any]:
 
                 primary = compose("config", overrides=["+sweep=demo"], return_hydra_config=True)
                 loader = GlobalHydra.instance().config_loader()
-                jobs = [[f"model.width={w}", f"train.batch_size={b}"] for w in (8, 32, 128) for b in (16, 128)]
-                _, t_plan = _timed(lambda: plan_cells(primary, loader, jobs, sweep))
-                # the job side: a worker of hydra/launcher=local (or a SLURM task with several cells) composes
-                # each job from one Hydra composition per base plus the job's value overrides
+                # the demo grid's 24 cells, planned as the sweeper plans them
+                jobs = [["+sweep=demo", f"model.width={w}", f"train.batch_size={b}"] for w in (4, 8, 16, 32, 64, 128)
+                        for b in (16, 64, 256, 1024)]
                 from landscape.cli.launchers import JobComposer
+                from landscape.cli.sweeper import CellComposer
 
-                composer = JobComposer(primary, loader)
-                _, t_jobs = _timed(lambda: [composer.compose(["+sweep=demo", *ov]) for ov in jobs])
-                _, t_full = _timed(lambda: [loader.load_sweep_config(primary, ["+sweep=demo", *ov]) for ov in jobs])
+                planner = CellComposer(primary, loader)
+                _, t_plan = _timed(lambda: plan_cells(primary, loader, jobs, sweep, composer=planner))
+                # the job side: a forked worker of hydra/launcher=local composes each job from the planner's
+                # verified compositions (a SLURM task with several cells: one composition per base of its own)
+                composer = JobComposer(primary, loader, planner if planner.fast else None)
+                _, t_jobs = _timed(lambda: [composer.compose(ov) for ov in jobs])
+                _, t_full = _timed(lambda: [loader.load_sweep_config(primary, ov) for ov in jobs])
+                out["job_compose_checks"] = composer.n_checks
             out["plan_per_cell_s"] = t_plan / len(jobs)
             out["job_compose_per_cell_s"] = t_jobs / len(jobs)
             out["job_full_compose_per_cell_s"] = t_full / len(jobs)
