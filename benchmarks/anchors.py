@@ -57,13 +57,14 @@ log = logging.getLogger("benchmarks.anchors")
 
 TOL = 1e-3
 TRACE_PRODUCTS = 100
+KRYLOV_TOL = 1e-4  # the hessian family's default tolerance (metrics.hessian.Config.tol)
 TRACE_SEEDS = 10
 # Trace estimators run (10 seeds x 100 products each). Plain Hutchinson is the same estimator in every library,
 # so it runs for landscape and PyHessian only; curvlinops' and eigenthings' Hutch++ (and curvlinops' XTrace) are
 # their improved estimators. curvlinops' and eigenthings' Hutchinson are left out of the default run for time
 # (one curvlinops product costs ~3-4x a gradient here): ``--trace-all`` runs them. curvlinops' Hutch++ needs a
 # multiple of 3 products: it gets 99.
-TRACE_METHODS = {"landscape": ("hutchinson", "hutch++"), "pyhessian": ("hutchinson",), "curvlinops": ("hutch++", "xtrace"),
+TRACE_METHODS = {"landscape": ("hutchinson", "hutch++", "krylov"), "pyhessian": ("hutchinson",), "curvlinops": ("hutch++", "xtrace"),
                  "eigenthings": ("hutch++",)}
 DENSE_MAX = 1000  # dense float64 reference up to this many parameters (the vmapped float64 products of the
 # 5,178-parameter CNN cost ~1 s a column on this machine: ~1.5 h for its dense Hessian)
@@ -266,8 +267,19 @@ class Landscape(Anchor):
     def traces(self) -> dict[str, Callable[[int], float]]:
         from landscape.curvature import trace
 
+        def krylov(s: int) -> float:
+            """The hessian family's default: the eigenvalue run for both ends (its tolerance, seed ``s``), then
+            its Krylov basis exactly and projected Hutchinson probes for the rest of the 100 products."""
+            from landscape.curvature import deflated_hutchinson, extreme_eigenpairs
+
+            op = self.fresh()
+            ends = extreme_eigenpairs(op, k_largest=1, k_smallest=1, tol=KRYLOV_TOL, max_iter=500, seed=s + 10_000)
+            probes = max(2, TRACE_PRODUCTS - op.n_products)
+            return deflated_hutchinson(op, ends.basis, ends.projected, n_probes=probes, seed=s).estimate
+
         return {"hutchinson": lambda s: trace(self.fresh(), method="hutchinson", n_matvecs=TRACE_PRODUCTS, seed=s).estimate,
-                "hutch++": lambda s: trace(self.fresh(), method="hutch++", n_matvecs=TRACE_PRODUCTS, seed=s).estimate}
+                "hutch++": lambda s: trace(self.fresh(), method="hutch++", n_matvecs=TRACE_PRODUCTS, seed=s).estimate,
+                "krylov": krylov}
 
 
 class PyHessianAnchor(Anchor):
