@@ -160,19 +160,23 @@ def test_failing_cell_is_reported_while_the_others_finish(tmp_path):
 @pytest.mark.slow
 @requires_slurm
 def test_time_limit_signal_checkpoints_and_requeues(tmp_path):
-    """The real time-limit path: --time=1 min, --signal=USR2@45 (delivered at SLURM's ~30 s limit check)."""
+    """The real time-limit path: --time=1 min, --signal=USR2@45 (delivered at SLURM's ~30 s limit check).
+
+    The cell must outlast that first check on any machine: 1000 epochs are ~40 s of training on an idle core
+    (150 epochs, ~6 s, finished before the signal once the machine was quiet), and a busy machine only adds
+    attempts (up to max_num_timeout)."""
     sweep = tmp_path / "sweep"
-    args = ["-m", "model.width=8", "train.epochs=150", "train.batch_size=16", "train.vectorize=off",
+    args = ["-m", "model.width=8", "train.epochs=1000", "train.batch_size=16", "train.vectorize=off",
             *SLURM, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=45",
             "hydra.launcher.max_num_timeout=10", "hydra.sweep.dir=sweep"]
-    landscape(args, tmp_path, timeout=480)
+    landscape(args, tmp_path, timeout=720)
     (cell_dir,) = list((sweep / "cells").glob("*/status.json"))
     status = json.loads(cell_dir.read_text())
     assert status["state"] == "done" and status["attempts"] >= 2
     logs = "".join(p.read_text() for p in cell_dir.parent.glob("*.log"))
     assert "cell checkpointed (stopped at epoch" in logs and "Requeued job" in logs
     table = rows(sweep)
-    assert sorted(table["seed"]) == [0, 1] and table["training.epochs"].tolist() == [150, 150]
+    assert sorted(table["seed"]) == [0, 1] and table["training.epochs"].tolist() == [1000, 1000]
 
 
 if __name__ == "__main__":
