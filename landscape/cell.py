@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from landscape.files import atomic_write, temporary_name
+from landscape.files import STALE_TEMPORARY_S, atomic_write, temporary_name
 from landscape.config import semantic_config
 
 log = logging.getLogger(__name__)
@@ -193,9 +193,24 @@ def sha256_file(path: Path | str) -> str:
 
 def clean_temporary_files(cell: CellDir) -> list[Path]:
     """Remove temporary files (``.<name>.tmp-*``, staged result files) left by killed or failed writes in the cell's directory and
-    in the cell's result files' directories; only the lease holder calls this. Returns what was removed."""
+    in the cell's result files' directories; only the lease holder calls this. Returns what was removed.
+
+    Everything in the cell is written by the lease holder alone, except the lease itself: other processes
+    write ``.lease.json*.tmp-*`` while they try to take it, and the holder's heartbeat while it renews it. Those
+    are left alone until they are ``STALE_TEMPORARY_S`` old (removing one under its writer made that writer's
+    link fail: a concurrent launch lost a cell to it)."""
     removed = []
     candidates = list(cell.path.rglob(".*.tmp-*")) if cell.path.is_dir() else []
+    now = time.time()
+    lease_mark = f".{cell.lease_path.name}"
+
+    def in_use(p: Path) -> bool:
+        try:
+            return p.name.startswith(lease_mark) and now - p.stat().st_mtime < STALE_TEMPORARY_S
+        except FileNotFoundError:
+            return True  # gone already: its writer finished
+
+    candidates = [p for p in candidates if not in_use(p)]
     results = cell.sweep_dir / "results"
     if results.is_dir():
         for table in results.iterdir():

@@ -56,7 +56,7 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 from torch import Tensor
 
-from landscape.files import TEMPORARY_MARK, atomic_write
+from landscape.files import STALE_TEMPORARY_S, TEMPORARY_MARK, atomic_write
 from landscape import preemption
 from landscape.progress import PROGRESS_ENV, Progress, progress_interval  # noqa: F401 - re-exported
 
@@ -280,10 +280,6 @@ def load_checkpoint(path: Path, map_location: Any = None) -> Any:
             raise DamagedCheckpoint(f"{path}: checksum mismatch (the file was changed or damaged)")
         return obj["body"]
     return obj
-
-
-STALE_TEMPORARY_S = 60.0
-"""Age (seconds since last modification) from which another process's temporary file counts as abandoned."""
 
 
 def remove_stale_temporaries(path: Path) -> None:

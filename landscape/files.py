@@ -16,6 +16,8 @@ from typing import Callable
 
 TEMPORARY_MARK = ".tmp-"
 """What every temporary name contains (``.<name>.tmp-<pid>-<thread>``)."""
+STALE_TEMPORARY_S = 60.0
+"""Age (seconds since last modification) from which another process's temporary file counts as abandoned."""
 
 
 def temporary_name(path: Path) -> Path:

@@ -248,3 +248,50 @@ def _one_status(sweep: Path) -> str:
     files = list((sweep / "cells").glob("*/status.json"))
     assert len(files) == 1
     return files[0].read_text()
+
+
+def test_the_holders_clean_up_leaves_the_lease_files_other_processes_are_writing(tmp_path):
+    """A launch that holds a cell removes the temporaries of killed writers, but not the lease temporary that a
+    second launch is writing at that moment to try the same cell (it removed it once, under the writer, and the
+    writer's ``os.link`` failed: the second launch lost the cell; seen in CI)."""
+    from landscape.cell import clean_temporary_files
+    from landscape.files import STALE_TEMPORARY_S
+
+    cell = CellDir(tmp_path, "abc123def456")
+    cell.path.mkdir(parents=True)
+    trying = cell.path / ".lease.json.tmp-999-1"  # another process between writing and linking its lease
+    guard = cell.path / ".lease.json.takeover.tmp-999-1"
+    beat = cell.path / f".lease.json.tmp-{os.getpid()}-2"  # the holder's own heartbeat thread
+    abandoned = cell.path / ".lease.json.tmp-998-1"  # an acquirer killed long ago
+    killed = cell.path / ".status.json.tmp-997-1"  # a holder killed while writing its status
+    result = tmp_path / "results" / "models" / f".{cell.cell_id}-k.parquet.tmp-997-1"
+    result.parent.mkdir(parents=True)
+    for p in (trying, guard, beat, abandoned, killed, result):
+        p.write_text("{}")
+    old = time.time() - STALE_TEMPORARY_S - 5
+    os.utime(abandoned, (old, old))
+    removed = set(clean_temporary_files(cell))
+    assert removed == {abandoned, killed, result}
+    assert trying.exists() and guard.exists() and beat.exists()
+
+    # the race itself: one process acquires and releases the lease in a loop while the holder-side clean-up runs
+    other, errors, stop = Lease(cell, 0.5), [], threading.Event()
+
+    def contend():
+        while not stop.is_set():
+            try:
+                if other.try_acquire():
+                    other.release()
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+                return
+
+    t = threading.Thread(target=contend)
+    t.start()
+    try:
+        for _ in range(2000):
+            clean_temporary_files(cell)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
