@@ -41,10 +41,9 @@ from landscape.engine import (
     Plan,
     StepOut,
     DamagedCheckpoint,
-    StepTask,
+    ShuffledTask,
     atomic_torch_save,
     batch_slice,
-    epoch_permutation,
     load_checkpoint,
     lr_factor,
     run,
@@ -212,9 +211,11 @@ def schedule_factor(schedule: str, epoch: int, epochs: int) -> float:
     return lr_factor(schedule, epoch, epochs)
 
 
-class _CurveTask(StepTask):
+class _CurveTask(ShuffledTask):
     """SGD on the middle control points: per batch one ``t ~ U(0, 1)``, the loss at ``theta(t)`` plus the
     penalty ``weight_decay / 2 * |theta(t)|^2``; per epoch a permutation, then the batch's ``t`` values."""
+
+    rng_name = "curve"
 
     def __init__(self, curve: BezierCurve, model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn,
                  s: CurveSettings, seed: int, final_path: Path | None, meta: dict):
@@ -225,23 +226,16 @@ class _CurveTask(StepTask):
         self.per_epoch = steps_per_epoch(x.shape[0], self.bs)
         params = curve.trainable()
         self.opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum) if params else None
-        self.gen = torch.Generator().manual_seed(int(seed))
-        self.perm = torch.empty(0, dtype=torch.long)
+        self.seed_batches(seed)
         self.ts = torch.empty(0, dtype=torch.float64)
         self.total: Tensor | None = None
         self.result: CurveTrainResult | None = None
-
-    def rng_state(self) -> dict[str, Tensor]:
-        return {"curve": self.gen.get_state()}
-
-    def set_rng_state(self, state: dict[str, Tensor]) -> None:
-        self.gen.set_state(state["curve"])
 
     def begin_epoch(self, epoch: int) -> float:
         lr = self.s.lr * schedule_factor(self.s.schedule, epoch, self.s.epochs)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        self.perm = epoch_permutation(self.x.shape[0], self.gen, self.x.device)
+        self.shuffle(self.x.shape[0], self.x.device)
         self.ts = torch.rand(self.per_epoch, generator=self.gen, dtype=torch.float64)
         return lr
 

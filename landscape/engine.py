@@ -222,6 +222,26 @@ class UnsafeCheckpoint(ValueError):
     """A checkpoint file that asks to run code when loaded (refused by ``weights_only=True``)."""
 
 
+class ShuffledTask(StepTask):
+    """A step task whose batch orders come from one CPU generator seeded from the config (``seed_batches``),
+    saved in checkpoints under ``rng_name``; ``shuffle`` draws an epoch's order into ``perm``."""
+
+    rng_name = "batches"
+
+    def seed_batches(self, seed: int) -> None:
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.perm = torch.empty(0, dtype=torch.long)
+
+    def rng_state(self) -> dict[str, Tensor]:
+        return {self.rng_name: self.gen.get_state()}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        self.gen.set_state(state[self.rng_name])
+
+    def shuffle(self, n: int, device: Any) -> None:
+        self.perm = epoch_permutation(n, self.gen, device)
+
+
 class DamagedCheckpoint(ValueError):
     """A checkpoint file that cannot be read or whose content does not match its stored checksum."""
 

@@ -32,11 +32,10 @@ from landscape.engine import (
     MemberResult,
     Plan,
     StepOut,
-    StepTask,
+    ShuffledTask,
     UnsafeCheckpoint,
     atomic_torch_save,
     batch_slice,
-    epoch_permutation,
     load_checkpoint,
     lr_factor,
     remove_stale_temporaries,
@@ -229,7 +228,7 @@ def minibatch_forward(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y
     return loss, StepOut(loss.reshape(1), acc)
 
 
-class _ModelTask(StepTask):
+class _ModelTask(ShuffledTask):
     """One model trained with ``torch.optim.SGD`` (momentum, coupled weight decay), epoch-wise learning rate."""
 
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor, s: TrainSettings, seed: int, workdir: Path):
@@ -238,22 +237,15 @@ class _ModelTask(StepTask):
         self.loss_fn = make_loss(s.loss)
         self.epochs = s.total_epochs(x.shape[0])
         self.opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-        self.gen = torch.Generator().manual_seed(int(seed))
-        self.perm = torch.empty(0, dtype=torch.long)
+        self.seed_batches(seed)
         self.loss: Tensor | None = None
         self.result: TrainResult | None = None
-
-    def rng_state(self) -> dict[str, Tensor]:
-        return {"batches": self.gen.get_state()}
-
-    def set_rng_state(self, state: dict[str, Tensor]) -> None:
-        self.gen.set_state(state["batches"])
 
     def begin_epoch(self, epoch: int) -> float:
         lr = lr_at(self.s, epoch, self.epochs)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        self.perm = epoch_permutation(self.x.shape[0], self.gen, self.x.device)
+        self.shuffle(self.x.shape[0], self.x.device)
         self.model.train()
         return lr
 

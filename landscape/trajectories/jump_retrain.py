@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from landscape.data import CellData
 from landscape.directions import filter_normalised_direction
-from landscape.engine import Plan, StepOut, StepTask, epoch_permutation, run, steps_per_epoch
+from landscape.engine import Plan, ShuffledTask, StepOut, run, steps_per_epoch
 from landscape.params import eval_subset, flat_parameters, linear_seed, set_flat_parameters
 from landscape.training import LossFn, evaluate, minibatch_forward, params_finite
 from landscape.trajectories.embedding import embed
@@ -86,8 +86,10 @@ class Trajectories:
         return pd.DataFrame(self.rows)
 
 
-class _RetrainTask(StepTask):
+class _RetrainTask(ShuffledTask):
     """Plain SGD (constant learning rate) on ``work`` after a jump; ``record`` every ``record_every`` steps."""
+
+    rng_name = "jump"
 
     def __init__(self, work: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, s: JumpRetrainSettings, seed: int,
                  record: Callable[[int], None]):
@@ -95,18 +97,11 @@ class _RetrainTask(StepTask):
         self.members = ["jump"]
         self.bs = min(int(s.batch_size), x.shape[0])
         self.opt = torch.optim.SGD(work.parameters(), lr=float(s.lr))
-        self.gen = torch.Generator().manual_seed(int(seed))
-        self.perm = torch.empty(0, dtype=torch.long)
+        self.seed_batches(seed)
         self.loss: Tensor | None = None
 
-    def rng_state(self) -> dict[str, Tensor]:
-        return {"jump": self.gen.get_state()}
-
-    def set_rng_state(self, state: dict[str, Tensor]) -> None:
-        self.gen.set_state(state["jump"])
-
     def begin_epoch(self, epoch: int) -> float:
-        self.perm = epoch_permutation(self.x.shape[0], self.gen, self.x.device)
+        self.shuffle(self.x.shape[0], self.x.device)
         return float(self.s.lr)
 
     def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
