@@ -68,10 +68,7 @@ def plan_cells(
     jobs run here: ``local``). ``composer``: the ``CellComposer`` to plan with (the sweeper's, which it hands to
     the launcher afterwards; its ``fast`` says whether verification passed); a new one by default.
     """
-    if fast and composer is None:
-        composer = CellComposer(config, config_loader)
-    if not fast:
-        composer = None
+    composer = (composer or CellComposer(config, config_loader)) if fast else None
     if composer is not None and not composer.verify(jobs, n_verify):
         composer = None
     planned = []
