@@ -327,7 +327,7 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
     ok = [s for s in seeds if results[s].status == "done"]
     contexts = {
         s: ModelContext(model=models[s].eval(), seed=s, data=data, loss_fn=loss_fn, make_model=make_model,
-                        cfg=cfg, device=device, workdir=cell.path)
+                        cfg=cfg, device=device, workdir=cell.path, should_stop=should_stop)
         for s in ok
     }
     status.metric_errors = []

@@ -59,7 +59,10 @@ class ModelContext:
     ``model`` is in eval mode on ``device``; ``data`` is on ``device``; ``loss_fn(logits, y)`` is the mean
     training loss; ``make_model()`` builds a fresh, untrained model of the same architecture on ``device``
     (for curves, directions, ...); ``cfg`` is the cell's whole resolved config; ``workdir`` is a private,
-    persistent directory for this model and family; ``seed`` is the model's training seed.
+    persistent directory for this model and family; ``seed`` is the model's training seed; ``should_stop`` is
+    the job's stop request (``landscape.preemption.stop_requested`` under a launcher): every training loop a
+    family runs (curves, retraining) must poll it, so that Ctrl-C, SIGTERM and SLURM's pre-emption signal stop
+    the cell within seconds (the engine checkpoints and raises ``StopRequested``).
     """
 
     model: "nn.Module"
@@ -70,6 +73,7 @@ class ModelContext:
     cfg: Any
     device: "torch.device"
     workdir: Path
+    should_stop: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -79,6 +83,11 @@ class PairContext:
     a: ModelContext
     b: ModelContext
     workdir: Path
+
+    @property
+    def should_stop(self) -> Callable[[], bool] | None:
+        """The job's stop request (see :class:`ModelContext`)."""
+        return self.a.should_stop
 
 
 @dataclass

@@ -259,7 +259,7 @@ def _train_and_evaluate(ctx: PairContext, settings: Any, template: Any, epochs: 
         schedule=str(settings.schedule), checkpoint_every=int(settings.checkpoint_every),
     )
     result = train_curve(curve, template, data.x_train, data.y_train, loss_fn, cs, seed, workdir,
-                         phase=f"curve {ctx.a.seed}-{ctx.b.seed} ({epochs} epochs)")
+                         phase=f"curve {ctx.a.seed}-{ctx.b.seed} ({epochs} epochs)", should_stop=ctx.should_stop)
     test = bool(settings.test)
     t_eval = time.perf_counter()
     v = evaluate_path(
