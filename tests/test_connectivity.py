@@ -102,20 +102,40 @@ def test_mode_connectivity_equals_the_papers_formula_on_the_published_curves_whe
     assert len(curves) == 5 * 210 and n_unambiguous == 209 and paper_grid_cells == 169
 
 
-def test_convergence_rule_and_budget():
-    from landscape.metrics.connectivity import convergence, curve_budget, endpoint_steps, middle_excess
+def test_protocol_stages_and_stopping_rule():
+    from landscape.connectivity import stage_decision, stage_epochs
+    from landscape.metrics.connectivity import curve_budget, endpoint_steps, middle_excess
 
     assert middle_excess([1.0, 3.5, 2.0, 1.5]) == 2.0 and middle_excess([1.0, 0.5, 2.0]) == -1.5
     assert math.isnan(middle_excess([1.0, float("nan"), 1.0]))
-    assert convergence(0.8, None, 1.0, (10, None)) == (True, None)  # reached the endpoints' level
-    ok, reason = convergence(5.0, None, 1.0, (10, None))  # no second training: unknown
-    assert not ok and "5.00 points" in reason and "10 epochs" in reason
-    assert convergence(5.0, 0.5, 1.0, (10, 20)) == (True, None)  # more training reached the level
-    assert convergence(5.0, 4.4, 1.0, (10, 20)) == (True, None)  # more training did not lower it: a barrier
-    ok, reason = convergence(5.0, 3.0, 1.0, (10, 20))  # still moving
-    assert not ok and "still moving" in reason and "after 20" in reason
-    assert not convergence(0.0, None, 1.0, (10, None), diverged=True)[0]
-    assert "diverged" in convergence(float("nan"), None, 1.0, (10, None))[1]
+    # stages: the first stage's epochs, doubled while the budget stays within max_budget
+    assert stage_epochs(30, 1.0, 16.0) == [30, 60, 120, 240, 480]
+    assert stage_epochs(15, 0.5, 16.0) == [15, 30, 60, 120, 240, 480]
+    assert stage_epochs(7, 2.0, 12.0) == [7, 14, 28]  # budgets 2, 4, 8 (16 > 12)
+    assert stage_epochs(5, 1.0, 1.0) == [5] and stage_epochs(0, 1.0, 16.0) == [0]
+
+    def decide(mcs, last=False, **kw):
+        d = stage_decision(mcs, 0.25, -0.5, 0.0, last=last, **kw)
+        return d.stop, d.converged, d.bound, d.reason
+
+    assert decide([-3.0]) == (False, False, None, None)  # one stage says nothing: train on
+    assert decide([-3.0, -2.8]) == (False, False, None, None)  # one small change is not enough
+    assert decide([-3.0, -2.8, -2.9]) == (True, True, None, "converged")  # within 0.25 over two doublings
+    assert decide([-3.0, -2.8], stable_doublings=1) == (True, True, None, "converged")
+    # the demo's batch-256 pair: a change of 0.14 followed by one of 0.63: not converged at the small change
+    assert decide([-2.296, -1.044, -0.418, -0.278]) == (False, False, "lower", None)
+    assert decide([-3.0, -2.0]) == (False, False, "lower", None)  # still rising, below every threshold
+    assert decide([-3.0, -2.0, -0.4]) == (False, False, "lower", None)  # between the thresholds: could go either way
+    assert decide([-3.0, 0.3]) == (True, False, "lower", "decided")  # rising above both thresholds: decided
+    assert decide([1.0, 0.5, -0.7]) == (True, False, "upper", "decided")  # falling below both
+    assert decide([1.0, -0.2]) == (False, False, "upper", None)
+    assert decide([-3.0, -2.8, -2.6, -2.4])[:2] == (True, True)  # a drift of 0.2 a doubling moves 0.2 when doubled
+    assert decide([-3.0, -2.8, -2.4]) == (False, False, "lower", None)  # the last doubling moved 0.4
+    assert decide([0.1, 0.5, 0.2]) == (False, False, None, None)  # wobbling: no direction
+    assert decide([-3.0, -2.0], last=True) == (True, False, "lower", "max_budget")
+    assert decide([-3.0, float("nan")]) == (True, False, None, "diverged")
+    assert decide([-3.0, -3.0], diverged=True) == (True, False, None, "diverged")
+    assert decide([2.0], last=True) == (True, False, None, "max_budget")  # a single stage cannot converge
     # budget: the endpoints' steps (train.steps, or epochs x steps per epoch) times `budget`
     train = SimpleNamespace(batch_size=64, epochs=30, steps=None)
     assert endpoint_steps(train, 4000) == 30 * 63
@@ -123,6 +143,7 @@ def test_convergence_rule_and_budget():
     assert endpoint_steps(SimpleNamespace(batch_size=64, epochs=30, steps=500), 4000) == 500
     cfg = SimpleNamespace(epochs=None, batch_size=None, budget=2.0)
     assert curve_budget(cfg, train, 4000) == (60, 64, 1890)
+    assert curve_budget(SimpleNamespace(epochs=None, batch_size=None, budget=1.0), train, 4000) == (30, 64, 1890)
     # batch 128: 32 steps per epoch, ceil(1890 / 32) = 60 epochs
     assert curve_budget(SimpleNamespace(epochs=None, batch_size=128, budget=1.0), train, 4000) == (60, 128, 1890)
     assert curve_budget(SimpleNamespace(epochs=7, batch_size=32, budget=2.0), None, 4000) == (7, 32, None)
@@ -366,7 +387,8 @@ def test_cka_family_collapsed_model_is_null_with_reason(pair: PairContext):
 
 
 def test_connectivity_family_compute_and_resume(pair: PairContext):
-    cfg = conn_family.Config(enabled=True, epochs=3, batch_size=32, n_points=5)
+    cfg = conn_family.Config(enabled=True, epochs=3, batch_size=32, n_points=5, budget=1.0, max_budget=2.0,
+                             stable_doublings=1)
     row = conn_family.FAMILY.compute(pair, cfg).values
     _row_table(conn_family.FAMILY.columns, row)
     assert row["connectivity.t"] == [0.0, 0.25, 0.5, 0.75, 1.0] == row["connectivity.line_t"]
@@ -391,18 +413,22 @@ def test_connectivity_family_compute_and_resume(pair: PairContext):
     assert row["connectivity.curve_train_loss"][-1] == pytest.approx(
         evaluate(pair.b.model, pair.a.data.x_train, pair.a.data.y_train, pair.a.loss_fn)[0], rel=1e-9)
     assert row["connectivity.mc"] == mode_connectivity(row["connectivity.curve_train_err"])
-    # 3 epochs, or 6 when the first curve stayed above its endpoints and was trained again
-    epochs = 6 if row["connectivity.retrained"] else 3
-    assert len(row["connectivity.curve_history"]) == row["connectivity.epochs"] == epochs
-    assert row["connectivity.converged"] == (row["connectivity.mc"] is not None)
-    assert (pair.workdir / "curve" / "curve_final.pt").exists()
+    # two stages (budget 1, max 2): 3 epochs, then 3 more continuing them; mc after each
+    assert row["connectivity.epochs"] == 3 and len(row["connectivity.curve_history"]) == 6
+    assert row["connectivity.budgets"] == [1.0, 2.0] and row["connectivity.final_budget"] == 2.0
+    assert row["connectivity.mc_by_budget"][-1] == row["connectivity.mc"]
+    moved = abs(row["connectivity.mc_by_budget"][1] - row["connectivity.mc_by_budget"][0])
+    assert row["connectivity.converged"] == (moved <= cfg.converge_tol)
+    assert row["connectivity.mc_bound"] == (None if row["connectivity.converged"] else
+                                            ("lower" if row["connectivity.mc_by_budget"][1] > row["connectivity.mc_by_budget"][0] else "upper"))
+    assert (pair.workdir / "curve" / "curve_final.pt").exists() and (pair.workdir / "curve_stage1" / "curve_final.pt").exists()
     again = conn_family.FAMILY.compute(pair, cfg).values  # loads the trained curve: same numbers
     assert again["connectivity.curve_train_loss"] == row["connectivity.curve_train_loss"]
     assert again["connectivity.curve_history"] == row["connectivity.curve_history"]
     rnd = conn_family.FAMILY.compute(
         PairContext(pair.a, pair.b, pair.workdir / "random"),
         conn_family.Config(enabled=True, epochs=1, batch_size=32, n_points=3, init="random", line=False, test=False,
-                          bends=2),
+                          bends=2, budget=1.0, max_budget=1.0),
     ).values
     assert rnd["connectivity.curve_test_err"] is None and "connectivity.barrier" not in rnd
     with pytest.raises(ValueError, match="metrics.connectivity.init='zero'"):
@@ -452,12 +478,13 @@ def test_a_diverged_curve_gives_a_null_mc_with_the_reason(pair: PairContext):
     assert "diverged" in res.error
     assert len(row["connectivity.curve_history"]) < 2  # the engine stopped the curve at its divergence
     assert row["connectivity.mc"] is None and row["connectivity.mc_loss"] is None
-    assert row["connectivity.converged"] is False
-    assert row["connectivity.retrained"] is False  # a diverged curve is not trained again
+    assert row["connectivity.converged"] is False and row["connectivity.mc_bound"] is None
+    assert row["connectivity.stop_reason"] == "diverged" and row["connectivity.budgets"] == [1.0]  # not trained on
 
 
 @pytest.mark.parametrize("key, value", [("mc_endpoints", "all"), ("epochs", -1), ("batch_size", 0), ("budget", 0.0),
-                                        ("confirm", 0.5), ("converge_tol", -1.0), ("n_points", 2)])
+                                        ("max_budget", 0.25), ("converge_tol", -1.0), ("stable_doublings", 0), ("n_points", 2),
+                                        ("decided_below", 1.0), ("decided_above", math.inf)])
 def test_bad_connectivity_settings_are_named(key, value):
     problems = conn_family.check(conn_family.Config(**{key: value}))
     assert len(problems) == 1 and problems[0].startswith(f"metrics.connectivity.{key}={value!r}: expected"), problems
@@ -468,4 +495,4 @@ def test_family_defaults_evaluate_the_grid_the_thresholds_were_fitted_on():
 
     cfg = conn_family.Config()
     assert t_grid(cfg.n_points) == list(PAPER_T_GRID) and cfg.mc_endpoints == "interior"
-    assert conn_family.check(conn_family.Config(converge_tol=math.inf)) == []  # the paper's unchecked curves
+    assert conn_family.check(conn_family.Config(converge_tol=100.0)) == []  # the paper's unchecked curves

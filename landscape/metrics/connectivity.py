@@ -12,31 +12,38 @@ Grid. ``n_points = 5`` (t = 0, .25, .5, .75, 1) by default: the grid of the publ
 phase-rule thresholds were fitted. mc is a max over the grid, so a finer grid gives larger |mc| and is not
 comparable with those thresholds.
 
-Budget. By default (``epochs = null``) the curve gets the endpoints' training budget times ``budget`` in SGD
-steps: ``ceil(budget * S / s)`` epochs, with ``S`` the steps each endpoint model was trained for
-(``train.steps``, or ``train.epochs`` x its steps per epoch) and ``s`` the curve's steps per epoch at its
-batch size (``batch_size = null``: the endpoints' batch size). ``budget = 2`` by default: a curve has a
-harder problem than one model (the loss averaged over a whole path); on MNIST-1D (MLP of width 256 trained
-30 epochs at batch 64, seeds 0 and 1) one endpoint budget leaves the middle of the curve 4.7 points of
-training error above its endpoints, two bring it to 0.6 (mc = -0.6). An integer ``epochs`` overrides the rule.
+Budget: a convergence protocol. mc depends on how long the curve is trained, so the curve is trained in
+stages of growing budget, each continuing the previous one, and mc (and the middle excess) is recorded after
+every stage: ``connectivity.budgets`` (multiples of the endpoints' SGD steps) and
+``connectivity.mc_by_budget``. The first stage gets ``budget`` times the endpoints' steps, ``ceil(budget * S /
+s)`` epochs (``S`` the steps each endpoint model was trained for: ``train.steps``, or ``train.epochs`` x its
+steps per epoch; ``s`` the curve's steps per epoch at its batch size, ``batch_size = null``: the endpoints'),
+or ``epochs`` when set; every further stage doubles the total (it trains as many epochs again, with its own
+``schedule`` over them: a cosine restart, so the value is read at the end of a decayed learning rate), up to
+``max_budget``. The protocol costs its final budget, not the sum of its stages.
 
-Convergence. Every row records whether the curve reached its endpoints' level:
-``connectivity.middle_excess`` (the highest training error at an interior t minus the higher endpoint's,
-percentage points), ``connectivity.curve_final_loss`` (the last epoch's mean training loss of the curve,
-random t per batch) against ``connectivity.endpoint_loss`` (mean training loss of the two models), the loss
-history and ``connectivity.history_drop`` (relative fall of the epoch loss over the second half of curve
-training). A curve whose middle stays more than ``converge_tol`` points above its endpoints has either not
-been trained enough or found a real barrier; the loss history cannot tell them apart (a curve's loss can look
-flat under a decaying learning rate and still fall far with a longer schedule: MNIST-1D, width 64, 1200
-samples: 40 epochs leave the middle 7.4 points above the endpoints on a flat loss, 200 epochs put it 10.9
-points below). So such a curve is trained again from the same start with ``confirm`` times the epochs: if the
-longer curve reaches the level, or its middle excess is within ``converge_tol`` of the first one's (more
-training did not lower it: a barrier), it is converged and the row reports the longer curve
-(``connectivity.retrained``, ``connectivity.middle_excess_first``); otherwise it is *not converged*.
-Not converged, or diverged (a non-finite loss or value), gives null ``mc``/``mc_loss`` (the phase rule then
-treats the pair's mc as unknown) with the reason in ``connectivity.error`` (the family contract's error
-column: the cell counts it among its metric errors); ``connectivity.converged`` says which. ``confirm = 1``
-skips the second training (such a curve is then not converged).
+Convergence (:func:`landscape.connectivity.stage_decision`): a pair is ``connectivity.converged`` when mc
+moved by at most ``converge_tol`` percentage points over the last doubling. ``converge_tol = 0.25`` by
+default, half the distance between the phase rule's two mc thresholds (0 and -0.5 pp) and 3.6 training
+images of digits: on the demo grid and MNIST-1D the value a converged curve reports then moves by at most it
+when the curve is trained to twice its final budget (tests/test_connectivity.py trains that far). A value
+still moving is a bound in the direction it moved (``connectivity.mc_bound``: ``lower`` when it rose by more
+than the tolerance over the last doubling, ``upper`` when it fell): more training of a curve lowers the loss
+along it, so a rising mc keeps rising. The row keeps that last value in ``connectivity.mc`` with ``converged =
+false``; the phase rule uses it only where the bound decides the label whatever further training does, and
+counts the pair as unresolved otherwise (``landscape.phase``). The protocol stops early once such a bound lies
+outside ``[decided_below, decided_above]`` (default: the paper's mc thresholds -0.5 and 0 pp; set them to
+your sweep's ``phase:`` thresholds if you change those): a value rising above the highest threshold, or falling
+below the lowest, cannot change sides. ``connectivity.stop_reason`` says why the protocol stopped
+(``converged``, ``decided``, ``max_budget``, ``diverged``). A diverged curve (a non-finite loss or value)
+gives null ``mc``/``mc_loss`` with the reason in ``connectivity.error`` (the family contract's error column).
+
+Also reported at the final stage: ``connectivity.middle_excess`` (the highest training error at an interior
+t minus the higher endpoint's, percentage points; per stage in ``connectivity.middle_excess_by_budget``),
+``connectivity.curve_final_loss`` (the last epoch's mean training loss of the curve, random t per batch)
+against ``connectivity.endpoint_loss`` (mean training loss of the two models), the loss history of all
+stages and ``connectivity.history_drop`` (relative fall of the epoch loss over the second half of the last
+stage).
 """
 
 from __future__ import annotations
@@ -57,13 +64,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Config:
-    """Curve training has its own optimiser settings (SGD; ``schedule``: constant | cosine | garipov);
+    """Curve training has its own optimiser settings (SGD; ``schedule``: constant | cosine | garipov, per stage);
     ``init``: line (middle points on the segment; Garipov et al.'s default) | random (freshly initialised
     models: what the taxonomy paper's code does, which never calls the line initialisation);
-    ``epochs``/``batch_size`` null: follow the endpoints' budget times ``budget`` (see the module docstring; the
-    row reports the values used); ``mc_endpoints``: interior | paper | band (see
-    ``landscape.connectivity.mode_connectivity``); ``converge_tol`` (percentage points) and ``confirm`` (epochs
-    multiple of the second training): the convergence check; ``test``: also evaluate the curve on the test set."""
+    ``epochs``/``batch_size`` null: the first stage follows the endpoints' budget times ``budget`` (see the module
+    docstring; the row reports the values used); ``max_budget``: the protocol's last stage (multiples of the
+    endpoints' steps); ``converge_tol`` (percentage points of training error): the largest change of mc over the
+    last doubling that counts as converged; ``decided_below``/``decided_above`` (pp): the range of the phase
+    rule's mc thresholds (a bound outside it decides the label: the protocol stops); ``mc_endpoints``: interior |
+    paper | band (see ``landscape.connectivity.mode_connectivity``); ``test``: also evaluate the final curve on
+    the test set."""
 
     enabled: Any = False
     curve: bool = True
@@ -71,7 +81,12 @@ class Config:
     bends: int = 1
     init: str = "line"
     epochs: Optional[int] = None
-    budget: float = 2.0
+    budget: float = 0.5
+    max_budget: float = 16.0
+    converge_tol: float = 0.25
+    stable_doublings: int = 2
+    decided_below: float = -0.5
+    decided_above: float = 0.0
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -79,8 +94,6 @@ class Config:
     schedule: str = "cosine"
     n_points: int = 5
     mc_endpoints: str = "interior"
-    converge_tol: float = 1.0
-    confirm: float = 2.0
     test: bool = True
     seed: int = 0
     checkpoint_every: int = 1
@@ -96,9 +109,13 @@ METRICS = {
 }
 DIAGNOSTICS = {
     "connectivity.converged": pa.bool_(),
-    "connectivity.retrained": pa.bool_(),
+    "connectivity.mc_bound": pa.string(),
+    "connectivity.stop_reason": pa.string(),
+    "connectivity.final_budget": pa.float64(),
+    "connectivity.budgets": _LIST,
+    "connectivity.mc_by_budget": _LIST,
+    "connectivity.middle_excess_by_budget": _LIST,
     "connectivity.middle_excess": pa.float64(),
-    "connectivity.middle_excess_first": pa.float64(),
     "connectivity.curve_final_loss": pa.float64(),
     "connectivity.endpoint_loss": pa.float64(),
     "connectivity.history_drop": pa.float64(),
@@ -158,14 +175,22 @@ def check(settings: Any) -> list[str]:
         problems.append(f"metrics.connectivity.batch_size={settings.batch_size!r}: expected null or >= 1")
     if not float(settings.budget) > 0:
         problems.append(f"metrics.connectivity.budget={settings.budget!r}: expected a multiple > 0")
-    if not float(settings.confirm) >= 1:
-        problems.append(
-            f"metrics.connectivity.confirm={settings.confirm!r}: expected a multiple >= 1 (1: no retraining)"
-        )
+    elif not float(settings.max_budget) >= float(settings.budget):
+        problems.append(f"metrics.connectivity.max_budget={settings.max_budget!r}: expected a multiple >= budget "
+                        f"({settings.budget!r}; equal: one stage, which cannot converge)")
     if not float(settings.converge_tol) >= 0:
         problems.append(
             f"metrics.connectivity.converge_tol={settings.converge_tol!r}: expected >= 0 (points of error)"
         )
+    for key in ("budget", "max_budget", "converge_tol", "decided_below", "decided_above"):
+        if not math.isfinite(float(getattr(settings, key))):
+            problems.append(f"metrics.connectivity.{key}={getattr(settings, key)!r}: expected a finite number")
+    if not float(settings.decided_below) <= float(settings.decided_above):
+        problems.append(f"metrics.connectivity.decided_below={settings.decided_below!r}: expected <= decided_above "
+                        f"({settings.decided_above!r}): the range of the phase rule's mc thresholds (pp)")
+    if int(settings.stable_doublings) < 1:
+        problems.append(f"metrics.connectivity.stable_doublings={settings.stable_doublings!r}: expected >= 1 "
+                        "(doublings over which mc must stay within converge_tol)")
     if int(settings.n_points) < 3:
         problems.append(f"metrics.connectivity.n_points={settings.n_points!r}: expected >= 3 (an interior point)")
     return problems
@@ -224,50 +249,22 @@ def middle_excess(err: list[float]) -> float:
     return float(e[1:-1].max() - max(e[0], e[-1])) if e.size > 2 else 0.0
 
 
-def convergence(first: float, second: float | None, converge_tol: float, epochs: tuple[int, int | None],
-                diverged: bool = False) -> tuple[bool, str | None]:
-    """``(converged, reason or None)`` of a curve from its middle excess after the first training and, when it
-    was trained again with more epochs, after the second (module docstring)."""
-    if diverged or not math.isfinite(first) or (second is not None and not math.isfinite(second)):
-        return False, "curve diverged: non-finite training loss or error along the curve"
-    if first <= converge_tol:
-        return True, None
-    if second is None:
-        return False, (
-            f"curve not converged: its middle is {first:.2f} points of training error above the endpoints "
-            f"(converge_tol {converge_tol:g}) after {epochs[0]} epochs; train it longer "
-            "(metrics.connectivity.budget or epochs) or let it be retrained (metrics.connectivity.confirm > 1)"
-        )
-    if second <= converge_tol or abs(second - first) <= converge_tol:
-        return True, None
-    return False, (
-        f"curve not converged: its middle is {first:.2f} points of training error above the endpoints after "
-        f"{epochs[0]} epochs and {second:.2f} after {epochs[1]} (converge_tol {converge_tol:g}): still moving; "
-        "train it longer (metrics.connectivity.budget or epochs)"
-    )
+def stage_seed(seed: int, stage: int) -> int:
+    """The batch-order seed of a protocol stage: the pair's seed for the first (so a one-stage protocol trains the
+    curve of earlier versions), a hash of it and the stage number after."""
+    from landscape.params import hashed_seed
+
+    return int(seed) if stage == 0 else hashed_seed(seed, stage)
 
 
-def _train_and_evaluate(ctx: PairContext, settings: Any, template: Any, epochs: int, batch_size: int, seed: int,
-                        ts: list[float], workdir: Any) -> tuple[Any, Any]:
-    from landscape.connectivity import CurveSettings, evaluate_path, train_curve
+def _curve_settings(settings: Any, epochs: int, batch_size: int) -> Any:
+    from landscape.connectivity import CurveSettings
 
-    data, loss_fn = ctx.a.data, ctx.a.loss_fn
-    curve = _initial_curve(ctx, settings, seed)
-    cs = CurveSettings(
+    return CurveSettings(
         epochs=epochs, lr=float(settings.lr), momentum=float(settings.momentum),
         weight_decay=float(settings.weight_decay), batch_size=batch_size,
         schedule=str(settings.schedule), checkpoint_every=int(settings.checkpoint_every),
     )
-    result = train_curve(curve, template, data.x_train, data.y_train, loss_fn, cs, seed, workdir,
-                         phase=f"curve {ctx.a.seed}-{ctx.b.seed} ({epochs} epochs)", should_stop=ctx.should_stop)
-    test = bool(settings.test)
-    t_eval = time.perf_counter()
-    v = evaluate_path(
-        curve.point, template, data.x_train, data.y_train, loss_fn, ts,
-        data.x_test if test else None, data.y_test if test else None,
-    )
-    result.seconds += time.perf_counter() - t_eval
-    return result, v
 
 
 def _diverged(result: Any, values: Any) -> bool:
@@ -275,6 +272,66 @@ def _diverged(result: Any, values: Any) -> bool:
     flagged = bool(getattr(result, "diverged", False)) or getattr(result, "status", "done") == "diverged"
     numbers = np.asarray(list(result.history) + list(values.train_loss) + list(values.train_err), dtype=np.float64)
     return flagged or not bool(np.all(np.isfinite(numbers)))
+
+
+@dataclass
+class ProtocolRun:
+    """The curve after the protocol (trained in place) and what each stage gave: ``epochs`` (cumulative),
+    ``mc``/``middle_excess`` (pp) after each, the loss ``history`` of all stages, the last stage's history, the
+    final decision, the training seconds, and the final stage's values along the path (training set)."""
+
+    epochs: list[int]
+    mc: list[float]
+    middle_excess: list[float]
+    history: list[float]
+    last_history: list[float]
+    decision: Any
+    seconds: float
+    values: Any
+
+
+def train_protocol(ctx: PairContext, settings: Any, curve: Any, template: Any, first_epochs: int, batch_size: int,
+                   ts: list[float], seed: int, workdir: Any, stages: list[int] | None = None) -> ProtocolRun:
+    """Train ``curve`` in the protocol's stages (module docstring) until :func:`stage_decision` says stop.
+
+    Stage ``k`` continues stage ``k - 1``'s control points for as many epochs again (its own schedule), with
+    checkpoints in ``workdir/curve`` (stage 0) or ``workdir/curve_stage<k>`` (resumable, and loaded without
+    training when done). ``stages`` (cumulative epochs) overrides the doubling (tests train further with it)."""
+    from landscape.connectivity import StageDecision, evaluate_path, mode_connectivity, stage_decision, stage_epochs
+    from landscape.connectivity import train_curve
+
+    data, loss_fn = ctx.a.data, ctx.a.loss_fn
+    stages = stages or stage_epochs(first_epochs, float(settings.budget), float(settings.max_budget))
+    mode, tol = str(settings.mc_endpoints), float(settings.converge_tol)
+    run = ProtocolRun([], [], [], [], [], None, 0.0, None)
+    done = 0
+    for k, total in enumerate(stages):
+        more = total - done
+        result = train_curve(curve, template, data.x_train, data.y_train, loss_fn,
+                             _curve_settings(settings, more, batch_size), stage_seed(seed, k),
+                             workdir / ("curve" if k == 0 else f"curve_stage{k}"),
+                             phase=f"curve {ctx.a.seed}-{ctx.b.seed} (stage {k + 1}/{len(stages)}: {total} epochs)",
+                             should_stop=ctx.should_stop)
+        t_eval = time.perf_counter()
+        v = evaluate_path(curve.point, template, data.x_train, data.y_train, loss_fn, ts)
+        run.seconds += result.seconds + time.perf_counter() - t_eval
+        done = total
+        run.epochs.append(total)
+        run.mc.append(mode_connectivity(v.train_err, endpoints=mode))
+        run.middle_excess.append(middle_excess(v.train_err))
+        run.history += list(result.history)
+        run.last_history, run.values = list(result.history), v
+        run.decision = stage_decision(run.mc, tol, float(settings.decided_below), float(settings.decided_above),
+                                      last=k == len(stages) - 1, diverged=_diverged(result, v),
+                                      stable_doublings=int(settings.stable_doublings))
+        log.info("connectivity of seeds %d and %d: stage %d (%d epochs): mc %.3f pp, middle excess %.2f pp%s",
+                 ctx.a.seed, ctx.b.seed, k + 1, total, run.mc[-1], run.middle_excess[-1],
+                 f"; stop: {run.decision.reason}" if run.decision.stop else "")
+        if total == 0:
+            run.decision = StageDecision(True, False, None, "untrained")
+        if run.decision.stop:
+            break
+    return run
 
 
 def compute(ctx: PairContext, settings: Any) -> Result:
@@ -291,12 +348,12 @@ def compute(ctx: PairContext, settings: Any) -> Result:
     template = ctx.a.make_model()
     train_cfg = getattr(ctx.a.cfg, "train", None) if ctx.a.cfg is not None else None
     epochs, batch_size, ep_steps = curve_budget(settings, train_cfg, data.n_train)
+    per_epoch = steps_per_epoch(data.n_train, batch_size)
     out: dict[str, Any] = {
         "connectivity.n_points": len(ts),
         # the values used (settings columns; null in the config means "follow the endpoints")
         "connectivity.epochs": epochs,
         "connectivity.batch_size": batch_size,
-        "connectivity.steps": epochs * steps_per_epoch(data.n_train, batch_size),
         "connectivity.endpoint_steps": ep_steps,
     }
     reason = None
@@ -314,48 +371,54 @@ def compute(ctx: PairContext, settings: Any) -> Result:
         })
     if settings.curve:
         seed = pair_seed(settings.seed, ctx.a.seed, ctx.b.seed)
-        result, v = _train_and_evaluate(ctx, settings, template, epochs, batch_size, seed, ts, ctx.workdir / "curve")
-        seconds = result.seconds
-        first = middle_excess(v.train_err)
-        second, used_epochs = None, (epochs, None)
-        tol = float(settings.converge_tol)
-        if (not _diverged(result, v) and math.isfinite(first) and first > tol and float(settings.confirm) > 1
-                and epochs > 0):
-            longer = max(epochs + 1, math.ceil(float(settings.confirm) * epochs))
-            log.info("connectivity of seeds %d and %d: the curve's middle is %.2f points above its endpoints after "
-                     "%d epochs; training it again with %d", ctx.a.seed, ctx.b.seed, first, epochs, longer)
-            result, v = _train_and_evaluate(ctx, settings, template, longer, batch_size, seed, ts,
-                                            ctx.workdir / f"curve_{longer}")
-            seconds += result.seconds
-            second, used_epochs = middle_excess(v.train_err), (epochs, longer)
-            out["connectivity.epochs"] = longer
-            out["connectivity.steps"] = longer * steps_per_epoch(data.n_train, batch_size)
-        converged, reason = convergence(first, second, tol, used_epochs, _diverged(result, v))
-        mode = str(settings.mc_endpoints)
-        finite = lambda x: x if x is not None and math.isfinite(x) else None  # noqa: E731
+        curve = _initial_curve(ctx, settings, seed)
+        run = train_protocol(ctx, settings, curve, template, epochs, batch_size, ts, seed, ctx.workdir)
+        decision, v = run.decision, run.values
+        # budgets in multiples of the endpoints' steps (of the first stage's epochs without a train config)
+        unit = (ep_steps / per_epoch) if ep_steps else (epochs or 1)
+        budgets = [e / unit for e in run.epochs]
         test = bool(settings.test)
+        if test:
+            t_eval = time.perf_counter()
+            v = evaluate_path(curve.point, template, data.x_train, data.y_train, loss_fn, ts,
+                              data.x_test, data.y_test)
+            run.seconds += time.perf_counter() - t_eval
+        ok = decision.reason not in ("diverged", "untrained")
+        finite = lambda x: x if x is not None and math.isfinite(x) else None  # noqa: E731
+        mode = str(settings.mc_endpoints)
+        reason = {"diverged": "curve diverged: non-finite training loss or error along the curve",
+                  "untrained": "curve not trained (metrics.connectivity.epochs=0): no mode connectivity"
+                  }.get(decision.reason)
         out.update({
-            "connectivity.mc": mode_connectivity(v.train_err, endpoints=mode) if converged else None,
-            "connectivity.mc_loss": mode_connectivity(v.train_loss, endpoints=mode) if converged else None,
-            "connectivity.converged": converged,
-            "connectivity.retrained": second is not None,
-            "connectivity.middle_excess": finite(second if second is not None else first),
-            "connectivity.middle_excess_first": finite(first) if second is not None else None,
-            "connectivity.curve_final_loss": finite(result.history[-1]) if result.history else None,
+            "connectivity.mc": finite(run.mc[-1]) if ok else None,
+            "connectivity.mc_loss": finite(mode_connectivity(v.train_loss, endpoints=mode)) if ok else None,
+            "connectivity.converged": bool(decision.converged),
+            "connectivity.mc_bound": decision.bound if ok else None,
+            "connectivity.stop_reason": decision.reason,
+            "connectivity.final_budget": budgets[-1],
+            "connectivity.budgets": budgets,
+            "connectivity.mc_by_budget": [float(x) for x in run.mc],
+            "connectivity.middle_excess_by_budget": [float(x) for x in run.middle_excess],
+            "connectivity.steps": run.epochs[-1] * per_epoch,
+            "connectivity.middle_excess": finite(run.middle_excess[-1]),
+            "connectivity.curve_final_loss": finite(run.history[-1]) if run.history else None,
             "connectivity.endpoint_loss": finite(0.5 * (v.train_loss[0] + v.train_loss[-1])),
-            "connectivity.history_drop": finite(history_drop(result.history)),
+            "connectivity.history_drop": finite(history_drop(run.last_history)),
             "connectivity.curve_barrier": finite(barrier(v.t, v.train_loss)),
             "connectivity.t": v.t,
             "connectivity.curve_train_loss": v.train_loss,
             "connectivity.curve_train_err": v.train_err,
             "connectivity.curve_test_loss": v.test_loss if test else None,
             "connectivity.curve_test_err": v.test_err if test else None,
-            "connectivity.curve_history": result.history,
-            # curve training time (summed over resumed runs and a second training) plus evaluation time
-            "connectivity.curve_seconds": seconds,
+            "connectivity.curve_history": run.history,
+            # curve training time (summed over stages and resumed runs) plus evaluation time
+            "connectivity.curve_seconds": run.seconds,
         })
         if reason is not None:
             log.warning("connectivity of seeds %d and %d: %s", ctx.a.seed, ctx.b.seed, reason)
+        elif not decision.converged:
+            log.info("connectivity of seeds %d and %d: mc %.3f pp still moving after budget %g (%s): a %s bound",
+                     ctx.a.seed, ctx.b.seed, run.mc[-1], budgets[-1], decision.reason, decision.bound)
     return Result(out, error=reason)
 
 

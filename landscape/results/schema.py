@@ -28,10 +28,10 @@ import hashlib
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
-SCHEMA_FINGERPRINT = "c36911314916ed37"
+SCHEMA_VERSION = 4
+SCHEMA_FINGERPRINT = "ff30eaf6129a4c96"
 """``schema_fingerprint()`` at ``SCHEMA_VERSION`` (version 1 had no fingerprint; 2: family contract, per-family
-settings and ``<family>.error`` columns)."""
+settings and ``<family>.error`` columns; 4: the connectivity convergence protocol)."""
 
 PROVENANCE: dict[str, pa.DataType] = {
     "schema_version": pa.int32(),
