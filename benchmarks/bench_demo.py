@@ -2,6 +2,7 @@
 
     python benchmarks/bench_demo.py demo  [--out DIR]                 # `make demo` minus set-up: target <= 180 s
     python benchmarks/bench_demo.py phase [--sweep DIR] [--repeat N] [--baseline CHECKOUT]   # target <= 5 s
+    python benchmarks/bench_demo.py share SWEEP_DIR [SWEEP_DIR ...]   # where a finished sweep's time went
 
 ``demo`` runs the demo sweep as ``make demo`` does (``landscape -m +sweep=demo hydra/launcher=local``: a pool of
 one-thread workers, one per core) into a fresh directory, then ``landscape-phase`` on it, and reports both wall
@@ -11,7 +12,11 @@ CPU time / N). ``phase`` times ``landscape-phase`` (a fresh process each
 time, so imports count) on a 32-cell sweep: ``--sweep`` names one, else 32 cells of the published taxonomy
 results (4 widths x 8 batch sizes, 5 models and 10 pairs each) are imported; with ``--baseline`` (a checkout of
 an older version of the project) the old and the new command run interleaved, side by side, and their ratio
-is reported. Results go to stdout as a table and as one JSON line.
+is reported. ``share`` (and ``demo`` after its run) reads a sweep's rows: the cells' seconds, the share of them
+spent training curves (``connectivity.curve_seconds``), the curve budgets the protocol reached, and curve SGD
+steps per second against the models' (a curve step evaluates the model at one point of the curve: one
+Bezier combination more than a model step); give it the demo of an older checkout to compare before/after.
+Results go to stdout as a table and as one JSON line.
 """
 
 from __future__ import annotations
@@ -82,11 +87,38 @@ def bench_demo(out: Path | None) -> dict:
               "min_confidence": float(cells["phase_confidence"].min()), "cpus": os.cpu_count(),
               "loadavg_before": load_before, "loadavg_after": _loadavg(), "out": str(sweep)}
     print(res.stdout)
+    result["time_shares"] = time_shares(sweep)
     print(f"demo: sweep {t_sweep:.1f} s + landscape-phase {t_phase:.1f} s = {t_sweep + t_phase:.1f} s "
           f"(target <= 180 s); CPU time {cpu[0]:.1f} s + {cpu[1]:.1f} s (as `make demo`: the cells run in a pool of "
           f"one-thread workers, one per core); {len(cells)} cells, phases {phases}; "
           f"{os.cpu_count()} CPUs, load average {load_before} -> {result['loadavg_after']}")
     return result
+
+
+def time_shares(sweep: Path) -> dict:
+    """Where a finished sweep's cell time went, from its rows: cell seconds (summed over cells), model training,
+    curve training (with its evaluations), the curves' share, the final budgets reached (multiples of the
+    endpoints' steps) and the SGD steps per second of curves and of models."""
+    import pandas as pd
+
+    models = pd.read_parquet(sweep / "results" / "models")
+    pairs = pd.read_parquet(sweep / "results" / "pairs")
+    cell_s = float(models.groupby("cell_id")["seconds"].first().sum())
+    train_s = float(models["training.seconds"].sum())
+    curve_s = float(pairs["connectivity.curve_seconds"].sum())
+    out = {"sweep": str(sweep), "cell_seconds": round(cell_s, 1), "training_seconds": round(train_s, 1),
+           "curve_seconds": round(curve_s, 1), "curve_share": round(curve_s / cell_s, 3),
+           "model_steps_per_s": round(float(models["training.steps"].sum()) / train_s, 1),
+           "curve_steps_per_s": round(float(pairs["connectivity.steps"].sum()) / curve_s, 1)}
+    if "connectivity.final_budget" in pairs.columns:
+        out["final_budgets"] = {str(k): int(v) for k, v in pairs["connectivity.final_budget"].value_counts().sort_index().items()}
+        out["stop_reasons"] = {str(k): int(v) for k, v in pairs["connectivity.stop_reason"].value_counts().items()}
+    else:  # before the protocol: the fixed budget and its confirmation retraining
+        out["curve_epochs"] = {str(k): int(v) for k, v in pairs["connectivity.epochs"].value_counts().sort_index().items()}
+    print(f"{sweep}: cells {cell_s:.1f} s, model training {train_s:.1f} s, curves {curve_s:.1f} s "
+          f"({100 * out['curve_share']:.0f} % of the cells' time); steps/s: curves {out['curve_steps_per_s']}, "
+          f"models {out['model_steps_per_s']}")
+    return out
 
 
 def _taxonomy_sweep(dest: Path) -> Path:
@@ -134,8 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", type=Path, default=None)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--baseline", type=Path, default=None, help="a checkout of an older version, run side by side")
+    s = sub.add_parser("share")
+    s.add_argument("sweeps", type=Path, nargs="+")
     args = ap.parse_args(argv)
-    result = bench_demo(args.out) if args.section == "demo" else bench_phase(args.sweep, args.repeat, args.baseline)
+    if args.section == "share":
+        result = {"section": "share", "sweeps": [time_shares(d) for d in args.sweeps]}
+    else:
+        result = bench_demo(args.out) if args.section == "demo" else bench_phase(args.sweep, args.repeat, args.baseline)
     print(json.dumps(result))
     return 0
 

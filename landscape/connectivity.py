@@ -409,7 +409,7 @@ class StageDecision:
     curve)."""
 
     stop: bool
-    converged: bool
+    converged: bool | None
     bound: str | None
     reason: str | None
 

@@ -470,6 +470,17 @@ def test_curve_budget_follows_the_endpoints_and_a_short_curve_is_flagged_through
     assert short["connectivity.barrier_error"] == full["connectivity.barrier_error"] > 10.0
 
 
+def test_the_papers_fixed_budget_is_one_unchecked_curve(pair: PairContext):
+    """protocol=fixed (the taxonomy sweeps'): one curve of the given budget, mc as measured, converged null."""
+    cfg = conn_family.Config(enabled=True, epochs=2, batch_size=32, protocol="fixed", line=False, test=False)
+    row = conn_family.FAMILY.compute(PairContext(pair.a, pair.b, pair.workdir / "fixed"), cfg).values
+    _row_table(conn_family.FAMILY.columns, row)
+    assert row["connectivity.converged"] is None and row["connectivity.stop_reason"] == "fixed"
+    assert row["connectivity.budgets"] == [1.0] and len(row["connectivity.curve_history"]) == 2
+    assert row["connectivity.mc"] == mode_connectivity(row["connectivity.curve_train_err"])
+    assert row["connectivity.mc_bound"] is None
+
+
 def test_a_diverged_curve_gives_a_null_mc_with_the_reason(pair: PairContext):
     cfg = conn_family.Config(enabled=True, epochs=2, batch_size=32, lr=1e8, momentum=0.0, line=False, test=False)
     res = conn_family.FAMILY.compute(PairContext(pair.a, pair.b, pair.workdir / "diverged"), cfg)
@@ -484,7 +495,7 @@ def test_a_diverged_curve_gives_a_null_mc_with_the_reason(pair: PairContext):
 
 @pytest.mark.parametrize("key, value", [("mc_endpoints", "all"), ("epochs", -1), ("batch_size", 0), ("budget", 0.0),
                                         ("max_budget", 0.25), ("converge_tol", -1.0), ("stable_doublings", 0), ("n_points", 2),
-                                        ("decided_below", 1.0), ("decided_above", math.inf)])
+                                        ("decided_below", 1.0), ("decided_above", math.inf), ("protocol", "once")])
 def test_bad_connectivity_settings_are_named(key, value):
     problems = conn_family.check(conn_family.Config(**{key: value}))
     assert len(problems) == 1 and problems[0].startswith(f"metrics.connectivity.{key}={value!r}: expected"), problems
