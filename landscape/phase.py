@@ -38,8 +38,11 @@ mixture (one shared variance, fitted by EM) of the cells' log10 training loss, u
 well-trained, well-connected cells. Where the data show no two groups, the base (paper) value is kept and the
 reason recorded.
 
-Every label gets a confidence (:func:`label_confidence`): the share of bootstrap resamples of the cell's
-models and pairs (seeded) whose means give the same label.
+Labels hold whatever further curve training does (:func:`bounded_labels`: a pair whose mc was still moving when
+its curve's protocol stopped is a bound, used only where it decides the label). Every label gets a confidence
+(:func:`label_confidence`): the probability that a rerun of the cell with new seeds gives the same label, by
+seeded Monte Carlo from a predictive distribution of each mean the rule reads; unknown values (models without
+a fit value, pairs without an mc) are imputed from the grid's values, so they count as doubt, never dropped.
 """
 
 from __future__ import annotations
@@ -196,6 +199,7 @@ def aggregate_cells(
     by: Sequence[str],
     model_metrics: Sequence[str] | None = None,
     pair_metrics: Sequence[str] | None = None,
+    mc_column: str = "connectivity.mc",
 ) -> pd.DataFrame:
     """One row per grid cell (= one combination of the knob columns ``by``).
 
@@ -208,7 +212,8 @@ def aggregate_cells(
     ``train_acc``).
 
     A model (pair) with several rows (requests with other metric settings) counts once: see
-    :func:`one_row_per_model`.
+    :func:`one_row_per_model`. The mean of ``mc_column`` is over the pairs with a finite value, exact or a
+    bound (:func:`resolved_mc` nulls the values of older sweeps' curves that did not converge).
 
     Raises ``ValueError`` when a cell of ``by`` mixes rows that differ in another knob (the grid would
     silently average over it): fix that knob with a filter or make it a facet.
@@ -220,7 +225,7 @@ def aggregate_cells(
     if models.empty:
         raise ValueError("no models rows to aggregate")
     models = one_row_per_model(models)
-    pairs = one_row_per_model(pairs) if pairs is not None else None
+    pairs = resolved_mc(one_row_per_model(pairs), mc_column) if pairs is not None else None
     _check_no_hidden_knob(models, by)
     models = add_train_error(models)
     model_metrics = list(model_metrics) if model_metrics is not None else metric_columns(models, "models")
@@ -263,10 +268,11 @@ def aggregate_cells(
     return cells.reset_index()
 
 
-def _pairs_with_knobs(models: pd.DataFrame, pairs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """The done pair rows with the cell's knob values ``by`` (joined through ``cell_id``)."""
+def _pairs_with_knobs(models: pd.DataFrame, pairs: pd.DataFrame, by: list[str], done_only: bool = True) -> pd.DataFrame:
+    """The done pair rows (every pair row with ``done_only=False``) with the cell's knob values ``by`` (joined
+    through ``cell_id``)."""
     cell_knobs = models[["cell_id"] + by].drop_duplicates("cell_id")
-    p = _completed(pairs)
+    p = _completed(pairs) if done_only else pairs
     return p[[c for c in p.columns if c not in by]].merge(cell_knobs, on="cell_id", how="inner")
 
 
@@ -574,7 +580,299 @@ def resolve_rule(preset: str | None = None, overrides: Mapping[str, Any] | None 
     return rule, report
 
 
+# --------------------------------------------------------------------------- resolution of values
+#: Kinds of a value slot (a model's fit value, a pair's mc or CKA): measured exactly, a lower/upper bound of the
+#: converged value (mc still rising/falling when the curve protocol stopped), or unknown (diverged, failed,
+#: not converged in an older sweep). A row that is not a slot of that metric at all (its family did not run on
+#: it by design, e.g. the paper's one curve per cell) is :data:`NOT_A_SLOT`.
+EXACT, LOWER, UPPER, UNKNOWN, NOT_A_SLOT = 0, 1, 2, 3, -1
+#: A value of mc past every threshold, standing for "+infinity" (the rule needs finite values).
+_FAR = 1e300
+
+
+def slot_kinds(rows: pd.DataFrame, column: str, table: str, bounds: bool = False) -> np.ndarray:
+    """``[len(rows)]`` int8: the kind of each row's ``column`` value (:data:`EXACT`, :data:`LOWER`, :data:`UPPER`,
+    :data:`UNKNOWN`, :data:`NOT_A_SLOT`).
+
+    ``models`` rows: every model is a slot of its fit value: exact when the row is ``done`` with a finite value,
+    unknown otherwise (diverged, failed, any status). ``pairs`` rows: a pair that is not ``done`` is an unknown
+    slot; a done pair with a finite value is exact; a done pair without one is an unknown slot when its family
+    says it tried (``<family>.error`` set, or for a bounded column a ``<family>.converged`` flag) and no slot
+    otherwise (not computed by design). ``bounds`` (the mc column): ``<column>_bound`` = ``lower``/``upper``
+    makes a finite value a bound; a finite value with ``<family>.converged = false`` and no bound (rows of
+    older sweeps) is unknown."""
+    n = len(rows)
+    v = _col(rows, column)
+    fin = np.isfinite(v)
+    done = (rows["status"].astype(object).eq("done").to_numpy(dtype=bool) if "status" in rows.columns
+            else np.ones(n, dtype=bool))
+    out = np.full(n, UNKNOWN, dtype=np.int8)
+    if table == "models":
+        out[done & fin] = EXACT
+        return out
+    fam = family_of(column)
+    tried = np.zeros(n, dtype=bool)
+    if f"{fam}.error" in rows.columns:
+        tried |= rows[f"{fam}.error"].notna().to_numpy(dtype=bool)
+    exact = done & fin
+    if bounds:
+        conv_col, bound_col = f"{fam}.converged", f"{column}_bound"
+        if conv_col in rows.columns:
+            conv = rows[conv_col].astype("boolean")
+            tried |= conv.notna().to_numpy(dtype=bool)
+            exact &= ~(~conv).fillna(False).to_numpy(dtype=bool)
+        if bound_col in rows.columns:
+            b = rows[bound_col].astype("string").fillna("").to_numpy(dtype=object)
+            tried |= b != ""
+            lower, upper = done & fin & (b == "lower"), done & fin & (b == "upper")
+            out[lower], out[upper] = LOWER, UPPER
+            exact &= ~(lower | upper)
+    out[exact] = EXACT
+    out[done & ~fin & ~tried] = NOT_A_SLOT
+    return out
+
+
+def resolved_mc(pairs: pd.DataFrame, column: str = "connectivity.mc") -> pd.DataFrame:
+    """``pairs`` with ``column`` nulled where the value is not a result: a finite mc of a curve that did not
+    converge and carries no bound (rows of older sweeps, ``<family>.converged = false``). Exact values and
+    bounds are kept."""
+    if column not in pairs.columns or pairs.empty:
+        return pairs
+    kinds = slot_kinds(pairs, column, "pairs", bounds=True)
+    drop = (kinds == UNKNOWN) & np.isfinite(_col(pairs, column))
+    if not drop.any():
+        return pairs
+    out = pairs.copy()
+    out[column] = _col(pairs, column)
+    out.loc[drop, column] = np.nan
+    return out
+
+
+def _cell_slots(models: pd.DataFrame, pairs: pd.DataFrame | None, by: list[str], rule: PhaseRule
+                ) -> tuple[dict[tuple, np.ndarray], dict[str, dict[tuple, tuple[np.ndarray, np.ndarray]]]]:
+    """Per cell key (tuple of ``by`` values): its model rows' statuses, and for each of the rule's columns the
+    ``(values, kinds)`` of its slots (NOT_A_SLOT rows left out)."""
+    fit_col, mc_col, cka_col = rule.columns
+    m = add_train_error(one_row_per_model(models))
+    slots: dict[str, dict[tuple, tuple[np.ndarray, np.ndarray]]] = {fit_col: {}, mc_col: {}, cka_col: {}}
+    n_models: dict[tuple, np.ndarray] = {}
+    fv, fk = _col(m, fit_col), slot_kinds(m, fit_col, "models")
+    for key, idx in m.groupby(by, dropna=False).indices.items():
+        key = key if isinstance(key, tuple) else (key,)
+        slots[fit_col][key] = (fv[idx], fk[idx])
+        n_models[key] = idx
+    if pairs is not None and not pairs.empty and "cell_id" in m.columns:
+        p = _pairs_with_knobs(m, one_row_per_model(pairs), by, done_only=False)
+        if not p.empty:
+            cols = {mc_col: (_col(p, mc_col), slot_kinds(p, mc_col, "pairs", bounds=True)),
+                    cka_col: (_col(p, cka_col), slot_kinds(p, cka_col, "pairs"))}
+            for key, idx in p.groupby(by, dropna=False).indices.items():
+                key = key if isinstance(key, tuple) else (key,)
+                for c, (v, k) in cols.items():
+                    keep = idx[k[idx] != NOT_A_SLOT]
+                    slots[c][key] = (v[keep], k[keep])
+    return n_models, slots
+
+
+def resolution_counts(models: pd.DataFrame, pairs: pd.DataFrame | None, cells: pd.DataFrame, by: Sequence[str],
+                      rule: PhaseRule) -> pd.DataFrame:
+    """Per cell (on ``cells``' index): ``n_models_total`` (model rows, any status), ``n_models`` (done, with a
+    finite fit value), ``n_pairs_total`` (pairs that are slots of mc: see :func:`slot_kinds`), ``n_pairs_exact``
+    (converged), ``n_pairs_lower`` / ``n_pairs_upper`` (bounds), ``n_pairs_bounded`` (their sum),
+    ``n_pairs_unknown``, ``n_pairs_mc`` (a finite mc: exact or bounded) and ``share_unresolved`` (pairs not
+    exact / pairs total; NaN without pairs)."""
+    by = list(by)
+    fit_col, mc_col, _ = rule.columns
+    n_idx, slots = _cell_slots(models, pairs, by, rule)
+    rows = []
+    for key in cells[by].itertuples(index=False, name=None):
+        _, fk = slots[fit_col].get(key, (np.empty(0), np.empty(0, dtype=np.int8)))
+        _, mk = slots[mc_col].get(key, (np.empty(0), np.empty(0, dtype=np.int8)))
+        counts = {k: int((mk == code).sum()) for k, code in
+                  (("n_pairs_exact", EXACT), ("n_pairs_lower", LOWER), ("n_pairs_upper", UPPER),
+                   ("n_pairs_unknown", UNKNOWN))}
+        total = int(mk.size)
+        rows.append({"n_models_total": int(len(n_idx.get(key, ()))), "n_models": int((fk == EXACT).sum()),
+                     "n_pairs_total": total, **counts,
+                     "n_pairs_bounded": counts["n_pairs_lower"] + counts["n_pairs_upper"],
+                     "n_pairs_mc": total - counts["n_pairs_unknown"],
+                     "share_unresolved": (total - counts["n_pairs_exact"]) / total if total else np.nan})
+    cols = ["n_models_total", "n_models", "n_pairs_total", "n_pairs_exact", "n_pairs_lower", "n_pairs_upper",
+            "n_pairs_bounded", "n_pairs_unknown", "n_pairs_mc", "share_unresolved"]
+    return pd.DataFrame(rows, columns=cols, index=cells.index)
+
+
+def bounded_labels(cells: pd.DataFrame, rule: PhaseRule, counts: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Labels that hold whatever further curve training does: ``(labels, reasons)`` on ``cells``' index.
+
+    A cell's mc mean (``cells[rule.mc_column]``, over its pairs with a finite mc, exact and bounded) is a lower
+    bound of the converged mean when some of its pairs are lower bounds (``counts["n_pairs_lower"] > 0``), an
+    upper bound with upper bounds. The rule is monotone in mc, so its label at the mean is kept only where it
+    equals the label at the far end of the possible interval (``[mean, +inf)`` for lower bounds, ``(-inf,
+    mean]`` for upper ones, both ends with both kinds); otherwise the label is None and ``reasons`` says ``mc
+    still moving in k of n pairs``. ``reasons`` is None for every other cell."""
+    fit, mc, ck = (_col(cells, c) for c in rule.columns)
+    base = rule.codes(fit, mc, ck)
+    lower = counts["n_pairs_lower"].to_numpy() > 0
+    upper = counts["n_pairs_upper"].to_numpy() > 0
+    at_top = rule.codes(fit, np.where(np.isfinite(mc), _FAR, mc), ck)
+    at_bottom = rule.codes(fit, np.where(np.isfinite(mc), -_FAR, mc), ck)
+    decided = (~lower | (at_top == base)) & (~upper | (at_bottom == base))
+    labels, reasons = [], []
+    moving = (counts["n_pairs_lower"] + counts["n_pairs_upper"]).to_numpy()
+    total = counts["n_pairs_total"].to_numpy()
+    for i, code in enumerate(base):
+        if code >= 0 and decided[i]:
+            labels.append(PHASES[code])
+            reasons.append(None)
+        elif code >= 0:
+            labels.append(None)
+            reasons.append(f"mc still moving in {int(moving[i])} of {int(total[i])} pairs")
+        else:
+            labels.append(None)
+            reasons.append(None)
+    return (pd.Series(labels, index=cells.index, dtype=object), pd.Series(reasons, index=cells.index, dtype=object))
+
+
 # --------------------------------------------------------------------------- confidence of the labels
+#: A label from fewer exact (converged) pairs than this is marked on the map and named in a warning.
+MIN_RESOLVED_PAIRS = 2
+#: Bounds of the prior degrees of freedom of a metric's within-cell variance (:func:`variance_prior`), and
+#: the value used where too few cells (< 3 with two values) show how their variances spread.
+NU0_MIN, NU0_MAX, NU0_DEFAULT = 1.0, 100.0, 4.0
+
+
+@dataclass(frozen=True)
+class VariancePrior:
+    """The grid's prior of a metric's within-cell variance: ``s0_sq`` (squared units of the metric, or of its
+    natural log for the fit column) with ``nu0`` degrees of freedom; ``n_cells`` cells with two or more exact
+    values informed it; ``method`` says how."""
+
+    nu0: float
+    s0_sq: float
+    n_cells: int
+    method: str
+
+
+def variance_prior(variances: Sequence[float], dfs: Sequence[float], nu0: float | None = None,
+                   fallback_sq: float = np.nan) -> VariancePrior:
+    """Empirical-Bayes prior of the within-cell variance from the cells' sample variances ``variances`` with
+    ``dfs`` degrees of freedom (``r - 1`` for ``r`` values), by Smyth's moment method on log variances (Smyth
+    2004, the moderated t of limma): ``e_i = log s_i^2 - digamma(d_i/2) + log(d_i/2)``; ``trigamma(nu0/2) =
+    var(e) - mean(trigamma(d_i/2))`` (``nu0 = inf`` when the right side is <= 0: the cells' variances spread
+    no more than chi-square sampling does); ``s0^2 = exp(mean(e) + digamma(nu0/2) - log(nu0/2))``. ``nu0`` is
+    clamped to [:data:`NU0_MIN`, :data:`NU0_MAX`] (so that one value still has spread) and is
+    :data:`NU0_DEFAULT` with fewer than 3 informative cells; a given ``nu0`` is used as is. Cells with a zero
+    variance carry no log-moment. Without any informative cell, ``s0^2 = fallback_sq`` (the caller passes the
+    grid's spread of the values)."""
+    from scipy import special
+
+    v = np.asarray(variances, dtype=np.float64)
+    d = np.asarray(dfs, dtype=np.float64)
+    ok = np.isfinite(v) & (v > 0) & (d >= 1)
+    zero = np.isfinite(v) & (v == 0) & (d >= 1)
+    if not ok.any():
+        s0 = 0.0 if zero.any() else float(fallback_sq)
+        how = "no cell with two differing values: the grid's spread of the values" if not zero.any() else \
+            "every cell's values are equal"
+        return VariancePrior(float(nu0) if nu0 is not None else NU0_DEFAULT, s0, 0, how)
+    v, d = v[ok], d[ok]
+    e = np.log(v) - special.digamma(d / 2) + np.log(d / 2)
+    ebar = float(e.mean())
+    if nu0 is not None:
+        d0, how = float(nu0), "nu0 given"
+    elif e.size < 3:
+        d0, how = NU0_DEFAULT, f"nu0 default ({e.size} cells with two values)"
+    else:
+        rhs = float(e.var(ddof=1) - special.polygamma(1, d / 2).mean())
+        d0 = 2.0 * _trigamma_inverse(rhs) if rhs > 0 else np.inf
+        d0 = float(min(max(d0, NU0_MIN), NU0_MAX))
+        how = f"empirical Bayes over {e.size} cells"
+    s0_sq = float(np.exp(ebar + special.digamma(d0 / 2) - np.log(d0 / 2)))
+    return VariancePrior(d0, s0_sq, int(e.size), how)
+
+
+def _trigamma_inverse(x: float) -> float:
+    """The ``y > 0`` with ``trigamma(y) = x`` (``x > 0``), by Smyth's (2004) Newton iteration."""
+    from scipy import special
+
+    y = 0.5 + 1.0 / x
+    for _ in range(50):
+        tri = float(special.polygamma(1, y))
+        step = tri * (1.0 - tri / x) / float(special.polygamma(2, y))
+        y += step
+        if -step / y < 1e-8:
+            break
+    return y
+
+
+def _transform(values: np.ndarray, log_floor: float | None) -> np.ndarray:
+    return np.log(np.maximum(values, log_floor)) if log_floor is not None else values
+
+
+def _prior_for(slots: Mapping[tuple, tuple[np.ndarray, np.ndarray]], log_floor: float | None,
+               nu0: float | None) -> tuple[VariancePrior, np.ndarray]:
+    """A metric's variance prior (from the exact values of each cell, on the log scale for the fit column) and
+    its imputation pool (every exact value of the grid, in the metric's units; every finite value if none is
+    exact)."""
+    var, dfs, exact_all, finite_all = [], [], [], []
+    for v, k in slots.values():
+        x = v[(k == EXACT) & np.isfinite(v)]
+        exact_all.append(x)
+        finite_all.append(v[np.isfinite(v)])
+        if x.size >= 2:
+            t = _transform(x, log_floor)
+            var.append(float(t.var(ddof=1)))
+            dfs.append(x.size - 1)
+    pool = np.concatenate(exact_all) if exact_all else np.empty(0)
+    if not pool.size:
+        pool = np.concatenate(finite_all) if finite_all else np.empty(0)
+    fallback = float(np.var(_transform(pool, log_floor), ddof=1)) if pool.size >= 2 else np.nan
+    return variance_prior(var, dfs, nu0, fallback), pool
+
+
+def predictive_means(rng: np.random.Generator, values: np.ndarray, kinds: np.ndarray, pool: np.ndarray,
+                     prior: VariancePrior, n_draw: int, log_floor: float | None = None) -> np.ndarray:
+    """``[n_draw]`` draws of the mean a rerun of the cell with new seeds would give for one metric (NaN when
+    the cell has no slot of it).
+
+    In every draw the cell's ``n`` slots are completed: exact values as measured; unknown slots drawn from
+    ``pool`` (the grid's values: "a value this grid produces, nothing more is known"); a lower bound ``lb`` as
+    ``max(lb, draw)``, an upper bound as ``min(ub, draw)``. The rerun's mean is the completed mean plus
+    Student-t noise: ``s t_df sqrt(r/n^2 + 1/n)`` (our ``r`` measured values' share of our estimate's error,
+    and the rerun's own noise; ``s^2 (1/r + 1/n)`` when every slot is measured), where ``s^2 = (nu0 s0^2 + (r -
+    1) s_cell^2) / (nu0 + r - 1)`` shrinks the cell's sample variance of its exact values toward the grid's
+    prior (``prior``) and ``df = nu0 + r - 1``. With ``log_floor`` (the fit column) the spread is relative:
+    the variances are of the log values and the noise multiplies the mean by ``exp(...)``."""
+    n = values.size
+    if n == 0:
+        return np.full(n_draw, np.nan)
+    exact = (kinds == EXACT) & np.isfinite(values)
+    x = values[exact]
+    r = x.size
+    comp = np.broadcast_to(np.where(exact, values, 0.0), (n_draw, n)).copy()
+    fill = ~exact
+    if fill.any():
+        if not pool.size:
+            return np.full(n_draw, np.nan)
+        draws = pool[rng.integers(0, pool.size, size=(n_draw, int(fill.sum())))]
+        kv, vv = kinds[fill], values[fill]
+        draws = np.where(kv == LOWER, np.maximum(vv, draws), draws)
+        draws = np.where(kv == UPPER, np.minimum(vv, draws), draws)
+        comp[:, fill] = draws
+    mean = comp.mean(axis=1)
+    t_vals = _transform(x, log_floor)
+    s_cell_sq = float(t_vals.var(ddof=1)) if r >= 2 else 0.0
+    s0_sq = prior.s0_sq if np.isfinite(prior.s0_sq) else 0.0
+    df = prior.nu0 + max(r - 1, 0)
+    s_sq = (prior.nu0 * s0_sq + max(r - 1, 0) * s_cell_sq) / df
+    scale = np.sqrt(s_sq * (r / n ** 2 + 1.0 / n))
+    if scale <= 0:
+        return mean
+    noise = scale * rng.standard_t(df, size=n_draw)
+    return mean * np.exp(noise) if log_floor is not None else mean + noise
+
+
 def _cell_key(values: Sequence[Any]) -> int:
     return zlib.crc32(repr(tuple(str(v) for v in values)).encode())
 
@@ -588,64 +886,47 @@ def label_confidence(
     labels: pd.Series | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    nu0: float | None = None,
 ) -> pd.DataFrame:
-    """Bootstrap confidence of every cell's label: the finite values of the fit column over the cell's done
-    models, and of mc and of CKA over its done pairs, are each resampled with replacement (to their own count)
-    ``n_boot`` times, and each resample's means are labelled by ``rule``; the confidence is the share of
-    resamples whose label equals the cell's label (from all its rows). Each metric is resampled over the
-    models/pairs that have it (e.g. the paper measured mc on one pair per cell, CKA on all ten). Seeded per
-    cell (``seed`` and the cell's knob values), so the same rows give the same numbers.
+    """Confidence of every cell's label: the probability that a rerun of the cell with new seeds gives the same
+    label, by seeded Monte Carlo (``n_boot`` draws per cell, seeded by ``seed`` and the cell's knob values).
 
-    Returns a DataFrame on ``cells``' index: ``phase_confidence`` (in [0, 1]; NaN for an unlabelled cell),
-    ``n_models`` (done models with a finite fit value) and ``n_pairs_mc`` (done pairs with a finite mc).
-    A value measured once (one model, one pair) has no spread to resample: it adds no doubt to the label.
-    """
+    Each draw takes, for each value the rule reads (the fit column's mean over the cell's models, mc's and
+    CKA's over its pairs), a rerun's mean from :func:`predictive_means`: unknown slots (models without a finite
+    fit value, any status; pairs without a finite mc/CKA that should have one) imputed from the grid's values,
+    bounds kept as bounds, and Student-t noise whose variance shrinks the cell's own toward the grid's
+    (:func:`variance_prior`, empirical Bayes, or ``nu0`` given), so that a value measured once adds doubt.
+    The draws are labelled by ``rule``; the confidence is the share equal to the cell's label.
+
+    Returns a DataFrame on ``cells``' index: ``phase_confidence`` (in [0, 1]; NaN for an unlabelled cell) and
+    the counts of :func:`resolution_counts` (``n_models``: done models with a finite fit value; ``n_pairs_mc``:
+    pairs with a finite mc, exact or bounded; ``n_pairs_exact``, ``n_pairs_unknown``, ``share_unresolved``,
+    ...). ``.attrs["priors"]``: the variance prior used per column."""
     by = list(by)
-    models = one_row_per_model(models)
-    pairs = one_row_per_model(pairs) if pairs is not None else None
     labels = rule.labels(cells) if labels is None else labels
-    fit_col, mc_col, cka_col = rule.columns
-    m = add_train_error(_completed(models))
-    mgroups = {}
-    if fit_col in m.columns:
-        fv = _col(m, fit_col)
-        for key, idx in m.groupby(by, dropna=False).indices.items():
-            mgroups[key if isinstance(key, tuple) else (key,)] = fv[idx]
-    pgroups = {}
-    if pairs is not None and not pairs.empty and "cell_id" in models.columns:
-        p = _pairs_with_knobs(models, pairs, by)
-        if not p.empty:
-            pv = np.stack([_col(p, mc_col), _col(p, cka_col)], axis=1)
-            for key, idx in p.groupby(by, dropna=False).indices.items():
-                pgroups[key if isinstance(key, tuple) else (key,)] = pv[idx]
+    cols = rule.columns
+    # the fit column's spread is relative (log scale, floored as in calibration); mc's and CKA's absolute
+    floors = {cols[0]: _LOG_FLOOR["train_error" if rule.train_error is not None else "train_loss"],
+              cols[1]: None, cols[2]: None}
+    _, slots = _cell_slots(models, pairs, by, rule)
+    priors, pools = {}, {}
+    for c in cols:
+        priors[c], pools[c] = _prior_for(slots[c], floors[c], nu0)
+    counts = resolution_counts(models, pairs, cells, by, rule)
     conf = np.full(len(cells), np.nan)
-    n_models = np.zeros(len(cells), dtype=np.int64)
-    n_pairs = np.zeros(len(cells), dtype=np.int64)
+    empty = (np.empty(0), np.empty(0, dtype=np.int8))
     keys = cells[by].itertuples(index=False, name=None)
     for i, (key, lab) in enumerate(zip(keys, labels.to_numpy())):
-        fv = mgroups.get(key, np.empty(0))
-        fv = fv[np.isfinite(fv)]
-        pv = pgroups.get(key, np.empty((0, 2)))
-        n_models[i] = fv.size
-        n_pairs[i] = int(np.isfinite(pv[:, 0]).sum()) if pv.size else 0
         if lab is None or (isinstance(lab, float) and np.isnan(lab)):
             continue
         rng = np.random.default_rng([seed, _cell_key(key)])
-        fit_b = _boot_means(rng, fv, n_boot)
-        mc_b = _boot_means(rng, pv[:, 0] if pv.size else np.empty(0), n_boot)
-        ck_b = _boot_means(rng, pv[:, 1] if pv.size else np.empty(0), n_boot)
-        codes = rule.codes(fit_b, mc_b, ck_b)
+        means = [predictive_means(rng, *slots[c].get(key, empty), pools[c], priors[c], n_boot, floors[c])
+                 for c in cols]
+        codes = rule.codes(*means)
         conf[i] = float(np.mean(codes == PHASES.index(lab)))
-    return pd.DataFrame({"phase_confidence": conf, "n_models": n_models, "n_pairs_mc": n_pairs}, index=cells.index)
-
-
-def _boot_means(rng: np.random.Generator, values: np.ndarray, n_boot: int) -> np.ndarray:
-    """``[n_boot]`` means of resamples (with replacement, of the same size) of the finite ``values``; NaN
-    when there is none."""
-    v = values[np.isfinite(values)]
-    if not v.size:
-        return np.full(n_boot, np.nan)
-    return v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    out = pd.concat([pd.DataFrame({"phase_confidence": conf}, index=cells.index), counts], axis=1)
+    out.attrs["priors"] = {c: dataclasses.asdict(p) for c, p in priors.items()}
+    return out
 
 
 # --------------------------------------------------------------------------- missing metrics
@@ -692,6 +973,32 @@ def missing_metric_warnings(cells: pd.DataFrame, rule: PhaseRule, by: Sequence[s
         else:
             what = f"the {fam} family did not run: enable it with metrics.{fam}.enabled=true"
         out.append(f"no phase label for {idx.size} cells: {col} is missing ({names}); {what}")
+    return out
+
+
+def resolution_warnings(cells: pd.DataFrame, by: Sequence[str], max_named: int = 6) -> list[str]:
+    """Lines naming (by knob values) the cells left unlabelled because mc is still moving
+    (``phase_reason``, from :func:`bounded_labels`) and the labelled cells with fewer than
+    :data:`MIN_RESOLVED_PAIRS` exact pairs (``n_pairs_exact``, ``n_pairs_total``)."""
+    out: list[str] = []
+
+    def names(idx: np.ndarray, what) -> str:
+        return "; ".join(" ".join(f"{k}={cells[k].iloc[i]}" for k in by) + f" ({what(i)})" for i in idx[:max_named]) \
+            + (" ..." if idx.size > max_named else "")
+
+    if "phase_reason" in cells.columns:
+        idx = np.nonzero(cells["phase"].isna().to_numpy() & cells["phase_reason"].notna().to_numpy())[0]
+        if idx.size:
+            out.append(f"no phase label for {idx.size} cells: the label depends on where mc converges, "
+                       f"{names(idx, lambda i: cells['phase_reason'].iloc[i])}; a larger curve budget decides them")
+    if {"n_pairs_exact", "n_pairs_total"} <= set(cells.columns):
+        few = cells["phase"].notna().to_numpy() & (_col(cells, "n_pairs_exact") < MIN_RESOLVED_PAIRS)
+        idx = np.nonzero(few)[0]
+        if idx.size:
+            out.append(f"{idx.size} cells are labelled from fewer than {MIN_RESOLVED_PAIRS} converged pairs "
+                       f"(marked on the map), "
+                       + names(idx, lambda i: f"{int(cells['n_pairs_exact'].iloc[i])} of "
+                                              f"{int(cells['n_pairs_total'].iloc[i])}"))
     return out
 
 

@@ -28,6 +28,7 @@ Conventions:
 from __future__ import annotations
 
 import logging
+import textwrap
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -38,13 +39,14 @@ import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.patches as mpatches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
+import matplotlib.transforms  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.collections import LineCollection, PatchCollection, QuadMesh  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from landscape.phase import PHASES  # noqa: E402
+from landscape.phase import MIN_RESOLVED_PAIRS, PHASES  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -560,13 +562,46 @@ def boundary_segments(grid: Grid, labels: np.ndarray) -> list[list[tuple[float, 
     return segs
 
 
+#: Marker of a labelled cell with fewer than ``MIN_RESOLVED_PAIRS`` converged pairs (at its upper-left corner).
+FEW_PAIRS_MARKER: dict = dict(marker="D", markerfacecolor="#ffd700", markeredgecolor="black", markersize=6,
+                              markeredgewidth=0.9, linestyle="none")
+#: Marker of an unlabelled cell whose mc is still moving (the label depends on where it converges).
+MOVING_MARKER: dict = dict(marker="$?$", color="black", markersize=9, linestyle="none")
+
+
+def _few_pairs_label(min_pairs: int) -> str:
+    return f"labelled from < {min_pairs} converged pairs"
+
+
+MOVING_LABEL = "no label: mc still moving (unresolved)"
+
+
+def _corner(grid: Grid, ix: np.ndarray, iy: np.ndarray, frac: float = 0.28) -> tuple[np.ndarray, np.ndarray]:
+    """Points ``frac`` of the way from a cell's upper-left corner (as drawn) to its centre."""
+    def towards(edge: np.ndarray, centre: np.ndarray, scale: str) -> np.ndarray:
+        if scale == "log":
+            return np.exp(np.log(edge) + frac * 2 * (np.log(centre) - np.log(edge)))
+        return edge + frac * 2 * (centre - edge)
+
+    top = grid.y_edges[:-1] if grid.y in INVERTED_KNOBS else grid.y_edges[1:]
+    return (towards(grid.x_edges[:-1][ix], grid.xs[ix], grid.x_scale),
+            towards(top[iy], grid.ys[iy], grid.y_scale))
+
+
 def draw_phase_map(ax, grid: Grid, cells: pd.DataFrame, phase_column: str = "phase",
-                   confidence_column: str = "phase_confidence", uncertain_below: float = 0.9) -> QuadMesh:
+                   confidence_column: str = "phase_confidence", uncertain_below: float = 0.9,
+                   min_pairs: int = MIN_RESOLVED_PAIRS) -> QuadMesh:
     """The phase map on one axes: each labelled cell in its phase's colour (:data:`PHASE_COLOURS`, a
-    ``pcolormesh`` with ``gid`` ``phase-map``); its label, confidence and ``m/p`` counts (models with a value /
-    pairs with an mc) written in it (``gid`` ``phase-label``); cells with a confidence below
-    ``uncertain_below`` hatched (a PatchCollection, ``gid`` ``uncertain``); the boundaries between phases (a
-    LineCollection, ``gid`` ``phase-boundaries``); unlabelled cells grey and marked by why."""
+    ``pcolormesh`` with ``gid`` ``phase-map``); its label, confidence and counts written in it (``gid``
+    ``phase-label``): ``Nm`` models with a fit value (``N/Mm`` when some of its ``M`` models have none) and
+    ``E/Tp`` converged pairs of its pairs with an mc slot (``n_pairs_exact`` / ``n_pairs_total``; ``Np`` pairs
+    with an mc where those columns are absent); cells with a confidence below ``uncertain_below`` hatched (a
+    PatchCollection, ``gid`` ``uncertain``); labelled cells with fewer than ``min_pairs`` converged pairs marked
+    by :data:`FEW_PAIRS_MARKER` at their upper-left corner (a Line2D, ``gid`` ``few-pairs``, ``.cells`` = their
+    ``(x, y)``); the boundaries between phases (a LineCollection, ``gid`` ``phase-boundaries``); unlabelled
+    cells grey and marked by why: ``mask:moving`` (:data:`MOVING_MARKER`, with the ``phase_reason``
+    ``mc still moving in k of n pairs`` written in the cell) for a cell whose mc is still moving, else the
+    :data:`MASK_MARKERS`."""
     labels = grid.labels(cells, phase_column)
     codes = np.full(labels.shape, np.nan)
     for iy, ix in zip(*np.nonzero(labels != None)):  # noqa: E711
@@ -579,7 +614,19 @@ def draw_phase_map(ax, grid: Grid, cells: pd.DataFrame, phase_column: str = "pha
     conf = grid.array(cells, confidence_column)
     n_m = grid.array(cells, "n_models")
     n_p = grid.array(cells, "n_pairs_mc")
+    n_mt = grid.array(cells, "n_models_total")
+    n_pe = grid.array(cells, "n_pairs_exact")
+    n_pt = grid.array(cells, "n_pairs_total")
     dense = grid.xs.size * grid.ys.size > 64
+
+    def counts(iy: int, ix: int) -> str:
+        m = int(n_m[iy, ix])
+        mt = int(n_mt[iy, ix]) if np.isfinite(n_mt[iy, ix]) else m
+        models = f"{m}m" if mt == m else f"{m}/{mt}m"
+        if np.isfinite(n_pe[iy, ix]) and np.isfinite(n_pt[iy, ix]):
+            return f"{models} {int(n_pe[iy, ix])}/{int(n_pt[iy, ix])}p"
+        return f"{models}/{int(n_p[iy, ix]) if np.isfinite(n_p[iy, ix]) else 0}p"
+
     for iy, ix in zip(*np.nonzero(labels != None)):  # noqa: E711
         lab = str(labels[iy, ix])
         text = lab
@@ -587,7 +634,7 @@ def draw_phase_map(ax, grid: Grid, cells: pd.DataFrame, phase_column: str = "pha
             if np.isfinite(conf[iy, ix]):
                 text += f"\n{conf[iy, ix]:.2f}"
             if np.isfinite(n_m[iy, ix]):
-                text += f"\n{int(n_m[iy, ix])}m/{int(n_p[iy, ix]) if np.isfinite(n_p[iy, ix]) else 0}p"
+                text += "\n" + counts(iy, ix)
         ax.text(grid.xs[ix], grid.ys[iy], text, ha="center", va="center", fontsize=5 if dense else 6.5,
                 color="white" if lab in _DARK_PHASES else "black", fontweight="bold", gid="phase-label",
                 linespacing=1.0, zorder=4,
@@ -607,10 +654,26 @@ def draw_phase_map(ax, grid: Grid, cells: pd.DataFrame, phase_column: str = "pha
     lc = LineCollection(boundary_segments(grid, labels), colors="black", linewidths=1.8, gid="phase-boundaries",
                         zorder=4)
     ax.add_collection(lc)
+    with np.errstate(invalid="ignore"):
+        few = (labels != None) & np.isfinite(n_pe) & (n_pe < min_pairs)  # noqa: E711
+    fy, fx = np.nonzero(few)
+    (few_line,) = ax.plot(*_corner(grid, fx, fy), zorder=6, label=_few_pairs_label(min_pairs), gid="few-pairs",
+                          **FEW_PAIRS_MARKER)
+    few_line.cells = [(grid.xs[ix], grid.ys[iy]) for iy, ix in zip(fy, fx)]  # for readers of the figure
     reasons = np.full(labels.shape, None, dtype=object)
     masked = mask_reasons(grid, cells, codes)
     reasons[labels == None] = masked[labels == None]  # noqa: E711
-    _mark(ax, grid, reasons, MASK_MARKERS, "mask", {**MASK_LABELS, "nan": "no label (a metric is missing)"})
+    why = grid.labels(cells, "phase_reason")
+    moving = (labels == None) & (why != None)  # noqa: E711
+    reasons[moving] = "moving"
+    for iy, ix in zip(*np.nonzero(moving)):
+        text = str(why[iy, ix]).replace("mc still moving in ", "mc moving:\n").replace(" of ", "/")
+        if not dense:
+            ax.text(grid.xs[ix], grid.ys[iy], text, ha="center", va="top", fontsize=5.5, color="black",
+                    gid="unresolved-reason", linespacing=1.0, zorder=4,
+                    transform=ax.transData + matplotlib.transforms.ScaledTranslation(0, -5 / 72, ax.figure.dpi_scale_trans))
+    _mark(ax, grid, reasons, {"moving": MOVING_MARKER, **MASK_MARKERS}, "mask",
+          {**MASK_LABELS, "nan": "no label (a metric is missing)", "moving": MOVING_LABEL})
     grid.setup_axes(ax)
     return mesh
 
@@ -644,15 +707,19 @@ def phase_map_figure(cells: pd.DataFrame, x: str, y: str, phase_column: str = "p
     seen: dict[str, Any] = {}
     for ax in axes.ravel():
         for line in ax.lines:
-            if (line.get_gid() or "").startswith("mask:") and line.get_label() not in seen:
+            if ((line.get_gid() or "").startswith("mask:") or line.get_gid() == "few-pairs") \
+                    and len(line.get_xdata()) and line.get_label() not in seen:
                 seen[line.get_label()] = line
     handles += [(h, n) for n, h in seen.items()]
     fig.legend([h for h, _ in handles], [n for _, n in handles], loc="outside right center", fontsize=7,
                frameon=False, title="phase (cells, mean test acc.)" if present else None, title_fontsize=7)
-    title = "phases; cell text: label, bootstrap confidence, models/pairs"
+    lines = ["phases; cell text: label, confidence = P(same label on a rerun with new seeds), "
+             "models with a value (Nm), converged/all pairs (E/Tp)"]
     if rule is not None:
-        title += "\n" + rule.describe()
-    fig.suptitle(title, fontsize=8)
+        lines.append(rule.describe())
+    # wrapped to the figure's width (about 0.6 em per character at 8 pt), so that no line is clipped
+    chars = max(40, int(fig.get_figwidth() * 72 / (0.6 * 8)))
+    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in lines), fontsize=8)
     return fig
 
 
@@ -681,3 +748,184 @@ __all__ = [
     "cell_edges", "colour_bar_label", "colour_limits", "draw_metric", "draw_phase_map", "mask_reasons",
     "metrics_figure", "phase_map_figure", "pivot", "save", "style_for",
 ]
+
+
+# ------------------------------------------------------------------------------------------------ mc against budget
+#: Marker of a point of :func:`mc_budget_figure` by the state of its pairs (see :func:`mc_budget_points`).
+BUDGET_MARKERS: dict[str, dict[str, Any]] = {
+    "converged": dict(marker="o", fillstyle="full", label="every pair converged"),
+    "moving": dict(marker="o", fillstyle="none", label="still moving (an earlier stage)"),
+    "lower": dict(marker="^", fillstyle="full", label="last value still rising (lower bound)"),
+    "upper": dict(marker="v", fillstyle="full", label="last value still falling (upper bound)"),
+}
+
+
+def _value(v: Any) -> Any:
+    """A scalar cell value, None for a missing one (None, NaN, pd.NA, NaT)."""
+    if v is None or isinstance(v, (list, tuple, np.ndarray)):
+        return v
+    try:
+        return None if pd.isna(v) else v
+    except (TypeError, ValueError):
+        return v
+
+
+def _as_list(v: Any) -> list[float] | None:
+    if v is None or isinstance(v, (str, bytes)):
+        return None
+    try:
+        out = [float(t) for t in v]
+    except TypeError:
+        return None
+    return out or None
+
+
+def mc_budget_points(pairs: pd.DataFrame, x: str, panel_by: Sequence[str]) -> pd.DataFrame:
+    """Cell mean mode connectivity at each curve budget, from every ``done`` pair row (all settings: rows of
+    requests with other ``connectivity.budget`` add points).
+
+    A row gives one point per stage of its curve: ``connectivity.budgets`` (multiples of the endpoints' SGD
+    steps) with ``connectivity.mc_by_budget`` (pp of training error); a row without them, one point at
+    ``connectivity.final_budget`` (else its ``connectivity.budget``) with ``connectivity.mc``. Each point's state:
+    ``converged`` (the row's last stage, ``connectivity.converged``), ``lower``/``upper`` (the last stage of a
+    curve still moving, ``connectivity.mc_bound``), ``moving`` (an earlier stage, or a last one without a
+    bound). A converged value is carried to every larger budget another pair of its cell reached (more training
+    no longer moves it), so a cell's mean at a budget is over all its pairs, not only the slow ones.
+
+    ``pairs`` must hold the knob columns ``x`` and ``panel_by``. Returns one row per (``panel_by``, ``x``,
+    ``budget``): ``mc`` (mean), ``n`` (points), ``state`` (``converged`` when all are, else ``lower``/``upper``
+    by the majority of bounds where any is, else ``moving``)."""
+    cols = list(panel_by) + [x]
+    if pairs.empty or "connectivity.mc" not in pairs.columns and "connectivity.mc_by_budget" not in pairs.columns:
+        return pd.DataFrame(columns=cols + ["budget", "mc", "n", "state"])
+    p = pairs
+    if "status" in p.columns:
+        p = p[p["status"].astype(object).eq("done").to_numpy(dtype=bool)]
+    pts: list[dict[str, Any]] = []
+    for idx, r in p.iterrows():
+        key = {c: r[c] for c in cols}
+        cell = r.get("cell_id", tuple(key.values()))
+        conv = bool(_value(r.get("connectivity.converged")) or False)
+        bound = _value(r.get("connectivity.mc_bound"))
+        last_state = "converged" if conv else (bound if bound in ("lower", "upper") else "moving")
+        budgets, mcs = _as_list(r.get("connectivity.budgets")), _as_list(r.get("connectivity.mc_by_budget"))
+        if budgets is None or mcs is None or len(budgets) != len(mcs):
+            b = _value(r.get("connectivity.final_budget"))
+            b = b if b is not None and np.isfinite(float(b)) else _value(r.get("connectivity.budget"))
+            m = _value(r.get("connectivity.mc"))
+            if b is None or m is None or not np.isfinite(float(b)) or not np.isfinite(float(m)):
+                continue
+            budgets, mcs = [float(b)], [float(m)]
+        n = len(budgets)
+        for i, (b, m) in enumerate(zip(budgets, mcs)):
+            if np.isfinite(b) and np.isfinite(m) and b > 0:
+                pts.append({**key, "_cell": cell, "_row": idx, "budget": b, "mc": m,
+                            "state": last_state if i == n - 1 else "moving"})
+    if not pts:
+        return pd.DataFrame(columns=cols + ["budget", "mc", "n", "state"])
+    df = pd.DataFrame(pts)
+    # carry converged values forward to the larger budgets their cell reached
+    extra = []
+    for _, g in df.groupby("_cell", sort=False):
+        budgets = sorted(g["budget"].unique())
+        for _, row_pts in g.groupby("_row", sort=False):
+            last = row_pts.loc[row_pts["budget"].idxmax()]
+            if last["state"] != "converged":
+                continue
+            for b in budgets:
+                if b > last["budget"]:
+                    extra.append({**last.to_dict(), "budget": b})
+    if extra:
+        df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
+
+    def state(s: pd.Series) -> str:
+        if (s == "converged").all():
+            return "converged"
+        lo, up = int((s == "lower").sum()), int((s == "upper").sum())
+        if lo or up:
+            return "lower" if lo >= up else "upper"
+        return "moving"
+
+    g = df.groupby(cols + ["budget"], dropna=False)
+    out = pd.DataFrame({"mc": g["mc"].mean(), "n": g["mc"].size(), "state": g["state"].agg(state)}).reset_index()
+    return out
+
+
+#: y ticks of :func:`mc_budget_figure` (pp; symmetric-log axis).
+_MC_TICKS = (-50, -20, -10, -5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10, 20, 50)
+
+
+def mc_budget_figure(points: pd.DataFrame, x: str, y: str, facet: str | None = None, rule: Any = None) -> Figure:
+    """Mode connectivity against curve budget (the points of :func:`mc_budget_points`): one panel per value of
+    ``y`` (and of ``facet``), x axis the curve budget (multiples of the endpoints' SGD steps, log2), y axis the
+    cell mean mc (pp of training error, symmetric-log, linear within +-1 pp), one line per value of ``x``,
+    markers by the state of the pairs (:data:`BUDGET_MARKERS`), dashed lines at the phase rule's mc thresholds
+    (``rule.mc_underfit``, ``rule.mc_barrier``)."""
+    panel_by = [k for k in (facet, y) if k]
+    panels = (points[panel_by].drop_duplicates().sort_values(panel_by).itertuples(index=False, name=None)
+              if not points.empty else [])
+    panels = list(panels)
+    n = max(len(panels), 1)
+    ncols = min(4, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols + 2.3, 2.6 * nrows + 0.7), squeeze=False,
+                             sharex=True, sharey=True, layout="constrained")
+    xs = sorted(points[x].dropna().unique().tolist()) if not points.empty else []
+    cmap = plt.get_cmap("viridis")
+    colour = {v: cmap(0.9 * i / max(len(xs) - 1, 1)) for i, v in enumerate(xs)}
+    budgets = sorted(points["budget"].unique().tolist()) if not points.empty else [1.0]
+    thresholds = []
+    if rule is not None:
+        thresholds = [(float(rule.mc_underfit), "mc_underfit"), (float(rule.mc_barrier), "mc_barrier")]
+    for k, ax in enumerate(axes.flat):
+        if k >= len(panels):
+            ax.set_visible(False)
+            continue
+        pv = panels[k]
+        sel = np.ones(len(points), dtype=bool)
+        for col, v in zip(panel_by, pv):
+            sel &= (points[col] == v).to_numpy()
+        sub = points[sel]
+        for xv in xs:
+            line = sub[sub[x] == xv].sort_values("budget")
+            if line.empty:
+                continue
+            ax.plot(line["budget"], line["mc"], "-", color=colour[xv], lw=1.4, zorder=2)
+            for st, spec in BUDGET_MARKERS.items():
+                pts = line[line["state"] == st]
+                if not pts.empty:
+                    ax.plot(pts["budget"], pts["mc"], linestyle="none", marker=spec["marker"],
+                            fillstyle=spec["fillstyle"], color=colour[xv], markersize=5.5,
+                            markerfacecolor=colour[xv] if spec["fillstyle"] == "full" else "white", zorder=3)
+        for value, name in thresholds:
+            ax.axhline(value, color="0.35", ls="--", lw=0.9, zorder=1)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(_MC_TICKS))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xticks(budgets)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.grid(True, which="major", color="0.9", lw=0.6)
+        ax.set_title(", ".join(f"{c} = {_fmt(v) if isinstance(v, float) else v}" for c, v in zip(panel_by, pv)),
+                     fontsize=9)
+        if k % ncols == 0:
+            ax.set_ylabel("mc (pp of training error)", fontsize=8.5)
+        if k // ncols == nrows - 1 or k + ncols >= len(panels):
+            ax.set_xlabel("curve budget (x endpoints' SGD steps)", fontsize=8.5)
+        ax.tick_params(labelsize=8, labelbottom=True)
+    handles = [Line2D([], [], color=colour[v], lw=1.6, label=f"{_fmt(v) if isinstance(v, float) else v}")
+               for v in xs]
+    handles += [Line2D([], [], color="0.25", linestyle="none", marker=s["marker"], fillstyle=s["fillstyle"],
+                       markerfacecolor="0.25" if s["fillstyle"] == "full" else "white", label=s["label"])
+                for s in BUDGET_MARKERS.values()]
+    if thresholds:
+        handles.append(Line2D([], [], color="0.35", ls="--", lw=0.9,
+                              label="phase thresholds: " + ", ".join(f"{nm} {v:g}" for v, nm in thresholds) + " pp"))
+    fig.legend(handles=handles, loc="outside right center", fontsize=7.5, title=x, title_fontsize=8, frameon=False)
+    fig.suptitle("mode connectivity against curve budget (cell means over pairs)", fontsize=10)
+    return fig
+
+
+__all__ += ["BUDGET_MARKERS", "mc_budget_figure", "mc_budget_points"]

@@ -439,3 +439,86 @@ def test_notebook_runs_as_a_script_on_a_small_reference_sweep(tmp_path):
     # orientation as landscape-phase: small batches on top (the heatmap's first row), widths left to right
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("heatmap rows, top to bottom"))
     assert line.split(":", 1)[1].split() == ["16", "128", "1024"]
+
+
+def test_cli_marks_a_label_from_one_of_three_pairs_and_a_cell_whose_mc_is_still_moving(tmp_path, monkeypatch, capsys):
+    """Three seeds per cell (three pairs): in cell (16, 32) two of the three curves did not give an mc (one not
+    converged, one diverged), so its label comes from 1 of 3 pairs: cells.csv has confidence < 1 and the counts,
+    the map marks it (the drawn few-pairs marker, read from the figure the command saves) and writes "1/3p"; in
+    cell (8, 128) mc is still rising in one pair and the label at the mean (III) could become IV: no label,
+    drawn as unresolved with its reason, not as missing data."""
+    widths, batches = [4, 8, 16, 32], [32, 128]
+    models, pairs = [], []
+    rng = np.random.default_rng(0)
+    for w in widths:
+        for b in batches:
+            cid = f"w{w}-b{b}"
+            for s in range(3):
+                models.append({"cell_id": cid, "sweep": "s", "seed": s, "status": "done", "model.width": w,
+                               "train.batch_size": b, "train_loss": (0.5 if w == 4 else 1e-3) * (1 + 0.1 * s),
+                               "test_acc": 0.8})
+            for k, (a, c) in enumerate([(0, 1), (0, 2), (1, 2)]):
+                mc = (-5.0 if w == 4 else 0.3) + 0.2 * rng.normal()
+                row = {"cell_id": cid, "sweep": "s", "seed_a": a, "seed_b": c, "status": "done", "model.width": w,
+                       "train.batch_size": b, "connectivity.mc": mc, "connectivity.converged": True,
+                       "connectivity.mc_bound": None, "connectivity.error": None, "cka": 0.9 + 0.01 * k}
+                if (w, b) == (16, 32) and k == 1:
+                    row.update({"connectivity.mc": None, "connectivity.converged": False})  # not converged, no bound
+                if (w, b) == (16, 32) and k == 2:
+                    row.update({"connectivity.mc": None, "connectivity.converged": None,
+                                "connectivity.error": "curve diverged (non-finite loss)"})
+                if (w, b) == (8, 128):
+                    row["connectivity.mc"] = [-1.0, -0.8, -0.9][k]
+                    if k == 0:
+                        row.update({"connectivity.converged": False, "connectivity.mc_bound": "lower"})
+                pairs.append(row)
+    p = pd.DataFrame(pairs)  # object columns with None, as pyarrow reads the family's nullable bool/string
+    sweep = tmp_path / "sweep"
+    _write_sweep(sweep, pd.DataFrame(models), p)
+    figures = {}
+    real_save = pdg.save
+
+    def keep(fig, stem, formats=("png",), **kw):
+        fig.canvas.draw()  # the layout as saved, measured before save closes the figure
+        r = fig.canvas.get_renderer()
+        figures[Path(stem).name] = (fig, fig.bbox.frozen(), [a.get_window_extent(r) for a in fig.axes],
+                                    [lg.get_window_extent(r) for lg in fig.legends],
+                                    [t.get_window_extent(r) for t in fig.texts])
+        return real_save(fig, stem, formats, **kw)
+
+    monkeypatch.setattr(pdg, "save", keep)
+    out = tmp_path / "out"
+    assert cli.main([str(sweep), "--x", "model.width", "--y", "train.batch_size", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    cells_csv = pd.read_csv(out / "cells.csv").set_index(["model.width", "train.batch_size"])
+    one = cells_csv.loc[(16, 32)]
+    assert one["phase"] == "IV-B" and one["phase_confidence"] < 1
+    assert (one["n_pairs_total"], one["n_pairs_exact"], one["n_pairs_unknown"], one["n_pairs_mc"]) == (3, 1, 2, 1)
+    assert one["share_unresolved"] == pytest.approx(2 / 3) and bool(one["few_pairs"])
+    full = cells_csv.loc[(16, 128)]
+    assert full["phase"] == "IV-B" and full["n_pairs_exact"] == 3 and not bool(full["few_pairs"])
+    assert one["phase_confidence"] < full["phase_confidence"]
+    moving = cells_csv.loc[(8, 128)]
+    assert pd.isna(moving["phase"]) and moving["phase_reason"] == "mc still moving in 1 of 3 pairs"
+    assert moving["n_pairs_lower"] == 1 and moving["connectivity.mc"] == pytest.approx(-0.9)
+    assert "IV-B " in printed and "*" in printed and "moving" in printed
+    warnings = json.loads((out / "manifest.json").read_text())["warnings"]
+    assert any("fewer than 2 converged pairs" in w and "model.width=16 train.batch_size=32 (1 of 3)" in w
+               for w in warnings)
+    assert any("mc still moving in 1 of 3 pairs" in w and "model.width=8 train.batch_size=128" in w for w in warnings)
+    # the map the command drew
+    fig, fig_box, ax_boxes, legend_boxes, title_boxes = figures["phase_map"]
+    ax = fig.axes[0]
+    few = next(ln for ln in ax.lines if ln.get_gid() == "few-pairs")
+    assert few.cells == [(16.0, 32.0)] and len(few.get_xdata()) == 1
+    text = next(t.get_text() for t in ax.texts if t.get_gid() == "phase-label" and t.get_position() == (16, 32))
+    assert text.split("\n")[0] == "IV-B" and text.split("\n")[2] == "3m 1/3p"
+    marks = {ln.get_gid(): list(zip(*ln.get_data())) for ln in ax.lines}
+    assert marks["mask:moving"] == [(8, 128)] and "mask:nan" not in marks
+    assert any(t.get_gid() == "unresolved-reason" and "1/3 pairs" in t.get_text() for t in ax.texts)
+    names = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert pdg.MOVING_LABEL in names and "labelled from < 2 converged pairs" in names
+    # as saved: the map, legend and title inside the figure; the legend and title clear of the map
+    for bb in ax_boxes + legend_boxes + title_boxes:
+        assert bb.x0 >= fig_box.x0 - 1 and bb.x1 <= fig_box.x1 + 1 and bb.y0 >= fig_box.y0 - 1 and bb.y1 <= fig_box.y1 + 1
+    assert not ax_boxes[0].overlaps(legend_boxes[0]) and not ax_boxes[0].overlaps(title_boxes[0])

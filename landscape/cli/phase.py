@@ -4,24 +4,34 @@
                     [--out DIR] [--thresholds paper|calibrate|NAME=VALUE ...] [--train-loss NATS]
                     [--train-error PERCENT] [--mc-underfit PP] [--mc-barrier PP] [--cka C]
                     [--limits data|paper] [--uncertain-below C] [--bootstrap N] [--seed S] [--formats png pdf]
+                    [--select FAMILY.SETTING=VALUE ...]
 
 Reads the ``models`` and ``pairs`` rows of the sweep and the cells it planned (``launches/*.json``, with each
 cell's ``status.json``: a cell that never wrote a row is still drawn, masked), keeps the rows of the filters,
-aggregates the completed rows of every cell (:func:`landscape.phase.aggregate_cells`), labels the phases
-(:class:`landscape.phase.PhaseRule`), bootstraps each label's confidence, prints the phase table and the
+chooses one setting per cell of every metric family whose rows hold several (:mod:`landscape.settings_choice`:
+the setting covering the most cells, ties to the newest; ``--select`` forces one; printed, with every cell
+that uses another setting named), aggregates the completed rows of every cell (:func:`landscape.phase.aggregate_cells`), labels the phases
+(:class:`landscape.phase.PhaseRule`; a label only where mc bounds of curves still moving cannot change it),
+computes each label's confidence (:func:`landscape.phase.label_confidence`: the probability that a rerun with
+new seeds gives the same label), prints the phase table and the
 mean test accuracy per phase, and writes into ``--out`` (default ``SWEEP_DIR/analysis/phase/<x>__<y>``):
 
 * ``phase_diagram.png`` (and ``.pdf``/``.svg`` with ``--formats``): one panel per metric (rows: facet
   values), colour limits from the data;
 * ``phase_map.png`` (likewise): one colour per phase, boundaries, legend, confidence and counts per cell;
-* ``cells.csv``: one row per cell (means, stds, counts, status, phase, phase_confidence, n_models, n_pairs_mc;
+* ``cells.csv``: one row per cell (means, stds, counts, status, phase, phase_reason, phase_confidence, n_models,
+  n_models_total, n_pairs_total/_exact/_lower/_upper/_bounded/_unknown, n_pairs_mc, share_unresolved, few_pairs;
   metrics of families that did not run are left out);
 * ``pivot_<metric>.csv`` (``pivot_<metric>__<facet>=<value>.csv`` with a facet): cell means, rows = y values,
   columns = x values; ``pivot_phase.csv`` likewise;
 * ``phase_summary.csv``: cells, mean test accuracy and mean confidence per phase;
 * ``rank_correlations.csv``: Spearman correlation of each metric's cell means with test accuracy, over all
   cells and within the well- and poorly-trained ones, with n and p (metric columns of families that ran);
-* ``manifest.json``: inputs, filters, thresholds with units and where they came from, calibration, warnings.
+* ``mc_budget.png`` (likewise), when the pairs rows hold mode connectivity at two or more curve budgets (all
+  settings' rows: each stage of each curve, ``connectivity.mc_by_budget``): cell mean mc against the budget, one
+  panel per ``y`` value, one line per ``x`` value, the phase rule's mc thresholds dashed;
+* ``manifest.json``: inputs, filters, thresholds with units and where they came from, calibration, the setting
+  chosen per family (``settings_choice``), warnings.
 
 Settings come from, in increasing precedence: the defaults (the paper's thresholds, data colour limits), the
 sweep file's ``phase:`` section (kept in ``SWEEP_DIR/multirun.yaml`` by every launch; the sweep file's name is
@@ -48,7 +58,7 @@ log = logging.getLogger(__name__)
 
 #: Defaults of the settings (overridden by the sweep file's ``phase:`` section, then by flags).
 DEFAULTS: dict[str, Any] = {"x": None, "y": None, "facet": None, "thresholds": "paper", "limits": "data",
-                            "uncertain_below": 0.9, "bootstrap": 1000, "seed": 0}
+                            "uncertain_below": 0.9, "bootstrap": 1000, "seed": 0, "select": []}
 THRESHOLD_KEYS = ("train_loss", "train_error", "mc_underfit", "mc_barrier", "cka")
 #: States of ``cells/<id>/status.json`` that mean no result yet.
 _PENDING_STATES = ("running", "pending", "interrupted")
@@ -262,18 +272,21 @@ def run(
     bootstrap: int | None = None,
     seed: int | None = None,
     report: list[str] | None = None,
+    select: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """The whole command (see the module docstring); returns ``{output name: path}``. ``rule`` (a ready rule)
     replaces ``thresholds``/``threshold_overrides`` and the sweep file's thresholds. ``report`` (a list) gets the
-    lines the command prints."""
+    lines the command prints. ``select``: ``["FAMILY.SETTING=VALUE", ...]`` (see
+    :mod:`landscape.settings_choice`; replaces the sweep file's ``phase.select``)."""
     from landscape import phase_diagram as pd_fig
+    from landscape import settings_choice as sc
 
     sweep_dir = Path(sweep_dir)
     filters = filters or {}
     settings, t_over, origin, sweep_file = resolve_settings(sweep_dir, {
         "x": x, "y": y, "facet": facet, "thresholds": thresholds, "limits": limits,
         "uncertain_below": uncertain_below, "bootstrap": bootstrap, "seed": seed,
-        "threshold_overrides": threshold_overrides or None})
+        "threshold_overrides": threshold_overrides or None, "select": list(select) if select else None})
     x, y, facet = settings["x"], settings["y"], settings["facet"]
     if not x or not y:
         raise ValueError("--x and --y: the knobs of the axes are needed (or phase.x / phase.y in the sweep file)")
@@ -294,6 +307,14 @@ def run(
     for k in by:
         if k not in models.columns:
             raise KeyError(f"knob {k!r} is not a column of the rows; knobs: {ph.knob_columns(models)}")
+    # one setting per cell and family (all settings' pairs rows stay for the mc-against-budget figure)
+    all_pairs = pairs
+    models, pairs_chosen, choices = sc.choose_for_cells(
+        models, pairs if not pairs.empty else None, sc.parse_select(list(settings["select"] or [])), by)
+    pairs = pairs_chosen if pairs_chosen is not None else pairs
+    choice_lines = [line for c in choices if c.several or c.selected
+                    for line in [c.describe()] + ["  " + w for w in c.warnings()]]
+    choice_warnings = [w for c in choices for w in c.warnings()]
     pairs_or_none = pairs if not pairs.empty else None
     cells = ph.aggregate_cells(models, pairs_or_none, by)
     extra = _placeholders(sweep_dir, models, by, filters)
@@ -307,15 +328,19 @@ def run(
         rule, calibration = ph.resolve_rule(settings["thresholds"], t_over, cells)
     else:
         calibration = {}
-    labels = rule.labels(cells)
+    # labels that hold whatever further curve training does (bounds of mc still moving), then their confidence
+    labels, reasons = ph.bounded_labels(cells, rule, ph.resolution_counts(models, pairs_or_none, cells, by, rule))
     cells["phase"] = labels
+    cells["phase_reason"] = reasons
     conf = ph.label_confidence(models, pairs_or_none, cells, by, rule, labels,
                                n_boot=int(settings["bootstrap"]), seed=int(settings["seed"]))
-    cells = pd.concat([cells, conf], axis=1)
+    cells = pd.concat([cells.drop(columns=[c for c in conf.columns if c in cells.columns]), conf], axis=1)
     cells["uncertain"] = cells["phase_confidence"] < float(settings["uncertain_below"])
-    warnings = ph.missing_metric_warnings(cells, rule, by, labels)
+    cells["few_pairs"] = cells["phase"].notna() & (cells["n_pairs_exact"] < ph.MIN_RESOLVED_PAIRS)
+    warnings = ph.missing_metric_warnings(cells, rule, by, labels) + ph.resolution_warnings(cells, by)
     for w in warnings:
         log.warning("%s", w)
+    warnings = choice_warnings + list(warnings)
 
     available = set(ph.metric_columns(models, "models")) | (set(ph.metric_columns(pairs, "pairs")) if not pairs.empty else set())
     if metrics:
@@ -335,6 +360,10 @@ def run(
     paths.update(pd_fig.save(fig, out / "phase_diagram", formats))
     fig = pd_fig.phase_map_figure(cells, x, y, "phase", facet, float(settings["uncertain_below"]), rule)
     paths.update(pd_fig.save(fig, out / "phase_map", formats))
+    budget_points = _mc_budget_points(pd_fig, models, all_pairs, x, y, facet)
+    if budget_points is not None:
+        fig = pd_fig.mc_budget_figure(budget_points, x, y, facet, rule)
+        paths.update(pd_fig.save(fig, out / "mc_budget", formats))
 
     paths["cells.csv"] = out / "cells.csv"
     # metrics of families that did not run (no value in any cell) are left out, with their std and count
@@ -370,6 +399,11 @@ def run(
         "thresholds": {**rule.thresholds(), "source": rule.source,
                        "columns": dict(zip(("fit", "mc", "cka"), rule.columns))},
         "calibration": calibration,
+        "confidence": {"definition": "probability that a rerun of the cell with new seeds gives the same label "
+                                     "(landscape.phase.label_confidence)",
+                       "draws": int(settings["bootstrap"]), "seed": int(settings["seed"]),
+                       "variance_priors": conf.attrs.get("priors", {})},
+        "settings_choice": [c.to_dict() for c in choices],
         "warnings": warnings,
         "n_model_rows": int(len(models)), "n_pair_rows": int(len(pairs)), "n_cells": int(len(cells)),
         "cells_by_status": {str(k): int(v) for k, v in cells["status"].value_counts().items()},
@@ -384,20 +418,44 @@ def run(
     tmp.write_text(json.dumps(manifest, indent=2, default=str))
     tmp.replace(paths["manifest.json"])
     if report is not None:
+        report.extend(choice_lines + ([""] if choice_lines else []))
         report.extend(format_report(cells, x, y, facet, rule, summary, corr, out, calibration,
                                     float(settings["uncertain_below"]), sweep_file))
+        if "mc_budget.png" in paths:
+            report.append(f"mc against curve budget (the rows hold {budget_points['budget'].nunique()} budgets): "
+                          f"{paths['mc_budget.png']}")
     return paths
+
+
+def _mc_budget_points(pd_fig: Any, models: pd.DataFrame, pairs: pd.DataFrame, x: str, y: str,
+                      facet: str | None) -> pd.DataFrame | None:
+    """The points of ``mc_budget.png`` (``landscape.phase_diagram.mc_budget_points`` over every pairs row, the
+    cells' knobs joined from the models rows), or None when they hold mc at fewer than two curve budgets."""
+    if pairs.empty or "cell_id" not in pairs.columns or "connectivity.mc" not in pairs.columns:
+        return None
+    knobs = [k for k in dict.fromkeys([x, y] + ([facet] if facet else []))]
+    p = pairs[[c for c in pairs.columns if c not in knobs]].merge(
+        models[["cell_id", *knobs]].drop_duplicates("cell_id"), on="cell_id", how="inner")
+    panel_by = [k for k in (facet, y) if k]
+    points = pd_fig.mc_budget_points(p, x, panel_by)
+    if points.empty or points["budget"].nunique() < 2:
+        return None
+    return points
 
 
 def phase_table(cells: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """The phase labels as a table in the figure's orientation (rows: ``y``, hot/small batches on top;
-    columns: ``x`` ascending); each entry ``LABEL c`` (c: confidence), or the cell's status / ``-``."""
+    columns: ``x`` ascending); each entry ``LABEL c`` (c: confidence; ``*`` after it: labelled from fewer than
+    two converged pairs), ``moving`` (no label: mc still moving), or the cell's status / ``-``."""
     from landscape.phase_diagram import INVERTED_KNOBS
 
     def entry(r) -> str:
         if isinstance(r["phase"], str):
             c = r.get("phase_confidence", np.nan)
-            return f"{r['phase']} {c:.2f}" if np.isfinite(c) else r["phase"]
+            star = "*" if bool(r.get("few_pairs", False)) else ""
+            return (f"{r['phase']} {c:.2f}" if np.isfinite(c) else r["phase"]) + star
+        if isinstance(r.get("phase_reason"), str):
+            return "moving"
         return str(r["status"]) if r["status"] != "done" else "-"
 
     t = cells.assign(_e=cells.apply(entry, axis=1)).pivot(index=y, columns=x, values="_e")
@@ -417,7 +475,8 @@ def format_report(cells: pd.DataFrame, x: str, y: str, facet: str | None, rule: 
             lines.append(f"  calibration {name}: {entry['value']:.4g} {how}; n={entry.get('n')}")
     for fv in ([None] if facet is None else sorted(cells[facet].dropna().unique().tolist())):
         sub = cells if facet is None else cells[cells[facet] == fv]
-        head = f"phases ({y} rows, {x} columns; label and bootstrap confidence" + \
+        head = f"phases ({y} rows, {x} columns; label and confidence = P(same label on a rerun with new " \
+               f"seeds); * fewer than {ph.MIN_RESOLVED_PAIRS} converged pairs" + \
                (f"; {facet} = {fv})" if facet else ")")
         lines += ["", head, phase_table(sub, x, y).to_string()]
     unc = int(cells["uncertain"].sum()) if "uncertain" in cells.columns else 0
@@ -465,8 +524,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="colour limits: data (2nd-98th percentiles, default) or the paper's ranges")
     ap.add_argument("--uncertain-below", type=float, default=None, metavar="C",
                     help="hatch cells whose label confidence is below C (default 0.9)")
-    ap.add_argument("--bootstrap", type=int, default=None, metavar="N", help="bootstrap resamples per cell (1000)")
-    ap.add_argument("--seed", type=int, default=None, help="seed of the bootstrap (0)")
+    ap.add_argument("--bootstrap", type=int, default=None, metavar="N", help="Monte Carlo draws of the confidence per cell (1000)")
+    ap.add_argument("--seed", type=int, default=None, help="seed of the confidence's Monte Carlo (0)")
+    ap.add_argument("--select", action="append", default=[], metavar="FAMILY.SETTING=VALUE",
+                    help="where the rows hold a metric family at several settings (e.g. two curve budgets), use "
+                         "this one (e.g. connectivity.budget=8; cells without it are left without the family's "
+                         "values, named); repeatable. Default: the setting covering the most cells, ties to the "
+                         "newest (printed)")
     ap.add_argument("--formats", nargs="+", default=["png"],
                     help="figure file formats (default: png; add pdf or svg for vector figures, about 1 s each)")
     return ap
@@ -496,7 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report: list[str] = []
         run(args.sweep_dir, args.x, args.y, args.metrics, args.facet, parse_filters(args.filters), args.out,
             None, args.formats, thresholds=preset, threshold_overrides=overrides, limits=args.limits,
-            uncertain_below=args.uncertain_below, bootstrap=args.bootstrap, seed=args.seed, report=report)
+            uncertain_below=args.uncertain_below, bootstrap=args.bootstrap, seed=args.seed, report=report,
+            select=args.select)
     except (KeyError, ValueError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"landscape-phase: error: {msg}", file=sys.stderr)

@@ -1,0 +1,187 @@
+"""Is the label confidence calibrated? Two sweeps of one grid with disjoint seed sets, labelled alike, compared.
+
+Run the same grid twice into two directories with disjoint seeds (e.g. ``train.seeds=[0,1,2]`` and
+``train.seeds=[3,4,5]``), then
+
+    .venv/bin/python benchmarks/label_calibration.py SWEEP_A SWEEP_B [--x KNOB --y KNOB] [--facet KNOB]
+        [--thresholds paper|calibrate|NAME=VALUE ...] [--select FAMILY.SETTING=VALUE ...] [--bootstrap N]
+        [--bins 0,0.5,0.7,0.9,1] [--cells] [--out DIR]
+
+Each sweep is labelled by ``landscape-phase`` itself (``landscape.cli.phase.run``: the same row choice,
+aggregation, rule and confidence; its outputs go to ``--out``/a or b, default a temporary directory). The
+thresholds are resolved on sweep A as ``landscape-phase`` resolves them (defaults, A's sweep file, the flags)
+and used unchanged for sweep B, so that both are labelled by one rule.
+
+Printed, as Markdown (for a closing note):
+
+* the share of cells labelled in both runs whose labels agree (and how many cells were labelled in one only);
+* among the labels with confidence >= ``--high`` (0.9) in either run, the share kept: a label of run A is *kept*
+  when run B gives the same label (and vice versa), both directions pooled; a cell unlabelled in the other
+  run does not keep its label;
+* per confidence bin (``--bins``, default [0, 0.5), [0.5, 0.7), [0.7, 0.9), [0.9, 1.0]): the number of labels,
+  their mean confidence and the fraction kept, both directions pooled. A calibrated confidence has the fraction
+  kept near the mean confidence in every bin.
+
+``--cells`` adds the per-cell table (knobs, label and confidence in each run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+DEFAULT_BINS = (0.0, 0.5, 0.7, 0.9, 1.0)
+
+
+def paired_labels(a: pd.DataFrame, b: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """One row per cell of either run (outer join on the knob columns ``by``): ``phase_a``, ``conf_a``,
+    ``phase_b``, ``conf_b`` (None/NaN where a run has no label)."""
+    by = list(by)
+
+    def side(c: pd.DataFrame, s: str) -> pd.DataFrame:
+        lab = c["phase"].where(c["phase"].map(lambda v: isinstance(v, str) and v != ""), None)
+        return pd.DataFrame({**{k: c[k] for k in by}, f"phase_{s}": lab.astype(object),
+                             f"conf_{s}": pd.to_numeric(c.get("phase_confidence"), errors="coerce")})
+
+    return side(a, "a").merge(side(b, "b"), on=by, how="outer").sort_values(by).reset_index(drop=True)
+
+
+def _kept(paired: pd.DataFrame) -> pd.DataFrame:
+    """Both directions pooled: one row per label of either run, ``conf`` and ``kept`` (the other run gives the
+    same label)."""
+    out = []
+    for s, o in (("a", "b"), ("b", "a")):
+        has = paired[f"phase_{s}"].notna()
+        sub = paired[has]
+        out.append(pd.DataFrame({"conf": sub[f"conf_{s}"].to_numpy(dtype=float),
+                                 "kept": (sub[f"phase_{s}"] == sub[f"phase_{o}"]).to_numpy(dtype=bool)}))
+    return pd.concat(out, ignore_index=True)
+
+
+def calibration(paired: pd.DataFrame, bins: Sequence[float] = DEFAULT_BINS, high: float = 0.9) -> dict[str, Any]:
+    """The numbers of the report from :func:`paired_labels`: ``n_cells``, ``n_both`` (labelled in both runs),
+    ``n_one`` (in one only), ``agree`` (share of ``n_both`` with equal labels), ``n_high`` (labels with
+    confidence >= ``high``, both runs), ``high_kept`` (their share kept), ``bins`` (rows ``lo``, ``hi``, ``n``,
+    ``mean_conf``, ``kept``; the last bin closed on the right)."""
+    both = paired["phase_a"].notna() & paired["phase_b"].notna()
+    one = paired["phase_a"].notna() ^ paired["phase_b"].notna()
+    agree = float((paired.loc[both, "phase_a"] == paired.loc[both, "phase_b"]).mean()) if both.any() else float("nan")
+    k = _kept(paired)
+    hi = k[k["conf"] >= high]
+    rows = []
+    edges = list(bins)
+    for i, (lo, up) in enumerate(zip(edges[:-1], edges[1:])):
+        last = i == len(edges) - 2
+        sel = (k["conf"] >= lo) & ((k["conf"] <= up) if last else (k["conf"] < up))
+        s = k[sel]
+        rows.append({"lo": lo, "hi": up, "closed": last, "n": int(len(s)),
+                     "mean_conf": float(s["conf"].mean()) if len(s) else float("nan"),
+                     "kept": float(s["kept"].mean()) if len(s) else float("nan")})
+    return {"n_cells": int(len(paired)), "n_both": int(both.sum()), "n_one": int(one.sum()), "agree": agree,
+            "n_high": int(len(hi)), "high": high, "high_kept": float(hi["kept"].mean()) if len(hi) else float("nan"),
+            "n_labels": int(len(k)), "no_conf": int(k["conf"].isna().sum()), "bins": rows}
+
+
+def _pct(v: float) -> str:
+    return "-" if not np.isfinite(v) else f"{100 * v:.0f} %"
+
+
+def markdown(res: dict[str, Any], title: str, paired: pd.DataFrame | None = None, by: Sequence[str] = ()) -> str:
+    """The report as Markdown: a heading, the agreement lines, the bin table (and the cell table)."""
+    lines = [f"### {title}", "",
+             f"- cells: {res['n_cells']}; labelled in both runs: {res['n_both']}; in one only: {res['n_one']}",
+             f"- labels agree in {_pct(res['agree'])} of the cells labelled in both runs",
+             f"- labels with confidence >= {res['high']:g} in either run: {res['n_high']}, kept in the other run: "
+             f"{_pct(res['high_kept'])}", "",
+             "| confidence | labels | mean confidence | fraction kept |", "|---|---:|---:|---:|"]
+    for r in res["bins"]:
+        rng = f"[{r['lo']:g}, {r['hi']:g}{']' if r['closed'] else ')'}"
+        mc = "-" if not np.isfinite(r["mean_conf"]) else f"{r['mean_conf']:.2f}"
+        kept = "-" if not np.isfinite(r["kept"]) else f"{r['kept']:.2f}"
+        lines.append(f"| {rng} | {r['n']} | {mc} | {kept} |")
+    if res.get("no_conf"):
+        lines.append(f"\n({res['no_conf']} labels without a confidence are left out of the bins.)")
+    if paired is not None:
+        lines += ["", "| " + " | ".join(list(by) + ["run A", "run B"]) + " |",
+                  "|" + "---|" * (len(by) + 2)]
+        for _, r in paired.iterrows():
+            def lab(s: str) -> str:
+                p, c = r[f"phase_{s}"], r[f"conf_{s}"]
+                return "-" if p is None or (isinstance(p, float) and np.isnan(p)) else \
+                    (f"{p} ({c:.2f})" if np.isfinite(c) else str(p))
+            lines.append("| " + " | ".join([f"{r[k]}" for k in by] + [lab("a"), lab("b")]) + " |")
+    return "\n".join(lines)
+
+
+def label_sweep(sweep: Path, out: Path, rule: Any = None, **kw: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``landscape-phase`` on ``sweep`` (outputs under ``out``; ``rule``: a ready phase rule, else resolved as
+    the command resolves it): its ``cells.csv`` and ``manifest.json``."""
+    from landscape.cli import phase as phase_cli
+
+    paths = phase_cli.run(sweep, out=out, rule=rule, formats=("png",), **kw)
+    cells = pd.read_csv(paths["cells.csv"])
+    return cells, json.loads(Path(paths["manifest.json"]).read_text())
+
+
+def rule_of(manifest: dict[str, Any]) -> Any:
+    """The phase rule a ``landscape-phase`` manifest records (its thresholds, columns and source)."""
+    from landscape.phase import PhaseRule
+
+    t = manifest["thresholds"]
+    values = {k: t[k]["value"] for k in PhaseRule.THRESHOLD_NAMES if isinstance(t.get(k), dict)}
+    rule = PhaseRule.paper().with_overrides(values)
+    import dataclasses
+
+    return dataclasses.replace(rule, source=f"{t.get('source', 'paper')}, resolved on run A")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sweep_a", type=Path)
+    ap.add_argument("sweep_b", type=Path)
+    ap.add_argument("--x", default=None)
+    ap.add_argument("--y", default=None)
+    ap.add_argument("--facet", default=None)
+    ap.add_argument("--thresholds", action="append", default=[], metavar="paper|calibrate|NAME=VALUE")
+    ap.add_argument("--select", action="append", default=[], metavar="FAMILY.SETTING=VALUE")
+    ap.add_argument("--bootstrap", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--bins", default=",".join(f"{b:g}" for b in DEFAULT_BINS), help="bin edges of confidence")
+    ap.add_argument("--high", type=float, default=0.9, help="confidence of the 'high' labels (0.9)")
+    ap.add_argument("--cells", action="store_true", help="also print the per-cell table")
+    ap.add_argument("--title", default=None, help="heading of the report (default: the two directories)")
+    ap.add_argument("--out", type=Path, default=None, help="where landscape-phase writes (default: a temporary dir)")
+    args = ap.parse_args(argv)
+    from landscape.cli import phase as phase_cli
+
+    preset, overrides = phase_cli._split_thresholds(args.thresholds)
+    bins = [float(b) for b in args.bins.split(",")]
+    kw = dict(x=args.x, y=args.y, facet=args.facet, bootstrap=args.bootstrap, seed=args.seed,
+              select=args.select or None)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.out or Path(tmp)
+        cells_a, man_a = label_sweep(args.sweep_a, root / "a", thresholds=preset, threshold_overrides=overrides, **kw)
+        kw.update(x=man_a["x"], y=man_a["y"], facet=man_a["facet"])
+        cells_b, _ = label_sweep(args.sweep_b, root / "b", rule=rule_of(man_a), **kw)
+    by = [k for k in (man_a["x"], man_a["y"], man_a["facet"]) if k]
+    paired = paired_labels(cells_a, cells_b, by)
+    res = calibration(paired, bins, args.high)
+    title = args.title or f"{args.sweep_a.name} vs {args.sweep_b.name} ({', '.join(by)})"
+    print(markdown(res, title, paired if args.cells else None, by))
+    print(f"\n({rule_of(man_a).describe()})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
