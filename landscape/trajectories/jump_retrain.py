@@ -8,6 +8,13 @@ parameters are projected with a fixed ``RandomProjection`` and the mean train/te
 seeded subsets of ``eval_samples``) is recorded. The trained model itself is the first point (``jump = -1``).
 Retraining runs in ``landscape.engine``; one that diverges (its check) stops at that step.
 
+Resumable (with a ``workdir``): every finished jump's points are saved (``jumps.pt``: the rows and projected
+coordinates recorded so far and the number of jumps done), and the retraining in progress is checkpointed by the
+engine (``jump_checkpoint.pt``: the work model, its optimiser, the batch-order generator and the points of that
+jump so far) every epoch and at a stop request (``should_stop``, polled after every step; the engine raises
+``StopRequested``). A rerun with the same model and settings continues from there, bitwise identical to an
+uninterrupted run on the same device; files of another model or other settings are ignored with a warning.
+
 ``analyse`` embeds all recorded points (PHATE or PCA), builds the k-nearest-neighbour graph of the embedding
 and computes the sublevel-set persistence of the train loss on it (``homology.sublevel_diagrams``) and the
 Vietoris-Rips persistence of the embedding; ``topology.*`` summaries come from the loss filtration.
@@ -16,9 +23,11 @@ Vietoris-Rips persistence of the embedding; ``topology.*`` summaries come from t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -27,7 +36,8 @@ from torch import Tensor, nn
 
 from landscape.data import CellData
 from landscape.directions import filter_normalised_direction
-from landscape.engine import Plan, ShuffledTask, StepOut, run, steps_per_epoch
+from landscape.engine import (DamagedCheckpoint, Plan, ShuffledTask, StepOut, atomic_torch_save, load_checkpoint,
+                              run, set_aside, state_digest, steps_per_epoch)
 from landscape.params import eval_subset, flat_parameters, linear_seed, set_flat_parameters
 from landscape.training import LossFn, evaluate, minibatch_forward, params_finite
 from landscape.trajectories.embedding import embed
@@ -35,6 +45,12 @@ from landscape.trajectories.homology import knn_edges, rips_diagrams, sublevel_d
 from landscape.trajectories.projection import RandomProjection
 
 log = logging.getLogger(__name__)
+
+JUMPS_FILE = "jumps.pt"
+"""The finished jumps' points under a ``workdir`` (see the module docstring)."""
+JUMP_CHECKPOINT = "jump_checkpoint.pt"
+"""The engine's checkpoint of the retraining in progress under a ``workdir``."""
+FORMAT = 1  # format of ``JUMPS_FILE``
 
 
 @dataclass
@@ -87,13 +103,15 @@ class Trajectories:
 
 
 class _RetrainTask(ShuffledTask):
-    """Plain SGD (constant learning rate) on ``work`` after a jump; ``record`` every ``record_every`` steps."""
+    """Plain SGD (constant learning rate) on ``work`` after a jump; ``record`` every ``record_every`` steps into
+    ``points`` (the jump's ``(rows, coords)``, saved in its checkpoints)."""
 
     rng_name = "jump"
 
     def __init__(self, work: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, s: JumpRetrainSettings, seed: int,
-                 record: Callable[[int], None]):
+                 record: Callable[[int], None], points: tuple[list[dict[str, Any]], list[np.ndarray]]):
         self.work, self.x, self.y, self.loss_fn, self.s, self.record = work, x, y, loss_fn, s, record
+        self.points = points
         self.members = ["jump"]
         self.bs = min(int(s.batch_size), x.shape[0])
         self.opt = torch.optim.SGD(work.parameters(), lr=float(s.lr))
@@ -122,16 +140,35 @@ class _RetrainTask(ShuffledTask):
     def nonfinite_rows(self) -> list[int]:
         return [] if params_finite(self.work) else [0]
 
+    def state_dict(self) -> dict[str, Any]:
+        rows, coords = self.points
+        return {"model": self.work.state_dict(), "opt": self.opt.state_dict(), "rows": [dict(r) for r in rows],
+                "coords": [torch.from_numpy(np.array(c)) for c in coords]}
+
+    def load_state_dict(self, state: dict[str, Any], members: list[Any]) -> bool:
+        try:
+            self.work.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            log.warning("jump checkpoint does not fit the model: %s", str(exc).splitlines()[0][:200])
+            return False
+        rows, coords = self.points
+        rows[:] = [dict(r) for r in state["rows"]]
+        coords[:] = [c.numpy() for c in state["coords"]]
+        return True
+
 
 def jump_and_retrain(
     model: nn.Module, loss_fn: LossFn, data: CellData, s: JumpRetrainSettings,
     projection: RandomProjection | None = None, should_stop: Callable[[], bool] | None = None,
+    workdir: Path | None = None,
 ) -> Trajectories:
     """Run all jumps from ``model`` (left unchanged) and record the trajectories (see the module docstring).
 
-    Each retraining is a run of ``landscape.engine`` (phase ``jump-retrain j``, no checkpoint: a stopped or
-    killed computation starts again); a retraining that diverges ends there (logged) and its last point is
-    recorded."""
+    Each retraining is a run of ``landscape.engine`` (phase ``jump-retrain j``); a retraining that diverges ends
+    there (logged) and its last point is recorded. ``should_stop`` is polled after every step (the engine
+    checkpoints and raises ``StopRequested``). With ``workdir``, finished jumps and the retraining in progress
+    are saved there and a rerun resumes from them (bitwise); without, a stopped computation starts again."""
     t0 = time.perf_counter()
     theta_star = flat_parameters(model)
     proj = projection or RandomProjection(theta_star.numel(), s.projection_dim, seed=s.seed)
@@ -140,34 +177,72 @@ def jump_and_retrain(
     work = copy.deepcopy(model)
     coords: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
+    meta = _meta(model, s, proj, data) if workdir is not None else {}
+    done_path = workdir / JUMPS_FILE if workdir is not None else None
 
-    def record(jump: int, scale: float, step: int) -> None:
-        coords.append(proj(flat_parameters(work)).cpu().numpy())
+    def record(into: tuple[list[dict[str, Any]], list[np.ndarray]], jump: int, scale: float, step: int) -> None:
+        into[1].append(proj(flat_parameters(work)).cpu().numpy())
         tr, tra = evaluate(work, xtr, ytr, loss_fn)
         te, tea = evaluate(work, xte, yte, loss_fn)
-        rows.append({"jump": jump, "scale": float(scale), "step": step, "train_loss": tr, "train_acc": tra,
-                     "test_loss": te, "test_acc": tea})
+        into[0].append({"jump": jump, "scale": float(scale), "step": step, "train_loss": tr, "train_acc": tra,
+                        "test_loss": te, "test_acc": tea})
 
-    record(-1, 0.0, 0)
+    n_done = _load_done(done_path, meta, rows, coords) if done_path is not None else 0
+    if n_done == 0:
+        record((rows, coords), -1, 0.0, 0)
     n = data.n_train
     plan = Plan(epochs=int(s.epochs), per_epoch=steps_per_epoch(n, min(int(s.batch_size), n)))
-    jump = 0
-    for scale in s.scales:
-        for _ in range(int(s.n_jumps)):
-            work.load_state_dict(model.state_dict())
-            d = filter_normalised_direction(model, seed=linear_seed(s.seed, 7919 * jump + 1, stride=100_003))
-            set_flat_parameters(work, theta_star + float(scale) * d)
-            record(jump, scale, 0)
-            task = _RetrainTask(work, data.x_train, data.y_train, loss_fn, s, linear_seed(s.seed, jump, stride=100_003),
-                                lambda step, j=jump, sc=scale: record(j, sc, step))
-            result = run(task, plan, f"jump-retrain {jump} (scale {float(scale):g})", should_stop=should_stop)["jump"]
-            if result.status != "done":
-                log.warning("jump %d (scale %g) diverged at step %d: %s", jump, scale, result.steps, result.reason)
-            if rows[-1]["step"] != result.steps or rows[-1]["jump"] != jump:
-                record(jump, scale, result.steps)
-            jump += 1
+    jumps = [(j, float(scale)) for j, scale in enumerate(sc for sc in s.scales for _ in range(int(s.n_jumps)))]
+    for jump, scale in jumps[n_done:]:
+        work.load_state_dict(model.state_dict())
+        d = filter_normalised_direction(model, seed=linear_seed(s.seed, 7919 * jump + 1, stride=100_003))
+        set_flat_parameters(work, theta_star + scale * d)
+        points: tuple[list[dict[str, Any]], list[np.ndarray]] = ([], [])
+        record(points, jump, scale, 0)
+        task = _RetrainTask(work, data.x_train, data.y_train, loss_fn, s, linear_seed(s.seed, jump, stride=100_003),
+                            lambda step, j=jump, sc=scale, p=points: record(p, j, sc, step), points)
+        result = run(task, plan, f"jump-retrain {jump} (scale {scale:g})",
+                     checkpoint_path=workdir / JUMP_CHECKPOINT if workdir is not None else None,
+                     meta={**meta, "jump": jump}, should_stop=should_stop,
+                     map_location=theta_star.device)["jump"]
+        if result.status != "done":
+            log.warning("jump %d (scale %g) diverged at step %d: %s", jump, scale, result.steps, result.reason)
+        if points[0][-1]["step"] != result.steps:
+            record(points, jump, scale, result.steps)
+        rows.extend(points[0])
+        coords.extend(points[1])
+        if done_path is not None:
+            atomic_torch_save({"format": FORMAT, "meta": meta, "jumps": jump + 1, "rows": rows,
+                               "coords": [torch.from_numpy(np.array(c)) for c in coords]}, done_path, checksum=True)
     work.eval()
     return Trajectories(coords=np.stack(coords), rows=rows, seconds=time.perf_counter() - t0)
+
+
+def _meta(model: nn.Module, s: JumpRetrainSettings, proj: RandomProjection, data: CellData) -> dict[str, Any]:
+    """What the saved jumps depend on: the settings, the trained model's state (SHA-256), the projection and the
+    number of training samples; saved files with another ``meta`` are not used."""
+    settings = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dataclasses.asdict(s).items()}
+    return {"settings": settings, "model": state_digest(model.state_dict()), "n_train": int(data.n_train),
+            "projection": [proj.n_params, proj.dim, proj.seed, proj.block_rows]}
+
+
+def _load_done(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]], coords: list[np.ndarray]) -> int:
+    """Fill ``rows`` and ``coords`` with the points of the finished jumps saved at ``path``; the number of
+    finished jumps (0 when there is no usable file: absent, of another run, or damaged, which is set aside)."""
+    if not path.exists():
+        return 0
+    try:
+        state = load_checkpoint(path)
+    except DamagedCheckpoint as exc:
+        set_aside(path, exc)
+        return 0
+    if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("meta") != meta:
+        log.warning("%s: finished jumps of another model or other settings: ignored", path)
+        return 0
+    rows[:] = [dict(r) for r in state["rows"]]
+    coords[:] = [c.numpy() for c in state["coords"]]
+    log.info("jump-retrain: %d finished jump(s) loaded from %s", int(state["jumps"]), path)
+    return int(state["jumps"])
 
 
 @dataclass
