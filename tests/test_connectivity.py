@@ -126,8 +126,11 @@ def test_protocol_stages_and_stopping_rule():
     assert decide([-2.296, -1.044, -0.418, -0.278]) == (False, False, "lower", None)
     assert decide([-3.0, -2.0]) == (False, False, "lower", None)  # still rising, below every threshold
     assert decide([-3.0, -2.0, -0.4]) == (False, False, "lower", None)  # between the thresholds: could go either way
-    assert decide([-3.0, 0.3]) == (True, False, "lower", "decided")  # rising above both thresholds: decided
+    assert decide([-3.0, -1.0, 0.3]) == (True, False, "lower", "decided")  # rising above both thresholds: decided
+    assert decide([-3.0, 0.3]) == (False, False, "lower", None)  # ... but only once seen over two doublings
     assert decide([1.0, 0.5, -0.7]) == (True, False, "upper", "decided")  # falling below both
+    assert decide([10.19, -8.04]) == (False, False, "upper", None)  # width 4, batch 1024: an early jump
+    assert decide([-3.0, 2.0, 1.0]) == (False, False, None, None)  # up by 4, then down by 1: no direction
     assert decide([1.0, -0.2]) == (False, False, "upper", None)
     assert decide([-3.0, -2.8, -2.6, -2.4])[:2] == (True, True)  # a drift of 0.2 a doubling moves 0.2 when doubled
     assert decide([-3.0, -2.8, -2.4]) == (False, False, "lower", None)  # the last doubling moved 0.4
