@@ -2,7 +2,10 @@
 
 The config groups in ``conf/`` (``data``, ``model``, ``train``, ``metrics``) fill these schemas; a typo in a
 key is refused by Hydra itself (struct mode). ``validate`` checks the values and returns every problem as a
-message naming the key, the value and what is allowed; ``check`` raises ``ConfigError`` with all of them.
+message naming the key, the value and what is allowed; ``check`` raises ``ConfigError`` with all of them. The
+numeric bounds of every leaf key are declared once (``VALUE_RULES``; keys without an entry get their type's:
+integers in 0 .. 2**63-1, finite numbers) and listed by ``bounds``; ``launch_problems`` adds what depends on
+the machine (model size against memory, threads against CPUs).
 Validation needs no data: dataset sizes are known from the config (CIFAR-10: counted on disk once).
 
 Importing this module is cheap (no torch, no metric family): the ``metrics`` schema, built from the
@@ -13,6 +16,7 @@ registered families' ``Config`` classes, and the root ``LandscapeConfig`` are ma
 from __future__ import annotations
 
 import math
+import os
 import re
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -86,7 +90,8 @@ class PhaseConfig:
     base values, landscape/phase.py); ``train_loss`` (nats) or ``train_error`` (% of the training set),
     ``mc_underfit``/``mc_barrier`` (percentage points of training error), ``cka`` (unitless): explicit values
     on top; ``limits``: data | paper (colour limits); ``uncertain_below``: label confidence under which a cell
-    is drawn hatched; ``bootstrap``: resamples per cell."""
+    is drawn hatched; ``bootstrap``: resamples per cell; ``select``: ``FAMILY.SETTING=VALUE`` items choosing a
+    metric family's setting where the rows hold several (``landscape-phase --select``; landscape.settings_choice)."""
 
     x: Optional[str] = None
     y: Optional[str] = None
@@ -100,9 +105,10 @@ class PhaseConfig:
     limits: str = "data"
     uncertain_below: float = 0.9
     bootstrap: int = 1000
+    select: list[str] = field(default_factory=list)
 
 
-_ROOT: dict[str, type] = {}
+_ROOT: dict[str, Any] = {}  # the built classes, and their bounds (``bounds``)
 
 
 def _build_root() -> dict[str, type]:
@@ -180,18 +186,23 @@ def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...])
 
 
 def validate(cfg: DictConfig | Any) -> list[str]:
-    """Every problem of a composed cell config, as ``"key=value: what is allowed"`` messages (empty: valid)."""
+    """Every problem of a composed cell config, as ``"key=value: what is allowed"`` messages (empty: valid):
+    the bounds of every leaf key (``bounds``), then the choices and the rules that tie keys together."""
     from landscape import data as data_mod
     from landscape.models import ACTIVATIONS, MODELS
     from landscape.training import LOSSES, SCHEDULES
 
     p: list[str] = [f"{k}: not a key of the config schema (added with '+'?); known keys under "
                     f"{k.rpartition('.')[0] or 'the root'}: {', '.join(known)}" for k, known in unknown_keys(cfg)]
+    bad = set()  # keys refused by their bounds: the rules below that read them are skipped
+    out_of_bounds = bound_problems(cfg)
+    for key, msg in out_of_bounds:
+        if not key.startswith("metrics."):
+            p.append(msg)
+            bad.add(key)
     d, m, t = cfg.data, cfg.model, cfg.train
 
     _choice(p, "data.name", d.name, data_mod.DATASETS)
-    if not (_is_number(d.label_noise) and 0.0 <= float(d.label_noise) < 1.0):
-        p.append(f"data.label_noise={d.label_noise!r}: expected a fraction in [0, 1)")
     n_full: int | None = None
     if d.name == "cifar10":
         if not d.root:
@@ -205,27 +216,15 @@ def validate(cfg: DictConfig | Any) -> list[str]:
                     n_full = data_mod.full_train_size(d)
                 except data_mod.UnsafeFileError as exc:
                     p.append(f"data.root={d.root!r}: {exc}")
-    elif d.name == "gaussian":
-        for key in ("n_train", "n_test", "dim"):
-            if not (_is_int(d[key]) and d[key] >= 1):
-                p.append(f"data.{key}={d[key]!r}: expected an integer >= 1")
-        if not (_is_int(d.n_classes) and d.n_classes >= 2):
-            p.append(f"data.n_classes={d.n_classes!r}: expected an integer >= 2")
-        if not (_is_number(d.separation) and d.separation >= 0):
-            p.append(f"data.separation={d.separation!r}: expected a number >= 0")
-        if not p:
+    elif d.name in ("gaussian", "mnist1d", "digits"):
+        if not any(k.startswith("data.") for k in bad):
             n_full = data_mod.full_train_size(d)
-    elif d.name == "mnist1d":
-        if not (_is_int(d.num_samples) and d.num_samples >= 10):
-            p.append(f"data.num_samples={d.num_samples!r}: expected an integer >= 10")
-        else:
-            n_full = data_mod.full_train_size(d)
-    elif d.name == "digits":
-        n_full = data_mod.full_train_size(d)
 
     n_train: int | None = None
     s = d.subsample
-    if not _is_number(s) or s <= 0 or (isinstance(s, float) and s > 1 and not s.is_integer()):
+    if "data.subsample" in bad:
+        pass
+    elif isinstance(s, float) and s > 1 and not s.is_integer():
         p.append(f"data.subsample={s!r}: expected a fraction in (0, 1] or an integer count >= 1")
     elif n_full is not None:
         n_train = data_mod.resolve_count(s, n_full)
@@ -234,66 +233,56 @@ def validate(cfg: DictConfig | Any) -> list[str]:
             n_train = None
 
     _choice(p, "model.name", m.name, MODELS)
-    if not (_is_int(m.width) and m.width >= 1):
-        p.append(f"model.width={m.width!r}: expected an integer >= 1")
-    if not (_is_int(m.depth) and m.depth >= 1):
-        p.append(f"model.depth={m.depth!r}: expected an integer >= 1")
     _choice(p, "model.activation", m.activation, tuple(ACTIVATIONS))
 
     _choice(p, "train.loss", t.loss, LOSSES)
     _choice(p, "train.schedule", t.schedule, SCHEDULES)
     _choice(p, "train.vectorize", t.vectorize, ("auto", "on", "off"))
-    if not (_is_number(t.lr) and t.lr > 0 and math.isfinite(t.lr)):
-        p.append(f"train.lr={t.lr!r}: expected a finite number > 0")
-    if not (_is_number(t.momentum) and 0.0 <= t.momentum < 1.0):
-        p.append(f"train.momentum={t.momentum!r}: expected a number in [0, 1)")
-    if not (_is_number(t.weight_decay) and t.weight_decay >= 0):
-        p.append(f"train.weight_decay={t.weight_decay!r}: expected a number >= 0")
-    if not (_is_number(t.lr_decay) and t.lr_decay > 0):
-        p.append(f"train.lr_decay={t.lr_decay!r}: expected a number > 0")
-    if any(not _is_int(x) or x < 1 for x in t.lr_milestones):
-        p.append(f"train.lr_milestones={list(t.lr_milestones)!r}: expected epochs >= 1")
-    if not (_is_int(t.epochs) and t.epochs >= 1):
-        p.append(f"train.epochs={t.epochs!r}: expected an integer >= 1")
-    if t.steps is not None and not (_is_int(t.steps) and t.steps >= 1):
-        p.append(f"train.steps={t.steps!r}: expected null or an integer >= 1")
-    if not (_is_int(t.checkpoint_every) and t.checkpoint_every >= 1):
-        p.append(f"train.checkpoint_every={t.checkpoint_every!r}: expected an integer >= 1 (epochs)")
     seeds = list(t.seeds)
-    if not seeds or any(not _is_int(x) or x < 0 for x in seeds) or len(set(seeds)) != len(seeds):
+    if "train.seeds" not in bad and len(set(seeds)) != len(seeds):
         p.append(f"train.seeds={seeds!r}: expected a non-empty list of distinct integers >= 0")
     bs = t.batch_size
-    if bs == "full":
-        pass
-    elif not (_is_int(bs) and bs >= 1):
-        p.append(f"train.batch_size={bs!r}: expected an integer >= 1 or 'full'")
-    elif n_train is not None and bs > n_train:
+    if "train.batch_size" not in bad and bs != "full" and n_train is not None and bs > n_train:
         p.append(
             f"train.batch_size={bs}: expected at most the training-set size {n_train} (data.name={d.name} "
             f"with data.subsample={s}) or 'full'"
         )
 
     name = str(cfg.sweep_name)
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.=,+-]*", name) or ".." in name:
-        p.append(f"sweep_name={name!r}: expected a plain name (letters, digits, _ . = , + -; no '/' or '..'): it "
-                 "names a directory under the outputs root; to write elsewhere give hydra.sweep.dir=/absolute/path")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.=,+-]*", name) or ".." in name or len(name) > MAX_NAME:
+        p.append(f"sweep_name={name!r}: expected a plain name of at most {MAX_NAME} characters (letters, digits, "
+                 "_ . = , + -; no '/' or '..'): it names a directory under the outputs root; to write elsewhere "
+                 "give hydra.sweep.dir=/absolute/path")
     dev = str(cfg.device)
     if not (dev in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", dev)):
         p.append(f"device={dev!r}: expected auto, cpu, cuda or cuda:N")
-    if not (_is_int(cfg.threads) and cfg.threads >= 1):
-        p.append(f"threads={cfg.threads!r}: expected an integer >= 1 (CPU threads of the job)")
 
     if "phase" in cfg:
         _choice(p, "phase.thresholds", cfg.phase.thresholds, ("paper", "calibrate"))  # landscape.phase.THRESHOLD_PRESETS
         _choice(p, "phase.limits", cfg.phase.limits, ("data", "paper"))
+        from landscape.results.schema import knob_columns
 
-    from landscape.metrics import enabled, validate_metrics
+        knobs = [*knob_columns(), "data.n_train", "model.n_params"]
+        for key in ("x", "y", "facet"):
+            value = cfg.phase[key]
+            if value is not None and str(value) not in knobs:
+                p.append(f"phase.{key}={value!r}: expected a knob column of the rows: {', '.join(knobs)}")
+        select = list(cfg.phase.get("select") or [])
+        if select:
+            from landscape.settings_choice import parse_select
+
+            try:
+                parse_select([str(v) for v in select])
+            except (KeyError, ValueError) as exc:
+                p.append(f"phase.select={select!r}: {str(exc).strip(chr(34) + chr(39))}")
+
+    from landscape.metrics import validate_metrics
 
     family_msgs = validate_metrics(cfg)
     p.extend(family_msgs)
     mentioned = {m.split("=", 1)[0] for m in family_msgs}
-    for fam in enabled(cfg):  # the value rules below, for keys the family's own check did not refuse
-        p.extend(m for m in _metric_rule_problems(fam.name, cfg.metrics[fam.name]) if m.split("=", 1)[0] not in mentioned)
+    # the bounds of the enabled families' keys that their own check did not refuse
+    p.extend(msg for key, msg in out_of_bounds if key.startswith("metrics.") and key not in mentioned)
     h = cfg.metrics.get("hessian")
     if (h is not None and "metrics.hessian.trace_matvecs" not in mentioned and h.enabled is not False
             and h.trace_method == "hutch++" and _is_int(h.trace_matvecs) and 1 <= h.trace_matvecs < 4):
@@ -302,59 +291,260 @@ def validate(cfg: DictConfig | Any) -> list[str]:
     return p
 
 
-# Value rules of the metric families' settings, checked at planning for every enabled family, for the keys
-# their own ``Family.check`` does not refuse (the families add choices and cross-field rules). kind: int>=N | num>0 | num>=0 | frac | list>0
-METRIC_RULES: dict[str, dict[str, str]] = {
-    "hessian": {"eval_samples": "int>=1", "batch_size": "int>=1", "max_block": "int>=1", "seed": "int>=0",
-                "n_top": "int>=1", "tol": "num>0", "max_iter": "int>=1", "trace_matvecs": "int>=1",
-                "n_probes": "int>=1", "n_steps": "int>=2", "grid_size": "int>=2"},
-    "cka": {"n_samples": "int>=4", "rbf_fraction": "num>0", "batch_size": "int>=0", "seed": "int>=0"},
-    "connectivity": {"bends": "int>=1", "epochs": "int>=1", "lr": "num>0", "momentum": "frac",
-                     "weight_decay": "num>=0", "batch_size": "int>=1", "n_points": "int>=2", "seed": "int>=0",
-                     "checkpoint_every": "int>=1"},
-    "training": {"eval_batch_size": "int>=1"},
-    "jump_retrain": {"n_jumps": "int>=1", "scales": "list>0", "epochs": "int>=1", "lr": "num>0",
-                     "batch_size": "int>=1", "record_every": "int>=1", "projection_dim": "int>=1",
-                     "eval_samples": "int>=2", "phate_knn": "int>=1", "phate_decay": "num>0",
-                     "phate_random_state": "int>=0", "graph_knn": "int>=1", "persistence_threshold": "num>=0",
-                     "seed": "int>=0"},
-    "projection_trace": {"n_directions": "int>=2", "epsilon": "num>0", "eval_samples": "int>=1", "seed": "int>=0",
-                         "batch_size": "int>=1", "saddle_draws": "int>=0", "saddle_step": "num>0"},
-    "surfaces": {"dims": "int>=1", "range": "num>0", "resolution": "int>=1", "eval_samples": "int>=1",
-                 "seed": "int>=0", "chunk": "int>=1", "batch_size": "int>=1", "hessian_tol": "num>0",
-                 "hessian_max_iter": "int>=1"},
+# ------------------------------------------------------------------------------------------- value bounds
+INT64_MAX = 2**63 - 1
+"""Largest integer a key may hold (seeds, counts): what torch, numpy and Arrow's int64 columns hold."""
+FLOAT32_MAX = 3.4028234663852886e38
+"""Largest magnitude of a number that enters float32 arithmetic (learning rates, weight decay, data scales)."""
+MAX_THREADS = 4096
+"""Upper bound of ``threads`` wherever the machine is unknown (SLURM); local jobs: this machine's CPU count."""
+MAX_NAME = 128
+"""Longest ``sweep_name``: it names a directory (most file systems allow 255 bytes per name)."""
+MAX_DEPTH = 1000
+"""Deepest ``model.depth``: a plain stack deeper than this passes no signal at PyTorch's default initialisation
+(and one SGD step of a depth-10000 MLP takes seconds); a CNN doubles its channels at every block."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The values a leaf key accepts: an integer (``kind="int"``) or a finite number (``"num"``) within
+    ``lo``..``hi`` (``lo_open``/``hi_open``: that end excluded; None: unbounded); ``items``: the key holds a
+    list of such values, at least ``min_items`` of them; ``null``: None is allowed; ``also``: other allowed
+    values (e.g. ``"full"``); ``note``: said after what is allowed."""
+
+    kind: str = "int"
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    items: bool = False
+    min_items: int = 0
+    null: bool = False
+    also: tuple[Any, ...] = ()
+    note: str = ""
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.null
+        if self.items:
+            if not (OmegaConf.is_list(value) or isinstance(value, (list, tuple))):
+                return False
+            return len(value) >= self.min_items and all(self._scalar_ok(x) for x in value)
+        return self._scalar_ok(value)
+
+    def _scalar_ok(self, v: Any) -> bool:
+        if isinstance(v, str) and v in self.also:
+            return True
+        if self.kind == "int":
+            if not _is_int(v):
+                return False
+        elif not (_is_number(v) and math.isfinite(v)):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+    def describe(self) -> str:
+        """What is allowed, in words (e.g. ``an integer >= 1, at most 2**63-1``, ``a finite number in [0, 1)``)."""
+        what = "an integer" if self.kind == "int" else "a finite number"
+        lo, hi = self.lo, self.hi
+        cap = (self.kind == "int" and hi == INT64_MAX) or (self.kind == "num" and hi == FLOAT32_MAX)
+        if cap:
+            hi = None
+        if lo is not None and hi is not None:
+            rng = f"in {'(' if self.lo_open else '['}{lo:g}, {hi:g}{')' if self.hi_open else ']'}"
+        elif lo is not None:
+            rng = f"{'>' if self.lo_open else '>='} {lo:g}"
+        elif hi is not None:
+            rng = f"{'<' if self.hi_open else '<='} {hi:g}"
+        else:
+            rng = ""
+        text = f"{what} {rng}".strip()
+        if cap:
+            text += ", at most 2**63-1" if self.kind == "int" else ", at most 3.4e38 (float32)"
+        if self.items:
+            text = f"a list of {f'at least {self.min_items} ' if self.min_items else ''}items, each {text}"
+        if self.also:
+            text += "".join(f" or {a!r}" for a in self.also)
+        if self.null:
+            text = "null or " + text
+        return text + (f" ({self.note})" if self.note else "")
+
+
+def ints(lo: int = 0, hi: int = INT64_MAX, **kw: Any) -> Bound:
+    """An integer in ``[lo, hi]`` (64-bit by default)."""
+    return Bound("int", lo, hi, **kw)
+
+
+def nums(lo: float | None = None, hi: float | None = FLOAT32_MAX, **kw: Any) -> Bound:
+    """A finite number in ``[lo, hi]`` (``lo_open``/``hi_open`` exclude an end)."""
+    return Bound("num", lo, hi, **kw)
+
+
+SEED = ints(0)  # every seed: numpy, torch and the seed-derivation hashes take 0 .. 2**63-1
+FRACTION = nums(0.0, 1.0, hi_open=True)
+
+# The bounds of the schema's keys: one entry per key whose values are narrower than its type's default (see
+# ``bounds``). A family's own ``check`` runs first; a key it refuses is not reported twice. A field may instead
+# carry its bound in its dataclass metadata (``field(metadata={"bound": ints(1)})``), which wins over this table.
+VALUE_RULES: dict[str, Bound] = {
+    # data
+    "data.subsample": nums(0.0, lo_open=True, note="a fraction in (0, 1] or an integer count >= 1"),
+    "data.label_noise": FRACTION,
+    "data.num_samples": ints(10),
+    "data.n_train": ints(1), "data.n_test": ints(1), "data.dim": ints(1), "data.n_classes": ints(2),
+    "data.separation": nums(0.0),
+    # model
+    "model.width": ints(1),
+    "model.depth": ints(1, MAX_DEPTH, note="deeper plain stacks pass no signal at the default initialisation"),
+    # train
+    "train.lr": nums(0.0, lo_open=True),
+    "train.momentum": FRACTION,
+    "train.weight_decay": nums(0.0),
+    "train.lr_decay": nums(0.0, lo_open=True),
+    "train.lr_milestones": ints(1, items=True, note="epochs"),
+    "train.seeds": ints(0, items=True, min_items=1),
+    "train.batch_size": ints(1, also=("full",)),
+    "train.epochs": ints(1),
+    "train.steps": ints(1, null=True),
+    "train.checkpoint_every": ints(1, note="epochs"),
+    # root
+    "threads": ints(1, MAX_THREADS, note="CPU threads of the job"),
+    # phase (analysis settings of the sweep)
+    "phase.train_loss": nums(0.0, null=True, note="nats"),
+    "phase.train_error": nums(0.0, 100.0, null=True, note="% of the training set"),
+    "phase.mc_underfit": nums(null=True, note="percentage points"),
+    "phase.mc_barrier": nums(null=True, note="percentage points"),
+    "phase.cka": nums(0.0, 1.0, null=True),
+    "phase.uncertain_below": nums(0.0, 1.0),
+    "phase.bootstrap": ints(1),
+    # metric families (checked when the family is enabled)
+    **{f"metrics.hessian.{k}": b for k, b in {
+        "eval_samples": ints(1), "batch_size": ints(1, null=True), "max_block": ints(1), "n_top": ints(1),
+        "tol": nums(0.0, lo_open=True), "max_iter": ints(1), "trace_matvecs": ints(1), "n_probes": ints(1),
+        "n_steps": ints(2), "grid_size": ints(2)}.items()},
+    **{f"metrics.cka.{k}": b for k, b in {
+        "n_samples": ints(4), "rbf_fraction": nums(0.0, lo_open=True), "batch_size": ints(0)}.items()},
+    **{f"metrics.connectivity.{k}": b for k, b in {
+        "bends": ints(1), "epochs": ints(1, null=True), "lr": nums(0.0, lo_open=True), "momentum": FRACTION,
+        "weight_decay": nums(0.0), "batch_size": ints(1, null=True), "n_points": ints(2),
+        "checkpoint_every": ints(1)}.items()},
+    "metrics.training.eval_batch_size": ints(1),
+    **{f"metrics.jump_retrain.{k}": b for k, b in {
+        "n_jumps": ints(1), "scales": nums(0.0, lo_open=True, items=True, min_items=1), "epochs": ints(1),
+        "lr": nums(0.0, lo_open=True), "batch_size": ints(1), "record_every": ints(1), "projection_dim": ints(1),
+        "eval_samples": ints(2), "phate_knn": ints(1), "phate_decay": nums(0.0, lo_open=True), "graph_knn": ints(1),
+        "persistence_threshold": nums(0.0)}.items()},
+    **{f"metrics.projection_trace.{k}": b for k, b in {
+        "n_directions": ints(2), "epsilon": nums(0.0, lo_open=True), "eval_samples": ints(1), "batch_size": ints(1),
+        "saddle_draws": ints(0), "saddle_step": nums(0.0, lo_open=True)}.items()},
+    **{f"metrics.surfaces.{k}": b for k, b in {
+        "dims": ints(1), "range": nums(0.0, lo_open=True), "resolution": ints(1), "eval_samples": ints(1),
+        "chunk": ints(1), "batch_size": ints(1), "hessian_tol": nums(0.0, lo_open=True),
+        "hessian_max_iter": ints(1)}.items()},
 }
 
 
-def _metric_rule_problems(family: str, settings: Any) -> list[str]:
-    """Problems of ``metrics.<family>.*`` under ``METRIC_RULES`` (messages name the full key)."""
-    out = []
-    for key, kind in METRIC_RULES.get(family, {}).items():
-        if key not in settings:
-            continue
-        v = settings[key]
-        if v is None:
-            continue  # an optional setting left to its family's default (the family's own check decides)
-        name = f"metrics.{family}.{key}={v!r}"
-        if kind.startswith("int>="):
-            low = int(kind[5:])
-            if not (_is_int(v) and v >= low):
-                out.append(f"{name}: expected an integer >= {low}")
-        elif kind == "num>0":
-            if not (_is_number(v) and math.isfinite(v) and v > 0):
-                out.append(f"{name}: expected a finite number > 0")
-        elif kind == "num>=0":
-            if not (_is_number(v) and math.isfinite(v) and v >= 0):
-                out.append(f"{name}: expected a finite number >= 0")
-        elif kind == "frac":
-            if not (_is_number(v) and 0 <= v < 1):
-                out.append(f"{name}: expected a number in [0, 1)")
-        elif kind == "list>0":
-            items = list(v) if OmegaConf.is_list(v) or isinstance(v, (list, tuple)) else None
-            if not items or not all(_is_number(x) and math.isfinite(x) and x > 0 for x in items):
-                out.append(f"metrics.{family}.{key}={items if items is not None else v!r}: "
-                           "expected a non-empty list of numbers > 0")
+def _default_bound(annotation: Any) -> Bound | None:
+    """The bound a key's type implies: integers 0 .. 2**63-1 (counts and seeds), finite numbers, lists of
+    such; None for strings, booleans and ``Any`` (their values are choices, checked by ``validate``)."""
+    import typing
+
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"Any": Any, "Optional": Optional, "list": list})  # noqa: S307
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    null = typing.get_origin(annotation) is typing.Union and len(args) == 1
+    if null:
+        annotation = args[0]
+    items = typing.get_origin(annotation) is list
+    if items:
+        annotation = typing.get_args(annotation)[0]
+    if annotation is int:
+        return ints(0, null=null, items=items)
+    if annotation is float:
+        return nums(None, None, null=null, items=items)
+    return None
+
+
+def bounds() -> dict[str, Bound]:
+    """``{dotted key: Bound}`` of every leaf key of the schema (``LandscapeConfig``: data, model, train, phase,
+    the root keys and each metric family's ``Config``) that holds numbers: its ``VALUE_RULES`` entry (or its
+    field's ``metadata["bound"]``), else the default of its type (an integer in 0 .. 2**63-1, a finite number)."""
+    root = _build_root()
+    if "bounds" in root:  # built once per schema (a registered family rebuilds the schema)
+        return root["bounds"]
+    out: dict[str, Bound] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        import typing
+
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            name = f"{prefix}{f.name}"
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+            if is_dataclass(default):
+                walk(type(default), f"{name}.")
+                continue
+            rule = f.metadata.get("bound") or VALUE_RULES.get(name) or _default_bound(hints.get(f.name, f.type))
+            if rule is not None:
+                out[name] = rule
+
+    walk(root["LandscapeConfig"], "")
+    root["bounds"] = out
     return out
+
+
+def bound_problems(cfg: Any, families: bool | None = None) -> list[tuple[str, str]]:
+    """``(key, message)`` for every leaf of ``cfg`` outside its bound (``bounds``); ``families``: only the
+    keys of enabled metric families (True), only the other keys (False), or both (None)."""
+    from landscape.metrics import enabled
+
+    on = {f.name for f in enabled(cfg)} if families is not False else set()
+    nodes: dict[str, Any] = {}  # parent key -> its values as plain containers (read once)
+    out = []
+    for key, rule in bounds().items():
+        fam = key.split(".")[1] if key.startswith("metrics.") and key.count(".") >= 2 else None
+        if (fam is not None and (families is False or fam not in on)) or (fam is None and families is True):
+            continue
+        parent, _, leaf = key.rpartition(".")
+        if parent not in nodes:
+            node = _select(cfg, parent) if parent else _ABSENT
+            nodes[parent] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        node = nodes[parent]
+        if not parent:
+            value = cfg.get(leaf, _ABSENT) if hasattr(cfg, "get") else getattr(cfg, leaf, _ABSENT)
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        else:
+            value = node.get(leaf, _ABSENT) if isinstance(node, dict) else getattr(node, leaf, _ABSENT)
+        if value is _ABSENT or rule.accepts(value):
+            continue
+        out.append((key, f"{key}={value!r}: expected {rule.describe()}"))
+    return out
+
+
+_ABSENT = object()
+
+
+def _select(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node.get(part, _ABSENT) if isinstance(node, dict) or OmegaConf.is_dict(node) else getattr(node, part, _ABSENT)
+        if node is _ABSENT or node is None:
+            return node
+    return node
+
+
+def _metric_rules() -> dict[str, dict[str, Bound]]:
+    out: dict[str, dict[str, Bound]] = {}
+    for key, rule in VALUE_RULES.items():
+        if key.startswith("metrics."):
+            _, fam, name = key.split(".", 2)
+            out.setdefault(fam, {})[name] = rule
+    return out
+
+
+METRIC_RULES: dict[str, dict[str, Bound]] = _metric_rules()
+"""``{family: {key: Bound}}``: the ``VALUE_RULES`` entries of the metric families' keys (a view)."""
 
 
 # ------------------------------------------------------------------------------------ launch-time checks
@@ -393,33 +583,103 @@ def model_facts(cfg: Any) -> tuple[int, bool, str | None]:
     return _MODEL_FACTS[key]
 
 
-def training_bytes(cfg: Any, n_params: int) -> int:
+def model_size(cfg: Any) -> tuple[int, int] | None:
+    """``(n_parameters, activation values per sample)`` of the cell's model, counted from ``model.*`` and the
+    input shape alone, without building it (exact parameter counts of ``mlp`` and ``cnn``; ``resnet18`` is built
+    on the ``meta`` device); activation values: every layer's output for one input sample (what a training
+    step keeps for its backward pass). None when the input shape is unknown."""
+    spec = _input_spec(cfg.data)
+    if spec is None:
+        return None
+    shape, n_classes = spec
+    m = cfg.model
+    w, depth = int(m.width), int(m.depth)
+    if m.name == "mlp":
+        fan_in = math.prod(shape)
+        params = depth * w + (fan_in * w + (depth - 1) * w * w if depth else 0) + (w if depth else fan_in) * n_classes + n_classes
+        return params, 2 * depth * w + n_classes
+    if m.name == "cnn":
+        shape = shape if len(shape) >= 2 else (1, *shape)
+        channels, dims, kernel = shape[0], list(shape[1:]), 3 ** (len(shape) - 1)
+        params = acts = 0
+        bn = bool(m.batch_norm)
+        for i in range(depth):
+            out = w * 2**i
+            params += channels * out * kernel + (2 * out if bn else out)
+            area = math.prod(dims)
+            acts += (3 if bn else 2) * out * area
+            if min(dims) >= 4:
+                dims = [d // 2 for d in dims]
+                acts += out * math.prod(dims)
+            channels = out
+            if params > 2**80:  # far beyond any machine: stop counting
+                break
+        return params + channels * n_classes + n_classes, acts
+    n_params = model_facts(cfg)[0]
+    return n_params, 0
+
+
+def training_bytes(cfg: Any, n_params: int, activations: int = 0, n_train: int | None = None) -> int:
     """Rough memory (bytes) to train the cell's seeds: float32 weights, gradients, momentum and a spare
-    copy per model (16 bytes per parameter), for every seed trained at once (all, if vectorized)."""
+    copy per model (16 bytes per parameter), for every seed trained at once (all, if vectorized), plus the
+    float32 ``activations`` (values per sample) of one training batch (``n_train`` samples for ``full``)."""
     together = len(list(cfg.train.seeds)) if str(cfg.train.vectorize) == "on" else 1
-    return 16 * n_params * together
+    bs = cfg.train.batch_size
+    batch = (n_train or 0) if bs == "full" else int(bs)
+    return 16 * n_params * together + 4 * activations * batch * together
 
 
-def launch_problems(cfg: Any, local: bool, memory_bytes: int | None = None) -> list[str]:
+def _train_size(cfg: Any) -> int | None:
+    try:
+        from landscape import data as data_mod
+
+        return data_mod.resolve_count(cfg.data.subsample, data_mod.full_train_size(cfg.data))
+    except Exception:  # noqa: BLE001 - unknown (e.g. CIFAR-10 not on this machine): the batch is not counted
+        return None
+
+
+def launch_problems(cfg: Any, local: bool, memory_bytes: int | None = None, cpus: int | None = None) -> list[str]:
     """Problems that depend on the model and the machine, checked at planning (``validate`` passed):
-    ``train.vectorize=on`` with a model that cannot be stacked; a model that does not fit in memory
-    (``memory_bytes``: what one job may use, e.g. this machine's RAM for local launches); ``device=cuda``
-    (or ``cuda:N``) where the jobs run on this machine and it has no such GPU."""
+    a model that does not fit in memory (``memory_bytes``: what one job may use, e.g. this machine's RAM for
+    local launches; parameter count and activations of one training batch from ``model_size``, without
+    building the model); ``train.vectorize=on`` with a model that cannot be stacked; ``threads`` beyond the
+    CPUs of the machine (``cpus``; default: this machine's where the jobs run here); ``metrics.cka.layer``
+    that names no module of the model; ``device=cuda`` (or ``cuda:N``) where the jobs run on this machine and
+    it has no such GPU."""
     p: list[str] = []
+    if cpus is None and local:
+        cpus = os.cpu_count()
+    if cpus is not None and _is_int(cfg.threads) and cfg.threads > cpus:
+        p.append(f"threads={cfg.threads}: expected at most the {cpus} CPUs of the machine that runs the jobs")
     if _input_spec(cfg.data) is None:
         return p
+    m = cfg.model
+    try:
+        size = model_size(cfg)
+    except Exception as exc:  # noqa: BLE001 - e.g. a width that makes the architecture impossible
+        return [*p, f"model.name={m.name}, model.width={m.width}: cannot build the model ({exc})"]
+    if size is not None and memory_bytes is not None:
+        n_params, acts = size
+        on_cpu = str(cfg.device) == "cpu" or (str(cfg.device) == "auto" and local and not _cuda_here())
+        need = training_bytes(cfg, n_params, acts if on_cpu else 0, _train_size(cfg) if on_cpu else None)
+        if need > memory_bytes:
+            p.append(f"model.width={m.width}, model.depth={m.depth}: the {m.name} has {n_params:,} parameters, "
+                     f"about {need / 2**30:.1f} GiB to train{' (weights and one batch of activations)' if on_cpu else ''}, "
+                     f"more than the {memory_bytes / 2**30:.1f} GiB available")
+            return p  # not built, not even on the meta device
     try:
         n_params, _, reason = model_facts(cfg)
-    except Exception as exc:  # noqa: BLE001 - e.g. a width that makes the architecture impossible
-        return [f"model.name={cfg.model.name}, model.width={cfg.model.width}: cannot build the model ({exc})"]
+    except Exception as exc:  # noqa: BLE001
+        return [*p, f"model.name={m.name}, model.width={m.width}: cannot build the model ({exc})"]
     if str(cfg.train.vectorize) == "on" and reason is not None:
-        p.append(f"train.vectorize=on: cannot train {cfg.model.name} seeds together: {reason}; use "
+        p.append(f"train.vectorize=on: cannot train {m.name} seeds together: {reason}; use "
                  "train.vectorize=auto or off")
-    if memory_bytes is not None:
-        need = training_bytes(cfg, n_params)
-        if need > memory_bytes:
-            p.append(f"model.width={cfg.model.width}: the {cfg.model.name} has {n_params:,} parameters, about "
-                     f"{need / 2**30:.1f} GiB to train, more than the {memory_bytes / 2**30:.1f} GiB available")
+    cka = cfg.metrics.get("cka") if "metrics" in cfg else None
+    if cka is not None and cka.enabled is not False and str(cka.features) == "layer" and cka.layer:
+        modules = _module_names(cfg)
+        if str(cka.layer) not in modules:
+            p.append(f"metrics.cka.layer={cka.layer!r}: not a module of the {m.name}; its modules: "
+                     f"{', '.join(modules[:40])}{' ...' if len(modules) > 40 else ''}")
     dev = str(cfg.device)
     if local and dev.startswith("cuda"):
         import torch
@@ -429,6 +689,24 @@ def launch_problems(cfg: Any, local: bool, memory_bytes: int | None = None) -> l
         elif ":" in dev and dev.split(":", 1)[1].isdigit() and int(dev.split(":", 1)[1]) >= torch.cuda.device_count():
             p.append(f"device={dev!r}: this machine has {torch.cuda.device_count()} GPU(s)")
     return p
+
+
+def _cuda_here() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _module_names(cfg: Any) -> list[str]:
+    """Names of the cell model's modules (``named_modules``), built on the ``meta`` device."""
+    import torch
+
+    from landscape.models import build_model
+
+    spec = _input_spec(cfg.data)
+    with torch.device("meta"):
+        model = build_model(cfg.model, spec[0], spec[1])
+    return [name for name, _ in model.named_modules() if name]
 
 
 def unknown_keys(cfg: Any, cls: type | None = None, prefix: str = "") -> list[tuple[str, list[str]]]:

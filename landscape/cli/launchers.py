@@ -24,7 +24,10 @@ workers are forked from the launcher, which has already imported everything (``s
 CUDA is already initialised in the launcher, or elsewhere, ``spawn``). With GPUs, worker ``i`` sees only GPU
 ``i mod n_gpus`` (``CUDA_VISIBLE_DEVICES``). SIGTERM/SIGINT to the launcher (or SIGTERM/SIGUSR2 to a worker)
 sets the workers' stop request (``landscape.preemption``): training checkpoints at its current step, the cell
-records ``preempted`` in its status, and rerunning the same command resumes it.
+records ``preempted`` in its status, and rerunning the same command resumes it. The launcher supervises each
+worker (``_WorkerPool``): a worker that dies (killed, out of memory) costs only the cell it was running, which
+the launch's summary names as interrupted (the same command resumes it), and is replaced; a worker whose
+launcher died (even by SIGKILL) asks its cell to checkpoint and stop, and exits within ``ORPHAN_GRACE_S``.
 
 The Hydra plugin classes (``hydra_plugins.landscape_plugins.launchers``) are thin subclasses of these.
 """
@@ -339,7 +342,6 @@ class CellLocalLauncher(_CellLauncherBase):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
 
         import cloudpickle
 
@@ -348,41 +350,146 @@ class CellLocalLauncher(_CellLauncherBase):
         limit = min(self.max_parallel(), len(params))
         method = self.start_method()
         ctx = mp.get_context(method)
-        gpus = _gpu_count()
-        slots = ctx.Value("i", 0)  # the next worker slot (no queue: its feeder thread must not exist at a fork)
         log.info("running %d cells locally, at most %d at a time (%d warm worker process(es), %s)",
                  len(params), limit, limit, method)
-        results: list[JobReturn | None] = [None] * len(params)
-        pool = ProcessPoolExecutor(max_workers=limit, mp_context=ctx, initializer=_worker_init,
-                                   initargs=(cloudpickle.dumps((self, Singleton.get_state())), slots, gpus))
+        pool = _WorkerPool(ctx, limit, cloudpickle.dumps((self, Singleton.get_state())), _gpu_count())
         stop = {"signal": None}
 
         def on_signal(signum: int, frame: Any) -> None:
             stop["signal"] = signum
             log.warning("signal %s: asking the workers to checkpoint and stop; rerun the same command to resume",
                         signal.Signals(signum).name)
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            pool.stopping = True
+            for pid in pool.pids():
                 with contextlib.suppress(OSError):
-                    os.kill(proc.pid, signal.SIGTERM)
+                    os.kill(pid, signal.SIGTERM)
 
         old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            futures = [pool.submit(_worker_run, overrides, key, num) for overrides, key, num, _, _ in params]
-            for i, fut in enumerate(futures):
-                try:
-                    results[i] = cloudpickle.loads(fut.result())
-                except Exception as exc:  # noqa: BLE001 - a worker died (killed, out of memory)
-                    log.error("cell #%d ended without a result: %s", params[i][2], exc)
-                    ret = JobReturn()
-                    ret.status, ret.return_value = JobStatus.FAILED, exc
-                    results[i] = ret
+            results = pool.run([(overrides, key, num) for overrides, key, num, _, _ in params])
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.close()
             for sig, handler in old.items():
                 signal.signal(sig, handler)
         if stop["signal"] is not None:
             log.warning("launch stopped by signal %s", signal.Signals(stop["signal"]).name)
-        return [r for r in results if r is not None]
+        return results
+
+
+class WorkerDied(RuntimeError):
+    """A pool worker ended (killed, out of memory) while it ran a cell: that cell is interrupted (its
+    checkpoints stay; rerunning the same command resumes it), the other cells of the launch go on."""
+
+
+class _WorkerPool:
+    """The local launcher's warm workers, supervised one by one: each worker (forked or spawned once, see
+    ``CellLocalLauncher``) takes a cell through its own pipe, runs it and sends back its ``JobReturn``; the
+    launcher waits on every pipe and on every worker's exit at once. A worker that dies costs only the cell it
+    was running (a FAILED return with ``WorkerDied``, named in the launch's summary) and is replaced (same
+    slot, same GPU) while cells are waiting. Workers watch their launcher: if it dies (even by SIGKILL), they
+    ask their cell to checkpoint and stop, and exit (``ORPHAN_GRACE_S`` at most)."""
+
+    def __init__(self, ctx: Any, size: int, state: bytes, gpus: int):
+        self.ctx, self.size, self.state, self.gpus = ctx, size, state, gpus
+        self.workers: list[dict[str, Any]] = []  # {"proc", "conn", "slot", "cell"}
+        self.stopping = False  # set by the launcher's signal handler: no new cell starts
+
+    def pids(self) -> list[int]:
+        return [w["proc"].pid for w in self.workers if w["proc"].pid is not None]
+
+    def _start(self, slot: int) -> None:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_pool_worker, args=(self.state, slot, self.gpus, child),
+                                name=f"landscape-worker-{slot}")
+        proc.start()
+        child.close()
+        self.workers.append({"proc": proc, "conn": parent, "slot": slot, "cell": None})
+
+    def run(self, tasks: list[tuple[list[str], str, int]]) -> list[JobReturn]:
+        """Run every task ``(overrides, job_dir_key, job_num)``; one ``JobReturn`` per task, in order."""
+        import collections
+        from multiprocessing.connection import wait
+
+        import cloudpickle
+
+        results: list[JobReturn | None] = [None] * len(tasks)
+        waiting = collections.deque(range(len(tasks)))
+        for slot in range(min(self.size, len(tasks))):
+            self._start(slot)
+        while True:
+            if not self.stopping:
+                for w in self.workers:
+                    if w["cell"] is None and waiting:
+                        i = waiting.popleft()
+                        try:
+                            w["conn"].send((i, *tasks[i]))
+                            w["cell"] = i
+                        except OSError:  # it died meanwhile: its exit is handled below
+                            waiting.appendleft(i)
+            busy = [w for w in self.workers if w["cell"] is not None]
+            if not busy and (self.stopping or not waiting):
+                break
+            ready = set(wait([w["conn"] for w in self.workers] + [w["proc"].sentinel for w in self.workers],
+                             timeout=1.0))
+            for w in list(self.workers):
+                if w["conn"] in ready:
+                    try:
+                        i, payload = w["conn"].recv()
+                        results[i] = cloudpickle.loads(payload)
+                        w["cell"] = None
+                        continue
+                    except (EOFError, OSError):
+                        pass  # the worker is gone: handled as its exit
+                    except Exception as exc:  # noqa: BLE001 - a result that cannot be read back
+                        i = w["cell"]
+                        results[i] = _failed(RuntimeError(f"cell #{tasks[i][2]}: its result could not be read "
+                                                          f"back: {type(exc).__name__}: {exc}"), tasks[i][0])
+                        w["cell"] = None
+                        continue
+                if w["proc"].sentinel in ready or w["conn"] in ready:
+                    w["proc"].join(timeout=5)
+                    self._died(w, tasks, results)
+                    if waiting and not self.stopping:
+                        self._start(w["slot"])
+        for i in waiting:  # the launch was stopped before these started
+            results[i] = _failed(RuntimeError("launch stopped before this cell started"), tasks[i][0])
+        return [r if r is not None else _failed(RuntimeError("no result"), tasks[i][0]) for i, r in enumerate(results)]
+
+    def _died(self, w: dict[str, Any], tasks: list[tuple[list[str], str, int]],
+              results: list[JobReturn | None]) -> None:
+        self.workers.remove(w)
+        w["conn"].close()
+        code = w["proc"].exitcode
+        how = (f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
+               and -code in signal.valid_signals() else f"exit status {code}")
+        i = w["cell"]
+        if i is None:
+            log.warning("pool worker %s (pid %s) ended (%s) between cells", w["slot"], w["proc"].pid, how)
+            return
+        msg = (f"pool worker pid {w['proc'].pid} ended ({how}) while running this cell: interrupted; its "
+               "checkpoints stay, rerun the same command to resume it")
+        log.error("cell #%d (%s): %s", tasks[i][2], " ".join(filter_overrides(tasks[i][0])), msg)
+        results[i] = _failed(WorkerDied(msg), tasks[i][0])
+
+    def close(self) -> None:
+        """Tell idle workers to exit and wait for them (a few seconds, then terminate)."""
+        for w in self.workers:
+            with contextlib.suppress(OSError):
+                w["conn"].send(None)
+        deadline = time.monotonic() + 30
+        for w in self.workers:
+            w["proc"].join(timeout=max(0.1, deadline - time.monotonic()))
+            if w["proc"].is_alive():
+                w["proc"].terminate()
+                w["proc"].join(timeout=5)
+            w["conn"].close()
+        self.workers = []
+
+
+def _failed(exc: BaseException, overrides: Sequence[str]) -> JobReturn:
+    ret = JobReturn()
+    ret.status, ret.return_value, ret.overrides = JobStatus.FAILED, exc, list(overrides)
+    return ret
 
 
 class JobComposer:
@@ -442,18 +549,21 @@ def _freeze_task_start_up() -> None:
         _WORKER["frozen"] = True
 
 
-def _worker_init(state: bytes, slots: Any, gpus: int) -> None:
+ORPHAN_POLL_S = 0.5
+"""Seconds between two checks of a pool worker that its launcher is still alive."""
+ORPHAN_GRACE_S = 5.0
+"""Seconds a pool worker whose launcher died gives its cell to checkpoint and stop before it exits anyway."""
+
+
+def _worker_init(state: bytes, slot: int, gpus: int) -> None:
     """In a new pool worker: remember the launcher and Hydra's singletons (``state``, cloudpickled: the config
-    holds dynamically made dataclasses), take a worker slot (its GPU), install the stop handlers."""
+    holds dynamically made dataclasses), its slot (its GPU), install the stop handlers and the watch of the
+    launcher (``_watch_launcher``)."""
     import cloudpickle
 
     from landscape import preemption
 
     launcher, singletons = cloudpickle.loads(state)
-
-    with slots.get_lock():
-        slot = int(slots.value)
-        slots.value += 1
     _WORKER.update(launcher=launcher, singletons=singletons, slot=slot)
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(_visible_gpus()[slot % gpus])
@@ -467,11 +577,65 @@ def _worker_init(state: bytes, slots: Any, gpus: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops the workers
 
 
+def _watch_launcher(launcher_pid: int) -> None:
+    """A daemon thread: once the launcher is gone (this process re-parented, e.g. the launcher was killed with
+    SIGKILL), ask the running cell to checkpoint and stop (``landscape.preemption.request_stop``); if this
+    process is still alive ``ORPHAN_GRACE_S`` later (a step that does not poll the request), exit at once (the
+    cell's lease is taken over by the next launch; its checkpoints and cached values stay)."""
+    import threading
+
+    from landscape import preemption
+
+    def watch() -> None:
+        while os.getppid() == launcher_pid:
+            time.sleep(ORPHAN_POLL_S)
+        log.warning("the launcher (pid %d) is gone: this worker checkpoints its cell and exits", launcher_pid)
+        preemption.request_stop("the launcher is gone")
+        time.sleep(ORPHAN_GRACE_S)
+        log.error("the cell did not stop within %g s of its launcher's end: the worker exits now", ORPHAN_GRACE_S)
+        logging.shutdown()
+        os._exit(3)
+
+    threading.Thread(target=watch, name="landscape-launcher-watch", daemon=True).start()
+
+
+def _pool_worker(state: bytes, slot: int, gpus: int, conn: Any) -> None:
+    """A pool worker's life: take cells from ``conn`` (``(index, overrides, job_dir_key, job_num)``, None: exit)
+    and send back ``(index, cloudpickled JobReturn)``; exit when the launcher is gone."""
+    import cloudpickle
+
+    launcher_pid = os.getppid()
+    _worker_init(state, slot, gpus)
+    _watch_launcher(launcher_pid)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return  # the launcher is gone
+        if task is None:
+            return
+        i, overrides, key, num = task
+        try:
+            payload = _worker_run(overrides, key, num)
+        except Exception as exc:  # noqa: BLE001 - e.g. a composition error outside Hydra's run_job
+            payload = cloudpickle.dumps(_failed(RuntimeError(f"{type(exc).__name__}: {exc}"), overrides))
+        try:
+            conn.send((i, payload))
+        except (BrokenPipeError, OSError):
+            return
+
+
 def _worker_run(sweep_overrides: List[str], job_dir_key: str, job_num: int) -> bytes:
     """Run one cell; its ``JobReturn`` pickled by cloudpickle (the config holds dynamically made dataclasses)."""
     import cloudpickle
 
-    return cloudpickle.dumps(_WORKER["launcher"].run_in_worker(sweep_overrides, job_dir_key, job_num))
+    ret = _WORKER["launcher"].run_in_worker(sweep_overrides, job_dir_key, job_num)
+    try:
+        return cloudpickle.dumps(ret)
+    except Exception as exc:  # noqa: BLE001 - e.g. an exception that does not pickle: its text comes back
+        return cloudpickle.dumps(_failed(RuntimeError(f"{type(ret._return_value).__name__}: {ret._return_value}"
+                                                      if ret.status == JobStatus.FAILED else f"unpicklable result: {exc}"),
+                                         sweep_overrides))
 
 
 def _visible_gpus() -> list[str]:

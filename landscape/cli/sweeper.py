@@ -78,7 +78,9 @@ def plan_cells(
                   else contextlib.nullcontext(_full_compose(config, config_loader, overrides))) as job_cfg:
                 planned.append(_plan_one(i, overrides, job_cfg, sweep_dir, local, memory_bytes))
         except Exception as exc:  # composition errors: unknown key, bad type, missing group option
-            planned.append(PlannedCell(i, list(overrides), None, "invalid", [str(exc).splitlines()[0]]))
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ is not None and str(exc.__cause__) else ""
+            planned.append(PlannedCell(i, list(overrides), None, "invalid", [f"{why}: {cause}" if cause else why]))
     if composer is not None:
         log.info("planning: %d base config(s) composed by Hydra for %d cells (+ a verified sample)", composer.n_full, len(jobs))
     return planned
@@ -297,13 +299,18 @@ class CellComposer:
                     restored = OmegaConf.to_container(self._base(group)) == before
                 except Exception as exc:  # noqa: BLE001
                     job, fast, in_place, restored = None, repr(exc), None, False
-                if not (fast == full and in_place == full and restored and job == full_job):
+                if not (_same(fast, full) and _same(in_place, full) and restored and _same(job, full_job)):
                     log.warning("fast planning differs from Hydra's compose for cell #%d (%s): composing every "
                                 "cell with Hydra", i, " ".join(jobs[i]))
                     self.fast = False
                     return False
                 self.verified.add(group)
         return True
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal configs (as containers), NaN equal to NaN (a ``key=nan`` override: refused later, by ``validate``)."""
+    return a == b or json.dumps(a, sort_keys=True, default=repr) == json.dumps(b, sort_keys=True, default=repr)
 
 
 def _check_sweep_dir(config: DictConfig) -> None:
@@ -359,6 +366,25 @@ def format_plan(planned: list[PlannedCell]) -> str:
              f"{'#':>5}  {'cell_id':12}  {'state':8}  overrides"]
     for c in planned:
         lines.append(f"{c.index:>5}  {c.cell_id or '-':12}  {c.state:8}  {' '.join(c.overrides)}")
+    return "\n".join(lines)
+
+
+def format_failures(failures: Sequence[JobReturn], planned: list[PlannedCell], sweep_dir: Path) -> str:
+    """The end of a launch where cells did not finish: one line per cell (its id, overrides and why: failed,
+    stopped, or interrupted by the end of its worker), then how to resume."""
+    from landscape.cli.launchers import WorkerDied
+    from landscape.training import StopRequested
+
+    ids = {tuple(c.overrides): c.cell_id for c in planned}
+    lines = [f"{len(failures)} of {len(planned)} cells of the launch did not finish:"]
+    for ret in failures:
+        exc = ret._return_value
+        kind = ("interrupted" if isinstance(exc, WorkerDied) else "stopped" if isinstance(exc, StopRequested)
+                else "failed")
+        overrides = list(getattr(ret, "overrides", None) or [])
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300] if exc is not None else "no result"
+        lines.append(f"  {kind}: cell {ids.get(tuple(overrides)) or '?'} ({' '.join(overrides) or 'no overrides'}): {why}")
+    lines.append(f"rerun the same command to resume them (finished cells are skipped); details: landscape-status {sweep_dir}")
     return "\n".join(lines)
 
 
@@ -448,6 +474,9 @@ class GridSweeper(BasicSweeper):
             initial_job_idx += len(batch)
             returns.append(results)
         if failures:
-            log.error("%d of %d cells failed; see `landscape-status %s`", len(failures), len(planned), sweep_dir)
-            _ = failures[0].return_value  # re-raises the first failure (non-zero exit)
+            import sys
+
+            # A summary naming every cell that did not finish, not the first one's traceback (kept in its status).
+            print(format_failures(failures, planned, sweep_dir), file=sys.stderr, flush=True)  # noqa: T201
+            raise SystemExit(1)
         return returns

@@ -15,6 +15,8 @@ A *metric family* is one switchable group of measurements (``metrics.<name>.enab
 * an ``<name>.error`` string column: null when the family's values are fine, else why they are not;
 * ``check(settings) -> [problem, ...]`` (run when a launch is planned; each problem names the key, the
   value and what is allowed) and ``compute(ctx, settings) -> Result`` (values and long-table rows);
+* ``depends``: ``{column: (columns, ...)}``: a value that is only meaningful where those are (a flag such as
+  ``agrees`` or ``converged``, an eigenvalue beside its residual): null wherever one of them is not finite;
 * ``long_tables``: ``{table: {column: type}}`` of the long tables it writes (many rows per model);
 * ``styles``: how its metrics are drawn in a phase diagram (:class:`FigureStyle`).
 
@@ -24,8 +26,9 @@ This module and the family declarations import neither torch nor the math module
 
 The job calls ``compute(ctx, settings)`` with ``settings`` = the family's config node, checks the result
 against the declared columns and types, and caches it on disk per model/pair (a rerun does not recompute it).
-A family that raises, returns undeclared or mistyped columns, or a non-finite metric, costs only its own
-values: they become typed nulls, the reason goes to ``<name>.error``, a warning to the log and the cell's
+A family that raises, returns undeclared or mistyped columns, or a non-finite number (in any column, list
+items included; ``depends`` nulls what rests on it), costs only its own values: they become typed nulls, the
+reason goes to ``<name>.error``, a warning to the log and the cell's
 ``status.json`` (``metric_errors``, shown by ``landscape-status``). Families never write files except under
 ``ctx.workdir``, their private scratch/checkpoint directory, which survives a killed job.
 """
@@ -155,6 +158,7 @@ class Family:
     long_tables: Mapping[str, Mapping[str, pa.DataType]] = field(default_factory=dict)
     styles: Mapping[str, FigureStyle] = field(default_factory=dict)
     description: str = ""
+    depends: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.table not in TABLES:
@@ -174,6 +178,10 @@ class Family:
         for col in self.styles:
             if col not in self.metrics:
                 raise ValueError(f"family {self.name}: style for {col!r}, which is not one of its metrics")
+        for col, deps in self.depends.items():
+            unknown = [c for c in (col, *deps) if c not in seen]
+            if unknown:
+                raise ValueError(f"family {self.name}: depends names {unknown}, which are not its columns")
 
     @property
     def error_column(self) -> str:

@@ -23,7 +23,9 @@ columns (on the CPU one column at a time, the cheaper way there), so memory stay
 (e.g. ResNet18 at width 64 on one GPU).
 
 Eigenvalues that did not converge keep their values and residuals; ``hessian.converged`` is false and
-``hessian.error`` says so (the job counts it in the cell's metric errors).
+``hessian.error`` says so (the job counts it in the cell's metric errors). A residual that is not finite (NaN
+products, e.g. of a network whose weights blew up) leaves its eigenvalue and ``hessian.converged`` null
+(``Family.depends``), with the reason.
 """
 
 from __future__ import annotations
@@ -234,4 +236,8 @@ FAMILY = Family(
         "hessian.trace": FigureStyle("log Hessian trace", 3.0, 8.0, "magma_r", log=True),
     },
     description="Hessian eigenvalues (one Lanczos run for both ends), trace with standard error, spectral density",
+    # an eigenvalue whose residual is not finite is not known, nor whether the run converged
+    depends={"hessian.top_eigenvalue": ("hessian.top_residual",), "hessian.top_eigenvalues": ("hessian.top_residual",),
+             "hessian.min_eigenvalue": ("hessian.min_residual",),
+             "hessian.converged": ("hessian.top_residual", "hessian.min_residual")},
 )

@@ -8,6 +8,9 @@ train loss on the ``graph_knn``-nearest-neighbour graph of the embedding gives t
 (bars with persistence above ``persistence_threshold``, loss units). Long tables: ``trajectories`` (one row
 per recorded point, with its 2-D embedding and, if ``store_coords``, its projected coordinates) and
 ``persistence`` (the bars of the loss filtration and of the Rips filtration of the embedding).
+
+The retraining polls the job's stop request (``ctx.should_stop``) after every step and, with the finished jumps,
+is saved under ``ctx.workdir``: a stopped or killed cell resumes where it was, with the same numbers.
 """
 
 from __future__ import annotations
@@ -89,10 +92,26 @@ def check(settings: Any) -> list[str]:
     problems = []
     if settings.embedding not in EMBEDDINGS:
         problems.append(f"metrics.jump_retrain.embedding={settings.embedding!r}: expected one of {', '.join(EMBEDDINGS)}")
+    elif settings.embedding == "phate" and not _installed("phate"):
+        problems.append("metrics.jump_retrain.embedding='phate': needs the optional package phate, which is not "
+                        "installed here (pip install phate; non-commercial licence); or metrics.jump_retrain.embedding=pca")
     t = str(settings.phate_t)
     if t != "auto" and not t.isdigit():
         problems.append(f"metrics.jump_retrain.phate_t={settings.phate_t!r}: expected 'auto' or a positive integer")
     return problems
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, found without importing it (cheap enough for planning)."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def settings_from(settings: Any) -> Any:
@@ -117,7 +136,7 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
     t0 = time.perf_counter()
     s = settings_from(settings)
     s.seed = linear_seed(settings.seed, ctx.seed)  # different jumps for each model of a cell
-    traj = jump_and_retrain(ctx.model, ctx.loss_fn, ctx.data, s)
+    traj = jump_and_retrain(ctx.model, ctx.loss_fn, ctx.data, s, should_stop=ctx.should_stop, workdir=ctx.workdir)
     topo = analyse(traj, s)
     rows = []
     for r, e, c in zip(traj.rows, topo.embedding, traj.coords):

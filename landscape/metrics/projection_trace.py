@@ -96,10 +96,19 @@ def check(settings: Any) -> list[str]:
     return problems
 
 
-def agrees(res: Any) -> bool:
+AGREES_RESTS_ON = ("projection_trace.estimate", "projection_trace.stderr", "projection_trace.hvp_estimate",
+                   "projection_trace.bias", "projection_trace.bias_stderr", "projection_trace.z_vs_hessian")
+"""The columns ``agrees`` is computed from: where one is not finite, ``agrees`` is null (``Family.depends``)."""
+
+
+def agrees(res: Any) -> bool | None:
     """False when the second differences are biased against the exact quadratic forms of the same directions
     beyond 3 (paired) standard errors *and* by more than a tenth of the estimate's own standard error (a
-    smaller bias is immaterial to the estimate: e.g. the O(step^2) bias of a smooth network)."""
+    smaller bias is immaterial to the estimate: e.g. the O(step^2) bias of a smooth network); None (unknown)
+    when one of the numbers it compares is not finite (e.g. a step so large that the losses overflow)."""
+    numbers = (res.estimate, res.stderr, res.hvp_estimate, res.bias, res.bias_stderr, res.z_vs_hessian)
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+        return None
     return not (abs(res.z_vs_hessian) > 3.0 and abs(res.bias) > 0.1 * res.stderr)
 
 
@@ -142,7 +151,7 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
     out["projection_trace.seconds"] = time.perf_counter() - t0
     log.info("projection trace %.4g +- %.2g (%d directions) in %.1f s", res.estimate, res.stderr,
              res.n_directions, out["projection_trace.seconds"])
-    if checked and not agrees(res):
+    if checked and agrees(res) is False:
         log.warning("projection trace of seed %d: %.4g +- %.2g disagrees with the exact quadratic forms of the same "
                     "directions (%.4g): z = %.1f (kinks of a non-smooth activation, or a step too large)",
                     ctx.seed, res.estimate, res.stderr, res.hvp_estimate, z)
@@ -158,4 +167,5 @@ FAMILY = Family(
     compute=compute,
     check=check,
     description="Hessian trace from random projections, checked against the exact d'Hd; optional saddle check",
+    depends={"projection_trace.agrees": AGREES_RESTS_ON},
 )
