@@ -679,15 +679,19 @@ def resolution_counts(models: pd.DataFrame, pairs: pd.DataFrame | None, cells: p
     """Per cell (on ``cells``' index): ``n_models_total`` (model rows, any status), ``n_models`` (done, with a
     finite fit value), ``n_pairs_total`` (pairs that are slots of mc: see :func:`slot_kinds`), ``n_pairs_exact``
     (converged), ``n_pairs_lower`` / ``n_pairs_upper`` (bounds), ``n_pairs_bounded`` (their sum),
-    ``n_pairs_unknown``, ``n_pairs_mc`` (a finite mc: exact or bounded) and ``share_unresolved`` (pairs not
-    exact / pairs total; NaN without pairs)."""
+    ``n_pairs_unknown``, ``n_pairs_mc`` (a finite mc: exact or bounded), ``n_pairs_resolved`` (exact, or a bound
+    beyond every mc threshold of ``rule``: a lower bound above both, an upper bound below both, which no further
+    training moves across a threshold) and ``share_unresolved`` (pairs not resolved / pairs total; NaN without
+    pairs)."""
     by = list(by)
     fit_col, mc_col, _ = rule.columns
+    top, bottom = max(rule.mc_underfit, rule.mc_barrier), min(rule.mc_underfit, rule.mc_barrier)
     n_idx, slots = _cell_slots(models, pairs, by, rule)
     rows = []
     for key in cells[by].itertuples(index=False, name=None):
         _, fk = slots[fit_col].get(key, (np.empty(0), np.empty(0, dtype=np.int8)))
-        _, mk = slots[mc_col].get(key, (np.empty(0), np.empty(0, dtype=np.int8)))
+        mv, mk = slots[mc_col].get(key, (np.empty(0), np.empty(0, dtype=np.int8)))
+        resolved = int(((mk == EXACT) | ((mk == LOWER) & (mv > top)) | ((mk == UPPER) & (mv < bottom))).sum())
         counts = {k: int((mk == code).sum()) for k, code in
                   (("n_pairs_exact", EXACT), ("n_pairs_lower", LOWER), ("n_pairs_upper", UPPER),
                    ("n_pairs_unknown", UNKNOWN))}
@@ -695,10 +699,10 @@ def resolution_counts(models: pd.DataFrame, pairs: pd.DataFrame | None, cells: p
         rows.append({"n_models_total": int(len(n_idx.get(key, ()))), "n_models": int((fk == EXACT).sum()),
                      "n_pairs_total": total, **counts,
                      "n_pairs_bounded": counts["n_pairs_lower"] + counts["n_pairs_upper"],
-                     "n_pairs_mc": total - counts["n_pairs_unknown"],
-                     "share_unresolved": (total - counts["n_pairs_exact"]) / total if total else np.nan})
+                     "n_pairs_mc": total - counts["n_pairs_unknown"], "n_pairs_resolved": resolved,
+                     "share_unresolved": (total - resolved) / total if total else np.nan})
     cols = ["n_models_total", "n_models", "n_pairs_total", "n_pairs_exact", "n_pairs_lower", "n_pairs_upper",
-            "n_pairs_bounded", "n_pairs_unknown", "n_pairs_mc", "share_unresolved"]
+            "n_pairs_bounded", "n_pairs_unknown", "n_pairs_mc", "n_pairs_resolved", "share_unresolved"]
     return pd.DataFrame(rows, columns=cols, index=cells.index)
 
 
@@ -979,7 +983,7 @@ def missing_metric_warnings(cells: pd.DataFrame, rule: PhaseRule, by: Sequence[s
 def resolution_warnings(cells: pd.DataFrame, by: Sequence[str], max_named: int = 6) -> list[str]:
     """Lines naming (by knob values) the cells left unlabelled because mc is still moving
     (``phase_reason``, from :func:`bounded_labels`) and the labelled cells with fewer than
-    :data:`MIN_RESOLVED_PAIRS` exact pairs (``n_pairs_exact``, ``n_pairs_total``)."""
+    :data:`MIN_RESOLVED_PAIRS` resolved pairs (``n_pairs_resolved``, ``n_pairs_total``)."""
     out: list[str] = []
 
     def names(idx: np.ndarray, what) -> str:
@@ -991,13 +995,13 @@ def resolution_warnings(cells: pd.DataFrame, by: Sequence[str], max_named: int =
         if idx.size:
             out.append(f"no phase label for {idx.size} cells: the label depends on where mc converges, "
                        f"{names(idx, lambda i: cells['phase_reason'].iloc[i])}; a larger curve budget decides them")
-    if {"n_pairs_exact", "n_pairs_total"} <= set(cells.columns):
-        few = cells["phase"].notna().to_numpy() & (_col(cells, "n_pairs_exact") < MIN_RESOLVED_PAIRS)
+    if {"n_pairs_resolved", "n_pairs_total"} <= set(cells.columns):
+        few = cells["phase"].notna().to_numpy() & (_col(cells, "n_pairs_resolved") < MIN_RESOLVED_PAIRS)
         idx = np.nonzero(few)[0]
         if idx.size:
-            out.append(f"{idx.size} cells are labelled from fewer than {MIN_RESOLVED_PAIRS} converged pairs "
-                       f"(marked on the map), "
-                       + names(idx, lambda i: f"{int(cells['n_pairs_exact'].iloc[i])} of "
+            out.append(f"{idx.size} cells are labelled from fewer than {MIN_RESOLVED_PAIRS} resolved pairs "
+                       f"(converged, or a bound beyond every mc threshold; marked on the map), "
+                       + names(idx, lambda i: f"{int(cells['n_pairs_resolved'].iloc[i])} of "
                                               f"{int(cells['n_pairs_total'].iloc[i])}"))
     return out
 

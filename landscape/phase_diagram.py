@@ -562,7 +562,7 @@ def boundary_segments(grid: Grid, labels: np.ndarray) -> list[list[tuple[float, 
     return segs
 
 
-#: Marker of a labelled cell with fewer than ``MIN_RESOLVED_PAIRS`` converged pairs (at its upper-left corner).
+#: Marker of a labelled cell with fewer than ``MIN_RESOLVED_PAIRS`` resolved pairs (at its upper-left corner).
 FEW_PAIRS_MARKER: dict = dict(marker="D", markerfacecolor="#ffd700", markeredgecolor="black", markersize=6,
                               markeredgewidth=0.9, linestyle="none")
 #: Marker of an unlabelled cell whose mc is still moving (the label depends on where it converges).
@@ -570,7 +570,7 @@ MOVING_MARKER: dict = dict(marker="$?$", color="black", markersize=9, linestyle=
 
 
 def _few_pairs_label(min_pairs: int) -> str:
-    return f"labelled from < {min_pairs} converged pairs"
+    return f"labelled from < {min_pairs} resolved pairs"
 
 
 MOVING_LABEL = "no label: mc still moving (unresolved)"
@@ -594,9 +594,10 @@ def draw_phase_map(ax, grid: Grid, cells: pd.DataFrame, phase_column: str = "pha
     """The phase map on one axes: each labelled cell in its phase's colour (:data:`PHASE_COLOURS`, a
     ``pcolormesh`` with ``gid`` ``phase-map``); its label, confidence and counts written in it (``gid``
     ``phase-label``): ``Nm`` models with a fit value (``N/Mm`` when some of its ``M`` models have none) and
-    ``E/Tp`` converged pairs of its pairs with an mc slot (``n_pairs_exact`` / ``n_pairs_total``; ``Np`` pairs
-    with an mc where those columns are absent); cells with a confidence below ``uncertain_below`` hatched (a
-    PatchCollection, ``gid`` ``uncertain``); labelled cells with fewer than ``min_pairs`` converged pairs marked
+    ``E/Tp`` resolved pairs (converged, or a bound beyond every mc threshold) of its pairs with an mc slot
+    (``n_pairs_resolved`` / ``n_pairs_total``; ``Np`` pairs with an mc where those columns are absent); cells with
+    a confidence below ``uncertain_below`` hatched (a PatchCollection, ``gid`` ``uncertain``); labelled cells with
+    fewer than ``min_pairs`` resolved pairs marked
     by :data:`FEW_PAIRS_MARKER` at their upper-left corner (a Line2D, ``gid`` ``few-pairs``, ``.cells`` = their
     ``(x, y)``); the boundaries between phases (a LineCollection, ``gid`` ``phase-boundaries``); unlabelled
     cells grey and marked by why: ``mask:moving`` (:data:`MOVING_MARKER`, with the ``phase_reason``
@@ -615,7 +616,7 @@ def draw_phase_map(ax, grid: Grid, cells: pd.DataFrame, phase_column: str = "pha
     n_m = grid.array(cells, "n_models")
     n_p = grid.array(cells, "n_pairs_mc")
     n_mt = grid.array(cells, "n_models_total")
-    n_pe = grid.array(cells, "n_pairs_exact")
+    n_pe = grid.array(cells, "n_pairs_resolved" if "n_pairs_resolved" in cells.columns else "n_pairs_exact")
     n_pt = grid.array(cells, "n_pairs_total")
     dense = grid.xs.size * grid.ys.size > 64
 
@@ -714,7 +715,7 @@ def phase_map_figure(cells: pd.DataFrame, x: str, y: str, phase_column: str = "p
     fig.legend([h for h, _ in handles], [n for _, n in handles], loc="outside right center", fontsize=7,
                frameon=False, title="phase (cells, mean test acc.)" if present else None, title_fontsize=7)
     lines = ["phases; cell text: label, confidence = P(same label on a rerun with new seeds), "
-             "models with a value (Nm), converged/all pairs (E/Tp)"]
+             "models with a value (Nm), resolved/all pairs (E/Tp)"]
     if rule is not None:
         lines.append(rule.describe())
     # wrapped to the figure's width (about 0.6 em per character at 8 pt), so that no line is clipped
@@ -789,8 +790,9 @@ def mc_budget_points(pairs: pd.DataFrame, x: str, panel_by: Sequence[str]) -> pd
     ``connectivity.final_budget`` (else its ``connectivity.budget``) with ``connectivity.mc``. Each point's state:
     ``converged`` (the row's last stage, ``connectivity.converged``), ``lower``/``upper`` (the last stage of a
     curve still moving, ``connectivity.mc_bound``), ``moving`` (an earlier stage, or a last one without a
-    bound). A converged value is carried to every larger budget another pair of its cell reached (more training
-    no longer moves it), so a cell's mean at a budget is over all its pairs, not only the slow ones.
+    bound). A pair's last value is carried to every larger budget another pair of its cell reached (converged: more
+    training no longer moves it; a bound: at least/most that value, drawn as a bound), so a cell's mean at a
+    budget is over all its pairs, not only the slow ones (without it a cell's line jumps where fast pairs stop).
 
     ``pairs`` must hold the knob columns ``x`` and ``panel_by``. Returns one row per (``panel_by``, ``x``,
     ``budget``): ``mc`` (mean), ``n`` (points), ``state`` (``converged`` when all are, else ``lower``/``upper``
@@ -830,7 +832,7 @@ def mc_budget_points(pairs: pd.DataFrame, x: str, panel_by: Sequence[str]) -> pd
         budgets = sorted(g["budget"].unique())
         for _, row_pts in g.groupby("_row", sort=False):
             last = row_pts.loc[row_pts["budget"].idxmax()]
-            if last["state"] != "converged":
+            if last["state"] == "moving":
                 continue
             for b in budgets:
                 if b > last["budget"]:

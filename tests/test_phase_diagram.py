@@ -385,16 +385,17 @@ def test_sweep_file_phase_section_is_read(tmp_path, capsys):
     assert "calibrated" in capsys.readouterr().err
 
 
-def test_demo_grid_through_the_cli_gives_three_phases_with_confidences(tmp_path):
-    """The demo sweep (sweeps/demo.yaml) on a reduced grid (widths 8, 32, 128 x batch sizes 64, 1024, all its
-    settings kept) through the real `landscape` multirun and `landscape-phase` (axes and thresholds from the
-    sweep file's phase section): at least three phases, each with a confidence, and correlations of metrics
-    only."""
+def test_demo_grid_through_the_cli_gives_its_phases_with_confidences(tmp_path):
+    """The demo sweep (sweeps/demo.yaml) on a reduced grid (widths 8, 32, 128 x batch sizes 64, 1024, its settings
+    kept but the curve protocol's largest budget, 4x instead of 16x, to keep the test short) through the real
+    `landscape` multirun and `landscape-phase` (axes and thresholds from the sweep file's phase section): the
+    phases the protocol leaves (II where the models do not fit, IV-B where they fit), each with a confidence,
+    and correlations of metrics only."""
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     sweep = tmp_path / "demo"
     res = subprocess.run([sys.executable, "-m", "landscape.cli.app", "-m", "+sweep=demo", f"hydra.sweep.dir={sweep}",
-                          "model.width=8,32,128", "train.batch_size=64,1024"],
-                         capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+                          "model.width=8,32,128", "train.batch_size=64,1024", "metrics.connectivity.max_budget=4"],
+                         capture_output=True, text=True, timeout=1800, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     res = subprocess.run([sys.executable, "-m", "landscape.cli.phase", str(sweep)],
                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
@@ -402,14 +403,15 @@ def test_demo_grid_through_the_cli_gives_three_phases_with_confidences(tmp_path)
     out = sweep / "analysis" / "phase" / "model.width__train.batch_size"
     cells_csv = pd.read_csv(out / "cells.csv")
     assert len(cells_csv) == 6 and (cells_csv["status"] == "done").all()
-    assert cells_csv["phase"].nunique() >= 3, cells_csv[["model.width", "train.batch_size", "phase"]]
-    assert cells_csv["phase_confidence"].between(0, 1).all() and cells_csv["phase_confidence"].notna().all()
-    assert (cells_csv["n_models"] == 3).all() and (cells_csv["n_pairs_mc"] == 3).all()
+    assert (cells_csv["n_models"] == 3).all() and (cells_csv["n_pairs_total"] == 3).all()
+    labelled = cells_csv.dropna(subset=["phase"])
+    assert labelled["phase_confidence"].between(0, 1).all()
     # physics, not thresholds: 60 large-batch SGD steps under-train every width, and width 8 does not fit
-    # (phases I/II: training loss > 0.05 nats); wide nets at batch 64 fit and are connected and similar (IV-B)
+    # (training loss > 0.05 nats): their curves, trained longer than the models, find paths below the models'
+    # error (mc > 0: II); wide nets at batch 64 fit and are connected and similar (IV-B)
     by = cells_csv.set_index(["model.width", "train.batch_size"])["phase"]
-    assert by.xs(1024, level=1).isin(["I", "II"]).all() and by.loc[8].isin(["I", "II"]).all()
-    assert by.loc[(32, 64)] == "IV-B" and by.loc[(128, 64)] == "IV-B"
+    assert by.xs(1024, level=1).isin(["II"]).all() and by.loc[8].isin(["II"]).all(), by
+    assert by.loc[(32, 64)] == "IV-B" and by.loc[(128, 64)] == "IV-B", by
     assert "sweeps/demo.yaml" in res.stdout and "per phase" in res.stdout
     rc = pd.read_csv(out / "rank_correlations.csv")
     bad = [mm for mm in rc["metric"] if mm.endswith(("seconds", "stderr", "residual")) or
@@ -494,16 +496,18 @@ def test_cli_marks_a_label_from_one_of_three_pairs_and_a_cell_whose_mc_is_still_
     one = cells_csv.loc[(16, 32)]
     assert one["phase"] == "IV-B" and one["phase_confidence"] < 1
     assert (one["n_pairs_total"], one["n_pairs_exact"], one["n_pairs_unknown"], one["n_pairs_mc"]) == (3, 1, 2, 1)
+    assert one["n_pairs_resolved"] == 1
     assert one["share_unresolved"] == pytest.approx(2 / 3) and bool(one["few_pairs"])
     full = cells_csv.loc[(16, 128)]
     assert full["phase"] == "IV-B" and full["n_pairs_exact"] == 3 and not bool(full["few_pairs"])
     assert one["phase_confidence"] < full["phase_confidence"]
     moving = cells_csv.loc[(8, 128)]
     assert pd.isna(moving["phase"]) and moving["phase_reason"] == "mc still moving in 1 of 3 pairs"
+    assert moving["n_pairs_resolved"] == moving["n_pairs_exact"] == 2  # its lower bound lies below the thresholds
     assert moving["n_pairs_lower"] == 1 and moving["connectivity.mc"] == pytest.approx(-0.9)
     assert "IV-B " in printed and "*" in printed and "moving" in printed
     warnings = json.loads((out / "manifest.json").read_text())["warnings"]
-    assert any("fewer than 2 converged pairs" in w and "model.width=16 train.batch_size=32 (1 of 3)" in w
+    assert any("fewer than 2 resolved pairs" in w and "model.width=16 train.batch_size=32 (1 of 3)" in w
                for w in warnings)
     assert any("mc still moving in 1 of 3 pairs" in w and "model.width=8 train.batch_size=128" in w for w in warnings)
     # the map the command drew
@@ -517,7 +521,7 @@ def test_cli_marks_a_label_from_one_of_three_pairs_and_a_cell_whose_mc_is_still_
     assert marks["mask:moving"] == [(8, 128)] and "mask:nan" not in marks
     assert any(t.get_gid() == "unresolved-reason" and "1/3 pairs" in t.get_text() for t in ax.texts)
     names = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert pdg.MOVING_LABEL in names and "labelled from < 2 converged pairs" in names
+    assert pdg.MOVING_LABEL in names and "labelled from < 2 resolved pairs" in names
     # as saved: the map, legend and title inside the figure; the legend and title clear of the map
     for bb in ax_boxes + legend_boxes + title_boxes:
         assert bb.x0 >= fig_box.x0 - 1 and bb.x1 <= fig_box.x1 + 1 and bb.y0 >= fig_box.y0 - 1 and bb.y1 <= fig_box.y1 + 1

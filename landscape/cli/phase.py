@@ -20,7 +20,8 @@ mean test accuracy per phase, and writes into ``--out`` (default ``SWEEP_DIR/ana
   values), colour limits from the data;
 * ``phase_map.png`` (likewise): one colour per phase, boundaries, legend, confidence and counts per cell;
 * ``cells.csv``: one row per cell (means, stds, counts, status, phase, phase_reason, phase_confidence, n_models,
-  n_models_total, n_pairs_total/_exact/_lower/_upper/_bounded/_unknown, n_pairs_mc, share_unresolved, few_pairs;
+  n_models_total, n_pairs_total/_exact/_lower/_upper/_bounded/_unknown/_resolved, n_pairs_mc, share_unresolved,
+  few_pairs;
   metrics of families that did not run are left out);
 * ``pivot_<metric>.csv`` (``pivot_<metric>__<facet>=<value>.csv`` with a facet): cell means, rows = y values,
   columns = x values; ``pivot_phase.csv`` likewise;
@@ -336,7 +337,7 @@ def run(
                                n_boot=int(settings["bootstrap"]), seed=int(settings["seed"]))
     cells = pd.concat([cells.drop(columns=[c for c in conf.columns if c in cells.columns]), conf], axis=1)
     cells["uncertain"] = cells["phase_confidence"] < float(settings["uncertain_below"])
-    cells["few_pairs"] = cells["phase"].notna() & (cells["n_pairs_exact"] < ph.MIN_RESOLVED_PAIRS)
+    cells["few_pairs"] = cells["phase"].notna() & (cells["n_pairs_resolved"] < ph.MIN_RESOLVED_PAIRS)
     warnings = ph.missing_metric_warnings(cells, rule, by, labels) + ph.resolution_warnings(cells, by)
     for w in warnings:
         log.warning("%s", w)
@@ -446,7 +447,7 @@ def _mc_budget_points(pd_fig: Any, models: pd.DataFrame, pairs: pd.DataFrame, x:
 def phase_table(cells: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """The phase labels as a table in the figure's orientation (rows: ``y``, hot/small batches on top;
     columns: ``x`` ascending); each entry ``LABEL c`` (c: confidence; ``*`` after it: labelled from fewer than
-    two converged pairs), ``moving`` (no label: mc still moving), or the cell's status / ``-``."""
+    two resolved pairs), ``moving`` (no label: mc still moving), or the cell's status / ``-``."""
     from landscape.phase_diagram import INVERTED_KNOBS
 
     def entry(r) -> str:
@@ -476,7 +477,7 @@ def format_report(cells: pd.DataFrame, x: str, y: str, facet: str | None, rule: 
     for fv in ([None] if facet is None else sorted(cells[facet].dropna().unique().tolist())):
         sub = cells if facet is None else cells[cells[facet] == fv]
         head = f"phases ({y} rows, {x} columns; label and confidence = P(same label on a rerun with new " \
-               f"seeds); * fewer than {ph.MIN_RESOLVED_PAIRS} converged pairs" + \
+               f"seeds); * fewer than {ph.MIN_RESOLVED_PAIRS} resolved pairs" + \
                (f"; {facet} = {fv})" if facet else ")")
         lines += ["", head, phase_table(sub, x, y).to_string()]
     unc = int(cells["uncertain"].sum()) if "uncertain" in cells.columns else 0
