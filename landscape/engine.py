@@ -56,7 +56,7 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 from torch import Tensor
 
-from landscape.files import STALE_TEMPORARY_S, TEMPORARY_MARK, atomic_write
+from landscape.files import STALE_TEMPORARY_S, TEMPORARY_MARK, atomic_write, check_fence
 from landscape import preemption
 from landscape.progress import PROGRESS_ENV, Progress, progress_interval  # noqa: F401 - re-exported
 
@@ -310,6 +310,7 @@ def remove_stale_temporaries(path: Path) -> None:
         try:
             if f"{TEMPORARY_MARK}{os.getpid()}-" in tmp.name or now - tmp.stat().st_mtime < STALE_TEMPORARY_S:
                 continue
+            check_fence(tmp)
             tmp.unlink()
             log.info("removed %s, the temporary file of a writer that was killed", tmp)
         except FileNotFoundError:
@@ -324,6 +325,7 @@ def state_digest(obj: Any) -> str:
 def set_aside(path: Path, exc: Exception) -> None:
     """Rename a damaged file to ``<name>.damaged`` (kept for inspection) and log why."""
     target = path.with_name(path.name + ".damaged")
+    check_fence(path)  # a holder that lost its cell's lease moves nothing (``files.Fence``)
     log.warning("%s; moved to %s, recomputing", exc, target.name)
     os.replace(path, target)
 
@@ -564,5 +566,6 @@ def run(
     finally:
         progress.close(outcome)
     if checkpoint_path is not None:
+        check_fence(checkpoint_path)
         checkpoint_path.unlink(missing_ok=True)
     return r.results

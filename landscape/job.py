@@ -28,6 +28,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 import traceback
@@ -45,6 +46,7 @@ from landscape.cell import (CellDir, CellStatus, DamagedFile, Lease, LeaseLost, 
                             file_problem, inspect_cell_files, metrics_key, quarantine, read_json,
                             resume_state_checksums, write_json)
 from landscape.config import ConfigError, check, launch_problems
+from landscape.files import atomic_write, check_fence, fenced, fenced_replace, staging_name
 from landscape.data import CellData, load_data
 from landscape.devices import resolve_device
 from landscape.metrics import Family, ModelContext, PairContext, Result
@@ -142,15 +144,36 @@ def run_cell(
         log.warning("cell %s is being worked on by another process: skipped (LANDSCAPE_LEASE=skip)", cid)
         return CellOutcome(cid, "busy", {}, time.perf_counter() - t_start, [])
     try:
-        previous = _read_status(cell)  # the holder before us may have finished it
-        if previous is not None and not missing_work(cfg, cell, previous):
-            log.info("cell %s was finished by another process: skipped", cid)
-            return CellOutcome(cid, "skipped", previous.seeds, time.perf_counter() - t_start, [])
-        for p in clean_temporary_files(cell):
-            log.info("removed the temporary file %s of an earlier run", p)
-        return _run_leased(cfg, cell, lease, previous, overrides, should_stop, t_start)
+        with fenced(lease.fence()):  # from here every write of the cell fails once the lease is taken over
+            previous = _read_status(cell)  # the holder before us may have finished it
+            if previous is None:
+                _set_aside_damaged_status(cell, lease)
+            if previous is not None and not missing_work(cfg, cell, previous):
+                log.info("cell %s was finished by another process: skipped", cid)
+                return CellOutcome(cid, "skipped", previous.seeds, time.perf_counter() - t_start, [])
+            for p in clean_temporary_files(cell, keep=lease.holder_dir):
+                log.info("removed the temporary file %s of an earlier run", p)
+            return _run_leased(cfg, cell, lease, previous, overrides, should_stop, t_start)
+    except LeaseLost as exc:
+        log.warning("cell %s: %s; this process stops without writing", cid, exc)
+        return CellOutcome(cid, "lost", {}, time.perf_counter() - t_start, [])
     finally:
         lease.release()
+
+
+def _set_aside_damaged_status(cell: CellDir, lease: Lease) -> None:
+    """Move a damaged ``status.json`` (any file or directory there that does not parse) aside as
+    ``.status.json.damaged-<token>`` (kept for inspection); the run writes a new one."""
+    try:
+        cell.read_status()
+        return
+    except DamagedFile:
+        pass
+    if os.path.lexists(cell.status_path):
+        target = cell.status_path.with_name(f".{cell.status_path.name}.damaged-{lease.token[:12]}")
+        check_fence(cell.status_path)
+        os.replace(cell.status_path, target)
+        log.warning("cell %s: damaged status file moved aside to %s", cell.cell_id, target)
 
 
 def _repair_resume_state(cell: CellDir) -> None:
@@ -203,18 +226,26 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
         files=dict(previous.files) if previous else {},
     )
     heartbeat = _Heartbeat(cell, status, lease=lease)
+
+    def stop() -> bool:  # a holder that lost its lease stops at once (its writes fail anyway: fenced)
+        return lease.lost or should_stop()
+
     try:
         cell.write_status(status)
-        OmegaConf.save(cfg, cell.path / "config.yaml", resolve=True)
+        atomic_write(cell.path / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
         _repair_resume_state(cell)
         with heartbeat:
-            files = _run(cfg, cell, status, should_stop, lease)
+            files = _run(cfg, cell, status, stop, lease)
     except LeaseLost as exc:
         log.warning("cell %s: %s; this process stops without writing", cell.cell_id, exc)
         return CellOutcome(cell.cell_id, "lost", {}, time.perf_counter() - t_start, [])
     except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
         from landscape.training import StopRequested
 
+        if lease.lost and not isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            log.warning("cell %s: the lease was taken over by another process (%s: %s); this process stops "
+                        "without writing", cell.cell_id, type(exc).__name__, exc)
+            return CellOutcome(cell.cell_id, "lost", {}, time.perf_counter() - t_start, [])
         if isinstance(exc, StopRequested):
             status.state, status.error = "running", f"preempted: {exc}"
         elif isinstance(exc, (SystemExit, KeyboardInterrupt)):  # requeue exit / Ctrl-C: resumable, not failed
@@ -232,8 +263,9 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
                 log.error("cell %s: could not record its error in %s: %s", cell.cell_id, cell.status_path, write_exc)
         raise
     status.state, status.error, status.traceback = "done", None, None
-    cell.write_status(status)
+    cell.write_status(status)  # the commit (fenced: raises LeaseLost, handled by run_cell, if the lease was lost)
     for backup in _committed_backups(cell):  # the commit is written: the previous versions are not needed
+        check_fence(backup)
         backup.unlink(missing_ok=True)
     seconds = time.perf_counter() - t_start
     log.info("cell %s done in %.1f s: %s", cell.cell_id, seconds, status.seeds)
@@ -408,7 +440,8 @@ def commit_results(cfg: DictConfig, cell: CellDir, status: CellStatus, tables: d
         rec = status.results.get(name, {})
         trusted = {h for h in (rec.get("sha256"), status.pending.get(name)) if h}
         key_cols = ["seed_a", "seed_b"] if table == "pairs" else ["seed"]
-        path, digest, n, merged = merge_rows(final, rows, schema_for(table), key_cols, trusted, staging=True)
+        path, digest, n, merged = merge_rows(final, rows, schema_for(table), key_cols, trusted,
+                                             staging=staging_name(final))
         staged[name] = (path, final, digest, n, merged)
     if lease is not None and not lease.held():
         raise LeaseLost(f"the lease of cell {cell.cell_id} was taken over before its results were written")
@@ -421,9 +454,11 @@ def commit_results(cfg: DictConfig, cell: CellDir, status: CellStatus, tables: d
         if rec and final.exists() and final.stat().st_size == rec.get("size") and digest != rec.get("sha256"):
             # keep the committed version readable (``results.io.served_files``) until this commit is written
             backup = committed_backup(final)
-            backup.unlink(missing_ok=True)
-            os.link(final, backup)
-        os.replace(path, final)
+            link = staging_name(backup, ".link")  # linked in the holder's directory, renamed from there: fenced
+            link.unlink(missing_ok=True)
+            os.link(final, link)
+            fenced_replace(link, backup)
+        fenced_replace(path, final)  # the staged file is in the holder's directory: fails if the lease was lost
         st = final.stat()
         old = status.results.get(name, {}).get("covers", []) if merged else []
         merged = sorted({tuple(c) if isinstance(c, list) else c for c in [*old, *covers[name.split("/")[0]]]})
@@ -612,14 +647,18 @@ def _from_cache(cached: dict[str, Any], fam: Family) -> Result:
 
 
 def _conform(fam: Family, res: Result) -> Result:
-    """Keep the values that fit the family's declared columns and types; an undeclared or mistyped column, a
-    non-finite metric value or a malformed long table becomes a null with its reason appended to the error."""
-    import math
-
+    """Keep the values that fit the family's declared columns and types. An undeclared or mistyped column, a
+    non-finite number in any column (NaN or inf, list items included) or a malformed long table becomes a
+    null with its reason appended to the error (a family that reports its own error has explained its
+    non-finite values: they become nulls without a second reason); a column the family declares to depend on
+    one that was not finite (``Family.depends``: a flag such as ``agrees``) becomes a null too. In long tables
+    a NaN becomes a null (an infinite value there keeps its declared meaning, e.g. the death of an essential
+    persistence bar)."""
     import pyarrow as pa
 
     columns, problems = fam.columns, []
     values: dict[str, Any] = {}
+    not_finite: list[str] = []
     for col, v in res.values.items():
         if col not in columns or col == fam.error_column:
             problems.append(f"undeclared column {col!r}")
@@ -629,16 +668,25 @@ def _conform(fam: Family, res: Result) -> Result:
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
             problems.append(f"{col}={v!r} is not {columns[col]} ({type(exc).__name__})")
             continue
-        if col in fam.metrics and isinstance(v, float) and not math.isfinite(v):
+        if _has_non_finite(v):
             if res.error is None:  # a value that should be valid and is not: counted, never hidden
                 problems.append(f"{col}={v} (not finite)")
+            not_finite.append(col)
             v = None
         values[col] = v
+    for col, deps in fam.depends.items():
+        bad = [d for d in deps if d in not_finite]
+        if bad and values.get(col) is not None:
+            values[col] = None
+            if res.error is None:
+                problems.append(f"{col}: null, it rests on {', '.join(bad)} (not finite)")
     tables: dict[str, list[dict[str, Any]]] = {}
     for name, rows in res.tables.items():
         if name not in fam.long_tables:
             problems.append(f"undeclared long table {name!r}")
             continue
+        rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                if isinstance(r, dict) else r for r in rows]
         try:
             pa.Table.from_pylist(list(rows), schema=pa.schema(list(fam.long_tables[name].items())))
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
@@ -647,3 +695,12 @@ def _conform(fam: Family, res: Result) -> Result:
         tables[name] = list(rows)
     error = "; ".join(([res.error] if res.error else []) + problems) or None
     return Result(values, tables, error)
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether a value (a number or a list of them, nested) holds a NaN or an infinity."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite(v) for v in value)
+    return False

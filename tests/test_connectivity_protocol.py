@@ -90,3 +90,15 @@ def test_demo_batch_256_width_32(cli, tmp_path):
     assert len(first) == 3, lines
     # no pair keeps the old budget's barrier: every one ends above the -0.5 pp threshold or still rising
     assert all(p["connectivity.mc"] > -0.5 or p["connectivity.mc_bound"] == "lower" for _, p in first.iterrows()), lines
+
+
+def test_a_grid_the_protocol_was_not_developed_on(cli, tmp_path):
+    """A CNN with BatchNorm on the Gaussian mixture (another model, another dataset, statistics recomputed at
+    every t): whatever each pair's outcome, its claim holds one doubling past the stop."""
+    base = ["data=gaussian", "model=cnn", "model.width=4", "model.batch_norm=true", "train.epochs=10",
+            "train.batch_size=64", "train.seeds=[0,1,2]", "metrics.connectivity.enabled=true",
+            "metrics.connectivity.test=false"]
+    first, further = _protocol_then_further(cli, tmp_path, base)
+    lines = _check_claims(first, further)
+    assert len(first) == 3, lines
+    assert set(first["connectivity.stop_reason"]) <= {"converged", "decided", "max_budget"}, lines

@@ -159,9 +159,14 @@ def test_load_equals_a_plain_per_file_read_on_mixed_versions_with_nulls(tmp_path
     assert a.loc[("a", 0), "started_at"] == pd.Timestamp(when) and a.loc[("b", 0), "gone.value"] == 1.5
 
 
-def test_an_unreadable_file_is_an_error_naming_it(tmp_path):
+def test_an_unreadable_file_is_named_and_skipped(tmp_path, caplog):
+    """Issue 20, point 6: a stray file is named and skipped, not fatal to the table (it was a ValueError)."""
+    import logging
+
     d = table_dir(tmp_path, "models")
     write_table(d / "a.parquet", [row("a", 0)], schema_for("models"))
     (d / "b.parquet").write_bytes(b"PAR1 not parquet")  # no cell directory: served as it is, and unreadable
-    with pytest.raises(ValueError, match="b.parquet: not a readable result file"):
-        load(tmp_path, "models")
+    with caplog.at_level(logging.WARNING, logger="landscape.results.io"):
+        df = load(tmp_path, "models")
+    assert list(df["cell_id"]) == ["a"]
+    assert any("b.parquet: not a readable result file" in r.getMessage() for r in caplog.records)

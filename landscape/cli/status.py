@@ -13,9 +13,15 @@ counted once, in one of these states:
 - ``damaged``: its ``status.json`` is unreadable, or a result file it records is missing or damaged (the next
   launch recomputes what is needed from the intact checkpoints and caches).
 
-``--verify`` also checks every result file against the SHA-256 its cell's status records, every checkpoint
-(loaded with ``weights_only=True``) and metric cache, and result files no status records; it names each bad
-file and exits 1. ``--repair`` moves damaged checkpoints and caches aside and forgets damaged result files, so
+A result file counts as intact only by its content: its SHA-256 is computed and compared with the one its
+cell's status records (a flipped bit keeps size and modification time), so damage that ``load`` refuses is
+reported here and the next launch recomputes the cell. A status or lease file of wrong types is ``damaged``,
+named with the key and the value.
+
+``--verify`` also checks every checkpoint (loaded with ``weights_only=True``), metric cache and training
+result, each cell's ``lease.json``, and names result files no status records (a run that did not finish, a
+file copied from another sweep, a stray file or directory, a link leaving the sweep: none is served); it names
+each bad file and exits 1. ``--repair`` moves damaged checkpoints and caches aside and forgets damaged result files, so
 the next launch recomputes them.
 
 A finished cell whose metric families could not compute some values (each stored as a typed null with the
@@ -142,7 +148,7 @@ def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, no
         for c in rec.get("cells", []):
             if c.get("cell_id"):
                 planned[c["cell_id"]] = list(c.get("overrides", []))
-    on_disk = sorted(p.name for p in (sweep_dir / "cells").glob("*") if (p / "status.json").is_file())
+    on_disk = sorted(p.name for p in (sweep_dir / "cells").glob("*") if os.path.lexists(p / "status.json"))
     host = this_host()
     cells = []
     for cid in sorted(set(planned) | set(on_disk)):
@@ -174,7 +180,8 @@ def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, no
 
 
 def _result_problems(cell: CellDir, status: CellStatus, verify: bool) -> list[str]:
-    """Result files the status records that are missing or damaged (size/time, or SHA-256 with ``verify``)."""
+    """Result files the status records that are missing or damaged (by their SHA-256, whatever ``verify``: a
+    flipped bit keeps size and modification time), or links leaving the sweep."""
     from landscape.cell import file_problem
 
     out = []
@@ -196,10 +203,11 @@ class Finding:
 
 
 def verify(sweep_dir: str | Path, checkpoints: bool = True) -> list[Finding]:
-    """Check every file of a sweep: each cell's ``status.json``; each result file it records (exists, same
-    SHA-256); result files no status records (from a run that did not finish, or orphans); every checkpoint
-    (``weights_only=True``: nothing in it runs) and JSON cache of every cell."""
-    from landscape.cell import inspect_cell_files, sha256_file
+    """Check every file of a sweep: each cell's ``status.json`` and ``lease.json``; each result file it records
+    (exists, a regular file inside the sweep, same SHA-256); result files no status records (from a run that
+    did not finish, copied from another sweep, stray files and directories, links leaving the sweep: none is
+    served); every checkpoint (``weights_only=True``: nothing in it runs) and JSON cache of every cell."""
+    from landscape.cell import Lease, file_problem, inspect_cell_files, link_outside
 
     sweep = Path(sweep_dir)
     found: list[Finding] = []
@@ -218,23 +226,36 @@ def verify(sweep_dir: str | Path, checkpoints: bool = True) -> list[Finding]:
             for name, rec in sorted(status.results.items()):
                 recorded.add(name)
                 f = sweep / "results" / name
-                if not f.exists():
-                    found.append(Finding(str(f), "damaged", "missing (recorded in the cell's status)", cell.cell_id))
-                elif sha256_file(f) != rec.get("sha256"):
-                    found.append(Finding(str(f), "damaged", "SHA-256 differs from the one in its cell's status",
-                                         cell.cell_id))
+                problem = file_problem(f, rec)
+                if problem:
+                    found.append(Finding(str(f), "damaged", problem.removeprefix(f"{f}: "), cell.cell_id))
+        bad_lease = Lease(cell, 1.0).problem() if os.path.lexists(cell.lease_path) else None
+        if bad_lease is not None:
+            found.append(Finding(str(bad_lease.path), "damaged", f"{bad_lease.reason} (the next launch sets it aside)",
+                                 cell.cell_id))
         for p in inspect_cell_files(cell, checkpoints=checkpoints, recorded=status.files if status else None):
             found.append(Finding(str(p.path), p.kind, p.reason, cell.cell_id))
     results = sweep / "results"
+    managed = cells_dir.is_dir()
     for table in sorted(results.iterdir()) if results.is_dir() else []:
         if not table.is_dir() or table.name.startswith("."):
             continue
-        for f in sorted(table.glob("*.parquet")):
+        for f in sorted(table.iterdir()):
+            if f.name.startswith(".") or not f.name.endswith(".parquet"):
+                continue
             cid = f.name.partition("-")[0]
             name = f"{table.name}/{f.name}"
-            if name not in recorded and (cells_dir / cid).is_dir():
+            owner = cid if (cells_dir / cid).is_dir() else None
+            outside = link_outside(f, sweep)
+            if outside and name not in recorded:
+                found.append(Finding(str(f), "foreign", f"{outside}: not served", owner))
+            elif name not in recorded and managed and owner:
                 found.append(Finding(str(f), "uncommitted", "not recorded by its cell's status (a run that did not "
-                                     "finish, or a damaged status): not served", cid))
+                                     "finish, a damaged status, or a file copied from another sweep): not served", cid))
+            elif name not in recorded and managed:
+                kind = "a directory" if f.is_dir() else "a file"
+                found.append(Finding(str(f), "foreign", f"{kind} that no cell of this sweep records (copied from "
+                                     "another sweep, or a stray file): not served", None))
     return found
 
 

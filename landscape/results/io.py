@@ -51,15 +51,15 @@ def merge_rows(
     schema: pa.Schema,
     key_columns: Sequence[str],
     trusted: set[str],
-    staging: bool = False,
+    staging: bool | Path = False,
 ) -> tuple[Path, str, int, bool]:
     """Add ``rows`` to the result file ``path``: rows of the existing file whose ``key_columns`` (e.g. ``seed``
     or ``seed_a, seed_b``) are not among the new rows are kept, the others are replaced; rows are sorted by
     the key (stable). The existing file is merged only if its SHA-256 is in ``trusted`` (the checksums the
     cell's status recorded for it); a file that is damaged or unknown is named in a warning and replaced.
 
-    With ``staging`` the merged rows are written to ``.<name>.staged`` beside ``path`` (to be renamed into place
-    by the caller). Returns the written file, its SHA-256, its number of rows and whether the existing file's
+    With ``staging`` the merged rows are written to ``.<name>.staged`` beside ``path``, or to ``staging`` if it is
+    a path (``files.staging_name``: the lease holder's directory), to be renamed into place by the caller. Returns the written file, its SHA-256, its number of rows and whether the existing file's
     rows were merged.
     """
     from landscape.cell import sha256_file
@@ -90,7 +90,7 @@ def merge_rows(
     merged = pa.concat_tables(parts)
     if merged.num_rows:
         merged = merged.take(pc.sort_indices(merged, sort_keys=[(k, "ascending") for k in key_columns]))
-    target = path.with_name(f".{path.name}.staged") if staging else path
+    target = Path(staging) if isinstance(staging, Path) else path.with_name(f".{path.name}.staged") if staging else path
     _write_atomic(merged, target)
     return target, sha256_file(target), merged.num_rows, merged_old
 
@@ -103,76 +103,115 @@ def _files(sweep_dir: str | Path, table: str) -> list[str]:
 
 
 def served_files(sweep_dir: str | Path, table: str, files: list[str]) -> list[str]:
-    """The result files of ``files`` that may be served: a file ``<cell_id>-<key>.parquet`` of a cell that has a
-    directory under ``<sweep_dir>/cells`` is served only if the cell's ``status.json`` records it (a committed
-    request) with the file's SHA-256; others (damaged, or written by a run that did not finish) are named in a
-    warning and left out, and the next launch recomputes them; while a commit is in progress (or was killed)
-    the file's last committed version ``.<name>.committed`` is served in its place. Files of cells without a
-    cell directory (rows imported or written by other tools) are served as they are.
+    """The result files of ``files`` that may be served (see ``_served``)."""
+    return _served(sweep_dir, table, files)[0]
 
-    Checksums are computed once per (file, status) version: ``results/.cache/verified-<table>.json`` keeps the
-    size and modification time of each verified file and of its cell's status.
+
+def _status_records(status_path: str, cache: dict[str, Any]) -> Any:
+    """``(records, pending)`` of a cell's status (``{result name: SHA-256}``, names being committed), or the
+    ``DamagedFile``/``OSError`` that reading it raised. Parsed statuses are kept in ``cache`` by the status
+    file's inode, size, modification and change time: a rewrite (atomic: a new inode) or an edit in place (a new
+    change time, which no tool can set back) parses it again."""
+    from landscape.cell import DamagedFile, _status_from_json
+
+    try:
+        st = os.stat(status_path)
+    except OSError as exc:
+        return exc
+    stamp = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    hit = cache.get(status_path)
+    if (isinstance(hit, list) and len(hit) == 3 and hit[0] == stamp and isinstance(hit[1], dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in hit[1].items())
+            and isinstance(hit[2], list) and all(isinstance(n, str) for n in hit[2])):
+        return hit[1], hit[2]  # anything else in the cache (damaged, another version) is parsed again
+    try:
+        status = _status_from_json(Path(status_path), Path(status_path).read_text())
+    except (DamagedFile, OSError, UnicodeDecodeError) as exc:
+        return exc
+    records = {name: rec["sha256"] for name, rec in status.results.items()}
+    cache[status_path] = [stamp, records, sorted(status.pending)]
+    return records, sorted(status.pending)
+
+
+def _served(sweep_dir: str | Path, table: str, files: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The result files of ``files`` that may be served, and the SHA-256 each must have (checked on the bytes
+    read, ``_read_file``).
+
+    In a sweep directory (one with ``cells/``) a file is served only if its name ``<cell_id>-<key>.parquet`` is
+    recorded in its cell's ``status.json`` (a committed request); anything else (written by a run that did not
+    finish, copied from another sweep, a stray file or directory, a file of a cell with a damaged status) is
+    named in a warning and left out, and the next launch recomputes what its cell needs. While a commit is in
+    progress (or was killed) the file's last committed version ``.<name>.committed`` is served in its place. In
+    a plain directory of Parquet files (no ``cells/``: rows imported or written by other tools) every file is
+    served, unchecked. A link leaving the sweep directory is never served.
+
+    Parsed statuses are cached in ``results/.cache/status-records.json`` (``_status_records``); nothing about
+    a result file is trusted from its size or modification time.
     """
-    from landscape.cell import DamagedFile, _status_from_json, sha256_file
+    from landscape.cell import link_outside
 
     sweep = Path(sweep_dir)
-    cache_path = sweep / "results" / ".cache" / f"verified-{table}.json"
-    try:
-        cache = json.loads(cache_path.read_text())
-        cache = cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError):
-        cache = {}
-    out, verified = [], {}
-    cells: dict[str, Any] = {}
     cells_dir = os.path.join(str(sweep), "cells")  # plain strings: pathlib costs 3x here (10,000 files)
+    managed = os.path.isdir(cells_dir)
+    cache_path = sweep / "results" / ".cache" / "status-records.json"
+    cache: dict[str, Any] = {}
+    if managed:
+        try:
+            loaded = json.loads(cache_path.read_text())
+            cache = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError, RecursionError):
+            cache = {}
+    before = len(cache)
+    out: list[str] = []
+    expected: dict[str, str] = {}
+    statuses: dict[str, Any] = {}
     for f in files:
         name = os.path.basename(f)
+        outside = link_outside(f, sweep)
+        if outside:
+            log.warning("%s: not served, %s", f, outside)
+            continue
+        if not managed:
+            out.append(f)
+            continue
         cid, sep, _ = name.partition("-")
-        if not sep:
-            out.append(f)
+        status = statuses.get(cid)
+        if status is None:
+            status = statuses[cid] = _status_records(f"{cells_dir}/{cid}/status.json", cache) if sep else None
+        if isinstance(status, FileNotFoundError) or status is None:
+            why = "no cell of this sweep has its name (copied from another sweep, or a stray file)" if (
+                not sep or not os.path.isdir(f"{cells_dir}/{cid}")) else "its cell has no status.json"
+            log.warning("%s: not served, %s (the next launch recomputes what its cell needs)", f, why)
             continue
-        status_path = f"{cells_dir}/{cid}/status.json"
-        try:
-            sst, fst = os.stat(status_path), os.stat(f)
-        except FileNotFoundError:
-            if not os.path.isdir(f"{cells_dir}/{cid}"):
-                out.append(f)  # no cell directory: rows imported or written by another tool
-            else:
-                log.warning("%s: its cell has no status.json; not served (the next launch recomputes it)", f)
-            continue
-        stamp = f"{fst.st_size}:{fst.st_mtime_ns}:{sst.st_size}:{sst.st_mtime_ns}"
-        if cache.get(name) == stamp:
-            out.append(f)
-            verified[name] = stamp
-            continue
-        if cid not in cells:
-            try:
-                cells[cid] = _status_from_json(Path(status_path), Path(status_path).read_text())
-            except (DamagedFile, OSError, UnicodeDecodeError) as exc:
-                cells[cid] = exc
-        status = cells[cid]
-        if not hasattr(status, "results"):
+        if isinstance(status, Exception):
             log.warning("%s: not served, the status of its cell is damaged (%s)", f, status)
             continue
-        rec = status.results.get(f"{table}/{name}")
-        if not rec:
-            log.warning("%s: not served, not a committed result of its cell (a run that did not finish)", f)
+        records, pending = status
+        digest = records.get(f"{table}/{name}")
+        if digest is None:
+            log.warning("%s: not served, not a committed result of its cell (a run that did not finish, or a "
+                        "file copied from another sweep)", f)
             continue
-        if sha256_file(f) != rec.get("sha256"):
-            backup = os.path.join(os.path.dirname(f), f".{name}.committed")
-            if f"{table}/{name}" in status.pending and os.path.exists(backup) and sha256_file(backup) == rec.get("sha256"):
-                out.append(backup)  # a commit in progress (or killed): its last committed version
-                continue
-            log.warning("%s: not served, damaged (its SHA-256 differs from the one in %s)", f, status_path)
+        if not os.path.isfile(f):
+            log.warning("%s: not served, not a regular file", f)
             continue
+        backup = os.path.join(os.path.dirname(f), f".{name}.committed")
+        if f"{table}/{name}" in pending and os.path.isfile(backup) and not link_outside(backup, sweep):
+            f = backup  # a commit in progress (or killed): its last committed version
         out.append(f)
-        verified[name] = stamp
-    if verified != cache:
+        expected[f] = digest
+    if managed and len(cache) != before:
+        live = {f"{cells_dir}/{cid}/status.json" for cid in statuses}
+        kept = {k: v for k, v in cache.items() if k in live} if len(cache) > 2 * max(len(live), 1) else cache
         try:
-            atomic_write(cache_path, lambda tmp: tmp.write_text(json.dumps(verified)))
-        except OSError as exc:  # read-only sweep directory: verified again next time
-            log.debug("verification cache not written to %s: %s", cache_path, exc)
-    return out
+            atomic_write(cache_path, lambda tmp: tmp.write_text(json.dumps(kept)))
+        except OSError as exc:  # read-only sweep directory: parsed again next time
+            log.debug("status cache not written to %s: %s", cache_path, exc)
+    return out, expected
+
+
+class DamagedResult(ValueError):
+    """A result file whose bytes do not have the SHA-256 its cell's status records."""
 
 
 def _leaves(t: pa.DataType) -> int:
@@ -207,7 +246,7 @@ def _plan(md: Any, reader: Any) -> tuple[list[pa.Field], list[int], list[int]]:
     return plan
 
 
-def _read_file(path: str) -> tuple[pa.Table, list[pa.Field]]:
+def _read_file(path: str, sha256: str | None = None) -> tuple[pa.Table, list[pa.Field]]:
     """The rows of one result file, without decoding the flat columns that hold only nulls (their footer
     statistics say ``null_count == num_rows`` in every row group): a 2-row file of the ``models`` table has
     about 160 columns of which a handful hold values, and decoding a column costs about 25 us whatever it holds.
@@ -218,6 +257,8 @@ def _read_file(path: str) -> tuple[pa.Table, list[pa.Field]]:
 
     with open(path, "rb") as fh:
         buf = fh.read()
+    if sha256 is not None and hashlib.sha256(buf).hexdigest() != sha256:
+        raise DamagedResult(f"{path}: damaged, its SHA-256 differs from the one its cell's status records")
     reader = ParquetReader()
     reader.open(pa.BufferReader(buf))
     md = reader.metadata
@@ -241,28 +282,56 @@ READ_THREADS = 1
 2 cores measured 1.3x slower than one (GIL contention; ``benchmarks/bench_read.py``)."""
 
 
-def _read_all(files: list[str], schema: pa.Schema | None = None) -> pa.Table:
+def _read_all(files: list[str], schema: pa.Schema | None = None, expected: dict[str, str] | None = None,
+              problems: dict[str, str] | None = None) -> pa.Table:
     """Every file's rows in one Arrow table: the columns of ``schema`` (typed nulls where a file lacks them),
     then any column found only in some files (in the order first seen), then a ``filename`` column holding each
     row's file name (without its directory). Files are read one after the other (``READ_THREADS``; ``_read_file``:
-    only columns that hold values are decoded); the schema is known, nothing is inferred per file. A file that
-    cannot be read is a ``ValueError`` naming it."""
-    import numpy as np
+    only columns that hold values are decoded); the schema is known, nothing is inferred per file. A file whose
+    bytes do not have its SHA-256 in ``expected``, that cannot be read, or whose columns do not fit ``schema``
+    (e.g. a ``seed`` of strings) is named in a warning and skipped (added to ``problems``: path -> reason)."""
     from concurrent.futures import ThreadPoolExecutor
 
     schema = schema if schema is not None else pa.schema([])
+    expected = expected or {}
+    problems = problems if problems is not None else {}
 
-    def one(path: str) -> tuple[pa.Table, list[pa.Field]]:
+    def one(path: str) -> tuple[pa.Table, list[pa.Field]] | None:
         try:
-            return _read_file(path)
+            return _read_file(path, expected.get(path))
+        except DamagedResult as exc:
+            problems[path] = str(exc)
         except (OSError, pa.ArrowException, ValueError) as exc:
-            raise ValueError(f"{path}: not a readable result file ({exc})") from exc
+            problems[path] = f"{path}: not a readable result file ({exc})"
+        log.warning("%s; not served (the next launch recomputes it)", problems[path])
+        return None
 
     if READ_THREADS > 1 and len(files) > 64:
         with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-            parts = list(pool.map(one, files, chunksize=64))
+            got = list(pool.map(one, files, chunksize=64))
     else:
-        parts = [one(f) for f in files]
+        got = [one(f) for f in files]
+    files = [f for f, g in zip(files, got) if g is not None]
+    parts = [g for g in got if g is not None]
+    try:
+        return _combine(files, parts, schema)
+    except (pa.ArrowException, ValueError):  # a file whose columns do not fit: find it, skip it, combine the rest
+        fits_files, fits = [], []
+        for f, part in zip(files, parts):
+            try:
+                _combine([f], [part], schema)
+            except (pa.ArrowException, ValueError) as exc:
+                problems[f] = f"{f}: its columns do not fit the {schema.metadata.get(b'landscape.table', b'?').decode() if schema.metadata else ''} schema ({exc})"
+                log.warning("%s; not served", problems[f])
+                continue
+            fits_files.append(f)
+            fits.append(part)
+        return _combine(fits_files, fits, schema)
+
+
+def _combine(files: list[str], parts: list[tuple[pa.Table, list[pa.Field]]], schema: pa.Schema) -> pa.Table:
+    import numpy as np
+
     extra: dict[str, pa.Field] = {}
     known = set(schema.names)
     for _, fields in parts:
@@ -289,9 +358,12 @@ SOURCE = "filename"
 """Column of the snapshot that names the file each row came from (dropped from what ``read_table`` returns)."""
 
 
-def _stamp(path: str) -> str:
+def _stamp(path: str, sha256: str | None = None) -> str:
+    """What a snapshot's rows of ``path`` were read from: its inode, size, modification and change time (an edit
+    in place changes the change time, which no tool can set back) and the SHA-256 its status recorded then (the
+    bytes read were checked against it)."""
     st = os.stat(path)
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{sha256 or ''}"
 
 
 def _cache_path(sweep_dir: str | Path, table: str) -> Path:
@@ -305,9 +377,16 @@ def _read_cache(path: Path, fingerprint: str) -> tuple[pa.Table | None, dict[str
     except (OSError, pa.ArrowException):
         return None, {}
     meta = snap.schema.metadata or {}
-    if meta.get(b"landscape.schema_fingerprint", b"").decode() != fingerprint:
+    if meta.get(b"landscape.schema_fingerprint", b"") != fingerprint.encode() or SOURCE not in snap.column_names:
         return None, {}
-    return snap, json.loads(meta.get(b"landscape.sources", b"{}"))
+    try:
+        sources = json.loads(meta.get(b"landscape.sources", b"{}"))
+    except (ValueError, RecursionError):
+        sources = None
+    if not isinstance(sources, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sources.items()):
+        log.warning("%s: damaged snapshot (its list of sources is not an object of strings); read again", path)
+        return None, {}
+    return snap, sources
 
 
 def _write_cache(path: Path, snap: pa.Table, fingerprint: str, stamps: dict[str, str]) -> None:
@@ -333,26 +412,38 @@ def read_table(sweep_dir: str | Path, table: str = "models", columns: Sequence[s
     schema of ``table`` (columns a file lacks are typed nulls, types cast back to the schema's), followed by
     any column found only in other schema versions. Rows are ordered by file name.
 
-    A snapshot of what was read is kept in ``<sweep_dir>/results/.cache/<table>.parquet`` with the size and
-    modification time of every file it holds: the next call reads only files that are new or changed, and
-    drops the rows of files that are gone (a sweep of 10,000 cells is read once, then in about a second).
+    Only the files ``_served`` allows are read, each checked against the SHA-256 its cell's status records (a
+    damaged file is named in a warning and left out). A snapshot of what was read is kept in
+    ``<sweep_dir>/results/.cache/<table>.parquet`` with the stamp of every file it holds (``_stamp``: inode,
+    size, modification and change time, recorded SHA-256): the next call reads only files that are new or
+    changed, and drops the rows of files that are gone (a sweep of 10,000 cells is read once, then in about a
+    second).
     """
-    files = served_files(sweep_dir, table, _files(sweep_dir, table))
+    files, expected = _served(sweep_dir, table, _files(sweep_dir, table))
     current = schema_for(table)
     if not files:
         empty = current.empty_table()
         return empty.select(list(columns)) if columns else empty
     fingerprint = hashlib.sha256(current.to_string(show_schema_metadata=True).encode()).hexdigest()[:16]
-    stamps = {os.path.basename(f): _stamp(f) for f in files}
+    stamps = {os.path.basename(f): _stamp(f, expected.get(f)) for f in files}
     cache = _cache_path(sweep_dir, table)
     snap, cached = _read_cache(cache, fingerprint)
     keep = {n for n, st in stamps.items() if cached.get(n) == st}
     parts = []
     if snap is not None and keep:
-        parts.append(snap.filter(pc.is_in(snap.column(SOURCE), value_set=pa.array(sorted(keep), pa.string()))))
+        try:
+            part = snap.filter(pc.is_in(snap.column(SOURCE), value_set=pa.array(sorted(keep), pa.string())))
+            _conform(part, pa.schema([*current, pa.field(SOURCE, pa.string())]))  # a damaged snapshot: read again
+            parts.append(part)
+        except (pa.ArrowException, ValueError) as exc:
+            log.warning("%s: damaged snapshot (%s); read again", cache, exc)
+            keep = set()
     todo = [f for f in files if os.path.basename(f) not in keep]
+    problems: dict[str, str] = {}
     if todo:
-        parts.append(_read_all(todo, current))
+        parts.append(_read_all(todo, current, expected, problems))
+        for f in problems:  # damaged or unreadable: not in the snapshot, checked again next time
+            stamps.pop(os.path.basename(f), None)
     extra: dict[str, pa.Field] = {}
     for part in parts:
         for f in part.schema:

@@ -29,7 +29,7 @@ import hashlib
 import pyarrow as pa
 
 SCHEMA_VERSION = 4
-SCHEMA_FINGERPRINT = "ff30eaf6129a4c96"
+SCHEMA_FINGERPRINT = "3c543c426dd2f878"
 """``schema_fingerprint()`` at ``SCHEMA_VERSION`` (version 1 had no fingerprint; 2: family contract, per-family
 settings and ``<family>.error`` columns; 4: the connectivity convergence protocol)."""
 
