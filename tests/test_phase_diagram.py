@@ -5,6 +5,7 @@ phase section); the demo's grid through the real CLI; the exploration notebook a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -43,7 +44,7 @@ def _synthetic_rows() -> tuple[pd.DataFrame, pd.DataFrame]:
             if (w, b) == MISSING:
                 continue
             status = "failed" if (w, b) == FAILED else "diverged" if (w, b) == DIVERGED else "done"
-            cid = f"w{w}-b{b}"
+            cid = f"w{w}_b{b}"
             for s in (0, 1):
                 ok = status == "done"
                 models.append({
@@ -251,7 +252,8 @@ def _write_sweep(root: Path, models: pd.DataFrame, pairs: pd.DataFrame) -> None:
         d = root / "results" / table
         d.mkdir(parents=True, exist_ok=True)
         for cid, part in df.groupby("cell_id"):
-            pq.write_table(pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False), d / f"{cid}.parquet")
+            pq.write_table(pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False),
+                           d / f"{cid}-0.parquet")  # <cell_id>-<settings key>.parquet, as the job names them
 
 
 def test_cli_end_to_end_and_refresh(tmp_path, capsys):
@@ -310,6 +312,16 @@ def _launch_record(sweep: Path, cells: list[tuple[str, dict]], states: dict[str,
     for cid, state in states.items():
         (sweep / "cells" / cid).mkdir(parents=True, exist_ok=True)
         (sweep / "cells" / cid / "status.json").write_text(json.dumps({"state": state, "cell_id": cid}))
+    # a sweep with cells/ serves only the result files a cell's status records (by content): record the rows
+    for table in ("models", "pairs"):
+        for f in sorted((sweep / "results" / table).glob("*.parquet")):
+            cid = f.name.partition("-")[0]
+            status = sweep / "cells" / cid / "status.json"
+            doc = json.loads(status.read_text()) if status.exists() else {"state": "done", "cell_id": cid}
+            doc.setdefault("results", {})[f"{table}/{f.name}"] = {
+                "sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "covers": []}
+            status.parent.mkdir(parents=True, exist_ok=True)
+            status.write_text(json.dumps(doc))
 
 
 def test_failed_row_and_collapsed_cell_stay_on_the_axes_marked(tmp_path, caplog):
@@ -322,8 +334,8 @@ def test_failed_row_and_collapsed_cell_stay_on_the_axes_marked(tmp_path, caplog)
     p.loc[(p["model.width"] == 2) & (p["train.batch_size"] == 16), "cka.error"] = "constant features (collapsed net)"
     sweep = tmp_path / "sweep"
     _write_sweep(sweep, m, p)
-    planned = [(f"w{w}-b{b}", {"model.width": w, "train.batch_size": b}) for w in WIDTHS + [64] for b in BATCHES]
-    _launch_record(sweep, planned, {f"w64-b{b}": "failed" for b in BATCHES})
+    planned = [(f"w{w}_b{b}", {"model.width": w, "train.batch_size": b}) for w in WIDTHS + [64] for b in BATCHES]
+    _launch_record(sweep, planned, {f"w64_b{b}": "failed" for b in BATCHES})
     out = tmp_path / "out"
     with caplog.at_level("WARNING"):
         paths = cli.run(sweep, "model.width", "train.batch_size", out=out, formats=("png",),
