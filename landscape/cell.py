@@ -833,24 +833,25 @@ def _cache_problem(rel: Path, obj: Any) -> str | None:
         for key in ("status", "epochs", "steps", "seconds"):
             if key not in obj:
                 return f"{key}: missing (a training result has status, epochs, steps, seconds)"
-        for key, value in obj.items():
-            if key not in _TRAIN_RESULT_FIELDS:
-                return f"{key}: not a field of a training result"
-            ok, allowed = _TRAIN_RESULT_FIELDS[key]
-            if not ok(value):
-                return f"{key}={value!r:.80}: expected {allowed}"
+        return _field_problem(obj, _TRAIN_RESULT_FIELDS, "a training result")
     elif parts and parts[0] == "metrics" and "values" in obj:
         checks = {"values": (lambda v: isinstance(v, dict), "an object of column -> value"),
                   "tables": (lambda v: v is None or (isinstance(v, dict) and all(
                       isinstance(rows, list) and all(isinstance(r, dict) for r in rows) for rows in v.values())),
                       "an object of table -> list of row objects"),
                   "error": _OPTIONAL_STR}
-        for key, value in obj.items():
-            if key not in checks:
-                return f"{key}: not a field of a metric cache (values, tables, error)"
-            ok, allowed = checks[key]
-            if not ok(value):
-                return f"{key}={value!r:.80}: expected {allowed}"
+        return _field_problem(obj, checks, "a metric cache (values, tables, error)")
+    return None
+
+
+def _field_problem(obj: dict, fields: dict[str, tuple[Any, str]], what: str) -> str | None:
+    """The first key of ``obj`` that is not in ``fields`` or whose value fails its check, as a message."""
+    for key, value in obj.items():
+        if key not in fields:
+            return f"{key}: not a field of {what}"
+        ok, allowed = fields[key]
+        if not ok(value):
+            return f"{key}={value!r:.80}: expected {allowed}"
     return None
 
 

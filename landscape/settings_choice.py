@@ -119,7 +119,8 @@ def _names(items: Sequence[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ parsing
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A command-line value as the type it spells: int, float, bool, None (``none``/``null``), else the text."""
     for cast in (int, float):
         try:
             return cast(text)
@@ -137,7 +138,7 @@ def parse_select(items: Sequence[str]) -> dict[str, Any]:
         if "=" not in str(item):
             raise ValueError(f"--select {item!r}: expected KEY=VALUE, e.g. connectivity.budget=8")
         k, v = str(item).split("=", 1)
-        k, value = k.strip(), _parse_value(v.strip())
+        k, value = k.strip(), parse_value(v.strip())
         fam = _family_of_setting(k)
         if fam is None:
             allowed = [c for f in metrics_contract.families() for c in f.setting_columns]

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from landscape import phase as ph
+from landscape.settings_choice import parse_value
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +113,6 @@ def sweep_settings(sweep_dir: Path) -> tuple[dict[str, Any], str | None]:
     return {k: v for k, v in section.items() if v is not None}, sweep
 
 
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None, "null": None}.get(text.lower(), text)
-
-
 def parse_filters(items: Sequence[str]) -> dict[str, list[Any]]:
     """``["train.lr=0.1", "data.name=cifar10,mnist1d"]`` -> ``{"train.lr": [0.1], "data.name": [...]}``."""
     out: dict[str, list[Any]] = {}
@@ -128,7 +120,7 @@ def parse_filters(items: Sequence[str]) -> dict[str, list[Any]]:
         if "=" not in item:
             raise ValueError(f"--filter {item!r}: expected KNOB=VALUE (VALUE may be a comma-separated list)")
         k, v = item.split("=", 1)
-        out.setdefault(k.strip(), []).extend(_parse_value(x.strip()) for x in v.split(","))
+        out.setdefault(k.strip(), []).extend(parse_value(x.strip()) for x in v.split(","))
     return out
 
 
@@ -165,7 +157,7 @@ def planned_cells(sweep_dir: Path) -> pd.DataFrame:
             for o in c.get("overrides", []):
                 if "=" in o and not o.startswith(("+", "~", "hydra")):
                     k, v = o.split("=", 1)
-                    row[k] = _parse_value(v)
+                    row[k] = parse_value(v)
             rows[str(row["cell_id"])] = row
     if not rows:
         return pd.DataFrame(columns=["cell_id", "state"])
