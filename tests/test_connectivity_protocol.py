@@ -80,6 +80,7 @@ def test_mnist1d_pair_of_the_issue(cli, tmp_path):
     assert p["connectivity.steps"] == pytest.approx(p["connectivity.final_budget"] * p["connectivity.endpoint_steps"])
 
 
+@pytest.mark.slow  # ~90 s: three curves to 16x and again to 32x (make test-all runs it)
 def test_demo_batch_256_width_32(cli, tmp_path):
     """The demo's batch-256 row at width 32 (three seeds, three pairs): mc of -0.4 to -1.0 pp at the old budget
     (phase III); under the protocol every pair's claim holds one doubling past its stop."""
