@@ -303,19 +303,18 @@ class ProtocolRun:
 
 
 def train_protocol(ctx: PairContext, settings: Any, curve: Any, template: Any, first_epochs: int, batch_size: int,
-                   ts: list[float], seed: int, workdir: Any, stages: list[int] | None = None) -> ProtocolRun:
+                   ts: list[float], seed: int, workdir: Any) -> ProtocolRun:
     """Train ``curve`` in the protocol's stages (module docstring) until :func:`stage_decision` says stop.
 
     Stage ``k`` continues stage ``k - 1``'s control points for as many epochs again (its own schedule), with
     checkpoints in ``workdir/curve`` (stage 0) or ``workdir/curve_stage<k>`` (resumable, and loaded without
-    training when done). ``stages`` (cumulative epochs) overrides the doubling (tests train further with it)."""
+    training when done)."""
     from landscape.connectivity import StageDecision, evaluate_path, mode_connectivity, stage_decision, stage_epochs
     from landscape.connectivity import train_curve
 
     data, loss_fn = ctx.a.data, ctx.a.loss_fn
     fixed = str(settings.protocol) == "fixed"
-    stages = stages or ([first_epochs] if fixed else
-                        stage_epochs(first_epochs, float(settings.budget), float(settings.max_budget)))
+    stages = [first_epochs] if fixed else stage_epochs(first_epochs, float(settings.budget), float(settings.max_budget))
     mode, tol = str(settings.mc_endpoints), float(settings.converge_tol)
     run = ProtocolRun([], [], [], [], [], None, 0.0, None)
     done = 0
