@@ -11,7 +11,9 @@ Training (Garipov et al. 2018): SGD on the middle control points of ``E_t~U(0,1)
 drawn per minibatch, with an L2 penalty ``weight_decay / 2 * |theta(t)|^2`` on the point of the curve;
 the model is evaluated with ``torch.func.functional_call`` on the parameter dict ``theta(t)``.
 The loop is ``landscape.engine``'s: checkpoints (control points, optimizer, generator) make a killed run
-resume bitwise, and a curve whose loss blows up ends with ``status = "diverged"``.
+resume bitwise, and a curve whose loss blows up ends with ``status = "diverged"``. Several curves of one
+architecture train together with :func:`train_curves_together` (one stack, one step for all; each curve's files
+as if trained alone).
 
 Scalars along a path sampled at ``t_0 = 0 < ... < t_{T-1} = 1`` (``values`` = training error in percent or
 loss):
@@ -42,7 +44,9 @@ from landscape.engine import (
     StepOut,
     DamagedCheckpoint,
     ShuffledTask,
+    StepTask,
     atomic_torch_save,
+    epoch_permutation,
     batch_slice,
     load_checkpoint,
     lr_factor,
@@ -302,25 +306,13 @@ def train_curve(
     ``status = "diverged"`` (see ``CurveTrainResult``).
     """
     s = settings
-    # identifies the run: settings, seed, and a fingerprint of the endpoints and the initial middle points
-    fingerprint = [float(curve._ends.double().sum()), float(curve.middle_flat.detach().double().sum())]
-    meta = {"settings": asdict(s), "seed": int(seed), "bends": curve.bends, "fingerprint": fingerprint}
+    meta = curve_meta(curve, s, seed)
     final_path = workdir / CURVE_FINAL if workdir is not None else None
     ckpt_path = workdir / CURVE_CHECKPOINT if workdir is not None else None
     if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        state = None
-        if final_path.exists():
-            try:
-                state = load_checkpoint(final_path, map_location=x.device)
-            except DamagedCheckpoint as exc:
-                set_aside(final_path, exc)
-        if state is not None:
-            if state["meta"] == meta:
-                curve.load_state(state["middle"])
-                return CurveTrainResult(**{**state["result"], "epochs_run": 0})
-            log.warning("curve in %s was trained with other settings; retraining", workdir)
-            ckpt_path.unlink(missing_ok=True)
+        done = load_finished_curve(curve, meta, workdir, x.device)
+        if done is not None:
+            return done
 
     task = _CurveTask(curve, model, x, y, loss_fn, s, seed, final_path, meta)
     plan = Plan(epochs=s.epochs if task.opt is not None else 0, per_epoch=task.per_epoch,
@@ -334,6 +326,216 @@ def train_curve(
         model.train(was_training)
     assert task.result is not None
     return task.result
+
+
+def curve_meta(curve: BezierCurve, settings: CurveSettings, seed: int) -> dict:
+    """What identifies a curve training run (kept in its checkpoints and final file): the settings, the batch-order
+    seed, the number of bends and a fingerprint of the endpoints and of the initial middle points (float64 sums)."""
+    fingerprint = [float(curve._ends.double().sum()), float(curve.middle_flat.detach().double().sum())]
+    return {"settings": asdict(settings), "seed": int(seed), "bends": curve.bends, "fingerprint": fingerprint}
+
+
+def load_finished_curve(curve: BezierCurve, meta: dict, workdir: Path, device: torch.device | str | None
+                        ) -> CurveTrainResult | None:
+    """The result of a finished run of ``meta`` in ``workdir`` (its middle points loaded into ``curve``), or None.
+    A final file of another run is ignored with a warning (and the stale checkpoint beside it removed); a damaged
+    one is set aside."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    final_path, state = workdir / CURVE_FINAL, None
+    if final_path.exists():
+        try:
+            state = load_checkpoint(final_path, map_location=device)
+        except DamagedCheckpoint as exc:
+            set_aside(final_path, exc)
+    if state is None:
+        return None
+    if state["meta"] == meta:
+        curve.load_state(state["middle"])
+        return CurveTrainResult(**{**state["result"], "epochs_run": 0})
+    log.warning("curve in %s was trained with other settings; retraining", workdir)
+    (workdir / CURVE_CHECKPOINT).unlink(missing_ok=True)
+    return None
+
+
+class _CurveStackTask(StepTask):
+    """K curves of one architecture trained together (members: their names, in stack-row order).
+
+    Each curve keeps what it has when trained alone by :func:`train_curve`: its batch order and its ``t`` values
+    (its own generator seeded with its seed, drawn in the same order: one permutation, then the epoch's ``t``
+    values), its SGD momentum and the epoch's learning rate (one schedule: every curve of a stack trains the same
+    epochs). The control points are stacked (ends ``[K, 2, P]``, middle ``[K, bends, P]``), ``theta_k(t_k)`` is one
+    batched product, the model runs on the stack through ``vectorized.stacked_forward`` and one reverse pass over
+    the sum of the curves' losses gives each curve its own gradient (curves share no parameter). Equal to serial
+    training within float rounding, not bitwise (the batched kernels sum in another order)."""
+
+    def __init__(self, curves: dict[str, BezierCurve], names: list[str], model: nn.Module, x: Tensor, y: Tensor,
+                 loss_fn: LossFn, s: CurveSettings, seeds: dict[str, int], metas: dict[str, dict],
+                 workdirs: dict[str, Path]):
+        from landscape.vectorized import stacked_forward
+
+        self.curves, self.x, self.y, self.loss_fn, self.s = curves, x, y, loss_fn, s
+        self.metas, self.workdirs = metas, workdirs
+        self.members = list(names)
+        first = curves[names[0]]
+        self.layout, self.bends = first.layout, first.bends
+        self.kind, self.forward_fn = stacked_forward(model)
+        self.bs = min(s.batch_size, x.shape[0])
+        self.per_epoch = steps_per_epoch(x.shape[0], self.bs)
+        self.ends = torch.stack([curves[n]._ends for n in names])
+        self.middle = torch.stack([curves[n].middle_flat.detach() for n in names]).clone().requires_grad_(True)
+        self.buffers: list[Tensor] | None = None  # SGD momentum, stacked like ``middle``
+        self.gens = {n: torch.Generator().manual_seed(int(seeds[n])) for n in names}
+        self.perms = torch.empty(0, dtype=torch.long)
+        self.ts = torch.empty(0, dtype=torch.float64)
+        self.lr = s.lr
+        self.total: Tensor | None = None
+        self.results: dict[str, CurveTrainResult] = {}
+        self.pending: list[str] = []
+        self.size = len(names)
+
+    def rng_state(self) -> dict[str, Tensor]:
+        return {n: self.gens[n].get_state() for n in self.members}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        for n in self.members:
+            self.gens[n].set_state(state[n])
+
+    def begin_epoch(self, epoch: int) -> float:
+        self.lr = self.s.lr * schedule_factor(self.s.schedule, epoch, self.s.epochs)
+        perms, ts = [], []
+        for n in self.members:  # per curve: its permutation, then its t values (train_curve's order)
+            perms.append(epoch_permutation(self.x.shape[0], self.gens[n]))
+            ts.append(torch.rand(self.per_epoch, generator=self.gens[n], dtype=torch.float64))
+        self.perms = torch.stack(perms).to(self.x.device)
+        self.ts = torch.stack(ts, dim=1)  # [per_epoch, K]
+        return self.lr
+
+    def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
+        idx = batch_slice(self.perms, batch, self.bs)  # [K, B]
+        degree = self.bends + 1
+        w = torch.stack([bernstein(degree, float(t), dtype=self.ends.dtype, device=self.ends.device)
+                         for t in self.ts[batch].tolist()])  # [K, degree + 1]
+        theta = torch.bmm(w[:, [0, -1]].unsqueeze(1), self.ends)
+        if self.bends:
+            theta = theta + torch.bmm(w[:, 1:-1].unsqueeze(1), self.middle)
+        theta = theta.squeeze(1)  # [K, P]
+        logits = self.forward_fn(self.layout.unflatten_rows(theta), self.x[idx])
+        yb = self.y[idx]
+        losses = torch.stack([self.loss_fn(logits[k], yb[k]) for k in range(len(self.members))])
+        total = losses.sum()
+        if self.s.weight_decay:
+            total = total + 0.5 * self.s.weight_decay * theta.pow(2).sum()
+        self.total = total
+        acc = None
+        if accuracy and logits.dim() == 3 and not yb.is_floating_point():
+            acc = (logits.detach().argmax(dim=-1) == yb).float().mean(dim=1)
+        return StepOut(losses, acc)
+
+    def update(self, out: StepOut) -> None:
+        from landscape.vectorized import sgd_step_
+
+        (grad,) = torch.autograd.grad(self.total, [self.middle])
+        self.buffers = sgd_step_([self.middle], [grad], self.buffers, self.lr, self.s.momentum, 0.0)
+        self.total = None
+
+    def drop(self, rows: list[int]) -> None:
+        keep = torch.tensor([k for k in range(len(self.members)) if k not in rows], dtype=torch.long)
+        self.ends = self.ends.index_select(0, keep.to(self.ends.device))
+        self.middle = self.middle.detach().index_select(0, keep.to(self.ends.device)).requires_grad_(True)
+        if self.buffers is not None:
+            self.buffers = [b.index_select(0, keep.to(b.device)) for b in self.buffers]
+        if self.perms.numel():
+            self.perms = self.perms.index_select(0, keep.to(self.perms.device))
+            self.ts = self.ts.index_select(1, keep)
+        self.members = [self.members[k] for k in keep.tolist()]
+
+    def nonfinite_rows(self) -> list[int]:
+        ok = torch.isfinite(self.middle.detach()).flatten(1).all(dim=1)
+        return [k for k, good in enumerate(ok.tolist()) if not good]
+
+    def finish(self, row: int, r: MemberResult) -> None:
+        n = self.members[row]
+        self.curves[n].load_state(self.middle[row].detach())
+        # seconds: the curve's share of the stack's training time (the stack's seconds over its curves)
+        self.results[n] = CurveTrainResult(epochs=r.epochs, steps=r.steps, seconds=r.seconds / self.size,
+                                           history=r.history,
+                                           epochs_run=r.epochs - r.resumed_from_epoch,
+                                           resumed_from_epoch=r.resumed_from_epoch, status=r.status, reason=r.reason)
+        self.pending.append(n)
+
+    def commit(self) -> None:
+        """Write each finished curve's ``curve_final.pt`` as :func:`train_curve` does (a later serial call loads it)."""
+        for n in self.pending:
+            atomic_torch_save({"meta": self.metas[n], "middle": self.curves[n].state(),
+                               "result": asdict(self.results[n])}, self.workdirs[n] / CURVE_FINAL, checksum=True)
+        self.pending = []
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "metas": {n: self.metas[n] for n in self.members},
+                "middle": self.middle.detach(), "buffers": self.buffers}
+
+    def load_state_dict(self, state: dict, members: list) -> bool:
+        if state["kind"] != self.kind or any(state["metas"].get(n) != self.metas[n] for n in self.members):
+            return False
+        rows = torch.tensor([members.index(n) for n in self.members], dtype=torch.long)
+        self.middle = state["middle"].index_select(0, rows.to(state["middle"].device)).clone().requires_grad_(True)
+        if state["buffers"] is not None:
+            self.buffers = [b.index_select(0, rows.to(b.device)).clone() for b in state["buffers"]]
+        return True
+
+
+def train_curves_together(
+    curves: Mapping[str, BezierCurve],
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: LossFn,
+    settings: CurveSettings,
+    seeds: Mapping[str, int],
+    workdirs: Mapping[str, Path],
+    group_dir: Path,
+    should_stop: Callable[[], bool] | None = None,
+    phase: str = "curves",
+) -> dict[str, CurveTrainResult]:
+    """Train the middle points of several ``curves`` (name -> curve between two models of one architecture) in
+    place, together: what :func:`train_curve` does for each (``seeds[name]``, files in ``workdirs[name]``), as
+    one stack (``_CurveStackTask``) in ``landscape.engine``, checkpointing to ``group_dir/curve_checkpoint.pt``.
+
+    A curve whose final file of this run exists is loaded, not trained; one with a checkpoint of its own (a
+    serial run that was stopped) is resumed by :func:`train_curve`; the rest train stacked and each gets the
+    ``curve_final.pt`` a serial run would write, so a later :func:`train_curve` of the same curve, settings and
+    seed loads it. ``model``: the architecture template, without buffers (``vectorized.unsupported_reason``).
+    Returns name -> result."""
+    from landscape.vectorized import unsupported_reason
+
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise ValueError(f"cannot train curves of {type(model).__name__} together: {reason}")
+    results: dict[str, CurveTrainResult] = {}
+    metas = {n: curve_meta(c, settings, seeds[n]) for n, c in curves.items()}
+    stack: list[str] = []
+    for n, c in curves.items():
+        done = load_finished_curve(c, metas[n], workdirs[n], x.device)
+        if done is not None:
+            results[n] = done
+        elif (workdirs[n] / CURVE_CHECKPOINT).exists() or c.bends == 0 or settings.epochs == 0:
+            results[n] = train_curve(c, model, x, y, loss_fn, settings, seeds[n], workdirs[n],
+                                     should_stop=should_stop, phase=f"{phase}: {n}")
+        else:
+            stack.append(n)
+    if not stack:
+        return results
+    task = _CurveStackTask(dict(curves), stack, model, x, y, loss_fn, settings, dict(seeds), metas, dict(workdirs))
+    group_dir.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.train()
+    try:
+        run(task, Plan(epochs=settings.epochs, per_epoch=task.per_epoch, checkpoint_every=settings.checkpoint_every),
+            phase, group_dir / CURVE_CHECKPOINT, should_stop=should_stop, map_location=x.device)
+    finally:
+        model.train(was_training)
+    results.update(task.results)
+    return results
 
 
 # ------------------------------------------------------------------------------------------- evaluation

@@ -378,12 +378,17 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
     pair_families = metrics_mod.enabled(cfg, "pairs")
     pair_values: dict[tuple[int, int], dict[str, Any]] = {}
     if pair_families:
+        pair_contexts = {(a, b): PairContext(a=contexts[a], b=contexts[b], workdir=cell.path)
+                         for a, b in metrics_mod.select_pairs(seeds, str(cfg.metrics.pairs))
+                         if a in contexts and b in contexts}
+        for fam in pair_families:
+            _prepare(fam, cfg, cell, {f"pair={a}-{b}": c for (a, b), c in pair_contexts.items()})
         for a, b in metrics_mod.select_pairs(seeds, str(cfg.metrics.pairs)):
             pair_values[(a, b)] = {}
-            if a in contexts and b in contexts:
-                pctx = PairContext(a=contexts[a], b=contexts[b], workdir=cell.path)
+            if (a, b) in pair_contexts:
                 for fam in pair_families:
-                    pair_values[(a, b)].update(_measure(fam, cfg, cell, f"pair={a}-{b}", pctx, status).values)
+                    res = _measure(fam, cfg, cell, f"pair={a}-{b}", pair_contexts[(a, b)], status)
+                    pair_values[(a, b)].update(res.values)
     if status.metric_errors:
         cell.write_status(status)
 
@@ -604,6 +609,35 @@ def _measure(fam: Family, cfg: DictConfig, cell: CellDir, who: str, ctx: Any, st
         log.warning("%s %s: metric family %s: %s", cell.cell_id, who, fam.name, res.error)
         status.metric_errors.append({"family": fam.name, "who": who, "error": res.error[:500]})
     return Result(values, res.tables, res.error)
+
+
+def _prepare(fam: Family, cfg: DictConfig, cell: CellDir, contexts: dict[str, Any]) -> None:
+    """``fam.prepare`` on the pairs whose values are not cached (each context given its own workdir, as
+    ``compute`` will get it). It computes no value: an error is logged and each ``compute`` does its work alone;
+    a preemption request is re-raised."""
+    from landscape.training import StopRequested
+
+    if fam.prepare is None:
+        return
+    settings = cfg.metrics[fam.name]
+    key = metrics_key(settings)
+    todo = []
+    for who, ctx in contexts.items():
+        if read_json(cell.metrics_path(f"{who}-{key}", fam.name)) is None:
+            todo.append(dataclasses.replace(ctx, workdir=cell.workdir(f"{who}-{key}", fam.name)))
+    if not todo:
+        return
+    t0 = time.perf_counter()
+    try:
+        fam.prepare(todo, settings, cell.workdir(f"pairs-{key}", fam.name))
+    except StopRequested:
+        raise
+    except Exception:  # noqa: BLE001 - nothing is lost: each pair's compute does the work alone
+        log.warning("%s: metric family %s: the shared work of %d pairs failed; each pair is measured alone:",
+                    cell.cell_id, fam.name, len(todo), exc_info=True)
+        return
+    log.info("%s: %s: shared work of %d pairs in %.2f s", cell.cell_id, fam.name, len(todo),
+             time.perf_counter() - t0)
 
 
 def _cached_compute(fam: Family, cfg: DictConfig, cell: CellDir, who: str, ctx: Any) -> Result:

@@ -508,3 +508,100 @@ def test_family_defaults_evaluate_the_grid_the_thresholds_were_fitted_on():
     cfg = conn_family.Config()
     assert t_grid(cfg.n_points) == list(PAPER_T_GRID) and cfg.mc_endpoints == "interior"
     assert conn_family.check(conn_family.Config(converge_tol=100.0)) == []  # the paper's unchecked curves
+
+
+# --------------------------------------------------------------------------------- curves trained together
+def test_curves_trained_together_equal_curves_trained_alone_and_leave_their_files(tmp_path: Path):
+    """Three curves (weight decay, momentum, two bends) trained as one stack end where each one trained alone by
+    ``train_curve`` ends (within float rounding; here bitwise), write the final file a serial run loads without
+    training, and a stack stopped mid-epoch resumes bitwise; a curve with a serial checkpoint of its own is
+    resumed alone, one already finished is loaded."""
+    from landscape.connectivity import CURVE_CHECKPOINT, train_curves_together
+    from landscape.engine import StopRequested
+
+    data = _gaussian_data()
+    x, y, loss_fn = data.x_train, data.y_train, make_loss("cross_entropy")
+    models = [_mlp(s) for s in range(3)]
+    names = {"0-1": (0, 1), "0-2": (0, 2), "1-2": (1, 2)}
+    seeds = {"0-1": 11, "0-2": 12, "1-2": 13}
+    s = CurveSettings(epochs=4, lr=0.1, momentum=0.9, weight_decay=1e-3, batch_size=32, schedule="cosine")
+
+    def curves() -> dict[str, BezierCurve]:
+        return {n: BezierCurve.through_line(trainable_parameters(models[i]), trainable_parameters(models[j]), 2)
+                for n, (i, j) in names.items()}
+
+    alone = curves()
+    ref = {n: train_curve(alone[n], _mlp(99), x, y, loss_fn, s, seeds[n]) for n in names}
+    init = curves()
+    stacked = curves()
+    dirs = {n: tmp_path / "stack" / n for n in names}
+    res = train_curves_together(stacked, _mlp(99), x, y, loss_fn, s, seeds, dirs, tmp_path / "stack" / "group")
+    for n in names:
+        assert (stacked[n].middle_flat - init[n].middle_flat).abs().max() > 1e-2  # it trained
+        torch.testing.assert_close(stacked[n].middle_flat, alone[n].middle_flat, rtol=1e-5, atol=1e-6)
+        assert res[n].history == pytest.approx(ref[n].history, rel=1e-5) and res[n].steps == ref[n].steps
+        again = curves()[n]
+        loaded = train_curve(again, _mlp(99), x, y, loss_fn, s, seeds[n], dirs[n])
+        assert loaded.epochs_run == 0 and torch.equal(again.middle_flat, stacked[n].middle_flat)
+    assert not (tmp_path / "stack" / "group" / CURVE_CHECKPOINT).exists()
+
+    # stopped after 10 steps of the stack, then run again: bitwise the uninterrupted stack
+    polls = [0]
+
+    def stop_at_10() -> bool:
+        polls[0] += 1
+        return polls[0] == 10
+
+    dirs2 = {n: tmp_path / "stop" / n for n in names}
+    with pytest.raises(StopRequested):
+        train_curves_together(curves(), _mlp(99), x, y, loss_fn, s, seeds, dirs2, tmp_path / "stop" / "group",
+                              should_stop=stop_at_10)
+    assert (tmp_path / "stop" / "group" / CURVE_CHECKPOINT).exists()
+    resumed = curves()
+    train_curves_together(resumed, _mlp(99), x, y, loss_fn, s, seeds, dirs2, tmp_path / "stop" / "group")
+    for n in names:
+        assert torch.equal(resumed[n].middle_flat, stacked[n].middle_flat), n
+
+    # mixed: 0-1 finished alone, 0-2 stopped alone (its own checkpoint), 1-2 new
+    dirs3 = {n: tmp_path / "mixed" / n for n in names}
+    train_curve(curves()["0-1"], _mlp(99), x, y, loss_fn, s, seeds["0-1"], dirs3["0-1"])
+    polls[0] = 0
+    with pytest.raises(StopRequested):
+        train_curve(curves()["0-2"], _mlp(99), x, y, loss_fn, s, seeds["0-2"], dirs3["0-2"], should_stop=stop_at_10)
+    mixed = curves()
+    out = train_curves_together(mixed, _mlp(99), x, y, loss_fn, s, seeds, dirs3, tmp_path / "mixed" / "group")
+    assert out["0-1"].epochs_run == 0 and out["0-2"].resumed_from_epoch > 0
+    for n in names:
+        torch.testing.assert_close(mixed[n].middle_flat, alone[n].middle_flat, rtol=1e-5, atol=1e-6)
+
+
+def test_connectivity_prepare_trains_the_pairs_together_and_compute_only_evaluates(tmp_path: Path):
+    """The family's ``prepare`` runs the protocol for three pairs as stacks; each pair's ``compute`` afterwards
+    trains nothing (its stage files are loaded) and reports the mc by budget a pair computed alone reports."""
+    data = _gaussian_data()
+    loss_fn = make_loss("cross_entropy")
+    cfg_train = SimpleNamespace(train=SimpleNamespace(batch_size=32, epochs=2, steps=None, vectorize="auto"))
+    ctxs = {}
+    for seed in (0, 1, 2):
+        model = _train(_mlp(seed), data, seed, tmp_path / f"seed{seed}", epochs=4)
+        ctxs[seed] = ModelContext(model=model, seed=seed, data=data, loss_fn=loss_fn, make_model=lambda: _mlp(99),
+                                  cfg=cfg_train, device=torch.device("cpu"), workdir=tmp_path)
+    cfg = conn_family.Config(enabled=True, budget=0.5, max_budget=4.0, test=False, line=False)
+    pairs = [PairContext(ctxs[a], ctxs[b], tmp_path / "prepared" / f"{a}-{b}") for a, b in ((0, 1), (0, 2), (1, 2))]
+    conn_family.prepare(pairs, cfg, tmp_path / "prepared" / "stack")
+    stages = sorted(p.name for p in (tmp_path / "prepared" / "0-1").iterdir())
+    assert stages[0] == "curve" and all((tmp_path / "prepared" / "0-1" / d / "curve_final.pt").exists() for d in stages)
+    for p in pairs:
+        polls = [0]
+
+        def count() -> bool:
+            polls[0] += 1
+            return False
+
+        a = dataclasses.replace(p.a, should_stop=count)
+        got = conn_family.FAMILY.compute(PairContext(a, p.b, p.workdir), cfg).values
+        assert polls[0] == 0  # not one training step: every stage was loaded
+        alone = conn_family.FAMILY.compute(PairContext(p.a, p.b, tmp_path / "alone" / p.workdir.name), cfg).values
+        assert got["connectivity.budgets"] == alone["connectivity.budgets"]
+        assert got["connectivity.mc_by_budget"] == pytest.approx(alone["connectivity.mc_by_budget"], abs=0.5)
+        assert got["connectivity.stop_reason"] == alone["connectivity.stop_reason"]

@@ -3,6 +3,7 @@ families that are on by default (``enabled: auto``) skip one-seed cells, explici
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -137,6 +138,36 @@ def test_an_exception_in_a_family_is_an_error_value_not_cached_and_preemption_pa
 
     with pytest.raises(StopRequested):
         job._cached_compute(_family(preempted), cfg, cell, "seed=0", _Ctx(tmp_path))
+
+
+def test_a_failed_prepare_costs_no_value_and_cached_pairs_are_not_prepared_again(tmp_path, caplog):
+    """A pair family's shared work (``prepare``) that raises is logged and each pair's ``compute`` still gives its
+    value; ``prepare`` gets only the pairs whose values are not cached, each with the workdir ``compute`` gets; a
+    preemption request passes."""
+    from landscape.training import StopRequested
+
+    seen: list[list[Path]] = []
+
+    def prepare(contexts, settings, workdir):
+        seen.append([c.workdir for c in contexts])
+        raise RuntimeError("stack failed")
+
+    fam = dataclasses.replace(_family(lambda ctx, s: Result({"toy.value": 1.0})), table="pairs", prepare=prepare)
+    cfg, cell = _cell(tmp_path)
+    contexts = {"pair=0-1": _Ctx(tmp_path), "pair=0-2": _Ctx(tmp_path)}
+    job._prepare(fam, cfg, cell, contexts)
+    assert "the shared work of 2 pairs failed" in caplog.text and "stack failed" in caplog.text
+    res = job._cached_compute(fam, cfg, cell, "pair=0-1", contexts["pair=0-1"])
+    assert res.values == {"toy.value": 1.0} and res.error is None
+    job._prepare(fam, cfg, cell, contexts)  # pair 0-1 is cached now: only 0-2 is prepared
+    key = job.metrics_key(cfg.metrics["toy"])
+    assert seen[-1] == [cell.workdir(f"pair=0-2-{key}", "toy")]
+
+    def preempted(contexts, settings, workdir):
+        raise StopRequested("signal")
+
+    with pytest.raises(StopRequested):
+        job._prepare(dataclasses.replace(fam, prepare=preempted), cfg, cell, contexts)
 
 
 def test_non_finite_undeclared_and_mistyped_values_become_nulls_with_reasons():

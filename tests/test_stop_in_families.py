@@ -1,5 +1,6 @@
 """A stop request reaches the training loops inside metric families: Ctrl-C (SIGINT to the process group, as a
-terminal sends it) or SIGTERM while a Bezier curve or a jump-and-retrain trains ends the ``landscape`` process
+terminal sends it) or SIGTERM while a Bezier curve (alone, or a cell's curves as one stack) or a jump-and-retrain
+trains ends the ``landscape`` process
 within 5 s, leaves the cell resumable (``running``, ``preempted``, a checkpoint under the cell), and rerunning
 the same command resumes the training (the engine's ``resumed at epoch`` line) and gives rows bitwise equal to
 those of an uninterrupted run of the same config in another directory. Both a single run and the local pool
@@ -28,9 +29,12 @@ JUMP = [*BASE, "train.seeds=[0]", "metrics.jump_retrain.enabled=true", "metrics.
         "metrics.jump_retrain.store_coords=true"]
 # a curve of 30 epochs first (about 3 s here), however many stages the connectivity protocol adds
 CURVE = [*BASE, "train.seeds=[0,1]", "metrics.connectivity.enabled=true", "metrics.connectivity.epochs=30"]
+# three seeds: the three pairs' curves train as one stack (an MLP; ``metrics.connectivity.prepare``)
+CURVES = [*BASE, "train.seeds=[0,1,2]", "metrics.connectivity.enabled=true", "metrics.connectivity.epochs=30"]
 POOL = ["-m", "hydra/launcher=local", "hydra.launcher.max_parallel=1"]
 CASES = {"jump": (JUMP, "jump_checkpoint.pt", r"jump-retrain \d+ \(scale [0-9.]+\): resumed at epoch [1-9]"),
-         "curve": (CURVE, "curve_checkpoint.pt", r"curve .*: resumed at epoch [1-9]")}
+         "curve": (CURVE, "curve_checkpoint.pt", r"curve .*: resumed at epoch [1-9]"),
+         "curves": (CURVES, "curve_checkpoint.pt", r"curves 0-1, 0-2, 1-2 together .*: resumed at epoch [1-9]")}
 # run times and provenance that differ between two runs of the same config; everything else must be equal
 VARYING = re.compile(r"(^|[._])seconds$|^(started_at|finished_at)$")
 EXIT_S = 5.0
@@ -93,6 +97,7 @@ def _stop_while_training(args: list[str], cwd: Path, checkpoint: str, sig: int, 
 
 @pytest.mark.parametrize("case,launcher,sig", [
     ("curve", "single", signal.SIGINT),
+    ("curves", "single", signal.SIGINT),
     ("jump", "single", signal.SIGINT),
     ("jump", "pool", signal.SIGTERM),
     pytest.param("curve", "pool", signal.SIGINT, marks=pytest.mark.slow),

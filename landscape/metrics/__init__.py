@@ -18,7 +18,12 @@ A *metric family* is one switchable group of measurements (``metrics.<name>.enab
 * ``depends``: ``{column: (columns, ...)}``: a value that is only meaningful where those are (a flag such as
   ``agrees`` or ``converged``, an eigenvalue beside its residual): null wherever one of them is not finite;
 * ``long_tables``: ``{table: {column: type}}`` of the long tables it writes (many rows per model);
-* ``styles``: how its metrics are drawn in a phase diagram (:class:`FigureStyle`).
+* ``styles``: how its metrics are drawn in a phase diagram (:class:`FigureStyle`);
+* ``prepare(contexts, settings, workdir)`` (pair families, optional): work shared by the cell's pairs whose
+  values are not cached yet, run once before their ``compute`` calls (the curves of ``connectivity`` trained
+  as one stack); it leaves its results under each pair's ``ctx.workdir`` for ``compute`` to load, and its own
+  checkpoints under ``workdir`` (private to the cell, family and settings). It computes no values: a
+  ``prepare`` that raises costs nothing but time (each ``compute`` then does the work alone).
 
 This module and the family declarations import neither torch nor the math modules: ``metric_columns`` and
 ``family_of`` are cheap (a family's ``compute`` imports its math when it runs). Registration is explicit:
@@ -159,6 +164,7 @@ class Family:
     styles: Mapping[str, FigureStyle] = field(default_factory=dict)
     description: str = ""
     depends: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    prepare: Callable[[list[Any], Any, Path], None] | None = None
 
     def __post_init__(self) -> None:
         if self.table not in TABLES:

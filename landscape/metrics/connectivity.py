@@ -42,6 +42,14 @@ curve of the first stage's budget, its mc unchecked (``converged`` null, ``stop_
 phase rule uses as measured, like the paper. A diverged curve (a non-finite loss or value)
 gives null ``mc``/``mc_loss`` with the reason in ``connectivity.error`` (the family contract's error column).
 
+Cost: a cell's curves are trained together (:func:`prepare`, run by the job before the pairs' ``compute``): at
+every stage the pairs still in the protocol form one stack (``landscape.connectivity.train_curves_together``:
+each curve keeps its own batch order, ``t`` draws and momentum; the model runs once on the stack), as the seeds
+are (``train.vectorize``: ``auto`` stacks MLPs, ``on`` any model without buffers, ``off`` none; models with
+BatchNorm are always trained one curve at a time). Each curve's stage files are those a serial run writes, so
+``compute`` loads them and only evaluates; ``connectivity.curve_seconds`` counts a stacked curve's share of its
+stack's time.
+
 Also reported at the final stage: ``connectivity.middle_excess`` (the highest training error at an interior
 t minus the higher endpoint's, percentage points; per stage in ``connectivity.middle_excess_by_budget``),
 ``connectivity.curve_final_loss`` (the last epoch's mean training loss of the curve, random t per batch)
@@ -302,67 +310,132 @@ class ProtocolRun:
     values: Any
 
 
-def train_protocol(ctx: PairContext, settings: Any, curve: Any, template: Any, first_epochs: int, batch_size: int,
-                   ts: list[float], seed: int, workdir: Any) -> ProtocolRun:
-    """Train ``curve`` in the protocol's stages (module docstring) until :func:`stage_decision` says stop.
+@dataclass
+class ProtocolPair:
+    """One pair's curve in the protocol: its context, its curve (trained in place), its batch-order seed and its
+    working directory (stage ``k``'s files in ``workdir/curve`` or ``workdir/curve_stage<k>``)."""
+
+    ctx: PairContext
+    curve: Any
+    seed: int
+    workdir: Any
+
+
+def stage_dir(k: int) -> str:
+    """Directory of protocol stage ``k`` (0-based) under a pair's (or a stack's) working directory."""
+    return "curve" if k == 0 else f"curve_stage{k}"
+
+
+def train_protocol(pairs: dict[str, ProtocolPair], settings: Any, template: Any, first_epochs: int,
+                   batch_size: int, ts: list[float], stack_dir: Any = None) -> dict[str, ProtocolRun]:
+    """Train each pair's curve in the protocol's stages (module docstring) until :func:`stage_decision` says
+    stop; name -> what each stage gave.
 
     Stage ``k`` continues stage ``k - 1``'s control points for as many epochs again (its own schedule), with
-    checkpoints in ``workdir/curve`` (stage 0) or ``workdir/curve_stage<k>`` (resumable, and loaded without
-    training when done)."""
+    checkpoints in the pair's ``workdir/curve`` (stage 0) or ``workdir/curve_stage<k>`` (resumable, and loaded
+    without training when done). With ``stack_dir``, the pairs still in the protocol at a stage are trained
+    together (``landscape.connectivity.train_curves_together``, its checkpoint in ``stack_dir/<stage dir>``),
+    each writing the files a serial run would: a later call without ``stack_dir`` loads them."""
     from landscape.connectivity import StageDecision, evaluate_path, mode_connectivity, stage_decision, stage_epochs
-    from landscape.connectivity import train_curve
+    from landscape.connectivity import train_curve, train_curves_together
 
-    data, loss_fn = ctx.a.data, ctx.a.loss_fn
+    first = next(iter(pairs.values())).ctx
+    data, loss_fn = first.a.data, first.a.loss_fn
     fixed = str(settings.protocol) == "fixed"
     stages = [first_epochs] if fixed else stage_epochs(first_epochs, float(settings.budget), float(settings.max_budget))
     mode, tol = str(settings.mc_endpoints), float(settings.converge_tol)
-    run = ProtocolRun([], [], [], [], [], None, 0.0, None)
-    done = 0
+    runs = {n: ProtocolRun([], [], [], [], [], None, 0.0, None) for n in pairs}
+    active, done = list(pairs), 0
     for k, total in enumerate(stages):
-        more = total - done
-        result = train_curve(curve, template, data.x_train, data.y_train, loss_fn,
-                             _curve_settings(settings, more, batch_size), stage_seed(seed, k),
-                             workdir / ("curve" if k == 0 else f"curve_stage{k}"),
-                             phase=f"curve {ctx.a.seed}-{ctx.b.seed} (stage {k + 1}/{len(stages)}: {total} epochs)",
-                             should_stop=ctx.should_stop)
-        t_eval = time.perf_counter()
-        v = evaluate_path(curve.point, template, data.x_train, data.y_train, loss_fn, ts)
-        run.seconds += result.seconds + time.perf_counter() - t_eval
+        cs = _curve_settings(settings, total - done, batch_size)
+        where = f"stage {k + 1}/{len(stages)}: {total} epochs"
+        if stack_dir is not None and len(active) > 1:
+            results = train_curves_together(
+                {n: pairs[n].curve for n in active}, template, data.x_train, data.y_train, loss_fn, cs,
+                {n: stage_seed(pairs[n].seed, k) for n in active}, {n: pairs[n].workdir / stage_dir(k) for n in active},
+                stack_dir / stage_dir(k), should_stop=first.should_stop,
+                phase=f"curves {', '.join(active)} together ({where})")
+        else:
+            results = {n: train_curve(pairs[n].curve, template, data.x_train, data.y_train, loss_fn, cs,
+                                      stage_seed(pairs[n].seed, k), pairs[n].workdir / stage_dir(k),
+                                      phase=f"curve {n} ({where})", should_stop=first.should_stop)
+                       for n in active}
         done = total
-        run.epochs.append(total)
-        run.mc.append(mode_connectivity(v.train_err, endpoints=mode))
-        run.middle_excess.append(middle_excess(v.train_err))
-        run.history += list(result.history)
-        run.last_history, run.values = list(result.history), v
-        run.decision = stage_decision(run.mc, tol, float(settings.decided_below), float(settings.decided_above),
-                                      last=k == len(stages) - 1, diverged=_diverged(result, v),
-                                      stable_doublings=int(settings.stable_doublings))
-        log.info("connectivity of seeds %d and %d: stage %d (%d epochs): mc %.3f pp, middle excess %.2f pp%s",
-                 ctx.a.seed, ctx.b.seed, k + 1, total, run.mc[-1], run.middle_excess[-1],
-                 f"; stop: {run.decision.reason}" if run.decision.stop else "")
-        if total == 0:
-            run.decision = StageDecision(True, False, None, "untrained")
-        elif fixed and run.decision.reason != "diverged":
-            run.decision = StageDecision(True, None, None, "fixed")
-        if run.decision.stop:
+        for n in active:
+            run, result = runs[n], results[n]
+            t_eval = time.perf_counter()
+            v = evaluate_path(pairs[n].curve.point, template, data.x_train, data.y_train, loss_fn, ts)
+            run.seconds += result.seconds + time.perf_counter() - t_eval
+            run.epochs.append(total)
+            run.mc.append(mode_connectivity(v.train_err, endpoints=mode))
+            run.middle_excess.append(middle_excess(v.train_err))
+            run.history += list(result.history)
+            run.last_history, run.values = list(result.history), v
+            run.decision = stage_decision(run.mc, tol, float(settings.decided_below), float(settings.decided_above),
+                                          last=k == len(stages) - 1, diverged=_diverged(result, v),
+                                          stable_doublings=int(settings.stable_doublings))
+            log.info("connectivity of seeds %s: stage %d (%d epochs): mc %.3f pp, middle excess %.2f pp%s",
+                     n, k + 1, total, run.mc[-1], run.middle_excess[-1],
+                     f"; stop: {run.decision.reason}" if run.decision.stop else "")
+            if total == 0:
+                run.decision = StageDecision(True, False, None, "untrained")
+            elif fixed and run.decision.reason != "diverged":
+                run.decision = StageDecision(True, None, None, "fixed")
+        active = [n for n in active if not runs[n].decision.stop]
+        if not active:
             break
-    return run
+    return runs
+
+
+def _pair_name(ctx: PairContext) -> str:
+    return f"{ctx.a.seed}-{ctx.b.seed}"
+
+
+def _protocol_inputs(ctx: PairContext, settings: Any) -> tuple[Any, list[float], int, int, int | None]:
+    """``(template model, t grid, first stage's epochs, batch size, endpoint steps)`` of a pair's curve."""
+    from landscape.connectivity import t_grid
+
+    train_cfg = getattr(ctx.a.cfg, "train", None) if ctx.a.cfg is not None else None
+    epochs, batch_size, ep_steps = curve_budget(settings, train_cfg, ctx.a.data.n_train)
+    return ctx.a.make_model(), t_grid(int(settings.n_points)), epochs, batch_size, ep_steps
+
+
+def _protocol_pair(ctx: PairContext, settings: Any) -> ProtocolPair:
+    from landscape.params import pair_seed
+
+    seed = pair_seed(settings.seed, ctx.a.seed, ctx.b.seed)
+    return ProtocolPair(ctx, _initial_curve(ctx, settings, seed), seed, ctx.workdir)
+
+
+def prepare(contexts: list[PairContext], settings: Any, workdir: Any) -> None:
+    """Train the curves of a cell's pairs together (the stack the seeds use: ``train.vectorize``, see
+    ``landscape.vectorized.use_vectorized``; MLPs by default, never models with BatchNorm), stage by stage through
+    the protocol, leaving each pair's stage files where :func:`compute` finds them (it then only evaluates).
+    Nothing is done for a single pair, a model that cannot be stacked, or ``curve: false``."""
+    from landscape.vectorized import use_vectorized
+
+    if not settings.curve or len(contexts) < 2 or check(settings):
+        return
+    first = contexts[0]
+    template, ts, epochs, batch_size, _ = _protocol_inputs(first, settings)
+    train_cfg = getattr(first.a.cfg, "train", None)
+    mode = str(getattr(train_cfg, "vectorize", "auto")) if train_cfg is not None else "auto"
+    if epochs == 0 or int(settings.bends) < 1 or not use_vectorized(mode, template, len(contexts)):
+        return
+    pairs = {_pair_name(c): _protocol_pair(c, settings) for c in contexts}
+    train_protocol(pairs, settings, template, epochs, batch_size, ts, stack_dir=workdir)
 
 
 def compute(ctx: PairContext, settings: Any) -> Result:
-    from landscape.connectivity import BezierCurve, barrier, evaluate_path, mode_connectivity, t_grid
+    from landscape.connectivity import BezierCurve, barrier, evaluate_path, mode_connectivity
     from landscape.connectivity import trainable_parameters
     from landscape.engine import steps_per_epoch
-    from landscape.params import pair_seed
 
     problems = check(settings)
     if problems:
         raise ValueError("; ".join(problems))
     data, loss_fn = ctx.a.data, ctx.a.loss_fn
-    ts = t_grid(int(settings.n_points))
-    template = ctx.a.make_model()
-    train_cfg = getattr(ctx.a.cfg, "train", None) if ctx.a.cfg is not None else None
-    epochs, batch_size, ep_steps = curve_budget(settings, train_cfg, data.n_train)
+    template, ts, epochs, batch_size, ep_steps = _protocol_inputs(ctx, settings)
     per_epoch = steps_per_epoch(data.n_train, batch_size)
     out: dict[str, Any] = {
         "connectivity.n_points": len(ts),
@@ -385,9 +458,9 @@ def compute(ctx: PairContext, settings: Any) -> Result:
             "connectivity.line_seconds": time.perf_counter() - t0,
         })
     if settings.curve:
-        seed = pair_seed(settings.seed, ctx.a.seed, ctx.b.seed)
-        curve = _initial_curve(ctx, settings, seed)
-        run = train_protocol(ctx, settings, curve, template, epochs, batch_size, ts, seed, ctx.workdir)
+        pair = _protocol_pair(ctx, settings)
+        curve = pair.curve
+        run = train_protocol({_pair_name(ctx): pair}, settings, template, epochs, batch_size, ts)[_pair_name(ctx)]
         decision, v = run.decision, run.values
         # budgets in multiples of the endpoints' steps (of the first stage's epochs without a train config)
         unit = (ep_steps / per_epoch) if ep_steps else (epochs or 1)
@@ -445,6 +518,7 @@ FAMILY = Family(
     diagnostics=DIAGNOSTICS,
     compute=compute,
     check=check,
+    prepare=prepare,
     styles={"connectivity.mc": FigureStyle("mode connectivity", -30.0, 30.0, "RdBu_r", centre=0.0, units="pp of training error")},
     description="mode connectivity along a trained Bezier curve (budget following the endpoints, convergence "
                 "check), straight-line barrier",
