@@ -73,7 +73,7 @@ def test_readme_demo_command_end_to_end(tmp_path):
     demo_dir = tmp_path / "demo"
     proc = subprocess.run(
         ["make", "-C", str(REPO), "demo", f"VENV={venv}", f"DEMO_DIR={demo_dir}",
-         "ARGS=model.width=8,32 train.batch_size=128 train.epochs=2"],
+         "ARGS=model.width=8,32 data.label_noise=0.2 train.epochs=2"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"results of {demo_dir}" in proc.stdout and "test_acc" in proc.stdout
@@ -82,7 +82,7 @@ def test_readme_demo_command_end_to_end(tmp_path):
     assert df["test_acc"].between(0, 1).all()
     assert len(load(demo_dir, "pairs")) == 6  # 3 seeds: 3 pairs per cell
     assert list((demo_dir / "phase").glob("*.png")), proc.stdout[-2000:]
-    assert "phases (train.batch_size rows, model.width columns" in proc.stdout and "per phase" in proc.stdout
+    assert "phases (data.label_noise rows, model.width columns" in proc.stdout and "per phase" in proc.stdout
 
 
 def test_same_config_twice_gives_bitwise_identical_metrics(cli, tmp_path):

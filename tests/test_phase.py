@@ -732,4 +732,4 @@ def test_phase_section_is_typed_checked_and_not_part_of_the_cell(compose):
         compose(["phase.cak=0.6"])
     demo = compose(["+sweep=demo"])
     assert (demo.phase.x, demo.phase.y, demo.phase.train_loss, demo.phase.mc_barrier) == (
-        "model.width", "train.batch_size", 0.05, -0.5)
+        "model.width", "data.label_noise", 0.05, -0.5)

@@ -374,9 +374,11 @@ def train_protocol(pairs: dict[str, ProtocolPair], settings: Any, template: Any,
             run.decision = stage_decision(run.mc, tol, float(settings.decided_below), float(settings.decided_above),
                                           last=k == len(stages) - 1, diverged=_diverged(result, v),
                                           stable_doublings=int(settings.stable_doublings))
-            log.info("connectivity of seeds %s: stage %d (%d epochs): mc %.3f pp, middle excess %.2f pp%s",
-                     n, k + 1, total, run.mc[-1], run.middle_excess[-1],
-                     f"; stop: {run.decision.reason}" if run.decision.stop else "")
+            # said once, where the stage was trained (a stage loaded from its files is replayed quietly)
+            log.log(logging.INFO if result.epochs_run > 0 else logging.DEBUG,
+                    "connectivity of seeds %s: stage %d (%d epochs): mc %.3f pp, middle excess %.2f pp%s",
+                    n, k + 1, total, run.mc[-1], run.middle_excess[-1],
+                    f"; stop: {run.decision.reason}" if run.decision.stop else "")
             if total == 0:
                 run.decision = StageDecision(True, False, None, "untrained")
             elif fixed and run.decision.reason != "diverged":
