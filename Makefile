@@ -1,8 +1,13 @@
 # landscape: the two commands of the README.
-#   make demo   set up (if needed), run the demo sweep (sweeps/demo.yaml), print a table of its rows, then draw
-#               its phase diagram and print the phase table (landscape-phase reads the axes and thresholds
-#               from the sweep's phase: section)
+#   make demo   set up (if needed), run the demo sweep (sweeps/demo.yaml), then draw its phase diagram and print
+#               the phase table (landscape-phase reads the axes and thresholds from the sweep's phase: section).
+#               On screen: the launch's own lines, warnings and errors, and the phase table; every line of the
+#               launch (each cell's start, training, metrics, end) is in $(DEMO_DIR)/launch.log, the table of
+#               the rows in $(DEMO_DIR)/summary.txt
 #   make test   set up (if needed) and run the test suite (what .ci/run calls)
+#   make notebook  execute the exploration notebook (analysis/explore_sweep.py; NOTEBOOK=... for another) on the
+#               demo sweep's rows ($(DEMO_DIR), after make demo) and save it with its figures as
+#               $(DEMO_DIR)/analysis/explore_sweep.ipynb, to open in Jupyter
 # Set-up: a virtual environment in $(VENV). torch 2.13.0 (CPU build) is installed first unless the base
 # Python already has a torch, which is then used as it is (the venv sees the base site-packages).
 
@@ -14,7 +19,9 @@ DEMO_DIR ?= outputs/demo
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean-demo bench
+NOTEBOOK ?= analysis/explore_sweep.py
+
+.PHONY: setup demo notebook test test-all clean-demo bench
 
 setup: $(STAMP)
 
@@ -28,10 +35,25 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The demo's screen lines: the launcher's (planning, launching, its summary; not one line per cell), warnings,
+# errors and what is not a log line (a traceback).
+DEMO_SHOW := \]\[HYDRA\] [^[:space:]]|\]\[(WARNING|ERROR)\]|^[^[]
+
 demo: setup
-	$(VENV)/bin/landscape -m +sweep=demo hydra/launcher=local hydra.sweep.dir=$(DEMO_DIR) $(ARGS)
-	$(PY) -m landscape.cli.summary $(DEMO_DIR)
+	@mkdir -p $(DEMO_DIR)
+	@echo "running the demo sweep into $(DEMO_DIR); every line of the launch goes to $(DEMO_DIR)/launch.log"
+	@{ $(VENV)/bin/landscape -m +sweep=demo hydra/launcher=local hydra.sweep.dir=$(DEMO_DIR) $(ARGS) 2>&1; \
+	   echo $$? > $(DEMO_DIR)/.launch-rc; } | tee $(DEMO_DIR)/launch.log | grep --line-buffered -E '$(DEMO_SHOW)'; \
+	 rc=$$(cat $(DEMO_DIR)/.launch-rc); rm -f $(DEMO_DIR)/.launch-rc; \
+	 if [ "$$rc" != 0 ]; then echo "the launch failed (exit $$rc): see $(DEMO_DIR)/launch.log"; exit $$rc; fi
+	@$(PY) -m landscape.cli.summary $(DEMO_DIR) > $(DEMO_DIR)/summary.txt && head -n 5 $(DEMO_DIR)/summary.txt && \
+	 echo "  mean training loss and test accuracy per cell: $(DEMO_DIR)/summary.txt"
 	$(VENV)/bin/landscape-phase $(DEMO_DIR) --out $(DEMO_DIR)/phase --formats png pdf
+
+notebook: setup
+	@test -d $(DEMO_DIR)/results/models || { echo "no rows in $(DEMO_DIR): run 'make demo' first"; exit 2; }
+	$(PY) analysis/run_notebook.py $(NOTEBOOK) -p SWEEP_DIR=$(abspath $(DEMO_DIR)) \
+	  --out $(DEMO_DIR)/analysis/$(notdir $(NOTEBOOK:.py=.ipynb))
 
 test: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)

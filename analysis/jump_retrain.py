@@ -26,9 +26,20 @@
 # 3. figures: the PHATE (or PCA) embedding of the trajectories coloured by train loss, the persistence
 #    diagrams per noise level, and the 2D loss surface around each model.
 #
-# Run as a script: `python analysis/jump_retrain.py SWEEP_DIR [OUT_DIR]` (or set `LANDSCAPE_SWEEP_DIR` and
-# `LANDSCAPE_JUMP_RETRAIN_OUT`); open in Jupyter with jupytext. Figures go to `OUT_DIR`
-# (default `SWEEP_DIR/analysis/jump_retrain`).
+# The compared knob is the sweep's `phase.x` when the sweep varies it, else the first knob it varies
+# (`landscape.cli.phase.swept_knobs`: from its launches, never a derived size such as `model.n_params`); "fits"
+# uses the training-loss (or error) threshold of the sweep's `phase:` section, as `landscape-phase` does.
+#
+# Open it in Jupyter (`jupytext --to notebook analysis/jump_retrain.py`), set the sweep in the parameter cell
+# below (papermill: `-p SWEEP_DIR DIR`) or in `LANDSCAPE_SWEEP_DIR`; figures are shown inline and saved. Run as
+# a script: `python analysis/jump_retrain.py SWEEP_DIR [OUT_DIR]`. Figures go to `OUT_DIR`
+# (`LANDSCAPE_JUMP_RETRAIN_OUT`; default `SWEEP_DIR/analysis/jump_retrain`).
+
+# %% tags=["parameters"]
+# Parameters: None = the command line (as a script), then $LANDSCAPE_SWEEP_DIR / $LANDSCAPE_JUMP_RETRAIN_OUT,
+# then outputs/jump_retrain_noise and SWEEP_DIR/analysis/jump_retrain.
+SWEEP_DIR = None
+OUT_DIR = None
 
 # %%
 import logging
@@ -36,35 +47,53 @@ import os
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from landscape import phase, results
+from landscape.cli.phase import resolve_settings, swept_knobs
+from landscape.surfaces import Surface, plot_contour
+from landscape.trajectories.embedding import plot_embedding
+from landscape.trajectories.homology import diagram_distance, plot_diagrams
 
-from landscape import results  # noqa: E402
-from landscape.surfaces import Surface, plot_contour  # noqa: E402
-from landscape.trajectories.embedding import plot_embedding  # noqa: E402
-from landscape.trajectories.homology import diagram_distance, plot_diagrams  # noqa: E402
+try:
+    get_ipython  # noqa: B018 - defined in an IPython/Jupyter kernel only
+    IN_KERNEL = True
+except NameError:
+    IN_KERNEL = False
+_args = [] if IN_KERNEL else [a for a in sys.argv[1:] if not a.startswith("-")]  # a kernel's argv is its own
 
 logging.basicConfig(level=logging.WARNING)
 pd.set_option("display.width", 180)
 pd.set_option("display.max_columns", 30)
 
-_args = [a for a in sys.argv[1:] if not a.startswith("-")]  # (Jupyter passes -f KERNEL.json)
-SWEEP_DIR = Path(_args[0] if _args else os.environ.get("LANDSCAPE_SWEEP_DIR", "outputs/jump_retrain_noise"))
-OUT_DIR = Path(_args[1] if len(_args) > 1 else os.environ.get("LANDSCAPE_JUMP_RETRAIN_OUT",
-                                                               SWEEP_DIR / "analysis" / "jump_retrain"))
+SWEEP_DIR = Path(SWEEP_DIR or (_args[0] if _args else None) or os.environ.get("LANDSCAPE_SWEEP_DIR")
+                 or "outputs/jump_retrain_noise")
+OUT_DIR = Path(OUT_DIR or (_args[1] if len(_args) > 1 else None) or os.environ.get("LANDSCAPE_JUMP_RETRAIN_OUT")
+               or SWEEP_DIR / "analysis" / "jump_retrain")
 OUT_DIR.mkdir(parents=True, exist_ok=True)
-KNOB = "data.label_noise"
+
+
+def show(fig: plt.Figure, name: str) -> Path:
+    """Save ``fig`` as ``OUT_DIR/name``, show it inline in a notebook, close it; return the path."""
+    path = OUT_DIR / name
+    fig.savefig(path, dpi=110)
+    if IN_KERNEL:
+        from IPython.display import display
+
+        display(fig)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
 
 
 def _done(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].astype(object).eq("done").to_numpy(dtype=bool)] if "status" in df.columns else df
 
 
-models = _done(results.load(SWEEP_DIR, "models"))
+all_models = results.load(SWEEP_DIR, "models")
+models = _done(all_models)
 trajectories = _done(results.load(SWEEP_DIR, "trajectories"))
 persistence = _done(results.load(SWEEP_DIR, "persistence"))
 try:
@@ -76,6 +105,16 @@ print(f"{SWEEP_DIR}: {len(models)} completed models, {len(trajectories)} traject
       f"{len(persistence)} persistence bars, {len(surfaces)} surface points")
 if models.empty or trajectories.empty:
     raise SystemExit(f"{SWEEP_DIR}: no completed models with jump_retrain rows (enable metrics.jump_retrain)")
+settings, threshold_overrides, origin, sweep_file = resolve_settings(SWEEP_DIR, {})
+swept = swept_knobs(SWEEP_DIR, all_models)
+print(f"swept knobs: {swept}")
+KNOB = settings["x"] if settings["x"] in swept else (swept[0] if swept else None)
+if KNOB is None:
+    raise SystemExit(f"{SWEEP_DIR}: the sweep varies no knob: nothing to compare")
+NAME, SHORT = ("label noise", "noise") if KNOB == "data.label_noise" else (KNOB, KNOB.split(".")[-1])
+if len(swept) > 1:
+    print(f"comparing along {KNOB} ({'phase.x' if KNOB == settings['x'] else 'the first swept knob'}); "
+          f"averaged over the other swept knobs {[k for k in swept if k != KNOB]}")
 levels = sorted(float(v) for v in models[KNOB].unique())
 print(f"{KNOB} levels: {levels}; seeds: {sorted(int(s) for s in models['seed'].unique())}")
 
@@ -89,6 +128,21 @@ print(f"{KNOB} levels: {levels}; seeds: {sorted(int(s) for s in models['seed'].u
 fit_cols = [c for c in ("train_loss", "train_acc", "train_acc_clean", "test_loss", "test_acc") if c in models.columns]
 fit = models.groupby(KNOB)[fit_cols].mean()
 print(fit.round(4).to_string())
+
+# %% [markdown]
+# Whether the models of each level fit, by the fit threshold of the sweep's `phase:` section (the first split of
+# the phase rule: `train_loss` in nats, or `train_error` in % of the training set; the paper's value where the
+# sweep sets none).
+
+# %%
+level_cells = phase.aggregate_cells(all_models, None, [KNOB])
+rule, _ = phase.resolve_rule(settings["thresholds"], threshold_overrides, level_cells)
+print(rule.describe())
+fit_col = rule.fit_column
+for _, c in level_cells.iterrows():
+    value = c.get(fit_col, np.nan)
+    verdict = "fits" if value <= rule.fit_threshold else "does not fit" if np.isfinite(value) else "unknown"
+    print(f"{KNOB} = {c[KNOB]:g}: {fit_col} {value:.4g} -> {verdict} (threshold {rule.fit_threshold:g})")
 
 # %% [markdown]
 # ## Topology summaries per label-noise level
@@ -116,12 +170,12 @@ print(f"wrote {OUT_DIR / 'topology_summary.csv'}")
 if len(levels) >= 2:
     lo, hi = levels[0], levels[-1]
     outcome_cols = [c for c in topo_cols if not c.endswith((".seconds", ".n_points"))]  # not run bookkeeping
-    cmp = pd.DataFrame({f"noise={lo:g}": means.loc[lo, outcome_cols], f"noise={hi:g}": means.loc[hi, outcome_cols]})
+    cmp = pd.DataFrame({f"{SHORT}={lo:g}": means.loc[lo, outcome_cols], f"{SHORT}={hi:g}": means.loc[hi, outcome_cols]})
     cmp["ratio hi/lo"] = cmp.iloc[:, 1] / cmp.iloc[:, 0].replace(0, np.nan)
     cmp["differs"] = ~np.isclose(cmp.iloc[:, 0], cmp.iloc[:, 1], rtol=1e-3, atol=1e-9)
     print(cmp.round(4).to_string())
     n_diff = int(cmp["differs"].sum())
-    print(f"{n_diff} of {len(cmp)} summaries differ between label noise {lo:g} and {hi:g}")
+    print(f"{n_diff} of {len(cmp)} summaries differ between {NAME} {lo:g} and {hi:g}")
 else:
     print(f"only one {KNOB} level: nothing to compare")
 
@@ -150,13 +204,13 @@ def diagrams(df: pd.DataFrame, filtration: str = "loss", maxdim: int = 1) -> lis
 
 keys = [(float(n), int(s)) for n, s in models[[KNOB, "seed"]].itertuples(index=False)]
 dgm = {k: diagrams(persistence[(persistence[KNOB] == k[0]) & (persistence["seed"] == k[1])]) for k in keys}
-names = [f"noise={n:g} seed={s}" for n, s in keys]
+names = [f"{SHORT}={n:g} seed={s}" for n, s in keys]
 dist = pd.DataFrame([[diagram_distance(dgm[a][0], dgm[b][0]) for b in keys] for a in keys], index=names, columns=names)
 print(dist.round(4).to_string())
 same = [dist.iloc[i, j] for i in range(len(keys)) for j in range(i + 1, len(keys)) if keys[i][0] == keys[j][0]]
 cross = [dist.iloc[i, j] for i in range(len(keys)) for j in range(i + 1, len(keys)) if keys[i][0] != keys[j][0]]
 if same and cross:
-    print(f"mean H0 bottleneck distance: within a noise level {np.mean(same):.4f}, across levels {np.mean(cross):.4f}")
+    print(f"mean H0 bottleneck distance: within a {NAME} level {np.mean(same):.4f}, across levels {np.mean(cross):.4f}")
 
 # %% [markdown]
 # ## Figures
@@ -177,13 +231,11 @@ for i, n in enumerate(levels):
             continue
         xy = t[["embed_x", "embed_y"]].to_numpy(dtype=np.float64)
         plot_embedding(xy, t["train_loss"].to_numpy(), ax=ax, label="train loss",
-                       title=f"{method}: noise {n:g}, seed {s}")
+                       title=f"{method}: {SHORT} {n:g}, seed {s}")
         start = t[t["jump"] < 0]
         ax.scatter(start["embed_x"], start["embed_y"], marker="x", color="red", s=60, zorder=3)
 fig.tight_layout()
-fig.savefig(OUT_DIR / "embedding_train_loss.png", dpi=110)
-plt.close(fig)
-print(f"wrote {OUT_DIR / 'embedding_train_loss.png'}")
+show(fig, "embedding_train_loss.png")
 
 # %% [markdown]
 # ### Persistence diagrams per noise level
@@ -195,11 +247,9 @@ fig, axes = plt.subplots(2, len(levels), figsize=(4.5 * len(levels), 8.4), squee
 for j, n in enumerate(levels):
     p = persistence[persistence[KNOB] == n]
     for i, filtration in enumerate(("loss", "rips")):
-        plot_diagrams(diagrams(p, filtration), ax=axes[i, j], title=f"{filtration} filtration, noise {n:g}")
+        plot_diagrams(diagrams(p, filtration), ax=axes[i, j], title=f"{filtration} filtration, {SHORT} {n:g}")
 fig.tight_layout()
-fig.savefig(OUT_DIR / "persistence_diagrams.png", dpi=110)
-plt.close(fig)
-print(f"wrote {OUT_DIR / 'persistence_diagrams.png'}")
+show(fig, "persistence_diagrams.png")
 
 # %% [markdown]
 # ### Loss surfaces
@@ -225,13 +275,11 @@ if not surfaces.empty and surfaces["beta"].nunique() > 1:
         s0 = sorted(sf["seed"].unique())[0]
         surf = surface_from_rows(sf[sf["seed"] == s0])
         plot_contour(surf, "train_loss", ax=axes[0, j], log_scale=True)
-        axes[0, j].set_title(f"train loss, noise {n:g}, seed {s0}")
+        axes[0, j].set_title(f"train loss, {SHORT} {n:g}, seed {s0}")
         c = surf.train_loss[len(surf.alphas) // 2, len(surf.betas) // 2]
-        print(f"noise {n:g} seed {s0}: surface train loss at centre {c:.4g}, mean {np.mean(surf.train_loss):.4g}, "
+        print(f"{SHORT} {n:g} seed {s0}: surface train loss at centre {c:.4g}, mean {np.mean(surf.train_loss):.4g}, "
               f"max {np.max(surf.train_loss):.4g}")
     fig.tight_layout()
-    fig.savefig(OUT_DIR / "loss_surface.png", dpi=110)
-    plt.close(fig)
-    print(f"wrote {OUT_DIR / 'loss_surface.png'}")
+    show(fig, "loss_surface.png")
 else:
     print("no 2D surfaces rows: skipped the surface figure")

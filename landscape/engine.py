@@ -33,8 +33,10 @@ engine owns everything else, once:
   6e4 times its initial loss and comes back; cross-entropy at lr 10 and 100 reaches 5e11 and 5e27 times its
   initial loss while staying finite, and ends near chance accuracy.
 * **Progress** (``landscape.progress.Progress``): a tqdm bar over the steps in an interactive terminal; elsewhere (a
-  SLURM job's log) it logs one line every ``LANDSCAPE_PROGRESS_S`` seconds (default 60) with the phase, epoch,
-  step, running mean loss of the epoch, accuracy of the latest batch (computed only for the line), learning
+  SLURM job's log) it logs a first line within seconds (``progress.FIRST_PROGRESS_S``), then one every
+  ``LANDSCAPE_PROGRESS_S`` seconds (default 60), with the phase (after the cell and phase of work of the
+  enclosing ``progress.working_on``, as are the resume, divergence and stop messages), epoch, step, running mean
+  loss of the epoch, accuracy of the latest batch (computed only for the line), learning
   rate, steps per second and the time left (means over the members). ``on_epoch(epoch,
   epochs, loss)`` is called after every epoch (after its checkpoint) with the mean loss over the members.
 
@@ -58,7 +60,7 @@ from torch import Tensor
 
 from landscape.files import STALE_TEMPORARY_S, TEMPORARY_MARK, atomic_write, check_fence
 from landscape import preemption
-from landscape.progress import PROGRESS_ENV, Progress, progress_interval  # noqa: F401 - re-exported
+from landscape.progress import PROGRESS_ENV, Progress, labelled, progress_interval  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -547,6 +549,7 @@ def run(
     Resumes from ``checkpoint_path`` if it holds a checkpoint of this run (same ``meta``, accepted by the
     task); removes it at the end. ``map_location``: where checkpoint tensors go (the task's device).
     """
+    phase = labelled(phase)  # the cell and phase of work (``progress.working_on``) in every line and message
     r = _Run(task, plan, phase, checkpoint_path, meta or {}, should_stop, on_epoch)
     r.resume(map_location)
     r.start_epoch = r.c.epoch

@@ -18,6 +18,11 @@
    (``commit_results``: staged, recorded as pending, renamed into place), then write the ``done`` status that
    records their checksums (the commit). Any exception writes a ``failed`` status with the error and is re-raised;
    checkpoints and cached values of finished work stay.
+
+The log (logger ``landscape.job``, INFO) says per cell where it starts (``cell ID start: overrides; seeds;
+what it measures``), how long each seed trained, each metric family's time per model or pair, and where it
+ends (``cell ID done in S s: seeds' status; test accuracy; what was measured; rows written where``). Progress
+lines of the work (``landscape.progress``) name the cell and the phase of work (``progress.working_on``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from landscape import metrics as metrics_mod
 from landscape import provenance
+from landscape.progress import working_on
 from landscape.cell import (CellDir, CellStatus, DamagedFile, Lease, LeaseLost, cell_id, clean_temporary_files,
                             file_problem, inspect_cell_files, metrics_key, quarantine, read_json,
                             resume_state_checksums, write_json)
@@ -53,7 +59,7 @@ from landscape.metrics import Family, ModelContext, PairContext, Result
 from landscape.models import build_model, n_parameters
 from landscape.results import SCHEMA_VERSION, schema_for
 from landscape.results.schema import knob_columns
-from landscape.training import TrainResult, TrainSettings, make_loss, train_model
+from landscape.training import RESULT, TrainResult, TrainSettings, make_loss, train_model
 from landscape.vectorized import group_name, train_together, use_vectorized
 
 log = logging.getLogger(__name__)
@@ -233,9 +239,10 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
     try:
         cell.write_status(status)
         atomic_write(cell.path / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
+        log.info("%s", start_line(cfg, cell.cell_id, overrides, status.attempts))
         _repair_resume_state(cell)
         with heartbeat:
-            files = _run(cfg, cell, status, stop, lease)
+            files, summary = _run(cfg, cell, status, stop, lease)
     except LeaseLost as exc:
         log.warning("cell %s: %s; this process stops without writing", cell.cell_id, exc)
         return CellOutcome(cell.cell_id, "lost", {}, time.perf_counter() - t_start, [])
@@ -268,8 +275,47 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
         check_fence(backup)
         backup.unlink(missing_ok=True)
     seconds = time.perf_counter() - t_start
-    log.info("cell %s done in %.1f s: %s", cell.cell_id, seconds, status.seeds)
+    log.info("cell %s done in %.1f s: %s", cell.cell_id, seconds, summary)
     return CellOutcome(cell.cell_id, "ran", status.seeds, seconds, files)
+
+
+def start_line(cfg: Any, cid: str, overrides: list[str] | None, attempt: int = 1) -> str:
+    """The log line of a cell's start: its id, its overrides (the knob values that set it apart; the
+    ``hydra`` ones left out), its seeds, the metric families it measures, and the attempt when not the first."""
+    shown = [o for o in (overrides or []) if not o.lstrip("+~").startswith("hydra")]
+    fams = [f.name for f in metrics_mod.enabled(cfg, "models")]
+    pair_fams = [f.name for f in metrics_mod.enabled(cfg, "pairs")]
+    measures = ", ".join(fams) + (f"; pairs: {', '.join(pair_fams)}" if pair_fams else "")
+    return (f"cell {cid} start: {' '.join(shown) if shown else 'the base config (no overrides)'}; "
+            f"seeds {','.join(str(int(x)) for x in cfg.train.seeds)}; measures {measures}"
+            + (f"; attempt {attempt}" if attempt > 1 else ""))
+
+
+def end_summary(sweep_dir: Path, model_rows: list[dict[str, Any]], families: list[str], pair_families: list[str],
+                n_pairs: int, files: list[str], n_errors: int) -> str:
+    """The tail of a cell's end line: each seed's status, test accuracy per done seed (and their mean), the
+    families measured (models; pairs: how many pairs), the result files written (relative to the sweep
+    directory) and the number of metric errors."""
+    by_status: dict[str, list[str]] = {}
+    for r in model_rows:
+        by_status.setdefault(str(r["status"]), []).append(str(r["seed"]))
+    parts = ["; ".join(f"seeds {','.join(v)} {k}" if len(v) > 1 else f"seed {v[0]} {k}" for k, v in by_status.items())]
+    acc = [float(r["test_acc"]) for r in model_rows if isinstance(r.get("test_acc"), (int, float))
+           and math.isfinite(float(r["test_acc"]))]
+    if acc:
+        parts.append("test_acc " + " ".join(f"{a:.3f}" for a in acc) + (f" (mean {sum(acc) / len(acc):.3f})" if len(acc) > 1 else ""))
+    measured = ", ".join(families) + (f"; pairs ({n_pairs}): {', '.join(pair_families)}" if pair_families else "")
+    parts.append(f"measured {measured}")
+    if n_errors:
+        parts.append(f"{n_errors} metric error(s) (status.json, landscape-status)")
+    rel = []
+    for f in files:
+        try:
+            rel.append(str(Path(f).relative_to(sweep_dir)))
+        except ValueError:
+            rel.append(str(f))
+    parts.append(f"rows in {sweep_dir}: {', '.join(rel)}")
+    return "; ".join(parts)
 
 
 def _record_invalid(cfg: DictConfig, sweep_dir: str | Path, overrides: list[str] | None, exc: Exception) -> None:
@@ -336,7 +382,8 @@ class _Heartbeat:
 
 
 def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callable[[], bool] | None,
-         lease: Lease | None = None) -> list[str]:
+         lease: Lease | None = None) -> tuple[list[str], str]:
+    """Steps 2-5 of the module docstring; returns the committed result files and the end line's summary."""
     started_at, t0 = _now(), time.perf_counter()
     device = resolve_device(str(cfg.device))
     torch.set_num_threads(int(cfg.threads))
@@ -367,13 +414,14 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
     extra_rows: dict[str, list[dict[str, Any]]] = {}
     for fam in metrics_mod.enabled(cfg, "models"):
         for s in ok:
-            res = _measure(fam, cfg, cell, f"seed={s}", contexts[s], status)
+            with working_on(f"cell {cell.cell_id} seed={s}: {fam.name}"):
+                res = _measure(fam, cfg, cell, f"seed={s}", contexts[s], status)
             model_values[s].update(res.values)
             for table, rows in res.tables.items():
                 extra_rows.setdefault(table, []).extend({**r, "seed": s} for r in rows)
 
     for fam in metrics_mod.skipped_auto(cfg):
-        log.info("%s: pair family %s skipped: the cell has one seed (train.seeds=%s; enabled: auto)",
+        log.info("cell %s: pair family %s skipped: the cell has one seed (train.seeds=%s; enabled: auto)",
                  cell.cell_id, fam.name, seeds)
     pair_families = metrics_mod.enabled(cfg, "pairs")
     pair_values: dict[tuple[int, int], dict[str, Any]] = {}
@@ -382,12 +430,14 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
                          for a, b in metrics_mod.select_pairs(seeds, str(cfg.metrics.pairs))
                          if a in contexts and b in contexts}
         for fam in pair_families:
-            _prepare(fam, cfg, cell, {f"pair={a}-{b}": c for (a, b), c in pair_contexts.items()})
+            with working_on(f"cell {cell.cell_id} pairs {','.join(f'{a}-{b}' for a, b in pair_contexts)}: {fam.name}"):
+                _prepare(fam, cfg, cell, {f"pair={a}-{b}": c for (a, b), c in pair_contexts.items()})
         for a, b in metrics_mod.select_pairs(seeds, str(cfg.metrics.pairs)):
             pair_values[(a, b)] = {}
             if (a, b) in pair_contexts:
                 for fam in pair_families:
-                    res = _measure(fam, cfg, cell, f"pair={a}-{b}", pair_contexts[(a, b)], status)
+                    with working_on(f"cell {cell.cell_id} pair={a}-{b}: {fam.name}"):
+                        res = _measure(fam, cfg, cell, f"pair={a}-{b}", pair_contexts[(a, b)], status)
                     pair_values[(a, b)].update(res.values)
     if status.metric_errors:
         cell.write_status(status)
@@ -421,7 +471,10 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
         tables["pairs"] = pair_rows
     for table, rows in extra_rows.items():
         tables[table] = [_plain({**common, "status": "done", **r}) for r in rows]
-    return commit_results(cfg, cell, status, tables, lease)
+    files = commit_results(cfg, cell, status, tables, lease)
+    summary = end_summary(Path(cell.sweep_dir), model_rows, [f.name for f in metrics_mod.enabled(cfg, "models")],
+                          [f.name for f in pair_families], len(pair_values), files, len(status.metric_errors))
+    return files, summary
 
 
 def commit_results(cfg: DictConfig, cell: CellDir, status: CellStatus, tables: dict[str, list[dict[str, Any]]],
@@ -573,21 +626,40 @@ def train_seeds(
 
         raise ConfigError([str(exc)]) from exc
     results: dict[int, TrainResult] = {}
-    # progress (a bar in a terminal, else a log line every LANDSCAPE_PROGRESS_S seconds) comes from the engine
-    if together:
-        results = train_together(models, data.x_train, data.y_train, settings,
-                                 {s: cell.seed_dir(s) for s in seeds}, cell.path / "groups" / group_name(seeds),
-                                 should_stop=should_stop,
-                                 phase=f"cell {cell.cell_id}: training seeds {','.join(map(str, seeds))} together")
-    else:
-        for s in seeds:
-            results[s] = train_model(models[s], data.x_train, data.y_train, settings, s, cell.seed_dir(s),
-                                     should_stop=should_stop, phase=f"cell {cell.cell_id}: training seed {s}")
+    # a seed with a result (result.json) was trained by an earlier run: loaded, not trained again
+    trained_before = {s for s in seeds if (cell.seed_dir(s) / RESULT).exists()}
+    # progress (a bar in a terminal, else log lines: the first within seconds) comes from the engine
+    t0 = time.perf_counter()
+    with working_on(f"cell {cell.cell_id}"):
+        if together:
+            results = train_together(models, data.x_train, data.y_train, settings,
+                                     {s: cell.seed_dir(s) for s in seeds}, cell.path / "groups" / group_name(seeds),
+                                     should_stop=should_stop,
+                                     phase=f"training seeds {','.join(map(str, seeds))} together")
+            log.info("cell %s: %s seeds %s together in %.2f s (%s)", cell.cell_id,
+                     "loaded" if trained_before == set(seeds) else "trained", ",".join(map(str, seeds)),
+                     time.perf_counter() - t0, "; ".join(_trained(s, results[s], s in trained_before) for s in seeds))
+        else:
+            for s in seeds:
+                t1 = time.perf_counter()
+                results[s] = train_model(models[s], data.x_train, data.y_train, settings, s, cell.seed_dir(s),
+                                         should_stop=should_stop, phase=f"training seed {s}")
+                log.info("cell %s: %s seed %d in %.2f s (%s)", cell.cell_id,
+                         "loaded" if s in trained_before else "trained", s, time.perf_counter() - t1,
+                         _trained(s, results[s], s in trained_before))
     for s in seeds:
         if results[s].status == "diverged":
             log.warning("cell %s: seed %d diverged after %d steps (%s)", cell.cell_id, s, results[s].steps,
                         results[s].reason or "reason not recorded")
     return models, {s: results[s] for s in seeds}
+
+
+def _trained(seed: int, r: TrainResult, before: bool) -> str:
+    """``seed 0: done, 30 epochs, 1350 steps, training.seconds 3.21`` (the rows' column: the training loop's
+    time; ``loaded``: trained by an earlier run; ``resumed at epoch E``)."""
+    how = "loaded: trained by an earlier run, " if before else (
+        f"resumed at epoch {r.resumed_from_epoch}, " if r.resumed_from_epoch else "")
+    return f"seed {seed}: {r.status}, {how}{r.epochs} epochs, {r.steps} steps, training.seconds {r.seconds:.2f}"
 
 
 def check_after_load(cfg: DictConfig, data: CellData) -> None:
@@ -636,7 +708,7 @@ def _prepare(fam: Family, cfg: DictConfig, cell: CellDir, contexts: dict[str, An
         log.warning("%s: metric family %s: the shared work of %d pairs failed; each pair is measured alone:",
                     cell.cell_id, fam.name, len(todo), exc_info=True)
         return
-    log.info("%s: %s: shared work of %d pairs in %.2f s", cell.cell_id, fam.name, len(todo),
+    log.info("cell %s: metric family %s: shared work of %d pairs in %.2f s", cell.cell_id, fam.name, len(todo),
              time.perf_counter() - t0)
 
 
@@ -663,7 +735,7 @@ def _cached_compute(fam: Family, cfg: DictConfig, cell: CellDir, who: str, ctx: 
         log.warning("%s %s: metric family %s raised (its values are nulls):", cell.cell_id, who, fam.name,
                     exc_info=True)
         return Result(error=" ".join(f"{type(exc).__name__}: {exc}".split())[:500])
-    log.info("%s %s: %s in %.2f s", cell.cell_id, who, fam.name, time.perf_counter() - t0)
+    log.info("cell %s %s: metric family %s measured in %.2f s", cell.cell_id, who, fam.name, time.perf_counter() - t0)
     if not isinstance(res, Result):
         return Result(error=f"compute returned {type(res).__name__}, expected landscape.metrics.Result")
     res = Result(_plain(res.values), _plain(res.tables), res.error)

@@ -32,9 +32,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
+import matplotlib  # the backend is the caller's: a notebook's inline one, Agg in landscape-phase
 import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.patches as mpatches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402

@@ -1,6 +1,7 @@
 """The jump-and-retrain label-noise sweep (sweeps/jump_retrain_noise.yaml) through the real CLI, shrunk on the
 command line, then analysis/jump_retrain.py run as a script on its rows (issue 7: "a small sweep comparing well-
-and poorly-generalising networks produces jump-and-retrain rows whose summaries differ, shown in the notebook")."""
+and poorly-generalising networks produces jump-and-retrain rows whose summaries differ, shown in the notebook")
+and executed as a notebook by nbclient (issue 22)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 
 from conftest import REPO
 from landscape.results import load
+from notebook_support import execute_notebook, images
+from notebook_support import stdout as nb_stdout
 
 NOTEBOOK = REPO / "analysis" / "jump_retrain.py"
 
@@ -65,7 +68,21 @@ def _check(sweep, out, stdout):
 
 
 def test_tiny_label_noise_sweep_gives_differing_topology_in_the_notebook(cli, tmp_path):
-    _check(*_sweep_and_notebook(cli, tmp_path, []))
+    sweep, out, stdout = _sweep_and_notebook(cli, tmp_path, ["phase.train_loss=0.123"])
+    _check(sweep, out, stdout)
+    # the same notebook executed as a notebook (nbclient, a real kernel), the sweep given in its parameter cell
+    # as papermill would: the same comparison printed, its three figures shown inline, the compared knob the
+    # one the sweep varies (model.width is fixed on the command line: no knob; model.n_params: never), the fit
+    # threshold from the sweep's phase section
+    nb_out = tmp_path / "nb_figs"
+    nb = execute_notebook(NOTEBOOK, parameters={"SWEEP_DIR": str(sweep), "OUT_DIR": str(nb_out)}, cwd=tmp_path)
+    text = nb_stdout(nb)
+    assert len(images(nb)) >= 3, text[-3000:]
+    assert "swept knobs: ['data.label_noise']" in text, text[:2000]
+    assert "summaries differ between label noise 0 and 0.5" in text, text[-3000:]
+    assert "training loss 0.123 nats" in text and "(threshold 0.123)" in text, text[-3000:]
+    for name in ("embedding_train_loss.png", "persistence_diagrams.png", "loss_surface.png"):
+        assert (nb_out / name).stat().st_size > 2000, name
 
 
 @pytest.mark.slow
