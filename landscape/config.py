@@ -20,7 +20,7 @@ import os
 import re
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -192,8 +192,8 @@ def validate(cfg: DictConfig | Any) -> list[str]:
     from landscape.models import ACTIVATIONS, MODELS
     from landscape.training import LOSSES, SCHEDULES
 
-    p: list[str] = [f"{k}: not a key of the config schema (added with '+'?); known keys under "
-                    f"{k.rpartition('.')[0] or 'the root'}: {', '.join(known)}" for k, known in unknown_keys(cfg)]
+    p: list[str] = [unknown_key_message(k, added=True) or f"{k}: not a key of the config schema"
+                    for k, _ in unknown_keys(cfg)]
     bad = set()  # keys refused by their bounds: the rules below that read them are skipped
     out_of_bounds = bound_problems(cfg)
     for key, msg in out_of_bounds:
@@ -728,6 +728,164 @@ def unknown_keys(cfg: Any, cls: type | None = None, prefix: str = "") -> list[tu
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
         if is_dataclass(default):
             out.extend(unknown_keys(cfg[key], type(default), f"{name}."))
+    return out
+
+
+def _schema_fields(cls: type) -> dict[str, tuple[Any, Any]]:
+    """``{name: (annotation, default)}`` of a schema dataclass (annotations resolved)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints.get(f.name, f.type),
+                     f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)  # type: ignore[misc]
+            for f in fields(cls)}
+
+
+def schema_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema (``LandscapeConfig``): groups (``model``, ``metrics.hessian``) and leaves."""
+    cls = cls or _build_root()["LandscapeConfig"]
+    out: list[str] = []
+    for name, (_, default) in _schema_fields(cls).items():
+        out.append(f"{prefix}{name}")
+        if is_dataclass(default):
+            out.extend(schema_keys(type(default), f"{prefix}{name}."))
+    return out
+
+
+def _lookup(key: str) -> tuple[type | None, str, list[str], Any]:
+    """Walk ``key`` down the schema: ``(class holding its leaf, the known part, the keys at the level where the
+    walk stopped, the leaf's annotation)``; the class is None where a part is not a key of the schema (the known
+    part then ends before it). A key below a leaf typed ``Any`` or ``dict`` is accepted (its class: None, known
+    part: the whole key, annotation: ``Any``)."""
+    cls: type = _build_root()["LandscapeConfig"]
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        level = _schema_fields(cls)
+        if part not in level:
+            return None, ".".join(parts[:i]), sorted(level), None
+        annotation, default = level[part]
+        if is_dataclass(default):
+            cls = type(default)
+            continue
+        if i == len(parts) - 1:
+            return cls, key, sorted(level), annotation
+        if annotation is Any or annotation is dict or str(annotation).startswith(("dict", "typing.Dict")):
+            return None, key, [], Any
+        return None, ".".join(parts[: i + 1]), [], annotation  # a value, not a group: nothing below it
+    return cls, key, sorted(_schema_fields(cls)), None  # a group itself (e.g. ``model``)
+
+
+def unknown_key_message(key: str, added: bool = False) -> str | None:
+    """None if ``key`` (dotted) is a key of the config schema, else one message naming it, the nearest known
+    keys ("did you mean") and the keys of the group it was written under; ``added``: it came with ``+``.
+
+    The one place every key typo is explained: an override on the command line (fixed or swept, ``landscape``
+    refuses it before Hydra composes anything), a swept key of a sweep file (``hydra.sweeper.params``: the
+    sweeper, before planning), and a key added with ``+`` (``validate``)."""
+    import difflib
+
+    cls, known, level, annotation = _lookup(key)
+    if cls is not None or (known == key and annotation is Any):
+        return None
+    if known and key.startswith(known + ".") and not level:  # below a leaf: e.g. model.width.x
+        return f"{key}: not a key of the config schema; {known} is a value, not a group of keys"
+    parts = key.split(".")
+    depth = len(known.split(".")) if known else 0
+    where = known or "the root"
+    rest = parts[depth + 1:]
+    all_keys = schema_keys()
+    near: list[str] = []  # the group's keys like the unknown part; else whole keys like it, keys of that leaf name
+    ratio = {m: difflib.SequenceMatcher(None, parts[depth], m).ratio() for m in level}
+    best = max(ratio.values(), default=0.0)
+    for match in sorted((m for m in level if ratio[m] >= max(0.7, best - 0.1)), key=lambda m: -ratio[m])[:2]:
+        guess = ".".join([*([known] if known else []), match, *rest])
+        near.append(guess if guess in all_keys or not rest else ".".join([*([known] if known else []), match]))
+    if not near:
+        near += difflib.get_close_matches(key, all_keys, n=2, cutoff=0.8)
+        by_leaf: dict[str, list[str]] = {}
+        for k in all_keys:
+            by_leaf.setdefault(k.rpartition(".")[2], []).append(k)
+        for leaf in difflib.get_close_matches(parts[-1], list(by_leaf), n=2, cutoff=0.8):
+            near += by_leaf[leaf][:2]
+    near = [k for k in dict.fromkeys(near) if k != key][:3]
+    text = f"{key}: not a key of the config schema" + (" (added with '+')" if added else "")
+    text += f"; did you mean {' or '.join(near)}?" if near else "."
+    return text + f" Keys of {where}: {', '.join(level)}"
+
+
+def _type_words(annotation: Any) -> str:
+    """A type annotation in words (``float`` -> ``a number``)."""
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+        return f"null or {_type_words(args[0])}"
+    if typing.get_origin(annotation) is list:
+        inner = typing.get_args(annotation)
+        return f"a list of {_type_words(inner[0]).removeprefix('a ').removeprefix('an ')}s" if inner else "a list"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(annotation,
+                                                                                                 str(annotation))
+
+
+def value_message(key: str, value: Any) -> str | None:
+    """None if ``value`` has the type of the schema's leaf ``key`` (converted as Hydra converts an override),
+    else a message naming the key, the value and what is allowed (the key's bound, ``bounds``, where it has
+    one). Bounds, choices and the rules that tie keys together are ``validate``'s, per cell, so that a grid's
+    every bad value is listed at once."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    cls, known, _, annotation = _lookup(key)
+    if cls is None or known != key or (isinstance(value, str) and "${" in value):  # interpolations: Hydra's
+        return None
+    node = OmegaConf.structured(cls)
+    try:
+        node[key.rpartition(".")[2]] = value
+    except (OmegaConfBaseException, ValueError, TypeError):
+        rule = bounds().get(key)
+        return f"{key}={value!r}: expected {rule.describe() if rule is not None else _type_words(annotation)}"
+    return None
+
+
+def override_problems(overrides: Sequence[str], is_group: Any = None) -> list[str]:
+    """Every key typo and value of a wrong type among command-line overrides (``key=value``, swept
+    ``key=a,b`` or ``range(...)`` too), one message per key (see ``unknown_key_message`` and ``value_message``).
+    ``is_group(name)``: whether ``name`` is a config group (``data``, ``sweep``: their options are Hydra's to
+    check). ``hydra`` overrides and deletions (``~key``) are left to Hydra. Raises nothing: an override Hydra's
+    parser refuses is left to Hydra, which names it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out: list[str] = []
+    seen: set[str] = set()
+    for line in overrides:
+        try:
+            ov = parser.parse_overrides([str(line)])[0]
+        except Exception:  # noqa: BLE001 - a syntax error: Hydra's own message names it
+            continue
+        key = ov.key_or_group
+        if ov.is_hydra_override() or ov.is_delete() or ov.package is not None or key in seen:
+            continue
+        if is_group is not None and is_group(key):
+            continue
+        msg = unknown_key_message(key, added=ov.is_add() or ov.is_force_add())
+        if msg is not None:
+            out.append(msg)
+            seen.add(key)
+            continue
+        try:
+            values = list(ov.sweep_iterator()) if ov.is_sweep_override() else [ov.value()]
+        except Exception:  # noqa: BLE001 - e.g. an interval sweep: no values to check here
+            values = []
+        bad: dict[str, list[str]] = {}  # what is allowed -> the values that are not
+        for value in values:
+            msg = value_message(key, value)
+            if msg is not None:
+                written, _, allowed = msg.partition(": expected ")
+                bad.setdefault(allowed, []).append(written.partition("=")[2])
+        for allowed, written in bad.items():  # one message per key and reason, naming every bad value
+            out.append(f"{key}={', '.join(written)}: expected {allowed}")
+        if bad:
+            seen.add(key)
     return out
 
 

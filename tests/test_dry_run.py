@@ -21,25 +21,29 @@ def plan_lines(stdout: str) -> list[tuple[str, str, str]]:
 
 
 def test_one_invalid_cell_refuses_the_launch_and_is_named(tmp_path):
-    proc = run_cli(["-m", "model.width=8,-3,16,abc", "train.epochs=1", "dry_run=true", "hydra.sweep.dir=sweep"],
-                   tmp_path, check=False)
+    # a value that only a whole cell makes invalid (a batch larger than the cell's training set: 1437 digits)
+    proc = run_cli(["-m", "train.batch_size=16,5000,32,9000", "train.epochs=1", "dry_run=true",
+                    "hydra.sweep.dir=sweep"], tmp_path, check=False)
     assert proc.returncode != 0
     err = proc.stderr
     assert "2 of 4 cells of the grid are invalid; nothing was launched" in err
-    assert "cell #1 (model.width=-3" in err and "model.width=-3: expected an integer >= 1" in err
-    assert "cell #3 (model.width=abc" in err and "model.width=abc" in err.split("cell #3", 1)[1]  # bad type
-    assert "model.width=8:" not in err and "dry run:" not in proc.stdout
+    assert "cell #1 (train.batch_size=5000" in err and "train.batch_size=5000: expected at most the training-set" in err
+    assert "cell #3 (train.batch_size=9000" in err and "train.batch_size=9000" in err.split("cell #3", 1)[1]
+    assert "train.batch_size=16:" not in err and "dry run:" not in proc.stdout
     assert not (tmp_path / "sweep" / "launches").exists() and not (tmp_path / "sweep" / "cells").exists()
 
     # the same grid without dry_run launches nothing either
-    proc = run_cli(["-m", "model.width=8,-3", "hydra.sweep.dir=sweep"], tmp_path, check=False)
-    assert proc.returncode != 0 and "model.width=-3" in proc.stderr
+    proc = run_cli(["-m", "train.batch_size=16,5000", "hydra.sweep.dir=sweep"], tmp_path, check=False)
+    assert proc.returncode != 0 and "train.batch_size=5000" in proc.stderr
     assert not (tmp_path / "sweep" / "cells").exists()
 
 
 def test_typos_and_bad_types_are_refused_with_the_key(tmp_path):
+    # refused once per key, before any cell is composed (tests/test_cli_messages.py: every kind of typo)
     proc = run_cli(["-m", "model.widht=8,16", "dry_run=true"], tmp_path, check=False)
-    assert proc.returncode != 0 and "2 of 2 cells" in proc.stderr and "model.widht" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("model.widht") == 1 and "model.width" in proc.stderr
+    proc = run_cli(["-m", "model.width=8,-3,16,abc", "dry_run=true"], tmp_path, check=False)
+    assert proc.returncode == 2 and "model.width='abc': expected an integer >= 1" in proc.stderr
 
 
 def test_fast_planner_equals_hydra_compose_and_lists_done_cells(tmp_path, compose, monkeypatch):

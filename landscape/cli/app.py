@@ -32,9 +32,17 @@ def _cell_id_resolver(*, _root_: DictConfig) -> str:
     return cell_id(_root_)
 
 
+def _metric_families() -> str:
+    from landscape.metrics import family_config_classes
+
+    return ", ".join(family_config_classes())
+
+
 def setup() -> None:
-    """Register the config schema and the ``${cell_id:}`` resolver (used by the output directories)."""
+    """Register the config schema, the ``${cell_id:}`` resolver (used by the output directories) and
+    ``${metric_families:}`` (the names of the metric families, in ``landscape --help``)."""
     OmegaConf.register_new_resolver("cell_id", _cell_id_resolver, replace=True)
+    OmegaConf.register_new_resolver("metric_families", _metric_families, replace=True)
     register_configs()
 
 
@@ -104,9 +112,35 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     return dataclasses.asdict(outcome)
 
 
+def refuse_bad_overrides(argv: list[str] | None = None) -> None:
+    """Exit with status 2 (the problems on stderr, no traceback) if an override of the command line names a key
+    the config schema lacks or gives a value of the wrong type (``landscape.config.override_problems``: the key,
+    the nearest known keys and the group's keys; the key, the value and what is allowed), fixed or swept: before
+    Hydra composes anything, so a typo gets one message, not Hydra's raw error or one per cell."""
+    import sys
+
+    from hydra._internal.utils import get_args_parser
+
+    from landscape.config import override_problems
+
+    args, _ = get_args_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.shell_completion:
+        return
+    dirs = [CONF_DIR] + ([Path(args.config_dir)] if args.config_dir else [])
+    problems = override_problems(args.overrides, is_group=lambda k: any((d / k).is_dir() for d in dirs))
+    if problems:
+        print("\n  ".join(["invalid override(s); nothing was run:", *problems]), file=sys.stderr,  # noqa: T201
+              flush=True)
+        raise SystemExit(2)
+
+
 def run() -> None:
-    """The console script: ``main`` with the collector off during the start-up (see ``startup_done``) and
-    everything frozen at the end (the exit does not traverse it)."""
+    """The console script: the overrides checked (``refuse_bad_overrides``), then ``main`` with the collector off
+    during the start-up (see ``startup_done``) and everything frozen at the end (the exit does not traverse it)."""
+    from landscape.cli.console import pipe_safe_stdout
+
+    pipe_safe_stdout()  # `landscape ... | head`: no BrokenPipeError, the launch goes on
+    refuse_bad_overrides()
     gc.disable()
     try:
         main()

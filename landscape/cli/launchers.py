@@ -24,7 +24,9 @@ workers are forked from the launcher, which has already imported everything (``s
 CUDA is already initialised in the launcher, or elsewhere, ``spawn``). With GPUs, worker ``i`` sees only GPU
 ``i mod n_gpus`` (``CUDA_VISIBLE_DEVICES``). SIGTERM/SIGINT to the launcher (or SIGTERM/SIGUSR2 to a worker)
 sets the workers' stop request (``landscape.preemption``): training checkpoints at its current step, the cell
-records ``preempted`` in its status, and rerunning the same command resumes it. The launcher supervises each
+records ``preempted`` in its status, and rerunning the same command resumes it. The launcher forwards the
+signal it received (SIGINT for Ctrl-C), so the stopped cells name it, and the sweeper's summary counts them
+as interrupted and the cells that never started as pending (``NotStarted``). The launcher supervises each
 worker (``_WorkerPool``): a worker that dies (killed, out of memory) costs only the cell it was running, which
 the launch's summary names as interrupted (the same command resumes it), and is replaced; a worker whose
 launcher died (even by SIGKILL) asks its cell to checkpoint and stop, and exits within ``ORPHAN_GRACE_S``.
@@ -179,10 +181,8 @@ class _CellLauncherBase(BaseSubmititLauncher):
                     break
         if stopped:
             preempt.requeue(f"cell checkpointed ({out[-1]._return_value}): requeueing the task")
-        for _ in range(len(cells) - len(out)):
-            ret = JobReturn()
-            ret.status, ret.return_value = JobStatus.FAILED, RuntimeError("not run: the task was stopped")
-            out.append(ret)
+        for overrides, *_ in cells[len(out):]:
+            out.append(_failed(NotStarted("not run: the task was stopped"), overrides))
         return out
 
     # ---------------------------------------------------------------------------- in the launcher
@@ -258,9 +258,15 @@ class CellSlurmLauncher(_CellLauncherBase):
         log.info("submitted %d cells as %d SLURM array(s) of <= %d tasks (%d cell(s) per task) in %.1f s "
                  "(first job %s)", len(params), len(chunks), size, per_task, time.perf_counter() - tic,
                  jobs[0].job_id)
-        if tasks is None:
-            return _collect(jobs)  # ... then wait for all of them
-        return _collect(jobs, [len(t) for t in tasks])
+        try:
+            if tasks is None:
+                return _collect(jobs)  # ... then wait for all of them
+            return _collect(jobs, [len(t) for t in tasks])
+        except KeyboardInterrupt:  # Ctrl-C stops the wait, not the jobs: the sweeper's summary follows
+            ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
+            log.warning("stopped waiting: the submitted SLURM job(s) %s go on (scancel %s stops them)",
+                        ", ".join(ids), " ".join(ids))
+            raise
 
 
 class _CellsTask:
@@ -282,6 +288,8 @@ class CellLocalLauncher(_CellLauncherBase):
     """A pool of warm local worker processes, each running many cells; one GPU per worker where GPUs exist."""
 
     _EXECUTOR = "local"
+    stopped_by: int | None = None
+    """The signal that stopped the last ``launch`` (SIGINT, SIGTERM), or None."""
 
     def max_parallel(self) -> int:
         preset = self.own.get("max_parallel")
@@ -326,9 +334,7 @@ class CellLocalLauncher(_CellLauncherBase):
 
         assert self.hydra_context is not None and self.config is not None and self.task_function is not None
         if preemption.stop_requested():  # the launch is being stopped: do not start another cell
-            ret = JobReturn()
-            ret.status, ret.return_value = JobStatus.FAILED, RuntimeError("launch stopped before this cell started")
-            return ret
+            return _failed(NotStarted("launch stopped before this cell started"), sweep_overrides)
         Singleton.set_state(_WORKER["singletons"])
         setup_globals()
         if "composer" not in _WORKER:  # a forked worker inherits the planner's compositions (share_composer)
@@ -352,6 +358,7 @@ class CellLocalLauncher(_CellLauncherBase):
         ctx = mp.get_context(method)
         log.info("running %d cells locally, at most %d at a time (%d warm worker process(es), %s)",
                  len(params), limit, limit, method)
+        self.stopped_by = None
         pool = _WorkerPool(ctx, limit, cloudpickle.dumps((self, Singleton.get_state())), _gpu_count())
         stop = {"signal": None}
 
@@ -360,9 +367,9 @@ class CellLocalLauncher(_CellLauncherBase):
             log.warning("signal %s: asking the workers to checkpoint and stop; rerun the same command to resume",
                         signal.Signals(signum).name)
             pool.stopping = True
-            for pid in pool.pids():
+            for pid in pool.pids():  # the signal as received, so that the stopped cells name it
                 with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
+                    os.kill(pid, signum)
 
         old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -371,9 +378,12 @@ class CellLocalLauncher(_CellLauncherBase):
             pool.close()
             for sig, handler in old.items():
                 signal.signal(sig, handler)
-        if stop["signal"] is not None:
-            log.warning("launch stopped by signal %s", signal.Signals(stop["signal"]).name)
+        self.stopped_by = stop["signal"]  # read by the sweeper's summary
         return results
+
+
+class NotStarted(RuntimeError):
+    """The launch was stopped (a signal) before this cell started: the cell is pending, not failed."""
 
 
 class WorkerDied(RuntimeError):
@@ -452,7 +462,7 @@ class _WorkerPool:
                     if waiting and not self.stopping:
                         self._start(w["slot"])
         for i in waiting:  # the launch was stopped before these started
-            results[i] = _failed(RuntimeError("launch stopped before this cell started"), tasks[i][0])
+            results[i] = _failed(NotStarted("launch stopped before this cell started"), tasks[i][0])
         return [r if r is not None else _failed(RuntimeError("no result"), tasks[i][0]) for i, r in enumerate(results)]
 
     def _died(self, w: dict[str, Any], tasks: list[tuple[list[str], str, int]],
@@ -574,7 +584,7 @@ def _worker_init(state: bytes, slot: int, gpus: int) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGUSR2, on_signal)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops the workers
+    signal.signal(signal.SIGINT, on_signal)  # Ctrl-C (the terminal's, or forwarded by the launcher): the same stop
 
 
 def _watch_launcher(launcher_pid: int) -> None:

@@ -173,6 +173,29 @@ def planned_cells(sweep_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
+def swept_knobs(sweep_dir: Path, rows: pd.DataFrame | None = None) -> list[str]:
+    """The knobs a sweep varies: the override keys of its planned cells (``launches/*.json``, every launch
+    into the directory) that take more than one value across them, in the order of the overrides (a config
+    group choice such as ``data=digits,mnist1d`` as its ``<group>.name`` column). Without recorded launches
+    (rows imported from elsewhere), the knob columns of ``rows`` whose values differ, the derived sizes
+    (``data.n_train``, ``model.n_params``: they follow from the knobs) left out. Given ``rows``, only
+    keys that are columns of ``rows`` are returned."""
+    from landscape.results.schema import DERIVED
+
+    planned = planned_cells(sweep_dir)
+    keys: list[str] = []
+    if not planned.empty:
+        for k in planned.columns:
+            if k in ("cell_id", "state") or planned[k].astype(str).nunique(dropna=False) < 2:
+                continue
+            keys.append(f"{k}.name" if "." not in k and k in ph.KNOB_GROUPS else k)
+    elif rows is not None:
+        keys = [k for k in ph.knob_columns(rows) if k not in DERIVED and rows[k].astype(str).nunique() > 1]
+    if rows is not None:
+        keys = [k for k in keys if k in rows.columns]
+    return keys
+
+
 def _placeholders(sweep_dir: Path, models: pd.DataFrame, by: list[str], filters: dict[str, list[Any]]) -> pd.DataFrame:
     """Cells planned by the sweep that have no model row, as cell rows with the knob values ``by`` and a status
     (``failed``, or ``missing`` for a cell not run yet), so that they stay on the axes."""
@@ -491,7 +514,11 @@ def format_report(cells: pd.DataFrame, x: str, y: str, facet: str | None, rule: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="landscape-phase", description="Phase diagrams of a sweep directory.")
+    from landscape.cli.console import plain
+
+    parts = plain(__doc__).split("\n\n")  # the module docstring without its usage block (argparse writes one)
+    ap = argparse.ArgumentParser(prog="landscape-phase", description="\n\n".join([parts[0], *parts[2:]]),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep_dir", type=Path, help="sweep directory holding results/models and results/pairs")
     ap.add_argument("--x", default=None, help="knob on the x axis, e.g. model.width (default: the sweep file's phase.x)")
     ap.add_argument("--y", default=None, help="knob on the y axis, e.g. train.batch_size (default: phase.y)")
@@ -543,7 +570,13 @@ def _split_thresholds(items: Sequence[str]) -> tuple[str | None, dict[str, str]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from landscape.cli.console import pipe_safe_stdout
+
+    pipe_safe_stdout()  # `landscape-phase DIR | head`: no BrokenPipeError, the figures are still written
     args = build_parser().parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window (the library leaves the backend to its caller)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         preset, overrides = _split_thresholds(args.thresholds)

@@ -27,10 +27,12 @@ the next launch recomputes them.
 A finished cell whose metric families could not compute some values (each stored as a typed null with the
 reason in ``<family>.error``) is listed with the count of such values per family and their reasons.
 
-SLURM's own job state is not used (it says COMPLETED for failed Hydra tasks). The rerun command printed
-is the latest launch's own multirun command, pointed at the directory that was asked about (a copied sweep
-reruns into the copy): the sweeper skips done cells, so it runs only what is missing, failed, damaged or
-interrupted, resuming from checkpoints.
+SLURM's own job state is not used (it says COMPLETED for failed Hydra tasks). The command printed at the end
+completes every grid launched into the directory: the launches' own multirun commands (as few as hold every
+cell not done, several when different grids were launched into it), pointed at the directory that was asked
+about (a copied sweep reruns into the copy): the sweeper skips done cells, so they run only what is missing,
+failed, damaged or interrupted, resuming from checkpoints. Cells are listed in grid order (by the values of
+the knobs the grid varies).
 """
 
 from __future__ import annotations
@@ -72,13 +74,16 @@ class CellReport:
 
 @dataclass
 class SweepReport:
-    """A sweep's cells, counts per state and the command that reruns what is not done."""
+    """A sweep's cells (in grid order, ``grid_order``), counts per state and the command that completes every
+    grid launched into the directory: ``rerun_commands``, one ``landscape -m`` command per launch needed (each
+    skips its done cells), and ``rerun``, all of them as one shell line (None: nothing to do)."""
 
     sweep_dir: str
     counts: dict[str, int]
     cells: list[CellReport]
     rerun: str | None
     launches: int
+    rerun_commands: list[str] = field(default_factory=list)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -136,8 +141,62 @@ def rerun_command(record: dict[str, Any] | None, sweep_dir: Path) -> str | None:
     return f"cd {shlex.quote(cwd)} && {cmd}" if cwd and Path(cwd).is_dir() else cmd
 
 
-def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, now: float | None = None) -> SweepReport:
-    """Read every launch record and cell status of ``sweep_dir`` (see the module docstring)."""
+TODO_STATES = ("failed", "interrupted", "pending", "damaged")
+"""States of a cell that the completing command (``completing_commands``) runs again."""
+
+
+def completing_commands(records: list[dict[str, Any]], todo: dict[str, list[str]], sweep_dir: Path) -> list[str]:
+    """The commands that run every cell of ``todo`` (``{cell_id: its overrides}``) into ``sweep_dir``: the
+    launches whose planned cells hold them, newest first, as few as cover them all (each its own multirun: the
+    sweeper skips its done cells), in launch order; a cell no launch planned (a single run) gets a one-cell
+    multirun of its own overrides."""
+    left = dict(todo)
+    chosen: list[int] = []
+    for i in range(len(records) - 1, -1, -1):
+        ids = {c.get("cell_id") for c in records[i].get("cells", [])}
+        if ids & set(left):
+            chosen.append(i)
+            for cid in ids:
+                left.pop(cid, None)
+    out = [c for c in (rerun_command(records[i], sweep_dir) for i in sorted(chosen)) if c]
+    for cid, overrides in left.items():
+        if overrides:
+            out.append(rerun_command({"argv": ["-m", *overrides]}, sweep_dir) or "")
+    return list(dict.fromkeys(c for c in out if c))
+
+
+def _knob_value(text: str) -> tuple[int, Any]:
+    try:
+        return 0, float(text)
+    except ValueError:
+        return 1, text
+
+
+def grid_order(cells: list[CellReport]) -> list[CellReport]:
+    """``cells`` sorted by the values of the knobs they vary (the override keys whose values differ between
+    cells, in the order they appear in the overrides; numbers by value, then text), as the grid was written:
+    the first knob slowest. Cells without overrides come last, by id."""
+    keys: dict[str, set[str]] = {}
+    parsed = []
+    for c in cells:
+        kv = dict(o.partition("=")[::2] for o in c.overrides)
+        parsed.append(kv)
+        for k, v in kv.items():
+            keys.setdefault(k, set()).add(v)
+    knobs = [k for k, values in keys.items() if len(values) > 1]
+
+    def key(item: tuple[CellReport, dict[str, str]]) -> tuple:
+        c, kv = item
+        return (not c.overrides, tuple((k not in kv, _knob_value(kv.get(k, ""))) for k in knobs), c.cell_id)
+
+    return [c for c, _ in sorted(zip(cells, parsed), key=key)]
+
+
+def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, now: float | None = None,
+                 check_results: bool = True) -> SweepReport:
+    """Read every launch record and cell status of ``sweep_dir`` (see the module docstring). ``check_results``:
+    a finished cell whose result files are missing or damaged (by their SHA-256) is ``damaged`` (False: not
+    read, e.g. for the summary at the end of a launch, which just wrote them)."""
     from landscape.provenance import host as this_host
 
     sweep_dir = Path(sweep_dir)
@@ -160,7 +219,7 @@ def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, no
                                     note=f"{exc.path}: {exc.reason}"))
             continue
         state, note = classify(status, now, host, stale_after_s)
-        if state in ("done", "diverged") and status is not None:
+        if state in ("done", "diverged") and status is not None and check_results:
             bad = _result_problems(cell, status, verify=False)
             if bad:
                 state, note = "damaged", "; ".join(bad)
@@ -173,10 +232,11 @@ def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, no
             if state in ("done", "diverged", "running"):
                 rep.error = None if state != "running" else status.error
         cells.append(rep)
+    cells = grid_order(cells)
     counts = {s: sum(c.state == s for c in cells) for s in STATES}
-    todo = any(c.state in ("failed", "interrupted", "pending", "damaged") for c in cells)
-    rerun = rerun_command(records[-1] if records else None, sweep_dir) if todo else None
-    return SweepReport(str(sweep_dir), counts, cells, rerun, len(records))
+    commands = completing_commands(records, {c.cell_id: c.overrides for c in cells if c.state in TODO_STATES},
+                                   sweep_dir)
+    return SweepReport(str(sweep_dir), counts, cells, " ; ".join(commands) or None, len(records), commands)
 
 
 def _result_problems(cell: CellDir, status: CellStatus, verify: bool) -> list[str]:
@@ -329,15 +389,26 @@ def format_report(rep: SweepReport, verbose: bool = False) -> str:
     if verbose:
         lines.append("all cells:")
         lines += [f"  {c.cell_id}  {c.state:11}  {' '.join(c.overrides)}" for c in rep.cells]
-    if rep.rerun:
-        lines += ["rerun what is missing or failed (done cells are skipped):", f"  {rep.rerun}"]
+    if rep.rerun_commands:
+        lines += [completing_header(len(rep.rerun_commands)), *(f"  {c}" for c in rep.rerun_commands)]
     elif total:
         lines.append("nothing to rerun" + (" (cells still running)" if rep.counts["running"] else ": every cell is done"))
     return "\n".join(lines)
 
 
+def completing_header(n_commands: int) -> str:
+    """The line above the completing command(s) (``completing_commands``)."""
+    if n_commands == 1:
+        return "complete the grid (done cells are skipped, interrupted ones resume from their checkpoints):"
+    return (f"complete the grids ({n_commands} launches into this directory hold cells not done; run each "
+            "command, done cells are skipped, interrupted ones resume from their checkpoints):")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="landscape-status", description=__doc__,
+    from landscape.cli.console import pipe_safe_stdout, plain
+
+    pipe_safe_stdout()
+    parser = argparse.ArgumentParser(prog="landscape-status", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

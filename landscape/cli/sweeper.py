@@ -3,9 +3,16 @@
 It expands the sweep like Hydra's basic sweeper, then composes and validates *every* cell's config
 (``landscape.config.validate``) and computes its ``cell_id``. A single bad cell stops the launch with a
 message naming the cell, the key, the value and what is allowed. With ``dry_run=true`` it prints the plan
-(cell ids, overrides, which cells are already done) and trains nothing. Otherwise it records the plan in
+(cell ids, overrides, which cells are already done) and its cost (``landscape.cost``) and trains nothing. Otherwise it records the plan in
 ``<sweep_dir>/launches/`` (so ``landscape-status`` knows pending cells) and launches the jobs; cells that are
-done are skipped by the jobs themselves.
+done are skipped by the jobs themselves. Before any of this, every swept or fixed key of the grid (command
+line and the sweep file's ``hydra.sweeper.params``) is checked against the config schema: a typo or a value of
+the wrong type is refused once per key (``landscape.config.override_problems``).
+
+At the end of a launch (``launch_summary``) it says what happened: the launch's cells per state (done,
+diverged, interrupted, pending, failed), each failed cell with its error line, the signal that stopped the
+launch as received (Ctrl-C: SIGINT, exit status 130; no traceback), and the command that completes every grid
+launched into the directory (``landscape.cli.status.completing_commands``).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import copy
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,6 +351,22 @@ def _job_machine(config: DictConfig) -> tuple[bool, int | None]:
         return local, None
 
 
+def _refuse_bad_keys(overrides: Sequence[str], config_loader: Any) -> None:
+    """Exit 2 (no traceback) if a swept or fixed key of the grid, from the command line or the sweep file's
+    ``hydra.sweeper.params``, is not a key of the config schema or has a value of the wrong type: one message
+    per key (``landscape.config.override_problems``), before any cell is composed."""
+    import sys
+
+    from landscape.config import override_problems
+
+    repo = getattr(config_loader, "repository", None)
+    problems = override_problems(overrides, is_group=repo.group_exists if repo is not None else None)
+    if problems:
+        print("\n  ".join(["invalid override(s) of the grid; nothing was launched:", *problems]),  # noqa: T201
+              file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
 class GridError(ValueError):
     """A multirun grid with invalid cells; nothing was launched."""
 
@@ -369,23 +393,73 @@ def format_plan(planned: list[PlannedCell]) -> str:
     return "\n".join(lines)
 
 
-def format_failures(failures: Sequence[JobReturn], planned: list[PlannedCell], sweep_dir: Path) -> str:
-    """The end of a launch where cells did not finish: one line per cell (its id, overrides and why: failed,
-    stopped, or interrupted by the end of its worker), then how to resume."""
-    from landscape.cli.launchers import WorkerDied
+SIGNAL_NAMES = {2: "SIGINT (Ctrl-C)", 15: "SIGTERM"}
+
+
+def _outcome(exc: BaseException | None) -> str:
+    """What a FAILED job return means: ``pending`` (the launch stopped before the cell started),
+    ``interrupted`` (stopped by a signal, or its worker ended: its checkpoints stay) or ``failed``."""
+    from landscape.cli.launchers import NotStarted, WorkerDied
     from landscape.training import StopRequested
 
+    if isinstance(exc, NotStarted):
+        return "pending"
+    if isinstance(exc, (WorkerDied, StopRequested, KeyboardInterrupt)):
+        return "interrupted"
+    return "failed"
+
+
+def launch_summary(planned: list[PlannedCell], failures: Sequence[JobReturn], sweep_dir: Path,
+                   signum: int | None = None) -> tuple[str, bool]:
+    """The end of a launch: ``(text, complete)``. The text counts the launch's cells per state (done, diverged,
+    interrupted, pending, failed, running: from their status files on disk, corrected by what the launch saw:
+    a cell the launch stopped is interrupted, one it never started pending), names the signal that stopped
+    the launch as received, lists each failed cell with its error line and each cell whose worker died, and
+    ends with the command that completes every grid launched into ``sweep_dir`` (``landscape.cli.status``:
+    all cells not done, of this launch and of earlier ones). ``complete``: every cell of the launch is done."""
+    from landscape.cli.status import (TODO_STATES, _launch_records, completing_commands, completing_header,
+                                      sweep_report)
+    from landscape.provenance import host
+
+    rep = sweep_report(sweep_dir, check_results=False)
+    me, here = os.getpid(), host()
+    state = {}
+    for c in rep.cells:  # a cell this very process ran and stopped (no launcher, or a SLURM wait) is not running
+        state[c.cell_id] = "interrupted" if c.state == "running" and c.pid == me and c.host == here else c.state
     ids = {tuple(c.overrides): c.cell_id for c in planned}
-    lines = [f"{len(failures)} of {len(planned)} cells of the launch did not finish:"]
+    notes: list[str] = []
     for ret in failures:
         exc = ret._return_value
-        kind = ("interrupted" if isinstance(exc, WorkerDied) else "stopped" if isinstance(exc, StopRequested)
-                else "failed")
         overrides = list(getattr(ret, "overrides", None) or [])
-        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300] if exc is not None else "no result"
-        lines.append(f"  {kind}: cell {ids.get(tuple(overrides)) or '?'} ({' '.join(overrides) or 'no overrides'}): {why}")
-    lines.append(f"rerun the same command to resume them (finished cells are skipped); details: landscape-status {sweep_dir}")
-    return "\n".join(lines)
+        cid = ids.get(tuple(overrides))
+        kind = _outcome(exc)
+        if cid is not None and (kind == "failed" or state.get(cid, "pending") in ("pending", "running")):
+            state[cid] = kind
+        if kind == "failed" or (kind == "interrupted" and signum is None):  # a stop is said once, below
+            why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300] if exc is not None else "no result"
+            notes.append(f"  {kind}: cell {cid or '?'} ({' '.join(overrides) or 'no overrides'}): {why}")
+    launched = [c.cell_id for c in planned if c.cell_id is not None]
+    counts = {k: sum(state.get(cid, "pending") == k for cid in launched)
+              for k in ("done", "diverged", "interrupted", "pending", "failed", "running", "damaged")}
+    said = ", ".join(f"{n} {k}" for k, n in counts.items() if n or k in ("done", "interrupted", "pending", "failed", "diverged"))
+    if signum is not None:
+        head = f"launch stopped by {SIGNAL_NAMES.get(signum, signal.Signals(signum).name)}: {len(launched)} cells: {said}"
+    else:
+        head = f"launch finished: {len(launched)} cells: {said}"
+    lines = [head, *notes]
+    if counts["interrupted"] and signum is not None:
+        lines.append("  interrupted cells checkpointed their training; they resume from there")
+    others = sum(1 for cid, s in state.items() if s in TODO_STATES and cid not in set(launched))
+    if others:
+        lines.append(f"  {others} cell(s) of other launches into {sweep_dir} are not done either")
+    if counts["running"]:
+        lines.append(f"  {counts['running']} cell(s) still running (e.g. SLURM jobs): landscape-status {sweep_dir}")
+    todo = {c.cell_id: c.overrides for c in rep.cells if state[c.cell_id] in TODO_STATES}
+    commands = completing_commands(_launch_records(sweep_dir), todo, sweep_dir)
+    if commands:
+        lines += [completing_header(len(commands)), *(f"  {c}" for c in commands)]
+    complete = all(state.get(cid) in ("done", "diverged") for cid in launched)
+    return "\n".join(lines), complete
 
 
 def _launch_argv() -> list[str] | None:
@@ -417,6 +491,7 @@ class GridSweeper(BasicSweeper):
 
         params_conf = self._parse_config()
         params_conf.extend(arguments)
+        _refuse_bad_keys(params_conf, self.hydra_context.config_loader)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(params_conf)
         self.overrides = self.split_arguments(overrides, self.max_batch_size)
@@ -439,6 +514,11 @@ class GridSweeper(BasicSweeper):
             raise SystemExit(2)
         if bool(self.config.get("dry_run", False)):
             print(format_plan(planned), flush=True)  # noqa: T201 - CLI output
+            from landscape.cost import dry_run_estimate  # cost per cell and total (LANDSCAPE_COST=off: none)
+
+            full = lambda o: _full_compose(self.config, self.hydra_context.config_loader, o)  # noqa: E731
+            print(dry_run_estimate(planned, composer.compose if composer is not None and composer.fast else full,
+                                   sweep_dir), flush=True)  # noqa: T201 - CLI output
             return []
 
         todo = [c for c in planned if c.state != "done"]
@@ -467,16 +547,32 @@ class GridSweeper(BasicSweeper):
         returns: list[Sequence[JobReturn]] = []
         failures: list[JobReturn] = []
         initial_job_idx = 0
-        while not self.is_done():
-            batch = self.get_job_batch()
-            results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
-            failures.extend(r for r in results if r.status == JobStatus.FAILED)
-            initial_job_idx += len(batch)
-            returns.append(results)
-        if failures:
-            import sys
+        signum = None
+        try:
+            while not self.is_done() and signum is None:
+                batch = self.get_job_batch()
+                results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+                failures.extend(r for r in results if r.status == JobStatus.FAILED)
+                initial_job_idx += len(batch)
+                returns.append(results)
+                signum = getattr(self.launcher, "stopped_by", None)  # the local pool: the signal it received
+        except KeyboardInterrupt:  # Ctrl-C while waiting (SLURM) or while a cell ran here (no launcher)
+            signum = signal.SIGINT
+        except SystemExit as exc:  # a cell run in this process, stopped by a signal (``app.main``: 128 + signal)
+            code = exc.code if isinstance(exc.code, int) else 0
+            if code - 128 not in (signal.SIGINT, signal.SIGTERM):
+                raise
+            signum = code - 128
+        import sys
 
-            # A summary naming every cell that did not finish, not the first one's traceback (kept in its status).
-            print(format_failures(failures, planned, sweep_dir), file=sys.stderr, flush=True)  # noqa: T201
-            raise SystemExit(1)
+        # The truth at the end of a launch: counts per state, failed cells by name (their tracebacks stay in
+        # their status files), the signal as received, and the command that completes every grid of the directory.
+        text, complete = launch_summary(planned, failures, sweep_dir, signum)
+        if signum is not None or failures:
+            print(text, file=sys.stderr, flush=True)  # noqa: T201 - CLI output
+            raise SystemExit(128 + int(signum) if signum is not None else 1)
+        if not complete:  # e.g. a cell another launch holds (its lease): said, not an error of this launch
+            print(text, file=sys.stderr, flush=True)  # noqa: T201 - CLI output
+        else:
+            log.info("%s", text)
         return returns
