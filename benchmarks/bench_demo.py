@@ -3,6 +3,7 @@
     python benchmarks/bench_demo.py demo  [--out DIR]                 # `make demo` minus set-up: target <= 180 s
     python benchmarks/bench_demo.py phase [--sweep DIR] [--repeat N] [--baseline CHECKOUT]   # target <= 5 s
     python benchmarks/bench_demo.py share SWEEP_DIR [SWEEP_DIR ...]   # where a finished sweep's time went
+    python benchmarks/bench_demo.py describe SWEEP_DIR                # the README's description of its phase map
 
 ``demo`` runs the demo sweep as ``make demo`` does (``landscape -m +sweep=demo hydra/launcher=local``: a pool of
 one-thread workers, one per core) into a fresh directory, then ``landscape-phase`` on it, and reports both wall
@@ -104,7 +105,11 @@ def time_shares(sweep: Path) -> dict:
     models = pd.read_parquet(sweep / "results" / "models")
     pairs = pd.read_parquet(sweep / "results" / "pairs")
     cell_s = float(models.groupby("cell_id")["seconds"].first().sum())
-    train_s = float(models["training.seconds"].sum())
+    # seeds trained together report their stack's time each: counted once per cell, so that models' and curves'
+    # (each curve reports its share of its stack's time) steps per second are both throughputs
+    stacked = models["training.vectorized"].fillna(False).astype(bool) if "training.vectorized" in models else False
+    train_s = float(models[stacked].groupby("cell_id")["training.seconds"].max().sum()
+                    + models[~stacked]["training.seconds"].sum())
     curve_s = float(pairs["connectivity.curve_seconds"].sum())
     out = {"sweep": str(sweep), "cell_seconds": round(cell_s, 1), "training_seconds": round(train_s, 1),
            "curve_seconds": round(curve_s, 1), "curve_share": round(curve_s / cell_s, 3),
@@ -119,6 +124,39 @@ def time_shares(sweep: Path) -> dict:
           f"({100 * out['curve_share']:.0f} % of the cells' time); steps/s: curves {out['curve_steps_per_s']}, "
           f"models {out['model_steps_per_s']}")
     return out
+
+
+def describe(sweep: Path, phase_dir: Path | None = None) -> str:
+    """The README's description of a finished sweep's phase map, generated from ``landscape-phase``'s
+    ``cells.csv`` (``phase_dir``, default ``SWEEP/phase``): per phase, its cells, the axis values where it occurs,
+    and the ranges of training loss, mc and CKA; then the unlabelled cells with their reason. Markdown lines."""
+    import pandas as pd
+
+    cells = pd.read_csv((phase_dir or sweep / "phase") / "cells.csv")
+    knobs = [c for c in cells.columns[:2]]
+    lines = []
+
+    def span(col: str, fmt: str) -> str:
+        v = part[col].dropna() if col in part else pd.Series(dtype=float)
+        return "-" if v.empty else (fmt.format(v.min()) if v.min() == v.max() else
+                                    f"{fmt.format(v.min())} to {fmt.format(v.max())}")
+
+    for phase in ("I", "II", "III", "IV-A", "IV-B"):
+        part = cells[cells["phase"] == phase]
+        if part.empty:
+            continue
+        where = "; ".join(f"{k} {', '.join(f'{x:g}' for x in sorted(part[k].unique()))}" for k in knobs)
+        low = int((part["phase_confidence"] < 0.9).sum())
+        lines.append(f"- {phase} ({len(part)} cells{f', {low} with confidence < 0.9' if low else ''}): {where}; "
+                     f"training loss {span('train_loss', '{:.3g}')} nats, mc {span('connectivity.mc', '{:+.2f}')} pp, "
+                     f"CKA {span('cka', '{:.2f}')}")
+    rest = cells[cells["phase"].isna()]
+    for _, r in rest.iterrows():
+        lines.append(f"- no label at {', '.join(f'{k}={r[k]:g}' for k in knobs)}: {r.get('phase_reason')}")
+    absent = [p for p in ("I", "II", "III", "IV-A", "IV-B") if p not in set(cells["phase"].dropna())]
+    if absent:
+        lines.append(f"- absent: {', '.join(absent)}")
+    return "\n".join(lines)
 
 
 def _taxonomy_sweep(dest: Path) -> Path:
@@ -168,7 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", type=Path, default=None, help="a checkout of an older version, run side by side")
     s = sub.add_parser("share")
     s.add_argument("sweeps", type=Path, nargs="+")
+    w = sub.add_parser("describe", help="the README's description of a sweep's phase map (after landscape-phase)")
+    w.add_argument("sweep", type=Path)
+    w.add_argument("--phase-dir", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.section == "describe":
+        print(describe(args.sweep, args.phase_dir))
+        return 0
     if args.section == "share":
         result = {"section": "share", "sweeps": [time_shares(d) for d in args.sweeps]}
     else:
