@@ -561,17 +561,20 @@ def evaluate_path(
     x_test: Tensor | None = None,
     y_test: Tensor | None = None,
     batch_size: int = 2048,
+    train: bool = True,
 ) -> PathValues:
     """Loss and error (percent) of the model at ``point(t)`` for each ``t`` in ``ts``, on the training set
-    (and the test set if given). ``model`` is a template whose parameters are overwritten; its BatchNorm
-    statistics are recomputed on ``x_train`` at every ``t``."""
+    (unless ``train`` is False: the training lists stay empty) and on the test set if given. ``model`` is a
+    template whose parameters are overwritten; its BatchNorm statistics are recomputed on ``x_train`` at every
+    ``t`` either way."""
     out = PathValues(t=[float(t) for t in ts], train_loss=[], train_err=[])
     for t in ts:
         load_parameters(model, point(float(t)))
         recompute_bn(model, x_train)
-        loss, acc = evaluate(model, x_train, y_train, loss_fn, batch_size)
-        out.train_loss.append(loss)
-        out.train_err.append(100.0 * (1.0 - acc))
+        if train:
+            loss, acc = evaluate(model, x_train, y_train, loss_fn, batch_size)
+            out.train_loss.append(loss)
+            out.train_err.append(100.0 * (1.0 - acc))
         if x_test is not None and y_test is not None:
             loss, acc = evaluate(model, x_test, y_test, loss_fn, batch_size)
             out.test_loss.append(loss)

@@ -60,6 +60,7 @@ stage).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -468,10 +469,11 @@ def compute(ctx: PairContext, settings: Any) -> Result:
         unit = (ep_steps / per_epoch) if ep_steps else (epochs or 1)
         budgets = [e / unit for e in run.epochs]
         test = bool(settings.test)
-        if test:
+        if test:  # the training values are the last stage's (run.values): only the test set is evaluated here
             t_eval = time.perf_counter()
-            v = evaluate_path(curve.point, template, data.x_train, data.y_train, loss_fn, ts,
-                              data.x_test, data.y_test)
+            vt = evaluate_path(curve.point, template, data.x_train, data.y_train, loss_fn, ts,
+                               data.x_test, data.y_test, train=False)
+            v = dataclasses.replace(v, test_loss=vt.test_loss, test_err=vt.test_err)
             run.seconds += time.perf_counter() - t_eval
         ok = decision.reason not in ("diverged", "untrained")
         finite = lambda x: x if x is not None and math.isfinite(x) else None  # noqa: E731
