@@ -24,7 +24,11 @@ workers are forked from the launcher, which has already imported everything (``s
 CUDA is already initialised in the launcher, or elsewhere, ``spawn``). With GPUs, worker ``i`` sees only GPU
 ``i mod n_gpus`` (``CUDA_VISIBLE_DEVICES``). SIGTERM/SIGINT to the launcher (or SIGTERM/SIGUSR2 to a worker)
 sets the workers' stop request (``landscape.preemption``): training checkpoints at its current step, the cell
-records ``preempted`` in its status, and rerunning the same command resumes it. The launcher forwards the
+records ``preempted`` in its status, and rerunning the same command resumes it; work that does not poll the
+request (data loading, the Hessian, CKA, evaluations) is interrupted where it is, at once if nothing polled
+within ``preemption.POLLING_S``, else after ``preemption.GRACE_S`` (as a single run's
+``preemption.stop_on_signals``; finished values stay cached, the cell records ``interrupted``; a second signal
+interrupts at once). The launcher forwards the
 signal it received (SIGINT for Ctrl-C), so the stopped cells name it, and the sweeper's summary counts them
 as interrupted and the cells that never started as pending (``NotStarted``). The launcher supervises each
 worker (``_WorkerPool``): a worker that dies (killed, out of memory) costs only the cell it was running, which
@@ -580,11 +584,27 @@ def _worker_init(state: bytes, slot: int, gpus: int) -> None:
     preemption.reset()
 
     def on_signal(signum: int, frame: Any) -> None:
-        preemption.request_stop(f"signal {signal.Signals(signum).name}")
+        name = signal.Signals(signum).name
+        first = preemption.stop_reason() is None  # (stop_requested() would count as a poll)
+        preemption.request_stop(f"signal {name}")
+        if not _WORKER.get("busy"):
+            return
+        # as ``preemption.stop_on_signals`` in a single run: work that polls the request (training loops, curves,
+        # jumps) checkpoints at its next step; work that does not (data loading, Hessian, CKA, evaluations) is
+        # interrupted where it is, at once or after ``GRACE_S`` (its finished values are cached and stay)
+        if not first or preemption.last_poll_age() > preemption.POLLING_S:
+            raise KeyboardInterrupt(f"signal {name}")
+        signal.setitimer(signal.ITIMER_REAL, preemption.GRACE_S)
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        if _WORKER.get("busy"):
+            raise KeyboardInterrupt(f"{preemption.stop_reason() or 'stop requested'}: stop not taken within "
+                                    f"{preemption.GRACE_S:g} s")
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGUSR2, on_signal)
     signal.signal(signal.SIGINT, on_signal)  # Ctrl-C (the terminal's, or forwarded by the launcher): the same stop
+    signal.signal(signal.SIGALRM, on_alarm)
 
 
 def _watch_launcher(launcher_pid: int) -> None:
@@ -626,9 +646,15 @@ def _pool_worker(state: bytes, slot: int, gpus: int, conn: Any) -> None:
             return
         i, overrides, key, num = task
         try:
+            _WORKER["busy"] = True
             payload = _worker_run(overrides, key, num)
+        except KeyboardInterrupt as exc:  # a stop the cell's work did not take in time (``_worker_init``)
+            payload = cloudpickle.dumps(_failed(KeyboardInterrupt(str(exc)), overrides))
         except Exception as exc:  # noqa: BLE001 - e.g. a composition error outside Hydra's run_job
             payload = cloudpickle.dumps(_failed(RuntimeError(f"{type(exc).__name__}: {exc}"), overrides))
+        finally:
+            _WORKER["busy"] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
         try:
             conn.send((i, payload))
         except (BrokenPipeError, OSError):
