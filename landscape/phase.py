@@ -815,10 +815,11 @@ def _transform(values: np.ndarray, log_floor: float | None) -> np.ndarray:
 
 
 def _prior_for(slots: Mapping[tuple, tuple[np.ndarray, np.ndarray]], log_floor: float | None,
-               nu0: float | None) -> tuple[VariancePrior, np.ndarray]:
+               nu0: float | None, min_var: float = 0.0) -> tuple[VariancePrior, np.ndarray]:
     """A metric's variance prior (from the exact values of each cell, on the log scale for the fit column) and
     its imputation pool (every exact value of the grid, in the metric's units; every finite value if none is
-    exact)."""
+    exact). ``min_var``: the variance of the measurement's rounding (:func:`rounding_variance`), the least a
+    cell's sample variance can be: cells whose values agree to the measurement's resolution count with it."""
     var, dfs, exact_all, finite_all = [], [], [], []
     for v, k in slots.values():
         x = v[(k == EXACT) & np.isfinite(v)]
@@ -826,17 +827,34 @@ def _prior_for(slots: Mapping[tuple, tuple[np.ndarray, np.ndarray]], log_floor: 
         finite_all.append(v[np.isfinite(v)])
         if x.size >= 2:
             t = _transform(x, log_floor)
-            var.append(float(t.var(ddof=1)))
+            var.append(max(float(t.var(ddof=1)), min_var))
             dfs.append(x.size - 1)
     pool = np.concatenate(exact_all) if exact_all else np.empty(0)
     if not pool.size:
         pool = np.concatenate(finite_all) if finite_all else np.empty(0)
+    pool = np.sort(pool)  # its order (the cells' order, which follows the axes) must not change the draws
     fallback = float(np.var(_transform(pool, log_floor), ddof=1)) if pool.size >= 2 else np.nan
     return variance_prior(var, dfs, nu0, fallback), pool
 
 
+def rounding_variance(pairs: pd.DataFrame | None, column: str) -> float:
+    """The variance of a pair value's rounding, ``q^2 / 12`` for a value quantised in steps of ``q``: mc (pp of
+    training error) moves in steps of half a training sample, ``q = 50 / n_train`` (``data.n_train`` of the
+    rows; the largest, i.e. the finest step, where cells differ); 0 for any other column or without
+    ``data.n_train``. Without this floor a grid whose converged pairs agree exactly (mc = 0 in every fitted
+    cell) has no within-cell variance, and a single cell with two differing values sets every cell's prior."""
+    if pairs is None or column != "connectivity.mc" or "data.n_train" not in pairs.columns:
+        return 0.0
+    n = pd.to_numeric(pairs["data.n_train"], errors="coerce").dropna()
+    if n.empty or not n.max() > 0:
+        return 0.0
+    q = 50.0 / float(n.max())
+    return q * q / 12.0
+
+
 def predictive_means(rng: np.random.Generator, values: np.ndarray, kinds: np.ndarray, pool: np.ndarray,
-                     prior: VariancePrior, n_draw: int, log_floor: float | None = None) -> np.ndarray:
+                     prior: VariancePrior, n_draw: int, log_floor: float | None = None,
+                     min_var: float = 0.0) -> np.ndarray:
     """``[n_draw]`` draws of the mean a rerun of the cell with new seeds would give for one metric (NaN when
     the cell has no slot of it).
 
@@ -847,7 +865,8 @@ def predictive_means(rng: np.random.Generator, values: np.ndarray, kinds: np.nda
     and the rerun's own noise; ``s^2 (1/r + 1/n)`` when every slot is measured), where ``s^2 = (nu0 s0^2 + (r -
     1) s_cell^2) / (nu0 + r - 1)`` shrinks the cell's sample variance of its exact values toward the grid's
     prior (``prior``) and ``df = nu0 + r - 1``. With ``log_floor`` (the fit column) the spread is relative:
-    the variances are of the log values and the noise multiplies the mean by ``exp(...)``."""
+    the variances are of the log values and the noise multiplies the mean by ``exp(...)``. ``min_var``: the
+    least sample variance of two or more values (the measurement's rounding, :func:`rounding_variance`)."""
     n = values.size
     if n == 0:
         return np.full(n_draw, np.nan)
@@ -866,7 +885,7 @@ def predictive_means(rng: np.random.Generator, values: np.ndarray, kinds: np.nda
         comp[:, fill] = draws
     mean = comp.mean(axis=1)
     t_vals = _transform(x, log_floor)
-    s_cell_sq = float(t_vals.var(ddof=1)) if r >= 2 else 0.0
+    s_cell_sq = max(float(t_vals.var(ddof=1)), min_var) if r >= 2 else 0.0
     s0_sq = prior.s0_sq if np.isfinite(prior.s0_sq) else 0.0
     df = prior.nu0 + max(r - 1, 0)
     s_sq = (prior.nu0 * s0_sq + max(r - 1, 0) * s_cell_sq) / df
@@ -877,8 +896,12 @@ def predictive_means(rng: np.random.Generator, values: np.ndarray, kinds: np.nda
     return mean * np.exp(noise) if log_floor is not None else mean + noise
 
 
-def _cell_key(values: Sequence[Any]) -> int:
-    return zlib.crc32(repr(tuple(str(v) for v in values)).encode())
+def _cell_key(values: Sequence[Any], names: Sequence[str] | None = None) -> int:
+    """A stable integer of a cell: of its ``(knob, value)`` pairs sorted by knob name when ``names`` are given,
+    so that the cell's random stream does not depend on the order of the axes (``--x``/``--y`` swapped)."""
+    if names is None:
+        return zlib.crc32(repr(tuple(str(v) for v in values)).encode())
+    return zlib.crc32(repr(sorted((str(k), str(v)) for k, v in zip(names, values))).encode())
 
 
 def label_confidence(
@@ -914,8 +937,9 @@ def label_confidence(
               cols[1]: None, cols[2]: None}
     _, slots = _cell_slots(models, pairs, by, rule)
     priors, pools = {}, {}
+    min_var = {c: rounding_variance(pairs, c) for c in cols}
     for c in cols:
-        priors[c], pools[c] = _prior_for(slots[c], floors[c], nu0)
+        priors[c], pools[c] = _prior_for(slots[c], floors[c], nu0, min_var[c])
     counts = resolution_counts(models, pairs, cells, by, rule)
     conf = np.full(len(cells), np.nan)
     empty = (np.empty(0), np.empty(0, dtype=np.int8))
@@ -923,9 +947,9 @@ def label_confidence(
     for i, (key, lab) in enumerate(zip(keys, labels.to_numpy())):
         if lab is None or (isinstance(lab, float) and np.isnan(lab)):
             continue
-        rng = np.random.default_rng([seed, _cell_key(key)])
-        means = [predictive_means(rng, *slots[c].get(key, empty), pools[c], priors[c], n_boot, floors[c])
-                 for c in cols]
+        rng = np.random.default_rng([seed, _cell_key(key, by)])  # the cell's stream, whatever the axis order
+        means = [predictive_means(rng, *slots[c].get(key, empty), pools[c], priors[c], n_boot, floors[c],
+                                  min_var[c]) for c in cols]
         codes = rule.codes(*means)
         conf[i] = float(np.mean(codes == PHASES.index(lab)))
     out = pd.concat([pd.DataFrame({"phase_confidence": conf}, index=cells.index), counts], axis=1)

@@ -67,3 +67,55 @@ def test_label_calibration_on_two_tiny_sweeps_with_disjoint_seeds(cli, tmp_path)
         row = next(ln for ln in out.splitlines() if ln.startswith(f"| {w} | 32 |"))
         for lab, cell in zip(row.strip("| ").split(" | ")[2:], (la, lb)):
             assert lab == ("-" if pd.isna(cell["phase"]) else f"{cell['phase']} ({cell['phase_confidence']:.2f})")
+
+
+def test_mc_rounding_floor_keeps_one_noisy_cell_from_setting_every_cells_prior():
+    """The demo with seeds 6-8: every fitted cell's converged pairs have mc = 0 exactly, one cell has two
+    converged values 6.2 pp apart. Without a floor that single cell was the grid's whole mc prior (s0^2 = 19 pp^2,
+    nu0 = 4) and fitted cells far from every threshold got confidence ~0.55. mc is quantised (half a training
+    sample, 50 / n_train pp), so a cell of equal values has at least the rounding variance q^2 / 12: the prior is
+    then Smyth's moment estimate over every cell (checked by hand with scipy) and the certain cells are certain."""
+    import itertools
+
+    from scipy import special
+
+    from landscape.phase import PhaseRule, aggregate_cells, label_confidence, rounding_variance
+
+    n_train = 718
+    q2 = (50.0 / n_train) ** 2 / 12
+    fitted = {w: [0.0, 0.0, 0.0] for w in (16, 32, 64, 128, 256)}
+    noisy = {8: [1.0, 7.2, 3.0]}  # the last pair is a bound (not converged): only two exact values
+    models, pairs = [], []
+    for w, mcs in {**fitted, **noisy}.items():
+        for s in range(3):
+            models.append({"cell_id": f"w{w}", "seed": s, "status": "done", "model.width": w, "train.batch_size": 32,
+                           "train_loss": 3e-4 if w in fitted else 1.2, "data.n_train": n_train})
+        for k, ((a, b), mc) in enumerate(zip(itertools.combinations(range(3), 2), mcs)):
+            exact = w in fitted or k < 2
+            pairs.append({"cell_id": f"w{w}", "seed_a": a, "seed_b": b, "status": "done", "model.width": w,
+                          "train.batch_size": 32, "connectivity.mc": mc, "cka": 0.99 if w in fitted else 0.3,
+                          "connectivity.converged": exact, "connectivity.mc_bound": None if exact else "lower",
+                          "data.n_train": n_train})
+    models, pairs = pd.DataFrame(models), pd.DataFrame(pairs)
+    pairs["connectivity.converged"] = pairs["connectivity.converged"].astype("boolean")
+    by = ["model.width", "train.batch_size"]
+    cells_ = aggregate_cells(models, pairs, by)
+    rule = PhaseRule.paper()
+    assert rounding_variance(pairs, "connectivity.mc") == pytest.approx(q2)
+    conf = label_confidence(models, pairs, cells_, by, rule, n_boot=4000, seed=0)
+    prior = conf.attrs["priors"]["connectivity.mc"]
+    # by hand: the five fitted cells at the floor (2 df each), the noisy cell's two exact values (1 df)
+    v = np.array([q2] * 5 + [np.var([1.0, 7.2], ddof=1)])
+    d = np.array([2.0] * 5 + [1.0])
+    e = np.log(v) - special.digamma(d / 2) + np.log(d / 2)
+    rhs = e.var(ddof=1) - special.polygamma(1, d / 2).mean()
+    assert rhs > 0 and prior["n_cells"] == 6
+    nu0 = prior["nu0"]
+    assert special.polygamma(1, nu0 / 2) == pytest.approx(rhs, rel=1e-6) or nu0 in (1.0, 100.0)
+    assert prior["s0_sq"] == pytest.approx(np.exp(e.mean() + special.digamma(nu0 / 2) - np.log(nu0 / 2)), rel=1e-9)
+    c = conf.set_index(cells_["model.width"])["phase_confidence"]
+    assert (c[list(fitted)] > 0.99).all(), c.to_dict()
+    # without the floor (no data.n_train: the old behaviour) the noisy cell alone set the prior: ~0.55
+    old = label_confidence(models, pairs.drop(columns="data.n_train"), cells_, by, rule, n_boot=4000, seed=0)
+    assert old.attrs["priors"]["connectivity.mc"]["n_cells"] == 1
+    assert (old.set_index(cells_["model.width"])["phase_confidence"][list(fitted)] < 0.8).all()
