@@ -3,7 +3,7 @@
 Run the same grid twice into two directories with disjoint seeds (e.g. ``train.seeds=[0,1,2]`` and
 ``train.seeds=[3,4,5]``), then
 
-    .venv/bin/python benchmarks/label_calibration.py SWEEP_A SWEEP_B [--x KNOB --y KNOB] [--facet KNOB]
+    .venv/bin/python benchmarks/label_calibration.py SWEEP_A SWEEP_B [SWEEP_C ...] [--x KNOB --y KNOB] [--facet KNOB]
         [--thresholds paper|calibrate|NAME=VALUE ...] [--select FAMILY.SETTING=VALUE ...] [--bootstrap N]
         [--bins 0,0.5,0.7,0.9,1] [--cells] [--out DIR]
 
@@ -22,12 +22,15 @@ Printed, as Markdown (for a closing note):
   their mean confidence and the fraction kept, both directions pooled. A calibrated confidence has the fraction
   kept near the mean confidence in every bin.
 
-``--cells`` adds the per-cell table (knobs, label and confidence in each run).
+With three or more sweeps (seed sets), every pair of them is compared and the pairs are pooled at the end
+(each cell's label then counts once per other run it is compared with: more labels per bin, not independent
+ones). ``--cells`` adds the per-cell table (knobs, label and confidence in each run).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -148,8 +151,8 @@ def rule_of(manifest: dict[str, Any]) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("sweep_a", type=Path)
-    ap.add_argument("sweep_b", type=Path)
+    ap.add_argument("sweeps", type=Path, nargs="+", metavar="SWEEP",
+                    help="two or more sweeps of one grid with disjoint seed sets (the first resolves the thresholds)")
     ap.add_argument("--x", default=None)
     ap.add_argument("--y", default=None)
     ap.add_argument("--facet", default=None)
@@ -169,16 +172,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     bins = [float(b) for b in args.bins.split(",")]
     kw = dict(x=args.x, y=args.y, facet=args.facet, bootstrap=args.bootstrap, seed=args.seed,
               select=args.select or None)
+    if len(args.sweeps) < 2:
+        ap.error("give two or more sweeps (disjoint seed sets of one grid)")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
-        cells_a, man_a = label_sweep(args.sweep_a, root / "a", thresholds=preset, threshold_overrides=overrides, **kw)
+        labelled = []
+        cells_a, man_a = label_sweep(args.sweeps[0], root / "0", thresholds=preset, threshold_overrides=overrides,
+                                     **kw)
+        labelled.append(cells_a)
         kw.update(x=man_a["x"], y=man_a["y"], facet=man_a["facet"])
-        cells_b, _ = label_sweep(args.sweep_b, root / "b", rule=rule_of(man_a), **kw)
+        for i, sweep in enumerate(args.sweeps[1:], start=1):
+            labelled.append(label_sweep(sweep, root / str(i), rule=rule_of(man_a), **kw)[0])
     by = [k for k in (man_a["x"], man_a["y"], man_a["facet"]) if k]
-    paired = paired_labels(cells_a, cells_b, by)
-    res = calibration(paired, bins, args.high)
-    title = args.title or f"{args.sweep_a.name} vs {args.sweep_b.name} ({', '.join(by)})"
-    print(markdown(res, title, paired if args.cells else None, by))
+    pooled = []
+    for i, j in itertools.combinations(range(len(args.sweeps)), 2):
+        paired = paired_labels(labelled[i], labelled[j], by)
+        pooled.append(paired)
+        title = args.title or f"{args.sweeps[i].name} vs {args.sweeps[j].name} ({', '.join(by)})"
+        print(markdown(calibration(paired, bins, args.high), title, paired if args.cells else None, by))
+    if len(pooled) > 1:  # every pair of runs: a cell's label counts once per other run it is compared with
+        print(markdown(calibration(pd.concat(pooled, ignore_index=True), bins, args.high),
+                       f"pooled over the {len(pooled)} pairs of runs ({', '.join(by)})"))
     print(f"\n({rule_of(man_a).describe()})")
     return 0
 
