@@ -37,8 +37,6 @@ OUT_DIR = None
 
 # %%
 import logging
-import os
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -49,35 +47,19 @@ from landscape import phase
 from landscape.cli.phase import load_rows, phase_table, resolve_settings, swept_knobs
 from landscape.phase_diagram import INVERTED_KNOBS
 from landscape.settings_choice import choose_for_cells, parse_select
-
-try:
-    get_ipython  # noqa: B018 - defined in an IPython/Jupyter kernel only
-    IN_KERNEL = True
-except NameError:
-    IN_KERNEL = False
-_args = [] if IN_KERNEL else [a for a in sys.argv[1:] if not a.startswith("-")]  # a kernel's argv is its own
+from landscape.notebook import notebook_paths
 
 logging.basicConfig(level=logging.WARNING)
 pd.set_option("display.width", 160)
 pd.set_option("display.max_columns", 20)
 
-SWEEP_DIR = Path(SWEEP_DIR or (_args[0] if _args else None) or os.environ.get("LANDSCAPE_SWEEP_DIR") or "outputs/demo")
-OUT_DIR = Path(OUT_DIR or (_args[1] if len(_args) > 1 else None) or os.environ.get("LANDSCAPE_EXPLORE_OUT")
-               or SWEEP_DIR / "analysis" / "explore")
-OUT_DIR.mkdir(parents=True, exist_ok=True)
+paths = notebook_paths(SWEEP_DIR, OUT_DIR, "LANDSCAPE_EXPLORE_OUT", "outputs/demo", "analysis/explore")
+SWEEP_DIR, OUT_DIR, IN_KERNEL = paths.sweep, paths.out, paths.kernel
 
 
 def show(fig: plt.Figure, name: str) -> Path:
     """Save ``fig`` as ``OUT_DIR/name``, show it inline in a notebook, close it; return the path."""
-    path = OUT_DIR / name
-    fig.savefig(path, dpi=120)
-    if IN_KERNEL:
-        from IPython.display import display
-
-        display(fig)
-    plt.close(fig)
-    print(f"wrote {path}")
-    return path
+    return paths.show(fig, name, dpi=120)
 
 
 models = load_rows(SWEEP_DIR, "models")

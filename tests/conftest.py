@@ -16,16 +16,21 @@ LANDSCAPE = [sys.executable, "-m", "landscape.cli.app"]
 FAST = ["data.subsample=0.25", "model.width=8", "train.epochs=3", "train.batch_size=32"]
 
 
-def taxonomy2021():
-    """``analysis/taxonomy2021.py`` (the import of the paper's published results) as a module, loaded once."""
+def analysis_module(name: str):
+    """``analysis/<name>.py`` as a module, loaded once."""
     import importlib.util
 
-    if "taxonomy2021" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("taxonomy2021", REPO / "analysis" / "taxonomy2021.py")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "analysis" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
-        sys.modules["taxonomy2021"] = module
+        sys.modules[name] = module
         spec.loader.exec_module(module)
-    return sys.modules["taxonomy2021"]
+    return sys.modules[name]
+
+
+def taxonomy2021():
+    """``analysis/taxonomy2021.py`` (the import of the paper's published results) as a module, loaded once."""
+    return analysis_module("taxonomy2021")
 
 
 def run_cli(args: list[str], cwd: Path, check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:

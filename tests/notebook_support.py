@@ -4,22 +4,15 @@ papermill does), run cell by cell in a real IPython kernel by nbclient."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO
+from conftest import REPO, analysis_module
 
 
 def _runner():
-    if "run_notebook" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("run_notebook", REPO / "analysis" / "run_notebook.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["run_notebook"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["run_notebook"]
+    return analysis_module("run_notebook")
 
 
 def execute_notebook(path: Path, parameters: dict[str, Any] | None = None, env: dict[str, str] | None = None,
