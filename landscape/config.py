@@ -1,11 +1,13 @@
 """Typed configuration of a grid cell: dataclass schemas registered in Hydra's ConfigStore, and validation.
 
-The config groups in ``conf/`` (``data``, ``model``, ``train``, ``metrics``) fill these schemas; a typo in a
-key is refused by Hydra itself (struct mode). ``validate`` checks the values and returns every problem as a
-message naming the key, the value and what is allowed; ``check`` raises ``ConfigError`` with all of them. The
-numeric bounds of every leaf key are declared once (``VALUE_RULES``; keys without an entry get their type's:
-integers in 0 .. 2**63-1, finite numbers) and listed by ``bounds``; ``launch_problems`` adds what depends on
-the machine (model size against memory, threads against CPUs).
+The config groups in ``conf/`` (``data``, ``model``, ``train``) fill these schemas (``metrics`` is no group: its
+defaults are the metric families' ``Config`` dataclasses); a typo in a key is refused by Hydra itself (struct
+mode). ``validate`` checks the values and returns every problem as a message naming the key, the value and
+what is allowed; ``check`` raises ``ConfigError`` with all of them. The value rules (``landscape.rules``) of
+the root config's keys are declared once (``VALUE_RULES``; keys without an entry get their type's: integers in
+0 .. 2**63-1, finite numbers); a metric family's settings carry theirs in its ``Config`` fields' metadata,
+checked by the metrics contract (``landscape.metrics.validate_metrics``); ``bounds`` lists them all.
+``launch_problems`` adds what depends on the machine (model size against memory, threads against CPUs).
 Validation needs no data: dataset sizes are known from the config (CIFAR-10: counted on disk once).
 
 Importing this module is cheap (no torch, no metric family): the ``metrics`` schema, built from the
@@ -23,6 +25,9 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+
+from landscape.rules import FLOAT32_MAX, INT64_MAX  # noqa: F401 - re-exported: the caps of every number
+from landscape.rules import FRACTION, Rule, field_rule, ints, nums
 
 
 @dataclass
@@ -176,10 +181,6 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         problems.append(f"{key}={value!r}: expected one of {', '.join(allowed)}")
@@ -194,12 +195,10 @@ def validate(cfg: DictConfig | Any) -> list[str]:
 
     p: list[str] = [unknown_key_message(k, added=True) or f"{k}: not a key of the config schema"
                     for k, _ in unknown_keys(cfg)]
-    bad = set()  # keys refused by their bounds: the rules below that read them are skipped
-    out_of_bounds = bound_problems(cfg)
-    for key, msg in out_of_bounds:
-        if not key.startswith("metrics."):
-            p.append(msg)
-            bad.add(key)
+    bad = set()  # keys refused by their rules: the rules below that read them are skipped
+    for key, msg in bound_problems(cfg):
+        p.append(msg)
+        bad.add(key)
     d, m, t = cfg.data, cfg.model, cfg.train
 
     _choice(p, "data.name", d.name, data_mod.DATASETS)
@@ -278,24 +277,11 @@ def validate(cfg: DictConfig | Any) -> list[str]:
 
     from landscape.metrics import validate_metrics
 
-    family_msgs = validate_metrics(cfg)
-    p.extend(family_msgs)
-    mentioned = {m.split("=", 1)[0] for m in family_msgs}
-    # the bounds of the enabled families' keys that their own check did not refuse
-    p.extend(msg for key, msg in out_of_bounds if key.startswith("metrics.") and key not in mentioned)
-    h = cfg.metrics.get("hessian")
-    if (h is not None and "metrics.hessian.trace_matvecs" not in mentioned and h.enabled is not False
-            and h.trace_method == "hutch++" and _is_int(h.trace_matvecs) and 1 <= h.trace_matvecs < 4):
-        p.append(f"metrics.hessian.trace_matvecs={h.trace_matvecs}: Hutch++ needs >= 4 products (or "
-                 "metrics.hessian.trace_method=hutchinson)")
+    p.extend(validate_metrics(cfg))  # the metric families' settings: their rules and cross-field checks
     return p
 
 
-# ------------------------------------------------------------------------------------------- value bounds
-INT64_MAX = 2**63 - 1
-"""Largest integer a key may hold (seeds, counts): what torch, numpy and Arrow's int64 columns hold."""
-FLOAT32_MAX = 3.4028234663852886e38
-"""Largest magnitude of a number that enters float32 arithmetic (learning rates, weight decay, data scales)."""
+# -------------------------------------------------------------------------------------------- value rules
 MAX_THREADS = 4096
 """Upper bound of ``threads`` wherever the machine is unknown (SLURM); local jobs: this machine's CPU count."""
 MAX_NAME = 128
@@ -305,89 +291,10 @@ MAX_DEPTH = 1000
 (and one SGD step of a depth-10000 MLP takes seconds); a CNN doubles its channels at every block."""
 
 
-@dataclass(frozen=True)
-class Bound:
-    """The values a leaf key accepts: an integer (``kind="int"``) or a finite number (``"num"``) within
-    ``lo``..``hi`` (``lo_open``/``hi_open``: that end excluded; None: unbounded); ``items``: the key holds a
-    list of such values, at least ``min_items`` of them; ``null``: None is allowed; ``also``: other allowed
-    values (e.g. ``"full"``); ``note``: said after what is allowed."""
-
-    kind: str = "int"
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    items: bool = False
-    min_items: int = 0
-    null: bool = False
-    also: tuple[Any, ...] = ()
-    note: str = ""
-
-    def accepts(self, value: Any) -> bool:
-        if value is None:
-            return self.null
-        if self.items:
-            if not (OmegaConf.is_list(value) or isinstance(value, (list, tuple))):
-                return False
-            return len(value) >= self.min_items and all(self._scalar_ok(x) for x in value)
-        return self._scalar_ok(value)
-
-    def _scalar_ok(self, v: Any) -> bool:
-        if isinstance(v, str) and v in self.also:
-            return True
-        if self.kind == "int":
-            if not _is_int(v):
-                return False
-        elif not (_is_number(v) and math.isfinite(v)):
-            return False
-        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
-            return False
-        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
-
-    def describe(self) -> str:
-        """What is allowed, in words (e.g. ``an integer >= 1, at most 2**63-1``, ``a finite number in [0, 1)``)."""
-        what = "an integer" if self.kind == "int" else "a finite number"
-        lo, hi = self.lo, self.hi
-        cap = (self.kind == "int" and hi == INT64_MAX) or (self.kind == "num" and hi == FLOAT32_MAX)
-        if cap:
-            hi = None
-        if lo is not None and hi is not None:
-            rng = f"in {'(' if self.lo_open else '['}{lo:g}, {hi:g}{')' if self.hi_open else ']'}"
-        elif lo is not None:
-            rng = f"{'>' if self.lo_open else '>='} {lo:g}"
-        elif hi is not None:
-            rng = f"{'<' if self.hi_open else '<='} {hi:g}"
-        else:
-            rng = ""
-        text = f"{what} {rng}".strip()
-        if cap:
-            text += ", at most 2**63-1" if self.kind == "int" else ", at most 3.4e38 (float32)"
-        if self.items:
-            text = f"a list of {f'at least {self.min_items} ' if self.min_items else ''}items, each {text}"
-        if self.also:
-            text += "".join(f" or {a!r}" for a in self.also)
-        if self.null:
-            text = "null or " + text
-        return text + (f" ({self.note})" if self.note else "")
-
-
-def ints(lo: int = 0, hi: int = INT64_MAX, **kw: Any) -> Bound:
-    """An integer in ``[lo, hi]`` (64-bit by default)."""
-    return Bound("int", lo, hi, **kw)
-
-
-def nums(lo: float | None = None, hi: float | None = FLOAT32_MAX, **kw: Any) -> Bound:
-    """A finite number in ``[lo, hi]`` (``lo_open``/``hi_open`` exclude an end)."""
-    return Bound("num", lo, hi, **kw)
-
-
-SEED = ints(0)  # every seed: numpy, torch and the seed-derivation hashes take 0 .. 2**63-1
-FRACTION = nums(0.0, 1.0, hi_open=True)
-
-# The bounds of the schema's keys: one entry per key whose values are narrower than its type's default (see
-# ``bounds``). A family's own ``check`` runs first; a key it refuses is not reported twice. A field may instead
-# carry its bound in its dataclass metadata (``field(metadata={"bound": ints(1)})``), which wins over this table.
-VALUE_RULES: dict[str, Bound] = {
+# The rules of the root config's keys (data, model, train, phase, the root's own): one entry per key whose values
+# are narrower than its type's (see ``bounds``). A metric family's settings carry their rules as metadata of
+# their ``Config`` fields (``landscape.rules.rule``), checked by the metrics contract (``Family.problems``).
+VALUE_RULES: dict[str, Rule] = {
     # data
     "data.subsample": nums(0.0, lo_open=True, note="a fraction in (0, 1] or an integer count >= 1"),
     "data.label_noise": FRACTION,
@@ -418,62 +325,18 @@ VALUE_RULES: dict[str, Bound] = {
     "phase.cka": nums(0.0, 1.0, null=True),
     "phase.uncertain_below": nums(0.0, 1.0),
     "phase.bootstrap": ints(1),
-    # metric families (checked when the family is enabled)
-    **{f"metrics.hessian.{k}": b for k, b in {
-        "eval_samples": ints(1), "batch_size": ints(1, null=True), "max_block": ints(1), "n_top": ints(1),
-        "tol": nums(0.0, lo_open=True), "max_iter": ints(1), "trace_matvecs": ints(1), "n_probes": ints(1),
-        "n_steps": ints(2), "grid_size": ints(2)}.items()},
-    **{f"metrics.cka.{k}": b for k, b in {
-        "n_samples": ints(4), "rbf_fraction": nums(0.0, lo_open=True), "batch_size": ints(0)}.items()},
-    **{f"metrics.connectivity.{k}": b for k, b in {
-        "bends": ints(1), "epochs": ints(1, null=True), "lr": nums(0.0, lo_open=True), "momentum": FRACTION,
-        "weight_decay": nums(0.0), "batch_size": ints(1, null=True), "n_points": ints(2),
-        "checkpoint_every": ints(1)}.items()},
-    "metrics.training.eval_batch_size": ints(1),
-    **{f"metrics.jump_retrain.{k}": b for k, b in {
-        "n_jumps": ints(1), "scales": nums(0.0, lo_open=True, items=True, min_items=1), "epochs": ints(1),
-        "lr": nums(0.0, lo_open=True), "batch_size": ints(1), "record_every": ints(1), "projection_dim": ints(1),
-        "eval_samples": ints(2), "phate_knn": ints(1), "phate_decay": nums(0.0, lo_open=True), "graph_knn": ints(1),
-        "persistence_threshold": nums(0.0)}.items()},
-    **{f"metrics.projection_trace.{k}": b for k, b in {
-        "n_directions": ints(2), "epsilon": nums(0.0, lo_open=True), "eval_samples": ints(1), "batch_size": ints(1),
-        "saddle_draws": ints(0), "saddle_step": nums(0.0, lo_open=True)}.items()},
-    **{f"metrics.surfaces.{k}": b for k, b in {
-        "dims": ints(1), "range": nums(0.0, lo_open=True), "resolution": ints(1), "eval_samples": ints(1),
-        "chunk": ints(1), "batch_size": ints(1), "hessian_tol": nums(0.0, lo_open=True),
-        "hessian_max_iter": ints(1)}.items()},
 }
 
 
-def _default_bound(annotation: Any) -> Bound | None:
-    """The bound a key's type implies: integers 0 .. 2**63-1 (counts and seeds), finite numbers, lists of
-    such; None for strings, booleans and ``Any`` (their values are choices, checked by ``validate``)."""
-    import typing
-
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"Any": Any, "Optional": Optional, "list": list})  # noqa: S307
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    null = typing.get_origin(annotation) is typing.Union and len(args) == 1
-    if null:
-        annotation = args[0]
-    items = typing.get_origin(annotation) is list
-    if items:
-        annotation = typing.get_args(annotation)[0]
-    if annotation is int:
-        return ints(0, null=null, items=items)
-    if annotation is float:
-        return nums(None, None, null=null, items=items)
-    return None
-
-
-def bounds() -> dict[str, Bound]:
-    """``{dotted key: Bound}`` of every leaf key of the schema (``LandscapeConfig``: data, model, train, phase,
-    the root keys and each metric family's ``Config``) that holds numbers: its ``VALUE_RULES`` entry (or its
-    field's ``metadata["bound"]``), else the default of its type (an integer in 0 .. 2**63-1, a finite number)."""
+def bounds() -> dict[str, Rule]:
+    """``{dotted key: Rule}`` of every leaf key of the schema (``LandscapeConfig``: data, model, train, phase,
+    the root keys and each metric family's ``Config``) that has one: its field's ``metadata["rule"]`` (the metric
+    families' settings) or its ``VALUE_RULES`` entry, else the rule of its type (an integer in 0 .. 2**63-1, a
+    finite number; strings and booleans: none)."""
     root = _build_root()
     if "bounds" in root:  # built once per schema (a registered family rebuilds the schema)
         return root["bounds"]
-    out: dict[str, Bound] = {}
+    out: dict[str, Rule] = {}
 
     def walk(cls: type, prefix: str) -> None:
         import typing
@@ -485,7 +348,8 @@ def bounds() -> dict[str, Bound]:
             if is_dataclass(default):
                 walk(type(default), f"{name}.")
                 continue
-            rule = f.metadata.get("bound") or VALUE_RULES.get(name) or _default_bound(hints.get(f.name, f.type))
+            declared = VALUE_RULES.get(name) if "rule" not in f.metadata else None
+            rule = declared or field_rule(f, hints.get(f.name, f.type))
             if rule is not None:
                 out[name] = rule
 
@@ -494,17 +358,19 @@ def bounds() -> dict[str, Bound]:
     return out
 
 
-def bound_problems(cfg: Any, families: bool | None = None) -> list[tuple[str, str]]:
-    """``(key, message)`` for every leaf of ``cfg`` outside its bound (``bounds``); ``families``: only the
-    keys of enabled metric families (True), only the other keys (False), or both (None)."""
-    from landscape.metrics import enabled
+def _family_key(key: str) -> bool:
+    """Whether ``key`` is a setting of a metric family (``metrics.<family>.<field>``: the contract checks it)."""
+    return key.startswith("metrics.") and key.count(".") >= 2
 
-    on = {f.name for f in enabled(cfg)} if families is not False else set()
+
+def bound_problems(cfg: Any) -> list[tuple[str, str]]:
+    """``(key, message)`` for every leaf of ``cfg`` outside its rule (``bounds``), but the metric families'
+    settings: those are the metrics contract's to check (``landscape.metrics.Family.problems``), for the
+    families that run."""
     nodes: dict[str, Any] = {}  # parent key -> its values as plain containers (read once)
     out = []
     for key, rule in bounds().items():
-        fam = key.split(".")[1] if key.startswith("metrics.") and key.count(".") >= 2 else None
-        if (fam is not None and (families is False or fam not in on)) or (fam is None and families is True):
+        if _family_key(key):
             continue
         parent, _, leaf = key.rpartition(".")
         if parent not in nodes:
@@ -532,19 +398,6 @@ def _select(cfg: Any, key: str) -> Any:
         if node is _ABSENT or node is None:
             return node
     return node
-
-
-def _metric_rules() -> dict[str, dict[str, Bound]]:
-    out: dict[str, dict[str, Bound]] = {}
-    for key, rule in VALUE_RULES.items():
-        if key.startswith("metrics."):
-            _, fam, name = key.split(".", 2)
-            out.setdefault(fam, {})[name] = rule
-    return out
-
-
-METRIC_RULES: dict[str, dict[str, Bound]] = _metric_rules()
-"""``{family: {key: Bound}}``: the ``VALUE_RULES`` entries of the metric families' keys (a view)."""
 
 
 # ------------------------------------------------------------------------------------ launch-time checks

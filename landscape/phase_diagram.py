@@ -11,18 +11,26 @@ Conventions:
   ``train.weight_decay`` are hot when large and keep the usual orientation (:data:`INVERTED_KNOBS`).
 * Colour limits come from the data by default: the 2nd and 98th percentiles of the cell means of all facets
   together (:func:`colour_limits`; for log scales, of the logarithms), so every facet shares one colour bar.
-  ``limits="paper"`` uses the paper's ranges (:class:`MetricStyle`). Values beyond the limits are clipped:
+  ``limits="paper"`` uses the paper's ranges (``FigureStyle.paper``). Values beyond the limits are clipped:
   the colour bar gets extend arrows and the cells a triangle (up: above, down: below the limits).
-* Training loss, Hessian eigenvalue and trace use a log10 colour scale (the colour bar is ticked in the
-  metric's own units); mode connectivity a diverging symmetric-log scale centred at 0 (linear within +-1 pp),
-  so both the -0.5 pp boundary and tens of pp are visible. Every colour bar is labelled with the metric,
-  its unit and the scale, and marks the phase rule's thresholds when given.
+* Every panel is drawn with the :class:`~landscape.metrics.FigureStyle` its metric's family declares (label,
+  unit, scale with its base, paper range, diverging centre); this module styles only derived columns
+  (:data:`DERIVED_STYLES`) and names a column no style covers readably (:func:`readable_style`). Training loss,
+  Hessian eigenvalue and trace use a log10 colour scale (the colour bar is ticked in the metric's own units);
+  mode connectivity a diverging symmetric-log scale (linear within +-1 pp) whose limits follow the data's
+  sign: an all-negative panel spends no colour on positive values, the centre keeps the map's middle colour
+  and each side the data reaches is ticked (:func:`symlog_ticks`). Every colour bar is labelled with the
+  metric, its unit and the scale, and marks the phase rule's thresholds when given.
+* Axes are labelled by knob names a person reads (:data:`KNOB_NAMES`, the key in parentheses); titles and
+  labels are wrapped to the space they have, measured after drawing (:func:`fit_text`), so nothing is clipped.
 * A cell with no value (never run, failed, diverged, a metric that is missing, or <= 0 on a log scale) is
   masked: drawn in a neutral grey and marked with a symbol (:data:`MASK_MARKERS`) at its place; the axes
   always hold every cell of the grid, so a failed row never vanishes.
 * The phase map draws one discrete colour per phase (:data:`PHASE_COLOURS`), the boundaries between phases,
-  a legend (cells and mean test accuracy per phase), each cell's label confidence and its numbers of models
-  and pairs, and hatches cells whose confidence is below a level.
+  a legend (what each phase means, :data:`PHASE_MEANINGS`, with its cells and mean test accuracy), each cell's
+  label confidence and its numbers of models and pairs, hatches cells whose confidence is below a level, and
+  says in its title what was measured (dataset, model, epochs, seeds: :func:`caption_from_rows`) and the
+  rule's thresholds.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from matplotlib.collections import LineCollection, PatchCollection, QuadMesh  # 
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from landscape.metrics import FigureStyle  # noqa: E402
 from landscape.phase import MIN_RESOLVED_PAIRS, PHASES  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -75,39 +84,10 @@ PHASE_COLOURS: dict[str, str] = {"I": "#b2182b", "II": "#f4a582", "III": "#7b329
 _DARK_PHASES = frozenset({"I", "III", "IV-B"})
 
 
-@dataclass(frozen=True)
-class MetricStyle:
-    """How one metric is drawn. ``label``/``unit`` name it on the colour bar; ``log``: log10 colour scale of
-    the values (data limits); ``centre``: a diverging scale centred there (symmetric-log with linear part
-    ``linthresh`` for data limits); ``paper``: the paper's ``(vmin, vmax)`` in the metric's units, drawn with
-    ``paper_log`` (log10) or a linear scale."""
-
-    label: str
-    unit: str
-    cmap: str = "viridis"
-    log: bool = False
-    centre: float | None = None
-    linthresh: float = 1.0
-    paper: tuple[float, float] | None = None
-    paper_log: bool = False
-
-
-#: Styles of the known metrics; ``paper`` holds the paper's colour ranges (Figure 1 of Yang et al. 2021,
-#: where the Hessian metrics were drawn as natural logs: 0-6 and 3-8).
-METRIC_STYLES: dict[str, MetricStyle] = {
-    "test_acc": MetricStyle("test accuracy", "fraction", "viridis", paper=(0.56, 0.91)),
-    "train_acc": MetricStyle("training accuracy", "fraction", "viridis", paper=(0.56, 1.0)),
-    "train_loss": MetricStyle("training loss", "nats", "magma_r", log=True, paper=(0.0, 3.0)),
-    "train_error": MetricStyle("training error", "%", "magma_r", log=True, paper=(0.0, 50.0)),
-    "test_loss": MetricStyle("test loss", "nats", "magma_r", log=True, paper=(0.0, 3.0)),
-    "hessian.top_eigenvalue": MetricStyle("Hessian top eigenvalue", "nats / param²", "magma_r", log=True,
-                                          paper=(float(np.exp(0.0)), float(np.exp(6.0))), paper_log=True),
-    "hessian.trace": MetricStyle("Hessian trace", "nats / param²", "magma_r", log=True,
-                                 paper=(float(np.exp(3.0)), float(np.exp(8.0))), paper_log=True),
-    "connectivity.mc": MetricStyle("mode connectivity mc", "pp of training error", "RdBu_r", centre=0.0,
-                                   linthresh=1.0, paper=(-30.0, 30.0)),
-    "cka": MetricStyle("CKA similarity", "unitless", "viridis", paper=(0.3, 0.8)),
-    "l2_distance": MetricStyle("L2 distance between seeds", "parameter units", "cividis", paper=(0.0, 100.0)),
+#: Styles of derived columns (computed by :mod:`landscape.phase`, declared by no family). A family's metric is
+#: drawn with the :class:`~landscape.metrics.FigureStyle` its family declares (``landscape.metrics``): nowhere else.
+DERIVED_STYLES: dict[str, FigureStyle] = {
+    "train_error": FigureStyle("training error", "%", "log10", cmap="magma_r"),  # 100 (1 - train_acc)
 }
 
 #: The paper's panel order.
@@ -118,39 +98,83 @@ LIMIT_MODES: tuple[str, ...] = ("data", "paper")
 #: Percentiles of the data that bound the colour scale (robust to a few extreme cells).
 DATA_PERCENTILES: tuple[float, float] = (2.0, 98.0)
 
+#: Names a person reads for the common knobs (axis labels read ``<name> (<key>)``; other keys as they are).
+KNOB_NAMES: dict[str, str] = {
+    "model.width": "model width", "model.depth": "model depth", "model.name": "model",
+    "model.activation": "activation", "model.n_params": "parameters",
+    "data.label_noise": "label noise", "data.subsample": "training-set fraction", "data.n_train": "training samples",
+    "data.name": "dataset", "train.batch_size": "batch size", "train.lr": "learning rate",
+    "train.weight_decay": "weight decay", "train.momentum": "momentum", "train.epochs": "epochs",
+    "train.steps": "training steps", "train.schedule": "learning-rate schedule",
+}
+#: What each phase means (Yang et al. 2021): fit (training loss), barrier (mode connectivity), similarity (CKA).
+PHASE_MEANINGS: dict[str, str] = {
+    "I": "under-fitted, barrier", "II": "under-fitted, no barrier", "III": "fitted, barrier",
+    "IV-A": "fitted, connected, dissimilar", "IV-B": "fitted, connected, similar",
+}
 
-def _family_styles() -> dict[str, Any]:
-    """``{metric: FigureStyle}`` declared by the metric families (the family contract)."""
+
+def knob_label(key: str) -> str:
+    """``"batch size (train.batch_size)"`` for a knob of :data:`KNOB_NAMES`, else the key itself."""
+    name = KNOB_NAMES.get(key)
+    return f"{name} ({key})" if name else key
+
+
+def _family_styles() -> dict[str, FigureStyle]:
+    """``{column: FigureStyle}`` declared by the metric families (the family contract)."""
     import landscape.metrics as metrics_mod
 
     return metrics_mod.figure_styles()
 
 
-def style_for(metric: str, cells: pd.DataFrame | None = None) -> MetricStyle:
-    """The style of a metric: :data:`METRIC_STYLES`, else the figure style its family declares (label, units,
-    colour map, paper range; a ``log`` style's range is read as natural logs), else viridis with its name."""
-    if metric in METRIC_STYLES:
-        return METRIC_STYLES[metric]
-    fs = _family_styles().get(metric)
-    if fs is not None:
-        if getattr(fs, "log", False):
-            return MetricStyle(fs.label, getattr(fs, "units", ""), fs.cmap, log=True,
-                               paper=(float(np.exp(fs.vmin)), float(np.exp(fs.vmax))), paper_log=True)
-        return MetricStyle(fs.label, getattr(fs, "units", ""), fs.cmap, centre=getattr(fs, "centre", None),
-                           paper=(float(fs.vmin), float(fs.vmax)))
-    return MetricStyle(metric, "")
+#: Units guessed from a column's name where no style declares one (last resort).
+_UNIT_BY_SUFFIX: tuple[tuple[str, str], ...] = (
+    ("seconds", "s"), ("_count", "count"), ("loss", "nats"), ("_acc", "fraction"), ("eigenvalue", "nats / param²"),
+    ("trace", "nats / param²"),
+)
+
+
+def readable_style(column: str) -> FigureStyle:
+    """A style for a column no style declares: its name without the family prefix, underscores as spaces, the
+    family in parentheses (``connectivity.foo_bar`` -> ``foo bar (connectivity)``), a unit guessed from the
+    name where it says one (``seconds``, ``loss``, ...), a linear scale."""
+    try:
+        from landscape.metrics import family_of
+
+        family: str | None = family_of(column)
+    except KeyError:
+        family = None
+    head, _, tail = column.rpartition(".")
+    words = (tail or column).replace("_", " ").strip()
+    owner = family or head.replace("_", " ")
+    label = f"{words} ({owner})" if owner and owner != words else words
+    unit = next((u for suffix, u in _UNIT_BY_SUFFIX if column.endswith(suffix)), "")
+    return FigureStyle(label, unit)
+
+
+def style_for(metric: str) -> FigureStyle:
+    """The style of a column: :data:`DERIVED_STYLES` for a derived column, else the :class:`FigureStyle` its
+    family declares, else :func:`readable_style` (a readable name, never the raw column)."""
+    if metric in DERIVED_STYLES:
+        return DERIVED_STYLES[metric]
+    return _family_styles().get(metric) or readable_style(metric)
 
 
 @dataclass(frozen=True)
 class ColourScale:
-    """A metric's colour scale over all facets: norm, limits (metric units), extend arrows, description."""
+    """A metric's colour scale over all facets: norm, limits (metric units), extend arrows, scale (one of
+    ``landscape.metrics.FIGURE_SCALES``), limit mode, and the colour map to draw with (for a diverging style:
+    the part of the style's map its limits reach, so that the centre keeps the map's middle colour)."""
 
     norm: mcolors.Normalize
     vmin: float
     vmax: float
     extend: str
-    scale: str  # "linear" | "log10" | "symlog" | "diverging"
+    scale: str  # "linear" | "log10" | "symlog"
     mode: str  # "data" | "paper"
+    cmap: mcolors.Colormap | None = None
+    centre: float | None = None
+    linthresh: float = 1.0
 
     def clipped(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boolean masks ``(below, above)`` of finite values beyond the limits."""
@@ -159,59 +183,105 @@ class ColourScale:
         with np.errstate(invalid="ignore"):
             return fin & (v < self.vmin), fin & (v > self.vmax)
 
+    def ticks(self) -> list[float] | None:
+        """Colour-bar ticks of a ``symlog`` scale (:func:`symlog_ticks`); None: the scale's own locator."""
+        if self.scale != "symlog":
+            return None
+        return symlog_ticks(self.vmin, self.vmax, self.centre or 0.0, self.linthresh)
 
-def colour_limits(values: np.ndarray, style: MetricStyle, mode: str = "data") -> ColourScale:
-    """The colour scale of a metric from all its cell values (every facet together). ``data``: the
-    :data:`DATA_PERCENTILES` of the finite values (of their log10 for log styles, of |v| for centred styles,
-    which become symmetric); ``paper``: the style's paper range. ``extend`` says which side has values beyond."""
+
+def _symlog(d: np.ndarray, linthresh: float) -> np.ndarray:
+    """Signed distance from the centre on a symmetric-log axis (1 unit = the linear part = one decade)."""
+    a = np.abs(d)
+    return np.sign(d) * np.where(a <= linthresh, a / linthresh, 1.0 + np.log10(np.maximum(a, linthresh) / linthresh))
+
+
+def _centred_cmap(name: str, lo: float, hi: float, centre: float, linthresh: float | None) -> mcolors.Colormap:
+    """The part of the diverging map ``name`` that limits ``[lo, hi]`` reach when ``centre`` has the map's
+    middle colour and the farther limit its end colour (the nearer side uses only part of its half): all
+    negative values use the blue half only, so no colour-bar length is spent on values that do not occur."""
+    base = plt.get_cmap(name)
+    t = (lambda d: _symlog(np.asarray(d, dtype=np.float64), linthresh)) if linthresh else (lambda d: np.asarray(d, float))
+    tlo, thi = float(t(lo - centre)), float(t(hi - centre))
+    half = max(abs(tlo), abs(thi)) or 1.0
+    a, b = 0.5 + 0.5 * tlo / half, 0.5 + 0.5 * thi / half
+    if a <= 0.0 and b >= 1.0:
+        return base
+    return mcolors.ListedColormap(base(np.linspace(a, b, 256)), name=f"{base.name}[{a:.2f}:{b:.2f}]")
+
+
+def symlog_ticks(lo: float, hi: float, centre: float = 0.0, linthresh: float = 1.0) -> list[float]:
+    """Ticks of a symmetric-log colour bar over ``[lo, hi]``: the centre, and on each side that the limits
+    reach, ``centre +- m 10^k`` up to the limit (``m`` = 1, 2, 5 where that side's ticks lie within one
+    decade, else 1), starting at the side's decade or ``linthresh``'s, whichever is lower, so
+    that a side that holds values always gets a tick beyond the linear part when it reaches one."""
+    ticks = {float(centre)}
+    for sign, extent in ((-1.0, centre - lo), (1.0, hi - centre)):
+        if not extent > 0:
+            continue
+        kmax = int(np.floor(np.log10(extent)))
+        kmin = min(kmax, int(np.floor(np.log10(linthresh))))
+        mant = (1.0, 2.0, 5.0) if kmax == kmin else (1.0,)
+        side = [m * 10.0 ** k for k in range(kmin, kmax + 1) for m in mant if m * 10.0 ** k <= extent * (1 + 1e-9)]
+        ticks.update(centre + sign * v for v in side)
+    return sorted(ticks)
+
+
+def colour_limits(values: np.ndarray, style: FigureStyle, mode: str = "data") -> ColourScale:
+    """The colour scale of a metric from all its cell values (every facet together), fitted to the data's sign
+    and range. ``data``: the :data:`DATA_PERCENTILES` of the finite values (of their log10 for ``log10``
+    styles), stretched to include a diverging style's centre (limits on the side of the centre that the data
+    does not reach stop at the centre: an all-negative mc spends no colour on positive values); ``paper``: the
+    style's paper range, drawn with its ``paper_scale`` (data limits where the style has no paper range).
+    ``extend`` says which side has values beyond the limits."""
     if mode not in LIMIT_MODES:
         raise ValueError(f"limits={mode!r}: expected one of {', '.join(LIMIT_MODES)}")
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
+    centre, lt = style.centre, style.linthresh
     if mode == "paper" and style.paper is not None:
-        lo, hi = style.paper
-        if style.paper_log:
-            norm, scale = mcolors.LogNorm(lo, hi), "log10"
-        elif style.centre is not None:
-            norm, scale = mcolors.TwoSlopeNorm(vcenter=style.centre, vmin=lo, vmax=hi), "diverging"
-        else:
-            norm, scale = mcolors.Normalize(lo, hi), "linear"
+        lo, hi = (float(x) for x in style.paper)
+        scale = style.paper_scale_used
     else:
-        mode = "data"
+        mode, scale = "data", style.scale
         p_lo, p_hi = DATA_PERCENTILES
-        if style.log:
+        if scale == "log10":
             pos = v[v > 0]
-            if pos.size:
-                llo, lhi = np.percentile(np.log10(pos), [p_lo, p_hi])
-            else:
-                llo, lhi = 0.0, 1.0
+            llo, lhi = np.percentile(np.log10(pos), [p_lo, p_hi]) if pos.size else (0.0, 1.0)
             if lhi - llo < 1e-6:
                 llo, lhi = llo - 0.5, lhi + 0.5
             lo, hi = float(10 ** llo), float(10 ** lhi)
-            norm, scale = mcolors.LogNorm(lo, hi), "log10"
-        elif style.centre is not None:
-            a = np.percentile(np.abs(v - style.centre), p_hi) if v.size else 1.0
-            a = float(max(a, style.linthresh))
-            lo, hi = style.centre - a, style.centre + a
-            norm = mcolors.SymLogNorm(linthresh=style.linthresh, linscale=1.0, vmin=lo, vmax=hi, base=10)
-            scale = "symlog"
         else:
-            lo, hi = (np.percentile(v, [p_lo, p_hi]) if v.size else (0.0, 1.0))
-            lo, hi = float(lo), float(hi)
+            lo, hi = (float(x) for x in np.percentile(v, [p_lo, p_hi])) if v.size else (0.0, 1.0)
+            if centre is not None:
+                lo, hi = min(lo, centre), max(hi, centre)
             if hi - lo < 1e-12:
-                lo, hi = lo - 0.5, hi + 0.5
-            norm, scale = mcolors.Normalize(lo, hi), "linear"
+                pad = lt if scale == "symlog" else 0.5
+                lo, hi = (lo - pad, hi + pad) if centre is None else (centre - pad, centre + pad)
+    cmap = None
+    if scale == "log10":
+        norm = mcolors.LogNorm(lo, hi)
+    elif scale == "symlog":
+        c = centre if centre is not None else 0.0
+        norm = mcolors.SymLogNorm(linthresh=lt, linscale=1.0, vmin=lo, vmax=hi, base=10)
+        cmap = _centred_cmap(style.cmap, lo, hi, c, lt)
+    else:
+        norm = mcolors.Normalize(lo, hi)
+        if centre is not None:
+            cmap = _centred_cmap(style.cmap, lo, hi, centre, None)
     below = bool((v < lo).any()) if v.size else False
     above = bool((v > hi).any()) if v.size else False
     extend = "both" if below and above else "min" if below else "max" if above else "neither"
-    return ColourScale(norm, float(lo), float(hi), extend, scale, mode)
+    cmap = cmap or plt.get_cmap(style.cmap)
+    return ColourScale(norm, float(lo), float(hi), extend, scale, mode, cmap, centre, lt)
 
 
-def colour_bar_label(style: MetricStyle, scale: ColourScale) -> str:
-    """``"<label> [<unit>]"`` and the scale: ``log10 scale``, ``symlog, linear within ±t``, paper limits."""
+def colour_bar_label(style: FigureStyle, scale: ColourScale) -> str:
+    """``"<label> [<unit>]"`` and the scale: ``log10 scale``, ``symlog scale, linear within ±t``, ``centred at
+    c``, ``paper's limits``."""
     text = style.label + (f" [{style.unit}]" if style.unit else "")
-    extra = {"log10": "log10 scale", "symlog": f"symlog scale, linear within ±{style.linthresh:g}",
-             "diverging": "centred at 0", "linear": ""}[scale.scale]
+    extra = {"log10": "log10 scale", "symlog": f"symlog scale, linear within ±{scale.linthresh:g}",
+             "linear": f"centred at {scale.centre:g}" if scale.centre is not None else ""}[scale.scale]
     if scale.mode == "paper":
         extra = ", ".join(x for x in (extra, "paper's limits") if x)
     return text + (f"\n({extra})" if extra else "")
@@ -323,8 +393,8 @@ class Grid:
             axis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.tick_params(axis="x", labelrotation=45 if self.crowded else 0, labelsize=7)
         ax.tick_params(axis="y", labelsize=7)
-        ax.set_xlabel(self.x, fontsize=8)
-        ax.set_ylabel(self.y + ("\n(small = hot, on top)" if self.y in INVERTED_KNOBS else ""), fontsize=8)
+        ax.set_xlabel(knob_label(self.x), fontsize=8)
+        ax.set_ylabel(knob_label(self.y) + ("\nsmall = hot, on top" if self.y in INVERTED_KNOBS else ""), fontsize=8)
 
     @property
     def crowded(self) -> bool:
@@ -382,7 +452,7 @@ def _clip_marks(ax, grid: Grid, values: np.ndarray, scale: ColourScale) -> None:
             line.set_gid(f"clipped:{name}")
 
 
-def draw_metric(ax, grid: Grid, cells: pd.DataFrame, metric: str, style: MetricStyle | None = None,
+def draw_metric(ax, grid: Grid, cells: pd.DataFrame, metric: str, style: FigureStyle | None = None,
                 scale: ColourScale | None = None) -> QuadMesh:
     """One panel: ``pcolormesh`` of the cell means of ``metric`` under ``scale`` (default: data limits of these
     cells); masked cells in the neutral colour, marked by :data:`MASK_MARKERS` (Line2D artists with ``gid``
@@ -394,7 +464,7 @@ def draw_metric(ax, grid: Grid, cells: pd.DataFrame, metric: str, style: MetricS
     log_scale = isinstance(scale.norm, mcolors.LogNorm)
     with np.errstate(invalid="ignore"):
         drawn = np.where(np.isfinite(values) & np.logical_or(not log_scale, values > 0), values, np.nan)
-    cmap = plt.get_cmap(style.cmap).with_extremes(bad=MISSING_COLOUR)
+    cmap = (scale.cmap or plt.get_cmap(style.cmap)).with_extremes(bad=MISSING_COLOUR)
     mesh = ax.pcolormesh(grid.x_edges, grid.y_edges, np.ma.masked_invalid(drawn), cmap=cmap, norm=scale.norm,
                          shading="flat")
     mesh.set_gid(f"metric:{metric}")
@@ -420,7 +490,8 @@ def _facet_cells(cells: pd.DataFrame, facet: str | None, value) -> pd.DataFrame:
 def _facet_title(facet: str | None, fv: Any) -> str:
     if facet is None:
         return ""
-    return f"{facet} = {fv:g}" if isinstance(fv, (int, float, np.number)) else f"{facet} = {fv}"
+    name = knob_label(facet)
+    return f"{name} = {fv:g}" if isinstance(fv, (int, float, np.number)) else f"{name} = {fv}"
 
 
 def _threshold_marks(cbar, metric: str, rule: Any) -> None:
@@ -442,7 +513,8 @@ def metrics_figure(
     """The Figure-1 layout: one column per metric, one row per facet value, the same grid (all facets'
     knob values) in every panel, one colour bar per metric column with limits shared by all facets
     (``limits``: data | paper, :func:`colour_limits`), extend arrows where values are clipped, and dashed lines
-    at the thresholds of ``rule`` (a :class:`landscape.phase.PhaseRule`)."""
+    at the thresholds of ``rule`` (a :class:`landscape.phase.PhaseRule`). Every title and label is wrapped to
+    the space it has, and the margins are measured from the drawn text, so nothing is clipped."""
     metrics = list(metrics)
     if not metrics:
         raise ValueError("metrics: empty list")
@@ -451,14 +523,17 @@ def metrics_figure(
     cbar_axes: list[Any] = []
     if facet is None:
         # one facet: panels in rows of at most 4, each with its own colour bar below it, on a fixed layout
-        # (computed here in inches: a constrained layout costs a second per figure)
+        # (computed here in inches, then fitted to the drawn text: a constrained layout costs a second per figure)
         fig, slots, cbar_axes = _wrapped_layout(len(metrics), crowded=grid.crowded)
         axes = np.array([s[0] for s in slots])
+        text_width = _LAYOUT["pw"] + 2 * _LAYOUT["right"]
     else:
         fig, grid_axes = plt.subplots(len(facets), len(metrics), figsize=(3.0 * len(metrics), 2.9 * len(facets) + 1.0),
                                       squeeze=False, layout="constrained")
         slots = [grid_axes[:, c].tolist() for c in range(len(metrics))]
         axes = grid_axes
+        text_width = 2.3  # a panel of a 3-inch column (its colour bar and y labels take the rest)
+    renderer = fig.canvas.get_renderer()
     for c, metric in enumerate(metrics):
         style = style_for(metric)
         all_values = np.concatenate([grid.array(_facet_cells(cells, facet, fv), metric).ravel() for fv in facets])
@@ -473,60 +548,160 @@ def metrics_figure(
                     ax.set_ylabel("")
                 if r < len(facets) - 1:
                     ax.set_xlabel("")
+            fit_text(ax.title, text_width, renderer)
+            fit_text(ax.xaxis.label, text_width, renderer)
+            fit_text(ax.yaxis.label, ax.get_position().height * fig.get_figheight(), renderer, along="y")
         if cbar_axes:
             cbar = fig.colorbar(mesh, cax=cbar_axes[c], orientation="horizontal", extend=scale.extend)
         else:
             cbar = fig.colorbar(mesh, ax=slots[c], location="bottom", shrink=0.95, aspect=22, extend=scale.extend)
         cbar.set_label(colour_bar_label(style, scale), fontsize=7)
-        if scale.scale == "symlog":
-            top = int(np.floor(np.log10(max(scale.vmax - (style.centre or 0.0), 1.0))))
-            ticks = sorted({(style.centre or 0.0) + sgn * 10.0 ** k for k in range(0, top + 1) for sgn in (-1, 1)}
-                           | {style.centre or 0.0})
+        fit_text(cbar.ax.xaxis.label, text_width, renderer)
+        ticks = scale.ticks()
+        if ticks is not None:
             cbar.set_ticks(ticks)
             cbar.ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            cbar.ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         elif scale.scale == "log10":
             span = np.log10(scale.vmax / scale.vmin)
             axis = cbar.ax.xaxis
             axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,)))
             axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        else:  # at most 5 labelled ticks: large values (thousands) stay apart on a 2-inch bar
+            cbar.ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5))
         cbar.ax.tick_params(labelsize=6)
         _threshold_marks(cbar, metric, rule)
-    _legend_marks(fig, axes, outside=not cbar_axes)
+    legend = _legend_marks(fig, axes, outside=not cbar_axes)
+    if cbar_axes:
+        _fit_wrapped_layout(fig, slots, cbar_axes, legend, renderer)
     return fig
 
 
 #: The fixed layout of a wrapped metrics figure, in inches: panel width/height, left margin (y ticks and
 #: label), right margin, title band, gap under a panel (x ticks and label; more when rotated), colour-bar
-#: height, band under the colour bar (its ticks and two-line label), legend band at the top.
+#: height, band under the colour bar (its ticks and two-line label), legend band at the top. The bands are
+#: the starting point: :func:`_fit_wrapped_layout` widens them to the text drawn.
 _LAYOUT = dict(pw=2.45, ph=1.95, left=0.85, right=0.2, title=0.3, gap=0.55, gap_crowded=0.72, cb=0.11,
                below=0.55, legend=0.35)
+#: Space (inches) kept between drawn text and the edges of its band.
+_PAD = 0.06
 
 
 def _wrapped_layout(n: int, crowded: bool = False, ncols_max: int = 4):
     """A figure with ``n`` panels in rows of at most ``ncols_max``, each with a horizontal colour-bar axes
     under it. Returns ``(fig, [[panel axes]], [colour-bar axes])``."""
-    L = _LAYOUT
-    ncols = min(ncols_max, n)
-    nrows = -(-n // ncols)
-    gap = L["gap_crowded"] if crowded else L["gap"]
-    cw = L["left"] + L["pw"] + L["right"]
-    ch = L["title"] + L["ph"] + gap + L["cb"] + L["below"]
-    W, H = ncols * cw, L["legend"] + nrows * ch
-    fig = plt.figure(figsize=(W, H))
+    L = dict(_LAYOUT, gap=_LAYOUT["gap_crowded"] if crowded else _LAYOUT["gap"])
+    fig = plt.figure()
     slots, caxes = [], []
+    for _ in range(n):
+        slots.append([fig.add_axes((0, 0, 1, 1))])
+        caxes.append(fig.add_axes((0, 0, 1, 1)))
+    fig._wrapped = dict(L=L, n=n, ncols=min(ncols_max, n))  # type: ignore[attr-defined]
+    _place(fig, slots, caxes)
+    return fig, slots, caxes
+
+
+def _place(fig: Figure, slots, caxes) -> None:
+    """Size ``fig`` and place its panels and colour bars by its layout bands (``fig._wrapped``)."""
+    L, n, ncols = fig._wrapped["L"], fig._wrapped["n"], fig._wrapped["ncols"]  # type: ignore[attr-defined]
+    nrows = -(-n // ncols)
+    cw = L["left"] + L["pw"] + L["right"]
+    ch = L["title"] + L["ph"] + L["gap"] + L["cb"] + L["below"]
+    W, H = ncols * cw, L["legend"] + nrows * ch
+    fig.set_size_inches(W, H)
     for i in range(n):
         r, c = divmod(i, ncols)
         x0 = c * cw + L["left"]
         bottom = H - L["legend"] - r * ch - L["title"] - L["ph"]
-        ax = fig.add_axes((x0 / W, bottom / H, L["pw"] / W, L["ph"] / H))
-        cax = fig.add_axes(((x0 + 0.1) / W, (bottom - gap - L["cb"]) / H, (L["pw"] - 0.2) / W, L["cb"] / H))
-        slots.append([ax])
-        caxes.append(cax)
-    return fig, slots, caxes
+        slots[i][0].set_position((x0 / W, bottom / H, L["pw"] / W, L["ph"] / H))
+        caxes[i].set_position(((x0 + 0.1) / W, (bottom - L["gap"] - L["cb"]) / H, (L["pw"] - 0.2) / W, L["cb"] / H))
 
 
-def _legend_marks(fig: Figure, axes, extra: Sequence[tuple[Any, str]] = (), outside: bool = True) -> None:
+def _fit_wrapped_layout(fig: Figure, slots, caxes, legend, renderer) -> None:
+    """Widen the bands of a wrapped layout to the text drawn (titles, tick labels, axis and colour-bar labels,
+    the legend: measured, in inches), then place the legend in the top band, in as many columns as fit."""
+    L = fig._wrapped["L"]  # type: ignore[attr-defined]
+    dpi = fig.dpi
+    need = dict(title=0.0, left=0.0, right=0.0, gap=0.0, below=0.0)
+    for ax, cax in zip((s[0] for s in slots), caxes):
+        pos = ax.get_window_extent(renderer)
+        tight = ax.get_tightbbox(renderer)
+        need["title"] = max(need["title"], (tight.y1 - pos.y1) / dpi)
+        need["left"] = max(need["left"], (pos.x0 - tight.x0) / dpi)
+        need["right"] = max(need["right"], (tight.x1 - pos.x1) / dpi)
+        need["gap"] = max(need["gap"], (pos.y0 - tight.y0) / dpi)
+        cpos = cax.get_window_extent(renderer)
+        ctight = cax.get_tightbbox(renderer)
+        need["below"] = max(need["below"], (cpos.y0 - ctight.y0) / dpi)
+        need["right"] = max(need["right"], (ctight.x1 - pos.x1) / dpi)
+        need["left"] = max(need["left"], (pos.x0 - ctight.x0) / dpi)
+    for k, v in need.items():
+        L[k] = max(L[k], v + _PAD) if k != "gap" else max(L[k], v + 2 * _PAD)
+    L["legend"] = _PAD
+    _place(fig, slots, caxes)
+    if legend is not None:
+        W = fig.get_figwidth()
+        handles, names = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
+        legend.remove()
+        for ncols in range(min(len(handles), 4), 0, -1):
+            legend = fig.legend(handles, names, fontsize=7, ncols=ncols, frameon=False, loc="upper center",
+                                bbox_to_anchor=(0.5, 1.0))
+            if legend.get_window_extent(renderer).width / dpi <= W - 2 * _PAD or ncols == 1:
+                break
+            legend.remove()
+        L["legend"] = legend.get_window_extent(renderer).height / dpi + _PAD
+        _place(fig, slots, caxes)
+
+
+class _KeyWrapper(textwrap.TextWrapper):
+    """Wraps words longer than a line (dotted knob keys, column names) after a ``_`` or ``.`` where one fits."""
+
+    def _handle_long_word(self, reversed_chunks, cur_line, cur_len, width):
+        chunk = reversed_chunks[-1]
+        space_left = max(width - cur_len, 1)
+        cut = max(chunk.rfind("_", 0, space_left), chunk.rfind(".", 0, space_left))
+        if cut > 0:
+            cur_line.append(chunk[: cut + 1])
+            reversed_chunks[-1] = chunk[cut + 1:]
+        else:
+            super()._handle_long_word(reversed_chunks, cur_line, cur_len, width)
+
+
+def fit_text(artist, max_length: float, renderer=None, along: str = "x", fontsize_min: float = 5.0) -> None:
+    """Re-wrap a text artist's paragraphs so that it is at most ``max_length`` inches long (its width; its
+    height for a rotated label with ``along="y"``), measured with the figure's renderer. A word longer than the
+    space (e.g. a long knob key) is broken after a ``_`` or ``.``, else inside; as a last resort the font shrinks down to ``fontsize_min``."""
+    text = artist.get_text()
+    if not text:
+        return
+    fig = artist.figure
+    renderer = renderer or fig.canvas.get_renderer()
+    paragraphs = getattr(artist, "_paragraphs", None) or text.split("\n")
+    artist._paragraphs = paragraphs
+    limit = max_length * fig.dpi
+
+    def length() -> float:
+        bb = artist.get_window_extent(renderer)
+        return bb.height if along == "y" else bb.width
+
+    chars = max(len(p) for p in paragraphs)
+    while True:
+        wrapper = _KeyWrapper(max(chars, 1), break_on_hyphens=False)
+        artist.set_text("\n".join(wrapper.fill(p) if p else p for p in paragraphs))
+        now = length()
+        if now <= limit:
+            return
+        if chars <= 6:
+            if artist.get_fontsize() <= fontsize_min:
+                return
+            artist.set_fontsize(max(fontsize_min, artist.get_fontsize() - 0.5))
+            continue
+        longest = max(len(line) for line in artist.get_text().split("\n"))
+        chars = max(6, min(longest - 1, int(longest * limit / now)))
+
+
+def _legend_marks(fig: Figure, axes, extra: Sequence[tuple[Any, str]] = (), outside: bool = True):
     seen: dict[str, Any] = {}
     for ax in np.ravel(axes):
         for line in ax.lines:
@@ -537,7 +712,8 @@ def _legend_marks(fig: Figure, axes, extra: Sequence[tuple[Any, str]] = (), outs
     names = [n for _, n in extra] + list(seen)
     if handles:
         where = dict(loc="outside upper center") if outside else dict(loc="upper center", bbox_to_anchor=(0.5, 1.0))
-        fig.legend(handles, names, fontsize=7, ncols=min(len(handles), 4), frameon=False, **where)
+        return fig.legend(handles, names, fontsize=7, ncols=min(len(handles), 4), frameon=False, **where)
+    return None
 
 
 def boundary_segments(grid: Grid, labels: np.ndarray) -> list[list[tuple[float, float]]]:
@@ -677,29 +853,78 @@ def draw_phase_map(ax, grid: Grid, cells: pd.DataFrame, phase_column: str = "pha
     return mesh
 
 
+def caption_from_rows(models: pd.DataFrame, axes: Sequence[str] = ()) -> str:
+    """What a phase map was measured on, from the ``models`` rows: dataset, model, epochs (or steps) and
+    seeds, e.g. ``"digits, mlp (depth 2), 60 epochs, seeds 0-2 (3 per cell)"``. A key on an axis (``axes``) is
+    left out; a key that varies otherwise is given as its range."""
+    def values(key: str) -> list:
+        if key not in models.columns or key in axes:
+            return []
+        return sorted(models[key].dropna().unique().tolist(), key=str)
+
+    def span(vals: list) -> str:
+        if len(vals) <= 3:
+            return ", ".join(_fmt(v) if isinstance(v, (int, float, np.number)) else str(v) for v in vals)
+        return f"{_fmt(vals[0])}-{_fmt(vals[-1])}" if all(isinstance(v, (int, float, np.number)) for v in vals) \
+            else f"{vals[0]} ... {vals[-1]}"
+
+    parts = []
+    data = values("data.name")
+    if data:
+        parts.append(f"dataset {span(data)}")
+    model = values("model.name")
+    if model:
+        extra = [f"{KNOB_NAMES.get(k, k).replace('model ', '')} {span(values(k))}"
+                 for k in ("model.depth", "model.width") if values(k)]
+        parts.append(f"model {span(model)}" + (f" ({', '.join(extra)})" if extra else ""))
+    steps, epochs = values("train.steps"), values("train.epochs")
+    if steps:
+        parts.append(f"{span(steps)} steps")
+    elif epochs:
+        parts.append(f"{span(epochs)} epochs")
+    if "seed" in models.columns and not models.empty:
+        seeds = sorted(int(v) for v in models["seed"].dropna().unique())
+        per = models.groupby("cell_id")["seed"].nunique() if "cell_id" in models.columns else None
+        text = f"seeds {span(seeds) if len(seeds) <= 3 else f'{seeds[0]}-{seeds[-1]}'}" if seeds else ""
+        if per is not None and len(per):
+            lo, hi = int(per.min()), int(per.max())
+            text += f" ({lo} per cell)" if lo == hi else f" ({lo}-{hi} per cell)"
+        parts.append(text)
+    return ", ".join(p for p in parts if p)
+
+
 def phase_map_figure(cells: pd.DataFrame, x: str, y: str, phase_column: str = "phase",
                      facet: str | None = None, uncertain_below: float = 0.9, rule: Any = None,
-                     target: str = "test_acc") -> Figure:
-    """One phase-map panel per facet value (same grid), a legend of the phases present (with their number of
-    cells and mean ``target``), of hatched (uncertain) cells and of masked cells; the rule's thresholds in the
-    title."""
+                     target: str = "test_acc", caption: str | None = None) -> Figure:
+    """One phase-map panel per facet value (same grid); a legend that says what each phase means
+    (:data:`PHASE_MEANINGS`) with its number of cells and mean ``target``, and names hatched (uncertain) and
+    masked cells; a title naming what the map was measured on (``caption``, e.g. from
+    :func:`caption_from_rows`) and the rule's thresholds; a note under the panels on what a cell's text says.
+    The figure is as wide as its panels and legend, and every text is wrapped to the figure's width."""
     grid = Grid.from_cells(cells, x, y)
     facets = _facet_values(cells, facet)
     nx, ny = grid.xs.size, grid.ys.size
-    w = max(4.5, 0.75 * nx + 2.0)
+    w = max(3.6, 0.75 * nx + 1.6)
     h = max(3.8, 0.6 * ny + 2.2)
-    fig, axes = plt.subplots(1, len(facets), figsize=(w * len(facets), h), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, len(facets), figsize=(w * len(facets) + 2.5, h), squeeze=False, layout="constrained")
+    renderer = fig.canvas.get_renderer()
     for c, fv in enumerate(facets):
         ax = axes[0, c]
         draw_phase_map(ax, grid, _facet_cells(cells, facet, fv), phase_column, uncertain_below=uncertain_below)
         ax.set_title(_facet_title(facet, fv), fontsize=9)
-    present = [p for p in PHASES if (cells[phase_column].astype(object) == p).any()] if phase_column in cells else []
+        fit_text(ax.title, w - 0.3, renderer)
+        fit_text(ax.xaxis.label, w - 0.5, renderer)
+        fit_text(ax.yaxis.label, h - 1.6, renderer, along="y")
+    labelled = cells[phase_column].astype(object) if phase_column in cells else pd.Series([], dtype=object)
     handles = []
-    for p in present:
-        sel = cells[phase_column].astype(object) == p
-        acc = pd.to_numeric(cells.loc[sel, target], errors="coerce").mean() if target in cells.columns else np.nan
-        name = f"{p}: {int(sel.sum())} cells" + (f", {target} {acc:.3f}" if np.isfinite(acc) else "")
-        handles.append((mpatches.Patch(facecolor=PHASE_COLOURS[p], edgecolor="black", linewidth=0.5, label=name), name))
+    for p in PHASES:
+        sel = labelled == p
+        n = int(sel.sum())
+        acc = pd.to_numeric(cells.loc[sel, target], errors="coerce").mean() if n and target in cells.columns else np.nan
+        count = f"{n} cell{'s' if n != 1 else ''}" + (f", test acc. {acc:.3f}" if np.isfinite(acc) else "")
+        name = f"{p}: {PHASE_MEANINGS[p]} ({count})"
+        handles.append((mpatches.Patch(facecolor=PHASE_COLOURS[p], edgecolor="black", linewidth=0.5,
+                                       alpha=1.0 if n else 0.35, label=name), name))
     handles.append((mpatches.Patch(facecolor="white", edgecolor="black", hatch="////",
                                    label=f"confidence < {uncertain_below:g}"), f"confidence < {uncertain_below:g}"))
     handles.append((Line2D([], [], color="black", linewidth=1.8), "phase boundary"))
@@ -709,16 +934,20 @@ def phase_map_figure(cells: pd.DataFrame, x: str, y: str, phase_column: str = "p
             if ((line.get_gid() or "").startswith("mask:") or line.get_gid() == "few-pairs") \
                     and len(line.get_xdata()) and line.get_label() not in seen:
                 seen[line.get_label()] = line
-    handles += [(h, n) for n, h in seen.items()]
-    fig.legend([h for h, _ in handles], [n for _, n in handles], loc="outside right center", fontsize=7,
-               frameon=False, title="phase (cells, mean test acc.)" if present else None, title_fontsize=7)
-    lines = ["phases; cell text: label, confidence = P(same label on a rerun with new seeds), "
-             "models with a value (Nm), resolved/all pairs (E/Tp)"]
-    if rule is not None:
-        lines.append(rule.describe())
-    # wrapped to the figure's width (about 0.6 em per character at 8 pt), so that no line is clipped
-    chars = max(40, int(fig.get_figwidth() * 72 / (0.6 * 8)))
-    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in lines), fontsize=8)
+    handles += [(h_, n_) for n_, h_ in seen.items()]
+    legend = fig.legend([h_ for h_, _ in handles], [n_ for _, n_ in handles], loc="outside right center",
+                        fontsize=7, frameon=False, title="phase: meaning (cells, mean test accuracy)", title_fontsize=7)
+    # the figure: its panels plus the legend as drawn
+    legend_w = legend.get_window_extent(renderer).width / fig.dpi
+    width = w * len(facets) + legend_w + 0.3
+    fig.set_size_inches(width, h)
+    head = "phase map" + (f": {caption}" if caption else "")
+    lines = [head] + ([rule.describe()] if rule is not None else [])
+    fig.suptitle("\n".join(lines), fontsize=8)
+    fit_text(fig._suptitle, width - 0.2, renderer)
+    fig.supxlabel("cell text: phase, confidence = P(same label on a rerun with new seeds), models with a value "
+                  "(Nm), resolved/all pairs (E/Tp)", fontsize=6.5)
+    fit_text(fig._supxlabel, width - 0.2, renderer)
     return fig
 
 
@@ -743,7 +972,8 @@ def save(fig: Figure, stem, formats: Sequence[str] = ("png", "pdf"), dpi: int = 
 
 __all__ = [
     "CLIP_MARKERS", "ColourScale", "DEFAULT_METRICS", "Grid", "INVERTED_KNOBS", "LIMIT_MODES", "MASK_MARKERS",
-    "METRIC_STYLES", "MetricStyle", "PHASE_COLOURS", "TEMPERATURE_KNOBS", "axis_scale", "boundary_segments",
+    "DERIVED_STYLES", "KNOB_NAMES", "PHASE_MEANINGS", "PHASE_COLOURS", "caption_from_rows", "fit_text",
+    "knob_label", "readable_style", "symlog_ticks", "TEMPERATURE_KNOBS", "axis_scale", "boundary_segments",
     "cell_edges", "colour_bar_label", "colour_limits", "draw_metric", "draw_phase_map", "mask_reasons",
     "metrics_figure", "phase_map_figure", "pivot", "save", "style_for",
 ]

@@ -93,10 +93,10 @@ def _closed_pipe_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_a_pipe_closed_early_ends_no_command_in_a_traceback(tmp_path):
+    from helpers import make_status_sweep
     from test_phase_diagram import _synthetic_rows, _write_sweep
-    from test_status import make_sweep
 
-    make_sweep(tmp_path / "sweep")
+    make_status_sweep(tmp_path / "sweep")
     _write_sweep(tmp_path / "rows", *_synthetic_rows())
     runs = {
         "landscape-status": [sys.executable, "-m", "landscape.cli.status", "-v", str(tmp_path / "sweep")],

@@ -11,7 +11,7 @@ from landscape.cell import cell_id
 from landscape.config import ConfigError, check, validate
 
 REPO = Path(__file__).resolve().parents[1]
-GROUPS = {g: sorted(p.stem for p in (REPO / "conf" / g).glob("*.yaml")) for g in ("data", "model", "train", "metrics")}
+GROUPS = {g: sorted(p.stem for p in (REPO / "conf" / g).glob("*.yaml")) for g in ("data", "model", "train")}
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
 
 
@@ -19,13 +19,27 @@ SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
 def test_every_group_option_composes_and_validates(compose, group, option, tmp_path):
     extra = []
     if option == "cifar10":
-        from test_data import write_tiny_cifar10
+        from helpers import write_tiny_cifar10
 
         extra = [f"data.root={write_tiny_cifar10(tmp_path / 'c10', per_batch=40)}", "train.batch_size=32"]
     if option == "resnet18":
         extra = ["model.width=2"]
     cfg = compose([f"{group}={option}", *extra])
     assert validate(cfg) == []
+
+
+def test_the_composed_metric_defaults_are_the_family_dataclasses(compose):
+    """A family's defaults live in its ``Config`` dataclass and nowhere else: the composed config of a cell (no
+    overrides) holds exactly those, for every registered family, ``enabled`` included."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from landscape.metrics import families
+
+    composed = OmegaConf.to_container(compose([]).metrics)
+    assert composed.pop("pairs") == "all"
+    assert composed == {f.name: dataclasses.asdict(f.config()) for f in families()}
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)
@@ -36,7 +50,7 @@ def test_every_sweep_composes_and_its_grid_is_declared(compose, sweep, tmp_path)
     assert header, f"{sweep}.yaml needs a header comment saying what it studies and how long it takes"
     extra = []
     if "cifar10" in text:
-        from test_data import write_tiny_cifar10
+        from helpers import write_tiny_cifar10
 
         extra = [f"data.root={write_tiny_cifar10(tmp_path / 'c10', per_batch=400)}"]
     cfg = compose([f"+sweep={sweep}", *extra])

@@ -498,8 +498,23 @@ def test_a_diverged_curve_gives_a_null_mc_with_the_reason(pair: PairContext):
                                         ("max_budget", 0.25), ("converge_tol", -1.0), ("stable_doublings", 0), ("n_points", 2),
                                         ("decided_below", 1.0), ("decided_above", math.inf), ("protocol", "once")])
 def test_bad_connectivity_settings_are_named(key, value):
-    problems = conn_family.check(conn_family.Config(**{key: value}))
+    """The contract's check (each field's rule, then the family's cross-field ``check``) names each bad key once."""
+    problems = conn_family.FAMILY.problems(conn_family.Config(**{key: value}))
     assert len(problems) == 1 and problems[0].startswith(f"metrics.connectivity.{key}={value!r}: expected"), problems
+
+
+def test_zero_epochs_is_the_untrained_curve_not_an_error_of_the_settings(pair: PairContext):
+    """``epochs = 0`` is allowed (planning accepts it): the curve is evaluated untrained, mc is null with the
+    reason and ``stop_reason = untrained``; a negative count is refused by ``compute`` itself, naming the key."""
+    cfg = conn_family.Config(enabled=True, epochs=0, batch_size=32, line=False, test=False)
+    res = conn_family.FAMILY.compute(PairContext(pair.a, pair.b, pair.workdir / "untrained"), cfg)
+    row = res.values
+    _row_table(conn_family.FAMILY.columns, row)
+    assert row["connectivity.stop_reason"] == "untrained" and row["connectivity.mc"] is None
+    assert res.error == "curve not trained (metrics.connectivity.epochs=0): no mode connectivity"
+    assert row["connectivity.epochs"] == 0 and row["connectivity.curve_history"] == []
+    with pytest.raises(ValueError, match=r"^metrics.connectivity.epochs=-1: expected null or an integer >= 0"):
+        conn_family.FAMILY.compute(PairContext(pair.a, pair.b, pair.workdir / "negative"), dataclasses.replace(cfg, epochs=-1))
 
 
 def test_family_defaults_evaluate_the_grid_the_thresholds_were_fitted_on():
@@ -507,7 +522,7 @@ def test_family_defaults_evaluate_the_grid_the_thresholds_were_fitted_on():
 
     cfg = conn_family.Config()
     assert t_grid(cfg.n_points) == list(PAPER_T_GRID) and cfg.mc_endpoints == "interior"
-    assert conn_family.check(conn_family.Config(converge_tol=100.0)) == []  # the paper's unchecked curves
+    assert conn_family.FAMILY.problems(conn_family.Config(converge_tol=100.0)) == []  # the paper's unchecked curves
 
 
 # --------------------------------------------------------------------------------- curves trained together

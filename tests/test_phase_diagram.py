@@ -131,9 +131,14 @@ def test_metric_panels_masks_orientation_and_data_colour_limits(cells):
         # the values drawn are the cell means themselves
         a = panels["hessian.top_eigenvalue"][1].get_array().reshape(len(BATCHES), len(WIDTHS))
         assert a[_ij(2, 256)] == pytest.approx(256.0)
-        # mode connectivity: symmetric-log scale centred at 0, symmetric limits
-        mc_norm = panels["connectivity.mc"][1].norm
-        assert isinstance(mc_norm, mcolors.SymLogNorm) and mc_norm.vmin == -mc_norm.vmax and mc_norm(0.0) == pytest.approx(0.5)
+        # mode connectivity: symmetric-log scale, limits from the data's sign and range (-5 and 0 pp here: no
+        # colour spent on positive values), 0 drawn in the diverging map's middle colour, -5 in its end colour
+        mc_mesh = panels["connectivity.mc"][1]
+        mc_norm = mc_mesh.norm
+        assert isinstance(mc_norm, mcolors.SymLogNorm) and (mc_norm.vmin, mc_norm.vmax) == (-5.0, 0.0)
+        rdbu = plt.get_cmap("RdBu_r")
+        assert np.allclose(mc_mesh.cmap(mc_norm(0.0)), rdbu(0.5), atol=0.01)
+        assert np.allclose(mc_mesh.cmap(mc_norm(-5.0)), rdbu(0.0), atol=0.01)
         # labelled colour bars: unit and scale
         labels = [_cbar_of(fig, panels[m][1]).ax.get_xlabel() for m in metrics]
         assert "[fraction]" in labels[0] and "log10 scale" in labels[1] and "pp of training error" in labels[2]
@@ -224,13 +229,18 @@ def test_phase_map_colours_legend_hatching_and_boundaries(cells):
         # the uncertain cell is hatched, no other
         unc = next(c_ for c_ in ax.collections if c_.get_gid() == "uncertain")
         assert unc.cells == [(2.0, 16.0)] and unc.get_hatch() == "////"
-        # legend: the phases present, in order, with counts and mean accuracy; hatch and boundary entries
+        # legend: every phase in order, what it means (one line each), its cells and mean accuracy (the
+        # phases absent from the map faded); hatch and boundary entries
         legend = fig.legends[0]
         names = [t.get_text() for t in legend.get_texts()]
-        present = [p for p in PHASES if (c["phase"] == p).any()]
-        assert [n.split(":")[0] for n in names[: len(present)]] == present
+        assert [n.split(":")[0] for n in names[: len(PHASES)]] == list(PHASES)
         n_i = int((c["phase"] == "I").sum())
-        assert names[0].startswith(f"I: {n_i} cells, test_acc ")
+        acc_i = c.loc[c["phase"] == "I", "test_acc"].mean()
+        assert names[0] == f"I: under-fitted, barrier ({n_i} cells, test acc. {acc_i:.3f})"
+        assert names[PHASES.index("III")] == "III: fitted, barrier (0 cells)"
+        assert all("\n" not in n for n in names[: len(PHASES)])
+        patches = legend.get_patches()[: len(PHASES)]
+        assert [p.get_alpha() for p in patches] == [1.0 if (c["phase"] == p).any() else 0.35 for p in PHASES]
         assert "confidence < 0.9" in names and "phase boundary" in names
         # masked cells are marked on the map and named in the legend
         assert any(n == pdg.MASK_LABELS["failed"] for n in names)

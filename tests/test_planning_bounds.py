@@ -237,7 +237,8 @@ def _tanh_context(tmp_path: Path):
 
 def test_a_projection_step_that_overflows_gives_nulls_and_no_agreement_claim(tmp_path):
     """Issue 20: ``projection_trace.epsilon=1e308`` gave ``stderr``/``bias`` NaN, ``step_length`` inf and
-    ``agrees = true`` in the row. (The value is refused at planning now; the family is called directly.)"""
+    ``agrees = true`` in the row. (The value is refused at planning now, and by the contract's check before
+    ``compute``: the family's own function, ``compute.__wrapped__``, is called directly.)"""
     from omegaconf import OmegaConf
 
     from landscape import job
@@ -245,7 +246,9 @@ def test_a_projection_step_that_overflows_gives_nulls_and_no_agreement_claim(tmp
 
     fam = get("projection_trace")
     settings = OmegaConf.structured(fam.config(enabled=True, eval_samples=100, n_directions=4, epsilon=1e308))
-    res = job._conform(fam, fam.compute(_tanh_context(tmp_path), settings))
+    with pytest.raises(ValueError, match="metrics.projection_trace.epsilon=1e"):
+        fam.compute(_tanh_context(tmp_path), settings)
+    res = job._conform(fam, fam.compute.__wrapped__(_tanh_context(tmp_path), settings))
     assert not any(_non_finite(v) for v in res.values.values()), res.values
     assert res.values["projection_trace.agrees"] is None
     for col in ("stderr", "bias", "step_length"):

@@ -175,6 +175,8 @@ def test_projection_trace_on_relu_is_flagged_through_the_cli(cli, tmp_path):
 def test_bad_projection_trace_settings_are_named():
     from landscape.metrics import projection_trace as fam
 
-    assert fam.check(fam.Config()) == []
-    assert fam.check(fam.Config(step="big")) == ["metrics.projection_trace.step='big': expected one of relative, absolute"]
-    assert fam.check(fam.Config(epsilon=0.0)) == ["metrics.projection_trace.epsilon=0.0: expected > 0"]
+    problems = fam.FAMILY.problems  # the contract's check: each field's rule (the family has no cross-field rules)
+    assert problems(fam.Config()) == []
+    assert problems(fam.Config(step="big")) == ["metrics.projection_trace.step='big': expected one of relative, absolute"]
+    assert problems(fam.Config(epsilon=0.0)) == [
+        "metrics.projection_trace.epsilon=0.0: expected a finite number > 0, at most 3.4e38 (float32)"]

@@ -99,11 +99,56 @@ def test_a_family_that_collides_or_misdeclares_is_refused():
         metrics.Family(name="z", table="models", config=NoSwitch, metrics={}, compute=lambda c, s: None)
 
 
-def test_figure_styles_are_declared_by_the_families():
+def test_figure_styles_are_declared_by_the_families_and_are_what_the_figures_draw():
+    """Every metric column has its style in its family, and the figures use exactly that style (no second
+    table in ``phase_diagram``: it styles only derived columns); the scale names its base."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.colors as mcolors
+    import numpy as np
+    import pandas as pd
+
+    from landscape import phase_diagram as pdg
+
     styles = metrics.figure_styles()
-    assert list(styles) == ["test_acc", "train_loss", "hessian.top_eigenvalue", "hessian.trace", "l2_distance", "cka",
-                            "connectivity.mc"]
-    assert styles["hessian.trace"].log and styles["connectivity.mc"].centre == 0.0
+    family_columns = {c for f in metrics.families() for c in f.columns}
+    assert not set(pdg.DERIVED_STYLES) & family_columns  # the figure module keeps no family's style
+    for table in ("models", "pairs"):
+        for col in metrics.metric_columns(table):
+            assert col in styles, f"{col}: its family declares no figure style"
+            assert pdg.style_for(col) is styles[col]
+            assert styles[col].unit and styles[col].scale in metrics.FIGURE_SCALES
+    # the disagreements resolved: training loss on log10 (paper's range linear 0-3 nats), the Hessian's paper
+    # ranges in its own units (the paper's natural logs 0-6 and 3-8), a base always explicit
+    assert styles["train_loss"].scale == "log10" and styles["train_loss"].paper == (0.0, 3.0)
+    assert styles["train_loss"].paper_scale_used == "linear"
+    assert styles["hessian.top_eigenvalue"].paper == pytest.approx((1.0, np.exp(6.0)))
+    assert styles["hessian.trace"].paper == pytest.approx((np.exp(3.0), np.exp(8.0)))
+    with pytest.raises(ValueError, match="log10, not log"):
+        metrics.FigureStyle("x", scale="log")
+    # drawn: the norm and colour bar of a panel follow the family's style, in data and in paper limits
+    cells = pd.DataFrame({"model.width": [2, 4, 2, 4], "train.lr": [0.1, 0.1, 0.2, 0.2], "status": "done",
+                          "train_loss": [0.01, 0.5, 0.02, 2.0], "hessian.trace": [30.0, 60.0, 90.0, 500.0],
+                          "connectivity.mc": [-3.0, -1.0, 0.5, 4.0]})
+    for limits in ("data", "paper"):
+        fig = pdg.metrics_figure(cells, "model.width", "train.lr", ["train_loss", "hessian.trace", "connectivity.mc"],
+                                 limits=limits)
+        try:
+            meshes = {c.get_gid()[7:]: c for ax in fig.axes for c in ax.collections
+                      if str(c.get_gid()).startswith("metric:")}
+            bars = {ax._colorbar.mappable: ax._colorbar for ax in fig.axes if getattr(ax, "_colorbar", None)}
+            for col, mesh in meshes.items():
+                st = styles[col]
+                scale = st.scale if limits == "data" else st.paper_scale_used
+                kind = {"log10": mcolors.LogNorm, "symlog": mcolors.SymLogNorm, "linear": mcolors.Normalize}[scale]
+                assert type(mesh.norm) is kind, (col, limits)
+                if limits == "paper":
+                    assert (mesh.norm.vmin, mesh.norm.vmax) == pytest.approx(st.paper)
+                label = bars[mesh].ax.get_xlabel().replace("\n", " ")
+                assert label.startswith(f"{st.label} [{st.unit}]"), label
+        finally:
+            matplotlib.pyplot.close(fig)
 
 
 def test_rows_of_schema_version_1_are_read_beside_version_2(tmp_path):

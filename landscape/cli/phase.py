@@ -18,7 +18,8 @@ mean test accuracy per phase, and writes into ``--out`` (default ``SWEEP_DIR/ana
 
 * ``phase_diagram.png`` (and ``.pdf``/``.svg`` with ``--formats``): one panel per metric (rows: facet
   values), colour limits from the data;
-* ``phase_map.png`` (likewise): one colour per phase, boundaries, legend, confidence and counts per cell;
+* ``phase_map.png`` (likewise): one colour per phase, boundaries, a legend saying what each phase means,
+  confidence and counts per cell, the dataset, model, epochs, seeds and thresholds in its title;
 * ``cells.csv``: one row per cell (means, stds, counts, status, phase, phase_reason, phase_confidence, n_models,
   n_models_total, n_pairs_total/_exact/_lower/_upper/_bounded/_unknown/_resolved, n_pairs_mc, share_unresolved,
   few_pairs;
@@ -52,6 +53,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.types as pa_types
 
 from landscape import phase as ph
 from landscape.settings_choice import parse_value
@@ -225,6 +227,81 @@ def _placeholders(sweep_dir: Path, models: pd.DataFrame, by: list[str], filters:
     return out.drop(columns="cell_id")
 
 
+def _has_values(df: pd.DataFrame | None, column: str) -> bool:
+    return df is not None and column in df.columns and ph.ran(df, column)
+
+
+def drawable_columns(models: pd.DataFrame, pairs: pd.DataFrame | None) -> dict[str, str]:
+    """``{column: table}`` of the columns ``--metrics`` may draw: the metric columns of the families
+    (``landscape.metrics``) and the derived ``train_error`` that hold at least one finite value in these rows,
+    then the families' numeric diagnostics with values (e.g. ``connectivity.middle_excess``), in column order."""
+    from landscape import metrics as contract
+
+    out: dict[str, str] = {}
+    for table, rows in (("models", models), ("pairs", pairs)):
+        if rows is None or rows.empty:
+            continue
+        for col in ph.metric_columns(rows, table):
+            if ph.ran(rows, col):
+                out[col] = table
+        if table == "models" and _has_values(rows, "train_acc"):
+            out["train_error"] = "models"
+    for table, rows in (("models", models), ("pairs", pairs)):
+        if rows is None or rows.empty:
+            continue
+        for fam in contract.families(table):  # type: ignore[arg-type]
+            for col, typ in fam.diagnostics.items():
+                if (col in rows.columns and (pa_types.is_floating(typ) or pa_types.is_integer(typ))
+                        and ph.ran(rows, col)):
+                    out.setdefault(col, table)
+    return out
+
+
+def choose_metrics(requested: Sequence[str] | None, models: pd.DataFrame,
+                   pairs: pd.DataFrame | None) -> tuple[list[str] | None, list[str], list[str]]:
+    """``(metrics, extra model columns, extra pair columns)``: the ``--metrics`` asked for, each checked
+    against :func:`drawable_columns`, and the diagnostics among them (aggregated beside the metrics). None
+    when none were asked for (the default panels are chosen from the cells). ``KeyError`` naming every column
+    refused and why (not in the rows, no value in any row and which family to enable, not a measured value),
+    with the metric columns that hold values."""
+    if not requested:
+        return None, [], []
+    from landscape import metrics as contract
+
+    ok = drawable_columns(models, pairs)
+    problems = []
+    for m in requested:
+        if m in ok:
+            continue
+        try:
+            fam = contract.get(contract.family_of(m))
+        except KeyError:
+            fam = None
+        in_rows = m in models.columns or (pairs is not None and m in pairs.columns)
+        if fam is not None and (m in fam.metrics or m in fam.diagnostics) and (in_rows or m in fam.metrics):
+            fam_ran = any(_has_values(r, c) for r in (models, pairs) for c in fam.metrics)
+            problems.append(f"{m}: no value in any row (all null: " + (
+                f"its family {fam.name} ran, but wrote no {m} in these rows)" if fam_ran else
+                f"its family {fam.name} did not run in these rows; run it with metrics.{fam.name}.enabled=true)"))
+        elif fam is not None:
+            problems.append(f"{m}: a setting or error column of the family {fam.name}, not a measured value")
+        elif in_rows:
+            problems.append(f"{m}: not a measured value (a knob or provenance column)")
+        else:
+            problems.append(f"{m}: not a column of the rows")
+    if problems:
+        metric_cols = [c for c in ok if c in contract.metric_columns("models") + contract.metric_columns("pairs")
+                       or c == "train_error"]
+        others = [c for c in ok if c not in metric_cols]
+        raise KeyError(f"--metrics: {'; '.join(problems)}. Metric columns with values: {', '.join(metric_cols) or 'none'}"
+                       + (f"; diagnostics with values: {', '.join(others)}" if others else ""))
+    known_m = set(ph.metric_columns(models, "models")) | {"train_error"}
+    known_p = set(ph.metric_columns(pairs, "pairs")) if pairs is not None and not pairs.empty else set()
+    extra_m = [m for m in requested if ok[m] == "models" and m not in known_m]
+    extra_p = [m for m in requested if ok[m] == "pairs" and m not in known_p]
+    return list(requested), extra_m, extra_p
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(text))
 
@@ -332,7 +409,11 @@ def run(
                     for line in [c.describe()] + ["  " + w for w in c.warnings()]]
     choice_warnings = [w for c in choices for w in c.warnings()]
     pairs_or_none = pairs if not pairs.empty else None
-    cells = ph.aggregate_cells(models, pairs_or_none, by)
+    metrics, extra_m, extra_p = choose_metrics(metrics, models, pairs_or_none)
+    cells = ph.aggregate_cells(
+        models, pairs_or_none, by,
+        model_metrics=ph.metric_columns(models, "models") + extra_m if extra_m else None,
+        pair_metrics=ph.metric_columns(pairs, "pairs") + extra_p if extra_p and pairs_or_none is not None else None)
     extra = _placeholders(sweep_dir, models, by, filters)
     if not extra.empty:
         cells = pd.concat([cells, extra], ignore_index=True)
@@ -359,12 +440,7 @@ def run(
     warnings = choice_warnings + list(warnings)
 
     available = set(ph.metric_columns(models, "models")) | (set(ph.metric_columns(pairs, "pairs")) if not pairs.empty else set())
-    if metrics:
-        unknown = [m for m in metrics if m not in cells.columns]
-        if unknown:
-            raise KeyError(f"--metrics {unknown}: not in the rows; available metric columns: {sorted(available)}")
-        metrics = list(metrics)
-    else:
+    if not metrics:
         metrics = [m for m in pd_fig.DEFAULT_METRICS if ph.ran(cells, m)] or sorted(
             m for m in available if ph.ran(cells, m))[:4]
     if not metrics:
@@ -374,7 +450,8 @@ def run(
     paths: dict[str, Path] = {}
     fig = pd_fig.metrics_figure(cells, x, y, metrics, facet, limits=settings["limits"], rule=rule)
     paths.update(pd_fig.save(fig, out / "phase_diagram", formats))
-    fig = pd_fig.phase_map_figure(cells, x, y, "phase", facet, float(settings["uncertain_below"]), rule)
+    fig = pd_fig.phase_map_figure(cells, x, y, "phase", facet, float(settings["uncertain_below"]), rule,
+                                  caption=pd_fig.caption_from_rows(models, by))
     paths.update(pd_fig.save(fig, out / "phase_map", formats))
     budget_points = _mc_budget_points(pd_fig, models, all_pairs, x, y, facet)
     if budget_points is not None:
@@ -495,6 +572,9 @@ def format_report(cells: pd.DataFrame, x: str, y: str, facet: str | None, rule: 
                f"seeds); * fewer than {ph.MIN_RESOLVED_PAIRS} resolved pairs" + \
                (f"; {facet} = {fv})" if facet else ")")
         lines += ["", head, phase_table(sub, x, y).to_string()]
+    from landscape.phase_diagram import PHASE_MEANINGS
+
+    lines += ["phases: " + "; ".join(f"{p} = {m}" for p, m in PHASE_MEANINGS.items())]
     unc = int(cells["uncertain"].sum()) if "uncertain" in cells.columns else 0
     lines += ["", f"per phase (test_acc: mean over cells; {unc} cells with confidence < {uncertain_below:g}):"]
     show = summary[summary["n_cells"] > 0]
@@ -523,7 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--x", default=None, help="knob on the x axis, e.g. model.width (default: the sweep file's phase.x)")
     ap.add_argument("--y", default=None, help="knob on the y axis, e.g. train.batch_size (default: phase.y)")
     ap.add_argument("--metrics", nargs="+", default=None,
-                    help="metric columns, one panel each (default: those of the paper's panels that have values)")
+                    help="columns to draw, one panel each: metric columns with a value in the rows (and the "
+                         "families' numeric diagnostics, e.g. connectivity.middle_excess); an unknown or all-null "
+                         "column is refused, naming those that hold values (default: those of the paper's panels "
+                         "that have values)")
     ap.add_argument("--facet", default=None, help="knob whose values get one row of panels each")
     ap.add_argument("--filter", dest="filters", action="append", default=[], metavar="KNOB=VALUE",
                     help="keep rows with KNOB equal to VALUE (comma-separated: any of them); repeatable")

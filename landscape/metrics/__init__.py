@@ -13,8 +13,14 @@ A *metric family* is one switchable group of measurements (``metrics.<name>.enab
   cell's config automatically (a family may report the value it actually used, e.g. a sample count capped
   at the data size, under the same column);
 * an ``<name>.error`` string column: null when the family's values are fine, else why they are not;
-* ``check(settings) -> [problem, ...]`` (run when a launch is planned; each problem names the key, the
-  value and what is allowed) and ``compute(ctx, settings) -> Result`` (values and long-table rows);
+* the *value rules* of its settings, as metadata of the ``config`` fields
+  (``field(default=1000, metadata=rule(ints(1)))``; the vocabulary is :mod:`landscape.rules`: integer and
+  number ranges with open or closed ends, choices, string patterns, nullable, lists); a field without one gets
+  its type's (integers 0 .. 2**63-1, finite numbers). Defaults live there too, and nowhere else;
+* ``check(settings) -> [problem, ...]`` (optional): the rules that tie settings together (``max_budget >=
+  budget``) or depend on the environment (an optional package), run once every field passed its rule; each
+  problem names the key, the value and what is allowed;
+* ``compute(ctx, settings) -> Result`` (values and long-table rows);
 * ``depends``: ``{column: (columns, ...)}``: a value that is only meaningful where those are (a flag such as
   ``agrees`` or ``converged``, an eigenvalue beside its residual): null wherever one of them is not finite;
 * ``long_tables``: ``{table: {column: type}}`` of the long tables it writes (many rows per model);
@@ -24,6 +30,12 @@ A *metric family* is one switchable group of measurements (``metrics.<name>.enab
   as one stack); it leaves its results under each pair's ``ctx.workdir`` for ``compute`` to load, and its own
   checkpoints under ``workdir`` (private to the cell, family and settings). It computes no values: a
   ``prepare`` that raises costs nothing but time (each ``compute`` then does the work alone).
+
+The contract checks every family's settings the same way (:meth:`Family.problems`: the field rules, then
+``check``): when a launch is planned (``validate_metrics``, called by ``landscape.config.validate``) and when
+``compute`` (or ``prepare``) is called, so a family's ``compute`` starts from valid settings and does not check
+them again. Adding a family is one module (its ``Config`` with its rules, its columns, ``compute``, one
+``Family``) and one registration line (:mod:`landscape.metrics.builtin`, or :func:`register`).
 
 This module and the family declarations import neither torch nor the math modules: ``metric_columns`` and
 ``family_of`` are cheap (a family's ``compute`` imports its math when it runs). Registration is explicit:
@@ -48,6 +60,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 import pyarrow as pa
+
+from landscape.rules import FRACTION, Rule, choices_of, field_rule, ints, nums, one_of, rule, text
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
     import torch
@@ -114,19 +128,57 @@ class Result:
     error: str | None = None
 
 
+#: Colour scales of a :class:`FigureStyle`: ``linear``; ``log10`` (equal steps per factor 10, ticked in the
+#: metric's own units; values <= 0 are masked); ``symlog`` (symmetric log10 around ``centre``, linear within
+#: ``+-linthresh`` of it).
+FIGURE_SCALES: tuple[str, ...] = ("linear", "log10", "symlog")
+
+
 @dataclass(frozen=True)
 class FigureStyle:
-    """How a metric is drawn in a phase diagram: ``label`` (with ``units`` appended where given), the colour
-    range ``[vmin, vmax]`` of the drawn value, ``cmap`` (a matplotlib colour map name), ``log`` (draw the
-    natural log of the value) and ``centre`` (a diverging map centred there)."""
+    """How a metric is drawn in a phase diagram; declared by its family and read by the figures (the one
+    home of a metric's style: ``landscape.phase_diagram`` keeps only the styles of derived columns).
+
+    ``label`` names the value and ``unit`` its unit (the colour bar reads ``label [unit]``; ``""`` for none).
+    ``scale`` is the colour scale (:data:`FIGURE_SCALES`, the base explicit: ``log10``, never a bare "log").
+    ``paper``: the colour range ``(vmin, vmax)`` of the source paper's figure, in the metric's own units (never
+    logs: a range the paper drew as natural logs ``a..b`` is ``(e^a, e^b)`` here), drawn with ``paper_scale``
+    (default ``scale``) when the figure is asked for the paper's limits; None when the paper drew no such panel.
+    ``cmap``: a matplotlib colour map; ``centre``: a diverging map's centre value (drawn in the map's middle
+    colour, limits stretched to include it); ``linthresh``: the linear half-width of ``symlog``, in the
+    metric's units. Thresholds are not part of a style: the colour bars mark those of the phase rule in use
+    (``landscape.phase.PhaseRule``: paper, calibrated or set by flags)."""
 
     label: str
-    vmin: float
-    vmax: float
+    unit: str = ""
+    scale: str = "linear"
+    paper: tuple[float, float] | None = None
+    paper_scale: str | None = None
     cmap: str = "viridis"
-    log: bool = False
     centre: float | None = None
-    units: str = ""
+    linthresh: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("scale", "paper_scale"):
+            value = getattr(self, key)
+            if (value is not None or key == "scale") and value not in FIGURE_SCALES:
+                raise ValueError(f"FigureStyle({self.label!r}).{key}={value!r}: expected one of "
+                                 f"{', '.join(FIGURE_SCALES)} (the base explicit: log10, not log)")
+        if self.scale == "symlog" and self.centre is None:
+            raise ValueError(f"FigureStyle({self.label!r}): scale symlog needs a centre")
+        if not self.linthresh > 0:
+            raise ValueError(f"FigureStyle({self.label!r}).linthresh={self.linthresh!r}: expected > 0")
+        if self.paper is not None:
+            lo, hi = self.paper
+            if not lo < hi:
+                raise ValueError(f"FigureStyle({self.label!r}).paper={self.paper!r}: expected vmin < vmax")
+            if self.paper_scale_used == "log10" and lo <= 0:
+                raise ValueError(f"FigureStyle({self.label!r}).paper={self.paper!r}: a log10 range must be > 0")
+
+    @property
+    def paper_scale_used(self) -> str:
+        """The scale the paper's range is drawn with (``paper_scale``, default ``scale``)."""
+        return self.paper_scale or self.scale
 
 
 _ARROW_BY_ANNOTATION: dict[Any, pa.DataType] = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
@@ -181,13 +233,19 @@ class Family:
                 if col in seen:
                     raise ValueError(f"family {self.name}: column {col!r} declared as {seen[col]} and {kind}")
                 seen[col] = kind
-        for col in self.styles:
-            if col not in self.metrics:
-                raise ValueError(f"family {self.name}: style for {col!r}, which is not one of its metrics")
+        for col in self.styles:  # metrics, and numeric diagnostics a figure may draw on request
+            if col not in self.metrics and col not in self.diagnostics:
+                raise ValueError(f"family {self.name}: style for {col!r}, which is not one of its metrics "
+                                 "or diagnostics")
         for col, deps in self.depends.items():
             unknown = [c for c in (col, *deps) if c not in seen]
             if unknown:
                 raise ValueError(f"family {self.name}: depends names {unknown}, which are not its columns")
+        _ = self.rules  # a malformed rule is refused here, when the family is declared
+        # the contract checks the settings before ``compute``/``prepare`` run (once, for every family)
+        object.__setattr__(self, "compute", _checked_compute(self, _unwrapped(self.compute)))
+        if self.prepare is not None:
+            object.__setattr__(self, "prepare", _checked_prepare(self, _unwrapped(self.prepare)))
 
     @property
     def error_column(self) -> str:
@@ -219,9 +277,78 @@ class Family:
             out[f"{self.name}.{f.name}"] = value
         return out
 
+    @functools.cached_property
+    def rules(self) -> dict[str, Rule]:
+        """``{field: Rule}`` of every setting that has one: its field's ``metadata["rule"]``, else its type's."""
+        hints = typing.get_type_hints(self.config)
+        out: dict[str, Rule] = {}
+        for f in dataclasses.fields(self.config):
+            if f.name == "enabled":
+                continue
+            r = field_rule(f, hints.get(f.name, f.type))
+            if r is not None:
+                out[f.name] = r
+        return out
+
     def problems(self, settings: Any) -> list[str]:
-        """``check(settings)`` (empty list: the settings are valid)."""
-        return list(self.check(settings)) if self.check is not None else []
+        """Every problem of ``settings`` (a config node, an instance of ``config`` or a mapping), as
+        ``"metrics.<name>.<key>=<value>: expected <what is allowed>"`` messages (empty: valid): each field
+        against its rule, then, if they all pass, ``check(settings)`` (the rules that tie fields together)."""
+        out = []
+        for key, r in self.rules.items():
+            value = _setting(settings, key)
+            if value is not _ABSENT and not r.accepts(value):
+                out.append(f"metrics.{self.name}.{key}={value!r}: expected {r.describe()}")
+        if not out and self.check is not None:
+            out.extend(self.check(settings))
+        return out
+
+
+_ABSENT = object()
+
+
+def _setting(settings: Any, key: str) -> Any:
+    """The plain value of ``key`` in a settings node (lists as lists); ``_ABSENT`` if it has none."""
+    if isinstance(settings, Mapping):
+        value = settings.get(key, _ABSENT)
+    else:
+        value = getattr(settings, key, _ABSENT)
+    if value is not None and value is not _ABSENT and not isinstance(value, (str, bytes)) and hasattr(value, "__iter__"):
+        value = list(value)
+    return value
+
+
+def _unwrapped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return getattr(fn, "__wrapped__", fn) if getattr(fn, "_settings_checked", False) else fn
+
+
+def _checked_compute(family: Family, compute: Callable[[Any, Any], Result]) -> Callable[[Any, Any], Result]:
+    """``compute`` that first checks ``settings`` (``family.problems``): ``ValueError`` naming every problem."""
+
+    @functools.wraps(compute)
+    def checked(ctx: Any, settings: Any) -> Result:
+        problems = family.problems(settings)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return compute(ctx, settings)
+
+    checked._settings_checked = True  # type: ignore[attr-defined]
+    return checked
+
+
+_Prepare = Callable[[list[Any], Any, Path], None]
+
+
+def _checked_prepare(family: Family, prepare: _Prepare) -> _Prepare:
+    """``prepare`` that does nothing for settings ``family.problems`` refuses (each ``compute`` names them)."""
+
+    @functools.wraps(prepare)
+    def checked(contexts: list[Any], settings: Any, workdir: Path) -> None:
+        if not family.problems(settings):
+            prepare(contexts, settings, workdir)
+
+    checked._settings_checked = True  # type: ignore[attr-defined]
+    return checked
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -309,7 +436,8 @@ def family_of(column: str) -> str:
 
 
 def figure_styles() -> dict[str, FigureStyle]:
-    """``{metric column: FigureStyle}`` of every registered family that declares one, in column order."""
+    """``{column: FigureStyle}`` of every registered family that declares one (its metrics, and diagnostics
+    it styles), in registration order."""
     return {c: s for f in families() for c, s in f.styles.items()}
 
 
@@ -358,7 +486,8 @@ def select_pairs(seeds: list[int], selection: str = "all") -> list[tuple[int, in
 
 def validate_metrics(cfg: Any) -> list[str]:
     """Problems of the ``metrics`` node: ``enabled`` values, explicitly enabled pair families with fewer than
-    two seeds, and each enabled family's ``check(settings)``; run before any job starts."""
+    two seeds, and each enabled family's settings (:meth:`Family.problems`: its field rules, then its
+    ``check``); run before any job starts (``landscape.config.validate``)."""
     problems: list[str] = []
     if str(cfg.metrics.pairs) not in PAIR_SELECTIONS:
         problems.append(f"metrics.pairs={cfg.metrics.pairs!r}: expected one of {', '.join(PAIR_SELECTIONS)}")
@@ -379,7 +508,8 @@ def validate_metrics(cfg: Any) -> list[str]:
 
 
 __all__ = [
-    "ENABLED_VALUES", "Family", "FigureStyle", "ModelContext", "PAIR_SELECTIONS", "PairContext", "Result", "Table",
+    "ENABLED_VALUES", "FIGURE_SCALES", "Family", "FigureStyle", "ModelContext", "PAIR_SELECTIONS", "PairContext", "Result", "Table",
     "arrow_type", "enabled", "families", "family_config_classes", "family_of", "figure_styles", "get", "is_on",
     "metric_columns", "register", "select_pairs", "skipped_auto", "validate_metrics",
+    "FRACTION", "Rule", "choices_of", "ints", "nums", "one_of", "rule", "text",  # value rules (landscape.rules)
 ]

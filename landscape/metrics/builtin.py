@@ -1,7 +1,8 @@
 """The built-in metric families: one line each, in column order (``models`` then ``pairs`` columns follow it).
 
-Adding a family: write its module (a ``Config`` dataclass and a ``FAMILY = Family(...)``), add one line here,
-and its entry in ``conf/metrics/default.yaml``. Imports no torch: the families import their math lazily.
+Adding a family: write its module (a ``Config`` dataclass, its defaults and value rules in its fields, and a
+``FAMILY = Family(...)``) and add one line here; nothing else. Imports no torch: the families import their
+math lazily.
 """
 
 from __future__ import annotations

@@ -10,12 +10,13 @@ collapsed narrow ReLU network): ``cka`` is then null and ``cka.error`` says whic
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from landscape.metrics import Family, FigureStyle, PairContext, Result
+from landscape.metrics import Family, FigureStyle, PairContext, Result, choices_of, ints, nums, one_of, rule
+
 
 @dataclass
 class Config:
@@ -24,44 +25,28 @@ class Config:
     ``rbf_fraction`` x median distance); ``batch_size``: 0 = full Gram, else minibatch CKA of that batch."""
 
     enabled: Any = False
-    features: str = "softmax"
+    features: str = field(default="softmax", metadata=rule(one_of(choices_of("landscape.similarity", "FEATURES"))))
     layer: str = ""
-    probe: str = "test"
-    n_samples: int = 768
-    kernel: str = "linear"
+    probe: str = field(default="test", metadata=rule(one_of(choices_of("landscape.similarity", "PROBES"))))
+    n_samples: int = field(default=768, metadata=rule(ints(4, note="probe samples")))
+    kernel: str = field(default="linear", metadata=rule(one_of(choices_of("landscape.similarity", "KERNELS"))))
     debiased: bool = False
-    rbf_fraction: float = 1.0
-    batch_size: int = 0
+    rbf_fraction: float = field(default=1.0, metadata=rule(nums(0.0, lo_open=True)))
+    batch_size: int = field(default=0, metadata=rule(ints(4, also=(0,), note="0: the full Gram matrix; else a "
+                                                                              "minibatch of that many samples")))
     seed: int = 0
 
 
 def check(settings: Any) -> list[str]:
-    from landscape.similarity import FEATURES, KERNELS, PROBES
-
-    problems = []
-    for key, value, allowed in (
-        ("features", settings.features, FEATURES),
-        ("probe", settings.probe, PROBES),
-        ("kernel", settings.kernel, KERNELS),
-    ):
-        if value not in allowed:
-            problems.append(f"metrics.cka.{key}={value!r}: expected one of {', '.join(allowed)}")
+    """The rule that ties two ``metrics.cka.*`` keys together (each key's own rule is its field's)."""
     if settings.features == "layer" and not settings.layer:
-        problems.append("metrics.cka.layer='': features=layer needs the name of a module (model.named_modules())")
-    bs = int(settings.batch_size or 0)
-    if bs != 0 and bs < 4:
-        problems.append(f"metrics.cka.batch_size={bs}: expected 0 (full) or a minibatch of >= 4 samples")
-    if int(settings.n_samples) < 4:
-        problems.append(f"metrics.cka.n_samples={settings.n_samples!r}: expected at least 4 probe samples")
-    return problems
+        return ["metrics.cka.layer='': features=layer needs the name of a module (model.named_modules())"]
+    return []
 
 
 def compute(ctx: PairContext, settings: Any) -> Result:
     from landscape.similarity import MinibatchCKA, cka_value, model_features, probe_inputs
 
-    problems = check(settings)
-    if problems:
-        raise ValueError("; ".join(problems))
     t0 = time.perf_counter()
     x = probe_inputs(ctx.a.data, str(settings.probe), int(settings.n_samples), int(settings.seed))
     feats, layer = str(settings.features), (str(settings.layer) or None)
@@ -99,6 +84,6 @@ FAMILY = Family(
     diagnostics={"cka.seconds": pa.float64()},
     compute=compute,
     check=check,
-    styles={"cka": FigureStyle("CKA similarity", 0.3, 0.8, "viridis")},
+    styles={"cka": FigureStyle("CKA similarity", "unitless", paper=(0.3, 0.8))},  # paper: Yang et al. (2021), Fig. 1
     description="CKA similarity of the two models' representations",
 )

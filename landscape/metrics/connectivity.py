@@ -37,7 +37,7 @@ counts the pair as unresolved otherwise (``landscape.phase``). The protocol stop
 outside ``[decided_below, decided_above]`` (default: the paper's mc thresholds -0.5 and 0 pp; set them to
 your sweep's ``phase:`` thresholds if you change those): a value rising above the highest threshold, or falling
 below the lowest, cannot change sides. ``connectivity.stop_reason`` says why the protocol stopped
-(``converged``, ``decided``, ``max_budget``, ``diverged``). ``protocol = fixed`` is the paper's faithful mode: one
+(``converged``, ``decided``, ``max_budget``, ``diverged``; ``untrained`` for ``epochs = 0``). ``protocol = fixed`` is the paper's faithful mode: one
 curve of the first stage's budget, its mc unchecked (``converged`` null, ``stop_reason = fixed``), which the
 phase rule uses as measured, like the paper. A diverged curve (a non-finite loss or value)
 gives null ``mc``/``mc_loss`` with the reason in ``connectivity.error`` (the family contract's error column).
@@ -64,15 +64,18 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 
-from landscape.metrics import Family, FigureStyle, PairContext, Result
+from landscape.metrics import FRACTION, Family, FigureStyle, PairContext, Result, choices_of, ints, nums, one_of, rule
 
 log = logging.getLogger(__name__)
+
+#: ``stages``: the convergence protocol; ``fixed``: one curve of the first stage's budget, unchecked (the paper's).
+PROTOCOLS = ("stages", "fixed")
 
 
 @dataclass
@@ -93,30 +96,36 @@ class Config:
     enabled: Any = False
     curve: bool = True
     line: bool = True
-    protocol: str = "stages"
-    bends: int = 1
-    init: str = "line"
-    epochs: Optional[int] = None
-    budget: float = 0.5
-    max_budget: float = 16.0
-    converge_tol: float = 0.25
-    stable_doublings: int = 2
+    protocol: str = field(default="stages", metadata=rule(one_of(PROTOCOLS)))
+    bends: int = field(default=1, metadata=rule(ints(1, note="the line is `line: true`")))
+    init: str = field(default="line", metadata=rule(one_of(choices_of("landscape.connectivity", "INITS"))))
+    epochs: Optional[int] = field(default=None, metadata=rule(ints(0, null=True, note=(
+        "null: follow the endpoints' budget; 0: the untrained initial curve, reported with no mc"))))
+    """Epochs of the first stage; null: ``budget`` times the endpoints' steps. 0 is allowed: the initial curve,
+    untrained (``stop_reason = untrained``, mc null with the reason)."""
+    budget: float = field(default=0.5, metadata=rule(nums(0.0, lo_open=True, note="multiples of the endpoints' steps")))
+    max_budget: float = field(default=16.0, metadata=rule(nums(0.0, lo_open=True, note=(
+        "multiples of the endpoints' steps, >= budget"))))
+    converge_tol: float = field(default=0.25, metadata=rule(nums(0.0, note="percentage points of training error")))
+    stable_doublings: int = field(default=2, metadata=rule(ints(1, note=(
+        "doublings over which mc must stay within converge_tol"))))
     decided_below: float = -0.5
     decided_above: float = 0.0
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: Optional[int] = None
-    schedule: str = "cosine"
-    n_points: int = 5
-    mc_endpoints: str = "interior"
+    lr: float = field(default=0.05, metadata=rule(nums(0.0, lo_open=True)))
+    momentum: float = field(default=0.9, metadata=rule(FRACTION))
+    weight_decay: float = field(default=0.0, metadata=rule(nums(0.0)))
+    batch_size: Optional[int] = field(default=None, metadata=rule(ints(1, null=True, note="null: the endpoints'")))
+    schedule: str = field(default="cosine", metadata=rule(one_of(choices_of("landscape.connectivity", "SCHEDULES"))))
+    n_points: int = field(default=5, metadata=rule(ints(3, note="an interior point besides the two endpoints")))
+    """Points of the t grid in [0, 1], endpoints included. At least 3: mc (Yang et al. 2021) compares the
+    interior of the curve with its endpoints, so the grid needs a point between them (with 2, mc would be 0
+    whatever the curve, reporting every pair as connected)."""
+    mc_endpoints: str = field(default="interior", metadata=rule(one_of(
+        choices_of("landscape.connectivity", "MC_ENDPOINTS"))))
     test: bool = True
     seed: int = 0
-    checkpoint_every: int = 1
+    checkpoint_every: int = field(default=1, metadata=rule(ints(1, note="epochs")))
 
-
-#: ``stages``: the convergence protocol; ``fixed``: one curve of the first stage's budget, unchecked (the paper's).
-PROTOCOLS = ("stages", "fixed")
 
 _LIST = pa.list_(pa.float64())
 METRICS = {
@@ -172,48 +181,14 @@ def _initial_curve(ctx: PairContext, settings: Any, seed: int) -> Any:
 
 
 def check(settings: Any) -> list[str]:
-    """Every bad ``metrics.connectivity.*`` key, with its value and what is allowed."""
-    from landscape.connectivity import INITS, MC_ENDPOINTS, SCHEDULES
-
+    """The rules that tie ``metrics.connectivity.*`` keys together (each key's own rule is its field's)."""
     problems = []
-    if settings.protocol not in PROTOCOLS:
-        problems.append(f"metrics.connectivity.protocol={settings.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-    if settings.schedule not in SCHEDULES:
-        problems.append(f"metrics.connectivity.schedule={settings.schedule!r}: expected one of {', '.join(SCHEDULES)}")
-    if int(settings.bends) < 1:
-        problems.append(f"metrics.connectivity.bends={settings.bends!r}: expected >= 1 (the line is `line: true`)")
-    if settings.init not in INITS:
-        problems.append(f"metrics.connectivity.init={settings.init!r}: expected one of {', '.join(INITS)}")
-    if settings.mc_endpoints not in MC_ENDPOINTS:
-        problems.append(
-            f"metrics.connectivity.mc_endpoints={settings.mc_endpoints!r}: expected one of {', '.join(MC_ENDPOINTS)}"
-        )
-    if settings.epochs is not None and int(settings.epochs) < 0:
-        problems.append(
-            f"metrics.connectivity.epochs={settings.epochs!r}: expected null (follow the endpoints) or >= 0"
-        )
-    if settings.batch_size is not None and int(settings.batch_size) < 1:
-        problems.append(f"metrics.connectivity.batch_size={settings.batch_size!r}: expected null or >= 1")
-    if not float(settings.budget) > 0:
-        problems.append(f"metrics.connectivity.budget={settings.budget!r}: expected a multiple > 0")
-    elif not float(settings.max_budget) >= float(settings.budget):
+    if not float(settings.max_budget) >= float(settings.budget):
         problems.append(f"metrics.connectivity.max_budget={settings.max_budget!r}: expected a multiple >= budget "
                         f"({settings.budget!r}; equal: one stage, which cannot converge)")
-    if not float(settings.converge_tol) >= 0:
-        problems.append(
-            f"metrics.connectivity.converge_tol={settings.converge_tol!r}: expected >= 0 (points of error)"
-        )
-    for key in ("budget", "max_budget", "converge_tol", "decided_below", "decided_above"):
-        if not math.isfinite(float(getattr(settings, key))):
-            problems.append(f"metrics.connectivity.{key}={getattr(settings, key)!r}: expected a finite number")
     if not float(settings.decided_below) <= float(settings.decided_above):
         problems.append(f"metrics.connectivity.decided_below={settings.decided_below!r}: expected <= decided_above "
                         f"({settings.decided_above!r}): the range of the phase rule's mc thresholds (pp)")
-    if int(settings.stable_doublings) < 1:
-        problems.append(f"metrics.connectivity.stable_doublings={settings.stable_doublings!r}: expected >= 1 "
-                        "(doublings over which mc must stay within converge_tol)")
-    if int(settings.n_points) < 3:
-        problems.append(f"metrics.connectivity.n_points={settings.n_points!r}: expected >= 3 (an interior point)")
     return problems
 
 
@@ -414,10 +389,11 @@ def prepare(contexts: list[PairContext], settings: Any, workdir: Any) -> None:
     """Train the curves of a cell's pairs together (the stack the seeds use: ``train.vectorize``, see
     ``landscape.vectorized.use_vectorized``; MLPs by default, never models with BatchNorm), stage by stage through
     the protocol, leaving each pair's stage files where :func:`compute` finds them (it then only evaluates).
-    Nothing is done for a single pair, a model that cannot be stacked, or ``curve: false``."""
+    Nothing is done for a single pair, a model that cannot be stacked, ``curve: false`` or settings the family
+    refuses (the contract checks them: :meth:`landscape.metrics.Family.problems`)."""
     from landscape.vectorized import use_vectorized
 
-    if not settings.curve or len(contexts) < 2 or check(settings):
+    if not settings.curve or len(contexts) < 2:
         return
     first = contexts[0]
     template, ts, epochs, batch_size, _ = _protocol_inputs(first, settings)
@@ -434,9 +410,6 @@ def compute(ctx: PairContext, settings: Any) -> Result:
     from landscape.connectivity import trainable_parameters
     from landscape.engine import steps_per_epoch
 
-    problems = check(settings)
-    if problems:
-        raise ValueError("; ".join(problems))
     data, loss_fn = ctx.a.data, ctx.a.loss_fn
     template, ts, epochs, batch_size, ep_steps = _protocol_inputs(ctx, settings)
     per_epoch = steps_per_epoch(data.n_train, batch_size)
@@ -523,7 +496,17 @@ FAMILY = Family(
     compute=compute,
     check=check,
     prepare=prepare,
-    styles={"connectivity.mc": FigureStyle("mode connectivity", -30.0, 30.0, "RdBu_r", centre=0.0, units="pp of training error")},
+    # paper range: Yang et al. (2021), Figure 1 (a linear diverging scale, -30 to 30 pp); data limits on symlog
+    styles={"connectivity.mc": FigureStyle("mode connectivity mc", "pp of training error", "symlog",
+                                           paper=(-30.0, 30.0), paper_scale="linear", cmap="RdBu_r", centre=0.0),
+            "connectivity.mc_loss": FigureStyle("mode connectivity on the training loss", "nats", "symlog",
+                                                cmap="RdBu_r", centre=0.0, linthresh=0.01),
+            "connectivity.curve_barrier": FigureStyle("loss barrier along the curve", "nats", cmap="magma_r"),
+            "connectivity.barrier": FigureStyle("loss barrier on the straight line", "nats", cmap="magma_r"),
+            "connectivity.barrier_error": FigureStyle("error barrier on the straight line", "pp of training error",
+                                                      cmap="magma_r"),
+            "connectivity.middle_excess": FigureStyle("middle excess of the curve", "pp of training error",
+                                                      "symlog", cmap="RdBu_r", centre=0.0)},
     description="mode connectivity along a trained Bezier curve (budget following the endpoints, convergence "
                 "check), straight-line barrier",
 )

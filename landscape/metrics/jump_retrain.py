@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from landscape.metrics import Family, ModelContext, Result
+from landscape.metrics import Family, FigureStyle, ModelContext, Result, ints, nums, one_of, rule, text
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +34,26 @@ class Config:
     """Settings of the ``jump_retrain`` family (mounted at ``metrics.jump_retrain``); defaults are cheap."""
 
     enabled: Any = False
-    n_jumps: int = 3  # jumps per scale
-    scales: list[float] = field(default_factory=lambda: [0.25, 0.5])  # relative to filter norms
-    epochs: int = 1  # retraining epochs per jump
-    lr: float = 0.01  # constant SGD learning rate of the retraining
-    batch_size: int = 128
-    record_every: int = 2  # steps between recorded points
-    projection_dim: int = 256
-    eval_samples: int = 512  # train/test samples for the recorded losses
-    embedding: str = "phate"  # "phate" | "pca"
-    phate_knn: int = 5
-    phate_decay: float = 40.0
-    phate_t: str = "auto"  # "auto" or an integer diffusion time
+    n_jumps: int = field(default=3, metadata=rule(ints(1)))  # jumps per scale
+    # relative to filter norms
+    scales: list[float] = field(default_factory=lambda: [0.25, 0.5],
+                                metadata=rule(nums(0.0, lo_open=True, items=True, min_items=1)))
+    epochs: int = field(default=1, metadata=rule(ints(1)))  # retraining epochs per jump
+    # constant SGD learning rate of the retraining
+    lr: float = field(default=0.01, metadata=rule(nums(0.0, lo_open=True)))
+    batch_size: int = field(default=128, metadata=rule(ints(1)))
+    record_every: int = field(default=2, metadata=rule(ints(1)))  # steps between recorded points
+    projection_dim: int = field(default=256, metadata=rule(ints(1)))
+    eval_samples: int = field(default=512, metadata=rule(ints(2)))  # train/test samples for the recorded losses
+    # "phate" (needs the optional package: ``check``) | "pca"
+    embedding: str = field(default="phate", metadata=rule(one_of(EMBEDDINGS)))
+    phate_knn: int = field(default=5, metadata=rule(ints(1)))
+    phate_decay: float = field(default=40.0, metadata=rule(nums(0.0, lo_open=True)))
+    # "auto" or an integer diffusion time
+    phate_t: str = field(default="auto", metadata=rule(text(r"auto|0*[1-9][0-9]*", "'auto' or a positive integer")))
     phate_random_state: int = 0
-    graph_knn: int = 6  # neighbours of the loss-filtration graph
-    persistence_threshold: float = 0.01  # loss units
+    graph_knn: int = field(default=6, metadata=rule(ints(1)))  # neighbours of the loss-filtration graph
+    persistence_threshold: float = field(default=0.01, metadata=rule(nums(0.0)))  # loss units
     store_coords: bool = False  # keep the projected coordinates in the trajectories table
     seed: int = 0
 
@@ -88,17 +93,11 @@ PERSISTENCE: dict[str, pa.DataType] = {
 
 
 def check(settings: Any) -> list[str]:
-    """Every bad ``metrics.jump_retrain.*`` key, with its value and what is allowed."""
-    problems = []
-    if settings.embedding not in EMBEDDINGS:
-        problems.append(f"metrics.jump_retrain.embedding={settings.embedding!r}: expected one of {', '.join(EMBEDDINGS)}")
-    elif settings.embedding == "phate" and not _installed("phate"):
-        problems.append("metrics.jump_retrain.embedding='phate': needs the optional package phate, which is not "
-                        "installed here (pip install phate; non-commercial licence); or metrics.jump_retrain.embedding=pca")
-    t = str(settings.phate_t)
-    if t != "auto" and not t.isdigit():
-        problems.append(f"metrics.jump_retrain.phate_t={settings.phate_t!r}: expected 'auto' or a positive integer")
-    return problems
+    """What the environment must provide for ``metrics.jump_retrain.*`` (each key's own rule is its field's)."""
+    if settings.embedding == "phate" and not _installed("phate"):
+        return ["metrics.jump_retrain.embedding='phate': needs the optional package phate, which is not "
+                "installed here (pip install phate; non-commercial licence); or metrics.jump_retrain.embedding=pca"]
+    return []
 
 
 def _installed(module: str) -> bool:
@@ -115,12 +114,9 @@ def _installed(module: str) -> bool:
 
 
 def settings_from(settings: Any) -> Any:
-    """``JumpRetrainSettings`` from the family's config node (``ValueError`` naming a bad key)."""
+    """``JumpRetrainSettings`` from the family's (checked) config node."""
     from landscape.trajectories.jump_retrain import JumpRetrainSettings
 
-    problems = check(settings)
-    if problems:
-        raise ValueError("; ".join(problems))
     t = str(settings.phate_t)
     s = JumpRetrainSettings.from_config(settings)
     s.phate_t = t if t == "auto" else int(t)
@@ -170,5 +166,16 @@ FAMILY = Family(
     compute=compute,
     check=check,
     long_tables={"trajectories": TRAJECTORIES, "persistence": PERSISTENCE},
+    styles={**{f"topology.h{d}_{m}": FigureStyle(f"H{d} {what} (jump and retrain)", unit, cmap="magma_r")
+               for d in (0, 1) for m, what, unit in (("count", "bars", "bars"), ("total", "total persistence", "nats"),
+                                                     ("max", "largest persistence", "nats"),
+                                                     ("entropy", "persistence entropy", "unitless"))},
+            "topology.h1_essential": FigureStyle("essential H1 classes (jump and retrain)", "classes", cmap="magma_r"),
+            "topology.rips_h1_max": FigureStyle("largest Rips H1 persistence of the embedding", "embedding units",
+                                                cmap="magma_r"),
+            "jump_retrain.final_train_loss": FigureStyle("training loss after jump and retrain", "nats", "log10",
+                                                         cmap="magma_r"),
+            "jump_retrain.final_test_loss": FigureStyle("test loss after jump and retrain", "nats", "log10",
+                                                        cmap="magma_r")},
     description="jump-and-retrain trajectories, PHATE/PCA embedding, persistent homology",
 )

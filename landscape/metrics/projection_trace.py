@@ -34,12 +34,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from landscape.metrics import Family, ModelContext, Result
+from landscape.metrics import Family, FigureStyle, ModelContext, Result, ints, nums, one_of, rule
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,19 @@ class Config:
     """Settings of the ``projection_trace`` family (mounted at ``metrics.projection_trace``)."""
 
     enabled: Any = False
-    n_directions: int = 100
-    epsilon: float = 1e-2  # relative: probe distance / |theta|; absolute: step along d ~ N(0, I)
-    step: str = "relative"  # "relative" | "absolute"
+    n_directions: int = field(default=100, metadata=rule(ints(2)))
+    # relative: probe distance / |theta|; absolute: step along d ~ N(0, I)
+    epsilon: float = field(default=1e-2, metadata=rule(nums(0.0, lo_open=True)))
+    step: str = field(default="relative", metadata=rule(one_of(STEPS)))
     check_hessian: bool = True  # exact d'Hd of the same directions: bias, z_vs_hessian, agrees
-    eval_samples: int = 1000
-    dtype: str = "float64"  # "float32" | "float64"
+    eval_samples: int = field(default=1000, metadata=rule(ints(1)))
+    dtype: str = field(default="float64", metadata=rule(one_of(DTYPES)))
     seed: int = 0
-    batch_size: int = 1024
-    saddle_draws: int = 0  # random 2-D projections of the saddle check (0: off)
-    saddle_step: float = 1e-2  # second-difference step of the saddle check, along unit directions
+    batch_size: int = field(default=1024, metadata=rule(ints(1)))
+    # random 2-D projections of the saddle check (0: off)
+    saddle_draws: int = field(default=0, metadata=rule(ints(0, note="0: off")))
+    # second-difference step of the saddle check, along unit directions
+    saddle_step: float = field(default=1e-2, metadata=rule(nums(0.0, lo_open=True)))
 
 
 METRICS: dict[str, pa.DataType] = {
@@ -78,22 +81,6 @@ DIAGNOSTICS: dict[str, pa.DataType] = {
     "projection_trace.agrees": pa.bool_(),
     "projection_trace.seconds": pa.float64(),
 }
-
-
-def check(settings: Any) -> list[str]:
-    """Every bad ``metrics.projection_trace.*`` key, with its value and what is allowed."""
-    problems = []
-    if str(settings.dtype) not in DTYPES:
-        problems.append(f"metrics.projection_trace.dtype={settings.dtype!r}: expected one of {', '.join(DTYPES)}")
-    if str(settings.step) not in STEPS:
-        problems.append(f"metrics.projection_trace.step={settings.step!r}: expected one of {', '.join(STEPS)}")
-    if not float(settings.epsilon) > 0:
-        problems.append(f"metrics.projection_trace.epsilon={settings.epsilon!r}: expected > 0")
-    if int(settings.saddle_draws) < 0:
-        problems.append(f"metrics.projection_trace.saddle_draws={settings.saddle_draws!r}: expected >= 0 (0: off)")
-    if not float(settings.saddle_step) > 0:
-        problems.append(f"metrics.projection_trace.saddle_step={settings.saddle_step!r}: expected a step > 0")
-    return problems
 
 
 AGREES_RESTS_ON = ("projection_trace.estimate", "projection_trace.stderr", "projection_trace.hvp_estimate",
@@ -118,9 +105,6 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
     from landscape.params import eval_subset
     from landscape.projection_trace import projection_trace, saddle_check
 
-    problems = check(settings)
-    if problems:
-        raise ValueError("; ".join(problems))
     t0 = time.perf_counter()
     dtype = getattr(torch, str(settings.dtype))
     x, y = eval_subset(ctx.data.x_train, ctx.data.y_train, int(settings.eval_samples), int(settings.seed))
@@ -165,7 +149,9 @@ FAMILY = Family(
     metrics=METRICS,
     diagnostics=DIAGNOSTICS,
     compute=compute,
-    check=check,
+    styles={"projection_trace.estimate": FigureStyle("Hessian trace from projections", "nats / param²", "log10",
+                                                     cmap="magma_r"),
+            "projection_trace.saddle_share_minimum": FigureStyle("share of 2-D projections at a minimum", "fraction")},
     description="Hessian trace from random projections, checked against the exact d'Hd; optional saddle check",
     depends={"projection_trace.agrees": AGREES_RESTS_ON},
 )

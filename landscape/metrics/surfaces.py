@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from landscape.metrics import Family, ModelContext, Result
+from landscape.metrics import Family, FigureStyle, ModelContext, Result, ints, nums, one_of, rule
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +30,20 @@ class Config:
     """Settings of the ``surfaces`` family (mounted at ``metrics.surfaces``)."""
 
     enabled: Any = False
-    directions: str = "random"  # "random" | "hessian"
-    dims: int = 2  # 1 | 2
-    range: float = 1.0  # grid spans [-range, range] along each direction
-    resolution: int = 21  # points per axis
-    eval_samples: int = 1000  # training samples for the train loss (<= 0: all)
+    directions: str = field(default="random", metadata=rule(one_of(DIRECTIONS)))
+    dims: int = field(default=2, metadata=rule(ints(1, 2)))  # 1: a line along the first direction; 2: a plane
+    # grid spans [-range, range] along each direction
+    range: float = field(default=1.0, metadata=rule(nums(0.0, lo_open=True)))
+    resolution: int = field(default=21, metadata=rule(ints(1)))  # points per axis
+    # training samples for the train loss (0, or a value >= the training set's size: all of it)
+    eval_samples: int = field(default=1000, metadata=rule(ints(0, note="0: the whole training set")))
     include_test: bool = True
     seed: int = 0
-    chunk: int = 16  # grid points per vmapped pass
-    batch_size: int = 1024  # samples per forward pass
-    hessian_tol: float = 1e-4  # relative Lanczos residual of the Hessian directions
-    hessian_max_iter: int = 200  # Hessian-vector products per eigenvector
+    chunk: int = field(default=16, metadata=rule(ints(1)))  # grid points per vmapped pass
+    batch_size: int = field(default=1024, metadata=rule(ints(1)))  # samples per forward pass
+    # relative Lanczos residual of the Hessian directions
+    hessian_tol: float = field(default=1e-4, metadata=rule(nums(0.0, lo_open=True)))
+    hessian_max_iter: int = field(default=200, metadata=rule(ints(1)))  # Hessian-vector products per eigenvector
 
 
 METRICS: dict[str, pa.DataType] = {
@@ -64,28 +67,12 @@ TABLE: dict[str, pa.DataType] = {
 }
 
 
-def check(settings: Any) -> list[str]:
-    """Every bad ``metrics.surfaces.*`` key, with its value and what is allowed."""
-    problems = []
-    if settings.directions not in DIRECTIONS:
-        problems.append(f"metrics.surfaces.directions={settings.directions!r}: expected one of {', '.join(DIRECTIONS)}")
-    if int(settings.dims) not in (1, 2):
-        problems.append(f"metrics.surfaces.dims={settings.dims!r}: expected 1 or 2")
-    if int(settings.resolution) < 1 or not float(settings.range) > 0:
-        problems.append(f"metrics.surfaces.resolution={settings.resolution!r}, range={settings.range!r}: "
-                        "expected resolution >= 1 and range > 0")
-    return problems
-
-
 def compute(ctx: ModelContext, settings: Any) -> Result:
     """Compute one loss surface around ``ctx.model`` (see the module docstring)."""
     from landscape.directions import filter_normalised_direction, hessian_directions
     from landscape.params import eval_subset, hashed_seed
     from landscape.surfaces import grid_axis, loss_surface
 
-    problems = check(settings)
-    if problems:
-        raise ValueError("; ".join(problems))
     t0 = time.perf_counter()
     seed = int(settings.seed)
     x, y = eval_subset(ctx.data.x_train, ctx.data.y_train, int(settings.eval_samples), seed)
@@ -128,7 +115,14 @@ FAMILY = Family(
     metrics=METRICS,
     diagnostics=DIAGNOSTICS,
     compute=compute,
-    check=check,
     long_tables={"surfaces": TABLE},
+    styles={"surfaces.center_train_loss": FigureStyle("training loss at the surface's centre", "nats", "log10",
+                                                      cmap="magma_r"),
+            "surfaces.max_train_loss": FigureStyle("largest training loss on the surface", "nats", "log10",
+                                                   cmap="magma_r"),
+            "surfaces.hessian_max_eigenvalue": FigureStyle("Hessian top eigenvalue (surface directions)",
+                                                           "nats / param²", "log10", cmap="magma_r"),
+            "surfaces.hessian_min_eigenvalue": FigureStyle("Hessian smallest eigenvalue (surface directions)",
+                                                           "nats / param²", cmap="RdBu_r", centre=0.0)},
     description="1D/2D loss surfaces along random or Hessian directions (long table `surfaces`)",
 )

@@ -8,12 +8,12 @@ training run itself and are filled by the job for every model (also with ``enabl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from landscape.metrics import Family, FigureStyle, ModelContext, Result
+from landscape.metrics import Family, FigureStyle, ModelContext, Result, ints, rule
 
 
 @dataclass
@@ -21,14 +21,7 @@ class Config:
     """``metrics.training.*``: ``eval_batch_size`` samples per forward pass of the evaluation."""
 
     enabled: bool = True
-    eval_batch_size: int = 2048
-
-
-def check(settings: Any) -> list[str]:
-    bs = settings.eval_batch_size
-    if not (isinstance(bs, int) and not isinstance(bs, bool) and bs >= 1):
-        return [f"metrics.training.eval_batch_size={bs!r}: expected an integer >= 1"]
-    return []
+    eval_batch_size: int = field(default=2048, metadata=rule(ints(1)))
 
 
 def compute(ctx: ModelContext, settings: Any) -> Result:
@@ -51,8 +44,12 @@ FAMILY = Family(
     diagnostics={"training.epochs": pa.int64(), "training.steps": pa.int64(), "training.seconds": pa.float64(),
                  "training.resumed": pa.bool_(), "training.vectorized": pa.bool_()},
     compute=compute,
-    check=check,
-    styles={"test_acc": FigureStyle("test accuracy", 0.56, 0.91, "viridis"),
-            "train_loss": FigureStyle("training loss", 0.0, 3.0, "magma_r")},
+    # paper ranges: the panels of Yang et al. (2021), Figure 1 (test accuracy; training loss drawn linearly 0-3)
+    styles={"train_loss": FigureStyle("training loss", "nats", "log10", paper=(0.0, 3.0), paper_scale="linear",
+                                      cmap="magma_r"),
+            "train_acc": FigureStyle("training accuracy", "fraction"),
+            "test_loss": FigureStyle("test loss", "nats", "log10", cmap="magma_r"),
+            "test_acc": FigureStyle("test accuracy", "fraction", paper=(0.56, 0.91)),
+            "train_acc_clean": FigureStyle("training accuracy on clean labels", "fraction")},
     description="train/test loss and accuracy",
 )
