@@ -16,11 +16,13 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pandas as pd
 import pytest
 
 PARTITION = "debug"
@@ -181,3 +183,29 @@ def wait_for_states(
 
     wait_for(done, timeout_s, f"job {job_id} to reach {sorted(states)} (last seen: {result})")
     return result
+
+
+# --- running the CLI against the cluster (shared by the SLURM sweep tests) ---------------------------------
+
+LANDSCAPE = str(Path(sys.executable).with_name("landscape"))
+"""The ``landscape`` entry point of this environment."""
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+"""The launcher settings of a sweep on the local cluster."""
+SMALL = ["data.subsample=0.25", "model.width=8", "train.epochs=3"]
+"""A fast cell (a few seconds)."""
+
+
+def landscape(args: list[str], cwd: Path, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``landscape ARGS`` in ``cwd``; with ``check``, fail with its stderr on a non-zero exit."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([LANDSCAPE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"landscape {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def rows(sweep: Path, table: str = "models") -> pd.DataFrame:
+    """A sweep's rows of ``table``, sorted by cell and seed(s)."""
+    keys = ["cell_id", "seed"] if table == "models" else ["cell_id", "seed_a", "seed_b"]
+    return pd.read_parquet(sweep / "results" / table).sort_values(keys).reset_index(drop=True)

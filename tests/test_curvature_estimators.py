@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import with_spectrum as _with_spectrum
 
 from landscape.curvature import (
     MatrixOperator,
@@ -19,13 +20,6 @@ from landscape.curvature import (
 N = 200
 
 
-
-
-def _with_spectrum(lam: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    Q, _ = torch.linalg.qr(torch.randn(len(lam), len(lam), dtype=torch.float64, generator=g))
-    A = (Q * lam) @ Q.T
-    return 0.5 * (A + A.T)
 
 
 def _spectra() -> dict[str, torch.Tensor]:

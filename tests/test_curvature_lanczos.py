@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import dense_hessian
+from helpers import with_spectrum as _with_spectrum
 
 from landscape.curvature import (
     HessianOperator,
@@ -17,7 +19,6 @@ from landscape.curvature import (
     spectral_density,
 )
 from landscape.models import MLP
-from test_curvature_estimators import _with_spectrum
 
 N = 300
 
@@ -96,27 +97,32 @@ def _mlp_problem():
 
 def test_memory_sized_batches_give_the_exact_hessian():
     model, x, y = _mlp_problem()
-    exact = HessianOperator(model, F.cross_entropy, (x, y), batch_size=None).dense()
+    exact = dense_hessian(model, F.cross_entropy, x, y)  # torch.func.hessian of the loss of a flat vector
+    assert exact.shape == (137, 137) and float(exact.abs().max()) > 1e-2  # 6*7+7 + 7*7+7 + 7*4+4 parameters
+    whole = HessianOperator(model, F.cross_entropy, (x, y), batch_size=None)
     one = HessianOperator(model, F.cross_entropy, (x, y), batch_size="auto")
     assert len(one.batches) == 1  # plenty of memory: the whole set in one graph
     per_sample = one.graph_bytes_per_sample(x, y)
     tight = HessianOperator(model, F.cross_entropy, (x, y), batch_size="auto", memory_budget=int(2 * per_sample * 30))
     assert len(tight.batches) == 3 and {int(b[0].shape[0]) for b in tight.batches} == {30}
-    for op in (one, tight):
-        assert torch.allclose(op.dense(), exact, atol=1e-12)
+    for op in (whole, one, tight):
+        torch.testing.assert_close(op.dense(), exact, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="batch_size='big'"):
         HessianOperator(model, F.cross_entropy, (x, y), batch_size="big")
 
 
 def test_per_column_and_batched_products_agree():
     model, x, y = _mlp_problem()
-    V = torch.randn(HessianOperator(model, F.cross_entropy, (x, y)).shape[0], 5, dtype=torch.float64,
-                    generator=torch.Generator().manual_seed(0))
+    H = dense_hessian(model, F.cross_entropy, x, y)
+    V = torch.randn(H.shape[0], 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # 40-sample batches: 40, 40, 10 (unequal weights); blocks of 2 columns: 2, 2, 1
     cols = HessianOperator(model, F.cross_entropy, (x, y), batch_size=40, batched=False)
     blocks = HessianOperator(model, F.cross_entropy, (x, y), batch_size=40, batched=True, max_block=2)
     assert not cols.batched  # CPU default is per column, too
-    assert torch.allclose(cols.matmat(V), blocks.matmat(V), atol=1e-12)
-    assert cols.n_products == blocks.n_products == 5
+    for op in (cols, blocks):
+        torch.testing.assert_close(op.matmat(V), H @ V, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(op.matvec(V[:, 0]), H @ V[:, 0], rtol=1e-10, atol=1e-12)
+    assert cols.n_products == blocks.n_products == 6
 
 
 def test_trace_deflated_by_the_eigenvalue_run():

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+
+from helpers import write_tiny_cifar10
 
 from landscape.config import DataConfig
 from landscape.data import apply_label_noise, full_train_size, load_data, resolve_count, subsample_indices
@@ -124,19 +125,6 @@ def test_same_config_same_data_and_sizes_known_without_loading():
     m = load_data(data_cfg(name="mnist1d", num_samples=500))
     assert m.n_train == full_train_size(data_cfg(name="mnist1d", num_samples=500)) == 400
     assert m.input_shape == (1, 40) and m.n_classes == 10
-
-
-def write_tiny_cifar10(root: Path, per_batch: int = 6, n_test: int = 5) -> Path:
-    """A CIFAR-10 directory in the real python-pickle format, with ``per_batch`` images per training batch."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
-        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, n)],
-                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b"filenames": [f"img{i}.png".encode() for i in range(n)]}
-        with open(root / name, "wb") as f:
-            pickle.dump(batch, f)
-    return root
 
 
 def test_cifar10_loader_reads_the_real_format(tmp_path):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from landscape import devices
@@ -40,7 +41,32 @@ def test_concurrent_jobs_claim_distinct_gpus_and_release_on_exit(tmp_path):
     devices.release_gpus()
 
 
-def test_auto_without_gpus_is_cpu():
-    if not torch.cuda.is_available():
-        assert devices.resolve_device("auto") == torch.device("cpu")
+def test_auto_without_gpus_is_cpu(monkeypatch, tmp_path):
+    """The rule of ``auto``, whatever this machine has: CUDA hidden -> cpu; one visible GPU -> cuda:0; several ->
+    the first GPU no other job holds (its lock taken); an explicit cuda device without CUDA is refused."""
+    monkeypatch.setattr(devices, "lock_dir", lambda: tmp_path)
+    devices.release_gpus()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert devices.resolve_device("auto") == torch.device("cpu")
     assert devices.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        devices.resolve_device("cuda:1")
+    # the reverse: CUDA present (one GPU, then three with the first held by another job)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(devices, "_visible_gpu_ids", lambda: ["GPU-only"])
+    assert devices.resolve_device("auto") == torch.device("cuda:0") and not devices._claimed
+    ids = ["GPU-a", "GPU-b", "GPU-c"]
+    monkeypatch.setattr(devices, "_visible_gpu_ids", lambda: ids)
+    assert devices.claim_gpu(ids, tmp_path) == 0
+    first = devices._held.copy()
+    devices._held.clear()
+    devices._claimed.clear()  # as another process: GPU 0 is taken
+    try:
+        assert devices.resolve_device("auto") == torch.device("cuda:1")
+        assert devices.resolve_device("auto") == torch.device("cuda:1")  # the claim is kept
+        assert devices.resolve_device("cuda:2") == torch.device("cuda:2")
+    finally:
+        devices.release_gpus()
+        devices._held.update(first)
+        devices.release_gpus()

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import record_sgd_lr
 from torch import nn
 
 from landscape import engine
 from landscape.connectivity import BezierCurve, CurveSettings, train_curve
 from landscape.params import trainable_parameters
 from landscape.training import StopRequested, make_loss
-from test_training import _record_sgd_lr
 
 
 class Linear1(nn.Module):
@@ -61,7 +61,7 @@ def test_curve_weight_decay_is_the_penalty_on_the_point_of_the_curve():
 def test_curve_schedule_sets_the_learning_rate_at_each_step(monkeypatch, schedule, factors):
     a, b = {"w": torch.tensor([1.0, 0.0], dtype=torch.float64)}, {"w": torch.tensor([0.0, 1.0], dtype=torch.float64)}
     x, y = torch.randn(20, 2, dtype=torch.float64), torch.zeros(20, dtype=torch.long)
-    seen = _record_sgd_lr(monkeypatch)
+    seen = record_sgd_lr(monkeypatch)
     s = CurveSettings(epochs=10, lr=0.3, batch_size=10, schedule=schedule)
     res = train_curve(BezierCurve.through_line(a, b, 1), Linear1(), x, y, lambda o, t: (o**2).mean(), s, seed=0)
     assert res.steps == 20 and res.status == "done" and not res.diverged

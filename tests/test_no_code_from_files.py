@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_tiny_cifar10
 
 from landscape.data import UnsafeFileError, _read_cifar_batch
-from test_data import write_tiny_cifar10
 
 
 class _Evil:

@@ -202,14 +202,44 @@ def test_phase_rule_branches_and_boundaries():
         r.with_overrides({"mc_barrier": "low"})
 
 
-def test_paper_thresholds_live_in_one_place_and_carry_units():
-    assert PhaseRule() == PhaseRule.paper()
-    assert {k: getattr(PhaseRule.paper(), k) for k in PAPER_THRESHOLDS} == PAPER_THRESHOLDS
+def _published_rule() -> tuple[dict[str, float], dict[str, float]]:
+    """The thresholds and the mean test accuracy per phase (%) as the reference README states them, read
+    from its text (tests/data/taxonomy2021/README.md: the published results, copied unchanged)."""
+    import re
+
+    text = " ".join((REFERENCE / "README.md").read_text().split())
+    loss = re.search(r"high training loss \(> ([-0-9.]+)\) splits I/II from III/IV", text)
+    sign = re.search(r"splits I \(mc < ([-0-9.]+)\) from II \(mc > ([-0-9.]+)\) and III \(mc < ([-0-9.]+)\) from IV", text)
+    cka = re.search(r"CKA >= ([-0-9.]+) splits IV-B from IV-A", text)
+    acc = re.search(r"Mean test accuracy per phase is then I ([0-9.]+) %, II ([0-9.]+) %, III ([0-9.]+) %, "
+                    r"IV-A ([0-9.]+) %, IV-B ([0-9.]+) %", text)
+    assert loss and sign and cka and acc, "the reference README no longer states the rule in these words"
+    assert sign[1] == sign[2]  # one threshold: the sign of mc
+    thresholds = {"train_loss": float(loss[1]), "mc_underfit": float(sign[1]), "mc_barrier": float(sign[3]),
+                  "cka": float(cka[1])}
+    return thresholds, dict(zip(PHASES, map(float, acc.groups())))
+
+
+def test_paper_thresholds_live_in_one_place_and_carry_units(reference_cells):
+    """``PAPER_THRESHOLDS`` are the published ones (read from the reference's README, not from the code), the
+    rule they make gives the published mean test accuracy per phase on the 13 x 13 reference grid, the units
+    are the data's (cross-entropy in nats; mc in percentage points of training error, README: ``train_err`` in
+    %), and ``PhaseRule()`` / ``resolve_rule("paper")`` use exactly these."""
+    published, accuracy = _published_rule()
+    assert published == {"train_loss": 0.05, "mc_underfit": 0.0, "mc_barrier": -0.5, "cka": 0.7}  # the text read
+    assert PAPER_THRESHOLDS == published
+    assert {k: getattr(PhaseRule(), k) for k in published} == published
+    assert {k: getattr(PhaseRule.paper(), k) for k in published} == published
+    rule, report = resolve_rule("paper", {"mc_barrier": "-1"})
+    assert rule.mc_barrier == -1.0 and rule.train_loss == published["train_loss"] and report == {}
+    labels = PhaseRule(**published).labels(reference_cells)
+    assert len(reference_cells) == 169 and labels.notna().all()
+    got = 100 * reference_cells.groupby(labels)["test_acc"].mean()
+    for ph, pct in accuracy.items():
+        assert got[ph] == pytest.approx(pct, abs=0.05), ph
     t = PhaseRule.paper().thresholds()
     assert t["train_loss"]["unit"] == "nats" and t["mc_barrier"]["unit"] == "pp of training error"
-    assert t["cka"]["unit"] == "unitless"
-    rule, report = resolve_rule("paper", {"mc_barrier": "-1"})
-    assert rule.mc_barrier == -1.0 and rule.train_loss == 0.05 and report == {}
+    assert t["mc_underfit"]["unit"] == "pp of training error" and t["cka"]["unit"] == "unitless"
     with pytest.raises(ValueError, match="paper, calibrate"):
         resolve_rule("papers")
 
@@ -698,6 +728,29 @@ def test_reference_confidence_and_calibration(reference_cells):
     assert spearman(margin, conf["phase_confidence"].to_numpy())[0] > 0.3
     rule, report = calibrate(reference_cells)
     assert report["train_loss"]["n"] == 169 and "ashman_d" in report["train_loss"]
+    # the split against sklearn's EM on the same values: a tied-variance 2-Gaussian mixture of log10(train loss),
+    # split where the weighted densities cross, w0 N(x; m0, v) = w1 N(x; m1, v), i.e. in closed form
+    # x = (m0 + m1) / 2 + v log(w0 / w1) / (m1 - m0); calibrate scans a 2001-point grid between the means
+    from sklearn.mixture import GaussianMixture
+
+    v = np.log10(np.maximum(reference_cells["train_loss"].to_numpy(), 1e-6)).reshape(-1, 1)
+    gm = GaussianMixture(2, covariance_type="tied", tol=1e-12, max_iter=5000, n_init=3, random_state=0).fit(v)
+    order = np.argsort(gm.means_.ravel())
+    m, w, var = gm.means_.ravel()[order], gm.weights_[order], float(gm.covariances_.ravel()[0])
+    split = (m[0] + m[1]) / 2 + var * math.log(w[0] / w[1]) / (m[1] - m[0])
+    assert abs(math.log10(rule.train_loss) - split) <= (m[1] - m[0]) / 2000  # one grid step (measured 0.3 steps)
+    assert report["train_loss"]["derived"] and report["train_loss"]["means"] == pytest.approx(10**m, rel=1e-4)
+    assert report["train_loss"]["groups"] == [int((v <= split).sum()), int((v > split).sum())] == [93, 76]
+    assert report["train_loss"]["bic_two"] == pytest.approx(gm.bic(v), abs=2e-3)
+    # CKA: the well-trained (loss below the new split), well-connected (mc >= -0.5) cells are one group for BIC
+    # (one Gaussian fits better than two): the paper's 0.7 is kept
+    well = reference_cells[(reference_cells["train_loss"] <= rule.train_loss)
+                           & (reference_cells["connectivity.mc"] >= PAPER_THRESHOLDS["mc_barrier"])]
+    c = well["cka"].dropna().to_numpy().reshape(-1, 1)
+    assert report["cka"]["n"] == len(c) == 62
+    one = GaussianMixture(1).fit(c).bic(c)
+    two = GaussianMixture(2, covariance_type="tied", n_init=3, random_state=0).fit(c).bic(c)
+    assert one < two and not report["cka"]["derived"] and rule.cka == PAPER_THRESHOLDS["cka"]
 
 
 def test_reference_rank_correlations_have_the_papers_signs(reference_cells):

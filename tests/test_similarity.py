@@ -175,15 +175,59 @@ def test_model_features_logits_softmax_and_layer():
         model_features(model, x, "layer", layer="nope")
 
 
+def _as_mixtures(m: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each row of ``m`` the pair ``(i, j)`` of rows of ``x`` and the weight ``lam`` in [0, 1] with
+    ``m = lam x_i + (1 - lam) x_j`` that fits best (least squares over every ordered pair ``i != j``), and its
+    residual: an independent reading of a mixup probe set, with no knowledge of how it was drawn."""
+    x, m = x.double().reshape(len(x), -1), m.double().reshape(len(m), -1)
+    d = x[:, None, :] - x[None, :, :]  # [n, n, p]: x_i - x_j
+    r = m[:, None, None, :] - x[None, None, :, :]  # [k, 1, n, p]: m - x_j
+    lam = ((r * d[None]).sum(-1) / (d * d).sum(-1).clamp_min(1e-30)[None]).clamp(0, 1)  # [k, n, n]
+    res = (r - lam[..., None] * d[None]).norm(dim=-1)
+    n = len(x)
+    res = res + torch.eye(n, dtype=res.dtype)[None] * 1e9  # i == j is not a mixture
+    best = res.reshape(len(m), -1).argmin(1)
+    i, j = best // n, best % n
+    k = torch.arange(len(m))
+    return lam[k, i, j], res[k, i, j], torch.stack([i, j], 1)
+
+
 def test_probe_sets_are_seeded_and_sized():
+    from scipy import stats
+
     data = _data()
     a = probe_inputs(data, "test", 768, seed=1)
     assert a.shape == (20, 5)  # capped at the test-set size
     assert torch.equal(a, probe_inputs(data, "test", 768, seed=1))
-    assert torch.equal(probe_inputs(data, "train", 10, 2), probe_inputs(data, "train", 10, 2))
+    # test/train probes are distinct rows of their own split (drawn without replacement)
+    rows = {tuple(r.tolist()) for r in data.x_test}
+    assert {tuple(r.tolist()) for r in a} == rows
+    t = probe_inputs(data, "train", 10, 2)
+    assert torch.equal(t, probe_inputs(data, "train", 10, 2))
+    assert len({tuple(r.tolist()) for r in t}) == 10 and {tuple(r.tolist()) for r in t} <= {tuple(r.tolist()) for r in data.x_train}
     m = probe_inputs(data, "mixup", 50, seed=3)
     assert m.shape == (50, 5)
     assert torch.equal(m, probe_inputs(data, "mixup", 50, seed=3))
     assert not torch.equal(m, probe_inputs(data, "mixup", 50, seed=4))
+    # content: every mixup input is a convex combination of two *training* inputs (not test inputs) ...
+    big = probe_inputs(data, "mixup", 1500, seed=5)
+    lam, res, pairs = _as_mixtures(big, data.x_train)
+    assert float(res.max()) < 1e-5 * float(data.x_train.abs().max())
+    _, res_test, _ = _as_mixtures(big[:50], data.x_test)
+    assert float(res_test.min()) > 1e-2  # (the test inputs here are shifted training inputs: no fit)
+    # ... with i == j (the input itself: fit with lam at 0 or 1) for about 1 draw in 40 (Binomial(1500, 1/40):
+    # 37.5 +- 6) ...
+    same = torch.minimum(lam, 1 - lam) < 1e-6
+    assert 15 <= int(same.sum()) <= 60
+    pairs[same, 1] = torch.where(lam[same] > 0.5, pairs[same, 0], pairs[same, 1])  # the input twice
+    pairs[same, 0] = pairs[same, 1]
+    # ... lam ~ Beta(16, 16) otherwise (lam and 1 - lam are one draw read from either end: fold to [0, .5]) ...
+    folded = torch.minimum(lam, 1 - lam)[~same].numpy()
+    ks = stats.kstest(folded, lambda v: 2 * stats.beta.cdf(v, 16, 16))  # the documented Beta(16, 16)
+    assert ks.pvalue > 1e-3, ks
+    assert stats.kstest(folded, lambda v: 2 * stats.beta.cdf(v, 8, 8)).pvalue < 1e-6  # the test tells alphas apart
+    # ... and i, j uniform over the training set: each of the 40 inputs used about 1500 * 2 / 40 = 75 times
+    counts = torch.bincount(pairs.reshape(-1), minlength=40).numpy()
+    assert stats.chisquare(counts).pvalue > 1e-3 and counts.min() > 0
     with pytest.raises(ValueError, match="probe='val'"):
         probe_inputs(data, "val", 10, 0)

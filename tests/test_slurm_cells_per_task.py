@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 
-from slurm_support import requires_slurm
-from test_slurm_sweep import SLURM, SMALL, landscape, rows
+from slurm_support import SLURM, SMALL, landscape, requires_slurm, rows
 
 from landscape.metrics import metric_columns
 

@@ -7,35 +7,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from slurm_support import requires_slurm, wait_for
+from slurm_support import LANDSCAPE, SLURM, SMALL, landscape, requires_slurm, rows, wait_for
 
 from landscape.cli.status import sweep_report
 from landscape.metrics import metric_columns
 from landscape.results import SCHEMA_VERSION
-
-LANDSCAPE = str(Path(sys.executable).with_name("landscape"))
-SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
-         "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
-SMALL = ["data.subsample=0.25", "model.width=8", "train.epochs=3"]
-
-
-def landscape(args: list[str], cwd: Path, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([LANDSCAPE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"landscape {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def rows(sweep: Path, table: str = "models") -> pd.DataFrame:
-    keys = ["cell_id", "seed"] if table == "models" else ["cell_id", "seed_a", "seed_b"]
-    return pd.read_parquet(sweep / "results" / table).sort_values(keys).reset_index(drop=True)
 
 
 def status_of(sweep: Path) -> dict[str, dict]:
@@ -126,7 +107,7 @@ def test_preempted_task_checkpoints_requeues_and_resumes(tmp_path):
 
 @requires_slurm
 def test_failing_cell_is_reported_while_the_others_finish(tmp_path):
-    from test_data import write_tiny_cifar10
+    from helpers import write_tiny_cifar10
 
     good = write_tiny_cifar10(tmp_path / "good")
     bad = write_tiny_cifar10(tmp_path / "bad")

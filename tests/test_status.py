@@ -4,47 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
+
+from helpers import make_status_sweep, write_cell_status
 
 from landscape.cell import CellDir, CellStatus
 from landscape.cli import status as st
-from landscape.provenance import host
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-def _write(sweep: Path, cid: str, **kw) -> None:
-    CellDir(sweep, cid).write_status(CellStatus(cell_id=cid, **kw))
-
-
-def make_sweep(sweep: Path) -> None:
-    """Seven planned cells, one in each situation; the launch record has the multirun's argv and cwd."""
-    (sweep / "launches").mkdir(parents=True)
-    cells = [{"cell_id": f"c{i}", "overrides": [f"model.width={i}", "+sweep=demo"]} for i in range(7)]
-    (sweep / "launches" / "20260101T000000-000000001.json").write_text(json.dumps({
-        "arguments": ["model.width=0,1,2,3,4,5,6", "+sweep=demo"],
-        "argv": ["-m", "model.width=0,1,2,3,4,5,6", "+sweep=demo", "hydra/launcher=slurm"],
-        "cwd": "/some/where", "cells": cells}))
-    _write(sweep, "c0", state="done", seeds={"0": "done", "1": "done"}, host=host(), pid=1)
-    _write(sweep, "c1", state="done", seeds={"0": "done", "1": "diverged"}, host=host(), pid=1)
-    _write(sweep, "c2", state="failed", error="FileNotFoundError: data.root='/x': missing data_batch_1", host=host(), pid=1)
-    _write(sweep, "c3", state="running", host=host(), pid=os.getpid())  # alive: this process
-    _write(sweep, "c4", state="running", host=host(), pid=_dead_pid())  # killed
-    _write(sweep, "c5", state="running", host="another-node", pid=12345)  # heartbeat goes stale below
-    # c6: planned, never started
 
 
 def test_counts_failed_errors_stale_and_rerun_command(tmp_path):
     sweep = tmp_path / "sweep"
-    make_sweep(sweep)
+    make_status_sweep(sweep)
     rep = st.sweep_report(sweep, stale_after_s=60.0, now=time.time() + 30.0)  # c5's heartbeat is 30 s old: fresh
     assert rep.counts == {"done": 1, "diverged": 1, "failed": 1, "running": 2, "interrupted": 1, "pending": 1,
                           "damaged": 0}
@@ -66,7 +37,7 @@ def test_counts_failed_errors_stale_and_rerun_command(tmp_path):
 
 def test_cli_json_and_nothing_to_rerun(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    make_sweep(sweep)
+    make_status_sweep(sweep)
     assert st.main([str(sweep), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["counts"]["failed"] == 1 and out["counts"]["pending"] == 1
@@ -75,7 +46,7 @@ def test_cli_json_and_nothing_to_rerun(tmp_path, capsys):
 
     # every cell done: no rerun command
     for cid in ["c2", "c3", "c4", "c5", "c6"]:
-        _write(sweep, cid, state="done", seeds={"0": "done"})
+        write_cell_status(sweep, cid, state="done", seeds={"0": "done"})
     rep = st.sweep_report(sweep)
     assert rep.rerun is None and rep.counts["done"] == 6 and rep.counts["diverged"] == 1
     assert "every cell is done" in st.format_report(rep)
