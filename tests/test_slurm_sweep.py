@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def status_of(sweep: Path) -> dict[str, dict]:
 
 @requires_slurm
 def test_slurm_multirun_gives_the_rows_of_the_local_run(tmp_path):
-    from landscape.cli.launchers import cluster_max_array_size
+    from landscape.launching import cluster_max_array_size
 
     assert cluster_max_array_size() is not None  # read from `scontrol show config`
     grid = ["-m", *SMALL, "train.batch_size=32,64,128", "metrics.hessian.enabled=true",
