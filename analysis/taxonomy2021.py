@@ -39,6 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from landscape import sweepdir
 from landscape.connectivity import MC_ENDPOINTS, PAPER_T_GRID
 from landscape.connectivity import mode_connectivity as _library_mc
 
@@ -201,8 +202,8 @@ def write_sweep(out: Path, models: pd.DataFrame, pairs: pd.DataFrame) -> dict[st
     """Write rows as ``out/results/{models,pairs}/<cell_id>.parquet`` (one file per cell, atomic rename)."""
     out = Path(out)
     return {
-        "models": _write_cells(models, MODELS_SCHEMA, out / "results" / "models"),
-        "pairs": _write_cells(pairs, PAIRS_SCHEMA, out / "results" / "pairs"),
+        "models": _write_cells(models, MODELS_SCHEMA, sweepdir.table_dir(out, "models")),
+        "pairs": _write_cells(pairs, PAIRS_SCHEMA, sweepdir.table_dir(out, "pairs")),
     }
 
 

@@ -150,7 +150,7 @@ def bench_overhead(quick: bool) -> dict[str, Any]:
                 # the demo grid's 24 cells, planned as the sweeper plans them
                 jobs = [["+sweep=demo", f"model.width={w}", f"train.batch_size={b}"] for w in (4, 8, 16, 32, 64, 128)
                         for b in (16, 64, 256, 1024)]
-                from landscape.cli.launchers import JobComposer
+                from landscape.launching import JobComposer
                 from landscape.cli.sweeper import CellComposer
 
                 planner = CellComposer(primary, loader)

@@ -1,17 +1,8 @@
 """A grid cell on disk: its stable id, its directory and its status marker.
 
-Layout of a sweep directory::
-
-    <sweep_dir>/cells/<cell_id>/status.json           state of the cell (see ``CellStatus``)
-    <sweep_dir>/cells/<cell_id>/config.yaml           the resolved config of the cell's last run
-    <sweep_dir>/cells/<cell_id>/seeds/<seed>/          training checkpoints, final weights, result.json
-    <sweep_dir>/cells/<cell_id>/metrics/<key>/<family>.json   computed metric values (resume cache)
-    <sweep_dir>/cells/<cell_id>/work/<key>/<family>/  a metric family's private scratch/checkpoints
-    <sweep_dir>/cells/<cell_id>/lease.json            who works on the cell now (see ``Lease``)
-    <sweep_dir>/cells/<cell_id>/.holder-<token>/      the lease holder's own directory: its heartbeat, the
-                                                      temporaries and staged files of its writes (fencing)
-    <sweep_dir>/results/<table>/<cell_id>-<key>.parquet   the rows (see ``landscape.results``); ``key`` hashes
-                                                          the settings of the metric families of that table
+Where each file of a cell lies is ``landscape.sweepdir``'s (the layout of a sweep directory); this module owns
+what the cell's state files hold: ``status.json`` (``CellStatus``, parsed by ``parse_status`` and
+``status_from_json``) and ``lease.json`` (``Lease``), and the checks of the cell's files.
 
 The status file is rewritten atomically and is the only truth about a cell, whatever the scheduler says. Its
 ``results`` record lists every committed result file of the cell with its SHA-256 and what it covers (seeds or
@@ -46,6 +37,7 @@ import math
 import re
 import shutil
 
+from landscape import sweepdir
 from landscape.files import STALE_TEMPORARY_S, Fence, LeaseLost, atomic_write, check_fence, temporary_name
 from landscape.config import semantic_config
 
@@ -109,7 +101,6 @@ class DamagedFile(Exception):
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_RESULT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]*/[A-Za-z0-9_][A-Za-z0-9_.=-]*\.parquet")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -148,7 +139,7 @@ _STATUS_FIELDS: dict[str, tuple[Any, str]] = {
     "updated_at": (lambda v: v is None or _is_number(v), "a finite number (seconds) or null"),
     "overrides": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
     "results": (lambda v: isinstance(v, dict), "an object of result file -> record"),
-    "pending": (lambda v: _is_str_map(v) and all(_RESULT_NAME.fullmatch(k) for k in v),
+    "pending": (lambda v: _is_str_map(v) and all(sweepdir.RESULT_NAME.fullmatch(k) for k in v),
                 "an object of result file (<table>/<name>.parquet) -> SHA-256"),
     "files": (lambda v: _is_str_map(v) and all(_is_relative(k) for k in v),
               "an object of path relative to the cell -> SHA-256"),
@@ -185,7 +176,7 @@ def parse_status(path: Path, obj: Any) -> CellStatus:
         if key in obj and not ok(obj[key]):
             raise _bad(path, key, obj[key], allowed)
     for name, rec in obj.get("results", {}).items():
-        if not _RESULT_NAME.fullmatch(name):
+        if not sweepdir.RESULT_NAME.fullmatch(name):
             raise _bad(path, "results", name, "result file names <table>/<name>.parquet")
         if not isinstance(rec, dict):
             raise _bad(path, f"results[{name!r}]", rec, "an object (sha256, covers, rows, size, mtime_ns, key)")
@@ -199,7 +190,9 @@ def parse_status(path: Path, obj: Any) -> CellStatus:
     return CellStatus(**{k: v for k, v in obj.items() if k in known})
 
 
-def _status_from_json(path: Path, text: str) -> CellStatus:
+def status_from_json(path: Path, text: str) -> CellStatus:
+    """The ``CellStatus`` of the text of a ``status.json`` read from ``path`` (``parse_status``);
+    ``DamagedFile`` naming the file if it is not JSON or does not fit the schema."""
     try:
         obj = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -213,33 +206,45 @@ class CellDir:
     def __init__(self, sweep_dir: str | Path, cid: str):
         self.sweep_dir = Path(sweep_dir)
         self.cell_id = cid
-        self.path = self.sweep_dir / "cells" / cid
+        self.path = sweepdir.cell_dir(self.sweep_dir, cid)
 
     @property
     def status_path(self) -> Path:
-        return self.path / "status.json"
+        return sweepdir.status_path(self.path)
+
+    @property
+    def config_path(self) -> Path:
+        """The resolved config of the cell's last run."""
+        return sweepdir.config_path(self.path)
 
     def seed_dir(self, seed: int) -> Path:
-        return self.path / "seeds" / str(seed)
+        return sweepdir.seed_dir(self.path, seed)
+
+    def group_dir(self, group: str) -> Path:
+        return sweepdir.group_dir(self.path, group)
 
     def metrics_path(self, key: str, family: str) -> Path:
-        return self.path / "metrics" / key / f"{family}.json"
+        return sweepdir.metrics_cache_path(self.path, key, family)
 
     def workdir(self, key: str, family: str) -> Path:
-        return self.path / "work" / key / family
+        return sweepdir.work_dir(self.path, key, family)
 
     def result_path(self, table: str, key: str) -> Path:
         """``<sweep_dir>/results/<table>/<cell_id>-<key>.parquet``: the rows of this cell for the settings hash
         ``key`` of the table's metric families (see ``landscape.job.table_keys``)."""
-        return self.sweep_dir / "results" / table / f"{self.cell_id}-{key}.parquet"
+        return sweepdir.result_path(self.sweep_dir, table, self.cell_id, key)
 
     def result_name(self, table: str, key: str) -> str:
         """Name of a result file in the status record: ``<table>/<cell_id>-<key>.parquet``."""
-        return f"{table}/{self.cell_id}-{key}.parquet"
+        return sweepdir.result_name(table, self.cell_id, key)
+
+    def recorded_path(self, name: str) -> Path:
+        """The path of the result file the status records as ``name``."""
+        return sweepdir.recorded_path(self.sweep_dir, name)
 
     @property
     def lease_path(self) -> Path:
-        return self.path / "lease.json"
+        return sweepdir.lease_path(self.path)
 
     def read_status(self) -> CellStatus | None:
         """The cell's status; None if absent; ``DamagedFile`` (naming the file) if unreadable."""
@@ -249,7 +254,7 @@ class CellDir:
             return None
         except (OSError, UnicodeDecodeError) as exc:
             raise DamagedFile(self.status_path, f"unreadable ({exc})") from None
-        return _status_from_json(self.status_path, text)
+        return status_from_json(self.status_path, text)
 
     def write_status(self, status: CellStatus) -> None:
         """Stamp ``status.updated_at`` and write it atomically."""
@@ -285,9 +290,6 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
-HOLDER_PREFIX = ".holder-"
-"""Name prefix of a lease holder's own directory in the cell (``.holder-<token>``; see ``files.Fence``)."""
-_HOLDER_DIRS = (HOLDER_PREFIX, ".fenced-", ".released-")
 
 
 def clean_temporary_files(cell: CellDir, keep: Path | None = None) -> list[Path]:
@@ -301,11 +303,11 @@ def clean_temporary_files(cell: CellDir, keep: Path | None = None) -> list[Path]
     removed = []
     candidates = []
     for root, dirs, names in os.walk(cell.path):  # holder directories (and those being removed) are not looked in;
-        dirs[:] = [d for d in dirs if not d.startswith(_HOLDER_DIRS)]  # a directory vanishing meanwhile is skipped
+        dirs[:] = [d for d in dirs if not d.startswith(sweepdir.PRIVATE_DIR_PREFIXES)]  # one vanishing: skipped
         candidates += [Path(root, n) for n in names if n.startswith(".") and ".tmp-" in n]
     now = time.time()
     if keep is not None:  # holder directories of earlier holders (killed between creating theirs and linking)
-        for d in cell.path.glob(f"{HOLDER_PREFIX}*"):
+        for d in cell.path.glob(f"{sweepdir.HOLDER_PREFIX}*"):
             try:
                 if d != keep and d.is_dir() and now - d.stat().st_mtime > STALE_TEMPORARY_S:
                     check_fence(cell.status_path)
@@ -322,12 +324,8 @@ def clean_temporary_files(cell: CellDir, keep: Path | None = None) -> list[Path]
             return True  # gone already: its writer finished
 
     candidates = [p for p in candidates if not in_use(p)]
-    results = cell.sweep_dir / "results"
-    if results.is_dir():
-        for table in results.iterdir():
-            if table.is_dir():
-                candidates += [p for p in table.glob(f".*{cell.cell_id}-*")
-                               if ".tmp-" in p.name or p.name.endswith(".staged")]
+    for table in sweepdir.table_dirs(cell.sweep_dir):
+        candidates += [p for p in table.glob(f".*{cell.cell_id}-*") if ".tmp-" in p.name or p.name.endswith(".staged")]
     for p in candidates:
         try:
             check_fence(p)
@@ -348,7 +346,7 @@ def file_problem(path: Path, rec: dict[str, Any], verify: bool = True) -> str | 
         return f"{path}: missing (recorded in the cell's status)"
     if not os.path.isfile(path):
         return f"{path}: damaged (not a regular file)"
-    outside = link_outside(path, path.parents[2])
+    outside = link_outside(path, sweepdir.sweep_of_result(path))
     if outside:
         return f"{path}: damaged ({outside})"
     if st.st_size != rec.get("size") and rec.get("size") is not None:
@@ -474,7 +472,7 @@ class Lease:
     @property
     def holder_dir(self) -> Path:
         """This holder's own directory (exists while it holds the lease; see ``files.Fence``)."""
-        return self.cell.path / f"{HOLDER_PREFIX}{self.token}"
+        return sweepdir.holder_dir(self.cell.path, self.token)
 
     @property
     def stale_after(self) -> float:
@@ -482,7 +480,7 @@ class Lease:
 
     def fence(self) -> Fence:
         """The fence of this holder's writes: the cell's directory and its result files."""
-        return Fence.for_cell(self.holder_dir.absolute(), self.cell.path, self.cell.sweep_dir / "results",
+        return Fence.for_cell(self.holder_dir.absolute(), self.cell.path, sweepdir.results_dir(self.cell.sweep_dir),
                               self.cell.cell_id)
 
     def _record(self) -> dict[str, Any]:
@@ -522,7 +520,7 @@ class Lease:
 
     def _beat_of(self, token: str) -> bytes | None:
         try:
-            return (self.cell.path / f"{HOLDER_PREFIX}{token}" / "beat").read_bytes()
+            return (sweepdir.holder_dir(self.cell.path, token) / "beat").read_bytes()
         except OSError:
             return None
 
@@ -623,8 +621,8 @@ class Lease:
             log.warning("cell %s: taking over the stale lease of %s", self.cell.cell_id,
                         {k: getattr(rec, k) for k in ("host", "pid", "slurm_job_id")} if rec else "a damaged file")
             if rec is not None:  # fence the old holder: from now on each of its writes fails
-                old = self.cell.path / f"{HOLDER_PREFIX}{rec.token}"
-                fenced = self.cell.path / f".fenced-{rec.token}-{self.token}"
+                old = sweepdir.holder_dir(self.cell.path, rec.token)
+                fenced = sweepdir.fenced_dir(self.cell.path, rec.token, self.token)
                 try:
                     os.rename(old, fenced)
                     shutil.rmtree(fenced, ignore_errors=True)
@@ -705,7 +703,7 @@ class Lease:
     def release(self) -> None:
         """Give the lease back: the holder directory goes first (no write of ours lands after this), then
         ``lease.json`` if it still names us (checked under the takeover guard, so never another holder's)."""
-        gone = self.cell.path / f".released-{self.token}"
+        gone = sweepdir.released_dir(self.cell.path, self.token)
         try:
             os.rename(self.holder_dir, gone)
             shutil.rmtree(gone, ignore_errors=True)
@@ -742,7 +740,7 @@ def _checkpoint_problem(path: Path) -> FileProblem | None:
     return None
 
 
-RESUME_STATE = ("seeds", "groups", "metrics", "work")
+RESUME_STATE = sweepdir.RESUME_STATE
 """Subdirectories of a cell whose files are the resume state (checksummed at each commit)."""
 
 
@@ -829,12 +827,12 @@ def _cache_problem(rel: Path, obj: Any) -> str | None:
     if not isinstance(obj, dict):
         return f"expected a JSON object, found {type(obj).__name__}"
     parts = rel.parts
-    if len(parts) == 3 and parts[0] == "seeds" and parts[2] == "result.json":
+    if len(parts) == 3 and parts[0] == sweepdir.SEEDS and parts[2] == "result.json":
         for key in ("status", "epochs", "steps", "seconds"):
             if key not in obj:
                 return f"{key}: missing (a training result has status, epochs, steps, seconds)"
         return _field_problem(obj, _TRAIN_RESULT_FIELDS, "a training result")
-    elif parts and parts[0] == "metrics" and "values" in obj:
+    elif parts and parts[0] == sweepdir.METRICS and "values" in obj:
         checks = {"values": (lambda v: isinstance(v, dict), "an object of column -> value"),
                   "tables": (lambda v: v is None or (isinstance(v, dict) and all(
                       isinstance(rows, list) and all(isinstance(r, dict) for r in rows) for rows in v.values())),

@@ -22,7 +22,7 @@ import os
 import re
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -121,7 +121,9 @@ def _build_root() -> dict[str, type]:
     if not _ROOT:
         from dataclasses import make_dataclass
 
-        from landscape.metrics import family_config_classes
+        from landscape.metrics import family_config_classes, on_change
+
+        on_change(_ROOT.clear)  # a family registered later: the classes are built again on next use
 
         specs: list[tuple[str, Any, Any]] = [
             ("pairs", str, field(default="all")),  # which pairs of seeds the pair families measure: all | chain | star
@@ -188,51 +190,103 @@ def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...])
 
 def validate(cfg: DictConfig | Any) -> list[str]:
     """Every problem of a composed cell config, as ``"key=value: what is allowed"`` messages (empty: valid):
-    the bounds of every leaf key (``bounds``), then the choices and the rules that tie keys together."""
-    from landscape import data as data_mod
-    from landscape.models import ACTIVATIONS, MODELS
-    from landscape.training import LOSSES, SCHEDULES
-
+    the keys the schema does not know, the bounds of every leaf key (``bounds``), then per concern the choices
+    and the rules that tie keys together: the dataset (``_check_data``: its own checker in ``DATASET_CHECKS``),
+    the model, training (against the training-set size), the run (``sweep_name``, ``device``), the
+    ``landscape-phase`` settings, and the metric families' settings (``landscape.metrics.validate_metrics``)."""
     p: list[str] = [unknown_key_message(k, added=True) or f"{k}: not a key of the config schema"
                     for k, _ in unknown_keys(cfg)]
     bad = set()  # keys refused by their rules: the rules below that read them are skipped
     for key, msg in bound_problems(cfg):
         p.append(msg)
         bad.add(key)
-    d, m, t = cfg.data, cfg.model, cfg.train
+    n_train = _check_data(p, cfg.data, bad)
+    _check_model(p, cfg.model)
+    _check_train(p, cfg.train, cfg.data, n_train, bad)
+    _check_run(p, cfg)
+    if "phase" in cfg:
+        _check_phase(p, cfg.phase)
+
+    from landscape.metrics import validate_metrics
+
+    p.extend(validate_metrics(cfg))  # the metric families' settings: their rules and cross-field checks
+    return p
+
+
+def _cifar10_size(p: list[str], d: Any, bad: set[str]) -> int | None:
+    """CIFAR-10: ``data.root`` must hold its python batches (files present and safe to read); their training
+    size, counted on disk, or None after a problem."""
+    from landscape import data as data_mod
+
+    if not d.root:
+        p.append("data.root=None: CIFAR-10 needs the directory of its python batches (data.root=/path/to/cifar-10-batches-py)")
+        return None
+    missing = data_mod.cifar10_missing_files(d.root)
+    if missing:
+        p.append(f"data.root={d.root!r}: missing CIFAR-10 batch files {', '.join(missing)}")
+        return None
+    try:
+        return data_mod.full_train_size(d)
+    except data_mod.UnsafeFileError as exc:
+        p.append(f"data.root={d.root!r}: {exc}")
+        return None
+
+
+def _generated_size(p: list[str], d: Any, bad: set[str]) -> int | None:
+    """A dataset whose size follows from its config (digits' split, MNIST-1D's and the Gaussian mixture's
+    generator keys): its training size, or None when a ``data.*`` key was refused by its rule."""
+    from landscape import data as data_mod
+
+    if any(k.startswith("data.") for k in bad):
+        return None
+    return data_mod.full_train_size(d)
+
+
+#: The checker of each dataset (``data.name``): it appends the dataset's own problems and returns the size of
+#: its full training split (None when unknown after a problem). A dataset without an entry has no checks.
+DATASET_CHECKS: dict[str, Callable[[list[str], Any, set[str]], Optional[int]]] = {
+    "cifar10": _cifar10_size,
+    "digits": _generated_size,
+    "gaussian": _generated_size,
+    "mnist1d": _generated_size,
+}
+
+
+def _check_data(p: list[str], d: Any, bad: set[str]) -> int | None:
+    """``data.*``: the dataset's name and its own checks (``DATASET_CHECKS``), then ``data.subsample`` against
+    the dataset's training size. Returns the training-set size the cell will use (None when unknown)."""
+    from landscape import data as data_mod
 
     _choice(p, "data.name", d.name, data_mod.DATASETS)
-    n_full: int | None = None
-    if d.name == "cifar10":
-        if not d.root:
-            p.append("data.root=None: CIFAR-10 needs the directory of its python batches (data.root=/path/to/cifar-10-batches-py)")
-        else:
-            missing = data_mod.cifar10_missing_files(d.root)
-            if missing:
-                p.append(f"data.root={d.root!r}: missing CIFAR-10 batch files {', '.join(missing)}")
-            else:
-                try:
-                    n_full = data_mod.full_train_size(d)
-                except data_mod.UnsafeFileError as exc:
-                    p.append(f"data.root={d.root!r}: {exc}")
-    elif d.name in ("gaussian", "mnist1d", "digits"):
-        if not any(k.startswith("data.") for k in bad):
-            n_full = data_mod.full_train_size(d)
-
-    n_train: int | None = None
+    check = DATASET_CHECKS.get(d.name)
+    n_full = check(p, d, bad) if check is not None else None
     s = d.subsample
     if "data.subsample" in bad:
-        pass
-    elif isinstance(s, float) and s > 1 and not s.is_integer():
+        return None
+    if isinstance(s, float) and s > 1 and not s.is_integer():
         p.append(f"data.subsample={s!r}: expected a fraction in (0, 1] or an integer count >= 1")
-    elif n_full is not None:
-        n_train = data_mod.resolve_count(s, n_full)
-        if n_train > n_full:
-            p.append(f"data.subsample={s!r}: asks for {n_train} samples, data.name={d.name} has {n_full} training samples")
-            n_train = None
+        return None
+    if n_full is None:
+        return None
+    n_train = data_mod.resolve_count(s, n_full)
+    if n_train > n_full:
+        p.append(f"data.subsample={s!r}: asks for {n_train} samples, data.name={d.name} has {n_full} training samples")
+        return None
+    return n_train
+
+
+def _check_model(p: list[str], m: Any) -> None:
+    """``model.*``: the model kind and its activation."""
+    from landscape.models import ACTIVATIONS, MODELS
 
     _choice(p, "model.name", m.name, MODELS)
     _choice(p, "model.activation", m.activation, tuple(ACTIVATIONS))
+
+
+def _check_train(p: list[str], t: Any, d: Any, n_train: int | None, bad: set[str]) -> None:
+    """``train.*``: loss, schedule and vectorize choices, distinct seeds, and a batch size no larger than the
+    training set (``n_train``, when known)."""
+    from landscape.training import LOSSES, SCHEDULES
 
     _choice(p, "train.loss", t.loss, LOSSES)
     _choice(p, "train.schedule", t.schedule, SCHEDULES)
@@ -244,9 +298,12 @@ def validate(cfg: DictConfig | Any) -> list[str]:
     if "train.batch_size" not in bad and bs != "full" and n_train is not None and bs > n_train:
         p.append(
             f"train.batch_size={bs}: expected at most the training-set size {n_train} (data.name={d.name} "
-            f"with data.subsample={s}) or 'full'"
+            f"with data.subsample={d.subsample}) or 'full'"
         )
 
+
+def _check_run(p: list[str], cfg: Any) -> None:
+    """The root keys of the run: ``sweep_name`` (a plain directory name) and ``device``."""
     name = str(cfg.sweep_name)
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.=,+-]*", name) or ".." in name or len(name) > MAX_NAME:
         p.append(f"sweep_name={name!r}: expected a plain name of at most {MAX_NAME} characters (letters, digits, "
@@ -256,29 +313,25 @@ def validate(cfg: DictConfig | Any) -> list[str]:
     if not (dev in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", dev)):
         p.append(f"device={dev!r}: expected auto, cpu, cuda or cuda:N")
 
-    if "phase" in cfg:
-        _choice(p, "phase.thresholds", cfg.phase.thresholds, ("paper", "calibrate"))  # landscape.phase.THRESHOLD_PRESETS
-        _choice(p, "phase.limits", cfg.phase.limits, ("data", "paper"))
-        from landscape.results.schema import knob_columns
 
-        knobs = [*knob_columns(), "data.n_train", "model.n_params"]
-        for key in ("x", "y", "facet"):
-            value = cfg.phase[key]
-            if value is not None and str(value) not in knobs:
-                p.append(f"phase.{key}={value!r}: expected a knob column of the rows: {', '.join(knobs)}")
-        select = list(cfg.phase.get("select") or [])
-        if select:
-            from landscape.settings_choice import parse_select
+def _check_phase(p: list[str], phase: Any) -> None:
+    """``phase.*`` (``landscape-phase`` settings): the threshold preset, the colour limits, the axes and facet
+    (knob columns of the rows) and the ``select`` items."""
+    _choice(p, "phase.thresholds", phase.thresholds, ("paper", "calibrate"))  # landscape.phase.THRESHOLD_PRESETS
+    _choice(p, "phase.limits", phase.limits, ("data", "paper"))
+    knobs = [name for name, _ in knob_fields()] + ["data.n_train", "model.n_params"]  # + results.schema.DERIVED
+    for key in ("x", "y", "facet"):
+        value = phase[key]
+        if value is not None and str(value) not in knobs:
+            p.append(f"phase.{key}={value!r}: expected a knob column of the rows: {', '.join(knobs)}")
+    select = list(phase.get("select") or [])
+    if select:
+        from landscape.settings_choice import parse_select
 
-            try:
-                parse_select([str(v) for v in select])
-            except (KeyError, ValueError) as exc:
-                p.append(f"phase.select={select!r}: {str(exc).strip(chr(34) + chr(39))}")
-
-    from landscape.metrics import validate_metrics
-
-    p.extend(validate_metrics(cfg))  # the metric families' settings: their rules and cross-field checks
-    return p
+        try:
+            parse_select([str(v) for v in select])
+        except (KeyError, ValueError) as exc:
+            p.append(f"phase.select={select!r}: {str(exc).strip(chr(34) + chr(39))}")
 
 
 # -------------------------------------------------------------------------------------------- value rules
@@ -762,6 +815,14 @@ def leaf_fields(cls: type, prefix: str) -> list[tuple[str, Any]]:
         else:
             out.append((name, typ))
     return out
+
+
+def knob_fields() -> list[tuple[str, Any]]:
+    """``(dotted name, annotation)`` of every knob of a cell: the leaves of the data, model and train configs,
+    the seed list excepted (a cell's seeds are its rows, not a knob). ``landscape.results.schema`` types them as
+    the rows' knob columns."""
+    return [(name, typ) for cls, prefix in ((DataConfig, "data"), (ModelConfig, "model"), (TrainConfig, "train"))
+            for name, typ in leaf_fields(cls, prefix) if name != "train.seeds"]
 
 
 def semantic_config(cfg: DictConfig | Any) -> dict[str, Any]:

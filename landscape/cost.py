@@ -612,10 +612,11 @@ def finished_cells(sweep_dir: str | Path) -> list[tuple[str, Any, Any, Any]]:
 def first_in_worker(sweep_dir: str | Path) -> set[str]:
     """Ids of the cells that were the first their worker process ran (by host, pid and start time in their
     status files): their seconds hold the process's start-up."""
+    from landscape import sweepdir
     from landscape.cell import CellDir
 
     first: dict[tuple[Any, Any], tuple[float, str]] = {}
-    for d in sorted((Path(sweep_dir) / "cells").glob("*")):
+    for d in sweepdir.cell_dirs(sweep_dir):
         try:
             st = CellDir(sweep_dir, d.name).read_status()
         except Exception:  # noqa: BLE001 - a damaged status: not known

@@ -46,7 +46,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from landscape import metrics as metrics_mod
-from landscape import provenance
+from landscape import provenance, sweepdir
 from landscape.progress import working_on
 from landscape.cell import (CellDir, CellStatus, DamagedFile, Lease, LeaseLost, cell_id, clean_temporary_files,
                             file_problem, inspect_cell_files, metrics_key, quarantine, read_json,
@@ -238,7 +238,7 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
 
     try:
         cell.write_status(status)
-        atomic_write(cell.path / "config.yaml", lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
+        atomic_write(cell.config_path, lambda tmp: OmegaConf.save(cfg, tmp, resolve=True))
         log.info("%s", start_line(cfg, cell.cell_id, overrides, status.attempts))
         _repair_resume_state(cell)
         with heartbeat:
@@ -256,7 +256,9 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
         if isinstance(exc, StopRequested):
             status.state, status.error = "running", f"preempted: {exc}"
         elif isinstance(exc, (SystemExit, KeyboardInterrupt)):  # requeue exit / Ctrl-C: resumable, not failed
-            status.state, status.error = "running", f"interrupted: {type(exc).__name__}"
+            # the reason as raised (e.g. "signal SIGINT", a stop not taken within the grace), else the type
+            why = str(exc) if isinstance(exc, KeyboardInterrupt) and str(exc) else type(exc).__name__
+            status.state, status.error = "running", f"interrupted: {why}"
         else:
             status.state = "failed"
             status.error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500] if str(exc) else type(exc).__name__
@@ -271,7 +273,8 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
         raise
     status.state, status.error, status.traceback = "done", None, None
     cell.write_status(status)  # the commit (fenced: raises LeaseLost, handled by run_cell, if the lease was lost)
-    for backup in _committed_backups(cell):  # the commit is written: the previous versions are not needed
+    # the commit is written: the previous versions are not needed
+    for backup in sweepdir.committed_backups(cell.sweep_dir, cell.cell_id):
         check_fence(backup)
         backup.unlink(missing_ok=True)
     seconds = time.perf_counter() - t_start
@@ -383,68 +386,118 @@ class _Heartbeat:
 
 def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callable[[], bool] | None,
          lease: Lease | None = None) -> tuple[list[str], str]:
-    """Steps 2-5 of the module docstring; returns the committed result files and the end line's summary."""
+    """Steps 2-5 of the module docstring, one function each: load the data (``_cell_data``), train the seeds
+    (``_train_cell``), measure the models (``_measure_models``) and the pairs (``_measure_pairs``), write the
+    rows (``_row_tables``, ``commit_results``); returns the committed result files and the end line's summary."""
     started_at, t0 = _now(), time.perf_counter()
     device = resolve_device(str(cfg.device))
     torch.set_num_threads(int(cfg.threads))
-    data = load_data(cfg.data).to(device)
-    check_after_load(cfg, data)
+    data = _cell_data(cfg, device)
     settings = TrainSettings.from_config(cfg.train, data.n_train)
     loss_fn = make_loss(settings.loss)
     seeds = [int(s) for s in cfg.train.seeds]
+    make_model = _model_maker(cfg, data, device)
+
+    models, results = _train_cell(cfg, data, settings, seeds, cell, status, device, should_stop)
+
+    contexts = {s: ModelContext(model=models[s].eval(), seed=s, data=data, loss_fn=loss_fn, make_model=make_model,
+                                cfg=cfg, device=device, workdir=cell.path, should_stop=should_stop)
+                for s in seeds if results[s].status == "done"}  # the trained models (not diverged)
+    status.metric_errors = []
+    model_values, extra_rows = _measure_models(cfg, cell, status, contexts)
+    pair_families = metrics_mod.enabled(cfg, "pairs")
+    pair_values = _measure_pairs(cfg, cell, status, contexts, seeds, pair_families)
+    if status.metric_errors:
+        cell.write_status(status)
+
+    common = _common_columns(cfg, cell, data, device, make_model, started_at, t0)
+    tables = _row_tables(common, seeds, results, model_values, pair_families, pair_values, set(contexts), extra_rows)
+    files = commit_results(cfg, cell, status, tables, lease)
+    summary = end_summary(Path(cell.sweep_dir), tables["models"], [f.name for f in metrics_mod.enabled(cfg, "models")],
+                          [f.name for f in pair_families], len(pair_values), files, len(status.metric_errors))
+    return files, summary
+
+
+def _cell_data(cfg: DictConfig, device: torch.device) -> CellData:
+    """Step 2: the cell's data (deterministic subsample and label noise) on ``device``, checked against the
+    config once its sizes are known (``check_after_load``)."""
+    data = load_data(cfg.data).to(device)
+    check_after_load(cfg, data)
+    return data
+
+
+def _model_maker(cfg: DictConfig, data: CellData, device: torch.device) -> Callable[[], torch.nn.Module]:
+    """A function that builds a fresh (untrained) model of the cell on ``device``: what the families use to make
+    models of the same architecture, and what the rows' ``model.n_params`` counts."""
 
     def make_model() -> torch.nn.Module:
         return build_model(cfg.model, data.input_shape, data.n_classes).to(device)
 
-    # 3. train every seed (resumable)
+    return make_model
+
+
+def _train_cell(cfg: DictConfig, data: CellData, settings: TrainSettings, seeds: list[int], cell: CellDir,
+                status: CellStatus, device: torch.device, should_stop: Callable[[], bool] | None
+                ) -> tuple[dict[int, torch.nn.Module], dict[int, TrainResult]]:
+    """Step 3: train every seed (``train_seeds``: resumable from its checkpoints), then record each seed's
+    status (done, diverged) in the cell's status."""
     models, results = train_seeds(cfg, data, settings, seeds, cell, device, should_stop)
     for s in seeds:
         status.seeds[str(s)] = results[s].status
     cell.write_status(status)
+    return models, results
 
-    # 4. measure
-    ok = [s for s in seeds if results[s].status == "done"]
-    contexts = {
-        s: ModelContext(model=models[s].eval(), seed=s, data=data, loss_fn=loss_fn, make_model=make_model,
-                        cfg=cfg, device=device, workdir=cell.path, should_stop=should_stop)
-        for s in ok
-    }
-    status.metric_errors = []
-    model_values: dict[int, dict[str, Any]] = {s: {} for s in ok}
+
+def _measure_models(cfg: DictConfig, cell: CellDir, status: CellStatus, contexts: dict[int, ModelContext]
+                    ) -> tuple[dict[int, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Step 4, models: every enabled model family on every trained model (``contexts``: the seeds that
+    finished), in the registry's order (``training`` first). Returns ``(values per seed, long-table rows per
+    table)``; a family's error is a value (``_measure``), recorded in ``status.metric_errors``."""
+    model_values: dict[int, dict[str, Any]] = {s: {} for s in contexts}
     extra_rows: dict[str, list[dict[str, Any]]] = {}
     for fam in metrics_mod.enabled(cfg, "models"):
-        for s in ok:
+        for s in contexts:
             with working_on(f"cell {cell.cell_id} seed={s}: {fam.name}"):
                 res = _measure(fam, cfg, cell, f"seed={s}", contexts[s], status)
             model_values[s].update(res.values)
             for table, rows in res.tables.items():
                 extra_rows.setdefault(table, []).extend({**r, "seed": s} for r in rows)
+    return model_values, extra_rows
 
+
+def _measure_pairs(cfg: DictConfig, cell: CellDir, status: CellStatus, contexts: dict[int, ModelContext],
+                   seeds: list[int], pair_families: list[Family]) -> dict[tuple[int, int], dict[str, Any]]:
+    """Step 4, pairs: each pair family prepares once for all the pairs of trained models (``_prepare``, e.g.
+    the curves trained together), then measures each pair of ``metrics.pairs`` (``_measure``). Returns the
+    values per pair, ``{}`` for a pair with a model that did not finish; ``{}`` without pair families."""
     for fam in metrics_mod.skipped_auto(cfg):
         log.info("cell %s: pair family %s skipped: the cell has one seed (train.seeds=%s; enabled: auto)",
                  cell.cell_id, fam.name, seeds)
-    pair_families = metrics_mod.enabled(cfg, "pairs")
     pair_values: dict[tuple[int, int], dict[str, Any]] = {}
-    if pair_families:
-        pair_contexts = {(a, b): PairContext(a=contexts[a], b=contexts[b], workdir=cell.path)
-                         for a, b in metrics_mod.select_pairs(seeds, str(cfg.metrics.pairs))
-                         if a in contexts and b in contexts}
-        for fam in pair_families:
-            with working_on(f"cell {cell.cell_id} pairs {','.join(f'{a}-{b}' for a, b in pair_contexts)}: {fam.name}"):
-                _prepare(fam, cfg, cell, {f"pair={a}-{b}": c for (a, b), c in pair_contexts.items()})
-        for a, b in metrics_mod.select_pairs(seeds, str(cfg.metrics.pairs)):
-            pair_values[(a, b)] = {}
-            if (a, b) in pair_contexts:
-                for fam in pair_families:
-                    with working_on(f"cell {cell.cell_id} pair={a}-{b}: {fam.name}"):
-                        res = _measure(fam, cfg, cell, f"pair={a}-{b}", pair_contexts[(a, b)], status)
-                    pair_values[(a, b)].update(res.values)
-    if status.metric_errors:
-        cell.write_status(status)
+    if not pair_families:
+        return pair_values
+    pair_contexts = {(a, b): PairContext(a=contexts[a], b=contexts[b], workdir=cell.path)
+                     for a, b in metrics_mod.select_pairs(seeds, str(cfg.metrics.pairs))
+                     if a in contexts and b in contexts}
+    for fam in pair_families:
+        with working_on(f"cell {cell.cell_id} pairs {','.join(f'{a}-{b}' for a, b in pair_contexts)}: {fam.name}"):
+            _prepare(fam, cfg, cell, {f"pair={a}-{b}": c for (a, b), c in pair_contexts.items()})
+    for a, b in metrics_mod.select_pairs(seeds, str(cfg.metrics.pairs)):
+        pair_values[(a, b)] = {}
+        if (a, b) in pair_contexts:
+            for fam in pair_families:
+                with working_on(f"cell {cell.cell_id} pair={a}-{b}: {fam.name}"):
+                    res = _measure(fam, cfg, cell, f"pair={a}-{b}", pair_contexts[(a, b)], status)
+                pair_values[(a, b)].update(res.values)
+    return pair_values
 
-    # 5. write rows
+
+def _common_columns(cfg: DictConfig, cell: CellDir, data: CellData, device: torch.device,
+                    make_model: Callable[[], torch.nn.Module], started_at: dt.datetime, t0: float) -> dict[str, Any]:
+    """Step 5: the columns every row of this run shares: schema version, sweep, cell, the resolved config,
+    provenance (git, versions, host, device), timings, the knob values and the derived sizes."""
     finished_at = _now()
-    common = {
+    return {
         "schema_version": SCHEMA_VERSION, "sweep": str(cfg.sweep_name), "cell_id": cell.cell_id,
         "config": json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True),
         "git_commit": provenance.git_info()[0], "git_dirty": provenance.git_info()[1],
@@ -454,6 +507,16 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
         **knob_values(cfg, data.n_train), "data.n_train": data.n_train,
         "model.n_params": n_parameters(make_model()),
     }
+
+
+def _row_tables(common: dict[str, Any], seeds: list[int], results: dict[int, TrainResult],
+                model_values: dict[int, dict[str, Any]], pair_families: list[Family],
+                pair_values: dict[tuple[int, int], dict[str, Any]], done: set[int],
+                extra_rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Step 5: the rows of this run per table: ``models`` (one per seed: its training and its values),
+    ``pairs`` (with pair families: one per selected pair; status ``done`` when both its seeds are in ``done``,
+    the seeds whose training finished, else ``diverged``), and the families' long tables; plain Python values
+    (``_plain``)."""
     model_rows = []
     for s in seeds:
         r = results[s]
@@ -466,15 +529,12 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
     if pair_families:
         pair_rows = []
         for (a, b), values in pair_values.items():
-            st = "done" if a in contexts and b in contexts else "diverged"
+            st = "done" if a in done and b in done else "diverged"
             pair_rows.append(_plain({**common, "seed_a": a, "seed_b": b, "status": st, **values}))
         tables["pairs"] = pair_rows
     for table, rows in extra_rows.items():
         tables[table] = [_plain({**common, "status": "done", **r}) for r in rows]
-    files = commit_results(cfg, cell, status, tables, lease)
-    summary = end_summary(Path(cell.sweep_dir), model_rows, [f.name for f in metrics_mod.enabled(cfg, "models")],
-                          [f.name for f in pair_families], len(pair_values), files, len(status.metric_errors))
-    return files, summary
+    return tables
 
 
 def commit_results(cfg: DictConfig, cell: CellDir, status: CellStatus, tables: dict[str, list[dict[str, Any]]],
@@ -511,7 +571,7 @@ def commit_results(cfg: DictConfig, cell: CellDir, status: CellStatus, tables: d
         rec = status.results.get(name)
         if rec and final.exists() and final.stat().st_size == rec.get("size") and digest != rec.get("sha256"):
             # keep the committed version readable (``results.io.served_files``) until this commit is written
-            backup = committed_backup(final)
+            backup = sweepdir.committed_backup(final)
             link = staging_name(backup, ".link")  # linked in the holder's directory, renamed from there: fenced
             link.unlink(missing_ok=True)
             os.link(final, link)
@@ -522,22 +582,10 @@ def commit_results(cfg: DictConfig, cell: CellDir, status: CellStatus, tables: d
         merged = sorted({tuple(c) if isinstance(c, list) else c for c in [*old, *covers[name.split("/")[0]]]})
         status.results[name] = {"sha256": digest, "rows": n, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                                 "covers": [list(c) if isinstance(c, tuple) else c for c in merged],
-                                "key": name.rsplit("-", 1)[1].removesuffix(".parquet")}
+                                "key": sweepdir.key_of_result(name)}
         status.pending.pop(name, None)
         _pause("between_tables")
     return [str(final) for (_, final, _, _, _) in staged.values()]
-
-
-def committed_backup(path: Path) -> Path:
-    """``.<name>.committed`` beside a result file: its last committed version while a new one is being
-    committed (served instead of it, see ``results.io.served_files``; removed once the commit is written)."""
-    return path.with_name(f".{path.name}.committed")
-
-
-def _committed_backups(cell: CellDir) -> list[Path]:
-    results = cell.sweep_dir / "results"
-    return [p for t in (results.iterdir() if results.is_dir() else []) if t.is_dir()
-            for p in t.glob(f".{cell.cell_id}-*.committed")]
 
 
 def _pause(point: str) -> None:
@@ -600,7 +648,7 @@ def missing_work(cfg: Any, cell: CellDir, status: CellStatus | None, verify: boo
         if lacking:
             out.append(f"{name}: lacks {lacking}")
             continue
-        problem = file_problem(cell.sweep_dir / "results" / name, rec, verify)
+        problem = file_problem(cell.recorded_path(name), rec, verify)
         if problem:
             out.append(problem)
     return out
@@ -633,7 +681,7 @@ def train_seeds(
     with working_on(f"cell {cell.cell_id}"):
         if together:
             results = train_together(models, data.x_train, data.y_train, settings,
-                                     {s: cell.seed_dir(s) for s in seeds}, cell.path / "groups" / group_name(seeds),
+                                     {s: cell.seed_dir(s) for s in seeds}, cell.group_dir(group_name(seeds)),
                                      should_stop=should_stop,
                                      phase=f"training seeds {','.join(map(str, seeds))} together")
             log.info("cell %s: %s seeds %s together in %.2f s (%s)", cell.cell_id,

@@ -10,6 +10,9 @@ for a cooperative stop is pointless.
 them (the ``landscape`` script running one cell, or Hydra's in-process launcher), with a fallback to an
 immediate ``KeyboardInterrupt`` when nothing polls, when the stop is not taken within ``GRACE_S``, or at a second
 signal.
+
+``NotStarted`` and ``WorkerDied`` say how a stop ended a cell of a launch (raised by the launchers of
+``landscape.launching``; the sweeper's summary counts such cells as pending or interrupted, not failed).
 """
 
 from __future__ import annotations
@@ -111,3 +114,13 @@ def reset() -> None:
     _event.clear()
     _reason.clear()
     _last_poll[0] = float("-inf")
+
+
+# ------------------------------------------------------------ how a stop ends a cell of a launch (the running layer)
+class NotStarted(RuntimeError):
+    """The launch was stopped (a signal) before this cell started: the cell is pending, not failed."""
+
+
+class WorkerDied(RuntimeError):
+    """A pool worker ended (killed, out of memory) while it ran a cell: that cell is interrupted (its
+    checkpoints stay; rerunning the same command resumes it), the other cells of the launch go on."""

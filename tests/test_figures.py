@@ -206,8 +206,7 @@ def test_a_column_without_a_built_in_style_gets_a_readable_name():
         st = pdg.style_for("zz_fig.mean_step_seconds")
         assert st.label == "mean step seconds (zz_fig)" and st.unit == "s"
     finally:
-        metrics._REGISTRY.pop("zz_fig")
-        metrics._clear_caches()
+        metrics.unregister("zz_fig")
     # a family's own style carries its unit, e.g. a diagnostic drawn on request
     assert pdg.style_for("connectivity.middle_excess").unit == "pp of training error"
 

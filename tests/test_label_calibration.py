@@ -61,7 +61,7 @@ def test_label_calibration_on_two_tiny_sweeps_with_disjoint_seeds(cli, tmp_path)
     assert "### a vs b (model.width, train.batch_size)" in out and "- cells: 2;" in out
     assert "| confidence | labels | mean confidence | fraction kept |" in out
     # the labels it compares are landscape-phase's own (cells.csv of each run)
-    ca, cb = (pd.read_csv(tmp_path / "out" / s / "cells.csv") for s in ("a", "b"))
+    ca, cb = (pd.read_csv(tmp_path / "out" / s / "cells.csv") for s in ("0", "1"))  # the sweeps in order
     for w in (4, 8):
         la, lb = (c.set_index("model.width").loc[w] for c in (ca, cb))
         row = next(ln for ln in out.splitlines() if ln.startswith(f"| {w} | 32 |"))

@@ -82,6 +82,30 @@ def test_params_is_a_leaf():
     assert _violations(_files("params"), lambda m: _under(m, ("landscape",))) == []
 
 
+def test_the_phase_statistics_are_a_leaf():
+    """``landscape.phase_stats`` (mixture fit, variance prior, predictive draws, Spearman and its p-value) is
+    numbers only: it imports nothing of the package (``landscape.phase`` imports it, not the reverse) and no
+    torch."""
+    assert _violations(_files("phase_stats"), lambda m: _under(m, ("landscape", "torch"))) == []
+
+
+#: The one import of the command line from outside it: the running layer composes each job's config with the
+#: sweeper's ``CellComposer`` (the Hydra sweeper plugin's code, in ``landscape/cli/sweeper.py``).
+CLI_IMPORTS_FROM_OUTSIDE = {"launching.py": ("landscape.cli.sweeper",)}
+
+
+def test_nothing_outside_the_cli_imports_it_but_the_running_layers_job_composer():
+    """The running layer (``landscape.launching``: the local pool, SLURM arrays, preemption) lives outside
+    ``landscape/cli``; ``landscape.cli.launchers`` only re-exports it. No module outside ``cli`` imports the
+    command line, except ``launching``'s use of the sweeper's composer."""
+    files = [f for f in sorted(PKG.rglob("*.py")) if "cli" not in f.relative_to(PKG).parts]
+    bad = [v for f in files for v in _violations(
+        [f], lambda m, f=f: _under(m, ("landscape.cli",)) and not _under(m, CLI_IMPORTS_FROM_OUTSIDE.get(f.name, ())))]
+    assert bad == []
+    shim = [m for m in imports_of(PKG / "cli" / "launchers.py") if _under(m, ("landscape",))]
+    assert shim and all(_under(m, ("landscape.launching",)) for m in shim)
+
+
 def test_the_import_walk_sees_imports_inside_functions(tmp_path):
     """The checker itself can fail: a function-level import of a forbidden module is found."""
     f = tmp_path / "probe.py"  # read as if it were landscape/curvature/probe.py

@@ -72,7 +72,7 @@ def test_job_composer_gives_hydras_job_config():
     from omegaconf import OmegaConf
 
     import landscape.cli.app as app
-    from landscape.cli.launchers import JobComposer
+    from landscape.launching import JobComposer
 
     with initialize_config_dir(config_dir=str(app.CONF_DIR), version_base="1.3"):
         master = compose("config", overrides=["hydra.sweep.dir=somewhere"], return_hydra_config=True)
@@ -123,7 +123,7 @@ out = sys.argv[1]
 
 
 def spy(*args, **kwargs):  # records, in the process that runs the cell, the collector's state and the composer
-    from landscape.cli.launchers import _WORKER
+    from landscape.launching import _WORKER
 
     comp = _WORKER.get("composer")
     with open(out, "a") as f:
@@ -181,7 +181,7 @@ def test_a_job_view_that_differs_from_hydras_turns_the_fast_path_off(monkeypatch
     from hydra.core.global_hydra import GlobalHydra
 
     import landscape.cli.app as app
-    from landscape.cli.launchers import JobComposer
+    from landscape.launching import JobComposer
     from landscape.cli.sweeper import CellComposer
 
     real = CellComposer.job

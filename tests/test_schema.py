@@ -37,8 +37,7 @@ def test_the_fingerprint_sees_a_new_column_of_a_family():
         assert cols[-3:] == ["zz_probe.value", "zz_probe.probes", "zz_probe.error"]
         assert schema.schema_for("models").field("zz_probe.probes").type == pa.int64()
     finally:
-        metrics._REGISTRY.pop("zz_probe")
-        metrics._clear_caches()
+        metrics.unregister("zz_probe")
     assert changed != before and schema.schema_fingerprint() == before
 
 

@@ -1,11 +1,11 @@
-"""The ``landscape`` launcher plugins (``hydra/launcher=slurm`` and ``=local``); logic in ``landscape.cli.launchers``."""
+"""The ``landscape`` launcher plugins (``hydra/launcher=slurm`` and ``=local``); logic in ``landscape.launching``."""
 
-from landscape.cli.launchers import CellLocalLauncher, CellSlurmLauncher
+from landscape.launching import CellLocalLauncher, CellSlurmLauncher
 
 
 class SlurmLauncher(CellSlurmLauncher):
-    """SLURM job arrays through submitit, chunked below MaxArraySize, preemption-safe; see ``landscape.cli.launchers``."""
+    """SLURM job arrays through submitit, chunked below MaxArraySize, preemption-safe; see ``landscape.launching``."""
 
 
 class LocalLauncher(CellLocalLauncher):
-    """A pool of warm local worker processes, one GPU per worker; see ``landscape.cli.launchers``."""
+    """A pool of warm local worker processes, one GPU per worker; see ``landscape.launching``."""

@@ -43,6 +43,7 @@ sweep file's ``phase:`` section (kept in ``SWEEP_DIR/multirun.yaml`` by every la
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -56,6 +57,7 @@ import pandas as pd
 import pyarrow.types as pa_types
 
 from landscape import phase as ph
+from landscape import sweepdir
 from landscape.settings_choice import parse_value
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ def load_rows(sweep_dir: Path, table: str) -> pd.DataFrame:
     except Exception as e:  # noqa: BLE001 - the files alone suffice: read them without the schema module
         log.warning("landscape.results.load(%s, table=%r) failed (%s: %s); reading the Parquet files directly",
                     sweep_dir, table, type(e).__name__, e)
-        return read_parquet_dir(Path(sweep_dir) / "results" / table)
+        return read_parquet_dir(sweepdir.table_dir(sweep_dir, table))
 
 
 def read_parquet_dir(directory: Path) -> pd.DataFrame:
@@ -100,7 +102,7 @@ def sweep_settings(sweep_dir: Path) -> tuple[dict[str, Any], str | None]:
     """``(phase section, sweep file name)`` recorded in ``SWEEP_DIR/multirun.yaml`` (the composed config of
     the last launch: the sweep file's ``phase:`` keys and ``hydra.runtime.choices.sweep``); empty/None when
     there is no such file (e.g. rows imported from elsewhere). Null values are left out."""
-    path = Path(sweep_dir) / "multirun.yaml"
+    path = sweepdir.multirun_path(sweep_dir)
     if not path.is_file():
         return {}, None
     import yaml
@@ -148,7 +150,7 @@ def planned_cells(sweep_dir: Path) -> pd.DataFrame:
     """Every cell the sweep's launches planned (``launches/*.json``): ``cell_id``, ``state`` (its
     ``cells/<id>/status.json`` state, ``pending`` without one) and one column per override key (parsed values)."""
     rows: dict[str, dict[str, Any]] = {}
-    for f in sorted((Path(sweep_dir) / "launches").glob("*.json")):
+    for f in sweepdir.launch_record_paths(sweep_dir):
         try:
             doc = json.loads(f.read_text())
         except (OSError, ValueError):
@@ -165,7 +167,7 @@ def planned_cells(sweep_dir: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=["cell_id", "state"])
     for cid, row in rows.items():
         state = "pending"
-        status = Path(sweep_dir) / "cells" / cid / "status.json"
+        status = sweepdir.status_path(sweepdir.cell_dir(sweep_dir, cid))
         if status.is_file():
             try:
                 state = str(json.loads(status.read_text()).get("state", "pending"))
@@ -370,10 +372,7 @@ def run(
     """The whole command (see the module docstring); returns ``{output name: path}``. ``rule`` (a ready rule)
     replaces ``thresholds``/``threshold_overrides`` and the sweep file's thresholds. ``report`` (a list) gets the
     lines the command prints. ``select``: ``["FAMILY.SETTING=VALUE", ...]`` (see
-    :mod:`landscape.settings_choice`; replaces the sweep file's ``phase.select``)."""
-    from landscape import phase_diagram as pd_fig
-    from landscape import settings_choice as sc
-
+    :mod:`landscape.settings_choice`; replaces the sweep file's ``phase.select``). The steps below, in order."""
     sweep_dir = Path(sweep_dir)
     filters = filters or {}
     settings, t_over, origin, sweep_file = resolve_settings(sweep_dir, {
@@ -383,80 +382,184 @@ def run(
     x, y, facet = settings["x"], settings["y"], settings["facet"]
     if not x or not y:
         raise ValueError("--x and --y: the knobs of the axes are needed (or phase.x / phase.y in the sweep file)")
-    out = Path(out) if out is not None else sweep_dir / "analysis" / "phase" / f"{_slug(x)}__{_slug(y)}"
+    out = Path(out) if out is not None else sweepdir.phase_output_dir(sweep_dir, f"{_slug(x)}__{_slug(y)}")
+    by = [x, y] + ([facet] if facet else [])
+    rows = load_filtered_rows(sweep_dir, filters, by)
+    rows = choose_settings(rows, settings["select"], by)
+    metrics, extra_m, extra_p = choose_metrics(metrics, rows.models, rows.pairs_or_none)
+    cells = aggregate_with_placeholders(sweep_dir, rows, by, filters, extra_m, extra_p)
+    if rule is None:
+        rule, calibration = ph.resolve_rule(settings["thresholds"], t_over, cells)
+    else:
+        calibration = {}
+    cells, labels, conf = label_cells(cells, rows, by, rule, settings)
+    warnings = collect_warnings(cells, rows, by, rule, labels)
+    available = available_metrics(rows)
+    metrics = metrics or default_metrics(cells, available)
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths, budget_points = write_figures(out, cells, rows, x, y, facet, metrics, by, rule, settings, formats)
+    summary, corr = write_tables(out, paths, cells, labels, x, y, facet, metrics, available, by, rule)
+    manifest = build_manifest(sweep_dir, sweep_file, rows, cells, labels, conf, x, y, facet, metrics, filters,
+                              settings, origin, rule, calibration, warnings)
+    write_manifest(out, paths, manifest)
+    if report is not None:
+        report.extend(report_lines(rows, cells, x, y, facet, rule, summary, corr, out, calibration, settings,
+                                   sweep_file, paths, budget_points))
+    return paths
+
+
+@dataclasses.dataclass
+class Rows:
+    """The rows one ``landscape-phase`` run reads: ``models``; ``pairs`` (after :func:`choose_settings`: one
+    setting per cell and family); ``all_pairs`` (every setting's pairs rows, for the mc-against-budget figure);
+    ``choices`` (the setting chosen per family, :class:`landscape.settings_choice` choices)."""
+
+    models: pd.DataFrame
+    pairs: pd.DataFrame
+    all_pairs: pd.DataFrame
+    choices: list[Any] = dataclasses.field(default_factory=list)
+
+    @property
+    def pairs_or_none(self) -> pd.DataFrame | None:
+        """``pairs``, or None where there is none (what the aggregation and the rule take)."""
+        return self.pairs if not self.pairs.empty else None
+
+
+def load_filtered_rows(sweep_dir: Path, filters: dict[str, list[Any]], by: list[str]) -> Rows:
+    """The ``models`` and ``pairs`` rows of the sweep (:func:`load_rows`) that the ``filters`` keep (a filter on a
+    column the pairs rows lack filters the models only). ``FileNotFoundError`` without any models row (naming the
+    cells the sweep planned and their states), ``KeyError`` for a filter or a knob of ``by`` that is no column,
+    ``ValueError`` when the filters leave no models row."""
     models = load_rows(sweep_dir, "models")
     pairs = load_rows(sweep_dir, "pairs")
     if models.empty:
         planned = planned_cells(sweep_dir)
         hint = (f"; the sweep planned {len(planned)} cells ({', '.join(f'{k}: {v}' for k, v in planned['state'].value_counts().items())}):"
                 f" see landscape-status {sweep_dir}") if not planned.empty else ""
-        raise FileNotFoundError(f"no models rows under {sweep_dir / 'results' / 'models'}{hint}")
+        raise FileNotFoundError(f"no models rows under {sweepdir.table_dir(sweep_dir, 'models')}{hint}")
     models = apply_filters(models, filters)
     if not pairs.empty:
         pairs = apply_filters(pairs, {k: v for k, v in filters.items() if k in pairs.columns})
     if models.empty:
         raise ValueError(f"no models rows left after filters {filters}")
-    by = [x, y] + ([facet] if facet else [])
     for k in by:
         if k not in models.columns:
             raise KeyError(f"knob {k!r} is not a column of the rows; knobs: {ph.knob_columns(models)}")
-    # one setting per cell and family (all settings' pairs rows stay for the mc-against-budget figure)
-    all_pairs = pairs
+    return Rows(models, pairs, pairs)
+
+
+def choose_settings(rows: Rows, select: Sequence[str] | None, by: list[str]) -> Rows:
+    """One setting per cell of every metric family whose rows hold several (:func:`landscape.settings_choice.
+    choose_for_cells`: the setting covering the most cells, ties to the newest; ``select`` forces one). The
+    returned rows keep every setting's pairs rows in ``all_pairs`` (the mc-against-budget figure draws them)."""
+    from landscape import settings_choice as sc
+
     models, pairs_chosen, choices = sc.choose_for_cells(
-        models, pairs if not pairs.empty else None, sc.parse_select(list(settings["select"] or [])), by)
-    pairs = pairs_chosen if pairs_chosen is not None else pairs
-    choice_lines = [line for c in choices if c.several or c.selected
-                    for line in [c.describe()] + ["  " + w for w in c.warnings()]]
-    choice_warnings = [w for c in choices for w in c.warnings()]
-    pairs_or_none = pairs if not pairs.empty else None
-    metrics, extra_m, extra_p = choose_metrics(metrics, models, pairs_or_none)
+        rows.models, rows.pairs if not rows.pairs.empty else None, sc.parse_select(list(select or [])), by)
+    pairs = pairs_chosen if pairs_chosen is not None else rows.pairs
+    return Rows(models, pairs, rows.pairs, list(choices))
+
+
+def aggregate_with_placeholders(sweep_dir: Path, rows: Rows, by: list[str], filters: dict[str, list[Any]],
+                                extra_m: list[str], extra_p: list[str]) -> pd.DataFrame:
+    """One row per cell (:func:`landscape.phase.aggregate_cells` of the completed rows: means, stds, counts,
+    status), the diagnostics asked for by ``--metrics`` (``extra_m``/``extra_p``) aggregated beside the metrics,
+    then one placeholder row per planned cell without a models row (:func:`_placeholders`: ``failed`` or
+    ``missing``, no values) so that it stays on the axes."""
+    models, pairs = rows.models, rows.pairs_or_none
     cells = ph.aggregate_cells(
-        models, pairs_or_none, by,
+        models, pairs, by,
         model_metrics=ph.metric_columns(models, "models") + extra_m if extra_m else None,
-        pair_metrics=ph.metric_columns(pairs, "pairs") + extra_p if extra_p and pairs_or_none is not None else None)
+        pair_metrics=ph.metric_columns(rows.pairs, "pairs") + extra_p if extra_p and pairs is not None else None)
     extra = _placeholders(sweep_dir, models, by, filters)
     if not extra.empty:
         cells = pd.concat([cells, extra], ignore_index=True)
         for c in ("n_rows", "n_done", "n_pairs"):
             if c in cells.columns:
                 cells[c] = cells[c].fillna(0).astype("int64")
+    return cells
 
-    if rule is None:
-        rule, calibration = ph.resolve_rule(settings["thresholds"], t_over, cells)
-    else:
-        calibration = {}
-    # labels that hold whatever further curve training does (bounds of mc still moving), then their confidence
-    labels, reasons = ph.bounded_labels(cells, rule, ph.resolution_counts(models, pairs_or_none, cells, by, rule))
+
+def label_cells(cells: pd.DataFrame, rows: Rows, by: list[str], rule: ph.PhaseRule,
+                settings: dict[str, Any]) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
+    """``(cells, labels, confidence)``: each cell's phase where it holds whatever further curve training does
+    (:func:`landscape.phase.bounded_labels`: mc bounds of curves still moving cannot change it; ``phase``,
+    ``phase_reason``), its confidence (:func:`landscape.phase.label_confidence`, ``settings["bootstrap"]`` draws
+    seeded by ``settings["seed"]``: ``phase_confidence`` and the resolution counts), ``uncertain`` (confidence
+    below ``settings["uncertain_below"]``) and ``few_pairs`` (labelled from fewer than
+    :data:`landscape.phase.MIN_RESOLVED_PAIRS` resolved pairs), as columns of the returned cells."""
+    models, pairs = rows.models, rows.pairs_or_none
+    labels, reasons = ph.bounded_labels(cells, rule, ph.resolution_counts(models, pairs, cells, by, rule))
     cells["phase"] = labels
     cells["phase_reason"] = reasons
-    conf = ph.label_confidence(models, pairs_or_none, cells, by, rule, labels,
+    conf = ph.label_confidence(models, pairs, cells, by, rule, labels,
                                n_boot=int(settings["bootstrap"]), seed=int(settings["seed"]))
     cells = pd.concat([cells.drop(columns=[c for c in conf.columns if c in cells.columns]), conf], axis=1)
     cells["uncertain"] = cells["phase_confidence"] < float(settings["uncertain_below"])
     cells["few_pairs"] = cells["phase"].notna() & (cells["n_pairs_resolved"] < ph.MIN_RESOLVED_PAIRS)
+    return cells, labels, conf
+
+
+def collect_warnings(cells: pd.DataFrame, rows: Rows, by: list[str], rule: ph.PhaseRule,
+                   labels: pd.Series) -> list[str]:
+    """The warnings of the run, in the manifest's order: the settings choice's (cells using another setting,
+    unknown ``--select`` values), then the cells a metric the rule reads is missing from and the labels from
+    few resolved pairs (these logged)."""
     warnings = ph.missing_metric_warnings(cells, rule, by, labels) + ph.resolution_warnings(cells, by)
     for w in warnings:
         log.warning("%s", w)
-    warnings = choice_warnings + list(warnings)
+    return [w for c in rows.choices for w in c.warnings()] + list(warnings)
 
-    available = set(ph.metric_columns(models, "models")) | (set(ph.metric_columns(pairs, "pairs")) if not pairs.empty else set())
-    if not metrics:
-        metrics = [m for m in pd_fig.DEFAULT_METRICS if ph.ran(cells, m)] or sorted(
-            m for m in available if ph.ran(cells, m))[:4]
+
+def available_metrics(rows: Rows) -> set[str]:
+    """The metric columns of the families in the rows (models and chosen pairs), with a value or not."""
+    return set(ph.metric_columns(rows.models, "models")) | (
+        set(ph.metric_columns(rows.pairs, "pairs")) if not rows.pairs.empty else set())
+
+
+def default_metrics(cells: pd.DataFrame, available: set[str]) -> list[str]:
+    """The panels drawn without ``--metrics``: the paper's panels (``phase_diagram.DEFAULT_METRICS``) that hold a
+    value in the cells, else the first four metrics with a value (by name). ``ValueError`` when no metric has one."""
+    from landscape import phase_diagram as pd_fig
+
+    metrics = [m for m in pd_fig.DEFAULT_METRICS if ph.ran(cells, m)] or sorted(
+        m for m in available if ph.ran(cells, m))[:4]
     if not metrics:
         raise ValueError("no metric with a value in the rows")
+    return metrics
 
-    out.mkdir(parents=True, exist_ok=True)
+
+def write_figures(out: Path, cells: pd.DataFrame, rows: Rows, x: str, y: str, facet: str | None,
+                  metrics: Sequence[str], by: list[str], rule: ph.PhaseRule, settings: dict[str, Any],
+                  formats: Sequence[str]) -> tuple[dict[str, Path], pd.DataFrame | None]:
+    """``phase_diagram`` (one panel per metric), ``phase_map`` (the labels, hatched below
+    ``settings["uncertain_below"]``) and, where the pairs rows hold mc at two or more curve budgets,
+    ``mc_budget``, in each of ``formats``. Returns ``({file name: path}, the mc_budget points or None)``."""
+    from landscape import phase_diagram as pd_fig
+
     paths: dict[str, Path] = {}
     fig = pd_fig.metrics_figure(cells, x, y, metrics, facet, limits=settings["limits"], rule=rule)
     paths.update(pd_fig.save(fig, out / "phase_diagram", formats))
     fig = pd_fig.phase_map_figure(cells, x, y, "phase", facet, float(settings["uncertain_below"]), rule,
-                                  caption=pd_fig.caption_from_rows(models, by))
+                                  caption=pd_fig.caption_from_rows(rows.models, by))
     paths.update(pd_fig.save(fig, out / "phase_map", formats))
-    budget_points = _mc_budget_points(pd_fig, models, all_pairs, x, y, facet)
+    budget_points = _mc_budget_points(pd_fig, rows.models, rows.all_pairs, x, y, facet)
     if budget_points is not None:
         fig = pd_fig.mc_budget_figure(budget_points, x, y, facet, rule)
         paths.update(pd_fig.save(fig, out / "mc_budget", formats))
+    return paths, budget_points
+
+
+def write_tables(out: Path, paths: dict[str, Path], cells: pd.DataFrame, labels: pd.Series, x: str, y: str,
+                 facet: str | None, metrics: Sequence[str], available: set[str], by: list[str],
+                 rule: ph.PhaseRule) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The CSV files, each added to ``paths``: ``cells.csv`` (metrics of families that did not run left out,
+    with their std and count), ``pivot_<column>[__<facet>=<value>].csv`` of each drawn metric, the phase and its
+    confidence, ``phase_summary.csv`` (per phase: cells, mean test accuracy, mean confidence) and, with a
+    ``test_acc`` column, ``rank_correlations.csv`` (:func:`landscape.phase.rank_correlations` of every other
+    metric). Returns ``(summary, correlations or None)``."""
+    from landscape import phase_diagram as pd_fig
 
     paths["cells.csv"] = out / "cells.csv"
     # metrics of families that did not run (no value in any cell) are left out, with their std and count
@@ -480,12 +583,22 @@ def run(
         corr = ph.rank_correlations(cells, corr_metrics, target, rule=rule)
         paths["rank_correlations.csv"] = out / "rank_correlations.csv"
         corr.to_csv(paths["rank_correlations.csv"], index=False)
+    return summary, corr
 
+
+def build_manifest(sweep_dir: Path, sweep_file: str | None, rows: Rows, cells: pd.DataFrame, labels: pd.Series,
+                   conf: pd.DataFrame, x: str, y: str, facet: str | None, metrics: Sequence[str],
+                   filters: dict[str, list[Any]], settings: dict[str, Any], origin: dict[str, str],
+                   rule: ph.PhaseRule, calibration: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """The content of ``manifest.json`` (its ``outputs`` filled in by :func:`write_manifest`): inputs, axes,
+    filters, settings and where each came from, thresholds with units and their source, calibration, the
+    confidence's definition and variance priors, the setting chosen per family, warnings, counts, git commit."""
+    models, pairs, choices = rows.models, rows.pairs, rows.choices
     manifest = {
         "command": "landscape-phase",
         "sweep_dir": str(sweep_dir.resolve()),
         "sweep_file": f"sweeps/{sweep_file}.yaml" if sweep_file else None,
-        "inputs": {t: sorted(str(p) for p in (sweep_dir / "results" / t).glob("*.parquet"))
+        "inputs": {t: sweepdir.table_files(sweep_dir, t)
                    for t in ("models", "pairs")},
         "x": x, "y": y, "facet": facet, "metrics": list(metrics), "filters": filters,
         "settings": settings, "settings_origin": origin,
@@ -505,19 +618,34 @@ def run(
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "outputs": {},
     }
+    return manifest
+
+
+def write_manifest(out: Path, paths: dict[str, Path], manifest: dict[str, Any]) -> None:
+    """``manifest.json`` (added to ``paths``), its ``outputs`` every file of ``paths``; written to a temporary
+    name and renamed into place."""
     paths["manifest.json"] = out / "manifest.json"
     manifest["outputs"] = {k: str(v) for k, v in paths.items()}
     tmp = paths["manifest.json"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, default=str))
     tmp.replace(paths["manifest.json"])
-    if report is not None:
-        report.extend(choice_lines + ([""] if choice_lines else []))
-        report.extend(format_report(cells, x, y, facet, rule, summary, corr, out, calibration,
-                                    float(settings["uncertain_below"]), sweep_file))
-        if "mc_budget.png" in paths:
-            report.append(f"mc against curve budget (the rows hold {budget_points['budget'].nunique()} budgets): "
-                          f"{paths['mc_budget.png']}")
-    return paths
+
+
+def report_lines(rows: Rows, cells: pd.DataFrame, x: str, y: str, facet: str | None, rule: ph.PhaseRule,
+                 summary: pd.DataFrame, corr: pd.DataFrame | None, out: Path, calibration: dict[str, Any],
+                 settings: dict[str, Any], sweep_file: str | None, paths: dict[str, Path],
+                 budget_points: pd.DataFrame | None) -> list[str]:
+    """The lines the command prints: the settings chosen where the rows hold several (with their warnings),
+    then :func:`format_report`, then the mc-against-budget figure when it was drawn."""
+    choice_lines = [line for c in rows.choices if c.several or c.selected
+                    for line in [c.describe()] + ["  " + w for w in c.warnings()]]
+    lines = choice_lines + ([""] if choice_lines else [])
+    lines += format_report(cells, x, y, facet, rule, summary, corr, out, calibration,
+                           float(settings["uncertain_below"]), sweep_file)
+    if "mc_budget.png" in paths:
+        lines.append(f"mc against curve budget (the rows hold {budget_points['budget'].nunique()} budgets): "
+                     f"{paths['mc_budget.png']}")
+    return lines
 
 
 def _mc_budget_points(pd_fig: Any, models: pd.DataFrame, pairs: pd.DataFrame, x: str, y: str,

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from landscape import sweepdir
 from landscape.cell import CellDir, CellStatus, DamagedFile
 
 STATES = ("done", "diverged", "failed", "running", "interrupted", "pending", "damaged")
@@ -114,9 +115,12 @@ def classify(status: CellStatus | None, now: float, host: str, stale_after_s: fl
     return "running", None
 
 
-def _launch_records(sweep_dir: Path) -> list[dict[str, Any]]:
+def launch_records(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Every readable launch record of the sweep (``sweepdir.launch_record_paths``), oldest first: ``argv``,
+    ``cwd``, ``arguments`` and the planned ``cells`` (``cell_id``, ``overrides``); a damaged one is named on
+    stderr and skipped."""
     records = []
-    for path in sorted((sweep_dir / "launches").glob("*.json")):
+    for path in sweepdir.launch_record_paths(sweep_dir):
         try:
             rec = json.loads(path.read_text())
             if not isinstance(rec, dict):
@@ -201,13 +205,13 @@ def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, no
 
     sweep_dir = Path(sweep_dir)
     now = time.time() if now is None else now
-    records = _launch_records(sweep_dir)
+    records = launch_records(sweep_dir)
     planned: dict[str, list[str]] = {}
     for rec in records:
         for c in rec.get("cells", []):
             if c.get("cell_id"):
                 planned[c["cell_id"]] = list(c.get("overrides", []))
-    on_disk = sorted(p.name for p in (sweep_dir / "cells").glob("*") if os.path.lexists(p / "status.json"))
+    on_disk = [p.name for p in sweepdir.cell_dirs(sweep_dir) if os.path.lexists(sweepdir.status_path(p))]
     host = this_host()
     cells = []
     for cid in sorted(set(planned) | set(on_disk)):
@@ -246,7 +250,7 @@ def _result_problems(cell: CellDir, status: CellStatus, verify: bool) -> list[st
 
     out = []
     for name, rec in sorted(status.results.items()):
-        problem = file_problem(cell.sweep_dir / "results" / name, rec, verify)
+        problem = file_problem(cell.recorded_path(name), rec, verify)
         if problem:
             out.append(problem)
     return out
@@ -272,8 +276,7 @@ def verify(sweep_dir: str | Path, checkpoints: bool = True) -> list[Finding]:
     sweep = Path(sweep_dir)
     found: list[Finding] = []
     recorded: set[str] = set()
-    cells_dir = sweep / "cells"
-    for path in sorted(cells_dir.glob("*")) if cells_dir.is_dir() else []:
+    for path in sweepdir.cell_dirs(sweep):
         if not path.is_dir():
             continue
         cell = CellDir(sweep, path.name)
@@ -285,7 +288,7 @@ def verify(sweep_dir: str | Path, checkpoints: bool = True) -> list[Finding]:
         if status is not None:
             for name, rec in sorted(status.results.items()):
                 recorded.add(name)
-                f = sweep / "results" / name
+                f = cell.recorded_path(name)
                 problem = file_problem(f, rec)
                 if problem:
                     found.append(Finding(str(f), "damaged", problem.removeprefix(f"{f}: "), cell.cell_id))
@@ -295,17 +298,14 @@ def verify(sweep_dir: str | Path, checkpoints: bool = True) -> list[Finding]:
                                  cell.cell_id))
         for p in inspect_cell_files(cell, checkpoints=checkpoints, recorded=status.files if status else None):
             found.append(Finding(str(p.path), p.kind, p.reason, cell.cell_id))
-    results = sweep / "results"
-    managed = cells_dir.is_dir()
-    for table in sorted(results.iterdir()) if results.is_dir() else []:
-        if not table.is_dir() or table.name.startswith("."):
-            continue
+    managed = sweepdir.cells_dir(sweep).is_dir()
+    for table in sweepdir.table_dirs(sweep):
         for f in sorted(table.iterdir()):
-            if f.name.startswith(".") or not f.name.endswith(".parquet"):
+            if not sweepdir.is_result_file(f.name):
                 continue
-            cid = f.name.partition("-")[0]
-            name = f"{table.name}/{f.name}"
-            owner = cid if (cells_dir / cid).is_dir() else None
+            cid = sweepdir.cell_of_result(f.name)
+            name = sweepdir.record_name(table.name, f.name)
+            owner = cid if cid and sweepdir.cell_dir(sweep, cid).is_dir() else None
             outside = link_outside(f, sweep)
             if outside and name not in recorded:
                 found.append(Finding(str(f), "foreign", f"{outside}: not served", owner))
@@ -330,10 +330,10 @@ def repair(sweep_dir: str | Path, findings: list[Finding]) -> list[str]:
     sweep = Path(sweep_dir)
     for f in findings:
         path = Path(f.path)
-        if path.name == "status.json" and f.kind == "damaged":
-            path.replace(path.with_name(".status.json.damaged"))
+        if path.name == sweepdir.STATUS and f.kind == "damaged":
+            path.replace(path.with_name(f".{path.name}.damaged"))
             done.append(f"{path}: moved aside; the next launch recomputes the cell")
-        elif path.suffix == ".parquet" and f.cell_id:
+        elif sweepdir.is_result_file(path.name) and f.cell_id:
             cell = CellDir(sweep, f.cell_id)
             try:
                 status = cell.read_status()
@@ -341,7 +341,7 @@ def repair(sweep_dir: str | Path, findings: list[Finding]) -> list[str]:
                 continue
             if status is None:
                 continue
-            name = f"{path.parent.name}/{path.name}"
+            name = sweepdir.record_name(path.parent.name, path.name)
             if status.results.pop(name, None) is not None:
                 status.state, status.error = "failed", f"damaged result file {path}: recomputed by the next launch"
                 cell.write_status(status)

@@ -33,6 +33,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from landscape import sweepdir
 from landscape.cell import CellDir, DamagedFile, cell_id
 from landscape.config import launch_problems, validate
 from landscape.job import missing_work
@@ -399,7 +400,7 @@ SIGNAL_NAMES = {2: "SIGINT (Ctrl-C)", 15: "SIGTERM"}
 def _outcome(exc: BaseException | None) -> str:
     """What a FAILED job return means: ``pending`` (the launch stopped before the cell started),
     ``interrupted`` (stopped by a signal, or its worker ended: its checkpoints stay) or ``failed``."""
-    from landscape.cli.launchers import NotStarted, WorkerDied
+    from landscape.preemption import NotStarted, WorkerDied
     from landscape.training import StopRequested
 
     if isinstance(exc, NotStarted):
@@ -417,7 +418,7 @@ def launch_summary(planned: list[PlannedCell], failures: Sequence[JobReturn], sw
     the launch as received, lists each failed cell with its error line and each cell whose worker died, and
     ends with the command that completes every grid launched into ``sweep_dir`` (``landscape.cli.status``:
     all cells not done, of this launch and of earlier ones). ``complete``: every cell of the launch is done."""
-    from landscape.cli.status import (TODO_STATES, _launch_records, completing_commands, completing_header,
+    from landscape.cli.status import (TODO_STATES, completing_commands, completing_header, launch_records,
                                       sweep_report)
     from landscape.provenance import host
 
@@ -455,7 +456,7 @@ def launch_summary(planned: list[PlannedCell], failures: Sequence[JobReturn], sw
     if counts["running"]:
         lines.append(f"  {counts['running']} cell(s) still running (e.g. SLURM jobs): landscape-status {sweep_dir}")
     todo = {c.cell_id: c.overrides for c in rep.cells if state[c.cell_id] in TODO_STATES}
-    commands = completing_commands(_launch_records(sweep_dir), todo, sweep_dir)
+    commands = completing_commands(launch_records(sweep_dir), todo, sweep_dir)
     if commands:
         lines += [completing_header(len(commands)), *(f"  {c}" for c in commands)]
     complete = all(state.get(cid) in ("done", "diverged") for cid in launched)
@@ -526,11 +527,10 @@ class GridSweeper(BasicSweeper):
             log.info("all %d cells of the grid are done in %s: nothing to launch", len(planned), sweep_dir)
             return []
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        launches = sweep_dir / "launches"
-        launches.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**9:09d}"
-        (launches / f"{stamp}.json").write_text(json.dumps({
+        OmegaConf.save(self.config, sweepdir.multirun_path(sweep_dir))
+        record = sweepdir.new_launch_record_path(sweep_dir)
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(json.dumps({
             "arguments": list(arguments),
             "argv": _launch_argv(),
             "cwd": str(self.config.hydra.runtime.cwd),

@@ -7,7 +7,7 @@ math lazily.
 
 from __future__ import annotations
 
-from landscape.metrics import Family
+from landscape.metrics.contract import Family
 
 
 def BUILTIN() -> list[Family]:  # noqa: N802 - a constant list, built on first use

@@ -15,7 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from landscape.metrics import Family, FigureStyle, PairContext, Result, choices_of, ints, nums, one_of, rule
+from landscape.metrics.contract import Family, FigureStyle, PairContext, Result
+from landscape.rules import choices_of, ints, nums, one_of, rule
 
 
 @dataclass

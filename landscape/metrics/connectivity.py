@@ -70,7 +70,8 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
-from landscape.metrics import FRACTION, Family, FigureStyle, PairContext, Result, choices_of, ints, nums, one_of, rule
+from landscape.metrics.contract import Family, FigureStyle, PairContext, Result
+from landscape.rules import FRACTION, choices_of, ints, nums, one_of, rule
 
 log = logging.getLogger(__name__)
 

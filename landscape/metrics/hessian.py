@@ -38,7 +38,8 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
-from landscape.metrics import Family, FigureStyle, ModelContext, Result, choices_of, ints, nums, one_of, rule
+from landscape.metrics.contract import Family, FigureStyle, ModelContext, Result
+from landscape.rules import choices_of, ints, nums, one_of, rule
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from landscape.metrics import Family, FigureStyle, PairContext, Result
+from landscape.metrics.contract import Family, FigureStyle, PairContext, Result
 
 
 @dataclass

@@ -18,7 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from landscape.metrics import Family, FigureStyle, ModelContext, Result, ints, nums, one_of, rule
+from landscape.metrics.contract import Family, FigureStyle, ModelContext, Result
+from landscape.rules import ints, nums, one_of, rule
 
 log = logging.getLogger(__name__)
 

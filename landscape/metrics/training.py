@@ -13,7 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from landscape.metrics import Family, FigureStyle, ModelContext, Result, ints, rule
+from landscape.metrics.contract import Family, FigureStyle, ModelContext, Result
+from landscape.rules import ints, rule
 
 
 @dataclass

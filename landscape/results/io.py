@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from landscape import sweepdir
 from landscape.files import atomic_write
 from landscape.results.schema import schema_for
 
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def table_dir(sweep_dir: str | Path, table: str) -> Path:
-    """``<sweep_dir>/results/<table>``: the directory of one table's files."""
-    return Path(sweep_dir) / "results" / table
+    """``<sweep_dir>/results/<table>``: the directory of one table's files (``landscape.sweepdir.table_dir``)."""
+    return sweepdir.table_dir(sweep_dir, table)
 
 
 def write_table(path: str | Path, rows: Sequence[dict[str, Any]], schema: pa.Schema) -> Path:
@@ -95,13 +96,6 @@ def merge_rows(
     return target, sha256_file(target), merged.num_rows, merged_old
 
 
-def _files(sweep_dir: str | Path, table: str) -> list[str]:
-    d = table_dir(sweep_dir, table)
-    if not d.is_dir():
-        return []
-    return sorted(str(d / n) for n in os.listdir(d) if n.endswith(".parquet") and not n.startswith("."))
-
-
 def served_files(sweep_dir: str | Path, table: str, files: list[str]) -> list[str]:
     """The result files of ``files`` that may be served (see ``_served``)."""
     return _served(sweep_dir, table, files)[0]
@@ -112,7 +106,7 @@ def _status_records(status_path: str, cache: dict[str, Any]) -> Any:
     ``DamagedFile``/``OSError`` that reading it raised. Parsed statuses are kept in ``cache`` by the status
     file's inode, size, modification and change time: a rewrite (atomic: a new inode) or an edit in place (a new
     change time, which no tool can set back) parses it again."""
-    from landscape.cell import DamagedFile, _status_from_json
+    from landscape.cell import DamagedFile, status_from_json
 
     try:
         st = os.stat(status_path)
@@ -125,7 +119,7 @@ def _status_records(status_path: str, cache: dict[str, Any]) -> Any:
             and isinstance(hit[2], list) and all(isinstance(n, str) for n in hit[2])):
         return hit[1], hit[2]  # anything else in the cache (damaged, another version) is parsed again
     try:
-        status = _status_from_json(Path(status_path), Path(status_path).read_text())
+        status = status_from_json(Path(status_path), Path(status_path).read_text())
     except (DamagedFile, OSError, UnicodeDecodeError) as exc:
         return exc
     records = {name: rec["sha256"] for name, rec in status.results.items()}
@@ -151,9 +145,9 @@ def _served(sweep_dir: str | Path, table: str, files: list[str]) -> tuple[list[s
     from landscape.cell import link_outside
 
     sweep = Path(sweep_dir)
-    cells_dir = os.path.join(str(sweep), "cells")  # plain strings: pathlib costs 3x here (10,000 files)
-    managed = os.path.isdir(cells_dir)
-    cache_path = sweep / "results" / ".cache" / "status-records.json"
+    managed = sweepdir.cells_dir(sweep).is_dir()
+    status_file = sweepdir.status_files(sweep)  # plain strings: pathlib costs 100x here (10,000 cells)
+    cache_path = sweepdir.status_records_cache(sweep)
     cache: dict[str, Any] = {}
     if managed:
         try:
@@ -174,20 +168,21 @@ def _served(sweep_dir: str | Path, table: str, files: list[str]) -> tuple[list[s
         if not managed:
             out.append(f)
             continue
-        cid, sep, _ = name.partition("-")
+        cid = sweepdir.cell_of_result(name)
         status = statuses.get(cid)
-        if status is None:
-            status = statuses[cid] = _status_records(f"{cells_dir}/{cid}/status.json", cache) if sep else None
+        if status is None and cid is not None:
+            status = statuses[cid] = _status_records(status_file(cid), cache)
         if isinstance(status, FileNotFoundError) or status is None:
             why = "no cell of this sweep has its name (copied from another sweep, or a stray file)" if (
-                not sep or not os.path.isdir(f"{cells_dir}/{cid}")) else "its cell has no status.json"
+                cid is None or not os.path.isdir(os.path.dirname(status_file(cid)))) else "its cell has no status.json"
             log.warning("%s: not served, %s (the next launch recomputes what its cell needs)", f, why)
             continue
         if isinstance(status, Exception):
             log.warning("%s: not served, the status of its cell is damaged (%s)", f, status)
             continue
         records, pending = status
-        digest = records.get(f"{table}/{name}")
+        recorded = sweepdir.record_name(table, name)
+        digest = records.get(recorded)
         if digest is None:
             log.warning("%s: not served, not a committed result of its cell (a run that did not finish, or a "
                         "file copied from another sweep)", f)
@@ -195,13 +190,13 @@ def _served(sweep_dir: str | Path, table: str, files: list[str]) -> tuple[list[s
         if not os.path.isfile(f):
             log.warning("%s: not served, not a regular file", f)
             continue
-        backup = os.path.join(os.path.dirname(f), f".{name}.committed")
-        if f"{table}/{name}" in pending and os.path.isfile(backup) and not link_outside(backup, sweep):
+        backup = str(sweepdir.committed_backup(Path(f)))
+        if recorded in pending and os.path.isfile(backup) and not link_outside(backup, sweep):
             f = backup  # a commit in progress (or killed): its last committed version
         out.append(f)
         expected[f] = digest
     if managed and len(cache) != before:
-        live = {f"{cells_dir}/{cid}/status.json" for cid in statuses}
+        live = {status_file(cid) for cid in statuses}
         kept = {k: v for k, v in cache.items() if k in live} if len(cache) > 2 * max(len(live), 1) else cache
         try:
             atomic_write(cache_path, lambda tmp: tmp.write_text(json.dumps(kept)))
@@ -366,10 +361,6 @@ def _stamp(path: str, sha256: str | None = None) -> str:
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{sha256 or ''}"
 
 
-def _cache_path(sweep_dir: str | Path, table: str) -> Path:
-    return Path(sweep_dir) / "results" / ".cache" / f"{table}.parquet"
-
-
 def _read_cache(path: Path, fingerprint: str) -> tuple[pa.Table | None, dict[str, str]]:
     """The snapshot of a previous ``read_table`` and the file stamps it holds (none if absent or stale)."""
     try:
@@ -419,14 +410,14 @@ def read_table(sweep_dir: str | Path, table: str = "models", columns: Sequence[s
     changed, and drops the rows of files that are gone (a sweep of 10,000 cells is read once, then in about a
     second).
     """
-    files, expected = _served(sweep_dir, table, _files(sweep_dir, table))
+    files, expected = _served(sweep_dir, table, sweepdir.table_files(sweep_dir, table))
     current = schema_for(table)
     if not files:
         empty = current.empty_table()
         return empty.select(list(columns)) if columns else empty
     fingerprint = hashlib.sha256(current.to_string(show_schema_metadata=True).encode()).hexdigest()[:16]
     stamps = {os.path.basename(f): _stamp(f, expected.get(f)) for f in files}
-    cache = _cache_path(sweep_dir, table)
+    cache = sweepdir.table_cache(sweep_dir, table)
     snap, cached = _read_cache(cache, fingerprint)
     keep = {n for n, st in stamps.items() if cached.get(n) == st}
     parts = []

@@ -54,28 +54,25 @@ DERIVED: dict[str, pa.DataType] = {"data.n_train": pa.int64(), "model.n_params":
 
 # Knobs whose config type is not a plain annotation: resolved to these column types.
 _KNOB_OVERRIDES: dict[str, pa.DataType] = {"data.subsample": pa.float64(), "train.batch_size": pa.int64()}
-_EXCLUDED_KNOBS = {"train.seeds"}
 
 
 @functools.lru_cache(maxsize=None)
 def knob_columns() -> dict[str, pa.DataType]:
-    """``{dotted knob: arrow type}`` for every leaf of the data, model and train config schemas."""
-    from landscape.config import DataConfig, ModelConfig, TrainConfig, leaf_fields
+    """``{dotted knob: arrow type}`` for every knob of the data, model and train configs
+    (``landscape.config.knob_fields``: their leaves but the seed list)."""
+    from landscape.config import knob_fields
     from landscape.metrics import arrow_type
 
-    out: dict[str, pa.DataType] = {}
-    for cls, prefix in ((DataConfig, "data"), (ModelConfig, "model"), (TrainConfig, "train")):
-        for name, ann in leaf_fields(cls, prefix):
-            if name in _EXCLUDED_KNOBS:
-                continue
-            out[name] = _KNOB_OVERRIDES.get(name) or arrow_type(ann)
-    return out
+    return {name: _KNOB_OVERRIDES.get(name) or arrow_type(ann) for name, ann in knob_fields()}
 
 
 @functools.lru_cache(maxsize=None)
 def schema_for(table: str) -> pa.Schema:
-    """The current schema of ``table``: ``models``, ``pairs`` or a metric family's long table."""
+    """The current schema of ``table``: ``models``, ``pairs`` or a metric family's long table (forgotten when
+    a family is registered or removed: ``landscape.metrics.on_change``)."""
     from landscape import metrics
+
+    metrics.on_change(schema_for.cache_clear)
 
     cols: dict[str, pa.DataType] = dict(PROVENANCE)
     if table == "models":
