@@ -1138,8 +1138,8 @@ def mc_budget_figure(points: pd.DataFrame, x: str, y: str, facet: str | None = N
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(True, which="major", color="0.9", lw=0.6)
-        ax.set_title(", ".join(f"{c} = {_fmt(v) if isinstance(v, float) else v}" for c, v in zip(panel_by, pv)),
-                     fontsize=9)
+        ax.set_title(", ".join(f"{KNOB_NAMES.get(c, c)} = {_fmt(v) if isinstance(v, float) else v}"
+                               for c, v in zip(panel_by, pv)), fontsize=9)
         if k % ncols == 0:
             ax.set_ylabel("mc (pp of training error)", fontsize=8.5)
         if k // ncols == nrows - 1 or k + ncols >= len(panels):
@@ -1153,7 +1153,8 @@ def mc_budget_figure(points: pd.DataFrame, x: str, y: str, facet: str | None = N
     if thresholds:
         handles.append(Line2D([], [], color="0.35", ls="--", lw=0.9,
                               label="phase thresholds: " + ", ".join(f"{nm} {v:g}" for v, nm in thresholds) + " pp"))
-    fig.legend(handles=handles, loc="outside right center", fontsize=7.5, title=x, title_fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside right center", fontsize=7.5, title=knob_label(x), title_fontsize=8,
+               frameon=False)
     fig.suptitle("mode connectivity against curve budget (cell means over pairs)", fontsize=10)
     return fig
 
