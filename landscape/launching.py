@@ -585,19 +585,19 @@ def _worker_init(state: bytes, slot: int, gpus: int) -> None:
         now = time.monotonic()
         # a Ctrl-C reaches a worker twice, from the terminal (its process group) and forwarded by the launcher,
         # within moments: only a signal at least POLLING_S after the first counts as a second one
-        again = bool(first_at) and now - first_at[0] > preemption.POLLING_S
-        if not first_at:
+        first = not first_at
+        if first:
             first_at.append(now)
+        again = not first and now - first_at[0] > preemption.POLLING_S
         preemption.request_stop(f"signal {name}")
         if not _WORKER.get("busy"):
             return
         # as ``preemption.stop_on_signals`` in a single run: work that polls the request (training loops, curves,
         # jumps) checkpoints at its next step; work that does not (data loading, Hessian, CKA, evaluations) is
         # interrupted where it is, at once or after ``GRACE_S`` (its finished values are cached and stay)
-        if again or (len(first_at) == 1 and now == first_at[0]
-                     and preemption.last_poll_age() > preemption.POLLING_S):
+        if again or (first and preemption.last_poll_age() > preemption.POLLING_S):
             raise KeyboardInterrupt(f"signal {name}")
-        if now == first_at[0]:
+        if first:
             signal.setitimer(signal.ITIMER_REAL, preemption.GRACE_S)
 
     def on_alarm(signum: int, frame: Any) -> None:
