@@ -4,7 +4,8 @@
 #               On screen: the launch's own lines, warnings and errors, and the phase table; every line of the
 #               launch (each cell's start, training, metrics, end) is in $(DEMO_DIR)/launch.log, the table of
 #               the rows in $(DEMO_DIR)/summary.txt
-#   make test   set up (if needed) and run the test suite (what .ci/run calls)
+#   make test   set up (if needed), run the linter and the formatter's check (make lint), then the test suite
+#               (what .ci/run calls)
 #   make notebook  execute the exploration notebook (analysis/explore_sweep.py; NOTEBOOK=... for another) on the
 #               demo sweep's rows ($(DEMO_DIR), after make demo) and save it with its figures as
 #               $(DEMO_DIR)/analysis/explore_sweep.ipynb, to open in Jupyter
@@ -21,7 +22,7 @@ PYTEST_ARGS ?=
 
 NOTEBOOK ?= analysis/explore_sweep.py
 
-.PHONY: setup demo notebook test test-all clean-demo bench
+.PHONY: setup demo notebook test test-all lint format clean-demo bench
 
 setup: $(STAMP)
 
@@ -55,8 +56,18 @@ notebook: setup
 	$(PY) analysis/run_notebook.py $(NOTEBOOK) -p SWEEP_DIR=$(abspath $(DEMO_DIR)) \
 	  --out $(DEMO_DIR)/analysis/$(notdir $(NOTEBOOK:.py=.ipynb))
 
-test: setup
+test: setup lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The linter and the formatter's check (rules and their reasons: [tool.ruff] in pyproject.toml); `make format`
+# rewrites the files.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # Everything, the slow cases included (the nightly-style target).
 test-all: setup

@@ -50,14 +50,25 @@ def compare_generalisation(
     loss_fn = make_loss("cross_entropy")
     out = []
     for noise in label_noise:
-        cfg = SimpleNamespace(name="digits", split_seed=0, subsample=subsample, subsample_seed=0,
-                              label_noise=float(noise), noise_seed=0)
+        cfg = SimpleNamespace(
+            name="digits", split_seed=0, subsample=subsample, subsample_seed=0, label_noise=float(noise), noise_seed=0
+        )
         data = load_data(cfg)
         torch.manual_seed(seed)
         model = MLP(int(np.prod(data.input_shape)), data.n_classes, width=width, depth=1)
-        ts = TrainSettings(loss="cross_entropy", lr=train_lr, momentum=0.9, weight_decay=0.0, batch_size=64,
-                           epochs=train_epochs, steps=None, schedule="constant", lr_decay=1.0, lr_milestones=[],
-                           checkpoint_every=10**6)
+        ts = TrainSettings(
+            loss="cross_entropy",
+            lr=train_lr,
+            momentum=0.9,
+            weight_decay=0.0,
+            batch_size=64,
+            epochs=train_epochs,
+            steps=None,
+            schedule="constant",
+            lr_decay=1.0,
+            lr_milestones=[],
+            checkpoint_every=10**6,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             train_model(model, data.x_train, data.y_train, ts, seed=seed, workdir=Path(tmp))
         model.eval()
@@ -66,12 +77,21 @@ def compare_generalisation(
         traj = jump_and_retrain(model, loss_fn, data, s)
         topo = analyse(traj, s)
         final = [r["train_loss"] for r in traj.rows if r["jump"] >= 0]
-        out.append({"label_noise": float(noise), "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss,
-                    "test_acc": te_acc, "mean_traj_train_loss": float(np.mean(final)),
-                    "n_points": len(traj.rows), **topo.summary})
+        out.append(
+            {
+                "label_noise": float(noise),
+                "train_loss": tr_loss,
+                "train_acc": tr_acc,
+                "test_loss": te_loss,
+                "test_acc": te_acc,
+                "mean_traj_train_loss": float(np.mean(final)),
+                "n_points": len(traj.rows),
+                **topo.summary,
+            }
+        )
     log.info("compare_generalisation settings: %s", asdict(s))
     return pd.DataFrame(out)
 
 
 if __name__ == "__main__":
-    print(compare_generalisation().to_string())  # noqa: T201 - script output
+    print(compare_generalisation().to_string())

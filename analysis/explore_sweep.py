@@ -45,9 +45,9 @@ import seaborn as sns
 
 from landscape import phase
 from landscape.cli.phase import load_rows, phase_table, resolve_settings, swept_knobs
+from landscape.notebook import notebook_paths
 from landscape.phase_diagram import INVERTED_KNOBS
 from landscape.settings_choice import choose_for_cells, parse_select
-from landscape.notebook import notebook_paths
 
 logging.basicConfig(level=logging.WARNING)
 pd.set_option("display.width", 160)
@@ -70,9 +70,11 @@ print(f"{SWEEP_DIR}: {len(models)} model rows, {len(pairs)} pair rows")
 
 # the sweep's phase: section (axes, facet, thresholds, setting choices), as landscape-phase reads it
 settings, threshold_overrides, origin, sweep_file = resolve_settings(SWEEP_DIR, {})
-print(f"phase settings ({'sweeps/' + sweep_file + '.yaml' if sweep_file else 'no sweep file'}): "
-      + ", ".join(f"{k}={settings[k]!r} ({origin[k]})" for k in ("x", "y", "facet", "thresholds"))
-      + "".join(f", {k}={v!r}" for k, v in threshold_overrides.items()))
+print(
+    f"phase settings ({'sweeps/' + sweep_file + '.yaml' if sweep_file else 'no sweep file'}): "
+    + ", ".join(f"{k}={settings[k]!r} ({origin[k]})" for k in ("x", "y", "facet", "thresholds"))
+    + "".join(f", {k}={v!r}" for k, v in threshold_overrides.items())
+)
 
 # %% [markdown]
 # ## Status of the sweep
@@ -83,8 +85,9 @@ swept = swept_knobs(SWEEP_DIR, models)
 print("swept knobs:", swept)
 status_counts = models.groupby("status").size().rename("models")
 print(status_counts.to_string())
-cells_per_status = models.groupby("cell_id")["status"].agg(lambda s: "done" if (s == "done").all() else
-                                                            "partly done" if (s == "done").any() else "none done")
+cells_per_status = models.groupby("cell_id")["status"].agg(
+    lambda s: "done" if (s == "done").all() else "partly done" if (s == "done").any() else "none done"
+)
 print(cells_per_status.value_counts().rename("cells").to_string())
 
 # %% [markdown]
@@ -94,8 +97,11 @@ print(cells_per_status.value_counts().rename("cells").to_string())
 
 # %%
 done = models[models["status"].astype(object).eq("done").to_numpy(dtype=bool)]
-outcomes = [c for c in ("train_loss", "train_acc", "test_loss", "test_acc", "hessian.top_eigenvalue", "hessian.trace")
-            if c in done.columns and done[c].notna().any()]
+outcomes = [
+    c
+    for c in ("train_loss", "train_acc", "test_loss", "test_acc", "hessian.top_eigenvalue", "hessian.trace")
+    if c in done.columns and done[c].notna().any()
+]
 for k in swept:
     print(f"\n-- by {k}")
     print(done.groupby(k)[outcomes].mean().round(4).to_string())
@@ -122,13 +128,16 @@ if x_knob is not None and y_knob is not None:
     rows_m, rows_p = models, pairs
     for k in [k for k in swept if k not in by]:
         first = sorted(models[k].dropna().unique().tolist())[0]
-        print(f"{k} is swept but on no axis: showing {k} = {first!r} (other values: "
-              f"{sorted(models[k].dropna().unique().tolist())[1:]}; set phase.facet to see them)")
+        print(
+            f"{k} is swept but on no axis: showing {k} = {first!r} (other values: "
+            f"{sorted(models[k].dropna().unique().tolist())[1:]}; set phase.facet to see them)"
+        )
         rows_m = rows_m[rows_m[k] == first]
         if not rows_p.empty and k in rows_p.columns:
             rows_p = rows_p[rows_p[k] == first]
-    rows_m, rows_p, choices = choose_for_cells(rows_m, rows_p if not rows_p.empty else None,
-                                               parse_select(list(settings["select"] or [])), by)
+    rows_m, rows_p, choices = choose_for_cells(
+        rows_m, rows_p if not rows_p.empty else None, parse_select(list(settings["select"] or [])), by
+    )
     for c in choices:
         if c.several or c.selected:
             print(c.describe())
@@ -146,11 +155,20 @@ if x_knob is not None and y_knob is not None:
         table = sub.pivot(index=y_knob, columns=x_knob, values=value).sort_index(ascending=top_small)
         table = table.reindex(columns=sorted(table.columns))
         table.to_csv(OUT_DIR / f"heatmap_{value}{suffix}.csv")
-        print((f"{facet} = {fv}:\n" if facet else "") + f"heatmap rows, top to bottom: {' '.join(f'{v:g}' for v in table.index)}\n"
-              f"heatmap columns, left to right: {' '.join(f'{v:g}' for v in table.columns)}")
+        print(
+            (f"{facet} = {fv}:\n" if facet else "")
+            + f"heatmap rows, top to bottom: {' '.join(f'{v:g}' for v in table.index)}\n"
+            f"heatmap columns, left to right: {' '.join(f'{v:g}' for v in table.columns)}"
+        )
         fig, ax = plt.subplots(figsize=(7, 5.5))
-        sns.heatmap(table, annot=table.shape[0] * table.shape[1] <= 64, fmt=".2f", cmap="viridis", ax=ax,
-                    cbar_kws={"label": value})
+        sns.heatmap(
+            table,
+            annot=table.shape[0] * table.shape[1] <= 64,
+            fmt=".2f",
+            cmap="viridis",
+            ax=ax,
+            cbar_kws={"label": value},
+        )
         ax.set_xlabel(x_knob)
         ax.set_ylabel(y_knob + ("\n(small = hot, on top)" if top_small else ""))
         ax.set_title(f"{value}: mean over seeds" + (f", {facet} = {fv}" if facet else ""))
@@ -174,8 +192,19 @@ else:
 
 # %%
 if cells is not None and "test_acc" in cells.columns:
-    main = [m for m in ("test_acc", "train_loss", "hessian.top_eigenvalue", "hessian.trace", "connectivity.mc",
-                        "cka", "l2_distance") if m in cells.columns and cells[m].notna().any()]
+    main = [
+        m
+        for m in (
+            "test_acc",
+            "train_loss",
+            "hessian.top_eigenvalue",
+            "hessian.trace",
+            "connectivity.mc",
+            "cka",
+            "l2_distance",
+        )
+        if m in cells.columns and cells[m].notna().any()
+    ]
     corr = phase.rank_correlations(cells, main, "test_acc", rule=rule)
     print(corr.round(3).to_string(index=False))
     corr.to_csv(OUT_DIR / "rank_correlations.csv", index=False)

@@ -51,16 +51,18 @@ import pandas as pd
 
 from landscape import phase, results
 from landscape.cli.phase import resolve_settings, swept_knobs
+from landscape.notebook import notebook_paths
 from landscape.surfaces import Surface, plot_contour
 from landscape.trajectories.embedding import plot_embedding
 from landscape.trajectories.homology import diagram_distance, plot_diagrams
-from landscape.notebook import notebook_paths
 
 logging.basicConfig(level=logging.WARNING)
 pd.set_option("display.width", 180)
 pd.set_option("display.max_columns", 30)
 
-paths = notebook_paths(SWEEP_DIR, OUT_DIR, "LANDSCAPE_JUMP_RETRAIN_OUT", "outputs/jump_retrain_noise", "analysis/jump_retrain")
+paths = notebook_paths(
+    SWEEP_DIR, OUT_DIR, "LANDSCAPE_JUMP_RETRAIN_OUT", "outputs/jump_retrain_noise", "analysis/jump_retrain"
+)
 SWEEP_DIR, OUT_DIR, IN_KERNEL = paths.sweep, paths.out, paths.kernel
 
 
@@ -79,11 +81,13 @@ trajectories = _done(results.load(SWEEP_DIR, "trajectories"))
 persistence = _done(results.load(SWEEP_DIR, "persistence"))
 try:
     surfaces = _done(results.load(SWEEP_DIR, "surfaces"))
-except Exception as exc:  # a sweep without the surfaces family: no surface figure
+except Exception as exc:  # noqa: BLE001 - a sweep without the surfaces family: no surface figure
     print(f"no surfaces rows ({exc})")
     surfaces = pd.DataFrame()
-print(f"{SWEEP_DIR}: {len(models)} completed models, {len(trajectories)} trajectory points, "
-      f"{len(persistence)} persistence bars, {len(surfaces)} surface points")
+print(
+    f"{SWEEP_DIR}: {len(models)} completed models, {len(trajectories)} trajectory points, "
+    f"{len(persistence)} persistence bars, {len(surfaces)} surface points"
+)
 if models.empty or trajectories.empty:
     raise SystemExit(f"{SWEEP_DIR}: no completed models with jump_retrain rows (enable metrics.jump_retrain)")
 settings, threshold_overrides, origin, sweep_file = resolve_settings(SWEEP_DIR, {})
@@ -94,8 +98,10 @@ if KNOB is None:
     raise SystemExit(f"{SWEEP_DIR}: the sweep varies no knob: nothing to compare")
 NAME, SHORT = ("label noise", "noise") if KNOB == "data.label_noise" else (KNOB, KNOB.split(".")[-1])
 if len(swept) > 1:
-    print(f"comparing along {KNOB} ({'phase.x' if KNOB == settings['x'] else 'the first swept knob'}); "
-          f"averaged over the other swept knobs {[k for k in swept if k != KNOB]}")
+    print(
+        f"comparing along {KNOB} ({'phase.x' if KNOB == settings['x'] else 'the first swept knob'}); "
+        f"averaged over the other swept knobs {[k for k in swept if k != KNOB]}"
+    )
 levels = sorted(float(v) for v in models[KNOB].unique())
 print(f"{KNOB} levels: {levels}; seeds: {sorted(int(s) for s in models['seed'].unique())}")
 
@@ -134,9 +140,19 @@ for _, c in level_cells.iterrows():
 
 # %%
 topo_cols = [c for c in models.columns if c.startswith("topology.")]
-topo_cols += [c for c in ("jump_retrain.final_train_loss", "jump_retrain.final_test_loss", "jump_retrain.n_points",
-                          "jump_retrain.seconds", "surfaces.center_train_loss", "surfaces.max_train_loss",
-                          "surfaces.seconds") if c in models.columns and models[c].notna().any()]
+topo_cols += [
+    c
+    for c in (
+        "jump_retrain.final_train_loss",
+        "jump_retrain.final_test_loss",
+        "jump_retrain.n_points",
+        "jump_retrain.seconds",
+        "surfaces.center_train_loss",
+        "surfaces.max_train_loss",
+        "surfaces.seconds",
+    )
+    if c in models.columns and models[c].notna().any()
+]
 summary = models.groupby(KNOB)[topo_cols].agg(["mean", "std"])
 means = models.groupby(KNOB)[topo_cols].mean()
 print(means.T.round(4).to_string())
@@ -175,12 +191,15 @@ print(by_scale.round(4).to_string())
 # Bottleneck distance (persim) between the H0 diagrams of the loss filtration of every two models: are models
 # of the same noise level closer to each other than to models of the other level?
 
+
 # %%
 def diagrams(df: pd.DataFrame, filtration: str = "loss", maxdim: int = 1) -> list[np.ndarray]:
     """The diagrams ``[n, 2]`` (birth, death) per dimension of one model's ``persistence`` rows."""
     sel = df[df["filtration"] == filtration]
-    return [sel.loc[sel["dim"] == d, ["birth", "death"]].to_numpy(dtype=np.float64).reshape(-1, 2)
-            for d in range(maxdim + 1)]
+    return [
+        sel.loc[sel["dim"] == d, ["birth", "death"]].to_numpy(dtype=np.float64).reshape(-1, 2)
+        for d in range(maxdim + 1)
+    ]
 
 
 keys = [(float(n), int(s)) for n, s in models[[KNOB, "seed"]].itertuples(index=False)]
@@ -201,7 +220,11 @@ if same and cross:
 
 # %%
 seeds = sorted(models["seed"].unique())
-method = str(models["jump_retrain.embedding"].dropna().iloc[0]).upper() if "jump_retrain.embedding" in models else "embedding"
+method = (
+    str(models["jump_retrain.embedding"].dropna().iloc[0]).upper()
+    if "jump_retrain.embedding" in models
+    else "embedding"
+)
 fig, axes = plt.subplots(len(levels), len(seeds), figsize=(4.8 * len(seeds), 4.2 * len(levels)), squeeze=False)
 for i, n in enumerate(levels):
     for j, s in enumerate(seeds):
@@ -211,8 +234,9 @@ for i, n in enumerate(levels):
             ax.set_axis_off()
             continue
         xy = t[["embed_x", "embed_y"]].to_numpy(dtype=np.float64)
-        plot_embedding(xy, t["train_loss"].to_numpy(), ax=ax, label="train loss",
-                       title=f"{method}: {SHORT} {n:g}, seed {s}")
+        plot_embedding(
+            xy, t["train_loss"].to_numpy(), ax=ax, label="train loss", title=f"{method}: {SHORT} {n:g}, seed {s}"
+        )
         start = t[t["jump"] < 0]
         ax.scatter(start["embed_x"], start["embed_y"], marker="x", color="red", s=60, zorder=3)
 fig.tight_layout()
@@ -237,6 +261,7 @@ show(fig, "persistence_diagrams.png")
 # Train loss (log scale) on the 2D grid along two filter-normalised random directions around each model
 # (seed 0 of each level when present); the surface of a memorising model rises faster.
 
+
 # %%
 def surface_from_rows(df: pd.DataFrame) -> Surface:
     """A ``Surface`` from one model's ``surfaces`` rows (grid alpha x beta)."""
@@ -244,9 +269,19 @@ def surface_from_rows(df: pd.DataFrame) -> Surface:
     grid = {}
     for col in ("train_loss", "train_acc", "test_loss", "test_acc"):
         if col in df.columns and df[col].notna().all():
-            grid[col] = df.pivot_table(index="alpha", columns="beta", values=col).reindex(index=alphas, columns=betas).to_numpy()
-    return Surface(alphas=alphas, betas=betas, train_loss=grid["train_loss"], train_acc=grid["train_acc"],
-                   test_loss=grid.get("test_loss"), test_acc=grid.get("test_acc"))
+            grid[col] = (
+                df.pivot_table(index="alpha", columns="beta", values=col)
+                .reindex(index=alphas, columns=betas)
+                .to_numpy()
+            )
+    return Surface(
+        alphas=alphas,
+        betas=betas,
+        train_loss=grid["train_loss"],
+        train_acc=grid["train_acc"],
+        test_loss=grid.get("test_loss"),
+        test_acc=grid.get("test_acc"),
+    )
 
 
 if not surfaces.empty and surfaces["beta"].nunique() > 1:
@@ -258,8 +293,10 @@ if not surfaces.empty and surfaces["beta"].nunique() > 1:
         plot_contour(surf, "train_loss", ax=axes[0, j], log_scale=True)
         axes[0, j].set_title(f"train loss, {SHORT} {n:g}, seed {s0}")
         c = surf.train_loss[len(surf.alphas) // 2, len(surf.betas) // 2]
-        print(f"{SHORT} {n:g} seed {s0}: surface train loss at centre {c:.4g}, mean {np.mean(surf.train_loss):.4g}, "
-              f"max {np.max(surf.train_loss):.4g}")
+        print(
+            f"{SHORT} {n:g} seed {s0}: surface train loss at centre {c:.4g}, mean {np.mean(surf.train_loss):.4g}, "
+            f"max {np.max(surf.train_loss):.4g}"
+        )
     fig.tight_layout()
     show(fig, "loss_surface.png")
 else:

@@ -47,23 +47,32 @@ def execute(path: Path, parameters: dict[str, Any] | None = None, cwd: Path | No
             raise ValueError(f"{path}: no cell tagged 'parameters' to set {sorted(parameters)} after")
         source = "# injected parameters\n" + "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
         nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
-    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                     resources={"metadata": {"path": str(cwd or REPO)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd or REPO)}}
+    )
     client.execute()
     return nb
 
 
 def n_images(nb) -> int:
     """Number of inline PNG figures among the notebook's outputs."""
-    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    return sum(
+        "image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("notebook", type=Path, help="a jupytext percent-format notebook, e.g. analysis/explore_sweep.py")
     ap.add_argument("--out", type=Path, default=None, help="the executed .ipynb (default: beside the notebook)")
-    ap.add_argument("-p", dest="parameters", action="append", default=[], metavar="NAME=VALUE",
-                    help="a parameter set after the notebook's parameters cell, e.g. SWEEP_DIR=outputs/demo")
+    ap.add_argument(
+        "-p",
+        dest="parameters",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a parameter set after the notebook's parameters cell, e.g. SWEEP_DIR=outputs/demo",
+    )
     ap.add_argument("--timeout", type=int, default=600, help="seconds per cell (600)")
     args = ap.parse_args(argv)
     import nbformat
@@ -72,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     nb = execute(args.notebook, dict(parse_parameter(p) for p in args.parameters), timeout=args.timeout)
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out)
-    print(f"wrote {out} ({n_images(nb)} inline figures); open it with `jupyter lab {out}` "  # noqa: T201 - CLI
-          "(pip install jupyterlab) or VS Code")
+    print(
+        f"wrote {out} ({n_images(nb)} inline figures); open it with `jupyter lab {out}` "
+        "(pip install jupyterlab) or VS Code"
+    )
     return 0
 
 

@@ -89,8 +89,13 @@ MODELS_SCHEMA = pa.schema(
 )
 
 PAIRS_SCHEMA = pa.schema(
-    [("cell_id", pa.string()), ("sweep", pa.string()), ("status", pa.string()),
-     ("seed_a", pa.int64()), ("seed_b", pa.int64())]
+    [
+        ("cell_id", pa.string()),
+        ("sweep", pa.string()),
+        ("status", pa.string()),
+        ("seed_a", pa.int64()),
+        ("seed_b", pa.int64()),
+    ]
     + list(KNOB_TYPES.items())
     + [("l2_distance", pa.float64()), ("cka", pa.float64()), ("connectivity.mc", pa.float64())]
 )
@@ -123,7 +128,7 @@ def read_reference(
 
     models = pd.DataFrame(
         {
-            "cell_id": [cell_id(w, b) for w, b in zip(m["width"], m["batch_size"])],
+            "cell_id": [cell_id(w, b) for w, b in zip(m["width"], m["batch_size"], strict=True)],
             "sweep": SWEEP,
             "status": "done",
             "seed": m["seed"].astype("int64"),
@@ -150,8 +155,11 @@ def read_reference(
     grids = c.groupby(["width", "batch_size"])["t"].apply(lambda t: tuple(sorted(t)))
     off_grid = grids[grids != PAPER_T_GRID]
     if len(off_grid):
-        log.warning("curves of cells %s are not on the grid t = %s the phase thresholds were fitted on",
-                    list(off_grid.index)[:5], PAPER_T_GRID)
+        log.warning(
+            "curves of cells %s are not on the grid t = %s the phase thresholds were fitted on",
+            list(off_grid.index)[:5],
+            PAPER_T_GRID,
+        )
     mc = (
         c.groupby(["width", "batch_size"])[["t", "train_err"]]
         .apply(lambda g: mode_connectivity(g["t"].to_numpy(), g["train_err"].to_numpy(), endpoints))
@@ -167,7 +175,7 @@ def read_reference(
 
     pairs = pd.DataFrame(
         {
-            "cell_id": [cell_id(w, b) for w, b in zip(und["width"], und["batch_size"])],
+            "cell_id": [cell_id(w, b) for w, b in zip(und["width"], und["batch_size"], strict=True)],
             "sweep": SWEEP,
             "status": "done",
             "seed_a": und["seed_a"].astype("int64"),
@@ -223,9 +231,14 @@ def import_reference(
         models = models[models["train.batch_size"].isin(batch_sizes)]
         pairs = pairs[pairs["train.batch_size"].isin(batch_sizes)]
     paths = write_sweep(out, models, pairs)
-    manifest = {"sweep": SWEEP, "reference": str(Path(reference).resolve()), "widths": list(map(int, widths))
-                if widths is not None else None, "batch_sizes": list(map(int, batch_sizes))
-                if batch_sizes is not None else None, "n_models": int(len(models)), "n_pairs": int(len(pairs))}
+    manifest = {
+        "sweep": SWEEP,
+        "reference": str(Path(reference).resolve()),
+        "widths": list(map(int, widths)) if widths is not None else None,
+        "batch_sizes": list(map(int, batch_sizes)) if batch_sizes is not None else None,
+        "n_models": int(len(models)),
+        "n_pairs": int(len(pairs)),
+    }
     (Path(out) / "taxonomy2021_import.json").write_text(json.dumps(manifest, indent=2))
     return paths
 
@@ -270,8 +283,17 @@ def threshold_margins(cells: pd.DataFrame, rule: "PhaseRule | None" = None) -> p
         centre = 0.5 * (lo + hi) if np.isfinite(lo) and np.isfinite(hi) else float(value)
         if name == "train_loss" and lo > 0 and np.isfinite(hi):
             centre = float(np.sqrt(lo * hi))  # losses span decades: the geometric middle
-        rows.append({"threshold": name, "value": float(value), "low": lo, "high": hi, "closed": closed,
-                     "centre": centre, "n_deciding": int(np.isfinite(values).sum())})
+        rows.append(
+            {
+                "threshold": name,
+                "value": float(value),
+                "low": lo,
+                "high": hi,
+                "closed": closed,
+                "centre": centre,
+                "n_deciding": int(np.isfinite(values).sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -311,8 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     paths = import_reference(
-        args.out, args.reference,
-        PAPER_WIDTHS if args.paper_grid else None, PAPER_BATCH_SIZES if args.paper_grid else None,
+        args.out,
+        args.reference,
+        PAPER_WIDTHS if args.paper_grid else None,
+        PAPER_BATCH_SIZES if args.paper_grid else None,
     )
     print(f"{len(paths['models'])} cells written under {args.out / 'results'}")
     return 0

@@ -64,12 +64,18 @@ TRACE_SEEDS = 10
 # their improved estimators. curvlinops' and eigenthings' Hutchinson are left out of the default run for time
 # (one curvlinops product costs ~3-4x a gradient here): ``--trace-all`` runs them. curvlinops' Hutch++ needs a
 # multiple of 3 products: it gets 99.
-TRACE_METHODS = {"landscape": ("hutchinson", "hutch++", "krylov"), "pyhessian": ("hutchinson",), "curvlinops": ("hutch++", "xtrace"),
-                 "eigenthings": ("hutch++",)}
+TRACE_METHODS = {
+    "landscape": ("hutchinson", "hutch++", "krylov"),
+    "pyhessian": ("hutchinson",),
+    "curvlinops": ("hutch++", "xtrace"),
+    "eigenthings": ("hutch++",),
+}
 DENSE_MAX = 1000  # dense float64 reference up to this many parameters (the vmapped float64 products of the
 # 5,178-parameter CNN cost ~1 s a column on this machine: ~1.5 h for its dense Hessian)
-INSTALL = (".venv-bench/bin/pip install torch==2.13.0 pyhessian==0.1 curvlinops-for-pytorch==3.0.1 "
-           "hessian-eigenthings==1.0.0a5   (or: make bench)")
+INSTALL = (
+    ".venv-bench/bin/pip install torch==2.13.0 pyhessian==0.1 curvlinops-for-pytorch==3.0.1 "
+    "hessian-eigenthings==1.0.0a5   (or: make bench)"
+)
 ANCHORS = {  # name: (module, pip requirement)
     "pyhessian": ("pyhessian", "pyhessian==0.1"),
     "curvlinops": ("curvlinops", "curvlinops-for-pytorch==3.0.1"),
@@ -109,7 +115,9 @@ def available_anchors() -> tuple[dict[str, Any], dict[str, str]]:
         try:
             found[name] = importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - any import failure skips the anchor, with its reason
-            skipped[name] = f"{module} not importable ({type(exc).__name__}: {exc}); fix: .venv-bench/bin/pip install {req}"
+            skipped[name] = (
+                f"{module} not importable ({type(exc).__name__}: {exc}); fix: .venv-bench/bin/pip install {req}"
+            )
     return found, skipped
 
 
@@ -193,8 +201,12 @@ def reference(problem: Problem, k: int = 5) -> dict[str, Any]:
         out["asymmetry"] = float((H - H.T).abs().max() / H.abs().max())
         H = 0.5 * (H + H.T)
         ev = torch.linalg.eigvalsh(H)
-        out.update(method="dense float64 Hessian", top=ev.flip(0)[:k].tolist(), trace=float(H.diagonal().sum()),
-                   smallest=float(ev[0]))
+        out.update(
+            method="dense float64 Hessian",
+            top=ev.flip(0)[:k].tolist(),
+            trace=float(H.diagonal().sum()),
+            smallest=float(ev[0]),
+        )
         out["ggn_trace_check"] = ggn_trace(problem)  # the identity used for the larger models, checked here
         out["ggn_trace_check_rel_diff"] = abs(out["ggn_trace_check"] - out["trace"]) / abs(out["trace"])
         lz = eigenvalues(op64, k=k, tol=1e-10, max_iter=2000, seed=12345)
@@ -202,11 +214,15 @@ def reference(problem: Problem, k: int = 5) -> dict[str, Any]:
     else:
         lz = eigenvalues(op64, k=k, tol=1e-10, max_iter=2000, seed=12345)
         lz2 = eigenvalues(op64, k=k, tol=1e-10, max_iter=2000, seed=54321)  # another start vector must agree
-        out.update(method="float64 Lanczos to residual 1e-10 (top-5), Gauss-Newton identity with float64 Jacobians "
-                          "(trace)",
-                   top=lz.values.tolist(), residuals=lz.residuals.tolist(), converged=lz.converged,
-                   n_matvecs=lz.n_matvecs, trace=ggn_trace(problem),
-                   second_start_max_rel_diff=float(((lz.values - lz2.values).abs() / lz.values.abs()).max()))
+        out.update(
+            method="float64 Lanczos to residual 1e-10 (top-5), Gauss-Newton identity with float64 Jacobians (trace)",
+            top=lz.values.tolist(),
+            residuals=lz.residuals.tolist(),
+            converged=lz.converged,
+            n_matvecs=lz.n_matvecs,
+            trace=ggn_trace(problem),
+            second_start_max_rel_diff=float(((lz.values - lz2.values).abs() / lz.values.abs()).max()),
+        )
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -215,7 +231,7 @@ def rel_err(values: Any, ref: list[float], k: int) -> float:
     got = sorted((float(v) for v in values), reverse=True)[:k]
     if len(got) < k:
         return float("inf")
-    return max(abs(g - r) / abs(r) for g, r in zip(got, ref[:k]))
+    return max(abs(g - r) / abs(r) for g, r in zip(got, ref[:k], strict=True))
 
 
 # ------------------------------------------------------------------------------------------------ anchors
@@ -277,9 +293,11 @@ class Landscape(Anchor):
             probes = max(2, TRACE_PRODUCTS - op.n_products)
             return deflated_hutchinson(op, ends.basis, ends.projected, n_probes=probes, seed=s).estimate
 
-        return {"hutchinson": lambda s: trace(self.fresh(), method="hutchinson", n_matvecs=TRACE_PRODUCTS, seed=s).estimate,
-                "hutch++": lambda s: trace(self.fresh(), method="hutch++", n_matvecs=TRACE_PRODUCTS, seed=s).estimate,
-                "krylov": krylov}
+        return {
+            "hutchinson": lambda s: trace(self.fresh(), method="hutchinson", n_matvecs=TRACE_PRODUCTS, seed=s).estimate,
+            "hutch++": lambda s: trace(self.fresh(), method="hutch++", n_matvecs=TRACE_PRODUCTS, seed=s).estimate,
+            "krylov": krylov,
+        }
 
 
 class PyHessianAnchor(Anchor):
@@ -304,8 +322,9 @@ class PyHessianAnchor(Anchor):
     def fresh(self) -> Any:
         self.problem.model.zero_grad(set_to_none=True)
         self.products = 0
-        return self.ph.hessian(self.problem.model, nn.CrossEntropyLoss(), data=(self.problem.x, self.problem.y),
-                               cuda=False)
+        return self.ph.hessian(
+            self.problem.model, nn.CrossEntropyLoss(), data=(self.problem.x, self.problem.y), cuda=False
+        )
 
     def hvp_fn(self) -> Callable[[], Any]:
         h = self.fresh()
@@ -338,8 +357,9 @@ class Curvlinops(Anchor):
 
         p = self.problem
         params = [q for q in p.model.parameters() if q.requires_grad]
-        H = HessianLinearOperator(p.model, nn.CrossEntropyLoss(), params, [(p.x, p.y)], check_deterministic=False,
-                                  num_data=int(p.x.shape[0]))
+        H = HessianLinearOperator(
+            p.model, nn.CrossEntropyLoss(), params, [(p.x, p.y)], check_deterministic=False, num_data=int(p.x.shape[0])
+        )
         original = H._matmat
         self.products = 0
 
@@ -376,8 +396,11 @@ class Curvlinops(Anchor):
             return est
 
         self.trace_products = {"hutch++": TRACE_PRODUCTS - TRACE_PRODUCTS % 3}  # it requires a multiple of 3
-        return {"hutchinson": make(hutchinson_trace, TRACE_PRODUCTS),
-                "hutch++": make(hutchpp_trace, self.trace_products["hutch++"]), "xtrace": make(xtrace, TRACE_PRODUCTS)}
+        return {
+            "hutchinson": make(hutchinson_trace, TRACE_PRODUCTS),
+            "hutch++": make(hutchpp_trace, self.trace_products["hutch++"]),
+            "xtrace": make(xtrace, TRACE_PRODUCTS),
+        }
 
 
 class Eigenthings(Anchor):
@@ -425,8 +448,12 @@ class Eigenthings(Anchor):
     def traces(self) -> dict[str, Callable[[int], float]]:
         import hessian_eigenthings as he
 
-        return {"hutchinson": lambda s: he.trace(self.fresh(), num_matvecs=TRACE_PRODUCTS, method="hutchinson", seed=s).estimate,
-                "hutch++": lambda s: he.trace(self.fresh(), num_matvecs=TRACE_PRODUCTS, method="hutch++", seed=s).estimate}
+        return {
+            "hutchinson": lambda s: (
+                he.trace(self.fresh(), num_matvecs=TRACE_PRODUCTS, method="hutchinson", seed=s).estimate
+            ),
+            "hutch++": lambda s: he.trace(self.fresh(), num_matvecs=TRACE_PRODUCTS, method="hutch++", seed=s).estimate,
+        }
 
 
 # ------------------------------------------------------------------------------------------------ measure
@@ -449,7 +476,7 @@ def fewest(anchor: Anchor, k: int, ref: list[float], seed: int, m_max: int) -> d
     for m in range(k, m_max + 1):
         err = rel_err(anchor.top_budget(k, m, seed), ref, k)
         if err <= TOL:
-            vals, t = _timed(lambda: anchor.top_budget(k, m, seed))
+            vals, t = _timed(lambda: anchor.top_budget(k, m, seed))  # noqa: B023 (called within this iteration)
             return {"products": m, "seconds": t, "rel_err": err}
     return {"products": None, "note": f"not within {TOL} by {m_max} products"}
 
@@ -466,23 +493,30 @@ def bench_top(anchors: list[Anchor], ref: list[float], seed: int, quick: bool) -
                 runs[0] = ("curvlinops + eigsh", a.top)
             for label, fn in runs:
                 try:
-                    (vals, products), t = _timed(lambda: fn(k, seed))
+                    (vals, products), t = _timed(lambda: fn(k, seed))  # noqa: B023 (called within this iteration)
                     err = rel_err(vals, ref, k)
-                    rows[label] = {"products": products, "seconds": t, "rel_err": err, "within_tol": err <= TOL,
-                                   "values": sorted(map(float, vals), reverse=True)}
+                    rows[label] = {
+                        "products": products,
+                        "seconds": t,
+                        "rel_err": err,
+                        "within_tol": err <= TOL,
+                        "values": sorted(map(float, vals), reverse=True),
+                    }
                 except Exception as exc:  # noqa: BLE001 - one failed run costs one row
                     rows[label] = {"error": f"{type(exc).__name__}: {exc}"}
             if hasattr(a, "top_budget") and not quick:
                 label = "eigenthings lanczos" if isinstance(a, Eigenthings) else a.name
                 try:
                     rows[label + " (fewest)"] = fewest(a, k, ref, seed, 60)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - an anchor's failure is reported in its row
                     rows[label + " (fewest)"] = {"error": f"{type(exc).__name__}: {exc}"}
         out[f"top{k}"] = rows
     return out
 
 
-def bench_trace(anchors: list[Anchor], ref: float, seeds: int, methods: dict[str, tuple[str, ...]] | None) -> dict[str, Any]:
+def bench_trace(
+    anchors: list[Anchor], ref: float, seeds: int, methods: dict[str, tuple[str, ...]] | None
+) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for a in anchors:
         for method, est in a.traces().items():
@@ -492,19 +526,23 @@ def bench_trace(anchors: list[Anchor], ref: float, seeds: int, methods: dict[str
             try:
                 vals, times, counted = [], [], []
                 for s in range(seeds):
-                    v, t = _timed(lambda: est(s))
+                    v, t = _timed(lambda: est(s))  # noqa: B023 (called within this iteration)
                     vals.append(v)
                     times.append(t)
                     counted.append(a.op.n_products if isinstance(a, Landscape) else a.products)
                 arr = np.asarray(vals)
                 log.info("%s: trace %s: %.5g +- %.3g", a.problem.name, label, arr.mean(), arr.std())
-                rows[label] = {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if seeds > 1 else 0.0,
-                               "mean_abs_rel_err": float(np.mean(np.abs(arr - ref)) / abs(ref)),
-                               "bias_rel": float((arr.mean() - ref) / abs(ref)),
-                               "seconds_per_estimate": statistics.median(times),
-                               "products": getattr(a, "trace_products", {}).get(method, TRACE_PRODUCTS),
-                               "products_counted": max(counted), "seeds": seeds}
-            except Exception as exc:  # noqa: BLE001
+                rows[label] = {
+                    "mean": float(arr.mean()),
+                    "std": float(arr.std(ddof=1)) if seeds > 1 else 0.0,
+                    "mean_abs_rel_err": float(np.mean(np.abs(arr - ref)) / abs(ref)),
+                    "bias_rel": float((arr.mean() - ref) / abs(ref)),
+                    "seconds_per_estimate": statistics.median(times),
+                    "products": getattr(a, "trace_products", {}).get(method, TRACE_PRODUCTS),
+                    "products_counted": max(counted),
+                    "seeds": seeds,
+                }
+            except Exception as exc:  # noqa: BLE001 - an anchor's failure is reported in its row
                 rows[label] = {"error": f"{type(exc).__name__}: {exc}"}
     return rows
 
@@ -519,24 +557,39 @@ def bench_problem(problem: Problem, mods: dict[str, Any], quick: bool, trace_all
         anchors.append(Curvlinops(problem))
     if "eigenthings" in mods:
         anchors.append(Eigenthings(problem))
-    out: dict[str, Any] = {"problem": problem.name, "n_params": problem.n_params, "n_samples": int(problem.x.shape[0]),
-                           "reference": ref}
+    out: dict[str, Any] = {
+        "problem": problem.name,
+        "n_params": problem.n_params,
+        "n_samples": int(problem.x.shape[0]),
+        "reference": ref,
+    }
     out["hvp"] = bench_hvp(anchors, 3 if quick else 15)
-    log.info("%s: HVP / gradient %s", problem.name, {n: round(r, 2) for n, r in out["hvp"]["hvp_over_gradient"].items()})
+    log.info(
+        "%s: HVP / gradient %s", problem.name, {n: round(r, 2) for n, r in out["hvp"]["hvp_over_gradient"].items()}
+    )
     out.update(bench_top(anchors, ref["top"], seed=0, quick=quick))
     log.info("%s: top-1 and top-5 done", problem.name)
     out["trace"] = bench_trace(anchors, ref["trace"], 2 if quick else TRACE_SEEDS, None if trace_all else TRACE_METHODS)
     return out
 
 
-def run(quick: bool, problems: tuple[str, ...] = ("cnn", "mlp"), trace_all: bool = False,
-        anchors: tuple[str, ...] = tuple(ANCHORS)) -> dict[str, Any]:
+def run(
+    quick: bool,
+    problems: tuple[str, ...] = ("cnn", "mlp"),
+    trace_all: bool = False,
+    anchors: tuple[str, ...] = tuple(ANCHORS),
+) -> dict[str, Any]:
     """The anchors section. ``quick``: landscape only, a CNN k=4 (438 parameters) on 100 digits, 2 trace seeds
     (a smoke run of a few seconds; its figures mean nothing)."""
     torch.set_num_threads(1)
-    result: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                              "loadavg_start": loadavg(), "threads": torch.get_num_threads(),
-                              "torch": torch.__version__, "tol": TOL, "trace_products": TRACE_PRODUCTS}
+    result: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "loadavg_start": loadavg(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "tol": TOL,
+        "trace_products": TRACE_PRODUCTS,
+    }
     if quick:
         mods, skipped = {}, {n: "--quick: landscape only" for n in ANCHORS}
         problems = [make_problem("cnn", n=100, width=4, steps=5)]
@@ -565,31 +618,53 @@ def tables(result: dict[str, Any]) -> str:
     lines: list[str] = []
     for pr in result["problems"]:
         ref = pr["reference"]
-        lines += [f"**{pr['problem']}, {pr['n_samples']} samples.** Reference ({ref['method']}): top-5 "
-                  + ", ".join(f"{v:.6g}" for v in ref["top"]) + f"; trace {ref['trace']:.6g}.", ""]
+        lines += [
+            f"**{pr['problem']}, {pr['n_samples']} samples.** Reference ({ref['method']}): top-5 "
+            + ", ".join(f"{v:.6g}" for v in ref["top"])
+            + f"; trace {ref['trace']:.6g}.",
+            "",
+        ]
         h = pr["hvp"]
-        lines += ["| anchor | one HVP (ms) | HVP / gradient |", "|---|---|---|",
-                  f"| gradient | {h['median_s']['gradient'] * 1e3:.2f} | 1 |"]
+        lines += [
+            "| anchor | one HVP (ms) | HVP / gradient |",
+            "|---|---|---|",
+            f"| gradient | {h['median_s']['gradient'] * 1e3:.2f} | 1 |",
+        ]
         lines += [f"| {n} | {h['median_s'][n] * 1e3:.2f} | {r:.2f} |" for n, r in h["hvp_over_gradient"].items()]
-        lines += ["", f"| top-k to {TOL:g} | top-1 products | top-1 s | top-1 rel. error | top-5 products | top-5 s | top-5 rel. error |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"| top-k to {TOL:g} | top-1 products | top-1 s | top-1 rel. error | top-5 products | top-5 s | top-5 rel. error |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for label in pr["top1"]:
             a, b = pr["top1"][label], pr["top5"].get(label, {})
-            cell = lambda r: ("error", r["error"][:40], "") if "error" in r else (  # noqa: E731
-                _fmt(r.get("products"), "d") if r.get("products") is not None else r.get("note", "-"),
-                _fmt(r.get("seconds"), ".2f"),
-                _fmt(r.get("rel_err"), ".1e") + ("" if r.get("rel_err") is None or r["rel_err"] <= TOL else " (misses)"))
-            lines.append(f"| {label} | " + " | ".join(cell(a)) + " | " + " | ".join(cell(b) if b else ("-",) * 3) + " |")
-        lines += ["", f"| trace, {TRACE_PRODUCTS} products, {next(iter(pr['trace'].values())).get('seeds', '')} seeds "
-                  "| mean | std | mean abs. rel. error | s per estimate |", "|---|---|---|---|---|"]
+
+            def cell(r: dict) -> tuple:
+                if "error" in r:
+                    return ("error", r["error"][:40], "")
+                products = _fmt(r.get("products"), "d") if r.get("products") is not None else r.get("note", "-")
+                misses = "" if r.get("rel_err") is None or r["rel_err"] <= TOL else " (misses)"
+                return (products, _fmt(r.get("seconds"), ".2f"), _fmt(r.get("rel_err"), ".1e") + misses)
+
+            lines.append(
+                f"| {label} | " + " | ".join(cell(a)) + " | " + " | ".join(cell(b) if b else ("-",) * 3) + " |"
+            )
+        lines += [
+            "",
+            f"| trace, {TRACE_PRODUCTS} products, {next(iter(pr['trace'].values())).get('seeds', '')} seeds "
+            "| mean | std | mean abs. rel. error | s per estimate |",
+            "|---|---|---|---|---|",
+        ]
         for label, r in pr["trace"].items():
             if "error" in r:
                 lines.append(f"| {label} | error: {r['error'][:60]} | | | |")
             else:
                 used = r.get("products_counted", r["products"])
-                lines.append(f"| {label}{'' if used == TRACE_PRODUCTS else ' (%d products)' % used} | "
-                             f"{r['mean']:.5g} | {r['std']:.3g} | {r['mean_abs_rel_err']:.2%} | "
-                             f"{r['seconds_per_estimate']:.2f} |")
+                lines.append(
+                    f"| {label}{'' if used == TRACE_PRODUCTS else ' (%d products)' % used} | "
+                    f"{r['mean']:.5g} | {r['std']:.3g} | {r['mean_abs_rel_err']:.2%} | "
+                    f"{r['seconds_per_estimate']:.2f} |"
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -600,17 +675,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "anchors.json"))
     parser.add_argument("--problems", default="cnn,mlp", help="comma-separated: cnn (5,178 parameters), mlp (85,002)")
     parser.add_argument("--trace-all", action="store_true", help="every trace estimator of every anchor")
-    parser.add_argument("--anchors", default=",".join(ANCHORS), help="comma-separated subset of "
-                        f"{', '.join(ANCHORS)} (landscape always runs); an empty string: landscape alone")
+    parser.add_argument(
+        "--anchors",
+        default=",".join(ANCHORS),
+        help="comma-separated subset of "
+        f"{', '.join(ANCHORS)} (landscape always runs); an empty string: landscape alone",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("landscape.curvature").setLevel(logging.ERROR)  # budget scans stop unconverged on purpose
-    result = run(args.quick, tuple(args.problems.split(",")), args.trace_all, tuple(filter(None, args.anchors.split(","))))
+    result = run(
+        args.quick, tuple(args.problems.split(",")), args.trace_all, tuple(filter(None, args.anchors.split(",")))
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"anchors, {result['started']}, load average {result['loadavg_start']} -> {result['loadavg_end']}, "
-          f"{result['threads']} thread(s), torch {result['torch']}")
+    print(
+        f"anchors, {result['started']}, load average {result['loadavg_start']} -> {result['loadavg_end']}, "
+        f"{result['threads']} thread(s), torch {result['torch']}"
+    )
     for n, why in result["skipped"].items():
         print(f"SKIPPED {n}: {why}")
     print(tables(result))

@@ -73,12 +73,20 @@ def bench_hvp(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats:
     t_grad = _median_time(gradient, repeats)
     t_hvp = _median_time(lambda: op.matvec(v), repeats)
     t_mm = _median_time(lambda: op.matmat(V), max(3, repeats // 4)) / V.shape[1]
-    return {"grad_s": t_grad, "hvp_s": t_hvp, "matmat_per_column_s": t_mm, "hvp_over_grad": t_hvp / t_grad,
-            "matmat_column_over_grad": t_mm / t_grad, "n_params": op.shape[0], "n_samples": int(x.shape[0])}
+    return {
+        "grad_s": t_grad,
+        "hvp_s": t_hvp,
+        "matmat_per_column_s": t_mm,
+        "hvp_over_grad": t_hvp / t_grad,
+        "matmat_column_over_grad": t_mm / t_grad,
+        "n_params": op.shape[0],
+        "n_samples": int(x.shape[0]),
+    }
 
 
-def bench_pyhessian(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, trace_matvecs: int,
-                    seed: int) -> dict[str, Any]:
+def bench_pyhessian(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, trace_matvecs: int, seed: int
+) -> dict[str, Any]:
     try:
         from pyhessian import hessian as PyHessian
     except ImportError:
@@ -139,28 +147,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
     model, x, y = setup(args.samples, args.width, args.seed)
     result: dict[str, Any] = {
-        "setup": {"model": f"CNN(width={args.width}, depth=2, batch_norm) on digits", "samples": args.samples,
-                  "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "setup": {
+            "model": f"CNN(width={args.width}, depth=2, batch_norm) on digits",
+            "samples": args.samples,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "hvp": bench_hvp(model, x, y, args.repeats),
     }
     result.update(bench_pyhessian(model, x, y, args.trace_matvecs, args.seed))
 
     h = result["hvp"]
-    print(f"model: {result['setup']['model']}, P={h['n_params']}, N={h['n_samples']}, threads={torch.get_num_threads()}")
-    print(f"(1) gradient {h['grad_s'] * 1e3:8.2f} ms | HVP {h['hvp_s'] * 1e3:8.2f} ms ({h['hvp_over_grad']:.2f}x) | "
-          f"matmat per column {h['matmat_per_column_s'] * 1e3:8.2f} ms ({h['matmat_column_over_grad']:.2f}x)")
+    print(
+        f"model: {result['setup']['model']}, P={h['n_params']}, N={h['n_samples']}, threads={torch.get_num_threads()}"
+    )
+    print(
+        f"(1) gradient {h['grad_s'] * 1e3:8.2f} ms | HVP {h['hvp_s'] * 1e3:8.2f} ms ({h['hvp_over_grad']:.2f}x) | "
+        f"matmat per column {h['matmat_per_column_s'] * 1e3:8.2f} ms ({h['matmat_column_over_grad']:.2f}x)"
+    )
     if "top_eigenvalue" in result:
         e, t = result["top_eigenvalue"], result["trace"]
         print(f"(2) top eigenvalue  reference {e['reference']:.6g}")
         print(f"    PyHessian  {e['pyhessian']:.6g} rel.err {e['pyhessian_rel_err']:.1e} in {e['pyhessian_s']:.3f} s")
-        print(f"    landscape  {e['landscape']:.6g} rel.err {e['landscape_rel_err']:.1e} in {e['landscape_s']:.3f} s "
-              f"({e['landscape_matvecs']} products) -> time ratio {e['time_ratio_landscape_over_pyhessian']:.3f}")
-        print(f"(3) trace, {t['n_matvecs']} products (reference {t['reference_hutch++600']:.5g} +- "
-              f"{t['reference_stderr']:.2g})")
+        print(
+            f"    landscape  {e['landscape']:.6g} rel.err {e['landscape_rel_err']:.1e} in {e['landscape_s']:.3f} s "
+            f"({e['landscape_matvecs']} products) -> time ratio {e['time_ratio_landscape_over_pyhessian']:.3f}"
+        )
+        print(
+            f"(3) trace, {t['n_matvecs']} products (reference {t['reference_hutch++600']:.5g} +- "
+            f"{t['reference_stderr']:.2g})"
+        )
         print(f"    PyHessian   {t['pyhessian']:.5g} +- {t['pyhessian_stderr']:.2g} in {t['pyhessian_s']:.3f} s")
         print(f"    Hutchinson  {t['hutchinson']:.5g} +- {t['hutchinson_stderr']:.2g} in {t['hutchinson_s']:.3f} s")
-        print(f"    Hutch++     {t['hutch++']:.5g} +- {t['hutch++_stderr']:.2g} in {t['hutch++_s']:.3f} s "
-              f"(stderr ratio {t['stderr_ratio_hutchinson_over_hutch++']:.1f}x)")
+        print(
+            f"    Hutch++     {t['hutch++']:.5g} +- {t['hutch++_stderr']:.2g} in {t['hutch++_s']:.3f} s "
+            f"(stderr ratio {t['stderr_ratio_hutchinson_over_hutch++']:.1f}x)"
+        )
     else:
         print(f"(2,3) {result.get('skipped')}")
     out = Path(args.out)

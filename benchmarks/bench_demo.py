@@ -54,7 +54,9 @@ def _cpu_children() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _timed(cmd: list[str], root: Path = ROOT, cpu: list[float] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def _timed(
+    cmd: list[str], root: Path = ROOT, cpu: list[float] | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
     """Wall seconds of ``cmd``; its CPU seconds (user + system, children included) appended to ``cpu``."""
     c0 = _cpu_children()
     t = time.perf_counter()
@@ -72,27 +74,61 @@ def bench_demo(out: Path | None) -> dict:
     sweep = out / "demo"
     load_before = _loadavg()
     cpu: list[float] = []
-    t_sweep, _ = _timed([sys.executable, "-m", "landscape.cli.app", "-m", "+sweep=demo", "hydra/launcher=local",
-                         f"hydra.sweep.dir={sweep}"],
-                        cpu=cpu)
-    t_phase, res = _timed([sys.executable, "-m", "landscape.cli.phase", str(sweep), "--out", str(sweep / "phase"),
-                           "--formats", "png", "pdf"], cpu=cpu)
+    t_sweep, _ = _timed(
+        [
+            sys.executable,
+            "-m",
+            "landscape.cli.app",
+            "-m",
+            "+sweep=demo",
+            "hydra/launcher=local",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cpu=cpu,
+    )
+    t_phase, res = _timed(
+        [
+            sys.executable,
+            "-m",
+            "landscape.cli.phase",
+            str(sweep),
+            "--out",
+            str(sweep / "phase"),
+            "--formats",
+            "png",
+            "pdf",
+        ],
+        cpu=cpu,
+    )
     import pandas as pd
 
     cells = pd.read_csv(sweep / "phase" / "cells.csv")
     phases = {str(k): int(v) for k, v in cells["phase"].value_counts().items()}
-    result = {"section": "demo", "sweep_seconds": round(t_sweep, 1), "phase_seconds": round(t_phase, 1),
-              "total_seconds": round(t_sweep + t_phase, 1), "target_seconds": 180, "cells": int(len(cells)),
-              "sweep_cpu_seconds": round(cpu[0], 1), "phase_cpu_seconds": round(cpu[1], 1),
-              "phases": phases, "n_phases": len(phases),
-              "min_confidence": float(cells["phase_confidence"].min()), "cpus": os.cpu_count(),
-              "loadavg_before": load_before, "loadavg_after": _loadavg(), "out": str(sweep)}
+    result = {
+        "section": "demo",
+        "sweep_seconds": round(t_sweep, 1),
+        "phase_seconds": round(t_phase, 1),
+        "total_seconds": round(t_sweep + t_phase, 1),
+        "target_seconds": 180,
+        "cells": int(len(cells)),
+        "sweep_cpu_seconds": round(cpu[0], 1),
+        "phase_cpu_seconds": round(cpu[1], 1),
+        "phases": phases,
+        "n_phases": len(phases),
+        "min_confidence": float(cells["phase_confidence"].min()),
+        "cpus": os.cpu_count(),
+        "loadavg_before": load_before,
+        "loadavg_after": _loadavg(),
+        "out": str(sweep),
+    }
     print(res.stdout)
     result["time_shares"] = time_shares(sweep)
-    print(f"demo: sweep {t_sweep:.1f} s + landscape-phase {t_phase:.1f} s = {t_sweep + t_phase:.1f} s "
-          f"(target <= 180 s); CPU time {cpu[0]:.1f} s + {cpu[1]:.1f} s (as `make demo`: the cells run in a pool of "
-          f"one-thread workers, one per core); {len(cells)} cells, phases {phases}; "
-          f"{os.cpu_count()} CPUs, load average {load_before} -> {result['loadavg_after']}")
+    print(
+        f"demo: sweep {t_sweep:.1f} s + landscape-phase {t_phase:.1f} s = {t_sweep + t_phase:.1f} s "
+        f"(target <= 180 s); CPU time {cpu[0]:.1f} s + {cpu[1]:.1f} s (as `make demo`: the cells run in a pool of "
+        f"one-thread workers, one per core); {len(cells)} cells, phases {phases}; "
+        f"{os.cpu_count()} CPUs, load average {load_before} -> {result['loadavg_after']}"
+    )
     return result
 
 
@@ -108,21 +144,33 @@ def time_shares(sweep: Path) -> dict:
     # seeds trained together report their stack's time each: counted once per cell, so that models' and curves'
     # (each curve reports its share of its stack's time) steps per second are both throughputs
     stacked = models["training.vectorized"].fillna(False).astype(bool) if "training.vectorized" in models else False
-    train_s = float(models[stacked].groupby("cell_id")["training.seconds"].max().sum()
-                    + models[~stacked]["training.seconds"].sum())
+    train_s = float(
+        models[stacked].groupby("cell_id")["training.seconds"].max().sum() + models[~stacked]["training.seconds"].sum()
+    )
     curve_s = float(pairs["connectivity.curve_seconds"].sum())
-    out = {"sweep": str(sweep), "cell_seconds": round(cell_s, 1), "training_seconds": round(train_s, 1),
-           "curve_seconds": round(curve_s, 1), "curve_share": round(curve_s / cell_s, 3),
-           "model_steps_per_s": round(float(models["training.steps"].sum()) / train_s, 1),
-           "curve_steps_per_s": round(float(pairs["connectivity.steps"].sum()) / curve_s, 1)}
+    out = {
+        "sweep": str(sweep),
+        "cell_seconds": round(cell_s, 1),
+        "training_seconds": round(train_s, 1),
+        "curve_seconds": round(curve_s, 1),
+        "curve_share": round(curve_s / cell_s, 3),
+        "model_steps_per_s": round(float(models["training.steps"].sum()) / train_s, 1),
+        "curve_steps_per_s": round(float(pairs["connectivity.steps"].sum()) / curve_s, 1),
+    }
     if "connectivity.final_budget" in pairs.columns:
-        out["final_budgets"] = {str(k): int(v) for k, v in pairs["connectivity.final_budget"].value_counts().sort_index().items()}
+        out["final_budgets"] = {
+            str(k): int(v) for k, v in pairs["connectivity.final_budget"].value_counts().sort_index().items()
+        }
         out["stop_reasons"] = {str(k): int(v) for k, v in pairs["connectivity.stop_reason"].value_counts().items()}
     else:  # before the protocol: the fixed budget and its confirmation retraining
-        out["curve_epochs"] = {str(k): int(v) for k, v in pairs["connectivity.epochs"].value_counts().sort_index().items()}
-    print(f"{sweep}: cells {cell_s:.1f} s, model training {train_s:.1f} s, curves {curve_s:.1f} s "
-          f"({100 * out['curve_share']:.0f} % of the cells' time); steps/s: curves {out['curve_steps_per_s']}, "
-          f"models {out['model_steps_per_s']}")
+        out["curve_epochs"] = {
+            str(k): int(v) for k, v in pairs["connectivity.epochs"].value_counts().sort_index().items()
+        }
+    print(
+        f"{sweep}: cells {cell_s:.1f} s, model training {train_s:.1f} s, curves {curve_s:.1f} s "
+        f"({100 * out['curve_share']:.0f} % of the cells' time); steps/s: curves {out['curve_steps_per_s']}, "
+        f"models {out['model_steps_per_s']}"
+    )
     return out
 
 
@@ -138,8 +186,11 @@ def describe(sweep: Path, phase_dir: Path | None = None) -> str:
 
     def span(col: str, fmt: str) -> str:
         v = part[col].dropna() if col in part else pd.Series(dtype=float)
-        return "-" if v.empty else (fmt.format(v.min()) if v.min() == v.max() else
-                                    f"{fmt.format(v.min())} to {fmt.format(v.max())}")
+        return (
+            "-"
+            if v.empty
+            else (fmt.format(v.min()) if v.min() == v.max() else f"{fmt.format(v.min())} to {fmt.format(v.max())}")
+        )
 
     for phase in ("I", "II", "III", "IV-A", "IV-B"):
         part = cells[cells["phase"] == phase]
@@ -147,9 +198,11 @@ def describe(sweep: Path, phase_dir: Path | None = None) -> str:
             continue
         where = "; ".join(f"{k} {', '.join(f'{x:g}' for x in sorted(part[k].unique()))}" for k in knobs)
         low = int((part["phase_confidence"] < 0.9).sum())
-        lines.append(f"- {phase} ({len(part)} cells{f', {low} with confidence < 0.9' if low else ''}): {where}; "
-                     f"training loss {span('train_loss', '{:.3g}')} nats, mc {span('connectivity.mc', '{:+.2f}')} pp, "
-                     f"CKA {span('cka', '{:.2f}')}")
+        lines.append(
+            f"- {phase} ({len(part)} cells{f', {low} with confidence < 0.9' if low else ''}): {where}; "
+            f"training loss {span('train_loss', '{:.3g}')} nats, mc {span('connectivity.mc', '{:+.2f}')} pp, "
+            f"CKA {span('cka', '{:.2f}')}"
+        )
     rest = cells[cells["phase"].isna()]
     for _, r in rest.iterrows():
         lines.append(f"- no label at {', '.join(f'{k}={r[k]:g}' for k in knobs)}: {r.get('phase_reason')}")
@@ -176,22 +229,41 @@ def bench_phase(sweep: Path | None, repeat: int, baseline: Path | None) -> dict:
     if baseline is not None:
         runs["baseline"] = []
         roots["baseline"] = Path(baseline).resolve()
-    for i in range(repeat):
+    for _i in range(repeat):
         for name, root in roots.items():  # interleaved: the same load for both
-            cmd = [sys.executable, "-m", "landscape.cli.phase", str(sweep), "--x", "model.width", "--y",
-                   "train.batch_size", "--out", str(tmp / f"out-{name}")]
+            cmd = [
+                sys.executable,
+                "-m",
+                "landscape.cli.phase",
+                str(sweep),
+                "--x",
+                "model.width",
+                "--y",
+                "train.batch_size",
+                "--out",
+                str(tmp / f"out-{name}"),
+            ]
             dt, _ = _timed(cmd, root)
             runs[name].append(dt)
     med = {k: statistics.median(v) for k, v in runs.items()}
-    result = {"section": "phase", "sweep": str(sweep), "repeat": repeat,
-              "seconds": {k: [round(x, 2) for x in v] for k, v in runs.items()},
-              "median_seconds": {k: round(v, 2) for k, v in med.items()}, "target_seconds": 5,
-              "loadavg_before": load_before, "loadavg_after": _loadavg(), "cpus": os.cpu_count()}
+    result = {
+        "section": "phase",
+        "sweep": str(sweep),
+        "repeat": repeat,
+        "seconds": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+        "median_seconds": {k: round(v, 2) for k, v in med.items()},
+        "target_seconds": 5,
+        "loadavg_before": load_before,
+        "loadavg_after": _loadavg(),
+        "cpus": os.cpu_count(),
+    }
     if "baseline" in med:
         result["speedup"] = round(med["baseline"] / med["new"], 2)
-    print(f"landscape-phase on {sweep}: median {med['new']:.2f} s over {repeat} runs (target <= 5 s)"
-          + (f"; baseline {med['baseline']:.2f} s, {result['speedup']}x faster" if "baseline" in med else "")
-          + f"; load average {load_before} -> {result['loadavg_after']}")
+    print(
+        f"landscape-phase on {sweep}: median {med['new']:.2f} s over {repeat} runs (target <= 5 s)"
+        + (f"; baseline {med['baseline']:.2f} s, {result['speedup']}x faster" if "baseline" in med else "")
+        + f"; load average {load_before} -> {result['loadavg_after']}"
+    )
     return result
 
 

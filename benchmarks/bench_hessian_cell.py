@@ -32,8 +32,14 @@ REPO = Path(__file__).resolve().parents[1]
 BEFORE_COMMIT = "9bda5eaecd29071e0219fe1e02721da4da534150"
 SEEDS = (0, 1, 2)
 OVERRIDES = ["model.name=mlp", "model.width=256", "model.depth=2", "data.name=digits", "metrics.hessian.enabled=true"]
-VALUE_COLUMNS = ("hessian.top_eigenvalue", "hessian.min_eigenvalue", "hessian.trace", "hessian.trace_stderr",
-                 "hessian.negative_mass", "hessian.density_trace")
+VALUE_COLUMNS = (
+    "hessian.top_eigenvalue",
+    "hessian.min_eigenvalue",
+    "hessian.trace",
+    "hessian.trace_stderr",
+    "hessian.negative_mass",
+    "hessian.density_trace",
+)
 
 
 def _compose(extra: list[str]):
@@ -84,14 +90,23 @@ def worker(workdir: Path, extra: list[str]) -> dict[str, Any]:
     for s in SEEDS:
         model = build_model(cfg.model, data.input_shape, data.n_classes, seed=s)
         model.load_state_dict(torch.load(workdir / f"seed{s}.pt", weights_only=True))
-        ctx = ModelContext(model=model.eval(), seed=s, data=data, loss_fn=loss_fn,
-                           make_model=lambda: build_model(cfg.model, data.input_shape, data.n_classes),
-                           cfg=cfg, device=torch.device("cpu"), workdir=workdir)
+        ctx = ModelContext(
+            model=model.eval(),
+            seed=s,
+            data=data,
+            loss_fn=loss_fn,
+            make_model=lambda: build_model(cfg.model, data.input_shape, data.n_classes),
+            cfg=cfg,
+            device=torch.device("cpu"),
+            workdir=workdir,
+        )
         t = time.perf_counter()
         values = _values(hessian_compute(ctx, cfg.metrics.hessian))
         seconds = time.perf_counter() - t
-        out["seeds"][str(s)] = {"seconds": seconds,
-                                **{k: v for k, v in values.items() if isinstance(v, (int, float, str, bool)) or v is None}}
+        out["seeds"][str(s)] = {
+            "seconds": seconds,
+            **{k: v for k, v in values.items() if isinstance(v, (int, float, str, bool)) or v is None},
+        }
     out["seconds"] = sum(v["seconds"] for v in out["seeds"].values())
     return out
 
@@ -110,8 +125,12 @@ def _legacy_modules() -> tuple[Any, Any]:
     mods = []
     tmp = Path(tempfile.mkdtemp(prefix="landscape-before-"))
     for name in ("operator", "eigen"):
-        src = subprocess.run(["git", "-C", str(REPO), "show", f"{BEFORE_COMMIT}:landscape/curvature/{name}.py"],
-                             capture_output=True, text=True, check=True).stdout
+        src = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{BEFORE_COMMIT}:landscape/curvature/{name}.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         path = tmp / f"before_{name}.py"
         path.write_text(src)
         spec = importlib.util.spec_from_file_location(f"_before_{name}", path)
@@ -138,24 +157,43 @@ def before_hessian_metrics(ctx: Any, settings: Any, legacy: tuple[Any, Any]) -> 
     seed = int(settings.seed)
     idx = eval_indices(ctx.data.n_train, int(settings.eval_samples), seed)
     x, y = ctx.data.x_train[idx], ctx.data.y_train[idx]
-    op = op_mod.HessianOperator(ctx.model, ctx.loss_fn, (x, y), batch_size=250, dtype=torch.float32,
-                                max_block=int(settings.max_block), cache_graph=True)
+    op = op_mod.HessianOperator(
+        ctx.model,
+        ctx.loss_fn,
+        (x, y),
+        batch_size=250,
+        dtype=torch.float32,
+        max_block=int(settings.max_block),
+        cache_graph=True,
+    )
     k = int(settings.n_top)
-    top = eig_mod.eigenvalues(op, k=k, which="largest", tol=float(settings.tol), max_iter=int(settings.max_iter),
-                              seed=seed)
+    top = eig_mod.eigenvalues(
+        op, k=k, which="largest", tol=float(settings.tol), max_iter=int(settings.max_iter), seed=seed
+    )
     method = "hutch++" if settings.trace_method == "krylov" else settings.trace_method  # its default: Hutch++
     tr = trace(op, method=method, n_matvecs=int(settings.trace_matvecs), seed=seed + 1, block=int(settings.max_block))
-    out: dict[str, Any] = {"hessian.top_eigenvalue": float(top.values[0]), "hessian.trace": float(tr.estimate),
-                           "hessian.trace_stderr": float(tr.stderr), "hessian.converged": bool(top.converged)}
+    out: dict[str, Any] = {
+        "hessian.top_eigenvalue": float(top.values[0]),
+        "hessian.trace": float(tr.estimate),
+        "hessian.trace_stderr": float(tr.stderr),
+        "hessian.converged": bool(top.converged),
+    }
     if settings.smallest_eigenvalue:
-        low = eig_mod.eigenvalues(op, k=1, which="smallest", tol=float(settings.tol),
-                                  max_iter=int(settings.max_iter), seed=seed + 2)
+        low = eig_mod.eigenvalues(
+            op, k=1, which="smallest", tol=float(settings.tol), max_iter=int(settings.max_iter), seed=seed + 2
+        )
         out["hessian.min_eigenvalue"] = float(low.values[0])
         out["hessian.min_residual"] = float(low.residuals[0])
         out["hessian.converged"] &= bool(low.converged)
     if settings.density:
-        dens = spectral_density(op, n_probes=int(settings.n_probes), n_steps=int(settings.n_steps),
-                                grid=int(settings.grid_size), seed=seed + 3, block=int(settings.max_block))
+        dens = spectral_density(
+            op,
+            n_probes=int(settings.n_probes),
+            n_steps=int(settings.n_steps),
+            grid=int(settings.grid_size),
+            seed=seed + 3,
+            block=int(settings.max_block),
+        )
         out["hessian.negative_mass"] = dens.negative_mass
         out["hessian.density_trace"] = dens.trace
         out["hessian.density_trace_stderr"] = dens.trace_stderr if math.isfinite(dens.trace_stderr) else None
@@ -183,11 +221,21 @@ def compare_inprocess(workdir: Path, reps: int, extra: list[str]) -> dict[str, A
     for s in SEEDS:
         model = build_model(cfg.model, data.input_shape, data.n_classes, seed=s)
         model.load_state_dict(torch.load(workdir / f"seed{s}.pt", weights_only=True))
-        ctxs[s] = ModelContext(model=model.eval(), seed=s, data=data, loss_fn=loss_fn,
-                               make_model=lambda: build_model(cfg.model, data.input_shape, data.n_classes),
-                               cfg=cfg, device=torch.device("cpu"), workdir=workdir)
+        ctxs[s] = ModelContext(
+            model=model.eval(),
+            seed=s,
+            data=data,
+            loss_fn=loss_fn,
+            make_model=lambda: build_model(cfg.model, data.input_shape, data.n_classes),
+            cfg=cfg,
+            device=torch.device("cpu"),
+            workdir=workdir,
+        )
     settings = cfg.metrics.hessian
-    fns = {"after": lambda c: _values(hessian_compute(c, settings)), "before": lambda c: before_hessian_metrics(c, settings, legacy)}
+    fns = {
+        "after": lambda c: _values(hessian_compute(c, settings)),
+        "before": lambda c: before_hessian_metrics(c, settings, legacy),
+    }
     cpu = {"after": [0.0] * reps, "before": [0.0] * reps}
     wall = {"after": [0.0] * reps, "before": [0.0] * reps}
     values: dict[str, dict[str, Any]] = {"after": {}, "before": {}}
@@ -200,19 +248,27 @@ def compare_inprocess(workdir: Path, reps: int, extra: list[str]) -> dict[str, A
                 v = fns[which](ctxs[s])
                 cpu[which][r] += time.process_time() - c0
                 wall[which][r] += time.perf_counter() - w0
-                values[which][str(s)] = {k: x for k, x in v.items() if isinstance(x, (int, float, str, bool)) or x is None}
+                values[which][str(s)] = {
+                    k: x for k, x in v.items() if isinstance(x, (int, float, str, bool)) or x is None
+                }
         load.append(os.getloadavg())
     res = _summary(values["after"], values["before"])
-    res.update({
-        "mode": "inprocess", "before": f"commit {BEFORE_COMMIT}", "extra_overrides": extra,
-        "cpu_seconds_after": cpu["after"], "cpu_seconds_before": cpu["before"],
-        "wall_seconds_after": wall["after"], "wall_seconds_before": wall["before"],
-        "cpu_ratio_per_rep": [a / b for a, b in zip(cpu["after"], cpu["before"])],
-        "wall_ratio_per_rep": [a / b for a, b in zip(wall["after"], wall["before"])],
-        "cpu_ratio_total": sum(cpu["after"]) / sum(cpu["before"]),
-        "wall_ratio_total": sum(wall["after"]) / sum(wall["before"]),
-        "loadavg": load,
-    })
+    res.update(
+        {
+            "mode": "inprocess",
+            "before": f"commit {BEFORE_COMMIT}",
+            "extra_overrides": extra,
+            "cpu_seconds_after": cpu["after"],
+            "cpu_seconds_before": cpu["before"],
+            "wall_seconds_after": wall["after"],
+            "wall_seconds_before": wall["before"],
+            "cpu_ratio_per_rep": [a / b for a, b in zip(cpu["after"], cpu["before"], strict=True)],
+            "wall_ratio_per_rep": [a / b for a, b in zip(wall["after"], wall["before"], strict=True)],
+            "cpu_ratio_total": sum(cpu["after"]) / sum(cpu["before"]),
+            "wall_ratio_total": sum(wall["after"]) / sum(wall["before"]),
+            "loadavg": load,
+        }
+    )
     return res
 
 
@@ -227,25 +283,41 @@ def _summary(a0: dict[str, Any], b0: dict[str, Any]) -> dict[str, Any]:
         if rel:
             diffs[col] = max(rel)
     # the smallest eigenvalue is accurate to tol * scale (its residual bound), i.e. relative to the top one
-    min_in_tol = [abs(a0[s]["hessian.min_eigenvalue"] - b0[s]["hessian.min_eigenvalue"])
-                  / (1e-4 * abs(b0[s]["hessian.top_eigenvalue"])) for s in a0 if "hessian.min_eigenvalue" in b0[s]]
+    min_in_tol = [
+        abs(a0[s]["hessian.min_eigenvalue"] - b0[s]["hessian.min_eigenvalue"])
+        / (1e-4 * abs(b0[s]["hessian.top_eigenvalue"]))
+        for s in a0
+        if "hessian.min_eigenvalue" in b0[s]
+    ]
     # two independent stochastic estimates: their difference in units of its standard error
-    z = [abs(a0[s]["hessian.trace"] - b0[s]["hessian.trace"])
-         / (a0[s]["hessian.trace_stderr"] ** 2 + b0[s]["hessian.trace_stderr"] ** 2) ** 0.5 for s in a0
-         if b0[s].get("hessian.trace_stderr") and a0[s].get("hessian.trace_stderr")]
+    z = [
+        abs(a0[s]["hessian.trace"] - b0[s]["hessian.trace"])
+        / (a0[s]["hessian.trace_stderr"] ** 2 + b0[s]["hessian.trace_stderr"] ** 2) ** 0.5
+        for s in a0
+        if b0[s].get("hessian.trace_stderr") and a0[s].get("hessian.trace_stderr")
+    ]
     return {
         "max_rel_diff": diffs,
         "min_eigenvalue_diff_in_tol_scale": max(min_in_tol) if min_in_tol else None,
         "trace_diff_in_combined_stderr": max(z) if z else None,
         "products_after": {s: a0[s]["hessian.n_matvecs"] for s in a0},
         "products_before": {s: b0[s]["hessian.n_matvecs"] for s in b0},
-        "values_after": a0, "values_before": b0,
+        "values_after": a0,
+        "values_before": b0,
     }
 
 
 def _run_worker(root: Path, workdir: Path, extra: list[str]) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--dir", str(workdir), "--extra", json.dumps(extra)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--dir",
+        str(workdir),
+        "--extra",
+        json.dumps(extra),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(root))
     if proc.returncode != 0:
         raise RuntimeError(f"worker for {root} failed:\n{proc.stderr[-4000:]}")
@@ -263,13 +335,19 @@ def compare(before: Path, workdir: Path, reps: int, extra: list[str]) -> dict[st
     t_after = [r["seconds"] for r in runs["after"]]
     t_before = [r["seconds"] for r in runs["before"]]
     res = _summary(runs["after"][0]["seeds"], runs["before"][0]["seeds"])
-    res.update({
-        "mode": "checkout", "extra_overrides": extra, "before": str(before), "after": str(REPO),
-        "wall_seconds_after": t_after, "wall_seconds_before": t_before,
-        "wall_ratio_per_rep": [a / b for a, b in zip(t_after, t_before)],
-        "wall_ratio_total": sum(t_after) / sum(t_before),
-        "loadavg": load,
-    })
+    res.update(
+        {
+            "mode": "checkout",
+            "extra_overrides": extra,
+            "before": str(before),
+            "after": str(REPO),
+            "wall_seconds_after": t_after,
+            "wall_seconds_before": t_before,
+            "wall_ratio_per_rep": [a / b for a, b in zip(t_after, t_before, strict=True)],
+            "wall_ratio_total": sum(t_after) / sum(t_before),
+            "loadavg": load,
+        }
+    )
     return res
 
 
@@ -291,8 +369,11 @@ def main() -> None:
         return
     workdir.mkdir(parents=True, exist_ok=True)
     prepare(workdir)
-    res = (compare_inprocess(workdir, args.reps, extra) if args.mode == "inprocess"
-           else compare(Path(args.before), workdir, args.reps, extra))
+    res = (
+        compare_inprocess(workdir, args.reps, extra)
+        if args.mode == "inprocess"
+        else compare(Path(args.before), workdir, args.reps, extra)
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if not k.startswith("values_")}, indent=1))

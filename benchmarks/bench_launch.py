@@ -22,8 +22,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LANDSCAPE = Path(sys.executable).with_name("landscape")
-GRID = ["model.width=range(1,41)", "train.batch_size=16,32,64,128,256",
-        "data.label_noise=0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"]
+GRID = [
+    "model.width=range(1,41)",
+    "train.batch_size=16,32,64,128,256",
+    "data.label_noise=0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+]
 
 
 def plan(grid: list[str], full: bool) -> tuple[int, float, float]:
@@ -31,8 +34,14 @@ def plan(grid: list[str], full: bool) -> tuple[int, float, float]:
     env = dict(os.environ, LANDSCAPE_FULL_COMPOSE="1" if full else "0")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        proc = subprocess.run([str(LANDSCAPE), "-m", *grid, "dry_run=true", f"hydra.sweep.dir={tmp}/sweep"],
-                              cwd=tmp, env=env, capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [str(LANDSCAPE), "-m", *grid, "dry_run=true", f"hydra.sweep.dir={tmp}/sweep"],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         wall = time.perf_counter() - t0
     m = re.search(r"planned (\d+) cells in ([\d.]+) s", proc.stdout + proc.stderr)
     assert m, proc.stderr[-2000:]
@@ -44,14 +53,18 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also time Hydra's full compose on 100 cells")
     args = parser.parse_args()
     n, s, wall = plan(GRID, full=False)
-    print(f"fast planner: {n} cells composed + validated in {s:.1f} s ({1e3 * s / n:.1f} ms/cell); "
-          f"dry-run command wall time {wall:.1f} s; target < 30 s: {'OK' if s < 30 else 'MISSED'}")
+    print(
+        f"fast planner: {n} cells composed + validated in {s:.1f} s ({1e3 * s / n:.1f} ms/cell); "
+        f"dry-run command wall time {wall:.1f} s; target < 30 s: {'OK' if s < 30 else 'MISSED'}"
+    )
     if args.full:
         small = ["model.width=range(1,11)", "train.batch_size=16,32,64,128,256", "data.label_noise=0,0.5"]
         n_f, s_f, _ = plan(small, full=True)
         n_q, s_q, _ = plan(small, full=False)
-        print(f"on {n_f} cells: full Hydra compose {s_f:.1f} s ({1e3 * s_f / n_f:.0f} ms/cell), fast {s_q:.1f} s "
-              f"({1e3 * s_q / n_q:.1f} ms/cell): {s_f / s_q:.0f}x; full compose of {n} cells ~ {s_f / n_f * n:.0f} s")
+        print(
+            f"on {n_f} cells: full Hydra compose {s_f:.1f} s ({1e3 * s_f / n_f:.0f} ms/cell), fast {s_q:.1f} s "
+            f"({1e3 * s_q / n_q:.1f} ms/cell): {s_f / s_q:.0f}x; full compose of {n} cells ~ {s_f / n_f * n:.0f} s"
+        )
 
 
 if __name__ == "__main__":

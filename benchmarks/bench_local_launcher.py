@@ -43,8 +43,21 @@ def run_grid(launcher: list[str], env: dict[str, str], grid: list[str] | None = 
     every cell is done)."""
     with tempfile.TemporaryDirectory(prefix="landscape-bench-launch-") as tmp:
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "landscape.cli.app", "-m", *(grid or GRID), *launcher,
-                               f"hydra.sweep.dir={tmp}/sweep"], cwd=tmp, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "landscape.cli.app",
+                "-m",
+                *(grid or GRID),
+                *launcher,
+                f"hydra.sweep.dir={tmp}/sweep",
+            ],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - t
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
@@ -80,10 +93,13 @@ print(n / (time.perf_counter() - t))
 def parallel_capacity(seconds: float = 4.0) -> float:
     """Throughput of two one-thread matrix-product processes at once over one alone (a control: 2.0 on two free
     cores, ~1.0 when other jobs already use them), measured right now."""
-    one = float(subprocess.run([sys.executable, "-c", SPIN, str(seconds)], capture_output=True, text=True,
-                               check=True).stdout)
-    procs = [subprocess.Popen([sys.executable, "-c", SPIN, str(seconds)], stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    one = float(
+        subprocess.run([sys.executable, "-c", SPIN, str(seconds)], capture_output=True, text=True, check=True).stdout
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SPIN, str(seconds)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     two = sum(float(p.communicate()[0]) for p in procs)
     return two / one
 
@@ -96,14 +112,16 @@ def main() -> None:
     ap.add_argument("--grid", default=" ".join(GRID), help="the multirun's overrides (default: the 8-cell grid above)")
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    ways = {"one_process": ["hydra/launcher=basic"],
-            "local_pool": ["hydra/launcher=local", f"hydra.launcher.max_parallel={args.workers}"]}
+    ways = {
+        "one_process": ["hydra/launcher=basic"],
+        "local_pool": ["hydra/launcher=local", f"hydra.launcher.max_parallel={args.workers}"],
+    }
     times: dict[str, list[float]] = {k: [] for k in ways}
     cells: dict[str, list[float]] = {k: [] for k in ways}
     load = [os.getloadavg()]
     capacity = [parallel_capacity()]
     for r in range(args.reps):
-        for name in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
+        for name in list(ways) if r % 2 == 0 else list(ways)[::-1]:
             wall, phase = run_grid(ways[name], env, args.grid.split())
             times[name].append(wall)
             cells[name].append(phase)
@@ -111,11 +129,14 @@ def main() -> None:
     capacity.append(parallel_capacity())
     n_cells = _n_cells(args.grid.split())
     res: dict[str, Any] = {
-        "grid": args.grid.split(), "workers": args.workers, "cpus": os.cpu_count(), "command_seconds": times,
+        "grid": args.grid.split(),
+        "workers": args.workers,
+        "cpus": os.cpu_count(),
+        "command_seconds": times,
         "cells_phase_seconds": cells,
-        "command_speedup_per_rep": [a / b for a, b in zip(times["one_process"], times["local_pool"])],
+        "command_speedup_per_rep": [a / b for a, b in zip(times["one_process"], times["local_pool"], strict=True)],
         "command_speedup_total": sum(times["one_process"]) / sum(times["local_pool"]),
-        "cells_speedup_per_rep": [a / b for a, b in zip(cells["one_process"], cells["local_pool"])],
+        "cells_speedup_per_rep": [a / b for a, b in zip(cells["one_process"], cells["local_pool"], strict=True)],
         "cells_speedup_total": sum(cells["one_process"]) / sum(cells["local_pool"]),
         "seconds_per_cell_one_process": [c / n_cells for c in cells["one_process"]],
         "parallel_capacity_2_procs": capacity,

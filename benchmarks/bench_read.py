@@ -37,8 +37,18 @@ def generate(sweep: Path, n_files: int) -> float:
     for i in range(n_files):
         cid = f"{i:012x}"
         cell = CellDir(sweep, cid)
-        rows = [{"cell_id": cid, "sweep": "bench", "seed": s, "status": "done", "model.width": 8 + i % 7,
-                 "train_loss": 0.5 / (1 + i), "test_acc": 0.9 if s else None} for s in (0, 1)]
+        rows = [
+            {
+                "cell_id": cid,
+                "sweep": "bench",
+                "seed": s,
+                "status": "done",
+                "model.width": 8 + i % 7,
+                "train_loss": 0.5 / (1 + i),
+                "test_acc": 0.9 if s else None,
+            }
+            for s in (0, 1)
+        ]
         if i % 10 == 0:
             path = write_table(cell.result_path("models", "0123456789"), rows, old)
         else:
@@ -47,8 +57,13 @@ def generate(sweep: Path, n_files: int) -> float:
         st = path.stat()
         status = CellStatus(state="done", cell_id=cid, sweep="bench", seeds={"0": "done", "1": "done"})
         status.results[cell.result_name("models", "0123456789")] = {
-            "sha256": sha256_file(path), "rows": 2, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "covers": [0, 1], "key": "0123456789"}
+            "sha256": sha256_file(path),
+            "rows": 2,
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "covers": [0, 1],
+            "key": "0123456789",
+        }
         cell.write_status(status)
     return time.perf_counter() - t
 
@@ -87,11 +102,14 @@ def measure(sweep: Path, repeat: int) -> dict[str, Any]:
         assert df2.equals(df)
         con = duckdb.connect()
         rel = con.sql(f"select * from read_parquet('{glob}', union_by_name=true)")
-        n, w, c = _timed(lambda: _arrow(rel))
+        n, w, c = _timed(lambda: _arrow(rel))  # noqa: B023 (called within this iteration)
         runs["duckdb"].append((w, c))
         con.close()
-    out: dict[str, Any] = {"files": len(os.listdir(sweep / "results" / "models")), "rows": len(df),
-                           "loadavg_1min": loads}
+    out: dict[str, Any] = {
+        "files": len(os.listdir(sweep / "results" / "models")),
+        "rows": len(df),
+        "loadavg_1min": loads,
+    }
     for k, v in runs.items():
         out[f"{k}_s"] = sorted(w for w, _ in v)[len(v) // 2]
         out[f"{k}_cpu_s"] = sorted(c for _, c in v)[len(v) // 2]

@@ -18,10 +18,10 @@ from types import SimpleNamespace
 import torch
 
 from landscape.data import load_data
+from landscape.directions import l2_distance
 from landscape.metrics import ModelContext, PairContext
 from landscape.metrics import cka as cka_family
 from landscape.metrics import connectivity as conn_family
-from landscape.directions import l2_distance
 from landscape.models import build_model
 from landscape.training import TrainSettings, evaluate, make_loss, train_model
 
@@ -38,12 +38,23 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
 
-    data = load_data(SimpleNamespace(name="digits", split_seed=0, subsample=1.0, subsample_seed=0,
-                                     label_noise=0.0, noise_seed=0))
+    data = load_data(
+        SimpleNamespace(name="digits", split_seed=0, subsample=1.0, subsample_seed=0, label_noise=0.0, noise_seed=0)
+    )
     mcfg = SimpleNamespace(name="mlp", width=32, depth=2, activation="relu")
-    settings = TrainSettings(loss="cross_entropy", lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=32,
-                             epochs=args.epochs, steps=None, schedule="constant", lr_decay=0.1, lr_milestones=[],
-                             checkpoint_every=1000)
+    settings = TrainSettings(
+        loss="cross_entropy",
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        batch_size=32,
+        epochs=args.epochs,
+        steps=None,
+        schedule="constant",
+        lr_decay=0.1,
+        lr_milestones=[],
+        checkpoint_every=1000,
+    )
     loss_fn = make_loss("cross_entropy")
     root = Path(tempfile.mkdtemp(prefix="gm-bench-"))
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # one-time lazy imports, outside the timings
@@ -54,11 +65,24 @@ def main() -> None:
         train_model(model, data.x_train, data.y_train, settings, seed=seed, workdir=root / f"seed{seed}")
         train_s += time.perf_counter() - t0
         model.eval()
-        log.info("seed %d: train %.3f / test acc %.3f", seed, *(evaluate(model, data.x_train, data.y_train, loss_fn)[1:]),
-                 evaluate(model, data.x_test, data.y_test, loss_fn)[1])
-        ctxs.append(ModelContext(model=model, seed=seed, data=data, loss_fn=loss_fn,
-                                 make_model=lambda: build_model(mcfg, data.input_shape, data.n_classes),
-                                 cfg=None, device=torch.device("cpu"), workdir=root / f"w{seed}"))
+        log.info(
+            "seed %d: train %.3f / test acc %.3f",
+            seed,
+            *(evaluate(model, data.x_train, data.y_train, loss_fn)[1:]),
+            evaluate(model, data.x_test, data.y_test, loss_fn)[1],
+        )
+        ctxs.append(
+            ModelContext(
+                model=model,
+                seed=seed,
+                data=data,
+                loss_fn=loss_fn,
+                make_model=lambda: build_model(mcfg, data.input_shape, data.n_classes),
+                cfg=None,
+                device=torch.device("cpu"),
+                workdir=root / f"w{seed}",
+            )
+        )
     pair = PairContext(a=ctxs[0], b=ctxs[1], workdir=root / "pair")
 
     t0 = time.perf_counter()
@@ -76,14 +100,28 @@ def main() -> None:
     row = conn_family.FAMILY.compute(pair, ccfg).values
     conn_s = time.perf_counter() - t0
     glob = l2_s + cka_s + conn_s
-    fmt = lambda xs: "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"  # noqa: E731
+    fmt = lambda xs: "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"  # noqa: E731 - a one-line helper used on the next lines
     log.info("training (2 seeds, %d epochs, batch 32): %.2f s", args.epochs, train_s)
-    log.info("l2 %.4f s (%.2f) | cka %.3f s (cka=%.4f) | connectivity %.2f s (line %.2f s, curve %.2f s)",
-             l2_s, l2, cka_s, c["cka"], conn_s, row["connectivity.line_seconds"], row["connectivity.curve_seconds"])
-    log.info("curve: %d epochs, batch %d; history %s", ccfg.epochs, ccfg.batch_size, fmt(row["connectivity.curve_history"]))
+    log.info(
+        "l2 %.4f s (%.2f) | cka %.3f s (cka=%.4f) | connectivity %.2f s (line %.2f s, curve %.2f s)",
+        l2_s,
+        l2,
+        cka_s,
+        c["cka"],
+        conn_s,
+        row["connectivity.line_seconds"],
+        row["connectivity.curve_seconds"],
+    )
+    log.info(
+        "curve: %d epochs, batch %d; history %s", ccfg.epochs, ccfg.batch_size, fmt(row["connectivity.curve_history"])
+    )
     log.info("line train err %% %s barrier %.3f", fmt(row["connectivity.line_train_err"]), row["connectivity.barrier"])
-    log.info("curve train err %% %s mc %.3f mc_loss %.4f", fmt(row["connectivity.curve_train_err"]),
-             row["connectivity.mc"], row["connectivity.mc_loss"])
+    log.info(
+        "curve train err %% %s mc %.3f mc_loss %.4f",
+        fmt(row["connectivity.curve_train_err"]),
+        row["connectivity.mc"],
+        row["connectivity.mc_loss"],
+    )
     log.info("ratio global / training = %.2f (target <= 1)", glob / train_s)
 
 

@@ -39,14 +39,15 @@ def _cuda_time(fn: Callable[[], Any], repeats: int = 5) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def hvp_vs_grad(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, cache_graph: bool = True
-                ) -> dict[str, Any]:
+def hvp_vs_grad(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, cache_graph: bool = True
+) -> dict[str, Any]:
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
 
     def grad() -> None:
         for i in range(0, x.shape[0], batch_size):
-            torch.autograd.grad(F.cross_entropy(model(x[i:i + batch_size]), y[i:i + batch_size]), params)
+            torch.autograd.grad(F.cross_entropy(model(x[i : i + batch_size]), y[i : i + batch_size]), params)
 
     torch.cuda.reset_peak_memory_stats()
     op = HessianOperator(model, F.cross_entropy, (x, y), batch_size=batch_size, cache_graph=cache_graph)
@@ -56,9 +57,17 @@ def hvp_vs_grad(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     t_eig0 = time.perf_counter()
     eig = eigenvalues(op, k=1, tol=1e-3, max_iter=100, seed=0)
     torch.cuda.synchronize()
-    return {"n_params": op.shape[0], "n_samples": int(x.shape[0]), "grad_s": t_grad, "hvp_s": t_hvp,
-            "hvp_over_grad": t_hvp / t_grad, "top_eigenvalue": float(eig.values[0]), "eig_products": eig.n_matvecs,
-            "eig_s": time.perf_counter() - t_eig0, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {
+        "n_params": op.shape[0],
+        "n_samples": int(x.shape[0]),
+        "grad_s": t_grad,
+        "hvp_s": t_hvp,
+        "hvp_over_grad": t_hvp / t_grad,
+        "top_eigenvalue": float(eig.values[0]),
+        "eig_products": eig.n_matvecs,
+        "eig_s": time.perf_counter() - t_eig0,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
 
 
 def seeds_together(k: int = 4) -> dict[str, float]:
@@ -69,13 +78,25 @@ def seeds_together(k: int = 4) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         for seed in seeds:
-            train_model(build_model(mcfg, data.input_shape, 10, seed=seed).cuda(), data.x_train, data.y_train, s, seed,
-                        Path(d) / "serial" / str(seed))
+            train_model(
+                build_model(mcfg, data.input_shape, 10, seed=seed).cuda(),
+                data.x_train,
+                data.y_train,
+                s,
+                seed,
+                Path(d) / "serial" / str(seed),
+            )
         serial = time.perf_counter() - t0
         models = {seed: build_model(mcfg, data.input_shape, 10, seed=seed).cuda() for seed in seeds}
         t0 = time.perf_counter()
-        train_together(models, data.x_train, data.y_train, s, {seed: Path(d) / "tog" / str(seed) for seed in seeds},
-                       Path(d) / "group")
+        train_together(
+            models,
+            data.x_train,
+            data.y_train,
+            s,
+            {seed: Path(d) / "tog" / str(seed) for seed in seeds},
+            Path(d) / "group",
+        )
         together = time.perf_counter() - t0
     return {"k": k, "serial_s": serial, "together_s": together, "ratio": serial / together}
 
@@ -87,8 +108,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     assert torch.cuda.is_available(), "benchmarks/gpu.py needs a CUDA device"
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     digits = load_data(OmegaConf.structured(DataConfig(subsample=1000))).to("cuda")
-    cnn = build_model(OmegaConf.structured(ModelConfig(name="cnn", width=16, batch_norm=True)), digits.input_shape, 10,
-                      seed=0).cuda()
+    cnn = build_model(
+        OmegaConf.structured(ModelConfig(name="cnn", width=16, batch_norm=True)), digits.input_shape, 10, seed=0
+    ).cuda()
     out["cnn_digits"] = hvp_vs_grad(cnn, digits.x_train, digits.y_train, batch_size=1000)
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(1000, 3, 32, 32, device="cuda", generator=gen)
@@ -101,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out[f"resnet18_w64_cache_{cache}"] = {"error": str(exc).splitlines()[0]}
         torch.cuda.empty_cache()
     out["seeds_together"] = seeds_together()
-    print(json.dumps(out, indent=1))  # noqa: T201 - benchmark output
+    print(json.dumps(out, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     return out

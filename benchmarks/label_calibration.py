@@ -54,8 +54,13 @@ def paired_labels(a: pd.DataFrame, b: pd.DataFrame, by: Sequence[str]) -> pd.Dat
 
     def side(c: pd.DataFrame, s: str) -> pd.DataFrame:
         lab = c["phase"].where(c["phase"].map(lambda v: isinstance(v, str) and v != ""), None)
-        return pd.DataFrame({**{k: c[k] for k in by}, f"phase_{s}": lab.astype(object),
-                             f"conf_{s}": pd.to_numeric(c.get("phase_confidence"), errors="coerce")})
+        return pd.DataFrame(
+            {
+                **{k: c[k] for k in by},
+                f"phase_{s}": lab.astype(object),
+                f"conf_{s}": pd.to_numeric(c.get("phase_confidence"), errors="coerce"),
+            }
+        )
 
     return side(a, "a").merge(side(b, "b"), on=by, how="outer").sort_values(by).reset_index(drop=True)
 
@@ -67,8 +72,14 @@ def _kept(paired: pd.DataFrame) -> pd.DataFrame:
     for s, o in (("a", "b"), ("b", "a")):
         has = paired[f"phase_{s}"].notna()
         sub = paired[has]
-        out.append(pd.DataFrame({"conf": sub[f"conf_{s}"].to_numpy(dtype=float),
-                                 "kept": (sub[f"phase_{s}"] == sub[f"phase_{o}"]).to_numpy(dtype=bool)}))
+        out.append(
+            pd.DataFrame(
+                {
+                    "conf": sub[f"conf_{s}"].to_numpy(dtype=float),
+                    "kept": (sub[f"phase_{s}"] == sub[f"phase_{o}"]).to_numpy(dtype=bool),
+                }
+            )
+        )
     return pd.concat(out, ignore_index=True)
 
 
@@ -84,16 +95,32 @@ def calibration(paired: pd.DataFrame, bins: Sequence[float] = DEFAULT_BINS, high
     hi = k[k["conf"] >= high]
     rows = []
     edges = list(bins)
-    for i, (lo, up) in enumerate(zip(edges[:-1], edges[1:])):
+    for i, (lo, up) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
         last = i == len(edges) - 2
         sel = (k["conf"] >= lo) & ((k["conf"] <= up) if last else (k["conf"] < up))
         s = k[sel]
-        rows.append({"lo": lo, "hi": up, "closed": last, "n": int(len(s)),
-                     "mean_conf": float(s["conf"].mean()) if len(s) else float("nan"),
-                     "kept": float(s["kept"].mean()) if len(s) else float("nan")})
-    return {"n_cells": int(len(paired)), "n_both": int(both.sum()), "n_one": int(one.sum()), "agree": agree,
-            "n_high": int(len(hi)), "high": high, "high_kept": float(hi["kept"].mean()) if len(hi) else float("nan"),
-            "n_labels": int(len(k)), "no_conf": int(k["conf"].isna().sum()), "bins": rows}
+        rows.append(
+            {
+                "lo": lo,
+                "hi": up,
+                "closed": last,
+                "n": int(len(s)),
+                "mean_conf": float(s["conf"].mean()) if len(s) else float("nan"),
+                "kept": float(s["kept"].mean()) if len(s) else float("nan"),
+            }
+        )
+    return {
+        "n_cells": int(len(paired)),
+        "n_both": int(both.sum()),
+        "n_one": int(one.sum()),
+        "agree": agree,
+        "n_high": int(len(hi)),
+        "high": high,
+        "high_kept": float(hi["kept"].mean()) if len(hi) else float("nan"),
+        "n_labels": int(len(k)),
+        "no_conf": int(k["conf"].isna().sum()),
+        "bins": rows,
+    }
 
 
 def _pct(v: float) -> str:
@@ -102,12 +129,17 @@ def _pct(v: float) -> str:
 
 def markdown(res: dict[str, Any], title: str, paired: pd.DataFrame | None = None, by: Sequence[str] = ()) -> str:
     """The report as Markdown: a heading, the agreement lines, the bin table (and the cell table)."""
-    lines = [f"### {title}", "",
-             f"- cells: {res['n_cells']}; labelled in both runs: {res['n_both']}; in one only: {res['n_one']}",
-             f"- labels agree in {_pct(res['agree'])} of the cells labelled in both runs",
-             f"- labels with confidence >= {res['high']:g} in either run: {res['n_high']}, kept in the other run: "
-             f"{_pct(res['high_kept'])}", "",
-             "| confidence | labels | mean confidence | fraction kept |", "|---|---:|---:|---:|"]
+    lines = [
+        f"### {title}",
+        "",
+        f"- cells: {res['n_cells']}; labelled in both runs: {res['n_both']}; in one only: {res['n_one']}",
+        f"- labels agree in {_pct(res['agree'])} of the cells labelled in both runs",
+        f"- labels with confidence >= {res['high']:g} in either run: {res['n_high']}, kept in the other run: "
+        f"{_pct(res['high_kept'])}",
+        "",
+        "| confidence | labels | mean confidence | fraction kept |",
+        "|---|---:|---:|---:|",
+    ]
     for r in res["bins"]:
         rng = f"[{r['lo']:g}, {r['hi']:g}{']' if r['closed'] else ')'}"
         mc = "-" if not np.isfinite(r["mean_conf"]) else f"{r['mean_conf']:.2f}"
@@ -116,13 +148,17 @@ def markdown(res: dict[str, Any], title: str, paired: pd.DataFrame | None = None
     if res.get("no_conf"):
         lines.append(f"\n({res['no_conf']} labels without a confidence are left out of the bins.)")
     if paired is not None:
-        lines += ["", "| " + " | ".join(list(by) + ["run A", "run B"]) + " |",
-                  "|" + "---|" * (len(by) + 2)]
+        lines += ["", "| " + " | ".join(list(by) + ["run A", "run B"]) + " |", "|" + "---|" * (len(by) + 2)]
         for _, r in paired.iterrows():
+
             def lab(s: str) -> str:
-                p, c = r[f"phase_{s}"], r[f"conf_{s}"]
-                return "-" if p is None or (isinstance(p, float) and np.isnan(p)) else \
-                    (f"{p} ({c:.2f})" if np.isfinite(c) else str(p))
+                p, c = r[f"phase_{s}"], r[f"conf_{s}"]  # noqa: B023 (called within this iteration)
+                return (
+                    "-"
+                    if p is None or (isinstance(p, float) and np.isnan(p))
+                    else (f"{p} ({c:.2f})" if np.isfinite(c) else str(p))
+                )
+
             lines.append("| " + " | ".join([f"{r[k]}" for k in by] + [lab("a"), lab("b")]) + " |")
     return "\n".join(lines)
 
@@ -151,8 +187,13 @@ def rule_of(manifest: dict[str, Any]) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("sweeps", type=Path, nargs="+", metavar="SWEEP",
-                    help="two or more sweeps of one grid with disjoint seed sets (the first resolves the thresholds)")
+    ap.add_argument(
+        "sweeps",
+        type=Path,
+        nargs="+",
+        metavar="SWEEP",
+        help="two or more sweeps of one grid with disjoint seed sets (the first resolves the thresholds)",
+    )
     ap.add_argument("--x", default=None)
     ap.add_argument("--y", default=None)
     ap.add_argument("--facet", default=None)
@@ -170,15 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     preset, overrides = phase_cli._split_thresholds(args.thresholds)
     bins = [float(b) for b in args.bins.split(",")]
-    kw = dict(x=args.x, y=args.y, facet=args.facet, bootstrap=args.bootstrap, seed=args.seed,
-              select=args.select or None)
+    kw = dict(
+        x=args.x, y=args.y, facet=args.facet, bootstrap=args.bootstrap, seed=args.seed, select=args.select or None
+    )
     if len(args.sweeps) < 2:
         ap.error("give two or more sweeps (disjoint seed sets of one grid)")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
         labelled = []
-        cells_a, man_a = label_sweep(args.sweeps[0], root / "0", thresholds=preset, threshold_overrides=overrides,
-                                     **kw)
+        cells_a, man_a = label_sweep(args.sweeps[0], root / "0", thresholds=preset, threshold_overrides=overrides, **kw)
         labelled.append(cells_a)
         kw.update(x=man_a["x"], y=man_a["y"], facet=man_a["facet"])
         for i, sweep in enumerate(args.sweeps[1:], start=1):
@@ -191,8 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         title = args.title or f"{args.sweeps[i].name} vs {args.sweeps[j].name} ({', '.join(by)})"
         print(markdown(calibration(paired, bins, args.high), title, paired if args.cells else None, by))
     if len(pooled) > 1:  # every pair of runs: a cell's label counts once per other run it is compared with
-        print(markdown(calibration(pd.concat(pooled, ignore_index=True), bins, args.high),
-                       f"pooled over the {len(pooled)} pairs of runs ({', '.join(by)})"))
+        print(
+            markdown(
+                calibration(pd.concat(pooled, ignore_index=True), bins, args.high),
+                f"pooled over the {len(pooled)} pairs of runs ({', '.join(by)})",
+            )
+        )
     print(f"\n({rule_of(man_a).describe()})")
     return 0
 

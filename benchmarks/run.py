@@ -28,6 +28,7 @@ Torch runs with one thread (``torch.set_num_threads(1)``), as the jobs do, so ra
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -72,13 +73,13 @@ def bench_curvature(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         model, x, y = bc.setup(100 if quick else 1000, 16, 0)
         hvp = bc.bench_hvp(model, x, y, 3 if quick else 20)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a failed benchmark is reported in its row
         hvp = {"skipped": f"bench_hvp failed: {type(exc).__name__}: {exc}"}
     if quick:
         return hvp, {"skipped": "--quick"}
     try:
         ph = bc.bench_pyhessian(model, x, y, 60, 0)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a failed benchmark is reported in its row
         ph = {"skipped": f"bench_pyhessian failed: {type(exc).__name__}: {exc}"}
     return hvp, ph
 
@@ -95,27 +96,49 @@ def bench_seeds(quick: bool, k: int = 4) -> dict[str, Any]:
     seeds = list(range(k))
     out: dict[str, Any] = {"k": k, "threads": 1, "cells": []}
     for width, bs in grid:
-        cfg = _compose(["+sweep=demo", f"model.width={width}", f"train.batch_size={bs}"]
-                       + (["train.epochs=1"] if quick else []))
+        cfg = _compose(
+            ["+sweep=demo", f"model.width={width}", f"train.batch_size={bs}"] + (["train.epochs=1"] if quick else [])
+        )
         data = load_data(cfg.data)
         st = TrainSettings.from_config(cfg.train, data.n_train)
 
         def models() -> dict[int, torch.nn.Module]:
-            return {s: build_model(cfg.model, data.input_shape, data.n_classes, seed=s) for s in seeds}
+            return {s: build_model(cfg.model, data.input_shape, data.n_classes, seed=s) for s in seeds}  # noqa: B023 (called within this iteration)
 
         with tempfile.TemporaryDirectory() as d:
             root = Path(d)
             ms = models()
-            _, t_serial = _timed(lambda: [train_model(ms[s], data.x_train, data.y_train, st, s, root / "s" / str(s))
-                                          for s in seeds])
+            _, t_serial = _timed(
+                lambda: [train_model(ms[s], data.x_train, data.y_train, st, s, root / "s" / str(s)) for s in seeds]  # noqa: B023 (called within this iteration)
+            )
             mv = models()
-            _, t_vec = _timed(lambda: train_together(mv, data.x_train, data.y_train, st,
-                                                     {s: root / "v" / str(s) for s in seeds}, root / "g"))
-        diff = max(float((p - q).detach().abs().max()) for s in seeds
-                   for p, q in zip(ms[s].parameters(), mv[s].parameters()))
-        out["cells"].append({"model.width": width, "train.batch_size": bs, "epochs": st.epochs,
-                             "serial_s": t_serial, "together_s": t_vec, "ratio": t_serial / t_vec,
-                             "max_abs_param_diff": diff})
+            _, t_vec = _timed(
+                functools.partial(
+                    train_together,
+                    mv,
+                    data.x_train,
+                    data.y_train,
+                    st,
+                    {s: root / "v" / str(s) for s in seeds},
+                    root / "g",
+                )
+            )
+        diff = max(
+            float((p - q).detach().abs().max())
+            for s in seeds
+            for p, q in zip(ms[s].parameters(), mv[s].parameters(), strict=True)
+        )
+        out["cells"].append(
+            {
+                "model.width": width,
+                "train.batch_size": bs,
+                "epochs": st.epochs,
+                "serial_s": t_serial,
+                "together_s": t_vec,
+                "ratio": t_serial / t_vec,
+                "max_abs_param_diff": diff,
+            }
+        )
     ratios = [c["ratio"] for c in out["cells"]]
     out["ratio_min"], out["ratio_max"] = min(ratios), max(ratios)
     out["ratio_total"] = sum(c["serial_s"] for c in out["cells"]) / sum(c["together_s"] for c in out["cells"])
@@ -136,8 +159,8 @@ def bench_overhead(quick: bool) -> dict[str, Any]:
         sweep = Path(d)
         cfg, t_compose = _timed(lambda: _compose(overrides))
         try:  # the sweeper's planning of one job (compose + validate + state), as a multirun does it
-            from hydra.core.global_hydra import GlobalHydra
             from hydra import initialize_config_dir
+            from hydra.core.global_hydra import GlobalHydra
 
             import landscape.cli.app as app
             from landscape.cli.sweeper import plan_cells
@@ -148,10 +171,13 @@ def bench_overhead(quick: bool) -> dict[str, Any]:
                 primary = compose("config", overrides=["+sweep=demo"], return_hydra_config=True)
                 loader = GlobalHydra.instance().config_loader()
                 # the demo grid's 24 cells, planned as the sweeper plans them
-                jobs = [["+sweep=demo", f"model.width={w}", f"train.batch_size={b}"] for w in (4, 8, 16, 32, 64, 128)
-                        for b in (16, 64, 256, 1024)]
-                from landscape.launching import JobComposer
+                jobs = [
+                    ["+sweep=demo", f"model.width={w}", f"train.batch_size={b}"]
+                    for w in (4, 8, 16, 32, 64, 128)
+                    for b in (16, 64, 256, 1024)
+                ]
                 from landscape.cli.sweeper import CellComposer
+                from landscape.launching import JobComposer
 
                 planner = CellComposer(primary, loader)
                 _, t_plan = _timed(lambda: plan_cells(primary, loader, jobs, sweep, composer=planner))
@@ -164,7 +190,7 @@ def bench_overhead(quick: bool) -> dict[str, Any]:
             out["plan_per_cell_s"] = t_plan / len(jobs)
             out["job_compose_per_cell_s"] = t_jobs / len(jobs)
             out["job_full_compose_per_cell_s"] = t_full / len(jobs)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a failed benchmark is reported in its row
             out["plan_note"] = f"plan_cells not measured: {type(exc).__name__}: {exc}"
             out["plan_per_cell_s"] = t_compose
         cid, t_hash = _timed(lambda: cell_id(cfg))
@@ -176,9 +202,15 @@ def bench_overhead(quick: bool) -> dict[str, Any]:
         status = CellStatus(state="running", cell_id=cid)
         _, t_status = _timed(lambda: [cell.write_status(status) for _ in range(3)])
         outcome, t_cell = _timed(lambda: run_cell(cfg, sweep / "real"))
-    parts = {"plan_per_cell_s": out["plan_per_cell_s"], "job_compose_s": out.get("job_compose_per_cell_s", 0.0),
-             "cell_id_s": t_hash, "validate_s": t_check,
-             "provenance_s": t_prov, "write_rows_s": t_write, "status_x3_s": t_status}
+    parts = {
+        "plan_per_cell_s": out["plan_per_cell_s"],
+        "job_compose_s": out.get("job_compose_per_cell_s", 0.0),
+        "cell_id_s": t_hash,
+        "validate_s": t_check,
+        "provenance_s": t_prov,
+        "write_rows_s": t_write,
+        "status_x3_s": t_status,
+    }
     out.update(parts)
     out["overhead_s"] = sum(parts.values())
     out["run_cell_s"] = t_cell
@@ -200,8 +232,18 @@ def bench_read(quick: bool, n_files: int = 10_000) -> dict[str, Any]:
         sweep = Path(d)
         t = time.perf_counter()
         for i in range(n_files):
-            rows = [{"cell_id": f"c{i:05d}", "sweep": "bench", "seed": s, "status": "done", "model.width": 8 + i % 7,
-                     "train_loss": 0.5 / (1 + i), "test_acc": 0.9} for s in (0, 1)]
+            rows = [
+                {
+                    "cell_id": f"c{i:05d}",
+                    "sweep": "bench",
+                    "seed": s,
+                    "status": "done",
+                    "model.width": 8 + i % 7,
+                    "train_loss": 0.5 / (1 + i),
+                    "test_acc": 0.9,
+                }
+                for s in (0, 1)
+            ]
             if i % 10 == 0:
                 write_table(sweep / "results" / "models" / f"c{i:05d}.parquet", rows, old)
             else:
@@ -213,12 +255,22 @@ def bench_read(quick: bool, n_files: int = 10_000) -> dict[str, Any]:
         assert df2.equals(df)
         glob = str(sweep / "results" / "models" / "*.parquet")
         con = duckdb.connect()
-        n_duck, t_duck = _timed(lambda: con.execute(
-            f"select count(*), count(\"training.vectorized\") from read_parquet('{glob}', union_by_name=true)").fetchone())
-    return {"files": n_files, "rows": len(df), "write_s": t_write, "pandas_load_s": t_load,
-            "pandas_load_again_s": t_again, "duckdb_s": t_duck,
-            "duckdb_rows": int(n_duck[0]), "typed_vectorized_dtype": str(df["training.vectorized"].dtype),
-            "vectorized_nulls": int(df["training.vectorized"].isna().sum())}
+        n_duck, t_duck = _timed(
+            lambda: con.execute(
+                f"select count(*), count(\"training.vectorized\") from read_parquet('{glob}', union_by_name=true)"
+            ).fetchone()
+        )
+    return {
+        "files": n_files,
+        "rows": len(df),
+        "write_s": t_write,
+        "pandas_load_s": t_load,
+        "pandas_load_again_s": t_again,
+        "duckdb_s": t_duck,
+        "duckdb_rows": int(n_duck[0]),
+        "typed_vectorized_dtype": str(df["training.vectorized"].dtype),
+        "vectorized_nulls": int(df["training.vectorized"].isna().sum()),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- 6 demo
@@ -230,20 +282,38 @@ def bench_demo(quick: bool) -> dict[str, Any]:
         if quick:
             args += ["model.width=8", "train.batch_size=128", "train.epochs=1"]
         t = time.perf_counter()
-        proc = subprocess.run([*cmd, *args], cwd=d, capture_output=True, text=True, timeout=1800,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(
+            [*cmd, *args],
+            cwd=d,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         t_sweep = time.perf_counter() - t
-        summary = subprocess.run([sys.executable, "-m", "landscape.cli.summary", f"{d}/demo"], cwd=REPO,
-                                 capture_output=True, text=True, timeout=600)
+        summary = subprocess.run(
+            [sys.executable, "-m", "landscape.cli.summary", f"{d}/demo"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         t_total = time.perf_counter() - t
         n_rows = 0
         if proc.returncode == 0:
             from landscape.results import load
 
             n_rows = len(load(f"{d}/demo"))
-    return {"command": " ".join(["landscape", *args[:2]]), "returncode": proc.returncode, "sweep_s": t_sweep,
-            "with_summary_s": t_total, "summary_returncode": summary.returncode, "models_rows": n_rows,
-            "stderr_tail": proc.stderr[-500:] if proc.returncode else "", "cpu_cores": os.cpu_count()}
+    return {
+        "command": " ".join(["landscape", *args[:2]]),
+        "returncode": proc.returncode,
+        "sweep_s": t_sweep,
+        "with_summary_s": t_total,
+        "summary_returncode": summary.returncode,
+        "models_rows": n_rows,
+        "stderr_tail": proc.stderr[-500:] if proc.returncode else "",
+        "cpu_cores": os.cpu_count(),
+    }
 
 
 # ------------------------------------------------------------------------------------ 7 cell, 8 launcher
@@ -269,8 +339,10 @@ def bench_launcher(quick: bool) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out: dict[str, Any] = {"one_process": [], "local_pool": []}
     for r in range(2):
-        for name, launcher in ((("one_process", ["hydra/launcher=basic"]),
-                                ("local_pool", ["hydra/launcher=local", "hydra.launcher.max_parallel=2"]))[::1 - 2 * (r % 2)]):
+        for name, launcher in (
+            ("one_process", ["hydra/launcher=basic"]),
+            ("local_pool", ["hydra/launcher=local", "hydra.launcher.max_parallel=2"]),
+        )[:: 1 - 2 * (r % 2)]:
             out[name].append(bl.run_grid(launcher, env))
     one = sum(w for w, _ in out["one_process"])
     pool = sum(w for w, _ in out["local_pool"])
@@ -287,43 +359,73 @@ def _table(r: dict[str, Any]) -> str:
         lines.append(f"{name:<30} {text}")
 
     h = r["hvp"]
-    row("1 HVP / gradient", h.get("skipped") or f"{h['hvp_over_grad']:.2f}x  (grad {h['grad_s'] * 1e3:.2f} ms, "
-                                                f"HVP {h['hvp_s'] * 1e3:.2f} ms, target <= 2.5)")
+    row(
+        "1 HVP / gradient",
+        h.get("skipped")
+        or f"{h['hvp_over_grad']:.2f}x  (grad {h['grad_s'] * 1e3:.2f} ms, "
+        f"HVP {h['hvp_s'] * 1e3:.2f} ms, target <= 2.5)",
+    )
     p = r["pyhessian"]
     if "skipped" in p:
         row("2 vs PyHessian", p["skipped"])
     else:
         e, t = p["top_eigenvalue"], p["trace"]
-        row("2 top eigenvalue time ratio", f"{e['time_ratio_landscape_over_pyhessian']:.3f}  (landscape "
+        row(
+            "2 top eigenvalue time ratio",
+            f"{e['time_ratio_landscape_over_pyhessian']:.3f}  (landscape "
             f"{e['landscape_s']:.3f} s err {e['landscape_rel_err']:.1e}; PyHessian {e['pyhessian_s']:.3f} s "
-            f"err {e['pyhessian_rel_err']:.1e}; target <= 0.2)")
-        row("  trace stderr @ equal matvecs", f"PyHessian {t['pyhessian_stderr']:.3g}, Hutchinson "
-            f"{t['hutchinson_stderr']:.3g}, Hutch++ {t['hutch++_stderr']:.3g} ({t['n_matvecs']} products)")
+            f"err {e['pyhessian_rel_err']:.1e}; target <= 0.2)",
+        )
+        row(
+            "  trace stderr @ equal matvecs",
+            f"PyHessian {t['pyhessian_stderr']:.3g}, Hutchinson "
+            f"{t['hutchinson_stderr']:.3g}, Hutch++ {t['hutch++_stderr']:.3g} ({t['n_matvecs']} products)",
+        )
     s = r["seeds"]
     for c in s["cells"]:
-        row(f"3 seeds w={c['model.width']} b={c['train.batch_size']}",
+        row(
+            f"3 seeds w={c['model.width']} b={c['train.batch_size']}",
             f"{c['ratio']:.2f}x  (4 serial {c['serial_s']:.2f} s, together {c['together_s']:.2f} s, "
-            f"max |dθ| {c['max_abs_param_diff']:.1e})")
+            f"max |dθ| {c['max_abs_param_diff']:.1e})",
+        )
     row("3 seeds, whole demo grid", f"{s['ratio_total']:.2f}x  (target >= 2.5)")
     o = r["overhead"]
-    row("4 framework overhead", f"{100 * o['overhead_fraction']:.2f} %  ({o['overhead_s'] * 1e3:.1f} ms of a "
-        f"{o['run_cell_s']:.2f} s cell; target <= 2 %)")
+    row(
+        "4 framework overhead",
+        f"{100 * o['overhead_fraction']:.2f} %  ({o['overhead_s'] * 1e3:.1f} ms of a "
+        f"{o['run_cell_s']:.2f} s cell; target <= 2 %)",
+    )
     rd = r["read"]
-    row(f"5 read {rd['files']} files", f"load() {rd['pandas_load_s']:.2f} s cold, {rd['pandas_load_again_s']:.2f} s "
-        f"again; DuckDB {rd['duckdb_s']:.2f} s (target <= 10 s)")
+    row(
+        f"5 read {rd['files']} files",
+        f"load() {rd['pandas_load_s']:.2f} s cold, {rd['pandas_load_again_s']:.2f} s "
+        f"again; DuckDB {rd['duckdb_s']:.2f} s (target <= 10 s)",
+    )
     c = r.get("cell", {})
-    row("7 Hessian family, realistic cell", c.get("skipped") or (
-        f"after/before CPU time {c['cpu_ratio_total']:.2f}, wall {c['wall_ratio_total']:.2f} (products "
-        f"{sum(c['products_after'].values())} vs {sum(c['products_before'].values())}; min eigenvalue within "
-        f"{c['min_eigenvalue_diff_in_tol_scale']:.2f} tol*scale, trace within {c['trace_diff_in_combined_stderr']:.2f} "
-        f"combined stderr; target <= 0.5)"))
+    row(
+        "7 Hessian family, realistic cell",
+        c.get("skipped")
+        or (
+            f"after/before CPU time {c['cpu_ratio_total']:.2f}, wall {c['wall_ratio_total']:.2f} (products "
+            f"{sum(c['products_after'].values())} vs {sum(c['products_before'].values())}; min eigenvalue within "
+            f"{c['min_eigenvalue_diff_in_tol_scale']:.2f} tol*scale, trace within {c['trace_diff_in_combined_stderr']:.2f} "
+            f"combined stderr; target <= 0.5)"
+        ),
+    )
     la = r.get("launcher", {})
-    row("8 local launcher, 8 cells", la.get("skipped") or (
-        f"{la['command_speedup']:.2f}x whole command, {la['cells_speedup']:.2f}x cells phase with 2 warm workers "
-        f"vs one process (target >= 1.6)"))
+    row(
+        "8 local launcher, 8 cells",
+        la.get("skipped")
+        or (
+            f"{la['command_speedup']:.2f}x whole command, {la['cells_speedup']:.2f}x cells phase with 2 warm workers "
+            f"vs one process (target >= 1.6)"
+        ),
+    )
     dm = r["demo"]
-    row("6 demo sweep end to end", f"{dm['with_summary_s']:.1f} s (rc {dm['returncode']}, {dm['models_rows']} rows; "
-        f"target <= 600 s)")
+    row(
+        "6 demo sweep end to end",
+        f"{dm['with_summary_s']:.1f} s (rc {dm['returncode']}, {dm['models_rows']} rows; target <= 600 s)",
+    )
     return "\n".join(lines)
 
 
@@ -332,8 +434,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (figures not meaningful)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "latest.json"))
     parser.add_argument("--read-files", type=int, default=10_000, help="files of section 5")
-    parser.add_argument("--only", default="", help="comma-separated sections to run "
-                        "(hvp,seeds,overhead,read,demo,cell,launcher,anchors)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated sections to run (hvp,seeds,overhead,read,demo,cell,launcher,anchors)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # per-core ratios: the jobs use one thread (threads: 1), and the machine is shared
@@ -342,8 +447,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def want(name: str) -> bool:
         return not only or name in only
 
-    r: dict[str, Any] = {"quick": args.quick, "torch": torch.__version__, "cpu_cores": os.cpu_count(),
-                         "load_average": [round(v, 2) for v in os.getloadavg()], "started": time.time()}
+    r: dict[str, Any] = {
+        "quick": args.quick,
+        "torch": torch.__version__,
+        "cpu_cores": os.cpu_count(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "started": time.time(),
+    }
     skipped = {"skipped": "not selected (--only)"}
     r["hvp"], r["pyhessian"] = bench_curvature(args.quick) if want("hvp") else (skipped, skipped)
     r["seeds"] = bench_seeds(args.quick) if want("seeds") else {**skipped, "cells": [], "ratio_total": float("nan")}
@@ -362,8 +472,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     r["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     r["ratios"] = {
         "hvp_over_grad": r["hvp"].get("hvp_over_grad"),
-        "eig_time_landscape_over_pyhessian": r["pyhessian"].get("top_eigenvalue", {}).get(
-            "time_ratio_landscape_over_pyhessian"),
+        "eig_time_landscape_over_pyhessian": r["pyhessian"]
+        .get("top_eigenvalue", {})
+        .get("time_ratio_landscape_over_pyhessian"),
         "seeds_together_over_serial_throughput": r["seeds"].get("ratio_total"),
         "overhead_fraction_of_demo_cell": r["overhead"].get("overhead_fraction"),
         "read_pandas_s": r["read"].get("pandas_load_s"),

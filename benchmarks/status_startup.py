@@ -37,9 +37,16 @@ def small_sweep(root: Path) -> Path:
     import json
 
     cells = [{"cell_id": f"c{i}", "overrides": [f"model.width={2 ** (i + 1)}"]} for i in range(4)]
-    (sweep / "launches" / "20260101T000000-000000001.json").write_text(json.dumps({
-        "arguments": ["model.width=2,4,8,16"], "argv": ["-m", "model.width=2,4,8,16"], "cwd": str(root),
-        "cells": cells}))
+    (sweep / "launches" / "20260101T000000-000000001.json").write_text(
+        json.dumps(
+            {
+                "arguments": ["model.width=2,4,8,16"],
+                "argv": ["-m", "model.width=2,4,8,16"],
+                "cwd": str(root),
+                "cells": cells,
+            }
+        )
+    )
     for i in range(3):  # only the fields every version has: an older checkout reads them too (--compare)
         status = asdict(CellStatus(state="done", cell_id=f"c{i}", seeds={"0": "done", "1": "done"}, updated_at=0.0))
         status.pop("metric_errors", None)
@@ -79,9 +86,9 @@ def main() -> None:
             for name, (cmd, env) in variants.items():
                 times[name].append(timed(cmd, env, tmp))
         load1 = os.getloadavg()
-    print(f"load average {load0[0]:.2f} -> {load1[0]:.2f}; {args.reps} interleaved repetitions; median (min) s")  # noqa: T201
+    print(f"load average {load0[0]:.2f} -> {load1[0]:.2f}; {args.reps} interleaved repetitions; median (min) s")
     for name, ts in times.items():
-        print(f"  {name:50s} {statistics.median(ts):6.3f} ({min(ts):.3f})")  # noqa: T201
+        print(f"  {name:50s} {statistics.median(ts):6.3f} ({min(ts):.3f})")
 
 
 if __name__ == "__main__":

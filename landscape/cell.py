@@ -20,26 +20,25 @@ or the wrong kind of file is a ``DamagedFile`` naming the file, the key and the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
+import re
+import shutil
 import socket
 import threading
 import time
 import uuid
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import math
-import re
-import shutil
-
 from landscape import sweepdir
-from landscape.files import STALE_TEMPORARY_S, Fence, LeaseLost, atomic_write, check_fence, temporary_name
 from landscape.config import semantic_config
+from landscape.files import STALE_TEMPORARY_S, Fence, LeaseLost, atomic_write, check_fence, temporary_name
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,10 @@ _STATUS_FIELDS: dict[str, tuple[Any, str]] = {
     "cell_id": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
     "sweep": (lambda v: isinstance(v, str), "a string"),
     "seeds": (_is_str_map, "an object of seed -> done | diverged"),
-    "error": _OPTIONAL_STR, "traceback": _OPTIONAL_STR, "host": _OPTIONAL_STR, "slurm_job_id": _OPTIONAL_STR,
+    "error": _OPTIONAL_STR,
+    "traceback": _OPTIONAL_STR,
+    "host": _OPTIONAL_STR,
+    "slurm_job_id": _OPTIONAL_STR,
     "done_key": _OPTIONAL_STR,
     "pid": (lambda v: v is None or (_is_int(v) and v > 0), "a positive integer or null"),
     "attempts": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
@@ -139,18 +141,26 @@ _STATUS_FIELDS: dict[str, tuple[Any, str]] = {
     "updated_at": (lambda v: v is None or _is_number(v), "a finite number (seconds) or null"),
     "overrides": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
     "results": (lambda v: isinstance(v, dict), "an object of result file -> record"),
-    "pending": (lambda v: _is_str_map(v) and all(sweepdir.RESULT_NAME.fullmatch(k) for k in v),
-                "an object of result file (<table>/<name>.parquet) -> SHA-256"),
-    "files": (lambda v: _is_str_map(v) and all(_is_relative(k) for k in v),
-              "an object of path relative to the cell -> SHA-256"),
-    "metric_errors": (lambda v: isinstance(v, list) and all(_is_str_map(x) for x in v),
-                      "a list of objects of strings (family, who, error)"),
+    "pending": (
+        lambda v: _is_str_map(v) and all(sweepdir.RESULT_NAME.fullmatch(k) for k in v),
+        "an object of result file (<table>/<name>.parquet) -> SHA-256",
+    ),
+    "files": (
+        lambda v: _is_str_map(v) and all(_is_relative(k) for k in v),
+        "an object of path relative to the cell -> SHA-256",
+    ),
+    "metric_errors": (
+        lambda v: isinstance(v, list) and all(_is_str_map(x) for x in v),
+        "a list of objects of strings (family, who, error)",
+    ),
 }
 _REQUIRED_STATUS = ("state", "cell_id")
 _RECORD_FIELDS: dict[str, tuple[Any, str]] = {
     "sha256": (lambda v: isinstance(v, str) and bool(_HEX64.fullmatch(v)), "64 lowercase hex digits"),
-    "covers": (lambda v: isinstance(v, list) and all(_is_cover(c) for c in v),
-               "a list of seeds (integers) or pairs ([a, b])"),
+    "covers": (
+        lambda v: isinstance(v, list) and all(_is_cover(c) for c in v),
+        "a list of seeds (integers) or pairs ([a, b])",
+    ),
     "rows": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "size": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "mtime_ns": (lambda v: _is_int(v), "an integer"),
@@ -290,8 +300,6 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
-
-
 def clean_temporary_files(cell: CellDir, keep: Path | None = None) -> list[Path]:
     """Remove temporary files (``.<name>.tmp-*``, staged result files) left by killed or failed writes in the cell's directory and
     in the cell's result files' directories; only the lease holder calls this. Returns what was removed.
@@ -405,7 +413,8 @@ class LeaseRecord:
 
 _LEASE_FIELDS: dict[str, tuple[Any, str]] = {
     "token": (lambda v: isinstance(v, str) and bool(_TOKEN.fullmatch(v)), "1 to 64 letters, digits, _ or -"),
-    "host": _OPTIONAL_STR, "slurm_job_id": _OPTIONAL_STR,
+    "host": _OPTIONAL_STR,
+    "slurm_job_id": _OPTIONAL_STR,
     "pid": (lambda v: v is None or (_is_int(v) and v > 0), "a positive integer or null"),
     "interval": (lambda v: v is None or (_is_number(v) and v > 0), "a positive finite number (seconds) or null"),
     "acquired_at": (lambda v: v is None or _is_number(v), "a finite number or null"),
@@ -480,13 +489,19 @@ class Lease:
 
     def fence(self) -> Fence:
         """The fence of this holder's writes: the cell's directory and its result files."""
-        return Fence.for_cell(self.holder_dir.absolute(), self.cell.path, sweepdir.results_dir(self.cell.sweep_dir),
-                              self.cell.cell_id)
+        return Fence.for_cell(
+            self.holder_dir.absolute(), self.cell.path, sweepdir.results_dir(self.cell.sweep_dir), self.cell.cell_id
+        )
 
     def _record(self) -> dict[str, Any]:
-        return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-                "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "interval": self.interval,
-                "acquired_at": time.time()}
+        return {
+            "token": self.token,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "interval": self.interval,
+            "acquired_at": time.time(),
+        }
 
     def _link_new(self, target: Path, obj: dict[str, Any]) -> bool:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -541,8 +556,12 @@ class Lease:
         except DamagedFile as exc:
             if raw not in self._warned:
                 self._warned.add(raw)
-                log.warning("cell %s: damaged lease file %s (%s): set aside and taken over", self.cell.cell_id,
-                            exc.path, exc.reason)
+                log.warning(
+                    "cell %s: damaged lease file %s (%s): set aside and taken over",
+                    self.cell.cell_id,
+                    exc.path,
+                    exc.reason,
+                )
             return True, None
         beat = self._beat_of(rec.token)
         now = time.monotonic()
@@ -582,8 +601,11 @@ class Lease:
                     stale, beat = self._stale(raw)
                     ok = stale and self._take_over(raw, beat)
             if ok and not self.holder_dir.is_dir():  # removed under us: not ours to write with
-                log.warning("cell %s: the holder directory %s vanished after taking the lease", self.cell.cell_id,
-                            self.holder_dir)
+                log.warning(
+                    "cell %s: the holder directory %s vanished after taking the lease",
+                    self.cell.cell_id,
+                    self.holder_dir,
+                )
                 self._unlink_if_ours()
                 ok = False
             self.lost = not ok
@@ -618,8 +640,11 @@ class Lease:
                 rec = None
             if rec is not None and self._beat_of(rec.token) != beat:
                 return False  # it beat meanwhile: not stale any more
-            log.warning("cell %s: taking over the stale lease of %s", self.cell.cell_id,
-                        {k: getattr(rec, k) for k in ("host", "pid", "slurm_job_id")} if rec else "a damaged file")
+            log.warning(
+                "cell %s: taking over the stale lease of %s",
+                self.cell.cell_id,
+                {k: getattr(rec, k) for k in ("host", "pid", "slurm_job_id")} if rec else "a damaged file",
+            )
             if rec is not None:  # fence the old holder: from now on each of its writes fails
                 old = sweepdir.holder_dir(self.cell.path, rec.token)
                 fenced = sweepdir.fenced_dir(self.cell.path, rec.token, self.token)
@@ -649,8 +674,12 @@ class Lease:
                 return False
             if not logged:
                 rec = self.holder() or {}
-                log.info("cell %s is being worked on by %s (pid %s): waiting for its lease", self.cell.cell_id,
-                         rec.get("host"), rec.get("pid"))
+                log.info(
+                    "cell %s is being worked on by %s (pid %s): waiting for its lease",
+                    self.cell.cell_id,
+                    rec.get("host"),
+                    rec.get("pid"),
+                )
                 logged = True
             time.sleep(poll)
 
@@ -733,9 +762,12 @@ def _checkpoint_problem(path: Path) -> FileProblem | None:
         low = text.lower()
         markers = ("unsupported global", "unsupported operand", "was not an allowed global", "is blocked")
         if any(m in low for m in markers):
-            start = min(i for i in (low.find("trying to"), low.find("unsupported")) if i >= 0) if (
-                "trying to" in low or "unsupported" in low) else 0
-            return FileProblem(path, "unsafe", f"refused to load (it would run code): {text[start:start + 140]}")
+            start = (
+                min(i for i in (low.find("trying to"), low.find("unsupported")) if i >= 0)
+                if ("trying to" in low or "unsupported" in low)
+                else 0
+            )
+            return FileProblem(path, "unsafe", f"refused to load (it would run code): {text[start : start + 140]}")
         return FileProblem(path, "damaged", f"{type(exc).__name__}: {text[:160]}")
     return None
 
@@ -755,8 +787,9 @@ def resume_state_checksums(cell: CellDir) -> dict[str, str]:
     return out
 
 
-def inspect_cell_files(cell: CellDir, checkpoints: bool = True, recorded: dict[str, str] | None = None
-                       ) -> list[FileProblem]:
+def inspect_cell_files(
+    cell: CellDir, checkpoints: bool = True, recorded: dict[str, str] | None = None
+) -> list[FileProblem]:
     """Every damaged or unsafe file among the cell's resume state: checkpoints (``*.pt``, loaded with
     ``weights_only=True``, so nothing in them runs), training results (``seeds/*/result.json``) and metric caches
     (``metrics/*/*.json``), and any file whose SHA-256 differs from ``recorded`` (``CellStatus.files``: flipped
@@ -772,7 +805,9 @@ def inspect_cell_files(cell: CellDir, checkpoints: bool = True, recorded: dict[s
             if unsafe is not None and unsafe.kind == "unsafe":
                 out.append(unsafe)
             else:
-                out.append(FileProblem(path, "damaged", "SHA-256 differs from the one recorded at the cell's last commit"))
+                out.append(
+                    FileProblem(path, "damaged", "SHA-256 differs from the one recorded at the cell's last commit")
+                )
             bad.add(path)
     files = _visible_files(cell.path)
     for path in files:
@@ -810,8 +845,10 @@ _TRAIN_RESULT_FIELDS: dict[str, tuple[Any, str]] = {
     "epochs": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "seconds": (lambda v: _is_number(v), "a finite number"),
-    "history": (lambda v: isinstance(v, list) and all(x is None or isinstance(x, (int, float)) for x in v),
-                "a list of numbers"),
+    "history": (
+        lambda v: isinstance(v, list) and all(x is None or isinstance(x, (int, float)) for x in v),
+        "a list of numbers",
+    ),
     "resumed_from_epoch": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "vectorized": (lambda v: isinstance(v, bool), "true or false"),
     "reason": _OPTIONAL_STR,
@@ -833,11 +870,22 @@ def _cache_problem(rel: Path, obj: Any) -> str | None:
                 return f"{key}: missing (a training result has status, epochs, steps, seconds)"
         return _field_problem(obj, _TRAIN_RESULT_FIELDS, "a training result")
     elif parts and parts[0] == sweepdir.METRICS and "values" in obj:
-        checks = {"values": (lambda v: isinstance(v, dict), "an object of column -> value"),
-                  "tables": (lambda v: v is None or (isinstance(v, dict) and all(
-                      isinstance(rows, list) and all(isinstance(r, dict) for r in rows) for rows in v.values())),
-                      "an object of table -> list of row objects"),
-                  "error": _OPTIONAL_STR}
+        checks = {
+            "values": (lambda v: isinstance(v, dict), "an object of column -> value"),
+            "tables": (
+                lambda v: (
+                    v is None
+                    or (
+                        isinstance(v, dict)
+                        and all(
+                            isinstance(rows, list) and all(isinstance(r, dict) for r in rows) for rows in v.values()
+                        )
+                    )
+                ),
+                "an object of table -> list of row objects",
+            ),
+            "error": _OPTIONAL_STR,
+        }
         return _field_problem(obj, checks, "a metric cache (values, tables, error)")
     return None
 

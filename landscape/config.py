@@ -17,17 +17,16 @@ registered families' ``Config`` classes, and the root ``LandscapeConfig`` are ma
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
-import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from landscape.rules import FLOAT32_MAX, INT64_MAX  # noqa: F401 - re-exported: the caps of every number
-from landscape.rules import FRACTION, Rule, field_rule, ints, nums
+from landscape.rules import FLOAT32_MAX, FRACTION, INT64_MAX, Rule, field_rule, ints, nums  # noqa: F401 - re-exported: the caps of every number
 
 
 @dataclass
@@ -131,20 +130,23 @@ def _build_root() -> dict[str, type]:
         for name, cls in family_config_classes().items():
             specs.append((name, cls, field(default_factory=cls)))
         metrics_cls = make_dataclass("MetricsConfig", specs)
-        root = make_dataclass("LandscapeConfig", [
-            ("data", DataConfig, field(default_factory=DataConfig)),
-            ("model", ModelConfig, field(default_factory=ModelConfig)),
-            ("train", TrainConfig, field(default_factory=TrainConfig)),
-            ("metrics", metrics_cls, field(default_factory=metrics_cls)),
-            ("sweep_name", str, field(default="default")),
-            ("device", str, field(default="auto")),
-            ("threads", int, field(default=1)),
-            ("dry_run", bool, field(default=False)),
-            ("phase", PhaseConfig, field(default_factory=PhaseConfig)),  # landscape-phase settings (analysis only)
-        ])
+        root = make_dataclass(
+            "LandscapeConfig",
+            [
+                ("data", DataConfig, field(default_factory=DataConfig)),
+                ("model", ModelConfig, field(default_factory=ModelConfig)),
+                ("train", TrainConfig, field(default_factory=TrainConfig)),
+                ("metrics", metrics_cls, field(default_factory=metrics_cls)),
+                ("sweep_name", str, field(default="default")),
+                ("device", str, field(default="auto")),
+                ("threads", int, field(default=1)),
+                ("dry_run", bool, field(default=False)),
+                ("phase", PhaseConfig, field(default_factory=PhaseConfig)),  # landscape-phase settings (analysis only)
+            ],
+        )
         root.__doc__ = _ROOT_DOC
         for cls in (metrics_cls, root):  # importable by name (module __getattr__ below): pickled by reference, so
-            cls.__module__ = __name__    # worker processes see the same classes (and dataclasses.MISSING itself)
+            cls.__module__ = __name__  # worker processes see the same classes (and dataclasses.MISSING itself)
         _ROOT.update(MetricsConfig=metrics_cls, LandscapeConfig=root)
     return _ROOT
 
@@ -194,8 +196,9 @@ def validate(cfg: DictConfig | Any) -> list[str]:
     and the rules that tie keys together: the dataset (``_check_data``: its own checker in ``DATASET_CHECKS``),
     the model, training (against the training-set size), the run (``sweep_name``, ``device``), the
     ``landscape-phase`` settings, and the metric families' settings (``landscape.metrics.validate_metrics``)."""
-    p: list[str] = [unknown_key_message(k, added=True) or f"{k}: not a key of the config schema"
-                    for k, _ in unknown_keys(cfg)]
+    p: list[str] = [
+        unknown_key_message(k, added=True) or f"{k}: not a key of the config schema" for k, _ in unknown_keys(cfg)
+    ]
     bad = set()  # keys refused by their rules: the rules below that read them are skipped
     for key, msg in bound_problems(cfg):
         p.append(msg)
@@ -219,7 +222,9 @@ def _cifar10_size(p: list[str], d: Any, bad: set[str]) -> int | None:
     from landscape import data as data_mod
 
     if not d.root:
-        p.append("data.root=None: CIFAR-10 needs the directory of its python batches (data.root=/path/to/cifar-10-batches-py)")
+        p.append(
+            "data.root=None: CIFAR-10 needs the directory of its python batches (data.root=/path/to/cifar-10-batches-py)"
+        )
         return None
     missing = data_mod.cifar10_missing_files(d.root)
     if missing:
@@ -306,9 +311,11 @@ def _check_run(p: list[str], cfg: Any) -> None:
     """The root keys of the run: ``sweep_name`` (a plain directory name) and ``device``."""
     name = str(cfg.sweep_name)
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.=,+-]*", name) or ".." in name or len(name) > MAX_NAME:
-        p.append(f"sweep_name={name!r}: expected a plain name of at most {MAX_NAME} characters (letters, digits, "
-                 "_ . = , + -; no '/' or '..'): it names a directory under the outputs root; to write elsewhere "
-                 "give hydra.sweep.dir=/absolute/path")
+        p.append(
+            f"sweep_name={name!r}: expected a plain name of at most {MAX_NAME} characters (letters, digits, "
+            "_ . = , + -; no '/' or '..'): it names a directory under the outputs root; to write elsewhere "
+            "give hydra.sweep.dir=/absolute/path"
+        )
     dev = str(cfg.device)
     if not (dev in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", dev)):
         p.append(f"device={dev!r}: expected auto, cpu, cuda or cuda:N")
@@ -352,7 +359,10 @@ VALUE_RULES: dict[str, Rule] = {
     "data.subsample": nums(0.0, lo_open=True, note="a fraction in (0, 1] or an integer count >= 1"),
     "data.label_noise": FRACTION,
     "data.num_samples": ints(10),
-    "data.n_train": ints(1), "data.n_test": ints(1), "data.dim": ints(1), "data.n_classes": ints(2),
+    "data.n_train": ints(1),
+    "data.n_test": ints(1),
+    "data.dim": ints(1),
+    "data.n_classes": ints(2),
     "data.separation": nums(0.0),
     # model
     "model.width": ints(1),
@@ -447,7 +457,11 @@ _ABSENT = object()
 def _select(cfg: Any, key: str) -> Any:
     node = cfg
     for part in key.split("."):
-        node = node.get(part, _ABSENT) if isinstance(node, dict) or OmegaConf.is_dict(node) else getattr(node, part, _ABSENT)
+        node = (
+            node.get(part, _ABSENT)
+            if isinstance(node, dict) or OmegaConf.is_dict(node)
+            else getattr(node, part, _ABSENT)
+        )
         if node is _ABSENT or node is None:
             return node
     return node
@@ -502,7 +516,12 @@ def model_size(cfg: Any) -> tuple[int, int] | None:
     w, depth = int(m.width), int(m.depth)
     if m.name == "mlp":
         fan_in = math.prod(shape)
-        params = depth * w + (fan_in * w + (depth - 1) * w * w if depth else 0) + (w if depth else fan_in) * n_classes + n_classes
+        params = (
+            depth * w
+            + (fan_in * w + (depth - 1) * w * w if depth else 0)
+            + (w if depth else fan_in) * n_classes
+            + n_classes
+        )
         return params, 2 * depth * w + n_classes
     if m.name == "cnn":
         shape = shape if len(shape) >= 2 else (1, *shape)
@@ -569,23 +588,26 @@ def launch_problems(cfg: Any, local: bool, memory_bytes: int | None = None, cpus
         on_cpu = str(cfg.device) == "cpu" or (str(cfg.device) == "auto" and local and not _cuda_here())
         need = training_bytes(cfg, n_params, acts if on_cpu else 0, _train_size(cfg) if on_cpu else None)
         if need > memory_bytes:
-            p.append(f"model.width={m.width}, model.depth={m.depth}: the {m.name} has {n_params:,} parameters, "
-                     f"about {need / 2**30:.1f} GiB to train{' (weights and one batch of activations)' if on_cpu else ''}, "
-                     f"more than the {memory_bytes / 2**30:.1f} GiB available")
+            p.append(
+                f"model.width={m.width}, model.depth={m.depth}: the {m.name} has {n_params:,} parameters, "
+                f"about {need / 2**30:.1f} GiB to train{' (weights and one batch of activations)' if on_cpu else ''}, "
+                f"more than the {memory_bytes / 2**30:.1f} GiB available"
+            )
             return p  # not built, not even on the meta device
     try:
         n_params, _, reason = model_facts(cfg)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure to build is a planning error naming the model
         return [*p, f"model.name={m.name}, model.width={m.width}: cannot build the model ({exc})"]
     if str(cfg.train.vectorize) == "on" and reason is not None:
-        p.append(f"train.vectorize=on: cannot train {m.name} seeds together: {reason}; use "
-                 "train.vectorize=auto or off")
+        p.append(f"train.vectorize=on: cannot train {m.name} seeds together: {reason}; use train.vectorize=auto or off")
     cka = cfg.metrics.get("cka") if "metrics" in cfg else None
     if cka is not None and cka.enabled is not False and str(cka.features) == "layer" and cka.layer:
         modules = _module_names(cfg)
         if str(cka.layer) not in modules:
-            p.append(f"metrics.cka.layer={cka.layer!r}: not a module of the {m.name}; its modules: "
-                     f"{', '.join(modules[:40])}{' ...' if len(modules) > 40 else ''}")
+            p.append(
+                f"metrics.cka.layer={cka.layer!r}: not a module of the {m.name}; its modules: "
+                f"{', '.join(modules[:40])}{' ...' if len(modules) > 40 else ''}"
+            )
     dev = str(cfg.device)
     if local and dev.startswith("cuda"):
         import torch
@@ -642,9 +664,13 @@ def _schema_fields(cls: type) -> dict[str, tuple[Any, Any]]:
     import typing
 
     hints = typing.get_type_hints(cls)
-    return {f.name: (hints.get(f.name, f.type),
-                     f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)  # type: ignore[misc]
-            for f in fields(cls)}
+    return {
+        f.name: (
+            hints.get(f.name, f.type),
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default,
+        )  # type: ignore[misc]
+        for f in fields(cls)
+    }
 
 
 def schema_keys(cls: type | None = None, prefix: str = "") -> list[str]:
@@ -698,7 +724,7 @@ def unknown_key_message(key: str, added: bool = False) -> str | None:
     parts = key.split(".")
     depth = len(known.split(".")) if known else 0
     where = known or "the root"
-    rest = parts[depth + 1:]
+    rest = parts[depth + 1 :]
     all_keys = schema_keys()
     near: list[str] = []  # the group's keys like the unknown part; else whole keys like it, keys of that leaf name
     ratio = {m: difflib.SequenceMatcher(None, parts[depth], m).ratio() for m in level}
@@ -729,8 +755,9 @@ def _type_words(annotation: Any) -> str:
     if typing.get_origin(annotation) is list:
         inner = typing.get_args(annotation)
         return f"a list of {_type_words(inner[0]).removeprefix('a ').removeprefix('an ')}s" if inner else "a list"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(annotation,
-                                                                                                 str(annotation))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        annotation, str(annotation)
+    )
 
 
 def value_message(key: str, value: Any) -> str | None:
@@ -821,8 +848,12 @@ def knob_fields() -> list[tuple[str, Any]]:
     """``(dotted name, annotation)`` of every knob of a cell: the leaves of the data, model and train configs,
     the seed list excepted (a cell's seeds are its rows, not a knob). ``landscape.results.schema`` types them as
     the rows' knob columns."""
-    return [(name, typ) for cls, prefix in ((DataConfig, "data"), (ModelConfig, "model"), (TrainConfig, "train"))
-            for name, typ in leaf_fields(cls, prefix) if name != "train.seeds"]
+    return [
+        (name, typ)
+        for cls, prefix in ((DataConfig, "data"), (ModelConfig, "model"), (TrainConfig, "train"))
+        for name, typ in leaf_fields(cls, prefix)
+        if name != "train.seeds"
+    ]
 
 
 def semantic_config(cfg: DictConfig | Any) -> dict[str, Any]:

@@ -38,24 +38,29 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+
 from landscape.engine import (
+    DamagedCheckpoint,
     MemberResult,
     Plan,
-    StepOut,
-    DamagedCheckpoint,
     ShuffledTask,
+    StepOut,
     StepTask,
     atomic_torch_save,
-    epoch_permutation,
     batch_slice,
+    epoch_permutation,
     load_checkpoint,
     lr_factor,
     run,
     set_aside,
     steps_per_epoch,
 )
-from landscape.params import ParamLayout, functional_forward, load_parameters
-from landscape.params import trainable_parameters  # noqa: F401 - re-exported (metrics.connectivity, tests)
+from landscape.params import (
+    ParamLayout,
+    functional_forward,
+    load_parameters,
+    trainable_parameters,  # noqa: F401 - re-exported (metrics.connectivity, tests)
+)
 from landscape.training import LossFn, evaluate, recompute_bn
 
 log = logging.getLogger(__name__)
@@ -103,7 +108,11 @@ class BezierCurve:
         self.bends = int(middle[self.names[0]].shape[0])
         self._ends = torch.stack([self.layout.flatten(self.start), self.layout.flatten(self.end)])
         self.middle_flat = torch.cat(
-            [middle[n].detach().reshape(self.bends, k).to(self._ends) for n, k in zip(self.names, self.numels)], dim=1
+            [
+                middle[n].detach().reshape(self.bends, k).to(self._ends)
+                for n, k in zip(self.names, self.numels, strict=True)
+            ],
+            dim=1,
         ).requires_grad_(self.bends > 0)
 
     @classmethod
@@ -221,8 +230,18 @@ class _CurveTask(ShuffledTask):
 
     rng_name = "curve"
 
-    def __init__(self, curve: BezierCurve, model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn,
-                 s: CurveSettings, seed: int, final_path: Path | None, meta: dict):
+    def __init__(
+        self,
+        curve: BezierCurve,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        loss_fn: LossFn,
+        s: CurveSettings,
+        seed: int,
+        final_path: Path | None,
+        meta: dict,
+    ):
         self.curve, self.model, self.x, self.y, self.loss_fn, self.s = curve, model, x, y, loss_fn, s
         self.final_path, self.meta = final_path, meta
         self.members = ["curve"]
@@ -265,12 +284,22 @@ class _CurveTask(ShuffledTask):
         return [] if bool(torch.isfinite(self.curve.middle_flat.detach()).all()) else [0]
 
     def finish(self, row: int, r: MemberResult) -> None:
-        self.result = CurveTrainResult(epochs=r.epochs, steps=r.steps, seconds=r.seconds, history=r.history,
-                                       epochs_run=r.epochs - r.resumed_from_epoch,
-                                       resumed_from_epoch=r.resumed_from_epoch, status=r.status, reason=r.reason)
+        self.result = CurveTrainResult(
+            epochs=r.epochs,
+            steps=r.steps,
+            seconds=r.seconds,
+            history=r.history,
+            epochs_run=r.epochs - r.resumed_from_epoch,
+            resumed_from_epoch=r.resumed_from_epoch,
+            status=r.status,
+            reason=r.reason,
+        )
         if self.final_path is not None:
-            atomic_torch_save({"meta": self.meta, "middle": self.curve.state(), "result": asdict(self.result)},
-                              self.final_path, checksum=True)
+            atomic_torch_save(
+                {"meta": self.meta, "middle": self.curve.state(), "result": asdict(self.result)},
+                self.final_path,
+                checksum=True,
+            )
 
     def state_dict(self) -> dict:
         return {"middle": self.curve.state(), "optimizer": None if self.opt is None else self.opt.state_dict()}
@@ -315,13 +344,13 @@ def train_curve(
             return done
 
     task = _CurveTask(curve, model, x, y, loss_fn, s, seed, final_path, meta)
-    plan = Plan(epochs=s.epochs if task.opt is not None else 0, per_epoch=task.per_epoch,
-                checkpoint_every=s.checkpoint_every)
+    plan = Plan(
+        epochs=s.epochs if task.opt is not None else 0, per_epoch=task.per_epoch, checkpoint_every=s.checkpoint_every
+    )
     was_training = model.training
     model.train()
     try:
-        run(task, plan, phase, ckpt_path, meta=meta, should_stop=should_stop, on_epoch=progress,
-            map_location=x.device)
+        run(task, plan, phase, ckpt_path, meta=meta, should_stop=should_stop, on_epoch=progress, map_location=x.device)
     finally:
         model.train(was_training)
     assert task.result is not None
@@ -335,8 +364,9 @@ def curve_meta(curve: BezierCurve, settings: CurveSettings, seed: int) -> dict:
     return {"settings": asdict(settings), "seed": int(seed), "bends": curve.bends, "fingerprint": fingerprint}
 
 
-def load_finished_curve(curve: BezierCurve, meta: dict, workdir: Path, device: torch.device | str | None
-                        ) -> CurveTrainResult | None:
+def load_finished_curve(
+    curve: BezierCurve, meta: dict, workdir: Path, device: torch.device | str | None
+) -> CurveTrainResult | None:
     """The result of a finished run of ``meta`` in ``workdir`` (its middle points loaded into ``curve``), or None.
     A final file of another run is ignored with a warning (and the stale checkpoint beside it removed); a damaged
     one is set aside."""
@@ -368,9 +398,19 @@ class _CurveStackTask(StepTask):
     the sum of the curves' losses gives each curve its own gradient (curves share no parameter). Equal to serial
     training within float rounding, not bitwise (the batched kernels sum in another order)."""
 
-    def __init__(self, curves: dict[str, BezierCurve], names: list[str], model: nn.Module, x: Tensor, y: Tensor,
-                 loss_fn: LossFn, s: CurveSettings, seeds: dict[str, int], metas: dict[str, dict],
-                 workdirs: dict[str, Path]):
+    def __init__(
+        self,
+        curves: dict[str, BezierCurve],
+        names: list[str],
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        loss_fn: LossFn,
+        s: CurveSettings,
+        seeds: dict[str, int],
+        metas: dict[str, dict],
+        workdirs: dict[str, Path],
+    ):
         from landscape.vectorized import stacked_forward
 
         self.curves, self.x, self.y, self.loss_fn, self.s = curves, x, y, loss_fn, s
@@ -413,8 +453,12 @@ class _CurveStackTask(StepTask):
     def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
         idx = batch_slice(self.perms, batch, self.bs)  # [K, B]
         degree = self.bends + 1
-        w = torch.stack([bernstein(degree, float(t), dtype=self.ends.dtype, device=self.ends.device)
-                         for t in self.ts[batch].tolist()])  # [K, degree + 1]
+        w = torch.stack(
+            [
+                bernstein(degree, float(t), dtype=self.ends.dtype, device=self.ends.device)
+                for t in self.ts[batch].tolist()
+            ]
+        )  # [K, degree + 1]
         theta = torch.bmm(w[:, [0, -1]].unsqueeze(1), self.ends)
         if self.bends:
             theta = theta + torch.bmm(w[:, 1:-1].unsqueeze(1), self.middle)
@@ -457,22 +501,35 @@ class _CurveStackTask(StepTask):
         n = self.members[row]
         self.curves[n].load_state(self.middle[row].detach())
         # seconds: the curve's share of the stack's training time (the stack's seconds over its curves)
-        self.results[n] = CurveTrainResult(epochs=r.epochs, steps=r.steps, seconds=r.seconds / self.size,
-                                           history=r.history,
-                                           epochs_run=r.epochs - r.resumed_from_epoch,
-                                           resumed_from_epoch=r.resumed_from_epoch, status=r.status, reason=r.reason)
+        self.results[n] = CurveTrainResult(
+            epochs=r.epochs,
+            steps=r.steps,
+            seconds=r.seconds / self.size,
+            history=r.history,
+            epochs_run=r.epochs - r.resumed_from_epoch,
+            resumed_from_epoch=r.resumed_from_epoch,
+            status=r.status,
+            reason=r.reason,
+        )
         self.pending.append(n)
 
     def commit(self) -> None:
         """Write each finished curve's ``curve_final.pt`` as :func:`train_curve` does (a later serial call loads it)."""
         for n in self.pending:
-            atomic_torch_save({"meta": self.metas[n], "middle": self.curves[n].state(),
-                               "result": asdict(self.results[n])}, self.workdirs[n] / CURVE_FINAL, checksum=True)
+            atomic_torch_save(
+                {"meta": self.metas[n], "middle": self.curves[n].state(), "result": asdict(self.results[n])},
+                self.workdirs[n] / CURVE_FINAL,
+                checksum=True,
+            )
         self.pending = []
 
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "metas": {n: self.metas[n] for n in self.members},
-                "middle": self.middle.detach(), "buffers": self.buffers}
+        return {
+            "kind": self.kind,
+            "metas": {n: self.metas[n] for n in self.members},
+            "middle": self.middle.detach(),
+            "buffers": self.buffers,
+        }
 
     def load_state_dict(self, state: dict, members: list) -> bool:
         if state["kind"] != self.kind or any(state["metas"].get(n) != self.metas[n] for n in self.members):
@@ -519,8 +576,9 @@ def train_curves_together(
         if done is not None:
             results[n] = done
         elif (workdirs[n] / CURVE_CHECKPOINT).exists() or c.bends == 0 or settings.epochs == 0:
-            results[n] = train_curve(c, model, x, y, loss_fn, settings, seeds[n], workdirs[n],
-                                     should_stop=should_stop, phase=f"{phase}: {n}")
+            results[n] = train_curve(
+                c, model, x, y, loss_fn, settings, seeds[n], workdirs[n], should_stop=should_stop, phase=f"{phase}: {n}"
+            )
         else:
             stack.append(n)
     if not stack:
@@ -530,8 +588,14 @@ def train_curves_together(
     was_training = model.training
     model.train()
     try:
-        run(task, Plan(epochs=settings.epochs, per_epoch=task.per_epoch, checkpoint_every=settings.checkpoint_every),
-            phase, group_dir / CURVE_CHECKPOINT, should_stop=should_stop, map_location=x.device)
+        run(
+            task,
+            Plan(epochs=settings.epochs, per_epoch=task.per_epoch, checkpoint_every=settings.checkpoint_every),
+            phase,
+            group_dir / CURVE_CHECKPOINT,
+            should_stop=should_stop,
+            map_location=x.device,
+        )
     finally:
         model.train(was_training)
     results.update(task.results)
@@ -619,8 +683,15 @@ class StageDecision:
     reason: str | None
 
 
-def stage_decision(mc_by_stage: Sequence[float], tol: float, decided_below: float, decided_above: float,
-                   last: bool, diverged: bool = False, stable_doublings: int = 2) -> StageDecision:
+def stage_decision(
+    mc_by_stage: Sequence[float],
+    tol: float,
+    decided_below: float,
+    decided_above: float,
+    last: bool,
+    diverged: bool = False,
+    stable_doublings: int = 2,
+) -> StageDecision:
     """The protocol's rule after a stage, from mc (pp of training error) after every stage so far (each stage
     doubles the budget of the one before).
 
@@ -641,11 +712,12 @@ def stage_decision(mc_by_stage: Sequence[float], tol: float, decided_below: floa
         return StageDecision(True, True, None, "converged")
     change = v[-1] - v[max(0, len(v) - 1 - window)]
     step = v[-1] - v[-2] if len(v) > 1 else 0.0
-    bound = ("lower" if change > tol and step >= -tol else "upper" if change < -tol and step <= tol else None)
+    bound = "lower" if change > tol and step >= -tol else "upper" if change < -tol and step <= tol else None
     # a direction decides only when seen over the whole window: an early stage can jump either way (width 4 at
     # batch 1024 on digits: +10.2 pp at 0.5x, -8.0 pp at 1x, +12 pp at 2x in a sibling pair)
-    decides = len(v) > window and ((bound == "lower" and v[-1] > decided_above)
-                                   or (bound == "upper" and v[-1] < decided_below))
+    decides = len(v) > window and (
+        (bound == "lower" and v[-1] > decided_above) or (bound == "upper" and v[-1] < decided_below)
+    )
     if decides:
         return StageDecision(True, False, bound, "decided")
     if last:
@@ -662,9 +734,7 @@ MC_ENDPOINTS = ("interior", "paper", "band")
 PAPER_T_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def mode_connectivity(
-    values: Sequence[float], t: Sequence[float] | None = None, endpoints: str = "interior"
-) -> float:
+def mode_connectivity(values: Sequence[float], t: Sequence[float] | None = None, endpoints: str = "interior") -> float:
     """Mode connectivity of Yang et al. 2021 of the values ``v`` of a path (training error in percent, or loss)
     at ``t`` (sorted first when given; default: already in path order, first and last are the endpoints).
 

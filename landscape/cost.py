@@ -63,8 +63,18 @@ REST = ("overhead", "training", "l2")
 CALIBRATION_CELLS = 3
 """Finished cells of the sweep probed to scale the estimate of each part (:func:`calibrate_from_rows`)."""
 
-PARTS = ("train", "training", "hessian", "cka", "l2", "connectivity", "surfaces", "projection_trace",
-         "jump_retrain", "overhead")
+PARTS = (
+    "train",
+    "training",
+    "hessian",
+    "cka",
+    "l2",
+    "connectivity",
+    "surfaces",
+    "projection_trace",
+    "jump_retrain",
+    "overhead",
+)
 """The parts of a cell's cost: ``train`` the SGD of its seeds, one per metric family, ``overhead`` loading the
 data and building the models (and, calibrated by rows, everything else the cell's ``seconds`` holds)."""
 
@@ -159,8 +169,7 @@ def _stacked(cfg: Any, model: Any, n: int) -> bool:
     return n >= 1 and use_vectorized(str(cfg.train.vectorize), model, n)
 
 
-def cell_work(cfg: Any, size: DataSize, model: Any = None,
-              realised: Mapping[str, Any] | None = None) -> CellWork:
+def cell_work(cfg: Any, size: DataSize, model: Any = None, realised: Mapping[str, Any] | None = None) -> CellWork:
     """The work of the cell of ``cfg`` on data of ``size`` (see the module docstring); ``model``: the cell's
     model (built from the config when None; it decides the stacking). ``realised``: what a finished cell did,
     to count its work as it happened (``stages``: {pair: stages run}, ``hessian_products``: {seed: products})."""
@@ -202,7 +211,9 @@ def cell_work(cfg: Any, size: DataSize, model: Any = None,
             done = realised.get("hessian_products", {}).get(seed)
             w.add("hessian", Op("hvp", samples), (Range.exact(done) if done is not None else per_model) * samples)
         if not per_model.exact_value and not realised:
-            w.notes["hessian"] = f"Lanczos {per_model.low:g}-{per_model.high:g} products per model (stops at convergence)"
+            w.notes["hessian"] = (
+                f"Lanczos {per_model.low:g}-{per_model.high:g} products per model (stops at convergence)"
+            )
     if "cka" in on and pairs:
         c = cfg.metrics.cka
         pool = {"test": n_test, "train": n}.get(str(c.probe), int(c.n_samples))
@@ -215,7 +226,9 @@ def cell_work(cfg: Any, size: DataSize, model: Any = None,
         ev = n if int(s.eval_samples) <= 0 else min(int(s.eval_samples), n)
         w.add("surfaces", Op("forward"), len(seeds) * points * (ev + (n_test if s.include_test else 0)))
         if str(s.directions) == "hessian":
-            w.add("surfaces", Op("hvp", ev), len(seeds) * ev * Range(int(s.dims), int(s.dims) * int(s.hessian_max_iter)))
+            w.add(
+                "surfaces", Op("hvp", ev), len(seeds) * ev * Range(int(s.dims), int(s.dims) * int(s.hessian_max_iter))
+            )
             w.notes["surfaces"] = "Hessian directions: Lanczos stops at convergence"
     if "projection_trace" in on:
         s = cfg.metrics.projection_trace
@@ -271,8 +284,14 @@ def protocol_epochs(settings: Any, train_cfg: Any, n_train: int) -> tuple[list[i
     return stages, min(int(settings.stable_doublings), len(stages) - 1), bs
 
 
-def _connectivity_work(w: CellWork, cfg: Any, size: DataSize, model: Any, pairs: Sequence[tuple[int, int]],
-                       realised: Mapping[str, int] | None) -> None:
+def _connectivity_work(
+    w: CellWork,
+    cfg: Any,
+    size: DataSize,
+    model: Any,
+    pairs: Sequence[tuple[int, int]],
+    realised: Mapping[str, int] | None,
+) -> None:
     from landscape.engine import steps_per_epoch
     from landscape.models import has_batch_norm
 
@@ -300,8 +319,11 @@ def _connectivity_work(w: CellWork, cfg: Any, size: DataSize, model: Any, pairs:
         w.add("connectivity", Op("curve_epoch", bs, len(pairs)), stack_epochs)
     else:
         for p in names:
-            ep = (Range.exact(stages[int(per_pair[p].low) - 1]) if per_pair[p].exact_value
-                  else Range(stages[earliest], stages[-1]))
+            ep = (
+                Range.exact(stages[int(per_pair[p].low) - 1])
+                if per_pair[p].exact_value
+                else Range(stages[earliest], stages[-1])
+            )
             w.add("connectivity", Op("curve", bs, 1), ep * per_epoch)
             w.add("connectivity", Op("curve_epoch", bs, 1), ep)
     n_stages = _sum(per_pair.values())
@@ -310,8 +332,10 @@ def _connectivity_work(w: CellWork, cfg: Any, size: DataSize, model: Any, pairs:
         w.add("connectivity", Op("forward"), len(pairs) * pts * (n * bn + n_test))
     w.curve_files = n_stages * int(s.bends) if int(s.bends) else ZERO
     if not realised and earliest + 1 < len(stages):
-        w.notes["connectivity"] = (f"protocol: {earliest + 1}-{len(stages)} stages of {stages[0]}..{stages[-1]} "
-                                   f"curve epochs x {per_epoch} steps (stops early when mc converged or decided)")
+        w.notes["connectivity"] = (
+            f"protocol: {earliest + 1}-{len(stages)} stages of {stages[0]}..{stages[-1]} "
+            f"curve epochs x {per_epoch} steps (stops early when mc converged or decided)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------- probe
@@ -355,8 +379,9 @@ def _subset(data: Any, n: int) -> tuple[Any, Any]:
     return data.x_train[idx], data.y_train[idx]
 
 
-def _loop_costs(run: Callable[[int, int, int, Path], Any], batch: int, device: Any, tmp: Path
-                ) -> tuple[float, float, float]:
+def _loop_costs(
+    run: Callable[[int, int, int, Path], Any], batch: int, device: Any, tmp: Path
+) -> tuple[float, float, float]:
     """(seconds per step, seconds per epoch, first-use seconds) of a training loop ``run(samples, epochs, tag,
     dir)``: two gauge runs (the first also pays what a process pays once: imports, kernels; the difference is
     the third value), then three timed runs, each the least of two (P steps in one epoch, 2P steps in one epoch,
@@ -367,9 +392,9 @@ def _loop_costs(run: Callable[[int, int, int, Path], Any], batch: int, device: A
     first_use, t0 = max(0.0, g1 - g2), min(g1, g2)
     p = int(min(256, max(4, math.ceil(_target_s() / max(t0 / p0, 1e-6)))))
     # the least of two runs each: other processes on the machine only ever add time
-    r1 = min(_timed(lambda: run(p * batch, 1, 2 + 3 * i, tmp / f"r1-{i}"), device) for i in range(2))
-    r2 = min(_timed(lambda: run(2 * p * batch, 1, 3 + 3 * i, tmp / f"r2-{i}"), device) for i in range(2))
-    r3 = min(_timed(lambda: run(batch, p, 4 + 3 * i, tmp / f"r3-{i}"), device) for i in range(2))
+    r1 = min(_timed(lambda: run(p * batch, 1, 2 + 3 * i, tmp / f"r1-{i}"), device) for i in range(2))  # noqa: B023 (called within this iteration)
+    r2 = min(_timed(lambda: run(2 * p * batch, 1, 3 + 3 * i, tmp / f"r2-{i}"), device) for i in range(2))  # noqa: B023 (called within this iteration)
+    r3 = min(_timed(lambda: run(batch, p, 4 + 3 * i, tmp / f"r3-{i}"), device) for i in range(2))  # noqa: B023 (called within this iteration)
     # per step: the difference of the first two, within [1/2, 1] x the second's mean step (an upper bound: the
     # fixed start of a run is not negative); a burst of other work during the first run cannot make it vanish
     upper = r2 / (2 * p)
@@ -381,8 +406,13 @@ def _loop_costs(run: Callable[[int, int, int, Path], Any], batch: int, device: A
 def probe_costs(cfg: Any, data: Any, work: CellWork, device: Any = None) -> UnitCosts:
     """Seconds per unit of every ``Op`` of ``work`` for the cell of ``cfg`` on ``data`` (already on ``device``),
     and the bytes of its files, measured here (see the module docstring). Seeds: the cell's own."""
-    from landscape.connectivity import BezierCurve, CurveSettings, trainable_parameters, train_curve
-    from landscape.connectivity import train_curves_together
+    from landscape.connectivity import (
+        BezierCurve,
+        CurveSettings,
+        train_curve,
+        train_curves_together,
+        trainable_parameters,
+    )
     from landscape.models import build_model
     from landscape.training import TrainSettings, evaluate, make_loss, train_model
     from landscape.vectorized import train_together
@@ -428,22 +458,49 @@ def probe_costs(cfg: Any, data: Any, work: CellWork, device: Any = None) -> Unit
                 ms = list(models(K + 1).values())
                 template = build_model(cfg.model, data.input_shape, data.n_classes).to(device)
 
-                def run_curves(samples: int, epochs: int, tag: int, d: Path, B: int = B, K: int = K,
-                               ms: list = ms, template: Any = template) -> None:
+                def run_curves(
+                    samples: int,
+                    epochs: int,
+                    tag: int,
+                    d: Path,
+                    B: int = B,
+                    K: int = K,
+                    ms: list = ms,
+                    template: Any = template,
+                ) -> None:
                     x, y = _subset(data, samples)
-                    cs = CurveSettings(epochs=epochs, lr=float(s.lr), momentum=float(s.momentum),
-                                       weight_decay=float(s.weight_decay), batch_size=B, schedule=str(s.schedule),
-                                       checkpoint_every=int(s.checkpoint_every))
-                    curves = {f"{i}": BezierCurve.through_line(trainable_parameters(ms[i]),
-                                                              trainable_parameters(ms[i + 1]), int(s.bends))
-                              for i in range(K)}
+                    cs = CurveSettings(
+                        epochs=epochs,
+                        lr=float(s.lr),  # noqa: B023 (called within this iteration)
+                        momentum=float(s.momentum),  # noqa: B023 (called within this iteration)
+                        weight_decay=float(s.weight_decay),  # noqa: B023 (called within this iteration)
+                        batch_size=B,
+                        schedule=str(s.schedule),  # noqa: B023 (called within this iteration)
+                        checkpoint_every=int(s.checkpoint_every),  # noqa: B023 (called within this iteration)
+                    )
+                    curves = {
+                        f"{i}": BezierCurve.through_line(
+                            trainable_parameters(ms[i]),
+                            trainable_parameters(ms[i + 1]),
+                            int(s.bends),  # noqa: B023 (called within this iteration)
+                        )
+                        for i in range(K)
+                    }
                     if K > 1:
-                        train_curves_together(curves, template, x, y, loss_fn, cs, {c: int(s.seed) + i for i, c in
-                                                                                     enumerate(curves)},
-                                              {c: d / c for c in curves}, d / "stack", phase="cost probe")
+                        train_curves_together(
+                            curves,
+                            template,
+                            x,
+                            y,
+                            loss_fn,
+                            cs,
+                            {c: int(s.seed) + i for i, c in enumerate(curves)},  # noqa: B023 (called within this iteration)
+                            {c: d / c for c in curves},
+                            d / "stack",
+                            phase="cost probe",
+                        )
                     else:
-                        train_curve(curves["0"], template, x, y, loss_fn, cs, int(s.seed), d / "0",
-                                    phase="cost probe")
+                        train_curve(curves["0"], template, x, y, loss_fn, cs, int(s.seed), d / "0", phase="cost probe")  # noqa: B023 (called within this iteration)
 
                 step, epoch, first = _loop_costs(run_curves, B, device, tmp / f"curve{B}x{K}")
                 out.first_use += first
@@ -456,11 +513,10 @@ def probe_costs(cfg: Any, data: Any, work: CellWork, device: Any = None) -> Unit
                 n = data.n_train
                 evaluate(m, data.x_train, data.y_train, loss_fn)  # first use
                 reps = 1
-                t = _timed(lambda: evaluate(m, data.x_train, data.y_train, loss_fn), device)
+                t = _timed(lambda: evaluate(m, data.x_train, data.y_train, loss_fn), device)  # noqa: B023 (called within this iteration)
                 if t < _target_s():
                     reps = int(min(50, math.ceil(_target_s() / max(t, 1e-6))))
-                    t = _timed(lambda: [evaluate(m, data.x_train, data.y_train, loss_fn) for _ in range(reps)],
-                               device)
+                    t = _timed(lambda: [evaluate(m, data.x_train, data.y_train, loss_fn) for _ in range(reps)], device)  # noqa: B023 (called within this iteration)
                 out.per_op[op] = t / (reps * n)
             elif op.kind == "hvp":
                 out.per_op[op] = _probe_hvp(cfg, data, op.batch, loss_fn, models(1), device)
@@ -484,8 +540,15 @@ def _probe_hvp(cfg: Any, data: Any, samples: int, loss_fn: Any, ms: dict[int, An
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     cache = {"on": True, "off": False}.get(str(s.cache_graph), n_params <= CACHE_GRAPH_MAX_PARAMS)
     bs = "auto" if s.batch_size is None else int(s.batch_size)
-    op = HessianOperator(model, loss_fn, (x, y), batch_size=bs, dtype=getattr(torch, str(s.dtype)),
-                         max_block=int(s.max_block), cache_graph=cache)
+    op = HessianOperator(
+        model,
+        loss_fn,
+        (x, y),
+        batch_size=bs,
+        dtype=getattr(torch, str(s.dtype)),
+        max_block=int(s.max_block),
+        cache_graph=cache,
+    )
     g = torch.Generator().manual_seed(int(s.seed))
     v = torch.randn(op.shape[0], generator=g, dtype=op.dtype).to(op.device)
     op.matvec(v)  # first use (graphs)
@@ -537,8 +600,14 @@ class CellEstimate:
         return _sum(self.parts.values())
 
 
-def estimate(work: CellWork, costs: UnitCosts, factors: Mapping[str, float] | None = None,
-             cell_id: str = "", overrides: Sequence[str] = (), device: str = "cpu") -> CellEstimate:
+def estimate(
+    work: CellWork,
+    costs: UnitCosts,
+    factors: Mapping[str, float] | None = None,
+    cell_id: str = "",
+    overrides: Sequence[str] = (),
+    device: str = "cpu",
+) -> CellEstimate:
     """Seconds of every part (count x seconds per unit, x ``factors[part]`` from finished cells) and disk
     bytes of a cell."""
     factors = factors or {}
@@ -546,8 +615,10 @@ def estimate(work: CellWork, costs: UnitCosts, factors: Mapping[str, float] | No
     for part, ops in work.parts.items():
         r = _sum(n * costs.per_op.get(op, 0.0) for op, n in ops.items())
         parts[part] = r * float(factors.get(part, 1.0))
-    disk = (Range.exact(work.models * costs.model_bytes + sum(costs.table_bytes.values()))
-            + work.curve_files * costs.curve_bytes)
+    disk = (
+        Range.exact(work.models * costs.model_bytes + sum(costs.table_bytes.values()))
+        + work.curve_files * costs.curve_bytes
+    )
     return CellEstimate(cell_id, list(overrides), parts, disk, dict(work.notes), device)
 
 
@@ -556,16 +627,30 @@ def _measured_parts(models: Any, pairs: Any) -> dict[str, float]:
     """Seconds each part of one finished cell took, from its rows (``models``/``pairs`` DataFrames)."""
     out: dict[str, float] = {}
     t = models["training.seconds"].astype(float)
-    vec = bool(models["training.vectorized"].fillna(False).astype(bool).all()) if "training.vectorized" in models else False
+    vec = (
+        bool(models["training.vectorized"].fillna(False).astype(bool).all())
+        if "training.vectorized" in models
+        else False
+    )
     out["train"] = float(t.max() if vec else t.sum())  # a stack's rows each hold the stack's time
-    for fam, col, frame in (("hessian", "hessian.seconds", models), ("surfaces", "surfaces.seconds", models),
-                            ("projection_trace", "projection_trace.seconds", models),
-                            ("jump_retrain", "jump_retrain.seconds", models), ("cka", "cka.seconds", pairs)):
+    for fam, col, frame in (
+        ("hessian", "hessian.seconds", models),
+        ("surfaces", "surfaces.seconds", models),
+        ("projection_trace", "projection_trace.seconds", models),
+        ("jump_retrain", "jump_retrain.seconds", models),
+        ("cka", "cka.seconds", pairs),
+    ):
         if frame is not None and col in frame and frame[col].notna().any():
             out[fam] = float(frame[col].astype(float).fillna(0).sum())
-    if pairs is not None and "connectivity.curve_seconds" in pairs and pairs["connectivity.curve_seconds"].notna().any():
-        out["connectivity"] = float(pairs["connectivity.curve_seconds"].astype(float).fillna(0).sum()
-                                    + pairs.get("connectivity.line_seconds", 0).astype(float).fillna(0).sum())
+    if (
+        pairs is not None
+        and "connectivity.curve_seconds" in pairs
+        and pairs["connectivity.curve_seconds"].notna().any()
+    ):
+        out["connectivity"] = float(
+            pairs["connectivity.curve_seconds"].astype(float).fillna(0).sum()
+            + pairs.get("connectivity.line_seconds", 0).astype(float).fillna(0).sum()
+        )
     total = float(models["seconds"].astype(float).max())
     out["overhead"] = max(0.0, total - sum(out.values()))
     return out
@@ -575,11 +660,17 @@ def _realised(models: Any, pairs: Any) -> dict[str, Any]:
     """What a finished cell did (for ``cell_work``'s ``realised``): Hessian products per seed, stages per pair."""
     out: dict[str, Any] = {}
     if "hessian.n_matvecs" in models and models["hessian.n_matvecs"].notna().any():
-        out["hessian_products"] = {int(s): int(k) for s, k in zip(models["seed"], models["hessian.n_matvecs"])
-                                   if k is not None and k == k}
+        out["hessian_products"] = {
+            int(s): int(k)
+            for s, k in zip(models["seed"], models["hessian.n_matvecs"], strict=True)
+            if k is not None and k == k
+        }
     if pairs is not None and "connectivity.budgets" in pairs:
-        out["stages"] = {f"{int(a)}-{int(b)}": len(list(bs)) for a, b, bs in
-                         zip(pairs["seed_a"], pairs["seed_b"], pairs["connectivity.budgets"]) if bs is not None}
+        out["stages"] = {
+            f"{int(a)}-{int(b)}": len(list(bs))
+            for a, b, bs in zip(pairs["seed_a"], pairs["seed_b"], pairs["connectivity.budgets"], strict=True)
+            if bs is not None
+        }
     return out
 
 
@@ -597,7 +688,7 @@ def finished_cells(sweep_dir: str | Path) -> list[tuple[str, Any, Any, Any]]:
         return []
     try:
         pairs = load(sweep_dir, "pairs")
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - no readable pairs rows: the estimate goes without them
         pairs = None
     out = []
     for cid, m in models.groupby("cell_id", sort=True):
@@ -629,8 +720,9 @@ def first_in_worker(sweep_dir: str | Path) -> set[str]:
     return {cid for _, cid in first.values()}
 
 
-def calibrate_from_rows(sweep_dir: str | Path, prober: "Prober", limit: int = CALIBRATION_CELLS
-                        ) -> tuple[dict[str, float], list[str]]:
+def calibrate_from_rows(
+    sweep_dir: str | Path, prober: "Prober", limit: int = CALIBRATION_CELLS
+) -> tuple[dict[str, float], list[str]]:
     """``({part: measured / estimated}, calibration cell ids)`` over up to ``limit`` finished cells of the sweep
     (spread over their model sizes): each is probed, its work counted as it happened (stages run, products), and
     its parts' measured seconds divided by the probe's estimate. Parts no finished cell measured are absent."""
@@ -657,8 +749,13 @@ def calibrate_from_rows(sweep_dir: str | Path, prober: "Prober", limit: int = CA
         if cid in firsts:  # its worker's start-up is not the cell's (the total line names it per worker)
             parts["overhead"] = max(0.0, parts["overhead"] - prober.startup)
         for part, sec in parts.items():
-            got = (sum(est.parts[q].low for q in REST if q in est.parts) if part == "overhead"
-                   else est.parts[part].low if part in est.parts else None)
+            got = (
+                sum(est.parts[q].low for q in REST if q in est.parts)
+                if part == "overhead"
+                else est.parts[part].low
+                if part in est.parts
+                else None
+            )
             if got is not None:
                 measured[part] = measured.get(part, 0.0) + sec
                 estimated[part] = estimated.get(part, 0.0) + got
@@ -702,8 +799,11 @@ class Prober:
         size = DataSize(data.n_train, data.n_test, tuple(data.input_shape), data.n_classes)
         model = build_model(cfg.model, size.input_shape, size.n_classes)
         work = cell_work(cfg, size, model, realised)
-        key = json.dumps([OmegaConf.to_container(cfg, resolve=True), sorted(map(repr, work.ops())),
-                          sorted(work.rows.items())], sort_keys=True, default=str)
+        key = json.dumps(
+            [OmegaConf.to_container(cfg, resolve=True), sorted(map(repr, work.ops())), sorted(work.rows.items())],
+            sort_keys=True,
+            default=str,
+        )
         if key not in self._costs:
             import torch
 
@@ -739,15 +839,19 @@ class GridEstimate:
         return _sum(e.disk for e in self.cells)
 
 
-def estimate_cells(cells: Sequence[tuple[str, Sequence[str], Any]], sweep_dir: str | Path | None,
-                   use_rows: bool = True) -> GridEstimate:
+def estimate_cells(
+    cells: Sequence[tuple[str, Sequence[str], Any]], sweep_dir: str | Path | None, use_rows: bool = True
+) -> GridEstimate:
     """Estimates of ``cells`` (``(cell_id, overrides, config)``), calibrated by the sweep's finished cells when
     ``use_rows`` and there are some (:func:`calibrate_from_rows`), else by the probes alone."""
     from landscape.devices import resolve_device
 
     prober = Prober()
-    factors, used = (calibrate_from_rows(sweep_dir, prober) if use_rows and sweep_dir is not None
-                     and Path(sweep_dir).is_dir() else ({}, []))
+    factors, used = (
+        calibrate_from_rows(sweep_dir, prober)
+        if use_rows and sweep_dir is not None and Path(sweep_dir).is_dir()
+        else ({}, [])
+    )
     out = []
     for cid, overrides, cfg in cells:
         work, costs = prober.work_and_costs(cfg)
@@ -761,6 +865,7 @@ def _fmt_s(r: Range) -> str:
         import numpy as np
 
         return np.format_float_positional(x, precision=3, fractional=False, trim="-") if x < 100 else f"{x:,.0f}"
+
     return one(r.low) if math.isclose(r.low, r.high, rel_tol=1e-3) else f"{one(r.low)}-{one(r.high)}"
 
 
@@ -781,25 +886,42 @@ def format_estimates(grid: GridEstimate) -> str:
     unit = "GPU s" if kinds == ["gpu"] else "CPU s" if kinds == ["cpu"] else "s (CPU or GPU)"
     parts = [p for p in PARTS if any(p in e.parts and e.parts[p].high > 0 for e in estimates)]
     head = ["cell_id", *parts, f"total {unit}", "disk"]
-    rows = [[e.cell_id or "-", *[_fmt_s(e.parts.get(p, ZERO)) for p in parts], _fmt_s(e.seconds),
-             _fmt_b(e.disk.high)] for e in estimates]
+    rows = [
+        [e.cell_id or "-", *[_fmt_s(e.parts.get(p, ZERO)) for p in parts], _fmt_s(e.seconds), _fmt_b(e.disk.high)]
+        for e in estimates
+    ]
     total = _sum(e.seconds for e in estimates)
     disk = _sum(e.disk for e in estimates)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    lines = [f"cost estimate ({unit}; a-b: a range): " + (
-        f"calibrated by {len(used)} finished cell(s) of the sweep ({', '.join(used)}): measured / probe "
-        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(factors.items()))
-        if used else "calibrated by a probe of each cell on this machine") + f"; probes took {probe_s:.1f} s",
-        "  " + "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths)))]
+    lines = [
+        f"cost estimate ({unit}; a-b: a range): "
+        + (
+            f"calibrated by {len(used)} finished cell(s) of the sweep ({', '.join(used)}): measured / probe "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(factors.items()))
+            if used
+            else "calibrated by a probe of each cell on this machine"
+        )
+        + f"; probes took {probe_s:.1f} s",
+        "  " + "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True))),
+    ]
     for r in rows:
-        lines.append("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
-    lines.append(f"total: {_fmt_s(total)} {unit} over {len(estimates)} cells, disk {_fmt_b(disk.high)}"
-                 + (f"; each worker process also pays {grid.startup:.2g} s once (first use, measured)"
-                    if grid.startup >= 0.05 else ""))
+        lines.append(
+            "  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        )
+    lines.append(
+        f"total: {_fmt_s(total)} {unit} over {len(estimates)} cells, disk {_fmt_b(disk.high)}"
+        + (
+            f"; each worker process also pays {grid.startup:.2g} s once (first use, measured)"
+            if grid.startup >= 0.05
+            else ""
+        )
+    )
     notes = sorted({f"{k}: {v}" for e in estimates for k, v in e.notes.items()})
     if any(not e.seconds.exact_value for e in estimates):
-        lines.append("ranges: low = every curve stops at its protocol's earliest stage and every Lanczos run at "
-                     "its fewest products; high = every curve runs to max_budget, every Lanczos run to max_iter")
+        lines.append(
+            "ranges: low = every curve stops at its protocol's earliest stage and every Lanczos run at "
+            "its fewest products; high = every curve runs to max_budget, every Lanczos run to max_iter"
+        )
     lines += [f"  {n}" for n in notes[:6]] + ([f"  ... and {len(notes) - 6} more notes"] if len(notes) > 6 else [])
     lines.append("not counted: logs and metric caches (kB), checkpoints while a run trains (removed at its end)")
     return "\n".join(lines)
@@ -814,6 +936,6 @@ def dry_run_estimate(planned: Sequence[Any], compose: Callable[[Sequence[str]], 
     try:
         cells = [(c.cell_id, c.overrides, compose(c.overrides)) for c in planned if c.state != "done"]
         return format_estimates(estimate_cells(cells, sweep_dir, use_rows=mode != "probe"))
-    except Exception as exc:  # noqa: BLE001 - the plan stands without a cost estimate
+    except Exception as exc:
         log.debug("cost estimate failed", exc_info=True)
         return f"cost estimate failed: {type(exc).__name__}: {exc}"

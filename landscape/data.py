@@ -204,19 +204,30 @@ class _CifarUnpickler(pickle.Unpickler):
     function, a class, ``os.system``, ...) is refused before it is called."""
 
     _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode"),
-        ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
-        ("builtins", "frozenset"), ("builtins", "bytearray"), ("collections", "OrderedDict"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+        ("builtins", "dict"),
+        ("builtins", "list"),
+        ("builtins", "tuple"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "bytearray"),
+        ("collections", "OrderedDict"),
     }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to load {module}.{name} (only numpy arrays and plain containers "
-                                     "are allowed in a CIFAR-10 batch)")
+        raise pickle.UnpicklingError(
+            f"refused to load {module}.{name} (only numpy arrays and plain containers are allowed in a CIFAR-10 batch)"
+        )
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -91,7 +91,9 @@ def resolve_device(name: str) -> torch.device:
             index = claim_gpu(ids, lock_dir(), wait_s=float(os.environ.get("LANDSCAPE_GPU_WAIT_S", "0")))
             if index is None:
                 index = os.getpid() % len(ids)
-                log.warning("all %d GPUs are claimed by other jobs (locks in %s): sharing cuda:%d", len(ids), lock_dir(), index)
+                log.warning(
+                    "all %d GPUs are claimed by other jobs (locks in %s): sharing cuda:%d", len(ids), lock_dir(), index
+                )
             _claimed.append(index)
         return torch.device(f"cuda:{_claimed[0]}")
     dev = torch.device(name)

@@ -75,7 +75,7 @@ def filter_normalise(direction: Tensor, model: nn.Module, eps: float = 1e-10) ->
     params = dict(named_trainable(model))
     layout = ParamLayout.of_model(model)
     parts, out_parts = layout.unflatten(direction), layout.unflatten(out)  # views
-    for name, shape in zip(layout.names, layout.shapes):
+    for name, shape in zip(layout.names, layout.shapes, strict=True):
         if len(shape) < 2:
             continue
         d = parts[name].reshape(shape[0], -1)

@@ -58,8 +58,8 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 from torch import Tensor
 
-from landscape.files import STALE_TEMPORARY_S, TEMPORARY_MARK, atomic_write, check_fence
 from landscape import preemption
+from landscape.files import STALE_TEMPORARY_S, TEMPORARY_MARK, atomic_write, check_fence
 from landscape.progress import PROGRESS_ENV, Progress, labelled, progress_interval  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,7 @@ def batch_slice(perm: Tensor, batch: int, batch_size: int) -> Tensor:
     return perm[a:b] if perm.dim() == 1 else perm[:, a:b]  # (``perm[..., a:b]`` costs 25 us more per step)
 
 
-def lr_factor(
-    schedule: str, epoch: int, epochs: int, decay: float = 1.0, milestones: Sequence[int] = ()
-) -> float:
+def lr_factor(schedule: str, epoch: int, epochs: int, decay: float = 1.0, milestones: Sequence[int] = ()) -> float:
     """Learning-rate multiplier of ``epoch`` (0-based) of ``epochs``.
 
     ``constant``: 1; ``step``: ``decay ** (number of milestones <= epoch)``; ``cosine``:
@@ -293,8 +291,9 @@ def load_checkpoint(path: Path, map_location: Any = None) -> Any:
         msg = str(exc)
         if "Unsupported global" in msg:  # a GLOBAL opcode: the file names a callable to run
             first = next((ln.strip() for ln in msg.splitlines() if "Unsupported" in ln), msg[:200])
-            raise UnsafeCheckpoint(f"{path}: refused, loading it would run code ({first}); delete the file if "
-                                   "you did not put it there") from None
+            raise UnsafeCheckpoint(
+                f"{path}: refused, loading it would run code ({first}); delete the file if you did not put it there"
+            ) from None
         first = msg.splitlines()[0][:200] if msg else ""
         raise DamagedCheckpoint(f"{path}: unreadable checkpoint ({type(exc).__name__}: {first})") from None
     if isinstance(obj, dict) and set(obj) == {"sha256", "body"}:
@@ -346,11 +345,17 @@ class _Counters:
     initial: dict[Any, float] = field(default_factory=dict)
 
     def plain(self, members: list[Hashable]) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "seconds": self.seconds,
-                "epoch_batches": self.epoch_batches, "trained": self.trained,
-                "history": {m: list(self.history[m]) for m in members},
-                "loss_sums": {m: self.loss_sums[m] for m in members},
-                "initial": {m: self.initial[m] for m in members if m in self.initial}}
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "seconds": self.seconds,
+            "epoch_batches": self.epoch_batches,
+            "trained": self.trained,
+            "history": {m: list(self.history[m]) for m in members},
+            "loss_sums": {m: self.loss_sums[m] for m in members},
+            "initial": {m: self.initial[m] for m in members if m in self.initial},
+        }
 
 
 def divergence_reason(loss: float, initial: float | None) -> str | None:
@@ -366,8 +371,16 @@ def divergence_reason(loss: float, initial: float | None) -> str | None:
 class _Run:
     """One call of ``run``: the counters, the member bookkeeping and the checkpoint of a task's training."""
 
-    def __init__(self, task: StepTask, plan: Plan, phase: str, checkpoint_path: Path | None, meta: dict[str, Any],
-                 should_stop: Callable[[], bool] | None, on_epoch: Callable[[int, int, float], None] | None):
+    def __init__(
+        self,
+        task: StepTask,
+        plan: Plan,
+        phase: str,
+        checkpoint_path: Path | None,
+        meta: dict[str, Any],
+        should_stop: Callable[[], bool] | None,
+        on_epoch: Callable[[int, int, float], None] | None,
+    ):
         self.task, self.plan, self.phase, self.path, self.meta = task, plan, phase, checkpoint_path, meta
         self.should_stop, self.on_epoch = should_stop, on_epoch
         self.c = _Counters()
@@ -407,7 +420,13 @@ class _Run:
         task.set_rng_state({k: v.cpu() for k, v in state["rng"].items()})
         e = state["engine"]
         c.epoch, c.batch, c.step, c.seconds, c.epoch_batches, c.trained = (
-            e["epoch"], e["batch"], e["step"], e["seconds"], e["epoch_batches"], e["trained"])
+            e["epoch"],
+            e["batch"],
+            e["step"],
+            e["seconds"],
+            e["epoch_batches"],
+            e["trained"],
+        )
         for m in task.members:
             c.history[m] = list(e["history"][m])
             c.loss_sums[m] = e["loss_sums"][m]
@@ -421,8 +440,18 @@ class _Run:
         members = list(self.task.members)
         engine = self.c.plain(members)
         engine.update(epoch=epoch, batch=batch, seconds=self.elapsed())
-        atomic_torch_save({"format": FORMAT, "meta": self.meta, "members": members, "engine": engine, "rng": rng,
-                           "task": self.task.state_dict()}, self.path, checksum=True)
+        atomic_torch_save(
+            {
+                "format": FORMAT,
+                "meta": self.meta,
+                "members": members,
+                "engine": engine,
+                "rng": rng,
+                "task": self.task.state_dict(),
+            },
+            self.path,
+            checksum=True,
+        )
 
     # ----------------------------------------------------------------------------------------- members
     def end(self, rows: list[int], status: str, reasons: dict[int, str] | None = None) -> None:
@@ -432,8 +461,14 @@ class _Run:
             reason = (reasons or {}).get(k)
             if status == "diverged":
                 log.info("%s: member %s diverged at step %d: %s", self.phase, m, self.c.step, reason)
-            self.results[m] = MemberResult(status=status, steps=self.c.step, history=list(self.c.history[m]),
-                                           seconds=self.elapsed(), resumed_from_epoch=self.start_epoch, reason=reason)
+            self.results[m] = MemberResult(
+                status=status,
+                steps=self.c.step,
+                history=list(self.c.history[m]),
+                seconds=self.elapsed(),
+                resumed_from_epoch=self.start_epoch,
+                reason=reason,
+            )
             self.task.finish(k, self.results[m])
 
     def end_diverged(self, reasons: dict[int, str], epoch: int, batch: int, rng: dict[str, Tensor]) -> None:
@@ -457,8 +492,11 @@ class _Run:
             accs = None if out.accuracy is None else out.accuracy.detach().tolist()
             for k, m in enumerate(task.members):
                 c.initial.setdefault(m, losses[k])
-            bad = {k: r for k, m in enumerate(task.members)
-                   if (r := divergence_reason(losses[k], c.initial.get(m))) is not None}
+            bad = {
+                k: r
+                for k, m in enumerate(task.members)
+                if (r := divergence_reason(losses[k], c.initial.get(m))) is not None
+            }
             if not bad:
                 return out, losses, accs
             self.end_diverged(bad, epoch, batch, self.rng)
@@ -482,8 +520,13 @@ class _Run:
             progress.update(c.step)
             return True
         n = len(task.members) * c.epoch_batches
-        progress.update(c.step, epoch=epoch + 1, lr=lr, loss=sum(c.loss_sums[m] for m in task.members) / n,
-                        acc=None if accs is None else sum(accs) / len(accs))
+        progress.update(
+            c.step,
+            epoch=epoch + 1,
+            lr=lr,
+            loss=sum(c.loss_sums[m] for m in task.members) / n,
+            acc=None if accs is None else sum(accs) / len(accs),
+        )
         return True
 
     def epoch(self, epoch: int, progress: Progress) -> bool:

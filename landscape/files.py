@@ -51,8 +51,12 @@ class Fence:
 
     @classmethod
     def for_cell(cls, holder_dir: Path, cell_dir: Path, results_dir: Path, cell_id: str) -> "Fence":
-        return cls(Path(os.path.abspath(holder_dir)), os.path.abspath(cell_dir) + os.sep, os.path.abspath(results_dir),
-                   f"{cell_id}-")
+        return cls(
+            Path(os.path.abspath(holder_dir)),
+            os.path.abspath(cell_dir) + os.sep,
+            os.path.abspath(results_dir),
+            f"{cell_id}-",
+        )
 
     def covers(self, path: Path) -> bool:
         full = os.path.abspath(path)
@@ -62,8 +66,9 @@ class Fence:
         return os.path.dirname(parent) == self.results and name.lstrip(".").startswith(self.prefix)
 
     def lost(self, path: Path | str) -> LeaseLost:
-        return LeaseLost(f"{path}: not written, the lease of its cell was taken over by another process "
-                         f"({self.holder_dir} is gone)")
+        return LeaseLost(
+            f"{path}: not written, the lease of its cell was taken over by another process ({self.holder_dir} is gone)"
+        )
 
     def check(self, path: Path | str) -> None:
         """Raise ``LeaseLost`` unless this holder still holds the lease (for a write that cannot go through

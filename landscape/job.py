@@ -47,16 +47,29 @@ from omegaconf import DictConfig, OmegaConf
 
 from landscape import metrics as metrics_mod
 from landscape import provenance, sweepdir
-from landscape.progress import working_on
-from landscape.cell import (CellDir, CellStatus, DamagedFile, Lease, LeaseLost, cell_id, clean_temporary_files,
-                            file_problem, inspect_cell_files, metrics_key, quarantine, read_json,
-                            resume_state_checksums, write_json)
+from landscape.cell import (
+    CellDir,
+    CellStatus,
+    DamagedFile,
+    Lease,
+    LeaseLost,
+    cell_id,
+    clean_temporary_files,
+    file_problem,
+    inspect_cell_files,
+    metrics_key,
+    quarantine,
+    read_json,
+    resume_state_checksums,
+    write_json,
+)
 from landscape.config import ConfigError, check, launch_problems
-from landscape.files import atomic_write, check_fence, fenced, fenced_replace, staging_name
 from landscape.data import CellData, load_data
 from landscape.devices import resolve_device
+from landscape.files import atomic_write, check_fence, fenced, fenced_replace, staging_name
 from landscape.metrics import Family, ModelContext, PairContext, Result
 from landscape.models import build_model, n_parameters
+from landscape.progress import working_on
 from landscape.results import SCHEMA_VERSION, schema_for
 from landscape.results.schema import knob_columns
 from landscape.training import RESULT, TrainResult, TrainSettings, make_loss, train_model
@@ -193,8 +206,10 @@ def _repair_resume_state(cell: CellDir) -> None:
     problems = inspect_cell_files(cell, recorded=recorded)
     unsafe = [p for p in problems if p.kind == "unsafe"]
     if unsafe:
-        raise UnsafeFile("; ".join(f"{p.path}: {p.reason}" for p in unsafe)
-                         + " (remove the file, or run `landscape-status --repair` to move it aside)")
+        raise UnsafeFile(
+            "; ".join(f"{p.path}: {p.reason}" for p in unsafe)
+            + " (remove the file, or run `landscape-status --repair` to move it aside)"
+        )
     for p in problems:
         quarantine(p)
         log.warning("damaged file %s (%s): moved aside, recomputed", p.path, p.reason)
@@ -216,19 +231,36 @@ def _read_status(cell: CellDir) -> CellStatus | None:
     try:
         return cell.read_status()
     except DamagedFile as exc:
-        log.warning("damaged status file %s: %s; the cell is recomputed from its intact checkpoints and caches",
-                    exc.path, exc.reason)
+        log.warning(
+            "damaged status file %s: %s; the cell is recomputed from its intact checkpoints and caches",
+            exc.path,
+            exc.reason,
+        )
         return None
 
 
-def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStatus | None,
-                overrides: list[str] | None, should_stop: Callable[[], bool], t_start: float) -> CellOutcome:
+def _run_leased(
+    cfg: DictConfig,
+    cell: CellDir,
+    lease: Lease,
+    previous: CellStatus | None,
+    overrides: list[str] | None,
+    should_stop: Callable[[], bool],
+    t_start: float,
+) -> CellOutcome:
     status = CellStatus(
-        state="running", cell_id=cell.cell_id, sweep=str(cfg.sweep_name), host=provenance.host(), pid=os.getpid(),
-        slurm_job_id=os.environ.get("SLURM_JOB_ID"), attempts=(previous.attempts if previous else 0) + 1,
-        started_at=time.time(), overrides=list(overrides or []),
+        state="running",
+        cell_id=cell.cell_id,
+        sweep=str(cfg.sweep_name),
+        host=provenance.host(),
+        pid=os.getpid(),
+        slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+        attempts=(previous.attempts if previous else 0) + 1,
+        started_at=time.time(),
+        overrides=list(overrides or []),
         seeds=dict(previous.seeds) if previous else {},
-        results=dict(previous.results) if previous else {}, pending=dict(previous.pending) if previous else {},
+        results=dict(previous.results) if previous else {},
+        pending=dict(previous.pending) if previous else {},
         files=dict(previous.files) if previous else {},
     )
     heartbeat = _Heartbeat(cell, status, lease=lease)
@@ -246,12 +278,16 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
     except LeaseLost as exc:
         log.warning("cell %s: %s; this process stops without writing", cell.cell_id, exc)
         return CellOutcome(cell.cell_id, "lost", {}, time.perf_counter() - t_start, [])
-    except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
+    except BaseException as exc:
         from landscape.training import StopRequested
 
         if lease.lost and not isinstance(exc, (SystemExit, KeyboardInterrupt)):
-            log.warning("cell %s: the lease was taken over by another process (%s: %s); this process stops "
-                        "without writing", cell.cell_id, type(exc).__name__, exc)
+            log.warning(
+                "cell %s: the lease was taken over by another process (%s: %s); this process stops without writing",
+                cell.cell_id,
+                type(exc).__name__,
+                exc,
+            )
             return CellOutcome(cell.cell_id, "lost", {}, time.perf_counter() - t_start, [])
         if isinstance(exc, StopRequested):
             status.state, status.error = "running", f"preempted: {exc}"
@@ -261,7 +297,9 @@ def _run_leased(cfg: DictConfig, cell: CellDir, lease: Lease, previous: CellStat
             status.state, status.error = "running", f"interrupted: {why}"
         else:
             status.state = "failed"
-            status.error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500] if str(exc) else type(exc).__name__
+            status.error = (
+                f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500] if str(exc) else type(exc).__name__
+            )
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 status.error = f"disk full: {status.error}"
             status.traceback = traceback.format_exc()[-4000:]
@@ -289,13 +327,22 @@ def start_line(cfg: Any, cid: str, overrides: list[str] | None, attempt: int = 1
     fams = [f.name for f in metrics_mod.enabled(cfg, "models")]
     pair_fams = [f.name for f in metrics_mod.enabled(cfg, "pairs")]
     measures = ", ".join(fams) + (f"; pairs: {', '.join(pair_fams)}" if pair_fams else "")
-    return (f"cell {cid} start: {' '.join(shown) if shown else 'the base config (no overrides)'}; "
-            f"seeds {','.join(str(int(x)) for x in cfg.train.seeds)}; measures {measures}"
-            + (f"; attempt {attempt}" if attempt > 1 else ""))
+    return (
+        f"cell {cid} start: {' '.join(shown) if shown else 'the base config (no overrides)'}; "
+        f"seeds {','.join(str(int(x)) for x in cfg.train.seeds)}; measures {measures}"
+        + (f"; attempt {attempt}" if attempt > 1 else "")
+    )
 
 
-def end_summary(sweep_dir: Path, model_rows: list[dict[str, Any]], families: list[str], pair_families: list[str],
-                n_pairs: int, files: list[str], n_errors: int) -> str:
+def end_summary(
+    sweep_dir: Path,
+    model_rows: list[dict[str, Any]],
+    families: list[str],
+    pair_families: list[str],
+    n_pairs: int,
+    files: list[str],
+    n_errors: int,
+) -> str:
     """The tail of a cell's end line: each seed's status, test accuracy per done seed (and their mean), the
     families measured (models; pairs: how many pairs), the result files written (relative to the sweep
     directory) and the number of metric errors."""
@@ -303,10 +350,17 @@ def end_summary(sweep_dir: Path, model_rows: list[dict[str, Any]], families: lis
     for r in model_rows:
         by_status.setdefault(str(r["status"]), []).append(str(r["seed"]))
     parts = ["; ".join(f"seeds {','.join(v)} {k}" if len(v) > 1 else f"seed {v[0]} {k}" for k, v in by_status.items())]
-    acc = [float(r["test_acc"]) for r in model_rows if isinstance(r.get("test_acc"), (int, float))
-           and math.isfinite(float(r["test_acc"]))]
+    acc = [
+        float(r["test_acc"])
+        for r in model_rows
+        if isinstance(r.get("test_acc"), (int, float)) and math.isfinite(float(r["test_acc"]))
+    ]
     if acc:
-        parts.append("test_acc " + " ".join(f"{a:.3f}" for a in acc) + (f" (mean {sum(acc) / len(acc):.3f})" if len(acc) > 1 else ""))
+        parts.append(
+            "test_acc "
+            + " ".join(f"{a:.3f}" for a in acc)
+            + (f" (mean {sum(acc) / len(acc):.3f})" if len(acc) > 1 else "")
+        )
     measured = ", ".join(families) + (f"; pairs ({n_pairs}): {', '.join(pair_families)}" if pair_families else "")
     parts.append(f"measured {measured}")
     if n_errors:
@@ -334,11 +388,20 @@ def _record_invalid(cfg: DictConfig, sweep_dir: str | Path, overrides: list[str]
         previous = None
     if previous is not None and previous.results:
         return  # committed rows of earlier requests stay valid; the refusal is the sweeper's to report
-    cell.write_status(CellStatus(
-        state="failed", cell_id=cid, sweep=str(cfg.get("sweep_name", "")),
-        error=" ".join(f"{type(exc).__name__}: {exc}".split())[:500], host=provenance.host(), pid=os.getpid(),
-        slurm_job_id=os.environ.get("SLURM_JOB_ID"), attempts=(previous.attempts if previous else 0) + 1,
-        started_at=time.time(), overrides=list(overrides or [])))
+    cell.write_status(
+        CellStatus(
+            state="failed",
+            cell_id=cid,
+            sweep=str(cfg.get("sweep_name", "")),
+            error=" ".join(f"{type(exc).__name__}: {exc}".split())[:500],
+            host=provenance.host(),
+            pid=os.getpid(),
+            slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+            attempts=(previous.attempts if previous else 0) + 1,
+            started_at=time.time(),
+            overrides=list(overrides or []),
+        )
+    )
 
 
 HEARTBEAT_S = 30.0
@@ -384,8 +447,13 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callable[[], bool] | None,
-         lease: Lease | None = None) -> tuple[list[str], str]:
+def _run(
+    cfg: DictConfig,
+    cell: CellDir,
+    status: CellStatus,
+    should_stop: Callable[[], bool] | None,
+    lease: Lease | None = None,
+) -> tuple[list[str], str]:
     """Steps 2-5 of the module docstring, one function each: load the data (``_cell_data``), train the seeds
     (``_train_cell``), measure the models (``_measure_models``) and the pairs (``_measure_pairs``), write the
     rows (``_row_tables``, ``commit_results``); returns the committed result files and the end line's summary."""
@@ -400,9 +468,21 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
 
     models, results = _train_cell(cfg, data, settings, seeds, cell, status, device, should_stop)
 
-    contexts = {s: ModelContext(model=models[s].eval(), seed=s, data=data, loss_fn=loss_fn, make_model=make_model,
-                                cfg=cfg, device=device, workdir=cell.path, should_stop=should_stop)
-                for s in seeds if results[s].status == "done"}  # the trained models (not diverged)
+    contexts = {
+        s: ModelContext(
+            model=models[s].eval(),
+            seed=s,
+            data=data,
+            loss_fn=loss_fn,
+            make_model=make_model,
+            cfg=cfg,
+            device=device,
+            workdir=cell.path,
+            should_stop=should_stop,
+        )
+        for s in seeds
+        if results[s].status == "done"
+    }  # the trained models (not diverged)
     status.metric_errors = []
     model_values, extra_rows = _measure_models(cfg, cell, status, contexts)
     pair_families = metrics_mod.enabled(cfg, "pairs")
@@ -413,8 +493,15 @@ def _run(cfg: DictConfig, cell: CellDir, status: CellStatus, should_stop: Callab
     common = _common_columns(cfg, cell, data, device, make_model, started_at, t0)
     tables = _row_tables(common, seeds, results, model_values, pair_families, pair_values, set(contexts), extra_rows)
     files = commit_results(cfg, cell, status, tables, lease)
-    summary = end_summary(Path(cell.sweep_dir), tables["models"], [f.name for f in metrics_mod.enabled(cfg, "models")],
-                          [f.name for f in pair_families], len(pair_values), files, len(status.metric_errors))
+    summary = end_summary(
+        Path(cell.sweep_dir),
+        tables["models"],
+        [f.name for f in metrics_mod.enabled(cfg, "models")],
+        [f.name for f in pair_families],
+        len(pair_values),
+        files,
+        len(status.metric_errors),
+    )
     return files, summary
 
 
@@ -436,9 +523,16 @@ def _model_maker(cfg: DictConfig, data: CellData, device: torch.device) -> Calla
     return make_model
 
 
-def _train_cell(cfg: DictConfig, data: CellData, settings: TrainSettings, seeds: list[int], cell: CellDir,
-                status: CellStatus, device: torch.device, should_stop: Callable[[], bool] | None
-                ) -> tuple[dict[int, torch.nn.Module], dict[int, TrainResult]]:
+def _train_cell(
+    cfg: DictConfig,
+    data: CellData,
+    settings: TrainSettings,
+    seeds: list[int],
+    cell: CellDir,
+    status: CellStatus,
+    device: torch.device,
+    should_stop: Callable[[], bool] | None,
+) -> tuple[dict[int, torch.nn.Module], dict[int, TrainResult]]:
     """Step 3: train every seed (``train_seeds``: resumable from its checkpoints), then record each seed's
     status (done, diverged) in the cell's status."""
     models, results = train_seeds(cfg, data, settings, seeds, cell, device, should_stop)
@@ -448,8 +542,9 @@ def _train_cell(cfg: DictConfig, data: CellData, settings: TrainSettings, seeds:
     return models, results
 
 
-def _measure_models(cfg: DictConfig, cell: CellDir, status: CellStatus, contexts: dict[int, ModelContext]
-                    ) -> tuple[dict[int, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+def _measure_models(
+    cfg: DictConfig, cell: CellDir, status: CellStatus, contexts: dict[int, ModelContext]
+) -> tuple[dict[int, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Step 4, models: every enabled model family on every trained model (``contexts``: the seeds that
     finished), in the registry's order (``training`` first). Returns ``(values per seed, long-table rows per
     table)``; a family's error is a value (``_measure``), recorded in ``status.metric_errors``."""
@@ -465,20 +560,32 @@ def _measure_models(cfg: DictConfig, cell: CellDir, status: CellStatus, contexts
     return model_values, extra_rows
 
 
-def _measure_pairs(cfg: DictConfig, cell: CellDir, status: CellStatus, contexts: dict[int, ModelContext],
-                   seeds: list[int], pair_families: list[Family]) -> dict[tuple[int, int], dict[str, Any]]:
+def _measure_pairs(
+    cfg: DictConfig,
+    cell: CellDir,
+    status: CellStatus,
+    contexts: dict[int, ModelContext],
+    seeds: list[int],
+    pair_families: list[Family],
+) -> dict[tuple[int, int], dict[str, Any]]:
     """Step 4, pairs: each pair family prepares once for all the pairs of trained models (``_prepare``, e.g.
     the curves trained together), then measures each pair of ``metrics.pairs`` (``_measure``). Returns the
     values per pair, ``{}`` for a pair with a model that did not finish; ``{}`` without pair families."""
     for fam in metrics_mod.skipped_auto(cfg):
-        log.info("cell %s: pair family %s skipped: the cell has one seed (train.seeds=%s; enabled: auto)",
-                 cell.cell_id, fam.name, seeds)
+        log.info(
+            "cell %s: pair family %s skipped: the cell has one seed (train.seeds=%s; enabled: auto)",
+            cell.cell_id,
+            fam.name,
+            seeds,
+        )
     pair_values: dict[tuple[int, int], dict[str, Any]] = {}
     if not pair_families:
         return pair_values
-    pair_contexts = {(a, b): PairContext(a=contexts[a], b=contexts[b], workdir=cell.path)
-                     for a, b in metrics_mod.select_pairs(seeds, str(cfg.metrics.pairs))
-                     if a in contexts and b in contexts}
+    pair_contexts = {
+        (a, b): PairContext(a=contexts[a], b=contexts[b], workdir=cell.path)
+        for a, b in metrics_mod.select_pairs(seeds, str(cfg.metrics.pairs))
+        if a in contexts and b in contexts
+    }
     for fam in pair_families:
         with working_on(f"cell {cell.cell_id} pairs {','.join(f'{a}-{b}' for a, b in pair_contexts)}: {fam.name}"):
             _prepare(fam, cfg, cell, {f"pair={a}-{b}": c for (a, b), c in pair_contexts.items()})
@@ -492,27 +599,47 @@ def _measure_pairs(cfg: DictConfig, cell: CellDir, status: CellStatus, contexts:
     return pair_values
 
 
-def _common_columns(cfg: DictConfig, cell: CellDir, data: CellData, device: torch.device,
-                    make_model: Callable[[], torch.nn.Module], started_at: dt.datetime, t0: float) -> dict[str, Any]:
+def _common_columns(
+    cfg: DictConfig,
+    cell: CellDir,
+    data: CellData,
+    device: torch.device,
+    make_model: Callable[[], torch.nn.Module],
+    started_at: dt.datetime,
+    t0: float,
+) -> dict[str, Any]:
     """Step 5: the columns every row of this run shares: schema version, sweep, cell, the resolved config,
     provenance (git, versions, host, device), timings, the knob values and the derived sizes."""
     finished_at = _now()
     return {
-        "schema_version": SCHEMA_VERSION, "sweep": str(cfg.sweep_name), "cell_id": cell.cell_id,
+        "schema_version": SCHEMA_VERSION,
+        "sweep": str(cfg.sweep_name),
+        "cell_id": cell.cell_id,
         "config": json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True),
-        "git_commit": provenance.git_info()[0], "git_dirty": provenance.git_info()[1],
-        "versions": provenance.package_versions(), "host": provenance.host(),
-        "device": provenance.device_name(device), "started_at": started_at, "finished_at": finished_at,
+        "git_commit": provenance.git_info()[0],
+        "git_dirty": provenance.git_info()[1],
+        "versions": provenance.package_versions(),
+        "host": provenance.host(),
+        "device": provenance.device_name(device),
+        "started_at": started_at,
+        "finished_at": finished_at,
         "seconds": time.perf_counter() - t0,
-        **knob_values(cfg, data.n_train), "data.n_train": data.n_train,
+        **knob_values(cfg, data.n_train),
+        "data.n_train": data.n_train,
         "model.n_params": n_parameters(make_model()),
     }
 
 
-def _row_tables(common: dict[str, Any], seeds: list[int], results: dict[int, TrainResult],
-                model_values: dict[int, dict[str, Any]], pair_families: list[Family],
-                pair_values: dict[tuple[int, int], dict[str, Any]], done: set[int],
-                extra_rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+def _row_tables(
+    common: dict[str, Any],
+    seeds: list[int],
+    results: dict[int, TrainResult],
+    model_values: dict[int, dict[str, Any]],
+    pair_families: list[Family],
+    pair_values: dict[tuple[int, int], dict[str, Any]],
+    done: set[int],
+    extra_rows: dict[str, list[dict[str, Any]]],
+) -> dict[str, list[dict[str, Any]]]:
     """Step 5: the rows of this run per table: ``models`` (one per seed: its training and its values),
     ``pairs`` (with pair families: one per selected pair; status ``done`` when both its seeds are in ``done``,
     the seeds whose training finished, else ``diverged``), and the families' long tables; plain Python values
@@ -520,9 +647,16 @@ def _row_tables(common: dict[str, Any], seeds: list[int], results: dict[int, Tra
     model_rows = []
     for s in seeds:
         r = results[s]
-        row = {**common, "seed": s, "status": r.status,
-               "training.epochs": r.epochs, "training.steps": r.steps, "training.seconds": r.seconds,
-               "training.resumed": r.resumed_from_epoch > 0, "training.vectorized": r.vectorized}
+        row = {
+            **common,
+            "seed": s,
+            "status": r.status,
+            "training.epochs": r.epochs,
+            "training.steps": r.steps,
+            "training.seconds": r.seconds,
+            "training.resumed": r.resumed_from_epoch > 0,
+            "training.vectorized": r.vectorized,
+        }
         row.update(model_values.get(s, {}))
         model_rows.append(_plain(row))
     tables: dict[str, list[dict[str, Any]]] = {"models": model_rows}
@@ -537,8 +671,13 @@ def _row_tables(common: dict[str, Any], seeds: list[int], results: dict[int, Tra
     return tables
 
 
-def commit_results(cfg: DictConfig, cell: CellDir, status: CellStatus, tables: dict[str, list[dict[str, Any]]],
-                   lease: Lease | None = None) -> list[str]:
+def commit_results(
+    cfg: DictConfig,
+    cell: CellDir,
+    status: CellStatus,
+    tables: dict[str, list[dict[str, Any]]],
+    lease: Lease | None = None,
+) -> list[str]:
     """Add this run's rows to the cell's result files (``results.io.merge_rows``: rows of other seeds, pairs
     and earlier requests stay) and record them in ``status.results`` with their SHA-256 and what they cover.
 
@@ -558,8 +697,9 @@ def commit_results(cfg: DictConfig, cell: CellDir, status: CellStatus, tables: d
         rec = status.results.get(name, {})
         trusted = {h for h in (rec.get("sha256"), status.pending.get(name)) if h}
         key_cols = ["seed_a", "seed_b"] if table == "pairs" else ["seed"]
-        path, digest, n, merged = merge_rows(final, rows, schema_for(table), key_cols, trusted,
-                                             staging=staging_name(final))
+        path, digest, n, merged = merge_rows(
+            final, rows, schema_for(table), key_cols, trusted, staging=staging_name(final)
+        )
         staged[name] = (path, final, digest, n, merged)
     if lease is not None and not lease.held():
         raise LeaseLost(f"the lease of cell {cell.cell_id} was taken over before its results were written")
@@ -580,9 +720,14 @@ def commit_results(cfg: DictConfig, cell: CellDir, status: CellStatus, tables: d
         st = final.stat()
         old = status.results.get(name, {}).get("covers", []) if merged else []
         merged = sorted({tuple(c) if isinstance(c, list) else c for c in [*old, *covers[name.split("/")[0]]]})
-        status.results[name] = {"sha256": digest, "rows": n, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                "covers": [list(c) if isinstance(c, tuple) else c for c in merged],
-                                "key": sweepdir.key_of_result(name)}
+        status.results[name] = {
+            "sha256": digest,
+            "rows": n,
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "covers": [list(c) if isinstance(c, tuple) else c for c in merged],
+            "key": sweepdir.key_of_result(name),
+        }
         status.pending.pop(name, None)
         _pause("between_tables")
     return [str(final) for (_, final, _, _, _) in staged.values()]
@@ -604,11 +749,18 @@ def table_keys(cfg: Any) -> dict[str, str]:
     training-metric settings and every enabled model family's settings), ``pairs`` (enabled pair families'
     settings; only if any) and each long table of an enabled family (that family's settings). A request with
     other metric settings writes other files; one with other seeds adds rows to the same files."""
+
     def settings(fams: list[Family]) -> dict[str, Any]:
         return {f.name: OmegaConf.to_container(cfg.metrics[f.name], resolve=True) for f in fams}
 
-    keys = {"models": _settings_hash({"training": OmegaConf.to_container(cfg.metrics.training, resolve=True),
-                                      **settings(metrics_mod.enabled(cfg, "models"))})}
+    keys = {
+        "models": _settings_hash(
+            {
+                "training": OmegaConf.to_container(cfg.metrics.training, resolve=True),
+                **settings(metrics_mod.enabled(cfg, "models")),
+            }
+        )
+    }
     pair_fams = metrics_mod.enabled(cfg, "pairs")
     if pair_fams:
         keys["pairs"] = _settings_hash(settings(pair_fams))
@@ -680,33 +832,65 @@ def train_seeds(
     t0 = time.perf_counter()
     with working_on(f"cell {cell.cell_id}"):
         if together:
-            results = train_together(models, data.x_train, data.y_train, settings,
-                                     {s: cell.seed_dir(s) for s in seeds}, cell.group_dir(group_name(seeds)),
-                                     should_stop=should_stop,
-                                     phase=f"training seeds {','.join(map(str, seeds))} together")
-            log.info("cell %s: %s seeds %s together in %.2f s (%s)", cell.cell_id,
-                     "loaded" if trained_before == set(seeds) else "trained", ",".join(map(str, seeds)),
-                     time.perf_counter() - t0, "; ".join(_trained(s, results[s], s in trained_before) for s in seeds))
+            results = train_together(
+                models,
+                data.x_train,
+                data.y_train,
+                settings,
+                {s: cell.seed_dir(s) for s in seeds},
+                cell.group_dir(group_name(seeds)),
+                should_stop=should_stop,
+                phase=f"training seeds {','.join(map(str, seeds))} together",
+            )
+            log.info(
+                "cell %s: %s seeds %s together in %.2f s (%s)",
+                cell.cell_id,
+                "loaded" if trained_before == set(seeds) else "trained",
+                ",".join(map(str, seeds)),
+                time.perf_counter() - t0,
+                "; ".join(_trained(s, results[s], s in trained_before) for s in seeds),
+            )
         else:
             for s in seeds:
                 t1 = time.perf_counter()
-                results[s] = train_model(models[s], data.x_train, data.y_train, settings, s, cell.seed_dir(s),
-                                         should_stop=should_stop, phase=f"training seed {s}")
-                log.info("cell %s: %s seed %d in %.2f s (%s)", cell.cell_id,
-                         "loaded" if s in trained_before else "trained", s, time.perf_counter() - t1,
-                         _trained(s, results[s], s in trained_before))
+                results[s] = train_model(
+                    models[s],
+                    data.x_train,
+                    data.y_train,
+                    settings,
+                    s,
+                    cell.seed_dir(s),
+                    should_stop=should_stop,
+                    phase=f"training seed {s}",
+                )
+                log.info(
+                    "cell %s: %s seed %d in %.2f s (%s)",
+                    cell.cell_id,
+                    "loaded" if s in trained_before else "trained",
+                    s,
+                    time.perf_counter() - t1,
+                    _trained(s, results[s], s in trained_before),
+                )
     for s in seeds:
         if results[s].status == "diverged":
-            log.warning("cell %s: seed %d diverged after %d steps (%s)", cell.cell_id, s, results[s].steps,
-                        results[s].reason or "reason not recorded")
+            log.warning(
+                "cell %s: seed %d diverged after %d steps (%s)",
+                cell.cell_id,
+                s,
+                results[s].steps,
+                results[s].reason or "reason not recorded",
+            )
     return models, {s: results[s] for s in seeds}
 
 
 def _trained(seed: int, r: TrainResult, before: bool) -> str:
     """``seed 0: done, 30 epochs, 1350 steps, training.seconds 3.21`` (the rows' column: the training loop's
     time; ``loaded``: trained by an earlier run; ``resumed at epoch E``)."""
-    how = "loaded: trained by an earlier run, " if before else (
-        f"resumed at epoch {r.resumed_from_epoch}, " if r.resumed_from_epoch else "")
+    how = (
+        "loaded: trained by an earlier run, "
+        if before
+        else (f"resumed at epoch {r.resumed_from_epoch}, " if r.resumed_from_epoch else "")
+    )
     return f"seed {seed}: {r.status}, {how}{r.epochs} epochs, {r.steps} steps, training.seconds {r.seconds:.2f}"
 
 
@@ -752,12 +936,22 @@ def _prepare(fam: Family, cfg: DictConfig, cell: CellDir, contexts: dict[str, An
         fam.prepare(todo, settings, cell.workdir(f"pairs-{key}", fam.name))
     except StopRequested:
         raise
-    except Exception:  # noqa: BLE001 - nothing is lost: each pair's compute does the work alone
-        log.warning("%s: metric family %s: the shared work of %d pairs failed; each pair is measured alone:",
-                    cell.cell_id, fam.name, len(todo), exc_info=True)
+    except Exception:
+        log.warning(
+            "%s: metric family %s: the shared work of %d pairs failed; each pair is measured alone:",
+            cell.cell_id,
+            fam.name,
+            len(todo),
+            exc_info=True,
+        )
         return
-    log.info("cell %s: metric family %s: shared work of %d pairs in %.2f s", cell.cell_id, fam.name, len(todo),
-             time.perf_counter() - t0)
+    log.info(
+        "cell %s: metric family %s: shared work of %d pairs in %.2f s",
+        cell.cell_id,
+        fam.name,
+        len(todo),
+        time.perf_counter() - t0,
+    )
 
 
 def _cached_compute(fam: Family, cfg: DictConfig, cell: CellDir, who: str, ctx: Any) -> Result:
@@ -779,9 +973,10 @@ def _cached_compute(fam: Family, cfg: DictConfig, cell: CellDir, who: str, ctx: 
         res = fam.compute(ctx, settings)
     except StopRequested:
         raise
-    except Exception as exc:  # noqa: BLE001 - one failed measurement costs one value, not the cell
-        log.warning("%s %s: metric family %s raised (its values are nulls):", cell.cell_id, who, fam.name,
-                    exc_info=True)
+    except Exception as exc:
+        log.warning(
+            "%s %s: metric family %s raised (its values are nulls):", cell.cell_id, who, fam.name, exc_info=True
+        )
         return Result(error=" ".join(f"{type(exc).__name__}: {exc}".split())[:500])
     log.info("cell %s %s: metric family %s measured in %.2f s", cell.cell_id, who, fam.name, time.perf_counter() - t0)
     if not isinstance(res, Result):
@@ -839,8 +1034,12 @@ def _conform(fam: Family, res: Result) -> Result:
         if name not in fam.long_tables:
             problems.append(f"undeclared long table {name!r}")
             continue
-        rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                if isinstance(r, dict) else r for r in rows]
+        rows = [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            if isinstance(r, dict)
+            else r
+            for r in rows
+        ]
         try:
             pa.Table.from_pylist(list(rows), schema=pa.schema(list(fam.long_tables[name].items())))
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:

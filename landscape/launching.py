@@ -55,11 +55,11 @@ from typing import Any, Dict, List, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
-from landscape.preemption import NotStarted, WorkerDied  # noqa: F401 - re-exported
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from landscape.preemption import NotStarted, WorkerDied
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ OWN_KEYS = ("max_array_size", "max_parallel", "start_method", "cells_per_task")
 def cluster_max_array_size(timeout_s: float = 10.0) -> int | None:
     """``MaxArraySize`` of the reachable SLURM controller (``scontrol show config``), or None."""
     try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=timeout_s, check=False)
+        out = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     match = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)", out.stdout, re.MULTILINE)
@@ -142,8 +144,14 @@ class _CellLauncherBase(BaseSubmititLauncher):
         self.own = {k: self.params.pop(k) for k in OWN_KEYS if k in self.params}
 
     # ------------------------------------------------------------------------------------ in the job
-    def __call__(self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str,
-                 singleton_state: Dict[type, Singleton]) -> JobReturn:
+    def __call__(
+        self,
+        sweep_overrides: List[str],
+        job_dir_key: str,
+        job_num: int,
+        job_id: str,
+        singleton_state: Dict[type, Singleton],
+    ) -> JobReturn:
         """Run one cell in the submitit job; on the preemption signal stop training, then requeue."""
         from landscape.training import StopRequested
 
@@ -181,15 +189,20 @@ class _CellLauncherBase(BaseSubmititLauncher):
                 with open_dict(cfg.hydra.job):
                     cfg.hydra.job.id = f"{task_id}.{job_num}"
                     cfg.hydra.job.num = job_num
-                ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
-                              job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+                ret = run_job(
+                    hydra_context=self.hydra_context,
+                    task_function=self.task_function,
+                    config=cfg,
+                    job_dir_key=job_dir_key,
+                    job_subdir_key="hydra.sweep.subdir",
+                )
                 out.append(ret)
                 if ret.status == JobStatus.FAILED and isinstance(ret._return_value, StopRequested):
                     stopped = True
                     break
         if stopped:
             preempt.requeue(f"cell checkpointed ({out[-1]._return_value}): requeueing the task")
-        for overrides, *_ in cells[len(out):]:
+        for overrides, *_ in cells[len(out) :]:
             out.append(_failed(NotStarted("not run: the task was stopped"), overrides))
         return out
 
@@ -202,8 +215,11 @@ class _CellLauncherBase(BaseSubmititLauncher):
             init[f"{self._EXECUTOR}_max_num_timeout"] = self.params["max_num_timeout"]
         executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
         base = set(OmegaConf.structured(BaseQueueConf).keys())
-        params = {(k if k in base else f"{self._EXECUTOR}_{k}"): v for k, v in self.params.items()
-                  if k not in ("submitit_folder", "max_num_timeout") and v is not None}
+        params = {
+            (k if k in base else f"{self._EXECUTOR}_{k}"): v
+            for k, v in self.params.items()
+            if k not in ("submitit_folder", "max_num_timeout") and v is not None
+        }
         executor.update_parameters(**self._adjust(params))
         return executor
 
@@ -262,18 +278,27 @@ class CellSlurmLauncher(_CellLauncherBase):
             if tasks is not None:
                 jobs.extend(executor.map_array(_CellsTask(self), part))
             else:
-                jobs.extend(executor.map_array(self, *zip(*part)))
-        log.info("submitted %d cells as %d SLURM array(s) of <= %d tasks (%d cell(s) per task) in %.1f s "
-                 "(first job %s)", len(params), len(chunks), size, per_task, time.perf_counter() - tic,
-                 jobs[0].job_id)
+                jobs.extend(executor.map_array(self, *zip(*part, strict=True)))
+        log.info(
+            "submitted %d cells as %d SLURM array(s) of <= %d tasks (%d cell(s) per task) in %.1f s (first job %s)",
+            len(params),
+            len(chunks),
+            size,
+            per_task,
+            time.perf_counter() - tic,
+            jobs[0].job_id,
+        )
         try:
             if tasks is None:
                 return _collect(jobs)  # ... then wait for all of them
             return _collect(jobs, [len(t) for t in tasks])
         except KeyboardInterrupt:  # Ctrl-C stops the wait, not the jobs: the sweeper's summary follows
             ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
-            log.warning("stopped waiting: the submitted SLURM job(s) %s go on (scancel %s stops them)",
-                        ", ".join(ids), " ".join(ids))
+            log.warning(
+                "stopped waiting: the submitted SLURM job(s) %s go on (scancel %s stops them)",
+                ", ".join(ids),
+                " ".join(ids),
+            )
             raise
 
 
@@ -316,15 +341,17 @@ class CellLocalLauncher(_CellLauncherBase):
         wanted = str(self.own.get("start_method") or "auto")
         if wanted != "auto":
             if wanted not in mp.get_all_start_methods():
-                raise ValueError(f"hydra.launcher.start_method={wanted!r}: expected auto or one of "
-                                 f"{', '.join(mp.get_all_start_methods())}")
+                raise ValueError(
+                    f"hydra.launcher.start_method={wanted!r}: expected auto or one of "
+                    f"{', '.join(mp.get_all_start_methods())}"
+                )
             return wanted
         cuda_ready = False
         try:
             import torch
 
             cuda_ready = bool(torch.cuda.is_initialized())
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - no CUDA state to ask about: fork is safe
             pass
         return "fork" if "fork" in mp.get_all_start_methods() and not cuda_ready else "spawn"
 
@@ -351,8 +378,13 @@ class CellLocalLauncher(_CellLauncherBase):
         with open_dict(sweep_config.hydra.job):
             sweep_config.hydra.job.id = f"local_{os.getpid()}_{job_num}"
             sweep_config.hydra.job.num = job_num
-        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
-                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+        return run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=sweep_config,
+            job_dir_key=job_dir_key,
+            job_subdir_key="hydra.sweep.subdir",
+        )
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import multiprocessing as mp
@@ -364,16 +396,23 @@ class CellLocalLauncher(_CellLauncherBase):
         limit = min(self.max_parallel(), len(params))
         method = self.start_method()
         ctx = mp.get_context(method)
-        log.info("running %d cells locally, at most %d at a time (%d warm worker process(es), %s)",
-                 len(params), limit, limit, method)
+        log.info(
+            "running %d cells locally, at most %d at a time (%d warm worker process(es), %s)",
+            len(params),
+            limit,
+            limit,
+            method,
+        )
         self.stopped_by = None
         pool = _WorkerPool(ctx, limit, cloudpickle.dumps((self, Singleton.get_state())), _gpu_count())
         stop = {"signal": None}
 
         def on_signal(signum: int, frame: Any) -> None:
             stop["signal"] = signum
-            log.warning("signal %s: asking the workers to checkpoint and stop; rerun the same command to resume",
-                        signal.Signals(signum).name)
+            log.warning(
+                "signal %s: asking the workers to checkpoint and stop; rerun the same command to resume",
+                signal.Signals(signum).name,
+            )
             pool.stopping = True
             for pid in pool.pids():  # the signal as received, so that the stopped cells name it
                 with contextlib.suppress(OSError):
@@ -408,8 +447,9 @@ class _WorkerPool:
 
     def _start(self, slot: int) -> None:
         parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_pool_worker, args=(self.state, slot, self.gpus, child),
-                                name=f"landscape-worker-{slot}")
+        proc = self.ctx.Process(
+            target=_pool_worker, args=(self.state, slot, self.gpus, child), name=f"landscape-worker-{slot}"
+        )
         proc.start()
         child.close()
         self.workers.append({"proc": proc, "conn": parent, "slot": slot, "cell": None})
@@ -438,8 +478,9 @@ class _WorkerPool:
             busy = [w for w in self.workers if w["cell"] is not None]
             if not busy and (self.stopping or not waiting):
                 break
-            ready = set(wait([w["conn"] for w in self.workers] + [w["proc"].sentinel for w in self.workers],
-                             timeout=1.0))
+            ready = set(
+                wait([w["conn"] for w in self.workers] + [w["proc"].sentinel for w in self.workers], timeout=1.0)
+            )
             for w in list(self.workers):
                 if w["conn"] in ready:
                     try:
@@ -451,8 +492,12 @@ class _WorkerPool:
                         pass  # the worker is gone: handled as its exit
                     except Exception as exc:  # noqa: BLE001 - a result that cannot be read back
                         i = w["cell"]
-                        results[i] = _failed(RuntimeError(f"cell #{tasks[i][2]}: its result could not be read "
-                                                          f"back: {type(exc).__name__}: {exc}"), tasks[i][0])
+                        results[i] = _failed(
+                            RuntimeError(
+                                f"cell #{tasks[i][2]}: its result could not be read back: {type(exc).__name__}: {exc}"
+                            ),
+                            tasks[i][0],
+                        )
                         w["cell"] = None
                         continue
                 if w["proc"].sentinel in ready or w["conn"] in ready:
@@ -464,19 +509,25 @@ class _WorkerPool:
             results[i] = _failed(NotStarted("launch stopped before this cell started"), tasks[i][0])
         return [r if r is not None else _failed(RuntimeError("no result"), tasks[i][0]) for i, r in enumerate(results)]
 
-    def _died(self, w: dict[str, Any], tasks: list[tuple[list[str], str, int]],
-              results: list[JobReturn | None]) -> None:
+    def _died(
+        self, w: dict[str, Any], tasks: list[tuple[list[str], str, int]], results: list[JobReturn | None]
+    ) -> None:
         self.workers.remove(w)
         w["conn"].close()
         code = w["proc"].exitcode
-        how = (f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
-               and -code in signal.valid_signals() else f"exit status {code}")
+        how = (
+            f"killed by signal {signal.Signals(-code).name}"
+            if code is not None and code < 0 and -code in signal.valid_signals()
+            else f"exit status {code}"
+        )
         i = w["cell"]
         if i is None:
             log.warning("pool worker %s (pid %s) ended (%s) between cells", w["slot"], w["proc"].pid, how)
             return
-        msg = (f"pool worker pid {w['proc'].pid} ended ({how}) while running this cell: interrupted; its "
-               "checkpoints stay, rerun the same command to resume it")
+        msg = (
+            f"pool worker pid {w['proc'].pid} ended ({how}) while running this cell: interrupted; its "
+            "checkpoints stay, rerun the same command to resume it"
+        )
         log.error("cell #%d (%s): %s", tasks[i][2], " ".join(filter_overrides(tasks[i][0])), msg)
         results[i] = _failed(WorkerDied(msg), tasks[i][0])
 
@@ -536,8 +587,9 @@ class JobComposer:
         if group not in self.cells.verified:
             full = self.full(overrides)
             if OmegaConf.to_container(cfg) != OmegaConf.to_container(full):
-                log.warning("fast job compose differs from Hydra's for %s: composing every job with Hydra",
-                            " ".join(overrides))
+                log.warning(
+                    "fast job compose differs from Hydra's for %s: composing every job with Hydra", " ".join(overrides)
+                )
                 self.fast = False
                 return full
             self.cells.verified.add(group)
@@ -602,8 +654,9 @@ def _worker_init(state: bytes, slot: int, gpus: int) -> None:
 
     def on_alarm(signum: int, frame: Any) -> None:
         if _WORKER.get("busy"):
-            raise KeyboardInterrupt(f"{preemption.stop_reason() or 'stop requested'}: stop not taken within "
-                                    f"{preemption.GRACE_S:g} s")
+            raise KeyboardInterrupt(
+                f"{preemption.stop_reason() or 'stop requested'}: stop not taken within {preemption.GRACE_S:g} s"
+            )
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGUSR2, on_signal)
@@ -673,9 +726,16 @@ def _worker_run(sweep_overrides: List[str], job_dir_key: str, job_num: int) -> b
     try:
         return cloudpickle.dumps(ret)
     except Exception as exc:  # noqa: BLE001 - e.g. an exception that does not pickle: its text comes back
-        return cloudpickle.dumps(_failed(RuntimeError(f"{type(ret._return_value).__name__}: {ret._return_value}"
-                                                      if ret.status == JobStatus.FAILED else f"unpicklable result: {exc}"),
-                                         sweep_overrides))
+        return cloudpickle.dumps(
+            _failed(
+                RuntimeError(
+                    f"{type(ret._return_value).__name__}: {ret._return_value}"
+                    if ret.status == JobStatus.FAILED
+                    else f"unpicklable result: {exc}"
+                ),
+                sweep_overrides,
+            )
+        )
 
 
 def _visible_gpus() -> list[str]:
@@ -693,8 +753,12 @@ def _collect(jobs: Sequence[Any], sizes: Sequence[int] | None = None) -> list[Jo
         try:
             res = job.results()[0]
             out.extend(res if sizes is not None else [res])
-        except Exception as exc:  # noqa: BLE001
-            log.error("job %s ended without a result: %s", getattr(job, "job_id", "?"), str(exc).splitlines()[0] if str(exc) else exc)
+        except Exception as exc:  # noqa: BLE001 - one job's failure is logged; the others' results are kept
+            log.error(
+                "job %s ended without a result: %s",
+                getattr(job, "job_id", "?"),
+                str(exc).splitlines()[0] if str(exc) else exc,
+            )
             for _ in range(sizes[i] if sizes is not None else 1):
                 ret = JobReturn()
                 ret.status, ret.return_value = JobStatus.FAILED, exc
@@ -707,5 +771,5 @@ def _gpu_count() -> int:
         import torch
 
         return torch.cuda.device_count()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - no usable CUDA: zero GPUs
         return 0

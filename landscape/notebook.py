@@ -44,12 +44,13 @@ class NotebookPaths:
 
             display(fig)
         plt.close(fig)
-        print(f"wrote {path}")
+        print(f"wrote {path}")  # noqa: T201 - a notebook cell's output
         return path
 
 
-def notebook_paths(sweep: str | Path | None, out: str | Path | None, out_env: str, default_sweep: str,
-                   default_out: str) -> NotebookPaths:
+def notebook_paths(
+    sweep: str | Path | None, out: str | Path | None, out_env: str, default_sweep: str, default_out: str
+) -> NotebookPaths:
     """The first given of: the parameter cell's ``sweep``/``out``; the command line (as a script: ``SWEEP
     [OUT]``); ``$LANDSCAPE_SWEEP_DIR`` / ``$<out_env>``; ``default_sweep`` / ``SWEEP/<default_out>``."""
     kernel = in_kernel()

@@ -94,12 +94,14 @@ class ParamLayout:
 
     def unflatten(self, vec: Tensor) -> dict[str, Tensor]:
         """Flat ``[P]`` -> ``{name: tensor of the parameter's shape}`` (views of ``vec``, no copy)."""
-        return {n: c.view(s) for n, c, s in zip(self.names, vec.split(self.numels), self.shapes)}
+        return {n: c.view(s) for n, c, s in zip(self.names, vec.split(self.numels), self.shapes, strict=True)}
 
     def unflatten_rows(self, rows: Tensor) -> dict[str, Tensor]:
         """``[m, P]`` -> ``{name: [m, *shape]}``."""
         m = rows.shape[0]
-        return {n: c.reshape(m, *s) for n, c, s in zip(self.names, rows.split(self.numels, dim=1), self.shapes)}
+        return {
+            n: c.reshape(m, *s) for n, c, s in zip(self.names, rows.split(self.numels, dim=1), self.shapes, strict=True)
+        }
 
 
 def unflatten(vec: Tensor, model: nn.Module) -> dict[str, Tensor]:
@@ -119,7 +121,7 @@ def set_flat_parameters(model: nn.Module, vec: Tensor) -> None:
     layout = ParamLayout.of_model(model)
     if vec.numel() != layout.size:
         raise ValueError(f"flat vector has {vec.numel()} entries, the model has {layout.size} trainable parameters")
-    for (_, p), part in zip(named_trainable(model), layout.unflatten(vec.reshape(-1)).values()):
+    for (_, p), part in zip(named_trainable(model), layout.unflatten(vec.reshape(-1)).values(), strict=True):
         p.copy_(part)
 
 

@@ -60,8 +60,23 @@ import pandas as pd
 
 import landscape.metrics as metrics_contract
 from landscape.phase_stats import (  # noqa: F401 - re-exported: the statistics live in landscape.phase_stats
-    EXACT, LOWER, NOT_A_SLOT, NU0_DEFAULT, NU0_MAX, NU0_MIN, UNKNOWN, UPPER, Mixture2, VariancePrior, fit_mixture2,
-    predictive_means, rounding_variance, spearman, student_t_two_sided, variance_prior, variance_scale,
+    EXACT,
+    LOWER,
+    NOT_A_SLOT,
+    NU0_DEFAULT,
+    NU0_MAX,
+    NU0_MIN,
+    UNKNOWN,
+    UPPER,
+    Mixture2,
+    VariancePrior,
+    fit_mixture2,
+    predictive_means,
+    rounding_variance,
+    spearman,
+    student_t_two_sided,
+    variance_prior,
+    variance_scale,
 )
 
 log = logging.getLogger(__name__)
@@ -77,8 +92,11 @@ THRESHOLD_PRESETS: tuple[str, ...] = ("paper", "calibrate")
 
 #: Unit of each threshold (for tables, manifests and colour bars).
 THRESHOLD_UNITS: dict[str, str] = {
-    "train_loss": "nats", "train_error": "% of training set", "mc_underfit": "pp of training error",
-    "mc_barrier": "pp of training error", "cka": "unitless",
+    "train_loss": "nats",
+    "train_error": "% of training set",
+    "mc_underfit": "pp of training error",
+    "mc_barrier": "pp of training error",
+    "cka": "unitless",
 }
 
 #: Top-level config groups whose flat dotted columns are knobs (``model.width``, ``train.batch_size``, ...).
@@ -112,8 +130,13 @@ def metric_columns(df: pd.DataFrame, table: str | None = None) -> list[str]:
     (``landscape.metrics.metric_columns``): measured values, never knobs, provenance, settings, counts, timings
     or uncertainties."""
     table = table or ("pairs" if "seed_a" in df.columns else "models")
-    return [m for m in metrics_contract.metric_columns(table) if m in df.columns
-            and pd.api.types.is_numeric_dtype(df[m].dtype) and not pd.api.types.is_bool_dtype(df[m].dtype)]
+    return [
+        m
+        for m in metrics_contract.metric_columns(table)
+        if m in df.columns
+        and pd.api.types.is_numeric_dtype(df[m].dtype)
+        and not pd.api.types.is_bool_dtype(df[m].dtype)
+    ]
 
 
 def one_row_per_model(rows: pd.DataFrame) -> pd.DataFrame:
@@ -239,8 +262,11 @@ def aggregate_cells(
     done = _completed(models)
     cells = _stats(done, by, model_metrics)
 
-    status = (models["status"].astype(object) if "status" in models.columns
-              else pd.Series("done", index=models.index, dtype=object))
+    status = (
+        models["status"].astype(object)
+        if "status" in models.columns
+        else pd.Series("done", index=models.index, dtype=object)
+    )
     base = models[by].assign(_status=status, _done=status.eq("done").astype("int64"))
     grouped = base.groupby(by, dropna=False)
     meta = pd.DataFrame(
@@ -347,7 +373,9 @@ class PhaseRule:
             try:
                 new[key] = float(value)
             except (TypeError, ValueError):
-                raise ValueError(f"phase threshold {key}={value!r}: expected a number ({THRESHOLD_UNITS[key]})") from None
+                raise ValueError(
+                    f"phase threshold {key}={value!r}: expected a number ({THRESHOLD_UNITS[key]})"
+                ) from None
             if key == "cka" and not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"phase threshold cka={value!r}: expected a number in [0, 1]")
             if key in ("train_loss", "train_error") and float(value) <= 0:
@@ -377,10 +405,15 @@ class PhaseRule:
         """One line: the thresholds with their units and where they came from."""
         t = self.thresholds()
         first = "train_error" if self.train_error is not None else "train_loss"
-        fit = (f"training error {t[first]['value']:g} %" if first == "train_error"
-               else f"training loss {t[first]['value']:g} nats")
-        return (f"thresholds ({self.source}): {fit}; mc_underfit {self.mc_underfit:g} pp, "
-                f"mc_barrier {self.mc_barrier:g} pp (of training error); CKA {self.cka:g}")
+        fit = (
+            f"training error {t[first]['value']:g} %"
+            if first == "train_error"
+            else f"training loss {t[first]['value']:g} nats"
+        )
+        return (
+            f"thresholds ({self.source}): {fit}; mc_underfit {self.mc_underfit:g} pp, "
+            f"mc_barrier {self.mc_barrier:g} pp (of training error); CKA {self.cka:g}"
+        )
 
     def codes(self, fit: np.ndarray, mc: np.ndarray, cka: np.ndarray) -> np.ndarray:
         """Vectorised rule: index into :data:`PHASES` of each element (int8, -1 where undecidable). Arrays of
@@ -453,14 +486,22 @@ def calibrate(cells: pd.DataFrame, base: PhaseRule | None = None) -> tuple[Phase
     entry: dict[str, Any] = {"n": int(v.size), "method": f"2-Gaussian mixture of log10({first})"}
     if v.size >= 4:
         mix = fit_mixture2(np.log10(np.maximum(v, floor)))
-        entry.update(ashman_d=round(mix.ashman_d, 3), bic_two=round(mix.bic, 3), bic_one=round(mix.bic_one, 3),
-                     groups=list(mix.counts), means=[float(10 ** m) for m in mix.means])
+        entry.update(
+            ashman_d=round(mix.ashman_d, 3),
+            bic_two=round(mix.bic, 3),
+            bic_one=round(mix.bic_one, 3),
+            groups=list(mix.counts),
+            means=[float(10**m) for m in mix.means],
+        )
         if mix.bimodal:
-            new[first] = float(10 ** mix.threshold)
+            new[first] = float(10**mix.threshold)
             entry.update(value=new[first], derived=True)
         else:
-            entry.update(value=getattr(base, first), derived=False,
-                         reason="no two groups of cells (Ashman's D <= 2, or one Gaussian fits as well)")
+            entry.update(
+                value=getattr(base, first),
+                derived=False,
+                reason="no two groups of cells (Ashman's D <= 2, or one Gaussian fits as well)",
+            )
     else:
         entry.update(value=getattr(base, first), derived=False, reason=f"only {v.size} cells with a value (need 4)")
     report[first] = entry
@@ -472,25 +513,39 @@ def calibrate(cells: pd.DataFrame, base: PhaseRule | None = None) -> tuple[Phase
     entry = {"n": int(c.size), "method": "2-Gaussian mixture of the CKA of well-trained, well-connected cells"}
     if c.size >= 4:
         mix = fit_mixture2(c)
-        entry.update(ashman_d=round(mix.ashman_d, 3), bic_two=round(mix.bic, 3), bic_one=round(mix.bic_one, 3),
-                     groups=list(mix.counts), means=list(mix.means), range=[float(c.min()), float(c.max())])
+        entry.update(
+            ashman_d=round(mix.ashman_d, 3),
+            bic_two=round(mix.bic, 3),
+            bic_one=round(mix.bic_one, 3),
+            groups=list(mix.counts),
+            means=list(mix.means),
+            range=[float(c.min()), float(c.max())],
+        )
         if mix.bimodal:
             new_cka = float(mix.threshold)
             rule = rule.with_overrides({"cka": new_cka})
             entry.update(value=new_cka, derived=True)
         else:
-            entry.update(value=rule.cka, derived=False,
-                         reason=f"CKA of these cells is one group ({c.min():.3f}-{c.max():.3f}): no IV-A/IV-B split")
+            entry.update(
+                value=rule.cka,
+                derived=False,
+                reason=f"CKA of these cells is one group ({c.min():.3f}-{c.max():.3f}): no IV-A/IV-B split",
+            )
     else:
         entry.update(value=rule.cka, derived=False, reason=f"only {c.size} well-trained, well-connected cells (need 4)")
     report["cka"] = entry
     for k in ("mc_underfit", "mc_barrier"):
-        report[k] = {"value": getattr(rule, k), "derived": False, "reason": "pp of training error: kept from " + base.source}
+        report[k] = {
+            "value": getattr(rule, k),
+            "derived": False,
+            "reason": "pp of training error: kept from " + base.source,
+        }
     return dataclasses.replace(rule, source="calibrate"), report
 
 
-def resolve_rule(preset: str | None = None, overrides: Mapping[str, Any] | None = None,
-                 cells: pd.DataFrame | None = None) -> tuple[PhaseRule, dict[str, Any]]:
+def resolve_rule(
+    preset: str | None = None, overrides: Mapping[str, Any] | None = None, cells: pd.DataFrame | None = None
+) -> tuple[PhaseRule, dict[str, Any]]:
     """The rule of a preset (``paper`` | ``calibrate``; default ``paper``) with explicit ``overrides`` on top
     (``{name: value}``, applied before calibrating so that calibration starts from them, and again after so that
     an explicit value always wins). ``cells`` are needed for ``calibrate``. Returns ``(rule, calibration report)``."""
@@ -510,8 +565,9 @@ def resolve_rule(preset: str | None = None, overrides: Mapping[str, Any] | None 
             for k in explicit:
                 report[k] = {"value": getattr(rule, k), "derived": False, "reason": "set explicitly"}
     else:
-        changed = {k: getattr(rule, k) for k in PhaseRule.THRESHOLD_NAMES
-                   if getattr(rule, k) != getattr(PhaseRule.paper(), k)}
+        changed = {
+            k: getattr(rule, k) for k in PhaseRule.THRESHOLD_NAMES if getattr(rule, k) != getattr(PhaseRule.paper(), k)
+        }
         if changed:
             rule = dataclasses.replace(rule, source="paper with " + ", ".join(f"{k}={v:g}" for k, v in changed.items()))
     return rule, report
@@ -537,8 +593,11 @@ def slot_kinds(rows: pd.DataFrame, column: str, table: str, bounds: bool = False
     n = len(rows)
     v = _col(rows, column)
     fin = np.isfinite(v)
-    done = (rows["status"].astype(object).eq("done").to_numpy(dtype=bool) if "status" in rows.columns
-            else np.ones(n, dtype=bool))
+    done = (
+        rows["status"].astype(object).eq("done").to_numpy(dtype=bool)
+        if "status" in rows.columns
+        else np.ones(n, dtype=bool)
+    )
     out = np.full(n, UNKNOWN, dtype=np.int8)
     if table == "models":
         out[done & fin] = EXACT
@@ -581,8 +640,9 @@ def resolved_mc(pairs: pd.DataFrame, column: str = "connectivity.mc") -> pd.Data
     return out
 
 
-def _cell_slots(models: pd.DataFrame, pairs: pd.DataFrame | None, by: list[str], rule: PhaseRule
-                ) -> tuple[dict[tuple, np.ndarray], dict[str, dict[tuple, tuple[np.ndarray, np.ndarray]]]]:
+def _cell_slots(
+    models: pd.DataFrame, pairs: pd.DataFrame | None, by: list[str], rule: PhaseRule
+) -> tuple[dict[tuple, np.ndarray], dict[str, dict[tuple, tuple[np.ndarray, np.ndarray]]]]:
     """Per cell key (tuple of ``by`` values): its model rows' statuses, and for each of the rule's columns the
     ``(values, kinds)`` of its slots (NOT_A_SLOT rows left out)."""
     fit_col, mc_col, cka_col = rule.columns
@@ -597,8 +657,10 @@ def _cell_slots(models: pd.DataFrame, pairs: pd.DataFrame | None, by: list[str],
     if pairs is not None and not pairs.empty and "cell_id" in m.columns:
         p = _pairs_with_knobs(m, one_row_per_model(pairs), by, done_only=False)
         if not p.empty:
-            cols = {mc_col: (_col(p, mc_col), slot_kinds(p, mc_col, "pairs", bounds=True)),
-                    cka_col: (_col(p, cka_col), slot_kinds(p, cka_col, "pairs"))}
+            cols = {
+                mc_col: (_col(p, mc_col), slot_kinds(p, mc_col, "pairs", bounds=True)),
+                cka_col: (_col(p, cka_col), slot_kinds(p, cka_col, "pairs")),
+            }
             for key, idx in p.groupby(by, dropna=False).indices.items():
                 key = key if isinstance(key, tuple) else (key,)
                 for c, (v, k) in cols.items():
@@ -607,8 +669,9 @@ def _cell_slots(models: pd.DataFrame, pairs: pd.DataFrame | None, by: list[str],
     return n_models, slots
 
 
-def resolution_counts(models: pd.DataFrame, pairs: pd.DataFrame | None, cells: pd.DataFrame, by: Sequence[str],
-                      rule: PhaseRule) -> pd.DataFrame:
+def resolution_counts(
+    models: pd.DataFrame, pairs: pd.DataFrame | None, cells: pd.DataFrame, by: Sequence[str], rule: PhaseRule
+) -> pd.DataFrame:
     """Per cell (on ``cells``' index): ``n_models_total`` (model rows, any status), ``n_models`` (done, with a
     finite fit value), ``n_pairs_total`` (pairs that are slots of mc: see :func:`slot_kinds`), ``n_pairs_exact``
     (converged), ``n_pairs_lower`` / ``n_pairs_upper`` (bounds), ``n_pairs_bounded`` (their sum),
@@ -625,17 +688,41 @@ def resolution_counts(models: pd.DataFrame, pairs: pd.DataFrame | None, cells: p
         _, fk = slots[fit_col].get(key, (np.empty(0), np.empty(0, dtype=np.int8)))
         mv, mk = slots[mc_col].get(key, (np.empty(0), np.empty(0, dtype=np.int8)))
         resolved = int(((mk == EXACT) | ((mk == LOWER) & (mv > top)) | ((mk == UPPER) & (mv < bottom))).sum())
-        counts = {k: int((mk == code).sum()) for k, code in
-                  (("n_pairs_exact", EXACT), ("n_pairs_lower", LOWER), ("n_pairs_upper", UPPER),
-                   ("n_pairs_unknown", UNKNOWN))}
+        counts = {
+            k: int((mk == code).sum())
+            for k, code in (
+                ("n_pairs_exact", EXACT),
+                ("n_pairs_lower", LOWER),
+                ("n_pairs_upper", UPPER),
+                ("n_pairs_unknown", UNKNOWN),
+            )
+        }
         total = int(mk.size)
-        rows.append({"n_models_total": int(len(n_idx.get(key, ()))), "n_models": int((fk == EXACT).sum()),
-                     "n_pairs_total": total, **counts,
-                     "n_pairs_bounded": counts["n_pairs_lower"] + counts["n_pairs_upper"],
-                     "n_pairs_mc": total - counts["n_pairs_unknown"], "n_pairs_resolved": resolved,
-                     "share_unresolved": (total - resolved) / total if total else np.nan})
-    cols = ["n_models_total", "n_models", "n_pairs_total", "n_pairs_exact", "n_pairs_lower", "n_pairs_upper",
-            "n_pairs_bounded", "n_pairs_unknown", "n_pairs_mc", "n_pairs_resolved", "share_unresolved"]
+        rows.append(
+            {
+                "n_models_total": int(len(n_idx.get(key, ()))),
+                "n_models": int((fk == EXACT).sum()),
+                "n_pairs_total": total,
+                **counts,
+                "n_pairs_bounded": counts["n_pairs_lower"] + counts["n_pairs_upper"],
+                "n_pairs_mc": total - counts["n_pairs_unknown"],
+                "n_pairs_resolved": resolved,
+                "share_unresolved": (total - resolved) / total if total else np.nan,
+            }
+        )
+    cols = [
+        "n_models_total",
+        "n_models",
+        "n_pairs_total",
+        "n_pairs_exact",
+        "n_pairs_lower",
+        "n_pairs_upper",
+        "n_pairs_bounded",
+        "n_pairs_unknown",
+        "n_pairs_mc",
+        "n_pairs_resolved",
+        "share_unresolved",
+    ]
     return pd.DataFrame(rows, columns=cols, index=cells.index)
 
 
@@ -676,8 +763,12 @@ def bounded_labels(cells: pd.DataFrame, rule: PhaseRule, counts: pd.DataFrame) -
 MIN_RESOLVED_PAIRS = 2
 
 
-def _prior_for(slots: Mapping[tuple, tuple[np.ndarray, np.ndarray]], log_floor: float | None,
-               nu0: float | None, min_var: float = 0.0) -> tuple[VariancePrior, np.ndarray]:
+def _prior_for(
+    slots: Mapping[tuple, tuple[np.ndarray, np.ndarray]],
+    log_floor: float | None,
+    nu0: float | None,
+    min_var: float = 0.0,
+) -> tuple[VariancePrior, np.ndarray]:
     """A metric's variance prior (from the exact values of each cell, on the log scale for the fit column) and
     its imputation pool (every exact value of the grid, in the metric's units; every finite value if none is
     exact). ``min_var``: the variance of the measurement's rounding (:func:`rounding_variance`), the least a
@@ -704,7 +795,7 @@ def _cell_key(values: Sequence[Any], names: Sequence[str] | None = None) -> int:
     so that the cell's random stream does not depend on the order of the axes (``--x``/``--y`` swapped)."""
     if names is None:
         return zlib.crc32(repr(tuple(str(v) for v in values)).encode())
-    return zlib.crc32(repr(sorted((str(k), str(v)) for k, v in zip(names, values))).encode())
+    return zlib.crc32(repr(sorted((str(k), str(v)) for k, v in zip(names, values, strict=True))).encode())
 
 
 def label_confidence(
@@ -736,8 +827,11 @@ def label_confidence(
     labels = rule.labels(cells) if labels is None else labels
     cols = rule.columns
     # the fit column's spread is relative (log scale, floored as in calibration); mc's and CKA's absolute
-    floors = {cols[0]: _LOG_FLOOR["train_error" if rule.train_error is not None else "train_loss"],
-              cols[1]: None, cols[2]: None}
+    floors = {
+        cols[0]: _LOG_FLOOR["train_error" if rule.train_error is not None else "train_loss"],
+        cols[1]: None,
+        cols[2]: None,
+    }
     _, slots = _cell_slots(models, pairs, by, rule)
     priors, pools = {}, {}
     min_var = {c: rounding_variance(pairs, c) for c in cols}
@@ -747,12 +841,14 @@ def label_confidence(
     conf = np.full(len(cells), np.nan)
     empty = (np.empty(0), np.empty(0, dtype=np.int8))
     keys = cells[by].itertuples(index=False, name=None)
-    for i, (key, lab) in enumerate(zip(keys, labels.to_numpy())):
+    for i, (key, lab) in enumerate(zip(keys, labels.to_numpy(), strict=True)):
         if lab is None or (isinstance(lab, float) and np.isnan(lab)):
             continue
         rng = np.random.default_rng([seed, _cell_key(key, by)])  # the cell's stream, whatever the axis order
-        means = [predictive_means(rng, *slots[c].get(key, empty), pools[c], priors[c], n_boot, floors[c],
-                                  min_var[c]) for c in cols]
+        means = [
+            predictive_means(rng, *slots[c].get(key, empty), pools[c], priors[c], n_boot, floors[c], min_var[c])
+            for c in cols
+        ]
         codes = rule.codes(*means)
         conf[i] = float(np.mean(codes == PHASES.index(lab)))
     out = pd.concat([pd.DataFrame({"phase_confidence": conf}, index=cells.index), counts], axis=1)
@@ -761,8 +857,9 @@ def label_confidence(
 
 
 # --------------------------------------------------------------------------- missing metrics
-def missing_metric_warnings(cells: pd.DataFrame, rule: PhaseRule, by: Sequence[str],
-                            labels: pd.Series | None = None, max_named: int = 6) -> list[str]:
+def missing_metric_warnings(
+    cells: pd.DataFrame, rule: PhaseRule, by: Sequence[str], labels: pd.Series | None = None, max_named: int = 6
+) -> list[str]:
     """Why unlabelled cells have no label: for each needed column (the fit column, mc, CKA where it is needed)
     the cells lacking it, named by their knob values, and what to do: enable its family
     (``metrics.<family>.enabled=true``) when the family did not run there, or the recorded reason
@@ -779,13 +876,25 @@ def missing_metric_warnings(cells: pd.DataFrame, rule: PhaseRule, by: Sequence[s
     notdone = np.nonzero(unl & (status != "done"))[0]
     if notdone.size:
         states = pd.Series(status[notdone]).value_counts().to_dict()
-        out.append(f"{notdone.size} cells have no completed model ({', '.join(f'{k}: {v}' for k, v in states.items())}): "
-                   + "; ".join(name(i) for i in notdone[:max_named]) + (" ..." if notdone.size > max_named else "")
-                   + " (see landscape-status)")
+        out.append(
+            f"{notdone.size} cells have no completed model ({', '.join(f'{k}: {v}' for k, v in states.items())}): "
+            + "; ".join(name(i) for i in notdone[:max_named])
+            + (" ..." if notdone.size > max_named else "")
+            + " (see landscape-status)"
+        )
     done = unl & (status == "done")
-    need = [(rule.fit_column, ~np.isfinite(fit)), (rule.mc_column, np.isfinite(fit) & ~np.isfinite(mc)),
-            (rule.cka_column, np.isfinite(fit) & (fit <= rule.fit_threshold) & np.isfinite(mc)
-             & (mc >= rule.mc_barrier) & ~np.isfinite(ck))]
+    need = [
+        (rule.fit_column, ~np.isfinite(fit)),
+        (rule.mc_column, np.isfinite(fit) & ~np.isfinite(mc)),
+        (
+            rule.cka_column,
+            np.isfinite(fit)
+            & (fit <= rule.fit_threshold)
+            & np.isfinite(mc)
+            & (mc >= rule.mc_barrier)
+            & ~np.isfinite(ck),
+        ),
+    ]
     for col, lacking in need:
         idx = np.nonzero(done & lacking)[0]
         if not idx.size:
@@ -814,28 +923,35 @@ def resolution_warnings(cells: pd.DataFrame, by: Sequence[str], max_named: int =
     out: list[str] = []
 
     def names(idx: np.ndarray, what) -> str:
-        return "; ".join(" ".join(f"{k}={cells[k].iloc[i]}" for k in by) + f" ({what(i)})" for i in idx[:max_named]) \
-            + (" ..." if idx.size > max_named else "")
+        return "; ".join(" ".join(f"{k}={cells[k].iloc[i]}" for k in by) + f" ({what(i)})" for i in idx[:max_named]) + (
+            " ..." if idx.size > max_named else ""
+        )
 
     if "phase_reason" in cells.columns:
         idx = np.nonzero(cells["phase"].isna().to_numpy() & cells["phase_reason"].notna().to_numpy())[0]
         if idx.size:
-            out.append(f"no phase label for {idx.size} cells: the label depends on where mc converges, "
-                       f"{names(idx, lambda i: cells['phase_reason'].iloc[i])}; a larger curve budget decides them")
+            out.append(
+                f"no phase label for {idx.size} cells: the label depends on where mc converges, "
+                f"{names(idx, lambda i: cells['phase_reason'].iloc[i])}; a larger curve budget decides them"
+            )
     if {"n_pairs_resolved", "n_pairs_total"} <= set(cells.columns):
         few = cells["phase"].notna().to_numpy() & (_col(cells, "n_pairs_resolved") < MIN_RESOLVED_PAIRS)
         idx = np.nonzero(few)[0]
         if idx.size:
-            out.append(f"{idx.size} cells are labelled from fewer than {MIN_RESOLVED_PAIRS} resolved pairs "
-                       f"(converged, or a bound beyond every mc threshold; marked on the map), "
-                       + names(idx, lambda i: f"{int(cells['n_pairs_resolved'].iloc[i])} of "
-                                              f"{int(cells['n_pairs_total'].iloc[i])}"))
+            out.append(
+                f"{idx.size} cells are labelled from fewer than {MIN_RESOLVED_PAIRS} resolved pairs "
+                f"(converged, or a bound beyond every mc threshold; marked on the map), "
+                + names(
+                    idx, lambda i: f"{int(cells['n_pairs_resolved'].iloc[i])} of {int(cells['n_pairs_total'].iloc[i])}"
+                )
+            )
     return out
 
 
 # --------------------------------------------------------------------------- summaries
-def phase_summary(cells: pd.DataFrame, labels: pd.Series, target: str = "test_acc",
-                  confidence: pd.Series | None = None) -> pd.DataFrame:
+def phase_summary(
+    cells: pd.DataFrame, labels: pd.Series, target: str = "test_acc", confidence: pd.Series | None = None
+) -> pd.DataFrame:
     """Per phase (in :data:`PHASES` order): number of labelled cells, of those with a finite ``target``, the
     mean/std of the cells' ``target`` means, and (given ``confidence``) the mean label confidence."""
     values = _col(cells, target)
@@ -854,7 +970,9 @@ def phase_summary(cells: pd.DataFrame, labels: pd.Series, target: str = "test_ac
             f"{target}_std": float(fin.std(ddof=1)) if fin.size > 1 else np.nan,
         }
         if conf is not None:
-            row["confidence_mean"] = float(np.nanmean(conf[sel])) if sel.any() and np.isfinite(conf[sel]).any() else np.nan
+            row["confidence_mean"] = (
+                float(np.nanmean(conf[sel])) if sel.any() and np.isfinite(conf[sel]).any() else np.nan
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -863,7 +981,10 @@ REGIMES: tuple[str, ...] = ("all", "well-trained", "poorly-trained")
 
 
 def rank_correlations(
-    cells: pd.DataFrame, metrics: Sequence[str], target: str = "test_acc", min_cells: int = 3,
+    cells: pd.DataFrame,
+    metrics: Sequence[str],
+    target: str = "test_acc",
+    min_cells: int = 3,
     rule: PhaseRule | None = None,
 ) -> pd.DataFrame:
     """Spearman rank correlation of each metric's cell means with the cell means of ``target``, over all
@@ -888,6 +1009,15 @@ def rank_correlations(
             ok = sel & np.isfinite(x_all) & np.isfinite(y_all)
             n = int(ok.sum())
             rho, p = spearman(x_all[ok], y_all[ok]) if n >= min_cells else (np.nan, np.nan)
-            rows.append({"metric": m, "family": family_of(m), "regime": regime, "target": target,
-                         "rho": rho, "p_value": p, "n_cells": n})
+            rows.append(
+                {
+                    "metric": m,
+                    "family": family_of(m),
+                    "regime": regime,
+                    "target": target,
+                    "rho": rho,
+                    "p_value": p,
+                    "n_cells": n,
+                }
+            )
     return pd.DataFrame(rows, columns=["metric", "family", "regime", "target", "rho", "p_value", "n_cells"])

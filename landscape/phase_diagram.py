@@ -41,19 +41,19 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import matplotlib  # the backend is the caller's: a notebook's inline one, Agg in landscape-phase
-import matplotlib.colors as mcolors  # noqa: E402
-import matplotlib.patches as mpatches  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import matplotlib.transforms  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.collections import LineCollection, PatchCollection, QuadMesh  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.colors as mcolors
+import matplotlib.patches as mpatches
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import matplotlib.transforms
+import numpy as np
+import pandas as pd
+from matplotlib.collections import LineCollection, PatchCollection, QuadMesh
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from landscape.metrics import FigureStyle  # noqa: E402
-from landscape.phase import MIN_RESOLVED_PAIRS, PHASES  # noqa: E402
+from landscape.metrics import FigureStyle
+from landscape.phase import MIN_RESOLVED_PAIRS, PHASES
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +72,24 @@ MASK_MARKERS: dict[str, dict] = {
     "nonpositive": dict(marker="_", color="0.2", markersize=8, linestyle="none", markeredgewidth=1.5),
 }
 MASK_LABELS: dict[str, str] = {
-    "missing": "no rows (not run / pending)", "failed": "failed", "diverged": "diverged",
-    "nan": "value missing", "nonpositive": "<= 0 on a log scale",
+    "missing": "no rows (not run / pending)",
+    "failed": "failed",
+    "diverged": "diverged",
+    "nan": "value missing",
+    "nonpositive": "<= 0 on a log scale",
 }
 CLIP_MARKERS: dict[str, dict] = {
     "high": dict(marker="^", markerfacecolor="white", markeredgecolor="0.45", markersize=7, linestyle="none"),
     "low": dict(marker="v", markerfacecolor="white", markeredgecolor="0.45", markersize=7, linestyle="none"),
 }
 #: One colour per phase (poorly trained: warm; well trained: purple / greens).
-PHASE_COLOURS: dict[str, str] = {"I": "#b2182b", "II": "#f4a582", "III": "#7b3294", "IV-A": "#a6dba0", "IV-B": "#1b7837"}
+PHASE_COLOURS: dict[str, str] = {
+    "I": "#b2182b",
+    "II": "#f4a582",
+    "III": "#7b3294",
+    "IV-A": "#a6dba0",
+    "IV-B": "#1b7837",
+}
 _DARK_PHASES = frozenset({"I", "III", "IV-B"})
 
 
@@ -92,7 +101,13 @@ DERIVED_STYLES: dict[str, FigureStyle] = {
 
 #: The paper's panel order.
 DEFAULT_METRICS: tuple[str, ...] = (
-    "test_acc", "train_loss", "hessian.top_eigenvalue", "hessian.trace", "connectivity.mc", "cka", "l2_distance",
+    "test_acc",
+    "train_loss",
+    "hessian.top_eigenvalue",
+    "hessian.trace",
+    "connectivity.mc",
+    "cka",
+    "l2_distance",
 )
 LIMIT_MODES: tuple[str, ...] = ("data", "paper")
 #: Percentiles of the data that bound the colour scale (robust to a few extreme cells).
@@ -100,17 +115,30 @@ DATA_PERCENTILES: tuple[float, float] = (2.0, 98.0)
 
 #: Names a person reads for the common knobs (axis labels read ``<name> (<key>)``; other keys as they are).
 KNOB_NAMES: dict[str, str] = {
-    "model.width": "model width", "model.depth": "model depth", "model.name": "model",
-    "model.activation": "activation", "model.n_params": "parameters",
-    "data.label_noise": "label noise", "data.subsample": "training-set fraction", "data.n_train": "training samples",
-    "data.name": "dataset", "train.batch_size": "batch size", "train.lr": "learning rate",
-    "train.weight_decay": "weight decay", "train.momentum": "momentum", "train.epochs": "epochs",
-    "train.steps": "training steps", "train.schedule": "learning-rate schedule",
+    "model.width": "model width",
+    "model.depth": "model depth",
+    "model.name": "model",
+    "model.activation": "activation",
+    "model.n_params": "parameters",
+    "data.label_noise": "label noise",
+    "data.subsample": "training-set fraction",
+    "data.n_train": "training samples",
+    "data.name": "dataset",
+    "train.batch_size": "batch size",
+    "train.lr": "learning rate",
+    "train.weight_decay": "weight decay",
+    "train.momentum": "momentum",
+    "train.epochs": "epochs",
+    "train.steps": "training steps",
+    "train.schedule": "learning-rate schedule",
 }
 #: What each phase means (Yang et al. 2021): fit (training loss), barrier (mode connectivity), similarity (CKA).
 PHASE_MEANINGS: dict[str, str] = {
-    "I": "under-fitted, barrier", "II": "under-fitted, no barrier", "III": "fitted, barrier",
-    "IV-A": "fitted, connected, dissimilar", "IV-B": "fitted, connected, similar",
+    "I": "under-fitted, barrier",
+    "II": "under-fitted, no barrier",
+    "III": "fitted, barrier",
+    "IV-A": "fitted, connected, dissimilar",
+    "IV-B": "fitted, connected, similar",
 }
 
 
@@ -129,7 +157,11 @@ def _family_styles() -> dict[str, FigureStyle]:
 
 #: Units guessed from a column's name where no style declares one (last resort).
 _UNIT_BY_SUFFIX: tuple[tuple[str, str], ...] = (
-    ("seconds", "s"), ("_count", "count"), ("loss", "nats"), ("_acc", "fraction"), ("eigenvalue", "nats / param²"),
+    ("seconds", "s"),
+    ("_count", "count"),
+    ("loss", "nats"),
+    ("_acc", "fraction"),
+    ("eigenvalue", "nats / param²"),
     ("trace", "nats / param²"),
 )
 
@@ -201,7 +233,11 @@ def _centred_cmap(name: str, lo: float, hi: float, centre: float, linthresh: flo
     middle colour and the farther limit its end colour (the nearer side uses only part of its half): all
     negative values use the blue half only, so no colour-bar length is spent on values that do not occur."""
     base = plt.get_cmap(name)
-    t = (lambda d: _symlog(np.asarray(d, dtype=np.float64), linthresh)) if linthresh else (lambda d: np.asarray(d, float))
+    t = (
+        (lambda d: _symlog(np.asarray(d, dtype=np.float64), linthresh))
+        if linthresh
+        else (lambda d: np.asarray(d, float))
+    )
     tlo, thi = float(t(lo - centre)), float(t(hi - centre))
     half = max(abs(tlo), abs(thi)) or 1.0
     a, b = 0.5 + 0.5 * tlo / half, 0.5 + 0.5 * thi / half
@@ -222,7 +258,7 @@ def symlog_ticks(lo: float, hi: float, centre: float = 0.0, linthresh: float = 1
         kmax = int(np.floor(np.log10(extent)))
         kmin = min(kmax, int(np.floor(np.log10(linthresh))))
         mant = (1.0, 2.0, 5.0) if kmax == kmin else (1.0,)
-        side = [m * 10.0 ** k for k in range(kmin, kmax + 1) for m in mant if m * 10.0 ** k <= extent * (1 + 1e-9)]
+        side = [m * 10.0**k for k in range(kmin, kmax + 1) for m in mant if m * 10.0**k <= extent * (1 + 1e-9)]
         ticks.update(centre + sign * v for v in side)
     return sorted(ticks)
 
@@ -250,7 +286,7 @@ def colour_limits(values: np.ndarray, style: FigureStyle, mode: str = "data") ->
             llo, lhi = np.percentile(np.log10(pos), [p_lo, p_hi]) if pos.size else (0.0, 1.0)
             if lhi - llo < 1e-6:
                 llo, lhi = llo - 0.5, lhi + 0.5
-            lo, hi = float(10 ** llo), float(10 ** lhi)
+            lo, hi = float(10**llo), float(10**lhi)
         else:
             lo, hi = (float(x) for x in np.percentile(v, [p_lo, p_hi])) if v.size else (0.0, 1.0)
             if centre is not None:
@@ -280,8 +316,11 @@ def colour_bar_label(style: FigureStyle, scale: ColourScale) -> str:
     """``"<label> [<unit>]"`` and the scale: ``log10 scale``, ``symlog scale, linear within ±t``, ``centred at
     c``, ``paper's limits``."""
     text = style.label + (f" [{style.unit}]" if style.unit else "")
-    extra = {"log10": "log10 scale", "symlog": f"symlog scale, linear within ±{scale.linthresh:g}",
-             "linear": f"centred at {scale.centre:g}" if scale.centre is not None else ""}[scale.scale]
+    extra = {
+        "log10": "log10 scale",
+        "symlog": f"symlog scale, linear within ±{scale.linthresh:g}",
+        "linear": f"centred at {scale.centre:g}" if scale.centre is not None else "",
+    }[scale.scale]
     if scale.mode == "paper":
         extra = ", ".join(x for x in (extra, "paper's limits") if x)
     return text + (f"\n({extra})" if extra else "")
@@ -324,8 +363,10 @@ def pivot(cells: pd.DataFrame, x: str, y: str, column: str) -> pd.DataFrame:
     where a cell is absent. Raises if two cells share an (x, y) pair (a facet or filter is missing)."""
     dup = cells.duplicated([x, y])
     if dup.any():
-        raise ValueError(f"several cells share ({x}, {y}) = {cells.loc[dup, [x, y]].iloc[0].tolist()}; "
-                         "filter or facet the other knobs")
+        raise ValueError(
+            f"several cells share ({x}, {y}) = {cells.loc[dup, [x, y]].iloc[0].tolist()}; "
+            "filter or facet the other knobs"
+        )
     xs = np.sort(cells[x].unique())
     ys = np.sort(cells[y].unique())
     table = cells.pivot(index=y, columns=x, values=column)
@@ -415,7 +456,7 @@ def mask_reasons(grid: Grid, cells: pd.DataFrame, values: np.ndarray, log_scale:
     out = np.full(values.shape, None, dtype=object)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(values) | ((values <= 0) if log_scale else False)
-    for iy, ix in zip(*np.nonzero(bad)):
+    for iy, ix in zip(*np.nonzero(bad), strict=True):
         st = None if status is None else status[iy, ix]
         if not present[iy, ix] or st in ("missing", "pending", "running", "interrupted"):
             out[iy, ix] = "missing"
@@ -447,13 +488,19 @@ def _clip_marks(ax, grid: Grid, values: np.ndarray, scale: ColourScale) -> None:
     for name, mask in (("high", above), ("low", below)):
         iy, ix = np.nonzero(mask)
         if iy.size:
-            (line,) = ax.plot(fx[ix], fy[iy], label=f"{'above' if name == 'high' else 'below'} colour limits",
-                              zorder=6, **CLIP_MARKERS[name])
+            (line,) = ax.plot(
+                fx[ix],
+                fy[iy],
+                label=f"{'above' if name == 'high' else 'below'} colour limits",
+                zorder=6,
+                **CLIP_MARKERS[name],
+            )
             line.set_gid(f"clipped:{name}")
 
 
-def draw_metric(ax, grid: Grid, cells: pd.DataFrame, metric: str, style: FigureStyle | None = None,
-                scale: ColourScale | None = None) -> QuadMesh:
+def draw_metric(
+    ax, grid: Grid, cells: pd.DataFrame, metric: str, style: FigureStyle | None = None, scale: ColourScale | None = None
+) -> QuadMesh:
     """One panel: ``pcolormesh`` of the cell means of ``metric`` under ``scale`` (default: data limits of these
     cells); masked cells in the neutral colour, marked by :data:`MASK_MARKERS` (Line2D artists with ``gid``
     ``mask:<reason>``); clipped cells by :data:`CLIP_MARKERS` (``gid`` ``clipped:high`` / ``clipped:low``).
@@ -465,8 +512,9 @@ def draw_metric(ax, grid: Grid, cells: pd.DataFrame, metric: str, style: FigureS
     with np.errstate(invalid="ignore"):
         drawn = np.where(np.isfinite(values) & np.logical_or(not log_scale, values > 0), values, np.nan)
     cmap = (scale.cmap or plt.get_cmap(style.cmap)).with_extremes(bad=MISSING_COLOUR)
-    mesh = ax.pcolormesh(grid.x_edges, grid.y_edges, np.ma.masked_invalid(drawn), cmap=cmap, norm=scale.norm,
-                         shading="flat")
+    mesh = ax.pcolormesh(
+        grid.x_edges, grid.y_edges, np.ma.masked_invalid(drawn), cmap=cmap, norm=scale.norm, shading="flat"
+    )
     mesh.set_gid(f"metric:{metric}")
     _mark(ax, grid, mask_reasons(grid, cells, values, log_scale), MASK_MARKERS, "mask", MASK_LABELS)
     _clip_marks(ax, grid, values, scale)
@@ -498,8 +546,11 @@ def _threshold_marks(cbar, metric: str, rule: Any) -> None:
     """Lines on a colour bar at the phase rule's thresholds of that metric."""
     if rule is None:
         return
-    marks = {rule.fit_column: [rule.fit_threshold], rule.mc_column: [rule.mc_barrier, rule.mc_underfit],
-             rule.cka_column: [rule.cka]}.get(metric, [])
+    marks = {
+        rule.fit_column: [rule.fit_threshold],
+        rule.mc_column: [rule.mc_barrier, rule.mc_underfit],
+        rule.cka_column: [rule.cka],
+    }.get(metric, [])
     lo, hi = cbar.mappable.norm.vmin, cbar.mappable.norm.vmax
     for t in marks:
         if lo <= t <= hi:
@@ -507,8 +558,13 @@ def _threshold_marks(cbar, metric: str, rule: Any) -> None:
 
 
 def metrics_figure(
-    cells: pd.DataFrame, x: str, y: str, metrics: Sequence[str] = DEFAULT_METRICS, facet: str | None = None,
-    limits: str = "data", rule: Any = None,
+    cells: pd.DataFrame,
+    x: str,
+    y: str,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    facet: str | None = None,
+    limits: str = "data",
+    rule: Any = None,
 ) -> Figure:
     """The Figure-1 layout: one column per metric, one row per facet value, the same grid (all facets'
     knob values) in every panel, one colour bar per metric column with limits shared by all facets
@@ -528,8 +584,13 @@ def metrics_figure(
         axes = np.array([s[0] for s in slots])
         text_width = _LAYOUT["pw"] + 2 * _LAYOUT["right"]
     else:
-        fig, grid_axes = plt.subplots(len(facets), len(metrics), figsize=(3.0 * len(metrics), 2.9 * len(facets) + 1.0),
-                                      squeeze=False, layout="constrained")
+        fig, grid_axes = plt.subplots(
+            len(facets),
+            len(metrics),
+            figsize=(3.0 * len(metrics), 2.9 * len(facets) + 1.0),
+            squeeze=False,
+            layout="constrained",
+        )
         slots = [grid_axes[:, c].tolist() for c in range(len(metrics))]
         axes = grid_axes
         text_width = 2.3  # a panel of a 3-inch column (its colour bar and y labels take the rest)
@@ -582,8 +643,9 @@ def metrics_figure(
 #: label), right margin, title band, gap under a panel (x ticks and label; more when rotated), colour-bar
 #: height, band under the colour bar (its ticks and two-line label), legend band at the top. The bands are
 #: the starting point: :func:`_fit_wrapped_layout` widens them to the text drawn.
-_LAYOUT = dict(pw=2.45, ph=1.95, left=0.85, right=0.2, title=0.3, gap=0.55, gap_crowded=0.72, cb=0.11,
-               below=0.55, legend=0.35)
+_LAYOUT = dict(
+    pw=2.45, ph=1.95, left=0.85, right=0.2, title=0.3, gap=0.55, gap_crowded=0.72, cb=0.11, below=0.55, legend=0.35
+)
 #: Space (inches) kept between drawn text and the edges of its band.
 _PAD = 0.06
 
@@ -624,7 +686,7 @@ def _fit_wrapped_layout(fig: Figure, slots, caxes, legend, renderer) -> None:
     L = fig._wrapped["L"]  # type: ignore[attr-defined]
     dpi = fig.dpi
     need = dict(title=0.0, left=0.0, right=0.0, gap=0.0, below=0.0)
-    for ax, cax in zip((s[0] for s in slots), caxes):
+    for ax, cax in zip((s[0] for s in slots), caxes, strict=True):
         pos = ax.get_window_extent(renderer)
         tight = ax.get_tightbbox(renderer)
         need["title"] = max(need["title"], (tight.y1 - pos.y1) / dpi)
@@ -645,8 +707,9 @@ def _fit_wrapped_layout(fig: Figure, slots, caxes, legend, renderer) -> None:
         handles, names = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
         legend.remove()
         for ncols in range(min(len(handles), 4), 0, -1):
-            legend = fig.legend(handles, names, fontsize=7, ncols=ncols, frameon=False, loc="upper center",
-                                bbox_to_anchor=(0.5, 1.0))
+            legend = fig.legend(
+                handles, names, fontsize=7, ncols=ncols, frameon=False, loc="upper center", bbox_to_anchor=(0.5, 1.0)
+            )
             if legend.get_window_extent(renderer).width / dpi <= W - 2 * _PAD or ncols == 1:
                 break
             legend.remove()
@@ -663,7 +726,7 @@ class _KeyWrapper(textwrap.TextWrapper):
         cut = max(chunk.rfind("_", 0, space_left), chunk.rfind(".", 0, space_left))
         if cut > 0:
             cur_line.append(chunk[: cut + 1])
-            reversed_chunks[-1] = chunk[cut + 1:]
+            reversed_chunks[-1] = chunk[cut + 1 :]
         else:
             super()._handle_long_word(reversed_chunks, cur_line, cur_len, width)
 
@@ -737,8 +800,9 @@ def boundary_segments(grid: Grid, labels: np.ndarray) -> list[list[tuple[float, 
 
 
 #: Marker of a labelled cell with fewer than ``MIN_RESOLVED_PAIRS`` resolved pairs (at its upper-left corner).
-FEW_PAIRS_MARKER: dict = dict(marker="D", markerfacecolor="#ffd700", markeredgecolor="black", markersize=6,
-                              markeredgewidth=0.9, linestyle="none")
+FEW_PAIRS_MARKER: dict = dict(
+    marker="D", markerfacecolor="#ffd700", markeredgecolor="black", markersize=6, markeredgewidth=0.9, linestyle="none"
+)
 #: Marker of an unlabelled cell whose mc is still moving (the label depends on where it converges).
 MOVING_MARKER: dict = dict(marker="$?$", color="black", markersize=9, linestyle="none")
 
@@ -752,19 +816,25 @@ MOVING_LABEL = "no label: mc still moving (unresolved)"
 
 def _corner(grid: Grid, ix: np.ndarray, iy: np.ndarray, frac: float = 0.28) -> tuple[np.ndarray, np.ndarray]:
     """Points ``frac`` of the way from a cell's upper-left corner (as drawn) to its centre."""
+
     def towards(edge: np.ndarray, centre: np.ndarray, scale: str) -> np.ndarray:
         if scale == "log":
             return np.exp(np.log(edge) + frac * 2 * (np.log(centre) - np.log(edge)))
         return edge + frac * 2 * (centre - edge)
 
     top = grid.y_edges[:-1] if grid.y in INVERTED_KNOBS else grid.y_edges[1:]
-    return (towards(grid.x_edges[:-1][ix], grid.xs[ix], grid.x_scale),
-            towards(top[iy], grid.ys[iy], grid.y_scale))
+    return (towards(grid.x_edges[:-1][ix], grid.xs[ix], grid.x_scale), towards(top[iy], grid.ys[iy], grid.y_scale))
 
 
-def draw_phase_map(ax, grid: Grid, cells: pd.DataFrame, phase_column: str = "phase",
-                   confidence_column: str = "phase_confidence", uncertain_below: float = 0.9,
-                   min_pairs: int = MIN_RESOLVED_PAIRS) -> QuadMesh:
+def draw_phase_map(
+    ax,
+    grid: Grid,
+    cells: pd.DataFrame,
+    phase_column: str = "phase",
+    confidence_column: str = "phase_confidence",
+    uncertain_below: float = 0.9,
+    min_pairs: int = MIN_RESOLVED_PAIRS,
+) -> QuadMesh:
     """The phase map on one axes: each labelled cell in its phase's colour (:data:`PHASE_COLOURS`, a
     ``pcolormesh`` with ``gid`` ``phase-map``); its label, confidence and counts written in it (``gid``
     ``phase-label``): ``Nm`` models with a fit value (``N/Mm`` when some of its ``M`` models have none) and
@@ -779,12 +849,20 @@ def draw_phase_map(ax, grid: Grid, cells: pd.DataFrame, phase_column: str = "pha
     :data:`MASK_MARKERS`."""
     labels = grid.labels(cells, phase_column)
     codes = np.full(labels.shape, np.nan)
-    for iy, ix in zip(*np.nonzero(labels != None)):  # noqa: E711
+    for iy, ix in zip(*np.nonzero(labels != None), strict=True):  # noqa: E711 - elementwise on an object array
         codes[iy, ix] = PHASES.index(str(labels[iy, ix]))
     cmap = mcolors.ListedColormap([PHASE_COLOURS[p] for p in PHASES]).with_extremes(bad=MISSING_COLOUR)
     norm = mcolors.BoundaryNorm(np.arange(len(PHASES) + 1) - 0.5, len(PHASES))
-    mesh = ax.pcolormesh(grid.x_edges, grid.y_edges, np.ma.masked_invalid(codes), cmap=cmap, norm=norm,
-                         shading="flat", edgecolors="white", linewidth=0.3)
+    mesh = ax.pcolormesh(
+        grid.x_edges,
+        grid.y_edges,
+        np.ma.masked_invalid(codes),
+        cmap=cmap,
+        norm=norm,
+        shading="flat",
+        edgecolors="white",
+        linewidth=0.3,
+    )
     mesh.set_gid("phase-map")
     conf = grid.array(cells, confidence_column)
     n_m = grid.array(cells, "n_models")
@@ -802,7 +880,7 @@ def draw_phase_map(ax, grid: Grid, cells: pd.DataFrame, phase_column: str = "pha
             return f"{models} {int(n_pe[iy, ix])}/{int(n_pt[iy, ix])}p"
         return f"{models}/{int(n_p[iy, ix]) if np.isfinite(n_p[iy, ix]) else 0}p"
 
-    for iy, ix in zip(*np.nonzero(labels != None)):  # noqa: E711
+    for iy, ix in zip(*np.nonzero(labels != None), strict=True):  # noqa: E711 - elementwise on an object array
         lab = str(labels[iy, ix])
         text = lab
         if not dense:
@@ -810,45 +888,77 @@ def draw_phase_map(ax, grid: Grid, cells: pd.DataFrame, phase_column: str = "pha
                 text += f"\n{conf[iy, ix]:.2f}"
             if np.isfinite(n_m[iy, ix]):
                 text += "\n" + counts(iy, ix)
-        ax.text(grid.xs[ix], grid.ys[iy], text, ha="center", va="center", fontsize=5 if dense else 6.5,
-                color="white" if lab in _DARK_PHASES else "black", fontweight="bold", gid="phase-label",
-                linespacing=1.0, zorder=4,
-                bbox=dict(boxstyle="round,pad=0.15", facecolor=PHASE_COLOURS.get(lab, MISSING_COLOUR),
-                          edgecolor="none", alpha=0.9))  # readable over the hatching of uncertain cells
+        ax.text(
+            grid.xs[ix],
+            grid.ys[iy],
+            text,
+            ha="center",
+            va="center",
+            fontsize=5 if dense else 6.5,
+            color="white" if lab in _DARK_PHASES else "black",
+            fontweight="bold",
+            gid="phase-label",
+            linespacing=1.0,
+            zorder=4,
+            bbox=dict(
+                boxstyle="round,pad=0.15", facecolor=PHASE_COLOURS.get(lab, MISSING_COLOUR), edgecolor="none", alpha=0.9
+            ),
+        )  # readable over the hatching of uncertain cells
     uncertain = []
     with np.errstate(invalid="ignore"):
-        unc = (labels != None) & np.isfinite(conf) & (conf < uncertain_below)  # noqa: E711
-    for iy, ix in zip(*np.nonzero(unc)):
+        unc = (labels != None) & np.isfinite(conf) & (conf < uncertain_below)  # noqa: E711 - elementwise on an object array
+    for iy, ix in zip(*np.nonzero(unc), strict=True):
         x0, x1 = grid.x_edges[ix], grid.x_edges[ix + 1]
         y0, y1 = grid.y_edges[iy], grid.y_edges[iy + 1]
         uncertain.append(mpatches.Rectangle((x0, y0), x1 - x0, y1 - y0))
-    pc = PatchCollection(uncertain, facecolor="none", edgecolor="black", hatch="////", linewidth=0.0, zorder=3,
-                         gid="uncertain")
-    pc.cells = [(grid.xs[ix], grid.ys[iy]) for iy, ix in zip(*np.nonzero(unc))]  # for readers of the figure
+    pc = PatchCollection(
+        uncertain, facecolor="none", edgecolor="black", hatch="////", linewidth=0.0, zorder=3, gid="uncertain"
+    )
+    pc.cells = [
+        (grid.xs[ix], grid.ys[iy]) for iy, ix in zip(*np.nonzero(unc), strict=True)
+    ]  # for readers of the figure
     ax.add_collection(pc)
-    lc = LineCollection(boundary_segments(grid, labels), colors="black", linewidths=1.8, gid="phase-boundaries",
-                        zorder=4)
+    lc = LineCollection(
+        boundary_segments(grid, labels), colors="black", linewidths=1.8, gid="phase-boundaries", zorder=4
+    )
     ax.add_collection(lc)
     with np.errstate(invalid="ignore"):
-        few = (labels != None) & np.isfinite(n_pe) & (n_pe < min_pairs)  # noqa: E711
+        few = (labels != None) & np.isfinite(n_pe) & (n_pe < min_pairs)  # noqa: E711 - elementwise on an object array
     fy, fx = np.nonzero(few)
-    (few_line,) = ax.plot(*_corner(grid, fx, fy), zorder=6, label=_few_pairs_label(min_pairs), gid="few-pairs",
-                          **FEW_PAIRS_MARKER)
-    few_line.cells = [(grid.xs[ix], grid.ys[iy]) for iy, ix in zip(fy, fx)]  # for readers of the figure
+    (few_line,) = ax.plot(
+        *_corner(grid, fx, fy), zorder=6, label=_few_pairs_label(min_pairs), gid="few-pairs", **FEW_PAIRS_MARKER
+    )
+    few_line.cells = [(grid.xs[ix], grid.ys[iy]) for iy, ix in zip(fy, fx, strict=True)]  # for readers of the figure
     reasons = np.full(labels.shape, None, dtype=object)
     masked = mask_reasons(grid, cells, codes)
-    reasons[labels == None] = masked[labels == None]  # noqa: E711
+    reasons[labels == None] = masked[labels == None]  # noqa: E711 - elementwise on an object array
     why = grid.labels(cells, "phase_reason")
-    moving = (labels == None) & (why != None)  # noqa: E711
+    moving = (labels == None) & (why != None)  # noqa: E711 - elementwise on an object array
     reasons[moving] = "moving"
-    for iy, ix in zip(*np.nonzero(moving)):
+    for iy, ix in zip(*np.nonzero(moving), strict=True):
         text = str(why[iy, ix]).replace("mc still moving in ", "mc moving:\n").replace(" of ", "/")
         if not dense:
-            ax.text(grid.xs[ix], grid.ys[iy], text, ha="center", va="top", fontsize=5.5, color="black",
-                    gid="unresolved-reason", linespacing=1.0, zorder=4,
-                    transform=ax.transData + matplotlib.transforms.ScaledTranslation(0, -5 / 72, ax.figure.dpi_scale_trans))
-    _mark(ax, grid, reasons, {"moving": MOVING_MARKER, **MASK_MARKERS}, "mask",
-          {**MASK_LABELS, "nan": "no label (a metric is missing)", "moving": MOVING_LABEL})
+            ax.text(
+                grid.xs[ix],
+                grid.ys[iy],
+                text,
+                ha="center",
+                va="top",
+                fontsize=5.5,
+                color="black",
+                gid="unresolved-reason",
+                linespacing=1.0,
+                zorder=4,
+                transform=ax.transData + matplotlib.transforms.ScaledTranslation(0, -5 / 72, ax.figure.dpi_scale_trans),
+            )
+    _mark(
+        ax,
+        grid,
+        reasons,
+        {"moving": MOVING_MARKER, **MASK_MARKERS},
+        "mask",
+        {**MASK_LABELS, "nan": "no label (a metric is missing)", "moving": MOVING_LABEL},
+    )
     grid.setup_axes(ax)
     return mesh
 
@@ -857,6 +967,7 @@ def caption_from_rows(models: pd.DataFrame, axes: Sequence[str] = ()) -> str:
     """What a phase map was measured on, from the ``models`` rows: dataset, model, epochs (or steps) and
     seeds, e.g. ``"digits, mlp (depth 2), 60 epochs, seeds 0-2 (3 per cell)"``. A key on an axis (``axes``) is
     left out; a key that varies otherwise is given as its range."""
+
     def values(key: str) -> list:
         if key not in models.columns or key in axes:
             return []
@@ -865,8 +976,11 @@ def caption_from_rows(models: pd.DataFrame, axes: Sequence[str] = ()) -> str:
     def span(vals: list) -> str:
         if len(vals) <= 3:
             return ", ".join(_fmt(v) if isinstance(v, (int, float, np.number)) else str(v) for v in vals)
-        return f"{_fmt(vals[0])}-{_fmt(vals[-1])}" if all(isinstance(v, (int, float, np.number)) for v in vals) \
+        return (
+            f"{_fmt(vals[0])}-{_fmt(vals[-1])}"
+            if all(isinstance(v, (int, float, np.number)) for v in vals)
             else f"{vals[0]} ... {vals[-1]}"
+        )
 
     parts = []
     data = values("data.name")
@@ -874,8 +988,11 @@ def caption_from_rows(models: pd.DataFrame, axes: Sequence[str] = ()) -> str:
         parts.append(f"dataset {span(data)}")
     model = values("model.name")
     if model:
-        extra = [f"{KNOB_NAMES.get(k, k).replace('model ', '')} {span(values(k))}"
-                 for k in ("model.depth", "model.width") if values(k)]
+        extra = [
+            f"{KNOB_NAMES.get(k, k).replace('model ', '')} {span(values(k))}"
+            for k in ("model.depth", "model.width")
+            if values(k)
+        ]
         parts.append(f"model {span(model)}" + (f" ({', '.join(extra)})" if extra else ""))
     steps, epochs = values("train.steps"), values("train.epochs")
     if steps:
@@ -893,9 +1010,17 @@ def caption_from_rows(models: pd.DataFrame, axes: Sequence[str] = ()) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def phase_map_figure(cells: pd.DataFrame, x: str, y: str, phase_column: str = "phase",
-                     facet: str | None = None, uncertain_below: float = 0.9, rule: Any = None,
-                     target: str = "test_acc", caption: str | None = None) -> Figure:
+def phase_map_figure(
+    cells: pd.DataFrame,
+    x: str,
+    y: str,
+    phase_column: str = "phase",
+    facet: str | None = None,
+    uncertain_below: float = 0.9,
+    rule: Any = None,
+    target: str = "test_acc",
+    caption: str | None = None,
+) -> Figure:
     """One phase-map panel per facet value (same grid); a legend that says what each phase means
     (:data:`PHASE_MEANINGS`) with its number of cells and mean ``target``, and names hatched (uncertain) and
     masked cells; a title naming what the map was measured on (``caption``, e.g. from
@@ -923,20 +1048,42 @@ def phase_map_figure(cells: pd.DataFrame, x: str, y: str, phase_column: str = "p
         acc = pd.to_numeric(cells.loc[sel, target], errors="coerce").mean() if n and target in cells.columns else np.nan
         count = f"{n} cell{'s' if n != 1 else ''}" + (f", test acc. {acc:.3f}" if np.isfinite(acc) else "")
         name = f"{p}: {PHASE_MEANINGS[p]} ({count})"
-        handles.append((mpatches.Patch(facecolor=PHASE_COLOURS[p], edgecolor="black", linewidth=0.5,
-                                       alpha=1.0 if n else 0.35, label=name), name))
-    handles.append((mpatches.Patch(facecolor="white", edgecolor="black", hatch="////",
-                                   label=f"confidence < {uncertain_below:g}"), f"confidence < {uncertain_below:g}"))
+        handles.append(
+            (
+                mpatches.Patch(
+                    facecolor=PHASE_COLOURS[p], edgecolor="black", linewidth=0.5, alpha=1.0 if n else 0.35, label=name
+                ),
+                name,
+            )
+        )
+    handles.append(
+        (
+            mpatches.Patch(
+                facecolor="white", edgecolor="black", hatch="////", label=f"confidence < {uncertain_below:g}"
+            ),
+            f"confidence < {uncertain_below:g}",
+        )
+    )
     handles.append((Line2D([], [], color="black", linewidth=1.8), "phase boundary"))
     seen: dict[str, Any] = {}
     for ax in axes.ravel():
         for line in ax.lines:
-            if ((line.get_gid() or "").startswith("mask:") or line.get_gid() == "few-pairs") \
-                    and len(line.get_xdata()) and line.get_label() not in seen:
+            if (
+                ((line.get_gid() or "").startswith("mask:") or line.get_gid() == "few-pairs")
+                and len(line.get_xdata())
+                and line.get_label() not in seen
+            ):
                 seen[line.get_label()] = line
     handles += [(h_, n_) for n_, h_ in seen.items()]
-    legend = fig.legend([h_ for h_, _ in handles], [n_ for _, n_ in handles], loc="outside right center",
-                        fontsize=7, frameon=False, title="phase: meaning (cells, mean test accuracy)", title_fontsize=7)
+    legend = fig.legend(
+        [h_ for h_, _ in handles],
+        [n_ for _, n_ in handles],
+        loc="outside right center",
+        fontsize=7,
+        frameon=False,
+        title="phase: meaning (cells, mean test accuracy)",
+        title_fontsize=7,
+    )
     # the figure: its panels plus the legend as drawn
     legend_w = legend.get_window_extent(renderer).width / fig.dpi
     width = w * len(facets) + legend_w + 0.3
@@ -945,8 +1092,11 @@ def phase_map_figure(cells: pd.DataFrame, x: str, y: str, phase_column: str = "p
     lines = [head] + ([rule.describe()] if rule is not None else [])
     fig.suptitle("\n".join(lines), fontsize=8)
     fit_text(fig._suptitle, width - 0.2, renderer)
-    fig.supxlabel("cell text: phase, confidence = P(same label on a rerun with new seeds), models with a value "
-                  "(Nm), resolved/all pairs (E/Tp)", fontsize=6.5)
+    fig.supxlabel(
+        "cell text: phase, confidence = P(same label on a rerun with new seeds), models with a value "
+        "(Nm), resolved/all pairs (E/Tp)",
+        fontsize=6.5,
+    )
     fit_text(fig._supxlabel, width - 0.2, renderer)
     return fig
 
@@ -971,11 +1121,36 @@ def save(fig: Figure, stem, formats: Sequence[str] = ("png", "pdf"), dpi: int = 
 
 
 __all__ = [
-    "CLIP_MARKERS", "ColourScale", "DEFAULT_METRICS", "Grid", "INVERTED_KNOBS", "LIMIT_MODES", "MASK_MARKERS",
-    "DERIVED_STYLES", "KNOB_NAMES", "PHASE_MEANINGS", "PHASE_COLOURS", "caption_from_rows", "fit_text",
-    "knob_label", "readable_style", "symlog_ticks", "TEMPERATURE_KNOBS", "axis_scale", "boundary_segments",
-    "cell_edges", "colour_bar_label", "colour_limits", "draw_metric", "draw_phase_map", "mask_reasons",
-    "metrics_figure", "phase_map_figure", "pivot", "save", "style_for",
+    "CLIP_MARKERS",
+    "ColourScale",
+    "DEFAULT_METRICS",
+    "Grid",
+    "INVERTED_KNOBS",
+    "LIMIT_MODES",
+    "MASK_MARKERS",
+    "DERIVED_STYLES",
+    "KNOB_NAMES",
+    "PHASE_MEANINGS",
+    "PHASE_COLOURS",
+    "caption_from_rows",
+    "fit_text",
+    "knob_label",
+    "readable_style",
+    "symlog_ticks",
+    "TEMPERATURE_KNOBS",
+    "axis_scale",
+    "boundary_segments",
+    "cell_edges",
+    "colour_bar_label",
+    "colour_limits",
+    "draw_metric",
+    "draw_phase_map",
+    "mask_reasons",
+    "metrics_figure",
+    "phase_map_figure",
+    "pivot",
+    "save",
+    "style_for",
 ]
 
 
@@ -1047,10 +1222,18 @@ def mc_budget_points(pairs: pd.DataFrame, x: str, panel_by: Sequence[str]) -> pd
                 continue
             budgets, mcs = [float(b)], [float(m)]
         n = len(budgets)
-        for i, (b, m) in enumerate(zip(budgets, mcs)):
+        for i, (b, m) in enumerate(zip(budgets, mcs, strict=True)):
             if np.isfinite(b) and np.isfinite(m) and b > 0:
-                pts.append({**key, "_cell": cell, "_row": idx, "budget": b, "mc": m,
-                            "state": last_state if i == n - 1 else "moving"})
+                pts.append(
+                    {
+                        **key,
+                        "_cell": cell,
+                        "_row": idx,
+                        "budget": b,
+                        "mc": m,
+                        "state": last_state if i == n - 1 else "moving",
+                    }
+                )
     if not pts:
         return pd.DataFrame(columns=cols + ["budget", "mc", "n", "state"])
     df = pd.DataFrame(pts)
@@ -1092,14 +1275,24 @@ def mc_budget_figure(points: pd.DataFrame, x: str, y: str, facet: str | None = N
     markers by the state of the pairs (:data:`BUDGET_MARKERS`), dashed lines at the phase rule's mc thresholds
     (``rule.mc_underfit``, ``rule.mc_barrier``)."""
     panel_by = [k for k in (facet, y) if k]
-    panels = (points[panel_by].drop_duplicates().sort_values(panel_by).itertuples(index=False, name=None)
-              if not points.empty else [])
+    panels = (
+        points[panel_by].drop_duplicates().sort_values(panel_by).itertuples(index=False, name=None)
+        if not points.empty
+        else []
+    )
     panels = list(panels)
     n = max(len(panels), 1)
     ncols = min(4, n)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols + 2.3, 2.6 * nrows + 0.7), squeeze=False,
-                             sharex=True, sharey=True, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(3.1 * ncols + 2.3, 2.6 * nrows + 0.7),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+        layout="constrained",
+    )
     xs = sorted(points[x].dropna().unique().tolist()) if not points.empty else []
     cmap = plt.get_cmap("viridis")
     colour = {v: cmap(0.9 * i / max(len(xs) - 1, 1)) for i, v in enumerate(xs)}
@@ -1113,7 +1306,7 @@ def mc_budget_figure(points: pd.DataFrame, x: str, y: str, facet: str | None = N
             continue
         pv = panels[k]
         sel = np.ones(len(points), dtype=bool)
-        for col, v in zip(panel_by, pv):
+        for col, v in zip(panel_by, pv, strict=True):
             sel &= (points[col] == v).to_numpy()
         sub = points[sel]
         for xv in xs:
@@ -1124,10 +1317,18 @@ def mc_budget_figure(points: pd.DataFrame, x: str, y: str, facet: str | None = N
             for st, spec in BUDGET_MARKERS.items():
                 pts = line[line["state"] == st]
                 if not pts.empty:
-                    ax.plot(pts["budget"], pts["mc"], linestyle="none", marker=spec["marker"],
-                            fillstyle=spec["fillstyle"], color=colour[xv], markersize=5.5,
-                            markerfacecolor=colour[xv] if spec["fillstyle"] == "full" else "white", zorder=3)
-        for value, name in thresholds:
+                    ax.plot(
+                        pts["budget"],
+                        pts["mc"],
+                        linestyle="none",
+                        marker=spec["marker"],
+                        fillstyle=spec["fillstyle"],
+                        color=colour[xv],
+                        markersize=5.5,
+                        markerfacecolor=colour[xv] if spec["fillstyle"] == "full" else "white",
+                        zorder=3,
+                    )
+        for value, _name in thresholds:
             ax.axhline(value, color="0.35", ls="--", lw=0.9, zorder=1)
         ax.set_xscale("log", base=2)
         ax.set_yscale("symlog", linthresh=1.0)
@@ -1138,23 +1339,46 @@ def mc_budget_figure(points: pd.DataFrame, x: str, y: str, facet: str | None = N
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(True, which="major", color="0.9", lw=0.6)
-        ax.set_title(", ".join(f"{KNOB_NAMES.get(c, c)} = {_fmt(v) if isinstance(v, float) else v}"
-                               for c, v in zip(panel_by, pv)), fontsize=9)
+        ax.set_title(
+            ", ".join(
+                f"{KNOB_NAMES.get(c, c)} = {_fmt(v) if isinstance(v, float) else v}"
+                for c, v in zip(panel_by, pv, strict=True)
+            ),
+            fontsize=9,
+        )
         if k % ncols == 0:
             ax.set_ylabel("mc (pp of training error)", fontsize=8.5)
         if k // ncols == nrows - 1 or k + ncols >= len(panels):
             ax.set_xlabel("curve budget (x endpoints' SGD steps)", fontsize=8.5)
         ax.tick_params(labelsize=8, labelbottom=True)
-    handles = [Line2D([], [], color=colour[v], lw=1.6, label=f"{_fmt(v) if isinstance(v, float) else v}")
-               for v in xs]
-    handles += [Line2D([], [], color="0.25", linestyle="none", marker=s["marker"], fillstyle=s["fillstyle"],
-                       markerfacecolor="0.25" if s["fillstyle"] == "full" else "white", label=s["label"])
-                for s in BUDGET_MARKERS.values()]
+    handles = [Line2D([], [], color=colour[v], lw=1.6, label=f"{_fmt(v) if isinstance(v, float) else v}") for v in xs]
+    handles += [
+        Line2D(
+            [],
+            [],
+            color="0.25",
+            linestyle="none",
+            marker=s["marker"],
+            fillstyle=s["fillstyle"],
+            markerfacecolor="0.25" if s["fillstyle"] == "full" else "white",
+            label=s["label"],
+        )
+        for s in BUDGET_MARKERS.values()
+    ]
     if thresholds:
-        handles.append(Line2D([], [], color="0.35", ls="--", lw=0.9,
-                              label="phase thresholds: " + ", ".join(f"{nm} {v:g}" for v, nm in thresholds) + " pp"))
-    fig.legend(handles=handles, loc="outside right center", fontsize=7.5, title=knob_label(x), title_fontsize=8,
-               frameon=False)
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="0.35",
+                ls="--",
+                lw=0.9,
+                label="phase thresholds: " + ", ".join(f"{nm} {v:g}" for v, nm in thresholds) + " pp",
+            )
+        )
+    fig.legend(
+        handles=handles, loc="outside right center", fontsize=7.5, title=knob_label(x), title_fontsize=8, frameon=False
+    )
     fig.suptitle("mode connectivity against curve budget (cell means over pairs)", fontsize=10)
     return fig
 

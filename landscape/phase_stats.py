@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+
 # --------------------------------------------------------------------- calibration: a two-component mixture
 @dataclass(frozen=True)
 class Mixture2:
@@ -64,7 +65,11 @@ def fit_mixture2(values: Sequence[float], n_iter: int = 500, tol: float = 1e-10)
     prev = -np.inf
     ll = prev
     for _ in range(n_iter):
-        logp = np.log(w)[None, :] - 0.5 * np.log(2 * np.pi * var)[None, :] - (x[:, None] - mu[None, :]) ** 2 / (2 * var[None, :])
+        logp = (
+            np.log(w)[None, :]
+            - 0.5 * np.log(2 * np.pi * var)[None, :]
+            - (x[:, None] - mu[None, :]) ** 2 / (2 * var[None, :])
+        )
         mx = logp.max(axis=1, keepdims=True)
         lse = mx[:, 0] + np.log(np.exp(logp - mx).sum(axis=1))
         ll = float(lse.sum())
@@ -84,13 +89,26 @@ def fit_mixture2(values: Sequence[float], n_iter: int = 500, tol: float = 1e-10)
     bic1 = -2 * ll1 + 2 * np.log(n)
     d = float(np.sqrt(2.0) * abs(mu[1] - mu[0]) / np.sqrt(var[0] + var[1]))
     grid = np.linspace(mu[0], mu[1], 2001)
-    dens = np.log(w)[:, None] - 0.5 * np.log(2 * np.pi * var)[:, None] - (grid[None, :] - mu[:, None]) ** 2 / (2 * var[:, None])
+    dens = (
+        np.log(w)[:, None]
+        - 0.5 * np.log(2 * np.pi * var)[:, None]
+        - (grid[None, :] - mu[:, None]) ** 2 / (2 * var[:, None])
+    )
     diff = dens[0] - dens[1]
     cross = np.nonzero(np.diff(np.sign(diff)) != 0)[0]
     thr = float(0.5 * (grid[cross[0]] + grid[cross[0] + 1])) if cross.size else float(0.5 * (mu[0] + mu[1]))
     counts = (int((x <= thr).sum()), int((x > thr).sum()))
-    return Mixture2((float(w[0]), float(w[1])), (float(mu[0]), float(mu[1])), (float(var[0]), float(var[1])),
-                    ll, float(bic2), float(bic1), d, thr, counts)
+    return Mixture2(
+        (float(w[0]), float(w[1])),
+        (float(mu[0]), float(mu[1])),
+        (float(var[0]), float(var[1])),
+        ll,
+        float(bic2),
+        float(bic1),
+        d,
+        thr,
+        counts,
+    )
 
 
 # ----------------------------------------------------- the predictive distribution of a cell's mean (label confidence)
@@ -117,8 +135,9 @@ class VariancePrior:
     method: str
 
 
-def variance_prior(variances: Sequence[float], dfs: Sequence[float], nu0: float | None = None,
-                   fallback_sq: float = np.nan) -> VariancePrior:
+def variance_prior(
+    variances: Sequence[float], dfs: Sequence[float], nu0: float | None = None, fallback_sq: float = np.nan
+) -> VariancePrior:
     """Empirical-Bayes prior of the within-cell variance from the cells' sample variances ``variances`` with
     ``dfs`` degrees of freedom (``r - 1`` for ``r`` values), by Smyth's moment method on log variances (Smyth
     2004, the moderated t of limma): ``e_i = log s_i^2 - digamma(d_i/2) + log(d_i/2)``; ``trigamma(nu0/2) =
@@ -136,8 +155,11 @@ def variance_prior(variances: Sequence[float], dfs: Sequence[float], nu0: float 
     zero = np.isfinite(v) & (v == 0) & (d >= 1)
     if not ok.any():
         s0 = 0.0 if zero.any() else float(fallback_sq)
-        how = "no cell with two differing values: the grid's spread of the values" if not zero.any() else \
-            "every cell's values are equal"
+        how = (
+            "no cell with two differing values: the grid's spread of the values"
+            if not zero.any()
+            else "every cell's values are equal"
+        )
         return VariancePrior(float(nu0) if nu0 is not None else NU0_DEFAULT, s0, 0, how)
     v, d = v[ok], d[ok]
     e = np.log(v) - special.digamma(d / 2) + np.log(d / 2)
@@ -190,9 +212,16 @@ def rounding_variance(pairs: pd.DataFrame | None, column: str) -> float:
     return q * q / 12.0
 
 
-def predictive_means(rng: np.random.Generator, values: np.ndarray, kinds: np.ndarray, pool: np.ndarray,
-                     prior: VariancePrior, n_draw: int, log_floor: float | None = None,
-                     min_var: float = 0.0) -> np.ndarray:
+def predictive_means(
+    rng: np.random.Generator,
+    values: np.ndarray,
+    kinds: np.ndarray,
+    pool: np.ndarray,
+    prior: VariancePrior,
+    n_draw: int,
+    log_floor: float | None = None,
+    min_var: float = 0.0,
+) -> np.ndarray:
     """``[n_draw]`` draws of the mean a rerun of the cell with new seeds would give for one metric (NaN when
     the cell has no slot of it).
 
@@ -227,7 +256,7 @@ def predictive_means(rng: np.random.Generator, values: np.ndarray, kinds: np.nda
     s0_sq = prior.s0_sq if np.isfinite(prior.s0_sq) else 0.0
     df = prior.nu0 + max(r - 1, 0)
     s_sq = (prior.nu0 * s0_sq + max(r - 1, 0) * s_cell_sq) / df
-    scale = np.sqrt(s_sq * (r / n ** 2 + 1.0 / n))
+    scale = np.sqrt(s_sq * (r / n**2 + 1.0 / n))
     if scale <= 0:
         return mean
     noise = scale * rng.standard_t(df, size=n_draw)
@@ -274,8 +303,10 @@ def _betainc(a: float, b: float, x: float) -> float:
     d = 1.0 / (d if abs(d) > tiny else tiny)
     h = d
     for m in range(1, 1000):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + num * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + num / c

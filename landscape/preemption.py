@@ -89,17 +89,22 @@ class stop_on_signals:
         self.signum = signum
         request_stop(f"signal {name}")
         if last_poll_age() > POLLING_S:
-            log.warning("signal %s: stopping the cell now (its finished work is kept); rerun the same command "
-                        "to resume", name)
+            log.warning(
+                "signal %s: stopping the cell now (its finished work is kept); rerun the same command to resume", name
+            )
             raise KeyboardInterrupt(f"signal {name}")
-        log.warning("signal %s: checkpointing at the next training step and stopping (again: stop at once); "
-                    "rerun the same command to resume", name)
+        log.warning(
+            "signal %s: checkpointing at the next training step and stopping (again: stop at once); "
+            "rerun the same command to resume",
+            name,
+        )
         signal.setitimer(signal.ITIMER_REAL, GRACE_S)
 
     def _on_alarm(self, signum: int, frame: Any) -> None:
         log.warning("the stop was not taken within %g s: stopping the cell now", GRACE_S)
-        raise KeyboardInterrupt(f"signal {signal.Signals(self.signum or signum).name}: "
-                                f"stop not taken within {GRACE_S:g} s")
+        raise KeyboardInterrupt(
+            f"signal {signal.Signals(self.signum or signum).name}: stop not taken within {GRACE_S:g} s"
+        )
 
     def __exit__(self, *exc: Any) -> None:
         if not self.old:

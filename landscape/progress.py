@@ -85,8 +85,16 @@ class Progress:
     this run's steps only.
     """
 
-    def __init__(self, phase: str, total: int, done: int = 0, epochs: int | None = None, unit: str = "step",
-                 interval: float | None = None, bar: bool | None = None):
+    def __init__(
+        self,
+        phase: str,
+        total: int,
+        done: int = 0,
+        epochs: int | None = None,
+        unit: str = "step",
+        interval: float | None = None,
+        bar: bool | None = None,
+    ):
         phase = labelled(phase)
         self.phase, self.total, self.epochs, self.unit = phase, int(total), epochs, unit
         self.interval = progress_interval() if interval is None else float(interval)

@@ -185,7 +185,7 @@ def projected_hessian_2d(evaluator: PointEvaluator, theta: Tensor, u: Tensor, v:
     central second differences with step ``step`` (9 loss evaluations)."""
     offsets = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)]
     points = torch.stack([theta + step * (a * u + b * v) for a, b in offsets])
-    loss = dict(zip(offsets, evaluator(points)[0]))
+    loss = dict(zip(offsets, evaluator(points)[0], strict=True))
     huu = (loss[1, 0] - 2 * loss[0, 0] + loss[-1, 0]) / step**2
     hvv = (loss[0, 1] - 2 * loss[0, 0] + loss[0, -1]) / step**2
     huv = (loss[1, 1] - loss[1, -1] - loss[-1, 1] + loss[-1, -1]) / (4 * step**2)

@@ -175,7 +175,7 @@ def _is_number(v: Any) -> bool:
 def resolve_annotation(annotation: Any) -> Any:
     """A field annotation as a type (string annotations as written under ``from __future__ import annotations``)."""
     if isinstance(annotation, str):
-        annotation = eval(annotation, {"Any": Any, "Optional": Optional, "list": list})  # noqa: S307
+        annotation = eval(annotation, {"Any": Any, "Optional": Optional, "list": list})
     return annotation
 
 

@@ -86,31 +86,49 @@ class FamilyChoice:
     def describe(self) -> str:
         """One line: ``connectivity: 2 settings in the rows; using budget=8 in 24 of 24 cells (--select to
         choose)``."""
-        how = "selected by " + ", ".join(f"{k}={v}" for k, v in self.selected.items()) if self.selected \
+        how = (
+            "selected by " + ", ".join(f"{k}={v}" for k, v in self.selected.items())
+            if self.selected
             else "--select to choose"
+        )
         n = len(self.available)
-        return (f"{self.family}: {n} setting{'s' if n != 1 else ''} in the {self.table} rows; using "
-                f"{self.label or 'its one setting'} in {self.n_using} of {self.n_cells} cells ({how})")
+        return (
+            f"{self.family}: {n} setting{'s' if n != 1 else ''} in the {self.table} rows; using "
+            f"{self.label or 'its one setting'} in {self.n_using} of {self.n_cells} cells ({how})"
+        )
 
     def warnings(self) -> list[str]:
         """The cells that do not use the chosen setting, by name: one line for those on another setting, one for
         those left without the family's values; empty when every cell uses it."""
         out = []
         if self.others:
-            out.append(f"{self.family}: {len(self.others)} cell(s) without rows at {self.label or 'the chosen setting'}"
-                       f" use another setting: " + _names([f"{c} ({lab})" for c, lab in self.others]))
+            out.append(
+                f"{self.family}: {len(self.others)} cell(s) without rows at {self.label or 'the chosen setting'}"
+                f" use another setting: " + _names([f"{c} ({lab})" for c, lab in self.others])
+            )
         if self.without:
-            out.append(f"{self.family}: {len(self.without)} cell(s) have no row matching "
-                       + ", ".join(f"{k}={v}" for k, v in self.selected.items())
-                       + " and are left without its values: " + _names(self.without))
+            out.append(
+                f"{self.family}: {len(self.without)} cell(s) have no row matching "
+                + ", ".join(f"{k}={v}" for k, v in self.selected.items())
+                + " and are left without its values: "
+                + _names(self.without)
+            )
         return out
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record (for ``manifest.json``)."""
-        return {"family": self.family, "table": self.table, "signature": self.signature, "label": self.label,
-                "n_cells": self.n_cells, "n_using": self.n_using,
-                "others": [{"cell": c, "setting": s} for c, s in self.others], "without": self.without,
-                "selected": self.selected, "available": self.available}
+        return {
+            "family": self.family,
+            "table": self.table,
+            "signature": self.signature,
+            "label": self.label,
+            "n_cells": self.n_cells,
+            "n_using": self.n_using,
+            "others": [{"cell": c, "setting": s} for c, s in self.others],
+            "without": self.without,
+            "selected": self.selected,
+            "available": self.available,
+        }
 
 
 def _names(items: Sequence[str]) -> str:
@@ -142,8 +160,9 @@ def parse_select(items: Sequence[str]) -> dict[str, Any]:
         fam = _family_of_setting(k)
         if fam is None:
             allowed = [c for f in metrics_contract.families() for c in f.setting_columns]
-            raise KeyError(f"--select {k}={v}: {k} is not a settings column of a metric family; allowed: "
-                           f"{', '.join(allowed)}")
+            raise KeyError(
+                f"--select {k}={v}: {k} is not a settings column of a metric family; allowed: {', '.join(allowed)}"
+            )
         if k in out and not _equal(out[k], value):
             raise ValueError(f"--select {k}: given twice ({out[k]!r} and {value!r})")
         out[k] = value
@@ -204,7 +223,7 @@ def signatures(rows: pd.DataFrame, fam: metrics_contract.Family) -> pd.Series:
     carries = rows[cols].notna().any(axis=1).to_numpy()
     configs = rows["config"].to_numpy() if "config" in rows.columns else [None] * len(rows)
     out: list[Signature | None] = []
-    for i, (has, cfg_text) in enumerate(zip(carries, configs)):
+    for i, (has, cfg_text) in enumerate(zip(carries, configs, strict=True)):
         if not has:
             out.append(None)
             continue
@@ -290,8 +309,12 @@ def _matches(sig: Signature, select: Mapping[str, Any]) -> bool:
     return all(_equal(d.get(k.split(".", 1)[1]), v) for k, v in select.items())
 
 
-def choose_family(rows: pd.DataFrame, fam: metrics_contract.Family, select: Mapping[str, Any] | None = None,
-                  names: Mapping[str, str] | None = None) -> tuple[pd.Series, FamilyChoice]:
+def choose_family(
+    rows: pd.DataFrame,
+    fam: metrics_contract.Family,
+    select: Mapping[str, Any] | None = None,
+    names: Mapping[str, str] | None = None,
+) -> tuple[pd.Series, FamilyChoice]:
     """For one family: the index label of the row each model (pair) takes the family's values from (a Series
     indexed like the de-duplicated model keys, see :func:`choose_settings`; missing: none) and the report.
 
@@ -303,28 +326,42 @@ def choose_family(rows: pd.DataFrame, fam: metrics_contract.Family, select: Mapp
     have = sig.notna()
     if not have.any():
         if select:
-            raise ValueError(f"--select {', '.join(select)}: the {fam.table} rows hold no values of family "
-                             f"{fam.name}")
+            raise ValueError(f"--select {', '.join(select)}: the {fam.table} rows hold no values of family {fam.name}")
         return pd.Series(dtype=object), report
     uniq: list[Signature] = list(dict.fromkeys(sig[have]))
     ids = {s: i for i, s in enumerate(uniq)}
-    sub = pd.DataFrame({"cell_id": rows["cell_id"].astype(str), "sig": [ids.get(s, -1) if s is not None else -1
-                                                                         for s in sig], "t": _time(rows)})
+    sub = pd.DataFrame(
+        {
+            "cell_id": rows["cell_id"].astype(str),
+            "sig": [ids.get(s, -1) if s is not None else -1 for s in sig],
+            "t": _time(rows),
+        }
+    )
     sub = sub[have.to_numpy()]
     per = sub.groupby("sig", sort=True).agg(cells=("cell_id", "nunique"), newest=("t", "max"))
     labels = _labels(uniq)
-    report.available = [{"label": labels[i], "signature": dict(uniq[i]), "cells": int(per.at[i, "cells"]),
-                         "newest": (per.at[i, "newest"].isoformat() if pd.notna(per.at[i, "newest"]) else None)}
-                        for i in range(len(uniq))]
+    report.available = [
+        {
+            "label": labels[i],
+            "signature": dict(uniq[i]),
+            "cells": int(per.at[i, "cells"]),
+            "newest": (per.at[i, "newest"].isoformat() if pd.notna(per.at[i, "newest"]) else None),
+        }
+        for i in range(len(uniq))
+    ]
     report.n_cells = int(sub["cell_id"].nunique())
     candidates = [i for i in range(len(uniq)) if _matches(uniq[i], select)] if select else list(range(len(uniq)))
     if not candidates:
         values = {k: sorted({_show(dict(s).get(k.split(".", 1)[1])) for s in uniq}) for k in select}
-        raise ValueError(f"--select {', '.join(f'{k}={v}' for k, v in select.items())}: no {fam.table} rows of "
-                         f"{fam.name} have it; the rows hold " + "; ".join(f"{k} in {v}" for k, v in values.items()))
+        raise ValueError(
+            f"--select {', '.join(f'{k}={v}' for k, v in select.items())}: no {fam.table} rows of "
+            f"{fam.name} have it; the rows hold " + "; ".join(f"{k} in {v}" for k, v in values.items())
+        )
     oldest = pd.Timestamp.min.tz_localize("UTC")
-    best = max(candidates, key=lambda i: (int(per.at[i, "cells"]),
-                                          per.at[i, "newest"] if pd.notna(per.at[i, "newest"]) else oldest))
+    best = max(
+        candidates,
+        key=lambda i: (int(per.at[i, "cells"]), per.at[i, "newest"] if pd.notna(per.at[i, "newest"]) else oldest),
+    )
     report.signature = dict(uniq[best])
     report.label = labels[best]
 
@@ -344,15 +381,16 @@ def choose_family(rows: pd.DataFrame, fam: metrics_contract.Family, select: Mapp
         report.others.append((names.get(cid, f"cell {cid}"), labels[own]))
     report.n_using = sum(1 for s in use.values() if s == best)
 
-    chosen = sub[[use.get(c) == s for c, s in zip(sub["cell_id"], sub["sig"])]]
+    chosen = sub[[use.get(c) == s for c, s in zip(sub["cell_id"], sub["sig"], strict=True)]]
     keys = _keys(rows)
     picked = rows.loc[chosen.index, keys].assign(_t=chosen["t"], _i=chosen.index)
     picked = picked.sort_values("_t", kind="stable", na_position="first").drop_duplicates(keys, keep="last")
     return picked.set_index(keys)["_i"], report
 
 
-def choose_settings(rows: pd.DataFrame, select: Mapping[str, Any] | None = None,
-                    name_by: Sequence[str] | None = None) -> tuple[pd.DataFrame, list[FamilyChoice]]:
+def choose_settings(
+    rows: pd.DataFrame, select: Mapping[str, Any] | None = None, name_by: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, list[FamilyChoice]]:
     """One row per model (``cell_id``, ``seed``) of a ``models`` table, or per pair (``cell_id``, ``seed_a``,
     ``seed_b``) of a ``pairs`` table, each family's columns from the rows of the setting the rule chooses for
     its cell (see the module docstring), and one :class:`FamilyChoice` per family with rows in the table (in
@@ -406,9 +444,12 @@ def choose_settings(rows: pd.DataFrame, select: Mapping[str, Any] | None = None,
     return out, reports
 
 
-def choose_for_cells(models: pd.DataFrame, pairs: pd.DataFrame | None, select: Mapping[str, Any] | None = None,
-                     name_by: Sequence[str] | None = None
-                     ) -> tuple[pd.DataFrame, pd.DataFrame | None, list[FamilyChoice]]:
+def choose_for_cells(
+    models: pd.DataFrame,
+    pairs: pd.DataFrame | None,
+    select: Mapping[str, Any] | None = None,
+    name_by: Sequence[str] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame | None, list[FamilyChoice]]:
     """:func:`choose_settings` on both tables: ``(models, pairs, reports)``. A ``select`` key whose family has
     rows in neither table raises ``ValueError`` (naming the families that have rows)."""
     select = dict(select or {})
@@ -431,6 +472,7 @@ def choose_for_cells(models: pd.DataFrame, pairs: pd.DataFrame | None, select: M
     lost = [k for k in select if k not in covered]
     if lost:
         have = sorted({r.family for r in reports})
-        raise ValueError(f"--select {', '.join(lost)}: no rows of that family in this sweep; families with rows: "
-                         f"{', '.join(have)}")
+        raise ValueError(
+            f"--select {', '.join(lost)}: no rows of that family in this sweep; families with rows: {', '.join(have)}"
+        )
     return models_out, pairs_out, reports

@@ -227,9 +227,7 @@ class MinibatchCKA:
         return self.result().value
 
 
-def minibatch_cka(
-    X: Tensor, Y: Tensor, batch_size: int, kernel: Kernel = "linear", rbf_fraction: float = 1.0
-) -> float:
+def minibatch_cka(X: Tensor, Y: Tensor, batch_size: int, kernel: Kernel = "linear", rbf_fraction: float = 1.0) -> float:
     """Minibatch CKA over consecutive batches of ``batch_size`` rows (a last batch of < 4 rows is dropped)."""
     X, Y = _as_matrix(X, "X"), _as_matrix(Y, "Y")
     _check_pair(X, Y)

@@ -22,8 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.params import eval_subset  # noqa: F401 - re-exported
-from landscape.params import flat_parameters, functional_forward, unflatten
+from landscape.params import (
+    eval_subset,  # noqa: F401 - re-exported
+    flat_parameters,
+    functional_forward,
+    unflatten,
+)
 from landscape.training import LossFn, atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -194,9 +198,14 @@ def loss_surface(
     if test is not None:
         evals["test"] = PointEvaluator(model, loss_fn, *test, batch_size=batch_size, chunk=chunk, use_vmap=use_vmap)
     rows = rows_per_chunk or max(1, chunk // len(betas))
-    key = _fingerprint(alphas, betas, theta.double().cpu()[:: max(1, theta.numel() // 4096)],
-                       d1.double().cpu().sum().reshape(1), d2t.double().cpu().sum().reshape(1),
-                       [d1.double().norm().item(), d2t.double().norm().item(), len(evals)])
+    key = _fingerprint(
+        alphas,
+        betas,
+        theta.double().cpu()[:: max(1, theta.numel() // 4096)],
+        d1.double().cpu().sum().reshape(1),
+        d2t.double().cpu().sum().reshape(1),
+        [d1.double().norm().item(), d2t.double().norm().item(), len(evals)],
+    )
     if workdir is not None:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -233,7 +242,9 @@ def loss_surface(
 
 
 # ------------------------------------------------------------------------------------------------ figures
-def plot_contour(surface: Surface, value: str = "train_loss", ax: Any = None, levels: int = 30, log_scale: bool = False) -> Any:
+def plot_contour(
+    surface: Surface, value: str = "train_loss", ax: Any = None, levels: int = 30, log_scale: bool = False
+) -> Any:
     """Filled contour plot of ``surface.<value>`` over (alpha, beta); returns the matplotlib Axes."""
     import matplotlib.pyplot as plt
 

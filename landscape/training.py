@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from landscape.files import atomic_write
 from landscape.engine import (
     DamagedCheckpoint,
     MemberResult,
     Plan,
-    StepOut,
     ShuffledTask,
+    StepOut,
+    StopRequested,  # noqa: F401 - re-exported (job, launchers, tests)
     UnsafeCheckpoint,
     atomic_torch_save,
     batch_slice,
@@ -44,7 +44,7 @@ from landscape.engine import (
     state_digest,
     steps_per_epoch,
 )
-from landscape.engine import StopRequested  # noqa: F401 - re-exported (job, launchers, tests)
+from landscape.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def recompute_bn(model: nn.Module, x: Tensor, batch_size: int = 512) -> bool:
             m.momentum = xb.shape[0] / (seen + xb.shape[0])  # running average weighted by batch size
         model(xb)
         seen += xb.shape[0]
-    for m, mom in zip(bns, momenta):
+    for m, mom in zip(bns, momenta, strict=True):
         m.momentum = mom
     model.train(was_training)
     return True
@@ -194,8 +194,6 @@ class TrainResult:
         return cls(**json.loads(Path(path).read_text()))
 
 
-
-
 def lr_at(s: TrainSettings, epoch: int, epochs: int) -> float:
     """The learning rate of ``epoch`` (0-based) of ``epochs`` under the settings' schedule."""
     if s.schedule not in SCHEDULES:
@@ -205,8 +203,12 @@ def lr_at(s: TrainSettings, epoch: int, epochs: int) -> float:
 
 def training_plan(s: TrainSettings, n_train: int) -> Plan:
     """The engine's plan of a training run: epochs, steps per epoch, the step budget, checkpoint interval."""
-    return Plan(epochs=s.total_epochs(n_train), per_epoch=s.steps_per_epoch(n_train), total_steps=s.steps,
-                checkpoint_every=s.checkpoint_every)
+    return Plan(
+        epochs=s.total_epochs(n_train),
+        per_epoch=s.steps_per_epoch(n_train),
+        total_steps=s.steps,
+        checkpoint_every=s.checkpoint_every,
+    )
 
 
 def params_finite(model: nn.Module) -> bool:
@@ -214,8 +216,17 @@ def params_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p.detach()).all()) for p in model.parameters())
 
 
-def minibatch_forward(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, perm: Tensor, batch: int,
-                      batch_size: int, loss_fn: LossFn, accuracy: bool) -> tuple[Tensor, StepOut]:
+def minibatch_forward(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    perm: Tensor,
+    batch: int,
+    batch_size: int,
+    loss_fn: LossFn,
+    accuracy: bool,
+) -> tuple[Tensor, StepOut]:
     """The forward half of one plain minibatch step of one model: zero ``opt``'s gradients, evaluate batch ``batch``
     of the epoch's order ``perm [n]``; returns the mean loss (a scalar with its graph, for ``backward``) and the
     step's output (loss ``[1]``, the batch's accuracy ``[1]`` as a fraction when ``accuracy``)."""
@@ -250,8 +261,9 @@ class _ModelTask(ShuffledTask):
         return lr
 
     def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
-        self.loss, out = minibatch_forward(self.model, self.opt, self.x, self.y, self.perm, batch, self.s.batch_size,
-                                           self.loss_fn, accuracy)
+        self.loss, out = minibatch_forward(
+            self.model, self.opt, self.x, self.y, self.perm, batch, self.s.batch_size, self.loss_fn, accuracy
+        )
         return out
 
     def update(self, out: StepOut) -> None:
@@ -263,8 +275,15 @@ class _ModelTask(ShuffledTask):
         return [] if params_finite(self.model) else [0]
 
     def finish(self, row: int, r: MemberResult) -> None:
-        self.result = TrainResult(status=r.status, epochs=r.epochs, steps=r.steps, seconds=r.seconds,
-                                  history=r.history, resumed_from_epoch=r.resumed_from_epoch, reason=r.reason)
+        self.result = TrainResult(
+            status=r.status,
+            epochs=r.epochs,
+            steps=r.steps,
+            seconds=r.seconds,
+            history=r.history,
+            resumed_from_epoch=r.resumed_from_epoch,
+            reason=r.reason,
+        )
         self.result.final_sha256 = write_final(self.model, self.workdir)
         self.result.save(self.workdir / RESULT)
 
@@ -334,7 +353,14 @@ def train_model(
     if done is not None:
         return done
     task = _ModelTask(model, x, y, settings, seed, workdir)
-    run(task, training_plan(settings, x.shape[0]), phase or f"training seed {seed}", workdir / CHECKPOINT,
-        should_stop=should_stop, on_epoch=progress, map_location=x.device)
+    run(
+        task,
+        training_plan(settings, x.shape[0]),
+        phase or f"training seed {seed}",
+        workdir / CHECKPOINT,
+        should_stop=should_stop,
+        on_epoch=progress,
+        map_location=x.device,
+    )
     assert task.result is not None
     return task.result

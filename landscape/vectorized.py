@@ -88,8 +88,10 @@ def use_vectorized(mode: str, model: nn.Module, n_seeds: int) -> bool:
     reason = unsupported_reason(model)
     if mode == "on":
         if reason is not None:
-            raise ValueError(f"train.vectorize=on: cannot train {type(model).__name__} seeds together: {reason}; "
-                             "use train.vectorize=auto or off")
+            raise ValueError(
+                f"train.vectorize=on: cannot train {type(model).__name__} seeds together: {reason}; "
+                "use train.vectorize=auto or off"
+            )
         return True
     return reason is None and isinstance(model, MLP) and n_seeds >= 2
 
@@ -136,13 +138,17 @@ def stacked_forward(model: nn.Module) -> tuple[str, StackedForward]:
 # ---------------------------------------------------------------------------------------- SGD on stacks
 @torch.no_grad()
 def sgd_step_(
-    params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | None, lr: float, momentum: float,
+    params: list[Tensor],
+    grads: list[Tensor],
+    buffers: list[Tensor] | None,
+    lr: float,
+    momentum: float,
     weight_decay: float,
 ) -> list[Tensor] | None:
     """One ``torch.optim.SGD`` step (no dampening, no Nesterov) on ``params`` in place; returns the momentum
     buffers (created from the first step's gradients when ``buffers`` is None; None when ``momentum == 0``)."""
     new_buffers: list[Tensor] = []
-    for i, (p, g) in enumerate(zip(params, grads)):
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
         if weight_decay != 0:
             g = g.add(p, alpha=weight_decay)
         if momentum != 0:
@@ -161,8 +167,15 @@ def sgd_step_(
 class _StackTask(StepTask):
     """The step function over stacked parameters: the seeds of ``group`` (members, in stack-row order)."""
 
-    def __init__(self, models: dict[int, nn.Module], group: list[int], x: Tensor, y: Tensor, s: TrainSettings,
-                 seed_dirs: dict[int, Path]):
+    def __init__(
+        self,
+        models: dict[int, nn.Module],
+        group: list[int],
+        x: Tensor,
+        y: Tensor,
+        s: TrainSettings,
+        seed_dirs: dict[int, Path],
+    ):
         self.models, self.x, self.y, self.s, self.seed_dirs = models, x, y, s, seed_dirs
         self.members = list(group)
         self.kind, self.forward_fn = stacked_forward(models[group[0]])
@@ -186,8 +199,9 @@ class _StackTask(StepTask):
             self.gens[g].set_state(state[str(g)])
 
     def begin_epoch(self, epoch: int) -> float:
-        self.perms = torch.stack([epoch_permutation(self.x.shape[0], self.gens[g])
-                                  for g in self.members]).to(self.x.device)
+        self.perms = torch.stack([epoch_permutation(self.x.shape[0], self.gens[g]) for g in self.members]).to(
+            self.x.device
+        )
         self.lr = lr_at(self.s, epoch, self.epochs)
         return self.lr
 
@@ -225,9 +239,16 @@ class _StackTask(StepTask):
         """Seed ``members[row]``'s weights into its model and its result, written by ``commit``."""
         g = self.members[row]
         self.models[g].load_state_dict({name: t[row].detach().clone() for name, t in self.params.items()})
-        self.results[g] = TrainResult(status=r.status, epochs=r.epochs, steps=r.steps, seconds=r.seconds,
-                                      history=r.history, resumed_from_epoch=r.resumed_from_epoch, vectorized=True,
-                                      reason=r.reason)
+        self.results[g] = TrainResult(
+            status=r.status,
+            epochs=r.epochs,
+            steps=r.steps,
+            seconds=r.seconds,
+            history=r.history,
+            resumed_from_epoch=r.resumed_from_epoch,
+            vectorized=True,
+            reason=r.reason,
+        )
         self.pending.append(g)
 
     def commit(self) -> None:
@@ -238,15 +259,15 @@ class _StackTask(StepTask):
         self.pending = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "params": {k: v.detach() for k, v in self.params.items()},
-                "buffers": self.buffers}
+        return {"kind": self.kind, "params": {k: v.detach() for k, v in self.params.items()}, "buffers": self.buffers}
 
     def load_state_dict(self, state: dict[str, Any], members: list) -> bool:
         if state["kind"] != self.kind:
             return False
         rows = torch.tensor([members.index(g) for g in self.members], device=self.x.device)
-        self.params = {k: v.index_select(0, rows).detach().clone().requires_grad_(True)
-                       for k, v in state["params"].items()}
+        self.params = {
+            k: v.index_select(0, rows).detach().clone().requires_grad_(True) for k, v in state["params"].items()
+        }
         if state["buffers"] is not None:
             self.buffers = [b.index_select(0, rows).clone() for b in state["buffers"]]
         return True
@@ -294,8 +315,15 @@ def train_together(
             raise ValueError(f"train.vectorize: cannot train {type(models[s]).__name__} seeds together: {reason}")
     task = _StackTask(models, group, x, y, settings, seed_dirs)
     group_dir.mkdir(parents=True, exist_ok=True)
-    run(task, training_plan(settings, x.shape[0]), phase or f"training seeds {','.join(map(str, group))} together",
-        group_dir / CHECKPOINT, should_stop=should_stop, on_epoch=progress, map_location=x.device)
+    run(
+        task,
+        training_plan(settings, x.shape[0]),
+        phase or f"training seeds {','.join(map(str, group))} together",
+        group_dir / CHECKPOINT,
+        should_stop=should_stop,
+        on_epoch=progress,
+        map_location=x.device,
+    )
     results.update(task.results)
     return results
 
@@ -305,5 +333,12 @@ def group_name(seeds: list[int]) -> str:
     return "seeds=" + ",".join(str(s) for s in seeds)
 
 
-__all__ = ["MODES", "group_name", "sgd_step_", "stacked_forward", "train_together", "unsupported_reason",
-           "use_vectorized"]
+__all__ = [
+    "MODES",
+    "group_name",
+    "sgd_step_",
+    "stacked_forward",
+    "train_together",
+    "unsupported_reason",
+    "use_vectorized",
+]

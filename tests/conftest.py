@@ -38,7 +38,9 @@ def run_cli(args: list[str], cwd: Path, check: bool = True, timeout: float = 300
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     proc = subprocess.run([*LANDSCAPE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
     if check and proc.returncode != 0:
-        raise AssertionError(f"landscape {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"landscape {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 

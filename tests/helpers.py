@@ -32,7 +32,13 @@ def dense_hessian(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Ten
     theta = torch.cat([p.detach().reshape(-1) for _, p in named])
 
     def loss(flat: torch.Tensor) -> torch.Tensor:
-        params = dict(zip(names, (c.reshape(s) for c, s in zip(flat.split([s.numel() for s in shapes]), shapes))))
+        params = dict(
+            zip(
+                names,
+                (c.reshape(s) for c, s in zip(flat.split([s.numel() for s in shapes]), shapes, strict=True)),
+                strict=True,
+            )
+        )
         return loss_fn(functional_call(model, params, (x,)), y)
 
     was = model.training
@@ -98,7 +104,7 @@ def h0_summary(bars, threshold: float, cap: float) -> dict[str, float]:
     import math
 
     pers = [(cap if math.isinf(d) else d) - b for b, d in bars]
-    count = sum(p > threshold or math.isinf(d) for p, (_, d) in zip(pers, bars))
+    count = sum(p > threshold or math.isinf(d) for p, (_, d) in zip(pers, bars, strict=True))
     pos = [p for p in pers if p > 0]
     entropy = -sum(p / sum(pos) * math.log(p / sum(pos)) for p in pos)
     return {"h0_count": count, "h0_total": sum(pers), "h0_max": max(pers), "h0_entropy": entropy}
@@ -109,9 +115,12 @@ def write_tiny_cifar10(root: Path, per_batch: int = 6, n_test: int = 5) -> Path:
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
-        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, n)],
-                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [f"img{i}.png".encode() for i in range(n)],
+        }
         with open(root / name, "wb") as f:
             pickle.dump(batch, f)
     return root
@@ -151,13 +160,21 @@ def make_status_sweep(sweep: Path) -> None:
 
     (sweep / "launches").mkdir(parents=True)
     cells = [{"cell_id": f"c{i}", "overrides": [f"model.width={i}", "+sweep=demo"]} for i in range(7)]
-    (sweep / "launches" / "20260101T000000-000000001.json").write_text(json.dumps({
-        "arguments": ["model.width=0,1,2,3,4,5,6", "+sweep=demo"],
-        "argv": ["-m", "model.width=0,1,2,3,4,5,6", "+sweep=demo", "hydra/launcher=slurm"],
-        "cwd": "/some/where", "cells": cells}))
+    (sweep / "launches" / "20260101T000000-000000001.json").write_text(
+        json.dumps(
+            {
+                "arguments": ["model.width=0,1,2,3,4,5,6", "+sweep=demo"],
+                "argv": ["-m", "model.width=0,1,2,3,4,5,6", "+sweep=demo", "hydra/launcher=slurm"],
+                "cwd": "/some/where",
+                "cells": cells,
+            }
+        )
+    )
     write_cell_status(sweep, "c0", state="done", seeds={"0": "done", "1": "done"}, host=host(), pid=1)
     write_cell_status(sweep, "c1", state="done", seeds={"0": "done", "1": "diverged"}, host=host(), pid=1)
-    write_cell_status(sweep, "c2", state="failed", error="FileNotFoundError: data.root='/x': missing data_batch_1", host=host(), pid=1)
+    write_cell_status(
+        sweep, "c2", state="failed", error="FileNotFoundError: data.root='/x': missing data_batch_1", host=host(), pid=1
+    )
     write_cell_status(sweep, "c3", state="running", host=host(), pid=os.getpid())  # alive: this process
     write_cell_status(sweep, "c4", state="running", host=host(), pid=_dead_pid())  # killed
     write_cell_status(sweep, "c5", state="running", host="another-node", pid=12345)  # heartbeat goes stale below

@@ -8,18 +8,24 @@ import os
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO, analysis_module
+from conftest import analysis_module
 
 
 def _runner():
     return analysis_module("run_notebook")
 
 
-def execute_notebook(path: Path, parameters: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-                     cwd: Path | None = None, timeout: int = 300):
+def execute_notebook(
+    path: Path,
+    parameters: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: int = 300,
+):
     """The executed ``nbformat`` notebook of the jupytext file ``path`` (``run_notebook.execute``); ``env``:
     variables set for the kernel (its process inherits this one's environment) and restored after."""
     import ipykernel  # noqa: F401 - the kernel nbclient starts (jupytext, nbclient, ipykernel: the dev extra)
+
     saved = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
     try:
@@ -39,7 +45,9 @@ def outputs(nb) -> list[dict]:
 
 def stdout(nb) -> str:
     """The text the notebook's cells printed."""
-    return "".join(o.get("text", "") for o in outputs(nb) if o.get("output_type") == "stream" and o.get("name") == "stdout")
+    return "".join(
+        o.get("text", "") for o in outputs(nb) if o.get("output_type") == "stream" and o.get("name") == "stdout"
+    )
 
 
 def images(nb) -> list[str]:

@@ -189,8 +189,13 @@ def wait_for_states(
 
 LANDSCAPE = str(Path(sys.executable).with_name("landscape"))
 """The ``landscape`` entry point of this environment."""
-SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
-         "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=10",
+]
 """The launcher settings of a sweep on the local cluster."""
 SMALL = ["data.subsample=0.25", "model.width=8", "train.epochs=3"]
 """A fast cell (a few seconds)."""

@@ -15,7 +15,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import anchors  # noqa: E402
+import anchors  # noqa: E402 - after benchmarks/ is put on sys.path
 
 
 def test_anchors_quick_landscape_against_dense_reference():

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import FAST, LANDSCAPE, REPO
+
 from landscape.results import load
 
 METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "train_acc_clean", "training.steps"]
@@ -55,8 +55,8 @@ def exact_hessian(model, x, y):
 
     def loss(flat):
         params, i = {}, 0
-        for n, sh in zip(names, shapes):
-            params[n] = flat[i:i + sh.numel()].reshape(sh)
+        for n, sh in zip(names, shapes, strict=True):
+            params[n] = flat[i : i + sh.numel()].reshape(sh)
             i += sh.numel()
         return torch.nn.functional.cross_entropy(functional_call(m, params, (x.double(),)), y)
 
@@ -72,9 +72,19 @@ def test_readme_demo_command_end_to_end(tmp_path):
     venv = Path(sys.executable).parent.parent
     demo_dir = tmp_path / "demo"
     proc = subprocess.run(
-        ["make", "-C", str(REPO), "demo", f"VENV={venv}", f"DEMO_DIR={demo_dir}",
-         "ARGS=model.width=8,32 data.label_noise=0.2 train.epochs=2"],
-        capture_output=True, text=True, timeout=600)
+        [
+            "make",
+            "-C",
+            str(REPO),
+            "demo",
+            f"VENV={venv}",
+            f"DEMO_DIR={demo_dir}",
+            "ARGS=model.width=8,32 data.label_noise=0.2 train.epochs=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"results of {demo_dir}" in proc.stdout and "test_acc" in proc.stdout
     df = load(demo_dir, "models")
@@ -90,21 +100,35 @@ def test_same_config_twice_gives_bitwise_identical_metrics(cli, tmp_path):
         cli([f"hydra.sweep.dir={name}", *FAST])
     a, b = load(tmp_path / "a").sort_values("seed"), load(tmp_path / "b").sort_values("seed")
     assert len(a) == 2
-    pd.testing.assert_frame_equal(a[METRICS + ["cell_id"]].reset_index(drop=True),
-                                  b[METRICS + ["cell_id"]].reset_index(drop=True), check_exact=True)
+    pd.testing.assert_frame_equal(
+        a[METRICS + ["cell_id"]].reset_index(drop=True),
+        b[METRICS + ["cell_id"]].reset_index(drop=True),
+        check_exact=True,
+    )
     pa_, pb = load(tmp_path / "a", "pairs"), load(tmp_path / "b", "pairs")
     assert pa_["l2_distance"].tolist() == pb["l2_distance"].tolist()
 
 
 def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_rows(cli, tmp_path):
-    args = ["data.subsample=0.25", "model.width=8", "train.batch_size=32", "train.epochs=80",
-            "train.checkpoint_every=1", "train.vectorize=off"]  # serial: seed 0 finishes before seed 1
+    args = [
+        "data.subsample=0.25",
+        "model.width=8",
+        "train.batch_size=32",
+        "train.epochs=80",
+        "train.checkpoint_every=1",
+        "train.vectorize=off",
+    ]  # serial: seed 0 finishes before seed 1
     cli(["hydra.sweep.dir=ref", *args])
     ref = load(tmp_path / "ref")
     cid = ref["cell_id"].iloc[0]
 
-    proc = subprocess.Popen([*LANDSCAPE, "hydra.sweep.dir=run", *args], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*LANDSCAPE, "hydra.sweep.dir=run", *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     seed1_ckpt = tmp_path / "run" / "cells" / cid / "seeds" / "1" / "checkpoint.pt"
     deadline = time.time() + 240
     while not seed1_ckpt.exists():
@@ -121,8 +145,11 @@ def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_rows(cli, tmp_p
     run = load(tmp_path / "run")
     assert len(run) == 2 and sorted(run["seed"]) == [0, 1]  # no duplicates
     assert len(list((tmp_path / "run" / "results" / "models").glob("*.parquet"))) == 1
-    pd.testing.assert_frame_equal(run.sort_values("seed")[METRICS].reset_index(drop=True),
-                                  ref.sort_values("seed")[METRICS].reset_index(drop=True), check_exact=True)
+    pd.testing.assert_frame_equal(
+        run.sort_values("seed")[METRICS].reset_index(drop=True),
+        ref.sort_values("seed")[METRICS].reset_index(drop=True),
+        check_exact=True,
+    )
     assert seed0.stat().st_mtime_ns == seed0_mtime  # the finished seed was not retrained
     resumed = run.set_index("seed")["training.resumed"]
     assert not resumed[0] and resumed[1]
@@ -131,8 +158,14 @@ def test_sigkill_mid_training_then_rerun_gives_the_uninterrupted_rows(cli, tmp_p
 def test_rerunning_a_finished_multirun_writes_nothing_and_launches_no_job(cli, tmp_path):
     # The rerun's speed is not asserted here (a timed test fails on a loaded machine); what makes it fast is
     # asserted instead: the planner finds every cell done and starts no job, and not one file changes.
-    grid = ["-m", "hydra.sweep.dir=grid", "data.subsample=0.5", "train.batch_size=16", "train.epochs=60",
-            "model.width=16,32"]
+    grid = [
+        "-m",
+        "hydra.sweep.dir=grid",
+        "data.subsample=0.5",
+        "train.batch_size=16",
+        "train.epochs=60",
+        "model.width=16,32",
+    ]
     cli(grid)
     before = snapshot(tmp_path / "grid")
     proc = cli(grid)
@@ -140,16 +173,33 @@ def test_rerunning_a_finished_multirun_writes_nothing_and_launches_no_job(cli, t
     assert "nothing to launch" in proc.stdout + proc.stderr
     assert "launching" not in (proc.stdout + proc.stderr).lower()
     # a different grid in the same sweep directory adds only the new cell
-    cli(["-m", "hydra.sweep.dir=grid", "data.subsample=0.5", "train.batch_size=16", "train.epochs=60",
-         "model.width=16,48"])
+    cli(
+        [
+            "-m",
+            "hydra.sweep.dir=grid",
+            "data.subsample=0.5",
+            "train.batch_size=16",
+            "train.epochs=60",
+            "model.width=16,48",
+        ]
+    )
     after = snapshot(tmp_path / "grid")
     assert all(after[k] == v for k, v in before.items() if k.startswith("results"))
     assert len(load(tmp_path / "grid")) == 6
 
 
 def test_a_bad_cell_anywhere_in_the_grid_stops_the_launch(cli, tmp_path):
-    proc = cli(["-m", "hydra.sweep.dir=bad", *FAST[:-2], "model.width=8,-3", "data.label_noise=0.2,1.5",
-                "train.batch_size=32,5000"], check=False)
+    proc = cli(
+        [
+            "-m",
+            "hydra.sweep.dir=bad",
+            *FAST[:-2],
+            "model.width=8,-3",
+            "data.label_noise=0.2,1.5",
+            "train.batch_size=32,5000",
+        ],
+        check=False,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     for named in ("model.width=-3", "data.label_noise=1.5", "train.batch_size=5000"):
@@ -158,8 +208,10 @@ def test_a_bad_cell_anywhere_in_the_grid_stops_the_launch(cli, tmp_path):
     assert not (tmp_path / "bad" / "cells").exists()
 
 
-@pytest.mark.parametrize("override,named", [("model.widht=3", "model.widht"), ("model=transformer", "transformer"),
-                                            ("data=imagenet", "imagenet")])
+@pytest.mark.parametrize(
+    "override,named",
+    [("model.widht=3", "model.widht"), ("model=transformer", "transformer"), ("data=imagenet", "imagenet")],
+)
 def test_typos_and_unknown_options_are_refused_by_name(cli, tmp_path, override, named):
     proc = cli(["-m", "hydra.sweep.dir=typo", "model.width=8,16", override], check=False)
     assert proc.returncode != 0 and named in proc.stdout + proc.stderr
@@ -167,10 +219,20 @@ def test_typos_and_unknown_options_are_refused_by_name(cli, tmp_path, override, 
 
 
 def test_global_metrics_through_the_cli_write_pairs_rows_joinable_with_models(cli, tmp_path):
-    cli(["-m", "hydra.sweep.dir=g", *FAST, "train.seeds=[0,1,2]", "metrics.cka.enabled=true",
-         "metrics.connectivity.enabled=true", "metrics.connectivity.epochs=2", "metrics.connectivity.n_points=5"])
+    cli(
+        [
+            "-m",
+            "hydra.sweep.dir=g",
+            *FAST,
+            "train.seeds=[0,1,2]",
+            "metrics.cka.enabled=true",
+            "metrics.connectivity.enabled=true",
+            "metrics.connectivity.epochs=2",
+            "metrics.connectivity.n_points=5",
+        ]
+    )
     models, pairs = load(tmp_path / "g"), load(tmp_path / "g", "pairs")
-    assert sorted(zip(pairs["seed_a"], pairs["seed_b"])) == [(0, 1), (0, 2), (1, 2)]
+    assert sorted(zip(pairs["seed_a"], pairs["seed_b"], strict=True)) == [(0, 1), (0, 2), (1, 2)]
     assert pairs["connectivity.mc"].notna().all() and pairs["connectivity.barrier"].notna().all()
     # independent: the saved final weights, softmax outputs on the test set, CKA and distance written out here
     import torch
@@ -182,18 +244,21 @@ def test_global_metrics_through_the_cli_write_pairs_rows_joinable_with_models(cl
     with torch.no_grad():  # the training family: loss and accuracy of each saved model, written out
         for _, r in models.iterrows():
             net = nets[int(r["seed"])]
-            assert r["test_acc"] == pytest.approx(float((net(data.x_test).argmax(1) == data.y_test).double().mean()),
-                                                  abs=1e-12)
+            assert r["test_acc"] == pytest.approx(
+                float((net(data.x_test).argmax(1) == data.y_test).double().mean()), abs=1e-12
+            )
             assert r["train_loss"] == pytest.approx(
-                float(torch.nn.functional.cross_entropy(net(data.x_train).double(), data.y_train)), rel=1e-5)
+                float(torch.nn.functional.cross_entropy(net(data.x_train).double(), data.y_train)), rel=1e-5
+            )
     for _, r in pairs.iterrows():
         a, b = int(r["seed_a"]), int(r["seed_b"])
         assert r["cka"] == pytest.approx(linear_cka(feats[a], feats[b]), rel=1e-9)
         assert r["l2_distance"] == pytest.approx(float((flat[a] - flat[b]).norm()), rel=1e-12)
         assert r["cka.error"] is None or pd.isna(r["cka.error"])
     assert all(len(t) == 5 for t in pairs["connectivity.t"])
-    joined = pairs.merge(models[["cell_id", "seed", "test_acc"]], left_on=["cell_id", "seed_a"],
-                         right_on=["cell_id", "seed"])
+    joined = pairs.merge(
+        models[["cell_id", "seed", "test_acc"]], left_on=["cell_id", "seed_a"], right_on=["cell_id", "seed"]
+    )
     assert len(joined) == 3 and joined["test_acc"].notna().all()
 
 
@@ -204,8 +269,16 @@ def test_pair_metrics_need_two_seeds(cli, tmp_path):
 
 
 def test_hessian_metrics_through_the_cli_write_their_columns(cli, tmp_path):
-    cli(["hydra.sweep.dir=h", *FAST, "metrics.hessian.enabled=true", "metrics.hessian.n_top=2",
-         "metrics.hessian.eval_samples=200", "metrics.hessian.trace_matvecs=30"])
+    cli(
+        [
+            "hydra.sweep.dir=h",
+            *FAST,
+            "metrics.hessian.enabled=true",
+            "metrics.hessian.n_top=2",
+            "metrics.hessian.eval_samples=200",
+            "metrics.hessian.trace_matvecs=30",
+        ]
+    )
     m = load(tmp_path / "h")
     assert len(m) == 2 and m["hessian.converged"].all() and m["hessian.error"].isna().all()
     assert (m["hessian.eval_samples"] == 200).all() and (m["hessian.trace_method"] == "krylov").all()
@@ -227,4 +300,4 @@ def test_hessian_metrics_through_the_cli_write_their_columns(cli, tmp_path):
 def test_a_configured_subset_of_pairs(cli, tmp_path):
     cli(["hydra.sweep.dir=p", *FAST, "train.seeds=[0,1,2,3]", "metrics.pairs=chain"])
     pairs = load(tmp_path / "p", "pairs")
-    assert sorted(zip(pairs["seed_a"], pairs["seed_b"])) == [(0, 1), (1, 2), (2, 3)]
+    assert sorted(zip(pairs["seed_a"], pairs["seed_b"], strict=True)) == [(0, 1), (1, 2), (2, 3)]

@@ -98,19 +98,30 @@ def test_cell_id_ignores_seeds_and_metrics_but_not_knobs(compose):
     assert len(base) == 12 and base == cell_id(compose([]))
 
 
-@pytest.mark.parametrize("overrides,named", [
-    (["metrics.hessian.enabled=true", "metrics.hessian.mode=fast"], "metrics.hessian.mode='fast'"),
-    (["metrics.cka.enabled=true", "metrics.cka.kernel=cosine"], "metrics.cka.kernel='cosine'"),
-    (["metrics.connectivity.enabled=true", "metrics.connectivity.init=zeros"], "metrics.connectivity.init='zeros'"),
-    (["metrics.surfaces.enabled=true", "metrics.surfaces.dims=3"], "metrics.surfaces.dims=3"),
-    (["metrics.projection_trace.enabled=true", "metrics.projection_trace.dtype=half"], "metrics.projection_trace.dtype='half'"),
-    (["metrics.jump_retrain.enabled=true", "metrics.jump_retrain.embedding=tsne"], "metrics.jump_retrain.embedding='tsne'"),
-])
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        (["metrics.hessian.enabled=true", "metrics.hessian.mode=fast"], "metrics.hessian.mode='fast'"),
+        (["metrics.cka.enabled=true", "metrics.cka.kernel=cosine"], "metrics.cka.kernel='cosine'"),
+        (["metrics.connectivity.enabled=true", "metrics.connectivity.init=zeros"], "metrics.connectivity.init='zeros'"),
+        (["metrics.surfaces.enabled=true", "metrics.surfaces.dims=3"], "metrics.surfaces.dims=3"),
+        (
+            ["metrics.projection_trace.enabled=true", "metrics.projection_trace.dtype=half"],
+            "metrics.projection_trace.dtype='half'",
+        ),
+        (
+            ["metrics.jump_retrain.enabled=true", "metrics.jump_retrain.embedding=tsne"],
+            "metrics.jump_retrain.embedding='tsne'",
+        ),
+    ],
+)
 def test_metric_settings_are_checked_before_any_job(compose, overrides, named):
     with pytest.raises(ConfigError) as err:
         check(compose(overrides))
     assert named in str(err.value)
-    assert validate(compose([o.replace("=true", "=false") if o.endswith(".enabled=true") else o for o in overrides])) == []
+    assert (
+        validate(compose([o.replace("=true", "=false") if o.endswith(".enabled=true") else o for o in overrides])) == []
+    )
 
 
 def test_pair_selections():

@@ -158,7 +158,10 @@ def test_bernstein_basis_and_line_initialised_curves_are_the_line():
     for deg in range(4):
         assert float(bernstein(deg, 0.3).sum()) == pytest.approx(1.0, abs=1e-15)
     g = torch.Generator().manual_seed(0)
-    a = {"w": torch.randn(3, 4, generator=g, dtype=torch.float64), "b": torch.randn(4, generator=g, dtype=torch.float64)}
+    a = {
+        "w": torch.randn(3, 4, generator=g, dtype=torch.float64),
+        "b": torch.randn(4, generator=g, dtype=torch.float64),
+    }
     b = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in a.items()}
     for bends in (0, 1, 3):
         curve = BezierCurve.through_line(a, b, bends)
@@ -259,15 +262,35 @@ def test_curve_training_resumes_bitwise_and_does_not_retrain(tmp_path: Path):
 # ------------------------------------------------------------------------------------ real small models
 def _gaussian_data(dim: int = 8, n_train: int = 200, separation: float = 4.0) -> CellData:
     cfg = SimpleNamespace(
-        name="gaussian", n_classes=3, dim=dim, separation=separation, n_train=n_train, n_test=100,
-        generator_seed=0, subsample=1.0, subsample_seed=0, label_noise=0.0, noise_seed=0,
+        name="gaussian",
+        n_classes=3,
+        dim=dim,
+        separation=separation,
+        n_train=n_train,
+        n_test=100,
+        generator_seed=0,
+        subsample=1.0,
+        subsample_seed=0,
+        label_noise=0.0,
+        noise_seed=0,
     )
     return load_data(cfg)
 
 
 def _train(model: nn.Module, data: CellData, seed: int, workdir: Path, epochs: int = 15) -> nn.Module:
-    s = TrainSettings(loss="cross_entropy", lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=32, epochs=epochs,
-                      steps=None, schedule="constant", lr_decay=0.1, lr_milestones=[], checkpoint_every=100)
+    s = TrainSettings(
+        loss="cross_entropy",
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        batch_size=32,
+        epochs=epochs,
+        steps=None,
+        schedule="constant",
+        lr_decay=0.1,
+        lr_milestones=[],
+        checkpoint_every=100,
+    )
     train_model(model, data.x_train, data.y_train, s, seed=seed, workdir=workdir)
     return model.eval()
 
@@ -297,8 +320,9 @@ def test_curve_between_a_model_and_itself_has_zero_mode_connectivity(tmp_path: P
 
 def test_batchnorm_statistics_are_recomputed_at_every_t():
     data = _gaussian_data()
-    data = CellData(data.name, data.x_train + 3.0, data.y_train, data.y_train_clean, data.x_test + 3.0,
-                    data.y_test, data.n_classes)  # inputs far from zero mean: BN statistics matter
+    data = CellData(
+        data.name, data.x_train + 3.0, data.y_train, data.y_train_clean, data.x_test + 3.0, data.y_test, data.n_classes
+    )  # inputs far from zero mean: BN statistics matter
     loss_fn = make_loss("cross_entropy")
     torch.manual_seed(0)
     a = CNN((8,), 3, width=4, depth=1, batch_norm=True)
@@ -315,7 +339,7 @@ def test_batchnorm_statistics_are_recomputed_at_every_t():
     v = evaluate_path(curve.point, template, data.x_train, data.y_train, loss_fn, [0.0, 0.5])
     # template now holds the statistics of theta(0.5): the exact mean of the BN inputs over the training set
     ref = copy.deepcopy(a)
-    for (n, p), q in zip(ref.named_parameters(), curve.point(0.5).values()):
+    for (_n, p), q in zip(ref.named_parameters(), curve.point(0.5).values(), strict=True):
         p.data.copy_(q)
     with torch.no_grad():
         pre_bn = ref.features[1](ref.features[0](data.x_train))  # conv output [n, C, L]
@@ -337,8 +361,18 @@ def pair(tmp_path_factory) -> PairContext:
     ctxs = []
     for seed in (0, 1):
         model = _train(_mlp(seed), data, seed, root / f"seed{seed}")
-        ctxs.append(ModelContext(model=model, seed=seed, data=data, loss_fn=loss_fn, make_model=lambda: _mlp(99),
-                                 cfg=None, device=torch.device("cpu"), workdir=root / f"w{seed}"))
+        ctxs.append(
+            ModelContext(
+                model=model,
+                seed=seed,
+                data=data,
+                loss_fn=loss_fn,
+                make_model=lambda: _mlp(99),
+                cfg=None,
+                device=torch.device("cpu"),
+                workdir=root / f"w{seed}",
+            )
+        )
     return PairContext(a=ctxs[0], b=ctxs[1], workdir=root / "pair")
 
 
@@ -370,8 +404,12 @@ def test_cka_family_compute(pair: PairContext):
     assert row["cka"] < 1.0 - 1e-4
     same = PairContext(a=pair.a, b=pair.a, workdir=pair.workdir)
     assert cka_family.FAMILY.compute(same, cfg).values["cka"] == pytest.approx(1.0, abs=1e-12)
-    mb = cka_family.FAMILY.compute(pair, cka_family.Config(enabled=True, probe="mixup", n_samples=96, batch_size=32,
-                                                           kernel="rbf", features="layer", layer="net.2")).values
+    mb = cka_family.FAMILY.compute(
+        pair,
+        cka_family.Config(
+            enabled=True, probe="mixup", n_samples=96, batch_size=32, kernel="rbf", features="layer", layer="net.2"
+        ),
+    ).values
     assert mb["cka.debiased"] is True and -0.1 < mb["cka"] <= 1.0
     with pytest.raises(ValueError, match="metrics.cka.kernel='poly'"):
         cka_family.FAMILY.compute(pair, cka_family.Config(kernel="poly"))
@@ -390,8 +428,9 @@ def test_cka_family_collapsed_model_is_null_with_reason(pair: PairContext):
 
 
 def test_connectivity_family_compute_and_resume(pair: PairContext):
-    cfg = conn_family.Config(enabled=True, epochs=3, batch_size=32, n_points=5, budget=1.0, max_budget=2.0,
-                             stable_doublings=1)
+    cfg = conn_family.Config(
+        enabled=True, epochs=3, batch_size=32, n_points=5, budget=1.0, max_budget=2.0, stable_doublings=1
+    )
     row = conn_family.FAMILY.compute(pair, cfg).values
     _row_table(conn_family.FAMILY.columns, row)
     assert row["connectivity.t"] == [0.0, 0.25, 0.5, 0.75, 1.0] == row["connectivity.line_t"]
@@ -407,14 +446,21 @@ def test_connectivity_family_compute_and_resume(pair: PairContext):
             line_losses.append(float(torch.nn.functional.cross_entropy(m(pair.a.data.x_train), pair.a.data.y_train)))
     assert row["connectivity.line_train_loss"] == pytest.approx(line_losses, rel=1e-5)
     chord = [(1 - t) * line_losses[0] + t * line_losses[-1] for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    assert row["connectivity.barrier"] == pytest.approx(max(v - c for v, c in zip(line_losses, chord)), rel=1e-5)
+    assert row["connectivity.barrier"] == pytest.approx(
+        max(v - c for v, c in zip(line_losses, chord, strict=True)), rel=1e-5
+    )
     assert row["connectivity.curve_barrier"] == pytest.approx(
-        max(v - ((1 - t) * row["connectivity.curve_train_loss"][0] + t * row["connectivity.curve_train_loss"][-1])
-            for t, v in zip(row["connectivity.t"], row["connectivity.curve_train_loss"])), rel=1e-12)
+        max(
+            v - ((1 - t) * row["connectivity.curve_train_loss"][0] + t * row["connectivity.curve_train_loss"][-1])
+            for t, v in zip(row["connectivity.t"], row["connectivity.curve_train_loss"], strict=True)
+        ),
+        rel=1e-12,
+    )
     # the endpoints of both paths are the two models (BN-free: exact evaluation)
     assert row["connectivity.line_train_loss"][0] == row["connectivity.curve_train_loss"][0]
     assert row["connectivity.curve_train_loss"][-1] == pytest.approx(
-        evaluate(pair.b.model, pair.a.data.x_train, pair.a.data.y_train, pair.a.loss_fn)[0], rel=1e-9)
+        evaluate(pair.b.model, pair.a.data.x_train, pair.a.data.y_train, pair.a.loss_fn)[0], rel=1e-9
+    )
     assert row["connectivity.mc"] == mode_connectivity(row["connectivity.curve_train_err"])
     # two stages (budget 1, max 2): 3 epochs, then 3 more continuing them; mc after each
     assert row["connectivity.epochs"] == 3 and len(row["connectivity.curve_history"]) == 6
@@ -422,16 +468,31 @@ def test_connectivity_family_compute_and_resume(pair: PairContext):
     assert row["connectivity.mc_by_budget"][-1] == row["connectivity.mc"]
     moved = abs(row["connectivity.mc_by_budget"][1] - row["connectivity.mc_by_budget"][0])
     assert row["connectivity.converged"] == (moved <= cfg.converge_tol)
-    assert row["connectivity.mc_bound"] == (None if row["connectivity.converged"] else
-                                            ("lower" if row["connectivity.mc_by_budget"][1] > row["connectivity.mc_by_budget"][0] else "upper"))
-    assert (pair.workdir / "curve" / "curve_final.pt").exists() and (pair.workdir / "curve_stage1" / "curve_final.pt").exists()
+    assert row["connectivity.mc_bound"] == (
+        None
+        if row["connectivity.converged"]
+        else ("lower" if row["connectivity.mc_by_budget"][1] > row["connectivity.mc_by_budget"][0] else "upper")
+    )
+    assert (pair.workdir / "curve" / "curve_final.pt").exists() and (
+        pair.workdir / "curve_stage1" / "curve_final.pt"
+    ).exists()
     again = conn_family.FAMILY.compute(pair, cfg).values  # loads the trained curve: same numbers
     assert again["connectivity.curve_train_loss"] == row["connectivity.curve_train_loss"]
     assert again["connectivity.curve_history"] == row["connectivity.curve_history"]
     rnd = conn_family.FAMILY.compute(
         PairContext(pair.a, pair.b, pair.workdir / "random"),
-        conn_family.Config(enabled=True, epochs=1, batch_size=32, n_points=3, init="random", line=False, test=False,
-                          bends=2, budget=1.0, max_budget=1.0),
+        conn_family.Config(
+            enabled=True,
+            epochs=1,
+            batch_size=32,
+            n_points=3,
+            init="random",
+            line=False,
+            test=False,
+            bends=2,
+            budget=1.0,
+            max_budget=1.0,
+        ),
     ).values
     assert rnd["connectivity.curve_test_err"] is None and "connectivity.barrier" not in rnd
     with pytest.raises(ValueError, match="metrics.connectivity.init='zero'"):
@@ -439,10 +500,13 @@ def test_connectivity_family_compute_and_resume(pair: PairContext):
 
 
 # ------------------------------------------------------------------------------------- through the CLI
-@pytest.mark.parametrize("num_samples", [
-    pytest.param(5000, marks=pytest.mark.slow, id="issue-size"),  # 4000 training samples, as in the issue
-    pytest.param(2500, id="2000-samples"),  # the default suite's faster variant
-])
+@pytest.mark.parametrize(
+    "num_samples",
+    [
+        pytest.param(5000, marks=pytest.mark.slow, id="issue-size"),  # 4000 training samples, as in the issue
+        pytest.param(2500, id="2000-samples"),  # the default suite's faster variant
+    ],
+)
 def test_curve_budget_follows_the_endpoints_and_a_short_curve_is_flagged_through_the_cli(cli, tmp_path, num_samples):
     """MNIST-1D, MLP of width 256 trained 30 epochs, two seeds: the protocol's first stage gets half the endpoints'
     steps, the next as many again (max_budget 1 here: two stages, which cannot converge), each recorded. The same
@@ -450,8 +514,15 @@ def test_curve_budget_follows_the_endpoints_and_a_short_curve_is_flagged_through
     stage and the row says it did not converge."""
     from landscape.results.io import load
 
-    base = ["-m", "data=mnist1d", f"data.num_samples={num_samples}", "model.width=256", "train.epochs=30",
-            "metrics.connectivity.enabled=true", "metrics.connectivity.max_budget=1"]
+    base = [
+        "-m",
+        "data=mnist1d",
+        f"data.num_samples={num_samples}",
+        "model.width=256",
+        "train.epochs=30",
+        "metrics.connectivity.enabled=true",
+        "metrics.connectivity.max_budget=1",
+    ]
     cli([*base, "hydra.sweep.dir=full"])
     cli([*base, "hydra.sweep.dir=short", "metrics.connectivity.epochs=3"])
     full, short = (load(tmp_path / d, "pairs").iloc[0] for d in ("full", "short"))
@@ -460,8 +531,11 @@ def test_curve_budget_follows_the_endpoints_and_a_short_curve_is_flagged_through
     assert full["connectivity.endpoint_steps"] == 30 * per_epoch and full["connectivity.epochs"] == 15
     assert list(full["connectivity.budgets"]) == [0.5, 1.0] and full["connectivity.steps"] == 30 * per_epoch
     assert len(full["connectivity.curve_history"]) == 30 and full["connectivity.curve_final_loss"] > 0
-    assert full["connectivity.mc"] == full["connectivity.mc_by_budget"][-1] == mode_connectivity(
-        full["connectivity.curve_train_err"])
+    assert (
+        full["connectivity.mc"]
+        == full["connectivity.mc_by_budget"][-1]
+        == mode_connectivity(full["connectivity.curve_train_err"])
+    )
     assert not full["connectivity.converged"] and full["connectivity.stop_reason"] == "max_budget"
     assert pd.isna(full["connectivity.error"])  # not converged is a bound or unknown, not a failure
     # the explicit 3-epoch first stage: 3 then 6 epochs (budgets 0.1, 0.2 of the endpoints' 30 epochs)
@@ -494,9 +568,22 @@ def test_a_diverged_curve_gives_a_null_mc_with_the_reason(pair: PairContext):
     assert row["connectivity.stop_reason"] == "diverged" and row["connectivity.budgets"] == [1.0]  # not trained on
 
 
-@pytest.mark.parametrize("key, value", [("mc_endpoints", "all"), ("epochs", -1), ("batch_size", 0), ("budget", 0.0),
-                                        ("max_budget", 0.25), ("converge_tol", -1.0), ("stable_doublings", 0), ("n_points", 2),
-                                        ("decided_below", 1.0), ("decided_above", math.inf), ("protocol", "once")])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("mc_endpoints", "all"),
+        ("epochs", -1),
+        ("batch_size", 0),
+        ("budget", 0.0),
+        ("max_budget", 0.25),
+        ("converge_tol", -1.0),
+        ("stable_doublings", 0),
+        ("n_points", 2),
+        ("decided_below", 1.0),
+        ("decided_above", math.inf),
+        ("protocol", "once"),
+    ],
+)
 def test_bad_connectivity_settings_are_named(key, value):
     """The contract's check (each field's rule, then the family's cross-field ``check``) names each bad key once."""
     problems = conn_family.FAMILY.problems(conn_family.Config(**{key: value}))
@@ -514,7 +601,9 @@ def test_zero_epochs_is_the_untrained_curve_not_an_error_of_the_settings(pair: P
     assert res.error == "curve not trained (metrics.connectivity.epochs=0): no mode connectivity"
     assert row["connectivity.epochs"] == 0 and row["connectivity.curve_history"] == []
     with pytest.raises(ValueError, match=r"^metrics.connectivity.epochs=-1: expected null or an integer >= 0"):
-        conn_family.FAMILY.compute(PairContext(pair.a, pair.b, pair.workdir / "negative"), dataclasses.replace(cfg, epochs=-1))
+        conn_family.FAMILY.compute(
+            PairContext(pair.a, pair.b, pair.workdir / "negative"), dataclasses.replace(cfg, epochs=-1)
+        )
 
 
 def test_family_defaults_evaluate_the_grid_the_thresholds_were_fitted_on():
@@ -542,8 +631,10 @@ def test_curves_trained_together_equal_curves_trained_alone_and_leave_their_file
     s = CurveSettings(epochs=4, lr=0.1, momentum=0.9, weight_decay=1e-3, batch_size=32, schedule="cosine")
 
     def curves() -> dict[str, BezierCurve]:
-        return {n: BezierCurve.through_line(trainable_parameters(models[i]), trainable_parameters(models[j]), 2)
-                for n, (i, j) in names.items()}
+        return {
+            n: BezierCurve.through_line(trainable_parameters(models[i]), trainable_parameters(models[j]), 2)
+            for n, (i, j) in names.items()
+        }
 
     alone = curves()
     ref = {n: train_curve(alone[n], _mlp(99), x, y, loss_fn, s, seeds[n]) for n in names}
@@ -569,8 +660,9 @@ def test_curves_trained_together_equal_curves_trained_alone_and_leave_their_file
 
     dirs2 = {n: tmp_path / "stop" / n for n in names}
     with pytest.raises(StopRequested):
-        train_curves_together(curves(), _mlp(99), x, y, loss_fn, s, seeds, dirs2, tmp_path / "stop" / "group",
-                              should_stop=stop_at_10)
+        train_curves_together(
+            curves(), _mlp(99), x, y, loss_fn, s, seeds, dirs2, tmp_path / "stop" / "group", should_stop=stop_at_10
+        )
     assert (tmp_path / "stop" / "group" / CURVE_CHECKPOINT).exists()
     resumed = curves()
     train_curves_together(resumed, _mlp(99), x, y, loss_fn, s, seeds, dirs2, tmp_path / "stop" / "group")
@@ -599,8 +691,16 @@ def test_connectivity_prepare_trains_the_pairs_together_and_compute_only_evaluat
     ctxs = {}
     for seed in (0, 1, 2):
         model = _train(_mlp(seed), data, seed, tmp_path / f"seed{seed}", epochs=4)
-        ctxs[seed] = ModelContext(model=model, seed=seed, data=data, loss_fn=loss_fn, make_model=lambda: _mlp(99),
-                                  cfg=cfg_train, device=torch.device("cpu"), workdir=tmp_path)
+        ctxs[seed] = ModelContext(
+            model=model,
+            seed=seed,
+            data=data,
+            loss_fn=loss_fn,
+            make_model=lambda: _mlp(99),
+            cfg=cfg_train,
+            device=torch.device("cpu"),
+            workdir=tmp_path,
+        )
     cfg = conn_family.Config(enabled=True, budget=0.5, max_budget=4.0, test=False, line=False)
     pairs = [PairContext(ctxs[a], ctxs[b], tmp_path / "prepared" / f"{a}-{b}") for a, b in ((0, 1), (0, 2), (1, 2))]
     conn_family.prepare(pairs, cfg, tmp_path / "prepared" / "stack")
@@ -610,7 +710,7 @@ def test_connectivity_prepare_trains_the_pairs_together_and_compute_only_evaluat
         polls = [0]
 
         def count() -> bool:
-            polls[0] += 1
+            polls[0] += 1  # noqa: B023 (called within this iteration)
             return False
 
         a = dataclasses.replace(p.a, should_stop=count)

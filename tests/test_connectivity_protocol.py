@@ -17,8 +17,11 @@ import pytest
 from landscape.results.io import load
 
 #: The second run reproduces the protocol's stages and trains exactly one stage further: no early stop.
-FURTHER = ["metrics.connectivity.stable_doublings=1000", "metrics.connectivity.decided_below=-1000",
-           "metrics.connectivity.decided_above=1000"]
+FURTHER = [
+    "metrics.connectivity.stable_doublings=1000",
+    "metrics.connectivity.decided_below=-1000",
+    "metrics.connectivity.decided_above=1000",
+]
 
 
 def _protocol_then_further(cli, tmp_path, base: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -35,7 +38,7 @@ def _protocol_then_further(cli, tmp_path, base: list[str]) -> tuple[pd.DataFrame
 def _check_claims(first: pd.DataFrame, further: pd.DataFrame) -> list[str]:
     """Every pair's claim checked against the curve trained one doubling past its stop; returns a line per pair."""
     lines = []
-    for (_, p), (_, q) in zip(first.iterrows(), further.iterrows()):
+    for (_, p), (_, q) in zip(first.iterrows(), further.iterrows(), strict=True):
         assert (p["seed_a"], p["seed_b"]) == (q["seed_a"], q["seed_b"])
         budgets, mcs = list(p["connectivity.budgets"]), list(p["connectivity.mc_by_budget"])
         tol = p["connectivity.converge_tol"]
@@ -49,7 +52,7 @@ def _check_claims(first: pd.DataFrame, further: pd.DataFrame) -> list[str]:
         assert mc == mcs[-1]
         if p["connectivity.converged"]:
             assert reason == "converged" and pd.isna(bound)
-            assert all(abs(b - a) <= tol for a, b in zip(mcs[-3:], mcs[-2:]))
+            assert all(abs(b - a) <= tol for a, b in zip(mcs[-3:], mcs[-2:], strict=True))
             assert abs(after - mc) <= tol, (mcs, after)  # the claim: 2x more training moves it <= tol
         elif bound == "lower":
             assert after >= mc - tol, (mcs, after)  # still at least the bound
@@ -59,8 +62,10 @@ def _check_claims(first: pd.DataFrame, further: pd.DataFrame) -> list[str]:
             assert after <= mc + tol, (mcs, after)
             if reason == "decided":
                 assert mc < p["connectivity.decided_below"] and after < p["connectivity.decided_below"]
-        lines.append(f"{p['seed_a']}-{p['seed_b']}: budgets {budgets} mc {np.round(mcs, 3).tolist()} "
-                     f"-> {reason} ({bound}); at {2 * budgets[-1]}: {after:.3f}")
+        lines.append(
+            f"{p['seed_a']}-{p['seed_b']}: budgets {budgets} mc {np.round(mcs, 3).tolist()} "
+            f"-> {reason} ({bound}); at {2 * budgets[-1]}: {after:.3f}"
+        )
     return lines
 
 
@@ -68,8 +73,14 @@ def test_mnist1d_pair_of_the_issue(cli, tmp_path):
     """The issue's pair: the old rule said converged at mc = -1.775 (phase I) while 8x gave +6.9 (II). The
     protocol follows mc up: the middle falls from 11 to below the endpoints, mc rises through the thresholds and
     stops as a lower bound above them (the pair's side of the rule is decided); one doubling more keeps it there."""
-    base = ["data=mnist1d", "data.num_samples=2000", "model.width=32", "train.epochs=30", "train.seeds=[0,2]",
-            "metrics.connectivity.enabled=true"]
+    base = [
+        "data=mnist1d",
+        "data.num_samples=2000",
+        "model.width=32",
+        "train.epochs=30",
+        "train.seeds=[0,2]",
+        "metrics.connectivity.enabled=true",
+    ]
     first, further = _protocol_then_further(cli, tmp_path, base)
     lines = _check_claims(first, further)
     p = first.iloc[0]
@@ -85,8 +96,16 @@ def test_demo_batch_256_width_32(cli, tmp_path):
     """The issue's demo batch-256 row at width 32 (three seeds, three pairs; the demo grid of the time: all 1437
     digits, 30 epochs, no label noise): mc of -0.4 to -1.0 pp at the old budget (phase III); under the protocol
     every pair's claim holds one doubling past its stop."""
-    base = ["+sweep=demo", "model.width=32", "train.batch_size=256", "data.subsample=1.0", "data.label_noise=0",
-            "train.epochs=30", "metrics.hessian.enabled=false", "metrics.cka.enabled=false"]
+    base = [
+        "+sweep=demo",
+        "model.width=32",
+        "train.batch_size=256",
+        "data.subsample=1.0",
+        "data.label_noise=0",
+        "train.epochs=30",
+        "metrics.hessian.enabled=false",
+        "metrics.cka.enabled=false",
+    ]
     first, further = _protocol_then_further(cli, tmp_path, base)
     lines = _check_claims(first, further)
     assert len(first) == 3, lines
@@ -97,9 +116,17 @@ def test_demo_batch_256_width_32(cli, tmp_path):
 def test_a_grid_the_protocol_was_not_developed_on(cli, tmp_path):
     """A CNN with BatchNorm on the Gaussian mixture (another model, another dataset, statistics recomputed at
     every t): whatever each pair's outcome, its claim holds one doubling past the stop."""
-    base = ["data=gaussian", "model=cnn", "model.width=4", "model.batch_norm=true", "train.epochs=10",
-            "train.batch_size=64", "train.seeds=[0,1,2]", "metrics.connectivity.enabled=true",
-            "metrics.connectivity.test=false"]
+    base = [
+        "data=gaussian",
+        "model=cnn",
+        "model.width=4",
+        "model.batch_norm=true",
+        "train.epochs=10",
+        "train.batch_size=64",
+        "train.seeds=[0,1,2]",
+        "metrics.connectivity.enabled=true",
+        "metrics.connectivity.test=false",
+    ]
     first, further = _protocol_then_further(cli, tmp_path, base)
     lines = _check_claims(first, further)
     assert len(first) == 3, lines

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from conftest import run_cli
 
 from landscape.cost import DataSize, Op, Range, _measured_parts, cell_work, first_in_worker, protocol_epochs
@@ -34,8 +33,14 @@ def test_training_steps_are_exact(compose):
 
 
 def test_connectivity_protocol_steps_and_range(compose):
-    base = ["train.epochs=30", "train.batch_size=64", "train.seeds=[0,1,2]", "metrics.connectivity.enabled=true",
-            "metrics.connectivity.test=false", "metrics.connectivity.line=false"]
+    base = [
+        "train.epochs=30",
+        "train.batch_size=64",
+        "train.seeds=[0,1,2]",
+        "metrics.connectivity.enabled=true",
+        "metrics.connectivity.test=false",
+        "metrics.connectivity.line=false",
+    ]
     cfg = compose(base)
     # first stage: ceil(0.5 x 690 / 23) = 15 epochs; doubling up to 16x: 15 30 60 120 240 480 (6 stages);
     # mc must hold over 2 doublings: the earliest stop is after stage 3 (60 epochs)
@@ -47,8 +52,17 @@ def test_connectivity_protocol_steps_and_range(compose):
     assert ops[Op("forward")] == Range(3 * 3 * 5 * 1437, 3 * 6 * 5 * 1437)  # mc at 5 points after each stage
     assert w.curve_files == Range(9, 18) and "3-6 stages" in w.notes["connectivity"]
     # budget 1 up to 4x: ceil(690 / 23) = 30, 60, 120 epochs (3 stages); stable_doublings 1: earliest stop stage 2
-    w = cell_work(compose(base + ["metrics.connectivity.budget=1", "metrics.connectivity.max_budget=4",
-                                  "metrics.connectivity.stable_doublings=1"]), DIGITS)
+    w = cell_work(
+        compose(
+            base
+            + [
+                "metrics.connectivity.budget=1",
+                "metrics.connectivity.max_budget=4",
+                "metrics.connectivity.stable_doublings=1",
+            ]
+        ),
+        DIGITS,
+    )
     assert w.parts["connectivity"][Op("curve", 64, 3)] == Range(60 * 23, 120 * 23)
     # the paper's fixed protocol: one stage, exact
     w = cell_work(compose(base + ["metrics.connectivity.protocol=fixed"]), DIGITS)
@@ -61,7 +75,8 @@ def test_connectivity_protocol_steps_and_range(compose):
     w = cell_work(compose(base[:4] + ["model=cnn", "model.width=4"]), DIGITS)
     assert w.parts["connectivity"][Op("curve", 64, 1)] == Range(3 * 60 * 23, 3 * 480 * 23)
     assert w.parts["connectivity"][Op("forward")] == Range(
-        3 * 5 * 1437 + 3 * 3 * 5 * 1437 + 3 * 5 * (1437 + 360), 3 * 5 * 1437 + 3 * 6 * 5 * 1437 + 3 * 5 * (1437 + 360))
+        3 * 5 * 1437 + 3 * 3 * 5 * 1437 + 3 * 5 * (1437 + 360), 3 * 5 * 1437 + 3 * 6 * 5 * 1437 + 3 * 5 * (1437 + 360)
+    )
 
 
 def test_hessian_products_and_other_families(compose):
@@ -71,15 +86,27 @@ def test_hessian_products_and_other_families(compose):
     assert w.parts["hessian"] == {Op("hvp", 1000): Range(2 * 35 * 1000, 2 * 333 * 1000)}
     w = cell_work(cfg, DIGITS, realised={"hessian_products": {0: 60, 1: 70}})
     assert w.parts["hessian"] == {Op("hvp", 1000): Range.exact(130 * 1000)}
-    w = cell_work(compose(["train.seeds=[0,1]", "metrics.hessian.enabled=true", "metrics.hessian.trace_method=hutchinson",
-                           "metrics.hessian.smallest_eigenvalue=false", "metrics.hessian.eval_samples=5000"]), DIGITS)
+    w = cell_work(
+        compose(
+            [
+                "train.seeds=[0,1]",
+                "metrics.hessian.enabled=true",
+                "metrics.hessian.trace_method=hutchinson",
+                "metrics.hessian.smallest_eigenvalue=false",
+                "metrics.hessian.eval_samples=5000",
+            ]
+        ),
+        DIGITS,
+    )
     assert w.parts["hessian"] == {Op("hvp", 1437): Range(2 * 100 * 1437, 2 * 399 * 1437)}
     w = cell_work(cfg, DIGITS)
     assert w.parts["cka"] == {Op("forward"): Range.exact(2 * 360)}  # the test set (360 < 768 samples)
     # 2 seeds x 2 scales x 3 jumps x 1 epoch x ceil(1437 / 128) = 12 steps
     w = cell_work(compose(["train.seeds=[0,1]", "metrics.jump_retrain.enabled=true"]), DIGITS)
     assert w.parts["jump_retrain"][Op("sgd", 128, 1)] == Range.exact(2 * 6 * 12)
-    w = cell_work(compose(["train.seeds=[0]", "metrics.surfaces.enabled=true", "metrics.surfaces.resolution=5"]), DIGITS)
+    w = cell_work(
+        compose(["train.seeds=[0]", "metrics.surfaces.enabled=true", "metrics.surfaces.resolution=5"]), DIGITS
+    )
     assert w.parts["surfaces"] == {Op("forward"): Range.exact(25 * (1000 + 360))}
 
 
@@ -89,11 +116,11 @@ def _table(stdout: str) -> dict[str, dict[str, tuple[float, float]]]:
     out = {}
     for line in stdout.splitlines():
         if line.startswith("  cell_id "):
-            parts = line.split()[1:line.split().index("total")]
+            parts = line.split()[1 : line.split().index("total")]
         m = re.match(r"^  ([0-9a-f]{12})\s+(.*)$", line)
         if m:
             values = m.group(2).split()
-            cells = dict(zip([*parts, "total"], [*values[:len(parts)], values[-3]]))
+            cells = dict(zip([*parts, "total"], [*values[: len(parts)], values[-3]], strict=True))
             out[m.group(1)] = {}
             for k, v in cells.items():
                 lo, _, hi = v.replace(",", "").partition("-")
@@ -113,8 +140,13 @@ def _startup(stdout: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-GRID = ["train.epochs=12", "train.batch_size=32", "metrics.connectivity.enabled=true",
-        "metrics.connectivity.max_budget=2", "hydra.sweep.dir=sweep"]  # cells one after the other, in one process
+GRID = [
+    "train.epochs=12",
+    "train.batch_size=32",
+    "metrics.connectivity.enabled=true",
+    "metrics.connectivity.max_budget=2",
+    "hydra.sweep.dir=sweep",
+]  # cells one after the other, in one process
 
 
 def test_probe_estimate_against_a_real_grid(tmp_path):
@@ -134,8 +166,15 @@ def test_relaunch_estimated_from_the_finished_cells(tmp_path, monkeypatch):
     """A relaunch with new cells (a label-noise value added to the same models) is estimated from the sweep's
     finished cells: in all and per part (curves; CKA: the probe counts only its forward passes, 200x too little
     here, the rows carry its kernel matrices) within 2x of what the new cells then measure."""
-    grid = ["-m", "model.width=16,64", *GRID, "metrics.cka.enabled=true", "metrics.cka.probe=train",
-            "metrics.cka.n_samples=1437", "metrics.cka.kernel=rbf"]  # a CKA that takes some 0.1 s
+    grid = [
+        "-m",
+        "model.width=16,64",
+        *GRID,
+        "metrics.cka.enabled=true",
+        "metrics.cka.probe=train",
+        "metrics.cka.n_samples=1437",
+        "metrics.cka.kernel=rbf",
+    ]  # a CKA that takes some 0.1 s
     run_cli(grid, tmp_path)
     relaunch = [*grid, "data.label_noise=0.0,0.2"]
     dry = run_cli([*relaunch, "dry_run=true"], tmp_path)

@@ -87,8 +87,9 @@ def test_hessian_operator_equals_torch_func_hessian(cache_graph):
     x = torch.randn(50, 6, dtype=torch.float64)
     y = torch.randint(0, 3, (50,))
     H = dense_hessian(model, F.cross_entropy, x, y)
-    op = HessianOperator(model, F.cross_entropy, (x, y), batch_size=16, dtype=torch.float64, max_block=5,
-                         cache_graph=cache_graph)
+    op = HessianOperator(
+        model, F.cross_entropy, (x, y), batch_size=16, dtype=torch.float64, max_block=5, cache_graph=cache_graph
+    )
     P = H.shape[0]
     eye = torch.eye(P, dtype=torch.float64)
     cols = op.matmat(eye)  # blocks of 5 columns, 4 batches of unequal size (16, 16, 16, 2)

@@ -20,14 +20,18 @@ from landscape.curvature import (
 N = 200
 
 
-
-
 def _spectra() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    clustered = torch.cat([torch.tensor([10.0, 9.999, 9.998]), 1 + 0.01 * torch.rand(N - 6, generator=g, dtype=torch.float64),
-                           torch.tensor([-4.0, -3.999, -3.998])])
-    low_rank = torch.cat([torch.tensor([300.0, 120.0, 60.0, 30.0, 10.0]),
-                          1e-2 * torch.randn(N - 5, generator=g, dtype=torch.float64)])
+    clustered = torch.cat(
+        [
+            torch.tensor([10.0, 9.999, 9.998]),
+            1 + 0.01 * torch.rand(N - 6, generator=g, dtype=torch.float64),
+            torch.tensor([-4.0, -3.999, -3.998]),
+        ]
+    )
+    low_rank = torch.cat(
+        [torch.tensor([300.0, 120.0, 60.0, 30.0, 10.0]), 1e-2 * torch.randn(N - 5, generator=g, dtype=torch.float64)]
+    )
     indefinite = torch.linspace(-3.0, 5.0, N, dtype=torch.float64)
     return {"clustered": clustered, "low_rank": low_rank, "indefinite": indefinite}
 

@@ -17,8 +17,6 @@ from landscape.metrics.hessian import FAMILY, Config, eval_indices
 from landscape.models import MLP
 
 
-
-
 def _ctx(tmp_path: Path) -> ModelContext:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 5, generator=g)
@@ -26,9 +24,16 @@ def _ctx(tmp_path: Path) -> ModelContext:
     data = CellData("toy", x, y, y.clone(), x[:10], y[:10], 3)
     torch.manual_seed(0)
     model = MLP(5, 3, width=8, depth=1, activation="tanh").eval()
-    return ModelContext(model=model, seed=0, data=data, loss_fn=F.cross_entropy,
-                        make_model=lambda: MLP(5, 3, 8, 1, "tanh"), cfg=None, device=torch.device("cpu"),
-                        workdir=tmp_path)
+    return ModelContext(
+        model=model,
+        seed=0,
+        data=data,
+        loss_fn=F.cross_entropy,
+        make_model=lambda: MLP(5, 3, 8, 1, "tanh"),
+        cfg=None,
+        device=torch.device("cpu"),
+        workdir=tmp_path,
+    )
 
 
 def _exact_spectrum(ctx: ModelContext, n: int, seed: int) -> torch.Tensor:
@@ -41,8 +46,19 @@ def _exact_spectrum(ctx: ModelContext, n: int, seed: int) -> torch.Tensor:
 
 def test_default_mode_columns(tmp_path):
     ctx = _ctx(tmp_path)
-    settings = OmegaConf.structured(Config(enabled=True, eval_samples=120, batch_size=50, dtype="float64",
-                                           n_top=2, tol=1e-8, density=True, n_probes=4, n_steps=20))
+    settings = OmegaConf.structured(
+        Config(
+            enabled=True,
+            eval_samples=120,
+            batch_size=50,
+            dtype="float64",
+            n_top=2,
+            tol=1e-8,
+            density=True,
+            n_probes=4,
+            n_steps=20,
+        )
+    )
     family = get("hessian")
     assert family.table == "models"
     res = family.compute(ctx, settings)

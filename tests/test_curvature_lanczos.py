@@ -23,8 +23,6 @@ from landscape.models import MLP
 N = 300
 
 
-
-
 def _hessian_like(seed: int = 0) -> torch.Tensor:
     """A few large positive outliers, a wide bulk and a small negative tail close to it."""
     g = torch.Generator().manual_seed(seed)
@@ -51,10 +49,12 @@ def test_one_run_serves_both_ends(basis_size):
     if basis_size:
         assert ends.n_matvecs > basis_size  # it had to restart, and still found both ends
     # no more products than the two separate runs together
-    sep = eigenvalues(MatrixOperator(A), k=2, which="largest", tol=1e-9, max_iter=2000, seed=0,
-                      basis_size=basis_size).n_matvecs
-    sep += eigenvalues(MatrixOperator(A), k=2, which="smallest", tol=1e-9, max_iter=2000, seed=0,
-                       basis_size=basis_size).n_matvecs
+    sep = eigenvalues(
+        MatrixOperator(A), k=2, which="largest", tol=1e-9, max_iter=2000, seed=0, basis_size=basis_size
+    ).n_matvecs
+    sep += eigenvalues(
+        MatrixOperator(A), k=2, which="smallest", tol=1e-9, max_iter=2000, seed=0, basis_size=basis_size
+    ).n_matvecs
     assert ends.n_matvecs < sep
 
 
@@ -66,8 +66,9 @@ def test_the_run_hands_its_first_steps_to_the_density():
     ends = extreme_eigenpairs(op, k_largest=1, k_smallest=1, tol=1e-6, max_iter=500, seed=0, v0=v0, min_steps=steps)
     assert len(ends.alpha) >= steps  # it went on past convergence for the density probe
     nodes, weights, spent = lanczos_quadrature(op, n_probes, steps, seed=seed, block=4)
-    nodes2, weights2, spent2 = lanczos_quadrature(op, n_probes, steps, seed=seed, block=4,
-                                                  first=(ends.alpha, ends.beta))
+    nodes2, weights2, spent2 = lanczos_quadrature(
+        op, n_probes, steps, seed=seed, block=4, first=(ends.alpha, ends.beta)
+    )
     assert spent == n_probes * steps and spent2 == (n_probes - 1) * steps
     # the eigenvalue run's tridiagonal is the first probe's: the same quadrature
     assert torch.allclose(nodes2, nodes, atol=1e-9 * float(lam.abs().max()))

@@ -58,7 +58,7 @@ def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     model.eval()
 
     def loss(theta: torch.Tensor) -> torch.Tensor:
-        params = {n: t.view(s) for n, t, s in zip(names, theta.split(sizes), shapes)}
+        params = {n: t.view(s) for n, t, s in zip(names, theta.split(sizes), shapes, strict=True)}
         return F.cross_entropy(functional_call(model, {**params, **buffers}, (x,)), y)
 
     return torch.func.hessian(loss)(flat)
@@ -85,7 +85,7 @@ def test_unequal_batches_give_the_same_operator(case):
     name, model, x, y, H, _ = case
     n = x.shape[0]
     cuts = [0, 3, 3 + n // 2, n]  # batches of 3, n//2 and the rest
-    batches = [(x[a:b], y[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    batches = [(x[a:b], y[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
     V = torch.randn(H.shape[0], 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     one = HessianOperator(model, F.cross_entropy, (x, y)).matmat(V)
     many = HessianOperator(model, F.cross_entropy, batches).matmat(V)
@@ -134,7 +134,10 @@ def test_density_moments_match_exact(case):
     exact = torch.stack([(lam**p).mean() for p in range(1, 5)])
     # Gauss quadrature with 20 nodes is exact for degree <= 39: only the probe noise remains
     assert torch.all((d.moments - exact).abs() <= 3.5 * d.moments_stderr + 1e-10 * exact.abs()), (
-        d.moments, exact, d.moments_stderr)
+        d.moments,
+        exact,
+        d.moments_stderr,
+    )
     assert abs(d.trace - float(lam.sum())) <= 3.5 * d.trace_stderr
     # the broadened density is a probability density on the grid
     mass = torch.trapezoid(d.density, d.grid)

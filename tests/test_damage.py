@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import FAST
+
 from landscape.results import load
 
 METRICS = ["seed", "train_loss", "train_acc", "test_loss", "test_acc", "train_acc_clean", "training.steps"]
@@ -23,8 +23,14 @@ RUN = [*FAST, "train.vectorize=off", "hydra.sweep.dir=s"]
 
 def status_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "landscape.cli.status", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "landscape.cli.status", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def _rows(sweep: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -83,7 +89,7 @@ def _damage(sweep: Path, kind: str) -> tuple[Path, list[str]]:
         cache = _one(list((cell / "metrics").glob("pair=0-1-*/l2.json")))
         text = cache.read_text()
         i = next(i for i, ch in enumerate(text) if ch.isdigit() and ch not in "09")
-        cache.write_text(text[:i] + str(int(text[i]) + 1) + text[i + 1:])
+        cache.write_text(text[:i] + str(int(text[i]) + 1) + text[i + 1 :])
         return cache, ["train.seeds=[0,1,2]"]
     if kind == "cache_corrupt":
         cache = _one(list((cell / "metrics").glob("pair=0-1-*/l2.json")))
@@ -93,9 +99,17 @@ def _damage(sweep: Path, kind: str) -> tuple[Path, list[str]]:
 
 
 _SLOW = pytest.mark.slow  # each case is two CLI runs and three landscape-status runs: a few in the default run
-KINDS = ["status_empty", pytest.param("status_garbage", marks=_SLOW), pytest.param("result_truncated", marks=_SLOW),
-         pytest.param("result_deleted", marks=_SLOW), "result_flipped", pytest.param("checkpoint_corrupt", marks=_SLOW),
-         pytest.param("cache_corrupt", marks=_SLOW), "checkpoint_flipped", pytest.param("cache_flipped", marks=_SLOW)]
+KINDS = [
+    "status_empty",
+    pytest.param("status_garbage", marks=_SLOW),
+    pytest.param("result_truncated", marks=_SLOW),
+    pytest.param("result_deleted", marks=_SLOW),
+    "result_flipped",
+    pytest.param("checkpoint_corrupt", marks=_SLOW),
+    pytest.param("cache_corrupt", marks=_SLOW),
+    "checkpoint_flipped",
+    pytest.param("cache_flipped", marks=_SLOW),
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -121,8 +135,9 @@ def test_damage_is_named_and_repaired_by_the_next_launch(cli, tmp_path, referenc
     ref_m, ref_p = reference
     m, p = m[m["seed"] < 2].reset_index(drop=True), p[p["seed_b"] < 2].reset_index(drop=True)
     pd.testing.assert_frame_equal(m[METRICS], ref_m[METRICS], check_exact=True)
-    pd.testing.assert_frame_equal(p[["seed_a", "seed_b", "l2_distance"]], ref_p[["seed_a", "seed_b", "l2_distance"]],
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        p[["seed_a", "seed_b", "l2_distance"]], ref_p[["seed_a", "seed_b", "l2_distance"]], check_exact=True
+    )
     final = status_cli([str(sweep), "--verify"], tmp_path)
     assert final.returncode == 0 and "every file is intact" in final.stdout, final.stdout
 

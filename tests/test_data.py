@@ -7,9 +7,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from helpers import write_tiny_cifar10
+from omegaconf import OmegaConf
 
 from landscape.config import DataConfig
 from landscape.data import apply_label_noise, full_train_size, load_data, resolve_count, subsample_indices

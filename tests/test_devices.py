@@ -15,13 +15,22 @@ from landscape import devices
 def test_concurrent_jobs_claim_distinct_gpus_and_release_on_exit(tmp_path):
     ids = ["GPU-aaa", "GPU-bbb", "GPU-ccc"]
     # another job (process) holds the first GPU until we tell it to exit
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys
         from pathlib import Path
         from landscape.devices import claim_gpu
         print(claim_gpu({ids!r}, Path({str(tmp_path)!r})), flush=True)
         sys.stdin.readline()
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "0"
         try:

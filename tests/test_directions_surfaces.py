@@ -82,8 +82,9 @@ def test_grid_on_quadratic_matches_analytic_surface(tmp_path):
     d1, d2 = torch.randn(p, dtype=torch.float64), torch.randn(p, dtype=torch.float64)
     x, y = torch.zeros(10, 1, dtype=torch.float64), torch.zeros(10, dtype=torch.long)
     alphas, betas = grid_axis(1.5, 7), grid_axis(0.5, 5)
-    surf = loss_surface(model, mean_logit, (x, y), d1, d2, alphas, betas, test=(x[:3], y[:3]), chunk=6,
-                        workdir=tmp_path)
+    surf = loss_surface(
+        model, mean_logit, (x, y), d1, d2, alphas, betas, test=(x[:3], y[:3]), chunk=6, workdir=tmp_path
+    )
 
     def q(t):
         return float(0.5 * t @ a @ t + b @ t)
@@ -105,8 +106,9 @@ def test_grid_on_quadratic_matches_analytic_surface(tmp_path):
     block = torch.load(files[0], weights_only=True)
     block["train_loss"][:] = -1.0
     torch.save(block, files[0])
-    again = loss_surface(model, mean_logit, (x, y), d1, d2, alphas, betas, test=(x[:3], y[:3]), chunk=6,
-                         workdir=tmp_path)
+    again = loss_surface(
+        model, mean_logit, (x, y), d1, d2, alphas, betas, test=(x[:3], y[:3]), chunk=6, workdir=tmp_path
+    )
     assert (again.train_loss[0] == -1.0).all()
     np.testing.assert_allclose(again.train_loss[1:], want[1:], rtol=1e-12)
     # a 1-D line

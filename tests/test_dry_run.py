@@ -8,8 +8,7 @@ from pathlib import Path
 
 from conftest import run_cli
 
-from landscape.cell import CellDir, CellStatus, cell_id
-from landscape.cell import sha256_file
+from landscape.cell import CellDir, CellStatus, cell_id, sha256_file
 from landscape.job import requested_coverage, table_keys
 from landscape.results import schema_for, write_table
 
@@ -22,8 +21,11 @@ def plan_lines(stdout: str) -> list[tuple[str, str, str]]:
 
 def test_one_invalid_cell_refuses_the_launch_and_is_named(tmp_path):
     # a value that only a whole cell makes invalid (a batch larger than the cell's training set: 1437 digits)
-    proc = run_cli(["-m", "train.batch_size=16,5000,32,9000", "train.epochs=1", "dry_run=true",
-                    "hydra.sweep.dir=sweep"], tmp_path, check=False)
+    proc = run_cli(
+        ["-m", "train.batch_size=16,5000,32,9000", "train.epochs=1", "dry_run=true", "hydra.sweep.dir=sweep"],
+        tmp_path,
+        check=False,
+    )
     assert proc.returncode != 0
     err = proc.stderr
     assert "2 of 4 cells of the grid are invalid; nothing was launched" in err
@@ -47,8 +49,7 @@ def test_typos_and_bad_types_are_refused_with_the_key(tmp_path):
 
 
 def test_fast_planner_equals_hydra_compose_and_lists_done_cells(tmp_path, compose, monkeypatch):
-    grid = ["-m", "model=mlp,cnn", "model.width=4,8", "train.lr=0.1,0.05", "dry_run=true",
-            "hydra.sweep.dir=sweep"]
+    grid = ["-m", "model=mlp,cnn", "model.width=4,8", "train.lr=0.1,0.05", "dry_run=true", "hydra.sweep.dir=sweep"]
     done_cfg = compose(["model=mlp", "model.width=4", "train.lr=0.05"])
     cid = cell_id(done_cfg)
     cell = CellDir(tmp_path / "sweep", cid)
@@ -56,11 +57,13 @@ def test_fast_planner_equals_hydra_compose_and_lists_done_cells(tmp_path, compos
     for table, key in table_keys(done_cfg).items():  # a committed (empty) result file per table
         path = write_table(cell.result_path(table, key), [], schema_for(table))
         st = path.stat()
-        results[cell.result_name(table, key)] = {"sha256": sha256_file(path), "size": st.st_size,
-                                                 "mtime_ns": st.st_mtime_ns,
-                                                 "covers": requested_coverage(done_cfg)[table]}
-    cell.write_status(CellStatus(state="done", cell_id=cid, seeds={"0": "done", "1": "done"},
-                                 results=results))
+        results[cell.result_name(table, key)] = {
+            "sha256": sha256_file(path),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "covers": requested_coverage(done_cfg)[table],
+        }
+    cell.write_status(CellStatus(state="done", cell_id=cid, seeds={"0": "done", "1": "done"}, results=results))
 
     monkeypatch.setenv("LANDSCAPE_FULL_COMPOSE", "1")
     full = run_cli(grid, tmp_path)

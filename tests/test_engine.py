@@ -32,8 +32,6 @@ def _zero_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 0.0 * out.sum()
 
 
-
-
 def test_curve_weight_decay_is_the_penalty_on_the_point_of_the_curve():
     # all control points at v: theta(t) = v for every t; with a zero data loss the only gradient is the penalty's,
     # d/dP1 [wd/2 |theta(t)|^2] = wd * 2 t (1 - t) * theta(t), so one plain SGD step scales P1 by 1 - lr wd 2t(1-t)
@@ -53,11 +51,14 @@ def test_curve_weight_decay_is_the_penalty_on_the_point_of_the_curve():
             assert not torch.equal(curve.middle["w"][0], v["w"])
 
 
-@pytest.mark.parametrize("schedule,factors", [
-    ("constant", [1.0] * 10),
-    ("cosine", [(1 + math.cos(math.pi * e / 10)) / 2 for e in range(10)]),
-    ("garipov", [1, 1, 1, 1, 1, 1, 0.7525, 0.505, 0.2575, 0.01]),  # 1 to half-way, linear to 0.01 at 90 %
-])
+@pytest.mark.parametrize(
+    "schedule,factors",
+    [
+        ("constant", [1.0] * 10),
+        ("cosine", [(1 + math.cos(math.pi * e / 10)) / 2 for e in range(10)]),
+        ("garipov", [1, 1, 1, 1, 1, 1, 0.7525, 0.505, 0.2575, 0.01]),  # 1 to half-way, linear to 0.01 at 90 %
+    ],
+)
 def test_curve_schedule_sets_the_learning_rate_at_each_step(monkeypatch, schedule, factors):
     a, b = {"w": torch.tensor([1.0, 0.0], dtype=torch.float64)}, {"w": torch.tensor([0.0, 1.0], dtype=torch.float64)}
     x, y = torch.randn(20, 2, dtype=torch.float64), torch.zeros(20, dtype=torch.long)
@@ -78,11 +79,26 @@ def test_a_diverging_curve_is_reported_as_diverged(tmp_path: Path):
     s = CurveSettings(epochs=20, lr=10.0, momentum=0.9, batch_size=16, schedule="constant")
     res = train_curve(curve, a, x, y, make_loss("mse"), s, seed=0, workdir=tmp_path)
     assert res.diverged and res.status == "diverged" and res.reason and res.steps < 20 * 4
-    again = train_curve(BezierCurve.through_line(trainable_parameters(a), trainable_parameters(b), 1), a, x, y,
-                        make_loss("mse"), s, seed=0, workdir=tmp_path)
+    again = train_curve(
+        BezierCurve.through_line(trainable_parameters(a), trainable_parameters(b), 1),
+        a,
+        x,
+        y,
+        make_loss("mse"),
+        s,
+        seed=0,
+        workdir=tmp_path,
+    )
     assert again.diverged and again.epochs_run == 0  # the diverged result is kept with its status
-    ok = train_curve(BezierCurve.through_line(trainable_parameters(a), trainable_parameters(b), 1), a, x, y,
-                     make_loss("mse"), CurveSettings(epochs=2, lr=0.001, batch_size=16), seed=0)
+    ok = train_curve(
+        BezierCurve.through_line(trainable_parameters(a), trainable_parameters(b), 1),
+        a,
+        x,
+        y,
+        make_loss("mse"),
+        CurveSettings(epochs=2, lr=0.001, batch_size=16),
+        seed=0,
+    )
     assert ok.status == "done"
 
 
@@ -90,7 +106,7 @@ def test_curve_stop_request_mid_epoch_resumes_bitwise(tmp_path: Path):
     a, b = {"w": torch.tensor([1.0, 0.0], dtype=torch.float64)}, {"w": torch.tensor([0.0, 1.0], dtype=torch.float64)}
     x, y = torch.randn(30, 2, dtype=torch.float64), torch.zeros(30, dtype=torch.long)
     s = CurveSettings(epochs=4, lr=0.1, batch_size=7, checkpoint_every=2)  # 4 batches per epoch (7, 7, 7, 7, 2)
-    loss = lambda o, t: ((o - 1) ** 2).mean()  # noqa: E731
+    loss = lambda o, t: ((o - 1) ** 2).mean()  # noqa: E731 - a one-line helper used on the next lines
     ref = BezierCurve.through_line(a, b, 2)
     rref = train_curve(ref, Linear1(), x, y, loss, s, seed=4)
     calls = {"n": 0}
@@ -100,8 +116,9 @@ def test_curve_stop_request_mid_epoch_resumes_bitwise(tmp_path: Path):
         return calls["n"] == 12
 
     with pytest.raises(StopRequested):
-        train_curve(BezierCurve.through_line(a, b, 2), Linear1(), x, y, loss, s, seed=4, workdir=tmp_path,
-                    should_stop=stop)
+        train_curve(
+            BezierCurve.through_line(a, b, 2), Linear1(), x, y, loss, s, seed=4, workdir=tmp_path, should_stop=stop
+        )
     state = engine.load_checkpoint(tmp_path / "curve_checkpoint.pt")
     assert (state["engine"]["epoch"], state["engine"]["batch"], state["engine"]["step"]) == (2, 2, 12)
     resumed = BezierCurve.through_line(a, b, 2)
@@ -120,8 +137,17 @@ def test_jump_retrain_divergence_ends_that_jump(monkeypatch):
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(60, 4, generator=g), torch.randint(0, 3, (60,), generator=g)
     data = SimpleNamespace(x_train=x, y_train=y, x_test=x, y_test=y, n_train=60)
-    s = JumpRetrainSettings(n_jumps=1, scales=(0.5,), epochs=3, lr=1e6, batch_size=20, record_every=1,
-                            projection_dim=4, eval_samples=0, embedding="pca")
+    s = JumpRetrainSettings(
+        n_jumps=1,
+        scales=(0.5,),
+        epochs=3,
+        lr=1e6,
+        batch_size=20,
+        record_every=1,
+        projection_dim=4,
+        eval_samples=0,
+        embedding="pca",
+    )
     traj = jump_and_retrain(model, make_loss("cross_entropy"), data, s)
     steps = [r["step"] for r in traj.rows if r["jump"] == 0]
     assert steps[-1] < 9  # stopped before the 9 planned steps (3 epochs of 3 batches)
@@ -144,7 +170,7 @@ def test_damaged_curve_result_is_recomputed_bitwise_and_a_crafted_one_refused(tm
     a, b = {"w": torch.tensor([1.0, 0.0], dtype=torch.float64)}, {"w": torch.tensor([0.0, 1.0], dtype=torch.float64)}
     x, y = torch.randn(30, 2, dtype=torch.float64), torch.zeros(30, dtype=torch.long)
     s = CurveSettings(epochs=2, lr=0.1, batch_size=7)
-    loss = lambda o, t: ((o - 1) ** 2).mean()  # noqa: E731
+    loss = lambda o, t: ((o - 1) ** 2).mean()  # noqa: E731 - a one-line helper used on the next lines
     ref = BezierCurve.through_line(a, b, 1)
     train_curve(ref, Linear1(), x, y, loss, s, seed=4, workdir=tmp_path)
     final = tmp_path / "curve_final.pt"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import FAST, LANDSCAPE, run_cli
+
 from landscape.results import load
 
 METRICS = ["seed", "train_loss", "train_acc", "test_loss", "test_acc", "train_acc_clean", "training.steps"]
@@ -42,11 +42,18 @@ def _one(paths: list[Path]) -> Path:
     return paths[0]
 
 
-def _launch(args: list[str], cwd: Path, env: dict[str, str] | None = None, prefix: list[str] | None = None
-            ) -> subprocess.Popen:
+def _launch(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, prefix: list[str] | None = None
+) -> subprocess.Popen:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.Popen([*(prefix or LANDSCAPE), *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [*(prefix or LANDSCAPE), *args],
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _tree(sweep: Path) -> dict[str, tuple[int, bytes | None]]:
@@ -79,8 +86,14 @@ def _wait(what, timeout: float = 240.0, procs: tuple = ()) -> None:
 
 
 # ------------------------------------------------------------------------------------------ 1. fencing
-SLOW_CELL = ["data.subsample=0.25", "model.width=8", "train.epochs=40", "train.batch_size=32", "train.vectorize=off",
-             "train.checkpoint_every=1"]
+SLOW_CELL = [
+    "data.subsample=0.25",
+    "model.width=8",
+    "train.epochs=40",
+    "train.batch_size=32",
+    "train.vectorize=off",
+    "train.checkpoint_every=1",
+]
 HEARTBEAT = {"LANDSCAPE_HEARTBEAT_S": "0.5"}  # a lease not moving for 4 beats (2 s) is stale
 
 
@@ -102,8 +115,10 @@ def test_a_paused_holder_that_lost_its_lease_never_writes_again(tmp_path, slow_r
 
     b = _launch([*SLOW_CELL, "train.seeds=[2,3]", "hydra.sweep.dir=s"], tmp_path, HEARTBEAT)
     try:
-        _wait(lambda: _lease_pid(cell) == b.pid and any((cell / "seeds" / s / "checkpoint.pt").exists() for s in "23"),
-              procs=(b,))
+        _wait(
+            lambda: _lease_pid(cell) == b.pid and any((cell / "seeds" / s / "checkpoint.pt").exists() for s in "23"),
+            procs=(b,),
+        )
         os.kill(b.pid, signal.SIGSTOP)  # mid-training, holding the lease
         c = _launch([*SLOW_CELL, "train.seeds=[4,5]", "hydra.sweep.dir=s"], tmp_path, HEARTBEAT)
         c_out = c.communicate(timeout=900)[0]
@@ -129,9 +144,12 @@ def test_a_paused_holder_that_lost_its_lease_never_writes_again(tmp_path, slow_r
     _same_rows(_models(sweep), slow_reference, [0, 1, 2, 3, 4, 5])
 
 
-SKEWED = [sys.executable, "-c",
-          "import sys, time; real = time.time; time.time = lambda: real() - 1000.0; "  # the clock 1000 s behind
-          "sys.argv[0] = 'landscape'; from landscape.cli.app import main; main()"]
+SKEWED = [
+    sys.executable,
+    "-c",
+    "import sys, time; real = time.time; time.time = lambda: real() - 1000.0; "  # the clock 1000 s behind
+    "sys.argv[0] = 'landscape'; from landscape.cli.app import main; main()",
+]
 
 
 def test_a_holder_whose_clock_is_far_behind_is_not_taken_over(tmp_path, slow_reference):
@@ -142,8 +160,10 @@ def test_a_holder_whose_clock_is_far_behind_is_not_taken_over(tmp_path, slow_ref
     hold = {**HEARTBEAT, "LANDSCAPE_TEST_PAUSE": "before_rename:12"}  # it holds the lease (beating) at its commit
     a = _launch([*SLOW_CELL, "train.seeds=[0,1]", "hydra.sweep.dir=s"], tmp_path, hold, prefix=SKEWED)
     try:
-        _wait(lambda: (sweep / "cells").is_dir() and any(_lease_pid(c) == a.pid for c in (sweep / "cells").iterdir()),
-              procs=(a,))
+        _wait(
+            lambda: (sweep / "cells").is_dir() and any(_lease_pid(c) == a.pid for c in (sweep / "cells").iterdir()),
+            procs=(a,),
+        )
         b = _launch([*SLOW_CELL, "train.seeds=[2,3]", "hydra.sweep.dir=s"], tmp_path, HEARTBEAT)
         b_out = b.communicate(timeout=900)[0]
         a_out = a.communicate(timeout=900)[0]
@@ -205,8 +225,14 @@ def _write(path: Path, text: str) -> Path:
 # ------------------------------------------------------------------------------- 2-4. files the reader proves
 def status_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "landscape.cli.status", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "landscape.cli.status", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -244,13 +270,14 @@ def _flip_a_value(path: Path, value: float) -> float:
     path.write_bytes(bytes(data))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
-    flipped = struct.unpack("<d", bytes(data[i:i + 8]))[0]
+    flipped = struct.unpack("<d", bytes(data[i : i + 8]))[0]
     assert flipped in pq.read_table(path).column("train_loss").to_pylist()  # a plain read gives the wrong value
     return flipped
 
 
-def test_a_flipped_bit_with_its_mtime_restored_is_never_served_and_is_recomputed(cli, tmp_path, done_sweep,
-                                                                                  reference, caplog):
+def test_a_flipped_bit_with_its_mtime_restored_is_never_served_and_is_recomputed(
+    cli, tmp_path, done_sweep, reference, caplog
+):
     sweep = _copy(done_sweep, tmp_path)
     assert len(load(sweep)) == 2  # read once: the snapshot holds the rows
     models = _one(list((sweep / "results" / "models").glob("*.parquet")))
@@ -272,8 +299,9 @@ def test_a_flipped_bit_with_its_mtime_restored_is_never_served_and_is_recomputed
     assert final.returncode == 0 and "every file is intact" in final.stdout, final.stdout
 
 
-def test_a_wrong_checksum_in_the_status_record_is_damage_recomputed_by_the_next_launch(cli, tmp_path, done_sweep,
-                                                                                       reference):
+def test_a_wrong_checksum_in_the_status_record_is_damage_recomputed_by_the_next_launch(
+    cli, tmp_path, done_sweep, reference
+):
     sweep = _copy(done_sweep, tmp_path)
     status_path = _one(list((sweep / "cells").glob("*/status.json")))
     status = json.loads(status_path.read_text())
@@ -344,17 +372,30 @@ def _status_case(status: dict, kind: str) -> dict:
     return status
 
 
-STATUS_CASES = ["results_entry_a_string", "covers_5", "files_a_list", "metric_errors_a_string",
-                pytest.param("updated_at_a_string", marks=pytest.mark.slow), "pid_a_list",
-                pytest.param("state_missing", marks=pytest.mark.slow)]
-KEYS = {"results_entry_a_string": "results[", "covers_5": ".covers=5", "files_a_list": "files=['a']",
-        "metric_errors_a_string": "metric_errors='oops'", "updated_at_a_string": "updated_at='yesterday'",
-        "pid_a_list": "pid=[1]", "state_missing": "state: missing"}
+STATUS_CASES = [
+    "results_entry_a_string",
+    "covers_5",
+    "files_a_list",
+    "metric_errors_a_string",
+    pytest.param("updated_at_a_string", marks=pytest.mark.slow),
+    "pid_a_list",
+    pytest.param("state_missing", marks=pytest.mark.slow),
+]
+KEYS = {
+    "results_entry_a_string": "results[",
+    "covers_5": ".covers=5",
+    "files_a_list": "files=['a']",
+    "metric_errors_a_string": "metric_errors='oops'",
+    "updated_at_a_string": "updated_at='yesterday'",
+    "pid_a_list": "pid=[1]",
+    "state_missing": "state: missing",
+}
 
 
 @pytest.mark.parametrize("kind", STATUS_CASES)
-def test_a_status_of_wrong_types_is_named_and_repaired_by_the_next_launch(cli, tmp_path, done_sweep, reference,
-                                                                          kind, capsys):
+def test_a_status_of_wrong_types_is_named_and_repaired_by_the_next_launch(
+    cli, tmp_path, done_sweep, reference, kind, capsys
+):
     from landscape.cli import status as status_mod
 
     sweep = _copy(done_sweep, tmp_path)
@@ -384,10 +425,13 @@ LEASES = {
 }
 
 
-@pytest.mark.parametrize("kind", ["beats_a_list", "token_an_object",
-                                  pytest.param("interval_a_string", marks=pytest.mark.slow), "a_directory"])
-def test_a_hand_made_lease_of_wrong_types_is_named_set_aside_and_taken_over(cli, tmp_path, done_sweep, reference,
-                                                                            kind, capsys):
+@pytest.mark.parametrize(
+    "kind",
+    ["beats_a_list", "token_an_object", pytest.param("interval_a_string", marks=pytest.mark.slow), "a_directory"],
+)
+def test_a_hand_made_lease_of_wrong_types_is_named_set_aside_and_taken_over(
+    cli, tmp_path, done_sweep, reference, kind, capsys
+):
     """The job meets the damaged lease (the request needs a new seed): it names the file, sets it aside and
     works on the cell; no traceback, a status is written, the rows are those of a clean run."""
     from landscape.cli import status as status_mod
@@ -398,8 +442,15 @@ def test_a_hand_made_lease_of_wrong_types_is_named_set_aside_and_taken_over(cli,
     if LEASES[kind] is None:
         (lease / "inside").mkdir(parents=True)
     else:
-        rec = {"token": "f" * 32, "host": "elsewhere", "pid": 12345, "interval": 30.0, "beats": 3,
-               "beat_at": time.time(), **LEASES[kind]}
+        rec = {
+            "token": "f" * 32,
+            "host": "elsewhere",
+            "pid": 12345,
+            "interval": 30.0,
+            "beats": 3,
+            "beat_at": time.time(),
+            **LEASES[kind],
+        }
         lease.write_text(json.dumps(rec))
     assert status_mod.main([str(sweep), "--verify"]) == 1
     assert f"damaged: {lease}" in capsys.readouterr().out
@@ -412,8 +463,9 @@ def test_a_hand_made_lease_of_wrong_types_is_named_set_aside_and_taken_over(cli,
     _same_rows(_models(sweep), reference, [0, 1, 2])
 
 
-def test_damaged_metric_caches_and_training_results_of_valid_json_are_named_and_recomputed(cli, tmp_path, done_sweep,
-                                                                                          reference):
+def test_damaged_metric_caches_and_training_results_of_valid_json_are_named_and_recomputed(
+    cli, tmp_path, done_sweep, reference
+):
     from landscape.cell import CellDir, inspect_cell_files
 
     sweep = _copy(done_sweep, tmp_path)
@@ -435,8 +487,8 @@ def test_stray_files_in_a_results_folder_are_named_and_skipped(tmp_path, done_sw
     import pyarrow.parquet as pq
 
     from landscape.cli import status as status_mod
-    from landscape.results.io import _read_all
     from landscape.results import schema_for
+    from landscape.results.io import _read_all
 
     sweep = _copy(done_sweep, tmp_path)
     d = sweep / "results" / "models"

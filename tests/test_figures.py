@@ -12,16 +12,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import taxonomy2021
 
-from conftest import taxonomy2021  # noqa: E402
-from landscape import metrics  # noqa: E402
-from landscape import phase_diagram as pdg  # noqa: E402
-from landscape.cli import phase as cli  # noqa: E402
-from landscape.phase import PHASES, PhaseRule  # noqa: E402
+from landscape import metrics
+from landscape import phase_diagram as pdg
+from landscape.cli import phase as cli
+from landscape.phase import PHASES, PhaseRule
 
 
 def _grid_cells(x: str, y: str, nx: int, ny: int) -> pd.DataFrame:
@@ -32,11 +32,26 @@ def _grid_cells(x: str, y: str, nx: int, ny: int) -> pd.DataFrame:
     for i, xv in enumerate(xs):
         for j, yv in enumerate(ys):
             fit = i / max(nx - 1, 1)
-            rows.append({x: xv, y: yv, "status": "done", "test_acc": 0.6 + 0.3 * fit + 0.01 * rng.standard_normal(),
-                         "train_loss": 10 ** (-3 * fit + 0.3), "hessian.top_eigenvalue": 10 ** (1 + j),
-                         "hessian.trace": 10 ** (2 + fit), "connectivity.mc": -20 * (1 - fit) + 2 * j,
-                         "cka": 0.5 + 0.4 * fit, "l2_distance": 10 * xv, "n_models": 3, "n_models_total": 3,
-                         "n_pairs_mc": 3, "n_pairs_resolved": 3, "n_pairs_total": 3, "phase_confidence": 0.8})
+            rows.append(
+                {
+                    x: xv,
+                    y: yv,
+                    "status": "done",
+                    "test_acc": 0.6 + 0.3 * fit + 0.01 * rng.standard_normal(),
+                    "train_loss": 10 ** (-3 * fit + 0.3),
+                    "hessian.top_eigenvalue": 10 ** (1 + j),
+                    "hessian.trace": 10 ** (2 + fit),
+                    "connectivity.mc": -20 * (1 - fit) + 2 * j,
+                    "cka": 0.5 + 0.4 * fit,
+                    "l2_distance": 10 * xv,
+                    "n_models": 3,
+                    "n_models_total": 3,
+                    "n_pairs_mc": 3,
+                    "n_pairs_resolved": 3,
+                    "n_pairs_total": 3,
+                    "phase_confidence": 0.8,
+                }
+            )
     cells = pd.DataFrame(rows)
     cells.loc[0, "status"] = "failed"
     cells.loc[0, [c for c in pdg.DEFAULT_METRICS]] = np.nan
@@ -52,27 +67,37 @@ def _outside(fig) -> list[str]:
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     box = fig.bbox
-    named = [(f"axes {ax.get_title()!r} / {ax.get_xlabel()!r}", ax.get_tightbbox(renderer)) for ax in fig.axes
-             if ax.get_visible()]
+    named = [
+        (f"axes {ax.get_title()!r} / {ax.get_xlabel()!r}", ax.get_tightbbox(renderer))
+        for ax in fig.axes
+        if ax.get_visible()
+    ]
     texts = [t for t in [fig._suptitle, fig._supxlabel, fig._supylabel, *fig.texts] if t is not None]
     named += [(repr(t.get_text()), t.get_window_extent(renderer)) for t in texts if t.get_text().strip()]
-    named += [(f"legend {[t.get_text() for t in lg.get_texts()][:2]}", lg.get_window_extent(renderer))
-              for lg in fig.legends]
-    return [f"{name} at {tuple(round(v) for v in bb.bounds)} (figure {tuple(round(v) for v in box.bounds)})"
-            for name, bb in named if bb is not None and (bb.x0 < box.x0 - 1 or bb.y0 < box.y0 - 1
-                                                         or bb.x1 > box.x1 + 1 or bb.y1 > box.y1 + 1)]
+    named += [
+        (f"legend {[t.get_text() for t in lg.get_texts()][:2]}", lg.get_window_extent(renderer)) for lg in fig.legends
+    ]
+    return [
+        f"{name} at {tuple(round(v) for v in bb.bounds)} (figure {tuple(round(v) for v in box.bounds)})"
+        for name, bb in named
+        if bb is not None and (bb.x0 < box.x0 - 1 or bb.y0 < box.y0 - 1 or bb.x1 > box.x1 + 1 or bb.y1 > box.y1 + 1)
+    ]
 
 
 def _overlapping_titles(fig) -> list[str]:
     """Pairs of texts that run into each other: axes titles, axis and colour-bar labels, the legend, and each
     of them against every other axes' drawing area (a title over the colour bar of the row above)."""
     renderer = fig.canvas.get_renderer()
-    texts = [(t.get_text(), t.get_window_extent(renderer)) for ax in fig.axes
-             for t in (ax.title, ax.xaxis.label, ax.yaxis.label) if t.get_text()]
+    texts = [
+        (t.get_text(), t.get_window_extent(renderer))
+        for ax in fig.axes
+        for t in (ax.title, ax.xaxis.label, ax.yaxis.label)
+        if t.get_text()
+    ]
     texts += [(f"legend {i}", lg.get_window_extent(renderer)) for i, lg in enumerate(fig.legends)]
     out = []
     for i, (na, a) in enumerate(texts):
-        for nb, b in texts[i + 1:]:
+        for nb, b in texts[i + 1 :]:
             if a.overlaps(b):
                 out.append(f"{na!r} / {nb!r}")
         for ax in fig.axes:
@@ -86,20 +111,29 @@ LONG_X = "model.an_unusually_long_knob_name_for_the_width_of_every_hidden_layer"
 LONG_Y = "train.batch_size"
 
 
-@pytest.mark.parametrize("nx,ny,x,y", [
-    (2, 2, "model.width", "train.batch_size"),
-    (6, 4, "model.width", "data.label_noise_level"),
-    (12, 3, LONG_X, LONG_Y),
-    (3, 6, "train.an_equally_long_temperature_knob_name_on_the_vertical_axis", "model.width"),
-])
+@pytest.mark.parametrize(
+    "nx,ny,x,y",
+    [
+        (2, 2, "model.width", "train.batch_size"),
+        (6, 4, "model.width", "data.label_noise_level"),
+        (12, 3, LONG_X, LONG_Y),
+        (3, 6, "train.an_equally_long_temperature_knob_name_on_the_vertical_axis", "model.width"),
+    ],
+)
 def test_nothing_is_clipped_on_several_grids_and_knob_names(nx, ny, x, y):
     cells = _grid_cells(x, y, nx, ny)
     rule = PhaseRule()
-    caption = ("dataset a_dataset_with_a_long_name, model resnet18 (depth 18, width 2-64), 100 epochs, "
-               "seeds 0-9 (10 per cell)")
+    caption = (
+        "dataset a_dataset_with_a_long_name, model resnet18 (depth 18, width 2-64), 100 epochs, seeds 0-9 (10 per cell)"
+    )
     # panels with long titles (styles of families' other metrics; a column without a built-in style)
-    wordy = ["surfaces.hessian_min_eigenvalue", "topology.rips_h1_max", "connectivity.mc_loss",
-             "hessian.negative_weight", "zz.an_unstyled_column_with_a_rather_long_name_of_its_own"]
+    wordy = [
+        "surfaces.hessian_min_eigenvalue",
+        "topology.rips_h1_max",
+        "connectivity.mc_loss",
+        "hessian.negative_weight",
+        "zz.an_unstyled_column_with_a_rather_long_name_of_its_own",
+    ]
     for col in wordy:
         cells[col] = np.linspace(-1.0, 2.0, len(cells))
     for chosen in ([pdg.DEFAULT_METRICS[0]], list(pdg.DEFAULT_METRICS)[:3], list(pdg.DEFAULT_METRICS), wordy):
@@ -199,8 +233,13 @@ def test_a_column_without_a_built_in_style_gets_a_readable_name():
     class Cfg:
         enabled: bool = False
 
-    fam = metrics.Family(name="zz_fig", table="models", config=Cfg,
-                         metrics={"zz_fig.mean_step_seconds": pa.float64()}, compute=lambda c, s: metrics.Result())
+    fam = metrics.Family(
+        name="zz_fig",
+        table="models",
+        config=Cfg,
+        metrics={"zz_fig.mean_step_seconds": pa.float64()},
+        compute=lambda c, s: metrics.Result(),
+    )
     metrics.register(fam)
     try:
         st = pdg.style_for("zz_fig.mean_step_seconds")
@@ -227,9 +266,13 @@ def test_metrics_offers_exactly_the_columns_with_values_and_refuses_all_null_one
     offered = re.search(r"Metric columns with values: ([^;\n]*)", err).group(1).rstrip(".").split(", ")
     models = cli.load_rows(tax_sweep, "models")
     pairs = cli.load_rows(tax_sweep, "pairs")
-    with_values = {c for df in (models, pairs) for c in df.columns
-                   if c in metrics.metric_columns("models") + metrics.metric_columns("pairs")
-                   and pd.to_numeric(df[c], errors="coerce").notna().any()}
+    with_values = {
+        c
+        for df in (models, pairs)
+        for c in df.columns
+        if c in metrics.metric_columns("models") + metrics.metric_columns("pairs")
+        and pd.to_numeric(df[c], errors="coerce").notna().any()
+    }
     assert set(offered) == with_values | {"train_error"}
     assert "hessian.min_eigenvalue" not in offered and "topology.h0_count" not in offered
 
@@ -248,8 +291,25 @@ def test_a_diagnostic_column_is_drawn_with_its_family_style(tax_sweep, tmp_path)
         t["connectivity.middle_excess"] = t["connectivity.mc"].astype("float64") + 1.0
         pq.write_table(pa.Table.from_pandas(t, preserve_index=False), f)
     out = tmp_path / "out"
-    assert cli.main([str(sweep), "--x", "model.width", "--y", "train.batch_size", "--bootstrap", "50",
-                     "--out", str(out), "--metrics", "connectivity.middle_excess", "cka"]) == 0
+    assert (
+        cli.main(
+            [
+                str(sweep),
+                "--x",
+                "model.width",
+                "--y",
+                "train.batch_size",
+                "--bootstrap",
+                "50",
+                "--out",
+                str(out),
+                "--metrics",
+                "connectivity.middle_excess",
+                "cka",
+            ]
+        )
+        == 0
+    )
     piv = pd.read_csv(out / "pivot_connectivity.middle_excess.csv", index_col=0)
     assert np.isfinite(piv.to_numpy()).all()
     cells = pd.read_csv(out / "cells.csv")
@@ -282,8 +342,10 @@ def test_the_map_says_what_it_shows_and_the_confidence_ignores_the_axis_order(ta
         assert cli.main([str(sweep), "--x", x, "--y", y, "--bootstrap", "400", "--out", str(out)]) == 0
         outs.append(pd.read_csv(out / "cells.csv"))
     printed = capsys.readouterr().out
-    assert "phases: I = under-fitted, barrier; II = under-fitted, no barrier; III = fitted, barrier; " \
-           "IV-A = fitted, connected, dissimilar; IV-B = fitted, connected, similar" in printed
+    assert (
+        "phases: I = under-fitted, barrier; II = under-fitted, no barrier; III = fitted, barrier; "
+        "IV-A = fitted, connected, dissimilar; IV-B = fitted, connected, similar" in printed
+    )
     keys = ["model.width", "train.batch_size"]
     a, b = (o.set_index(keys).sort_index() for o in outs)
     assert (a["phase"].fillna("-") == b["phase"].fillna("-")).all() and a["phase"].notna().all()

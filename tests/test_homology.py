@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("ripser", reason="the optional 'topology' extra (ripser, persim) is not installed")
 
-from landscape.trajectories.homology import (  # noqa: E402
+from landscape.trajectories.homology import (
     diagram_distance,
     diagram_summary,
     knn_edges,

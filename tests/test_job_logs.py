@@ -6,12 +6,11 @@ the phase of work; a first progress line within seconds of a phase's start (the 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 
 import pytest
-
 from conftest import FAST
+
 from landscape import progress
 from landscape.results import load
 
@@ -31,8 +30,17 @@ def _records(text: str) -> list[tuple[dt.datetime, str, str]]:
 
 def test_cell_start_and_end_lines_and_progress_lines_name_the_cell(cli, tmp_path, monkeypatch):
     monkeypatch.setenv(progress.PROGRESS_ENV, "0")  # a progress line at every step: every phase shows its lines
-    proc = cli(["-m", *[a for a in FAST if not a.startswith("model.width")], "model.width=8,16", "train.seeds=[0,1]",
-                "metrics.connectivity.enabled=true", "metrics.connectivity.protocol=fixed", "hydra.sweep.dir=sweep"])
+    proc = cli(
+        [
+            "-m",
+            *[a for a in FAST if not a.startswith("model.width")],
+            "model.width=8,16",
+            "train.seeds=[0,1]",
+            "metrics.connectivity.enabled=true",
+            "metrics.connectivity.protocol=fixed",
+            "hydra.sweep.dir=sweep",
+        ]
+    )
     records = _records(proc.stdout + proc.stderr)
     job = [m for _, name, m in records if name == "landscape.job"]
     models = load(tmp_path / "sweep", "models")
@@ -49,8 +57,10 @@ def test_cell_start_and_end_lines_and_progress_lines_name_the_cell(cli, tmp_path
         assert len(trained) == 1, job
         rows = models[models["cell_id"] == cid].sort_values("seed")
         for _, r in rows.iterrows():
-            assert (f"seed {r['seed']}: done, 3 epochs, {r['training.steps']} steps, "
-                    f"training.seconds {r['training.seconds']:.2f}") in trained[0], trained
+            assert (
+                f"seed {r['seed']}: done, 3 epochs, {r['training.steps']} steps, "
+                f"training.seconds {r['training.seconds']:.2f}"
+            ) in trained[0], trained
         assert f"cell {cid} seed=0: metric family training measured in " in "\n".join(job)
         assert not any(re.search(r"seed=\d: training in ", m) for m in job), job
         # end: seconds, seeds' status, test accuracy of each seed (the rows' values), what was measured, the files
@@ -77,14 +87,27 @@ def test_cell_start_and_end_lines_and_progress_lines_name_the_cell(cli, tmp_path
 
 def test_a_first_progress_line_within_seconds_at_the_default_interval(cli, tmp_path, monkeypatch):
     monkeypatch.delenv(progress.PROGRESS_ENV, raising=False)  # the default: a line every 60 s after the first
-    proc = cli(["model.width=64", "train.batch_size=16", "train.steps=15000", "train.seeds=[0]",
-                "hydra.sweep.dir=sweep", "hydra.run.dir=sweep/run"], timeout=300)
+    proc = cli(
+        [
+            "model.width=64",
+            "train.batch_size=16",
+            "train.steps=15000",
+            "train.seeds=[0]",
+            "hydra.sweep.dir=sweep",
+            "hydra.run.dir=sweep/run",
+        ],
+        timeout=300,
+    )
     records = _records(proc.stdout + proc.stderr)
     row = load(tmp_path / "sweep", "models").iloc[0]
     if row["training.seconds"] < WITHIN_S + 1.5:
-        pytest.skip(f"training took {row['training.seconds']:.1f} s on this machine: too short to show when the "
-                    f"first progress line comes (raise train.steps)")
-    start = next(t for t, name, m in records if name == "landscape.job" and m.startswith(f"cell {row['cell_id']} start: "))
+        pytest.skip(
+            f"training took {row['training.seconds']:.1f} s on this machine: too short to show when the "
+            f"first progress line comes (raise train.steps)"
+        )
+    start = next(
+        t for t, name, m in records if name == "landscape.job" and m.startswith(f"cell {row['cell_id']} start: ")
+    )
     lines = [(t, m) for t, name, m in records if name == "landscape.progress"]
     assert lines, proc.stdout[-2000:]
     first_t, first = lines[0]

@@ -10,33 +10,51 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 from helpers import h0_summary, knn_graph, lower_star_h0
-from landscape.results import load
 from notebook_support import execute_notebook, images
 from notebook_support import stdout as nb_stdout
+
+from landscape.results import load
 
 NOTEBOOK = REPO / "analysis" / "jump_retrain.py"
 
 # The sweep's grid (label noise 0 vs 0.5) with everything else made small: one seed, a narrow MLP trained for
 # a few epochs, 2 jumps at one scale retrained for one epoch, PCA embedding, a 5x5 surface.
-TINY = ["train.seeds=[0]", "model.width=32", "train.epochs=8", "train.batch_size=64",
-        "metrics.jump_retrain.n_jumps=2", "metrics.jump_retrain.scales=[0.5]", "metrics.jump_retrain.epochs=1",
-        "metrics.jump_retrain.batch_size=128", "metrics.jump_retrain.record_every=2",
-        "metrics.jump_retrain.eval_samples=256", "metrics.jump_retrain.projection_dim=64",
-        "metrics.jump_retrain.embedding=pca", "metrics.surfaces.resolution=5", "metrics.surfaces.eval_samples=256"]
+TINY = [
+    "train.seeds=[0]",
+    "model.width=32",
+    "train.epochs=8",
+    "train.batch_size=64",
+    "metrics.jump_retrain.n_jumps=2",
+    "metrics.jump_retrain.scales=[0.5]",
+    "metrics.jump_retrain.epochs=1",
+    "metrics.jump_retrain.batch_size=128",
+    "metrics.jump_retrain.record_every=2",
+    "metrics.jump_retrain.eval_samples=256",
+    "metrics.jump_retrain.projection_dim=64",
+    "metrics.jump_retrain.embedding=pca",
+    "metrics.surfaces.resolution=5",
+    "metrics.surfaces.eval_samples=256",
+]
 
-SUMMARIES = ["topology.h0_count", "topology.h0_total", "topology.h0_max", "topology.h0_entropy",
-             "jump_retrain.final_train_loss", "jump_retrain.final_test_loss"]
+SUMMARIES = [
+    "topology.h0_count",
+    "topology.h0_total",
+    "topology.h0_max",
+    "topology.h0_entropy",
+    "jump_retrain.final_train_loss",
+    "jump_retrain.final_test_loss",
+]
 
 
 def _sweep_and_notebook(cli, tmp_path, extra: list[str]):
     cli(["-m", "+sweep=jump_retrain_noise", "hydra.sweep.dir=sweep", *TINY, *extra], timeout=600)
     sweep = tmp_path / "sweep"
     out = tmp_path / "figs"
-    proc = subprocess.run([sys.executable, str(NOTEBOOK), str(sweep), str(out)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(NOTEBOOK), str(sweep), str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return sweep, out, proc.stdout
 
@@ -53,7 +71,9 @@ def _check(sweep, out, stdout):
     traj, pers = load(sweep, "trajectories"), load(sweep, "persistence")
     assert set(traj["data.label_noise"]) == {0.0, 0.5} and set(pers["filtration"]) == {"loss", "rips"}
     points = traj.groupby(["cell_id", "seed"]).size()
-    assert [points[(c, s)] for c, s in zip(models["cell_id"], models["seed"])] == models["jump_retrain.n_points"].tolist()
+    assert [points[(c, s)] for c, s in zip(models["cell_id"], models["seed"], strict=True)] == models[
+        "jump_retrain.n_points"
+    ].tolist()
     # the numbers recomputed from the rows: per model, the mean train loss at the end of each retraining run, and
     # the H0 bars and summaries of the loss filtration by union-find on the kNN graph of the stored embedding
     for _, m in models.iterrows():
@@ -65,10 +85,15 @@ def _check(sweep, out, stdout):
         want = h0_summary(bars, float(m["jump_retrain.persistence_threshold"]), cap=float(loss.max()))
         for k, v in want.items():
             assert m[f"topology.{k}"] == pytest.approx(v, rel=1e-5, abs=1e-6), (m["data.label_noise"], k)
-        p = pers[(pers["cell_id"] == m["cell_id"]) & (pers["seed"] == m["seed"]) & (pers["filtration"] == "loss")
-                 & (pers["dim"] == 0)]
-        np.testing.assert_allclose(np.array(sorted(zip(p["birth"], p["death"]))), np.array(sorted(bars)), rtol=1e-5,
-                                   atol=1e-6)
+        p = pers[
+            (pers["cell_id"] == m["cell_id"])
+            & (pers["seed"] == m["seed"])
+            & (pers["filtration"] == "loss")
+            & (pers["dim"] == 0)
+        ]
+        np.testing.assert_allclose(
+            np.array(sorted(zip(p["birth"], p["death"], strict=True))), np.array(sorted(bars)), rtol=1e-5, atol=1e-6
+        )
     # the comparison's sharp facts (margins from measurement): retraining ends far higher for the memorising model
     # (its basin is on noisy labels; measured 1.82 vs 0.16 nats), and its loss range, hence H0 total (dominated
     # by the capped essential bar), is narrower (measured 0.15 vs 0.93)
@@ -129,7 +154,9 @@ def test_tiny_label_noise_sweep_gives_differing_topology_in_the_notebook(cli, tm
 @pytest.mark.slow
 def test_label_noise_sweep_with_phate_and_two_seeds(cli, tmp_path):
     """As above, with the sweep's PHATE embedding and both seeds (slower: PHATE import and fit)."""
-    sweep, out, stdout = _sweep_and_notebook(cli, tmp_path, ["train.seeds=[0,1]", "metrics.jump_retrain.embedding=phate"])
+    sweep, out, stdout = _sweep_and_notebook(
+        cli, tmp_path, ["train.seeds=[0,1]", "metrics.jump_retrain.embedding=phate"]
+    )
     _check(sweep, out, stdout)
     assert set(load(sweep, "models")["jump_retrain.embedding"]) == {"phate"}
     assert "mean H0 bottleneck distance" in stdout

@@ -16,8 +16,16 @@ import pytest
 
 from landscape.cli.status import sweep_report
 
-GRID = ["-m", "model.width=4,8,16,32", "data.subsample=0.5", "train.epochs=12", "train.batch_size=32",
-        "train.checkpoint_every=1", "sweep_name=killme", "hydra.sweep.dir=sweep"]
+GRID = [
+    "-m",
+    "model.width=4,8,16,32",
+    "data.subsample=0.5",
+    "train.epochs=12",
+    "train.batch_size=32",
+    "train.checkpoint_every=1",
+    "sweep_name=killme",
+    "hydra.sweep.dir=sweep",
+]
 
 
 def _done_cells(sweep: Path) -> set[str]:
@@ -40,8 +48,14 @@ def _mtimes(sweep: Path, cells: set[str]) -> dict[str, float]:
 def test_kill_whole_multirun_then_rerun_loses_nothing(tmp_path):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.Popen([sys.executable, "-m", "landscape.cli.app", *GRID], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "landscape.cli.app", *GRID],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while len(_done_cells(sweep)) < 2:
@@ -114,8 +128,12 @@ def _run_training(mode: str, root: Path, kills: int, seed: int) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ckpts = [root / "0" / "checkpoint.pt", root / "1" / "checkpoint.pt", root / "group" / "checkpoint.pt"]
     for _ in range(kills):
-        proc = subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, mode, str(root)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", TRAIN_SCRIPT, mode, str(root)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 120
         before = {p: p.stat().st_mtime_ns if p.exists() else None for p in ckpts}
         while proc.poll() is None and time.monotonic() < deadline:  # wait for a new checkpoint, then kill soon
@@ -125,8 +143,9 @@ def _run_training(mode: str, root: Path, kills: int, seed: int) -> None:
             time.sleep(0.01)
         proc.kill()
         proc.wait()
-    done = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, mode, str(root)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN_SCRIPT, mode, str(root)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 

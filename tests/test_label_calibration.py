@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from label_calibration import calibration, markdown, paired_labels  # noqa: E402
+from label_calibration import calibration, markdown, paired_labels  # noqa: E402 - after benchmarks/ is put on sys.path
 
 
 def cells(labels, confs):
@@ -45,17 +45,43 @@ def test_agreement_high_confidence_share_and_bins_pool_both_directions():
     assert "| 16 | III (0.80) | IV-A (0.75) |" in text and "| 32 | IV-B (0.30) | - |" in text
 
 
-GRID = ["-m", "data.subsample=0.25", "model.width=4,8", "train.epochs=3", "train.batch_size=32",
-        "metrics.connectivity.enabled=true", "metrics.connectivity.line=false", "metrics.connectivity.test=false"]
+GRID = [
+    "-m",
+    "data.subsample=0.25",
+    "model.width=4,8",
+    "train.epochs=3",
+    "train.batch_size=32",
+    "metrics.connectivity.enabled=true",
+    "metrics.connectivity.line=false",
+    "metrics.connectivity.test=false",
+]
 
 
 def test_label_calibration_on_two_tiny_sweeps_with_disjoint_seeds(cli, tmp_path):
     cli([*GRID, "hydra.sweep.dir=a", "train.seeds=[0,1]"])
     cli([*GRID, "hydra.sweep.dir=b", "train.seeds=[2,3]"])
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "label_calibration.py"), str(tmp_path / "a"),
-                          str(tmp_path / "b"), "--x", "model.width", "--y", "train.batch_size", "--bootstrap", "50",
-                          "--cells", "--out", str(tmp_path / "out")],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, MPLBACKEND="Agg"))
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "label_calibration.py"),
+            str(tmp_path / "a"),
+            str(tmp_path / "b"),
+            "--x",
+            "model.width",
+            "--y",
+            "train.batch_size",
+            "--bootstrap",
+            "50",
+            "--cells",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ, MPLBACKEND="Agg"),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout
     assert "### a vs b (model.width, train.batch_size)" in out and "- cells: 2;" in out
@@ -65,7 +91,7 @@ def test_label_calibration_on_two_tiny_sweeps_with_disjoint_seeds(cli, tmp_path)
     for w in (4, 8):
         la, lb = (c.set_index("model.width").loc[w] for c in (ca, cb))
         row = next(ln for ln in out.splitlines() if ln.startswith(f"| {w} | 32 |"))
-        for lab, cell in zip(row.strip("| ").split(" | ")[2:], (la, lb)):
+        for lab, cell in zip(row.strip("| ").split(" | ")[2:], (la, lb), strict=True):
             assert lab == ("-" if pd.isna(cell["phase"]) else f"{cell['phase']} ({cell['phase_confidence']:.2f})")
 
 
@@ -88,14 +114,34 @@ def test_mc_rounding_floor_keeps_one_noisy_cell_from_setting_every_cells_prior()
     models, pairs = [], []
     for w, mcs in {**fitted, **noisy}.items():
         for s in range(3):
-            models.append({"cell_id": f"w{w}", "seed": s, "status": "done", "model.width": w, "train.batch_size": 32,
-                           "train_loss": 3e-4 if w in fitted else 1.2, "data.n_train": n_train})
-        for k, ((a, b), mc) in enumerate(zip(itertools.combinations(range(3), 2), mcs)):
+            models.append(
+                {
+                    "cell_id": f"w{w}",
+                    "seed": s,
+                    "status": "done",
+                    "model.width": w,
+                    "train.batch_size": 32,
+                    "train_loss": 3e-4 if w in fitted else 1.2,
+                    "data.n_train": n_train,
+                }
+            )
+        for k, ((a, b), mc) in enumerate(zip(itertools.combinations(range(3), 2), mcs, strict=True)):
             exact = w in fitted or k < 2
-            pairs.append({"cell_id": f"w{w}", "seed_a": a, "seed_b": b, "status": "done", "model.width": w,
-                          "train.batch_size": 32, "connectivity.mc": mc, "cka": 0.99 if w in fitted else 0.3,
-                          "connectivity.converged": exact, "connectivity.mc_bound": None if exact else "lower",
-                          "data.n_train": n_train})
+            pairs.append(
+                {
+                    "cell_id": f"w{w}",
+                    "seed_a": a,
+                    "seed_b": b,
+                    "status": "done",
+                    "model.width": w,
+                    "train.batch_size": 32,
+                    "connectivity.mc": mc,
+                    "cka": 0.99 if w in fitted else 0.3,
+                    "connectivity.converged": exact,
+                    "connectivity.mc_bound": None if exact else "lower",
+                    "data.n_train": n_train,
+                }
+            )
     models, pairs = pd.DataFrame(models), pd.DataFrame(pairs)
     pairs["connectivity.converged"] = pairs["connectivity.converged"].astype("boolean")
     by = ["model.width", "train.batch_size"]

@@ -15,18 +15,30 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import LANDSCAPE
 
+from landscape.cell import CellDir, CellStatus
 from landscape.cli import status as st
 from landscape.cli.status import sweep_report
-from landscape.cell import CellDir, CellStatus
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0",
-       "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+ENV = {
+    **os.environ,
+    "PYTHONUNBUFFERED": "1",
+    "HYDRA_FULL_ERROR": "0",
+    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+}
 # Grid A: two cells whose training takes seconds (so that Ctrl-C finds the first one training)
-GRID_A = ["-m", "model.width=4,8", "data.subsample=0.25", "train.epochs=150", "train.batch_size=16",
-          "train.checkpoint_every=1", "train.seeds=[0]", "metrics.l2.enabled=false", "hydra.sweep.dir=sweep"]
+GRID_A = [
+    "-m",
+    "model.width=4,8",
+    "data.subsample=0.25",
+    "train.epochs=150",
+    "train.batch_size=16",
+    "train.checkpoint_every=1",
+    "train.seeds=[0]",
+    "metrics.l2.enabled=false",
+    "hydra.sweep.dir=sweep",
+]
 LOCAL = ["hydra/launcher=local", "hydra.launcher.max_parallel=1"]
 
 
@@ -38,8 +50,15 @@ def _training(sweep: Path) -> bool:
 def _ctrl_c_once_training(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """Run ``landscape ARGS`` in its own process group and press Ctrl-C (SIGINT to the group, as a terminal
     does) once a cell trains."""
-    proc = subprocess.Popen([*LANDSCAPE, *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [*LANDSCAPE, *args],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 180
     while not _training(cwd / "sweep"):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -54,7 +73,7 @@ def _commands(text: str) -> list[str]:
     """The completing command(s) printed under the "complete the grid(s)" line."""
     lines = text.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith("complete the grid"))
-    return [ln.strip() for ln in lines[start + 1:] if ln.startswith("  cd ") or ln.startswith("  landscape ")]
+    return [ln.strip() for ln in lines[start + 1 :] if ln.startswith("  cd ") or ln.startswith("  landscape ")]
 
 
 @pytest.mark.parametrize("launcher", [LOCAL, []], ids=["local-pool", "in-process"])
@@ -62,8 +81,9 @@ def test_ctrl_c_ends_the_launch_with_a_summary_and_the_completing_command(tmp_pa
     proc = _ctrl_c_once_training([*GRID_A, *launcher], tmp_path)
     err = proc.stderr
     assert proc.returncode == 128 + signal.SIGINT, (proc.returncode, err[-3000:])
-    assert "launch stopped by SIGINT (Ctrl-C): 2 cells: 0 done, 0 diverged, 1 interrupted, 1 pending, 0 failed" \
-        in err, err[-3000:]
+    assert (
+        "launch stopped by SIGINT (Ctrl-C): 2 cells: 0 done, 0 diverged, 1 interrupted, 1 pending, 0 failed" in err
+    ), err[-3000:]
     out = proc.stdout + err
     assert "Traceback" not in out and "SIGTERM" not in out and "did not finish" not in out, out[-3000:]
     assert "RuntimeError" not in out and "launch stopped before this cell started" not in out
@@ -83,8 +103,16 @@ def test_after_two_grids_the_command_covers_every_pending_cell(tmp_path):
     # grid A is stopped with one cell interrupted and one pending; a different, smaller grid B runs to its end
     stopped = _ctrl_c_once_training([*GRID_A, *LOCAL], tmp_path)
     assert stopped.returncode == 130, stopped.stderr[-3000:]
-    grid_b = ["-m", "model.width=16", "data.subsample=0.25", "train.epochs=2", "train.seeds=[0]",
-              "metrics.l2.enabled=false", "hydra.sweep.dir=sweep", *LOCAL]
+    grid_b = [
+        "-m",
+        "model.width=16",
+        "data.subsample=0.25",
+        "train.epochs=2",
+        "train.seeds=[0]",
+        "metrics.l2.enabled=false",
+        "hydra.sweep.dir=sweep",
+        *LOCAL,
+    ]
     b = subprocess.run([*LANDSCAPE, *grid_b], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert b.returncode == 0, b.stderr[-3000:]
     # B's own end says that the directory holds A's cells not done, and gives A's command
@@ -92,8 +120,14 @@ def test_after_two_grids_the_command_covers_every_pending_cell(tmp_path):
     assert "2 cell(s) of other launches" in said and "launch finished: 1 cells: 1 done" in said, said[-3000:]
     assert any("model.width=4,8" in c for c in _commands(said)), said[-3000:]
 
-    status = subprocess.run([sys.executable, "-m", "landscape.cli.status", "sweep"], cwd=tmp_path, env=ENV,
-                            capture_output=True, text=True, timeout=120)
+    status = subprocess.run(
+        [sys.executable, "-m", "landscape.cli.status", "sweep"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "done 1" in status.stdout and "interrupted 1" in status.stdout and "pending 1" in status.stdout
     commands = _commands(status.stdout)
     assert len(commands) == 1 and "model.width=4,8" in commands[0], status.stdout  # not B's (nothing to do)
@@ -107,9 +141,16 @@ def test_after_two_grids_the_command_covers_every_pending_cell(tmp_path):
 
 def _record(sweep: Path, name: str, argv: list[str], cells: list[tuple[str, list[str]]]) -> None:
     (sweep / "launches").mkdir(parents=True, exist_ok=True)
-    (sweep / "launches" / f"{name}.json").write_text(json.dumps({
-        "arguments": argv[1:], "argv": argv, "cwd": None,
-        "cells": [{"cell_id": c, "overrides": o} for c, o in cells]}))
+    (sweep / "launches" / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "arguments": argv[1:],
+                "argv": argv,
+                "cwd": None,
+                "cells": [{"cell_id": c, "overrides": o} for c, o in cells],
+            }
+        )
+    )
 
 
 def test_the_command_covers_pending_cells_of_every_launch_with_as_few_commands_as_needed(tmp_path):
@@ -124,8 +165,10 @@ def test_the_command_covers_pending_cells_of_every_launch_with_as_few_commands_a
     rep = sweep_report(sweep)
     assert rep.counts["pending"] == 2  # a4 (grid 1) and b4 (grid 2)
     where = f"hydra.sweep.dir={sweep.resolve()}"
-    assert rep.rerun_commands == [f"landscape -m model.width=4,8 {where}",
-                                  f"landscape -m model.width=4,8 train.lr=0.1 {where}"]
+    assert rep.rerun_commands == [
+        f"landscape -m model.width=4,8 {where}",
+        f"landscape -m model.width=4,8 train.lr=0.1 {where}",
+    ]
     assert rep.rerun == " ; ".join(rep.rerun_commands)
     text = st.format_report(rep)
     assert "complete the grids (2 launches" in text and all(c in text for c in rep.rerun_commands)
@@ -139,8 +182,15 @@ def test_verbose_lists_cells_in_grid_order(tmp_path):
     grid = [(w, b) for w in (4, 8, 16, 128) for b in (16, 1024)]
     ids = [f"{(7 * i + 3) % 11:02x}{i}" for i in range(len(grid))]  # ids whose order is not the grid's
     assert sorted(ids) != ids
-    _record(sweep, "20260101T000000-1", ["-m", "model.width=4,8,16,128", "train.batch_size=16,1024"],
-            [(cid, [f"model.width={w}", f"train.batch_size={b}", "+sweep=demo"]) for cid, (w, b) in zip(ids, grid)])
+    _record(
+        sweep,
+        "20260101T000000-1",
+        ["-m", "model.width=4,8,16,128", "train.batch_size=16,1024"],
+        [
+            (cid, [f"model.width={w}", f"train.batch_size={b}", "+sweep=demo"])
+            for cid, (w, b) in zip(ids, grid, strict=True)
+        ],
+    )
     text = st.format_report(sweep_report(sweep), verbose=True)
     listed = re.findall(r"^  (\w+)\s+pending\s+model\.width=(\d+) train\.batch_size=(\d+)", text, re.MULTILINE)
     assert [(int(w), int(b)) for _, w, b in listed] == grid, text

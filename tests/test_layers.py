@@ -54,8 +54,12 @@ def _files(name: str) -> list[Path]:
 
 
 def _violations(files: list[Path], bad, module: str | None = None) -> list[str]:
-    return [f"{f.relative_to(PKG.parent) if f.is_relative_to(PKG) else f.name} imports {m}"
-            for f in files for m in sorted(imports_of(f, module)) if bad(m)]
+    return [
+        f"{f.relative_to(PKG.parent) if f.is_relative_to(PKG) else f.name} imports {m}"
+        for f in files
+        for m in sorted(imports_of(f, module))
+        if bad(m)
+    ]
 
 
 def _under(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -99,8 +103,14 @@ def test_nothing_outside_the_cli_imports_it_but_the_running_layers_job_composer(
     ``landscape/cli``; ``landscape.cli.launchers`` only re-exports it. No module outside ``cli`` imports the
     command line, except ``launching``'s use of the sweeper's composer."""
     files = [f for f in sorted(PKG.rglob("*.py")) if "cli" not in f.relative_to(PKG).parts]
-    bad = [v for f in files for v in _violations(
-        [f], lambda m, f=f: _under(m, ("landscape.cli",)) and not _under(m, CLI_IMPORTS_FROM_OUTSIDE.get(f.name, ())))]
+    bad = [
+        v
+        for f in files
+        for v in _violations(
+            [f],
+            lambda m, f=f: _under(m, ("landscape.cli",)) and not _under(m, CLI_IMPORTS_FROM_OUTSIDE.get(f.name, ())),
+        )
+    ]
     assert bad == []
     shim = [m for m in imports_of(PKG / "cli" / "launchers.py") if _under(m, ("landscape",))]
     assert shim and all(_under(m, ("landscape.launching",)) for m in shim)
@@ -124,19 +134,26 @@ def test_family_declarations_import_no_math_at_module_level():
         for node in tree.body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                bad += [f"{f.name}: {n}" for n in names if n.split(".")[0] == "torch"
-                        or (_under(n, ("landscape",)) and not _under(n, ("landscape.metrics", "landscape.rules")))]
+                bad += [
+                    f"{f.name}: {n}"
+                    for n in names
+                    if n.split(".")[0] == "torch"
+                    or (_under(n, ("landscape",)) and not _under(n, ("landscape.metrics", "landscape.rules")))
+                ]
     assert bad == []
     assert _violations(_files("rules"), lambda m: _under(m, ("landscape", "torch"))) == []
 
 
-@pytest.mark.parametrize("code", [
-    "import landscape.cli.status",
-    "from landscape.metrics import metric_columns, family_of; metric_columns('models'); metric_columns('pairs');"
-    " family_of('cka')",
-    "import landscape.config, landscape.cell; landscape.config.LandscapeConfig",
-    "from landscape.results.schema import schema_for; schema_for('models')",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import landscape.cli.status",
+        "from landscape.metrics import metric_columns, family_of; metric_columns('models'); metric_columns('pairs');"
+        " family_of('cka')",
+        "import landscape.config, landscape.cell; landscape.config.LandscapeConfig",
+        "from landscape.results.schema import schema_for; schema_for('models')",
+    ],
+)
 def test_light_entry_points_import_no_torch(code):
     probe = f"import sys; {code}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
@@ -146,11 +163,19 @@ def test_light_entry_points_import_no_torch(code):
 def test_landscape_status_reads_a_sweep_without_importing_torch(tmp_path):
     from landscape.cell import CellDir, CellStatus
 
-    CellDir(tmp_path, "c0").write_status(CellStatus(state="done", cell_id="c0", seeds={"0": "done"}, metric_errors=[
-        {"family": "cka", "who": "pair=0-1", "error": "CKA undefined"}]))
+    CellDir(tmp_path, "c0").write_status(
+        CellStatus(
+            state="done",
+            cell_id="c0",
+            seeds={"0": "done"},
+            metric_errors=[{"family": "cka", "who": "pair=0-1", "error": "CKA undefined"}],
+        )
+    )
     CellDir(tmp_path, "c1").write_status(CellStatus(state="running", cell_id="c1", pid=1, host="elsewhere"))
-    probe = ("import sys, contextlib, io; import landscape.cli.status as st\n"
-             f"with contextlib.redirect_stdout(io.StringIO()) as out: rc = st.main([{str(tmp_path)!r}, '-v'])\n"
-             "print(rc, 'torch' in sys.modules, 'metric errors: 1' in out.getvalue())")
+    probe = (
+        "import sys, contextlib, io; import landscape.cli.status as st\n"
+        f"with contextlib.redirect_stdout(io.StringIO()) as out: rc = st.main([{str(tmp_path)!r}, '-v'])\n"
+        "print(rc, 'torch' in sys.modules, 'metric errors: 1' in out.getvalue())"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["0", "False", "True"]

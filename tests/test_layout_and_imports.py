@@ -142,15 +142,18 @@ def test_the_cycle_check_finds_a_cycle_through_function_level_imports(tmp_path):
     """The checker can fail: the cycle this issue removed (config -> metrics -> results.schema -> config, every
     edge inside a function) is found, and so is a relative import; a package importing its own submodule is not
     a cycle."""
-    pkg = _write_package(tmp_path, {
-        "__init__.py": "",
-        "config.py": "def build():\n    from landscape.metrics import families\n",
-        "metrics/__init__.py": "from landscape.metrics.contract import Family\n"
-                               "def clear():\n    from landscape.results import schema\n",
-        "metrics/contract.py": "class Family: ...\n",
-        "results/__init__.py": "from . import schema\n",
-        "results/schema.py": "def knobs():\n    from ..config import build\n",
-    })
+    pkg = _write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "config.py": "def build():\n    from landscape.metrics import families\n",
+            "metrics/__init__.py": "from landscape.metrics.contract import Family\n"
+            "def clear():\n    from landscape.results import schema\n",
+            "metrics/contract.py": "class Family: ...\n",
+            "results/__init__.py": "from . import schema\n",
+            "results/schema.py": "def knobs():\n    from ..config import build\n",
+        },
+    )
     graph = import_edges(package_modules(pkg))
     assert graph["landscape.results.schema"] == {"landscape.config"}
     assert graph["landscape.metrics"] == {"landscape.metrics.contract", "landscape.results.schema"}
@@ -162,7 +165,7 @@ def test_the_cycle_check_finds_a_cycle_through_function_level_imports(tmp_path):
 _FRESH_IMPORTS = r"""
 import importlib, json, os, sys, traceback
 # third-party libraries once (the slow part); every module of the package then in a fork of its own
-import numpy, pandas, pyarrow, pyarrow.parquet, omegaconf, torch  # noqa: F401,E401
+import numpy, pandas, pyarrow, pyarrow.parquet, omegaconf, torch  # noqa: F401,E401 - imported for their import time only
 assert not [m for m in sys.modules if m == "landscape" or m.startswith("landscape.")]
 closure = json.loads(sys.stdin.read())
 report = {}
@@ -217,8 +220,14 @@ def test_every_module_imports_alone_in_a_fresh_interpreter_and_loads_only_what_i
     mods = package_modules()
     graph = import_edges(mods)
     closure = {m: sorted(_closure(graph, m, mods)) for m in mods}
-    out = subprocess.run([sys.executable, "-c", _FRESH_IMPORTS], input=json.dumps(closure), capture_output=True,
-                         text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+    out = subprocess.run(
+        [sys.executable, "-c", _FRESH_IMPORTS],
+        input=json.dumps(closure),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report == {}, "\n\n".join(f"{m}:\n{msg}" for m, msg in sorted(report.items()))
@@ -252,11 +261,21 @@ def private_reaches(path: Path, module: str, mods: dict[str, Path]) -> list[str]
                 if a.name.startswith("landscape.") and a.asname:
                     aliases[a.asname] = a.name
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                and aliases[node.value.id] != module and node.attr.startswith("_") and not node.attr.startswith("__")):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and aliases[node.value.id] != module
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
             out.append(f"{path.name}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
-        if isinstance(node, ast.Attribute) and node.attr == "modules" and isinstance(node.value, ast.Name) \
-                and node.value.id == "sys":  # sys.modules["landscape..."], sys.modules.get("landscape...")
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "modules"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"
+        ):  # sys.modules["landscape..."], sys.modules.get("landscape...")
             use = parents.get(node)
             use = parents.get(use) if isinstance(use, ast.Attribute) else use
             keys = [use.slice] if isinstance(use, ast.Subscript) else use.args if isinstance(use, ast.Call) else []
@@ -272,17 +291,25 @@ def test_no_module_reaches_into_another_modules_private_names_or_state():
 
 
 def test_the_private_name_check_can_fail(tmp_path):
-    pkg = _write_package(tmp_path, {
-        "__init__.py": "", "cell.py": "def _status_from_json(): ...\n", "config.py": "_ROOT = {}\n",
-        "results/__init__.py": "",
-        "results/io.py": "from landscape.cell import _status_from_json\n",
-        "metrics.py": "import sys\nfrom landscape import config\n"
-                      "def clear():\n    config._ROOT.clear()\n    sys.modules['landscape.config']._ROOT.clear()\n",
-    })
+    pkg = _write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "cell.py": "def _status_from_json(): ...\n",
+            "config.py": "_ROOT = {}\n",
+            "results/__init__.py": "",
+            "results/io.py": "from landscape.cell import _status_from_json\n",
+            "metrics.py": "import sys\nfrom landscape import config\n"
+            "def clear():\n    config._ROOT.clear()\n    sys.modules['landscape.config']._ROOT.clear()\n",
+        },
+    )
     mods = package_modules(pkg)
     found = sorted(r for m, p in mods.items() for r in private_reaches(p, m, mods))
-    assert found == ["io.py:1 imports landscape.cell._status_from_json", "metrics.py:4 uses landscape.config._ROOT",
-                     "metrics.py:5 reads sys.modules of the package"]
+    assert found == [
+        "io.py:1 imports landscape.cell._status_from_json",
+        "metrics.py:4 uses landscape.config._ROOT",
+        "metrics.py:5 reads sys.modules of the package",
+    ]
 
 
 def test_a_family_registered_later_reaches_the_root_config_and_the_schemas_through_on_change():
@@ -303,8 +330,15 @@ def test_a_family_registered_later_reaches_the_root_config_and_the_schemas_throu
     class Cfg:
         enabled: bool = False
 
-    metrics.register(metrics.Family(name="zz_layout", table="models", config=Cfg,
-                                    metrics={"zz_layout.value": pa.float64()}, compute=lambda c, s: metrics.Result()))
+    metrics.register(
+        metrics.Family(
+            name="zz_layout",
+            table="models",
+            config=Cfg,
+            metrics={"zz_layout.value": pa.float64()},
+            compute=lambda c, s: metrics.Result(),
+        )
+    )
     try:
         assert "zz_layout" in [f.name for f in fields(config.MetricsConfig)]
         assert "zz_layout.value" in schema.schema_for("models").names
@@ -316,8 +350,22 @@ def test_a_family_registered_later_reaches_the_root_config_and_the_schemas_throu
 
 # ------------------------------------------------------------------------------------- the layout
 #: Names of directories and files of a sweep directory (``landscape.sweepdir``).
-LAYOUT_NAMES = {"cells", "results", "launches", "analysis", "multirun.yaml", "status.json", "lease.json",
-                "config.yaml", "seeds", "groups", "metrics", "work", ".cache", "status-records.json"}
+LAYOUT_NAMES = {
+    "cells",
+    "results",
+    "launches",
+    "analysis",
+    "multirun.yaml",
+    "status.json",
+    "lease.json",
+    "config.yaml",
+    "seeds",
+    "groups",
+    "metrics",
+    "work",
+    ".cache",
+    "status-records.json",
+}
 #: File names and name prefixes no other module spells in any string but a docstring.
 LAYOUT_FILES = {"multirun.yaml", "status.json", "lease.json", "status-records.json"}
 LAYOUT_PREFIXES = (".holder-", ".fenced-", ".released-")
@@ -346,16 +394,22 @@ def hand_coded_layout(path: Path) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
             for side in (node.left, node.right):
-                if isinstance(side, ast.Constant) and isinstance(side.value, str) and \
-                        _path_parts(side.value) & LAYOUT_NAMES:
+                if (
+                    isinstance(side, ast.Constant)
+                    and isinstance(side.value, str)
+                    and _path_parts(side.value) & LAYOUT_NAMES
+                ):
                     hit(node, f"joins {side.value!r}")
         elif isinstance(node, ast.Call):
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
             if name in ("join", "Path", "PurePath"):
                 for arg in node.args:
-                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and \
-                            _path_parts(arg.value) & LAYOUT_NAMES:
+                    if (
+                        isinstance(arg, ast.Constant)
+                        and isinstance(arg.value, str)
+                        and _path_parts(arg.value) & LAYOUT_NAMES
+                    ):
                         hit(node, f"{name}(... {arg.value!r})")
         elif isinstance(node, ast.JoinedStr):
             text = "".join(v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str))
@@ -367,8 +421,11 @@ def hand_coded_layout(path: Path) -> list[str]:
             if isinstance(last, ast.Constant) and str(last.value).endswith(LAYOUT_SUFFIXES):
                 hit(node, f"builds a name f...{last.value!r}")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and not _is_docstring(node, parents):
-            if (node.value in LAYOUT_FILES or node.value.startswith(LAYOUT_PREFIXES)
-                    or node.value.endswith(LAYOUT_SUFFIXES)) and not isinstance(parents.get(node), ast.JoinedStr):
+            if (
+                node.value in LAYOUT_FILES
+                or node.value.startswith(LAYOUT_PREFIXES)
+                or node.value.endswith(LAYOUT_SUFFIXES)
+            ) and not isinstance(parents.get(node), ast.JoinedStr):
                 hit(node, f"spells {node.value!r}")
     return out
 
@@ -381,17 +438,20 @@ def test_the_sweep_layout_is_spelled_in_sweepdir_only():
     assert hand_coded_layout(LAYOUT_MODULE) != []  # the check reads the layout module's own spelling of it
 
 
-@pytest.mark.parametrize("code", [
-    'p = sweep_dir / "cells" / cid',
-    'p = Path(sweep_dir) / "results" / table',
-    'p = os.path.join(str(sweep), "cells")',
-    'p = f"{cells_dir}/{cid}/status.json"',
-    'ok = path.name == "status.json"',
-    'd = cell.path / f".holder-{token}"',
-    'p = sweep / "results/.cache"',
-    'p = Path(sweep, "launches")',
-    'b = path.with_name(f".{path.name}.committed")',
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        'p = sweep_dir / "cells" / cid',
+        'p = Path(sweep_dir) / "results" / table',
+        'p = os.path.join(str(sweep), "cells")',
+        'p = f"{cells_dir}/{cid}/status.json"',
+        'ok = path.name == "status.json"',
+        'd = cell.path / f".holder-{token}"',
+        'p = sweep / "results/.cache"',
+        'p = Path(sweep, "launches")',
+        'b = path.with_name(f".{path.name}.committed")',
+    ],
+)
 def test_the_layout_check_finds_a_hand_coded_path(tmp_path, code):
     f = tmp_path / "probe.py"
     f.write_text(f'"""A module that mentions cells/<id>/status.json in its docstring only is fine."""\n{code}\n')
@@ -420,8 +480,11 @@ def test_the_layout_functions_give_the_documented_paths(tmp_path):
     assert cell.workdir("k", "cka") == s / "cells/abc123/work/k/cka"
     assert cell.group_dir("g") == s / "cells/abc123/groups/g"
     assert cell.result_name("pairs", "k1") == "pairs/abc123-k1.parquet"
-    assert cell.result_path("pairs", "k1") == s / "results/pairs/abc123-k1.parquet" == cell.recorded_path(
-        "pairs/abc123-k1.parquet")
+    assert (
+        cell.result_path("pairs", "k1")
+        == s / "results/pairs/abc123-k1.parquet"
+        == cell.recorded_path("pairs/abc123-k1.parquet")
+    )
     assert sd.RESULT_NAME.fullmatch(cell.result_name("pairs", "k1"))
     assert sd.cell_of_result("abc123-k1.parquet") == "abc123" and sd.key_of_result("pairs/abc123-k1.parquet") == "k1"
     assert sd.sweep_of_result(cell.result_path("pairs", "k1")) == s

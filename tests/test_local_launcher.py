@@ -19,8 +19,18 @@ def _statuses(sweep):
 
 
 def test_local_launcher_runs_cells_in_warm_worker_processes(tmp_path):
-    out = run_cli(["-m", *FAST, "train.epochs=1", "model.width=4,6,8,10", "hydra/launcher=local",
-                   "hydra.launcher.max_parallel=2", "hydra.sweep.dir=sweep"], tmp_path)
+    out = run_cli(
+        [
+            "-m",
+            *FAST,
+            "train.epochs=1",
+            "model.width=4,6,8,10",
+            "hydra/launcher=local",
+            "hydra.launcher.max_parallel=2",
+            "hydra.sweep.dir=sweep",
+        ],
+        tmp_path,
+    )
     assert "running 4 cells locally, at most 2 at a time" in out.stderr + out.stdout
     statuses = _statuses(tmp_path / "sweep")
     assert len(statuses) == 4 and all(s["state"] == "done" for s in statuses)
@@ -31,18 +41,40 @@ def test_local_launcher_runs_cells_in_warm_worker_processes(tmp_path):
     if not torch.cuda.is_available():
         assert set(rows["device"]) == {"cpu"}
     # a second launch skips the done cells
-    again = run_cli(["-m", *FAST, "train.epochs=1", "model.width=4,6,8,10", "hydra/launcher=local",
-                     "hydra.launcher.max_parallel=2", "hydra.sweep.dir=sweep"], tmp_path)
+    again = run_cli(
+        [
+            "-m",
+            *FAST,
+            "train.epochs=1",
+            "model.width=4,6,8,10",
+            "hydra/launcher=local",
+            "hydra.launcher.max_parallel=2",
+            "hydra.sweep.dir=sweep",
+        ],
+        tmp_path,
+    )
     assert "nothing to launch" in again.stderr + again.stdout
 
 
 def test_a_signal_checkpoints_the_running_cells_and_the_same_command_resumes(tmp_path):
-    args = ["-m", "data.subsample=0.25", "model.width=8", "train.batch_size=8", "train.epochs=40",
-            "train.checkpoint_every=1", "train.seeds=[0]", "metrics.l2.enabled=false", "model.depth=1,2", "hydra/launcher=local",
-            "hydra.launcher.max_parallel=2", "hydra.sweep.dir=sweep"]
+    args = [
+        "-m",
+        "data.subsample=0.25",
+        "model.width=8",
+        "train.batch_size=8",
+        "train.epochs=40",
+        "train.checkpoint_every=1",
+        "train.seeds=[0]",
+        "metrics.l2.enabled=false",
+        "model.depth=1,2",
+        "hydra/launcher=local",
+        "hydra.launcher.max_parallel=2",
+        "hydra.sweep.dir=sweep",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([*LANDSCAPE, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*LANDSCAPE, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     sweep = tmp_path / "sweep"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # both cells training, with a checkpoint each
@@ -60,8 +92,7 @@ def test_a_signal_checkpoints_the_running_cells_and_the_same_command_resumes(tmp
     assert len(statuses) == 2
     assert all(s["state"] != "done" and "preempted" in (s["error"] or "") for s in statuses), statuses
     # the same command resumes both cells from their checkpoints (shorter: fewer epochs left)
-    done = run_cli([a if not a.startswith("train.epochs=") else "train.epochs=40" for a in args], tmp_path,
-                   timeout=600)
+    done = run_cli([a if not a.startswith("train.epochs=") else "train.epochs=40" for a in args], tmp_path, timeout=600)
     assert all(s["state"] == "done" for s in _statuses(sweep))
     assert done.stdout.count("resumed at epoch") + done.stderr.count("resumed at epoch") >= 2
 
@@ -87,7 +118,7 @@ def test_job_composer_gives_hydras_job_config():
         assert jc.fast and jc.n_full == 3 * 2  # one composition + one check per base, not per job
         try:
             jc.compose(["model.widht=3"])
-        except Exception as exc:  # a typo is refused as by Hydra
+        except Exception as exc:  # noqa: BLE001 - a typo is refused as by Hydra
             assert "widht" in str(exc)
         else:
             raise AssertionError("a misspelt key was accepted")
@@ -105,12 +136,33 @@ def test_job_composer_gives_hydras_job_config():
 
 
 def test_spawned_workers_run_cells_too(tmp_path):
-    run_cli(["-m", *FAST, "train.epochs=1", "model.width=4,8", "hydra/launcher=local", "hydra.launcher.max_parallel=2",
-             "hydra.launcher.start_method=spawn", "hydra.sweep.dir=sweep"], tmp_path)
+    run_cli(
+        [
+            "-m",
+            *FAST,
+            "train.epochs=1",
+            "model.width=4,8",
+            "hydra/launcher=local",
+            "hydra.launcher.max_parallel=2",
+            "hydra.launcher.start_method=spawn",
+            "hydra.sweep.dir=sweep",
+        ],
+        tmp_path,
+    )
     statuses = _statuses(tmp_path / "sweep")
     assert len(statuses) == 2 and all(s["state"] == "done" for s in statuses)
-    bad = run_cli(["-m", *FAST, "model.width=4,8", "hydra/launcher=local", "hydra.launcher.start_method=teleport",
-                   "hydra.sweep.dir=bad"], tmp_path, check=False)
+    bad = run_cli(
+        [
+            "-m",
+            *FAST,
+            "model.width=4,8",
+            "hydra/launcher=local",
+            "hydra.launcher.start_method=teleport",
+            "hydra.sweep.dir=bad",
+        ],
+        tmp_path,
+        check=False,
+    )
     assert bad.returncode != 0 and "hydra.launcher.start_method='teleport'" in bad.stdout + bad.stderr
 
 
@@ -147,15 +199,30 @@ def test_cells_run_with_the_collector_on_and_the_start_up_frozen(tmp_path):
     # with the collector off would leak every reference cycle of a long sweep.
     script = tmp_path / "spy.py"
     script.write_text(SPY)
-    runs = {"single": [*FAST, "train.epochs=1", "hydra.run.dir=one"],
-            "basic": ["-m", *FAST, "train.epochs=1", "model.width=4,6", "hydra/launcher=basic", "hydra.sweep.dir=b"],
-            "pool": ["-m", *FAST, "train.epochs=1", "model.width=4,6", "hydra/launcher=local",
-                     "hydra.launcher.max_parallel=2", "hydra.sweep.dir=p"]}
+    runs = {
+        "single": [*FAST, "train.epochs=1", "hydra.run.dir=one"],
+        "basic": ["-m", *FAST, "train.epochs=1", "model.width=4,6", "hydra/launcher=basic", "hydra.sweep.dir=b"],
+        "pool": [
+            "-m",
+            *FAST,
+            "train.epochs=1",
+            "model.width=4,6",
+            "hydra/launcher=local",
+            "hydra.launcher.max_parallel=2",
+            "hydra.sweep.dir=p",
+        ],
+    }
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for name, args in runs.items():
         seen = tmp_path / f"{name}.jsonl"
-        proc = subprocess.run([LANDSCAPE[0], str(script), str(seen), *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [LANDSCAPE[0], str(script), str(seen), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         records = [json.loads(line) for line in seen.read_text().splitlines()]
         assert len(records) == (1 if name == "single" else 2), (name, records)
@@ -168,10 +235,12 @@ def test_cells_run_with_the_collector_on_and_the_start_up_frozen(tmp_path):
 
 
 def test_startup_done_freezes_once_and_leaves_a_running_collector_alone():
-    code = ("import gc\nfrom landscape.cli.app import startup_done\n"
-            "startup_done(); assert gc.isenabled() and gc.get_freeze_count() == 0\n"
-            "gc.disable(); startup_done(); n = gc.get_freeze_count(); assert gc.isenabled() and n > 0\n"
-            "junk = [[] for _ in range(1000)]; startup_done(); assert gc.get_freeze_count() == n\n")
+    code = (
+        "import gc\nfrom landscape.cli.app import startup_done\n"
+        "startup_done(); assert gc.isenabled() and gc.get_freeze_count() == 0\n"
+        "gc.disable(); startup_done(); n = gc.get_freeze_count(); assert gc.isenabled() and n > 0\n"
+        "junk = [[] for _ in range(1000)]; startup_done(); assert gc.get_freeze_count() == n\n"
+    )
     proc = subprocess.run([LANDSCAPE[0], "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -181,8 +250,8 @@ def test_a_job_view_that_differs_from_hydras_turns_the_fast_path_off(monkeypatch
     from hydra.core.global_hydra import GlobalHydra
 
     import landscape.cli.app as app
-    from landscape.launching import JobComposer
     from landscape.cli.sweeper import CellComposer
+    from landscape.launching import JobComposer
 
     real = CellComposer.job
 

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
-
 from conftest import FAST
+
 from landscape import job
 from landscape.cell import CellDir
 from landscape.metrics import Family, Result
@@ -26,8 +26,18 @@ def test_collapsed_width2_network_keeps_its_cell_done_with_cka_null_and_the_reas
     """Width-2 ReLU MLP on digits: model 1 collapses to constant outputs, so CKA is undefined. The cell is
     done, every model row is written (with its Hessian), the pair row has cka null and the reason, and the
     log and landscape-status say so."""
-    proc = cli(["-m", "hydra.sweep.dir=w2", "model.width=2", "train.epochs=5", "metrics.cka.enabled=true",
-                "metrics.hessian.enabled=true", "metrics.hessian.eval_samples=100", "metrics.hessian.trace_matvecs=12"])
+    proc = cli(
+        [
+            "-m",
+            "hydra.sweep.dir=w2",
+            "model.width=2",
+            "train.epochs=5",
+            "metrics.cka.enabled=true",
+            "metrics.hessian.enabled=true",
+            "metrics.hessian.eval_samples=100",
+            "metrics.hessian.trace_matvecs=12",
+        ]
+    )
     log = proc.stdout + proc.stderr
     assert "WARNING" in log and "metric family cka: CKA undefined: model 1" in log, log[-3000:]
     models, pairs = load(tmp_path / "w2"), load(tmp_path / "w2", "pairs")
@@ -43,16 +53,37 @@ def test_collapsed_width2_network_keeps_its_cell_done_with_cka_null_and_the_reas
     status = json.loads((tmp_path / "w2" / "cells" / cid / "status.json").read_text())
     assert status["state"] == "done"
     assert [(e["family"], e["who"]) for e in status["metric_errors"]] == [("cka", "pair=0-1")]
-    out = subprocess.run([sys.executable, "-m", "landscape.cli.status", str(tmp_path / "w2")], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "landscape.cli.status", str(tmp_path / "w2")], capture_output=True, text=True, check=True
+    ).stdout
     assert "done 1" in out and "failed 0" in out
     assert "metric errors: 1 value(s) in 1 cell(s)" in out and "cka: 1 (pair=0-1): CKA undefined: model 1" in out
-    rep = json.loads(subprocess.run([sys.executable, "-m", "landscape.cli.status", "--json", str(tmp_path / "w2")],
-                                    capture_output=True, text=True, check=True).stdout)
+    rep = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "landscape.cli.status", "--json", str(tmp_path / "w2")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert rep["cells"][0]["metric_errors"][0]["family"] == "cka"
     # landscape-phase keeps the cell on its axes: labelled from its training loss and mc, CKA missing with why
-    phase = subprocess.run([sys.executable, "-m", "landscape.cli.phase", str(tmp_path / "w2"), "--x", "model.width",
-                            "--y", "train.batch_size", "--out", str(tmp_path / "ph")], capture_output=True, text=True)
+    phase = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "landscape.cli.phase",
+            str(tmp_path / "w2"),
+            "--x",
+            "model.width",
+            "--y",
+            "train.batch_size",
+            "--out",
+            str(tmp_path / "ph"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert phase.returncode == 0, phase.stderr[-3000:]
     import pandas as pd
 
@@ -104,8 +135,15 @@ class _Cfg:
 
 
 def _family(compute, long_tables=None) -> Family:
-    return Family(name="toy", table="models", config=_Cfg, metrics={"toy.value": pa.float64()},
-                  diagnostics={"toy.count": pa.int64()}, compute=compute, long_tables=long_tables or {})
+    return Family(
+        name="toy",
+        table="models",
+        config=_Cfg,
+        metrics={"toy.value": pa.float64()},
+        diagnostics={"toy.count": pa.int64()},
+        compute=compute,
+        long_tables=long_tables or {},
+    )
 
 
 def _cell(tmp_path: Path):
@@ -175,8 +213,12 @@ def test_non_finite_undeclared_and_mistyped_values_become_nulls_with_reasons():
     res = job._conform(fam, Result({"toy.value": float("nan"), "toy.count": 3, "toy.k": 1}))
     assert res.values == {"toy.value": None, "toy.count": 3, "toy.k": 1}
     assert res.error == "toy.value=nan (not finite)"
-    res = job._conform(fam, Result({"toy.value": 1.5, "toy.count": "three", "toy.extra": 1},
-                                   tables={"toy_rows": [{"x": "a"}], "other": []}))
+    res = job._conform(
+        fam,
+        Result(
+            {"toy.value": 1.5, "toy.count": "three", "toy.extra": 1}, tables={"toy_rows": [{"x": "a"}], "other": []}
+        ),
+    )
     assert res.values == {"toy.value": 1.5}
     assert "toy.count='three' is not int64" in res.error and "undeclared column 'toy.extra'" in res.error
     assert "long table 'toy_rows'" in res.error and "undeclared long table 'other'" in res.error
@@ -191,8 +233,10 @@ def test_results_cached_before_the_contract_are_read(tmp_path):
     fam, (cfg, cell) = _family(lambda c, s: pytest.fail("recomputed")), _cell(tmp_path)
     from landscape.cell import metrics_key, write_json
 
-    write_json(cell.metrics_path(f"seed=0-{metrics_key(cfg.metrics['toy'])}", "toy"),
-               {"toy.value": 0.25, "toy.retired_column": 1, "_tables": {}})
+    write_json(
+        cell.metrics_path(f"seed=0-{metrics_key(cfg.metrics['toy'])}", "toy"),
+        {"toy.value": 0.25, "toy.retired_column": 1, "_tables": {}},
+    )
     res = job._cached_compute(fam, cfg, cell, "seed=0", _Ctx(tmp_path))
     assert res.values == {"toy.value": 0.25} and res.error is None
 
@@ -211,12 +255,20 @@ def test_unconverged_hessian_eigenvalues_keep_their_values_and_are_reported(tmp_
     x, y = torch.randn(100, 5, generator=g), torch.randint(0, 3, (100,), generator=g)
     torch.manual_seed(0)
     model = MLP(5, 3, width=8, depth=1, activation="tanh").eval()
-    ctx = ModelContext(model=model, seed=0, data=CellData("toy", x, y, y.clone(), x[:10], y[:10], 3),
-                       loss_fn=F.cross_entropy, make_model=lambda: MLP(5, 3, 8, 1, "tanh"), cfg=None,
-                       device=torch.device("cpu"), workdir=tmp_path)
+    ctx = ModelContext(
+        model=model,
+        seed=0,
+        data=CellData("toy", x, y, y.clone(), x[:10], y[:10], 3),
+        loss_fn=F.cross_entropy,
+        make_model=lambda: MLP(5, 3, 8, 1, "tanh"),
+        cfg=None,
+        device=torch.device("cpu"),
+        workdir=tmp_path,
+    )
     fam = get("hessian")
-    settings = OmegaConf.structured(fam.config(enabled=True, eval_samples=100, tol=1e-14, max_iter=3,
-                                               trace_matvecs=6, dtype="float64"))
+    settings = OmegaConf.structured(
+        fam.config(enabled=True, eval_samples=100, tol=1e-14, max_iter=3, trace_matvecs=6, dtype="float64")
+    )
     res = job._conform(fam, fam.compute(ctx, settings))
     assert res.values["hessian.converged"] is False and res.values["hessian.top_eigenvalue"] > 0
     assert res.error.startswith("eigenvalues not converged to tol 1e-14 (top residual")
@@ -224,7 +276,7 @@ def test_unconverged_hessian_eigenvalues_keep_their_values_and_are_reported(tmp_
     assert ok.error is None and ok.values["hessian.converged"] is True
 
 
-TOY_APP = '''
+TOY_APP = """
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -253,15 +305,20 @@ from landscape.cli.app import main  # noqa: E402 - after the registration
 
 sys.argv = ["landscape", *sys.argv[1:]]
 main()
-'''
+"""
 
 
 def test_a_registered_family_runs_through_the_cli_with_its_settings_and_errors(tmp_path):
     """The contract end to end: one Family object and one registration line give typed metric, setting,
     diagnostic and error columns in the rows; its exception on one model costs that model's value only."""
     (tmp_path / "toy_app.py").write_text(TOY_APP)
-    proc = subprocess.run([sys.executable, "toy_app.py", "hydra.sweep.dir=toy", *FAST, "metrics.toy.enabled=true",
-                           "metrics.toy.scale=3"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "toy_app.py", "hydra.sweep.dir=toy", *FAST, "metrics.toy.enabled=true", "metrics.toy.scale=3"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "metric family toy: RuntimeError: toy failure on seed 1" in proc.stdout + proc.stderr
     m = load(tmp_path / "toy").set_index("seed")

@@ -49,8 +49,14 @@ def test_restricted_unpickler_reads_real_batches_and_refuses_code(tmp_path):
 def test_a_crafted_cifar_batch_runs_nothing_in_a_dry_or_real_run(cli, tmp_path, dry):
     marker = tmp_path / "marker"
     bad = _craft_cifar(tmp_path / "cifar", marker)
-    args = ["data=cifar10", f"data.root={tmp_path / 'cifar'}", "model.width=4", "train.epochs=1",
-            "train.batch_size=8", "hydra.sweep.dir=s"]
+    args = [
+        "data=cifar10",
+        f"data.root={tmp_path / 'cifar'}",
+        "model.width=4",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "hydra.sweep.dir=s",
+    ]
     proc = cli(["-m", *args, *(["dry_run=true"] if dry else [])], check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and not marker.exists()

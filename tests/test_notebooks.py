@@ -14,19 +14,31 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO
-from landscape.results import load
 from notebook_support import execute_notebook, images, stdout
+
+from landscape.results import load
 
 NOTEBOOK = REPO / "analysis" / "explore_sweep.py"
 
 # 6 cells of a fast MLP with two seeds, CKA and a fixed-budget curve per pair; the phase section puts batch
 # size on x and width on y (the other way round from the order of the overrides) and sets two thresholds.
-GRID = ["-m", "data.subsample=0.25", "train.epochs=3", "model.width=4,16", "train.batch_size=16,64,128",
-        "train.seeds=[0,1]", "metrics.cka.enabled=true", "metrics.connectivity.enabled=true",
-        "metrics.connectivity.protocol=fixed", "phase.x=train.batch_size", "phase.y=model.width",
-        "phase.cka=0.5", "phase.train_loss=0.3", "hydra.sweep.dir=sweep"]
+GRID = [
+    "-m",
+    "data.subsample=0.25",
+    "train.epochs=3",
+    "model.width=4,16",
+    "train.batch_size=16,64,128",
+    "train.seeds=[0,1]",
+    "metrics.cka.enabled=true",
+    "metrics.connectivity.enabled=true",
+    "metrics.connectivity.protocol=fixed",
+    "phase.x=train.batch_size",
+    "phase.y=model.width",
+    "phase.cka=0.5",
+    "phase.train_loss=0.3",
+    "hydra.sweep.dir=sweep",
+]
 
 
 @pytest.fixture
@@ -37,8 +49,9 @@ def sweep(cli, tmp_path):
 
 def test_explore_notebook_under_nbclient(sweep, tmp_path):
     out = tmp_path / "explore"
-    nb = execute_notebook(NOTEBOOK, env={"LANDSCAPE_SWEEP_DIR": str(sweep), "LANDSCAPE_EXPLORE_OUT": str(out)},
-                          cwd=tmp_path)
+    nb = execute_notebook(
+        NOTEBOOK, env={"LANDSCAPE_SWEEP_DIR": str(sweep), "LANDSCAPE_EXPLORE_OUT": str(out)}, cwd=tmp_path
+    )
     text = stdout(nb)
     # figures inline: the heatmap and the correlation matrix, and saved
     assert len(images(nb)) >= 2, text[-3000:]
@@ -70,8 +83,9 @@ def test_explore_notebook_under_nbclient(sweep, tmp_path):
 
 def test_explore_notebook_as_a_script(sweep, tmp_path):
     out = tmp_path / "script"
-    proc = subprocess.run([sys.executable, str(NOTEBOOK), str(sweep), str(out)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(NOTEBOOK), str(sweep), str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rows model.width (y)" in proc.stdout and (out / "heatmap_test_acc.png").stat().st_size > 2000
     assert np.isfinite(pd.read_csv(out / "heatmap_test_acc.csv", index_col=0).to_numpy()).all()

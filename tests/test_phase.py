@@ -10,11 +10,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import taxonomy2021
+
 from landscape.phase import (
-    PAPER_THRESHOLDS, PHASES, PhaseRule, aggregate_cells, calibrate, fit_mixture2, label_confidence, metric_columns,
-    missing_metric_warnings, parse_overrides, phase_summary, rank_correlations, resolve_rule, spearman,
+    PAPER_THRESHOLDS,
+    PHASES,
+    PhaseRule,
+    aggregate_cells,
+    calibrate,
+    fit_mixture2,
+    label_confidence,
+    metric_columns,
+    missing_metric_warnings,
+    parse_overrides,
+    phase_summary,
+    rank_correlations,
+    resolve_rule,
+    spearman,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +39,9 @@ tax = taxonomy2021()
 @pytest.fixture(scope="module")
 def reference_cells() -> pd.DataFrame:
     models, pairs = tax.read_reference(REFERENCE)
-    models = models[models["model.width"].isin(tax.PAPER_WIDTHS) & models["train.batch_size"].isin(tax.PAPER_BATCH_SIZES)]
+    models = models[
+        models["model.width"].isin(tax.PAPER_WIDTHS) & models["train.batch_size"].isin(tax.PAPER_BATCH_SIZES)
+    ]
     cells = aggregate_cells(models, pairs, ["model.width", "train.batch_size"])
     rule, _ = resolve_rule("paper")
     cells["phase"] = rule.labels(cells)
@@ -36,18 +50,19 @@ def reference_cells() -> pd.DataFrame:
 
 # --- the reader of the published results -------------------------------------------------------------------
 
+
 def test_mode_connectivity_formula():
     # barrier in the middle: mid = 10, u = t=0.5, mc = 10 - 30
-    assert tax.mode_connectivity([0, .25, .5, .75, 1], [10, 20, 30, 20, 10]) == -20.0
+    assert tax.mode_connectivity([0, 0.25, 0.5, 0.75, 1], [10, 20, 30, 20, 10]) == -20.0
     # under-trained endpoints, the curve is better: mc > 0
-    assert tax.mode_connectivity([0, .25, .5, .75, 1], [40, 30, 20, 30, 40]) == 20.0
+    assert tax.mode_connectivity([0, 0.25, 0.5, 0.75, 1], [40, 30, 20, 30, 40]) == 20.0
     # unsorted t is sorted first
-    assert tax.mode_connectivity([1, 0, .5], [10, 10, 16]) == -6.0
+    assert tax.mode_connectivity([1, 0, 0.5], [10, 10, 16]) == -6.0
     # endpoints included in the argmax (README formula, endpoints="paper"): |e - 5| is largest at t=0 -> 5 - 0;
     # the library's default takes the interior maximiser (landscape.connectivity.mode_connectivity)
-    assert tax.mode_connectivity([0, .5, 1], [0, 5.5, 10], endpoints="paper") == 5.0
-    assert tax.mode_connectivity([0, .5, 1], [0, 5.5, 10]) == -0.5
-    assert math.isnan(tax.mode_connectivity([0, .5, 1], [1, float("nan"), 1]))
+    assert tax.mode_connectivity([0, 0.5, 1], [0, 5.5, 10], endpoints="paper") == 5.0
+    assert tax.mode_connectivity([0, 0.5, 1], [0, 5.5, 10]) == -0.5
+    assert math.isnan(tax.mode_connectivity([0, 0.5, 1], [1, float("nan"), 1]))
 
 
 def test_reader_rows_match_the_csvs():
@@ -59,7 +74,9 @@ def test_reader_rows_match_the_csvs():
     # accuracies become fractions
     r = raw_m.iloc[7]
     row = models.iloc[7]
-    assert row["test_acc"] == pytest.approx(r["test_acc"] / 100) or (np.isnan(row["test_acc"]) and np.isnan(r["test_acc"]))
+    assert row["test_acc"] == pytest.approx(r["test_acc"] / 100) or (
+        np.isnan(row["test_acc"]) and np.isnan(r["test_acc"])
+    )
     assert row["train_acc"] == pytest.approx(r["train_acc"] / 100)
     assert row["hessian.trace"] == r["trace"] and row["model.width"] == r["width"]
     # each unordered pair once: 10 pairs per cell of 5 models
@@ -92,7 +109,8 @@ def test_reader_writes_typed_parquet_per_cell(tmp_path):
 
     paths = tax.import_reference(tmp_path, REFERENCE, widths=[2, 64], batch_sizes=[16, 1024])
     assert sorted(p.name for p in paths["models"]) == sorted(
-        f"{tax.cell_id(w, b)}.parquet" for w in (2, 64) for b in (16, 1024))
+        f"{tax.cell_id(w, b)}.parquet" for w in (2, 64) for b in (16, 1024)
+    )
     t = pq.read_table(paths["models"][0])
     assert t.schema.field("model.width").type == pa.int64()
     assert t.schema.field("test_acc").type == pa.float64()
@@ -101,6 +119,7 @@ def test_reader_writes_typed_parquet_per_cell(tmp_path):
 
 
 # --- aggregation -------------------------------------------------------------------------------------------
+
 
 def _rows():
     m = pd.DataFrame(
@@ -149,10 +168,16 @@ def test_a_model_with_rows_from_two_requests_counts_once(cli, tmp_path):
     same seeds without it, give two rows per model; the cell still has two models, the Hessian values of the
     first request and the training values (equal in both requests)."""
     from conftest import FAST
+
     from landscape.results import load
 
-    hess = ["metrics.hessian.enabled=true", "metrics.hessian.n_top=1", "metrics.hessian.smallest_eigenvalue=false",
-            "metrics.hessian.eval_samples=64", "metrics.hessian.trace_matvecs=9"]
+    hess = [
+        "metrics.hessian.enabled=true",
+        "metrics.hessian.n_top=1",
+        "metrics.hessian.smallest_eigenvalue=false",
+        "metrics.hessian.eval_samples=64",
+        "metrics.hessian.trace_matvecs=9",
+    ]
     cli(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1]", *hess])
     cli(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1]"])
     models, pairs = load(tmp_path / "s"), load(tmp_path / "s", "pairs")
@@ -181,15 +206,16 @@ def test_aggregate_cells_refuses_to_average_over_a_hidden_knob():
 
 # --- the phase rule ---------------------------------------------------------------------------------------
 
+
 def test_phase_rule_branches_and_boundaries():
     r = PhaseRule()
     assert r.label(0.5, -1.0, 0.9) == "I"
-    assert r.label(0.5, 0.0, 0.1) == "II"          # mc == mc_underfit: not a barrier
-    assert r.label(0.05, -0.6, 0.9) == "III"       # loss == threshold counts as low
-    assert r.label(0.01, -0.5, 0.69) == "IV-A"     # mc == mc_barrier: connected
-    assert r.label(0.01, 2.0, 0.7) == "IV-B"       # cka == threshold: similar
+    assert r.label(0.5, 0.0, 0.1) == "II"  # mc == mc_underfit: not a barrier
+    assert r.label(0.05, -0.6, 0.9) == "III"  # loss == threshold counts as low
+    assert r.label(0.01, -0.5, 0.69) == "IV-A"  # mc == mc_barrier: connected
+    assert r.label(0.01, 2.0, 0.7) == "IV-B"  # cka == threshold: similar
     assert r.label(np.nan, 0.0, 0.9) is None
-    assert r.label(0.5, -1.0, np.nan) == "I"       # CKA not needed on the high-loss side
+    assert r.label(0.5, -1.0, np.nan) == "I"  # CKA not needed on the high-loss side
     assert r.label(0.01, 0.0, np.nan) is None
     r2 = r.with_overrides(parse_overrides(["cka=0.5,train_loss=1"]))
     assert (r2.cka, r2.train_loss) == (0.5, 1.0)
@@ -209,15 +235,24 @@ def _published_rule() -> tuple[dict[str, float], dict[str, float]]:
 
     text = " ".join((REFERENCE / "README.md").read_text().split())
     loss = re.search(r"high training loss \(> ([-0-9.]+)\) splits I/II from III/IV", text)
-    sign = re.search(r"splits I \(mc < ([-0-9.]+)\) from II \(mc > ([-0-9.]+)\) and III \(mc < ([-0-9.]+)\) from IV", text)
+    sign = re.search(
+        r"splits I \(mc < ([-0-9.]+)\) from II \(mc > ([-0-9.]+)\) and III \(mc < ([-0-9.]+)\) from IV", text
+    )
     cka = re.search(r"CKA >= ([-0-9.]+) splits IV-B from IV-A", text)
-    acc = re.search(r"Mean test accuracy per phase is then I ([0-9.]+) %, II ([0-9.]+) %, III ([0-9.]+) %, "
-                    r"IV-A ([0-9.]+) %, IV-B ([0-9.]+) %", text)
+    acc = re.search(
+        r"Mean test accuracy per phase is then I ([0-9.]+) %, II ([0-9.]+) %, III ([0-9.]+) %, "
+        r"IV-A ([0-9.]+) %, IV-B ([0-9.]+) %",
+        text,
+    )
     assert loss and sign and cka and acc, "the reference README no longer states the rule in these words"
     assert sign[1] == sign[2]  # one threshold: the sign of mc
-    thresholds = {"train_loss": float(loss[1]), "mc_underfit": float(sign[1]), "mc_barrier": float(sign[3]),
-                  "cka": float(cka[1])}
-    return thresholds, dict(zip(PHASES, map(float, acc.groups())))
+    thresholds = {
+        "train_loss": float(loss[1]),
+        "mc_underfit": float(sign[1]),
+        "mc_barrier": float(sign[3]),
+        "cka": float(cka[1]),
+    }
+    return thresholds, dict(zip(PHASES, map(float, acc.groups()), strict=True))
 
 
 def test_paper_thresholds_live_in_one_place_and_carry_units(reference_cells):
@@ -251,13 +286,23 @@ def test_training_error_threshold_in_percent():
     assert PhaseRule.paper().with_overrides({"train_error": 2}).labels(cells).iloc[0] == "II"
     # the loss alone (0.5 nats > 0.05) says high
     assert PhaseRule.paper().labels(cells).iloc[0] == "II"
-    m = pd.DataFrame({"cell_id": ["a", "a"], "seed": [0, 1], "status": "done", "model.width": 4,
-                      "train.batch_size": 8, "train_acc": [0.97, 0.95], "train_loss": [0.1, 0.2]})
+    m = pd.DataFrame(
+        {
+            "cell_id": ["a", "a"],
+            "seed": [0, 1],
+            "status": "done",
+            "model.width": 4,
+            "train.batch_size": 8,
+            "train_acc": [0.97, 0.95],
+            "train_loss": [0.1, 0.2],
+        }
+    )
     c = aggregate_cells(m, None, ["model.width", "train.batch_size"])
     assert c["train_error"].iloc[0] == pytest.approx(4.0)
 
 
 # --- calibration ---------------------------------------------------------------------------------------------
+
 
 def test_mixture_split_of_a_symmetric_bimodal_sample_is_the_midpoint():
     e = np.array([-0.3, -0.1, 0.0, 0.1, 0.3])
@@ -277,12 +322,14 @@ def _synthetic_cells(seed=0, cka_split=True):
     high = 10 ** rng.normal(0.0, 0.25, 20)
     low = 10 ** rng.normal(-3.0, 0.25, 20)
     cka_low = np.r_[rng.normal(0.55, 0.03, 10), rng.normal(0.9, 0.03, 10)] if cka_split else rng.normal(0.9, 0.02, 20)
-    return pd.DataFrame({
-        "train_loss": np.r_[high, low],
-        "connectivity.mc": np.r_[rng.normal(3.0, 1.0, 20), rng.normal(0.0, 0.2, 20)],
-        "cka": np.r_[rng.uniform(0.2, 0.6, 20), cka_low],
-        "truth": ["II"] * 20 + (["IV-A"] * 10 + ["IV-B"] * 10 if cka_split else ["IV-B"] * 20),
-    })
+    return pd.DataFrame(
+        {
+            "train_loss": np.r_[high, low],
+            "connectivity.mc": np.r_[rng.normal(3.0, 1.0, 20), rng.normal(0.0, 0.2, 20)],
+            "cka": np.r_[rng.uniform(0.2, 0.6, 20), cka_low],
+            "truth": ["II"] * 20 + (["IV-A"] * 10 + ["IV-B"] * 10 if cka_split else ["IV-B"] * 20),
+        }
+    )
 
 
 def test_calibration_recovers_a_known_split():
@@ -318,17 +365,29 @@ def test_calibration_keeps_the_base_value_when_there_is_no_second_group():
 
 # --- confidence -------------------------------------------------------------------------------------------
 
+
 def _conf_rows():
-    models = pd.DataFrame({
-        "cell_id": ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 2, "status": "done",
-        "model.width": [8] * 3 + [16] * 3, "train.batch_size": 32,
-        # a: every seed well trained; b: one seed of three is not -> mean 0.0767 > 0.05
-        "train_loss": [0.01, 0.02, 0.03, 0.01, 0.2, 0.02],
-    })
-    pairs = pd.DataFrame({
-        "cell_id": ["a"] * 3 + ["b"] * 3, "seed_a": [0, 0, 1] * 2, "seed_b": [1, 2, 2] * 2, "status": "done",
-        "connectivity.mc": [1.0, 2.0, 3.0, 1.0, 2.0, 3.0], "cka": [0.9, 0.95, 0.92, 0.9, 0.95, 0.92],
-    })
+    models = pd.DataFrame(
+        {
+            "cell_id": ["a"] * 3 + ["b"] * 3,
+            "seed": [0, 1, 2] * 2,
+            "status": "done",
+            "model.width": [8] * 3 + [16] * 3,
+            "train.batch_size": 32,
+            # a: every seed well trained; b: one seed of three is not -> mean 0.0767 > 0.05
+            "train_loss": [0.01, 0.02, 0.03, 0.01, 0.2, 0.02],
+        }
+    )
+    pairs = pd.DataFrame(
+        {
+            "cell_id": ["a"] * 3 + ["b"] * 3,
+            "seed_a": [0, 0, 1] * 2,
+            "seed_b": [1, 2, 2] * 2,
+            "status": "done",
+            "connectivity.mc": [1.0, 2.0, 3.0, 1.0, 2.0, 3.0],
+            "cka": [0.9, 0.95, 0.92, 0.9, 0.95, 0.92],
+        }
+    )
     return models, pairs
 
 
@@ -338,12 +397,29 @@ def _grid_rows(cells: dict[int, tuple[list[float], list[dict]]]):
     models, pairs = [], []
     for w, (fits, prs) in cells.items():
         for s, f in enumerate(fits):
-            models.append({"cell_id": f"w{w}", "seed": s, "status": "done" if np.isfinite(f) else "diverged",
-                           "model.width": w, "train.batch_size": 32, "train_loss": f})
+            models.append(
+                {
+                    "cell_id": f"w{w}",
+                    "seed": s,
+                    "status": "done" if np.isfinite(f) else "diverged",
+                    "model.width": w,
+                    "train.batch_size": 32,
+                    "train_loss": f,
+                }
+            )
         seeds = list(itertools.combinations(range(max(len(fits), 2)), 2))
-        for (a, b), pr in zip(seeds, prs):
-            pairs.append({"cell_id": f"w{w}", "seed_a": a, "seed_b": b, "status": "done", "model.width": w,
-                          "train.batch_size": 32, **pr})
+        for (a, b), pr in zip(seeds, prs, strict=True):
+            pairs.append(
+                {
+                    "cell_id": f"w{w}",
+                    "seed_a": a,
+                    "seed_b": b,
+                    "status": "done",
+                    "model.width": w,
+                    "train.batch_size": 32,
+                    **pr,
+                }
+            )
     p = pd.DataFrame(pairs)
     if "connectivity.converged" in p.columns:
         p["connectivity.converged"] = p["connectivity.converged"].astype("boolean")
@@ -352,16 +428,21 @@ def _grid_rows(cells: dict[int, tuple[list[float], list[dict]]]):
 
 WELL = [1.0e-4, 1.1e-4, 0.9e-4]  # well trained (nats), relative spread ~10 %
 #: background cells: mc centres on both sides of the thresholds, each with its own spread (pp)
-BACKGROUND = {w: (WELL, [{"connectivity.mc": c + d * k, "cka": 0.95 + 0.01 * k} for k in (-1, 0, 1)])
-              for w, c, d in ((1, -3.0, 0.2), (2, -1.0, 0.5), (3, 0.5, 0.3), (4, 2.0, 0.8), (5, 4.0, 0.4))}
+BACKGROUND = {
+    w: (WELL, [{"connectivity.mc": c + d * k, "cka": 0.95 + 0.01 * k} for k in (-1, 0, 1)])
+    for w, c, d in ((1, -3.0, 0.2), (2, -1.0, 0.5), (3, 0.5, 0.3), (4, 2.0, 0.8), (5, 4.0, 0.4))
+}
 
 
 def _mc_prior_by_hand(mc_by_cell: list[list[float]], nu0: float) -> float:
     """s0^2 of Smyth's moment method with a given nu0, written out with scipy (cells with >= 2 values)."""
     from scipy import special
 
-    e = [np.log(np.var(v, ddof=1)) - special.digamma((len(v) - 1) / 2) + np.log((len(v) - 1) / 2)
-         for v in mc_by_cell if len(v) >= 2]
+    e = [
+        np.log(np.var(v, ddof=1)) - special.digamma((len(v) - 1) / 2) + np.log((len(v) - 1) / 2)
+        for v in mc_by_cell
+        if len(v) >= 2
+    ]
     return float(np.exp(np.mean(e) + special.digamma(nu0 / 2) - np.log(nu0 / 2)))
 
 
@@ -373,8 +454,11 @@ def test_confidence_is_the_predictive_probability_of_the_closed_form():
 
     nu0 = 3.0
     target_mc = [-0.2, 0.1, -0.6]
-    rows = {**BACKGROUND, 100: (WELL, [{"connectivity.mc": v, "cka": 0.96} for v in target_mc]),
-            200: ([2.0], [{"connectivity.mc": 0.4, "cka": 0.5}])}
+    rows = {
+        **BACKGROUND,
+        100: (WELL, [{"connectivity.mc": v, "cka": 0.96} for v in target_mc]),
+        200: ([2.0], [{"connectivity.mc": 0.4, "cka": 0.5}]),
+    }
     models, pairs = _grid_rows(rows)
     by = ["model.width", "train.batch_size"]
     cells = aggregate_cells(models, pairs, by)
@@ -412,8 +496,10 @@ def test_an_unknown_pair_is_imputed_from_the_grid_and_lowers_confidence():
     from scipy import stats
 
     nu0 = 3.0
-    known = [{"connectivity.mc": -0.2, "cka": 0.96, "connectivity.converged": True},
-             {"connectivity.mc": 0.1, "cka": 0.96, "connectivity.converged": True}]
+    known = [
+        {"connectivity.mc": -0.2, "cka": 0.96, "connectivity.converged": True},
+        {"connectivity.mc": 0.1, "cka": 0.96, "connectivity.converged": True},
+    ]
     unknown = {"connectivity.mc": np.nan, "cka": 0.96, "connectivity.converged": False}
     bg = {w: (f, [{**p, "connectivity.converged": True} for p in prs]) for w, (f, prs) in BACKGROUND.items()}
     by = ["model.width", "train.batch_size"]
@@ -430,8 +516,9 @@ def test_an_unknown_pair_is_imputed_from_the_grid_and_lowers_confidence():
     assert unk["share_unresolved"] == pytest.approx(1 / 3) and two["share_unresolved"] == 0
     assert unk["phase_confidence"] < two["phase_confidence"] - 0.05
     pool = np.array([p["connectivity.mc"] for _, prs in BACKGROUND.values() for p in prs] + [-0.2, 0.1])
-    s0_sq = _mc_prior_by_hand([[p["connectivity.mc"] for p in prs] for _, prs in BACKGROUND.values()]
-                              + [[-0.2, 0.1]], nu0)
+    s0_sq = _mc_prior_by_hand(
+        [[p["connectivity.mc"] for p in prs] for _, prs in BACKGROUND.values()] + [[-0.2, 0.1]], nu0
+    )
     s = math.sqrt((nu0 * s0_sq + np.var([-0.2, 0.1], ddof=1)) / (nu0 + 1))
     means = (-0.2 + 0.1 + pool) / 3
     p = float(np.mean(stats.t.sf((-0.5 - means) / (s * math.sqrt(2 / 9 + 1 / 3)), nu0 + 1)))
@@ -459,30 +546,35 @@ def test_bounded_pairs_keep_a_label_only_where_the_bound_decides_it():
     from landscape.phase import bounded_labels, resolution_counts
 
     def prs(values, bounds):
-        return [{"connectivity.mc": v, "cka": 0.9, "connectivity.converged": b is None, "connectivity.mc_bound": b}
-                for v, b in zip(values, bounds)]
+        return [
+            {"connectivity.mc": v, "cka": 0.9, "connectivity.converged": b is None, "connectivity.mc_bound": b}
+            for v, b in zip(values, bounds, strict=True)
+        ]
 
     high = [0.5, 0.6, 0.55]  # poorly trained (nats)
     rows = {
-        1: (WELL, prs([0.2, -0.1, 0.0], [None, "lower", None])),     # IV-B, rising: stays IV-B
-        2: (WELL, prs([-1.0, -1.2, -0.9], [None, "lower", None])),   # III, rising: could become IV
-        3: (high, prs([-1.0, -2.0, -1.5], ["upper", None, None])),   # I, falling: stays I
-        4: (high, prs([1.0, 2.0, 1.5], ["upper", None, None])),      # II, falling: could become I
-        5: (high, prs([1.0, 2.0, 1.5], ["upper", "lower", None])),   # both: never decided
+        1: (WELL, prs([0.2, -0.1, 0.0], [None, "lower", None])),  # IV-B, rising: stays IV-B
+        2: (WELL, prs([-1.0, -1.2, -0.9], [None, "lower", None])),  # III, rising: could become IV
+        3: (high, prs([-1.0, -2.0, -1.5], ["upper", None, None])),  # I, falling: stays I
+        4: (high, prs([1.0, 2.0, 1.5], ["upper", None, None])),  # II, falling: could become I
+        5: (high, prs([1.0, 2.0, 1.5], ["upper", "lower", None])),  # both: never decided
         6: (WELL, prs([0.2, 0.3, 0.1], [None, None, None])),
     }
     models, pairs = _grid_rows(rows)
     pairs["connectivity.mc_bound"] = pairs["connectivity.mc_bound"].astype(object)
     old = pairs.drop(columns="connectivity.mc_bound")
-    old.loc[(old["model.width"] == 6) & (old["seed_b"] == 2) & (old["seed_a"] == 1), ["connectivity.mc", "connectivity.converged"]] = [-30.0, False]
+    old.loc[
+        (old["model.width"] == 6) & (old["seed_b"] == 2) & (old["seed_a"] == 1),
+        ["connectivity.mc", "connectivity.converged"],
+    ] = [-30.0, False]
     by = ["model.width", "train.batch_size"]
     rule = PhaseRule.paper()
     cells = aggregate_cells(models, pairs, by)
     counts = resolution_counts(models, pairs, cells, by, rule)
     labels, reasons = bounded_labels(cells, rule, counts)
-    got = dict(zip(cells["model.width"], labels))
+    got = dict(zip(cells["model.width"], labels, strict=True))
     assert got == {1: "IV-B", 2: None, 3: "I", 4: None, 5: None, 6: "IV-B"}
-    why = dict(zip(cells["model.width"], reasons))
+    why = dict(zip(cells["model.width"], reasons, strict=True))
     assert why[2] == "mc still moving in 1 of 3 pairs" and why[5] == "mc still moving in 2 of 3 pairs"
     assert why[1] is None and why[6] is None
     c = counts.set_index(cells["model.width"])
@@ -499,12 +591,18 @@ def test_bounded_pairs_keep_a_label_only_where_the_bound_decides_it():
 
 # --- calibration of the confidence ----------------------------------------------------------------------------
 
+
 def _synthetic_truth(rng, n_cells):
     """True cell means across the thresholds and per-cell noise that differs between cells (heteroscedastic):
     training loss (nats; relative sd per model 10-60 %), mc (pp; sd per pair 0.1-3 pp), CKA (sd 0.01-0.08)."""
-    return dict(fit=10 ** rng.uniform(-3, 0, n_cells), mc=rng.uniform(-4, 3, n_cells),
-                cka=rng.uniform(0.5, 0.9, n_cells), rel=rng.uniform(0.1, 0.6, n_cells),
-                smc=10 ** rng.uniform(-1, 0.5, n_cells), sck=rng.uniform(0.01, 0.08, n_cells))
+    return dict(
+        fit=10 ** rng.uniform(-3, 0, n_cells),
+        mc=rng.uniform(-4, 3, n_cells),
+        cka=rng.uniform(0.5, 0.9, n_cells),
+        rel=rng.uniform(0.1, 0.6, n_cells),
+        smc=10 ** rng.uniform(-1, 0.5, n_cells),
+        sck=rng.uniform(0.01, 0.08, n_cells),
+    )
 
 
 def _seed_set(rng, truth, n_seed=3, p_unconverged=0.0):
@@ -514,15 +612,31 @@ def _seed_set(rng, truth, n_seed=3, p_unconverged=0.0):
     for c in range(len(truth["fit"])):
         sig = math.sqrt(math.log1p(truth["rel"][c] ** 2))
         for s in range(n_seed):
-            models.append({"cell_id": f"c{c}", "seed": s, "status": "done", "model.width": c, "train.batch_size": 1,
-                           "train_loss": truth["fit"][c] * math.exp(sig * rng.normal() - sig ** 2 / 2)})
+            models.append(
+                {
+                    "cell_id": f"c{c}",
+                    "seed": s,
+                    "status": "done",
+                    "model.width": c,
+                    "train.batch_size": 1,
+                    "train_loss": truth["fit"][c] * math.exp(sig * rng.normal() - sig**2 / 2),
+                }
+            )
         for a in range(n_seed):
             for b in range(a + 1, n_seed):
                 conv = bool(rng.random() >= p_unconverged)
                 mc = truth["mc"][c] + truth["smc"][c] * rng.normal()
-                pairs.append({"cell_id": f"c{c}", "seed_a": a, "seed_b": b, "status": "done",
-                              "connectivity.mc": mc if conv else np.nan, "connectivity.converged": conv,
-                              "cka": truth["cka"][c] + truth["sck"][c] * rng.normal()})
+                pairs.append(
+                    {
+                        "cell_id": f"c{c}",
+                        "seed_a": a,
+                        "seed_b": b,
+                        "status": "done",
+                        "connectivity.mc": mc if conv else np.nan,
+                        "connectivity.converged": conv,
+                        "cka": truth["cka"][c] + truth["sck"][c] * rng.normal(),
+                    }
+                )
     return pd.DataFrame(models), pd.DataFrame(pairs)
 
 
@@ -531,15 +645,19 @@ def _old_bootstrap(models, pairs, cells, rule, labels, n_boot=1000, seed=0):
     cell's finite values (each metric resampled to its own count) whose means give the same label."""
     rng = np.random.default_rng(seed)
     fit = {k: v.to_numpy() for k, v in models.groupby("model.width")["train_loss"]}
-    pv = {k: v[["connectivity.mc", "cka"]].to_numpy() for k, v in
-          pairs.merge(models[["cell_id", "model.width"]].drop_duplicates(), on="cell_id").groupby("model.width")}
+    pv = {
+        k: v[["connectivity.mc", "cka"]].to_numpy()
+        for k, v in pairs.merge(models[["cell_id", "model.width"]].drop_duplicates(), on="cell_id").groupby(
+            "model.width"
+        )
+    }
 
     def means(v):
         v = v[np.isfinite(v)]
         return v[rng.integers(0, v.size, (n_boot, v.size))].mean(axis=1) if v.size else np.full(n_boot, np.nan)
 
     out = []
-    for w, lab in zip(cells["model.width"], labels):
+    for w, lab in zip(cells["model.width"], labels, strict=True):
         codes = rule.codes(means(fit[w]), means(pv[w][:, 0]), means(pv[w][:, 1]))
         out.append(np.mean(codes == PHASES.index(lab)) if lab is not None else np.nan)
     return np.array(out)
@@ -561,12 +679,18 @@ def _calibration(n_grids=6, n_cells=60, p_unconverged=0.0, n_seed=3):
             cells = aggregate_cells(models, pairs, by)
             labels = rule.labels(cells)
             conf = label_confidence(models, pairs, cells, by, rule, labels, n_boot=1000, seed=g)
-            runs.append((labels.to_numpy(), conf["phase_confidence"].to_numpy(),
-                         _old_bootstrap(models, pairs, cells, rule, labels, seed=g)))
+            runs.append(
+                (
+                    labels.to_numpy(),
+                    conf["phase_confidence"].to_numpy(),
+                    _old_bootstrap(models, pairs, cells, rule, labels, seed=g),
+                )
+            )
         for a, b in ((0, 1), (1, 0)):
-            kept = np.array([x is not None and x == y for x, y in zip(runs[a][0], runs[b][0])])
-            out.append(pd.DataFrame({"new": runs[a][1], "old": runs[a][2], "kept": kept,
-                                     "labelled": pd.notna(runs[a][0])}))
+            kept = np.array([x is not None and x == y for x, y in zip(runs[a][0], runs[b][0], strict=True)])
+            out.append(
+                pd.DataFrame({"new": runs[a][1], "old": runs[a][2], "kept": kept, "labelled": pd.notna(runs[a][0])})
+            )
     return pd.concat(out, ignore_index=True)
 
 
@@ -609,6 +733,7 @@ def test_confidence_with_unconverged_pairs_is_calibrated_where_the_old_bootstrap
 
 # --- missing metrics --------------------------------------------------------------------------------------
 
+
 def test_missing_metric_warning_names_the_cells_and_the_family_to_enable():
     models, pairs = _conf_rows()
     by = ["model.width", "train.batch_size"]
@@ -626,6 +751,7 @@ def test_missing_metric_warning_names_the_cells_and_the_family_to_enable():
 
 
 # --- rank correlations ------------------------------------------------------------------------------------
+
 
 def test_spearman_matches_scipy():
     from scipy import stats
@@ -646,9 +772,16 @@ def test_spearman_matches_scipy():
 
 
 def test_rank_correlations_exact_and_by_regime():
-    cells = pd.DataFrame({"test_acc": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "up": [1, 5, 7, 100, 101, 102],
-                          "down": [6, 5, 4, 3, 2, 1], "flat": [1] * 6, "gap": [1, np.nan, 3, 4, 5, 6],
-                          "train_loss": [1.0, 0.9, 0.8, 0.01, 0.02, 0.03]})
+    cells = pd.DataFrame(
+        {
+            "test_acc": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+            "up": [1, 5, 7, 100, 101, 102],
+            "down": [6, 5, 4, 3, 2, 1],
+            "flat": [1] * 6,
+            "gap": [1, np.nan, 3, 4, 5, 6],
+            "train_loss": [1.0, 0.9, 0.8, 0.01, 0.02, 0.03],
+        }
+    )
     rc = rank_correlations(cells, ["up", "down", "flat", "gap"], rule=PhaseRule.paper())
     a = rc[rc.regime == "all"].set_index("metric")
     assert a.loc["up", "rho"] == pytest.approx(1.0) and a.loc["down", "rho"] == pytest.approx(-1.0)
@@ -662,20 +795,44 @@ def test_rank_correlations_exact_and_by_regime():
 def test_rank_correlations_hold_only_metrics_of_families_that_ran():
     n = 8
     rng = np.random.default_rng(0)
-    models = pd.DataFrame({
-        "cell_id": [f"c{i}" for i in range(n)], "seed": 0, "status": "done", "seconds": 1.0,
-        "model.width": np.arange(n) + 1, "train.batch_size": 16, "model.n_params": 100 * (np.arange(n) + 1),
-        "train_loss": rng.uniform(0, 1, n), "test_acc": rng.uniform(0, 1, n),
-        "hessian.top_eigenvalue": rng.uniform(1, 9, n), "hessian.trace": rng.uniform(1, 9, n),
-        "hessian.trace_stderr": rng.uniform(0, 1, n), "hessian.top_residual": 1e-5, "hessian.seconds": 0.5,
-        "hessian.n_matvecs": pd.array(rng.integers(10, 90, n), dtype="Int64"), "hessian.tol": 1e-4,
-        "training.seconds": 1.2, "training.epochs": pd.array([30] * n, dtype="Int64"),
-        "projection_trace.estimate": np.nan, "projection_trace.stderr": np.nan,  # a family that did not run
-    })
-    pairs = pd.DataFrame({"cell_id": models["cell_id"], "seed_a": 0, "seed_b": 1, "status": "done",
-                          "cka": rng.uniform(0, 1, n), "cka.n_samples": pd.array([768] * n, dtype="Int64"),
-                          "cka.seconds": 0.1, "connectivity.mc": rng.normal(size=n), "connectivity.lr": 0.05,
-                          "connectivity.curve_seconds": 1.0})
+    models = pd.DataFrame(
+        {
+            "cell_id": [f"c{i}" for i in range(n)],
+            "seed": 0,
+            "status": "done",
+            "seconds": 1.0,
+            "model.width": np.arange(n) + 1,
+            "train.batch_size": 16,
+            "model.n_params": 100 * (np.arange(n) + 1),
+            "train_loss": rng.uniform(0, 1, n),
+            "test_acc": rng.uniform(0, 1, n),
+            "hessian.top_eigenvalue": rng.uniform(1, 9, n),
+            "hessian.trace": rng.uniform(1, 9, n),
+            "hessian.trace_stderr": rng.uniform(0, 1, n),
+            "hessian.top_residual": 1e-5,
+            "hessian.seconds": 0.5,
+            "hessian.n_matvecs": pd.array(rng.integers(10, 90, n), dtype="Int64"),
+            "hessian.tol": 1e-4,
+            "training.seconds": 1.2,
+            "training.epochs": pd.array([30] * n, dtype="Int64"),
+            "projection_trace.estimate": np.nan,
+            "projection_trace.stderr": np.nan,  # a family that did not run
+        }
+    )
+    pairs = pd.DataFrame(
+        {
+            "cell_id": models["cell_id"],
+            "seed_a": 0,
+            "seed_b": 1,
+            "status": "done",
+            "cka": rng.uniform(0, 1, n),
+            "cka.n_samples": pd.array([768] * n, dtype="Int64"),
+            "cka.seconds": 0.1,
+            "connectivity.mc": rng.normal(size=n),
+            "connectivity.lr": 0.05,
+            "connectivity.curve_seconds": 1.0,
+        }
+    )
     mm, pm = metric_columns(models), metric_columns(pairs)
     assert set(mm) == {"train_loss", "test_acc", "hessian.top_eigenvalue", "hessian.trace", "projection_trace.estimate"}
     assert set(pm) == {"cka", "connectivity.mc"}
@@ -686,6 +843,7 @@ def test_rank_correlations_hold_only_metrics_of_families_that_ran():
 
 
 # --- the published results -----------------------------------------------------------------------------
+
 
 def test_regression_snapshot_of_our_phase_rule_on_the_reference_grid(reference_cells):
     """A regression snapshot of our own phase rule, not a reproduction of the paper (whose phases are drawn by
@@ -716,11 +874,15 @@ def test_reference_confidence_and_calibration(reference_cells):
     is certain, and labels whose mc lies far from the thresholds are surer than those near one. Calibration
     derives a training-loss split from the bimodal log loss."""
     models, pairs = tax.read_reference(REFERENCE)
-    models = models[models["model.width"].isin(tax.PAPER_WIDTHS) & models["train.batch_size"].isin(tax.PAPER_BATCH_SIZES)]
+    models = models[
+        models["model.width"].isin(tax.PAPER_WIDTHS) & models["train.batch_size"].isin(tax.PAPER_BATCH_SIZES)
+    ]
     by = ["model.width", "train.batch_size"]
     conf = label_confidence(models, pairs, reference_cells, by, PhaseRule.paper(), n_boot=400)
     assert conf["phase_confidence"].between(0, 1).all() and (conf["n_models"] == 5).all()
-    assert (conf["n_pairs_mc"] == 1).all() and (conf["n_pairs_total"] == 1).all() and (conf["n_pairs_unknown"] == 0).all()
+    assert (
+        (conf["n_pairs_mc"] == 1).all() and (conf["n_pairs_total"] == 1).all() and (conf["n_pairs_unknown"] == 0).all()
+    )
     assert conf.attrs["priors"]["connectivity.mc"]["n_cells"] == 0 and conf.attrs["priors"]["cka"]["n_cells"] == 169
     assert (conf["phase_confidence"] < 1).all()
     mc = reference_cells["connectivity.mc"].to_numpy()
@@ -744,8 +906,10 @@ def test_reference_confidence_and_calibration(reference_cells):
     assert report["train_loss"]["bic_two"] == pytest.approx(gm.bic(v), abs=2e-3)
     # CKA: the well-trained (loss below the new split), well-connected (mc >= -0.5) cells are one group for BIC
     # (one Gaussian fits better than two): the paper's 0.7 is kept
-    well = reference_cells[(reference_cells["train_loss"] <= rule.train_loss)
-                           & (reference_cells["connectivity.mc"] >= PAPER_THRESHOLDS["mc_barrier"])]
+    well = reference_cells[
+        (reference_cells["train_loss"] <= rule.train_loss)
+        & (reference_cells["connectivity.mc"] >= PAPER_THRESHOLDS["mc_barrier"])
+    ]
     c = well["cka"].dropna().to_numpy().reshape(-1, 1)
     assert report["cka"]["n"] == len(c) == 62
     one = GaussianMixture(1).fit(c).bic(c)
@@ -771,6 +935,7 @@ def test_reference_rank_correlations_have_the_papers_signs(reference_cells):
 
 # --- the sweep file's phase section -------------------------------------------------------------------------
 
+
 def test_phase_section_is_typed_checked_and_not_part_of_the_cell(compose):
     from landscape.cell import cell_id
     from landscape.config import ConfigError, check
@@ -785,4 +950,8 @@ def test_phase_section_is_typed_checked_and_not_part_of_the_cell(compose):
         compose(["phase.cak=0.6"])
     demo = compose(["+sweep=demo"])
     assert (demo.phase.x, demo.phase.y, demo.phase.train_loss, demo.phase.mc_barrier) == (
-        "model.width", "data.label_noise", 0.05, -0.5)
+        "model.width",
+        "data.label_noise",
+        0.05,
+        -0.5,
+    )

@@ -15,25 +15,25 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.colors as mcolors  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.colors as mcolors
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import taxonomy2021
 
-from conftest import taxonomy2021  # noqa: E402
-from landscape import phase_diagram as pdg  # noqa: E402
-from landscape.cli import phase as cli  # noqa: E402
-from landscape.phase import PHASES, PhaseRule, aggregate_cells  # noqa: E402
+from landscape import phase_diagram as pdg
+from landscape.cli import phase as cli
+from landscape.phase import PHASES, PhaseRule, aggregate_cells
 
 ROOT = Path(__file__).resolve().parents[1]
-WIDTHS = [2, 4, 8, 32]          # non-uniform in log space (8 -> 32 is a factor 4)
+WIDTHS = [2, 4, 8, 32]  # non-uniform in log space (8 -> 32 is a factor 4)
 BATCHES = [16, 64, 256]
-MISSING = (8, 64)               # no rows at all
-FAILED = (4, 256)               # every model failed
-DIVERGED = (32, 16)             # every model diverged
+MISSING = (8, 64)  # no rows at all
+FAILED = (4, 256)  # every model failed
+DIVERGED = (32, 16)  # every model diverged
 
 
 def _synthetic_rows() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -47,21 +47,34 @@ def _synthetic_rows() -> tuple[pd.DataFrame, pd.DataFrame]:
             cid = f"w{w}_b{b}"
             for s in (0, 1):
                 ok = status == "done"
-                models.append({
-                    "cell_id": cid, "sweep": "synthetic", "seed": s, "status": status,
-                    "model.width": w, "train.batch_size": b,
-                    "train_loss": (1.0 / w + 0.01 * s) if ok else None,
-                    "test_acc": (0.6 + 0.01 * np.log2(w) + 0.001 * s) if ok else None,
-                    "hessian.top_eigenvalue": float(b) if ok else None,
-                    "hessian.trace": 1000.0 if ok else None,
-                })
-            pairs.append({
-                "cell_id": cid, "sweep": "synthetic", "seed_a": 0, "seed_b": 1, "status": status,
-                "model.width": w, "train.batch_size": b,
-                "connectivity.mc": (-5.0 if w <= 4 else 0.0) if status == "done" else None,
-                "cka": (0.5 if b == 256 else 0.75) if status == "done" else None,
-                "l2_distance": 10.0 * w if status == "done" else None,
-            })
+                models.append(
+                    {
+                        "cell_id": cid,
+                        "sweep": "synthetic",
+                        "seed": s,
+                        "status": status,
+                        "model.width": w,
+                        "train.batch_size": b,
+                        "train_loss": (1.0 / w + 0.01 * s) if ok else None,
+                        "test_acc": (0.6 + 0.01 * np.log2(w) + 0.001 * s) if ok else None,
+                        "hessian.top_eigenvalue": float(b) if ok else None,
+                        "hessian.trace": 1000.0 if ok else None,
+                    }
+                )
+            pairs.append(
+                {
+                    "cell_id": cid,
+                    "sweep": "synthetic",
+                    "seed_a": 0,
+                    "seed_b": 1,
+                    "status": status,
+                    "model.width": w,
+                    "train.batch_size": b,
+                    "connectivity.mc": (-5.0 if w <= 4 else 0.0) if status == "done" else None,
+                    "cka": (0.5 if b == 256 else 0.75) if status == "done" else None,
+                    "l2_distance": 10.0 * w if status == "done" else None,
+                }
+            )
     return pd.DataFrame(models), pd.DataFrame(pairs)
 
 
@@ -80,18 +93,24 @@ def _ij(x, y):
 
 def test_cell_edges_geometric_midpoints():
     e = pdg.cell_edges([2, 8, 32])
-    assert np.allclose(e, [1, 4, 16, 64])              # geometric midpoints, mirrored outer edges
+    assert np.allclose(e, [1, 4, 16, 64])  # geometric midpoints, mirrored outer edges
     assert np.allclose(pdg.cell_edges([0.0, 0.1, 0.3]), [-0.05, 0.05, 0.2, 0.4])  # 0 present: linear
     assert pdg.axis_scale([0.0, 0.1]) == "linear" and pdg.axis_scale([1, 2]) == "log"
 
 
 def _panels(fig):
-    return {c.get_gid()[len("metric:"):]: (ax, c) for ax in fig.axes for c in ax.collections
-            if str(c.get_gid() or "").startswith("metric:")}
+    return {
+        c.get_gid()[len("metric:") :]: (ax, c)
+        for ax in fig.axes
+        for c in ax.collections
+        if str(c.get_gid() or "").startswith("metric:")
+    }
 
 
 def _cbar_of(fig, mesh):
-    return next(ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None and ax._colorbar.mappable is mesh)._colorbar
+    return next(
+        ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None and ax._colorbar.mappable is mesh
+    )._colorbar
 
 
 def test_metric_panels_masks_orientation_and_data_colour_limits(cells):
@@ -103,7 +122,7 @@ def test_metric_panels_masks_orientation_and_data_colour_limits(cells):
         for metric, (ax, mesh) in panels.items():
             # log axes on the real knob values, cell edges at geometric midpoints
             assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-            coords = mesh.get_coordinates()          # [ny+1, nx+1, 2]
+            coords = mesh.get_coordinates()  # [ny+1, nx+1, 2]
             assert np.allclose(coords[0, :, 0], pdg.cell_edges(WIDTHS))
             assert np.allclose(coords[:, 0, 1], pdg.cell_edges(BATCHES))
             # batch size axis inverted: small batches at the top
@@ -117,7 +136,7 @@ def test_metric_panels_masks_orientation_and_data_colour_limits(cells):
                 expected[_ij(*cell)] = True
             assert (mask == expected).all(), metric
             assert mcolors.same_color(mesh.get_cmap().get_bad(), pdg.MISSING_COLOUR)
-            marks = {ln.get_gid(): list(zip(*ln.get_data())) for ln in ax.lines}
+            marks = {ln.get_gid(): list(zip(*ln.get_data(), strict=True)) for ln in ax.lines}
             assert marks["mask:missing"] == [MISSING]
             assert marks["mask:failed"] == [FAILED]
             assert marks["mask:diverged"] == [DIVERGED]
@@ -151,7 +170,7 @@ def test_clipped_cells_get_extend_arrows_and_marks(cells):
     c = cells.copy()
     i_hi = c.index[(c["model.width"] == 8) & (c["train.batch_size"] == 16)][0]
     i_lo = c.index[(c["model.width"] == 2) & (c["train.batch_size"] == 64)][0]
-    c.loc[i_hi, "test_acc"] = 0.99   # far above every other cell: beyond the 98th percentile
+    c.loc[i_hi, "test_acc"] = 0.99  # far above every other cell: beyond the 98th percentile
     c.loc[i_lo, "test_acc"] = 0.10
     fig = pdg.metrics_figure(c, "model.width", "train.batch_size", ["test_acc", "cka"])
     try:
@@ -169,14 +188,17 @@ def test_clipped_cells_get_extend_arrows_and_marks(cells):
         assert ex[0] < xl < ex[1]
         # cka of the synthetic sweep holds two values only: the percentiles are the values, nothing is clipped
         ax2, mesh2 = _panels(fig)["cka"]
-        assert _cbar_of(fig, mesh2).extend == "neither" and not any(str(ln.get_gid()).startswith("clipped") for ln in ax2.lines)
+        assert _cbar_of(fig, mesh2).extend == "neither" and not any(
+            str(ln.get_gid()).startswith("clipped") for ln in ax2.lines
+        )
     finally:
         plt.close(fig)
 
 
 def test_facets_share_colour_limits_and_the_paper_limits_are_an_option(cells):
-    two = pd.concat([cells.assign(**{"train.lr": 0.1}),
-                     cells.assign(**{"train.lr": 0.2, "test_acc": cells["test_acc"] - 0.3})])
+    two = pd.concat(
+        [cells.assign(**{"train.lr": 0.1}), cells.assign(**{"train.lr": 0.2, "test_acc": cells["test_acc"] - 0.3})]
+    )
     fig = pdg.metrics_figure(two, "model.width", "train.batch_size", ["test_acc"], facet="train.lr")
     try:
         meshes = [c for ax in fig.axes for c in ax.collections if c.get_gid() == "metric:test_acc"]
@@ -196,8 +218,14 @@ def test_facets_share_colour_limits_and_the_paper_limits_are_an_option(cells):
 
 
 def test_learning_rate_axis_is_not_inverted():
-    c = pd.DataFrame({"model.width": [2, 4, 2, 4], "train.lr": [0.01, 0.01, 0.1, 0.1],
-                      "test_acc": [0.6, 0.7, 0.8, 0.9], "status": "done"})
+    c = pd.DataFrame(
+        {
+            "model.width": [2, 4, 2, 4],
+            "train.lr": [0.01, 0.01, 0.1, 0.1],
+            "test_acc": [0.6, 0.7, 0.8, 0.9],
+            "status": "done",
+        }
+    )
     fig, ax = plt.subplots()
     try:
         pdg.draw_metric(ax, pdg.Grid.from_cells(c, "model.width", "train.lr"), c, "test_acc")
@@ -262,8 +290,9 @@ def _write_sweep(root: Path, models: pd.DataFrame, pairs: pd.DataFrame) -> None:
         d = root / "results" / table
         d.mkdir(parents=True, exist_ok=True)
         for cid, part in df.groupby("cell_id"):
-            pq.write_table(pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False),
-                           d / f"{cid}-0.parquet")  # <cell_id>-<settings key>.parquet, as the job names them
+            pq.write_table(
+                pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False), d / f"{cid}-0.parquet"
+            )  # <cell_id>-<settings key>.parquet, as the job names them
 
 
 def test_cli_end_to_end_and_refresh(tmp_path, capsys):
@@ -272,16 +301,37 @@ def test_cli_end_to_end_and_refresh(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     _write_sweep(sweep, m[keep], p[p["model.width"] != 32])
     out = tmp_path / "out"
-    args = [str(sweep), "--x", "model.width", "--y", "train.batch_size", "--out", str(out),
-            "--metrics", "test_acc", "connectivity.mc", "--thresholds", "cka=0.6"]
+    args = [
+        str(sweep),
+        "--x",
+        "model.width",
+        "--y",
+        "train.batch_size",
+        "--out",
+        str(out),
+        "--metrics",
+        "test_acc",
+        "connectivity.mc",
+        "--thresholds",
+        "cka=0.6",
+    ]
     assert cli.main(args + ["--formats", "png", "pdf"]) == 0
     printed = capsys.readouterr().out
-    for name in ("phase_diagram.png", "phase_diagram.pdf", "phase_map.png", "pivot_test_acc.csv",
-                 "pivot_phase.csv", "rank_correlations.csv", "manifest.json", "cells.csv", "phase_summary.csv"):
+    for name in (
+        "phase_diagram.png",
+        "phase_diagram.pdf",
+        "phase_map.png",
+        "pivot_test_acc.csv",
+        "pivot_phase.csv",
+        "rank_correlations.csv",
+        "manifest.json",
+        "cells.csv",
+        "phase_summary.csv",
+    ):
         assert (out / name).stat().st_size > 0
     assert str(out) in printed and "phases (train.batch_size rows, model.width columns" in printed
     # the printed table: small batches on top, as on the figure
-    table = printed[printed.index("phases ("):].splitlines()
+    table = printed[printed.index("phases (") :].splitlines()
     rows = [ln.split()[0] for ln in table[3:6]]
     assert rows == ["16", "64", "256"]
     assert "test_acc_mean" in printed
@@ -316,9 +366,16 @@ def test_cli_end_to_end_and_refresh(tmp_path, capsys):
 
 def _launch_record(sweep: Path, cells: list[tuple[str, dict]], states: dict[str, str]) -> None:
     (sweep / "launches").mkdir(parents=True, exist_ok=True)
-    (sweep / "launches" / "20260101T000000-000000001.json").write_text(json.dumps({
-        "arguments": [], "argv": [], "cwd": str(sweep),
-        "cells": [{"cell_id": cid, "overrides": [f"{k}={v}" for k, v in kv.items()]} for cid, kv in cells]}))
+    (sweep / "launches" / "20260101T000000-000000001.json").write_text(
+        json.dumps(
+            {
+                "arguments": [],
+                "argv": [],
+                "cwd": str(sweep),
+                "cells": [{"cell_id": cid, "overrides": [f"{k}={v}" for k, v in kv.items()]} for cid, kv in cells],
+            }
+        )
+    )
     for cid, state in states.items():
         (sweep / "cells" / cid).mkdir(parents=True, exist_ok=True)
         (sweep / "cells" / cid / "status.json").write_text(json.dumps({"state": state, "cell_id": cid}))
@@ -329,7 +386,9 @@ def _launch_record(sweep: Path, cells: list[tuple[str, dict]], states: dict[str,
             status = sweep / "cells" / cid / "status.json"
             doc = json.loads(status.read_text()) if status.exists() else {"state": "done", "cell_id": cid}
             doc.setdefault("results", {})[f"{table}/{f.name}"] = {
-                "sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "covers": []}
+                "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+                "covers": [],
+            }
             status.parent.mkdir(parents=True, exist_ok=True)
             status.write_text(json.dumps(doc))
 
@@ -348,8 +407,15 @@ def test_failed_row_and_collapsed_cell_stay_on_the_axes_marked(tmp_path, caplog)
     _launch_record(sweep, planned, {f"w64_b{b}": "failed" for b in BATCHES})
     out = tmp_path / "out"
     with caplog.at_level("WARNING"):
-        paths = cli.run(sweep, "model.width", "train.batch_size", out=out, formats=("png",),
-                        metrics=["test_acc", "cka"], threshold_overrides={"cka": 0.6})
+        paths = cli.run(
+            sweep,
+            "model.width",
+            "train.batch_size",
+            out=out,
+            formats=("png",),
+            metrics=["test_acc", "cka"],
+            threshold_overrides={"cka": 0.6},
+        )
     cells_csv = pd.read_csv(paths["cells.csv"])
     w64 = cells_csv[cells_csv["model.width"] == 64]
     assert len(w64) == 3 and (w64["status"] == "failed").all() and w64["phase"].isna().all()
@@ -360,10 +426,10 @@ def test_failed_row_and_collapsed_cell_stay_on_the_axes_marked(tmp_path, caplog)
     try:
         for metric, (ax, mesh) in _panels(fig).items():
             assert np.allclose(mesh.get_coordinates()[0, :, 0], pdg.cell_edges(WIDTHS + [64]))
-            marks = {ln.get_gid(): sorted(zip(*ln.get_data())) for ln in ax.lines}
+            marks = {ln.get_gid(): sorted(zip(*ln.get_data(), strict=True)) for ln in ax.lines}
             assert marks["mask:failed"] == sorted([FAILED] + [(64, b) for b in BATCHES]), metric
         ax, mesh = _panels(fig)["cka"]
-        marks = {ln.get_gid(): list(zip(*ln.get_data())) for ln in ax.lines}
+        marks = {ln.get_gid(): list(zip(*ln.get_data(), strict=True)) for ln in ax.lines}
         assert marks["mask:nan"] == [(2, 16)]
         arr = mesh.get_array().reshape(len(BATCHES), len(WIDTHS) + 1)
         assert np.ma.getmaskarray(arr)[0, 0]
@@ -374,7 +440,7 @@ def test_failed_row_and_collapsed_cell_stay_on_the_axes_marked(tmp_path, caplog)
     fig = pdg.phase_map_figure(c, "model.width", "train.batch_size")
     try:
         ax = fig.axes[0]
-        marks = {ln.get_gid(): sorted(zip(*ln.get_data())) for ln in ax.lines}
+        marks = {ln.get_gid(): sorted(zip(*ln.get_data(), strict=True)) for ln in ax.lines}
         assert marks["mask:failed"] == sorted([FAILED] + [(64, b) for b in BATCHES])
         assert ax.get_xlim()[1] == pytest.approx(pdg.cell_edges(WIDTHS + [64])[-1])
     finally:
@@ -388,7 +454,8 @@ def test_sweep_file_phase_section_is_read(tmp_path, capsys):
     (sweep / "multirun.yaml").write_text(
         "hydra:\n  runtime:\n    choices:\n      sweep: mygrid\n"
         "phase:\n  x: model.width\n  y: train.batch_size\n  thresholds: paper\n  cka: 0.6\n  train_loss: null\n"
-        "  limits: paper\n")
+        "  limits: paper\n"
+    )
     out = tmp_path / "out"
     assert cli.main([str(sweep), "--out", str(out), "--mc-barrier", "-2"]) == 0
     man = json.loads((out / "manifest.json").read_text())
@@ -414,12 +481,33 @@ def test_demo_grid_through_the_cli_gives_its_phases_with_confidences(tmp_path):
     demo shows under the protocol, each with a confidence, and correlations of metrics only."""
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     sweep = tmp_path / "demo"
-    res = subprocess.run([sys.executable, "-m", "landscape.cli.app", "-m", "+sweep=demo", f"hydra.sweep.dir={sweep}",
-                          "model.width=8,256", "data.label_noise=0,0.6", "metrics.connectivity.max_budget=4"],
-                         capture_output=True, text=True, timeout=1800, env=env, cwd=ROOT)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "landscape.cli.app",
+            "-m",
+            "+sweep=demo",
+            f"hydra.sweep.dir={sweep}",
+            "model.width=8,256",
+            "data.label_noise=0,0.6",
+            "metrics.connectivity.max_budget=4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    res = subprocess.run([sys.executable, "-m", "landscape.cli.phase", str(sweep)],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, "-m", "landscape.cli.phase", str(sweep)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = sweep / "analysis" / "phase" / "model.width__data.label_noise"
     cells_csv = pd.read_csv(out / "cells.csv")
@@ -438,8 +526,13 @@ def test_demo_grid_through_the_cli_gives_its_phases_with_confidences(tmp_path):
     assert (by.xs(256, level=0)["train_loss"] < 0.01).all()
     assert "sweeps/demo.yaml" in res.stdout and "per phase" in res.stdout
     rc = pd.read_csv(out / "rank_correlations.csv")
-    bad = [mm for mm in rc["metric"] if mm.endswith(("seconds", "stderr", "residual")) or
-           mm.rsplit(".", 1)[-1].startswith("n_") or mm.startswith(("model.", "train.", "data."))]
+    bad = [
+        mm
+        for mm in rc["metric"]
+        if mm.endswith(("seconds", "stderr", "residual"))
+        or mm.rsplit(".", 1)[-1].startswith("n_")
+        or mm.startswith(("model.", "train.", "data."))
+    ]
     assert not bad and rc.groupby("metric")["n_cells"].max().min() > 0
     assert {"cka", "connectivity.mc", "hessian.trace", "l2_distance"} <= set(rc["metric"])
     assert not any(mm.startswith(("projection_trace", "surfaces", "topology", "jump_retrain")) for mm in rc["metric"])
@@ -454,8 +547,14 @@ def test_notebook_runs_as_a_script_on_a_small_reference_sweep(tmp_path):
     tax.import_reference(sweep, widths=[2, 8, 64], batch_sizes=[16, 128, 1024])
     out = tmp_path / "explore"
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, str(ROOT / "analysis" / "explore_sweep.py"), str(sweep), str(out)],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "analysis" / "explore_sweep.py"), str(sweep), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "45 model rows, 90 pair rows" in res.stdout
     assert (out / "heatmap_test_acc.png").stat().st_size > 0 and (out / "correlations.png").stat().st_size > 0
@@ -480,19 +579,44 @@ def test_cli_marks_a_label_from_one_of_three_pairs_and_a_cell_whose_mc_is_still_
         for b in batches:
             cid = f"w{w}-b{b}"
             for s in range(3):
-                models.append({"cell_id": cid, "sweep": "s", "seed": s, "status": "done", "model.width": w,
-                               "train.batch_size": b, "train_loss": (0.5 if w == 4 else 1e-3) * (1 + 0.1 * s),
-                               "test_acc": 0.8})
+                models.append(
+                    {
+                        "cell_id": cid,
+                        "sweep": "s",
+                        "seed": s,
+                        "status": "done",
+                        "model.width": w,
+                        "train.batch_size": b,
+                        "train_loss": (0.5 if w == 4 else 1e-3) * (1 + 0.1 * s),
+                        "test_acc": 0.8,
+                    }
+                )
             for k, (a, c) in enumerate([(0, 1), (0, 2), (1, 2)]):
                 mc = (-5.0 if w == 4 else 0.3) + 0.2 * rng.normal()
-                row = {"cell_id": cid, "sweep": "s", "seed_a": a, "seed_b": c, "status": "done", "model.width": w,
-                       "train.batch_size": b, "connectivity.mc": mc, "connectivity.converged": True,
-                       "connectivity.mc_bound": None, "connectivity.error": None, "cka": 0.9 + 0.01 * k}
+                row = {
+                    "cell_id": cid,
+                    "sweep": "s",
+                    "seed_a": a,
+                    "seed_b": c,
+                    "status": "done",
+                    "model.width": w,
+                    "train.batch_size": b,
+                    "connectivity.mc": mc,
+                    "connectivity.converged": True,
+                    "connectivity.mc_bound": None,
+                    "connectivity.error": None,
+                    "cka": 0.9 + 0.01 * k,
+                }
                 if (w, b) == (16, 32) and k == 1:
                     row.update({"connectivity.mc": None, "connectivity.converged": False})  # not converged, no bound
                 if (w, b) == (16, 32) and k == 2:
-                    row.update({"connectivity.mc": None, "connectivity.converged": None,
-                                "connectivity.error": "curve diverged (non-finite loss)"})
+                    row.update(
+                        {
+                            "connectivity.mc": None,
+                            "connectivity.converged": None,
+                            "connectivity.error": "curve diverged (non-finite loss)",
+                        }
+                    )
                 if (w, b) == (8, 128):
                     row["connectivity.mc"] = [-1.0, -0.8, -0.9][k]
                     if k == 0:
@@ -507,9 +631,13 @@ def test_cli_marks_a_label_from_one_of_three_pairs_and_a_cell_whose_mc_is_still_
     def keep(fig, stem, formats=("png",), **kw):
         fig.canvas.draw()  # the layout as saved, measured before save closes the figure
         r = fig.canvas.get_renderer()
-        figures[Path(stem).name] = (fig, fig.bbox.frozen(), [a.get_window_extent(r) for a in fig.axes],
-                                    [lg.get_window_extent(r) for lg in fig.legends],
-                                    [t.get_window_extent(r) for t in fig.texts])
+        figures[Path(stem).name] = (
+            fig,
+            fig.bbox.frozen(),
+            [a.get_window_extent(r) for a in fig.axes],
+            [lg.get_window_extent(r) for lg in fig.legends],
+            [t.get_window_extent(r) for t in fig.texts],
+        )
         return real_save(fig, stem, formats, **kw)
 
     monkeypatch.setattr(pdg, "save", keep)
@@ -531,8 +659,9 @@ def test_cli_marks_a_label_from_one_of_three_pairs_and_a_cell_whose_mc_is_still_
     assert moving["n_pairs_lower"] == 1 and moving["connectivity.mc"] == pytest.approx(-0.9)
     assert "IV-B " in printed and "*" in printed and "moving" in printed
     warnings = json.loads((out / "manifest.json").read_text())["warnings"]
-    assert any("fewer than 2 resolved pairs" in w and "model.width=16 train.batch_size=32 (1 of 3)" in w
-               for w in warnings)
+    assert any(
+        "fewer than 2 resolved pairs" in w and "model.width=16 train.batch_size=32 (1 of 3)" in w for w in warnings
+    )
     assert any("mc still moving in 1 of 3 pairs" in w and "model.width=8 train.batch_size=128" in w for w in warnings)
     # the map the command drew
     fig, fig_box, ax_boxes, legend_boxes, title_boxes = figures["phase_map"]
@@ -541,12 +670,14 @@ def test_cli_marks_a_label_from_one_of_three_pairs_and_a_cell_whose_mc_is_still_
     assert few.cells == [(16.0, 32.0)] and len(few.get_xdata()) == 1
     text = next(t.get_text() for t in ax.texts if t.get_gid() == "phase-label" and t.get_position() == (16, 32))
     assert text.split("\n")[0] == "IV-B" and text.split("\n")[2] == "3m 1/3p"
-    marks = {ln.get_gid(): list(zip(*ln.get_data())) for ln in ax.lines}
+    marks = {ln.get_gid(): list(zip(*ln.get_data(), strict=True)) for ln in ax.lines}
     assert marks["mask:moving"] == [(8, 128)] and "mask:nan" not in marks
     assert any(t.get_gid() == "unresolved-reason" and "1/3 pairs" in t.get_text() for t in ax.texts)
     names = [t.get_text() for t in fig.legends[0].get_texts()]
     assert pdg.MOVING_LABEL in names and "labelled from < 2 resolved pairs" in names
     # as saved: the map, legend and title inside the figure; the legend and title clear of the map
     for bb in ax_boxes + legend_boxes + title_boxes:
-        assert bb.x0 >= fig_box.x0 - 1 and bb.x1 <= fig_box.x1 + 1 and bb.y0 >= fig_box.y0 - 1 and bb.y1 <= fig_box.y1 + 1
+        assert (
+            bb.x0 >= fig_box.x0 - 1 and bb.x1 <= fig_box.x1 + 1 and bb.y0 >= fig_box.y0 - 1 and bb.y1 <= fig_box.y1 + 1
+        )
     assert not ax_boxes[0].overlaps(legend_boxes[0]) and not ax_boxes[0].overlaps(title_boxes[0])

@@ -61,9 +61,11 @@ LATE = [
 
 def test_the_late_failures_of_issue_20_are_refused_at_planning_with_their_key(plan, monkeypatch):
     planned = plan([ov for ov, _ in LATE])
-    for (ov, named), cell in zip(LATE, planned):
-        assert cell.state == "invalid" and any(p.startswith(named + ":") and "expected" in p for p in cell.problems), \
-            (ov, cell.problems)
+    for (ov, named), cell in zip(LATE, planned, strict=True):
+        assert cell.state == "invalid" and any(p.startswith(named + ":") and "expected" in p for p in cell.problems), (
+            ov,
+            cell.problems,
+        )
     # the 13th: the shipped jump-and-retrain sweep (embedding: phate) where the optional package is missing
     monkeypatch.setitem(sys.modules, "phate", None)  # what `import phate` sees on an install without it
     sweep = ["+sweep=jump_retrain_noise", "data.label_noise=0.0"]
@@ -109,7 +111,7 @@ BAD_STRINGS = {
 def _bad_values(key: str, annotation: typing.Any) -> list[str]:
     """Override values (Hydra syntax) of ``key``'s type that no setting may take."""
     if isinstance(annotation, str):
-        annotation = eval(annotation, {"Any": typing.Any, "Optional": typing.Optional, "list": list})  # noqa: S307
+        annotation = eval(annotation, {"Any": typing.Any, "Optional": typing.Optional, "list": list})
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) is typing.Union and len(args) == 1:
         annotation = args[0]
@@ -152,18 +154,24 @@ def test_the_schema_walk_covers_every_key_and_each_bad_value_is_refused_with_the
             ov = [o if not o.startswith("data.root=") else f"data.root={tmp_path}" for o in ov]
         jobs.append(ov)
     accepted = []
-    for (key, ov), cell in zip(walk, plan(jobs)):
+    for (key, ov), cell in zip(walk, plan(jobs), strict=True):
         if not any(key in p for p in cell.problems):
             accepted.append((" ".join(ov), cell.problems))
     assert accepted == [], "\n".join(f"{o}: {p}" for o, p in accepted)
     # a value of the wrong type is refused by Hydra's composition: the override and what was wrong, one line
     (cell,) = plan([["model.batch_norm=maybe"]])
-    assert cell.problems == ["Error merging override model.batch_norm=maybe: Value 'maybe' is not a valid bool (type str)"]
+    assert cell.problems == [
+        "Error merging override model.batch_norm=maybe: Value 'maybe' is not a valid bool (type str)"
+    ]
 
 
 def test_bounds_are_generated_for_every_number_of_the_schema():
     table = bounds()
-    numeric = [k.lstrip(".") for k, a in leaf_fields(_root(), "") if _bad_values(k.lstrip("."), a)[0] in ("-1", "nan", "[-1]", "[nan]")]
+    numeric = [
+        k.lstrip(".")
+        for k, a in leaf_fields(_root(), "")
+        if _bad_values(k.lstrip("."), a)[0] in ("-1", "nan", "[-1]", "[nan]")
+    ]
     assert set(numeric) <= set(table), sorted(set(numeric) - set(table))
     seeds = [k for k in table if k.endswith("seed") or k.endswith("seeds") or k.endswith("random_state")]
     assert len(seeds) >= 10
@@ -178,16 +186,21 @@ def test_bounds_are_generated_for_every_number_of_the_schema():
 
 # ----------------------------------------------------------------------------------- model size and machine
 def test_model_size_counts_parameters_without_building_and_refuses_what_the_machine_cannot_hold(compose):
-    for ov in (["model.width=7", "model.depth=3"], ["model=cnn", "model.width=4", "model.depth=3"],
-               ["model=cnn", "model.batch_norm=true", "model.depth=5", "data=mnist1d"],
-               ["model.depth=1", "data=gaussian"]):
+    for ov in (
+        ["model.width=7", "model.depth=3"],
+        ["model=cnn", "model.width=4", "model.depth=3"],
+        ["model=cnn", "model.batch_norm=true", "model.depth=5", "data=mnist1d"],
+        ["model.depth=1", "data=gaussian"],
+    ):
         cfg = compose(ov)
         assert model_size(cfg)[0] == model_facts(cfg)[0], ov
     # depth x width beyond the memory: refused with the parameter count, before the model is built
     deep = compose(["model.width=4096", "model.depth=1000"])
     assert validate(deep) == []
     problems = launch_problems(deep, True, memory_bytes=64 * 2**30)
-    assert any(p.startswith("model.width=4096, model.depth=1000") and "16,7" in p and "GiB" in p for p in problems), problems
+    assert any(p.startswith("model.width=4096, model.depth=1000") and "16,7" in p and "GiB" in p for p in problems), (
+        problems
+    )
     # a CNN doubles its channels per block: depth 1000 has an astronomic parameter count, refused, not built
     cnn = compose(["model=cnn", "model.depth=1000"])
     assert any(p.startswith("model.width=") and "parameters" in p for p in launch_problems(cnn, True, 2**40))
@@ -201,8 +214,10 @@ def test_model_size_counts_parameters_without_building_and_refuses_what_the_mach
 def test_threads_within_the_machine(compose):
     n = os.cpu_count()
     assert launch_problems(compose([f"threads={n}"]), True) == []
-    assert any(p.startswith(f"threads={n + 1}: expected at most the {n} CPUs")
-               for p in launch_problems(compose([f"threads={n + 1}"]), True))
+    assert any(
+        p.startswith(f"threads={n + 1}: expected at most the {n} CPUs")
+        for p in launch_problems(compose([f"threads={n + 1}"]), True)
+    )
     assert launch_problems(compose([f"threads={n + 1}"]), False) == []  # SLURM: the table's cap only
     assert any(p.startswith("threads=100000") for p in validate(compose(["threads=100000"])))
 
@@ -230,9 +245,16 @@ def _tanh_context(tmp_path: Path):
     x, y = torch.randn(100, 5, generator=g), torch.randint(0, 3, (100,), generator=g)
     torch.manual_seed(0)
     model = MLP(5, 3, width=8, depth=1, activation="tanh").eval()
-    return ModelContext(model=model, seed=0, data=CellData("toy", x, y, y.clone(), x[:10], y[:10], 3),
-                        loss_fn=F.cross_entropy, make_model=lambda: MLP(5, 3, 8, 1, "tanh"), cfg=None,
-                        device=torch.device("cpu"), workdir=tmp_path)
+    return ModelContext(
+        model=model,
+        seed=0,
+        data=CellData("toy", x, y, y.clone(), x[:10], y[:10], 3),
+        loss_fn=F.cross_entropy,
+        make_model=lambda: MLP(5, 3, 8, 1, "tanh"),
+        cfg=None,
+        device=torch.device("cpu"),
+        workdir=tmp_path,
+    )
 
 
 def test_a_projection_step_that_overflows_gives_nulls_and_no_agreement_claim(tmp_path):
@@ -255,8 +277,12 @@ def test_a_projection_step_that_overflows_gives_nulls_and_no_agreement_claim(tmp
         assert res.values[f"projection_trace.{col}"] is None and f"projection_trace.{col}=" in res.error
     assert math.isfinite(res.values["projection_trace.hvp_estimate"])  # the finite values stay
     # a claim resting on a value that is not finite is null even where the family computed it
-    forged = job._conform(fam, Result({"projection_trace.estimate": 1.0, "projection_trace.bias": float("nan"),
-                                       "projection_trace.agrees": True}))
+    forged = job._conform(
+        fam,
+        Result(
+            {"projection_trace.estimate": 1.0, "projection_trace.bias": float("nan"), "projection_trace.agrees": True}
+        ),
+    )
     assert forged.values["projection_trace.agrees"] is None
     assert "projection_trace.agrees: null, it rests on projection_trace.bias (not finite)" in forged.error
 
@@ -268,26 +294,45 @@ def test_a_hessian_residual_that_is_not_finite_leaves_its_eigenvalue_and_converg
     from landscape.metrics import Result, get
 
     fam = get("hessian")
-    res = job._conform(fam, Result({
-        "hessian.top_eigenvalue": 3.5, "hessian.top_eigenvalues": [3.5, float("nan")], "hessian.top_residual": 1e-6,
-        "hessian.min_eigenvalue": -0.25, "hessian.min_residual": float("nan"), "hessian.trace": 7.0,
-        "hessian.trace_stderr": float("inf"), "hessian.converged": False}))
+    res = job._conform(
+        fam,
+        Result(
+            {
+                "hessian.top_eigenvalue": 3.5,
+                "hessian.top_eigenvalues": [3.5, float("nan")],
+                "hessian.top_residual": 1e-6,
+                "hessian.min_eigenvalue": -0.25,
+                "hessian.min_residual": float("nan"),
+                "hessian.trace": 7.0,
+                "hessian.trace_stderr": float("inf"),
+                "hessian.converged": False,
+            }
+        ),
+    )
     assert not any(_non_finite(v) for v in res.values.values()), res.values
     assert res.values["hessian.min_eigenvalue"] is None and res.values["hessian.converged"] is None
     assert res.values["hessian.top_eigenvalues"] is None and res.values["hessian.trace_stderr"] is None
     assert res.values["hessian.top_eigenvalue"] == 3.5 and res.values["hessian.trace"] == 7.0
-    for named in ("hessian.min_residual=nan (not finite)", "hessian.top_eigenvalues=[3.5, nan] (not finite)",
-                  "hessian.min_eigenvalue: null, it rests on hessian.min_residual",
-                  "hessian.converged: null, it rests on hessian.min_residual"):
+    for named in (
+        "hessian.min_residual=nan (not finite)",
+        "hessian.top_eigenvalues=[3.5, nan] (not finite)",
+        "hessian.min_eigenvalue: null, it rests on hessian.min_residual",
+        "hessian.converged: null, it rests on hessian.min_residual",
+    ):
         assert named in res.error, res.error
     # with the family's own reason (not converged), the values are null and its reason is kept
-    own = job._conform(fam, Result({"hessian.min_eigenvalue": -0.25, "hessian.min_residual": float("nan"),
-                                    "hessian.converged": False}, error="eigenvalues not converged"))
+    own = job._conform(
+        fam,
+        Result(
+            {"hessian.min_eigenvalue": -0.25, "hessian.min_residual": float("nan"), "hessian.converged": False},
+            error="eigenvalues not converged",
+        ),
+    )
     assert own.values == {"hessian.min_eigenvalue": None, "hessian.min_residual": None, "hessian.converged": None}
     assert own.error == "eigenvalues not converged"
 
 
-NON_FINITE_APP = '''
+NON_FINITE_APP = """
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -323,7 +368,7 @@ from landscape.cli.app import main  # noqa: E402 - after the registration
 
 sys.argv = ["landscape", *sys.argv[1:]]
 main()
-'''
+"""
 
 
 def test_no_nan_or_inf_number_in_any_row_of_any_family(tmp_path):
@@ -335,12 +380,27 @@ def test_no_nan_or_inf_number_in_any_row_of_any_family(tmp_path):
     import pyarrow.dataset as ds
 
     (tmp_path / "nf_app.py").write_text(NON_FINITE_APP)
-    proc = subprocess.run([sys.executable, "nf_app.py", "hydra.sweep.dir=nf", *FAST, "train.epochs=1",
-                           "metrics.nf.enabled=true", "metrics.nfp.enabled=true"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "nf_app.py",
+            "hydra.sweep.dir=nf",
+            *FAST,
+            "train.epochs=1",
+            "metrics.nf.enabled=true",
+            "metrics.nfp.enabled=true",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    tables = {t.name: ds.dataset(t, format="parquet").to_table().to_pylist()
-              for t in (tmp_path / "nf" / "results").iterdir() if t.is_dir()}
+    tables = {
+        t.name: ds.dataset(t, format="parquet").to_table().to_pylist()
+        for t in (tmp_path / "nf" / "results").iterdir()
+        if t.is_dir()
+    }
     assert {"models", "pairs", "nf_rows"} <= set(tables)
     for name, rows in tables.items():
         for row in rows:
@@ -349,7 +409,9 @@ def test_no_nan_or_inf_number_in_any_row_of_any_family(tmp_path):
     for row in tables["models"]:
         assert row["nf.value"] is None and row["nf.spread"] is None and row["nf.curve"] is None
         assert row["nf.ok"] is None and row["nf.kept"] == 2.5
-        assert "nf.value=nan (not finite)" in row["nf.error"] and "nf.ok: null, it rests on nf.spread" in row["nf.error"]
+        assert (
+            "nf.value=nan (not finite)" in row["nf.error"] and "nf.ok: null, it rests on nf.spread" in row["nf.error"]
+        )
     for row in tables["pairs"]:
         assert row["nfp.distance"] is None and row["nfp.count"] == 3 and "nfp.distance=-inf" in row["nfp.error"]
     assert all(r["x"] is None and r["y"] == 1.0 for r in tables["nf_rows"])

@@ -15,8 +15,10 @@ BAD = [  # the settings that used to fail only inside the job, after training
     ("metrics.hessian.tol=0", "metrics.hessian.tol=0"),
     ("metrics.hessian.max_iter=0", "metrics.hessian.max_iter=0"),
     ("metrics.hessian.trace_matvecs=0", "metrics.hessian.trace_matvecs=0"),
-    ("metrics.hessian.trace_method=hutch++ metrics.hessian.trace_matvecs=3",
-     "metrics.hessian.trace_matvecs=3: Hutch++ needs >= 4"),
+    (
+        "metrics.hessian.trace_method=hutch++ metrics.hessian.trace_matvecs=3",
+        "metrics.hessian.trace_matvecs=3: Hutch++ needs >= 4",
+    ),
     ("metrics.hessian.batch_size=0", "metrics.hessian.batch_size=0"),
     ("metrics.connectivity.n_points=0", "metrics.connectivity.n_points=0"),
     ("metrics.connectivity.n_points=2", "metrics.connectivity.n_points=2"),  # mc needs an interior point
@@ -39,14 +41,18 @@ BAD = [  # the settings that used to fail only inside the job, after training
 @pytest.mark.parametrize("override,named", BAD)
 def test_bad_settings_are_refused_by_validate_with_their_full_key(compose, override, named):
     key = override.lstrip("+").split("=")[0]
-    extra = [f"metrics.{key.split('.')[1]}.enabled=true"] if key.startswith("metrics.") and "training" not in key else []
+    extra = (
+        [f"metrics.{key.split('.')[1]}.enabled=true"] if key.startswith("metrics.") and "training" not in key else []
+    )
     problems = validate(compose([*extra, *override.split()]))
     assert any(named in p for p in problems), problems
 
 
 def test_machine_dependent_settings_are_refused_at_planning(compose):
     cfg = compose(["model=cnn", "model.batch_norm=true", "train.vectorize=on"])
-    assert validate(cfg) == [] and any("train.vectorize=on" in p and "BatchNorm" in p for p in launch_problems(cfg, True))
+    assert validate(cfg) == [] and any(
+        "train.vectorize=on" in p and "BatchNorm" in p for p in launch_problems(cfg, True)
+    )
     big = compose(["model.width=100000"])
     problems = launch_problems(big, True, memory_bytes=24 * 2**30)
     assert any(p.startswith("model.width=100000") and "GiB" in p for p in problems), problems
@@ -57,19 +63,24 @@ def test_machine_dependent_settings_are_refused_at_planning(compose):
     assert not any("device" in p for p in launch_problems(cuda, local=False))  # SLURM jobs run elsewhere
 
 
-@pytest.mark.parametrize("args,named", [
-    (["metrics.hessian.enabled=true", "metrics.hessian.eval_samples=0"], "metrics.hessian.eval_samples=0"),
-    (["metrics.connectivity.enabled=true", "metrics.connectivity.n_points=0"], "metrics.connectivity.n_points=0"),
-    (["+model.widht=512"], "model.widht"),
-    (["model.width=100000"], "model.width=100000"),
-    (["model=cnn", "model.batch_norm=true", "train.vectorize=on"], "train.vectorize=on"),
-    (["sweep_name=../../x"], "sweep_name='../../x'"),
-])
+@pytest.mark.parametrize(
+    "args,named",
+    [
+        (["metrics.hessian.enabled=true", "metrics.hessian.eval_samples=0"], "metrics.hessian.eval_samples=0"),
+        (["metrics.connectivity.enabled=true", "metrics.connectivity.n_points=0"], "metrics.connectivity.n_points=0"),
+        (["+model.widht=512"], "model.widht"),
+        (["model.width=100000"], "model.width=100000"),
+        (["model=cnn", "model.batch_norm=true", "train.vectorize=on"], "train.vectorize=on"),
+        (["sweep_name=../../x"], "sweep_name='../../x'"),
+    ],
+)
 def test_refused_at_planning_by_the_cli_without_a_traceback(cli, tmp_path, args, named):
     single = args[0].startswith("+") or "eval_samples" in args[-1]  # a single run too (refused by its job)
     for mode in (["-m"], []) if single else (["-m"],):
-        proc = cli([*mode, *args, "train.epochs=1", *(["hydra.sweep.dir=s"] if "sweep_name" not in args[0] else [])],
-                   check=False)
+        proc = cli(
+            [*mode, *args, "train.epochs=1", *(["hydra.sweep.dir=s"] if "sweep_name" not in args[0] else [])],
+            check=False,
+        )
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0 and named in out and "Traceback" not in out, out[-3000:]
         if mode:  # a multirun is refused at planning: nothing at all is written
@@ -95,12 +106,15 @@ def test_every_value_rule_names_a_key_of_the_schema_and_none_a_family_setting():
     assert not [k for k in VALUE_RULES if k.startswith("metrics.")]
 
 
-@pytest.mark.parametrize("override", [
-    "metrics.connectivity.epochs=0",  # the untrained curve (documented: stop_reason untrained, mc null)
-    "metrics.connectivity.epochs=null",  # follow the endpoints' budget
-    "metrics.connectivity.n_points=3",  # the least grid with an interior point
-    "metrics.surfaces.eval_samples=0",  # the whole training set
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "metrics.connectivity.epochs=0",  # the untrained curve (documented: stop_reason untrained, mc null)
+        "metrics.connectivity.epochs=null",  # follow the endpoints' budget
+        "metrics.connectivity.n_points=3",  # the least grid with an interior point
+        "metrics.surfaces.eval_samples=0",  # the whole training set
+    ],
+)
 def test_settings_the_family_documents_are_accepted(compose, override):
     family = override.split(".")[1]
     assert validate(compose([f"metrics.{family}.enabled=true", override])) == []

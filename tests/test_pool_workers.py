@@ -13,9 +13,19 @@ from pathlib import Path
 
 from conftest import LANDSCAPE
 
-ARGS = ["-m", "data.subsample=0.25", "model.width=8", "train.batch_size=8", "train.epochs=40", "train.checkpoint_every=1",
-        "train.seeds=[0]", "metrics.l2.enabled=false", "hydra/launcher=local", "hydra.launcher.max_parallel=2",
-        "hydra.sweep.dir=sweep"]
+ARGS = [
+    "-m",
+    "data.subsample=0.25",
+    "model.width=8",
+    "train.batch_size=8",
+    "train.epochs=40",
+    "train.checkpoint_every=1",
+    "train.seeds=[0]",
+    "metrics.l2.enabled=false",
+    "hydra/launcher=local",
+    "hydra.launcher.max_parallel=2",
+    "hydra.sweep.dir=sweep",
+]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "LANDSCAPE_HEARTBEAT_S": "0.5"}
 
 
@@ -63,8 +73,9 @@ def _alive(pid: int) -> bool:
 
 def test_a_killed_worker_costs_only_its_cell_and_the_launch_ends_with_a_summary(tmp_path):
     args = [*ARGS, "model.depth=1,2,3"]
-    proc = subprocess.Popen([*LANDSCAPE, *args], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*LANDSCAPE, *args], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     sweep = tmp_path / "sweep"
     victim, pid = sorted(_wait_for(lambda: _training(sweep), 180, proc).items())[0]
     os.kill(pid, signal.SIGKILL)
@@ -76,8 +87,15 @@ def test_a_killed_worker_costs_only_its_cell_and_the_launch_ends_with_a_summary(
     assert f"interrupted: cell {victim} (" in line and f"pid {pid}" in line and "SIGKILL" in line, line
     statuses = _statuses(sweep)
     assert len(statuses) == 3 and [c for c, s in statuses.items() if s["state"] != "done"] == [victim], statuses
-    report = json.loads(subprocess.run([*LANDSCAPE[:2], "landscape.cli.status", "--json", str(sweep)], env=ENV,
-                                       capture_output=True, text=True, timeout=120).stdout)
+    report = json.loads(
+        subprocess.run(
+            [*LANDSCAPE[:2], "landscape.cli.status", "--json", str(sweep)],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    )
     assert {c["cell_id"]: c["state"] for c in report["cells"]}[victim] == "interrupted", report
     # the same command resumes the interrupted cell from its checkpoint and skips the others
     again = _rerun(args, tmp_path)

@@ -51,8 +51,9 @@ def test_projection_trace_spread_across_seeds_follows_formula(small_problem):
     model, x, y, h = small_problem
     tr2 = float(torch.trace(h @ h))
     n = 40
-    ests = [projection_trace(model, nn.functional.cross_entropy, x, y, n_directions=n, seed=s).estimate
-            for s in range(40)]
+    ests = [
+        projection_trace(model, nn.functional.cross_entropy, x, y, n_directions=n, seed=s).estimate for s in range(40)
+    ]
     ratio = np.std(ests, ddof=1) / np.sqrt(2 * tr2 / n)
     assert 0.7 < ratio < 1.4, ratio  # chi-square spread of a 40-sample std: about +-12 %
 
@@ -86,12 +87,14 @@ class Quadratic(nn.Module):
 def test_saddle_looks_like_a_minimum_in_random_projections_but_not_in_hessian_directions():
     gen = torch.Generator().manual_seed(0)
     p = 60
-    eig = torch.cat([torch.rand(p - 1, generator=gen, dtype=torch.float64) * 1.5 + 0.5, torch.tensor([-0.2], dtype=torch.float64)])
+    eig = torch.cat(
+        [torch.rand(p - 1, generator=gen, dtype=torch.float64) * 1.5 + 0.5, torch.tensor([-0.2], dtype=torch.float64)]
+    )
     q, _ = torch.linalg.qr(torch.randn(p, p, generator=gen, dtype=torch.float64))
     a = q @ torch.diag(eig) @ q.T  # many positive eigenvalues, one small negative one
     model = Quadratic(a)
     x, y = torch.zeros(4, 1, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
-    lf = lambda logits, t: logits.mean()  # noqa: E731
+    lf = lambda logits, t: logits.mean()  # noqa: E731 - a one-line helper used on the next lines
     v_max, v_min = q[:, int(eig.argmax())], q[:, int(eig.argmin())]
     res = saddle_check(model, lf, x, y, n_draws=40, step=0.1, seed=3, hessian_dirs=(v_max, v_min))
     assert res.share_minimum >= 0.9
@@ -106,12 +109,13 @@ def test_hessian_directions_from_the_curvature_module_show_the_saddle():
 
     gen = torch.Generator().manual_seed(1)
     p = 40
-    eig = torch.cat([torch.rand(p - 1, generator=gen, dtype=torch.float64) + 0.5,
-                     torch.tensor([-0.1], dtype=torch.float64)])
+    eig = torch.cat(
+        [torch.rand(p - 1, generator=gen, dtype=torch.float64) + 0.5, torch.tensor([-0.1], dtype=torch.float64)]
+    )
     q, _ = torch.linalg.qr(torch.randn(p, p, generator=gen, dtype=torch.float64))
     model = Quadratic(q @ torch.diag(eig) @ q.T)
     x, y = torch.zeros(4, 1, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
-    lf = lambda logits, t: logits.mean()  # noqa: E731
+    lf = lambda logits, t: logits.mean()  # noqa: E731 - a one-line helper used on the next lines
     v_max, v_min, lam_max, lam_min = hessian_directions(model, lf, x, y, tol=1e-10, max_iter=200)
     assert lam_max == pytest.approx(float(eig.max()), rel=1e-8) and lam_min == pytest.approx(-0.1, rel=1e-8)
     assert abs(float(v_min @ q[:, int(eig.argmin())])) == pytest.approx(1.0, abs=1e-6)
@@ -144,8 +148,18 @@ def test_relative_step_is_local_and_the_hessian_check_is_exact(small_problem):
 def _trace_rows(cli, tmp_path, activation: str):
     from landscape.results.io import load
 
-    cli(["-m", f"hydra.sweep.dir={activation}", "model.width=32", f"model.activation={activation}", "train.epochs=10",
-         "metrics.l2.enabled=false", "metrics.hessian.enabled=true", "metrics.projection_trace.enabled=true"])
+    cli(
+        [
+            "-m",
+            f"hydra.sweep.dir={activation}",
+            "model.width=32",
+            f"model.activation={activation}",
+            "train.epochs=10",
+            "metrics.l2.enabled=false",
+            "metrics.hessian.enabled=true",
+            "metrics.projection_trace.enabled=true",
+        ]
+    )
     return load(tmp_path / activation)
 
 
@@ -177,6 +191,9 @@ def test_bad_projection_trace_settings_are_named():
 
     problems = fam.FAMILY.problems  # the contract's check: each field's rule (the family has no cross-field rules)
     assert problems(fam.Config()) == []
-    assert problems(fam.Config(step="big")) == ["metrics.projection_trace.step='big': expected one of relative, absolute"]
+    assert problems(fam.Config(step="big")) == [
+        "metrics.projection_trace.step='big': expected one of relative, absolute"
+    ]
     assert problems(fam.Config(epsilon=0.0)) == [
-        "metrics.projection_trace.epsilon=0.0: expected a finite number > 0, at most 3.4e38 (float32)"]
+        "metrics.projection_trace.epsilon=0.0: expected a finite number > 0, at most 3.4e38 (float32)"
+    ]

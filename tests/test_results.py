@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import duckdb
 import pandas as pd
 import pyarrow as pa
@@ -13,16 +12,38 @@ from landscape.results import SCHEMA_VERSION, load, schema_for, table_dir, write
 
 
 def row(cid: str, seed: int, **metrics) -> dict:
-    return {"schema_version": SCHEMA_VERSION, "sweep": "t", "cell_id": cid, "seed": seed, "status": "done",
-            "model.width": 8, "train.batch_size": 32, "data.label_noise": 0.1, "train_loss": 0.5, **metrics}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "sweep": "t",
+        "cell_id": cid,
+        "seed": seed,
+        "status": "done",
+        "model.width": 8,
+        "train.batch_size": 32,
+        "data.label_noise": 0.1,
+        "train_loss": 0.5,
+        **metrics,
+    }
 
 
 def test_every_column_is_typed_and_never_null_typed():
     for table in ("models", "pairs"):
         schema = schema_for(table)
         assert all(not pa.types.is_null(f.type) for f in schema)
-        assert {"cell_id", "sweep", "status", "config", "git_commit", "git_dirty", "versions", "host", "device",
-                "schema_version", "started_at", "finished_at"} <= set(schema.names)
+        assert {
+            "cell_id",
+            "sweep",
+            "status",
+            "config",
+            "git_commit",
+            "git_dirty",
+            "versions",
+            "host",
+            "device",
+            "schema_version",
+            "started_at",
+            "finished_at",
+        } <= set(schema.names)
     models = schema_for("models")
     assert models.field("model.width").type == pa.int64()
     assert models.field("train.batch_size").type == pa.int64()
@@ -46,8 +67,9 @@ def test_cell_without_a_metric_and_cell_with_it_read_as_one_typed_frame(tmp_path
     # plain pandas and DuckDB read the same directory
     assert len(pd.read_parquet(d)) == 3
     n, width_sum, extra_sum = duckdb.sql(
-        f"select count(*), sum(\"model.width\"), sum(\"newfamily.value\") from "
-        f"read_parquet('{d}/*.parquet', union_by_name=true)").fetchall()[0]
+        f'select count(*), sum("model.width"), sum("newfamily.value") from '
+        f"read_parquet('{d}/*.parquet', union_by_name=true)"
+    ).fetchall()[0]
     assert (n, width_sum, extra_sum) == (3, 24, 2.5)
 
 
@@ -93,7 +115,7 @@ def test_repeated_loads_read_only_new_or_changed_files(tmp_path, monkeypatch):
     os.remove(d / "a.parquet")  # gone
     third = load(tmp_path, "models")
     assert [sorted(os.path.basename(f) for f in c) for c in calls] == [["b.parquet", "d.parquet"]]
-    assert sorted(zip(third["cell_id"], third["seed"])) == [("b", 0), ("c", 0), ("c", 1), ("d", 0)]
+    assert sorted(zip(third["cell_id"], third["seed"], strict=True)) == [("b", 0), ("c", 0), ("c", 1), ("d", 0)]
     assert third.set_index("cell_id").loc["b", "test_acc"] == 0.75
     assert str(third["model.width"].dtype) == "Int64"
 
@@ -117,14 +139,24 @@ def test_load_equals_a_plain_per_file_read_on_mixed_versions_with_nulls(tmp_path
     when = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
     old = cur.remove(cur.get_field_index("training.vectorized")).append(pa.field("gone.value", pa.float64()))
     old = old.append(pa.field("gone.flag", pa.int32()))  # a column of an old version, null in every file
-    write_table(d / "a.parquet", [row("a", 0, test_acc=0.5, started_at=when, git_dirty=True, **{lists[0]: [1, 2]}),
-                                  row("a", 1, test_acc=None, **{lists[0]: [], "training.vectorized": False})], cur)
-    write_table(d / "b.parquet", [row("b", 0, **{"gone.value": 1.5, "schema_version": 2, lists[0]: []}),
-                                  row("b", 1)], old)  # only empty lists and nulls in a list column
+    write_table(
+        d / "a.parquet",
+        [
+            row("a", 0, test_acc=0.5, started_at=when, git_dirty=True, **{lists[0]: [1, 2]}),
+            row("a", 1, test_acc=None, **{lists[0]: [], "training.vectorized": False}),
+        ],
+        cur,
+    )
+    write_table(
+        d / "b.parquet", [row("b", 0, **{"gone.value": 1.5, "schema_version": 2, lists[0]: []}), row("b", 1)], old
+    )  # only empty lists and nulls in a list column
     c = row("c", 0, test_acc=0.25, **{"training.vectorized": True, lists[0]: []})
-    pq.write_table(pa.Table.from_pylist([c], schema=cur), d / "c.parquet", write_statistics=False)  # no statistics: every column decoded
-    pq.write_table(pa.Table.from_pylist([row("e", 3, **{"schema_version": 1})], schema=cur), d / "e.parquet",
-                   store_schema=False)  # another tool: no Arrow schema stored
+    pq.write_table(
+        pa.Table.from_pylist([c], schema=cur), d / "c.parquet", write_statistics=False
+    )  # no statistics: every column decoded
+    pq.write_table(
+        pa.Table.from_pylist([row("e", 3, **{"schema_version": 1})], schema=cur), d / "e.parquet", store_schema=False
+    )  # another tool: no Arrow schema stored
     write_table(d / "f.parquet", [], cur)  # no rows
     got = load(tmp_path, "models")
 

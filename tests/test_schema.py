@@ -15,7 +15,8 @@ def test_schema_version_changes_with_the_columns():
     now = schema.schema_fingerprint()
     assert now == schema.SCHEMA_FINGERPRINT, (
         f"the results columns changed (fingerprint {now}, stored {schema.SCHEMA_FINGERPRINT} for version "
-        f"{schema.SCHEMA_VERSION}): bump SCHEMA_VERSION and set SCHEMA_FINGERPRINT = {now!r}")
+        f"{schema.SCHEMA_VERSION}): bump SCHEMA_VERSION and set SCHEMA_FINGERPRINT = {now!r}"
+    )
 
 
 def test_the_fingerprint_sees_a_new_column_of_a_family():
@@ -28,8 +29,13 @@ def test_the_fingerprint_sees_a_new_column_of_a_family():
         probes: int = 3
 
     before = schema.schema_fingerprint()
-    fam = metrics.Family(name="zz_probe", table="models", config=Cfg, metrics={"zz_probe.value": pa.float64()},
-                         compute=lambda c, s: metrics.Result())
+    fam = metrics.Family(
+        name="zz_probe",
+        table="models",
+        config=Cfg,
+        metrics={"zz_probe.value": pa.float64()},
+        compute=lambda c, s: metrics.Result(),
+    )
     metrics.register(fam)
     try:
         changed = schema.schema_fingerprint()
@@ -83,11 +89,15 @@ def test_a_family_that_collides_or_misdeclares_is_refused():
         value: int = 1
 
     with pytest.raises(ValueError, match="declared as metric and setting"):
-        metrics.Family(name="x", table="models", config=Cfg, metrics={"x.value": pa.float64()},
-                       compute=lambda c, s: None)
+        metrics.Family(
+            name="x", table="models", config=Cfg, metrics={"x.value": pa.float64()}, compute=lambda c, s: None
+        )
     with pytest.raises(ValueError, match="already belong to cka"):
-        metrics.register(metrics.Family(name="y", table="pairs", config=Cfg, metrics={"cka": pa.float64()},
-                                        compute=lambda c, s: None))
+        metrics.register(
+            metrics.Family(
+                name="y", table="pairs", config=Cfg, metrics={"cka": pa.float64()}, compute=lambda c, s: None
+            )
+        )
     assert "y" not in [f.name for f in metrics.families()]
 
     @dataclass
@@ -127,15 +137,24 @@ def test_figure_styles_are_declared_by_the_families_and_are_what_the_figures_dra
     with pytest.raises(ValueError, match="log10, not log"):
         metrics.FigureStyle("x", scale="log")
     # drawn: the norm and colour bar of a panel follow the family's style, in data and in paper limits
-    cells = pd.DataFrame({"model.width": [2, 4, 2, 4], "train.lr": [0.1, 0.1, 0.2, 0.2], "status": "done",
-                          "train_loss": [0.01, 0.5, 0.02, 2.0], "hessian.trace": [30.0, 60.0, 90.0, 500.0],
-                          "connectivity.mc": [-3.0, -1.0, 0.5, 4.0]})
+    cells = pd.DataFrame(
+        {
+            "model.width": [2, 4, 2, 4],
+            "train.lr": [0.1, 0.1, 0.2, 0.2],
+            "status": "done",
+            "train_loss": [0.01, 0.5, 0.02, 2.0],
+            "hessian.trace": [30.0, 60.0, 90.0, 500.0],
+            "connectivity.mc": [-3.0, -1.0, 0.5, 4.0],
+        }
+    )
     for limits in ("data", "paper"):
-        fig = pdg.metrics_figure(cells, "model.width", "train.lr", ["train_loss", "hessian.trace", "connectivity.mc"],
-                                 limits=limits)
+        fig = pdg.metrics_figure(
+            cells, "model.width", "train.lr", ["train_loss", "hessian.trace", "connectivity.mc"], limits=limits
+        )
         try:
-            meshes = {c.get_gid()[7:]: c for ax in fig.axes for c in ax.collections
-                      if str(c.get_gid()).startswith("metric:")}
+            meshes = {
+                c.get_gid()[7:]: c for ax in fig.axes for c in ax.collections if str(c.get_gid()).startswith("metric:")
+            }
             bars = {ax._colorbar.mappable: ax._colorbar for ax in fig.axes if getattr(ax, "_colorbar", None)}
             for col, mesh in meshes.items():
                 st = styles[col]
@@ -160,12 +179,34 @@ def test_rows_of_schema_version_1_are_read_beside_version_2(tmp_path):
 
     d = tmp_path / "results" / "models"
     d.mkdir(parents=True)
-    pq.write_table(pa.table({"schema_version": pa.array([1], pa.int32()), "cell_id": ["old"], "seed": [0],
-                             "status": ["done"], "hessian.top_eigenvalue": [3.0],
-                             "hessian.top_k": pa.array([[3.0, 2.0]], pa.list_(pa.float64()))}), d / "old.parquet")
-    write_table(d / "new.parquet", [{"schema_version": schema.SCHEMA_VERSION, "cell_id": "new", "seed": 0,
-                                     "status": "done", "hessian.top_eigenvalue": 4.0, "hessian.n_top": 2,
-                                     "hessian.top_eigenvalues": [4.0, 1.0]}], schema.schema_for("models"))
+    pq.write_table(
+        pa.table(
+            {
+                "schema_version": pa.array([1], pa.int32()),
+                "cell_id": ["old"],
+                "seed": [0],
+                "status": ["done"],
+                "hessian.top_eigenvalue": [3.0],
+                "hessian.top_k": pa.array([[3.0, 2.0]], pa.list_(pa.float64())),
+            }
+        ),
+        d / "old.parquet",
+    )
+    write_table(
+        d / "new.parquet",
+        [
+            {
+                "schema_version": schema.SCHEMA_VERSION,
+                "cell_id": "new",
+                "seed": 0,
+                "status": "done",
+                "hessian.top_eigenvalue": 4.0,
+                "hessian.n_top": 2,
+                "hessian.top_eigenvalues": [4.0, 1.0],
+            }
+        ],
+        schema.schema_for("models"),
+    )
     df = load(tmp_path).set_index("cell_id")
     assert list(df.loc["old", "hessian.top_k"]) == [3.0, 2.0]
     assert list(df.loc["new", "hessian.top_eigenvalues"]) == [4.0, 1.0] and df.loc["new", "hessian.n_top"] == 2

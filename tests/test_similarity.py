@@ -23,7 +23,6 @@ from landscape.similarity import (
 )
 
 
-
 def _pair(n: int, seed: int = 0, p: int = 10, q: int = 6, noise: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, p, generator=g, dtype=torch.float64)
@@ -204,7 +203,9 @@ def test_probe_sets_are_seeded_and_sized():
     assert {tuple(r.tolist()) for r in a} == rows
     t = probe_inputs(data, "train", 10, 2)
     assert torch.equal(t, probe_inputs(data, "train", 10, 2))
-    assert len({tuple(r.tolist()) for r in t}) == 10 and {tuple(r.tolist()) for r in t} <= {tuple(r.tolist()) for r in data.x_train}
+    assert len({tuple(r.tolist()) for r in t}) == 10 and {tuple(r.tolist()) for r in t} <= {
+        tuple(r.tolist()) for r in data.x_train
+    }
     m = probe_inputs(data, "mixup", 50, seed=3)
     assert m.shape == (50, 5)
     assert torch.equal(m, probe_inputs(data, "mixup", 50, seed=3))

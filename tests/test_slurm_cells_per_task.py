@@ -30,5 +30,12 @@ def test_several_cells_per_task_give_the_rows_of_one_cell_per_task(tmp_path):
     statuses = [json.loads(p.read_text()) for p in (tmp_path / "two" / "cells").glob("*/status.json")]
     assert len(statuses) == 4 and all(s["state"] == "done" for s in statuses)
     assert len({s["slurm_job_id"] for s in statuses}) == 2  # two tasks, two cells each
-    assert len({s["slurm_job_id"] for s in
-                (json.loads(p.read_text()) for p in (tmp_path / "one" / "cells").glob("*/status.json"))}) == 4
+    assert (
+        len(
+            {
+                s["slurm_job_id"]
+                for s in (json.loads(p.read_text()) for p in (tmp_path / "one" / "cells").glob("*/status.json"))
+            }
+        )
+        == 4
+    )

@@ -42,7 +42,10 @@ def test_failing_job_is_reported_failed(tmp_path: Path) -> None:
 
 @requires_slurm
 def test_array_job_runs_every_task(tmp_path: Path) -> None:
-    job = sbatch(["--array=0-3", "-o", "%A_%a.out", "--wrap", "echo $SLURM_ARRAY_TASK_ID > task_$SLURM_ARRAY_TASK_ID"], cwd=tmp_path)
+    job = sbatch(
+        ["--array=0-3", "-o", "%A_%a.out", "--wrap", "echo $SLURM_ARRAY_TASK_ID > task_$SLURM_ARRAY_TASK_ID"],
+        cwd=tmp_path,
+    )
     states = wait_for_states(job, n_allocations=4, timeout_s=90)
     assert states == {f"{job}_{i}": "COMPLETED" for i in range(4)}
     for i in range(4):

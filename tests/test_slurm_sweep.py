@@ -29,18 +29,31 @@ def test_slurm_multirun_gives_the_rows_of_the_local_run(tmp_path):
     from landscape.launching import cluster_max_array_size
 
     assert cluster_max_array_size() is not None  # read from `scontrol show config`
-    grid = ["-m", *SMALL, "train.batch_size=32,64,128", "metrics.hessian.enabled=true",
-            "metrics.hessian.eval_samples=100", "metrics.hessian.trace_matvecs=12", "metrics.cka.enabled=true"]
+    grid = [
+        "-m",
+        *SMALL,
+        "train.batch_size=32,64,128",
+        "metrics.hessian.enabled=true",
+        "metrics.hessian.eval_samples=100",
+        "metrics.hessian.trace_matvecs=12",
+        "metrics.cka.enabled=true",
+    ]
     landscape([*grid, "hydra.sweep.dir=local"], tmp_path)
     t0 = time.monotonic()
     # a grid larger than the array size: chunks, all submitted before any is awaited
     out = landscape([*grid, *SLURM, "hydra.launcher.max_array_size=2", "hydra.sweep.dir=slurm"], tmp_path)
     assert "submitted 3 cells as 2 SLURM array(s) of <= 2 tasks" in out.stderr + out.stdout, out.stderr[-2000:]
-    arrays = sorted({p.name.split("_")[0] for p in (tmp_path / "slurm" / ".submitit").iterdir()
-                     if p.name.split("_")[0].isdigit()}, key=int)
+    arrays = sorted(
+        {p.name.split("_")[0] for p in (tmp_path / "slurm" / ".submitit").iterdir() if p.name.split("_")[0].isdigit()},
+        key=int,
+    )
     assert len(arrays) == 2
-    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,Submit,End", "-j", ",".join(arrays)],
-                          capture_output=True, text=True, timeout=30).stdout.split()
+    acct = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "JobID,Submit,End", "-j", ",".join(arrays)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
     times = {line.split("|")[0]: line.split("|")[1:] for line in acct}
     first_end = min(end for jid, (_, end) in times.items() if jid.split("_")[0] == arrays[0])
     second_submit = min(sub for jid, (sub, _) in times.items() if jid.split("_")[0] == arrays[1])
@@ -50,8 +63,10 @@ def test_slurm_multirun_gives_the_rows_of_the_local_run(tmp_path):
         assert len(slurm) == n and list(slurm["cell_id"]) == list(local["cell_id"])
         assert (slurm["schema_version"] == SCHEMA_VERSION).all()  # the jobs ran this checkout's code
         computed = [c for c in metric_columns(table) if local[c].notna().any()]
-        expected = {"models": {"train_loss", "test_acc", "hessian.top_eigenvalue", "hessian.trace"},
-                    "pairs": {"l2_distance", "cka"}}[table]
+        expected = {
+            "models": {"train_loss", "test_acc", "hessian.top_eigenvalue", "hessian.trace"},
+            "pairs": {"l2_distance", "cka"},
+        }[table]
         assert expected <= set(computed), computed
         for col in computed + (["training.steps"] if table == "models" else []):
             # bitwise: same config, same seeds, same numbers (NaN where both are NaN)
@@ -59,17 +74,30 @@ def test_slurm_multirun_gives_the_rows_of_the_local_run(tmp_path):
     statuses = status_of(tmp_path / "slurm")
     assert all(s["state"] == "done" and s["slurm_job_id"] for s in statuses.values())
     assert (tmp_path / "slurm" / ".submitit").is_dir()
-    print(f"SLURM multirun of 3 cells: {time.monotonic() - t0:.1f} s")  # noqa: T201
+    print(f"SLURM multirun of 3 cells: {time.monotonic() - t0:.1f} s")
 
 
 @requires_slurm
 def test_preempted_task_checkpoints_requeues_and_resumes(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", "model.width=8", "train.epochs=30", "train.batch_size=16", "train.checkpoint_every=1",
-            "train.vectorize=off",
-            *SLURM, "hydra.sweep.dir=sweep"]
-    proc = subprocess.Popen([LANDSCAPE, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    args = [
+        "-m",
+        "model.width=8",
+        "train.epochs=30",
+        "train.batch_size=16",
+        "train.checkpoint_every=1",
+        "train.vectorize=off",
+        *SLURM,
+        "hydra.sweep.dir=sweep",
+    ]
+    proc = subprocess.Popen(
+        [LANDSCAPE, *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         seed_dir: list[Path] = []
 
@@ -113,10 +141,24 @@ def test_failing_cell_is_reported_while_the_others_finish(tmp_path):
     good = write_tiny_cifar10(tmp_path / "good")
     bad = write_tiny_cifar10(tmp_path / "bad")
     sweep = tmp_path / "sweep"
-    args = ["-m", "data=cifar10", f"data.root={good},{bad}", "model.width=8", "train.epochs=2",
-            "train.batch_size=10", *SLURM, "hydra.sweep.dir=sweep"]
-    proc = subprocess.Popen([LANDSCAPE, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    args = [
+        "-m",
+        "data=cifar10",
+        f"data.root={good},{bad}",
+        "model.width=8",
+        "train.epochs=2",
+        "train.batch_size=10",
+        *SLURM,
+        "hydra.sweep.dir=sweep",
+    ]
+    proc = subprocess.Popen(
+        [LANDSCAPE, *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         wait_for(lambda: any((sweep / "launches").glob("*.json")), 60, "the launch record")
         for f in bad.iterdir():  # planned and validated, then the data disappears before the job reads it
@@ -133,8 +175,12 @@ def test_failing_cell_is_reported_while_the_others_finish(tmp_path):
     assert f"data.root={bad}" in " ".join(failed.overrides)
     assert "data_batch_1" in failed.error
     assert rep.rerun is not None and "hydra/launcher=slurm" in rep.rerun
-    status_cli = subprocess.run([str(Path(sys.executable).with_name("landscape-status")), str(sweep)],
-                                capture_output=True, text=True, timeout=60)
+    status_cli = subprocess.run(
+        [str(Path(sys.executable).with_name("landscape-status")), str(sweep)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "failed 1" in status_cli.stdout and failed.error in status_cli.stdout and rep.rerun in status_cli.stdout
     assert len(rows(sweep)) == 2  # the good cell's two seeds
 
@@ -149,9 +195,18 @@ def test_time_limit_signal_checkpoints_and_requeues(tmp_path):
     adds attempts (up to max_num_timeout: a 3x slower machine trained ~130 epochs per 30-s attempt, after ~19 s
     of start-up and resume, so the two seeds needed ~16 attempts)."""
     sweep = tmp_path / "sweep"
-    args = ["-m", "model.width=8", "train.epochs=1000", "train.batch_size=16", "train.vectorize=off",
-            *SLURM, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=45",
-            "hydra.launcher.max_num_timeout=40", "hydra.sweep.dir=sweep"]
+    args = [
+        "-m",
+        "model.width=8",
+        "train.epochs=1000",
+        "train.batch_size=16",
+        "train.vectorize=off",
+        *SLURM,
+        "hydra.launcher.timeout_min=1",
+        "hydra.launcher.signal_delay_s=45",
+        "hydra.launcher.max_num_timeout=40",
+        "hydra.sweep.dir=sweep",
+    ]
     landscape(args, tmp_path, timeout=1500)
     (cell_dir,) = list((sweep / "cells").glob("*/status.json"))
     status = json.loads(cell_dir.read_text())

@@ -17,15 +17,23 @@ def test_counts_failed_errors_stale_and_rerun_command(tmp_path):
     sweep = tmp_path / "sweep"
     make_status_sweep(sweep)
     rep = st.sweep_report(sweep, stale_after_s=60.0, now=time.time() + 30.0)  # c5's heartbeat is 30 s old: fresh
-    assert rep.counts == {"done": 1, "diverged": 1, "failed": 1, "running": 2, "interrupted": 1, "pending": 1,
-                          "damaged": 0}
+    assert rep.counts == {
+        "done": 1,
+        "diverged": 1,
+        "failed": 1,
+        "running": 2,
+        "interrupted": 1,
+        "pending": 1,
+        "damaged": 0,
+    }
     by_id = {c.cell_id: c for c in rep.cells}
     assert by_id["c4"].state == "interrupted" and "is gone" in by_id["c4"].note
     assert by_id["c2"].error.startswith("FileNotFoundError: data.root='/x'")
     assert by_id["c6"].overrides == ["model.width=6", "+sweep=demo"]
     # the launch's command, into the directory asked about (the launch directory /some/where does not exist here)
-    assert rep.rerun == ("landscape -m model.width=0,1,2,3,4,5,6 +sweep=demo hydra/launcher=slurm "
-                         f"hydra.sweep.dir={sweep.resolve()}")
+    assert rep.rerun == (
+        f"landscape -m model.width=0,1,2,3,4,5,6 +sweep=demo hydra/launcher=slurm hydra.sweep.dir={sweep.resolve()}"
+    )
 
     later = st.sweep_report(sweep, stale_after_s=60.0, now=time.time() + 120.0)  # now c5 (other host) is stale
     assert {c.cell_id: c.state for c in later.cells}["c5"] == "interrupted"

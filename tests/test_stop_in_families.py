@@ -22,26 +22,47 @@ from conftest import LANDSCAPE, run_cli
 
 BASE = ["data.subsample=0.25", "model.width=8", "train.epochs=2", "train.batch_size=32", "hydra.sweep.dir=sweep"]
 # two jumps of 8 retraining epochs (about 1 s each on an idle core): a stop lands in the middle of a retraining
-JUMP = [*BASE, "train.seeds=[0]", "metrics.jump_retrain.enabled=true", "metrics.jump_retrain.embedding=pca",
-        "metrics.jump_retrain.n_jumps=1", "metrics.jump_retrain.scales=[0.25,0.5]", "metrics.jump_retrain.epochs=8",
-        "metrics.jump_retrain.batch_size=16", "metrics.jump_retrain.record_every=10",
-        "metrics.jump_retrain.projection_dim=16", "metrics.jump_retrain.eval_samples=64",
-        "metrics.jump_retrain.store_coords=true"]
+JUMP = [
+    *BASE,
+    "train.seeds=[0]",
+    "metrics.jump_retrain.enabled=true",
+    "metrics.jump_retrain.embedding=pca",
+    "metrics.jump_retrain.n_jumps=1",
+    "metrics.jump_retrain.scales=[0.25,0.5]",
+    "metrics.jump_retrain.epochs=8",
+    "metrics.jump_retrain.batch_size=16",
+    "metrics.jump_retrain.record_every=10",
+    "metrics.jump_retrain.projection_dim=16",
+    "metrics.jump_retrain.eval_samples=64",
+    "metrics.jump_retrain.store_coords=true",
+]
 # a curve of 30 epochs first (about 3 s here), however many stages the connectivity protocol adds
 CURVE = [*BASE, "train.seeds=[0,1]", "metrics.connectivity.enabled=true", "metrics.connectivity.epochs=30"]
 # three seeds: the three pairs' curves train as one stack (an MLP; ``metrics.connectivity.prepare``)
 CURVES = [*BASE, "train.seeds=[0,1,2]", "metrics.connectivity.enabled=true", "metrics.connectivity.epochs=30"]
 # work that does not poll the stop request: a Hessian spectral density of ~10 s after 2 epochs of training
-HESSIAN = ["data.subsample=0.25", "model.width=256", "train.epochs=2", "train.batch_size=32", "train.seeds=[0]",
-           "hydra.sweep.dir=sweep", "metrics.hessian.enabled=true", "metrics.hessian.dtype=float64",
-           "metrics.hessian.tol=1e-12", "metrics.hessian.density=true", "metrics.hessian.n_probes=6",
-           "metrics.hessian.n_steps=100"]
+HESSIAN = [
+    "data.subsample=0.25",
+    "model.width=256",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.seeds=[0]",
+    "hydra.sweep.dir=sweep",
+    "metrics.hessian.enabled=true",
+    "metrics.hessian.dtype=float64",
+    "metrics.hessian.tol=1e-12",
+    "metrics.hessian.density=true",
+    "metrics.hessian.n_probes=6",
+    "metrics.hessian.n_steps=100",
+]
 POOL = ["-m", "hydra/launcher=local", "hydra.launcher.max_parallel=1"]
-CASES = {"jump": (JUMP, "jump_checkpoint.pt", r"jump-retrain \d+ \(scale [0-9.]+\): resumed at epoch [1-9]"),
-         "curve": (CURVE, "curve_checkpoint.pt", r"curve .*: resumed at epoch [1-9]"),
-         "curves": (CURVES, "curve_checkpoint.pt", r"curves 0-1, 0-2, 1-2 together .*: resumed at epoch [1-9]"),
-         # (a glob under cells/: the trained seed; the rerun loads it and measures the Hessian again)
-         "hessian": (HESSIAN, "*/seeds/0/result.json", r"loaded seed 0 in")}
+CASES = {
+    "jump": (JUMP, "jump_checkpoint.pt", r"jump-retrain \d+ \(scale [0-9.]+\): resumed at epoch [1-9]"),
+    "curve": (CURVE, "curve_checkpoint.pt", r"curve .*: resumed at epoch [1-9]"),
+    "curves": (CURVES, "curve_checkpoint.pt", r"curves 0-1, 0-2, 1-2 together .*: resumed at epoch [1-9]"),
+    # (a glob under cells/: the trained seed; the rerun loads it and measures the Hessian again)
+    "hessian": (HESSIAN, "*/seeds/0/result.json", r"loaded seed 0 in"),
+}
 # run times and provenance that differ between two runs of the same config; everything else must be equal
 VARYING = re.compile(r"(^|[._])seconds$|^(started_at|finished_at)$")
 EXIT_S = 5.0
@@ -85,8 +106,15 @@ def _stop_while_training(args: list[str], cwd: Path, checkpoint: str, sig: int, 
     under way), send ``sig`` (to the whole process group if ``group``: what a terminal's Ctrl-C does); return the
     seconds from the signal to the exit, the output and the exit code."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*LANDSCAPE, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [*LANDSCAPE, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while not any((cwd / "sweep" / "cells").glob(_pattern(checkpoint))):
@@ -107,17 +135,21 @@ def _stop_while_training(args: list[str], cwd: Path, checkpoint: str, sig: int, 
             proc.wait()
 
 
-@pytest.mark.parametrize("case,launcher,sig", [
-    ("curve", "single", signal.SIGINT),
-    ("curves", "single", signal.SIGINT),
-    ("jump", "single", signal.SIGINT),
-    ("jump", "pool", signal.SIGTERM),
-    ("hessian", "pool", signal.SIGINT),
-    pytest.param("curve", "pool", signal.SIGINT, marks=pytest.mark.slow),
-    pytest.param("curve", "single", signal.SIGTERM, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "case,launcher,sig",
+    [
+        ("curve", "single", signal.SIGINT),
+        ("curves", "single", signal.SIGINT),
+        ("jump", "single", signal.SIGINT),
+        ("jump", "pool", signal.SIGTERM),
+        ("hessian", "pool", signal.SIGINT),
+        pytest.param("curve", "pool", signal.SIGINT, marks=pytest.mark.slow),
+        pytest.param("curve", "single", signal.SIGTERM, marks=pytest.mark.slow),
+    ],
+)
 def test_a_signal_while_a_family_trains_stops_within_seconds_and_the_rerun_resumes_bitwise(
-        tmp_path, reference, case, launcher, sig):
+    tmp_path, reference, case, launcher, sig
+):
     args, checkpoint, resumed = CASES[case]
     args = [*POOL, *args] if launcher == "pool" else list(args)
     seconds, out, code = _stop_while_training(args, tmp_path, checkpoint, sig, group=sig == signal.SIGINT)
@@ -154,8 +186,17 @@ def test_jump_and_retrain_stopped_after_any_step_resumes_bitwise(tmp_path):
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(60, 4, generator=g), torch.randint(0, 3, (60,), generator=g)
     data = type("Data", (), dict(x_train=x, y_train=y, x_test=x[:30], y_test=y[:30], n_train=60))()
-    s = JumpRetrainSettings(n_jumps=2, scales=(0.25, 0.5), epochs=3, lr=0.05, batch_size=20, record_every=2,
-                            projection_dim=4, eval_samples=0, embedding="pca")
+    s = JumpRetrainSettings(
+        n_jumps=2,
+        scales=(0.25, 0.5),
+        epochs=3,
+        lr=0.05,
+        batch_size=20,
+        record_every=2,
+        projection_dim=4,
+        eval_samples=0,
+        embedding="pca",
+    )
     loss = make_loss("cross_entropy")
     ref = jump_and_retrain(model, loss, data, s)
     total = 4 * 3 * 3  # four jumps of three epochs of three steps

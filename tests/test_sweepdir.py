@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import FAST, LANDSCAPE
+
 from landscape.cell import CellDir, Lease
 from landscape.results import load
 
@@ -32,7 +32,7 @@ def test_two_seed_lists_in_one_grid_keep_all_four_models(cli, tmp_path):
     rows = _rows(tmp_path / "s")
     assert sorted(rows["seed"]) == [0, 1, 2, 3] and rows["cell_id"].nunique() == 1
     pairs = _rows(tmp_path / "s", "pairs")
-    assert sorted(zip(pairs["seed_a"], pairs["seed_b"])) == [(0, 1), (2, 3)]
+    assert sorted(zip(pairs["seed_a"], pairs["seed_b"], strict=True)) == [(0, 1), (2, 3)]
     # the same rows as one request of each seed list alone
     cli(["hydra.sweep.dir=ref", *FAST, "train.seeds=[2,3]"])
     ref = _rows(tmp_path / "ref")
@@ -41,7 +41,13 @@ def test_two_seed_lists_in_one_grid_keep_all_four_models(cli, tmp_path):
 
 
 def test_a_smaller_request_after_a_larger_one_loses_nothing(cli, tmp_path):
-    hess = ["metrics.hessian.enabled=true", "metrics.hessian.n_top=1", "metrics.hessian.smallest_eigenvalue=false", "metrics.hessian.eval_samples=64", "metrics.hessian.trace_matvecs=9"]
+    hess = [
+        "metrics.hessian.enabled=true",
+        "metrics.hessian.n_top=1",
+        "metrics.hessian.smallest_eigenvalue=false",
+        "metrics.hessian.eval_samples=64",
+        "metrics.hessian.trace_matvecs=9",
+    ]
     cli(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1,2]", *hess])
     first = _rows(tmp_path / "s")
     first_pairs = _rows(tmp_path / "s", "pairs")
@@ -52,7 +58,7 @@ def test_a_smaller_request_after_a_larger_one_loses_nothing(cli, tmp_path):
     pd.testing.assert_frame_equal(with_h, first, check_exact=True)  # seed 2 and every Hessian value still there
     assert sorted(rows.loc[rows["hessian.top_eigenvalue"].isna(), "seed"]) == [0, 1]  # the new request's rows
     # the pair family settings are the same: the pairs are those of the first request, none lost, none doubled
-    assert sorted(zip(pairs["seed_a"], pairs["seed_b"])) == [(0, 1), (0, 2), (1, 2)]
+    assert sorted(zip(pairs["seed_a"], pairs["seed_b"], strict=True)) == [(0, 1), (0, 2), (1, 2)]
     pd.testing.assert_frame_equal(pairs[["l2_distance"]], first_pairs[["l2_distance"]], check_exact=True)
     # asking again for what is there runs nothing
     again = cli(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,2]", *hess])
@@ -60,8 +66,13 @@ def test_a_smaller_request_after_a_larger_one_loses_nothing(cli, tmp_path):
 
 
 def test_a_swept_metric_setting_keeps_both_values(cli, tmp_path):
-    conn = ["metrics.connectivity.enabled=true", "metrics.connectivity.epochs=1", "metrics.connectivity.n_points=3",
-            "metrics.connectivity.test=false", "metrics.l2.enabled=false"]
+    conn = [
+        "metrics.connectivity.enabled=true",
+        "metrics.connectivity.epochs=1",
+        "metrics.connectivity.n_points=3",
+        "metrics.connectivity.test=false",
+        "metrics.l2.enabled=false",
+    ]
     cli(["-m", "hydra.sweep.dir=s", *FAST, *conn, "metrics.connectivity.lr=5,50"])
     pairs = load(tmp_path / "s", "pairs")
     assert len(pairs) == 2 and pairs["cell_id"].nunique() == 1
@@ -103,10 +114,17 @@ def test_lease_is_exclusive_and_a_dead_holders_lease_is_taken_over(tmp_path):
     other.release()
 
     # a killed holder on this host: its lease is taken over at once
-    rec = {"token": "dead", "host": os.uname().nodename, "pid": _dead_pid(), "beat_at": time.time(), "beats": 3,
-           "interval": 10.0}
+    rec = {
+        "token": "dead",
+        "host": os.uname().nodename,
+        "pid": _dead_pid(),
+        "beat_at": time.time(),
+        "beats": 3,
+        "interval": 10.0,
+    }
     cell.lease_path.write_text(json.dumps(rec))
     import socket
+
     rec["host"] = socket.gethostname()
     cell.lease_path.write_text(json.dumps(rec))
     taker = Lease(cell, interval=10.0)
@@ -127,8 +145,9 @@ def test_lease_is_exclusive_and_a_dead_holders_lease_is_taken_over(tmp_path):
 
 def _launch(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.Popen([*LANDSCAPE, *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [*LANDSCAPE, *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _status(sweep: Path) -> dict[str, dict]:
@@ -147,9 +166,13 @@ def test_two_launches_of_one_grid_at_once_train_each_cell_once(cli, tmp_path):
     assert ran == 3, outs  # every cell trained by exactly one of the two launches
     cli([*grid, "hydra.sweep.dir=ref"])
     got, ref = _rows(tmp_path / "s"), _rows(tmp_path / "ref")
-    pd.testing.assert_frame_equal(got[METRICS + ["cell_id", "seed"]], ref[METRICS + ["cell_id", "seed"]],
-                                  check_exact=True)
-    assert _rows(tmp_path / "s", "pairs")["l2_distance"].tolist() == _rows(tmp_path / "ref", "pairs")["l2_distance"].tolist()
+    pd.testing.assert_frame_equal(
+        got[METRICS + ["cell_id", "seed"]], ref[METRICS + ["cell_id", "seed"]], check_exact=True
+    )
+    assert (
+        _rows(tmp_path / "s", "pairs")["l2_distance"].tolist()
+        == _rows(tmp_path / "ref", "pairs")["l2_distance"].tolist()
+    )
 
 
 def test_overlapping_grids_with_a_pause_between_writes_leave_no_torn_cell(cli, tmp_path):
@@ -169,7 +192,10 @@ def test_overlapping_grids_with_a_pause_between_writes_leave_no_torn_cell(cli, t
     pd.testing.assert_frame_equal(pairs[pcols], ref_p[pcols], check_exact=True)
     w8 = models[models["model.width"] == 8]
     assert sorted(w8["seed"]) == [0, 1, 2]
-    assert sorted(zip(*(pairs[pairs["model.width"] == 8][k] for k in ("seed_a", "seed_b")))) == [(0, 1), (1, 2)]
+    assert sorted(zip(*(pairs[pairs["model.width"] == 8][k] for k in ("seed_a", "seed_b")), strict=True)) == [
+        (0, 1),
+        (1, 2),
+    ]
     assert all(s["state"] == "done" and not s["pending"] for s in _status(tmp_path / "s").values())
 
 
@@ -202,8 +228,10 @@ def test_disk_full_is_recorded_and_temporary_files_are_cleaned_on_the_next_run(c
     leftovers = [p for p in sweep.rglob(".*") if ".tmp-" in p.name or p.name.endswith(".staged")]
     assert leftovers == [] and load(sweep).empty
 
-    stray = [cell.path / "seeds" / "0" / ".checkpoint.pt.tmp-4242",
-             sweep / "results" / "models" / f".{cell.cell_id}-0123456789.parquet.tmp-4242"]
+    stray = [
+        cell.path / "seeds" / "0" / ".checkpoint.pt.tmp-4242",
+        sweep / "results" / "models" / f".{cell.cell_id}-0123456789.parquet.tmp-4242",
+    ]
     for p in stray:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"half")
@@ -219,8 +247,9 @@ def test_rows_of_a_request_killed_between_its_table_writes_are_not_served(cli, t
 
     cli(["hydra.sweep.dir=s", *FAST])
     before, before_pairs = _rows(tmp_path / "s"), _rows(tmp_path / "s", "pairs")
-    proc = _launch(["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1,2]"], tmp_path,
-                   {"LANDSCAPE_TEST_PAUSE": "between_tables:30"})
+    proc = _launch(
+        ["hydra.sweep.dir=s", *FAST, "train.seeds=[0,1,2]"], tmp_path, {"LANDSCAPE_TEST_PAUSE": "between_tables:30"}
+    )
     sweep = tmp_path / "s"
     deadline = time.time() + 120
     while True:  # wait until the new models file is renamed into place (the pause follows it)
@@ -282,7 +311,7 @@ def test_the_holders_clean_up_leaves_the_lease_files_other_processes_are_writing
             try:
                 if other.try_acquire():
                     other.release()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - collected and asserted empty by the test
                 errors.append(exc)
                 return
 

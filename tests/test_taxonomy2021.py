@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import taxonomy2021
+
 from landscape.connectivity import mode_connectivity
 from landscape.phase import PhaseRule, aggregate_cells, phase_summary
 
@@ -33,8 +33,12 @@ def test_the_import_computes_mc_with_the_library_function_on_the_published_grid(
     curves = pd.read_csv(REFERENCE / "curves.csv")
     g = curves[(curves["width"] == 8) & (curves["batch_size"] == 1024)]
     assert sorted(g["t"]) == list(tax.PAPER_T_GRID)
-    row = pairs[(pairs["model.width"] == 8) & (pairs["train.batch_size"] == 1024) & (pairs["seed_a"] == 0)
-                & (pairs["seed_b"] == 1)]
+    row = pairs[
+        (pairs["model.width"] == 8)
+        & (pairs["train.batch_size"] == 1024)
+        & (pairs["seed_a"] == 0)
+        & (pairs["seed_b"] == 1)
+    ]
     expected = mode_connectivity(g["train_err"].to_numpy(), t=g["t"].to_numpy())
     assert row["connectivity.mc"].item() == expected
     # hand check of this curve: the interior maximum of |e - mean| against the endpoints' mean
@@ -42,17 +46,19 @@ def test_the_import_computes_mc_with_the_library_function_on_the_published_grid(
     mid = (e[0] + e[-1]) / 2
     assert expected == pytest.approx(mid - e[1:-1][np.argmax(np.abs(e[1:-1] - mid))], abs=1e-12)
     # the only published curve where the paper's argmax lands on an endpoint (width 1, outside Figure 1)
-    assert tax.mode_connectivity([0, .5, 1], [0, 5.5, 10], endpoints="paper") == 5.0
-    assert tax.mode_connectivity([0, .5, 1], [0, 5.5, 10]) == -0.5
-    assert math.isnan(tax.mode_connectivity([0, .5, 1], [1, float("nan"), 1]))
+    assert tax.mode_connectivity([0, 0.5, 1], [0, 5.5, 10], endpoints="paper") == 5.0
+    assert tax.mode_connectivity([0, 0.5, 1], [0, 5.5, 10]) == -0.5
+    assert math.isnan(tax.mode_connectivity([0, 0.5, 1], [1, float("nan"), 1]))
 
 
 def test_threshold_margins_on_a_small_grid_are_the_nearest_deciding_cells():
-    cells = pd.DataFrame({
-        "train_loss": [0.5, 0.3, 0.01, 0.02, 0.03, 0.04],
-        "connectivity.mc": [-3.0, 2.0, -4.0, -0.1, 0.0, -0.2],
-        "cka": [0.5, 0.5, 0.5, 0.9, 0.6, 0.75],
-    })
+    cells = pd.DataFrame(
+        {
+            "train_loss": [0.5, 0.3, 0.01, 0.02, 0.03, 0.04],
+            "connectivity.mc": [-3.0, 2.0, -4.0, -0.1, 0.0, -0.2],
+            "cka": [0.5, 0.5, 0.5, 0.9, 0.6, 0.75],
+        }
+    )
     rule = PhaseRule()
     assert rule.labels(cells).tolist() == ["I", "II", "III", "IV-B", "IV-A", "IV-B"]
     m = tax.threshold_margins(cells, rule).set_index("threshold")

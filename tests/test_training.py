@@ -47,13 +47,15 @@ def test_resume_after_stop_is_bitwise_identical(tmp_path):
     resumed = build_model(mcfg, data.input_shape, 10, seed=3)  # a fresh process would start from scratch
     r = train_model(resumed, data.x_train, data.y_train, s, 3, tmp_path / "run")
     assert r.resumed_from_epoch == 1 and r.steps == r_ref.steps
-    for a, b in zip(ref.state_dict().values(), resumed.state_dict().values()):
+    for a, b in zip(ref.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert r.history == r_ref.history
     # a finished run is loaded, not retrained
     again = build_model(mcfg, data.input_shape, 10, seed=0)
     r2 = train_model(again, data.x_train, data.y_train, s, 3, tmp_path / "run")
-    assert r2.seconds == r.seconds and all(torch.equal(a, b) for a, b in zip(again.parameters(), ref.parameters()))
+    assert r2.seconds == r.seconds and all(
+        torch.equal(a, b) for a, b in zip(again.parameters(), ref.parameters(), strict=True)
+    )
 
 
 def test_divergence_is_a_status_not_a_crash(tmp_path):
@@ -78,8 +80,17 @@ EXPECTED_FACTORS = {
 }
 
 
-def _sgd_by_hand(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, factors: list[float], lr: float,
-                 momentum: float, weight_decay: float, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+def _sgd_by_hand(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    factors: list[float],
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+) -> dict[str, torch.Tensor]:
     """SGD written out: per epoch a ``randperm`` from one generator seeded ``seed``, batches of ``batch_size`` in
     that order (a trailing batch of 8 kept), ``d = grad + wd * w``, ``buf = momentum * buf + d`` (``buf = d`` at
     the first step), ``w -= lr * factor[epoch] * buf``. Returns the final parameters."""
@@ -94,7 +105,7 @@ def _sgd_by_hand(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, facto
             idx = perm[start : start + batch_size]
             leaves = {n: t.requires_grad_(True) for n, t in w.items()}
             loss = torch.nn.functional.cross_entropy(functional_call(model, leaves, (x[idx],)), y[idx])
-            grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+            grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
             with torch.no_grad():
                 for n in w:
                     d = grads[n] + weight_decay * w[n]
@@ -108,17 +119,36 @@ def test_training_reduces_loss_under_every_schedule(tmp_path, schedule):
     """The trained weights are those of SGD written out by hand with the learning rate of the closed-form
     schedule (momentum and coupled weight decay on), and the training loss fell."""
     data, mcfg, _ = setup()
-    tcfg = OmegaConf.structured(TrainConfig(epochs=4, batch_size=32, lr=0.2, momentum=0.9, weight_decay=1e-3,
-                                            schedule=schedule, lr_decay=0.5, lr_milestones=[1, 3]))
+    tcfg = OmegaConf.structured(
+        TrainConfig(
+            epochs=4,
+            batch_size=32,
+            lr=0.2,
+            momentum=0.9,
+            weight_decay=1e-3,
+            schedule=schedule,
+            lr_decay=0.5,
+            lr_milestones=[1, 3],
+        )
+    )
     s = TrainSettings.from_config(tcfg, data.n_train)
     model = build_model(mcfg, data.input_shape, 10, seed=0)
-    want = _sgd_by_hand(build_model(mcfg, data.input_shape, 10, seed=0), data.x_train, data.y_train,
-                        EXPECTED_FACTORS[schedule], lr=0.2, momentum=0.9, weight_decay=1e-3, batch_size=32, seed=3)
+    want = _sgd_by_hand(
+        build_model(mcfg, data.input_shape, 10, seed=0),
+        data.x_train,
+        data.y_train,
+        EXPECTED_FACTORS[schedule],
+        lr=0.2,
+        momentum=0.9,
+        weight_decay=1e-3,
+        batch_size=32,
+        seed=3,
+    )
     before, _ = evaluate(model, data.x_train, data.y_train, make_loss("cross_entropy"))
     r = train_model(model, data.x_train, data.y_train, s, 3, tmp_path)
     assert r.status == "done" and r.steps == 4 * 7
     for n, p in model.named_parameters():
-        torch.testing.assert_close(p.detach(), want[n], rtol=1e-5, atol=1e-6, msg=lambda m: f"{schedule} {n}: {m}")
+        torch.testing.assert_close(p.detach(), want[n], rtol=1e-5, atol=1e-6, msg=lambda m: f"{schedule} {n}: {m}")  # noqa: B023 (called within this iteration)
     after, _ = evaluate(model, data.x_train, data.y_train, make_loss("cross_entropy"))
     assert after < 0.75 * before, schedule  # measured 0.60 (constant: lr 0.2 with momentum 0.9 oscillates), 0.33, 0.38
 
@@ -131,14 +161,16 @@ def test_mse_loss_is_mean_over_samples_of_summed_squares():
 
 def test_width_scaling_and_seeded_init():
     for name, widths in (("mlp", (4, 8)), ("cnn", (4, 8)), ("resnet18", (2, 4))):
-        sizes = [n_parameters(build_model(OmegaConf.structured(ModelConfig(name=name, width=w)), (3, 32, 32), 10))
-                 for w in widths]
+        sizes = [
+            n_parameters(build_model(OmegaConf.structured(ModelConfig(name=name, width=w)), (3, 32, 32), 10))
+            for w in widths
+        ]
         assert sizes[1] > sizes[0], name
     cfg = OmegaConf.structured(ModelConfig(name="resnet18", width=64))
     assert abs(n_parameters(build_model(cfg, (3, 32, 32), 10)) - 11_173_962) < 1000  # the usual ResNet18
     a = build_model(OmegaConf.structured(ModelConfig()), (1, 8, 8), 10, seed=5)
     b = build_model(OmegaConf.structured(ModelConfig()), (1, 8, 8), 10, seed=5)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_recompute_bn_gives_exact_dataset_statistics():
@@ -157,8 +189,9 @@ def test_recompute_bn_gives_exact_dataset_statistics():
 @pytest.mark.parametrize("schedule", sorted(EXPECTED_FACTORS))
 def test_schedule_sets_the_learning_rate_used_at_each_step(tmp_path, monkeypatch, schedule):
     data, mcfg, _ = setup()
-    tcfg = OmegaConf.structured(TrainConfig(epochs=4, batch_size=32, lr=0.2, schedule=schedule, lr_decay=0.5,
-                                            lr_milestones=[1, 3]))
+    tcfg = OmegaConf.structured(
+        TrainConfig(epochs=4, batch_size=32, lr=0.2, schedule=schedule, lr_decay=0.5, lr_milestones=[1, 3])
+    )
     s = TrainSettings.from_config(tcfg, data.n_train)
     per_epoch = s.steps_per_epoch(data.n_train)
     assert per_epoch == 7  # 200 samples, batches of 32: 6 full and one of 8
@@ -177,11 +210,17 @@ def test_step_schedule_to_zero_freezes_the_weights(tmp_path):
     a, b = (build_model(mcfg, data.input_shape, 10, seed=0) for _ in range(2))
     train_model(a, data.x_train, data.y_train, four, 0, tmp_path / "four")
     train_model(b, data.x_train, data.y_train, two, 0, tmp_path / "two")
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     c = build_model(mcfg, data.input_shape, 10, seed=0)
-    train_model(c, data.x_train, data.y_train, TrainSettings.from_config(
-        OmegaConf.structured(TrainConfig(**{**tc, "lr_decay": 1.0})), data.n_train), 0, tmp_path / "const")
-    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))  # the schedule acted
+    train_model(
+        c,
+        data.x_train,
+        data.y_train,
+        TrainSettings.from_config(OmegaConf.structured(TrainConfig(**{**tc, "lr_decay": 1.0})), data.n_train),
+        0,
+        tmp_path / "const",
+    )
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters(), strict=True))  # the schedule acted
 
 
 def test_finite_blow_up_is_diverged(tmp_path):
@@ -197,8 +236,12 @@ def test_finite_blow_up_is_diverged(tmp_path):
     assert engine.divergence_reason(float("nan"), 2.3) is not None
     # a run at a sane rate is done
     ok = TrainSettings.from_config(OmegaConf.structured(TrainConfig(lr=0.05, epochs=1)), data.n_train)
-    assert train_model(build_model(mcfg, data.input_shape, 10, seed=0), data.x_train, data.y_train, ok, 0,
-                       tmp_path / "ok").status == "done"
+    assert (
+        train_model(
+            build_model(mcfg, data.input_shape, 10, seed=0), data.x_train, data.y_train, ok, 0, tmp_path / "ok"
+        ).status
+        == "done"
+    )
 
 
 def test_cli_cross_entropy_at_lr_100_is_diverged(cli, tmp_path):
@@ -258,13 +301,22 @@ def test_progress_log_lines_name_phase_step_loss_accuracy_rate_and_eta(tmp_path,
     monkeypatch.setenv(progress.PROGRESS_ENV, "0")  # a line at every step (not a terminal under pytest)
     data, mcfg, s = setup(epochs=2)
     with caplog.at_level(logging.INFO, logger="landscape.progress"):
-        train_model(build_model(mcfg, data.input_shape, 10, seed=3), data.x_train, data.y_train, s, 3, tmp_path,
-                    phase="cell abc: training seed 3")
+        train_model(
+            build_model(mcfg, data.input_shape, 10, seed=3),
+            data.x_train,
+            data.y_train,
+            s,
+            3,
+            tmp_path,
+            phase="cell abc: training seed 3",
+        )
     lines = [r.getMessage() for r in caplog.records if r.name == "landscape.progress"]
     per_epoch = s.steps_per_epoch(data.n_train)
     assert len(lines) == 2 * per_epoch + 1  # one per step and the closing line
-    pattern = (r"^cell abc: training seed 3: epoch (\d)/2, step (\d+)/14, loss [0-9.e+-]+, acc [01]\.\d{3}, "
-               r"lr 0\.05, [0-9.e+]+ steps/s, ETA \d+:\d\d:\d\d")
+    pattern = (
+        r"^cell abc: training seed 3: epoch (\d)/2, step (\d+)/14, loss [0-9.e+-]+, acc [01]\.\d{3}, "
+        r"lr 0\.05, [0-9.e+]+ steps/s, ETA \d+:\d\d:\d\d"
+    )
     steps = []
     for line in lines:
         m = re.match(pattern, line)
@@ -290,16 +342,32 @@ def test_progress_of_curves_seeds_together_and_jumps(tmp_path, monkeypatch, capl
     with caplog.at_level(logging.INFO, logger="landscape.progress"):
         train_together(models, data.x_train, data.y_train, s, {k: tmp_path / str(k) for k in models}, tmp_path / "g")
         curve = BezierCurve.through_line(trainable_parameters(models[0]), trainable_parameters(models[1]), 1)
-        train_curve(curve, models[0], data.x_train, data.y_train, make_loss("cross_entropy"),
-                    CurveSettings(epochs=1, batch_size=50), seed=0, phase="curve 0-1")
-        jump_and_retrain(models[0], make_loss("cross_entropy"), data,
-                         JumpRetrainSettings(n_jumps=1, scales=(0.5,), epochs=1, batch_size=100, projection_dim=4,
-                                             eval_samples=50, embedding="pca"))
+        train_curve(
+            curve,
+            models[0],
+            data.x_train,
+            data.y_train,
+            make_loss("cross_entropy"),
+            CurveSettings(epochs=1, batch_size=50),
+            seed=0,
+            phase="curve 0-1",
+        )
+        jump_and_retrain(
+            models[0],
+            make_loss("cross_entropy"),
+            data,
+            JumpRetrainSettings(
+                n_jumps=1, scales=(0.5,), epochs=1, batch_size=100, projection_dim=4, eval_samples=50, embedding="pca"
+            ),
+        )
     lines = [r.getMessage() for r in caplog.records if r.name == "landscape.progress"]
-    assert any(re.match(r"^jump-retrain 0 \(scale 0\.5\): epoch 1/1, step 2/2, loss .*, acc .*, lr 0\.01, .*ETA", x)
-               for x in lines)
-    assert any(re.match(r"^training seeds 0,1 together: epoch 1/1, step 7/7, loss .*, acc .*steps/s, ETA", x)
-               for x in lines)
+    assert any(
+        re.match(r"^jump-retrain 0 \(scale 0\.5\): epoch 1/1, step 2/2, loss .*, acc .*, lr 0\.01, .*ETA", x)
+        for x in lines
+    )
+    assert any(
+        re.match(r"^training seeds 0,1 together: epoch 1/1, step 7/7, loss .*, acc .*steps/s, ETA", x) for x in lines
+    )
     assert any(re.match(r"^curve 0-1: epoch 1/1, step 4/4, loss .*, acc .*, lr .*steps/s, ETA", x) for x in lines)
 
 
@@ -371,8 +439,15 @@ def test_preemption_stop_request_names_its_reason(tmp_path):
         preemption.request_stop("SIGUSR2 (time limit)")
         why = r"^stopped at epoch 0, step 1 \(training seed 0; SIGUSR2 \(time limit\)\)"
         with pytest.raises(StopRequested, match=why):
-            train_model(build_model(mcfg, data.input_shape, 10, seed=0), data.x_train, data.y_train, s, 0, tmp_path,
-                        should_stop=preemption.stop_requested)
+            train_model(
+                build_model(mcfg, data.input_shape, 10, seed=0),
+                data.x_train,
+                data.y_train,
+                s,
+                0,
+                tmp_path,
+                should_stop=preemption.stop_requested,
+            )
         assert preemption.last_poll_age() < 60
     finally:
         preemption.reset()
@@ -417,7 +492,7 @@ def test_damaged_checkpoint_is_named_set_aside_and_training_redone_bitwise(tmp_p
     assert any("checkpoint.pt" in rec.getMessage() and "damaged" in rec.getMessage() for rec in caplog.records)
     assert (tmp_path / "run" / "checkpoint.pt.damaged").exists()
     assert r.resumed_from_epoch == 0 and r.history == r_ref.history
-    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), ref.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), ref.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("damage", ["flip", "delete", "empty_result"])
@@ -437,15 +512,18 @@ def test_damaged_final_weights_are_retrained_bitwise(tmp_path, caplog, damage):
         r = train_model(again, data.x_train, data.y_train, s, 1, tmp_path)
     assert any("final.pt" in rec.getMessage() or "result.json" in rec.getMessage() for rec in caplog.records)
     assert r.status == "done" and r.resumed_from_epoch == 0 and r.steps == 14
-    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), ref.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), ref.parameters(), strict=True))
 
 
 def test_temporaries_of_a_killed_writer_are_removed(tmp_path):
     import os
 
     data, mcfg, s = setup(epochs=1)
-    old = [tmp_path / ".checkpoint.pt.tmp-999999", tmp_path / ".final.pt.tmp-999998",
-           tmp_path / ".result.json.tmp-999997"]
+    old = [
+        tmp_path / ".checkpoint.pt.tmp-999999",
+        tmp_path / ".final.pt.tmp-999998",
+        tmp_path / ".result.json.tmp-999997",
+    ]
     fresh = tmp_path / ".checkpoint.pt.tmp-999996"  # another writer, just now: left alone
     for p in [*old, fresh]:
         p.write_bytes(b"partial")

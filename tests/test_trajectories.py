@@ -81,14 +81,23 @@ def digits_ctx(tmp_path_factory):
         lf(model(data.x_train), data.y_train).backward()
         opt.step()
     model.eval()
-    return ModelContext(model=model, seed=0, data=data, loss_fn=lf, make_model=lambda: MLP(64, 10, 16, 1),
-                        cfg=None, device=torch.device("cpu"), workdir=tmp_path_factory.mktemp("work"))
+    return ModelContext(
+        model=model,
+        seed=0,
+        data=data,
+        loss_fn=lf,
+        make_model=lambda: MLP(64, 10, 16, 1),
+        cfg=None,
+        device=torch.device("cpu"),
+        workdir=tmp_path_factory.mktemp("work"),
+    )
 
 
 def test_jump_and_retrain_records_jumps_and_retraining(digits_ctx):
     ctx = digits_ctx
-    s = JumpRetrainSettings(n_jumps=2, scales=(0.5,), epochs=1, lr=0.05, batch_size=50, record_every=2,
-                            projection_dim=32, seed=1)
+    s = JumpRetrainSettings(
+        n_jumps=2, scales=(0.5,), epochs=1, lr=0.05, batch_size=50, record_every=2, projection_dim=32, seed=1
+    )
     theta = flat_parameters(ctx.model).clone()
     traj = jump_and_retrain(ctx.model, ctx.loss_fn, ctx.data, s)
     torch.testing.assert_close(flat_parameters(ctx.model), theta)  # the trained model is untouched
@@ -138,8 +147,9 @@ def test_geometry_families_fill_their_declared_columns(digits_ctx):
     from landscape.projection_trace import saddle_check
     from landscape.surfaces import eval_subset
 
-    pt = projection_trace.FAMILY.compute(ctx, projection_trace.Config(enabled=True, n_directions=4, eval_samples=100,
-                                                                      saddle_draws=3)).values
+    pt = projection_trace.FAMILY.compute(
+        ctx, projection_trace.Config(enabled=True, n_directions=4, eval_samples=100, saddle_draws=3)
+    ).values
     x, y = eval_subset(ctx.data.x_train, ctx.data.y_train, 100, 0)
     sc = saddle_check(ctx.model, ctx.loss_fn, x, y, n_draws=3, step=1e-2, seed=1, dtype=torch.float64)
     assert pt["projection_trace.saddle_share_minimum"] == sc.share_minimum
@@ -147,8 +157,9 @@ def test_geometry_families_fill_their_declared_columns(digits_ctx):
     out = surfaces.FAMILY.compute(ctx, surfaces.Config(enabled=True, resolution=5, eval_samples=0, dims=1)).values
     from landscape.training import evaluate
 
-    assert out["surfaces.center_train_loss"] == pytest.approx(evaluate(ctx.model, ctx.data.x_train, ctx.data.y_train,
-                                                                        ctx.loss_fn)[0], rel=1e-5)
+    assert out["surfaces.center_train_loss"] == pytest.approx(
+        evaluate(ctx.model, ctx.data.x_train, ctx.data.y_train, ctx.loss_fn)[0], rel=1e-5
+    )
     assert out["surfaces.n_points"] == 5
     with pytest.raises(ValueError, match="metrics.surfaces.directions='x'"):
         surfaces.FAMILY.compute(ctx, surfaces.Config(enabled=True, directions="x"))
@@ -165,8 +176,16 @@ def test_hessian_direction_surface_family(digits_ctx):
 
     ctx = digits_ctx
     tol, h = 1e-5, 0.01
-    cfg = surfaces.Config(enabled=True, directions="hessian", resolution=3, eval_samples=50, range=h,
-                          hessian_tol=tol, hessian_max_iter=400, include_test=False)
+    cfg = surfaces.Config(
+        enabled=True,
+        directions="hessian",
+        resolution=3,
+        eval_samples=50,
+        range=h,
+        hessian_tol=tol,
+        hessian_max_iter=400,
+        include_test=False,
+    )
     res = surfaces.FAMILY.compute(ctx, cfg)
     out = res.values
     x, y = eval_subset(ctx.data.x_train, ctx.data.y_train, 50, 0)  # the family's evaluation subset (seed 0)
@@ -179,8 +198,9 @@ def test_hessian_direction_surface_family(digits_ctx):
     assert top - bound <= lam_max <= top + 1e-5, (lam_max, top)
     assert bottom - 1e-5 <= lam_min <= bottom + bound, (lam_min, bottom)
     # the same directions, as the family gets them: eigenvectors of H (d1: a well separated top eigenvalue)
-    d1, d2, _, _ = hessian_directions(ctx.model, ctx.loss_fn, x, y, batch_size=int(cfg.batch_size), seed=0, tol=tol,
-                                      max_iter=400)
+    d1, d2, _, _ = hessian_directions(
+        ctx.model, ctx.loss_fn, x, y, batch_size=int(cfg.batch_size), seed=0, tol=tol, max_iter=400
+    )
     d1, d2 = d1.double(), d2.double()
     assert abs(float(d1 @ vec[:, -1])) > 0.999
     assert float(torch.linalg.vector_norm(H @ d2 - lam_min * d2)) <= bound
@@ -228,11 +248,19 @@ def test_clean_and_noisy_networks_give_different_jump_retrain_summaries(monkeypa
 
     monkeypatch.setattr(mod, "jump_and_retrain", recording_jump_and_retrain)
     monkeypatch.setattr(mod, "analyse", recording_analyse)
-    s = JumpRetrainSettings(n_jumps=2, scales=(0.5,), epochs=1, batch_size=100, record_every=1, projection_dim=32,
-                            embedding="pca", graph_knn=4)
+    s = JumpRetrainSettings(
+        n_jumps=2,
+        scales=(0.5,),
+        epochs=1,
+        batch_size=100,
+        record_every=1,
+        projection_dim=32,
+        embedding="pca",
+        graph_knn=4,
+    )
     df = mod.compare_generalisation(label_noise=(0.0, 0.5), width=16, train_epochs=8, settings=s, subsample=400)
     assert list(df.label_noise) == [0.0, 0.5] and len(seen) == 2
-    for (model, data, traj, s_used), (_, row) in zip(seen, df.iterrows()):
+    for (model, data, traj, s_used), (_, row) in zip(seen, df.iterrows(), strict=True):
         with torch.no_grad():
             logits_tr, logits_te = model(data.x_train), model(data.x_test)
         assert row.train_loss == pytest.approx(float(F.cross_entropy(logits_tr, data.y_train)), rel=1e-5)
@@ -244,8 +272,9 @@ def test_clean_and_noisy_networks_give_different_jump_retrain_summaries(monkeypa
         assert row.mean_traj_train_loss == pytest.approx(loss[jumped].mean())
         centred = traj.coords - traj.coords.mean(0)
         emb = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T  # PCA: distances do not see signs
-        want = h0_summary(lower_star_h0(loss, knn_graph(emb, s_used.graph_knn)), s_used.persistence_threshold,
-                          cap=float(loss.max()))
+        want = h0_summary(
+            lower_star_h0(loss, knn_graph(emb, s_used.graph_knn)), s_used.persistence_threshold, cap=float(loss.max())
+        )
         for k, v in want.items():
             assert row[f"topology.{k}"] == pytest.approx(v, rel=1e-5, abs=1e-6), (row.label_noise, k)
     clean, noisy = df.iloc[0], df.iloc[1]

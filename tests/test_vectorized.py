@@ -22,8 +22,19 @@ def _data(n: int = 203, d: int = 16, c: int = 4) -> tuple[torch.Tensor, torch.Te
 
 
 def _settings(**kw) -> TrainSettings:
-    base = dict(loss="cross_entropy", lr=0.05, momentum=0.9, weight_decay=1e-3, batch_size=32, epochs=4,
-                steps=None, schedule="step", lr_decay=0.5, lr_milestones=[2], checkpoint_every=1)
+    base = dict(
+        loss="cross_entropy",
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=1e-3,
+        batch_size=32,
+        epochs=4,
+        steps=None,
+        schedule="step",
+        lr_decay=0.5,
+        lr_milestones=[2],
+        checkpoint_every=1,
+    )
     base.update(kw)
     return TrainSettings(**base)
 
@@ -49,13 +60,16 @@ def _serial(cfg, x, y, st, root: Path, scale=None):
 
 def _together(cfg, x, y, st, root: Path, scale=None, should_stop=None, name="vec"):
     models = _models(cfg, scale=scale)
-    results = train_together(models, x, y, st, {s: root / name / str(s) for s in SEEDS}, root / name / "group",
-                             should_stop=should_stop)
+    results = train_together(
+        models, x, y, st, {s: root / name / str(s) for s in SEEDS}, root / name / "group", should_stop=should_stop
+    )
     return models, results
 
 
 def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
-    return max(float((p - q).abs().max()) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    return max(
+        float((p - q).abs().max()) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
@@ -170,10 +184,13 @@ def test_job_rows_say_vectorized(tmp_path: Path, compose):
         run_cell(compose(["model=cnn", "model.batch_norm=true", "train.vectorize=on", *fast]), tmp_path / "c")
 
 
-@pytest.mark.parametrize("schedule,factors", [
-    ("step", [1.0, 1.0, 0.5, 0.5]),  # milestones [2], decay 0.5
-    ("cosine", [1.0, (1 + 2**-0.5) / 2, 0.5, (1 - 2**-0.5) / 2]),
-])
+@pytest.mark.parametrize(
+    "schedule,factors",
+    [
+        ("step", [1.0, 1.0, 0.5, 0.5]),  # milestones [2], decay 0.5
+        ("cosine", [1.0, (1 + 2**-0.5) / 2, 0.5, (1 - 2**-0.5) / 2]),
+    ],
+)
 def test_schedule_sets_the_stacked_learning_rate_at_each_step(tmp_path: Path, monkeypatch, schedule, factors):
     import landscape.vectorized as vec
 

@@ -107,7 +107,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             raise  # a job of a multirun: its launcher records the failure
         import sys
 
-        print(exc, file=sys.stderr, flush=True)  # noqa: T201 - a refused config: the problems, no traceback
+        print(exc, file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     return dataclasses.asdict(outcome)
 
@@ -129,8 +129,11 @@ def refuse_bad_overrides(argv: list[str] | None = None) -> None:
     dirs = [CONF_DIR] + ([Path(args.config_dir)] if args.config_dir else [])
     problems = override_problems(args.overrides, is_group=lambda k: any((d / k).is_dir() for d in dirs))
     if problems:
-        print("\n  ".join(["invalid override(s); nothing was run:", *problems]), file=sys.stderr,  # noqa: T201
-              flush=True)
+        print(
+            "\n  ".join(["invalid override(s); nothing was run:", *problems]),
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(2)
 
 

@@ -3,6 +3,13 @@ submitit, preemption handling) is :mod:`landscape.launching`, outside the comman
 re-exports it, so that ``from landscape.cli.launchers import ...`` keeps working."""
 
 from landscape.launching import (  # noqa: F401 - re-exported
-    OWN_KEYS, STOP_GRACE_S, CellLocalLauncher, CellSlurmLauncher, JobComposer, NotStarted, WorkerDied, chunk,
+    OWN_KEYS,
+    STOP_GRACE_S,
+    CellLocalLauncher,
+    CellSlurmLauncher,
+    JobComposer,
+    NotStarted,
+    WorkerDied,
+    chunk,
     cluster_max_array_size,
 )

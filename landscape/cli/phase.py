@@ -63,8 +63,17 @@ from landscape.settings_choice import parse_value
 log = logging.getLogger(__name__)
 
 #: Defaults of the settings (overridden by the sweep file's ``phase:`` section, then by flags).
-DEFAULTS: dict[str, Any] = {"x": None, "y": None, "facet": None, "thresholds": "paper", "limits": "data",
-                            "uncertain_below": 0.9, "bootstrap": 1000, "seed": 0, "select": []}
+DEFAULTS: dict[str, Any] = {
+    "x": None,
+    "y": None,
+    "facet": None,
+    "thresholds": "paper",
+    "limits": "data",
+    "uncertain_below": 0.9,
+    "bootstrap": 1000,
+    "seed": 0,
+    "select": [],
+}
 THRESHOLD_KEYS = ("train_loss", "train_error", "mc_underfit", "mc_barrier", "cka")
 #: States of ``cells/<id>/status.json`` that mean no result yet.
 _PENDING_STATES = ("running", "pending", "interrupted")
@@ -79,8 +88,13 @@ def load_rows(sweep_dir: Path, table: str) -> pd.DataFrame:
 
         return load(sweep_dir, table=table)
     except Exception as e:  # noqa: BLE001 - the files alone suffice: read them without the schema module
-        log.warning("landscape.results.load(%s, table=%r) failed (%s: %s); reading the Parquet files directly",
-                    sweep_dir, table, type(e).__name__, e)
+        log.warning(
+            "landscape.results.load(%s, table=%r) failed (%s: %s); reading the Parquet files directly",
+            sweep_dir,
+            table,
+            type(e).__name__,
+            e,
+        )
         return read_parquet_dir(sweepdir.table_dir(sweep_dir, table))
 
 
@@ -129,8 +143,9 @@ def parse_filters(items: Sequence[str]) -> dict[str, list[Any]]:
 
 
 def _keep(col: pd.Series, values: list[Any]) -> np.ndarray:
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and \
-            pd.api.types.is_numeric_dtype(col):
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and pd.api.types.is_numeric_dtype(
+        col
+    ):
         c = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         return np.isclose(c[:, None], np.asarray(values, dtype=np.float64)[None, :], rtol=1e-9).any(axis=1)
     return col.astype(object).isin(values).to_numpy(dtype=bool)
@@ -214,8 +229,9 @@ def _placeholders(sweep_dir: Path, models: pd.DataFrame, by: list[str], filters:
         if k not in todo.columns:
             fixed = models[k].dropna().unique() if k in models.columns else []
             if len(fixed) != 1:
-                log.warning("%d planned cells without rows are not drawn: their %s is not in their overrides",
-                            len(todo), k)
+                log.warning(
+                    "%d planned cells without rows are not drawn: their %s is not in their overrides", len(todo), k
+                )
                 return pd.DataFrame()
             todo[k] = fixed[0]
     todo = todo.dropna(subset=by)
@@ -253,14 +269,18 @@ def drawable_columns(models: pd.DataFrame, pairs: pd.DataFrame | None) -> dict[s
             continue
         for fam in contract.families(table):  # type: ignore[arg-type]
             for col, typ in fam.diagnostics.items():
-                if (col in rows.columns and (pa_types.is_floating(typ) or pa_types.is_integer(typ))
-                        and ph.ran(rows, col)):
+                if (
+                    col in rows.columns
+                    and (pa_types.is_floating(typ) or pa_types.is_integer(typ))
+                    and ph.ran(rows, col)
+                ):
                     out.setdefault(col, table)
     return out
 
 
-def choose_metrics(requested: Sequence[str] | None, models: pd.DataFrame,
-                   pairs: pd.DataFrame | None) -> tuple[list[str] | None, list[str], list[str]]:
+def choose_metrics(
+    requested: Sequence[str] | None, models: pd.DataFrame, pairs: pd.DataFrame | None
+) -> tuple[list[str] | None, list[str], list[str]]:
     """``(metrics, extra model columns, extra pair columns)``: the ``--metrics`` asked for, each checked
     against :func:`drawable_columns`, and the diagnostics among them (aggregated beside the metrics). None
     when none were asked for (the default panels are chosen from the cells). ``KeyError`` naming every column
@@ -282,9 +302,14 @@ def choose_metrics(requested: Sequence[str] | None, models: pd.DataFrame,
         in_rows = m in models.columns or (pairs is not None and m in pairs.columns)
         if fam is not None and (m in fam.metrics or m in fam.diagnostics) and (in_rows or m in fam.metrics):
             fam_ran = any(_has_values(r, c) for r in (models, pairs) for c in fam.metrics)
-            problems.append(f"{m}: no value in any row (all null: " + (
-                f"its family {fam.name} ran, but wrote no {m} in these rows)" if fam_ran else
-                f"its family {fam.name} did not run in these rows; run it with metrics.{fam.name}.enabled=true)"))
+            problems.append(
+                f"{m}: no value in any row (all null: "
+                + (
+                    f"its family {fam.name} ran, but wrote no {m} in these rows)"
+                    if fam_ran
+                    else f"its family {fam.name} did not run in these rows; run it with metrics.{fam.name}.enabled=true)"
+                )
+            )
         elif fam is not None:
             problems.append(f"{m}: a setting or error column of the family {fam.name}, not a measured value")
         elif in_rows:
@@ -292,11 +317,16 @@ def choose_metrics(requested: Sequence[str] | None, models: pd.DataFrame,
         else:
             problems.append(f"{m}: not a column of the rows")
     if problems:
-        metric_cols = [c for c in ok if c in contract.metric_columns("models") + contract.metric_columns("pairs")
-                       or c == "train_error"]
+        metric_cols = [
+            c
+            for c in ok
+            if c in contract.metric_columns("models") + contract.metric_columns("pairs") or c == "train_error"
+        ]
         others = [c for c in ok if c not in metric_cols]
-        raise KeyError(f"--metrics: {'; '.join(problems)}. Metric columns with values: {', '.join(metric_cols) or 'none'}"
-                       + (f"; diagnostics with values: {', '.join(others)}" if others else ""))
+        raise KeyError(
+            f"--metrics: {'; '.join(problems)}. Metric columns with values: {', '.join(metric_cols) or 'none'}"
+            + (f"; diagnostics with values: {', '.join(others)}" if others else "")
+        )
     known_m = set(ph.metric_columns(models, "models")) | {"train_error"}
     known_p = set(ph.metric_columns(pairs, "pairs")) if pairs is not None and not pairs.empty else set()
     extra_m = [m for m in requested if ok[m] == "models" and m not in known_m]
@@ -313,12 +343,14 @@ def _git_commit() -> dict[str, Any]:
         from landscape.provenance import git_info
 
         commit, dirty = git_info()
-    except Exception:  # pragma: no cover - provenance is best effort
+    except Exception:  # noqa: BLE001 - provenance is best effort
         commit, dirty = None, None
     return {"commit": commit, "dirty": dirty}
 
 
-def resolve_settings(sweep_dir: Path, cli: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, str], str | None]:
+def resolve_settings(
+    sweep_dir: Path, cli: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str], str | None]:
     """``(settings, threshold overrides, origin of each, sweep file name)``: defaults < the sweep file's
     ``phase:`` section < flags (``cli``: None for a flag not given). A threshold set named by a flag
     (``--thresholds paper|calibrate``) drops the sweep file's threshold values."""
@@ -343,8 +375,9 @@ def resolve_settings(sweep_dir: Path, cli: dict[str, Any]) -> tuple[dict[str, An
                 settings[k] = v
                 origin[k] = src
             else:
-                raise KeyError(f"phase.{k}={v!r} ({src}): unknown; allowed: "
-                               f"{', '.join(list(DEFAULTS) + list(THRESHOLD_KEYS))}")
+                raise KeyError(
+                    f"phase.{k}={v!r} ({src}): unknown; allowed: {', '.join(list(DEFAULTS) + list(THRESHOLD_KEYS))}"
+                )
     if settings["limits"] not in ("data", "paper"):
         raise ValueError(f"limits={settings['limits']!r} ({origin['limits']}): expected data or paper")
     return settings, thresholds, origin, sweep_file
@@ -375,10 +408,21 @@ def run(
     :mod:`landscape.settings_choice`; replaces the sweep file's ``phase.select``). The steps below, in order."""
     sweep_dir = Path(sweep_dir)
     filters = filters or {}
-    settings, t_over, origin, sweep_file = resolve_settings(sweep_dir, {
-        "x": x, "y": y, "facet": facet, "thresholds": thresholds, "limits": limits,
-        "uncertain_below": uncertain_below, "bootstrap": bootstrap, "seed": seed,
-        "threshold_overrides": threshold_overrides or None, "select": list(select) if select else None})
+    settings, t_over, origin, sweep_file = resolve_settings(
+        sweep_dir,
+        {
+            "x": x,
+            "y": y,
+            "facet": facet,
+            "thresholds": thresholds,
+            "limits": limits,
+            "uncertain_below": uncertain_below,
+            "bootstrap": bootstrap,
+            "seed": seed,
+            "threshold_overrides": threshold_overrides or None,
+            "select": list(select) if select else None,
+        },
+    )
     x, y, facet = settings["x"], settings["y"], settings["facet"]
     if not x or not y:
         raise ValueError("--x and --y: the knobs of the axes are needed (or phase.x / phase.y in the sweep file)")
@@ -400,12 +444,44 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     paths, budget_points = write_figures(out, cells, rows, x, y, facet, metrics, by, rule, settings, formats)
     summary, corr = write_tables(out, paths, cells, labels, x, y, facet, metrics, available, by, rule)
-    manifest = build_manifest(sweep_dir, sweep_file, rows, cells, labels, conf, x, y, facet, metrics, filters,
-                              settings, origin, rule, calibration, warnings)
+    manifest = build_manifest(
+        sweep_dir,
+        sweep_file,
+        rows,
+        cells,
+        labels,
+        conf,
+        x,
+        y,
+        facet,
+        metrics,
+        filters,
+        settings,
+        origin,
+        rule,
+        calibration,
+        warnings,
+    )
     write_manifest(out, paths, manifest)
     if report is not None:
-        report.extend(report_lines(rows, cells, x, y, facet, rule, summary, corr, out, calibration, settings,
-                                   sweep_file, paths, budget_points))
+        report.extend(
+            report_lines(
+                rows,
+                cells,
+                x,
+                y,
+                facet,
+                rule,
+                summary,
+                corr,
+                out,
+                calibration,
+                settings,
+                sweep_file,
+                paths,
+                budget_points,
+            )
+        )
     return paths
 
 
@@ -435,8 +511,14 @@ def load_filtered_rows(sweep_dir: Path, filters: dict[str, list[Any]], by: list[
     pairs = load_rows(sweep_dir, "pairs")
     if models.empty:
         planned = planned_cells(sweep_dir)
-        hint = (f"; the sweep planned {len(planned)} cells ({', '.join(f'{k}: {v}' for k, v in planned['state'].value_counts().items())}):"
-                f" see landscape-status {sweep_dir}") if not planned.empty else ""
+        hint = (
+            (
+                f"; the sweep planned {len(planned)} cells ({', '.join(f'{k}: {v}' for k, v in planned['state'].value_counts().items())}):"
+                f" see landscape-status {sweep_dir}"
+            )
+            if not planned.empty
+            else ""
+        )
         raise FileNotFoundError(f"no models rows under {sweepdir.table_dir(sweep_dir, 'models')}{hint}")
     models = apply_filters(models, filters)
     if not pairs.empty:
@@ -456,22 +538,27 @@ def choose_settings(rows: Rows, select: Sequence[str] | None, by: list[str]) -> 
     from landscape import settings_choice as sc
 
     models, pairs_chosen, choices = sc.choose_for_cells(
-        rows.models, rows.pairs if not rows.pairs.empty else None, sc.parse_select(list(select or [])), by)
+        rows.models, rows.pairs if not rows.pairs.empty else None, sc.parse_select(list(select or [])), by
+    )
     pairs = pairs_chosen if pairs_chosen is not None else rows.pairs
     return Rows(models, pairs, rows.pairs, list(choices))
 
 
-def aggregate_with_placeholders(sweep_dir: Path, rows: Rows, by: list[str], filters: dict[str, list[Any]],
-                                extra_m: list[str], extra_p: list[str]) -> pd.DataFrame:
+def aggregate_with_placeholders(
+    sweep_dir: Path, rows: Rows, by: list[str], filters: dict[str, list[Any]], extra_m: list[str], extra_p: list[str]
+) -> pd.DataFrame:
     """One row per cell (:func:`landscape.phase.aggregate_cells` of the completed rows: means, stds, counts,
     status), the diagnostics asked for by ``--metrics`` (``extra_m``/``extra_p``) aggregated beside the metrics,
     then one placeholder row per planned cell without a models row (:func:`_placeholders`: ``failed`` or
     ``missing``, no values) so that it stays on the axes."""
     models, pairs = rows.models, rows.pairs_or_none
     cells = ph.aggregate_cells(
-        models, pairs, by,
+        models,
+        pairs,
+        by,
         model_metrics=ph.metric_columns(models, "models") + extra_m if extra_m else None,
-        pair_metrics=ph.metric_columns(rows.pairs, "pairs") + extra_p if extra_p and pairs is not None else None)
+        pair_metrics=ph.metric_columns(rows.pairs, "pairs") + extra_p if extra_p and pairs is not None else None,
+    )
     extra = _placeholders(sweep_dir, models, by, filters)
     if not extra.empty:
         cells = pd.concat([cells, extra], ignore_index=True)
@@ -481,8 +568,9 @@ def aggregate_with_placeholders(sweep_dir: Path, rows: Rows, by: list[str], filt
     return cells
 
 
-def label_cells(cells: pd.DataFrame, rows: Rows, by: list[str], rule: ph.PhaseRule,
-                settings: dict[str, Any]) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
+def label_cells(
+    cells: pd.DataFrame, rows: Rows, by: list[str], rule: ph.PhaseRule, settings: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
     """``(cells, labels, confidence)``: each cell's phase where it holds whatever further curve training does
     (:func:`landscape.phase.bounded_labels`: mc bounds of curves still moving cannot change it; ``phase``,
     ``phase_reason``), its confidence (:func:`landscape.phase.label_confidence`, ``settings["bootstrap"]`` draws
@@ -493,16 +581,18 @@ def label_cells(cells: pd.DataFrame, rows: Rows, by: list[str], rule: ph.PhaseRu
     labels, reasons = ph.bounded_labels(cells, rule, ph.resolution_counts(models, pairs, cells, by, rule))
     cells["phase"] = labels
     cells["phase_reason"] = reasons
-    conf = ph.label_confidence(models, pairs, cells, by, rule, labels,
-                               n_boot=int(settings["bootstrap"]), seed=int(settings["seed"]))
+    conf = ph.label_confidence(
+        models, pairs, cells, by, rule, labels, n_boot=int(settings["bootstrap"]), seed=int(settings["seed"])
+    )
     cells = pd.concat([cells.drop(columns=[c for c in conf.columns if c in cells.columns]), conf], axis=1)
     cells["uncertain"] = cells["phase_confidence"] < float(settings["uncertain_below"])
     cells["few_pairs"] = cells["phase"].notna() & (cells["n_pairs_resolved"] < ph.MIN_RESOLVED_PAIRS)
     return cells, labels, conf
 
 
-def collect_warnings(cells: pd.DataFrame, rows: Rows, by: list[str], rule: ph.PhaseRule,
-                   labels: pd.Series) -> list[str]:
+def collect_warnings(
+    cells: pd.DataFrame, rows: Rows, by: list[str], rule: ph.PhaseRule, labels: pd.Series
+) -> list[str]:
     """The warnings of the run, in the manifest's order: the settings choice's (cells using another setting,
     unknown ``--select`` values), then the cells a metric the rule reads is missing from and the labels from
     few resolved pairs (these logged)."""
@@ -515,7 +605,8 @@ def collect_warnings(cells: pd.DataFrame, rows: Rows, by: list[str], rule: ph.Ph
 def available_metrics(rows: Rows) -> set[str]:
     """The metric columns of the families in the rows (models and chosen pairs), with a value or not."""
     return set(ph.metric_columns(rows.models, "models")) | (
-        set(ph.metric_columns(rows.pairs, "pairs")) if not rows.pairs.empty else set())
+        set(ph.metric_columns(rows.pairs, "pairs")) if not rows.pairs.empty else set()
+    )
 
 
 def default_metrics(cells: pd.DataFrame, available: set[str]) -> list[str]:
@@ -524,15 +615,26 @@ def default_metrics(cells: pd.DataFrame, available: set[str]) -> list[str]:
     from landscape import phase_diagram as pd_fig
 
     metrics = [m for m in pd_fig.DEFAULT_METRICS if ph.ran(cells, m)] or sorted(
-        m for m in available if ph.ran(cells, m))[:4]
+        m for m in available if ph.ran(cells, m)
+    )[:4]
     if not metrics:
         raise ValueError("no metric with a value in the rows")
     return metrics
 
 
-def write_figures(out: Path, cells: pd.DataFrame, rows: Rows, x: str, y: str, facet: str | None,
-                  metrics: Sequence[str], by: list[str], rule: ph.PhaseRule, settings: dict[str, Any],
-                  formats: Sequence[str]) -> tuple[dict[str, Path], pd.DataFrame | None]:
+def write_figures(
+    out: Path,
+    cells: pd.DataFrame,
+    rows: Rows,
+    x: str,
+    y: str,
+    facet: str | None,
+    metrics: Sequence[str],
+    by: list[str],
+    rule: ph.PhaseRule,
+    settings: dict[str, Any],
+    formats: Sequence[str],
+) -> tuple[dict[str, Path], pd.DataFrame | None]:
     """``phase_diagram`` (one panel per metric), ``phase_map`` (the labels, hatched below
     ``settings["uncertain_below"]``) and, where the pairs rows hold mc at two or more curve budgets,
     ``mc_budget``, in each of ``formats``. Returns ``({file name: path}, the mc_budget points or None)``."""
@@ -541,8 +643,16 @@ def write_figures(out: Path, cells: pd.DataFrame, rows: Rows, x: str, y: str, fa
     paths: dict[str, Path] = {}
     fig = pd_fig.metrics_figure(cells, x, y, metrics, facet, limits=settings["limits"], rule=rule)
     paths.update(pd_fig.save(fig, out / "phase_diagram", formats))
-    fig = pd_fig.phase_map_figure(cells, x, y, "phase", facet, float(settings["uncertain_below"]), rule,
-                                  caption=pd_fig.caption_from_rows(rows.models, by))
+    fig = pd_fig.phase_map_figure(
+        cells,
+        x,
+        y,
+        "phase",
+        facet,
+        float(settings["uncertain_below"]),
+        rule,
+        caption=pd_fig.caption_from_rows(rows.models, by),
+    )
     paths.update(pd_fig.save(fig, out / "phase_map", formats))
     budget_points = _mc_budget_points(pd_fig, rows.models, rows.all_pairs, x, y, facet)
     if budget_points is not None:
@@ -551,9 +661,19 @@ def write_figures(out: Path, cells: pd.DataFrame, rows: Rows, x: str, y: str, fa
     return paths, budget_points
 
 
-def write_tables(out: Path, paths: dict[str, Path], cells: pd.DataFrame, labels: pd.Series, x: str, y: str,
-                 facet: str | None, metrics: Sequence[str], available: set[str], by: list[str],
-                 rule: ph.PhaseRule) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def write_tables(
+    out: Path,
+    paths: dict[str, Path],
+    cells: pd.DataFrame,
+    labels: pd.Series,
+    x: str,
+    y: str,
+    facet: str | None,
+    metrics: Sequence[str],
+    available: set[str],
+    by: list[str],
+    rule: ph.PhaseRule,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The CSV files, each added to ``paths``: ``cells.csv`` (metrics of families that did not run left out,
     with their std and count), ``pivot_<column>[__<facet>=<value>].csv`` of each drawn metric, the phase and its
     confidence, ``phase_summary.csv`` (per phase: cells, mean test accuracy, mean confidence) and, with a
@@ -566,7 +686,7 @@ def write_tables(out: Path, paths: dict[str, Path], cells: pd.DataFrame, labels:
     empty = [m for m in available if m in cells.columns and not ph.ran(cells, m)]
     drop = [c for m in empty for c in (m, f"{m}_std", f"{m}_n") if c in cells.columns]
     cells.drop(columns=drop).to_csv(paths["cells.csv"], index=False)
-    for fv in ([None] if facet is None else sorted(cells[facet].dropna().unique().tolist())):
+    for fv in [None] if facet is None else sorted(cells[facet].dropna().unique().tolist()):
         sub = cells if facet is None else cells[cells[facet] == fv]
         suffix = "" if facet is None else f"__{_slug(facet)}={_slug(fv)}"
         for m in list(metrics) + ["phase", "phase_confidence"]:
@@ -586,10 +706,24 @@ def write_tables(out: Path, paths: dict[str, Path], cells: pd.DataFrame, labels:
     return summary, corr
 
 
-def build_manifest(sweep_dir: Path, sweep_file: str | None, rows: Rows, cells: pd.DataFrame, labels: pd.Series,
-                   conf: pd.DataFrame, x: str, y: str, facet: str | None, metrics: Sequence[str],
-                   filters: dict[str, list[Any]], settings: dict[str, Any], origin: dict[str, str],
-                   rule: ph.PhaseRule, calibration: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+def build_manifest(
+    sweep_dir: Path,
+    sweep_file: str | None,
+    rows: Rows,
+    cells: pd.DataFrame,
+    labels: pd.Series,
+    conf: pd.DataFrame,
+    x: str,
+    y: str,
+    facet: str | None,
+    metrics: Sequence[str],
+    filters: dict[str, list[Any]],
+    settings: dict[str, Any],
+    origin: dict[str, str],
+    rule: ph.PhaseRule,
+    calibration: dict[str, Any],
+    warnings: list[str],
+) -> dict[str, Any]:
     """The content of ``manifest.json`` (its ``outputs`` filled in by :func:`write_manifest`): inputs, axes,
     filters, settings and where each came from, thresholds with units and their source, calibration, the
     confidence's definition and variance priors, the setting chosen per family, warnings, counts, git commit."""
@@ -598,20 +732,32 @@ def build_manifest(sweep_dir: Path, sweep_file: str | None, rows: Rows, cells: p
         "command": "landscape-phase",
         "sweep_dir": str(sweep_dir.resolve()),
         "sweep_file": f"sweeps/{sweep_file}.yaml" if sweep_file else None,
-        "inputs": {t: sweepdir.table_files(sweep_dir, t)
-                   for t in ("models", "pairs")},
-        "x": x, "y": y, "facet": facet, "metrics": list(metrics), "filters": filters,
-        "settings": settings, "settings_origin": origin,
-        "thresholds": {**rule.thresholds(), "source": rule.source,
-                       "columns": dict(zip(("fit", "mc", "cka"), rule.columns))},
+        "inputs": {t: sweepdir.table_files(sweep_dir, t) for t in ("models", "pairs")},
+        "x": x,
+        "y": y,
+        "facet": facet,
+        "metrics": list(metrics),
+        "filters": filters,
+        "settings": settings,
+        "settings_origin": origin,
+        "thresholds": {
+            **rule.thresholds(),
+            "source": rule.source,
+            "columns": dict(zip(("fit", "mc", "cka"), rule.columns, strict=True)),
+        },
         "calibration": calibration,
-        "confidence": {"definition": "probability that a rerun of the cell with new seeds gives the same label "
-                                     "(landscape.phase.label_confidence)",
-                       "draws": int(settings["bootstrap"]), "seed": int(settings["seed"]),
-                       "variance_priors": conf.attrs.get("priors", {})},
+        "confidence": {
+            "definition": "probability that a rerun of the cell with new seeds gives the same label "
+            "(landscape.phase.label_confidence)",
+            "draws": int(settings["bootstrap"]),
+            "seed": int(settings["seed"]),
+            "variance_priors": conf.attrs.get("priors", {}),
+        },
         "settings_choice": [c.to_dict() for c in choices],
         "warnings": warnings,
-        "n_model_rows": int(len(models)), "n_pair_rows": int(len(pairs)), "n_cells": int(len(cells)),
+        "n_model_rows": int(len(models)),
+        "n_pair_rows": int(len(pairs)),
+        "n_cells": int(len(cells)),
         "cells_by_status": {str(k): int(v) for k, v in cells["status"].value_counts().items()},
         "cells_by_phase": {str(k): int(v) for k, v in labels.value_counts().items()},
         "git": _git_commit(),
@@ -631,32 +777,53 @@ def write_manifest(out: Path, paths: dict[str, Path], manifest: dict[str, Any]) 
     tmp.replace(paths["manifest.json"])
 
 
-def report_lines(rows: Rows, cells: pd.DataFrame, x: str, y: str, facet: str | None, rule: ph.PhaseRule,
-                 summary: pd.DataFrame, corr: pd.DataFrame | None, out: Path, calibration: dict[str, Any],
-                 settings: dict[str, Any], sweep_file: str | None, paths: dict[str, Path],
-                 budget_points: pd.DataFrame | None) -> list[str]:
+def report_lines(
+    rows: Rows,
+    cells: pd.DataFrame,
+    x: str,
+    y: str,
+    facet: str | None,
+    rule: ph.PhaseRule,
+    summary: pd.DataFrame,
+    corr: pd.DataFrame | None,
+    out: Path,
+    calibration: dict[str, Any],
+    settings: dict[str, Any],
+    sweep_file: str | None,
+    paths: dict[str, Path],
+    budget_points: pd.DataFrame | None,
+) -> list[str]:
     """The lines the command prints: the settings chosen where the rows hold several (with their warnings),
     then :func:`format_report`, then the mc-against-budget figure when it was drawn."""
-    choice_lines = [line for c in rows.choices if c.several or c.selected
-                    for line in [c.describe()] + ["  " + w for w in c.warnings()]]
+    choice_lines = [
+        line
+        for c in rows.choices
+        if c.several or c.selected
+        for line in [c.describe()] + ["  " + w for w in c.warnings()]
+    ]
     lines = choice_lines + ([""] if choice_lines else [])
-    lines += format_report(cells, x, y, facet, rule, summary, corr, out, calibration,
-                           float(settings["uncertain_below"]), sweep_file)
+    lines += format_report(
+        cells, x, y, facet, rule, summary, corr, out, calibration, float(settings["uncertain_below"]), sweep_file
+    )
     if "mc_budget.png" in paths:
-        lines.append(f"mc against curve budget (the rows hold {budget_points['budget'].nunique()} budgets): "
-                     f"{paths['mc_budget.png']}")
+        lines.append(
+            f"mc against curve budget (the rows hold {budget_points['budget'].nunique()} budgets): "
+            f"{paths['mc_budget.png']}"
+        )
     return lines
 
 
-def _mc_budget_points(pd_fig: Any, models: pd.DataFrame, pairs: pd.DataFrame, x: str, y: str,
-                      facet: str | None) -> pd.DataFrame | None:
+def _mc_budget_points(
+    pd_fig: Any, models: pd.DataFrame, pairs: pd.DataFrame, x: str, y: str, facet: str | None
+) -> pd.DataFrame | None:
     """The points of ``mc_budget.png`` (``landscape.phase_diagram.mc_budget_points`` over every pairs row, the
     cells' knobs joined from the models rows), or None when they hold mc at fewer than two curve budgets."""
     if pairs.empty or "cell_id" not in pairs.columns or "connectivity.mc" not in pairs.columns:
         return None
     knobs = [k for k in dict.fromkeys([x, y] + ([facet] if facet else []))]
     p = pairs[[c for c in pairs.columns if c not in knobs]].merge(
-        models[["cell_id", *knobs]].drop_duplicates("cell_id"), on="cell_id", how="inner")
+        models[["cell_id", *knobs]].drop_duplicates("cell_id"), on="cell_id", how="inner"
+    )
     panel_by = [k for k in (facet, y) if k]
     points = pd_fig.mc_budget_points(p, x, panel_by)
     if points.empty or points["budget"].nunique() < 2:
@@ -684,9 +851,19 @@ def phase_table(cells: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return t.fillna("")
 
 
-def format_report(cells: pd.DataFrame, x: str, y: str, facet: str | None, rule: ph.PhaseRule,
-                  summary: pd.DataFrame, corr: pd.DataFrame | None, out: Path, calibration: dict[str, Any],
-                  uncertain_below: float, sweep_file: str | None) -> list[str]:
+def format_report(
+    cells: pd.DataFrame,
+    x: str,
+    y: str,
+    facet: str | None,
+    rule: ph.PhaseRule,
+    summary: pd.DataFrame,
+    corr: pd.DataFrame | None,
+    out: Path,
+    calibration: dict[str, Any],
+    uncertain_below: float,
+    sweep_file: str | None,
+) -> list[str]:
     """The lines ``landscape-phase`` prints: thresholds, the phase table(s), the per-phase summary, the
     strongest correlations, the output directory."""
     lines = [("sweep file: sweeps/" + sweep_file + ".yaml; " if sweep_file else "") + rule.describe()]
@@ -694,11 +871,12 @@ def format_report(cells: pd.DataFrame, x: str, y: str, facet: str | None, rule: 
         if name in ("train_loss", "train_error", "cka"):
             how = "derived" if entry.get("derived") else f"kept ({entry.get('reason', '')})"
             lines.append(f"  calibration {name}: {entry['value']:.4g} {how}; n={entry.get('n')}")
-    for fv in ([None] if facet is None else sorted(cells[facet].dropna().unique().tolist())):
+    for fv in [None] if facet is None else sorted(cells[facet].dropna().unique().tolist()):
         sub = cells if facet is None else cells[cells[facet] == fv]
-        head = f"phases ({y} rows, {x} columns; label and confidence = P(same label on a rerun with new " \
-               f"seeds); * fewer than {ph.MIN_RESOLVED_PAIRS} resolved pairs" + \
-               (f"; {facet} = {fv})" if facet else ")")
+        head = (
+            f"phases ({y} rows, {x} columns; label and confidence = P(same label on a rerun with new "
+            f"seeds); * fewer than {ph.MIN_RESOLVED_PAIRS} resolved pairs" + (f"; {facet} = {fv})" if facet else ")")
+        )
         lines += ["", head, phase_table(sub, x, y).to_string()]
     from landscape.phase_diagram import PHASE_MEANINGS
 
@@ -716,8 +894,11 @@ def format_report(cells: pd.DataFrame, x: str, y: str, facet: str | None, rule: 
         if not top.empty:
             lines += ["", "strongest rank correlations with test_acc (all cells; by regime in rank_correlations.csv):"]
             lines += [f"  {r.metric:<28s} rho {r.rho:+.2f}  p {r.p_value:.2g}  n {r.n_cells}" for r in top.itertuples()]
-    lines += ["", f"outputs: {out} (phase_map.png, phase_diagram.png, cells.csv, phase_summary.csv, "
-                  "rank_correlations.csv, manifest.json)"]
+    lines += [
+        "",
+        f"outputs: {out} (phase_map.png, phase_diagram.png, cells.csv, phase_summary.csv, "
+        "rank_correlations.csv, manifest.json)",
+    ]
     return lines
 
 
@@ -725,45 +906,105 @@ def build_parser() -> argparse.ArgumentParser:
     from landscape.cli.console import plain
 
     parts = plain(__doc__).split("\n\n")  # the module docstring without its usage block (argparse writes one)
-    ap = argparse.ArgumentParser(prog="landscape-phase", description="\n\n".join([parts[0], *parts[2:]]),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="landscape-phase",
+        description="\n\n".join([parts[0], *parts[2:]]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("sweep_dir", type=Path, help="sweep directory holding results/models and results/pairs")
-    ap.add_argument("--x", default=None, help="knob on the x axis, e.g. model.width (default: the sweep file's phase.x)")
+    ap.add_argument(
+        "--x", default=None, help="knob on the x axis, e.g. model.width (default: the sweep file's phase.x)"
+    )
     ap.add_argument("--y", default=None, help="knob on the y axis, e.g. train.batch_size (default: phase.y)")
-    ap.add_argument("--metrics", nargs="+", default=None,
-                    help="columns to draw, one panel each: metric columns with a value in the rows (and the "
-                         "families' numeric diagnostics, e.g. connectivity.middle_excess); an unknown or all-null "
-                         "column is refused, naming those that hold values (default: those of the paper's panels "
-                         "that have values)")
+    ap.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        help="columns to draw, one panel each: metric columns with a value in the rows (and the "
+        "families' numeric diagnostics, e.g. connectivity.middle_excess); an unknown or all-null "
+        "column is refused, naming those that hold values (default: those of the paper's panels "
+        "that have values)",
+    )
     ap.add_argument("--facet", default=None, help="knob whose values get one row of panels each")
-    ap.add_argument("--filter", dest="filters", action="append", default=[], metavar="KNOB=VALUE",
-                    help="keep rows with KNOB equal to VALUE (comma-separated: any of them); repeatable")
+    ap.add_argument(
+        "--filter",
+        dest="filters",
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="keep rows with KNOB equal to VALUE (comma-separated: any of them); repeatable",
+    )
     ap.add_argument("--out", type=Path, default=None, help="output directory (default SWEEP_DIR/analysis/phase/X__Y)")
-    ap.add_argument("--thresholds", action="append", default=[], metavar="paper|calibrate|NAME=VALUE",
-                    help="threshold set (paper: the paper's values; calibrate: from this sweep's cells) and/or "
-                         "NAME=VALUE overrides (train_loss, train_error, mc_underfit, mc_barrier, cka); repeatable")
-    ap.add_argument("--train-loss", type=float, default=None, metavar="NATS",
-                    help="training-loss threshold in nats (mean cross-entropy)")
-    ap.add_argument("--train-error", type=float, default=None, metavar="PERCENT",
-                    help="use training error (%% of the training set) instead of loss, with this threshold")
-    ap.add_argument("--mc-underfit", type=float, default=None, metavar="PP",
-                    help="mc threshold of phases I/II, percentage points of training error")
-    ap.add_argument("--mc-barrier", type=float, default=None, metavar="PP",
-                    help="mc threshold of phases III/IV, percentage points of training error")
+    ap.add_argument(
+        "--thresholds",
+        action="append",
+        default=[],
+        metavar="paper|calibrate|NAME=VALUE",
+        help="threshold set (paper: the paper's values; calibrate: from this sweep's cells) and/or "
+        "NAME=VALUE overrides (train_loss, train_error, mc_underfit, mc_barrier, cka); repeatable",
+    )
+    ap.add_argument(
+        "--train-loss",
+        type=float,
+        default=None,
+        metavar="NATS",
+        help="training-loss threshold in nats (mean cross-entropy)",
+    )
+    ap.add_argument(
+        "--train-error",
+        type=float,
+        default=None,
+        metavar="PERCENT",
+        help="use training error (%% of the training set) instead of loss, with this threshold",
+    )
+    ap.add_argument(
+        "--mc-underfit",
+        type=float,
+        default=None,
+        metavar="PP",
+        help="mc threshold of phases I/II, percentage points of training error",
+    )
+    ap.add_argument(
+        "--mc-barrier",
+        type=float,
+        default=None,
+        metavar="PP",
+        help="mc threshold of phases III/IV, percentage points of training error",
+    )
     ap.add_argument("--cka", type=float, default=None, metavar="C", help="CKA threshold of IV-A/IV-B (unitless)")
-    ap.add_argument("--limits", choices=("data", "paper"), default=None,
-                    help="colour limits: data (2nd-98th percentiles, default) or the paper's ranges")
-    ap.add_argument("--uncertain-below", type=float, default=None, metavar="C",
-                    help="hatch cells whose label confidence is below C (default 0.9)")
-    ap.add_argument("--bootstrap", type=int, default=None, metavar="N", help="Monte Carlo draws of the confidence per cell (1000)")
+    ap.add_argument(
+        "--limits",
+        choices=("data", "paper"),
+        default=None,
+        help="colour limits: data (2nd-98th percentiles, default) or the paper's ranges",
+    )
+    ap.add_argument(
+        "--uncertain-below",
+        type=float,
+        default=None,
+        metavar="C",
+        help="hatch cells whose label confidence is below C (default 0.9)",
+    )
+    ap.add_argument(
+        "--bootstrap", type=int, default=None, metavar="N", help="Monte Carlo draws of the confidence per cell (1000)"
+    )
     ap.add_argument("--seed", type=int, default=None, help="seed of the confidence's Monte Carlo (0)")
-    ap.add_argument("--select", action="append", default=[], metavar="FAMILY.SETTING=VALUE",
-                    help="where the rows hold a metric family at several settings (e.g. two curve budgets), use "
-                         "this one (e.g. connectivity.budget=8; cells without it are left without the family's "
-                         "values, named); repeatable. Default: the setting covering the most cells, ties to the "
-                         "newest (printed)")
-    ap.add_argument("--formats", nargs="+", default=["png"],
-                    help="figure file formats (default: png; add pdf or svg for vector figures, about 1 s each)")
+    ap.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="FAMILY.SETTING=VALUE",
+        help="where the rows hold a metric family at several settings (e.g. two curve budgets), use "
+        "this one (e.g. connectivity.budget=8; cells without it are left without the family's "
+        "values, named); repeatable. Default: the setting covering the most cells, ties to the "
+        "newest (printed)",
+    )
+    ap.add_argument(
+        "--formats",
+        nargs="+",
+        default=["png"],
+        help="figure file formats (default: png; add pdf or svg for vector figures, about 1 s each)",
+    )
     return ap
 
 
@@ -795,10 +1036,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, key) is not None:
                 overrides[key] = getattr(args, key)
         report: list[str] = []
-        run(args.sweep_dir, args.x, args.y, args.metrics, args.facet, parse_filters(args.filters), args.out,
-            None, args.formats, thresholds=preset, threshold_overrides=overrides, limits=args.limits,
-            uncertain_below=args.uncertain_below, bootstrap=args.bootstrap, seed=args.seed, report=report,
-            select=args.select)
+        run(
+            args.sweep_dir,
+            args.x,
+            args.y,
+            args.metrics,
+            args.facet,
+            parse_filters(args.filters),
+            args.out,
+            None,
+            args.formats,
+            thresholds=preset,
+            threshold_overrides=overrides,
+            limits=args.limits,
+            uncertain_below=args.uncertain_below,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            report=report,
+            select=args.select,
+        )
     except (KeyError, ValueError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"landscape-phase: error: {msg}", file=sys.stderr)

@@ -127,8 +127,9 @@ def launch_records(sweep_dir: str | Path) -> list[dict[str, Any]]:
                 raise ValueError("not a JSON object")
             records.append(rec)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            print(f"landscape-status: damaged launch record {path} skipped ({str(exc)[:80] or 'empty'})",
-                  file=sys.stderr)  # noqa: T201 - CLI output
+            print(
+                f"landscape-status: damaged launch record {path} skipped ({str(exc)[:80] or 'empty'})", file=sys.stderr
+            )
             continue
     return records
 
@@ -163,7 +164,7 @@ def completing_commands(records: list[dict[str, Any]], todo: dict[str, list[str]
             for cid in ids:
                 left.pop(cid, None)
     out = [c for c in (rerun_command(records[i], sweep_dir) for i in sorted(chosen)) if c]
-    for cid, overrides in left.items():
+    for overrides in left.values():
         if overrides:
             out.append(rerun_command({"argv": ["-m", *overrides]}, sweep_dir) or "")
     return list(dict.fromkeys(c for c in out if c))
@@ -193,11 +194,12 @@ def grid_order(cells: list[CellReport]) -> list[CellReport]:
         c, kv = item
         return (not c.overrides, tuple((k not in kv, _knob_value(kv.get(k, ""))) for k in knobs), c.cell_id)
 
-    return [c for c, _ in sorted(zip(cells, parsed), key=key)]
+    return [c for c, _ in sorted(zip(cells, parsed, strict=True), key=key)]
 
 
-def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, now: float | None = None,
-                 check_results: bool = True) -> SweepReport:
+def sweep_report(
+    sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, now: float | None = None, check_results: bool = True
+) -> SweepReport:
     """Read every launch record and cell status of ``sweep_dir`` (see the module docstring). ``check_results``:
     a finished cell whose result files are missing or damaged (by their SHA-256) is ``damaged`` (False: not
     read, e.g. for the summary at the end of a launch, which just wrote them)."""
@@ -219,8 +221,15 @@ def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, no
         try:
             status = cell.read_status()
         except DamagedFile as exc:
-            cells.append(CellReport(cid, "damaged", error=f"{exc.path}: {exc.reason}", overrides=planned.get(cid, []),
-                                    note=f"{exc.path}: {exc.reason}"))
+            cells.append(
+                CellReport(
+                    cid,
+                    "damaged",
+                    error=f"{exc.path}: {exc.reason}",
+                    overrides=planned.get(cid, []),
+                    note=f"{exc.path}: {exc.reason}",
+                )
+            )
             continue
         state, note = classify(status, now, host, stale_after_s)
         if state in ("done", "diverged") and status is not None and check_results:
@@ -238,8 +247,9 @@ def sweep_report(sweep_dir: str | Path, stale_after_s: float = STALE_AFTER_S, no
         cells.append(rep)
     cells = grid_order(cells)
     counts = {s: sum(c.state == s for c in cells) for s in STATES}
-    commands = completing_commands(records, {c.cell_id: c.overrides for c in cells if c.state in TODO_STATES},
-                                   sweep_dir)
+    commands = completing_commands(
+        records, {c.cell_id: c.overrides for c in cells if c.state in TODO_STATES}, sweep_dir
+    )
     return SweepReport(str(sweep_dir), counts, cells, " ; ".join(commands) or None, len(records), commands)
 
 
@@ -294,8 +304,11 @@ def verify(sweep_dir: str | Path, checkpoints: bool = True) -> list[Finding]:
                     found.append(Finding(str(f), "damaged", problem.removeprefix(f"{f}: "), cell.cell_id))
         bad_lease = Lease(cell, 1.0).problem() if os.path.lexists(cell.lease_path) else None
         if bad_lease is not None:
-            found.append(Finding(str(bad_lease.path), "damaged", f"{bad_lease.reason} (the next launch sets it aside)",
-                                 cell.cell_id))
+            found.append(
+                Finding(
+                    str(bad_lease.path), "damaged", f"{bad_lease.reason} (the next launch sets it aside)", cell.cell_id
+                )
+            )
         for p in inspect_cell_files(cell, checkpoints=checkpoints, recorded=status.files if status else None):
             found.append(Finding(str(p.path), p.kind, p.reason, cell.cell_id))
     managed = sweepdir.cells_dir(sweep).is_dir()
@@ -310,12 +323,26 @@ def verify(sweep_dir: str | Path, checkpoints: bool = True) -> list[Finding]:
             if outside and name not in recorded:
                 found.append(Finding(str(f), "foreign", f"{outside}: not served", owner))
             elif name not in recorded and managed and owner:
-                found.append(Finding(str(f), "uncommitted", "not recorded by its cell's status (a run that did not "
-                                     "finish, a damaged status, or a file copied from another sweep): not served", cid))
+                found.append(
+                    Finding(
+                        str(f),
+                        "uncommitted",
+                        "not recorded by its cell's status (a run that did not "
+                        "finish, a damaged status, or a file copied from another sweep): not served",
+                        cid,
+                    )
+                )
             elif name not in recorded and managed:
                 kind = "a directory" if f.is_dir() else "a file"
-                found.append(Finding(str(f), "foreign", f"{kind} that no cell of this sweep records (copied from "
-                                     "another sweep, or a stray file): not served", None))
+                found.append(
+                    Finding(
+                        str(f),
+                        "foreign",
+                        f"{kind} that no cell of this sweep records (copied from "
+                        "another sweep, or a stray file): not served",
+                        None,
+                    )
+                )
     return found
 
 
@@ -354,8 +381,10 @@ def repair(sweep_dir: str | Path, findings: list[Finding]) -> list[str]:
 
 def format_report(rep: SweepReport, verbose: bool = False) -> str:
     total = sum(rep.counts.values())
-    lines = [f"sweep {rep.sweep_dir}: {total} cells ({rep.launches} launch record(s))",
-             "  " + "  ".join(f"{s} {rep.counts[s]}" for s in STATES)]
+    lines = [
+        f"sweep {rep.sweep_dir}: {total} cells ({rep.launches} launch record(s))",
+        "  " + "  ".join(f"{s} {rep.counts[s]}" for s in STATES),
+    ]
     failed = [c for c in rep.cells if c.state == "failed"]
     if failed:
         lines.append("failed cells:")
@@ -371,8 +400,10 @@ def format_report(rep: SweepReport, verbose: bool = False) -> str:
     with_errors = [c for c in rep.cells if c.metric_errors and c.state in ("done", "diverged")]
     if with_errors:
         n = sum(len(c.metric_errors) for c in with_errors)
-        lines.append(f"metric errors: {n} value(s) in {len(with_errors)} cell(s) could not be computed "
-                     "(typed nulls; the reason is in <family>.error):")
+        lines.append(
+            f"metric errors: {n} value(s) in {len(with_errors)} cell(s) could not be computed "
+            "(typed nulls; the reason is in <family>.error):"
+        )
         for c in with_errors:
             lines.append(f"  {c.cell_id}  {' '.join(c.overrides)}")
             by_family: dict[str, list[dict[str, str]]] = {}
@@ -380,8 +411,10 @@ def format_report(rep: SweepReport, verbose: bool = False) -> str:
                 by_family.setdefault(e.get("family", "?"), []).append(e)
             for fam, errs in by_family.items():
                 reasons = list(dict.fromkeys(e.get("error", "") for e in errs))
-                lines.append(f"      {fam}: {len(errs)} ({', '.join(e.get('who', '?') for e in errs)}): {reasons[0]}"
-                             + (f" (+{len(reasons) - 1} other reason(s))" if len(reasons) > 1 else ""))
+                lines.append(
+                    f"      {fam}: {len(errs)} ({', '.join(e.get('who', '?') for e in errs)}): {reasons[0]}"
+                    + (f" (+{len(reasons) - 1} other reason(s))" if len(reasons) > 1 else "")
+                )
     diverged = [c for c in rep.cells if c.state == "diverged"]
     if diverged and verbose:
         lines.append("cells with diverged seeds:")
@@ -392,7 +425,9 @@ def format_report(rep: SweepReport, verbose: bool = False) -> str:
     if rep.rerun_commands:
         lines += [completing_header(len(rep.rerun_commands)), *(f"  {c}" for c in rep.rerun_commands)]
     elif total:
-        lines.append("nothing to rerun" + (" (cells still running)" if rep.counts["running"] else ": every cell is done"))
+        lines.append(
+            "nothing to rerun" + (" (cells still running)" if rep.counts["running"] else ": every cell is done")
+        )
     return "\n".join(lines)
 
 
@@ -400,42 +435,55 @@ def completing_header(n_commands: int) -> str:
     """The line above the completing command(s) (``completing_commands``)."""
     if n_commands == 1:
         return "complete the grid (done cells are skipped, interrupted ones resume from their checkpoints):"
-    return (f"complete the grids ({n_commands} launches into this directory hold cells not done; run each "
-            "command, done cells are skipped, interrupted ones resume from their checkpoints):")
+    return (
+        f"complete the grids ({n_commands} launches into this directory hold cells not done; run each "
+        "command, done cells are skipped, interrupted ones resume from their checkpoints):"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     from landscape.cli.console import pipe_safe_stdout, plain
 
     pipe_safe_stdout()
-    parser = argparse.ArgumentParser(prog="landscape-status", description=plain(__doc__),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="landscape-status", description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--stale-after", type=float, default=STALE_AFTER_S,
-                        help="seconds without heartbeat after which a running cell counts as interrupted")
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=STALE_AFTER_S,
+        help="seconds without heartbeat after which a running cell counts as interrupted",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="list every cell")
-    parser.add_argument("--verify", action="store_true",
-                        help="check every result file against its SHA-256, every checkpoint and cache; exit 1 if any is bad")
-    parser.add_argument("--repair", action="store_true",
-                        help="with --verify: move damaged files aside so the next launch recomputes them")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every result file against its SHA-256, every checkpoint and cache; exit 1 if any is bad",
+    )
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="with --verify: move damaged files aside so the next launch recomputes them",
+    )
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
-        print(f"landscape-status: {args.sweep_dir}: no such sweep directory", file=sys.stderr)  # noqa: T201
+        print(f"landscape-status: {args.sweep_dir}: no such sweep directory", file=sys.stderr)
         return 2
     if args.verify or args.repair:
         findings = verify(args.sweep_dir)
         for f in findings:
-            print(f"{f.kind}: {f.path}: {f.reason}")  # noqa: T201 - CLI output
+            print(f"{f.kind}: {f.path}: {f.reason}")
         if args.repair and findings:
             for line in repair(args.sweep_dir, findings):
-                print(f"repaired: {line}")  # noqa: T201 - CLI output
-        print(f"verify: {len(findings)} bad file(s)" if findings else "verify: every file is intact")  # noqa: T201
+                print(f"repaired: {line}")
+        print(f"verify: {len(findings)} bad file(s)" if findings else "verify: every file is intact")
     rep = sweep_report(args.sweep_dir, args.stale_after)
     if args.json:
-        print(json.dumps(asdict(rep), indent=1))  # noqa: T201 - CLI output
+        print(json.dumps(asdict(rep), indent=1))
     else:
-        print(format_report(rep, args.verbose))  # noqa: T201 - CLI output
+        print(format_report(rep, args.verbose))
     return 1 if (args.verify and not args.repair and findings) else 0
 
 

@@ -18,17 +18,26 @@ def summarize(sweep_dir: Path) -> str:
     pairs_dir = table_dir(sweep_dir, "pairs")
     if pairs_dir.is_dir():
         lines.append(f"  pairs rows:  {pairs_dir}  ({len(load(sweep_dir, 'pairs'))} rows)")
-    lines.append(f"  read them:   pandas.read_parquet('{table_dir(sweep_dir, 'models')}')  or  landscape.results.load(...)")
+    lines.append(
+        f"  read them:   pandas.read_parquet('{table_dir(sweep_dir, 'models')}')  or  landscape.results.load(...)"
+    )
     if models.empty:
         return "\n".join(lines + ["  (no rows yet)"])
     lines.append("  status: " + ", ".join(f"{k} {v}" for k, v in models["status"].value_counts().items()))
-    swept = [c for c in models.columns if c.split(".")[0] in ("data", "model", "train") and c not in
-             ("data.n_train", "model.n_params") and models[c].astype(str).nunique() > 1]
+    swept = [
+        c
+        for c in models.columns
+        if c.split(".")[0] in ("data", "model", "train")
+        and c not in ("data.n_train", "model.n_params")
+        and models[c].astype(str).nunique() > 1
+    ]
     done = models[models["status"] == "done"]
     if swept and not done.empty:
         table = done.groupby(swept)[["train_loss", "test_acc"]].agg(["mean", "count"])
         table.columns = [f"{a} {b}" for a, b in table.columns]
-        with pd.option_context("display.width", 200, "display.max_columns", None, "display.max_rows", 60, "display.precision", 4):
+        with pd.option_context(
+            "display.width", 200, "display.max_columns", None, "display.max_rows", 60, "display.precision", 4
+        ):
             lines += ["", str(table)]
     return "\n".join(lines)
 
@@ -37,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
-    print(summarize(args.sweep_dir))  # noqa: T201 - CLI output
+    print(summarize(args.sweep_dir))
     return 0
 
 

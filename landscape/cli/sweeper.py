@@ -83,20 +83,33 @@ def plan_cells(
     planned = []
     for i, overrides in enumerate(jobs):
         try:
-            with (composer.cell(overrides) if composer is not None
-                  else contextlib.nullcontext(_full_compose(config, config_loader, overrides))) as job_cfg:
+            with (
+                composer.cell(overrides)
+                if composer is not None
+                else contextlib.nullcontext(_full_compose(config, config_loader, overrides))
+            ) as job_cfg:
                 planned.append(_plan_one(i, overrides, job_cfg, sweep_dir, local, memory_bytes))
-        except Exception as exc:  # composition errors: unknown key, bad type, missing group option
+        except Exception as exc:  # noqa: BLE001 - composition errors: unknown key, bad type, missing group option
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ is not None and str(exc.__cause__) else ""
             planned.append(PlannedCell(i, list(overrides), None, "invalid", [f"{why}: {cause}" if cause else why]))
     if composer is not None:
-        log.info("planning: %d base config(s) composed by Hydra for %d cells (+ a verified sample)", composer.n_full, len(jobs))
+        log.info(
+            "planning: %d base config(s) composed by Hydra for %d cells (+ a verified sample)",
+            composer.n_full,
+            len(jobs),
+        )
     return planned
 
 
-def _plan_one(i: int, overrides: Sequence[str], job_cfg: DictConfig, sweep_dir: Path, local: bool = True,
-              memory_bytes: int | None = None) -> PlannedCell:
+def _plan_one(
+    i: int,
+    overrides: Sequence[str],
+    job_cfg: DictConfig,
+    sweep_dir: Path,
+    local: bool = True,
+    memory_bytes: int | None = None,
+) -> PlannedCell:
     problems = validate(job_cfg)
     if not problems:
         problems = launch_problems(job_cfg, local, memory_bytes)
@@ -218,7 +231,8 @@ class CellComposer:
             cfg.hydra.overrides.task = [ov.input_line for ov in app]
             dirname = cfg.hydra.job.config.override_dirname
             cfg.hydra.job.override_dirname = get_overrides_dirname(
-                overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
+                overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys
+            )
         OmegaConf.copy_cache(from_config=self.config, to_config=cfg)
         return cfg
 
@@ -273,7 +287,7 @@ class CellComposer:
         if group not in self.bases:
             try:
                 self.bases[group] = (_without_hydra(copy.deepcopy(self._job_base(group))), None)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - kept and reported when a cell of this group is composed
                 self.bases[group] = (None, exc)
         base, exc = self.bases[group]
         if exc is not None:
@@ -287,7 +301,7 @@ class CellComposer:
         try:
             for i, ov in enumerate(jobs):
                 by_base.setdefault(self._split(ov)[0], []).append(i)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any surprise turns the fast path off, never the planning
             log.info("fast planning off (%s): composing every cell with Hydra", exc)
             self.fast = False
             return False
@@ -306,11 +320,14 @@ class CellComposer:
                     with self.cell(jobs[i]) as cfg:
                         in_place = OmegaConf.to_container(cfg)
                     restored = OmegaConf.to_container(self._base(group)) == before
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - a failure is a mismatch the check reports
                     job, fast, in_place, restored = None, repr(exc), None, False
                 if not (_same(fast, full) and _same(in_place, full) and restored and _same(job, full_job)):
-                    log.warning("fast planning differs from Hydra's compose for cell #%d (%s): composing every "
-                                "cell with Hydra", i, " ".join(jobs[i]))
+                    log.warning(
+                        "fast planning differs from Hydra's compose for cell #%d (%s): composing every cell with Hydra",
+                        i,
+                        " ".join(jobs[i]),
+                    )
                     self.fast = False
                     return False
                 self.verified.add(group)
@@ -330,8 +347,12 @@ def _check_sweep_dir(config: DictConfig) -> None:
     for line in OmegaConf.select(config, "hydra.overrides.hydra") or []:
         key, _, value = str(line).partition("=")
         if key.lstrip("+") == "hydra.sweep.dir" and not os.path.isabs(value) and ".." in Path(value).parts:
-            print(f"hydra.sweep.dir={value!r}: a relative sweep directory may not leave the launch directory "
-                  "('..'); give an absolute path to write elsewhere", file=sys.stderr, flush=True)  # noqa: T201
+            print(
+                f"hydra.sweep.dir={value!r}: a relative sweep directory may not leave the launch directory "
+                "('..'); give an absolute path to write elsewhere",
+                file=sys.stderr,
+                flush=True,
+            )
             raise SystemExit(2)
 
 
@@ -363,8 +384,11 @@ def _refuse_bad_keys(overrides: Sequence[str], config_loader: Any) -> None:
     repo = getattr(config_loader, "repository", None)
     problems = override_problems(overrides, is_group=repo.group_exists if repo is not None else None)
     if problems:
-        print("\n  ".join(["invalid override(s) of the grid; nothing was launched:", *problems]),  # noqa: T201
-              file=sys.stderr, flush=True)
+        print(
+            "\n  ".join(["invalid override(s) of the grid; nothing was launched:", *problems]),
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(2)
 
 
@@ -387,8 +411,10 @@ def format_plan(planned: list[PlannedCell]) -> str:
     counts: dict[str, int] = {}
     for c in planned:
         counts[c.state] = counts.get(c.state, 0) + 1
-    lines = [f"dry run: {len(planned)} cells ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); nothing launched",
-             f"{'#':>5}  {'cell_id':12}  {'state':8}  overrides"]
+    lines = [
+        f"dry run: {len(planned)} cells ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); nothing launched",
+        f"{'#':>5}  {'cell_id':12}  {'state':8}  overrides",
+    ]
     for c in planned:
         lines.append(f"{c.index:>5}  {c.cell_id or '-':12}  {c.state:8}  {' '.join(c.overrides)}")
     return "\n".join(lines)
@@ -410,16 +436,16 @@ def _outcome(exc: BaseException | None) -> str:
     return "failed"
 
 
-def launch_summary(planned: list[PlannedCell], failures: Sequence[JobReturn], sweep_dir: Path,
-                   signum: int | None = None) -> tuple[str, bool]:
+def launch_summary(
+    planned: list[PlannedCell], failures: Sequence[JobReturn], sweep_dir: Path, signum: int | None = None
+) -> tuple[str, bool]:
     """The end of a launch: ``(text, complete)``. The text counts the launch's cells per state (done, diverged,
     interrupted, pending, failed, running: from their status files on disk, corrected by what the launch saw:
     a cell the launch stopped is interrupted, one it never started pending), names the signal that stopped
     the launch as received, lists each failed cell with its error line and each cell whose worker died, and
     ends with the command that completes every grid launched into ``sweep_dir`` (``landscape.cli.status``:
     all cells not done, of this launch and of earlier ones). ``complete``: every cell of the launch is done."""
-    from landscape.cli.status import (TODO_STATES, completing_commands, completing_header, launch_records,
-                                      sweep_report)
+    from landscape.cli.status import TODO_STATES, completing_commands, completing_header, launch_records, sweep_report
     from landscape.provenance import host
 
     rep = sweep_report(sweep_dir, check_results=False)
@@ -440,11 +466,17 @@ def launch_summary(planned: list[PlannedCell], failures: Sequence[JobReturn], sw
             why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300] if exc is not None else "no result"
             notes.append(f"  {kind}: cell {cid or '?'} ({' '.join(overrides) or 'no overrides'}): {why}")
     launched = [c.cell_id for c in planned if c.cell_id is not None]
-    counts = {k: sum(state.get(cid, "pending") == k for cid in launched)
-              for k in ("done", "diverged", "interrupted", "pending", "failed", "running", "damaged")}
-    said = ", ".join(f"{n} {k}" for k, n in counts.items() if n or k in ("done", "interrupted", "pending", "failed", "diverged"))
+    counts = {
+        k: sum(state.get(cid, "pending") == k for cid in launched)
+        for k in ("done", "diverged", "interrupted", "pending", "failed", "running", "damaged")
+    }
+    said = ", ".join(
+        f"{n} {k}" for k, n in counts.items() if n or k in ("done", "interrupted", "pending", "failed", "diverged")
+    )
     if signum is not None:
-        head = f"launch stopped by {SIGNAL_NAMES.get(signum, signal.Signals(signum).name)}: {len(launched)} cells: {said}"
+        head = (
+            f"launch stopped by {SIGNAL_NAMES.get(signum, signal.Signals(signum).name)}: {len(launched)} cells: {said}"
+        )
     else:
         head = f"launch finished: {len(launched)} cells: {said}"
     lines = [head, *notes]
@@ -504,22 +536,34 @@ class GridSweeper(BasicSweeper):
         fast = os.environ.get("LANDSCAPE_FULL_COMPOSE", "") in ("", "0")  # 1: Hydra's compose for every cell
         local, memory = _job_machine(self.config)
         composer = CellComposer(self.config, self.hydra_context.config_loader) if fast else None
-        planned = plan_cells(self.config, self.hydra_context.config_loader, jobs, sweep_dir, fast=fast, local=local,
-                             memory_bytes=memory, composer=composer)
+        planned = plan_cells(
+            self.config,
+            self.hydra_context.config_loader,
+            jobs,
+            sweep_dir,
+            fast=fast,
+            local=local,
+            memory_bytes=memory,
+            composer=composer,
+        )
         log.info("planned %d cells in %.2f s", len(planned), time.perf_counter() - tic)
         if any(c.problems for c in planned):
             import sys
 
             # A refused grid is the user's input, not a crash: the problems, no traceback, exit status 2.
-            print(format_problems(planned), file=sys.stderr, flush=True)  # noqa: T201 - CLI output
+            print(format_problems(planned), file=sys.stderr, flush=True)
             raise SystemExit(2)
         if bool(self.config.get("dry_run", False)):
-            print(format_plan(planned), flush=True)  # noqa: T201 - CLI output
+            print(format_plan(planned), flush=True)
             from landscape.cost import dry_run_estimate  # cost per cell and total (LANDSCAPE_COST=off: none)
 
-            full = lambda o: _full_compose(self.config, self.hydra_context.config_loader, o)  # noqa: E731
-            print(dry_run_estimate(planned, composer.compose if composer is not None and composer.fast else full,
-                                   sweep_dir), flush=True)  # noqa: T201 - CLI output
+            full = lambda o: _full_compose(self.config, self.hydra_context.config_loader, o)  # noqa: E731 - a one-line helper used on the next lines
+            print(
+                dry_run_estimate(
+                    planned, composer.compose if composer is not None and composer.fast else full, sweep_dir
+                ),
+                flush=True,
+            )
             return []
 
         todo = [c for c in planned if c.state != "done"]
@@ -530,16 +574,23 @@ class GridSweeper(BasicSweeper):
         OmegaConf.save(self.config, sweepdir.multirun_path(sweep_dir))
         record = sweepdir.new_launch_record_path(sweep_dir)
         record.parent.mkdir(exist_ok=True)
-        record.write_text(json.dumps({
-            "arguments": list(arguments),
-            "argv": _launch_argv(),
-            "cwd": str(self.config.hydra.runtime.cwd),
-            "cells": [{"cell_id": c.cell_id, "overrides": c.overrides} for c in planned],
-        }, indent=1))
+        record.write_text(
+            json.dumps(
+                {
+                    "arguments": list(arguments),
+                    "argv": _launch_argv(),
+                    "cwd": str(self.config.hydra.runtime.cwd),
+                    "cells": [{"cell_id": c.cell_id, "overrides": c.overrides} for c in planned],
+                },
+                indent=1,
+            )
+        )
         share = getattr(self.launcher, "share_composer", None)
         if composer is not None and composer.fast and share is not None:
             share(composer)  # workers forked after planning compose no base again
-        log.info("launching %d cells (%d already done, skipped) into %s", len(todo), len(planned) - len(todo), sweep_dir)
+        log.info(
+            "launching %d cells (%d already done, skipped) into %s", len(todo), len(planned) - len(todo), sweep_dir
+        )
         # Only cells that are not done are launched, in batches of max_batch_size (e.g. SLURM array size).
         self.overrides = self.split_arguments_list([c.overrides for c in todo], self.max_batch_size)
         self.batch_index = 0
@@ -569,10 +620,10 @@ class GridSweeper(BasicSweeper):
         # their status files), the signal as received, and the command that completes every grid of the directory.
         text, complete = launch_summary(planned, failures, sweep_dir, signum)
         if signum is not None or failures:
-            print(text, file=sys.stderr, flush=True)  # noqa: T201 - CLI output
+            print(text, file=sys.stderr, flush=True)
             raise SystemExit(128 + int(signum) if signum is not None else 1)
         if not complete:  # e.g. a cell another launch holds (its lease): said, not an error of this launch
-            print(text, file=sys.stderr, flush=True)  # noqa: T201 - CLI output
+            print(text, file=sys.stderr, flush=True)
         else:
             log.info("%s", text)
         return returns

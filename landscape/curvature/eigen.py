@@ -155,8 +155,9 @@ def extreme_eigenpairs(
     n = op.shape[0]
     kl, ks = int(k_largest), int(k_smallest)
     if kl < 0 or ks < 0 or kl + ks < 1 or kl > n or ks > n:
-        raise ValueError(f"k_largest={k_largest!r}, k_smallest={k_smallest!r}: expected 0 <= k <= n = {n}, "
-                         "at least one positive")
+        raise ValueError(
+            f"k_largest={k_largest!r}, k_smallest={k_smallest!r}: expected 0 <= k <= n = {n}, at least one positive"
+        )
     if tol <= 0 or max_iter < 1:
         raise ValueError(f"tol={tol!r}, max_iter={max_iter!r}: expected tol > 0 and max_iter >= 1")
     dtype, device = op.dtype, op.device
@@ -270,12 +271,24 @@ def extreme_eigenpairs(
         ok = converged and bool((res <= tol * max(scale, 1e-300)).all()) or (j == n and idx.numel() == kk)
         vectors = V[:j].T @ S[:, idx].to(device=device, dtype=dtype)
         if not ok:
-            log.warning("eigenvalues(which=%s, k=%d): not converged after %d products (max residual %.3g, tol %.3g)",
-                        which, kk, n_matvecs, float(res.max()), tol * scale)
+            log.warning(
+                "eigenvalues(which=%s, k=%d): not converged after %d products (max residual %.3g, tol %.3g)",
+                which,
+                kk,
+                n_matvecs,
+                float(res.max()),
+                tol * scale,
+            )
         results[which] = EigenResult(theta[idx].clone(), vectors, res, n_matvecs, ok)
-    return SpectrumEnds(results["largest"], results["smallest"], n_matvecs,
-                        torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64),
-                        basis=V[:j], projected=T[:j, :j].clone())
+    return SpectrumEnds(
+        results["largest"],
+        results["smallest"],
+        n_matvecs,
+        torch.tensor(alphas, dtype=torch.float64),
+        torch.tensor(betas, dtype=torch.float64),
+        basis=V[:j],
+        projected=T[:j, :j].clone(),
+    )
 
 
 def _wanted(theta: Tensor, kl: int, ks: int) -> Tensor:
@@ -314,8 +327,16 @@ def eigenvalues(
     n = as_operator(op).shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k={k!r}: expected 1 <= k <= n = {n}")
-    ends = extreme_eigenpairs(op, k_largest=k if which == "largest" else 0, k_smallest=k if which == "smallest" else 0,
-                              tol=tol, max_iter=max_iter, seed=seed, basis_size=basis_size, v0=v0)
+    ends = extreme_eigenpairs(
+        op,
+        k_largest=k if which == "largest" else 0,
+        k_smallest=k if which == "smallest" else 0,
+        tol=tol,
+        max_iter=max_iter,
+        seed=seed,
+        basis_size=basis_size,
+        v0=v0,
+    )
     out = ends.largest if which == "largest" else ends.smallest
     assert out is not None
     return out

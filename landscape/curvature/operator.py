@@ -170,8 +170,13 @@ class HessianOperator:
             n_chunks = max(1, math.ceil(2 * per_sample * total / max(budget, 1)))  # x2: the product's own pass
             batch_size = math.ceil(total / n_chunks)
             data = [(torch.cat([x for x, _ in given]), torch.cat([y for _, y in given]))]
-            log.debug("HessianOperator: %d samples in %d graph(s) (%.3g bytes per sample, budget %.3g)",
-                      total, n_chunks, per_sample, budget)
+            log.debug(
+                "HessianOperator: %d samples in %d graph(s) (%.3g bytes per sample, budget %.3g)",
+                total,
+                n_chunks,
+                per_sample,
+                budget,
+            )
         elif isinstance(batch_size, str):
             raise ValueError(f"batch_size={batch_size!r}: expected a positive integer, None or 'auto'")
         self.batches = [(self._cast(x), y.to(self._device)) for x, y in _as_batches(data, batch_size)]
@@ -246,8 +251,9 @@ class HessianOperator:
 
             params = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
             with self._eval_mode(), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                torch.autograd.grad(self._loss(params, x[:b], y[:b]), [params[n] for n in self.names],
-                                    create_graph=True)
+                torch.autograd.grad(
+                    self._loss(params, x[:b], y[:b]), [params[n] for n in self.names], create_graph=True
+                )
             saved.append(total)
         return max((saved[1] - saved[0]) / max(sizes[1] - sizes[0], 1), 1.0)
 
@@ -278,9 +284,9 @@ class HessianOperator:
 
     def _matvec_cached(self, tangent: dict[str, Tensor]) -> Tensor:
         out = torch.zeros(self.shape[0], dtype=self._dtype, device=self._device)
-        for (leaves, grads), (x, _) in zip(self._gradient_graphs(), self.batches):
+        for (leaves, grads), (x, _) in zip(self._gradient_graphs(), self.batches, strict=True):
             with torch.enable_grad():
-                dot = sum((g * tangent[n]).sum() for g, n in zip(grads, self.names))
+                dot = sum((g * tangent[n]).sum() for g, n in zip(grads, self.names, strict=True))
                 hv = torch.autograd.grad(dot, leaves, retain_graph=True)
             out += self.flatten(list(hv)) * (x.shape[0] / self.n_samples)
         return out
@@ -289,10 +295,15 @@ class HessianOperator:
         """``H V`` for ``V`` ``[P, k]`` through the cached graphs: one batched backward pass (``is_grads_batched``)."""
         tangents = self._unflatten_cols(block)  # {name: [k, *shape]}
         out = torch.zeros(block.shape[1], self.shape[0], dtype=self._dtype, device=self._device)
-        for (leaves, grads), (x, _) in zip(self._gradient_graphs(), self.batches):
+        for (leaves, grads), (x, _) in zip(self._gradient_graphs(), self.batches, strict=True):
             with torch.enable_grad():
-                hv = torch.autograd.grad(grads, leaves, grad_outputs=[tangents[n] for n in self.names],
-                                         retain_graph=True, is_grads_batched=True)
+                hv = torch.autograd.grad(
+                    grads,
+                    leaves,
+                    grad_outputs=[tangents[n] for n in self.names],
+                    retain_graph=True,
+                    is_grads_batched=True,
+                )
             out += self.flatten(list(hv), leading=1) * (x.shape[0] / self.n_samples)
         return out.T
 
@@ -304,7 +315,7 @@ class HessianOperator:
         with torch.enable_grad():
             loss = self._loss(params, x, y)
             grads = torch.autograd.grad(loss, leaves, create_graph=True)
-            dot = sum((g * tangent[n]).sum() for g, n in zip(grads, self.names))
+            dot = sum((g * tangent[n]).sum() for g, n in zip(grads, self.names, strict=True))
             return list(torch.autograd.grad(dot, leaves))
 
     # ----------------------------------------------------------------------------------------- products
@@ -362,7 +373,7 @@ class HessianOperator:
                     continue
                 tangents = self._unflatten_cols(block)
                 for x, y in self.batches:
-                    hv = vmap(lambda t: self._hvp(x, y, t))(tangents)  # {name: [k, *shape]}
+                    hv = vmap(lambda t: self._hvp(x, y, t))(tangents)  # {name: [k, *shape]}  # noqa: B023 (called within this iteration)
                     out[:, start : start + block.shape[1]] += self.flatten(hv, leading=1).T * (
                         x.shape[0] / self.n_samples
                     )

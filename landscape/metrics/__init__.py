@@ -58,10 +58,19 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from landscape.metrics.contract import (ENABLED_VALUES, FIGURE_SCALES, TABLES, Family, FigureStyle, ModelContext,
-                                        PairContext, Result, Table, arrow_type)
+from landscape.metrics.contract import (
+    ENABLED_VALUES,
+    FIGURE_SCALES,
+    TABLES,
+    Family,
+    FigureStyle,
+    ModelContext,
+    PairContext,
+    Result,
+    Table,
+    arrow_type,
+)
 from landscape.rules import FRACTION, Rule, choices_of, ints, nums, one_of, rule, text
-
 
 # ------------------------------------------------------------------------------------------------ registry
 _REGISTRY: dict[str, Family] = {}
@@ -204,7 +213,7 @@ def select_pairs(seeds: list[int], selection: str = "all") -> list[tuple[int, in
     if selection == "all":
         return [(a, b) for i, a in enumerate(s) for b in s[i + 1 :]]
     if selection == "chain":
-        return list(zip(s[:-1], s[1:]))
+        return list(zip(s[:-1], s[1:], strict=True))
     if selection == "star":
         return [(s[0], b) for b in s[1:]]
     raise ValueError(f"metrics.pairs={selection!r}: expected one of {', '.join(PAIR_SELECTIONS)}")
@@ -234,8 +243,36 @@ def validate_metrics(cfg: Any) -> list[str]:
 
 
 __all__ = [
-    "ENABLED_VALUES", "FIGURE_SCALES", "Family", "FigureStyle", "ModelContext", "PAIR_SELECTIONS", "PairContext", "Result", "Table",
-    "arrow_type", "enabled", "families", "family_config_classes", "family_of", "figure_styles", "get", "is_on",
-    "metric_columns", "on_change", "register", "select_pairs", "skipped_auto", "unregister", "validate_metrics",
-    "FRACTION", "Rule", "choices_of", "ints", "nums", "one_of", "rule", "text",  # value rules (landscape.rules)
+    "ENABLED_VALUES",
+    "FIGURE_SCALES",
+    "Family",
+    "FigureStyle",
+    "ModelContext",
+    "PAIR_SELECTIONS",
+    "PairContext",
+    "Result",
+    "Table",
+    "arrow_type",
+    "enabled",
+    "families",
+    "family_config_classes",
+    "family_of",
+    "figure_styles",
+    "get",
+    "is_on",
+    "metric_columns",
+    "on_change",
+    "register",
+    "select_pairs",
+    "skipped_auto",
+    "unregister",
+    "validate_metrics",
+    "FRACTION",
+    "Rule",
+    "choices_of",
+    "ints",
+    "nums",
+    "one_of",
+    "rule",
+    "text",  # value rules (landscape.rules)
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from landscape.metrics.contract import Family
 
 
-def BUILTIN() -> list[Family]:  # noqa: N802 - a constant list, built on first use
+def BUILTIN() -> list[Family]:
     from landscape.metrics import cka, connectivity, hessian, jump_retrain, l2, projection_trace, surfaces, training
 
     return [

@@ -33,8 +33,10 @@ class Config:
     kernel: str = field(default="linear", metadata=rule(one_of(choices_of("landscape.similarity", "KERNELS"))))
     debiased: bool = False
     rbf_fraction: float = field(default=1.0, metadata=rule(nums(0.0, lo_open=True)))
-    batch_size: int = field(default=0, metadata=rule(ints(4, also=(0,), note="0: the full Gram matrix; else a "
-                                                                              "minibatch of that many samples")))
+    batch_size: int = field(
+        default=0,
+        metadata=rule(ints(4, also=(0,), note="0: the full Gram matrix; else a minibatch of that many samples")),
+    )
     seed: int = 0
 
 
@@ -69,12 +71,15 @@ def compute(ctx: PairContext, settings: Any) -> Result:
         who = {"X": f"model {ctx.a.seed}", "Y": f"model {ctx.b.seed}"}
         head, _, rest = res.reason.partition(": ")
         error = f"CKA undefined: {who.get(head, head)}: {rest}" if head in who else f"CKA undefined: {res.reason}"
-    return Result({
-        "cka": None if res.reason is not None else res.value,
-        "cka.debiased": debiased,
-        "cka.n_samples": int(x.shape[0]),
-        "cka.seconds": time.perf_counter() - t0,
-    }, error=error)
+    return Result(
+        {
+            "cka": None if res.reason is not None else res.value,
+            "cka.debiased": debiased,
+            "cka.n_samples": int(x.shape[0]),
+            "cka.seconds": time.perf_counter() - t0,
+        },
+        error=error,
+    )
 
 
 FAMILY = Family(

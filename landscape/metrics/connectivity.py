@@ -100,16 +100,26 @@ class Config:
     protocol: str = field(default="stages", metadata=rule(one_of(PROTOCOLS)))
     bends: int = field(default=1, metadata=rule(ints(1, note="the line is `line: true`")))
     init: str = field(default="line", metadata=rule(one_of(choices_of("landscape.connectivity", "INITS"))))
-    epochs: Optional[int] = field(default=None, metadata=rule(ints(0, null=True, note=(
-        "null: follow the endpoints' budget; 0: the untrained initial curve, reported with no mc"))))
+    epochs: Optional[int] = field(
+        default=None,
+        metadata=rule(
+            ints(
+                0,
+                null=True,
+                note=("null: follow the endpoints' budget; 0: the untrained initial curve, reported with no mc"),
+            )
+        ),
+    )
     """Epochs of the first stage; null: ``budget`` times the endpoints' steps. 0 is allowed: the initial curve,
     untrained (``stop_reason = untrained``, mc null with the reason)."""
     budget: float = field(default=0.5, metadata=rule(nums(0.0, lo_open=True, note="multiples of the endpoints' steps")))
-    max_budget: float = field(default=16.0, metadata=rule(nums(0.0, lo_open=True, note=(
-        "multiples of the endpoints' steps, >= budget"))))
+    max_budget: float = field(
+        default=16.0, metadata=rule(nums(0.0, lo_open=True, note=("multiples of the endpoints' steps, >= budget")))
+    )
     converge_tol: float = field(default=0.25, metadata=rule(nums(0.0, note="percentage points of training error")))
-    stable_doublings: int = field(default=2, metadata=rule(ints(1, note=(
-        "doublings over which mc must stay within converge_tol"))))
+    stable_doublings: int = field(
+        default=2, metadata=rule(ints(1, note=("doublings over which mc must stay within converge_tol")))
+    )
     decided_below: float = -0.5
     decided_above: float = 0.0
     lr: float = field(default=0.05, metadata=rule(nums(0.0, lo_open=True)))
@@ -121,8 +131,9 @@ class Config:
     """Points of the t grid in [0, 1], endpoints included. At least 3: mc (Yang et al. 2021) compares the
     interior of the curve with its endpoints, so the grid needs a point between them (with 2, mc would be 0
     whatever the curve, reporting every pair as connected)."""
-    mc_endpoints: str = field(default="interior", metadata=rule(one_of(
-        choices_of("landscape.connectivity", "MC_ENDPOINTS"))))
+    mc_endpoints: str = field(
+        default="interior", metadata=rule(one_of(choices_of("landscape.connectivity", "MC_ENDPOINTS")))
+    )
     test: bool = True
     seed: int = 0
     checkpoint_every: int = field(default=1, metadata=rule(ints(1, note="epochs")))
@@ -185,11 +196,15 @@ def check(settings: Any) -> list[str]:
     """The rules that tie ``metrics.connectivity.*`` keys together (each key's own rule is its field's)."""
     problems = []
     if not float(settings.max_budget) >= float(settings.budget):
-        problems.append(f"metrics.connectivity.max_budget={settings.max_budget!r}: expected a multiple >= budget "
-                        f"({settings.budget!r}; equal: one stage, which cannot converge)")
+        problems.append(
+            f"metrics.connectivity.max_budget={settings.max_budget!r}: expected a multiple >= budget "
+            f"({settings.budget!r}; equal: one stage, which cannot converge)"
+        )
     if not float(settings.decided_below) <= float(settings.decided_above):
-        problems.append(f"metrics.connectivity.decided_below={settings.decided_below!r}: expected <= decided_above "
-                        f"({settings.decided_above!r}): the range of the phase rule's mc thresholds (pp)")
+        problems.append(
+            f"metrics.connectivity.decided_below={settings.decided_below!r}: expected <= decided_above "
+            f"({settings.decided_above!r}): the range of the phase rule's mc thresholds (pp)"
+        )
     return problems
 
 
@@ -258,9 +273,13 @@ def _curve_settings(settings: Any, epochs: int, batch_size: int) -> Any:
     from landscape.connectivity import CurveSettings
 
     return CurveSettings(
-        epochs=epochs, lr=float(settings.lr), momentum=float(settings.momentum),
-        weight_decay=float(settings.weight_decay), batch_size=batch_size,
-        schedule=str(settings.schedule), checkpoint_every=int(settings.checkpoint_every),
+        epochs=epochs,
+        lr=float(settings.lr),
+        momentum=float(settings.momentum),
+        weight_decay=float(settings.weight_decay),
+        batch_size=batch_size,
+        schedule=str(settings.schedule),
+        checkpoint_every=int(settings.checkpoint_every),
     )
 
 
@@ -303,8 +322,15 @@ def stage_dir(k: int) -> str:
     return "curve" if k == 0 else f"curve_stage{k}"
 
 
-def train_protocol(pairs: dict[str, ProtocolPair], settings: Any, template: Any, first_epochs: int,
-                   batch_size: int, ts: list[float], stack_dir: Any = None) -> dict[str, ProtocolRun]:
+def train_protocol(
+    pairs: dict[str, ProtocolPair],
+    settings: Any,
+    template: Any,
+    first_epochs: int,
+    batch_size: int,
+    ts: list[float],
+    stack_dir: Any = None,
+) -> dict[str, ProtocolRun]:
     """Train each pair's curve in the protocol's stages (module docstring) until :func:`stage_decision` says
     stop; name -> what each stage gave.
 
@@ -313,8 +339,15 @@ def train_protocol(pairs: dict[str, ProtocolPair], settings: Any, template: Any,
     without training when done). With ``stack_dir``, the pairs still in the protocol at a stage are trained
     together (``landscape.connectivity.train_curves_together``, its checkpoint in ``stack_dir/<stage dir>``),
     each writing the files a serial run would: a later call without ``stack_dir`` loads them."""
-    from landscape.connectivity import StageDecision, evaluate_path, mode_connectivity, stage_decision, stage_epochs
-    from landscape.connectivity import train_curve, train_curves_together
+    from landscape.connectivity import (
+        StageDecision,
+        evaluate_path,
+        mode_connectivity,
+        stage_decision,
+        stage_epochs,
+        train_curve,
+        train_curves_together,
+    )
 
     first = next(iter(pairs.values())).ctx
     data, loss_fn = first.a.data, first.a.loss_fn
@@ -328,15 +361,34 @@ def train_protocol(pairs: dict[str, ProtocolPair], settings: Any, template: Any,
         where = f"stage {k + 1}/{len(stages)}: {total} epochs"
         if stack_dir is not None and len(active) > 1:
             results = train_curves_together(
-                {n: pairs[n].curve for n in active}, template, data.x_train, data.y_train, loss_fn, cs,
-                {n: stage_seed(pairs[n].seed, k) for n in active}, {n: pairs[n].workdir / stage_dir(k) for n in active},
-                stack_dir / stage_dir(k), should_stop=first.should_stop,
-                phase=f"curves {', '.join(active)} together ({where})")
+                {n: pairs[n].curve for n in active},
+                template,
+                data.x_train,
+                data.y_train,
+                loss_fn,
+                cs,
+                {n: stage_seed(pairs[n].seed, k) for n in active},
+                {n: pairs[n].workdir / stage_dir(k) for n in active},
+                stack_dir / stage_dir(k),
+                should_stop=first.should_stop,
+                phase=f"curves {', '.join(active)} together ({where})",
+            )
         else:
-            results = {n: train_curve(pairs[n].curve, template, data.x_train, data.y_train, loss_fn, cs,
-                                      stage_seed(pairs[n].seed, k), pairs[n].workdir / stage_dir(k),
-                                      phase=f"curve {n} ({where})", should_stop=first.should_stop)
-                       for n in active}
+            results = {
+                n: train_curve(
+                    pairs[n].curve,
+                    template,
+                    data.x_train,
+                    data.y_train,
+                    loss_fn,
+                    cs,
+                    stage_seed(pairs[n].seed, k),
+                    pairs[n].workdir / stage_dir(k),
+                    phase=f"curve {n} ({where})",
+                    should_stop=first.should_stop,
+                )
+                for n in active
+            }
         done = total
         for n in active:
             run, result = runs[n], results[n]
@@ -348,14 +400,26 @@ def train_protocol(pairs: dict[str, ProtocolPair], settings: Any, template: Any,
             run.middle_excess.append(middle_excess(v.train_err))
             run.history += list(result.history)
             run.last_history, run.values = list(result.history), v
-            run.decision = stage_decision(run.mc, tol, float(settings.decided_below), float(settings.decided_above),
-                                          last=k == len(stages) - 1, diverged=_diverged(result, v),
-                                          stable_doublings=int(settings.stable_doublings))
+            run.decision = stage_decision(
+                run.mc,
+                tol,
+                float(settings.decided_below),
+                float(settings.decided_above),
+                last=k == len(stages) - 1,
+                diverged=_diverged(result, v),
+                stable_doublings=int(settings.stable_doublings),
+            )
             # said once, where the stage was trained (a stage loaded from its files is replayed quietly)
-            log.log(logging.INFO if result.epochs_run > 0 else logging.DEBUG,
-                    "connectivity of seeds %s: stage %d (%d epochs): mc %.3f pp, middle excess %.2f pp%s",
-                    n, k + 1, total, run.mc[-1], run.middle_excess[-1],
-                    f"; stop: {run.decision.reason}" if run.decision.stop else "")
+            log.log(
+                logging.INFO if result.epochs_run > 0 else logging.DEBUG,
+                "connectivity of seeds %s: stage %d (%d epochs): mc %.3f pp, middle excess %.2f pp%s",
+                n,
+                k + 1,
+                total,
+                run.mc[-1],
+                run.middle_excess[-1],
+                f"; stop: {run.decision.reason}" if run.decision.stop else "",
+            )
             if total == 0:
                 run.decision = StageDecision(True, False, None, "untrained")
             elif fixed and run.decision.reason != "diverged":
@@ -407,8 +471,7 @@ def prepare(contexts: list[PairContext], settings: Any, workdir: Any) -> None:
 
 
 def compute(ctx: PairContext, settings: Any) -> Result:
-    from landscape.connectivity import BezierCurve, barrier, evaluate_path, mode_connectivity
-    from landscape.connectivity import trainable_parameters
+    from landscape.connectivity import BezierCurve, barrier, evaluate_path, mode_connectivity, trainable_parameters
     from landscape.engine import steps_per_epoch
 
     data, loss_fn = ctx.a.data, ctx.a.loss_fn
@@ -426,14 +489,16 @@ def compute(ctx: PairContext, settings: Any) -> Result:
         t0 = time.perf_counter()
         line = BezierCurve.through_line(trainable_parameters(ctx.a.model), trainable_parameters(ctx.b.model), 0)
         v = evaluate_path(line.point, template, data.x_train, data.y_train, loss_fn, ts)
-        out.update({
-            "connectivity.barrier": barrier(v.t, v.train_loss),
-            "connectivity.barrier_error": barrier(v.t, v.train_err),
-            "connectivity.line_t": v.t,
-            "connectivity.line_train_loss": v.train_loss,
-            "connectivity.line_train_err": v.train_err,
-            "connectivity.line_seconds": time.perf_counter() - t0,
-        })
+        out.update(
+            {
+                "connectivity.barrier": barrier(v.t, v.train_loss),
+                "connectivity.barrier_error": barrier(v.t, v.train_err),
+                "connectivity.line_t": v.t,
+                "connectivity.line_train_loss": v.train_loss,
+                "connectivity.line_train_err": v.train_err,
+                "connectivity.line_seconds": time.perf_counter() - t0,
+            }
+        )
     if settings.curve:
         pair = _protocol_pair(ctx, settings)
         curve = pair.curve
@@ -445,46 +510,57 @@ def compute(ctx: PairContext, settings: Any) -> Result:
         test = bool(settings.test)
         if test:  # the training values are the last stage's (run.values): only the test set is evaluated here
             t_eval = time.perf_counter()
-            vt = evaluate_path(curve.point, template, data.x_train, data.y_train, loss_fn, ts,
-                               data.x_test, data.y_test, train=False)
+            vt = evaluate_path(
+                curve.point, template, data.x_train, data.y_train, loss_fn, ts, data.x_test, data.y_test, train=False
+            )
             v = dataclasses.replace(v, test_loss=vt.test_loss, test_err=vt.test_err)
             run.seconds += time.perf_counter() - t_eval
         ok = decision.reason not in ("diverged", "untrained")
-        finite = lambda x: x if x is not None and math.isfinite(x) else None  # noqa: E731
+        finite = lambda x: x if x is not None and math.isfinite(x) else None  # noqa: E731 - a one-line helper used on the next lines
         mode = str(settings.mc_endpoints)
-        reason = {"diverged": "curve diverged: non-finite training loss or error along the curve",
-                  "untrained": "curve not trained (metrics.connectivity.epochs=0): no mode connectivity"
-                  }.get(decision.reason)
-        out.update({
-            "connectivity.mc": finite(run.mc[-1]) if ok else None,
-            "connectivity.mc_loss": finite(mode_connectivity(v.train_loss, endpoints=mode)) if ok else None,
-            "connectivity.converged": None if decision.converged is None else bool(decision.converged),
-            "connectivity.mc_bound": decision.bound if ok else None,
-            "connectivity.stop_reason": decision.reason,
-            "connectivity.final_budget": budgets[-1],
-            "connectivity.budgets": budgets,
-            "connectivity.mc_by_budget": [float(x) for x in run.mc],
-            "connectivity.middle_excess_by_budget": [float(x) for x in run.middle_excess],
-            "connectivity.steps": run.epochs[-1] * per_epoch,
-            "connectivity.middle_excess": finite(run.middle_excess[-1]),
-            "connectivity.curve_final_loss": finite(run.history[-1]) if run.history else None,
-            "connectivity.endpoint_loss": finite(0.5 * (v.train_loss[0] + v.train_loss[-1])),
-            "connectivity.history_drop": finite(history_drop(run.last_history)),
-            "connectivity.curve_barrier": finite(barrier(v.t, v.train_loss)),
-            "connectivity.t": v.t,
-            "connectivity.curve_train_loss": v.train_loss,
-            "connectivity.curve_train_err": v.train_err,
-            "connectivity.curve_test_loss": v.test_loss if test else None,
-            "connectivity.curve_test_err": v.test_err if test else None,
-            "connectivity.curve_history": run.history,
-            # curve training time (summed over stages and resumed runs) plus evaluation time
-            "connectivity.curve_seconds": run.seconds,
-        })
+        reason = {
+            "diverged": "curve diverged: non-finite training loss or error along the curve",
+            "untrained": "curve not trained (metrics.connectivity.epochs=0): no mode connectivity",
+        }.get(decision.reason)
+        out.update(
+            {
+                "connectivity.mc": finite(run.mc[-1]) if ok else None,
+                "connectivity.mc_loss": finite(mode_connectivity(v.train_loss, endpoints=mode)) if ok else None,
+                "connectivity.converged": None if decision.converged is None else bool(decision.converged),
+                "connectivity.mc_bound": decision.bound if ok else None,
+                "connectivity.stop_reason": decision.reason,
+                "connectivity.final_budget": budgets[-1],
+                "connectivity.budgets": budgets,
+                "connectivity.mc_by_budget": [float(x) for x in run.mc],
+                "connectivity.middle_excess_by_budget": [float(x) for x in run.middle_excess],
+                "connectivity.steps": run.epochs[-1] * per_epoch,
+                "connectivity.middle_excess": finite(run.middle_excess[-1]),
+                "connectivity.curve_final_loss": finite(run.history[-1]) if run.history else None,
+                "connectivity.endpoint_loss": finite(0.5 * (v.train_loss[0] + v.train_loss[-1])),
+                "connectivity.history_drop": finite(history_drop(run.last_history)),
+                "connectivity.curve_barrier": finite(barrier(v.t, v.train_loss)),
+                "connectivity.t": v.t,
+                "connectivity.curve_train_loss": v.train_loss,
+                "connectivity.curve_train_err": v.train_err,
+                "connectivity.curve_test_loss": v.test_loss if test else None,
+                "connectivity.curve_test_err": v.test_err if test else None,
+                "connectivity.curve_history": run.history,
+                # curve training time (summed over stages and resumed runs) plus evaluation time
+                "connectivity.curve_seconds": run.seconds,
+            }
+        )
         if reason is not None:
             log.warning("connectivity of seeds %d and %d: %s", ctx.a.seed, ctx.b.seed, reason)
         elif decision.converged is False:
-            log.info("connectivity of seeds %d and %d: mc %.3f pp still moving after budget %g (%s): a %s bound",
-                     ctx.a.seed, ctx.b.seed, run.mc[-1], budgets[-1], decision.reason, decision.bound)
+            log.info(
+                "connectivity of seeds %d and %d: mc %.3f pp still moving after budget %g (%s): a %s bound",
+                ctx.a.seed,
+                ctx.b.seed,
+                run.mc[-1],
+                budgets[-1],
+                decision.reason,
+                decision.bound,
+            )
     return Result(out, error=reason)
 
 
@@ -498,16 +574,28 @@ FAMILY = Family(
     check=check,
     prepare=prepare,
     # paper range: Yang et al. (2021), Figure 1 (a linear diverging scale, -30 to 30 pp); data limits on symlog
-    styles={"connectivity.mc": FigureStyle("mode connectivity mc", "pp of training error", "symlog",
-                                           paper=(-30.0, 30.0), paper_scale="linear", cmap="RdBu_r", centre=0.0),
-            "connectivity.mc_loss": FigureStyle("mode connectivity on the training loss", "nats", "symlog",
-                                                cmap="RdBu_r", centre=0.0, linthresh=0.01),
-            "connectivity.curve_barrier": FigureStyle("loss barrier along the curve", "nats", cmap="magma_r"),
-            "connectivity.barrier": FigureStyle("loss barrier on the straight line", "nats", cmap="magma_r"),
-            "connectivity.barrier_error": FigureStyle("error barrier on the straight line", "pp of training error",
-                                                      cmap="magma_r"),
-            "connectivity.middle_excess": FigureStyle("middle excess of the curve", "pp of training error",
-                                                      "symlog", cmap="RdBu_r", centre=0.0)},
+    styles={
+        "connectivity.mc": FigureStyle(
+            "mode connectivity mc",
+            "pp of training error",
+            "symlog",
+            paper=(-30.0, 30.0),
+            paper_scale="linear",
+            cmap="RdBu_r",
+            centre=0.0,
+        ),
+        "connectivity.mc_loss": FigureStyle(
+            "mode connectivity on the training loss", "nats", "symlog", cmap="RdBu_r", centre=0.0, linthresh=0.01
+        ),
+        "connectivity.curve_barrier": FigureStyle("loss barrier along the curve", "nats", cmap="magma_r"),
+        "connectivity.barrier": FigureStyle("loss barrier on the straight line", "nats", cmap="magma_r"),
+        "connectivity.barrier_error": FigureStyle(
+            "error barrier on the straight line", "pp of training error", cmap="magma_r"
+        ),
+        "connectivity.middle_excess": FigureStyle(
+            "middle excess of the curve", "pp of training error", "symlog", cmap="RdBu_r", centre=0.0
+        ),
+    },
     description="mode connectivity along a trained Bezier curve (budget following the endpoints, convergence "
-                "check), straight-line barrier",
+    "check), straight-line barrier",
 )

@@ -119,8 +119,10 @@ class FigureStyle:
         for key in ("scale", "paper_scale"):
             value = getattr(self, key)
             if (value is not None or key == "scale") and value not in FIGURE_SCALES:
-                raise ValueError(f"FigureStyle({self.label!r}).{key}={value!r}: expected one of "
-                                 f"{', '.join(FIGURE_SCALES)} (the base explicit: log10, not log)")
+                raise ValueError(
+                    f"FigureStyle({self.label!r}).{key}={value!r}: expected one of "
+                    f"{', '.join(FIGURE_SCALES)} (the base explicit: log10, not log)"
+                )
         if self.scale == "symlog" and self.centre is None:
             raise ValueError(f"FigureStyle({self.label!r}): scale symlog needs a centre")
         if not self.linthresh > 0:
@@ -138,14 +140,19 @@ class FigureStyle:
         return self.paper_scale or self.scale
 
 
-_ARROW_BY_ANNOTATION: dict[Any, pa.DataType] = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+_ARROW_BY_ANNOTATION: dict[Any, pa.DataType] = {
+    bool: pa.bool_(),
+    int: pa.int64(),
+    float: pa.float64(),
+    str: pa.string(),
+}
 
 
 def arrow_type(annotation: Any) -> pa.DataType:
     """The column type of a config field annotation (``bool``, ``int``, ``float``, ``str``, ``list[...]``,
     ``Optional[...]``; string annotations as written under ``from __future__ import annotations``)."""
     if isinstance(annotation, str):
-        annotation = eval(annotation, {"Any": Any, "Optional": typing.Optional, "list": list})  # noqa: S307
+        annotation = eval(annotation, {"Any": Any, "Optional": typing.Optional, "list": list})
     origin = typing.get_origin(annotation)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if origin is typing.Union and len(args) == 1:
@@ -184,16 +191,21 @@ class Family:
         if not fields_ or fields_[0] != "enabled":
             raise ValueError(f"family {self.name}: the first field of {self.config.__name__} must be `enabled`")
         seen: dict[str, str] = {}
-        for kind, cols in (("metric", self.metrics), ("diagnostic", self.diagnostics),
-                           ("setting", self.setting_columns), ("error", {self.error_column: None})):
+        for kind, cols in (
+            ("metric", self.metrics),
+            ("diagnostic", self.diagnostics),
+            ("setting", self.setting_columns),
+            ("error", {self.error_column: None}),
+        ):
             for col in cols:
                 if col in seen:
                     raise ValueError(f"family {self.name}: column {col!r} declared as {seen[col]} and {kind}")
                 seen[col] = kind
         for col in self.styles:  # metrics, and numeric diagnostics a figure may draw on request
             if col not in self.metrics and col not in self.diagnostics:
-                raise ValueError(f"family {self.name}: style for {col!r}, which is not one of its metrics "
-                                 "or diagnostics")
+                raise ValueError(
+                    f"family {self.name}: style for {col!r}, which is not one of its metrics or diagnostics"
+                )
         for col, deps in self.depends.items():
             unknown = [c for c in (col, *deps) if c not in seen]
             if unknown:
@@ -212,8 +224,11 @@ class Family:
     def setting_columns(self) -> dict[str, pa.DataType]:
         """``{<name>.<field>: type}`` for every field of ``config`` but ``enabled``."""
         hints = typing.get_type_hints(self.config)
-        return {f"{self.name}.{f.name}": arrow_type(hints[f.name])
-                for f in dataclasses.fields(self.config) if f.name != "enabled"}
+        return {
+            f"{self.name}.{f.name}": arrow_type(hints[f.name])
+            for f in dataclasses.fields(self.config)
+            if f.name != "enabled"
+        }
 
     @functools.cached_property
     def columns(self) -> dict[str, pa.DataType]:
@@ -270,7 +285,12 @@ def _setting(settings: Any, key: str) -> Any:
         value = settings.get(key, _ABSENT)
     else:
         value = getattr(settings, key, _ABSENT)
-    if value is not None and value is not _ABSENT and not isinstance(value, (str, bytes)) and hasattr(value, "__iter__"):
+    if (
+        value is not None
+        and value is not _ABSENT
+        and not isinstance(value, (str, bytes))
+        and hasattr(value, "__iter__")
+    ):
         value = list(value)
     return value
 

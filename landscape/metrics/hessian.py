@@ -71,8 +71,10 @@ class Config:
     max_iter: int = field(default=300, metadata=rule(ints(1)))
     smallest_eigenvalue: bool = True  # also the most negative (smallest) eigenvalue
     # "krylov" (deflated by the eigenvalue run's basis) | "hutch++" (>= 4 products: ``check``) | "hutchinson"
-    trace_method: str = field(default="krylov", metadata=rule(one_of(
-        choices_of("landscape.curvature.trace", "TRACE_METHODS", first=("krylov",)))))
+    trace_method: str = field(
+        default="krylov",
+        metadata=rule(one_of(choices_of("landscape.curvature.trace", "TRACE_METHODS", first=("krylov",)))),
+    )
     trace_matvecs: int = field(default=99, metadata=rule(ints(1)))
     density: bool = False
     n_probes: int = field(default=8, metadata=rule(ints(1)))
@@ -102,7 +104,7 @@ DIAGNOSTICS: dict[str, pa.DataType] = {
 }
 
 
-def eval_indices(n_train: int, n: int, seed: int) -> "torch.Tensor":  # noqa: F821
+def eval_indices(n_train: int, n: int, seed: int) -> "torch.Tensor":  # noqa: F821 - torch is imported lazily; the annotation is a string
     """The first ``min(n, n_train)`` indices of a permutation of ``range(n_train)`` drawn from ``seed``."""
     from landscape.params import subset_indices
 
@@ -114,8 +116,10 @@ def eval_indices(n_train: int, n: int, seed: int) -> "torch.Tensor":  # noqa: F8
 def check(settings: Any) -> list[str]:
     """The rule that ties two ``metrics.hessian.*`` keys together (each key's own rule is its field's)."""
     if settings.trace_method == "hutch++" and int(settings.trace_matvecs) < 4:
-        return [f"metrics.hessian.trace_matvecs={settings.trace_matvecs}: Hutch++ needs >= 4 products (or "
-                "metrics.hessian.trace_method=hutchinson)"]
+        return [
+            f"metrics.hessian.trace_matvecs={settings.trace_matvecs}: Hutch++ needs >= 4 products (or "
+            "metrics.hessian.trace_method=hutchinson)"
+        ]
     return []
 
 
@@ -142,13 +146,19 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
     n = TAXONOMY_SAMPLES if taxonomy else int(settings.eval_samples)
     idx = eval_indices(ctx.data.n_train, n, seed).to(ctx.data.x_train.device)
     x, y = ctx.data.x_train[idx], ctx.data.y_train[idx]
-    batch_size: int | str = x.shape[0] if taxonomy else (
-        "auto" if settings.batch_size is None else int(settings.batch_size))
+    batch_size: int | str = (
+        x.shape[0] if taxonomy else ("auto" if settings.batch_size is None else int(settings.batch_size))
+    )
     n_params = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
     cache = {"on": True, "off": False}.get(str(settings.cache_graph), n_params <= CACHE_GRAPH_MAX_PARAMS)
     op = HessianOperator(
-        ctx.model, ctx.loss_fn, (x, y), batch_size=batch_size, dtype=getattr(torch, str(settings.dtype)),
-        max_block=int(settings.max_block), cache_graph=cache,
+        ctx.model,
+        ctx.loss_fn,
+        (x, y),
+        batch_size=batch_size,
+        dtype=getattr(torch, str(settings.dtype)),
+        max_block=int(settings.max_block),
+        cache_graph=cache,
     )
     k = int(settings.n_top)
     out: dict[str, Any] = {"hessian.mode": str(settings.mode), "hessian.eval_samples": int(x.shape[0])}
@@ -160,42 +170,69 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
         # one Lanczos run for both ends of the spectrum (and the first density probe when the density is on)
         v0 = None
         if settings.density:
-            v0 = first_probe(op.shape[0], int(settings.n_probes), seed + 3, int(settings.max_block), op.dtype,
-                             op.device)
-        ends = extreme_eigenpairs(op, k_largest=k, k_smallest=1 if settings.smallest_eigenvalue else 0,
-                                  tol=float(settings.tol), max_iter=int(settings.max_iter), seed=seed, v0=v0,
-                                  min_steps=int(settings.n_steps) if settings.density else 0)
+            v0 = first_probe(
+                op.shape[0], int(settings.n_probes), seed + 3, int(settings.max_block), op.dtype, op.device
+            )
+        ends = extreme_eigenpairs(
+            op,
+            k_largest=k,
+            k_smallest=1 if settings.smallest_eigenvalue else 0,
+            tol=float(settings.tol),
+            max_iter=int(settings.max_iter),
+            seed=seed,
+            v0=v0,
+            min_steps=int(settings.n_steps) if settings.density else 0,
+        )
         assert ends.largest is not None
         top = ends.largest
         m = int(settings.trace_matvecs)
         if settings.trace_method == "krylov":
             assert ends.basis is not None and ends.projected is not None
-            tr = deflated_hutchinson(op, ends.basis, ends.projected, n_probes=max(2, m - 2 * (m // 3)),
-                                     seed=seed + 1, block=int(settings.max_block))
+            tr = deflated_hutchinson(
+                op,
+                ends.basis,
+                ends.projected,
+                n_probes=max(2, m - 2 * (m // 3)),
+                seed=seed + 1,
+                block=int(settings.max_block),
+            )
         else:
             tr = trace(op, method=settings.trace_method, n_matvecs=m, seed=seed + 1, block=int(settings.max_block))
         out["hessian.tol"] = float(settings.tol)
     converged = bool(top.converged)
-    out.update({
-        "hessian.top_eigenvalue": float(top.values[0]),
-        "hessian.top_eigenvalues": [float(v) for v in top.values],
-        "hessian.top_residual": float(top.residuals.max()),
-        "hessian.trace": float(tr.estimate),
-        "hessian.trace_stderr": float(tr.stderr) if math.isfinite(tr.stderr) else None,
-        "hessian.trace_method": tr.method,
-        "hessian.trace_matvecs": int(tr.n_matvecs),
-    })
+    out.update(
+        {
+            "hessian.top_eigenvalue": float(top.values[0]),
+            "hessian.top_eigenvalues": [float(v) for v in top.values],
+            "hessian.top_residual": float(top.residuals.max()),
+            "hessian.trace": float(tr.estimate),
+            "hessian.trace_stderr": float(tr.stderr) if math.isfinite(tr.stderr) else None,
+            "hessian.trace_method": tr.method,
+            "hessian.trace_matvecs": int(tr.n_matvecs),
+        }
+    )
     if settings.smallest_eigenvalue:
-        low = ends.smallest if not taxonomy else eigenvalues(
-            op, k=1, which="smallest", tol=float(settings.tol), max_iter=int(settings.max_iter), seed=seed + 2)
+        low = (
+            ends.smallest
+            if not taxonomy
+            else eigenvalues(
+                op, k=1, which="smallest", tol=float(settings.tol), max_iter=int(settings.max_iter), seed=seed + 2
+            )
+        )
         assert low is not None
         out["hessian.min_eigenvalue"] = float(low.values[0])
         out["hessian.min_residual"] = float(low.residuals[0])
         converged &= bool(low.converged)
     if settings.density:
-        dens = spectral_density(op, n_probes=int(settings.n_probes), n_steps=int(settings.n_steps),
-                                grid=int(settings.grid_size), seed=seed + 3, block=int(settings.max_block),
-                                first=None if taxonomy else (ends.alpha, ends.beta))
+        dens = spectral_density(
+            op,
+            n_probes=int(settings.n_probes),
+            n_steps=int(settings.n_steps),
+            grid=int(settings.grid_size),
+            seed=seed + 3,
+            block=int(settings.max_block),
+            first=None if taxonomy else (ends.alpha, ends.beta),
+        )
         out["hessian.negative_mass"] = dens.negative_mass
         out["hessian.negative_weight"] = dens.negative_weight
         out["hessian.density_trace"] = dens.trace
@@ -203,14 +240,23 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
     out["hessian.converged"] = converged
     out["hessian.n_matvecs"] = int(op.n_products)
     out["hessian.seconds"] = time.perf_counter() - t0
-    log.info("hessian (%s): top %.4g, trace %.4g +- %.2g, %d products in %.1f s", settings.mode,
-             out["hessian.top_eigenvalue"], out["hessian.trace"], tr.stderr, op.n_products, out["hessian.seconds"])
+    log.info(
+        "hessian (%s): top %.4g, trace %.4g +- %.2g, %d products in %.1f s",
+        settings.mode,
+        out["hessian.top_eigenvalue"],
+        out["hessian.trace"],
+        tr.stderr,
+        op.n_products,
+        out["hessian.seconds"],
+    )
     error = None
     if not converged:  # the values stay (with their residuals); the reason is counted and shown, never hidden
-        error = (f"eigenvalues not converged to tol {out['hessian.tol']:g} (top residual "
-                 f"{out['hessian.top_residual']:.3g}"
-                 + (f", min residual {out['hessian.min_residual']:.3g}" if "hessian.min_residual" in out else "")
-                 + f") after {op.n_products} products")
+        error = (
+            f"eigenvalues not converged to tol {out['hessian.tol']:g} (top residual "
+            f"{out['hessian.top_residual']:.3g}"
+            + (f", min residual {out['hessian.min_residual']:.3g}" if "hessian.min_residual" in out else "")
+            + f") after {op.n_products} products"
+        )
     return Result(out, error=error)
 
 
@@ -224,20 +270,27 @@ FAMILY = Family(
     check=check,
     # paper ranges: Yang et al. (2021), Figure 1 drew the natural logs, 0-6 and 3-8: here e^0-e^6 and e^3-e^8
     styles={
-        "hessian.top_eigenvalue": FigureStyle("Hessian top eigenvalue", "nats / param²", "log10",
-                                              paper=(1.0, 403.4287934927351), cmap="magma_r"),
-        "hessian.min_eigenvalue": FigureStyle("Hessian smallest eigenvalue", "nats / param²", cmap="RdBu_r",
-                                              centre=0.0),
-        "hessian.trace": FigureStyle("Hessian trace", "nats / param²", "log10",
-                                     paper=(20.085536923187668, 2980.9579870417283), cmap="magma_r"),
+        "hessian.top_eigenvalue": FigureStyle(
+            "Hessian top eigenvalue", "nats / param²", "log10", paper=(1.0, 403.4287934927351), cmap="magma_r"
+        ),
+        "hessian.min_eigenvalue": FigureStyle(
+            "Hessian smallest eigenvalue", "nats / param²", cmap="RdBu_r", centre=0.0
+        ),
+        "hessian.trace": FigureStyle(
+            "Hessian trace", "nats / param²", "log10", paper=(20.085536923187668, 2980.9579870417283), cmap="magma_r"
+        ),
         "hessian.negative_mass": FigureStyle("share of Hessian eigenvalues < 0", "fraction", cmap="magma_r"),
         "hessian.negative_weight": FigureStyle("negative share of |Hessian curvature|", "fraction", cmap="magma_r"),
-        "hessian.density_trace": FigureStyle("Hessian trace (spectral density)", "nats / param²", "log10",
-                                             cmap="magma_r"),
+        "hessian.density_trace": FigureStyle(
+            "Hessian trace (spectral density)", "nats / param²", "log10", cmap="magma_r"
+        ),
     },
     description="Hessian eigenvalues (one Lanczos run for both ends), trace with standard error, spectral density",
     # an eigenvalue whose residual is not finite is not known, nor whether the run converged
-    depends={"hessian.top_eigenvalue": ("hessian.top_residual",), "hessian.top_eigenvalues": ("hessian.top_residual",),
-             "hessian.min_eigenvalue": ("hessian.min_residual",),
-             "hessian.converged": ("hessian.top_residual", "hessian.min_residual")},
+    depends={
+        "hessian.top_eigenvalue": ("hessian.top_residual",),
+        "hessian.top_eigenvalues": ("hessian.top_residual",),
+        "hessian.min_eigenvalue": ("hessian.min_residual",),
+        "hessian.converged": ("hessian.top_residual", "hessian.min_residual"),
+    },
 )

@@ -37,8 +37,9 @@ class Config:
     enabled: Any = False
     n_jumps: int = field(default=3, metadata=rule(ints(1)))  # jumps per scale
     # relative to filter norms
-    scales: list[float] = field(default_factory=lambda: [0.25, 0.5],
-                                metadata=rule(nums(0.0, lo_open=True, items=True, min_items=1)))
+    scales: list[float] = field(
+        default_factory=lambda: [0.25, 0.5], metadata=rule(nums(0.0, lo_open=True, items=True, min_items=1))
+    )
     epochs: int = field(default=1, metadata=rule(ints(1)))  # retraining epochs per jump
     # constant SGD learning rate of the retraining
     lr: float = field(default=0.01, metadata=rule(nums(0.0, lo_open=True)))
@@ -60,8 +61,11 @@ class Config:
 
 
 METRICS: dict[str, pa.DataType] = {
-    **{f"topology.h{d}_{m}": (pa.int64() if m == "count" else pa.float64())
-       for d in (0, 1) for m in ("count", "total", "max", "entropy")},
+    **{
+        f"topology.h{d}_{m}": (pa.int64() if m == "count" else pa.float64())
+        for d in (0, 1)
+        for m in ("count", "total", "max", "entropy")
+    },
     "topology.h1_essential": pa.int64(),
     "topology.rips_h1_max": pa.float64(),
     "jump_retrain.final_train_loss": pa.float64(),
@@ -96,8 +100,10 @@ PERSISTENCE: dict[str, pa.DataType] = {
 def check(settings: Any) -> list[str]:
     """What the environment must provide for ``metrics.jump_retrain.*`` (each key's own rule is its field's)."""
     if settings.embedding == "phate" and not _installed("phate"):
-        return ["metrics.jump_retrain.embedding='phate': needs the optional package phate, which is not "
-                "installed here (pip install phate; non-commercial licence); or metrics.jump_retrain.embedding=pca"]
+        return [
+            "metrics.jump_retrain.embedding='phate': needs the optional package phate, which is not "
+            "installed here (pip install phate; non-commercial licence); or metrics.jump_retrain.embedding=pca"
+        ]
     return []
 
 
@@ -136,12 +142,21 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
     traj = jump_and_retrain(ctx.model, ctx.loss_fn, ctx.data, s, should_stop=ctx.should_stop, workdir=ctx.workdir)
     topo = analyse(traj, s)
     rows = []
-    for r, e, c in zip(traj.rows, topo.embedding, traj.coords):
-        rows.append({**r, "embed_x": float(e[0]), "embed_y": float(e[1]),
-                     "coords": [float(v) for v in c] if settings.store_coords else None})
-    bars = [{"filtration": name, "dim": d, "birth": float(b), "death": float(de)}
-            for name, dgms in (("loss", topo.loss_diagrams), ("rips", topo.rips_diagrams))
-            for d, dgm in enumerate(dgms) for b, de in dgm]
+    for r, e, c in zip(traj.rows, topo.embedding, traj.coords, strict=True):
+        rows.append(
+            {
+                **r,
+                "embed_x": float(e[0]),
+                "embed_y": float(e[1]),
+                "coords": [float(v) for v in c] if settings.store_coords else None,
+            }
+        )
+    bars = [
+        {"filtration": name, "dim": d, "birth": float(b), "death": float(de)}
+        for name, dgms in (("loss", topo.loss_diagrams), ("rips", topo.rips_diagrams))
+        for d, dgm in enumerate(dgms)
+        for b, de in dgm
+    ]
     last = [r for r in traj.rows if r["jump"] >= 0]
     last_per_jump = {r["jump"]: r for r in last}  # rows are in step order: the last one per jump wins
     rips_h1 = topo.rips_diagrams[1] if len(topo.rips_diagrams) > 1 else np.zeros((0, 2))
@@ -153,8 +168,14 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
         "jump_retrain.final_test_loss": float(np.mean([r["test_loss"] for r in last_per_jump.values()])),
         "jump_retrain.seconds": time.perf_counter() - t0,
     }
-    log.info("jump_retrain: %d points, H0 %d / H1 %d bars above %g in %.1f s", len(rows),
-             out["topology.h0_count"], out["topology.h1_count"], s.persistence_threshold, out["jump_retrain.seconds"])
+    log.info(
+        "jump_retrain: %d points, H0 %d / H1 %d bars above %g in %.1f s",
+        len(rows),
+        out["topology.h0_count"],
+        out["topology.h1_count"],
+        s.persistence_threshold,
+        out["jump_retrain.seconds"],
+    )
     return Result(out, tables={"trajectories": rows, "persistence": bars})
 
 
@@ -167,16 +188,27 @@ FAMILY = Family(
     compute=compute,
     check=check,
     long_tables={"trajectories": TRAJECTORIES, "persistence": PERSISTENCE},
-    styles={**{f"topology.h{d}_{m}": FigureStyle(f"H{d} {what} (jump and retrain)", unit, cmap="magma_r")
-               for d in (0, 1) for m, what, unit in (("count", "bars", "bars"), ("total", "total persistence", "nats"),
-                                                     ("max", "largest persistence", "nats"),
-                                                     ("entropy", "persistence entropy", "unitless"))},
-            "topology.h1_essential": FigureStyle("essential H1 classes (jump and retrain)", "classes", cmap="magma_r"),
-            "topology.rips_h1_max": FigureStyle("largest Rips H1 persistence of the embedding", "embedding units",
-                                                cmap="magma_r"),
-            "jump_retrain.final_train_loss": FigureStyle("training loss after jump and retrain", "nats", "log10",
-                                                         cmap="magma_r"),
-            "jump_retrain.final_test_loss": FigureStyle("test loss after jump and retrain", "nats", "log10",
-                                                        cmap="magma_r")},
+    styles={
+        **{
+            f"topology.h{d}_{m}": FigureStyle(f"H{d} {what} (jump and retrain)", unit, cmap="magma_r")
+            for d in (0, 1)
+            for m, what, unit in (
+                ("count", "bars", "bars"),
+                ("total", "total persistence", "nats"),
+                ("max", "largest persistence", "nats"),
+                ("entropy", "persistence entropy", "unitless"),
+            )
+        },
+        "topology.h1_essential": FigureStyle("essential H1 classes (jump and retrain)", "classes", cmap="magma_r"),
+        "topology.rips_h1_max": FigureStyle(
+            "largest Rips H1 persistence of the embedding", "embedding units", cmap="magma_r"
+        ),
+        "jump_retrain.final_train_loss": FigureStyle(
+            "training loss after jump and retrain", "nats", "log10", cmap="magma_r"
+        ),
+        "jump_retrain.final_test_loss": FigureStyle(
+            "test loss after jump and retrain", "nats", "log10", cmap="magma_r"
+        ),
+    },
     description="jump-and-retrain trajectories, PHATE/PCA embedding, persistent homology",
 )

@@ -30,7 +30,8 @@ FAMILY = Family(
     config=Config,
     metrics={"l2_distance": pa.float64()},
     compute=compute,
-    styles={"l2_distance": FigureStyle("L2 distance between seeds", "parameter units", paper=(0.0, 100.0),
-                                       cmap="cividis")},  # paper: Yang et al. (2021), Figure 1
+    styles={
+        "l2_distance": FigureStyle("L2 distance between seeds", "parameter units", paper=(0.0, 100.0), cmap="cividis")
+    },  # paper: Yang et al. (2021), Figure 1
     description="distance between parameter vectors",
 )

@@ -84,8 +84,14 @@ DIAGNOSTICS: dict[str, pa.DataType] = {
 }
 
 
-AGREES_RESTS_ON = ("projection_trace.estimate", "projection_trace.stderr", "projection_trace.hvp_estimate",
-                   "projection_trace.bias", "projection_trace.bias_stderr", "projection_trace.z_vs_hessian")
+AGREES_RESTS_ON = (
+    "projection_trace.estimate",
+    "projection_trace.stderr",
+    "projection_trace.hvp_estimate",
+    "projection_trace.bias",
+    "projection_trace.bias_stderr",
+    "projection_trace.z_vs_hessian",
+)
 """The columns ``agrees`` is computed from: where one is not finite, ``agrees`` is null (``Family.depends``)."""
 
 
@@ -110,10 +116,19 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
     dtype = getattr(torch, str(settings.dtype))
     x, y = eval_subset(ctx.data.x_train, ctx.data.y_train, int(settings.eval_samples), int(settings.seed))
     checked = bool(settings.check_hessian)
-    res = projection_trace(ctx.model, ctx.loss_fn, x, y, n_directions=int(settings.n_directions),
-                           epsilon=float(settings.epsilon), seed=int(settings.seed),
-                           dtype=dtype, batch_size=int(settings.batch_size),
-                           step=str(settings.step), check_hessian=checked)
+    res = projection_trace(
+        ctx.model,
+        ctx.loss_fn,
+        x,
+        y,
+        n_directions=int(settings.n_directions),
+        epsilon=float(settings.epsilon),
+        seed=int(settings.seed),
+        dtype=dtype,
+        batch_size=int(settings.batch_size),
+        step=str(settings.step),
+        check_hessian=checked,
+    )
     z = res.z_vs_hessian
     out = {
         "projection_trace.estimate": res.estimate,
@@ -129,17 +144,36 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
         "projection_trace.agrees": agrees(res) if checked else None,
     }
     if int(settings.saddle_draws) > 0:
-        sc = saddle_check(ctx.model, ctx.loss_fn, x, y, n_draws=int(settings.saddle_draws),
-                          step=float(settings.saddle_step), seed=int(settings.seed) + 1, dtype=dtype,
-                          batch_size=int(settings.batch_size))
+        sc = saddle_check(
+            ctx.model,
+            ctx.loss_fn,
+            x,
+            y,
+            n_draws=int(settings.saddle_draws),
+            step=float(settings.saddle_step),
+            seed=int(settings.seed) + 1,
+            dtype=dtype,
+            batch_size=int(settings.batch_size),
+        )
         out["projection_trace.saddle_share_minimum"] = sc.share_minimum
     out["projection_trace.seconds"] = time.perf_counter() - t0
-    log.info("projection trace %.4g +- %.2g (%d directions) in %.1f s", res.estimate, res.stderr,
-             res.n_directions, out["projection_trace.seconds"])
+    log.info(
+        "projection trace %.4g +- %.2g (%d directions) in %.1f s",
+        res.estimate,
+        res.stderr,
+        res.n_directions,
+        out["projection_trace.seconds"],
+    )
     if checked and agrees(res) is False:
-        log.warning("projection trace of seed %d: %.4g +- %.2g disagrees with the exact quadratic forms of the same "
-                    "directions (%.4g): z = %.1f (kinks of a non-smooth activation, or a step too large)",
-                    ctx.seed, res.estimate, res.stderr, res.hvp_estimate, z)
+        log.warning(
+            "projection trace of seed %d: %.4g +- %.2g disagrees with the exact quadratic forms of the same "
+            "directions (%.4g): z = %.1f (kinks of a non-smooth activation, or a step too large)",
+            ctx.seed,
+            res.estimate,
+            res.stderr,
+            res.hvp_estimate,
+            z,
+        )
     return Result(out)
 
 
@@ -150,9 +184,12 @@ FAMILY = Family(
     metrics=METRICS,
     diagnostics=DIAGNOSTICS,
     compute=compute,
-    styles={"projection_trace.estimate": FigureStyle("Hessian trace from projections", "nats / param²", "log10",
-                                                     cmap="magma_r"),
-            "projection_trace.saddle_share_minimum": FigureStyle("share of 2-D projections at a minimum", "fraction")},
+    styles={
+        "projection_trace.estimate": FigureStyle(
+            "Hessian trace from projections", "nats / param²", "log10", cmap="magma_r"
+        ),
+        "projection_trace.saddle_share_minimum": FigureStyle("share of 2-D projections at a minimum", "fraction"),
+    },
     description="Hessian trace from random projections, checked against the exact d'Hd; optional saddle check",
     depends={"projection_trace.agrees": AGREES_RESTS_ON},
 )

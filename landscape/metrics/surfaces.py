@@ -82,30 +82,51 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
         d1 = filter_normalised_direction(ctx.model, hashed_seed(seed, ctx.seed, 1))
         d2 = filter_normalised_direction(ctx.model, hashed_seed(seed, ctx.seed, 2))
     else:
-        d1, d2, lam_max, lam_min = hessian_directions(ctx.model, ctx.loss_fn, x, y, batch_size=int(settings.batch_size),
-                                                      seed=seed, tol=float(settings.hessian_tol),
-                                                      max_iter=int(settings.hessian_max_iter))
+        d1, d2, lam_max, lam_min = hessian_directions(
+            ctx.model,
+            ctx.loss_fn,
+            x,
+            y,
+            batch_size=int(settings.batch_size),
+            seed=seed,
+            tol=float(settings.hessian_tol),
+            max_iter=int(settings.hessian_max_iter),
+        )
         out["surfaces.hessian_max_eigenvalue"] = lam_max
         out["surfaces.hessian_min_eigenvalue"] = lam_min
     axis = grid_axis(float(settings.range), int(settings.resolution))
     two = int(settings.dims) == 2
     surf = loss_surface(
-        ctx.model, ctx.loss_fn, (x, y), d1, d2 if two else None, axis, axis if two else None,
+        ctx.model,
+        ctx.loss_fn,
+        (x, y),
+        d1,
+        d2 if two else None,
+        axis,
+        axis if two else None,
         test=(ctx.data.x_test, ctx.data.y_test) if settings.include_test else None,
-        chunk=int(settings.chunk), batch_size=int(settings.batch_size),
+        chunk=int(settings.chunk),
+        batch_size=int(settings.batch_size),
         workdir=ctx.workdir / "surface",
     )
     rows = surf.rows()
     center = min(rows, key=lambda r: abs(r["alpha"]) + abs(r["beta"]))
-    out.update({
-        "surfaces.n_points": len(rows),
-        "surfaces.eval_samples": int(x.shape[0]),
-        "surfaces.center_train_loss": center["train_loss"],
-        "surfaces.max_train_loss": float(surf.train_loss.max()),
-        "surfaces.seconds": time.perf_counter() - t0,
-    })
-    log.info("surfaces (%s, %dD, %d points) in %.1f s", settings.directions, int(settings.dims), len(rows),
-             out["surfaces.seconds"])
+    out.update(
+        {
+            "surfaces.n_points": len(rows),
+            "surfaces.eval_samples": int(x.shape[0]),
+            "surfaces.center_train_loss": center["train_loss"],
+            "surfaces.max_train_loss": float(surf.train_loss.max()),
+            "surfaces.seconds": time.perf_counter() - t0,
+        }
+    )
+    log.info(
+        "surfaces (%s, %dD, %d points) in %.1f s",
+        settings.directions,
+        int(settings.dims),
+        len(rows),
+        out["surfaces.seconds"],
+    )
     return Result(out, tables={"surfaces": rows})
 
 
@@ -117,13 +138,17 @@ FAMILY = Family(
     diagnostics=DIAGNOSTICS,
     compute=compute,
     long_tables={"surfaces": TABLE},
-    styles={"surfaces.center_train_loss": FigureStyle("training loss at the surface's centre", "nats", "log10",
-                                                      cmap="magma_r"),
-            "surfaces.max_train_loss": FigureStyle("largest training loss on the surface", "nats", "log10",
-                                                   cmap="magma_r"),
-            "surfaces.hessian_max_eigenvalue": FigureStyle("Hessian top eigenvalue (surface directions)",
-                                                           "nats / param²", "log10", cmap="magma_r"),
-            "surfaces.hessian_min_eigenvalue": FigureStyle("Hessian smallest eigenvalue (surface directions)",
-                                                           "nats / param²", cmap="RdBu_r", centre=0.0)},
+    styles={
+        "surfaces.center_train_loss": FigureStyle(
+            "training loss at the surface's centre", "nats", "log10", cmap="magma_r"
+        ),
+        "surfaces.max_train_loss": FigureStyle("largest training loss on the surface", "nats", "log10", cmap="magma_r"),
+        "surfaces.hessian_max_eigenvalue": FigureStyle(
+            "Hessian top eigenvalue (surface directions)", "nats / param²", "log10", cmap="magma_r"
+        ),
+        "surfaces.hessian_min_eigenvalue": FigureStyle(
+            "Hessian smallest eigenvalue (surface directions)", "nats / param²", cmap="RdBu_r", centre=0.0
+        ),
+    },
     description="1D/2D loss surfaces along random or Hessian directions (long table `surfaces`)",
 )

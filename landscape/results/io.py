@@ -77,16 +77,25 @@ def merge_rows(
         if digest in trusted:
             try:
                 old = _conform(pq.read_table(path), schema)
-                new_keys = set(zip(*(new.column(k).to_pylist() for k in key_columns))) if new.num_rows else set()
-                keep = [i for i, key in enumerate(zip(*(old.column(k).to_pylist() for k in key_columns)))
-                        if key not in new_keys]
+                new_keys = (
+                    set(zip(*(new.column(k).to_pylist() for k in key_columns), strict=True)) if new.num_rows else set()
+                )
+                keep = [
+                    i
+                    for i, key in enumerate(zip(*(old.column(k).to_pylist() for k in key_columns), strict=True))
+                    if key not in new_keys
+                ]
                 parts.append(old.take(pa.array(keep, pa.int64())))
                 merged_old = True
             except (OSError, pa.ArrowException, ValueError) as exc:
                 log.warning("%s: previous rows not readable (%s); replaced", path, exc)
         else:
-            log.warning("%s: checksum %s is not the one recorded in its cell's status (damaged or from an "
-                        "unfinished run); its rows are replaced by this run's", path, digest[:12])
+            log.warning(
+                "%s: checksum %s is not the one recorded in its cell's status (damaged or from an "
+                "unfinished run); its rows are replaced by this run's",
+                path,
+                digest[:12],
+            )
     parts.append(new)
     merged = pa.concat_tables(parts)
     if merged.num_rows:
@@ -114,9 +123,15 @@ def _status_records(status_path: str, cache: dict[str, Any]) -> Any:
         return exc
     stamp = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
     hit = cache.get(status_path)
-    if (isinstance(hit, list) and len(hit) == 3 and hit[0] == stamp and isinstance(hit[1], dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in hit[1].items())
-            and isinstance(hit[2], list) and all(isinstance(n, str) for n in hit[2])):
+    if (
+        isinstance(hit, list)
+        and len(hit) == 3
+        and hit[0] == stamp
+        and isinstance(hit[1], dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in hit[1].items())
+        and isinstance(hit[2], list)
+        and all(isinstance(n, str) for n in hit[2])
+    ):
         return hit[1], hit[2]  # anything else in the cache (damaged, another version) is parsed again
     try:
         status = status_from_json(Path(status_path), Path(status_path).read_text())
@@ -173,8 +188,11 @@ def _served(sweep_dir: str | Path, table: str, files: list[str]) -> tuple[list[s
         if status is None and cid is not None:
             status = statuses[cid] = _status_records(status_file(cid), cache)
         if isinstance(status, FileNotFoundError) or status is None:
-            why = "no cell of this sweep has its name (copied from another sweep, or a stray file)" if (
-                cid is None or not os.path.isdir(os.path.dirname(status_file(cid)))) else "its cell has no status.json"
+            why = (
+                "no cell of this sweep has its name (copied from another sweep, or a stray file)"
+                if (cid is None or not os.path.isdir(os.path.dirname(status_file(cid))))
+                else "its cell has no status.json"
+            )
             log.warning("%s: not served, %s (the next launch recomputes what its cell needs)", f, why)
             continue
         if isinstance(status, Exception):
@@ -184,8 +202,11 @@ def _served(sweep_dir: str | Path, table: str, files: list[str]) -> tuple[list[s
         recorded = sweepdir.record_name(table, name)
         digest = records.get(recorded)
         if digest is None:
-            log.warning("%s: not served, not a committed result of its cell (a run that did not finish, or a "
-                        "file copied from another sweep)", f)
+            log.warning(
+                "%s: not served, not a committed result of its cell (a run that did not finish, or a "
+                "file copied from another sweep)",
+                f,
+            )
             continue
         if not os.path.isfile(f):
             log.warning("%s: not served, not a regular file", f)
@@ -277,8 +298,12 @@ READ_THREADS = 1
 2 cores measured 1.3x slower than one (GIL contention; ``benchmarks/bench_read.py``)."""
 
 
-def _read_all(files: list[str], schema: pa.Schema | None = None, expected: dict[str, str] | None = None,
-              problems: dict[str, str] | None = None) -> pa.Table:
+def _read_all(
+    files: list[str],
+    schema: pa.Schema | None = None,
+    expected: dict[str, str] | None = None,
+    problems: dict[str, str] | None = None,
+) -> pa.Table:
     """Every file's rows in one Arrow table: the columns of ``schema`` (typed nulls where a file lacks them),
     then any column found only in some files (in the order first seen), then a ``filename`` column holding each
     row's file name (without its directory). Files are read one after the other (``READ_THREADS``; ``_read_file``:
@@ -306,17 +331,19 @@ def _read_all(files: list[str], schema: pa.Schema | None = None, expected: dict[
             got = list(pool.map(one, files, chunksize=64))
     else:
         got = [one(f) for f in files]
-    files = [f for f, g in zip(files, got) if g is not None]
+    files = [f for f, g in zip(files, got, strict=True) if g is not None]
     parts = [g for g in got if g is not None]
     try:
         return _combine(files, parts, schema)
     except (pa.ArrowException, ValueError):  # a file whose columns do not fit: find it, skip it, combine the rest
         fits_files, fits = [], []
-        for f, part in zip(files, parts):
+        for f, part in zip(files, parts, strict=True):
             try:
                 _combine([f], [part], schema)
             except (pa.ArrowException, ValueError) as exc:
-                problems[f] = f"{f}: its columns do not fit the {schema.metadata.get(b'landscape.table', b'?').decode() if schema.metadata else ''} schema ({exc})"
+                problems[f] = (
+                    f"{f}: its columns do not fit the {schema.metadata.get(b'landscape.table', b'?').decode() if schema.metadata else ''} schema ({exc})"
+                )
                 log.warning("%s; not served", problems[f])
                 continue
             fits_files.append(f)
@@ -382,7 +409,9 @@ def _read_cache(path: Path, fingerprint: str) -> tuple[pa.Table | None, dict[str
 
 def _write_cache(path: Path, snap: pa.Table, fingerprint: str, stamps: dict[str, str]) -> None:
     meta = dict(snap.schema.metadata or {})
-    meta.update({b"landscape.schema_fingerprint": fingerprint.encode(), b"landscape.sources": json.dumps(stamps).encode()})
+    meta.update(
+        {b"landscape.schema_fingerprint": fingerprint.encode(), b"landscape.sources": json.dumps(stamps).encode()}
+    )
     try:
         atomic_write(path, lambda tmp: pq.write_table(snap.replace_schema_metadata(meta), tmp))
     except OSError as exc:  # a read-only sweep directory: no snapshot, nothing lost

@@ -90,8 +90,10 @@ def schema_for(table: str) -> pa.Schema:
             found = True
     if not found:
         raise KeyError(f"table={table!r}: unknown results table")
-    return pa.schema([pa.field(k, v) for k, v in cols.items()], metadata={
-        "landscape.schema_version": str(SCHEMA_VERSION), "landscape.table": table})
+    return pa.schema(
+        [pa.field(k, v) for k, v in cols.items()],
+        metadata={"landscape.schema_version": str(SCHEMA_VERSION), "landscape.table": table},
+    )
 
 
 def tables() -> list[str]:

@@ -48,8 +48,9 @@ def phate_embedding(
         ) from e
     x = np.asarray(points, dtype=np.float64)
     knn = int(min(knn, max(1, len(x) - 2)))
-    op = phate.PHATE(n_components=n_components, knn=knn, decay=decay, t=t, random_state=random_state,
-                     n_jobs=n_jobs, verbose=0)
+    op = phate.PHATE(
+        n_components=n_components, knn=knn, decay=decay, t=t, random_state=random_state, n_jobs=n_jobs, verbose=0
+    )
     return np.asarray(op.fit_transform(x), dtype=np.float64)
 
 
@@ -62,8 +63,14 @@ def embed(points: np.ndarray, method: str = "phate", **phate_kwargs: object) -> 
     raise ValueError(f"embedding={method!r}: expected 'phate' or 'pca'")
 
 
-def plot_embedding(coords: np.ndarray, values: np.ndarray, ax=None, label: str = "train loss", title: str | None = None,
-                   log_scale: bool = True):
+def plot_embedding(
+    coords: np.ndarray,
+    values: np.ndarray,
+    ax=None,
+    label: str = "train loss",
+    title: str | None = None,
+    log_scale: bool = True,
+):
     """Scatter of 2-D ``coords`` coloured by ``values`` (e.g. the loss); returns the Axes."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm

@@ -40,7 +40,9 @@ def _ripser():
 
 def rips_diagrams(points: np.ndarray, maxdim: int = 1) -> list[np.ndarray]:
     """Vietoris-Rips persistence diagrams ``[H0, ..., H_maxdim]`` of the point cloud ``points [n, k]``."""
-    return [np.asarray(d, dtype=np.float64) for d in _ripser()(np.asarray(points, dtype=np.float64), maxdim=maxdim)["dgms"]]
+    return [
+        np.asarray(d, dtype=np.float64) for d in _ripser()(np.asarray(points, dtype=np.float64), maxdim=maxdim)["dgms"]
+    ]
 
 
 def knn_edges(points: np.ndarray, k: int) -> np.ndarray:
@@ -116,14 +118,22 @@ def diagram_summary(
     return DiagramSummary(count=count, total=float(pers.sum()), maximum=float(pers.max()), entropy=entropy)
 
 
-def summarise(dgms: list[np.ndarray], threshold: float = 0.0, cap: float | None = None, prefix: str = "topology") -> dict[str, float]:
+def summarise(
+    dgms: list[np.ndarray], threshold: float = 0.0, cap: float | None = None, prefix: str = "topology"
+) -> dict[str, float]:
     """``{prefix}.h{d}_count/_total/_max/_entropy`` for each diagram of ``dgms`` (H0: infinite bars capped;
     H1+: infinite bars dropped and counted in ``{prefix}.h{d}_essential``; see the module docstring)."""
     out: dict[str, float] = {}
     for dim, dgm in enumerate(dgms):
         s = diagram_summary(dgm, threshold, cap, drop_infinite=dim >= 1)
-        out.update({f"{prefix}.h{dim}_count": s.count, f"{prefix}.h{dim}_total": s.total,
-                    f"{prefix}.h{dim}_max": s.maximum, f"{prefix}.h{dim}_entropy": s.entropy})
+        out.update(
+            {
+                f"{prefix}.h{dim}_count": s.count,
+                f"{prefix}.h{dim}_total": s.total,
+                f"{prefix}.h{dim}_max": s.maximum,
+                f"{prefix}.h{dim}_entropy": s.entropy,
+            }
+        )
         if dim >= 1:
             out[f"{prefix}.h{dim}_essential"] = int(np.isinf(np.asarray(dgm).reshape(-1, 2)[:, 1]).sum())
     return out
@@ -150,7 +160,9 @@ def plot_diagrams(dgms: list[np.ndarray], ax=None, title: str | None = None):
 
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
-    finite_vals = np.concatenate([d[np.isfinite(d)] for d in dgms if len(d)]) if any(len(d) for d in dgms) else np.zeros(1)
+    finite_vals = (
+        np.concatenate([d[np.isfinite(d)] for d in dgms if len(d)]) if any(len(d) for d in dgms) else np.zeros(1)
+    )
     lo, hi = float(finite_vals.min()), float(finite_vals.max())
     top = hi + 0.1 * (hi - lo + 1e-12)
     for dim, d in enumerate(dgms):

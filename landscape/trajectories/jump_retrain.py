@@ -36,8 +36,18 @@ from torch import Tensor, nn
 
 from landscape.data import CellData
 from landscape.directions import filter_normalised_direction
-from landscape.engine import (DamagedCheckpoint, Plan, ShuffledTask, StepOut, atomic_torch_save, load_checkpoint,
-                              run, set_aside, state_digest, steps_per_epoch)
+from landscape.engine import (
+    DamagedCheckpoint,
+    Plan,
+    ShuffledTask,
+    StepOut,
+    atomic_torch_save,
+    load_checkpoint,
+    run,
+    set_aside,
+    state_digest,
+    steps_per_epoch,
+)
 from landscape.params import eval_subset, flat_parameters, linear_seed, set_flat_parameters
 from landscape.training import LossFn, evaluate, minibatch_forward, params_finite
 from landscape.trajectories.embedding import embed
@@ -108,8 +118,17 @@ class _RetrainTask(ShuffledTask):
 
     rng_name = "jump"
 
-    def __init__(self, work: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, s: JumpRetrainSettings, seed: int,
-                 record: Callable[[int], None], points: tuple[list[dict[str, Any]], list[np.ndarray]]):
+    def __init__(
+        self,
+        work: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        loss_fn: LossFn,
+        s: JumpRetrainSettings,
+        seed: int,
+        record: Callable[[int], None],
+        points: tuple[list[dict[str, Any]], list[np.ndarray]],
+    ):
         self.work, self.x, self.y, self.loss_fn, self.s, self.record = work, x, y, loss_fn, s, record
         self.points = points
         self.members = ["jump"]
@@ -124,8 +143,9 @@ class _RetrainTask(ShuffledTask):
 
     def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
         self.work.train()
-        self.loss, out = minibatch_forward(self.work, self.opt, self.x, self.y, self.perm, batch, self.bs,
-                                           self.loss_fn, accuracy)
+        self.loss, out = minibatch_forward(
+            self.work, self.opt, self.x, self.y, self.perm, batch, self.bs, self.loss_fn, accuracy
+        )
         return out
 
     def update(self, out: StepOut) -> None:
@@ -142,8 +162,12 @@ class _RetrainTask(ShuffledTask):
 
     def state_dict(self) -> dict[str, Any]:
         rows, coords = self.points
-        return {"model": self.work.state_dict(), "opt": self.opt.state_dict(), "rows": [dict(r) for r in rows],
-                "coords": [torch.from_numpy(np.array(c)) for c in coords]}
+        return {
+            "model": self.work.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rows": [dict(r) for r in rows],
+            "coords": [torch.from_numpy(np.array(c)) for c in coords],
+        }
 
     def load_state_dict(self, state: dict[str, Any], members: list[Any]) -> bool:
         try:
@@ -159,8 +183,12 @@ class _RetrainTask(ShuffledTask):
 
 
 def jump_and_retrain(
-    model: nn.Module, loss_fn: LossFn, data: CellData, s: JumpRetrainSettings,
-    projection: RandomProjection | None = None, should_stop: Callable[[], bool] | None = None,
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: CellData,
+    s: JumpRetrainSettings,
+    projection: RandomProjection | None = None,
+    should_stop: Callable[[], bool] | None = None,
     workdir: Path | None = None,
 ) -> Trajectories:
     """Run all jumps from ``model`` (left unchanged) and record the trajectories (see the module docstring).
@@ -184,8 +212,17 @@ def jump_and_retrain(
         into[1].append(proj(flat_parameters(work)).cpu().numpy())
         tr, tra = evaluate(work, xtr, ytr, loss_fn)
         te, tea = evaluate(work, xte, yte, loss_fn)
-        into[0].append({"jump": jump, "scale": float(scale), "step": step, "train_loss": tr, "train_acc": tra,
-                        "test_loss": te, "test_acc": tea})
+        into[0].append(
+            {
+                "jump": jump,
+                "scale": float(scale),
+                "step": step,
+                "train_loss": tr,
+                "train_acc": tra,
+                "test_loss": te,
+                "test_acc": tea,
+            }
+        )
 
     n_done = _load_done(done_path, meta, rows, coords) if done_path is not None else 0
     if n_done == 0:
@@ -199,12 +236,25 @@ def jump_and_retrain(
         set_flat_parameters(work, theta_star + scale * d)
         points: tuple[list[dict[str, Any]], list[np.ndarray]] = ([], [])
         record(points, jump, scale, 0)
-        task = _RetrainTask(work, data.x_train, data.y_train, loss_fn, s, linear_seed(s.seed, jump, stride=100_003),
-                            lambda step, j=jump, sc=scale, p=points: record(p, j, sc, step), points)
-        result = run(task, plan, f"jump-retrain {jump} (scale {scale:g})",
-                     checkpoint_path=workdir / JUMP_CHECKPOINT if workdir is not None else None,
-                     meta={**meta, "jump": jump}, should_stop=should_stop,
-                     map_location=theta_star.device)["jump"]
+        task = _RetrainTask(
+            work,
+            data.x_train,
+            data.y_train,
+            loss_fn,
+            s,
+            linear_seed(s.seed, jump, stride=100_003),
+            lambda step, j=jump, sc=scale, p=points: record(p, j, sc, step),
+            points,
+        )
+        result = run(
+            task,
+            plan,
+            f"jump-retrain {jump} (scale {scale:g})",
+            checkpoint_path=workdir / JUMP_CHECKPOINT if workdir is not None else None,
+            meta={**meta, "jump": jump},
+            should_stop=should_stop,
+            map_location=theta_star.device,
+        )["jump"]
         if result.status != "done":
             log.warning("jump %d (scale %g) diverged at step %d: %s", jump, scale, result.steps, result.reason)
         if points[0][-1]["step"] != result.steps:
@@ -212,8 +262,17 @@ def jump_and_retrain(
         rows.extend(points[0])
         coords.extend(points[1])
         if done_path is not None:
-            atomic_torch_save({"format": FORMAT, "meta": meta, "jumps": jump + 1, "rows": rows,
-                               "coords": [torch.from_numpy(np.array(c)) for c in coords]}, done_path, checksum=True)
+            atomic_torch_save(
+                {
+                    "format": FORMAT,
+                    "meta": meta,
+                    "jumps": jump + 1,
+                    "rows": rows,
+                    "coords": [torch.from_numpy(np.array(c)) for c in coords],
+                },
+                done_path,
+                checksum=True,
+            )
     work.eval()
     return Trajectories(coords=np.stack(coords), rows=rows, seconds=time.perf_counter() - t0)
 
@@ -222,8 +281,12 @@ def _meta(model: nn.Module, s: JumpRetrainSettings, proj: RandomProjection, data
     """What the saved jumps depend on: the settings, the trained model's state (SHA-256), the projection and the
     number of training samples; saved files with another ``meta`` are not used."""
     settings = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dataclasses.asdict(s).items()}
-    return {"settings": settings, "model": state_digest(model.state_dict()), "n_train": int(data.n_train),
-            "projection": [proj.n_params, proj.dim, proj.seed, proj.block_rows]}
+    return {
+        "settings": settings,
+        "model": state_digest(model.state_dict()),
+        "n_train": int(data.n_train),
+        "projection": [proj.n_params, proj.dim, proj.seed, proj.block_rows],
+    }
 
 
 def _load_done(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]], coords: list[np.ndarray]) -> int:
@@ -257,8 +320,18 @@ class TopologyResult:
 
 def analyse(traj: Trajectories, s: JumpRetrainSettings) -> TopologyResult:
     """Embed the trajectories and compute their persistent homology (see the module docstring)."""
-    emb = embed(traj.coords, s.embedding, knn=s.phate_knn, decay=s.phate_decay, t=s.phate_t,
-                random_state=s.phate_random_state) if s.embedding == "phate" else embed(traj.coords, s.embedding)
+    emb = (
+        embed(
+            traj.coords,
+            s.embedding,
+            knn=s.phate_knn,
+            decay=s.phate_decay,
+            t=s.phate_t,
+            random_state=s.phate_random_state,
+        )
+        if s.embedding == "phate"
+        else embed(traj.coords, s.embedding)
+    )
     loss = traj.train_loss
     loss_dgms = sublevel_diagrams(loss, knn_edges(emb, s.graph_knn), maxdim=1)
     rips = rips_diagrams(emb, maxdim=1)
