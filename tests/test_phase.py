@@ -408,7 +408,8 @@ def _grid_rows(cells: dict[int, tuple[list[float], list[dict]]]):
                 }
             )
         seeds = list(itertools.combinations(range(max(len(fits), 2)), 2))
-        for (a, b), pr in zip(seeds, prs, strict=True):
+        # a cell may list fewer pairs than its seeds make (the rest never ran): truncation is meant
+        for (a, b), pr in zip(seeds, prs, strict=False):
             pairs.append(
                 {
                     "cell_id": f"w{w}",
