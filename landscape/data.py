@@ -34,6 +34,8 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 DATASETS = ("digits", "mnist1d", "gaussian", "cifar10")
+"""The datasets this module loads (``load_data``); each has its config class, keys and checks in
+``landscape.config`` (``OPTIONS["data"]``: the size of its training split, its input shape, its problems)."""
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILE = "test_batch"
 
@@ -137,6 +139,7 @@ def _split(x: np.ndarray, y: np.ndarray, n_test: int, seed: int) -> tuple[np.nda
     return x[train], y[train], x[test], y[test]
 
 
+DIGITS_N_IMAGES = 1797
 DIGITS_N_TEST = 360  # of 1797; 1437 training images
 
 
@@ -277,17 +280,16 @@ _SOURCES = {"digits": _digits, "mnist1d": _mnist1d, "gaussian": _gaussian, "cifa
 
 
 def full_train_size(cfg: Any) -> int:
-    """Size of a dataset's full training split, known without generating it (CIFAR-10: counted on disk)."""
-    name = cfg.name
-    if name == "digits":
-        return 1797 - DIGITS_N_TEST
-    if name == "mnist1d":
-        return mnist1d_train_size(int(cfg.num_samples))
-    if name == "gaussian":
-        return int(cfg.n_train)
-    if name == "cifar10":
-        return cifar10_train_size(str(cfg.root))
-    raise ValueError(f"data.name={name!r}: expected one of {', '.join(DATASETS)}")
+    """Size of the full training split of the dataset of the ``data`` config node ``cfg``, known without
+    generating it: the ``train_size`` of the config class the node was composed from (``landscape.config``:
+    each dataset's class; CIFAR-10: counted on disk). For a node without that class (rebuilt from plain
+    values) use ``landscape.config.full_train_size``, which finds the class by ``data.name``."""
+    from omegaconf import OmegaConf
+
+    size = getattr(OmegaConf.get_type(cfg) if OmegaConf.is_config(cfg) else type(cfg), "train_size", None)
+    if size is None:
+        raise ValueError(f"data.name={cfg.get('name')!r}: not a node of a dataset's config class (landscape.config)")
+    return int(size(cfg))
 
 
 def standardisation(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -54,7 +54,7 @@ def test_a_key_typo_gets_one_message_with_the_nearest_and_the_groups_keys(cli, t
     [
         (["train.lr=abc"], "train.lr='abc': expected a finite number > 0"),
         (["-m", "model.width=8,16,abc,x"], "model.width='abc', 'x': expected an integer >= 1"),
-        (["-m", "model.batch_norm=true,maybe"], "model.batch_norm='maybe': expected true or false"),
+        (["-m", "model=cnn", "model.batch_norm=true,maybe"], "model.batch_norm='maybe': expected true or false"),
     ],
 )
 def test_a_value_of_the_wrong_type_is_named_with_its_key(cli, tmp_path, args, message):

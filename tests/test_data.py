@@ -10,12 +10,12 @@ import torch
 from helpers import write_tiny_cifar10
 from omegaconf import OmegaConf
 
-from landscape.config import DataConfig
-from landscape.data import apply_label_noise, full_train_size, load_data, resolve_count, subsample_indices
+from landscape.config import data_config, full_train_size
+from landscape.data import apply_label_noise, load_data, resolve_count, subsample_indices
 
 
 def data_cfg(**kw):
-    return OmegaConf.structured(DataConfig(**kw))
+    return OmegaConf.structured(data_config(**kw))
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.5, 0.9])

@@ -99,15 +99,15 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from omegaconf import OmegaConf
-from landscape.config import DataConfig, ModelConfig, TrainConfig
+from landscape.config import TrainConfig, data_config, model_config
 from landscape.data import load_data
 from landscape.models import build_model
 from landscape.training import TrainSettings, train_model
 from landscape.vectorized import train_together
 
 mode, root = sys.argv[1], Path(sys.argv[2])
-data = load_data(OmegaConf.structured(DataConfig(subsample=0.5)))
-mcfg = OmegaConf.structured(ModelConfig(width=32))
+data = load_data(OmegaConf.structured(data_config(subsample=0.5)))
+mcfg = OmegaConf.structured(model_config(width=32))
 s = TrainSettings.from_config(OmegaConf.structured(TrainConfig(epochs=40, batch_size=32, checkpoint_every=1,
                                                                schedule="cosine", weight_decay=1e-3)), data.n_train)
 models = {k: build_model(mcfg, data.input_shape, 10, seed=k) for k in (0, 1)}

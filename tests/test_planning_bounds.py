@@ -79,7 +79,7 @@ def test_the_late_failures_of_issue_20_are_refused_at_planning_with_their_key(pl
 
 
 def test_the_late_failures_are_refused_by_the_cli_before_anything_is_written(tmp_path):
-    args = [ov for ovs, _ in LATE for ov in ovs if not ov.startswith(("sweep_name", "data="))]
+    args = [ov for ovs, _ in LATE if not ovs[0].startswith(("sweep_name", "data=")) for ov in ovs]
     proc = run_cli(["-m", *args, "hydra.sweep.dir=sweep"], tmp_path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     for ovs, named in LATE:
@@ -131,12 +131,21 @@ def _bad_values(key: str, annotation: typing.Any) -> list[str]:
     return ["maybe", "nan"]  # Any: enabled, data.subsample, train.batch_size
 
 
+def _option_context(key: str) -> list[str]:
+    """A key of some datasets or model kinds only (``data.n_classes``): the first option that has it chosen."""
+    from landscape.config import option_keys
+
+    group, _, leaf = key.partition(".")
+    owners = option_keys(group).get(leaf, ()) if group in ("data", "model") else ()
+    return [f"{group}={owners[0]}"] if owners and len(owners) < len(option_keys(group)["name"]) else []
+
+
 def _walk() -> list[tuple[str, list[str]]]:
     out = []
     for dotted, annotation in leaf_fields(_root(), ""):
         key = dotted.lstrip(".")
         family = key.split(".")[1] if key.startswith("metrics.") and key.count(".") == 2 else None
-        context = list(CONTEXT.get(key, []))
+        context = list(CONTEXT.get(key, [])) or _option_context(key)
         if family is not None and not key.endswith(".enabled"):
             context.insert(0, f"metrics.{family}.enabled=true")
         for value in _bad_values(key, annotation):
@@ -159,7 +168,7 @@ def test_the_schema_walk_covers_every_key_and_each_bad_value_is_refused_with_the
             accepted.append((" ".join(ov), cell.problems))
     assert accepted == [], "\n".join(f"{o}: {p}" for o, p in accepted)
     # a value of the wrong type is refused by Hydra's composition: the override and what was wrong, one line
-    (cell,) = plan([["model.batch_norm=maybe"]])
+    (cell,) = plan([["model=cnn", "model.batch_norm=maybe"]])
     assert cell.problems == [
         "Error merging override model.batch_norm=maybe: Value 'maybe' is not a valid bool (type str)"
     ]

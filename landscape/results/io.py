@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from landscape import sweepdir
 from landscape.files import atomic_write
-from landscape.results.schema import schema_for
+from landscape.results.schema import schema_for, upgrade_rows
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +430,9 @@ def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
 def read_table(sweep_dir: str | Path, table: str = "models", columns: Sequence[str] | None = None) -> pa.Table:
     """All rows of ``table`` under ``sweep_dir`` as one Arrow table with the unified, typed schema: the current
     schema of ``table`` (columns a file lacks are typed nulls, types cast back to the schema's), followed by
-    any column found only in other schema versions. Rows are ordered by file name.
+    any column found only in other schema versions; rows of older versions brought to the current meaning
+    (``landscape.results.schema.upgrade_rows``: a dataset's or model kind's keys null in the rows of the others).
+    Rows are ordered by file name.
 
     Only the files ``_served`` allows are read, each checked against the SHA-256 its cell's status records (a
     damaged file is named in a warning and left out). A snapshot of what was read is kept in
@@ -461,7 +463,7 @@ def read_table(sweep_dir: str | Path, table: str = "models", columns: Sequence[s
     todo = [f for f in files if os.path.basename(f) not in keep]
     problems: dict[str, str] = {}
     if todo:
-        parts.append(_read_all(todo, current, expected, problems))
+        parts.append(upgrade_rows(_read_all(todo, current, expected, problems)))
         for f in problems:  # damaged or unreadable: not in the snapshot, checked again next time
             stamps.pop(os.path.basename(f), None)
     extra: dict[str, pa.Field] = {}

@@ -8,7 +8,12 @@ Columns of ``models`` and ``pairs`` rows, in order:
 * the model's seed (``seed``) or the pair's seeds (``seed_a`` < ``seed_b``);
 * every knob of the ``data``, ``model`` and ``train`` config groups as a flat, typed, dotted column
   (``model.width``, ``train.batch_size`` - the resolved integer, ``full`` becomes the training-set size -,
-  ``data.label_noise``, ...), plus derived sizes ``data.n_train`` and ``model.n_params``;
+  ``data.label_noise``, ...), plus derived sizes ``data.n_train`` and ``model.n_params``. The ``data`` and
+  ``model`` columns are the keys of every dataset and model kind (``landscape.config.OPTIONS``); a row holds
+  the keys of its own (null in the others' columns). A column that only some options have says which in its
+  field metadata (``landscape.option_key``: ``data.name`` or ``model.name``; ``landscape.options``: those
+  options, comma-separated; ``option_columns``). ``data.n_train`` is derived for every dataset: the training
+  samples kept (the Gaussian mixture's key of that name is in the row's ``config``);
 * the columns of every registered metric family of that table, in registration order (``landscape.metrics``):
   its metrics, its settings (``<family>.<key>``), its diagnostics and ``<family>.error``; for ``models`` the
   ``training`` family comes first (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``: cross-entropy
@@ -16,9 +21,11 @@ Columns of ``models`` and ``pairs`` rows, in order:
   original labels; ``training.*``: epochs, steps, seconds, resumed and vectorized flags).
 
 A metric not computed is a typed null. Any change of columns bumps ``SCHEMA_VERSION``: ``SCHEMA_FINGERPRINT``
-is the hash of every table's column names and types at that version, and a test fails when
-``schema_fingerprint()`` differs from it (bump the version, then store the new fingerprint). Readers union
-files of different versions by column name.
+is the hash of every table's column names and types (and the options a column applies to) at that version, and
+a test fails when ``schema_fingerprint()`` differs from it (bump the version, then store the new fingerprint).
+Readers union files of different versions by column name; rows of versions before ``OPTION_KEYS_SINCE`` held
+every dataset's and model kind's keys at their defaults, and are read with the keys their options lack as nulls
+(``upgrade_rows``).
 """
 
 from __future__ import annotations
@@ -27,11 +34,17 @@ import functools
 import hashlib
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-SCHEMA_VERSION = 4
-SCHEMA_FINGERPRINT = "3c543c426dd2f878"
+SCHEMA_VERSION = 5
+SCHEMA_FINGERPRINT = "9657d9ce04598a83"
 """``schema_fingerprint()`` at ``SCHEMA_VERSION`` (version 1 had no fingerprint; 2: family contract, per-family
-settings and ``<family>.error`` columns; 4: the connectivity convergence protocol)."""
+settings and ``<family>.error`` columns; 4: the connectivity convergence protocol; 5: one config per dataset and
+model kind, a row's ``data.*``/``model.*`` columns null where its options lack the key)."""
+
+OPTION_KEYS_SINCE = 5
+"""The first schema version whose rows hold only the keys of their dataset and model kind: older rows held every
+option's keys (at their defaults where they did not apply), which ``upgrade_rows`` nulls when they are read."""
 
 PROVENANCE: dict[str, pa.DataType] = {
     "schema_version": pa.int32(),
@@ -59,11 +72,43 @@ _KNOB_OVERRIDES: dict[str, pa.DataType] = {"data.subsample": pa.float64(), "trai
 @functools.lru_cache(maxsize=None)
 def knob_columns() -> dict[str, pa.DataType]:
     """``{dotted knob: arrow type}`` for every knob of the data, model and train configs
-    (``landscape.config.knob_fields``: their leaves but the seed list)."""
-    from landscape.config import knob_fields
+    (``landscape.config.knob_fields``: their leaves, of every dataset and model kind, but the seed list)."""
+    from landscape import config
     from landscape.metrics import arrow_type
 
-    return {name: _KNOB_OVERRIDES.get(name) or arrow_type(ann) for name, ann in knob_fields()}
+    config.on_change(_forget)
+    return {name: _KNOB_OVERRIDES.get(name) or arrow_type(ann) for name, ann in config.knob_fields()}
+
+
+@functools.lru_cache(maxsize=None)
+def option_columns() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """``{knob column: (the column naming the option, the options that have the key)}`` for every ``data.*`` and
+    ``model.*`` knob column that only some datasets or model kinds have (``data.n_classes``:
+    ``("data.name", ("gaussian",))``); a derived column (``DERIVED``) applies to every row."""
+    from landscape import config
+
+    config.on_change(_forget)
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for group, options in config.OPTIONS.items():
+        for key, owners in config.option_keys(group).items():
+            column = f"{group}.{key}"
+            if len(owners) < len(options) and column not in DERIVED:
+                out[column] = (f"{group}.name", owners)
+    return out
+
+
+def _forget() -> None:
+    """Forget what was derived from the registered options and families (a new one was registered)."""
+    for cached in (knob_columns, option_columns, schema_for):
+        cached.cache_clear()
+
+
+def _field(name: str, typ: pa.DataType) -> pa.Field:
+    """The column ``name``: its type, and for an option's key the options it applies to (``option_columns``)."""
+    applies = option_columns().get(name)
+    if applies is None:
+        return pa.field(name, typ)
+    return pa.field(name, typ, metadata={"landscape.option_key": applies[0], "landscape.options": ",".join(applies[1])})
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,7 +136,7 @@ def schema_for(table: str) -> pa.Schema:
     if not found:
         raise KeyError(f"table={table!r}: unknown results table")
     return pa.schema(
-        [pa.field(k, v) for k, v in cols.items()],
+        [_field(k, v) for k, v in cols.items()],
         metadata={"landscape.schema_version": str(SCHEMA_VERSION), "landscape.table": table},
     )
 
@@ -105,6 +150,40 @@ def tables() -> list[str]:
 
 
 def schema_fingerprint() -> str:
-    """A short hash of every table's column names and types, in order (what ``SCHEMA_VERSION`` versions)."""
-    text = "\n".join(f"{t}:{f.name}:{f.type}" for t in tables() for f in schema_for(t))
+    """A short hash of every table's column names and types, in order, and of the options each option's key
+    applies to (what ``SCHEMA_VERSION`` versions)."""
+
+    def line(t: str, f: pa.Field) -> str:
+        meta = f.metadata or {}
+        applies = meta.get(b"landscape.options")
+        return f"{t}:{f.name}:{f.type}" + (
+            f":{meta[b'landscape.option_key'].decode()}={applies.decode()}" if applies else ""
+        )
+
+    text = "\n".join(line(t, f) for t in tables() for f in schema_for(t))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def upgrade_rows(table: pa.Table) -> pa.Table:
+    """``table`` with the rows of schema versions before ``OPTION_KEYS_SINCE`` brought to the current meaning:
+    their ``data.*``/``model.*`` columns that their dataset or model kind lacks (``option_columns``; written
+    then at the flat schema's defaults, e.g. ``data.n_classes = 4`` for digits) set to null. Rows of current
+    versions, rows without a ``schema_version`` and rows whose option is not registered are left as they are."""
+    if "schema_version" not in table.column_names or not table.num_rows:
+        return table
+    old = pc.fill_null(pc.less(table.column("schema_version"), OPTION_KEYS_SINCE), False)
+    if not pc.any(old).as_py():
+        return table
+    from landscape.config import OPTIONS
+
+    for column, (selector, owners) in option_columns().items():
+        if column not in table.column_names or selector not in table.column_names:
+            continue
+        name = pc.cast(table.column(selector), pa.string())
+        known = pc.is_in(name, value_set=pa.array(list(OPTIONS[selector.split(".")[0]]), pa.string()))
+        lacks = pc.and_(known, pc.invert(pc.is_in(name, value_set=pa.array(list(owners), pa.string()))))
+        drop = pc.fill_null(pc.and_(old, lacks), False)
+        i = table.column_names.index(column)
+        col = table.column(i)
+        table = table.set_column(i, table.field(i), pc.if_else(drop, pa.scalar(None, col.type), col))
+    return table
