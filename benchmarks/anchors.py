@@ -28,7 +28,14 @@ Measured per anchor:
    for the Krylov methods also ``fewest``: the fewest products whose answer is within 1e-3 (a scan over the
    step budget with the reference known: what a perfectly tuned user would spend);
 3. ``trace``: each estimator at the same number of products (100), over 10 seeds: mean, standard deviation,
-   mean |error| relative to the reference, seconds per estimate.
+   mean |error| relative to the reference, seconds per estimate;
+4. ``top1_seeds`` / ``top5_seeds`` (``--seeds``, default 5): every anchor in its default configuration and in the
+   configuration its authors advise, beside landscape, over seeds 0..N-1 (start vectors): the range of products,
+   of the relative error, and on how many seeds it is within 1e-3. Advised: scipy's ``eigsh`` with
+   ``ncv = 2k + 1`` (its smallest) and ``ncv = 5`` beside its default ``ncv = max(2k + 1, 20)`` (curvlinops
+   hands its operator to ``eigsh``); PyHessian at ``tol = 1e-4`` beside ``1e-3``; hessian-eigenthings'
+   Lanczos run with growing ``max_iter`` until its own residual check certifies every Ritz value
+   (``converged``; products: the steps of the certified run), beside its default of 2k steps.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ TOL = 1e-3
 TRACE_PRODUCTS = 100
 KRYLOV_TOL = 1e-4  # the hessian family's default tolerance (metrics.hessian.Config.tol)
 TRACE_SEEDS = 10
+SECTIONS = ("hvp", "top", "seeds", "trace")
+"""What ``run`` measures per problem (``--sections``): see the module docstring (``seeds``: item 4)."""
 # Trace estimators run (10 seeds x 100 products each). Plain Hutchinson is the same estimator in every library,
 # so it runs for landscape and PyHessian only; curvlinops' and eigenthings' Hutch++ (and curvlinops' XTrace) are
 # their improved estimators. curvlinops' and eigenthings' Hutchinson are left out of the default run for time
@@ -138,15 +147,15 @@ def make_problem(name: str, n: int = 1000, width: int | None = None, steps: int 
     trained ``steps`` full-batch SGD steps (lr 0.1, momentum 0.9), returned in eval mode."""
     from omegaconf import OmegaConf
 
-    from landscape.config import DataConfig, ModelConfig
+    from landscape.config import data_config, model_config
     from landscape.data import load_data
     from landscape.models import build_model
 
-    data = load_data(OmegaConf.structured(DataConfig(name="digits", subsample=n)))
+    data = load_data(OmegaConf.structured(data_config(name="digits", subsample=n)))
     if name == "cnn":
-        mcfg = ModelConfig(name="cnn", width=width or 16, depth=2, batch_norm=True)
+        mcfg = model_config(name="cnn", width=width or 16, depth=2, batch_norm=True)
     elif name == "mlp":
-        mcfg = ModelConfig(name="mlp", width=width or 256, depth=2)
+        mcfg = model_config(name="mlp", width=width or 256, depth=2)
     else:
         raise ValueError(f"problem {name!r}: expected cnn or mlp")
     model = build_model(OmegaConf.structured(mcfg), data.input_shape, data.n_classes, seed=seed)
@@ -331,12 +340,16 @@ class PyHessianAnchor(Anchor):
         v = [torch.randn_like(p) for p in h.params]
         return lambda: self.ph._anchors_original_hvp(h.gradsH, h.params, v)
 
-    def top(self, k: int, seed: int) -> tuple[list[float], int]:
+    def top(self, k: int, seed: int, tol: float = TOL) -> tuple[list[float], int]:
         h = self.fresh()
         torch.manual_seed(seed)
-        vals, _ = h.eigenvalues(maxIter=100, tol=TOL, top_n=k)
+        vals, _ = h.eigenvalues(maxIter=100, tol=tol, top_n=k)
         self.problem.model.zero_grad(set_to_none=True)
         return list(vals), self.products
+
+    def configurations(self) -> dict[str, Callable[[int, int], tuple[list[float], int]]]:
+        """Top-k runs: PyHessian's default tolerance (1e-3, the target) and the advised 1e-4."""
+        return {"pyhessian tol 1e-3": self.top, "pyhessian tol 1e-4": lambda k, s: self.top(k, s, tol=1e-4)}
 
     def traces(self) -> dict[str, Callable[[int], float]]:
         def est(s: int) -> float:
@@ -376,13 +389,22 @@ class Curvlinops(Anchor):
         H @ v
         return lambda: H @ v
 
-    def top(self, k: int, seed: int) -> tuple[list[float], int]:
+    def top(self, k: int, seed: int, ncv: int | None = None) -> tuple[list[float], int]:
         from scipy.sparse.linalg import eigsh
 
         H = self.fresh()
         v0 = np.random.default_rng(seed).standard_normal(self.problem.n_params).astype(np.float32)
-        vals = eigsh(H.to_scipy(np.float32), k=k, which="LA", tol=TOL, v0=v0, return_eigenvectors=False)
+        vals = eigsh(H.to_scipy(np.float32), k=k, which="LA", tol=TOL, v0=v0, ncv=ncv, return_eigenvectors=False)
         return sorted(vals.tolist(), reverse=True), self.products
+
+    def configurations(self) -> dict[str, Callable[[int, int], tuple[list[float], int]]]:
+        """Top-k runs: ``eigsh``'s default ``ncv = max(2k + 1, 20)``, its smallest ``2k + 1`` and ``max(5, 2k + 1)``
+        (at k = 5 the same as ``2k + 1``)."""
+        return {
+            "curvlinops + eigsh (ncv default)": self.top,
+            "curvlinops + eigsh (ncv 2k+1)": lambda k, s: self.top(k, s, ncv=2 * k + 1),
+            "curvlinops + eigsh (ncv 5)": lambda k, s: self.top(k, s, ncv=max(5, 2 * k + 1)),
+        }
 
     def traces(self) -> dict[str, Callable[[int], float]]:
         from curvlinops import hutchinson_trace, hutchpp_trace, xtrace
@@ -444,6 +466,27 @@ class Eigenthings(Anchor):
         import hessian_eigenthings as he
 
         return he.lanczos(self.fresh(), k=k, max_iter=max(m, k), which="LA", tol=TOL, seed=seed).eigenvalues.tolist()
+
+    def top_lanczos_certified(self, k: int, seed: int, m_max: int = 100) -> tuple[list[float], int]:
+        """The advised use of its Lanczos (a fixed number of steps, then a residual check): ``max_iter`` from
+        ``k + 1`` up until every Ritz value is ``converged`` at tolerance 1e-3; products: the certified run's."""
+        import hessian_eigenthings as he
+
+        r = None
+        for m in range(k + 1, m_max + 1):
+            r = he.lanczos(self.fresh(), k=k, max_iter=m, which="LA", tol=TOL, seed=seed)
+            if bool(r.converged.all()):
+                return r.eigenvalues.tolist(), self.products
+        assert r is not None
+        return r.eigenvalues.tolist(), self.products
+
+    def configurations(self) -> dict[str, Callable[[int, int], tuple[list[float], int]]]:
+        """Top-k runs: power iteration, Lanczos at its default 2k steps, Lanczos certified by its residuals."""
+        return {
+            "eigenthings power": self.top,
+            "eigenthings lanczos (default 2k steps)": self.top_lanczos_default,
+            "eigenthings lanczos (certified)": self.top_lanczos_certified,
+        }
 
     def traces(self) -> dict[str, Callable[[int], float]]:
         import hessian_eigenthings as he
@@ -514,6 +557,36 @@ def bench_top(anchors: list[Anchor], ref: list[float], seed: int, quick: bool) -
     return out
 
 
+def bench_top_seeds(anchors: list[Anchor], ref: list[float], seeds: int) -> dict[str, Any]:
+    """Every anchor's top-k configurations (``configurations()``; landscape: its default) over seeds
+    ``0..seeds-1``: ranges of products, seconds and relative error, and the seeds within ``TOL``."""
+    out: dict[str, Any] = {}
+    for k in (1, 5):
+        rows: dict[str, Any] = {}
+        for a in anchors:
+            configs = a.configurations() if hasattr(a, "configurations") else {a.name: a.top}
+            for label, fn in configs.items():
+                runs = []
+                try:
+                    for s in range(seeds):
+                        (vals, products), t = _timed(lambda: fn(k, s))  # noqa: B023 (called within this iteration)
+                        runs.append((int(products), t, rel_err(vals, ref, k)))
+                except Exception as exc:  # noqa: BLE001 - one failed configuration costs one row
+                    rows[label] = {"error": f"{type(exc).__name__}: {exc}"}
+                    continue
+                products, times, errs = zip(*runs, strict=True)
+                rows[label] = {
+                    "products": [min(products), max(products)],
+                    "seconds": [min(times), max(times)],
+                    "rel_err": [min(errs), max(errs)],
+                    "within_tol": sum(e <= TOL for e in errs),
+                    "seeds": seeds,
+                }
+                log.info("%s: top-%d %s: %s", a.problem.name, k, label, rows[label])
+        out[f"top{k}_seeds"] = rows
+    return out
+
+
 def bench_trace(
     anchors: list[Anchor], ref: float, seeds: int, methods: dict[str, tuple[str, ...]] | None
 ) -> dict[str, Any]:
@@ -547,7 +620,14 @@ def bench_trace(
     return rows
 
 
-def bench_problem(problem: Problem, mods: dict[str, Any], quick: bool, trace_all: bool = False) -> dict[str, Any]:
+def bench_problem(
+    problem: Problem,
+    mods: dict[str, Any],
+    quick: bool,
+    trace_all: bool = False,
+    seeds: int = 5,
+    sections: tuple[str, ...] = SECTIONS,
+) -> dict[str, Any]:
     ref, t_ref = _timed(lambda: reference(problem))
     log.info("%s: reference in %.1f s", problem.name, t_ref)
     anchors: list[Anchor] = [Landscape(problem)]
@@ -563,13 +643,20 @@ def bench_problem(problem: Problem, mods: dict[str, Any], quick: bool, trace_all
         "n_samples": int(problem.x.shape[0]),
         "reference": ref,
     }
-    out["hvp"] = bench_hvp(anchors, 3 if quick else 15)
-    log.info(
-        "%s: HVP / gradient %s", problem.name, {n: round(r, 2) for n, r in out["hvp"]["hvp_over_gradient"].items()}
-    )
-    out.update(bench_top(anchors, ref["top"], seed=0, quick=quick))
-    log.info("%s: top-1 and top-5 done", problem.name)
-    out["trace"] = bench_trace(anchors, ref["trace"], 2 if quick else TRACE_SEEDS, None if trace_all else TRACE_METHODS)
+    if "hvp" in sections:
+        out["hvp"] = bench_hvp(anchors, 3 if quick else 15)
+        log.info(
+            "%s: HVP / gradient %s", problem.name, {n: round(r, 2) for n, r in out["hvp"]["hvp_over_gradient"].items()}
+        )
+    if "top" in sections:
+        out.update(bench_top(anchors, ref["top"], seed=0, quick=quick))
+        log.info("%s: top-1 and top-5 done", problem.name)
+    if "seeds" in sections:
+        out.update(bench_top_seeds(anchors, ref["top"], seeds))
+    if "trace" in sections:
+        out["trace"] = bench_trace(
+            anchors, ref["trace"], 2 if quick else TRACE_SEEDS, None if trace_all else TRACE_METHODS
+        )
     return out
 
 
@@ -578,6 +665,8 @@ def run(
     problems: tuple[str, ...] = ("cnn", "mlp"),
     trace_all: bool = False,
     anchors: tuple[str, ...] = tuple(ANCHORS),
+    seeds: int = 5,
+    sections: tuple[str, ...] = SECTIONS,
 ) -> dict[str, Any]:
     """The anchors section. ``quick``: landscape only, a CNN k=4 (438 parameters) on 100 digits, 2 trace seeds
     (a smoke run of a few seconds; its figures mean nothing)."""
@@ -603,7 +692,7 @@ def run(
     result["versions"] = {n: _dist_version(ANCHORS[n][1].split("==")[0]) for n in mods}
     for n, why in skipped.items():
         log.warning("anchor %s skipped: %s", n, why)
-    result["problems"] = [bench_problem(p, mods, quick, trace_all) for p in problems]
+    result["problems"] = [bench_problem(p, mods, quick, trace_all, 2 if quick else seeds, sections) for p in problems]
     result["loadavg_end"] = loadavg()
     return result
 
@@ -624,13 +713,18 @@ def tables(result: dict[str, Any]) -> str:
             + f"; trace {ref['trace']:.6g}.",
             "",
         ]
-        h = pr["hvp"]
-        lines += [
-            "| anchor | one HVP (ms) | HVP / gradient |",
-            "|---|---|---|",
-            f"| gradient | {h['median_s']['gradient'] * 1e3:.2f} | 1 |",
-        ]
-        lines += [f"| {n} | {h['median_s'][n] * 1e3:.2f} | {r:.2f} |" for n, r in h["hvp_over_gradient"].items()]
+        h = pr.get("hvp")
+        if h:
+            lines += [
+                "| anchor | one HVP (ms) | HVP / gradient |",
+                "|---|---|---|",
+                f"| gradient | {h['median_s']['gradient'] * 1e3:.2f} | 1 |",
+            ]
+            lines += [f"| {n} | {h['median_s'][n] * 1e3:.2f} | {r:.2f} |" for n, r in h["hvp_over_gradient"].items()]
+        lines += _seeds_table(pr)
+        if "top1" not in pr:
+            lines += _trace_table(pr)
+            continue
         lines += [
             "",
             f"| top-k to {TOL:g} | top-1 products | top-1 s | top-1 rel. error | top-5 products | top-5 s | top-5 rel. error |",
@@ -649,24 +743,60 @@ def tables(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {label} | " + " | ".join(cell(a)) + " | " + " | ".join(cell(b) if b else ("-",) * 3) + " |"
             )
-        lines += [
-            "",
-            f"| trace, {TRACE_PRODUCTS} products, {next(iter(pr['trace'].values())).get('seeds', '')} seeds "
-            "| mean | std | mean abs. rel. error | s per estimate |",
-            "|---|---|---|---|---|",
-        ]
-        for label, r in pr["trace"].items():
-            if "error" in r:
-                lines.append(f"| {label} | error: {r['error'][:60]} | | | |")
-            else:
-                used = r.get("products_counted", r["products"])
-                lines.append(
-                    f"| {label}{'' if used == TRACE_PRODUCTS else ' (%d products)' % used} | "
-                    f"{r['mean']:.5g} | {r['std']:.3g} | {r['mean_abs_rel_err']:.2%} | "
-                    f"{r['seconds_per_estimate']:.2f} |"
-                )
-        lines.append("")
+        lines += _trace_table(pr)
     return "\n".join(lines)
+
+
+def _seeds_table(pr: dict[str, Any]) -> list[str]:
+    """The ``top1_seeds`` / ``top5_seeds`` rows: ranges over the seeds."""
+    if "top1_seeds" not in pr:
+        return []
+
+    def span(r: dict[str, Any], key: str, spec: str) -> str:
+        lo, hi = r[key]
+        return format(lo, spec) if format(lo, spec) == format(hi, spec) else f"{lo:{spec}}-{hi:{spec}}"
+
+    def cell(r: dict[str, Any] | None) -> str:
+        if not r:
+            return "- | - | -"
+        if "error" in r:
+            return f"error: {r['error'][:40]} | | "
+        return f"{span(r, 'products', 'd')} | {span(r, 'rel_err', '.1e')} | {r['within_tol']}/{r['seeds']}"
+
+    lines = [
+        "",
+        f"| over seeds, to {TOL:g} | top-1 products | top-1 rel. error | top-1 within | top-5 products "
+        "| top-5 rel. error | top-5 within |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, r in pr["top1_seeds"].items():
+        lines.append(f"| {label} | {cell(r)} | {cell(pr.get('top5_seeds', {}).get(label))} |")
+    return lines
+
+
+def _trace_table(pr: dict[str, Any]) -> list[str]:
+    """The ``trace`` rows."""
+    if not pr.get("trace"):
+        return [""]
+    lines: list[str] = []
+    lines += [
+        "",
+        f"| trace, {TRACE_PRODUCTS} products, {next(iter(pr['trace'].values())).get('seeds', '')} seeds "
+        "| mean | std | mean abs. rel. error | s per estimate |",
+        "|---|---|---|---|---|",
+    ]
+    for label, r in pr["trace"].items():
+        if "error" in r:
+            lines.append(f"| {label} | error: {r['error'][:60]} | | | |")
+        else:
+            used = r.get("products_counted", r["products"])
+            lines.append(
+                f"| {label}{'' if used == TRACE_PRODUCTS else ' (%d products)' % used} | "
+                f"{r['mean']:.5g} | {r['std']:.3g} | {r['mean_abs_rel_err']:.2%} | "
+                f"{r['seconds_per_estimate']:.2f} |"
+            )
+    lines.append("")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -675,6 +805,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "anchors.json"))
     parser.add_argument("--problems", default="cnn,mlp", help="comma-separated: cnn (5,178 parameters), mlp (85,002)")
     parser.add_argument("--trace-all", action="store_true", help="every trace estimator of every anchor")
+    parser.add_argument("--seeds", type=int, default=5, help="start vectors of the top-k runs over seeds (section 4)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument(
         "--anchors",
         default=",".join(ANCHORS),
@@ -685,7 +817,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("landscape.curvature").setLevel(logging.ERROR)  # budget scans stop unconverged on purpose
     result = run(
-        args.quick, tuple(args.problems.split(",")), args.trace_all, tuple(filter(None, args.anchors.split(",")))
+        args.quick,
+        tuple(args.problems.split(",")),
+        args.trace_all,
+        tuple(filter(None, args.anchors.split(","))),
+        args.seeds,
+        tuple(args.sections.split(",")),
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -395,8 +395,12 @@ class _CurveStackTask(StepTask):
     values), its SGD momentum and the epoch's learning rate (one schedule: every curve of a stack trains the same
     epochs). The control points are stacked (ends ``[K, 2, P]``, middle ``[K, bends, P]``), ``theta_k(t_k)`` is one
     batched product, the model runs on the stack through ``vectorized.stacked_forward`` and one reverse pass over
-    the sum of the curves' losses gives each curve its own gradient (curves share no parameter). Equal to serial
-    training within float rounding, not bitwise (the batched kernels sum in another order)."""
+    the sum of the curves' losses gives each curve its own gradient (curves share no parameter). BatchNorm (CNN,
+    ResNet18) normalises each curve's batch by its own batch statistics, as the template in training mode does in
+    :func:`train_curve`; each curve updates its own copy of the running statistics (not checkpointed: they never
+    enter a training loss, and :func:`evaluate_path` recomputes them at every ``t``), the template's are left as
+    they were. Equal to serial training within float rounding, not bitwise (the batched kernels sum in another
+    order)."""
 
     def __init__(
         self,
@@ -411,7 +415,7 @@ class _CurveStackTask(StepTask):
         metas: dict[str, dict],
         workdirs: dict[str, Path],
     ):
-        from landscape.vectorized import stacked_forward
+        from landscape.vectorized import stacked_buffers, stacked_forward
 
         self.curves, self.x, self.y, self.loss_fn, self.s = curves, x, y, loss_fn, s
         self.metas, self.workdirs = metas, workdirs
@@ -419,6 +423,9 @@ class _CurveStackTask(StepTask):
         first = curves[names[0]]
         self.layout, self.bends = first.layout, first.bends
         self.kind, self.forward_fn = stacked_forward(model)
+        # BatchNorm: one copy of the template's running statistics per curve, updated by each step's batch as the
+        # template's are in train_curve; training mode normalises by batch statistics, so they never enter a loss
+        self.bn_buffers = stacked_buffers([model] * len(names))
         self.bs = min(s.batch_size, x.shape[0])
         self.per_epoch = steps_per_epoch(x.shape[0], self.bs)
         self.ends = torch.stack([curves[n]._ends for n in names])
@@ -463,7 +470,7 @@ class _CurveStackTask(StepTask):
         if self.bends:
             theta = theta + torch.bmm(w[:, 1:-1].unsqueeze(1), self.middle)
         theta = theta.squeeze(1)  # [K, P]
-        logits = self.forward_fn(self.layout.unflatten_rows(theta), self.x[idx])
+        logits = self.forward_fn(self.layout.unflatten_rows(theta), self.x[idx], self.bn_buffers)
         yb = self.y[idx]
         losses = torch.stack([self.loss_fn(logits[k], yb[k]) for k in range(len(self.members))])
         total = losses.sum()
@@ -486,6 +493,7 @@ class _CurveStackTask(StepTask):
         keep = torch.tensor([k for k in range(len(self.members)) if k not in rows], dtype=torch.long)
         self.ends = self.ends.index_select(0, keep.to(self.ends.device))
         self.middle = self.middle.detach().index_select(0, keep.to(self.ends.device)).requires_grad_(True)
+        self.bn_buffers = {k: v.index_select(0, keep.to(v.device)) for k, v in self.bn_buffers.items()}
         if self.buffers is not None:
             self.buffers = [b.index_select(0, keep.to(b.device)) for b in self.buffers]
         if self.perms.numel():
@@ -561,8 +569,8 @@ def train_curves_together(
     A curve whose final file of this run exists is loaded, not trained; one with a checkpoint of its own (a
     serial run that was stopped) is resumed by :func:`train_curve`; the rest train stacked and each gets the
     ``curve_final.pt`` a serial run would write, so a later :func:`train_curve` of the same curve, settings and
-    seed loads it. ``model``: the architecture template, without buffers (``vectorized.unsupported_reason``).
-    Returns name -> result."""
+    seed loads it. ``model``: the architecture template, with no buffers but BatchNorm running statistics
+    (``vectorized.unsupported_reason``). Returns name -> result."""
     from landscape.vectorized import unsupported_reason
 
     reason = unsupported_reason(model)

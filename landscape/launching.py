@@ -16,14 +16,22 @@ submitit (what runs the cells a sweep planned; the command line is ``landscape.c
 - a job that dies without a result (killed, out of memory) is a failed cell, not an aborted wait;
 - ``cells_per_task`` (default ``auto``: ``ceil(cells / array_parallelism)``) cells run one after the other in
   one array task (``run_cells``), so short cells do not each pay a Python, torch and Hydra start-up; a requeued
-  task skips its cells already done and resumes the stopped one.
+  task skips its cells already done and resumes the stopped one;
+- several cells per GPU: where a task has GPUs (``gpus_per_task``, ``gpus_per_node`` or ``gres``), its cells
+  run at once in a pool of ``cells_per_gpu`` worker processes per GPU forked from the task (``auto``: from
+  each cell's memory and compute estimate, ``landscape.placement``; ``cells_per_task`` is then at least the
+  task's GPUs x workers per GPU, and ``cpus_per_task`` caps the workers: one core each). The preemption signal
+  reaches every worker: each checkpoints its cell, then the task is requeued. No GPU: one cell after another.
 
 ``hydra/launcher=local`` (``CellLocalLauncher``) runs the cells in a pool of ``max_parallel`` warm worker
 processes (default: one per visible GPU, else ``cpu_count // cpus_per_task``), started once per launch and
 each running many cells one after the other: no Python, torch and Hydra start-up per cell. On Linux the
 workers are forked from the launcher, which has already imported everything (``start_method: fork``; where
-CUDA is already initialised in the launcher, or elsewhere, ``spawn``). With GPUs, worker ``i`` sees only GPU
-``i mod n_gpus`` (``CUDA_VISIBLE_DEVICES``). SIGTERM/SIGINT to the launcher (or SIGTERM/SIGUSR2 to a worker)
+CUDA is already initialised in the launcher, or elsewhere, ``spawn``). With GPUs, ``cells_per_gpu`` workers
+run per GPU (default ``auto``: from each cell's memory and compute estimate; ``landscape.placement``), worker
+``i`` sees only GPU ``i mod n_gpus`` (``CUDA_VISIBLE_DEVICES``), and a cell starts on a worker while the
+shares of its GPU's running cells stay within one (a big cell runs alone on its GPU). Without GPUs, one cell
+per worker on the CPU. SIGTERM/SIGINT to the launcher (or SIGTERM/SIGUSR2 to a worker)
 sets the workers' stop request (``landscape.preemption``): training checkpoints at its current step, the cell
 records ``preempted`` in its status, and rerunning the same command resumes it; work that does not poll the
 request (data loading, the Hessian, CKA, evaluations) is interrupted where it is, at once if nothing polled
@@ -59,6 +67,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from landscape import placement
 from landscape.preemption import NotStarted, WorkerDied
 
 log = logging.getLogger(__name__)
@@ -68,7 +77,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
 
 #: Preset keys that are landscape's own (not submitit parameters).
-OWN_KEYS = ("max_array_size", "max_parallel", "start_method", "cells_per_task")
+OWN_KEYS = ("max_array_size", "max_parallel", "start_method", "cells_per_task", "cells_per_gpu", "gpu_memory_gb")
 
 
 def cluster_max_array_size(timeout_s: float = 10.0) -> int | None:
@@ -96,7 +105,12 @@ class _PreemptionHandling:
     next step (``landscape.preemption``) instead of killing the cell; if nothing polls the stop request (data,
     metrics), or training has not checkpointed within ``STOP_GRACE_S``, submitit's own handler requeues at once.
     ``requeue`` (after the cell raised ``StopRequested``) hands over to submitit: checkpoint -> the same task
-    re-submitted, ``scontrol requeue``, exit."""
+    re-submitted, ``scontrol requeue``, exit. With ``pool`` (a task running its cells in worker processes,
+    ``cells_per_gpu``), the signal is passed to every worker (each checkpoints its cell, no new cell starts);
+    submitit's handler runs once the workers returned (``requeue``), or after ``STOP_GRACE_S + GRACE_S``."""
+
+    def __init__(self, pool: "_WorkerPool | None" = None) -> None:
+        self.pool = pool
 
     def __enter__(self) -> "_PreemptionHandling":
         import submitit
@@ -115,6 +129,12 @@ class _PreemptionHandling:
         log.warning("signal %s: stopping the cell at its next training step to checkpoint and requeue", signum)
         preemption.request_stop(f"signal {signal.Signals(signum).name}")
         handler = self.submitit_handler
+        if self.pool is not None:  # the workers poll: they checkpoint and return their cells
+            self.pool.stop(signum)
+            if callable(handler):
+                signal.signal(signal.SIGALRM, lambda *_: handler(signum, None))
+                signal.alarm(int(STOP_GRACE_S + preemption.GRACE_S) + 1)
+            return
         if not callable(handler):
             return
         if preemption.last_poll_age() > STOP_GRACE_S:
@@ -142,6 +162,10 @@ class _CellLauncherBase(BaseSubmititLauncher):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.own = {k: self.params.pop(k) for k in OWN_KEYS if k in self.params}
+        placement.parse_cells_per_gpu(self.own.get("cells_per_gpu"))  # a bad value is refused before planning
+        mem = self.own.get("gpu_memory_gb")
+        if mem is not None and not (isinstance(mem, (int, float)) and not isinstance(mem, bool) and mem > 0):
+            raise ValueError(f"hydra.launcher.gpu_memory_gb={mem!r}: expected null (read it) or a number of GB > 0")
 
     # ------------------------------------------------------------------------------------ in the job
     def __call__(
@@ -162,10 +186,17 @@ class _CellLauncherBase(BaseSubmititLauncher):
             preempt.requeue(f"cell checkpointed ({ret._return_value}): requeueing")
         return ret
 
-    def run_cells(self, cells: Sequence[tuple]) -> list[JobReturn]:
+    def run_cells(
+        self, cells: Sequence[tuple], shares: dict[int, float] | None = None, workers_per_gpu: int = 1
+    ) -> list[JobReturn]:
         """Several cells in one SLURM task (``cells_per_task``), one after the other, with ``__call__``'s
         preemption handling around the whole list: on the signal the running cell checkpoints and the task is
-        requeued; the requeued task skips the cells already done (their status) and resumes the stopped one."""
+        requeued; the requeued task skips the cells already done (their status) and resumes the stopped one.
+        With GPUs in the task and ``workers_per_gpu * n_gpus > 1`` (``cells_per_gpu``), the cells run at once
+        in a pool of that many worker processes instead (``run_cells_pooled``)."""
+        gpus = placement.gpu_count()
+        if gpus and workers_per_gpu * gpus > 1 and len(cells) > 1:
+            return self.run_cells_pooled(cells, gpus, workers_per_gpu, shares)
         import submitit
         from hydra.core.utils import run_job, setup_globals
         from omegaconf import open_dict
@@ -205,6 +236,108 @@ class _CellLauncherBase(BaseSubmititLauncher):
         for overrides, *_ in cells[len(out) :]:
             out.append(_failed(NotStarted("not run: the task was stopped"), overrides))
         return out
+
+    def run_cells_pooled(
+        self, cells: Sequence[tuple], gpus: int, workers_per_gpu: int, shares: dict[int, float] | None = None
+    ) -> list[JobReturn]:
+        """The cells of one SLURM task at once, in a pool of ``gpus * workers_per_gpu`` worker processes forked
+        from the task (worker ``s`` on the task's GPU ``s mod gpus``; a cell starts while the shares of its GPU
+        stay within one: ``landscape.placement``). On the preemption signal every worker checkpoints its cell,
+        the cells not started are not run, and the task is requeued (the requeued task skips what is done)."""
+        import multiprocessing as mp
+
+        import cloudpickle
+
+        from landscape import preemption
+
+        _freeze_task_start_up()
+        size = min(gpus * workers_per_gpu, len(cells))
+        share_list = [(shares or {}).get(int(num), 1.0 / workers_per_gpu) for _, _, num, _, _ in cells]
+        state = cloudpickle.dumps((self, cells[0][4]))
+        pool = _WorkerPool(mp.get_context(self.start_method()), size, state, gpus, share_list)
+        log.info(
+            "running %d cells of this task at once on %d GPU(s), %d worker(s) per GPU",
+            len(cells),
+            gpus,
+            workers_per_gpu,
+        )
+        with _PreemptionHandling(pool=pool) as preempt:
+            try:
+                out = pool.run([(list(overrides), key, num) for overrides, key, num, _, _ in cells])
+            finally:
+                pool.close()
+        if preemption.stop_requested():
+            preempt.requeue("the task's cells checkpointed: requeueing the task")
+        return out
+
+    def start_method(self) -> str:
+        """``fork`` where available and safe (no CUDA context in this process), else ``spawn``."""
+        import multiprocessing as mp
+
+        wanted = str(self.own.get("start_method") or "auto")
+        if wanted != "auto":
+            if wanted not in mp.get_all_start_methods():
+                raise ValueError(
+                    f"hydra.launcher.start_method={wanted!r}: expected auto or one of "
+                    f"{', '.join(mp.get_all_start_methods())}"
+                )
+            return wanted
+        cuda_ready = False
+        try:
+            import torch
+
+            cuda_ready = bool(torch.cuda.is_initialized())
+        except Exception:  # noqa: BLE001 - no CUDA state to ask about: fork is safe
+            pass
+        return "fork" if "fork" in mp.get_all_start_methods() and not cuda_ready else "spawn"
+
+    def job_id(self, job_num: int) -> str:
+        """Hydra's ``job.id`` of a cell run in a pool worker."""
+        return f"local_{os.getpid()}_{job_num}"
+
+    def run_in_worker(self, sweep_overrides: List[str], job_dir_key: str, job_num: int) -> JobReturn:
+        """One cell in a pool worker: Hydra's job setup (as submitit's job does), then the cell."""
+        from hydra.core.utils import run_job, setup_globals
+        from omegaconf import open_dict
+
+        from landscape import preemption
+
+        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
+        if preemption.stop_requested():  # the launch is being stopped: do not start another cell
+            return _failed(NotStarted("launch stopped before this cell started"), sweep_overrides)
+        Singleton.set_state(_WORKER["singletons"])
+        setup_globals()
+        if "composer" not in _WORKER:  # a forked worker inherits the planner's compositions (share_composer)
+            _WORKER["composer"] = JobComposer(self.config, self.hydra_context.config_loader, _WORKER.get("planner"))
+        sweep_config = _WORKER["composer"].compose(list(sweep_overrides))
+        with open_dict(sweep_config.hydra.job):
+            sweep_config.hydra.job.id = self.job_id(job_num)
+            sweep_config.hydra.job.num = job_num
+        return run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=sweep_config,
+            job_dir_key=job_dir_key,
+            job_subdir_key="hydra.sweep.subdir",
+        )
+
+    def place_cells(self, job_overrides: Sequence[Sequence[str]], n_gpus: int) -> "placement.Placement":
+        """Cells on ``n_gpus`` GPUs under ``hydra.launcher.cells_per_gpu`` (``landscape.placement``); ``auto``
+        composes every cell's config (the planner's compositions where the sweeper shared them) to estimate it;
+        the workers per GPU are capped by the CPU cores (``cpus_per_task`` each)."""
+        setting = self.own.get("cells_per_gpu", "auto")
+        cfgs = None
+        if placement.parse_cells_per_gpu(setting) is None:
+            assert self.config is not None and self.hydra_context is not None
+            composer = JobComposer(self.config, self.hydra_context.config_loader, _WORKER.get("planner"))
+            cfgs = [composer.compose(list(o)) for o in job_overrides]
+        cap = placement.max_workers_per_gpu(n_gpus, int(self.params.get("cpus_per_task") or 1), self._cpus())
+        return placement.place(
+            cfgs, setting, len(job_overrides), placement.gpu_memory_bytes(self.own.get("gpu_memory_gb")), cap
+        )
+
+    def _cpus(self) -> int | None:
+        return None  # this machine's (SLURM: the node's cores, unknown here: no cap)
 
     # ---------------------------------------------------------------------------- in the launcher
     def _executor(self) -> Any:
@@ -251,10 +384,11 @@ class CellSlurmLauncher(_CellLauncherBase):
             size = min(size, int(preset))
         return size
 
-    def cells_per_task(self, n_cells: int) -> int:
+    def cells_per_task(self, n_cells: int, at_once: int = 1) -> int:
         """``hydra.launcher.cells_per_task``; ``null``/``auto``: as many as make the grid one wave of at most
         ``array_parallelism`` concurrent tasks (``ceil(n_cells / array_parallelism)``), so a 2,000-cell grid of
-        short cells is 256 task start-ups (Python, torch, Hydra), not 2,000."""
+        short cells is 256 task start-ups (Python, torch, Hydra), not 2,000; and at least ``at_once`` (the cells
+        a task runs at once: its GPUs x ``cells_per_gpu``), so that every worker of the task has a cell."""
         preset = self.own.get("cells_per_task")
         if preset not in (None, "auto"):
             value = int(preset)
@@ -262,31 +396,65 @@ class CellSlurmLauncher(_CellLauncherBase):
                 raise ValueError(f"hydra.launcher.cells_per_task={preset!r}: expected a positive integer or auto")
             return value
         parallel = int(self.params.get("array_parallelism") or 256)
-        return max(1, math.ceil(n_cells / max(parallel, 1)))
+        return max(1, math.ceil(n_cells / max(parallel, 1)), min(at_once, n_cells))
+
+    def job_id(self, job_num: int) -> str:
+        import submitit
+
+        return f"{submitit.JobEnvironment().job_id}.{job_num}"
+
+    def _cpus(self) -> int | None:
+        return int(self.params.get("cpus_per_task") or 1)  # a task's cores: cpus_per_task, shared by its workers
+
+    def task_placement(self, job_overrides: Sequence[Sequence[str]]) -> tuple[int, "placement.Placement | None"]:
+        """``(GPUs of one task, placement of the cells)`` (``landscape.placement.task_gpus``; no GPU: ``(0,
+        None)``, the cells of a task run one after the other). Each of a task's workers gets
+        ``cpus_per_task / (GPUs x workers per GPU)`` of its cores."""
+        gpus = placement.task_gpus(self.params)
+        if not gpus:
+            return 0, None
+        setting = self.own.get("cells_per_gpu", "auto")
+        cfgs = None
+        if placement.parse_cells_per_gpu(setting) is None:
+            assert self.config is not None and self.hydra_context is not None
+            composer = JobComposer(self.config, self.hydra_context.config_loader)
+            cfgs = [composer.compose(list(o)) for o in job_overrides]
+        cap = placement.max_workers_per_gpu(gpus, 1, int(self.params.get("cpus_per_task") or 1))
+        return gpus, placement.place(
+            cfgs,
+            setting,
+            len(job_overrides),
+            placement.gpu_memory_bytes(self.own.get("gpu_memory_gb") or placement.DEFAULT_GPU_MEMORY_GB),
+            cap,
+        )
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert len(job_overrides) > 0
         executor = self._executor()
         params = self._job_params(job_overrides, initial_job_idx)
         size = self.max_array_size()
-        per_task = self.cells_per_task(len(params))
+        gpus, place = self.task_placement(job_overrides)
+        per_gpu = place.workers_per_gpu if place is not None else 1
+        per_task = self.cells_per_task(len(params), gpus * per_gpu)
         tasks = chunk(params, per_task) if per_task > 1 else None
         chunks = chunk(tasks if tasks is not None else params, size)
+        shares = {p[2]: s for p, s in zip(params, place.shares, strict=True)} if place is not None else None
         jobs: list[Any] = []
         tic = time.perf_counter()
         for part in chunks:  # submit every chunk first ...
             if tasks is not None:
-                jobs.extend(executor.map_array(_CellsTask(self), part))
+                jobs.extend(executor.map_array(_CellsTask(self, shares, per_gpu), part))
             else:
                 jobs.extend(executor.map_array(self, *zip(*part, strict=True)))
         log.info(
-            "submitted %d cells as %d SLURM array(s) of <= %d tasks (%d cell(s) per task) in %.1f s (first job %s)",
+            "submitted %d cells as %d SLURM array(s) of <= %d tasks (%d cell(s) per task) in %.1f s (first job %s)%s",
             len(params),
             len(chunks),
             size,
             per_task,
             time.perf_counter() - tic,
             jobs[0].job_id,
+            f"; {placement.describe(place, gpus)} per task" if place is not None and tasks is not None else "",
         )
         try:
             if tasks is None:
@@ -305,11 +473,11 @@ class CellSlurmLauncher(_CellLauncherBase):
 class _CellsTask:
     """The callable of a SLURM task carrying several cells; ``checkpoint`` makes submitit requeue it."""
 
-    def __init__(self, launcher: _CellLauncherBase):
-        self.launcher = launcher
+    def __init__(self, launcher: _CellLauncherBase, shares: dict[int, float] | None = None, workers_per_gpu: int = 1):
+        self.launcher, self.shares, self.workers_per_gpu = launcher, shares, workers_per_gpu
 
     def __call__(self, cells: Sequence[tuple]) -> list[JobReturn]:
-        return self.launcher.run_cells(cells)
+        return self.launcher.run_cells(cells, self.shares, self.workers_per_gpu)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
@@ -318,73 +486,29 @@ class _CellsTask:
 
 
 class CellLocalLauncher(_CellLauncherBase):
-    """A pool of warm local worker processes, each running many cells; one GPU per worker where GPUs exist."""
+    """A pool of warm local worker processes, each running many cells; ``cells_per_gpu`` workers per GPU where
+    GPUs exist (``landscape.placement``)."""
 
     _EXECUTOR = "local"
     stopped_by: int | None = None
     """The signal that stopped the last ``launch`` (SIGINT, SIGTERM), or None."""
 
-    def max_parallel(self) -> int:
+    def max_parallel(self, gpus: int | None = None, workers_per_gpu: int = 1) -> int:
+        """Workers of the pool: ``max_parallel`` if set, else ``workers_per_gpu`` per GPU (``gpus``; default:
+        those counted by ``landscape.placement.gpu_count``), else (no GPU) ``cpu_count // cpus_per_task``."""
         preset = self.own.get("max_parallel")
         if preset:
             return int(preset)
-        gpus = _gpu_count()
+        gpus = placement.gpu_count() if gpus is None else gpus
         if gpus:
-            return gpus
+            return gpus * max(1, workers_per_gpu)
         cpus = int(self.params.get("cpus_per_task") or 1)
         return max(1, (os.cpu_count() or 1) // cpus)
-
-    def start_method(self) -> str:
-        """``fork`` where available and safe (no CUDA context in the launcher), else ``spawn``."""
-        import multiprocessing as mp
-
-        wanted = str(self.own.get("start_method") or "auto")
-        if wanted != "auto":
-            if wanted not in mp.get_all_start_methods():
-                raise ValueError(
-                    f"hydra.launcher.start_method={wanted!r}: expected auto or one of "
-                    f"{', '.join(mp.get_all_start_methods())}"
-                )
-            return wanted
-        cuda_ready = False
-        try:
-            import torch
-
-            cuda_ready = bool(torch.cuda.is_initialized())
-        except Exception:  # noqa: BLE001 - no CUDA state to ask about: fork is safe
-            pass
-        return "fork" if "fork" in mp.get_all_start_methods() and not cuda_ready else "spawn"
 
     def share_composer(self, composer: Any) -> None:
         """Keep the sweeper's verified ``CellComposer`` for workers forked after planning (they inherit it and
         compose no base again); a spawned worker makes its own."""
         _WORKER["planner"] = composer
-
-    def run_in_worker(self, sweep_overrides: List[str], job_dir_key: str, job_num: int) -> JobReturn:
-        """One cell in a pool worker: Hydra's job setup (as submitit's job does), then the cell."""
-        from hydra.core.utils import run_job, setup_globals
-        from omegaconf import open_dict
-
-        from landscape import preemption
-
-        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
-        if preemption.stop_requested():  # the launch is being stopped: do not start another cell
-            return _failed(NotStarted("launch stopped before this cell started"), sweep_overrides)
-        Singleton.set_state(_WORKER["singletons"])
-        setup_globals()
-        if "composer" not in _WORKER:  # a forked worker inherits the planner's compositions (share_composer)
-            _WORKER["composer"] = JobComposer(self.config, self.hydra_context.config_loader, _WORKER.get("planner"))
-        sweep_config = _WORKER["composer"].compose(list(sweep_overrides))
-        with open_dict(sweep_config.hydra.job):
-            sweep_config.hydra.job.id = f"local_{os.getpid()}_{job_num}"
-            sweep_config.hydra.job.num = job_num
-        return run_job(
-            hydra_context=self.hydra_context,
-            task_function=self.task_function,
-            config=sweep_config,
-            job_dir_key=job_dir_key,
-            job_subdir_key="hydra.sweep.subdir",
-        )
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import multiprocessing as mp
@@ -393,18 +517,22 @@ class CellLocalLauncher(_CellLauncherBase):
 
         assert len(job_overrides) > 0
         params = self._job_params(job_overrides, initial_job_idx)
-        limit = min(self.max_parallel(), len(params))
+        gpus = placement.gpu_count()
+        place = self.place_cells(job_overrides, gpus) if gpus else None
+        limit = min(self.max_parallel(gpus, place.workers_per_gpu if place is not None else 1), len(params))
         method = self.start_method()
         ctx = mp.get_context(method)
         log.info(
-            "running %d cells locally, at most %d at a time (%d warm worker process(es), %s)",
+            "running %d cells locally, at most %d at a time (%d warm worker process(es), %s%s)",
             len(params),
             limit,
             limit,
             method,
+            f"; {placement.describe(place, gpus)}" if place is not None else "",
         )
         self.stopped_by = None
-        pool = _WorkerPool(ctx, limit, cloudpickle.dumps((self, Singleton.get_state())), _gpu_count())
+        state = cloudpickle.dumps((self, Singleton.get_state()))
+        pool = _WorkerPool(ctx, limit, state, gpus, place.shares if place is not None else None)
         stop = {"signal": None}
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -413,10 +541,7 @@ class CellLocalLauncher(_CellLauncherBase):
                 "signal %s: asking the workers to checkpoint and stop; rerun the same command to resume",
                 signal.Signals(signum).name,
             )
-            pool.stopping = True
-            for pid in pool.pids():  # the signal as received, so that the stopped cells name it
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signum)
+            pool.stop(signum)  # the signal as received, so that the stopped cells name it
 
         old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -435,15 +560,37 @@ class _WorkerPool:
     launcher waits on every pipe and on every worker's exit at once. A worker that dies costs only the cell it
     was running (a FAILED return with ``WorkerDied``, named in the launch's summary) and is replaced (same
     slot, same GPU) while cells are waiting. Workers watch their launcher: if it dies (even by SIGKILL), they
-    ask their cell to checkpoint and stop, and exit (``ORPHAN_GRACE_S`` at most)."""
+    ask their cell to checkpoint and stop, and exit (``ORPHAN_GRACE_S`` at most).
 
-    def __init__(self, ctx: Any, size: int, state: bytes, gpus: int):
+    With ``gpus``, worker slot ``s`` has GPU ``s mod gpus`` (``landscape.placement.gpu_of_slot``); ``shares``
+    (one per task, its share of a GPU) decide which waiting cell an idle worker takes: the first that keeps its
+    GPU's running shares within one (``landscape.placement.pick``); without shares, the next one."""
+
+    def __init__(self, ctx: Any, size: int, state: bytes, gpus: int, shares: Sequence[float] | None = None):
         self.ctx, self.size, self.state, self.gpus = ctx, size, state, gpus
+        self.shares = list(shares) if shares is not None and gpus else None
         self.workers: list[dict[str, Any]] = []  # {"proc", "conn", "slot", "cell"}
         self.stopping = False  # set by the launcher's signal handler: no new cell starts
 
     def pids(self) -> list[int]:
         return [w["proc"].pid for w in self.workers if w["proc"].pid is not None]
+
+    def stop(self, signum: int) -> None:
+        """No new cell starts; ``signum`` is sent to every worker (each checkpoints its cell and returns it)."""
+        self.stopping = True
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+
+    def gpu(self, slot: int) -> int | None:
+        """The GPU (index among the visible ones) of worker ``slot``; None without GPUs."""
+        return placement.gpu_of_slot(slot, self.gpus) if self.gpus else None
+
+    def load(self, gpu: int | None) -> float:
+        """Sum of the shares of the cells running on ``gpu``."""
+        if self.shares is None:
+            return 0.0
+        return sum(self.shares[w["cell"]] for w in self.workers if w["cell"] is not None and self.gpu(w["slot"]) == gpu)
 
     def _start(self, slot: int) -> None:
         parent, child = self.ctx.Pipe()
@@ -469,12 +616,26 @@ class _WorkerPool:
             if not self.stopping:
                 for w in self.workers:
                     if w["cell"] is None and waiting:
-                        i = waiting.popleft()
+                        gpu = self.gpu(w["slot"])
+                        i = placement.pick(waiting, self.shares, self.load(gpu))
+                        if i is None:  # no waiting cell fits this worker's GPU now
+                            continue
+                        waiting.remove(i)
                         try:
                             w["conn"].send((i, *tasks[i]))
                             w["cell"] = i
                         except OSError:  # it died meanwhile: its exit is handled below
                             waiting.appendleft(i)
+                            continue
+                        if gpu is not None:
+                            log.info(
+                                "cell #%d on GPU %d (worker %d, pid %s; GPU load %.2f)",
+                                tasks[i][2],
+                                gpu,
+                                w["slot"],
+                                w["proc"].pid,
+                                self.load(gpu),
+                            )
             busy = [w for w in self.workers if w["cell"] is not None]
             if not busy and (self.stopping or not waiting):
                 break
@@ -627,7 +788,7 @@ def _worker_init(state: bytes, slot: int, gpus: int) -> None:
     launcher, singletons = cloudpickle.loads(state)
     _WORKER.update(launcher=launcher, singletons=singletons, slot=slot)
     if gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(_visible_gpus()[slot % gpus])
+        os.environ["CUDA_VISIBLE_DEVICES"] = placement.visible_gpus(gpus)[placement.gpu_of_slot(slot, gpus)]
     preemption.reset()
 
     first_at: list[float] = []  # when the first stop signal came
@@ -738,13 +899,6 @@ def _worker_run(sweep_overrides: List[str], job_dir_key: str, job_num: int) -> b
         )
 
 
-def _visible_gpus() -> list[str]:
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env:
-        return [g.strip() for g in env.split(",") if g.strip()]
-    return [str(i) for i in range(_gpu_count())]
-
-
 def _collect(jobs: Sequence[Any], sizes: Sequence[int] | None = None) -> list[JobReturn]:
     """Wait for every submitit job; a job that died without a result (killed, out of memory, cancelled)
     becomes a FAILED return (one per cell it carried: ``sizes``) instead of aborting the wait for the others."""
@@ -764,12 +918,3 @@ def _collect(jobs: Sequence[Any], sizes: Sequence[int] | None = None) -> list[Jo
                 ret.status, ret.return_value = JobStatus.FAILED, exc
                 out.append(ret)
     return out
-
-
-def _gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - no usable CUDA: zero GPUs
-        return 0

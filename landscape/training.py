@@ -8,6 +8,9 @@ Losses (``train.loss``):
 A run is deterministic given its seed: the initial model comes from ``models.build_model(seed=...)`` and
 the batch order from a ``torch.Generator`` seeded with the same seed, whose state is checkpointed, so a
 run resumed from a checkpoint is bitwise identical to an uninterrupted one (on the same device).
+Batches are drawn by index on the data's device (``landscape.batches``), with the seeded crop-and-flip
+augmentation there under ``train.augment``; ``train.precision`` and ``train.compile`` act on the training
+steps only (``landscape.precision``).
 The loop, its checkpoints, stop requests, progress lines and divergence check are those of
 ``landscape.engine``: a loss that is not finite or far above the initial loss, or parameters that are not
 finite, end the run with status ``diverged`` (a result, not an error).
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landscape.batches import Augmenter, check_augmentable, draw
 from landscape.engine import (
     DamagedCheckpoint,
     MemberResult,
@@ -45,10 +49,16 @@ from landscape.engine import (
     steps_per_epoch,
 )
 from landscape.files import atomic_write
+from landscape.precision import check_precision, compiled, step_precision
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+StepCallback = Callable[[nn.Module, int, int], None]
+"""``on_step(model, step, epoch)`` after every optimiser step of ``train_model``: the model (updated, in train
+mode), the steps taken so far (1-based, counted across resumes) and the 0-based epoch. It must leave the model's
+parameters, mode and the global RNG as they were (``landscape.metrics.sharpness`` measures there); its time
+counts in the run's ``seconds``."""
 LOSSES = ("cross_entropy", "mse")
 SCHEDULES = ("constant", "step", "cosine")
 CHECKPOINT = "checkpoint.pt"
@@ -143,6 +153,9 @@ class TrainSettings:
     lr_decay: float
     lr_milestones: list[int]
     checkpoint_every: int
+    augment: bool = False  # random crop + flip of image batches on the device (landscape.batches)
+    precision: str = "fp32"  # fp32 | tf32 | bf16 of the training steps (landscape.precision)
+    compile: bool = False  # torch.compile the model of a serial run (landscape.precision)
 
     @classmethod
     def from_config(cls, cfg: Any, n_train: int) -> "TrainSettings":
@@ -160,6 +173,9 @@ class TrainSettings:
             lr_decay=float(cfg.lr_decay),
             lr_milestones=[int(m) for m in cfg.lr_milestones],
             checkpoint_every=int(cfg.checkpoint_every),
+            augment=bool(getattr(cfg, "augment", False)),
+            precision=str(getattr(cfg, "precision", "fp32")),
+            compile=bool(getattr(cfg, "compile", False)),
         )
 
     def steps_per_epoch(self, n_train: int) -> int:
@@ -226,14 +242,16 @@ def minibatch_forward(
     batch_size: int,
     loss_fn: LossFn,
     accuracy: bool,
+    transform: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, StepOut]:
     """The forward half of one plain minibatch step of one model: zero ``opt``'s gradients, evaluate batch ``batch``
-    of the epoch's order ``perm [n]``; returns the mean loss (a scalar with its graph, for ``backward``) and the
-    step's output (loss ``[1]``, the batch's accuracy ``[1]`` as a fraction when ``accuracy``)."""
+    of the epoch's order ``perm [n]`` (``x[idx]`` on the data's device, then ``transform(inputs, idx)`` if given:
+    the augmentation); returns the mean loss (a scalar with its graph, for ``backward``) and the step's output
+    (loss ``[1]``, the batch's accuracy ``[1]`` as a fraction when ``accuracy``)."""
     idx = batch_slice(perm, batch, batch_size)
     opt.zero_grad(set_to_none=True)
-    logits = model(x[idx])
-    yb = y[idx]
+    xb, yb = draw(x, y, idx)
+    logits = model(xb if transform is None else transform(xb, idx))
     loss = loss_fn(logits, yb)
     acc = (logits.detach().argmax(dim=-1) == yb).float().mean().reshape(1) if accuracy else None
     return loss, StepOut(loss.reshape(1), acc)
@@ -242,34 +260,65 @@ def minibatch_forward(
 class _ModelTask(ShuffledTask):
     """One model trained with ``torch.optim.SGD`` (momentum, coupled weight decay), epoch-wise learning rate."""
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, s: TrainSettings, seed: int, workdir: Path):
+    def __init__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        s: TrainSettings,
+        seed: int,
+        workdir: Path,
+        on_step: StepCallback | None = None,
+    ):
         self.model, self.x, self.y, self.s, self.workdir = model, x, y, s, workdir
+        self.on_step, self.epoch = on_step, 0
         self.members = [int(seed)]
         self.loss_fn = make_loss(s.loss)
         self.epochs = s.total_epochs(x.shape[0])
         self.opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
         self.seed_batches(seed)
+        self.augment = augmenter(s, x, [seed])
+        check_precision(s.precision)
+        self.forward_model = compiled(model, s.compile)  # the model itself unless train.compile
         self.loss: Tensor | None = None
         self.result: TrainResult | None = None
 
     def begin_epoch(self, epoch: int) -> float:
+        self.epoch = epoch
         lr = lr_at(self.s, epoch, self.epochs)
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.shuffle(self.x.shape[0], self.x.device)
+        if self.augment is not None:
+            self.augment.begin_epoch(epoch, self.x.shape[0], self.x.device)
         self.model.train()
         return lr
 
     def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
-        self.loss, out = minibatch_forward(
-            self.model, self.opt, self.x, self.y, self.perm, batch, self.s.batch_size, self.loss_fn, accuracy
-        )
+        with step_precision(self.s.precision, self.x.device.type):
+            self.loss, out = minibatch_forward(
+                self.forward_model,
+                self.opt,
+                self.x,
+                self.y,
+                self.perm,
+                batch,
+                self.s.batch_size,
+                self.loss_fn,
+                accuracy,
+                None if self.augment is None else self.augment.apply,
+            )
         return out
 
     def update(self, out: StepOut) -> None:
-        self.loss.backward()
+        with step_precision(self.s.precision, self.x.device.type, backward=True):
+            self.loss.backward()
         self.opt.step()
         self.loss = None
+
+    def after_step(self, step: int) -> None:
+        if self.on_step is not None:
+            self.on_step(self.model, step, self.epoch)
 
     def nonfinite_rows(self) -> list[int]:
         return [] if params_finite(self.model) else [0]
@@ -294,6 +343,15 @@ class _ModelTask(ShuffledTask):
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         return True
+
+
+def augmenter(s: TrainSettings, x: Tensor, seeds: list[int]) -> Augmenter | None:
+    """The on-device augmentation of ``seeds`` (one per stack row) under ``s.augment``, or None when it is off;
+    ``ValueError`` naming ``train.augment`` when the inputs ``x [n, ...]`` are not images."""
+    if not s.augment:
+        return None
+    check_augmentable(tuple(x.shape[1:]))
+    return Augmenter(seeds)
 
 
 def write_final(model: nn.Module, workdir: Path) -> str:
@@ -337,6 +395,7 @@ def train_model(
     progress: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     phase: str | None = None,
+    on_step: StepCallback | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``(x, y)``; checkpoint to ``workdir`` and resume from it (``landscape.engine``).
 
@@ -345,6 +404,8 @@ def train_model(
     nothing is trained. ``progress(epoch, total_epochs, loss)`` is called after every epoch. ``should_stop()``
     is polled after every step; when it returns True the state is checkpointed at that step and
     ``StopRequested`` is raised. ``phase`` names the work in progress lines (default ``training seed <seed>``).
+    ``on_step(model, step, epoch)`` (``StepCallback``) is called after every optimiser step (not when the run had
+    finished before: then nothing is trained).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     for name in (FINAL, RESULT):
@@ -352,7 +413,7 @@ def train_model(
     done = load_finished(model, workdir, map_location=x.device)
     if done is not None:
         return done
-    task = _ModelTask(model, x, y, settings, seed, workdir)
+    task = _ModelTask(model, x, y, settings, seed, workdir, on_step)
     run(
         task,
         training_plan(settings, x.shape[0]),

@@ -10,12 +10,24 @@ step; ``p -= lr * b``) applied to the stacked tensors, element by element, so it
 Forward passes of the stack (logits ``[K, B, n_classes]`` from inputs ``[K, B, ...]``):
 
 * ``grouped``: MLPs as batched matrix products (``baddbmm`` over the seed dimension), the fast path;
-* ``vmap``: any model without buffers (e.g. a CNN without BatchNorm) through ``torch.func.functional_call``
-  vectorised with ``torch.func.vmap`` over the seed dimension.
+* ``vmap``: any other model (CNN, ResNet18) through ``torch.func.functional_call`` vectorised with
+  ``torch.func.vmap`` over the seed dimension (convolutions become one grouped convolution).
+
+BatchNorm (CNN with ``batch_norm``, ResNet18): each seed has its own running statistics, stacked like the
+parameters (``{name: [K, ...]}``, ``num_batches_tracked`` included) and mapped over by ``vmap`` with them; in
+training mode each seed's batch is normalised by its own batch statistics and ``batch_norm`` updates that seed's
+row of the stacked statistics in place (vmap's batching rule for batched running statistics), exactly what
+``model(x)`` does to its own buffers in a serial step. They are checkpointed with the stack and written into each
+seed's ``final.pt`` (the model's usual state-dict names). Other buffers, and BatchNorm with ``momentum=None``
+(a cumulative average that reads the step count), are not stacked (``unsupported_reason``).
 
 Gradients come from one reverse pass over the sum of the per-seed mean losses; seeds share no parameter, so
 each slice of the gradient is exactly that seed's gradient. The result equals serial training within float
-rounding (the batched kernels sum in another order), not bitwise.
+rounding (the batched kernels sum in another order), not bitwise. Measured on CPU (the BatchNorm tests): the
+weights, running statistics and losses of 3 seeds after 8 steps agree to ~2e-15 in float64 (CNN, width-2
+ResNet18) and to ~2e-7 in float32 (CNN, 8 steps; ResNet18, 3 steps). Small-batch SGD is chaotic: a small
+ResNet18 in float32 amplifies those differences to ~1e-2 within 8 steps, as it amplifies a 1e-7 perturbation
+of one serial run's initial weights (so ``train.vectorize`` is part of the cell id).
 
 The loop is ``landscape.engine``'s (this module is the step function over the stacked parameters). A seed
 that diverges (the engine's check: a loss not finite or far above its initial loss, or parameters not finite)
@@ -26,10 +38,15 @@ from ``train_model``, so resuming and skipping are unchanged downstream. While t
 uninterrupted one on the same device.
 
 Choice (``train.vectorize``): ``on`` forces it (an error for unsupported models), ``off`` never, ``auto``
-where measured faster than serial runs (``benchmarks/run.py``, section ``seeds``): MLPs with at least two
-seeds to train (grouped path: 2-5x on one CPU thread for the demo widths 8-128; about even for width 512).
-CNNs go through ``vmap``, whose per-operation overhead made it no faster on CPU, so ``auto`` leaves them
-serial.
+(:func:`auto_stacks`) where measured faster than serial runs, by the device of the model's parameters:
+
+* MLPs with at least two seeds to train, on every device (``benchmarks/run.py``, section ``seeds``: grouped
+  path 2-5x on one CPU thread for the demo widths 8-128; about even for width 512);
+* CNNs (with or without BatchNorm) and ResNet18 only on CUDA, where one grouped kernel for K small models is
+  expected to beat K launches per layer: *unmeasured on a GPU so far* (``benchmarks/bench_bn_stack.py
+  --device cuda`` measures it); on CPU they stay serial: one thread, 3 seeds, CIFAR-shaped batches of 64
+  (``benchmarks/bench_bn_stack.py``), stacking took 1.6-1.9x the serial time for the BatchNorm CNN at widths
+  8-32 and 1.02-1.14x for ResNet18 at widths 2-8 (two runs at load average 5-8 on 2 cores).
 """
 
 from __future__ import annotations
@@ -37,20 +54,23 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor, nn
 from torch.func import stack_module_state, vmap
 
+from landscape.batches import draw
 from landscape.engine import MemberResult, StepOut, StepTask, batch_slice, epoch_permutation, run
-from landscape.models import MLP, has_batch_norm
+from landscape.models import MLP
 from landscape.params import functional_forward
+from landscape.precision import check_precision, step_precision
 from landscape.training import (
     CHECKPOINT,
     RESULT,
     TrainResult,
     TrainSettings,
+    augmenter,
     load_finished,
     lr_at,
     make_loss,
@@ -62,24 +82,46 @@ from landscape.training import (
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
-StackedForward = Callable[[dict[str, Tensor], Tensor], Tensor]
 
 
 # ------------------------------------------------------------------------------------------ the choice
+def _bn_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def unsupported_reason(model: nn.Module) -> str | None:
-    """Why ``model`` cannot be trained stacked (None if it can): BatchNorm or any other buffer."""
-    if has_batch_norm(model):
-        return "it has BatchNorm layers (per-seed running statistics are not stacked)"
-    if any(True for _ in model.buffers()):
-        return "it has buffers"
+    """Why ``model`` cannot be trained stacked (None if it can): a buffer that is not a BatchNorm running
+    statistic, or a BatchNorm with a cumulative average (``momentum=None``: its factor reads the step count)."""
+    bns = _bn_modules(model)
+    if any(m.momentum is None and m.track_running_stats for m in bns):
+        return "a BatchNorm layer has momentum=None (a cumulative running average is not stacked)"
+    bn_buffers = {id(b) for m in bns for b in m.buffers(recurse=False)}
+    if any(id(b) not in bn_buffers for b in model.buffers()):
+        return "it has buffers other than BatchNorm running statistics"
     return None
+
+
+def _device_type(model: nn.Module) -> str:
+    return next((t.device.type for t in model.parameters()), "cpu")
+
+
+def auto_stacks(model: nn.Module, n_seeds: int) -> bool:
+    """``train.vectorize=auto``'s rule for a stackable ``model`` (``unsupported_reason`` is None) on the device
+    of its parameters, from the measurements in the module docstring: MLPs with >= 2 seeds on every device; other
+    models (convolutions through ``vmap``, with or without BatchNorm) only on CUDA (expected faster there:
+    unmeasured on GPU), never on CPU (measured slower: ``benchmarks/bench_bn_stack.py``)."""
+    if n_seeds < 2:
+        return False
+    if isinstance(model, MLP):
+        return True
+    return _device_type(model) == "cuda"
 
 
 def use_vectorized(mode: str, model: nn.Module, n_seeds: int) -> bool:
     """Whether to train ``n_seeds`` seeds of ``model`` together under ``train.vectorize = mode``.
 
-    ``on`` with an unsupported model raises ``ValueError`` naming the key; ``auto`` is True for MLPs with
-    at least two seeds (the measured-faster case, see the module docstring).
+    ``on`` with an unsupported model raises ``ValueError`` naming the key; ``auto`` follows :func:`auto_stacks`
+    (MLPs with at least two seeds; convolutional models only on CUDA; see the module docstring).
     """
     if mode not in MODES:
         raise ValueError(f"train.vectorize={mode!r}: expected one of {', '.join(MODES)}")
@@ -93,19 +135,26 @@ def use_vectorized(mode: str, model: nn.Module, n_seeds: int) -> bool:
                 "use train.vectorize=auto or off"
             )
         return True
-    return reason is None and isinstance(model, MLP) and n_seeds >= 2
+    return reason is None and auto_stacks(model, n_seeds)
 
 
 # ------------------------------------------------------------------------------------- stacked forward
-def grouped_mlp_forward(model: MLP) -> StackedForward:
-    """Forward of K stacked copies of ``model``: ``(params, x [K, B, ...]) -> logits [K, B, C]``.
+class StackedForward(Protocol):
+    """Forward of K stacked copies of a model in training mode: ``(params, x [K, B, ...], buffers) -> logits
+    [K, B, C]``. ``params`` (and ``buffers``: the BatchNorm running statistics, or None for a model without
+    buffers) map the model's names to tensors stacked on a leading seed dimension; BatchNorm normalises each
+    seed's batch by its own batch statistics and updates that seed's row of ``buffers`` in place, as
+    ``model(x[k])`` does to its own buffers."""
 
-    ``params`` maps the model's parameter names to tensors stacked on a leading seed dimension.
-    """
+    def __call__(self, params: dict[str, Tensor], x: Tensor, buffers: dict[str, Tensor] | None = None) -> Tensor: ...
+
+
+def grouped_mlp_forward(model: MLP) -> StackedForward:
+    """Forward of K stacked copies of ``model`` (no buffers): batched matrix products over the seed dimension."""
     names = {i: f"net.{i}" for i, layer in enumerate(model.net) if isinstance(layer, nn.Linear)}
     layers = list(model.net)
 
-    def forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
+    def forward(params: dict[str, Tensor], x: Tensor, buffers: dict[str, Tensor] | None = None) -> Tensor:
         h = x.reshape(x.shape[0], x.shape[1], -1)
         for i, layer in enumerate(layers):
             if i in names:
@@ -119,13 +168,21 @@ def grouped_mlp_forward(model: MLP) -> StackedForward:
 
 
 def vmap_forward(model: nn.Module) -> StackedForward:
-    """Forward of K stacked copies of any buffer-free ``model`` via ``functional_call`` under ``vmap``."""
-    base = copy.deepcopy(model).to("meta")
+    """Forward of K stacked copies of ``model`` via ``functional_call`` under ``vmap``, in training mode.
 
-    def one(params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_forward(base, params, x)
+    With ``buffers`` the stacked running statistics are mapped over too (``in_dims = 0``): inside the vmapped
+    call each BatchNorm updates its seed's row in place (``vmap``'s batching rule of ``batch_norm`` with batched
+    running statistics), so ``buffers`` holds each seed's statistics after the step, as serial training's
+    ``model(x)`` leaves them in its model (equal within float rounding: the batched kernels sum in another order).
+    """
+    base = copy.deepcopy(model).to("meta").train()
+    plain = vmap(lambda p, x: functional_forward(base, p, x))
+    buffered = vmap(lambda p, b, x: functional_forward(base, p, x, b))
 
-    return vmap(one)
+    def forward(params: dict[str, Tensor], x: Tensor, buffers: dict[str, Tensor] | None = None) -> Tensor:
+        return plain(params, x) if not buffers else buffered(params, buffers, x)
+
+    return forward
 
 
 def stacked_forward(model: nn.Module) -> tuple[str, StackedForward]:
@@ -133,6 +190,13 @@ def stacked_forward(model: nn.Module) -> tuple[str, StackedForward]:
     if isinstance(model, MLP):
         return "grouped", grouped_mlp_forward(model)
     return "vmap", vmap_forward(model)
+
+
+def stacked_buffers(models: list[nn.Module]) -> dict[str, Tensor]:
+    """The buffers (BatchNorm running statistics) of ``models`` (one architecture) stacked: ``{name: [K, ...]}``
+    (fresh tensors; empty for models without buffers)."""
+    per_model = [dict(m.named_buffers()) for m in models]
+    return {n: torch.stack([b[n].detach() for b in per_model]).clone() for n in per_model[0]}
 
 
 # ---------------------------------------------------------------------------------------- SGD on stacks
@@ -183,8 +247,13 @@ class _StackTask(StepTask):
         self.epochs = s.total_epochs(x.shape[0])
         stacked, _ = stack_module_state([models[g] for g in group])
         self.params = {k: v.detach().clone().requires_grad_(True) for k, v in stacked.items()}
+        self.model_buffers = stacked_buffers([models[g] for g in group])  # BatchNorm statistics, per seed
         self.buffers: list[Tensor] | None = None  # SGD momentum buffers, stacked
         self.gens = {g: torch.Generator().manual_seed(int(g)) for g in group}
+        self.augment = augmenter(s, x, self.members)  # each seed its own crops and flips (landscape.batches)
+        check_precision(s.precision)
+        if s.compile:
+            log.info("train.compile: seeds trained together are not compiled (their forward is vmap's)")
         self.perms = torch.empty(0, dtype=torch.long)
         self.lr = s.lr
         self.losses: Tensor | None = None
@@ -202,25 +271,32 @@ class _StackTask(StepTask):
         self.perms = torch.stack([epoch_permutation(self.x.shape[0], self.gens[g]) for g in self.members]).to(
             self.x.device
         )
+        if self.augment is not None:
+            self.augment.begin_epoch(epoch, self.x.shape[0], self.x.device)
         self.lr = lr_at(self.s, epoch, self.epochs)
         return self.lr
 
     def forward(self, epoch: int, batch: int, accuracy: bool) -> StepOut:
         idx = batch_slice(self.perms, batch, self.s.batch_size)  # [K, B]
-        logits = self.forward_fn(self.params, self.x[idx])
-        yb = self.y[idx]
-        self.losses = torch.stack([self.loss_fn(logits[k], yb[k]) for k in range(len(self.members))])
+        xb, yb = draw(self.x, self.y, idx)
+        if self.augment is not None:
+            xb = self.augment.apply(xb, idx)
+        with step_precision(self.s.precision, self.x.device.type):
+            logits = self.forward_fn(self.params, xb, self.model_buffers)
+            self.losses = torch.stack([self.loss_fn(logits[k], yb[k]) for k in range(len(self.members))])
         acc = (logits.detach().argmax(dim=-1) == yb).float().mean(dim=1) if accuracy else None
         return StepOut(self.losses, acc)
 
     def update(self, out: StepOut) -> None:
         plist = list(self.params.values())
-        grads = torch.autograd.grad(self.losses.sum(), plist)
+        with step_precision(self.s.precision, self.x.device.type, backward=True):
+            grads = torch.autograd.grad(self.losses.sum(), plist)
         self.buffers = sgd_step_(plist, list(grads), self.buffers, self.lr, self.s.momentum, self.s.weight_decay)
         self.losses = None
 
     def _select(self, keep: Tensor) -> None:
         self.params = {k: v.detach().index_select(0, keep).requires_grad_(True) for k, v in self.params.items()}
+        self.model_buffers = {k: v.index_select(0, keep) for k, v in self.model_buffers.items()}
         if self.buffers is not None:
             self.buffers = [b.index_select(0, keep) for b in self.buffers]
 
@@ -229,6 +305,8 @@ class _StackTask(StepTask):
         self._select(torch.tensor(keep, dtype=torch.long, device=self.x.device))
         if self.perms.numel():
             self.perms = self.perms.index_select(0, torch.tensor(keep, dtype=torch.long, device=self.perms.device))
+        if self.augment is not None:
+            self.augment.select(keep)
         self.members = [self.members[k] for k in keep]
 
     def nonfinite_rows(self) -> list[int]:
@@ -238,7 +316,9 @@ class _StackTask(StepTask):
     def finish(self, row: int, r: MemberResult) -> None:
         """Seed ``members[row]``'s weights into its model and its result, written by ``commit``."""
         g = self.members[row]
-        self.models[g].load_state_dict({name: t[row].detach().clone() for name, t in self.params.items()})
+        state = {name: t[row].detach().clone() for name, t in self.params.items()}
+        state.update({name: t[row].clone() for name, t in self.model_buffers.items()})
+        self.models[g].load_state_dict(state)
         self.results[g] = TrainResult(
             status=r.status,
             epochs=r.epochs,
@@ -259,10 +339,16 @@ class _StackTask(StepTask):
         self.pending = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "params": {k: v.detach() for k, v in self.params.items()}, "buffers": self.buffers}
+        return {
+            "kind": self.kind,
+            "params": {k: v.detach() for k, v in self.params.items()},
+            "buffers": self.buffers,
+            "model_buffers": self.model_buffers,
+        }
 
     def load_state_dict(self, state: dict[str, Any], members: list) -> bool:
-        if state["kind"] != self.kind:
+        saved = state.get("model_buffers") or {}  # absent in checkpoints of models without buffers
+        if state["kind"] != self.kind or saved.keys() != self.model_buffers.keys():
             return False
         rows = torch.tensor([members.index(g) for g in self.members], device=self.x.device)
         self.params = {
@@ -270,6 +356,7 @@ class _StackTask(StepTask):
         }
         if state["buffers"] is not None:
             self.buffers = [b.index_select(0, rows).clone() for b in state["buffers"]]
+        self.model_buffers = {k: v.index_select(0, rows).clone() for k, v in saved.items()}
         return True
 
 

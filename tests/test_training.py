@@ -14,15 +14,15 @@ from helpers import record_sgd_lr
 from omegaconf import OmegaConf
 
 from landscape import engine, progress
-from landscape.config import DataConfig, ModelConfig, TrainConfig
+from landscape.config import TrainConfig, data_config, model_config
 from landscape.data import load_data
 from landscape.models import build_model, n_parameters
 from landscape.training import StopRequested, TrainSettings, evaluate, make_loss, recompute_bn, train_model
 
 
 def setup(**train_kw):
-    data = load_data(OmegaConf.structured(DataConfig(subsample=200)))
-    mcfg = OmegaConf.structured(ModelConfig(width=16))
+    data = load_data(OmegaConf.structured(data_config(subsample=200)))
+    mcfg = OmegaConf.structured(model_config(width=16))
     tcfg = OmegaConf.structured(TrainConfig(**{"epochs": 4, "batch_size": 32, "checkpoint_every": 1, **train_kw}))
     return data, mcfg, TrainSettings.from_config(tcfg, data.n_train)
 
@@ -162,19 +162,19 @@ def test_mse_loss_is_mean_over_samples_of_summed_squares():
 def test_width_scaling_and_seeded_init():
     for name, widths in (("mlp", (4, 8)), ("cnn", (4, 8)), ("resnet18", (2, 4))):
         sizes = [
-            n_parameters(build_model(OmegaConf.structured(ModelConfig(name=name, width=w)), (3, 32, 32), 10))
+            n_parameters(build_model(OmegaConf.structured(model_config(name=name, width=w)), (3, 32, 32), 10))
             for w in widths
         ]
         assert sizes[1] > sizes[0], name
-    cfg = OmegaConf.structured(ModelConfig(name="resnet18", width=64))
+    cfg = OmegaConf.structured(model_config(name="resnet18", width=64))
     assert abs(n_parameters(build_model(cfg, (3, 32, 32), 10)) - 11_173_962) < 1000  # the usual ResNet18
-    a = build_model(OmegaConf.structured(ModelConfig()), (1, 8, 8), 10, seed=5)
-    b = build_model(OmegaConf.structured(ModelConfig()), (1, 8, 8), 10, seed=5)
+    a = build_model(OmegaConf.structured(model_config()), (1, 8, 8), 10, seed=5)
+    b = build_model(OmegaConf.structured(model_config()), (1, 8, 8), 10, seed=5)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_recompute_bn_gives_exact_dataset_statistics():
-    cfg = OmegaConf.structured(ModelConfig(name="cnn", width=4, depth=1, batch_norm=True))
+    cfg = OmegaConf.structured(model_config(name="cnn", width=4, depth=1, batch_norm=True))
     model = build_model(cfg, (1, 8, 8), 10, seed=0)
     x = torch.randn(100, 1, 8, 8)
     assert recompute_bn(model, x, batch_size=7)
@@ -225,8 +225,8 @@ def test_step_schedule_to_zero_freezes_the_weights(tmp_path):
 
 def test_finite_blow_up_is_diverged(tmp_path):
     # cross-entropy at lr 100: the loss grows by > 1e6 x its initial value while staying finite
-    data = load_data(OmegaConf.structured(DataConfig()))
-    mcfg = OmegaConf.structured(ModelConfig())
+    data = load_data(OmegaConf.structured(data_config()))
+    mcfg = OmegaConf.structured(model_config())
     s = TrainSettings.from_config(OmegaConf.structured(TrainConfig(lr=100.0, epochs=5)), data.n_train)
     r = train_model(build_model(mcfg, data.input_shape, 10, seed=0), data.x_train, data.y_train, s, 0, tmp_path)
     assert r.status == "diverged" and 0 < r.steps < 5 * s.steps_per_epoch(data.n_train)
@@ -387,7 +387,7 @@ def test_checkpoints_load_without_running_code(tmp_path):
 
 
 def test_recompute_bn_running_variance_equals_the_activation_variance():
-    cfg = OmegaConf.structured(ModelConfig(name="cnn", width=4, depth=1, batch_norm=True))
+    cfg = OmegaConf.structured(model_config(name="cnn", width=4, depth=1, batch_norm=True))
     model = build_model(cfg, (1, 8, 8), 10, seed=0).double()
     x = torch.randn(100, 1, 8, 8, dtype=torch.float64) * 3 + 1
     bn = model.features[2]
@@ -413,7 +413,7 @@ def test_connectivity_path_recomputes_the_running_variance_at_each_t():
     from landscape.connectivity import BezierCurve, evaluate_path
     from landscape.params import load_parameters, trainable_parameters
 
-    cfg = OmegaConf.structured(ModelConfig(name="cnn", width=4, depth=1, batch_norm=True))
+    cfg = OmegaConf.structured(model_config(name="cnn", width=4, depth=1, batch_norm=True))
     a, b = (build_model(cfg, (1, 8, 8), 10, seed=k).double() for k in (0, 1))
     x = torch.randn(120, 1, 8, 8, dtype=torch.float64) + 2
     y = torch.randint(0, 10, (120,))

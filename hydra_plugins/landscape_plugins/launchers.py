@@ -8,4 +8,4 @@ class SlurmLauncher(CellSlurmLauncher):
 
 
 class LocalLauncher(CellLocalLauncher):
-    """A pool of warm local worker processes, one GPU per worker; see ``landscape.launching``."""
+    """A pool of warm local worker processes, several cells per GPU; see ``landscape.launching``."""

@@ -15,7 +15,7 @@ import gc
 import logging
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -38,11 +38,26 @@ def _metric_families() -> str:
     return ", ".join(family_config_classes())
 
 
+def _options_help(group: str) -> str:
+    from landscape.config import options_help
+
+    return options_help(str(group))
+
+
+def _config_groups() -> str:
+    """``GROUP: OPTION, ...`` of each config group of ``conf/`` but Hydra's, one per line (``landscape --help``)."""
+    groups = sorted(d for d in CONF_DIR.iterdir() if d.is_dir() and d.name != "hydra")
+    return "\n  ".join(f"{d.name}: {', '.join(sorted(p.stem for p in d.glob('*.yaml')))}" for d in groups)
+
+
 def setup() -> None:
-    """Register the config schema, the ``${cell_id:}`` resolver (used by the output directories) and
-    ``${metric_families:}`` (the names of the metric families, in ``landscape --help``)."""
+    """Register the config schema, the ``${cell_id:}`` resolver (used by the output directories),
+    ``${metric_families:}`` (the names of the metric families, in ``landscape --help``), ``${options:GROUP}``
+    (each option of the data or model group with its own keys and defaults) and ``${config_groups:}``."""
     OmegaConf.register_new_resolver("cell_id", _cell_id_resolver, replace=True)
     OmegaConf.register_new_resolver("metric_families", _metric_families, replace=True)
+    OmegaConf.register_new_resolver("options", _options_help, replace=True)
+    OmegaConf.register_new_resolver("config_groups", _config_groups, replace=True)
     register_configs()
 
 
@@ -121,13 +136,16 @@ def refuse_bad_overrides(argv: list[str] | None = None) -> None:
 
     from hydra._internal.utils import get_args_parser
 
-    from landscape.config import override_problems
+    from landscape.config import chosen_options, override_problems
 
     args, _ = get_args_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.shell_completion:
         return
     dirs = [CONF_DIR] + ([Path(args.config_dir)] if args.config_dir else [])
-    problems = override_problems(args.overrides, is_group=lambda k: any((d / k).is_dir() for d in dirs))
+    options = chosen_options(args.overrides, dirs) if args.config_name in (None, "config") else None
+    problems = override_problems(
+        args.overrides, is_group=lambda k: any((d / k).is_dir() for d in dirs), options=options
+    )
     if problems:
         print(
             "\n  ".join(["invalid override(s); nothing was run:", *problems]),
@@ -135,6 +153,47 @@ def refuse_bad_overrides(argv: list[str] | None = None) -> None:
             flush=True,
         )
         raise SystemExit(2)
+
+
+def sweep_configs(sweep: str, overrides: Sequence[str] = ()) -> list[DictConfig]:
+    """The cell configs of the named sweep (``conf/sweep/NAME.yaml``: its ``hydra.sweeper.params`` grid, in
+    Hydra's order, last key fastest), composed as the jobs see them (``data.root`` need not exist). For tools
+    that price or inspect a grid without launching it (``benchmarks/gpu_projection.py``)."""
+    import copy
+    import itertools
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        full = compose("config", overrides=[f"+sweep={sweep}", *overrides], return_hydra_config=True)
+    params = dict(full.hydra.sweeper.params or {})
+    base = copy.deepcopy(full)
+    with open_dict(base):
+        del base["hydra"]
+        if OmegaConf.select(base, "data.root") in (None, "???") or OmegaConf.is_missing(base.data, "root"):
+            base.data.root = "/absent/cifar-10-batches-py"
+    keys = list(params)
+    values = [[_grid_value(v) for v in str(params[k]).split(",")] for k in keys]
+    out = []
+    for combo in itertools.product(*values):
+        cfg = copy.deepcopy(base)
+        for key, value in zip(keys, combo, strict=True):
+            OmegaConf.update(cfg, key, value, merge=False)
+        out.append(cfg)
+    return out
+
+
+def _grid_value(text: str) -> Any:
+    """One value of a grid axis as Hydra's override grammar reads a plain one: int, else float, else string."""
+    text = text.strip()
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def run() -> None:
