@@ -812,6 +812,21 @@ def _few_pairs_label(min_pairs: int) -> str:
 
 
 MOVING_LABEL = "no label: mc still moving (unresolved)"
+#: An adaptive sweep's cell not measured whose nearest measured cells split evenly (no label inferred).
+UNMEASURED_MARKER: dict = dict(marker="$?$", color="0.45", markersize=8, linestyle="none")
+UNMEASURED_LABEL = "not measured, no label inferred (nearest measured cells split evenly)"
+#: How an adaptive sweep's inferred cells are drawn over their phase colour (lighter, dotted).
+INFERRED_STYLE: dict = dict(facecolor=(1.0, 1.0, 1.0, 0.5), edgecolor="0.35", hatch="...", linewidth=0.0)
+
+
+def _label_sources(grid: "Grid", cells: pd.DataFrame) -> np.ndarray:
+    """``[len(ys), len(xs)]`` object array of ``label_source`` (an adaptive sweep's map: ``measured``,
+    ``inferred``, ``unmeasured``); all ``measured`` without that column."""
+    if "label_source" not in cells.columns:
+        return np.full((grid.ys.size, grid.xs.size), "measured", dtype=object)
+    out = grid.labels(cells, "label_source")
+    out[out == None] = "measured"  # noqa: E711 - elementwise on an object array
+    return out
 
 
 def _corner(grid: Grid, ix: np.ndarray, iy: np.ndarray, frac: float = 0.28) -> tuple[np.ndarray, np.ndarray]:
@@ -846,7 +861,9 @@ def draw_phase_map(
     ``(x, y)``); the boundaries between phases (a LineCollection, ``gid`` ``phase-boundaries``); unlabelled
     cells grey and marked by why: ``mask:moving`` (:data:`MOVING_MARKER`, with the ``phase_reason``
     ``mc still moving in k of n pairs`` written in the cell) for a cell whose mc is still moving, else the
-    :data:`MASK_MARKERS`."""
+    :data:`MASK_MARKERS`. An adaptive sweep's map (a ``label_source`` column): inferred cells in their phase's
+    colour under :data:`INFERRED_STYLE` (a PatchCollection, ``gid`` ``inferred``, ``.cells``), their label in italics
+    with ``inferred``; cells without an inferred label marked ``mask:unmeasured``."""
     labels = grid.labels(cells, phase_column)
     codes = np.full(labels.shape, np.nan)
     for iy, ix in zip(*np.nonzero(labels != None), strict=True):  # noqa: E711 - elementwise on an object array
@@ -880,9 +897,25 @@ def draw_phase_map(
             return f"{models} {int(n_pe[iy, ix])}/{int(n_pt[iy, ix])}p"
         return f"{models}/{int(n_p[iy, ix]) if np.isfinite(n_p[iy, ix]) else 0}p"
 
+    source = _label_sources(grid, cells)
     for iy, ix in zip(*np.nonzero(labels != None), strict=True):  # noqa: E711 - elementwise on an object array
         lab = str(labels[iy, ix])
         text = lab
+        if source[iy, ix] == "inferred":
+            ax.text(
+                grid.xs[ix],
+                grid.ys[iy],
+                lab if dense else f"{lab}\ninferred",
+                ha="center",
+                va="center",
+                fontsize=5 if dense else 6.5,
+                color="black",
+                fontstyle="italic",
+                gid="inferred-label",
+                linespacing=1.0,
+                zorder=4,
+            )
+            continue
         if not dense:
             if np.isfinite(conf[iy, ix]):
                 text += f"\n{conf[iy, ix]:.2f}"
@@ -918,6 +951,22 @@ def draw_phase_map(
         (grid.xs[ix], grid.ys[iy]) for iy, ix in zip(*np.nonzero(unc), strict=True)
     ]  # for readers of the figure
     ax.add_collection(pc)
+    inf_y, inf_x = np.nonzero((source == "inferred") & (labels != None))  # noqa: E711 - elementwise on an object array
+    pc_inf = PatchCollection(
+        [
+            mpatches.Rectangle(
+                (grid.x_edges[ix], grid.y_edges[iy]),
+                grid.x_edges[ix + 1] - grid.x_edges[ix],
+                grid.y_edges[iy + 1] - grid.y_edges[iy],
+            )
+            for iy, ix in zip(inf_y, inf_x, strict=True)
+        ],
+        zorder=2.5,
+        gid="inferred",
+        **INFERRED_STYLE,
+    )
+    pc_inf.cells = [(grid.xs[ix], grid.ys[iy]) for iy, ix in zip(inf_y, inf_x, strict=True)]  # for readers
+    ax.add_collection(pc_inf)
     lc = LineCollection(
         boundary_segments(grid, labels), colors="black", linewidths=1.8, gid="phase-boundaries", zorder=4
     )
@@ -933,8 +982,10 @@ def draw_phase_map(
     masked = mask_reasons(grid, cells, codes)
     reasons[labels == None] = masked[labels == None]  # noqa: E711 - elementwise on an object array
     why = grid.labels(cells, "phase_reason")
-    moving = (labels == None) & (why != None)  # noqa: E711 - elementwise on an object array
+    unmeasured = (labels == None) & (source == "unmeasured")  # noqa: E711 - elementwise on an object array
+    moving = (labels == None) & (why != None) & ~unmeasured  # noqa: E711 - elementwise on an object array
     reasons[moving] = "moving"
+    reasons[unmeasured] = "unmeasured"
     for iy, ix in zip(*np.nonzero(moving), strict=True):
         text = str(why[iy, ix]).replace("mc still moving in ", "mc moving:\n").replace(" of ", "/")
         if not dense:
@@ -955,9 +1006,14 @@ def draw_phase_map(
         ax,
         grid,
         reasons,
-        {"moving": MOVING_MARKER, **MASK_MARKERS},
+        {"moving": MOVING_MARKER, "unmeasured": UNMEASURED_MARKER, **MASK_MARKERS},
         "mask",
-        {**MASK_LABELS, "nan": "no label (a metric is missing)", "moving": MOVING_LABEL},
+        {
+            **MASK_LABELS,
+            "nan": "no label (a metric is missing)",
+            "moving": MOVING_LABEL,
+            "unmeasured": UNMEASURED_LABEL,
+        },
     )
     grid.setup_axes(ax)
     return mesh
@@ -1041,12 +1097,20 @@ def phase_map_figure(
         fit_text(ax.xaxis.label, w - 0.5, renderer)
         fit_text(ax.yaxis.label, h - 1.6, renderer, along="y")
     labelled = cells[phase_column].astype(object) if phase_column in cells else pd.Series([], dtype=object)
+    inferred = (
+        (cells["label_source"] == "inferred").to_numpy()
+        if "label_source" in cells.columns
+        else np.zeros(len(cells), dtype=bool)
+    )
     handles = []
     for p in PHASES:
         sel = labelled == p
         n = int(sel.sum())
         acc = pd.to_numeric(cells.loc[sel, target], errors="coerce").mean() if n and target in cells.columns else np.nan
-        count = f"{n} cell{'s' if n != 1 else ''}" + (f", test acc. {acc:.3f}" if np.isfinite(acc) else "")
+        n_inf = int((sel.to_numpy() & inferred).sum())
+        count = (f"{n - n_inf} measured + {n_inf} inferred cells" if n_inf else f"{n} cell{'s' if n != 1 else ''}") + (
+            f", test acc. {acc:.3f}" if np.isfinite(acc) else ""
+        )
         name = f"{p}: {PHASE_MEANINGS[p]} ({count})"
         handles.append(
             (
@@ -1064,6 +1128,12 @@ def phase_map_figure(
             f"confidence < {uncertain_below:g}",
         )
     )
+    if inferred.any():
+        name = (
+            f"inferred from the nearest measured cells: {int(inferred.sum())} of {len(cells)} grid points "
+            f"({100 * inferred.mean():.0f} %)"
+        )
+        handles.append((mpatches.Patch(**{**INFERRED_STYLE, "edgecolor": "0.35", "linewidth": 0.5}), name))
     handles.append((Line2D([], [], color="black", linewidth=1.8), "phase boundary"))
     seen: dict[str, Any] = {}
     for ax in axes.ravel():

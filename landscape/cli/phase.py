@@ -23,7 +23,10 @@ mean test accuracy per phase, and writes into ``--out`` (default ``SWEEP_DIR/ana
 * ``cells.csv``: one row per cell (means, stds, counts, status, phase, phase_reason, phase_confidence, n_models,
   n_models_total, n_pairs_total/_exact/_lower/_upper/_bounded/_unknown/_resolved, n_pairs_mc, share_unresolved,
   few_pairs;
-  metrics of families that did not run are left out);
+  metrics of families that did not run are left out); on an adaptive sweep (``hydra/sweeper=adaptive``) one row
+  per point of its grid, ``label_source`` saying ``measured``, ``inferred`` (the label a strict majority of its
+  nearest labelled measured cells carry: :func:`landscape.adaptive.infer`; ``phase_support`` says which) or
+  ``unmeasured`` (no label: they split evenly), the inferred cells drawn lighter and dotted on the phase map;
 * ``pivot_<metric>.csv`` (``pivot_<metric>__<facet>=<value>.csv`` with a facet): cell means, rows = y values,
   columns = x values; ``pivot_phase.csv`` likewise;
 * ``phase_summary.csv``: cells, mean test accuracy and mean confidence per phase;
@@ -438,12 +441,14 @@ def run(
         calibration = {}
     cells, labels, conf = label_cells(cells, rows, by, rule, settings)
     warnings = collect_warnings(cells, rows, by, rule, labels)
+    measured = cells
+    cells = complete_adaptive_map(sweep_dir, cells, by, filters)  # an adaptive sweep: every point of its grid
     available = available_metrics(rows)
     metrics = metrics or default_metrics(cells, available)
 
     out.mkdir(parents=True, exist_ok=True)
     paths, budget_points = write_figures(out, cells, rows, x, y, facet, metrics, by, rule, settings, formats)
-    summary, corr = write_tables(out, paths, cells, labels, x, y, facet, metrics, available, by, rule)
+    summary, corr = write_tables(out, paths, cells, labels, x, y, facet, metrics, available, by, rule, measured)
     manifest = build_manifest(
         sweep_dir,
         sweep_file,
@@ -590,6 +595,29 @@ def label_cells(
     return cells, labels, conf
 
 
+def complete_adaptive_map(
+    sweep_dir: Path, cells: pd.DataFrame, by: list[str], filters: dict[str, list[Any]]
+) -> pd.DataFrame:
+    """On an adaptive sweep (``hydra/sweeper=adaptive``: ``<sweep>/adaptive/waves.jsonl``) whose grid's axes are
+    ``by``, ``cells`` with every point of the grid (:func:`landscape.adaptive.complete_cells`: a ``label_source``
+    column, ``measured``/``inferred``/``unmeasured``; the cells not measured labelled from their nearest measured
+    ones); otherwise ``cells`` as they are."""
+    from landscape import adaptive
+
+    state = adaptive.read_state(sweep_dir)
+    if state is None or state.grid is None:
+        return cells
+    axes = [a.column for a in state.grid.axes]
+    if sorted(axes) != sorted(by):
+        log.warning(
+            "adaptive sweep over %s drawn over %s: unmeasured cells are not inferred (draw it over its axes)",
+            ", ".join(axes),
+            ", ".join(by),
+        )
+        return cells
+    return adaptive.complete_cells(state.grid, cells, filters)
+
+
 def collect_warnings(
     cells: pd.DataFrame, rows: Rows, by: list[str], rule: ph.PhaseRule, labels: pd.Series
 ) -> list[str]:
@@ -673,12 +701,14 @@ def write_tables(
     available: set[str],
     by: list[str],
     rule: ph.PhaseRule,
+    measured: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The CSV files, each added to ``paths``: ``cells.csv`` (metrics of families that did not run left out,
     with their std and count), ``pivot_<column>[__<facet>=<value>].csv`` of each drawn metric, the phase and its
     confidence, ``phase_summary.csv`` (per phase: cells, mean test accuracy, mean confidence) and, with a
     ``test_acc`` column, ``rank_correlations.csv`` (:func:`landscape.phase.rank_correlations` of every other
-    metric). Returns ``(summary, correlations or None)``."""
+    metric). ``measured``: the cells ``labels`` label, when ``cells`` holds more (an adaptive sweep's inferred
+    cells): the summary and correlations are of those. Returns ``(summary, correlations or None)``."""
     from landscape import phase_diagram as pd_fig
 
     paths["cells.csv"] = out / "cells.csv"
@@ -694,6 +724,7 @@ def write_tables(
             pd_fig.pivot(sub, x, y, m).to_csv(out / name)
             paths[name] = out / name
     target = "test_acc"
+    cells = cells if measured is None else measured
     summary = ph.phase_summary(cells, labels, target, cells["phase_confidence"])
     paths["phase_summary.csv"] = out / "phase_summary.csv"
     summary.to_csv(paths["phase_summary.csv"], index=False)
@@ -760,11 +791,28 @@ def build_manifest(
         "n_cells": int(len(cells)),
         "cells_by_status": {str(k): int(v) for k, v in cells["status"].value_counts().items()},
         "cells_by_phase": {str(k): int(v) for k, v in labels.value_counts().items()},
+        **_adaptive_manifest(cells),
         "git": _git_commit(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "outputs": {},
     }
     return manifest
+
+
+def _adaptive_manifest(cells: pd.DataFrame) -> dict[str, Any]:
+    """``{"adaptive": ...}`` for an adaptive sweep's map (points per ``label_source``, inferred labels per phase,
+    the inference rule), else nothing."""
+    if "label_source" not in cells.columns:
+        return {}
+    inferred = cells[cells["label_source"] == "inferred"]
+    return {
+        "adaptive": {
+            "points_by_source": {str(k): int(v) for k, v in cells["label_source"].value_counts().items()},
+            "inferred_by_phase": {str(k): int(v) for k, v in inferred["phase"].value_counts().items()},
+            "inference": "an unmeasured cell takes the label a strict majority of its nearest labelled measured "
+            "cells carry (Euclidean distance in grid steps, every tie), else none (landscape.adaptive.infer)",
+        }
+    }
 
 
 def write_manifest(out: Path, paths: dict[str, Path], manifest: dict[str, Any]) -> None:
@@ -834,10 +882,13 @@ def _mc_budget_points(
 def phase_table(cells: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """The phase labels as a table in the figure's orientation (rows: ``y``, hot/small batches on top;
     columns: ``x`` ascending); each entry ``LABEL c`` (c: confidence; ``*`` after it: labelled from fewer than
-    two resolved pairs), ``moving`` (no label: mc still moving), or the cell's status / ``-``."""
+    two resolved pairs), ``moving`` (no label: mc still moving), or the cell's status / ``-``; an adaptive sweep's
+    cell not measured ``(LABEL)`` (inferred) or ``(?)``."""
     from landscape.phase_diagram import INVERTED_KNOBS
 
     def entry(r) -> str:
+        if r.get("label_source") in ("inferred", "unmeasured"):  # an adaptive sweep's cell not measured
+            return f"({r['phase']})" if isinstance(r["phase"], str) else "(?)"
         if isinstance(r["phase"], str):
             c = r.get("phase_confidence", np.nan)
             star = "*" if bool(r.get("few_pairs", False)) else ""
@@ -875,7 +926,9 @@ def format_report(
         sub = cells if facet is None else cells[cells[facet] == fv]
         head = (
             f"phases ({y} rows, {x} columns; label and confidence = P(same label on a rerun with new "
-            f"seeds); * fewer than {ph.MIN_RESOLVED_PAIRS} resolved pairs" + (f"; {facet} = {fv})" if facet else ")")
+            f"seeds); * fewer than {ph.MIN_RESOLVED_PAIRS} resolved pairs"
+            + ("; (label) inferred, (?) not measured" if "label_source" in cells.columns else "")
+            + (f"; {facet} = {fv})" if facet else ")")
         )
         lines += ["", head, phase_table(sub, x, y).to_string()]
     from landscape.phase_diagram import PHASE_MEANINGS

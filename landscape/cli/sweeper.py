@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence
 
@@ -518,18 +518,48 @@ class GridSweeper(BasicSweeper):
 
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        from landscape.cli.app import startup_done, sweep_dir_of
+        from landscape.cli.app import startup_done
 
         startup_done()
+        plan = self.plan(arguments)
+        if bool(self.config.get("dry_run", False)):
+            self.print_dry_run(plan)
+            return []
+        todo = [c for c in plan.planned if c.state != "done"]
+        if not todo:
+            log.info("all %d cells of the grid are done in %s: nothing to launch", len(plan.planned), plan.sweep_dir)
+            return []
+        log.info(
+            "launching %d cells (%d already done, skipped) into %s",
+            len(todo),
+            len(plan.planned) - len(todo),
+            plan.sweep_dir,
+        )
+        launched = self.launch_cells(plan, todo, arguments)
+        self.end_of_launch(plan.planned, launched, plan.sweep_dir)
+        return launched.returns
 
+    # ---------------------------------------------------------------- the steps (hooks of other sweepers)
+    def grid_jobs(self, arguments: List[str]) -> list[list[str]]:
+        """The jobs of the grid (each a list of overrides): the sweep file's ``hydra.sweeper.params`` and the
+        command line's ``arguments``, every key checked against the schema first (exit 2: ``_refuse_bad_keys``)."""
+        assert self.hydra_context is not None
         params_conf = self._parse_config()
         params_conf.extend(arguments)
         _refuse_bad_keys(params_conf, self.hydra_context.config_loader)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(params_conf)
         self.overrides = self.split_arguments(overrides, self.max_batch_size)
-        jobs = [list(job) for batch in self.overrides for job in batch]
+        return [list(job) for batch in self.overrides for job in batch]
 
+    def plan(self, arguments: List[str], jobs: list[list[str]] | None = None) -> "GridPlan":
+        """Compose and validate every cell of the grid (``plan_cells``); a grid with an invalid cell is refused
+        (the problems on stderr, exit status 2, nothing launched). ``jobs``: the grid's jobs when the caller
+        expanded them already (``grid_jobs``)."""
+        assert self.config is not None and self.hydra_context is not None
+        from landscape.cli.app import sweep_dir_of
+
+        jobs = self.grid_jobs(arguments) if jobs is None else jobs
         sweep_dir = sweep_dir_of(self.config.hydra)
         _check_sweep_dir(self.config)
         tic = time.perf_counter()
@@ -553,77 +583,112 @@ class GridSweeper(BasicSweeper):
             # A refused grid is the user's input, not a crash: the problems, no traceback, exit status 2.
             print(format_problems(planned), file=sys.stderr, flush=True)
             raise SystemExit(2)
-        if bool(self.config.get("dry_run", False)):
-            print(format_plan(planned), flush=True)
-            from landscape.cost import dry_run_estimate  # cost per cell and total (LANDSCAPE_COST=off: none)
+        return GridPlan(jobs, planned, composer, sweep_dir)
 
-            full = lambda o: _full_compose(self.config, self.hydra_context.config_loader, o)  # noqa: E731 - a one-line helper used on the next lines
-            print(
-                dry_run_estimate(
-                    planned, composer.compose if composer is not None and composer.fast else full, sweep_dir
-                ),
-                flush=True,
-            )
-            return []
+    def print_dry_run(self, plan: "GridPlan", planned: list[PlannedCell] | None = None) -> None:
+        """The dry run's lines: the plan of ``planned`` (default: every cell) and its cost (``landscape.cost``)."""
+        assert self.config is not None and self.hydra_context is not None
+        planned = plan.planned if planned is None else planned
+        composer = plan.composer
+        print(format_plan(planned), flush=True)
+        from landscape.cost import dry_run_estimate  # cost per cell and total (LANDSCAPE_COST=off: none)
 
-        todo = [c for c in planned if c.state != "done"]
-        if not todo:
-            log.info("all %d cells of the grid are done in %s: nothing to launch", len(planned), sweep_dir)
-            return []
+        full = lambda o: _full_compose(self.config, self.hydra_context.config_loader, o)  # noqa: E731 - a one-line helper used on the next lines
+        print(
+            dry_run_estimate(
+                planned, composer.compose if composer is not None and composer.fast else full, plan.sweep_dir
+            ),
+            flush=True,
+        )
+
+    def launch_cells(
+        self, plan: "GridPlan", todo: list[PlannedCell], arguments: List[str], record: list[PlannedCell] | None = None
+    ) -> "Launched":
+        """Launch the cells ``todo`` through the configured launcher, in batches of ``max_batch_size``: the
+        composed config saved as ``multirun.yaml``, a launch record naming the cells of ``record`` (default: every
+        planned cell) written first. A stop (Ctrl-C, SIGTERM; a cell run in this process) is caught and returned
+        as its signal number, with the failed job returns."""
+        assert self.config is not None and self.launcher is not None
+        sweep_dir = plan.sweep_dir
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweepdir.multirun_path(sweep_dir))
-        record = sweepdir.new_launch_record_path(sweep_dir)
-        record.parent.mkdir(exist_ok=True)
-        record.write_text(
+        record_path = sweepdir.new_launch_record_path(sweep_dir)
+        record_path.parent.mkdir(exist_ok=True)
+        record_path.write_text(
             json.dumps(
                 {
                     "arguments": list(arguments),
                     "argv": _launch_argv(),
                     "cwd": str(self.config.hydra.runtime.cwd),
-                    "cells": [{"cell_id": c.cell_id, "overrides": c.overrides} for c in planned],
+                    "cells": [
+                        {"cell_id": c.cell_id, "overrides": c.overrides}
+                        for c in (plan.planned if record is None else record)
+                    ],
                 },
                 indent=1,
             )
         )
         share = getattr(self.launcher, "share_composer", None)
-        if composer is not None and composer.fast and share is not None:
-            share(composer)  # workers forked after planning compose no base again
-        log.info(
-            "launching %d cells (%d already done, skipped) into %s", len(todo), len(planned) - len(todo), sweep_dir
-        )
+        if plan.composer is not None and plan.composer.fast and share is not None and not plan.shared:
+            share(plan.composer)  # workers forked after planning compose no base again
+            plan.shared = True
         # Only cells that are not done are launched, in batches of max_batch_size (e.g. SLURM array size).
         self.overrides = self.split_arguments_list([c.overrides for c in todo], self.max_batch_size)
         self.batch_index = 0
 
-        returns: list[Sequence[JobReturn]] = []
-        failures: list[JobReturn] = []
+        launched = Launched(todo)
         initial_job_idx = 0
-        signum = None
         try:
-            while not self.is_done() and signum is None:
+            while not self.is_done() and launched.signum is None:
                 batch = self.get_job_batch()
                 results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
-                failures.extend(r for r in results if r.status == JobStatus.FAILED)
+                launched.failures.extend(r for r in results if r.status == JobStatus.FAILED)
                 initial_job_idx += len(batch)
-                returns.append(results)
-                signum = getattr(self.launcher, "stopped_by", None)  # the local pool: the signal it received
+                launched.returns.append(results)
+                launched.signum = getattr(self.launcher, "stopped_by", None)  # the local pool: the signal it received
         except KeyboardInterrupt:  # Ctrl-C while waiting (SLURM) or while a cell ran here (no launcher)
-            signum = signal.SIGINT
+            launched.signum = signal.SIGINT
         except SystemExit as exc:  # a cell run in this process, stopped by a signal (``app.main``: 128 + signal)
             code = exc.code if isinstance(exc.code, int) else 0
             if code - 128 not in (signal.SIGINT, signal.SIGTERM):
                 raise
-            signum = code - 128
+            launched.signum = code - 128
+        return launched
+
+    def end_of_launch(self, planned: list[PlannedCell], launched: "Launched", sweep_dir: Path) -> None:
+        """The truth at the end of a launch (``launch_summary``): counts per state, failed cells by name (their
+        tracebacks stay in their status files), the signal as received, and the command that completes every
+        grid of the directory; exit ``128 + signal`` after a stop, 1 after a failure."""
         import sys
 
-        # The truth at the end of a launch: counts per state, failed cells by name (their tracebacks stay in
-        # their status files), the signal as received, and the command that completes every grid of the directory.
-        text, complete = launch_summary(planned, failures, sweep_dir, signum)
-        if signum is not None or failures:
+        text, complete = launch_summary(planned, launched.failures, sweep_dir, launched.signum)
+        if launched.signum is not None or launched.failures:
             print(text, file=sys.stderr, flush=True)
-            raise SystemExit(128 + int(signum) if signum is not None else 1)
+            raise SystemExit(128 + int(launched.signum) if launched.signum is not None else 1)
         if not complete:  # e.g. a cell another launch holds (its lease): said, not an error of this launch
             print(text, file=sys.stderr, flush=True)
         else:
             log.info("%s", text)
-        return returns
+
+
+@dataclass
+class GridPlan:
+    """A planned grid: its jobs, every cell planned (``plan_cells``), the composer that planned them (handed
+    to a launcher that forks workers, once: ``shared``) and the absolute sweep directory."""
+
+    jobs: list[list[str]]
+    planned: list[PlannedCell]
+    composer: "CellComposer | None"
+    sweep_dir: Path
+    shared: bool = False
+
+
+@dataclass
+class Launched:
+    """What one ``launch_cells`` did: the cells it launched, the job returns per batch, the failed ones, and
+    the signal that stopped it (None)."""
+
+    cells: list[PlannedCell]
+    returns: list[Sequence[JobReturn]] = field(default_factory=list)
+    failures: list[JobReturn] = field(default_factory=list)
+    signum: int | None = None
