@@ -194,7 +194,8 @@ def cell_work(cfg: Any, size: DataSize, model: Any = None, realised: Mapping[str
     per_epoch = steps_per_epoch(n, B)
     steps = endpoint_steps(cfg.train, n)
     epochs = math.ceil(steps / per_epoch)
-    if _stacked(cfg, model, len(seeds)) and len(seeds) > 1:
+    # sharpness measures inside each seed's own run: the seeds are then trained one after the other
+    if "sharpness" not in on and _stacked(cfg, model, len(seeds)) and len(seeds) > 1:
         w.add("train", Op("sgd", B, len(seeds)), steps)
         w.add("train", Op("sgd_epoch", B, len(seeds)), epochs)
     else:
@@ -202,6 +203,12 @@ def cell_work(cfg: Any, size: DataSize, model: Any = None, realised: Mapping[str
         w.add("train", Op("sgd_epoch", B, 1), epochs * len(seeds))
     w.add("overhead", Op("overhead"), 1)
 
+    if "sharpness" in on:  # a Lanczos run every `every` steps and at the last one, warm-started
+        s = cfg.metrics.sharpness
+        measurements = math.ceil(steps / int(s.every))  # steps every, 2 every, ..., and the last one
+        samples = n if int(s.samples) <= 0 else min(int(s.samples), n)
+        w.add("sharpness", Op("hvp", samples), len(seeds) * measurements * samples * Range(2, int(s.max_iter)))
+        w.notes["sharpness"] = f"{measurements} Lanczos runs per seed, 2-{int(s.max_iter)} products each"
     if "training" in on:  # train, test, and train with the clean labels
         w.add("training", Op("forward"), len(seeds) * (2 * n + n_test))
     if "hessian" in on:
@@ -284,6 +291,14 @@ def protocol_epochs(settings: Any, train_cfg: Any, n_train: int) -> tuple[list[i
     return stages, min(int(settings.stable_doublings), len(stages) - 1), bs
 
 
+def _alignable(model: Any) -> bool:
+    """Whether the connectivity family aligns ``model``'s pairs (``align: weights`` on a model with a
+    permutation spec; others write ``align = none``)."""
+    from landscape.metrics.connectivity import align_supported
+
+    return align_supported(model)
+
+
 def _connectivity_work(
     w: CellWork,
     cfg: Any,
@@ -299,10 +314,13 @@ def _connectivity_work(
     n, n_test = size.n_train, size.n_test
     pts = int(s.n_points)
     bn = 2 if has_batch_norm(model) else 1  # BatchNorm statistics recomputed at every t: one more pass
-    if s.line:
-        w.add("connectivity", Op("forward"), len(pairs) * pts * n * bn)
+    aligned = str(getattr(s, "align", "none")) == "weights" and _alignable(model)
+    if s.line:  # the line from A to B, and from A to the aligned B (the matching itself: milliseconds)
+        w.add("connectivity", Op("forward"), len(pairs) * pts * n * bn * (2 if aligned else 1))
     if not s.curve:
         return
+    # the curve to the aligned B runs the same protocol: every curve term below twice
+    curves = 2 if aligned and bool(getattr(s, "align_curve", False)) else 1
     stages, earliest, bs = protocol_epochs(s, cfg.train, n)
     per_epoch = steps_per_epoch(n, bs)
     names = [f"{a}-{b}" for a, b in pairs]
@@ -315,8 +333,8 @@ def _connectivity_work(
         stack_epochs = Range(stages[earliest], stages[-1])
     stacked = len(pairs) > 1 and int(s.bends) >= 1 and _stacked(cfg, model, len(pairs)) and stages[-1] > 0
     if stacked:  # one stack per stage (pairs that stopped leave it: counted at the full stack's cost)
-        w.add("connectivity", Op("curve", bs, len(pairs)), stack_epochs * per_epoch)
-        w.add("connectivity", Op("curve_epoch", bs, len(pairs)), stack_epochs)
+        w.add("connectivity", Op("curve", bs, len(pairs)), stack_epochs * per_epoch * curves)
+        w.add("connectivity", Op("curve_epoch", bs, len(pairs)), stack_epochs * curves)
     else:
         for p in names:
             ep = (
@@ -324,10 +342,10 @@ def _connectivity_work(
                 if per_pair[p].exact_value
                 else Range(stages[earliest], stages[-1])
             )
-            w.add("connectivity", Op("curve", bs, 1), ep * per_epoch)
-            w.add("connectivity", Op("curve_epoch", bs, 1), ep)
+            w.add("connectivity", Op("curve", bs, 1), ep * per_epoch * curves)
+            w.add("connectivity", Op("curve_epoch", bs, 1), ep * curves)
     n_stages = _sum(per_pair.values())
-    w.add("connectivity", Op("forward"), n_stages * (pts * n * bn))  # mc after every stage
+    w.add("connectivity", Op("forward"), n_stages * (pts * n * bn) * curves)  # mc after every stage
     if s.test:
         w.add("connectivity", Op("forward"), len(pairs) * pts * (n * bn + n_test))
     w.curve_files = n_stages * int(s.bends) if int(s.bends) else ZERO
@@ -633,6 +651,10 @@ def _measured_parts(models: Any, pairs: Any) -> dict[str, float]:
         else False
     )
     out["train"] = float(t.max() if vec else t.sum())  # a stack's rows each hold the stack's time
+    if "sharpness.seconds" in models and models["sharpness.seconds"].notna().any():
+        # measured inside the seeds' training runs: its seconds are part of training.seconds
+        out["sharpness"] = float(models["sharpness.seconds"].astype(float).fillna(0).sum())
+        out["train"] = max(0.0, out["train"] - out["sharpness"])
     for fam, col, frame in (
         ("hessian", "hessian.seconds", models),
         ("surfaces", "surfaces.seconds", models),
@@ -647,9 +669,15 @@ def _measured_parts(models: Any, pairs: Any) -> dict[str, float]:
         and "connectivity.curve_seconds" in pairs
         and pairs["connectivity.curve_seconds"].notna().any()
     ):
-        out["connectivity"] = float(
-            pairs["connectivity.curve_seconds"].astype(float).fillna(0).sum()
-            + pairs.get("connectivity.line_seconds", 0).astype(float).fillna(0).sum()
+        out["connectivity"] = sum(  # curves, lines, the alignment and its line, the aligned curves
+            float(pairs[c].astype(float).fillna(0).sum())
+            for c in (
+                "connectivity.curve_seconds",
+                "connectivity.line_seconds",
+                "connectivity.align_seconds",
+                "connectivity.curve_aligned_seconds",
+            )
+            if c in pairs
         )
     total = float(models["seconds"].astype(float).max())
     out["overhead"] = max(0.0, total - sum(out.values()))

@@ -806,6 +806,20 @@ def missing_work(cfg: Any, cell: CellDir, status: CellStatus | None, verify: boo
     return out
 
 
+def _training_hooks(
+    cfg: DictConfig, data: CellData, settings: TrainSettings, seeds: list[int], cell: CellDir
+) -> dict[int, Callable[[torch.nn.Module, int, int], None]]:
+    """Per seed, the ``on_step`` hook of the family that measures during training (``sharpness``, when on; else
+    none): it keeps its measurements in the directory its ``compute`` gets for that model (``_cached_compute``)."""
+    from landscape.metrics import sharpness
+
+    if sharpness.FAMILY.name not in [f.name for f in metrics_mod.enabled(cfg, "models")]:
+        return {}
+    node = cfg.metrics[sharpness.FAMILY.name]
+    key = metrics_key(node)
+    return dict(sharpness.trackers(node, data, settings, seeds, lambda s: cell.workdir(f"seed={s}-{key}", "sharpness")))
+
+
 def train_seeds(
     cfg: DictConfig,
     data: CellData,
@@ -825,6 +839,10 @@ def train_seeds(
         from landscape.config import ConfigError
 
         raise ConfigError([str(exc)]) from exc
+    hooks = _training_hooks(cfg, data, settings, seeds, cell)
+    if together and hooks:
+        log.info("cell %s: metrics.sharpness measures during training: seeds trained one by one", cell.cell_id)
+        together = False
     results: dict[int, TrainResult] = {}
     # a seed with a result (result.json) was trained by an earlier run: loaded, not trained again
     trained_before = {s for s in seeds if (cell.seed_dir(s) / RESULT).exists()}
@@ -862,6 +880,7 @@ def train_seeds(
                     cell.seed_dir(s),
                     should_stop=should_stop,
                     phase=f"training seed {s}",
+                    on_step=hooks.get(s),
                 )
                 log.info(
                     "cell %s: %s seed %d in %.2f s (%s)",

@@ -71,12 +71,12 @@ def test_connectivity_protocol_steps_and_range(compose):
     w = cell_work(cfg, DIGITS, realised={"stages": {"0-1": 3, "0-2": 6, "1-2": 4}})
     assert w.parts["connectivity"][Op("curve", 64, 3)] == Range.exact(480 * 23)
     assert w.parts["connectivity"][Op("forward")] == Range.exact((3 + 6 + 4) * 5 * 1437)
-    # CNNs are not stacked under vectorize=auto: one curve per pair, the test set and the line evaluated too
+    # CNNs are not stacked under vectorize=auto on the CPU: one curve per pair; the test set, the line and the
+    # line to the aligned B (align: weights, the default) evaluated too
     w = cell_work(compose(base[:4] + ["model=cnn", "model.width=4"]), DIGITS)
     assert w.parts["connectivity"][Op("curve", 64, 1)] == Range(3 * 60 * 23, 3 * 480 * 23)
-    assert w.parts["connectivity"][Op("forward")] == Range(
-        3 * 5 * 1437 + 3 * 3 * 5 * 1437 + 3 * 5 * (1437 + 360), 3 * 5 * 1437 + 3 * 6 * 5 * 1437 + 3 * 5 * (1437 + 360)
-    )
+    lines = 2 * 3 * 5 * 1437 + 3 * 5 * (1437 + 360)
+    assert w.parts["connectivity"][Op("forward")] == Range(lines + 3 * 3 * 5 * 1437, lines + 3 * 6 * 5 * 1437)
 
 
 def test_hessian_products_and_other_families(compose):
@@ -198,3 +198,38 @@ def test_relaunch_estimated_from_the_finished_cells(tmp_path, monkeypatch):
             lo, hi = est[cid][part]
             print(f"{cid} {part}: rows {lo:.3g}-{hi:.3g}, probe {probe[cid][part][0]:.3g}, measured {got[part]:.3g}")
             assert lo / 2 <= got[part] <= 2 * hi, (cid, part)
+
+
+def test_alignment_counts_its_line_and_its_curve(compose):
+    """``align: weights`` adds the line from A to the aligned B (``n_points`` passes over the training set per
+    pair) and, with ``align_curve``, a second curve per pair run by the same protocol; ``align: none`` neither."""
+    base = [
+        "train.seeds=[0,1,2]",
+        "metrics.connectivity.enabled=true",
+        "metrics.connectivity.test=false",
+        "metrics.connectivity.protocol=fixed",
+    ]
+    none = cell_work(compose(base + ["metrics.connectivity.align=none"]), DIGITS).parts["connectivity"]
+    line = cell_work(compose(base + ["metrics.connectivity.align=weights"]), DIGITS).parts["connectivity"]
+    both = cell_work(
+        compose(base + ["metrics.connectivity.align=weights", "metrics.connectivity.align_curve=true"]), DIGITS
+    ).parts["connectivity"]
+    line_passes = 3 * 5 * 1437  # 3 pairs x 5 points x the training set
+    assert line[Op("forward")].low == none[Op("forward")].low + line_passes
+    curve_ops = [op for op in none if op.kind in ("curve", "curve_epoch")]
+    assert curve_ops and all(line[op] == none[op] for op in curve_ops)
+    assert all(both[op].low == 2 * none[op].low and both[op].high == 2 * none[op].high for op in curve_ops)
+    mc_passes = none[Op("forward")].low - line_passes  # mc at 5 points after the one stage, per pair
+    assert both[Op("forward")].low == line[Op("forward")].low + mc_passes
+
+
+def test_sharpness_counts_its_lanczos_runs_and_trains_the_seeds_one_by_one(compose):
+    """``sharpness`` measures at steps every, 2 every, ... and the last: 690 steps every 100 -> steps 100..600
+    and 690, 7 runs per seed of 2..max_iter products over ``samples`` training samples; the seeds, trained one by
+    one while it is on, are counted as three runs, not one stack."""
+    base = ["train.epochs=30", "train.batch_size=64", "train.seeds=[0,1,2]", "metrics.sharpness.enabled=true"]
+    w = cell_work(compose(base + ["metrics.sharpness.every=100", "metrics.sharpness.samples=500"]), DIGITS)
+    assert w.parts["sharpness"] == {Op("hvp", 500): Range(3 * 7 * 2 * 500, 3 * 7 * 50 * 500)}
+    assert w.parts["train"] == {Op("sgd", 64, 1): Range.exact(3 * 690), Op("sgd_epoch", 64, 1): Range.exact(90)}
+    w = cell_work(compose(base + ["metrics.sharpness.every=230", "metrics.sharpness.samples=0"]), DIGITS)
+    assert w.parts["sharpness"] == {Op("hvp", 1437): Range(3 * 3 * 2 * 1437, 3 * 3 * 50 * 1437)}  # 230 460 690

@@ -1,6 +1,8 @@
 """Curvature of the loss: the Hessian as a symmetric linear operator and its estimators.
 
 * ``HessianOperator`` (exact Hessian-vector products over a fixed data set), ``MatrixOperator`` (explicit);
+  ``GGNOperator``, ``FisherOperator``, ``EmpiricalFisherOperator`` (Gauss-Newton and Fisher curvature, positive
+  semi-definite, products without the matrix); ``curvature_operator(name, ...)`` by name (``OPERATORS``);
 * ``eigenvalues`` / ``extreme_eigenpairs`` (Lanczos: largest and/or smallest eigenpairs with residuals, both ends
   from one run), ``power_iteration``;
 * ``trace`` (Hutchinson, Hutch++ with standard errors), ``deflated_hutchinson`` (deflated by a known basis);
@@ -10,20 +12,37 @@
 
 from landscape.curvature.density import DensityResult, first_probe, lanczos_quadrature, spectral_density
 from landscape.curvature.eigen import EigenResult, SpectrumEnds, eigenvalues, extreme_eigenpairs, power_iteration
-from landscape.curvature.operator import HessianOperator, MatrixOperator, SymmetricOperator, as_operator
+from landscape.curvature.operator import (
+    LIKELIHOODS,
+    OPERATORS,
+    EmpiricalFisherOperator,
+    FisherOperator,
+    GGNOperator,
+    HessianOperator,
+    MatrixOperator,
+    SymmetricOperator,
+    as_operator,
+    curvature_operator,
+)
 from landscape.curvature.taxonomy import TAXONOMY_SAMPLES, taxonomy_eigenvalues, taxonomy_trace
 from landscape.curvature.trace import TraceResult, deflated_hutchinson, hutch_plus_plus, hutchinson, trace
 
 __all__ = [
     "DensityResult",
     "EigenResult",
+    "EmpiricalFisherOperator",
+    "FisherOperator",
+    "GGNOperator",
     "HessianOperator",
+    "LIKELIHOODS",
     "MatrixOperator",
+    "OPERATORS",
     "SpectrumEnds",
     "SymmetricOperator",
     "TAXONOMY_SAMPLES",
     "TraceResult",
     "as_operator",
+    "curvature_operator",
     "deflated_hutchinson",
     "eigenvalues",
     "extreme_eigenpairs",

@@ -11,7 +11,17 @@ from landscape.metrics.contract import Family
 
 
 def BUILTIN() -> list[Family]:
-    from landscape.metrics import cka, connectivity, hessian, jump_retrain, l2, projection_trace, surfaces, training
+    from landscape.metrics import (
+        cka,
+        connectivity,
+        hessian,
+        jump_retrain,
+        l2,
+        projection_trace,
+        sharpness,
+        surfaces,
+        training,
+    )
 
     return [
         training.FAMILY,  # models: train/test loss and accuracy
@@ -22,4 +32,5 @@ def BUILTIN() -> list[Family]:
         jump_retrain.FAMILY,  # models: jump-and-retrain trajectories, topology
         projection_trace.FAMILY,  # models: projection trace (and saddle check)
         surfaces.FAMILY,  # models: loss surfaces (long table)
+        sharpness.FAMILY,  # models: top Hessian eigenvalue during training (long table)
     ]

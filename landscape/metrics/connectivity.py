@@ -45,8 +45,8 @@ gives null ``mc``/``mc_loss`` with the reason in ``connectivity.error`` (the fam
 Cost: a cell's curves are trained together (:func:`prepare`, run by the job before the pairs' ``compute``): at
 every stage the pairs still in the protocol form one stack (``landscape.connectivity.train_curves_together``:
 each curve keeps its own batch order, ``t`` draws and momentum; the model runs once on the stack), as the seeds
-are (``train.vectorize``: ``auto`` stacks MLPs, ``on`` any model without buffers, ``off`` none; models with
-BatchNorm are always trained one curve at a time). Each curve's stage files are those a serial run writes, so
+are (``train.vectorize``: ``auto`` stacks MLPs, and convolutional models on CUDA; ``on`` any supported model,
+BatchNorm included: each curve keeps its own running statistics; ``off`` none). Each curve's stage files are those a serial run writes, so
 ``compute`` loads them and only evaluates; ``connectivity.curve_seconds`` counts a stacked curve's share of its
 stack's time.
 
@@ -56,6 +56,24 @@ t minus the higher endpoint's, percentage points; per stage in ``connectivity.mi
 against ``connectivity.endpoint_loss`` (mean training loss of the two models), the loss history of all
 stages and ``connectivity.history_drop`` (relative fall of the epoch loss over the second half of the last
 stage).
+
+Barriers modulo permutation (``align: weights``, the default; ``none`` turns it off): model B's hidden units are
+matched to model A's by weight matching (``landscape.permutation``: Ainsworth et al., Git Re-Basin, 2023; one
+linear assignment per hidden layer on the similarity of its incoming and outgoing weights, layers visited in a
+seeded order until none changes; ResNet18's residual streams share one permutation; BatchNorm running statistics
+are permuted with their units). The aligned B computes B's function; the straight line from A to it gives
+``connectivity.barrier_aligned`` (loss) and ``connectivity.barrier_error_aligned`` (training error, pp), on the
+same grid as the unaligned line (``barrier``, ``barrier_error``), BatchNorm statistics recomputed at every t.
+``connectivity.align_objective`` is the matched objective as the cosine similarity of the two parameter vectors
+after the matching (``align_objective_before``: before it). ``align_repair``: REPAIR (Jordan et al. 2023) on the
+aligned line of networks without BatchNorm (every hidden unit's pre-activation mean and std reset to the
+interpolation of the endpoints'; with BatchNorm, recomputing its statistics is the counterpart and is always
+done). ``align_curve``: also train the curve between A and the aligned B by the same protocol
+(``connectivity.mc_aligned``; off by default: it doubles the curve cost). A model without a permutation spec
+(anything but ``landscape.models``' MLP, CNN, ResNet18) writes ``align = none``; a matching that fails (weights
+not finite) nulls the aligned values with the reason in ``connectivity.error``. Cost: the matching is a few
+assignments of hidden-width size (milliseconds on the demo), the aligned line ``n_points`` evaluations of the
+training set (``connectivity.align_seconds`` holds both).
 """
 
 from __future__ import annotations
@@ -77,6 +95,8 @@ log = logging.getLogger(__name__)
 
 #: ``stages``: the convergence protocol; ``fixed``: one curve of the first stage's budget, unchecked (the paper's).
 PROTOCOLS = ("stages", "fixed")
+#: ``weights``: weight matching of B's hidden units to A's before the aligned barrier; ``none``: no alignment.
+ALIGNS = ("none", "weights")
 
 
 @dataclass
@@ -137,6 +157,14 @@ class Config:
     test: bool = True
     seed: int = 0
     checkpoint_every: int = field(default=1, metadata=rule(ints(1, note="epochs")))
+    align: str = field(default="weights", metadata=rule(one_of(ALIGNS)))
+    """``weights``: also measure the barrier between A and B with B's hidden units matched to A's (module
+    docstring); written as ``none`` for a model without a permutation spec."""
+    align_repair: bool = False
+    """REPAIR on the aligned line (networks without BatchNorm; with it, BatchNorm statistics are recomputed)."""
+    align_curve: bool = False
+    """Also train the curve between A and the aligned B (``connectivity.mc_aligned``): doubles the curve cost."""
+    align_max_iter: int = field(default=100, metadata=rule(ints(1, note="sweeps over the hidden layers")))
 
 
 _LIST = pa.list_(pa.float64())
@@ -146,6 +174,10 @@ METRICS = {
     "connectivity.curve_barrier": pa.float64(),
     "connectivity.barrier": pa.float64(),
     "connectivity.barrier_error": pa.float64(),
+    "connectivity.barrier_aligned": pa.float64(),
+    "connectivity.barrier_error_aligned": pa.float64(),
+    "connectivity.mc_aligned": pa.float64(),
+    "connectivity.align_objective": pa.float64(),
 }
 DIAGNOSTICS = {
     "connectivity.converged": pa.bool_(),
@@ -172,6 +204,16 @@ DIAGNOSTICS = {
     "connectivity.line_train_err": _LIST,
     "connectivity.curve_seconds": pa.float64(),
     "connectivity.line_seconds": pa.float64(),
+    "connectivity.align_objective_before": pa.float64(),
+    "connectivity.align_sweeps": pa.int64(),
+    "connectivity.align_converged": pa.bool_(),
+    "connectivity.align_moved": pa.float64(),
+    "connectivity.line_aligned_train_loss": _LIST,
+    "connectivity.line_aligned_train_err": _LIST,
+    "connectivity.align_seconds": pa.float64(),
+    "connectivity.mc_aligned_by_budget": _LIST,
+    "connectivity.mc_aligned_stop_reason": pa.string(),
+    "connectivity.curve_aligned_seconds": pa.float64(),
 }
 
 
@@ -204,6 +246,17 @@ def check(settings: Any) -> list[str]:
         problems.append(
             f"metrics.connectivity.decided_below={settings.decided_below!r}: expected <= decided_above "
             f"({settings.decided_above!r}): the range of the phase rule's mc thresholds (pp)"
+        )
+    if str(settings.align) == "none" and (settings.align_repair or settings.align_curve):
+        key = "align_repair" if settings.align_repair else "align_curve"
+        problems.append(
+            f"metrics.connectivity.{key}={getattr(settings, key)!r}: expected false with align=none "
+            "(it acts on the aligned pair: set align=weights)"
+        )
+    if settings.align_curve and not settings.curve:
+        problems.append(
+            f"metrics.connectivity.align_curve={settings.align_curve!r}: expected false with curve=false "
+            "(the aligned curve is trained by the curve's protocol)"
         )
     return problems
 
@@ -450,9 +503,149 @@ def _protocol_pair(ctx: PairContext, settings: Any) -> ProtocolPair:
     return ProtocolPair(ctx, _initial_curve(ctx, settings, seed), seed, ctx.workdir)
 
 
+@dataclass
+class Alignment:
+    """Model B of a pair with its hidden units matched to model A's: the permuted model (same function as B),
+    the permutation spec and the matching (``landscape.permutation.Matching``), and the seconds it took."""
+
+    model: Any
+    spec: Any
+    matching: Any
+    seconds: float
+
+
+def align_supported(model: Any) -> bool:
+    """Whether ``model`` has a permutation spec (``landscape.permutation.permutation_spec``)."""
+    from landscape.permutation import UnsupportedModel, permutation_spec
+
+    try:
+        permutation_spec(model)
+    except UnsupportedModel:
+        return False
+    return True
+
+
+def align_pair(ctx: PairContext, settings: Any) -> Alignment:
+    """Weight matching of the pair's model B to model A (seeded by the pair: ``params.pair_seed``). Raises
+    ``landscape.permutation.UnsupportedModel`` for a model without a spec, ``ValueError`` for non-finite weights."""
+    from landscape.params import pair_seed, trainable_parameters
+    from landscape.permutation import permutation_spec, permuted_model, weight_matching
+
+    t0 = time.perf_counter()
+    spec = permutation_spec(ctx.a.model)
+    seed = pair_seed(settings.seed, ctx.a.seed, ctx.b.seed)
+    m = weight_matching(
+        spec,
+        trainable_parameters(ctx.a.model),
+        trainable_parameters(ctx.b.model),
+        seed=seed,
+        max_iter=int(settings.align_max_iter),
+    )
+    model = permuted_model(ctx.b.model, spec, m.perms).eval()
+    return Alignment(model, spec, m, time.perf_counter() - t0)
+
+
+def aligned_context(ctx: PairContext, alignment: Alignment) -> PairContext:
+    """The pair (A, aligned B), its working directory ``<pair>/aligned`` (its curve's stage files apart: a curve's
+    fingerprint does not see a permutation)."""
+    return PairContext(ctx.a, dataclasses.replace(ctx.b, model=alignment.model), ctx.workdir / "aligned")
+
+
+def aligned_line(ctx: PairContext, alignment: Alignment, template: Any, ts: list[float], repair: bool) -> Any:
+    """Values (``landscape.connectivity.PathValues``, training set) along the straight line from A to the aligned
+    B at ``ts``; with ``repair``, REPAIR at every interior t (networks without BatchNorm, see the module
+    docstring)."""
+    from landscape.connectivity import BezierCurve, evaluate_path
+    from landscape.params import load_parameters, trainable_parameters
+    from landscape.permutation import repair as repair_fn
+    from landscape.permutation import unit_statistics
+
+    data = ctx.a.data
+    line = BezierCurve.through_line(trainable_parameters(ctx.a.model), trainable_parameters(alignment.model), 0)
+    point = line.point
+    layers = alignment.spec.repair
+    if repair and layers:
+        stats_a = unit_statistics(ctx.a.model, layers, data.x_train)
+        stats_b = unit_statistics(alignment.model, layers, data.x_train)
+        work = ctx.a.make_model()
+
+        def point(t: float) -> dict[str, Any]:
+            p = line.point(t)
+            if t in (0.0, 1.0):
+                return p
+            load_parameters(work, p)
+            repair_fn(work, layers, stats_a, stats_b, t, data.x_train)
+            return {n: v.detach().clone() for n, v in trainable_parameters(work).items()}
+
+    return evaluate_path(point, template, data.x_train, data.y_train, ctx.a.loss_fn, ts)
+
+
+def _finite(x: Any) -> Any:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _aligned_values(
+    ctx: PairContext, settings: Any, template: Any, ts: list[float]
+) -> tuple[dict, Alignment | None, str | None]:
+    """The alignment columns of a pair, the alignment (None when not done) and why a value is null (or None)."""
+    from landscape.connectivity import barrier
+    from landscape.permutation import UnsupportedModel
+
+    if str(settings.align) == "none":
+        return {}, None, None
+    try:
+        al = align_pair(ctx, settings)
+    except UnsupportedModel as exc:
+        log.info("connectivity of seeds %d and %d: no alignment (%s)", ctx.a.seed, ctx.b.seed, exc)
+        return {"connectivity.align": "none"}, None, None
+    except ValueError as exc:
+        return {}, None, f"alignment failed: {exc}"
+    m = al.matching
+    out: dict[str, Any] = {
+        "connectivity.align_objective_before": _finite(float(m.objective_before)),
+        "connectivity.align_objective": _finite(float(m.objective)),
+        "connectivity.align_sweeps": int(m.sweeps),
+        "connectivity.align_converged": bool(m.converged),
+        "connectivity.align_moved": float(m.moved),
+    }
+    seconds = al.seconds
+    if settings.line:
+        t0 = time.perf_counter()
+        v = aligned_line(ctx, al, template, ts, bool(settings.align_repair))
+        seconds += time.perf_counter() - t0
+        out.update(
+            {
+                "connectivity.barrier_aligned": _finite(barrier(v.t, v.train_loss)),
+                "connectivity.barrier_error_aligned": _finite(barrier(v.t, v.train_err)),
+                "connectivity.line_aligned_train_loss": v.train_loss,
+                "connectivity.line_aligned_train_err": v.train_err,
+            }
+        )
+        log.info(
+            "connectivity of seeds %d and %d: aligned (cosine %.3f -> %.3f, %d sweeps): line barrier %.4g nats, "
+            "%.3g pp",
+            ctx.a.seed,
+            ctx.b.seed,
+            m.objective_before,
+            m.objective,
+            m.sweeps,
+            out["connectivity.barrier_aligned"] if out["connectivity.barrier_aligned"] is not None else float("nan"),
+            out["connectivity.barrier_error_aligned"]
+            if out["connectivity.barrier_error_aligned"] is not None
+            else float("nan"),
+        )
+    out["connectivity.align_seconds"] = seconds
+    reason = None
+    if settings.line and (
+        out["connectivity.barrier_aligned"] is None or out["connectivity.barrier_error_aligned"] is None
+    ):
+        reason = "aligned line: non-finite training loss or error"
+    return out, al, reason
+
+
 def prepare(contexts: list[PairContext], settings: Any, workdir: Any) -> None:
     """Train the curves of a cell's pairs together (the stack the seeds use: ``train.vectorize``, see
-    ``landscape.vectorized.use_vectorized``; MLPs by default, never models with BatchNorm), stage by stage through
+    ``landscape.vectorized.use_vectorized``; MLPs by default, CNNs on CUDA, BatchNorm models included), stage by stage through
     the protocol, leaving each pair's stage files where :func:`compute` finds them (it then only evaluates).
     Nothing is done for a single pair, a model that cannot be stacked, ``curve: false`` or settings the family
     refuses (the contract checks them: :meth:`landscape.metrics.Family.problems`)."""
@@ -468,6 +661,15 @@ def prepare(contexts: list[PairContext], settings: Any, workdir: Any) -> None:
         return
     pairs = {_pair_name(c): _protocol_pair(c, settings) for c in contexts}
     train_protocol(pairs, settings, template, epochs, batch_size, ts, stack_dir=workdir)
+    if settings.align_curve and str(settings.align) == "weights" and align_supported(template):
+        aligned = {}
+        for c in contexts:
+            try:
+                aligned[_pair_name(c)] = _protocol_pair(aligned_context(c, align_pair(c, settings)), settings)
+            except ValueError:  # its compute names the reason
+                continue
+        if len(aligned) > 1:
+            train_protocol(aligned, settings, template, epochs, batch_size, ts, stack_dir=workdir / "aligned")
 
 
 def compute(ctx: PairContext, settings: Any) -> Result:
@@ -499,6 +701,8 @@ def compute(ctx: PairContext, settings: Any) -> Result:
                 "connectivity.line_seconds": time.perf_counter() - t0,
             }
         )
+    aligned_out, alignment, align_reason = _aligned_values(ctx, settings, template, ts)
+    out.update(aligned_out)
     if settings.curve:
         pair = _protocol_pair(ctx, settings)
         curve = pair.curve
@@ -561,7 +765,25 @@ def compute(ctx: PairContext, settings: Any) -> Result:
                 decision.reason,
                 decision.bound,
             )
-    return Result(out, error=reason)
+    if settings.curve and settings.align_curve and alignment is not None:
+        actx = aligned_context(ctx, alignment)
+        apair = _protocol_pair(actx, settings)
+        arun = train_protocol({_pair_name(ctx): apair}, settings, template, epochs, batch_size, ts)[_pair_name(ctx)]
+        ok = arun.decision.reason not in ("diverged", "untrained")
+        out.update(
+            {
+                "connectivity.mc_aligned": _finite(arun.mc[-1]) if ok else None,
+                "connectivity.mc_aligned_by_budget": [float(x) for x in arun.mc],
+                "connectivity.mc_aligned_stop_reason": arun.decision.reason,
+                "connectivity.curve_aligned_seconds": arun.seconds,
+            }
+        )
+        if arun.decision.reason == "diverged":
+            align_reason = "; ".join(r for r in (align_reason, "aligned curve diverged") if r)
+    reasons = [r for r in (reason, align_reason) if r]
+    if align_reason is not None:
+        log.warning("connectivity of seeds %d and %d: %s", ctx.a.seed, ctx.b.seed, align_reason)
+    return Result(out, error="; ".join(reasons) if reasons else None)
 
 
 FAMILY = Family(
@@ -592,10 +814,29 @@ FAMILY = Family(
         "connectivity.barrier_error": FigureStyle(
             "error barrier on the straight line", "pp of training error", cmap="magma_r"
         ),
+        "connectivity.barrier_aligned": FigureStyle(
+            "aligned loss barrier on the straight line", "nats", cmap="magma_r"
+        ),
+        "connectivity.barrier_error_aligned": FigureStyle(
+            "aligned error barrier on the straight line", "pp of training error", cmap="magma_r"
+        ),
+        "connectivity.mc_aligned": FigureStyle(
+            "mode connectivity mc, aligned",
+            "pp of training error",
+            "symlog",
+            cmap="RdBu_r",
+            centre=0.0,
+        ),
+        "connectivity.align_objective": FigureStyle(
+            "cosine similarity of the parameters after weight matching", "unitless", cmap="viridis"
+        ),
+        "connectivity.align_objective_before": FigureStyle(
+            "cosine similarity of the parameters before weight matching", "unitless", cmap="viridis"
+        ),
         "connectivity.middle_excess": FigureStyle(
             "middle excess of the curve", "pp of training error", "symlog", cmap="RdBu_r", centre=0.0
         ),
     },
     description="mode connectivity along a trained Bezier curve (budget following the endpoints, convergence "
-    "check), straight-line barrier",
+    "check), straight-line barrier, both also after weight matching of the hidden units (modulo permutation)",
 )

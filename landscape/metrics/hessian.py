@@ -1,4 +1,5 @@
-"""Model family ``hessian``: top/bottom eigenvalues, trace and spectral-density summaries of the loss Hessian.
+"""Model family ``hessian``: top/bottom eigenvalues, trace and spectral-density summaries of the loss Hessian,
+or of another curvature matrix (``operator``).
 
 The Hessian is that of the mean training loss (as trained: ``ctx.loss_fn``, labels after noise) at the
 trained parameters, model in eval mode, over an evaluation subset: the first ``eval_samples`` of a
@@ -21,6 +22,16 @@ Data are processed in chunks of ``batch_size`` samples (default: as few chunks a
 ``HessianOperator(batch_size="auto")``) and, on accelerators, products in blocks of at most ``max_block``
 columns (on the CPU one column at a time, the cheaper way there), so memory stays bounded for large models
 (e.g. ResNet18 at width 64 on one GPU).
+
+``operator`` chooses the matrix (``landscape.curvature.curvature_operator``), every estimator taking it unchanged:
+``hessian`` (default), ``ggn`` (generalised Gauss-Newton ``J^T H_out J``), ``fisher`` (the Fisher of the model's
+predictive distribution, exact; equal to the GGN for ``cross_entropy`` and ``mse``) or ``empirical_fisher``
+(``(1/N) sum_i g_i g_i^T`` at the observed labels). The last three are positive semi-definite; their values go
+to their own metric columns, ``hessian.<operator>_top_eigenvalue`` and ``hessian.<operator>_trace``, and their
+smallest eigenvalue (a check of semi-definiteness) to ``hessian.psd_min_eigenvalue``, so rows of different
+operators of one model are never mixed in a column (the operator is also the settings column
+``hessian.operator``); the Hessian-only columns (``hessian.top_eigenvalue``, ``min_eigenvalue``, the density)
+stay null for them, and ``density`` with another operator is refused at planning.
 
 Eigenvalues that did not converge keep their values and residuals; ``hessian.converged`` is false and
 ``hessian.error`` says so (the job counts it in the cell's metric errors). A residual that is not finite (NaN
@@ -45,6 +56,11 @@ log = logging.getLogger(__name__)
 
 MODES = ("default", "taxonomy")
 DTYPES = ("float32", "float64")
+PSD_OPERATORS = ("ggn", "fisher", "empirical_fisher")
+"""The positive semi-definite operators (``metrics.hessian.operator`` beside ``hessian``)."""
+OPERATOR_LABELS = {"ggn": "GGN", "fisher": "Fisher", "empirical_fisher": "empirical Fisher"}
+LIKELIHOOD_OF_LOSS = {"cross_entropy": "categorical", "mse": "gaussian"}
+"""The predictive distribution whose negative log-likelihood each ``train.loss`` is (for ``operator=fisher``)."""
 
 
 CACHE_GRAPH_MAX_PARAMS = 5_000_000
@@ -58,9 +74,13 @@ class Config:
 
     enabled: Any = False
     mode: str = field(default="default", metadata=rule(one_of(MODES)))
+    # the curvature matrix: "hessian" | "ggn" | "fisher" | "empirical_fisher" (module docstring)
+    operator: str = field(
+        default="hessian", metadata=rule(one_of(choices_of("landscape.curvature.operator", "OPERATORS")))
+    )
     # size of the seeded evaluation subset (default mode)
     eval_samples: int = field(default=1000, metadata=rule(ints(1)))
-    # samples per Hessian-vector-product chunk; None: as few chunks as memory allows
+    # samples per chunk of the products (empirical_fisher: of per-sample gradients); None: as memory allows
     batch_size: Optional[int] = field(default=None, metadata=rule(ints(1, null=True)))
     max_block: int = field(default=8, metadata=rule(ints(1)))  # max columns per vmapped block of products
     dtype: str = field(default="float32", metadata=rule(one_of(DTYPES)))
@@ -80,7 +100,8 @@ class Config:
     n_probes: int = field(default=8, metadata=rule(ints(1)))
     n_steps: int = field(default=64, metadata=rule(ints(2)))
     grid_size: int = field(default=401, metadata=rule(ints(2)))
-    # keep the gradient graphs between products: "auto" (models <= 5M parameters) | "on" | "off"
+    # keep the graphs (empirical_fisher: the per-sample gradients, where they fit) between products:
+    # "auto" (models <= 5M parameters) | "on" | "off"
     cache_graph: str = field(default="auto", metadata=rule(one_of(("auto", "on", "off"))))
 
 
@@ -91,6 +112,7 @@ METRICS: dict[str, pa.DataType] = {
     "hessian.negative_mass": pa.float64(),
     "hessian.negative_weight": pa.float64(),
     "hessian.density_trace": pa.float64(),
+    **{f"hessian.{op}_{what}": pa.float64() for op in PSD_OPERATORS for what in ("top_eigenvalue", "trace")},
 }
 DIAGNOSTICS: dict[str, pa.DataType] = {
     "hessian.top_eigenvalues": pa.list_(pa.float64()),
@@ -101,6 +123,7 @@ DIAGNOSTICS: dict[str, pa.DataType] = {
     "hessian.n_matvecs": pa.int64(),
     "hessian.seconds": pa.float64(),
     "hessian.converged": pa.bool_(),
+    "hessian.psd_min_eigenvalue": pa.float64(),
 }
 
 
@@ -115,12 +138,32 @@ def eval_indices(n_train: int, n: int, seed: int) -> "torch.Tensor":  # noqa: F8
 
 def check(settings: Any) -> list[str]:
     """The rule that ties two ``metrics.hessian.*`` keys together (each key's own rule is its field's)."""
+    problems = []
     if settings.trace_method == "hutch++" and int(settings.trace_matvecs) < 4:
-        return [
+        problems.append(
             f"metrics.hessian.trace_matvecs={settings.trace_matvecs}: Hutch++ needs >= 4 products (or "
             "metrics.hessian.trace_method=hutchinson)"
-        ]
-    return []
+        )
+    if settings.density and str(settings.operator) != "hessian":
+        problems.append(
+            f"metrics.hessian.density=true: the density columns are the Hessian's; with "
+            f"metrics.hessian.operator={settings.operator} expected metrics.hessian.density=false"
+        )
+    return problems
+
+
+def likelihood_of(loss_fn: Any) -> str:
+    """The predictive distribution (``landscape.curvature.LIKELIHOODS``) whose negative log-likelihood the
+    training loss ``loss_fn`` is: ``categorical`` for ``cross_entropy``, ``gaussian`` for ``mse``."""
+    from landscape.training import make_loss
+
+    for loss, likelihood in LIKELIHOOD_OF_LOSS.items():
+        if loss_fn is make_loss(loss):
+            return likelihood
+    raise ValueError(
+        f"metrics.hessian.operator=fisher: the training loss {loss_fn!r} is not one of "
+        f"{', '.join(LIKELIHOOD_OF_LOSS)} (whose predictive distributions are known)"
+    )
 
 
 def compute(ctx: ModelContext, settings: Any) -> Result:
@@ -129,7 +172,7 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
 
     from landscape.curvature import (
         TAXONOMY_SAMPLES,
-        HessianOperator,
+        curvature_operator,
         deflated_hutchinson,
         eigenvalues,
         extreme_eigenpairs,
@@ -151,14 +194,17 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
     )
     n_params = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
     cache = {"on": True, "off": False}.get(str(settings.cache_graph), n_params <= CACHE_GRAPH_MAX_PARAMS)
-    op = HessianOperator(
+    name = str(settings.operator)
+    op = curvature_operator(
+        name,
         ctx.model,
         ctx.loss_fn,
         (x, y),
+        likelihood=likelihood_of(ctx.loss_fn) if name == "fisher" else None,
         batch_size=batch_size,
         dtype=getattr(torch, str(settings.dtype)),
         max_block=int(settings.max_block),
-        cache_graph=cache,
+        cache=cache,
     )
     k = int(settings.n_top)
     out: dict[str, Any] = {"hessian.mode": str(settings.mode), "hessian.eval_samples": int(x.shape[0])}
@@ -240,11 +286,17 @@ def compute(ctx: ModelContext, settings: Any) -> Result:
     out["hessian.converged"] = converged
     out["hessian.n_matvecs"] = int(op.n_products)
     out["hessian.seconds"] = time.perf_counter() - t0
+    if name != "hessian":  # a PSD operator's values in its own columns, never in the Hessian's
+        out[f"hessian.{name}_top_eigenvalue"] = out.pop("hessian.top_eigenvalue")
+        out[f"hessian.{name}_trace"] = out.pop("hessian.trace")
+        if "hessian.min_eigenvalue" in out:
+            out["hessian.psd_min_eigenvalue"] = out.pop("hessian.min_eigenvalue")
     log.info(
-        "hessian (%s): top %.4g, trace %.4g +- %.2g, %d products in %.1f s",
+        "hessian (%s, %s): top %.4g, trace %.4g +- %.2g, %d products in %.1f s",
+        name,
         settings.mode,
-        out["hessian.top_eigenvalue"],
-        out["hessian.trace"],
+        float(top.values[0]),
+        float(tr.estimate),
         tr.stderr,
         op.n_products,
         out["hessian.seconds"],
@@ -284,13 +336,23 @@ FAMILY = Family(
         "hessian.density_trace": FigureStyle(
             "Hessian trace (spectral density)", "nats / param²", "log10", cmap="magma_r"
         ),
+        **{
+            f"hessian.{op}_{what}": FigureStyle(
+                f"{label} {what.replace('_', ' ')}", "nats / param²", "log10", cmap="magma_r"
+            )
+            for op, label in OPERATOR_LABELS.items()
+            for what in ("top_eigenvalue", "trace")
+        },
     },
-    description="Hessian eigenvalues (one Lanczos run for both ends), trace with standard error, spectral density",
+    description="Hessian (or GGN, Fisher, empirical Fisher) eigenvalues (one Lanczos run for both ends), trace "
+    "with standard error, spectral density",
     # an eigenvalue whose residual is not finite is not known, nor whether the run converged
     depends={
         "hessian.top_eigenvalue": ("hessian.top_residual",),
         "hessian.top_eigenvalues": ("hessian.top_residual",),
         "hessian.min_eigenvalue": ("hessian.min_residual",),
         "hessian.converged": ("hessian.top_residual", "hessian.min_residual"),
+        "hessian.psd_min_eigenvalue": ("hessian.min_residual",),
+        **{f"hessian.{op}_top_eigenvalue": ("hessian.top_residual",) for op in PSD_OPERATORS},
     },
 )
