@@ -28,7 +28,8 @@ from landscape.curvature import HessianOperator, eigenvalues, trace
 from landscape.models import CNN
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
@@ -70,9 +71,9 @@ def bench_hvp(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats:
     def gradient() -> None:
         torch.autograd.grad(F.cross_entropy(model(x), y), params)
 
-    t_grad = _median_time(gradient, repeats)
-    t_hvp = _median_time(lambda: op.matvec(v), repeats)
-    t_mm = _median_time(lambda: op.matmat(V), max(3, repeats // 4)) / V.shape[1]
+    t_grad = median_time(gradient, repeats)
+    t_hvp = median_time(lambda: op.matvec(v), repeats)
+    t_mm = median_time(lambda: op.matmat(V), max(3, repeats // 4)) / V.shape[1]
     return {
         "grad_s": t_grad,
         "hvp_s": t_hvp,

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from bench_curvature import median_time  # the same timing as the Hessian benchmark (run from benchmarks/)
 from torch import nn
 from torch.func import functional_call, jacrev
 
@@ -38,16 +38,6 @@ from landscape.curvature import (
     trace,
 )
 from landscape.models import CNN, MLP
-
-
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _digits(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,16 +63,16 @@ def bench_cost(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, re
     n_params = sum(p.numel() for p in params)
     v = torch.randn(n_params, generator=torch.Generator().manual_seed(0))
     out: dict[str, Any] = {"model": name, "n_params": n_params, "n_samples": int(x.shape[0])}
-    out["gradient_s"] = _median_time(lambda: torch.autograd.grad(F.cross_entropy(model(x), y), params), repeats)
+    out["gradient_s"] = median_time(lambda: torch.autograd.grad(F.cross_entropy(model(x), y), params), repeats)
     for kind in OPERATORS:
         extra = {"likelihood": "categorical"} if kind == "fisher" else {}
         op = curvature_operator(kind, model, F.cross_entropy, (x, y), **extra)
         t = time.perf_counter()
         op.matvec(v)  # builds the cache
         first = time.perf_counter() - t
-        cached = _median_time(lambda op=op: op.matvec(v), repeats)
+        cached = median_time(lambda op=op: op.matvec(v), repeats)
         plain = curvature_operator(kind, model, F.cross_entropy, (x, y), cache=False, **extra)
-        uncached = _median_time(lambda op=plain: op.matvec(v), max(3, repeats // 4))
+        uncached = median_time(lambda op=plain: op.matvec(v), max(3, repeats // 4))
         out[kind] = {"cached_s": cached, "uncached_s": uncached, "cache_build_s": max(first - cached, 0.0)}
     h = out["hessian"]["cached_s"]
     for kind in OPERATORS:

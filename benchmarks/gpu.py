@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -84,31 +83,13 @@ DATA_DEVICE = ("train.data_device", "host", "device")
 
 
 # ------------------------------------------------------------------------------------------------ data
-def synthetic_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
-    """A CIFAR-10 directory in the real python-pickle format (5 training batches, one test batch) holding
-    ``n_train`` / ``n_test`` random uint8 images with random labels."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    sizes = [n_train // 5 + (1 if i < n_train % 5 else 0) for i in range(5)]
-    for name, n in [*((f"data_batch_{i + 1}", s) for i, s in enumerate(sizes)), ("test_batch", n_test)]:
-        batch = {
-            b"batch_label": name.encode(),
-            b"labels": [int(v) for v in rng.integers(0, 10, n)],
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"filenames": [f"img{i}.png".encode() for i in range(n)],
-        }
-        with open(root / name, "wb") as f:
-            pickle.dump(batch, f)
-    return root
-
-
 def cifar_root(given: str | None, tmp: Path, n_train: int, n_test: int) -> tuple[Path, bool]:
     """``(directory, synthetic)``: ``given`` if it holds CIFAR-10's files, else synthetic data under ``tmp``."""
-    from landscape.data import cifar10_missing_files
+    from landscape.data import cifar10_missing_files, write_synthetic_cifar10
 
     if given and not cifar10_missing_files(given):
         return Path(given), False
-    return synthetic_cifar10(tmp / "cifar-10-synthetic", n_train, n_test), True
+    return write_synthetic_cifar10(tmp / "cifar-10-synthetic", n_train, n_test), True
 
 
 # ---------------------------------------------------------------------------------------------- cells

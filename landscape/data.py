@@ -256,6 +256,26 @@ def cifar10_missing_files(root: str | Path) -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
+def write_synthetic_cifar10(root: str | Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """A CIFAR-10 directory in the real python-pickle format (5 training batches, one test batch) holding
+    ``n_train`` / ``n_test`` random uint8 images with random labels (seeded by ``seed``): for benchmarks and tests
+    without the real files."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = [n_train // 5 + (1 if i < n_train % 5 else 0) for i in range(5)]
+    for name, n in [*((f"data_batch_{i + 1}", s) for i, s in enumerate(sizes)), ("test_batch", n_test)]:
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [f"img{i}.png".encode() for i in range(n)],
+        }
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f)
+    return root
+
+
 def cifar10_train_size(root: str) -> int:
     """Number of training images in the CIFAR-10 directory ``root`` (reads the batch files once)."""
     return sum(len(_read_cifar_batch(Path(root).expanduser() / n)[1]) for n in CIFAR10_TRAIN_FILES)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +51,6 @@ def dense_hessian(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Ten
 def knn_graph(points, k: int) -> set[tuple[int, int]]:
     """Edges ``(i, j)``, ``i < j``, of the symmetrised k-nearest-neighbour graph of ``points [n, d]``, by brute
     force (ties broken by index)."""
-    import numpy as np
 
     p = np.asarray(points, dtype=np.float64)
     d = np.linalg.norm(p[:, None] - p[None], axis=-1)
@@ -112,18 +110,9 @@ def h0_summary(bars, threshold: float, cap: float) -> dict[str, float]:
 
 def write_tiny_cifar10(root: Path, per_batch: int = 6, n_test: int = 5) -> Path:
     """A CIFAR-10 directory in the real python-pickle format, with ``per_batch`` images per training batch."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
-        batch = {
-            b"batch_label": name.encode(),
-            b"labels": [int(v) for v in rng.integers(0, 10, n)],
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"filenames": [f"img{i}.png".encode() for i in range(n)],
-        }
-        with open(root / name, "wb") as f:
-            pickle.dump(batch, f)
-    return root
+    from landscape.data import write_synthetic_cifar10
+
+    return write_synthetic_cifar10(root, 5 * per_batch, n_test, seed=0)
 
 
 def record_sgd_lr(monkeypatch) -> list[float]:
@@ -179,3 +168,79 @@ def make_status_sweep(sweep: Path) -> None:
     write_cell_status(sweep, "c4", state="running", host=host(), pid=_dead_pid())  # killed
     write_cell_status(sweep, "c5", state="running", host="another-node", pid=12345)  # heartbeat goes stale below
     # c6: planned, never started
+
+
+def train_settings(**kw):
+    """``landscape.training.TrainSettings`` of the tests' small training runs: SGD lr 0.05, momentum 0.9, no weight
+    decay, batches of 32, 2 epochs, constant rate, a checkpoint every epoch; ``kw`` overrides any field."""
+    from landscape.training import TrainSettings
+
+    base = dict(
+        loss="cross_entropy",
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        batch_size=32,
+        epochs=2,
+        steps=None,
+        schedule="constant",
+        lr_decay=0.1,
+        lr_milestones=[],
+        checkpoint_every=1,
+    )
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def small_mlp_f64() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A float64 tanh MLP 6 -> 10 -> 10 -> 3 and 40 random samples: a model small enough for a dense Hessian."""
+    from landscape.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(6, 3, width=10, depth=2, activation="tanh").double()
+    x = torch.randn(40, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,))
+    return model, x, y
+
+
+def small_bn_cnn_f64() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A float64 tanh CNN with BatchNorm on 1x6x6 inputs, in eval mode with non-trivial running statistics (so eval
+    mode differs from train mode), and 30 random samples."""
+    from landscape.models import CNN
+
+    torch.manual_seed(1)
+    model = CNN((1, 6, 6), 3, width=3, depth=2, activation="tanh", batch_norm=True).double()
+    with torch.no_grad():
+        model.train()
+        for _ in range(3):
+            model(2.0 * torch.randn(32, 1, 6, 6, dtype=torch.float64) + 0.5)
+    model.eval()
+    x = torch.randn(30, 1, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (30,))
+    return model, x, y
+
+
+def toy_model_context(workdir: Path, loss: str = "cross_entropy"):
+    """A model family's ``ModelContext`` on a toy problem: a tanh MLP 5 -> 8 -> 3 (seed 0) and 300 random training
+    samples of 3 classes (10 of them as the test set), working in ``workdir``."""
+    from landscape.data import CellData
+    from landscape.metrics import ModelContext
+    from landscape.models import MLP
+    from landscape.training import make_loss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 5, generator=g)
+    y = torch.randint(0, 3, (300,), generator=g)
+    data = CellData("toy", x, y, y.clone(), x[:10], y[:10], 3)
+    torch.manual_seed(0)
+    model = MLP(5, 3, width=8, depth=1, activation="tanh").eval()
+    return ModelContext(
+        model=model,
+        seed=0,
+        data=data,
+        loss_fn=make_loss(loss),
+        make_model=lambda: MLP(5, 3, 8, 1, "tanh"),
+        cfg=None,
+        device=torch.device("cpu"),
+        workdir=workdir,
+    )

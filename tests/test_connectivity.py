@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
+from helpers import train_settings
 from torch import nn
 
 from landscape.connectivity import (
@@ -31,7 +32,7 @@ from landscape.metrics import ModelContext, PairContext
 from landscape.metrics import cka as cka_family
 from landscape.metrics import connectivity as conn_family
 from landscape.models import CNN, MLP
-from landscape.training import TrainSettings, evaluate, make_loss, recompute_bn, train_model
+from landscape.training import evaluate, make_loss, recompute_bn, train_model
 
 
 # ------------------------------------------------------------------------------------------------ scalars
@@ -278,20 +279,14 @@ def _gaussian_data(dim: int = 8, n_train: int = 200, separation: float = 4.0) ->
 
 
 def _train(model: nn.Module, data: CellData, seed: int, workdir: Path, epochs: int = 15) -> nn.Module:
-    s = TrainSettings(
-        loss="cross_entropy",
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=0.0,
-        batch_size=32,
-        epochs=epochs,
-        steps=None,
-        schedule="constant",
-        lr_decay=0.1,
-        lr_milestones=[],
-        checkpoint_every=100,
+    train_model(
+        model,
+        data.x_train,
+        data.y_train,
+        train_settings(epochs=epochs, checkpoint_every=100),
+        seed=seed,
+        workdir=workdir,
     )
-    train_model(model, data.x_train, data.y_train, s, seed=seed, workdir=workdir)
     return model.eval()
 
 

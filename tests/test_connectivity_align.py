@@ -11,32 +11,27 @@ import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import train_settings
 from torch import nn
 
 from landscape.data import CellData, load_data
 from landscape.metrics import ModelContext, PairContext
 from landscape.metrics import connectivity as conn
 from landscape.models import CNN, MLP
-from landscape.training import TrainSettings, make_loss, train_model
+from landscape.training import make_loss, train_model
 
 torch.set_num_threads(1)
 
 
 def _train(model: nn.Module, data: CellData, seed: int, workdir: Path, epochs: int) -> nn.Module:
-    s = TrainSettings(
-        loss="cross_entropy",
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=0.0,
-        batch_size=32,
-        epochs=epochs,
-        steps=None,
-        schedule="constant",
-        lr_decay=0.1,
-        lr_milestones=[],
-        checkpoint_every=1000,
+    train_model(
+        model,
+        data.x_train,
+        data.y_train,
+        train_settings(epochs=epochs, checkpoint_every=1000),
+        seed=seed,
+        workdir=workdir,
     )
-    train_model(model, data.x_train, data.y_train, s, seed=seed, workdir=workdir)
     return model.eval()
 
 

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import toy_model_context as _ctx
 from omegaconf import OmegaConf
 
 from landscape.curvature import HessianOperator
-from landscape.data import CellData
 from landscape.metrics import ModelContext, get
 from landscape.metrics.hessian import FAMILY, Config, eval_indices
 from landscape.models import MLP
-
-
-def _ctx(tmp_path: Path) -> ModelContext:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(300, 5, generator=g)
-    y = torch.randint(0, 3, (300,), generator=g)
-    data = CellData("toy", x, y, y.clone(), x[:10], y[:10], 3)
-    torch.manual_seed(0)
-    model = MLP(5, 3, width=8, depth=1, activation="tanh").eval()
-    return ModelContext(
-        model=model,
-        seed=0,
-        data=data,
-        loss_fn=F.cross_entropy,
-        make_model=lambda: MLP(5, 3, 8, 1, "tanh"),
-        cfg=None,
-        device=torch.device("cpu"),
-        workdir=tmp_path,
-    )
 
 
 def _exact_spectrum(ctx: ModelContext, n: int, seed: int) -> torch.Tensor:

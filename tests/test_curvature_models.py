@@ -5,32 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import small_bn_cnn_f64 as _cnn_bn
+from helpers import small_mlp_f64 as _mlp
 from torch import nn
 from torch.func import functional_call
 
 from landscape.curvature import HessianOperator, eigenvalues, spectral_density, trace
-from landscape.models import CNN, MLP
-
-
-def _mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = MLP(6, 3, width=10, depth=2, activation="tanh").double()
-    x = torch.randn(40, 6, dtype=torch.float64)
-    y = torch.randint(0, 3, (40,))
-    return model, x, y
-
-
-def _cnn_bn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(1)
-    model = CNN((1, 6, 6), 3, width=3, depth=2, activation="tanh", batch_norm=True).double()
-    with torch.no_grad():  # non-trivial running statistics
-        model.train()
-        for _ in range(3):
-            model(2.0 * torch.randn(32, 1, 6, 6, dtype=torch.float64) + 0.5)
-    model.eval()
-    x = torch.randn(30, 1, 6, 6, dtype=torch.float64)
-    y = torch.randint(0, 3, (30,))
-    return model, x, y
+from landscape.models import MLP
 
 
 def _saddle() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

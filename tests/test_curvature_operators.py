@@ -4,11 +4,12 @@ eigenvalues, trace, positive semi-definiteness, Fisher = GGN, and the hessian fa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import small_bn_cnn_f64 as _cnn_bn
+from helpers import small_mlp_f64 as _mlp
+from helpers import toy_model_context as _ctx
 from omegaconf import OmegaConf
 from torch import nn
 from torch.func import functional_call, jacrev
@@ -25,33 +26,10 @@ from landscape.curvature import (
     extreme_eigenpairs,
     trace,
 )
-from landscape.data import CellData
-from landscape.metrics import ModelContext, get
+from landscape.metrics import get
 from landscape.metrics.hessian import Config, eval_indices
-from landscape.models import CNN, MLP
+from landscape.models import MLP
 from landscape.training import make_loss
-
-
-def _mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = MLP(6, 3, width=10, depth=2, activation="tanh").double()
-    x = torch.randn(40, 6, dtype=torch.float64)
-    y = torch.randint(0, 3, (40,))
-    return model, x, y
-
-
-def _cnn_bn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(1)
-    model = CNN((1, 6, 6), 3, width=3, depth=2, activation="tanh", batch_norm=True).double()
-    with torch.no_grad():  # non-trivial running statistics: eval mode differs from train mode
-        model.train()
-        for _ in range(3):
-            model(2.0 * torch.randn(32, 1, 6, 6, dtype=torch.float64) + 0.5)
-    model.eval()
-    x = torch.randn(30, 1, 6, 6, dtype=torch.float64)
-    y = torch.randint(0, 3, (30,))
-    return model, x, y
-
 
 MODELS = {"mlp": _mlp, "cnn_bn": _cnn_bn}
 LOSSES = {"cross_entropy": "categorical", "mse": "gaussian"}
@@ -237,25 +215,6 @@ def test_bad_names_are_refused():
 
 
 # ------------------------------------------------------------------------------------- the hessian family
-def _ctx(tmp_path: Path, loss: str = "cross_entropy") -> ModelContext:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(300, 5, generator=g)
-    y = torch.randint(0, 3, (300,), generator=g)
-    data = CellData("toy", x, y, y.clone(), x[:10], y[:10], 3)
-    torch.manual_seed(0)
-    model = MLP(5, 3, width=8, depth=1, activation="tanh").eval()
-    return ModelContext(
-        model=model,
-        seed=0,
-        data=data,
-        loss_fn=make_loss(loss),
-        make_model=lambda: MLP(5, 3, 8, 1, "tanh"),
-        cfg=None,
-        device=torch.device("cpu"),
-        workdir=tmp_path,
-    )
-
-
 @pytest.mark.parametrize("kind,loss", [("ggn", "cross_entropy"), ("fisher", "mse"), ("empirical_fisher", "mse")])
 def test_hessian_family_with_another_operator_writes_its_own_columns(tmp_path, kind, loss):
     ctx = _ctx(tmp_path, loss)

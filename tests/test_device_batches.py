@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import train_settings
 from omegaconf import OmegaConf
 
 import landscape.vectorized as vec
@@ -32,21 +33,7 @@ def _data(n: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _settings(**kw) -> TrainSettings:
     # 50 samples in batches of 16: 3 batches of 16 and a trailing batch of 2 per epoch
-    base = dict(
-        loss="cross_entropy",
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=0.0,
-        batch_size=16,
-        epochs=2,
-        steps=None,
-        schedule="constant",
-        lr_decay=0.1,
-        lr_milestones=[],
-        checkpoint_every=1,
-    )
-    base.update(kw)
-    return TrainSettings(**base)
+    return train_settings(**{"batch_size": 16, **kw})
 
 
 def _mlp(seed: int) -> torch.nn.Module:

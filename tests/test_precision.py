@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_settings
 from omegaconf import OmegaConf
 
 import landscape.precision as precision_mod
@@ -33,21 +34,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _settings(**kw) -> TrainSettings:
-    base = dict(
-        loss="cross_entropy",
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=0.0,
-        batch_size=16,
-        epochs=2,
-        steps=None,
-        schedule="constant",
-        lr_decay=0.1,
-        lr_milestones=[],
-        checkpoint_every=1,
-    )
-    base.update(kw)
-    return TrainSettings(**base)
+    return train_settings(**{"batch_size": 16, **kw})
 
 
 def _model(name: str = "mlp", seed: int = 0) -> torch.nn.Module:

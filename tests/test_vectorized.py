@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_settings
 from omegaconf import OmegaConf
 
 from landscape.models import build_model
@@ -22,21 +23,8 @@ def _data(n: int = 203, d: int = 16, c: int = 4) -> tuple[torch.Tensor, torch.Te
 
 
 def _settings(**kw) -> TrainSettings:
-    base = dict(
-        loss="cross_entropy",
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=1e-3,
-        batch_size=32,
-        epochs=4,
-        steps=None,
-        schedule="step",
-        lr_decay=0.5,
-        lr_milestones=[2],
-        checkpoint_every=1,
-    )
-    base.update(kw)
-    return TrainSettings(**base)
+    kw = {"weight_decay": 1e-3, "epochs": 4, "schedule": "step", "lr_decay": 0.5, "lr_milestones": [2], **kw}
+    return train_settings(**kw)
 
 
 def _cfg(name: str, batch_norm: bool = False, activation: str = "tanh"):

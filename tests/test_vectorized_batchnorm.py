@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_settings
 from omegaconf import OmegaConf
 
 from landscape.connectivity import BezierCurve, CurveSettings, train_curve, train_curves_together
@@ -39,21 +40,7 @@ def _data(n: int = 100, dtype: torch.dtype = torch.float32) -> tuple[torch.Tenso
 
 def _settings(**kw) -> TrainSettings:
     # 100 samples in batches of 32: 3 full batches and a trailing batch of 4 per epoch
-    base = dict(
-        loss="cross_entropy",
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=1e-3,
-        batch_size=32,
-        epochs=2,
-        steps=None,
-        schedule="step",
-        lr_decay=0.5,
-        lr_milestones=[1],
-        checkpoint_every=1,
-    )
-    base.update(kw)
-    return TrainSettings(**base)
+    return train_settings(**{"weight_decay": 1e-3, "schedule": "step", "lr_decay": 0.5, "lr_milestones": [1], **kw})
 
 
 def _models(name: str, dtype: torch.dtype) -> dict[int, torch.nn.Module]:

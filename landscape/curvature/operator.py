@@ -242,6 +242,44 @@ class _ModelOperator:
         """The full matrix ``[P, P]`` via ``matmat(I)`` (only for small models: P^2 memory)."""
         return self.matmat(torch.eye(self.shape[0], dtype=self._dtype, device=self._device))
 
+    def graph_bytes_per_sample(self, x: Tensor, y: Tensor) -> float:  # operators with cached graphs define it
+        raise NotImplementedError
+
+    def _init_graph_batches(
+        self,
+        data: Batch | Iterable[Batch],
+        batch_size: int | str | None,
+        memory_budget: int | None,
+        cache_graph: bool,
+        batched: bool | str,
+    ) -> None:
+        """The batches of an operator that caches one graph per batch (``batch_size="auto"``: the data in as few
+        equal chunks as ``memory_budget`` bytes allow, from :meth:`graph_bytes_per_sample`, twice that for the
+        product's own pass), ``cache_graph`` and ``batched`` (``"auto"``: on accelerators)."""
+        if batch_size == "auto":
+            given = [(self._cast(x), y.to(self._device)) for x, y in _as_batches(data, None)]
+            total = sum(int(x.shape[0]) for x, _ in given)
+            budget = memory_budget if memory_budget is not None else default_memory_budget(self._device)
+            per_sample = self.graph_bytes_per_sample(given[0][0], given[0][1])
+            n_chunks = max(1, math.ceil(2 * per_sample * total / max(budget, 1)))  # x2: the product's own pass
+            batch_size = math.ceil(total / n_chunks)
+            data = [(torch.cat([x for x, _ in given]), torch.cat([y for _, y in given]))]
+            log.debug(
+                "%s: %d samples in %d graph(s) (%.3g bytes per sample, budget %.3g)",
+                type(self).__name__,
+                total,
+                n_chunks,
+                per_sample,
+                budget,
+            )
+        elif isinstance(batch_size, str):
+            raise ValueError(f"batch_size={batch_size!r}: expected a positive integer, None or 'auto'")
+        self._init_batches(data, batch_size)
+        self.cache_graph = bool(cache_graph)
+        if batched not in ("auto", True, False):
+            raise ValueError(f"batched={batched!r}: expected 'auto', True or False")
+        self.batched = self._device.type != "cpu" if batched == "auto" else bool(batched)
+
 
 class HessianOperator(_ModelOperator):
     """The Hessian of the mean loss over ``data`` w.r.t. the trainable parameters of ``model``.
@@ -286,28 +324,7 @@ class HessianOperator(_ModelOperator):
         memory_budget: int | None = None,
     ):
         self._init_model(model, loss_fn, dtype, max_block)
-        if batch_size == "auto":
-            given = [(self._cast(x), y.to(self._device)) for x, y in _as_batches(data, None)]
-            total = sum(int(x.shape[0]) for x, _ in given)
-            budget = memory_budget if memory_budget is not None else default_memory_budget(self._device)
-            per_sample = self.graph_bytes_per_sample(given[0][0], given[0][1])
-            n_chunks = max(1, math.ceil(2 * per_sample * total / max(budget, 1)))  # x2: the product's own pass
-            batch_size = math.ceil(total / n_chunks)
-            data = [(torch.cat([x for x, _ in given]), torch.cat([y for _, y in given]))]
-            log.debug(
-                "HessianOperator: %d samples in %d graph(s) (%.3g bytes per sample, budget %.3g)",
-                total,
-                n_chunks,
-                per_sample,
-                budget,
-            )
-        elif isinstance(batch_size, str):
-            raise ValueError(f"batch_size={batch_size!r}: expected a positive integer, None or 'auto'")
-        self._init_batches(data, batch_size)
-        self.cache_graph = bool(cache_graph)
-        if batched not in ("auto", True, False):
-            raise ValueError(f"batched={batched!r}: expected 'auto', True or False")
-        self.batched = self._device.type != "cpu" if batched == "auto" else bool(batched)
+        self._init_graph_batches(data, batch_size, memory_budget, cache_graph, batched)
         self._graphs: list[tuple[list[Tensor], list[Tensor]]] | None = None
 
     def graph_bytes_per_sample(self, x: Tensor, y: Tensor) -> float:
@@ -503,21 +520,7 @@ class _OutputCurvatureOperator(_ModelOperator):
         memory_budget: int | None = None,
     ):
         self._init_model(model, loss_fn, dtype, max_block)
-        if batch_size == "auto":
-            given = [(self._cast(x), y.to(self._device)) for x, y in _as_batches(data, None)]
-            total = sum(int(x.shape[0]) for x, _ in given)
-            budget = memory_budget if memory_budget is not None else default_memory_budget(self._device)
-            per_sample = self.graph_bytes_per_sample(given[0][0], given[0][1])
-            n_chunks = max(1, math.ceil(2 * per_sample * total / max(budget, 1)))
-            batch_size = math.ceil(total / n_chunks)
-            data = [(torch.cat([x for x, _ in given]), torch.cat([y for _, y in given]))]
-        elif isinstance(batch_size, str):
-            raise ValueError(f"batch_size={batch_size!r}: expected a positive integer, None or 'auto'")
-        self._init_batches(data, batch_size)
-        self.cache_graph = bool(cache_graph)
-        if batched not in ("auto", True, False):
-            raise ValueError(f"batched={batched!r}: expected 'auto', True or False")
-        self.batched = self._device.type != "cpu" if batched == "auto" else bool(batched)
+        self._init_graph_batches(data, batch_size, memory_budget, cache_graph, batched)
         self._graphs: list[tuple[list[Tensor], Tensor, Tensor, list[Tensor | None], Any]] | None = None
 
     # ------------------------------------------------------------------------------------- output side
