@@ -570,7 +570,7 @@ def aggregate_with_placeholders(
         for c in ("n_rows", "n_done", "n_pairs"):
             if c in cells.columns:
                 cells[c] = cells[c].fillna(0).astype("int64")
-    return cells
+    return cells.copy()  # consolidated (built column by column; later column writes would each warn)
 
 
 def label_cells(
@@ -589,7 +589,8 @@ def label_cells(
     conf = ph.label_confidence(
         models, pairs, cells, by, rule, labels, n_boot=int(settings["bootstrap"]), seed=int(settings["seed"])
     )
-    cells = pd.concat([cells.drop(columns=[c for c in conf.columns if c in cells.columns]), conf], axis=1)
+    # one consolidated frame (the aggregation builds it column by column: pandas warns of a fragmented frame)
+    cells = pd.concat([cells.drop(columns=[c for c in conf.columns if c in cells.columns]), conf], axis=1).copy()
     cells["uncertain"] = cells["phase_confidence"] < float(settings["uncertain_below"])
     cells["few_pairs"] = cells["phase"].notna() & (cells["n_pairs_resolved"] < ph.MIN_RESOLVED_PAIRS)
     return cells, labels, conf
