@@ -35,7 +35,11 @@ Measured per anchor:
    ``ncv = 2k + 1`` (its smallest) and ``ncv = 5`` beside its default ``ncv = max(2k + 1, 20)`` (curvlinops
    hands its operator to ``eigsh``); PyHessian at ``tol = 1e-4`` beside ``1e-3``; hessian-eigenthings'
    Lanczos run with growing ``max_iter`` until its own residual check certifies every Ritz value
-   (``converged``; products: the steps of the certified run), beside its default of 2k steps.
+   (``converged``; products: the steps of the certified run), beside its default of 2k steps. Landscape runs with
+   both its stopping rules: ``certify="residual"`` (its default, row ``landscape``) and ``certify="gap"`` (the
+   Kato-Temple bound ``r^2 / gap``, issue 23; ``landscape.curvature.eigen.CERTIFY``). Each row also keeps the
+   products and errors per seed (``per_seed``), tabled beside the fewest products of any anchor configuration within
+   1e-3 on that seed (the best-tuned anchor, seed by seed; start vectors differ between libraries).
 """
 
 from __future__ import annotations
@@ -277,12 +281,17 @@ class Landscape(Anchor):
         op.matvec(v)  # builds the cached graph
         return lambda: op.matvec(v)
 
-    def top(self, k: int, seed: int) -> tuple[list[float], int]:
+    def top(self, k: int, seed: int, certify: str = "residual") -> tuple[list[float], int]:
         from landscape.curvature import eigenvalues
 
         op = self.fresh()
-        r = eigenvalues(op, k=k, tol=TOL, max_iter=500, seed=seed)
+        r = eigenvalues(op, k=k, tol=TOL, max_iter=500, seed=seed, certify=certify)
         return r.values.tolist(), op.n_products
+
+    def configurations(self) -> dict[str, Callable[[int, int], tuple[list[float], int]]]:
+        """Top-k runs: the default stopping rule (residuals) and the gap-certified one (issue 23; ``CERTIFY`` in
+        ``landscape.curvature.eigen``)."""
+        return {"landscape": self.top, "landscape (certify=gap)": lambda k, s: self.top(k, s, certify="gap")}
 
     def top_budget(self, k: int, m: int, seed: int) -> list[float]:
         from landscape.curvature import eigenvalues
@@ -581,6 +590,7 @@ def bench_top_seeds(anchors: list[Anchor], ref: list[float], seeds: int) -> dict
                     "rel_err": [min(errs), max(errs)],
                     "within_tol": sum(e <= TOL for e in errs),
                     "seeds": seeds,
+                    "per_seed": {"products": list(products), "rel_err": list(errs)},
                 }
                 log.info("%s: top-%d %s: %s", a.problem.name, k, label, rows[label])
         out[f"top{k}_seeds"] = rows
@@ -722,6 +732,7 @@ def tables(result: dict[str, Any]) -> str:
             ]
             lines += [f"| {n} | {h['median_s'][n] * 1e3:.2f} | {r:.2f} |" for n, r in h["hvp_over_gradient"].items()]
         lines += _seeds_table(pr)
+        lines += _per_seed_table(pr)
         if "top1" not in pr:
             lines += _trace_table(pr)
             continue
@@ -771,6 +782,44 @@ def _seeds_table(pr: dict[str, Any]) -> list[str]:
     ]
     for label, r in pr["top1_seeds"].items():
         lines.append(f"| {label} | {cell(r)} | {cell(pr.get('top5_seeds', {}).get(label))} |")
+    return lines
+
+
+def _per_seed_table(pr: dict[str, Any]) -> list[str]:
+    """Products per seed of landscape's rules beside the fewest of any anchor configuration within ``TOL`` on that
+    seed (the best-tuned anchor, seed by seed), with the largest relative error over the seeds."""
+    if "top1_seeds" not in pr:
+        return []
+    lines = [
+        "",
+        f"| per seed (0..N-1), to {TOL:g} | top-1 products | top-1 max rel. error | top-5 products "
+        "| top-5 max rel. error |",
+        "|---|---|---|---|---|",
+    ]
+    best: dict[str, list[str]] = {}
+    for key in ("top1_seeds", "top5_seeds"):
+        rows = {lab: r for lab, r in pr.get(key, {}).items() if "per_seed" in r}
+        anchors = [r["per_seed"] for lab, r in rows.items() if not lab.startswith("landscape")]
+        n = max((len(r["per_seed"]["products"]) for r in rows.values()), default=0)
+        cells = []
+        for s in range(n):
+            ok = [a["products"][s] for a in anchors if a["rel_err"][s] <= TOL]
+            cells.append(str(min(ok)) if ok else "-")
+        best[key] = cells
+    labels = [lab for lab in pr["top1_seeds"] if lab.startswith("landscape") and "per_seed" in pr["top1_seeds"][lab]]
+    for lab in labels:
+        cells = []
+        for key in ("top1_seeds", "top5_seeds"):
+            r = pr.get(key, {}).get(lab)
+            if not r or "per_seed" not in r:
+                cells += ["-", "-"]
+                continue
+            cells += ["/".join(map(str, r["per_seed"]["products"])), f"{max(r['per_seed']['rel_err']):.1e}"]
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    if any(c != "-" for cells in best.values() for c in cells):
+        lines.append(
+            f"| best anchor within {TOL:g} | {'/'.join(best['top1_seeds'])} | | {'/'.join(best['top5_seeds'])} | |"
+        )
     return lines
 
 
