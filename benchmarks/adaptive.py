@@ -1,26 +1,31 @@
 """The adaptive sweeper against the full grid, on real grids (issue 24).
 
-    python benchmarks/adaptive.py [--out DIR] [--sweeps NAME ...] [--fractions 0.3 0.4 0.5]
+    python benchmarks/adaptive.py [--out DIR] [--sweeps NAME ...] [--fractions [0.3 0.4 0.5]]
                                   [--replay 0.15 0.2 0.25 0.3 0.35 0.4 0.45 0.5] [--random-seeds 20] [--json PATH]
+                                  [--full-from EARLIER_DIR]
 
 For each sweep (default: ``sweeps/digits_width_batch.yaml``, 48 cells, and
 ``sweeps/mnist1d_width_noise.yaml``, 49 cells; neither was used to tune the rule):
 
 1. the full grid, ``landscape -m +sweep=NAME`` into ``DIR/NAME/full`` (in this process's launcher: one cell at a
-   time; a rerun skips the done cells and reports the first run's wall time), then ``landscape-phase`` on it:
-   the reference labels (``cells.csv``);
-2. for each ``--fractions`` f, the adaptive sweep ``... hydra/sweeper=adaptive hydra.sweeper.max_cells=f`` into
-   ``DIR/NAME/adaptive-f`` and ``landscape-phase`` on it: measured + inferred labels of every grid point;
+   time; a rerun skips the done cells and reports the first run's wall time; ``--full-from EARLIER_DIR``: the
+   full grid of an earlier run, ``EARLIER_DIR/NAME/full``, not launched again), then ``landscape-phase`` on it:
+   the reference labels (``cells.csv``) and the phase rule it applied;
+2. for each ``--fractions`` f (none: the replay alone), the adaptive sweep ``... hydra/sweeper=adaptive
+   hydra.sweeper.max_cells=f`` into ``DIR/NAME/adaptive-f`` and ``landscape-phase`` on it: its measured cells,
+   the others inferred by ``landscape.adaptive.complete_cells`` with the phase rule (measured + inferred labels of
+   every grid point);
 3. the table: cells measured / grid, the share of grid points whose label equals the full grid's (a point
    both leave unlabelled agrees; an unknown inferred label counts as a disagreement), the same over the inferred
    points only and over the cells whose full-grid label is reproducible (confidence >= 0.9), the points left
    unknown, the compute: the cells' own seconds (their rows' ``seconds``) of the
    adaptive run against the full run's, and the same cells priced by the full run's seconds (load-independent:
    the machine is shared), and the wall time of both launches (with the sweeper's labelling between waves);
-4. a replay of the rule on the full grid's labels (``landscape.adaptive.simulate``: what the sweeper would
-   measure if each cell gave the full run's label, no training) at the ``--replay`` fractions, beside the same
-   number of cells chosen at random (mean over ``--random-seeds``) with the same inference: how far below 50 %
-   the agreement holds. The replay at the ``--fractions`` is checked against the real runs (same cells?). For
+4. a replay of the rule on the full grid's cells (``landscape.adaptive.simulate``: what the sweeper would
+   measure if each cell gave the full run's label and values, no training) at the ``--replay`` fractions, beside
+   the same number of cells chosen at random after the same initial design (mean over ``--random-seeds``) with
+   the same inference, with the agreement over the points not measured, over the confident cells and the points
+   left unknown: how far below 50 % the agreement holds. The replay at the ``--fractions`` is checked against the real runs (same cells?). For
    scale: the full grid's mean label confidence, the share of its labels a rerun with new seeds would repeat.
 
 Prints the tables (Markdown) and writes every value to ``--json`` (default ``DIR/adaptive.json``).
@@ -105,35 +110,74 @@ def grid_of(sweep_dir: Path) -> tuple[ad.Grid, dict[ad.Point, str]]:
     return grid, {p: rec["cells"][i]["cell_id"] for p, i in index.items()}
 
 
+def phase_rule_of(sweep_dir: Path, cells: pd.DataFrame):
+    """The phase rule ``landscape-phase`` applies to ``sweep_dir`` (its ``phase:`` thresholds; ``calibrate``: from
+    ``cells``)."""
+    from landscape import phase as ph
+    from landscape.cli import phase as cli_phase
+
+    settings, t_over, _, _ = cli_phase.resolve_settings(sweep_dir, {})
+    return ph.resolve_rule(settings["thresholds"], t_over, cells)[0]
+
+
 def replay(
-    grid: ad.Grid, truth: dict[ad.Point, ad.Measured], fraction: float, rule: str = "boundary", seed: int = 0
-) -> tuple[float, int, set[ad.Point]]:
-    """``(agreement, cells measured, measured points)`` of the rule replayed on ``truth``."""
+    grid: ad.Grid,
+    truth: dict[ad.Point, ad.Measured],
+    fraction: float,
+    phase_rule,
+    rule: str = "boundary",
+    seed: int = 0,
+    confident: list[ad.Point] | None = None,
+) -> dict:
+    """The rule replayed on ``truth``: agreement over all points, over the points not measured, over ``confident``,
+    the points left unknown, the cells measured and which."""
     max_cells = ad.resolve_max_cells(fraction, grid.size)
-    _, measured = ad.simulate(grid.shape, truth, max_cells, rule=rule, seed=seed)
-    full = ad.complete_map(grid.shape, measured)
+    _, measured = ad.simulate(grid.shape, truth, max_cells, rule=rule, seed=seed, phase_rule=phase_rule)
+    full = ad.complete_map(grid.shape, measured, phase_rule)
     labels = {p: v[1] for p, v in full.items()}
-    return ad.agreement(labels, {p: t.label for p, t in truth.items()}), len(measured), set(measured)
+    ref = {p: t.label for p, t in truth.items()}
+    rest = [p for p in grid.points() if p not in measured]
+    return {
+        "agreement": ad.agreement(labels, ref),
+        "agreement_not_measured": ad.agreement(labels, ref, rest),
+        "agreement_confident": ad.agreement(labels, ref, confident) if confident else float("nan"),
+        "unknown": sum(1 for p in rest if labels.get(p) is None),
+        "measured": len(measured),
+        "points": set(measured),
+    }
 
 
-def bench_sweep(name: str, out: Path, fractions: list[float], replays: list[float], n_random: int) -> dict:
+def bench_sweep(
+    name: str,
+    out: Path,
+    fractions: list[float],
+    replays: list[float],
+    n_random: int,
+    full_from: Path | None = None,
+) -> dict:
     root = out / name
     root.mkdir(parents=True, exist_ok=True)
     log = root / "bench.log"
-    full_dir = root / "full"
-    print(f"[{name}] full grid -> {full_dir}", flush=True)
-    wall_file = root / "full-wall.json"  # the first run's wall time (a rerun skips the done cells)
-    wall_full = landscape(["-m", f"+sweep={name}", f"hydra.sweep.dir={full_dir}"], log)
-    if wall_file.is_file():
+    if full_from is not None:  # the full grid of an earlier benchmark, as it is (not launched again)
+        full_dir, wall_file = full_from / name / "full", full_from / name / "full-wall.json"
+        print(f"[{name}] full grid from {full_dir}", flush=True)
         wall_full = float(json.loads(wall_file.read_text())["wall_s"])
     else:
-        wall_file.write_text(json.dumps({"wall_s": wall_full}))
+        full_dir = root / "full"
+        print(f"[{name}] full grid -> {full_dir}", flush=True)
+        wall_file = root / "full-wall.json"  # the first run's wall time (a rerun skips the done cells)
+        wall_full = landscape(["-m", f"+sweep={name}", f"hydra.sweep.dir={full_dir}"], log)
+        if wall_file.is_file():
+            wall_full = float(json.loads(wall_file.read_text())["wall_s"])
+        else:
+            wall_file.write_text(json.dumps({"wall_s": wall_full}))
     grid, ids = grid_of(full_dir)
     ref_cells = phase_cells(full_dir, log)
     ref = labels_by_point(grid, ref_cells)
     secs_full = cell_seconds(full_dir)
     total_full = sum(secs_full.get(ids[p], 0.0) for p in grid.points())
-    truth = ad.measured_from_cells(grid, ref_cells)
+    rule_full = phase_rule_of(full_dir, ref_cells)
+    truth = ad.measured_from_cells(grid, ref_cells, rule_full.columns)
     conf = {p: m.confidence for p, m in truth.items()}
     confident = [p for p in grid.points() if conf.get(p, 0.0) >= CONFIDENT]
     result = {
@@ -162,13 +206,17 @@ def bench_sweep(name: str, out: Path, fractions: list[float], replays: list[floa
         else:
             wall_file.write_text(json.dumps({"wall_s": wall}))
         cells = phase_cells(d, log)
+        # the map as landscape-phase completes it with the rule's values (landscape.adaptive.complete_cells with
+        # the phase rule), from the measured cells' rows
+        cells = cells[cells["label_source"] == ad.MEASURED] if "label_source" in cells.columns else cells
+        cells = ad.complete_cells(grid, cells, phase_rule=phase_rule_of(d, cells))
         labels = labels_by_point(grid, cells)
         source = dict(zip(ad.points_of(grid, cells), cells["label_source"].tolist(), strict=True))
         measured = {p for p, s in source.items() if s == ad.MEASURED}
         inferred = [p for p, s in source.items() if s != ad.MEASURED]
         secs = cell_seconds(d)
         state = ad.read_state(d)
-        _, n_rep, rep_points = replay(grid, truth, f)
+        rep_points = replay(grid, truth, f, rule_full)["points"]
         result["adaptive"].append(
             {
                 "max_cells": f,
@@ -187,16 +235,11 @@ def bench_sweep(name: str, out: Path, fractions: list[float], replays: list[floa
         )
     rng_seeds = range(n_random)
     for f in replays:
-        agree, n, _ = replay(grid, truth, f)
-        rand = [replay(grid, truth, f, rule="random", seed=s)[0] for s in rng_seeds]
+        rep = replay(grid, truth, f, rule_full, confident=confident)
+        rand = [replay(grid, truth, f, rule_full, rule="random", seed=s)["agreement"] for s in rng_seeds]
+        rep.pop("points")
         result["replay"].append(
-            {
-                "max_cells": f,
-                "measured": n,
-                "agreement": agree,
-                "random_mean": float(np.mean(rand)),
-                "random_min": float(np.min(rand)),
-            }
+            {"max_cells": f, **rep, "random_mean": float(np.mean(rand)), "random_min": float(np.min(rand))}
         )
     result["full"]["wall_s"] = wall_full
     return result
@@ -222,13 +265,16 @@ def tables(results: list[dict]) -> str:
             )
     lines += [
         "",
-        "| grid | max_cells | cells | agreement, adaptive rule (replay) | agreement, random cells (mean, min) |",
-        "|---|---|---|---|---|",
+        "| grid | max_cells | cells | agreement, adaptive rule (replay) | not measured | full-grid confidence >= "
+        f"{CONFIDENT:g} | unknown | agreement, random cells (mean, min) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for a in r["replay"]:
             lines.append(
-                f"| {r['sweep']} | {a['max_cells']:g} | {a['measured']} | {100 * a['agreement']:.1f} % | "
+                f"| {r['sweep']} | {a['max_cells']:g} | {a['measured']} ({100 * a['measured'] / r['n_points']:.0f} %) | "
+                f"{100 * a['agreement']:.1f} % | {100 * a['agreement_not_measured']:.1f} % | "
+                f"{100 * a['agreement_confident']:.1f} % | {a['unknown']} | "
                 f"{100 * a['random_mean']:.1f} %, {100 * a['random_min']:.1f} % |"
             )
     lines.append("")
@@ -246,14 +292,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/adaptive/bench"))
     ap.add_argument("--sweeps", nargs="+", default=list(SWEEPS))
-    ap.add_argument("--fractions", nargs="+", type=float, default=[0.3, 0.4, 0.5])
+    ap.add_argument("--fractions", nargs="*", type=float, default=[0.3, 0.4, 0.5])
     ap.add_argument("--replay", nargs="+", type=float, default=[0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5])
     ap.add_argument("--random-seeds", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--full-from",
+        type=Path,
+        default=None,
+        help="take the full grids from this earlier --out (DIR/NAME/full, its full-wall.json) instead of running them",
+    )
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    results = [bench_sweep(s, args.out, args.fractions, args.replay, args.random_seeds) for s in args.sweeps]
+    results = [
+        bench_sweep(s, args.out, args.fractions, args.replay, args.random_seeds, args.full_from) for s in args.sweeps
+    ]
     text = tables(results)
     print(f"load average at start {load[0]:.1f}, at end {os.getloadavg()[0]:.1f}; {os.cpu_count()} cores\n")
     print(text)

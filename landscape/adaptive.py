@@ -8,32 +8,46 @@ The grid is the Cartesian product of the swept values (:class:`Grid`); a point i
 axis, each axis ordered by value (numbers ascending; other values in the order given). Distances are
 Euclidean, in grid steps. Rules:
 
-* **Initial design** (:func:`initial_design`): every ``stride``-th value of each axis and its last value, so
-  the corners of the grid are in it (``stride = 2``: every other value). ``stride = "auto"``
-  (:func:`auto_stride`): the smallest power of two whose design takes at most half of ``max_cells``, leaving the
-  other half for refinement; the corners alone when none does.
-* **Inference** (:func:`infer`): an unmeasured point takes the label that a strict majority of its *nearest*
-  labelled measured points carry (the measured cells with a label at the smallest distance from it, every tie:
-  one, or e.g. the four corners of the square it is the centre of); where they split evenly, its label is
-  unknown. Measured cells without a label (mc still moving, failed, a metric missing) give none to others.
+* **Initial design** (:func:`design`): ``stride = "auto"`` (:func:`auto_design`): ``k`` values of each axis
+  spread evenly over it, both ends included (:func:`spaced`), the counts ``k`` (at least 2 per axis) giving the
+  most points that fit half of ``max_cells`` (at least the corners), then the most even spacing in grid steps
+  (:func:`spaced_counts`): the other half is left for refinement. An integer ``stride``
+  (:func:`initial_design`): every ``stride``-th value of each axis and its last value (2: every other value).
+* **Inference** (:func:`infer`), given the phase rule that labels the cells (``phase_rule``, a
+  :class:`landscape.phase.PhaseRule`): the label is a threshold rule on smooth per-cell values (the fit column:
+  training loss or error; mode connectivity ``mc``; CKA), so each of the rule's columns is interpolated at an
+  unmeasured point (:func:`interpolate`: the measured points with a finite value at most ``RING`` = 1 grid step
+  farther than the nearest such point, weighted by inverse distance, power ``POWER`` = 1: on a line between two
+  measured cells at most 3 steps apart, linear interpolation; the fit column on the log scale), and the rule is applied to the
+  interpolated values: the boundary falls where the fields cross their thresholds. Where that decides nothing (a
+  value missing, e.g. no CKA near it), or without ``phase_rule``, the point takes the label a majority of its
+  nearest labelled measured points carry; an even split goes to the label whose cells' confidences sum highest,
+  then to the first in alphabetical order. A point is unknown only when no measured cell has a label or value.
 * **Refinement** (:func:`candidates`, :func:`next_wave`), rule ``boundary``: an unmeasured point is uncertain,
   by the first of these that holds:
 
   1. ``split``: its nearest measured points carry different labels (it lies between measured cells of different
      phases);
-  2. ``edge``: they agree, but the measured points at most one grid step farther carry different labels (a
-     boundary passes near it; e.g. the interior of an odd gap between two phases);
+  2. ``edge``: they agree, but the measured points at most one grid step farther carry different labels, or (with
+     ``phase_rule``) a neighbouring point (one step along one axis, measured or inferred) has another label
+     than its inferred one (a boundary passes near it);
   3. ``unresolved``: one of its nearest measured points has no label;
   4. ``low_confidence``: one of them has a label whose confidence is below ``uncertain_below``.
 
   Each wave takes the uncertain points in that order, coarsest first (farthest from any measured point: the
-  midpoints of the largest gaps), then the most balanced (the minority's share of the labels at most one step
-  farther than the nearest, weighted by inverse squared distance), then the farthest from the points already taken; a point
-  closer to a point taken in the same wave than to its nearest measured point waits for the next wave (its
-  question is asked anew with that answer). A wave holds at most ``wave_size`` points (default: half the
-  budget left, at least one) and never more than the budget left. Rule ``labels``: reasons 1 and 2 only.
-  Rule ``random`` (a baseline): uniformly random unmeasured points, seeded. The sweep stops when the budget is
-  spent or no point is uncertain.
+  midpoints of the largest gaps), then the closest to a boundary (``balance``: with ``phase_rule``,
+  ``exp(-margin)``, the margin being the distance of its interpolated values to the nearest threshold on the
+  rule's path, in units of each value's spread over the measured cells; without it, the minority's share of the
+  labels at most one step farther than the nearest, weighted by inverse squared distance), then the farthest from
+  the points already taken; a point closer to a point taken in the same wave than to its nearest measured point
+  waits for the next wave (its question is asked anew with that answer). A wave holds at most ``wave_size``
+  points (default: half the budget left, at least one) and never more than the budget left. Rule ``labels``:
+  reasons 1 and 2 only. Rule ``random`` (a baseline): uniformly random unmeasured points, seeded. The sweep stops
+  when the budget is spent or no point is uncertain.
+
+The rule was tuned (interpolation ring and power, design share, order of a wave) by replay on full grids other
+than the benchmark grids of ``benchmarks/adaptive.py`` (digits MLP width x label noise, MNIST-1D width x batch
+size, MNIST-1D width x label noise; 12 to 24 cells each).
 """
 
 from __future__ import annotations
@@ -233,36 +247,59 @@ def initial_design(shape: Sequence[int], stride: int) -> list[Point]:
     return list(itertools.product(*(lattice(n, stride) for n in shape)))
 
 
-def auto_stride(shape: Sequence[int], max_cells: int) -> int:
-    """The smallest power of two ``>= 2`` whose :func:`initial_design` has at most ``max_cells // 2`` points; if
-    none has, the smallest whose design fits ``max_cells`` (up to the corners alone). ``AdaptiveError`` when even
-    the corners do not fit."""
-    top = max(2, max(shape) - 1)
-    strides = []
-    s = 2
-    while True:
-        strides.append(s)
-        if s >= top:
-            break
-        s *= 2
-    for s in strides:
-        if len(initial_design(shape, s)) <= max_cells // 2:
-            return s
-    for s in strides:
-        if len(initial_design(shape, s)) <= max_cells:
-            return s
-    corners = len(initial_design(shape, strides[-1]))
-    raise AdaptiveError(
-        f"hydra.sweeper.max_cells={max_cells} cells: fewer than the {corners} corners of the grid (the smallest "
-        f"initial design); allowed: at least {corners} cells"
-    )
+def spaced(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over an axis of ``n`` values, both ends included (``round(i (n-1)/(k-1))``,
+    halves up): ``spaced(8, 3) == [0, 4, 7]``, ``spaced(6, 3) == [0, 3, 5]``."""
+    k = max(1, min(k, n))
+    if k == 1:
+        return [0]
+    return sorted({int(math.floor(i * (n - 1) / (k - 1) + 0.5)) for i in range(k)})
 
 
-def resolve_stride(value: Any, shape: Sequence[int], max_cells: int, key: str = "hydra.sweeper.initial_stride") -> int:
-    """``auto`` (:func:`auto_stride`) or an integer >= 1 whose design fits ``max_cells`` (``AdaptiveError``
-    naming the key, the value and what is allowed otherwise)."""
+def spaced_counts(shape: Sequence[int], cells: int) -> tuple[int, ...]:
+    """The number of values per axis of the largest evenly spread design of at most ``cells`` points (each axis at
+    least 2 values, at most all): the most points, then the most even spacing (the smallest ratio of the widest
+    to the narrowest gap, in grid steps), then the finest spacing along the first axes."""
+    ranges = [range(2, n + 1) for n in shape]
+    best, best_key = tuple(2 for _ in shape), None
+    for ks in itertools.product(*ranges):
+        size = math.prod(ks)
+        if size > cells:
+            continue
+        gaps = [(n - 1) / (k - 1) for n, k in zip(shape, ks, strict=True)]
+        key = (-size, round(max(gaps) / min(gaps), 9), tuple(-k for k in ks))
+        if best_key is None or key < best_key:
+            best, best_key = ks, key
+    return best
+
+
+def auto_design(shape: Sequence[int], max_cells: int) -> list[Point]:
+    """The ``auto`` initial design: :func:`spaced_counts` values of each axis, at most half of ``max_cells`` (at
+    least the corners), spread evenly (:func:`spaced`), the first axis slowest. ``AdaptiveError`` when even the
+    corners do not fit ``max_cells``."""
+    corners = 2 ** len(shape)
+    if max_cells < corners:
+        raise AdaptiveError(
+            f"hydra.sweeper.max_cells={max_cells} cells: fewer than the {corners} corners of the grid (the smallest "
+            f"initial design); allowed: at least {corners} cells"
+        )
+    ks = spaced_counts(shape, max(corners, max_cells // 2))
+    return list(itertools.product(*(spaced(n, k) for n, k in zip(shape, ks, strict=True))))
+
+
+def design(shape: Sequence[int], max_cells: int, stride: int | None = None) -> list[Point]:
+    """The initial design: :func:`auto_design` (``stride`` None) or :func:`initial_design`."""
+    return auto_design(shape, max_cells) if stride is None else initial_design(shape, stride)
+
+
+def resolve_stride(
+    value: Any, shape: Sequence[int], max_cells: int, key: str = "hydra.sweeper.initial_stride"
+) -> int | None:
+    """None for ``auto`` (:func:`auto_design`, checked to fit ``max_cells``), or an integer >= 1 whose design fits
+    ``max_cells`` (``AdaptiveError`` naming the key, the value and what is allowed otherwise)."""
     if value is None or str(value).strip().lower() == "auto":
-        return auto_stride(shape, max_cells)
+        auto_design(shape, max_cells)
+        return None
     if isinstance(value, bool) or not str(value).strip().isdigit() or int(str(value).strip()) < 1:
         raise AdaptiveError(f"{key}={value!r}: allowed: auto or an integer >= 1 (2: every other value of each axis)")
     stride = int(str(value).strip())
@@ -294,22 +331,26 @@ def check_wave_size(value: Any, key: str = "hydra.sweeper.wave_size") -> int | N
 # ------------------------------------------------------------------------------------ labels and inference
 @dataclass(frozen=True)
 class Measured:
-    """The phase of a measured cell: ``label`` (None: none, ``reason`` says why) and its ``confidence``."""
+    """The phase of a measured cell: ``label`` (None: none, ``reason`` says why), its ``confidence`` and its
+    ``values`` of the phase rule's columns (``{column: mean}``, for :func:`interpolate`)."""
 
     label: str | None
     confidence: float = float("nan")
     reason: str | None = None
+    values: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Inference:
-    """The label of an unmeasured point (None: unknown) from its nearest measured points ``support`` (at
-    ``distance`` grid steps), and why it is unknown (``reason``)."""
+    """The label of an unmeasured point (None: unknown) from the measured points ``support`` (the nearest at
+    ``distance`` grid steps), why it is unknown (``reason``), and the interpolated values the phase rule labelled
+    (``values``; None when the label came from the measured labels)."""
 
     label: str | None
     support: tuple[Point, ...]
     distance: float
     reason: str | None = None
+    values: Mapping[str, float] | None = None
 
 
 def _distances(points: Sequence[Point], measured: Sequence[Point]) -> np.ndarray:
@@ -318,39 +359,108 @@ def _distances(points: Sequence[Point], measured: Sequence[Point]) -> np.ndarray
     return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2))
 
 
-def infer(shape: Sequence[int], measured: Mapping[Point, Measured]) -> dict[Point, Inference]:
-    """The label of every unmeasured point of the grid (see the module docstring): the label a strict majority of
-    its nearest labelled measured points carry, else None with the reason. All None when no measured point has a
-    label."""
+def _field_scale(rule: Any, column: str) -> tuple[bool, float]:
+    """``(log, floor)``: whether ``column`` is interpolated on the log scale (the fit column: training loss or
+    error spans decades) and the floor its values are clipped to first."""
+    if column != rule.fit_column:
+        return False, 0.0
+    return True, (1e-2 if getattr(rule, "train_error", None) is not None else 1e-6)
+
+
+def interpolate(
+    shape: Sequence[int], measured: Mapping[Point, Measured], columns: Sequence[str], rule: Any = None
+) -> dict[Point, dict[str, float]]:
+    """Each unmeasured point's value of each of ``columns``: the mean of the measured values at the measured
+    points with a finite value nearest to it (distance at most the nearest one's + ``RING`` grid steps), weighted
+    by inverse distance (power ``POWER``); the fit column of ``rule`` on the log scale. NaN where no measured point
+    has a finite value."""
     pts = [p for p in itertools.product(*(range(n) for n in shape)) if p not in measured]
-    labelled = {p: m.label for p, m in measured.items() if m.label is not None}
-    if not labelled:
-        return {p: Inference(None, (), math.inf, "no measured cell has a label") for p in pts}
+    out: dict[Point, dict[str, float]] = {p: {} for p in pts}
+    if not pts:
+        return out
+    for c in columns:
+        have = {q: float(m.values[c]) for q, m in measured.items() if c in m.values and np.isfinite(m.values[c])}
+        if not have:
+            for p in pts:
+                out[p][c] = float("nan")
+            continue
+        log_scale, floor = _field_scale(rule, c) if rule is not None else (False, 0.0)
+        mpts = list(have)
+        v = np.array([have[q] for q in mpts])
+        if log_scale:
+            v = np.log10(np.maximum(v, floor))
+        d = _distances(pts, mpts)
+        for i, p in enumerate(pts):
+            dmin = float(d[i].min())
+            near = d[i] <= dmin + RING + _EPS
+            w = 1.0 / np.maximum(d[i][near], _EPS) ** POWER
+            x = float((w * v[near]).sum() / w.sum())
+            out[p][c] = float(10**x) if log_scale else x
+    return out
+
+
+#: Interpolation of the fields (:func:`interpolate`): the measured points within ``RING`` grid steps of the nearest
+#: one take part, weighted by inverse distance to the power ``POWER`` (1: linear between two points on a line at
+#: most 3 steps apart; farther apart, a point of the gap mixes both ends only when its distances to them differ by
+#: at most one step, and takes the nearer end's value otherwise).
+RING, POWER = 1.0, 1.0
+
+
+def _label_vote(p: Point, d: np.ndarray, mpts: Sequence[Point], measured: Mapping[Point, Measured]) -> Inference:
+    """The label a strict majority of the nearest labelled measured points carry; an even split goes to the label
+    whose cells' confidences sum highest (unknown confidence: 0.5), then to the first in alphabetical order."""
+    dmin = float(d.min())
+    support = tuple(mpts[j] for j in np.nonzero(d <= dmin + _EPS)[0])
+    counts: dict[str, float] = {}
+    trust: dict[str, float] = {}
+    for q in support:
+        lab = str(measured[q].label)
+        counts[lab] = counts.get(lab, 0) + 1
+        conf = measured[q].confidence
+        trust[lab] = trust.get(lab, 0.0) + (conf if np.isfinite(conf) else 0.5)
+    label = sorted(counts, key=lambda k: (-counts[k], -trust[k], k))[0]
+    return Inference(label, support, dmin)
+
+
+def infer(shape: Sequence[int], measured: Mapping[Point, Measured], phase_rule: Any = None) -> dict[Point, Inference]:
+    """The label of every unmeasured point of the grid (see the module docstring). With ``phase_rule`` (a
+    :class:`landscape.phase.PhaseRule`): the rule applied to the point's :func:`interpolate`-d values of its
+    columns; where that decides nothing (a value missing), or without ``phase_rule``, the label of the nearest labelled
+    measured points (:func:`_label_vote`). None only when no measured point has a label or a value."""
+    pts = [p for p in itertools.product(*(range(n) for n in shape)) if p not in measured]
     if not pts:
         return {}
+    labelled = {p: m.label for p, m in measured.items() if m.label is not None}
+    fields = interpolate(shape, measured, phase_rule.columns, phase_rule) if phase_rule is not None else {}
     mpts = list(labelled)
-    d = _distances(pts, mpts)
+    d = _distances(pts, mpts) if mpts else None
     out = {}
     for i, p in enumerate(pts):
-        dmin = float(d[i].min())
-        support = tuple(mpts[j] for j in np.nonzero(d[i] <= dmin + _EPS)[0])
-        counts: dict[str, int] = {}
-        for q in support:
-            counts[labelled[q]] = counts.get(labelled[q], 0) + 1
-        label, n = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
-        if 2 * n > len(support):
-            out[p] = Inference(label, support, dmin)
-        else:
-            said = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-            out[p] = Inference(None, support, dmin, f"nearest measured cells split evenly: {said}")
+        if phase_rule is not None:
+            vals = fields[p]
+            lab = phase_rule.label(*(vals[c] for c in phase_rule.columns))
+            if lab is not None:
+                used = [
+                    q
+                    for q, m in measured.items()
+                    if any(np.isfinite(m.values.get(c, np.nan)) for c in phase_rule.columns)
+                ]
+                dist = min(distance(p, q) for q in used)
+                support = tuple(q for q in used if distance(p, q) <= dist + RING + _EPS)
+                out[p] = Inference(lab, support, dist, values=dict(vals))
+                continue
+        if d is None:
+            out[p] = Inference(None, (), math.inf, "no measured cell has a label")
+            continue
+        out[p] = _label_vote(p, d[i], mpts, measured)
     return out
 
 
 @dataclass(frozen=True)
 class Candidate:
     """An uncertain unmeasured point: why (one of :data:`REASONS`, or ``random``/``initial``/``resume``), its
-    distance to the nearest measured point, the minority's share of the labels near it (``balance``) and the
-    measured points the reason rests on (``support``)."""
+    distance to the nearest measured point, how close it is to a boundary (``balance``, in [0, 1]: see the module
+    docstring) and the measured points the reason rests on (``support``)."""
 
     point: Point
     reason: str
@@ -365,6 +475,7 @@ def candidates(
     uncertain_below: float = 0.9,
     rule: str = "boundary",
     exclude: Iterable[Point] = (),
+    phase_rule: Any = None,
 ) -> list[Candidate]:
     """Every unmeasured point (not in ``exclude``) that ``rule`` calls uncertain, with its reason (module
     docstring), in grid order."""
@@ -376,6 +487,9 @@ def candidates(
         return []
     mpts = list(measured)
     d = _distances(pts, mpts)
+    inferred = infer(shape, measured, phase_rule) if phase_rule is not None else {}
+    margins = _margins(measured, inferred, phase_rule) if phase_rule is not None else {}
+    label_of = {**{q: m.label for q, m in measured.items()}, **{q: inf.label for q, inf in inferred.items()}}
     out = []
     for i, p in enumerate(pts):
         dmin = float(d[i].min())
@@ -394,14 +508,52 @@ def candidates(
             reason = "split"
         elif len(weights) > 1:
             reason, support = "edge", tuple(mpts[j] for j in ring if measured[mpts[j]].label is not None)
+        elif phase_rule is not None and any(
+            label_of.get(q) is not None and label_of.get(q) != label_of.get(p) for q in neighbours(p, shape)
+        ):
+            reason = "edge"
         elif any(lab is None for lab in near_labels):
             reason = "unresolved"
         elif any(
             np.isfinite(measured[mpts[j]].confidence) and measured[mpts[j]].confidence < uncertain_below for j in near
         ):
             reason = "low_confidence"
+        if phase_rule is not None and p in margins:
+            balance = math.exp(-margins[p])
         if reason is not None and reason in acts_on:
             out.append(Candidate(p, reason, dmin, balance, support))
+    return out
+
+
+def _margins(
+    measured: Mapping[Point, Measured], inferred: Mapping[Point, Inference], phase_rule: Any
+) -> dict[Point, float]:
+    """Each inferred point's distance to the nearest threshold of the phase rule, over its interpolated values,
+    in units of each value's spread over the measured cells (standard deviation; the fit column on the log
+    scale): small near a boundary."""
+    fit_c, mc_c, cka_c = phase_rule.columns
+    log_fit, floor = _field_scale(phase_rule, fit_c)
+
+    def tr(c: str, v: float) -> float:
+        return float(np.log10(max(v, floor))) if c == fit_c and log_fit else float(v)
+
+    spread = {}
+    for c in (fit_c, mc_c, cka_c):
+        xs = [tr(c, m.values[c]) for m in measured.values() if np.isfinite(m.values.get(c, np.nan))]
+        spread[c] = float(np.std(xs)) if len(xs) >= 2 and np.std(xs) > 0 else 1.0
+    fit_t = tr(fit_c, phase_rule.fit_threshold)
+    out = {}
+    for p, inf in inferred.items():
+        v = inf.values or {}
+        f, mc, ck = (v.get(c, float("nan")) for c in (fit_c, mc_c, cka_c))
+        if not (np.isfinite(f) and np.isfinite(mc)):
+            continue
+        f = tr(fit_c, f)
+        gaps = [abs(f - fit_t) / spread[fit_c]]
+        gaps.append(abs(mc - (phase_rule.mc_underfit if f > fit_t else phase_rule.mc_barrier)) / spread[mc_c])
+        if f <= fit_t and mc >= phase_rule.mc_barrier and np.isfinite(ck):
+            gaps.append(abs(ck - phase_rule.cka) / spread[cka_c])
+        out[p] = min(gaps)
     return out
 
 
@@ -419,6 +571,7 @@ def next_wave(
     rule: str = "boundary",
     seed: int = 0,
     exclude: Iterable[Point] = (),
+    phase_rule: Any = None,
 ) -> list[Candidate]:
     """The points of the next wave (module docstring), in the order they were chosen: at most
     ``min(wave_size or default_wave_size(budget_left), budget_left)``; empty when the budget is spent or nothing is
@@ -433,7 +586,7 @@ def next_wave(
         rng = np.random.default_rng([seed, len(measured)])
         pick = rng.permutation(len(free))[:k]
         return [Candidate(free[i], "random") for i in sorted(pick)]
-    cands = candidates(shape, measured, uncertain_below, rule, skip)
+    cands = candidates(shape, measured, uncertain_below, rule, skip, phase_rule)
     rank = {r: i for i, r in enumerate(REASONS)}
     chosen: list[Candidate] = []
     left = list(cands)
@@ -457,14 +610,14 @@ def next_wave(
 
 # ------------------------------------------------------------------------------------------ the map
 def complete_map(
-    shape: Sequence[int], measured: Mapping[Point, Measured]
+    shape: Sequence[int], measured: Mapping[Point, Measured], phase_rule: Any = None
 ) -> dict[Point, tuple[str, str | None, str | None]]:
     """Every point's ``(source, label, reason)``: ``measured`` points as measured; the others ``inferred`` with
     their :func:`infer` label, or ``unmeasured`` (label None) where the rule gives none, with its reason."""
     out: dict[Point, tuple[str, str | None, str | None]] = {
         p: (MEASURED, m.label, m.reason) for p, m in measured.items()
     }
-    for p, inf in infer(shape, measured).items():
+    for p, inf in infer(shape, measured, phase_rule).items():
         out[p] = (INFERRED, inf.label, None) if inf.label is not None else (UNKNOWN_SOURCE, None, inf.reason)
     return out
 
@@ -489,16 +642,18 @@ def simulate(
     wave_size: int | None = None,
     uncertain_below: float = 0.9,
     seed: int = 0,
+    phase_rule: Any = None,
 ) -> tuple[list[list[Candidate]], dict[Point, Measured]]:
     """The adaptive sweep on a grid whose every label is known (``truth``: a measured cell's label is what
     measuring it gives): ``(waves, measured)``. The initial design is wave 0 (``stride`` None: ``auto``). For
     tests and benchmarks of the rules; the sweeper takes the same steps with real cells."""
-    stride = auto_stride(grid_shape, max_cells) if stride is None else stride
-    design = initial_design(grid_shape, stride)[:max_cells]
-    waves = [[Candidate(p, "initial") for p in design]]
-    measured = {p: truth[p] for p in design}
+    first = design(grid_shape, max_cells, stride)[:max_cells]
+    waves = [[Candidate(p, "initial") for p in first]]
+    measured = {p: truth[p] for p in first}
     while len(measured) < max_cells:
-        wave = next_wave(grid_shape, measured, max_cells - len(measured), wave_size, uncertain_below, rule, seed)
+        wave = next_wave(
+            grid_shape, measured, max_cells - len(measured), wave_size, uncertain_below, rule, seed, (), phase_rule
+        )
         if not wave:
             break
         waves.append(wave)
@@ -637,7 +792,11 @@ def points_of(grid: Grid, frame: Any) -> list[Point | None]:
 MEASURED_STATES: tuple[str, ...] = ("done", "diverged", "failed")
 
 
-def measured_from_cells(grid: Grid, cells: Any) -> dict[Point, Measured]:
+#: The cell columns whose values :func:`measured_from_cells` keeps (the phase rule's default columns).
+FIELD_COLUMNS: tuple[str, ...] = ("train_loss", "train_error", "connectivity.mc", "cka")
+
+
+def measured_from_cells(grid: Grid, cells: Any, columns: Sequence[str] | None = None) -> dict[Point, Measured]:
     """The measured points of ``cells`` (labelled cell rows: ``phase``, ``phase_confidence``, ``phase_reason``,
     ``status``): every row of a point of ``grid`` whose status is one of :data:`MEASURED_STATES`; a row without a
     label gets the reason it has none (``phase_reason``, else its status, else ``no label``)."""
@@ -652,21 +811,30 @@ def measured_from_cells(grid: Grid, cells: Any) -> dict[Point, Measured]:
         conf = float(conf) if conf is not None and not (isinstance(conf, float) and math.isnan(conf)) else float("nan")
         why = r.get("phase_reason")
         reason = None if lab else (why if isinstance(why, str) else (status if status != "done" else "no label"))
-        out[p] = Measured(lab, conf, reason)
+        values = {}
+        for c in FIELD_COLUMNS if columns is None else columns:
+            v = _number(str(r.get(c))) if c in r.index else None
+            if v is not None:
+                values[c] = v
+        out[p] = Measured(lab, conf, reason, values)
     return out
 
 
-def complete_cells(grid: Grid, cells: Any, filters: Mapping[str, Sequence[Any]] | None = None) -> Any:
+def complete_cells(
+    grid: Grid, cells: Any, filters: Mapping[str, Sequence[Any]] | None = None, phase_rule: Any = None
+) -> Any:
     """``cells`` (labelled cell rows of ``landscape-phase``, one column per axis of ``grid``) with every point of
     the grid: a ``label_source`` column (``measured``; ``inferred``: labelled by :func:`infer`; ``unmeasured``:
-    no label, ``phase_reason`` says why) and ``phase_support`` (for an inferred point: how many of its nearest
-    labelled measured cells, at what distance, carry its label). Points without a row get one (``status``
+    no label, ``phase_reason`` says why) and ``phase_support`` (for an inferred point: the measured cells its
+    label comes from and how far the nearest is). Points without a row get one (``status``
     ``missing``, no values); rows of a point launched but not finished (placeholders) get the inferred label.
-    ``filters`` (``{column: values}``): points whose axis values they refuse are left out."""
+    ``filters`` (``{column: values}``): points whose axis values they refuse are left out. ``phase_rule`` (the
+    rule that labelled ``cells``): inferred from the measured cells' values of its columns (:func:`infer`);
+    without it, from their labels alone."""
     import pandas as pd
 
-    measured = measured_from_cells(grid, cells)
-    inferred = infer(grid.shape, measured)
+    measured = measured_from_cells(grid, cells, phase_rule.columns if phase_rule is not None else None)
+    inferred = infer(grid.shape, measured, phase_rule)
     pts = points_of(grid, cells)
     out = cells.copy()
     source, support = [], []
@@ -718,4 +886,6 @@ def complete_cells(grid: Grid, cells: Any, filters: Mapping[str, Sequence[Any]] 
 def _support_text(inf: Inference) -> str | None:
     if not inf.support:
         return None
+    if inf.values is not None:
+        return f"phase rule on values interpolated from {len(inf.support)} measured cell(s), nearest {inf.distance:.3g} steps"
     return f"{len(inf.support)} nearest labelled measured cell(s) at {inf.distance:.3g} steps"

@@ -812,9 +812,9 @@ def _few_pairs_label(min_pairs: int) -> str:
 
 
 MOVING_LABEL = "no label: mc still moving (unresolved)"
-#: An adaptive sweep's cell not measured whose nearest measured cells split evenly (no label inferred).
+#: An adaptive sweep's cell not measured and not inferred (no measured cell with a label or a value).
 UNMEASURED_MARKER: dict = dict(marker="$?$", color="0.45", markersize=8, linestyle="none")
-UNMEASURED_LABEL = "not measured, no label inferred (nearest measured cells split evenly)"
+UNMEASURED_LABEL = "not measured, no label inferred (no measured cell to infer from)"
 #: How an adaptive sweep's inferred cells are drawn over their phase colour (lighter, dotted).
 INFERRED_STYLE: dict = dict(facecolor=(1.0, 1.0, 1.0, 0.5), edgecolor="0.35", hatch="...", linewidth=0.0)
 
@@ -1130,7 +1130,7 @@ def phase_map_figure(
     )
     if inferred.any():
         name = (
-            f"inferred from the nearest measured cells: {int(inferred.sum())} of {len(cells)} grid points "
+            f"inferred from the measured cells: {int(inferred.sum())} of {len(cells)} grid points "
             f"({100 * inferred.mean():.0f} %)"
         )
         handles.append((mpatches.Patch(**{**INFERRED_STYLE, "edgecolor": "0.35", "linewidth": 0.5}), name))

@@ -218,8 +218,9 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path, setting, messag
 
 def test_a_dry_run_shows_the_initial_design(tmp_path):
     proc = run_cli(["-m", *GRID, *ADAPTIVE, "dry_run=true", f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
-    assert "adaptive sweep of 25 cells" in proc.stdout and "initial design 4 cells" in proc.stdout
-    assert "dry run: 4 cells" in proc.stdout
+    # auto: 3 x 2 values spread evenly (6 cells, half the budget of 12), corners included
+    assert "adaptive sweep of 25 cells" in proc.stdout and "initial design 6 cells" in proc.stdout
+    assert "dry run: 6 cells" in proc.stdout
     assert not (tmp_path / "s" / "cells").exists()
 
 

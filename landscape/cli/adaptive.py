@@ -4,12 +4,15 @@ It takes the same grid as the grid sweeper (``hydra.sweeper.params`` and the com
 grid it stands for), plans and validates every cell of it before any job starts (``GridSweeper.plan``), then
 measures it in waves through the configured launcher (in-process, ``hydra/launcher=local``, ``=slurm``):
 
-1. the initial design (every ``initial_stride``-th value of each axis, corners included: ``auto`` takes at most
-   half the budget; :func:`landscape.adaptive.initial_design`);
+1. the initial design (``auto``: values spread evenly over each axis, corners included, at most half the budget,
+   :func:`landscape.adaptive.auto_design`; or every ``initial_stride``-th value of each axis,
+   :func:`landscape.adaptive.initial_design`);
 2. after each wave, the finished cells are labelled by the phase rule and the sweep's ``phase:`` section, as
-   ``landscape-phase`` labels them (its loading and labelling functions, :func:`label_points`), and the next wave
-   is taken where the map is uncertain (:func:`landscape.adaptive.next_wave`: between measured cells of
-   different phases, next to cells without a label or with a low confidence, ``phase.uncertain_below``);
+   ``landscape-phase`` labels them (its loading and labelling functions, :func:`label_points`), the others are
+   inferred by the phase rule on the rule's values interpolated from the measured cells
+   (:func:`landscape.adaptive.infer`), and the next wave is taken where the map is uncertain
+   (:func:`landscape.adaptive.next_wave`: between measured cells of different phases, next to an inferred
+   boundary, next to cells without a label or with a low confidence, ``phase.uncertain_below``);
 3. until ``max_cells`` cells of the grid are measured (a count, or a fraction of the grid) or nothing is
    uncertain.
 
@@ -25,7 +28,8 @@ measured, redrawn after each wave). A relaunch of the same command first resumes
 and did not finish (interrupted, failed), then goes on; a cell that is done is never launched again. Each wave
 writes a launch record naming its own cells, so ``landscape-status`` knows what is pending and its completing
 command is the adaptive command itself. ``landscape-phase`` on the directory draws the whole grid: measured
-cells as usual, the others inferred from their measured neighbours (:func:`landscape.adaptive.infer`).
+cells as usual, the others inferred from their measured neighbours (:func:`landscape.adaptive.infer`; with the
+phase rule when ``landscape-phase`` passes it to :func:`landscape.adaptive.complete_cells`).
 """
 
 from __future__ import annotations
@@ -49,12 +53,15 @@ log = logging.getLogger(__name__)
 FINISHED_STATES = ("done", "diverged")
 
 
-def label_points(sweep_dir: Path, grid: ad.Grid, ids: Mapping[ad.Point, str]) -> dict[ad.Point, ad.Measured]:
+def label_points(
+    sweep_dir: Path, grid: ad.Grid, ids: Mapping[ad.Point, str]
+) -> tuple[dict[ad.Point, ad.Measured], Any]:
     """The phase of each finished cell ``ids`` (``{point: cell_id}``) as ``landscape-phase`` labels it: the
     sweep's ``phase:`` settings (``landscape.cli.phase.resolve_settings``: thresholds, ``select``, bootstrap,
     seed), its rows of these cells (``load_filtered_rows``, ``choose_settings``), aggregated over the grid's
-    axes (``landscape.phase.aggregate_cells``), labelled with their confidence (``label_cells``). A cell without
-    rows, or without a label, is measured without one (its reason says why)."""
+    axes (``landscape.phase.aggregate_cells``), labelled with their confidence (``label_cells``), with the values
+    of the rule's columns (to interpolate); and the rule (None before any cell has rows). A cell without rows, or
+    without a label, is measured without one (its reason says why)."""
     import warnings
 
     import pandas as pd
@@ -64,24 +71,24 @@ def label_points(sweep_dir: Path, grid: ad.Grid, ids: Mapping[ad.Point, str]) ->
 
     out = {p: ad.Measured(None, reason="no rows") for p in ids}
     if not ids:
-        return out
+        return out, None
     settings, t_over, _, _ = cli_phase.resolve_settings(sweep_dir, {})
     by = [a.column for a in grid.axes]
     try:
         rows = cli_phase.load_filtered_rows(sweep_dir, {"cell_id": sorted(set(ids.values()))}, by)
     except (FileNotFoundError, ValueError) as exc:
         log.warning("no rows to label yet (%s)", exc)
-        return out
+        return out, None
     rows = cli_phase.choose_settings(rows, settings["select"], by)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=getattr(pd.errors, "PerformanceWarning", Warning))
         cells = ph.aggregate_cells(rows.models, rows.pairs_or_none, by)
         rule, _ = ph.resolve_rule(settings["thresholds"], t_over, cells)
         cells, _, _ = cli_phase.label_cells(cells, rows, by, rule, settings)
-    for p, m in ad.measured_from_cells(grid, cells).items():
+    for p, m in ad.measured_from_cells(grid, cells, rule.columns).items():
         if p in out:
             out[p] = m
-    return out
+    return out, rule
 
 
 def _uncertain_below(sweep_dir: Path) -> float:
@@ -91,8 +98,10 @@ def _uncertain_below(sweep_dir: Path) -> float:
     return float(settings["uncertain_below"])
 
 
-def every(stride: int) -> str:
-    """``every other value`` (2), ``every 4th value`` ..."""
+def every(stride: int | None) -> str:
+    """``every other value`` (2), ``every 4th value`` ...; ``evenly spread values`` (None: ``auto``)."""
+    if stride is None:
+        return "evenly spread values"
     return {1: "every value", 2: "every other value", 3: "every 3rd value"}.get(stride, f"every {stride}th value")
 
 
@@ -150,7 +159,7 @@ class AdaptiveSweeper(GridSweeper):
             _refuse(str(exc))
         plan = self.plan(arguments, jobs)  # every cell of the full grid composed and validated
         cells = {p: plan.planned[i] for p, i in index.items()}
-        design = ad.initial_design(grid.shape, settings["stride"])
+        design = ad.design(grid.shape, settings["max_cells"], settings["stride"])
         head = (
             f"adaptive sweep of {grid.size} cells ({' x '.join(f'{a.key} ({len(a.values)})' for a in grid.axes)}): "
             f"at most {settings['max_cells']} cells ({100 * settings['max_cells'] / grid.size:.0f} %), initial design "
@@ -187,6 +196,7 @@ class AdaptiveRun:
         self.launched_cells: list[PlannedCell] = []
         self.failures: list[Any] = []
         self.labels: dict[ad.Point, ad.Measured] = {}
+        self.phase_rule: Any = None  # the rule that labelled the cells: inference interpolates its columns
 
     # ------------------------------------------------------------------------------------ the loop
     def run(self) -> list:
@@ -209,7 +219,7 @@ class AdaptiveRun:
             [
                 "",
                 f"launch: grid {' x '.join(f'{a.key} ({len(a.values)})' for a in self.grid.axes)} = {self.grid.size} "
-                f"cells; max_cells {settings['max_cells']}, initial stride {settings['stride']}, rule "
+                f"cells; max_cells {settings['max_cells']}, initial stride {settings['stride'] or 'auto'}, rule "
                 f"{settings['refine']}, wave size {settings['wave_size'] or 'auto'}; {len(self.finished)} cells done "
                 f"already, {len(chosen)} chosen by earlier waves",
             ],
@@ -262,6 +272,7 @@ class AdaptiveRun:
             self.settings["refine"],
             self.settings["seed"],
             exclude=set(chosen) | set(self.launched),
+            phase_rule=self.phase_rule,
         )
         return wave, (None if wave else "nothing uncertain: every unmeasured cell's neighbours agree")
 
@@ -301,9 +312,9 @@ class AdaptiveRun:
     def relabel(self) -> None:
         """Label the finished cells, record the labels and draw the order of measurement."""
         ids = {p: self.ids[p] for p in self.finished}
-        self.labels = label_points(self.sweep_dir, self.grid, ids) if ids else {}
+        self.labels, self.phase_rule = label_points(self.sweep_dir, self.grid, ids) if ids else ({}, None)
         measured = self.measured()
-        full = ad.complete_map(self.grid.shape, measured)
+        full = ad.complete_map(self.grid.shape, measured, self.phase_rule)
         counts = Counter(src for src, _, _ in full.values())
         phases = Counter(lab for _, lab, _ in full.values() if lab is not None)
         line = (
@@ -375,7 +386,7 @@ class AdaptiveRun:
 
         what = {
             "split": "nearest measured cells disagree",
-            "edge": "different labels at most one step farther",
+            "edge": "a boundary passes near it (other labels one step farther, or on a neighbouring point)",
             "unresolved": "a nearest measured cell has no label",
             "low_confidence": "a nearest measured cell has a low-confidence label",
         }[c.reason]

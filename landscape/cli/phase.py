@@ -24,9 +24,10 @@ mean test accuracy per phase, and writes into ``--out`` (default ``SWEEP_DIR/ana
   n_models_total, n_pairs_total/_exact/_lower/_upper/_bounded/_unknown/_resolved, n_pairs_mc, share_unresolved,
   few_pairs;
   metrics of families that did not run are left out); on an adaptive sweep (``hydra/sweeper=adaptive``) one row
-  per point of its grid, ``label_source`` saying ``measured``, ``inferred`` (the label a strict majority of its
-  nearest labelled measured cells carry: :func:`landscape.adaptive.infer`; ``phase_support`` says which) or
-  ``unmeasured`` (no label: they split evenly), the inferred cells drawn lighter and dotted on the phase map;
+  per point of its grid, ``label_source`` saying ``measured``, ``inferred`` (the phase rule applied to the rule's
+  values interpolated from the nearest measured cells, else their majority label: :func:`landscape.adaptive.infer`;
+  ``phase_support`` says from which) or ``unmeasured`` (no measured cell to infer from), the inferred cells drawn
+  lighter and dotted on the phase map;
 * ``pivot_<metric>.csv`` (``pivot_<metric>__<facet>=<value>.csv`` with a facet): cell means, rows = y values,
   columns = x values; ``pivot_phase.csv`` likewise;
 * ``phase_summary.csv``: cells, mean test accuracy and mean confidence per phase;
@@ -442,7 +443,7 @@ def run(
     cells, labels, conf = label_cells(cells, rows, by, rule, settings)
     warnings = collect_warnings(cells, rows, by, rule, labels)
     measured = cells
-    cells = complete_adaptive_map(sweep_dir, cells, by, filters)  # an adaptive sweep: every point of its grid
+    cells = complete_adaptive_map(sweep_dir, cells, by, filters, rule)  # an adaptive sweep: every grid point
     available = available_metrics(rows)
     metrics = metrics or default_metrics(cells, available)
 
@@ -597,12 +598,17 @@ def label_cells(
 
 
 def complete_adaptive_map(
-    sweep_dir: Path, cells: pd.DataFrame, by: list[str], filters: dict[str, list[Any]]
+    sweep_dir: Path,
+    cells: pd.DataFrame,
+    by: list[str],
+    filters: dict[str, list[Any]],
+    rule: ph.PhaseRule | None = None,
 ) -> pd.DataFrame:
     """On an adaptive sweep (``hydra/sweeper=adaptive``: ``<sweep>/adaptive/waves.jsonl``) whose grid's axes are
     ``by``, ``cells`` with every point of the grid (:func:`landscape.adaptive.complete_cells`: a ``label_source``
-    column, ``measured``/``inferred``/``unmeasured``; the cells not measured labelled from their nearest measured
-    ones); otherwise ``cells`` as they are."""
+    column, ``measured``/``inferred``/``unmeasured``; the cells not measured labelled by ``rule``, the one that
+    labelled ``cells``, on its values interpolated from the nearest measured cells); otherwise ``cells`` as they
+    are."""
     from landscape import adaptive
 
     state = adaptive.read_state(sweep_dir)
@@ -616,7 +622,7 @@ def complete_adaptive_map(
             ", ".join(by),
         )
         return cells
-    return adaptive.complete_cells(state.grid, cells, filters)
+    return adaptive.complete_cells(state.grid, cells, filters, phase_rule=rule)
 
 
 def collect_warnings(
@@ -810,8 +816,10 @@ def _adaptive_manifest(cells: pd.DataFrame) -> dict[str, Any]:
         "adaptive": {
             "points_by_source": {str(k): int(v) for k, v in cells["label_source"].value_counts().items()},
             "inferred_by_phase": {str(k): int(v) for k, v in inferred["phase"].value_counts().items()},
-            "inference": "an unmeasured cell takes the label a strict majority of its nearest labelled measured "
-            "cells carry (Euclidean distance in grid steps, every tie), else none (landscape.adaptive.infer)",
+            "inference": "an unmeasured cell is labelled by the phase rule on its values (training loss, mc, CKA) "
+            "interpolated by inverse distance from the measured cells within one grid step of the nearest; where "
+            "the rule cannot decide, the majority label of its nearest labelled measured cells "
+            "(landscape.adaptive.infer)",
         }
     }
 
