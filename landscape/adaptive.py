@@ -880,7 +880,7 @@ def complete_cells(
         for c in ("uncertain", "few_pairs"):
             if c in out.columns:
                 out[c] = out[c].astype("boolean").fillna(False).astype(bool)
-    return out
+    return out.copy()  # one block per dtype: the columns set one by one above fragment the frame
 
 
 def _support_text(inf: Inference) -> str | None:
