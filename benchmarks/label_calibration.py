@@ -18,9 +18,12 @@ Printed, as Markdown (for a closing note):
 * among the labels with confidence >= ``--high`` (0.9) in either run, the share kept: a label of run A is *kept*
   when run B gives the same label (and vice versa), both directions pooled; a cell unlabelled in the other
   run does not keep its label;
-* per confidence bin (``--bins``, default [0, 0.5), [0.5, 0.7), [0.7, 0.9), [0.9, 1.0]): the number of labels,
-  their mean confidence and the fraction kept, both directions pooled. A calibrated confidence has the fraction
-  kept near the mean confidence in every bin.
+* per confidence bin (``--bins``, default [0, 0.5), [0.5, 0.7), [0.7, 0.9), [0.9, 1.0]): the number of labels
+  and of distinct cells they come from, their mean confidence, the fraction kept (both directions pooled) and
+  its Wilson 95 % interval. A calibrated confidence has the fraction kept near the mean confidence in every bin.
+  The interval treats the labels as independent draws; labels of one cell are not (the same borderline cell
+  recurs in both directions and in every pair of runs), so it is a lower bound on the real uncertainty, wider
+  the fewer cells a bin holds.
 
 With three or more sweeps (seed sets), every pair of them is compared and the pairs are pooled at the end
 (each cell's label then counts once per other run it is compared with: more labels per bin, not independent
@@ -66,8 +69,9 @@ def paired_labels(a: pd.DataFrame, b: pd.DataFrame, by: Sequence[str]) -> pd.Dat
 
 
 def _kept(paired: pd.DataFrame) -> pd.DataFrame:
-    """Both directions pooled: one row per label of either run, ``conf`` and ``kept`` (the other run gives the
-    same label)."""
+    """Both directions pooled: one row per label of either run, ``conf``, ``kept`` (the other run gives the
+    same label) and ``cell`` (the cell's knob values, the columns of ``paired`` other than the labels)."""
+    knobs = [c for c in paired.columns if not c.startswith(("phase_", "conf_"))]
     out = []
     for s, o in (("a", "b"), ("b", "a")):
         has = paired[f"phase_{s}"].notna()
@@ -77,17 +81,31 @@ def _kept(paired: pd.DataFrame) -> pd.DataFrame:
                 {
                     "conf": sub[f"conf_{s}"].to_numpy(dtype=float),
                     "kept": (sub[f"phase_{s}"] == sub[f"phase_{o}"]).to_numpy(dtype=bool),
+                    "cell": list(sub[knobs].itertuples(index=False, name=None)),
                 }
             )
         )
     return pd.concat(out, ignore_index=True)
 
 
+def wilson_interval(kept: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval of a proportion, ``kept`` successes in ``n`` independent trials (95 % at the
+    default ``z``): ``(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)``; (nan, nan) for ``n = 0``."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = kept / n
+    centre = p + z * z / (2 * n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    den = 1 + z * z / n
+    return max(0.0, (centre - half) / den), min(1.0, (centre + half) / den)
+
+
 def calibration(paired: pd.DataFrame, bins: Sequence[float] = DEFAULT_BINS, high: float = 0.9) -> dict[str, Any]:
     """The numbers of the report from :func:`paired_labels`: ``n_cells``, ``n_both`` (labelled in both runs),
     ``n_one`` (in one only), ``agree`` (share of ``n_both`` with equal labels), ``n_high`` (labels with
     confidence >= ``high``, both runs), ``high_kept`` (their share kept), ``bins`` (rows ``lo``, ``hi``, ``n``,
-    ``mean_conf``, ``kept``; the last bin closed on the right)."""
+    ``n_cells``: distinct cells, ``mean_conf``, ``kept``, ``ci``: its :func:`wilson_interval`; the last bin closed
+    on the right)."""
     both = paired["phase_a"].notna() & paired["phase_b"].notna()
     one = paired["phase_a"].notna() ^ paired["phase_b"].notna()
     agree = float((paired.loc[both, "phase_a"] == paired.loc[both, "phase_b"]).mean()) if both.any() else float("nan")
@@ -105,8 +123,10 @@ def calibration(paired: pd.DataFrame, bins: Sequence[float] = DEFAULT_BINS, high
                 "hi": up,
                 "closed": last,
                 "n": int(len(s)),
+                "n_cells": int(s["cell"].nunique()),
                 "mean_conf": float(s["conf"].mean()) if len(s) else float("nan"),
                 "kept": float(s["kept"].mean()) if len(s) else float("nan"),
+                "ci": wilson_interval(int(s["kept"].sum()), int(len(s))),
             }
         )
     return {
@@ -137,14 +157,16 @@ def markdown(res: dict[str, Any], title: str, paired: pd.DataFrame | None = None
         f"- labels with confidence >= {res['high']:g} in either run: {res['n_high']}, kept in the other run: "
         f"{_pct(res['high_kept'])}",
         "",
-        "| confidence | labels | mean confidence | fraction kept |",
-        "|---|---:|---:|---:|",
+        "| confidence | labels (cells) | mean confidence | fraction kept | 95 % interval |",
+        "|---|---:|---:|---:|---|",
     ]
     for r in res["bins"]:
         rng = f"[{r['lo']:g}, {r['hi']:g}{']' if r['closed'] else ')'}"
         mc = "-" if not np.isfinite(r["mean_conf"]) else f"{r['mean_conf']:.2f}"
         kept = "-" if not np.isfinite(r["kept"]) else f"{r['kept']:.2f}"
-        lines.append(f"| {rng} | {r['n']} | {mc} | {kept} |")
+        lo, hi = r["ci"]
+        ci = "-" if not np.isfinite(lo) else f"{lo:.2f}-{hi:.2f}"
+        lines.append(f"| {rng} | {r['n']} ({r['n_cells']}) | {mc} | {kept} | {ci} |")
     if res.get("no_conf"):
         lines.append(f"\n({res['no_conf']} labels without a confidence are left out of the bins.)")
     if paired is not None:

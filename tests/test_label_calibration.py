@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from label_calibration import calibration, markdown, paired_labels  # noqa: E402 - after benchmarks/ is put on sys.path
+from label_calibration import calibration, markdown, paired_labels, wilson_interval  # noqa: E402 - after benchmarks/ is put on sys.path
 
 
 def cells(labels, confs):
@@ -38,11 +38,22 @@ def test_agreement_high_confidence_share_and_bins_pool_both_directions():
     assert bins[(0.5, 0.7)]["mean_conf"] == pytest.approx(0.575)
     assert (bins[(0.7, 0.9)]["n"], bins[(0.7, 0.9)]["kept"]) == (2, 0.0)
     assert bins[(0.9, 1.0)]["n"] == 4  # confidence 1.0 falls in the last, closed bin
+    # the 4 labels >= 0.9 come from 2 cells (widths 4 and 64, in both runs); the others from one cell each
+    assert [r["n_cells"] for r in res["bins"]] == [1, 1, 1, 2]
     assert sum(r["n"] for r in res["bins"]) == res["n_labels"] == 9
     text = markdown(res, "toy", paired, ["model.width"])
-    assert "| [0.9, 1] | 4 | 0.97 | 1.00 |" in text and "| [0, 0.5) | 1 | 0.30 | 0.00 |" in text
+    assert "| [0.9, 1] | 4 (2) | 0.97 | 1.00 | 0.51-1.00 |" in text
+    assert "| [0, 0.5) | 1 (1) | 0.30 | 0.00 | 0.00-0.79 |" in text
     assert "labels agree in 75 % of the cells labelled in both runs" in text
     assert "| 16 | III (0.80) | IV-A (0.75) |" in text and "| 32 | IV-B (0.30) | - |" in text
+
+
+@pytest.mark.parametrize("kept,n", [(0, 1), (4, 4), (17, 18), (68, 77), (14, 20), (3, 10)])
+def test_wilson_interval_equals_scipys(kept, n):
+    from scipy.stats import binomtest
+
+    ci = binomtest(kept, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert wilson_interval(kept, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
 
 
 GRID = [
@@ -85,7 +96,7 @@ def test_label_calibration_on_two_tiny_sweeps_with_disjoint_seeds(cli, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout
     assert "### a vs b (model.width, train.batch_size)" in out and "- cells: 2;" in out
-    assert "| confidence | labels | mean confidence | fraction kept |" in out
+    assert "| confidence | labels (cells) | mean confidence | fraction kept | 95 % interval |" in out
     # the labels it compares are landscape-phase's own (cells.csv of each run)
     ca, cb = (pd.read_csv(tmp_path / "out" / s / "cells.csv") for s in ("0", "1"))  # the sweeps in order
     for w in (4, 8):
