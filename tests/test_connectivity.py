@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
-from helpers import train_settings
+from helpers import gaussian_cell_data, train_settings
 from torch import nn
 
 from landscape.connectivity import (
@@ -27,7 +27,7 @@ from landscape.connectivity import (
     train_curve,
     trainable_parameters,
 )
-from landscape.data import CellData, load_data
+from landscape.data import CellData
 from landscape.metrics import ModelContext, PairContext
 from landscape.metrics import cka as cka_family
 from landscape.metrics import connectivity as conn_family
@@ -261,21 +261,6 @@ def test_curve_training_resumes_bitwise_and_does_not_retrain(tmp_path: Path):
 
 
 # ------------------------------------------------------------------------------------ real small models
-def _gaussian_data(dim: int = 8, n_train: int = 200, separation: float = 4.0) -> CellData:
-    cfg = SimpleNamespace(
-        name="gaussian",
-        n_classes=3,
-        dim=dim,
-        separation=separation,
-        n_train=n_train,
-        n_test=100,
-        generator_seed=0,
-        subsample=1.0,
-        subsample_seed=0,
-        label_noise=0.0,
-        noise_seed=0,
-    )
-    return load_data(cfg)
 
 
 def _train(model: nn.Module, data: CellData, seed: int, workdir: Path, epochs: int = 15) -> nn.Module:
@@ -296,7 +281,7 @@ def _mlp(seed: int) -> MLP:
 
 
 def test_curve_between_a_model_and_itself_has_zero_mode_connectivity(tmp_path: Path):
-    data = _gaussian_data()
+    data = gaussian_cell_data()
     loss_fn = make_loss("cross_entropy")
     model = _train(_mlp(0), data, 0, tmp_path / "m")
     p = trainable_parameters(model)
@@ -314,7 +299,7 @@ def test_curve_between_a_model_and_itself_has_zero_mode_connectivity(tmp_path: P
 
 
 def test_batchnorm_statistics_are_recomputed_at_every_t():
-    data = _gaussian_data()
+    data = gaussian_cell_data()
     data = CellData(
         data.name, data.x_train + 3.0, data.y_train, data.y_train_clean, data.x_test + 3.0, data.y_test, data.n_classes
     )  # inputs far from zero mean: BN statistics matter
@@ -351,7 +336,7 @@ def test_batchnorm_statistics_are_recomputed_at_every_t():
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> PairContext:
     root = tmp_path_factory.mktemp("pair")
-    data = _gaussian_data()
+    data = gaussian_cell_data()
     loss_fn = make_loss("cross_entropy")
     ctxs = []
     for seed in (0, 1):
@@ -618,7 +603,7 @@ def test_curves_trained_together_equal_curves_trained_alone_and_leave_their_file
     from landscape.connectivity import CURVE_CHECKPOINT, train_curves_together
     from landscape.engine import StopRequested
 
-    data = _gaussian_data()
+    data = gaussian_cell_data()
     x, y, loss_fn = data.x_train, data.y_train, make_loss("cross_entropy")
     models = [_mlp(s) for s in range(3)]
     names = {"0-1": (0, 1), "0-2": (0, 2), "1-2": (1, 2)}
@@ -680,7 +665,7 @@ def test_curves_trained_together_equal_curves_trained_alone_and_leave_their_file
 def test_connectivity_prepare_trains_the_pairs_together_and_compute_only_evaluates(tmp_path: Path):
     """The family's ``prepare`` runs the protocol for three pairs as stacks; each pair's ``compute`` afterwards
     trains nothing (its stage files are loaded) and reports the mc by budget a pair computed alone reports."""
-    data = _gaussian_data()
+    data = gaussian_cell_data()
     loss_fn = make_loss("cross_entropy")
     cfg_train = SimpleNamespace(train=SimpleNamespace(batch_size=32, epochs=2, steps=None, vectorize="auto"))
     ctxs = {}

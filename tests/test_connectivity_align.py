@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import train_settings
+from helpers import gaussian_cell_data, train_settings
 from torch import nn
 
 from landscape.data import CellData, load_data
@@ -138,20 +138,7 @@ def test_repair_on_the_aligned_line_keeps_the_endpoints(digits_pair: PairContext
 
 
 def _gaussian(dim: int = 8) -> CellData:
-    cfg = SimpleNamespace(
-        name="gaussian",
-        n_classes=3,
-        dim=dim,
-        separation=2.0,
-        n_train=200,
-        n_test=100,
-        generator_seed=0,
-        subsample=1.0,
-        subsample_seed=0,
-        label_noise=0.0,
-        noise_seed=0,
-    )
-    data = load_data(cfg)
+    data = gaussian_cell_data(dim, separation=2.0)
     # inputs far from zero mean: BatchNorm statistics matter
     return dataclasses.replace(data, x_train=data.x_train + 3.0, x_test=data.x_test + 3.0)
 
