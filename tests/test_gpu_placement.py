@@ -207,10 +207,12 @@ def test_the_local_launcher_places_cells_on_fake_gpus_end_to_end(tmp_path, monke
 @requires_slurm
 def test_a_slurm_task_runs_its_cells_at_once_on_its_fake_gpu(tmp_path, monkeypatch):
     """One (fake) GPU per task, two cells per GPU: 4 cells in 2 tasks (``cells_per_task=auto`` is at least the
-    task's 2 workers), each task running its 2 cells at once in 2 worker processes forked from it."""
+    task's 2 workers), each task running its 2 cells at once in 2 worker processes forked from it. The cells
+    train for 600 epochs (~0.5 s per 100 alone) so that each lasts seconds, far longer than the workers'
+    start-up stagger (0.3 s measured under load): with 3-epoch cells one could end before the other began."""
     monkeypatch.setenv(placement.GPU_COUNT_ENV, "1")  # exported to the tasks by sbatch
     out = landscape(
-        ["-m", *SMALL, "train.batch_size=32,64", "model.width=6,8", *SLURM]
+        ["-m", *SMALL, "train.epochs=600", "train.batch_size=32,64", "model.width=6,8", *SLURM]
         + ["hydra.launcher.cells_per_gpu=2", "hydra.sweep.dir=sweep"],
         tmp_path,
         timeout=600,
@@ -226,11 +228,15 @@ def test_a_slurm_task_runs_its_cells_at_once_on_its_fake_gpu(tmp_path, monkeypat
     assert len(tasks) == 2 and all(len(pids) == 2 for pids in tasks.values()), tasks  # two workers per task
     tasks_logs = [sorted(d.glob("*_log.*")) for d in (tmp_path / "sweep" / ".submitit").iterdir()]
     assert len([logs for logs in tasks_logs if logs]) == 2
-    for logs in filter(None, tasks_logs):  # in each task both cells started before either ended
+    stamp = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
+    for logs in filter(None, tasks_logs):  # in each task both cells started before either ended (log times)
         lines = [ln for log in logs for ln in log.read_text().splitlines()]
-        starts = [i for i, ln in enumerate(lines) if re.search(r"cell \w+ start:", ln)]
-        ends = [i for i, ln in enumerate(lines) if re.search(r"cell \w+ done in", ln)]
-        assert len(starts) == len(ends) == 2 and max(starts) < min(ends), lines
+
+        def times(pattern: str, lines=lines) -> list[str]:
+            return sorted(stamp.match(ln).group(1) for ln in lines if stamp.match(ln) and re.search(pattern, ln))
+
+        starts, ends = times(r"cell \w+ start:"), times(r"cell \w+ done in")
+        assert len(starts) == len(ends) == 2 and max(starts) < min(ends), (starts, ends)
     assert len(rows(tmp_path / "sweep")) == 8
 
 
