@@ -246,24 +246,18 @@ def toy_model_context(workdir: Path, loss: str = "cross_entropy"):
     )
 
 
-def gaussian_cell_data(dim: int = 8, n_train: int = 200, separation: float = 4.0):
+def gaussian_cell_data(dim: int = 8, n_train: int = 200, separation: float = 4.0, offset: float = 0.0):
     """The Gaussian-mixture dataset of the real-small-model tests (3 classes, ``n_train`` training and 100 test
-    samples in ``dim`` dimensions, means ``separation`` apart, no label noise), loaded as a job loads it."""
-    from types import SimpleNamespace
+    samples in ``dim`` dimensions, means ``separation`` apart; the option's defaults otherwise: no label noise,
+    seeds 0), loaded as a job loads it; ``offset`` added to every input (far from zero mean, BatchNorm's
+    statistics matter)."""
+    import dataclasses
 
+    from omegaconf import OmegaConf
+
+    from landscape.config import data_config
     from landscape.data import load_data
 
-    cfg = SimpleNamespace(
-        name="gaussian",
-        n_classes=3,
-        dim=dim,
-        separation=separation,
-        n_train=n_train,
-        n_test=100,
-        generator_seed=0,
-        subsample=1.0,
-        subsample_seed=0,
-        label_noise=0.0,
-        noise_seed=0,
-    )
-    return load_data(cfg)
+    cfg = data_config(name="gaussian", n_classes=3, dim=dim, separation=separation, n_train=n_train, n_test=100)
+    data = load_data(OmegaConf.structured(cfg))
+    return dataclasses.replace(data, x_train=data.x_train + offset, x_test=data.x_test + offset) if offset else data

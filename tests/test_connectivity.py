@@ -261,8 +261,6 @@ def test_curve_training_resumes_bitwise_and_does_not_retrain(tmp_path: Path):
 
 
 # ------------------------------------------------------------------------------------ real small models
-
-
 def _train(model: nn.Module, data: CellData, seed: int, workdir: Path, epochs: int = 15) -> nn.Module:
     train_model(
         model,
@@ -299,10 +297,7 @@ def test_curve_between_a_model_and_itself_has_zero_mode_connectivity(tmp_path: P
 
 
 def test_batchnorm_statistics_are_recomputed_at_every_t():
-    data = gaussian_cell_data()
-    data = CellData(
-        data.name, data.x_train + 3.0, data.y_train, data.y_train_clean, data.x_test + 3.0, data.y_test, data.n_classes
-    )  # inputs far from zero mean: BN statistics matter
+    data = gaussian_cell_data(offset=3.0)  # inputs far from zero mean: BN statistics matter
     loss_fn = make_loss("cross_entropy")
     torch.manual_seed(0)
     a = CNN((8,), 3, width=4, depth=1, batch_norm=True)

@@ -138,9 +138,7 @@ def test_repair_on_the_aligned_line_keeps_the_endpoints(digits_pair: PairContext
 
 
 def _gaussian(dim: int = 8) -> CellData:
-    data = gaussian_cell_data(dim, separation=2.0)
-    # inputs far from zero mean: BatchNorm statistics matter
-    return dataclasses.replace(data, x_train=data.x_train + 3.0, x_test=data.x_test + 3.0)
+    return gaussian_cell_data(dim, separation=2.0, offset=3.0)  # far from zero mean: BatchNorm statistics matter
 
 
 def test_batchnorm_cnn_aligned_line_ends_at_b(tmp_path: Path):
