@@ -769,19 +769,30 @@ def _prior_for(
     nu0: float | None,
     min_var: float = 0.0,
 ) -> tuple[VariancePrior, np.ndarray]:
-    """A metric's variance prior (from the exact values of each cell, on the log scale for the fit column) and
-    its imputation pool (every exact value of the grid, in the metric's units; every finite value if none is
-    exact). ``min_var``: the variance of the measurement's rounding (:func:`rounding_variance`), the least a
-    cell's sample variance can be: cells whose values agree to the measurement's resolution count with it."""
+    """A metric's variance prior and its imputation pool.
+
+    The prior is fitted to each cell's spread between seeds of its measured values (on the log scale for the fit
+    column): the exact values and the bounds (mc of a curve still moving when the protocol stopped at its last
+    budget). A bound is what the protocol reports for that seed pair, so the spread of a cell's bounds is the
+    spread a rerun's values would have; leaving them out left the prior to the few cells whose curves all
+    converged (often cells with mc 0 in every pair, or a single cell with one outlying pair, which then set the
+    noise of every other cell: on a 9-cell grid, s0^2 = 13 pp^2 from the one cell with two converged pairs, 0
+    and 3.1 pp, while the measured values of the other cells spread by 0.002-1.3 pp^2).
+    The pool (what an unknown slot is imputed from) is every exact value of the grid, in the metric's units (every
+    finite value if none is exact). ``min_var``: the variance of the measurement's rounding
+    (:func:`rounding_variance`), the least a cell's sample variance can be: cells whose values agree to the
+    measurement's resolution count with it."""
     var, dfs, exact_all, finite_all = [], [], [], []
     for v, k in slots.values():
-        x = v[(k == EXACT) & np.isfinite(v)]
+        finite = np.isfinite(v)
+        x = v[(k == EXACT) & finite]
         exact_all.append(x)
-        finite_all.append(v[np.isfinite(v)])
-        if x.size >= 2:
-            t = variance_scale(x, log_floor)
+        finite_all.append(v[finite])
+        measured = v[np.isin(k, (EXACT, LOWER, UPPER)) & finite]
+        if measured.size >= 2:
+            t = variance_scale(measured, log_floor)
             var.append(max(float(t.var(ddof=1)), min_var))
-            dfs.append(x.size - 1)
+            dfs.append(measured.size - 1)
     pool = np.concatenate(exact_all) if exact_all else np.empty(0)
     if not pool.size:
         pool = np.concatenate(finite_all) if finite_all else np.empty(0)

@@ -590,6 +590,55 @@ def test_bounded_pairs_keep_a_label_only_where_the_bound_decides_it():
     assert c_old.loc[6, ["n_pairs_exact", "n_pairs_unknown", "n_pairs_total"]].tolist() == [2, 1, 3]
 
 
+def test_bounded_values_inform_the_variance_prior():
+    """The variance prior of mc is fitted to every cell's measured values, bounds included (a bound is what the
+    protocol reports for that pair, so its spread between seeds is a rerun's spread). A 9-cell grid like a
+    measured one (MNIST-style fine grid, seeds 12-14): eight cells whose curves all stopped as lower bounds,
+    spread 0.002-1.3 pp^2, and one cell with two converged pairs at 0 and 3.13 pp. Fitted to the converged values
+    alone the prior is that one cell's 4.9 pp^2 (times the nu0 factor) and a bounded cell whose three pairs read
+    0.07-0.14 pp gets confidence 0.69 in a label no rerun changed. With the bounds: s0^2 as
+    Smyth's formula over all nine cells (written out here), and that cell keeps its label with confidence
+    > 0.95."""
+    from landscape.phase import bounded_labels, resolution_counts
+
+    nu0 = 3.0
+
+    def prs(values, bounds, ckas):
+        return [
+            {"connectivity.mc": v, "cka": c, "connectivity.converged": b is None, "connectivity.mc_bound": b}
+            for v, b, c in zip(values, bounds, ckas, strict=True)
+        ]
+
+    low, lo3 = [3e-3, 4e-3, 2e-3], ["lower"] * 3
+    high = [0.3, 0.2, 0.4]
+    rows = {
+        1: (low, prs([0.07, 0.07, 0.14], lo3, [0.88, 0.88, 0.86])),  # IV-B: the cell the old prior doubted
+        2: (high, prs([9.33, 8.5, 7.1], lo3, [0.46, 0.4, 0.45])),
+        3: (high, prs([8.22, 8.64, 9.61], lo3, [0.25, 0.26, 0.26])),
+        4: (low, prs([0.07, 0.07, 0.14], lo3, [0.9, 0.94, 0.89])),
+        5: (low, prs([1.46, 1.46, 0.0], ["lower", "lower", None], [0.65, 0.57, 0.66])),
+        6: (high, prs([6.96, 6.06, 5.36], lo3, [0.28, 0.33, 0.38])),
+        7: (low, prs([0.0, 0.07, 0.07], [None, "lower", "lower"], [0.95, 0.93, 0.95])),
+        8: (low, prs([0.07, 0.0, 0.07], ["lower", None, "lower"], [0.79, 0.82, 0.77])),
+        9: (low, prs([3.13, 3.13, 0.0], [None, "lower", None], [0.34, 0.39, 0.55])),
+    }
+    models, pairs = _grid_rows(rows)
+    pairs["connectivity.mc_bound"] = pairs["connectivity.mc_bound"].astype(object)
+    by = ["model.width", "train.batch_size"]
+    rule = PhaseRule.paper()
+    cells = aggregate_cells(models, pairs, by)
+    counts = resolution_counts(models, pairs, cells, by, rule)
+    labels, _ = bounded_labels(cells, rule, counts)
+    conf = label_confidence(models, pairs, cells, by, rule, labels, n_boot=20000, seed=1, nu0=nu0)
+    measured = [[p["connectivity.mc"] for p in prs_] for _, prs_ in rows.values()]
+    by_hand = _mc_prior_by_hand(measured, nu0)
+    exact_only = _mc_prior_by_hand([[3.13, 0.0]], nu0)  # the one cell with two converged pairs
+    got = conf.attrs["priors"]["connectivity.mc"]["s0_sq"]
+    assert got == pytest.approx(by_hand, rel=1e-9) and by_hand < 0.05 * exact_only
+    c = conf.set_index(cells["model.width"])
+    assert labels.iloc[0] == "IV-B" and c.loc[1, "phase_confidence"] > 0.95 and c.loc[4, "phase_confidence"] > 0.95
+
+
 # --- calibration of the confidence ----------------------------------------------------------------------------
 
 
