@@ -20,10 +20,12 @@ Printed, as Markdown (for a closing note):
   run does not keep its label;
 * per confidence bin (``--bins``, default [0, 0.5), [0.5, 0.7), [0.7, 0.9), [0.9, 1.0]): the number of labels
   and of distinct cells they come from, their mean confidence, the fraction kept (both directions pooled) and
-  its Wilson 95 % interval. A calibrated confidence has the fraction kept near the mean confidence in every bin.
-  The interval treats the labels as independent draws; labels of one cell are not (the same borderline cell
-  recurs in both directions and in every pair of runs), so it is a lower bound on the real uncertainty, wider
-  the fewer cells a bin holds.
+  its Wilson 95 % interval, and the gap (fraction kept minus mean confidence) with its 95 % interval when the
+  bin's cells are resampled. A calibrated confidence has the fraction kept near the mean confidence in every bin.
+  The Wilson interval treats the labels as independent draws; labels of one cell are not (the same borderline
+  cell recurs in both directions and in every pair of runs), so it is a lower bound on the real uncertainty,
+  wider the fewer cells a bin holds; the cell-resampled interval of the gap takes the cell as the unit (with
+  2-5 cells in a bin it is wide: how far a gap can be told from 0 with that many cells).
 
 With three or more sweeps (seed sets), every pair of them is compared and the pairs are pooled at the end
 (each cell's label then counts once per other run it is compared with: more labels per bin, not independent
@@ -100,11 +102,34 @@ def wilson_interval(kept: int, n: int, z: float = 1.959963984540054) -> tuple[fl
     return max(0.0, (centre - half) / den), min(1.0, (centre + half) / den)
 
 
+def cell_bootstrap_gap(
+    labels: pd.DataFrame, n_boot: int = 4000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """The ``level`` percentile interval of a bin's calibration gap, fraction kept minus mean confidence, when the
+    bin's distinct cells are resampled with replacement (each drawn cell brings all of its labels in the bin):
+    the labels of one cell are not independent (one borderline cell recurs in both directions and in every pair
+    of runs), so the cell is the unit of resampling. ``labels``: rows ``conf``, ``kept``, ``cell`` (:func:`_kept`
+    restricted to the bin). (nan, nan) for an empty bin; a single cell gives its own gap at both ends."""
+    if labels.empty:
+        return float("nan"), float("nan")
+    g = labels.groupby("cell", sort=True)
+    n_lab = g.size().to_numpy(dtype=float)
+    s_kept = g["kept"].sum().to_numpy(dtype=float)
+    s_conf = g["conf"].sum().to_numpy(dtype=float)
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, n_lab.size, size=(n_boot, n_lab.size))
+    gap = (s_kept[draw].sum(axis=1) - s_conf[draw].sum(axis=1)) / n_lab[draw].sum(axis=1)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(gap, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def calibration(paired: pd.DataFrame, bins: Sequence[float] = DEFAULT_BINS, high: float = 0.9) -> dict[str, Any]:
     """The numbers of the report from :func:`paired_labels`: ``n_cells``, ``n_both`` (labelled in both runs),
     ``n_one`` (in one only), ``agree`` (share of ``n_both`` with equal labels), ``n_high`` (labels with
     confidence >= ``high``, both runs), ``high_kept`` (their share kept), ``bins`` (rows ``lo``, ``hi``, ``n``,
-    ``n_cells``: distinct cells, ``mean_conf``, ``kept``, ``ci``: its :func:`wilson_interval`; the last bin closed
+    ``n_cells``: distinct cells, ``mean_conf``, ``kept``, ``ci``: its :func:`wilson_interval`, ``gap_ci``: the
+    interval of ``kept - mean_conf`` with the cells resampled, :func:`cell_bootstrap_gap`; the last bin closed
     on the right)."""
     both = paired["phase_a"].notna() & paired["phase_b"].notna()
     one = paired["phase_a"].notna() ^ paired["phase_b"].notna()
@@ -127,6 +152,7 @@ def calibration(paired: pd.DataFrame, bins: Sequence[float] = DEFAULT_BINS, high
                 "mean_conf": float(s["conf"].mean()) if len(s) else float("nan"),
                 "kept": float(s["kept"].mean()) if len(s) else float("nan"),
                 "ci": wilson_interval(int(s["kept"].sum()), int(len(s))),
+                "gap_ci": cell_bootstrap_gap(s, seed=i),
             }
         )
     return {
@@ -157,8 +183,9 @@ def markdown(res: dict[str, Any], title: str, paired: pd.DataFrame | None = None
         f"- labels with confidence >= {res['high']:g} in either run: {res['n_high']}, kept in the other run: "
         f"{_pct(res['high_kept'])}",
         "",
-        "| confidence | labels (cells) | mean confidence | fraction kept | 95 % interval |",
-        "|---|---:|---:|---:|---|",
+        "| confidence | labels (cells) | mean confidence | fraction kept | 95 % interval | kept - confidence, cells"
+        " resampled (95 %) |",
+        "|---|---:|---:|---:|---|---|",
     ]
     for r in res["bins"]:
         rng = f"[{r['lo']:g}, {r['hi']:g}{']' if r['closed'] else ')'}"
@@ -166,7 +193,9 @@ def markdown(res: dict[str, Any], title: str, paired: pd.DataFrame | None = None
         kept = "-" if not np.isfinite(r["kept"]) else f"{r['kept']:.2f}"
         lo, hi = r["ci"]
         ci = "-" if not np.isfinite(lo) else f"{lo:.2f}-{hi:.2f}"
-        lines.append(f"| {rng} | {r['n']} ({r['n_cells']}) | {mc} | {kept} | {ci} |")
+        glo, ghi = r["gap_ci"]
+        gap = "-" if not np.isfinite(glo) else f"{r['kept'] - r['mean_conf']:+.2f} ({glo:+.2f} to {ghi:+.2f})"
+        lines.append(f"| {rng} | {r['n']} ({r['n_cells']}) | {mc} | {kept} | {ci} | {gap} |")
     if res.get("no_conf"):
         lines.append(f"\n({res['no_conf']} labels without a confidence are left out of the bins.)")
     if paired is not None:

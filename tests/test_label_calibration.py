@@ -15,7 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from label_calibration import calibration, markdown, paired_labels, wilson_interval  # noqa: E402 - after benchmarks/ is put on sys.path
+from label_calibration import (  # noqa: E402 - after benchmarks/ is put on sys.path
+    calibration,
+    cell_bootstrap_gap,
+    markdown,
+    paired_labels,
+    wilson_interval,
+)
 
 
 def cells(labels, confs):
@@ -42,8 +48,10 @@ def test_agreement_high_confidence_share_and_bins_pool_both_directions():
     assert [r["n_cells"] for r in res["bins"]] == [1, 1, 1, 2]
     assert sum(r["n"] for r in res["bins"]) == res["n_labels"] == 9
     text = markdown(res, "toy", paired, ["model.width"])
-    assert "| [0.9, 1] | 4 (2) | 0.97 | 1.00 | 0.51-1.00 |" in text
-    assert "| [0, 0.5) | 1 (1) | 0.30 | 0.00 | 0.00-0.79 |" in text
+    # gaps per cell in [0.9, 1]: width 4 (0.95, 0.92 kept) 1 - 0.935 = +0.065, width 64 (1.0, 1.0) 0: resampling
+    # the two cells gives 0, 0.0325 or 0.065 -> (+0.00 to +0.06) (0.065 is just below it in binary)
+    assert "| [0.9, 1] | 4 (2) | 0.97 | 1.00 | 0.51-1.00 | +0.03 (+0.00 to +0.06) |" in text
+    assert "| [0, 0.5) | 1 (1) | 0.30 | 0.00 | 0.00-0.79 | -0.30 (-0.30 to -0.30) |" in text
     assert "labels agree in 75 % of the cells labelled in both runs" in text
     assert "| 16 | III (0.80) | IV-A (0.75) |" in text and "| 32 | IV-B (0.30) | - |" in text
 
@@ -54,6 +62,20 @@ def test_wilson_interval_equals_scipys(kept, n):
 
     ci = binomtest(kept, n).proportion_ci(confidence_level=0.95, method="wilson")
     assert wilson_interval(kept, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
+def test_cell_bootstrap_gap_resamples_cells_not_labels():
+    """Two cells: A with 3 labels (confidence 0.5, none kept: gap -0.5 each), B with 1 label (0.7, kept: +0.3).
+    Resampling the 2 cells gives AA (gap -0.5, probability 1/4), AB or BA (4 labels: (1 - 1.5 - 0.7) / 4 = -0.3,
+    1/2) and BB (+0.3, 1/4): the 95 % percentile interval is (-0.5, +0.3), whatever the label counts. Resampled
+    as 4 independent labels instead, the upper end would be the chance of drawing B 4 times in 4 (1/256): below
+    the 97.5 % point, so an interval that treated labels as the unit would not reach +0.3."""
+    labels = pd.DataFrame(
+        {"conf": [0.5, 0.5, 0.5, 0.7], "kept": [False, False, False, True], "cell": [("a",)] * 3 + [("b",)]}
+    )
+    assert cell_bootstrap_gap(labels, n_boot=20000, seed=1) == pytest.approx((-0.5, 0.3))
+    assert cell_bootstrap_gap(labels.iloc[:3]) == pytest.approx((-0.5, -0.5))
+    assert all(np.isnan(cell_bootstrap_gap(labels.iloc[:0])))
 
 
 GRID = [
