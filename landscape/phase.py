@@ -66,11 +66,13 @@ from landscape.phase_stats import (  # noqa: F401 - re-exported: the statistics 
     NU0_DEFAULT,
     NU0_MAX,
     NU0_MIN,
+    PAIR_MODEL_SHARE,
     UNKNOWN,
     UPPER,
     Mixture2,
     VariancePrior,
     fit_mixture2,
+    pair_design_effect,
     predictive_means,
     rounding_variance,
     spearman,
@@ -827,7 +829,9 @@ def label_confidence(
     CKA's over its pairs), a rerun's mean from :func:`predictive_means`: unknown slots (models without a finite
     fit value, any status; pairs without a finite mc/CKA that should have one) imputed from the grid's values,
     bounds kept as bounds, and Student-t noise whose variance shrinks the cell's own toward the grid's
-    (:func:`variance_prior`, empirical Bayes, or ``nu0`` given), so that a value measured once adds doubt.
+    (:func:`variance_prior`, empirical Bayes, or ``nu0`` given), so that a value measured once adds doubt; for
+    mc and CKA that variance is multiplied by the design effect of pairs that share models
+    (:func:`pair_design_effect`: 2.5 for the 3 pairs of 3 seeds), since a rerun draws new models, not new pairs.
     The draws are labelled by ``rule``; the confidence is the share equal to the cell's label.
 
     Returns a DataFrame on ``cells``' index: ``phase_confidence`` (in [0, 1]; NaN for an unlabelled cell) and
@@ -856,8 +860,18 @@ def label_confidence(
         if lab is None or (isinstance(lab, float) and np.isnan(lab)):
             continue
         rng = np.random.default_rng([seed, _cell_key(key, by)])  # the cell's stream, whatever the axis order
+        n_models = slots[cols[0]].get(key, empty)[0].size
         means = [
-            predictive_means(rng, *slots[c].get(key, empty), pools[c], priors[c], n_boot, floors[c], min_var[c])
+            predictive_means(
+                rng,
+                *slots[c].get(key, empty),
+                pools[c],
+                priors[c],
+                n_boot,
+                floors[c],
+                min_var[c],
+                1.0 if c == cols[0] else pair_design_effect(n_models, slots[c].get(key, empty)[0].size),
+            )
             for c in cols
         ]
         codes = rule.codes(*means)

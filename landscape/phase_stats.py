@@ -7,7 +7,8 @@ families, rows' meaning beyond the columns named, files or figures.
   ``landscape.phase.label_confidence``): the kinds of a value slot (:data:`EXACT`, :data:`LOWER`,
   :data:`UPPER`, :data:`UNKNOWN`, :data:`NOT_A_SLOT`), an empirical-Bayes prior of the within-cell variance
   (:class:`VariancePrior`, :func:`variance_prior`, Smyth 2004), the rounding floor of that variance
-  (:func:`rounding_variance`) and the Monte Carlo draws of a rerun's mean (:func:`predictive_means`);
+  (:func:`rounding_variance`), the design effect of pairs that share models (:func:`pair_design_effect`) and the
+  Monte Carlo draws of a rerun's mean (:func:`predictive_means`);
 * rank correlation: Spearman's rho with its two-sided p-value from Student's t (:func:`spearman`,
   :func:`student_t_two_sided`), through a hand-written regularised incomplete beta function (no scipy needed
   for the p-value; ``tests/test_phase.py`` checks it against scipy).
@@ -212,6 +213,37 @@ def rounding_variance(pairs: pd.DataFrame | None, column: str) -> float:
     return q * q / 12.0
 
 
+#: The share of a pair value's variance that belongs to its two models (``sigma_a^2 / (sigma_a^2 + sigma_e^2)`` in
+#: :func:`pair_design_effect`) where the cell cannot tell it: with 3 seeds the pairs' spread is confounded with
+#: it. 0 would treat the pairs as independent draws (too narrow: on the demo, fine and MNIST-1D grids rerun with
+#: disjoint seed sets the cell means of mc and CKA varied 1-5x, typically 2-3x, more than that predicts); 1
+#: treats their spread as all model-level (the delete-one-model jackknife, 4x for 3 seeds). The midpoint gives
+#: 2.5x for 3 seeds.
+PAIR_MODEL_SHARE = 0.5
+
+
+def pair_design_effect(n_models: int, n_pairs: int, model_share: float = PAIR_MODEL_SHARE) -> float:
+    """How much more a cell's mean over the pairs of its models varies than the mean of ``n_pairs`` independent
+    values with the pairs' spread: ``Var(mean) / (E[s^2] / P)``.
+
+    A pair value is ``v_ij = mu + a_i + a_j + e_ij`` (a model effect ``a`` of variance ``sigma_a^2`` shared by
+    every pair a model is in, a pair effect ``e`` of variance ``sigma_e^2``). Over all ``P = n(n-1)/2`` pairs of
+    ``n`` models: ``Var(mean) = 4 sigma_a^2 / n + 2 sigma_e^2 / (n (n - 1))`` (the mean is ``(2/n) sum a_i`` plus
+    the pair effects' mean) and ``E[s^2] = (2 - f) sigma_a^2 + sigma_e^2`` with ``f = 2 (n - 2) / (P - 1)``
+    the share of distinct pairs that share a model (their covariance is ``sigma_a^2``). ``model_share`` is
+    ``sigma_a^2 / (sigma_a^2 + sigma_e^2)``. 1 where the pairs are not all pairs of the cell's models (the
+    paper's one curve per cell; a partial set: its overlap is not known here) or ``P <= 1``. For 3 models:
+    ``(1 + 3 model_share)``, from 1 (independent pairs) to 4."""
+    n, p = int(n_models), int(n_pairs)
+    if p <= 1 or n < 3 or p != n * (n - 1) // 2:
+        return 1.0
+    sa, se = float(model_share), 1.0 - float(model_share)
+    var_mean = 4.0 * sa / n + 2.0 * se / (n * (n - 1))
+    f = 2.0 * (n - 2) / (p - 1)
+    e_s2 = (2.0 - f) * sa + se
+    return float(var_mean / (e_s2 / p))
+
+
 def predictive_means(
     rng: np.random.Generator,
     values: np.ndarray,
@@ -221,6 +253,7 @@ def predictive_means(
     n_draw: int,
     log_floor: float | None = None,
     min_var: float = 0.0,
+    design_effect: float = 1.0,
 ) -> np.ndarray:
     """``[n_draw]`` draws of the mean a rerun of the cell with new seeds would give for one metric (NaN when
     the cell has no slot of it).
@@ -233,7 +266,9 @@ def predictive_means(
     1) s_cell^2) / (nu0 + r - 1)`` shrinks the cell's sample variance of its exact values toward the grid's
     prior (``prior``) and ``df = nu0 + r - 1``. With ``log_floor`` (the fit column) the spread is relative:
     the variances are of the log values and the noise multiplies the mean by ``exp(...)``. ``min_var``: the
-    least sample variance of two or more values (the measurement's rounding, :func:`rounding_variance`)."""
+    least sample variance of two or more values (the measurement's rounding, :func:`rounding_variance`).
+    ``design_effect``: the factor on that noise variance for slots that are not independent draws (pairs that
+    share models, :func:`pair_design_effect`)."""
     n = values.size
     if n == 0:
         return np.full(n_draw, np.nan)
@@ -256,7 +291,7 @@ def predictive_means(
     s0_sq = prior.s0_sq if np.isfinite(prior.s0_sq) else 0.0
     df = prior.nu0 + max(r - 1, 0)
     s_sq = (prior.nu0 * s0_sq + max(r - 1, 0) * s_cell_sq) / df
-    scale = np.sqrt(s_sq * (r / n**2 + 1.0 / n))
+    scale = np.sqrt(design_effect * s_sq * (r / n**2 + 1.0 / n))
     if scale <= 0:
         return mean
     noise = scale * rng.standard_t(df, size=n_draw)

@@ -448,9 +448,10 @@ def _mc_prior_by_hand(mc_by_cell: list[list[float]], nu0: float) -> float:
 
 
 def test_confidence_is_the_predictive_probability_of_the_closed_form():
-    """(a) three exact pairs: P(rerun mean >= -0.5) = P(xbar + s sqrt(1/3 + 1/3) T_df >= -0.5) with the shrunk
-    variance s^2 = (nu0 s0^2 + 2 s_cell^2) / (nu0 + 2), df = nu0 + 2 (scipy.stats.t); (b) one model and one
-    pair: s = s0, df = nu0, factor sqrt(1 + 1): below 1 although the old bootstrap gave 1.00."""
+    """(a) three exact pairs of three models: P(rerun mean >= -0.5) = P(xbar + s sqrt(2.5 (1/3 + 1/3)) T_df >=
+    -0.5) with the shrunk variance s^2 = (nu0 s0^2 + 2 s_cell^2) / (nu0 + 2), df = nu0 + 2 (scipy.stats.t) and
+    the pairs' design effect 2.5; (b) one model and one pair: s = s0, df = nu0, factor sqrt(1 + 1) (one pair:
+    no design effect): below 1 although the old bootstrap gave 1.00."""
     from scipy import stats
 
     nu0 = 3.0
@@ -474,7 +475,8 @@ def test_confidence_is_the_predictive_probability_of_the_closed_form():
     # (a)
     x = np.array(target_mc)
     s = math.sqrt((nu0 * s0_sq + 2 * x.var(ddof=1)) / (nu0 + 2))
-    p_a = stats.t.sf((-0.5 - x.mean()) / (s * math.sqrt(1 / 3 + 1 / 3)), nu0 + 2)
+    deff = 1 + 3 * 0.5  # 3 pairs of 3 models, half of a pair's variance model-level: Var(mean) = 2.5 s^2 / 3
+    p_a = stats.t.sf((-0.5 - x.mean()) / (s * math.sqrt(deff * (1 / 3 + 1 / 3))), nu0 + 2)
     mc_err = 4 * math.sqrt(p_a * (1 - p_a) / 40000)
     assert 0.6 < p_a < 0.95 and c.loc[100, "phase_confidence"] == pytest.approx(p_a, abs=mc_err)
     # (b) one value: doubt from the grid's variance prior alone
@@ -522,7 +524,7 @@ def test_an_unknown_pair_is_imputed_from_the_grid_and_lowers_confidence():
     )
     s = math.sqrt((nu0 * s0_sq + np.var([-0.2, 0.1], ddof=1)) / (nu0 + 1))
     means = (-0.2 + 0.1 + pool) / 3
-    p = float(np.mean(stats.t.sf((-0.5 - means) / (s * math.sqrt(2 / 9 + 1 / 3)), nu0 + 1)))
+    p = float(np.mean(stats.t.sf((-0.5 - means) / (s * math.sqrt(2.5 * (2 / 9 + 1 / 3))), nu0 + 1)))
     assert unk["phase_confidence"] == pytest.approx(p, abs=0.012)
 
 
@@ -590,6 +592,25 @@ def test_bounded_pairs_keep_a_label_only_where_the_bound_decides_it():
     assert c_old.loc[6, ["n_pairs_exact", "n_pairs_unknown", "n_pairs_total"]].tolist() == [2, 1, 3]
 
 
+@pytest.mark.parametrize("n,share", [(3, 0.0), (3, 0.5), (3, 1.0), (4, 0.5), (5, 0.8)])
+def test_pair_design_effect_matches_a_simulated_random_effects_model(n, share):
+    """v_ij = a_i + a_j + e_ij over all pairs of n models, sigma_a^2 = share, sigma_e^2 = 1 - share, simulated
+    200,000 times: the variance of the pairs' mean over the mean of s^2 / P is the design effect (to 2 %)."""
+    from landscape.phase import pair_design_effect
+
+    rng = np.random.default_rng(n)
+    reps = 200_000
+    a = rng.normal(0.0, math.sqrt(share), size=(reps, n))
+    pairs = list(itertools.combinations(range(n), 2))
+    v = np.stack([a[:, i] + a[:, j] for i, j in pairs], axis=1)
+    v += rng.normal(0.0, math.sqrt(1.0 - share), size=v.shape)
+    ratio = v.mean(axis=1).var() / (v.var(axis=1, ddof=1).mean() / len(pairs))
+    assert pair_design_effect(n, len(pairs), share) == pytest.approx(ratio, rel=0.02)
+    if n == 3:
+        assert pair_design_effect(3, 3, share) == pytest.approx(1 + 3 * share)
+    assert pair_design_effect(n, 1, share) == 1.0 and pair_design_effect(n, len(pairs) - 1, share) == 1.0
+
+
 def test_bounded_values_inform_the_variance_prior():
     """The variance prior of mc is fitted to every cell's measured values, bounds included (a bound is what the
     protocol reports for that pair, so its spread between seeds is a rerun's spread). A 9-cell grid like a
@@ -644,7 +665,9 @@ def test_bounded_values_inform_the_variance_prior():
 
 def _synthetic_truth(rng, n_cells):
     """True cell means across the thresholds and per-cell noise that differs between cells (heteroscedastic):
-    training loss (nats; relative sd per model 10-60 %), mc (pp; sd per pair 0.1-3 pp), CKA (sd 0.01-0.08)."""
+    training loss (nats; relative sd per model 10-60 %), mc (pp; sd per pair 0.1-3 pp), CKA (sd 0.01-0.08); the
+    share of a pair value's variance that belongs to its models (``share``, 0-1: pairs that share a model are
+    correlated, as measured pairs are)."""
     return dict(
         fit=10 ** rng.uniform(-3, 0, n_cells),
         mc=rng.uniform(-4, 3, n_cells),
@@ -652,15 +675,20 @@ def _synthetic_truth(rng, n_cells):
         rel=rng.uniform(0.1, 0.6, n_cells),
         smc=10 ** rng.uniform(-1, 0.5, n_cells),
         sck=rng.uniform(0.01, 0.08, n_cells),
+        share=rng.uniform(0.0, 1.0, n_cells),
     )
 
 
 def _seed_set(rng, truth, n_seed=3, p_unconverged=0.0):
-    """One seed set of every cell: n_seed models and their pairs, drawn from the truth; a pair's curve fails to
-    converge at random with probability p_unconverged (mc nulled, converged = false)."""
+    """One seed set of every cell: n_seed models and their pairs, drawn from the truth (a pair's mc and CKA: the
+    cell mean, an effect of each of its two models and one of the pair, with ``share`` of the variance in the
+    models'); a pair's curve fails to converge at random with probability p_unconverged (mc nulled,
+    converged = false)."""
     models, pairs = [], []
     for c in range(len(truth["fit"])):
         sig = math.sqrt(math.log1p(truth["rel"][c] ** 2))
+        sa, se = math.sqrt(truth["share"][c]), math.sqrt(1.0 - truth["share"][c])
+        a_mc, a_ck = rng.normal(size=n_seed), rng.normal(size=n_seed)
         for s in range(n_seed):
             models.append(
                 {
@@ -675,7 +703,8 @@ def _seed_set(rng, truth, n_seed=3, p_unconverged=0.0):
         for a in range(n_seed):
             for b in range(a + 1, n_seed):
                 conv = bool(rng.random() >= p_unconverged)
-                mc = truth["mc"][c] + truth["smc"][c] * rng.normal()
+                mc = truth["mc"][c] + truth["smc"][c] * (sa * (a_mc[a] + a_mc[b]) / math.sqrt(2) + se * rng.normal())
+                ck = truth["cka"][c] + truth["sck"][c] * (sa * (a_ck[a] + a_ck[b]) / math.sqrt(2) + se * rng.normal())
                 pairs.append(
                     {
                         "cell_id": f"c{c}",
@@ -684,7 +713,7 @@ def _seed_set(rng, truth, n_seed=3, p_unconverged=0.0):
                         "status": "done",
                         "connectivity.mc": mc if conv else np.nan,
                         "connectivity.converged": conv,
-                        "cka": truth["cka"][c] + truth["sck"][c] * rng.normal(),
+                        "cka": ck,
                     }
                 )
     return pd.DataFrame(models), pd.DataFrame(pairs)
@@ -756,8 +785,8 @@ def _calibration_table(df, column, min_n=30):
 
 
 def test_confidence_is_calibrated_on_reruns_with_disjoint_seeds():
-    """(d) 6 synthetic grids x 60 cells (known means, noise that differs between cells), each run twice with
-    disjoint seed sets (3 models, 3 pairs per cell): in every bin of confidence (>= 30 labels) the share of
+    """(d) 6 synthetic grids x 60 cells (known means, noise that differs between cells, pairs correlated through
+    their models), each run twice with disjoint seed sets (3 models, 3 pairs per cell): in every bin of confidence (>= 30 labels) the share of
     labels the other run keeps is within 0.1 of the bin's mean confidence, and >= 90 % above 0.9."""
     table, above = _calibration_table(_calibration(), "new")
     assert len(table) >= 4, table
