@@ -130,7 +130,7 @@ def test_label_calibration_on_two_tiny_sweeps_with_disjoint_seeds(cli, tmp_path)
 
 def test_mc_rounding_floor_keeps_one_noisy_cell_from_setting_every_cells_prior():
     """The demo with seeds 6-8: every fitted cell's converged pairs have mc = 0 exactly, one cell has two
-    converged values 6.2 pp apart. Without a floor that single cell was the grid's whole mc prior (s0^2 = 19 pp^2,
+    converged values 6.2 pp apart (and a bound). Without a floor that single cell was the grid's whole mc prior (s0^2 = 19 pp^2,
     nu0 = 4) and fitted cells far from every threshold got confidence ~0.55. mc is quantised (half a training
     sample, 50 / n_train pp), so a cell of equal values has at least the rounding variance q^2 / 12: the prior is
     then Smyth's moment estimate over every cell (checked by hand with scipy) and the certain cells are certain."""
@@ -183,9 +183,10 @@ def test_mc_rounding_floor_keeps_one_noisy_cell_from_setting_every_cells_prior()
     assert rounding_variance(pairs, "connectivity.mc") == pytest.approx(q2)
     conf = label_confidence(models, pairs, cells_, by, rule, n_boot=4000, seed=0)
     prior = conf.attrs["priors"]["connectivity.mc"]
-    # by hand: the five fitted cells at the floor (2 df each), the noisy cell's two exact values (1 df)
-    v = np.array([q2] * 5 + [np.var([1.0, 7.2], ddof=1)])
-    d = np.array([2.0] * 5 + [1.0])
+    # by hand: the five fitted cells at the floor (2 df each), the noisy cell's three measured values (2 df: its
+    # bound is a measured value too)
+    v = np.array([q2] * 5 + [np.var([1.0, 7.2, 3.0], ddof=1)])
+    d = np.array([2.0] * 5 + [2.0])
     e = np.log(v) - special.digamma(d / 2) + np.log(d / 2)
     rhs = e.var(ddof=1) - special.polygamma(1, d / 2).mean()
     assert rhs > 0 and prior["n_cells"] == 6
