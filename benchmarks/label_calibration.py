@@ -29,7 +29,9 @@ Printed, as Markdown (for a closing note):
 
 With three or more sweeps (seed sets), every pair of them is compared and the pairs are pooled at the end
 (each cell's label then counts once per other run it is compared with: more labels per bin, not independent
-ones). ``--cells`` adds the per-cell table (knobs, label and confidence in each run).
+ones). ``--cells`` adds the per-cell table (knobs, label and confidence in each run). With three or more sweeps it also
+prints, per column the rule reads, how much more a cell's mean varies between runs than its values' spread
+within a run predicts (:func:`rerun_variance_ratio`: ~1 for one value per model; pairs that share models more).
 """
 
 from __future__ import annotations
@@ -122,6 +124,44 @@ def cell_bootstrap_gap(
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(gap, [tail, 100 - tail])
     return float(lo), float(hi)
+
+
+def rerun_variance_ratio(
+    runs: Sequence[tuple[pd.DataFrame, pd.DataFrame]], by: Sequence[str], rule: Any = None
+) -> dict[str, dict[str, float]]:
+    """How much more a cell's mean varies between runs with disjoint seeds than its values' spread within a run
+    predicts for independent values: per column the rule reads, ``sum over cells of var(run means) / sum of
+    mean(s^2 / r)`` (``total``) and the median of the per-cell ratios (``median``), over cells with >= 3 measured
+    values (exact or bounds) in >= 3 runs; the training loss on a log scale (floored at 1e-4 nats). ~1 for
+    independent values (one per model); for pair values that share models up to 4 for 3 seeds
+    (``landscape.phase_stats.pair_design_effect``). ``runs``: ``(models, pairs)`` rows of each run."""
+    from landscape.phase import EXACT, LOWER, UPPER, PhaseRule, _cell_slots
+
+    rule = rule or PhaseRule.paper()
+    slots = [_cell_slots(m, p, list(by), rule)[1] for m, p in runs]
+    out: dict[str, dict[str, float]] = {}
+    for col in rule.columns:
+        across, within = [], []
+        for key in slots[0][col]:
+            means, s2 = [], []
+            for sl in slots:
+                v, k = sl[col].get(key, (np.empty(0), np.empty(0)))
+                x = v[np.isin(k, (EXACT, LOWER, UPPER)) & np.isfinite(v)]
+                if col == rule.fit_column:
+                    x = np.log(np.maximum(x, 1e-4))
+                if x.size >= 3:
+                    means.append(x.mean())
+                    s2.append(x.var(ddof=1) / x.size)
+            if len(means) >= 3 and np.mean(s2) > 0:
+                across.append(np.var(means, ddof=1))
+                within.append(np.mean(s2))
+        a, w = np.array(across), np.array(within)
+        out[col] = {
+            "cells": int(a.size),
+            "total": float(a.sum() / w.sum()) if a.size else float("nan"),
+            "median": float(np.median(a / w)) if a.size else float("nan"),
+        }
+    return out
 
 
 def calibration(paired: pd.DataFrame, bins: Sequence[float] = DEFAULT_BINS, high: float = 0.9) -> dict[str, Any]:
@@ -287,6 +327,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             markdown(
                 calibration(pd.concat(pooled, ignore_index=True), bins, args.high),
                 f"pooled over the {len(pooled)} pairs of runs ({', '.join(by)})",
+            )
+        )
+    if len(args.sweeps) >= 3:
+        from landscape.results import load
+
+        runs = [(load(d, table="models"), load(d, table="pairs")) for d in args.sweeps]
+        ratio = rerun_variance_ratio(runs, by, rule_of(man_a))
+        print(
+            "\nbetween-run variance of a cell's mean / the within-run s^2 / r of its values (1 for independent "
+            "values; pairs that share models: up to 4 for 3 seeds): "
+            + "; ".join(
+                f"{c} {r['total']:.2f} (median cell {r['median']:.2f}, {r['cells']} cells)" for c, r in ratio.items()
             )
         )
     print(f"\n({rule_of(man_a).describe()})")

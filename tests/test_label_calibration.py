@@ -20,6 +20,7 @@ from label_calibration import (  # noqa: E402 - after benchmarks/ is put on sys.
     cell_bootstrap_gap,
     markdown,
     paired_labels,
+    rerun_variance_ratio,
     wilson_interval,
 )
 
@@ -76,6 +77,42 @@ def test_cell_bootstrap_gap_resamples_cells_not_labels():
     assert cell_bootstrap_gap(labels, n_boot=20000, seed=1) == pytest.approx((-0.5, 0.3))
     assert cell_bootstrap_gap(labels.iloc[:3]) == pytest.approx((-0.5, -0.5))
     assert all(np.isnan(cell_bootstrap_gap(labels.iloc[:0])))
+
+
+def _runs_of_a_random_effects_grid(n_runs=4, n_cells=150, seed=0):
+    """Runs of one grid with disjoint seeds: per cell 3 models (training loss log-normal, independent) and their
+    3 pairs; a pair's mc is the sum of its two models' effects (all of its variance model-level), its CKA an
+    independent draw per pair."""
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(-2, 2, n_cells)
+    runs = []
+    for _ in range(n_runs):
+        models, pairs = [], []
+        for c in range(n_cells):
+            a = rng.normal(size=3)
+            for s in range(3):
+                models.append(
+                    {"cell_id": f"c{c}", "seed": s, "status": "done", "model.width": c, "train.batch_size": 1,
+                     "train_loss": float(np.exp(-3 + 0.5 * rng.normal()))}
+                )  # fmt: skip
+            for i, j in ((0, 1), (0, 2), (1, 2)):
+                pairs.append(
+                    {"cell_id": f"c{c}", "seed_a": i, "seed_b": j, "status": "done", "model.width": c,
+                     "train.batch_size": 1, "connectivity.mc": centre[c] + a[i] + a[j], "cka": 0.5 + 0.1 * rng.normal()}
+                )  # fmt: skip
+        runs.append((pd.DataFrame(models), pd.DataFrame(pairs)))
+    return runs
+
+
+def test_rerun_variance_ratio_tells_model_level_pairs_from_independent_values():
+    """Independent values (the training loss, one per model; CKA drawn per pair) vary between runs as their
+    within-run spread predicts (ratio ~1); an mc that is all model effect varies 4x more (3 seeds: the pairs' mean
+    is (2/3) sum a_i, variance 4/3, while s^2 / 3 of the three pairs is 1/3 on average)."""
+    r = rerun_variance_ratio(_runs_of_a_random_effects_grid(), ["model.width", "train.batch_size"])
+    assert r["train_loss"]["cells"] == 150 and r["connectivity.mc"]["cells"] == 150
+    assert r["train_loss"]["total"] == pytest.approx(1.0, abs=0.2)
+    assert r["cka"]["total"] == pytest.approx(1.0, abs=0.2)
+    assert r["connectivity.mc"]["total"] == pytest.approx(4.0, rel=0.15)
 
 
 GRID = [
