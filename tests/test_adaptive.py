@@ -175,6 +175,7 @@ def test_adaptive_sweep_on_the_local_pool(tmp_path):
     check_refined_at_a_boundary(cells)
 
 
+@pytest.mark.slow  # 30 s; the same kill-and-resume on the local pool and in process run by default
 @requires_slurm
 def test_adaptive_sweep_on_slurm(tmp_path):
     name = f"adaptive-test-{os.getpid()}"
