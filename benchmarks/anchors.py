@@ -281,17 +281,27 @@ class Landscape(Anchor):
         op.matvec(v)  # builds the cached graph
         return lambda: op.matvec(v)
 
-    def top(self, k: int, seed: int, certify: str = "residual") -> tuple[list[float], int]:
-        from landscape.curvature import eigenvalues
+    def top(self, k: int, seed: int, certify: str = "residual", start: str = "random") -> tuple[list[float], int]:
+        """Top-``k`` by Lanczos from a Gaussian start (``seed``) or ``start="gradient"``
+        (``landscape.curvature.gradient_start``: its gradient is counted as one product, the cost of about two)."""
+        from landscape.curvature import eigenvalues, gradient_start
 
         op = self.fresh()
-        r = eigenvalues(op, k=k, tol=TOL, max_iter=500, seed=seed, certify=certify)
-        return r.values.tolist(), op.n_products
+        v0, extra = None, 0
+        if start == "gradient":
+            v0, extra = gradient_start(op.gradient(), seed=seed), 1
+        r = eigenvalues(op, k=k, tol=TOL, max_iter=500, seed=seed, certify=certify, v0=v0)
+        return r.values.tolist(), op.n_products + extra
 
     def configurations(self) -> dict[str, Callable[[int, int], tuple[list[float], int]]]:
         """Top-k runs: the default stopping rule (residuals) and the gap-certified one (issue 23; ``CERTIFY`` in
-        ``landscape.curvature.eigen``)."""
-        return {"landscape": self.top, "landscape (certify=gap)": lambda k, s: self.top(k, s, certify="gap")}
+        ``landscape.curvature.eigen``), each from a Gaussian start and from ``gradient_start``."""
+        return {
+            "landscape": self.top,
+            "landscape (certify=gap)": lambda k, s: self.top(k, s, certify="gap"),
+            "landscape (gradient start)": lambda k, s: self.top(k, s, start="gradient"),
+            "landscape (gradient start, certify=gap)": lambda k, s: self.top(k, s, certify="gap", start="gradient"),
+        }
 
     def top_budget(self, k: int, m: int, seed: int) -> list[float]:
         from landscape.curvature import eigenvalues

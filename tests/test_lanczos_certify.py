@@ -184,3 +184,30 @@ def test_misses_are_broken_hypotheses():
             hidden = bool((lam[1 : k + 1] > r2.values[1:] + r2.residuals[1:] + SLACK * scale).any())
             assert hidden or not found, (name, s)
     assert misses["gap"] > misses["residual"]
+
+
+def test_gradient_start_is_the_seeded_mix_and_reaches_the_dense_spectrum():
+    """``gradient_start``: unit norm, ``weight`` of it along the gradient before normalising (checked against the
+    formula written out), the same vector for the same seed, the random part alone for a zero gradient; from it
+    Lanczos meets the tolerance on both ends of the small float64 models' dense Hessians (top-3 and bottom-1),
+    and a start with no random part (weight 1) still does on the top."""
+    from landscape.curvature import gradient_start
+
+    for model, x, y in (small_mlp_f64(), small_bn_cnn_f64()):
+        op = HessianOperator(model, F.cross_entropy, (x, y))
+        g = op.gradient()
+        v = gradient_start(g, seed=3)
+        z = torch.randn(g.numel(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        mix = 0.9 * g / g.norm() + 0.1 * z / z.norm()
+        assert torch.allclose(v, mix / mix.norm(), rtol=0, atol=1e-14)
+        assert float(v.norm()) == pytest.approx(1.0, abs=1e-12) and torch.equal(v, gradient_start(g, seed=3))
+        assert not torch.equal(v, gradient_start(g, seed=4))
+        assert torch.allclose(gradient_start(torch.zeros_like(g), seed=3), z / z.norm(), atol=1e-14)
+        ev = torch.linalg.eigvalsh(dense_hessian(model, F.cross_entropy, x, y)).flip(0)
+        for start in (v, gradient_start(g, seed=3, weight=1.0)):
+            top = eigenvalues(op, k=3, tol=1e-8, max_iter=400, v0=start)
+            assert top.converged and torch.allclose(top.values, ev[:3], rtol=1e-6, atol=1e-9)
+        low = eigenvalues(op, k=1, which="smallest", tol=1e-8, max_iter=400, v0=v)
+        assert low.converged and float(low.values[0]) == pytest.approx(float(ev[-1]), rel=1e-6, abs=1e-9)
+    with pytest.raises(ValueError, match="weight"):
+        gradient_start(g, weight=1.5)
