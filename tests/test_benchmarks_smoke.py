@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("hvp", "pyhessian", "seeds", "overhead", "read", "demo", "ratios")
 
 
+@pytest.mark.slow  # 17 s: the benchmark harness's smoke run belongs with the nightly target (make test-all)
 def test_harness_quick(tmp_path: Path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(

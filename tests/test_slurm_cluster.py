@@ -74,6 +74,8 @@ def test_scancel_of_running_job_ends_cancelled_in_accounting(tmp_path: Path) -> 
     assert wait_for_states(job, timeout_s=60) == {str(job): "CANCELLED"}
 
 
+# the test cluster itself (12 s); the project's requeue path is in test_slurm_sweep, run by default
+@pytest.mark.slow
 @requires_slurm
 def test_scontrol_requeue_restarts_running_batch_job(tmp_path: Path) -> None:
     # first run records restart count 0 and sleeps; after the requeue the second run records 1 and exits
@@ -91,6 +93,9 @@ def test_scontrol_requeue_restarts_running_batch_job(tmp_path: Path) -> None:
     assert history == ["REQUEUED", "COMPLETED"]
 
 
+# the test cluster's --signal (5-30 s of waiting for the controller's time-limit check); the project's USR2
+# handling is in test_slurm_sweep and test_gpu_placement, run by default
+@pytest.mark.slow
 @requires_slurm
 def test_signal_reaches_batch_script_before_time_limit(tmp_path: Path) -> None:
     # --time=1 with a 90 s warning: the controller sends USR2 at its next time-limit check (every <= 30 s)
