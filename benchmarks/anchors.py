@@ -283,7 +283,7 @@ class Landscape(Anchor):
 
     def top(self, k: int, seed: int, certify: str = "residual", start: str = "random") -> tuple[list[float], int]:
         """Top-``k`` by Lanczos from a Gaussian start (``seed``) or ``start="gradient"``
-        (``landscape.curvature.gradient_start``: its gradient is counted as one product, the cost of about two)."""
+        (``landscape.curvature.gradient_start``: its gradient is counted as one product; it costs about half of one)."""
         from landscape.curvature import eigenvalues, gradient_start
 
         op = self.fresh()

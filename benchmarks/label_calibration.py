@@ -29,8 +29,8 @@ Printed, as Markdown (for a closing note):
 
 With three or more sweeps (seed sets), every pair of them is compared and the pairs are pooled at the end
 (each cell's label then counts once per other run it is compared with: more labels per bin, not independent
-ones). ``--cells`` adds the per-cell table (knobs, label and confidence in each run). With three or more sweeps it also
-prints, per column the rule reads, how much more a cell's mean varies between runs than its values' spread
+ones). ``--cells`` adds the per-cell table (knobs, label and confidence in each run). With three or more sweeps it
+also prints, per column the rule reads, how much more a cell's mean varies between runs than its values' spread
 within a run predicts (:func:`rerun_variance_ratio`: ~1 for one value per model; pairs that share models more).
 """
 
@@ -132,23 +132,21 @@ def rerun_variance_ratio(
     """How much more a cell's mean varies between runs with disjoint seeds than its values' spread within a run
     predicts for independent values: per column the rule reads, ``sum over cells of var(run means) / sum of
     mean(s^2 / r)`` (``total``) and the median of the per-cell ratios (``median``), over cells with >= 3 measured
-    values (exact or bounds) in >= 3 runs; the training loss on a log scale (floored at 1e-4 nats). ~1 for
+    values (exact or bounds) in >= 3 runs; the fit column on the log scale ``label_confidence`` uses. ~1 for
     independent values (one per model); for pair values that share models up to 4 for 3 seeds
     (``landscape.phase_stats.pair_design_effect``). ``runs``: ``(models, pairs)`` rows of each run."""
-    from landscape.phase import EXACT, LOWER, UPPER, PhaseRule, _cell_slots
+    from landscape.phase import PhaseRule, _cell_slots, fit_log_floor, measured_values, variance_scale
 
     rule = rule or PhaseRule.paper()
     slots = [_cell_slots(m, p, list(by), rule)[1] for m, p in runs]
+    floors = {rule.fit_column: fit_log_floor(rule)}
     out: dict[str, dict[str, float]] = {}
     for col in rule.columns:
         across, within = [], []
         for key in slots[0][col]:
             means, s2 = [], []
             for sl in slots:
-                v, k = sl[col].get(key, (np.empty(0), np.empty(0)))
-                x = v[np.isin(k, (EXACT, LOWER, UPPER)) & np.isfinite(v)]
-                if col == rule.fit_column:
-                    x = np.log(np.maximum(x, 1e-4))
+                x = variance_scale(measured_values(*sl[col].get(key, (np.empty(0), np.empty(0)))), floors.get(col))
                 if x.size >= 3:
                     means.append(x.mean())
                     s2.append(x.var(ddof=1) / x.size)

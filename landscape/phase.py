@@ -72,6 +72,7 @@ from landscape.phase_stats import (  # noqa: F401 - re-exported: the statistics 
     Mixture2,
     VariancePrior,
     fit_mixture2,
+    measured_values,
     pair_design_effect,
     predictive_means,
     rounding_variance,
@@ -790,7 +791,7 @@ def _prior_for(
         x = v[(k == EXACT) & finite]
         exact_all.append(x)
         finite_all.append(v[finite])
-        measured = v[np.isin(k, (EXACT, LOWER, UPPER)) & finite]
+        measured = measured_values(v, k)
         if measured.size >= 2:
             t = variance_scale(measured, log_floor)
             var.append(max(float(t.var(ddof=1)), min_var))
@@ -801,6 +802,12 @@ def _prior_for(
     pool = np.sort(pool)  # its order (the cells' order, which follows the axes) must not change the draws
     fallback = float(np.var(variance_scale(pool, log_floor), ddof=1)) if pool.size >= 2 else np.nan
     return variance_prior(var, dfs, nu0, fallback), pool
+
+
+def fit_log_floor(rule: PhaseRule) -> float:
+    """The floor of the fit column's values before their log is taken (its within-cell spread is relative, on a
+    log scale, floored as in calibration); mc's and CKA's spreads are absolute."""
+    return _LOG_FLOOR["train_error" if rule.train_error is not None else "train_loss"]
 
 
 def _cell_key(values: Sequence[Any], names: Sequence[str] | None = None) -> int:
@@ -841,12 +848,7 @@ def label_confidence(
     by = list(by)
     labels = rule.labels(cells) if labels is None else labels
     cols = rule.columns
-    # the fit column's spread is relative (log scale, floored as in calibration); mc's and CKA's absolute
-    floors = {
-        cols[0]: _LOG_FLOOR["train_error" if rule.train_error is not None else "train_loss"],
-        cols[1]: None,
-        cols[2]: None,
-    }
+    floors = {cols[0]: fit_log_floor(rule), cols[1]: None, cols[2]: None}
     _, slots = _cell_slots(models, pairs, by, rule)
     priors, pools = {}, {}
     min_var = {c: rounding_variance(pairs, c) for c in cols}
@@ -860,17 +862,18 @@ def label_confidence(
         if lab is None or (isinstance(lab, float) and np.isnan(lab)):
             continue
         rng = np.random.default_rng([seed, _cell_key(key, by)])  # the cell's stream, whatever the axis order
-        n_models = slots[cols[0]].get(key, empty)[0].size
+        cell = {c: slots[c].get(key, empty) for c in cols}
+        n_models = cell[cols[0]][0].size
         means = [
             predictive_means(
                 rng,
-                *slots[c].get(key, empty),
+                *cell[c],
                 pools[c],
                 priors[c],
                 n_boot,
                 floors[c],
                 min_var[c],
-                1.0 if c == cols[0] else pair_design_effect(n_models, slots[c].get(key, empty)[0].size),
+                1.0 if c == cols[0] else pair_design_effect(n_models, cell[c][0].size),
             )
             for c in cols
         ]

@@ -192,6 +192,12 @@ def _trigamma_inverse(x: float) -> float:
     return y
 
 
+def measured_values(values: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """The finite values of the slots that were measured: exact values and bounds (what the protocol reported
+    for that model or pair), not unknown slots."""
+    return values[np.isin(kinds, (EXACT, LOWER, UPPER)) & np.isfinite(values)]
+
+
 def variance_scale(values: np.ndarray, log_floor: float | None) -> np.ndarray:
     """``values`` on the scale their within-cell spread is measured: the natural log of the values floored at
     ``log_floor`` (the fit column: a relative spread), or the values as they are (``log_floor`` None)."""

@@ -167,9 +167,10 @@ def test_label_calibration_on_two_tiny_sweeps_with_disjoint_seeds(cli, tmp_path)
 
 def test_mc_rounding_floor_keeps_one_noisy_cell_from_setting_every_cells_prior():
     """The demo with seeds 6-8: every fitted cell's converged pairs have mc = 0 exactly, one cell has two
-    converged values 6.2 pp apart (and a bound). Without a floor that single cell was the grid's whole mc prior (s0^2 = 19 pp^2,
-    nu0 = 4) and fitted cells far from every threshold got confidence ~0.55. mc is quantised (half a training
-    sample, 50 / n_train pp), so a cell of equal values has at least the rounding variance q^2 / 12: the prior is
+    converged values 6.2 pp apart (and a bound). Without a floor that single cell was the grid's whole mc prior
+    (s0^2 = 19 pp^2, nu0 = 4) and fitted cells far from every threshold got confidence ~0.55. mc is quantised
+    (half a training sample, 50 / n_train pp), so a cell of equal values has at least the rounding variance
+    q^2 / 12: the prior is
     then Smyth's moment estimate over every cell (checked by hand with scipy) and the certain cells are certain."""
     import itertools
 

@@ -786,8 +786,9 @@ def _calibration_table(df, column, min_n=30):
 
 def test_confidence_is_calibrated_on_reruns_with_disjoint_seeds():
     """(d) 6 synthetic grids x 60 cells (known means, noise that differs between cells, pairs correlated through
-    their models), each run twice with disjoint seed sets (3 models, 3 pairs per cell): in every bin of confidence (>= 30 labels) the share of
-    labels the other run keeps is within 0.1 of the bin's mean confidence, and >= 90 % above 0.9."""
+    their models), each run twice with disjoint seed sets (3 models, 3 pairs per cell): in every bin of
+    confidence (>= 30 labels) the share of labels the other run keeps is within 0.1 of the bin's mean confidence,
+    and >= 90 % above 0.9."""
     table, above = _calibration_table(_calibration(), "new")
     assert len(table) >= 4, table
     assert ((table["kept"] - table["conf"]).abs() <= 0.1).all(), table

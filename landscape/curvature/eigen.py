@@ -97,11 +97,11 @@ def gradient_start(gradient: Tensor, seed: int = 0, weight: float = 0.9) -> Tens
     2018, "Gradient descent happens in a tiny subspace"), so a Krylov space started from it holds the top of the
     spectrum after as few products on every seed as the luckiest noise start (``benchmarks/README.md``: CNN and
     MLP on digits, top-1 to 1e-3 with ``certify="gap"`` in 6 products on each of 5 seeds, the gradient counted
-    as one, against 5-8 from Gaussian starts; top-5 in 13 against 12-14). The random part keeps every eigenvector within reach
-    (a start orthogonal to one never finds it) and the smallest eigenvalues, which the gradient barely touches,
-    reachable. Pass it as ``v0`` to :func:`eigenvalues` / :func:`extreme_eigenpairs`; it costs one gradient (a
-    forward and a backward pass, about half a Hessian-vector product). A zero gradient gives the random part
-    alone."""
+    as one, against 5-8 from Gaussian starts; top-5 in 13 against 12-14). The random part keeps every
+    eigenvector within reach (a start orthogonal to one never finds it) and the smallest eigenvalues, which the
+    gradient barely touches, reachable. Pass it as ``v0`` to :func:`eigenvalues` / :func:`extreme_eigenpairs`; it
+    costs one gradient (a forward and a backward pass, about half a Hessian-vector product). A zero gradient gives
+    the random part alone."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight={weight!r}: expected a number in [0, 1]")
     g = gradient.reshape(-1)
