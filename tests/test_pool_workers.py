@@ -104,7 +104,9 @@ def test_a_killed_worker_costs_only_its_cell_and_the_launch_ends_with_a_summary(
 
 
 def test_workers_of_a_killed_launcher_checkpoint_and_exit_and_the_rerun_resumes(tmp_path):
-    args = [*ARGS, "model.depth=1,2"]
+    # 200 epochs (about 7 s of training per cell here, 1.4 s at 40): the launcher is killed while both cells
+    # train, and a loaded machine cannot finish a cell in the half second a worker takes to notice
+    args = [*(a if a != "train.epochs=40" else "train.epochs=200" for a in ARGS), "model.depth=1,2"]
     with open(tmp_path / "launch.log", "w") as log:  # a file, not a pipe: orphaned workers would hold a pipe open
         proc = subprocess.Popen([*LANDSCAPE, *args], cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT)
     sweep = tmp_path / "sweep"
