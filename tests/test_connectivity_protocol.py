@@ -121,7 +121,7 @@ def test_a_grid_the_protocol_was_not_developed_on(cli, tmp_path):
         "model=cnn",
         "model.width=4",
         "model.batch_norm=true",
-        "train.epochs=10",
+        "train.epochs=6",
         "train.batch_size=64",
         "train.seeds=[0,1,2]",
         "metrics.connectivity.enabled=true",
@@ -129,5 +129,6 @@ def test_a_grid_the_protocol_was_not_developed_on(cli, tmp_path):
     ]
     first, further = _protocol_then_further(cli, tmp_path, base)
     lines = _check_claims(first, further)
+    print("\n".join(lines))
     assert len(first) == 3, lines
     assert set(first["connectivity.stop_reason"]) <= {"converged", "decided", "max_budget"}, lines

@@ -157,7 +157,7 @@ def test_a_holder_whose_clock_is_far_behind_is_not_taken_over(tmp_path, slow_ref
     its heartbeat moves: a second launch waits for it (no takeover, no two writers) and then runs its seeds;
     the rows are those of a clean run."""
     sweep = tmp_path / "s"
-    hold = {**HEARTBEAT, "LANDSCAPE_TEST_PAUSE": "before_rename:12"}  # it holds the lease (beating) at its commit
+    hold = {**HEARTBEAT, "LANDSCAPE_TEST_PAUSE": "before_rename:7"}  # holds the lease (beating) 3.5x the stale age
     a = _launch([*SLOW_CELL, "train.seeds=[0,1]", "hydra.sweep.dir=s"], tmp_path, hold, prefix=SKEWED)
     try:
         _wait(

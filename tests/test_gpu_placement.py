@@ -240,6 +240,8 @@ def test_a_slurm_task_runs_its_cells_at_once_on_its_fake_gpu(tmp_path, monkeypat
     assert len(rows(tmp_path / "sweep")) == 8
 
 
+@pytest.mark.slow  # 21 s; make test-all runs it (the default run keeps SLURM preemption of a one-cell task and a
+# signal to the local pool: test_slurm_sweep.py, test_local_launcher.py)
 @requires_slurm
 def test_a_preempted_slurm_task_checkpoints_every_cell_of_its_pool_and_resumes_them(tmp_path, monkeypatch):
     """USR2 (what SLURM sends before a preemption) to a task running 2 cells at once on its (fake) GPU: both
