@@ -18,7 +18,6 @@ ARGS = [
     "data.subsample=0.25",
     "model.width=8",
     "train.batch_size=8",
-    "train.epochs=40",
     "train.checkpoint_every=1",
     "train.seeds=[0]",
     "metrics.l2.enabled=false",
@@ -72,7 +71,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_killed_worker_costs_only_its_cell_and_the_launch_ends_with_a_summary(tmp_path):
-    args = [*ARGS, "model.depth=1,2,3"]
+    args = [*ARGS, "train.epochs=40", "model.depth=1,2,3"]
     proc = subprocess.Popen(
         [*LANDSCAPE, *args], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -106,7 +105,7 @@ def test_a_killed_worker_costs_only_its_cell_and_the_launch_ends_with_a_summary(
 def test_workers_of_a_killed_launcher_checkpoint_and_exit_and_the_rerun_resumes(tmp_path):
     # 200 epochs (about 7 s of training per cell here, 1.4 s at 40): the launcher is killed while both cells
     # train, and a loaded machine cannot finish a cell in the half second a worker takes to notice
-    args = [*(a if a != "train.epochs=40" else "train.epochs=200" for a in ARGS), "model.depth=1,2"]
+    args = [*ARGS, "train.epochs=200", "model.depth=1,2"]
     with open(tmp_path / "launch.log", "w") as log:  # a file, not a pipe: orphaned workers would hold a pipe open
         proc = subprocess.Popen([*LANDSCAPE, *args], cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT)
     sweep = tmp_path / "sweep"
